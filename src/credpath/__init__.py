@@ -1,0 +1,69 @@
+"""credpath: Airflow-compatible connections and variables from any chain of secret stores.
+
+Everything is imported lazily so that ``import credpath`` stays cheap and never pulls in a store's
+client library (boto3, hvac, SQLAlchemy, google, azure).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Connection": "credpath.model",
+    "Variable": "credpath.model",
+    "NotFound": "credpath.errors",
+    "ConfigError": "credpath.errors",
+    "BackendError": "credpath.errors",
+    "AccessDenied": "credpath.errors",
+    "CredpathError": "credpath.errors",
+    "SearchPath": "credpath.search_path",
+    "get_connection": "credpath.api",
+    "get_variable": "credpath.api",
+    "get_config": "credpath.api",
+    "default_search_path": "credpath.api",
+    "set_default_search_path": "credpath.api",
+    "mask_secret": "credpath.masking",
+}
+
+__all__ = [
+    "AccessDenied",
+    "BackendError",
+    "ConfigError",
+    "Connection",
+    "CredpathError",
+    "NotFound",
+    "SearchPath",
+    "Variable",
+    "default_search_path",
+    "get_config",
+    "get_connection",
+    "get_variable",
+    "mask_secret",
+    "set_default_search_path",
+]
+
+if TYPE_CHECKING:
+    from credpath.api import (
+        default_search_path,
+        get_config,
+        get_connection,
+        get_variable,
+        set_default_search_path,
+    )
+    from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError, NotFound
+    from credpath.masking import mask_secret
+    from credpath.model import Connection, Variable
+    from credpath.search_path import SearchPath
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'credpath' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

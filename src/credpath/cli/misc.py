@@ -1,0 +1,162 @@
+"""``credpath explain``, ``config get-value``, ``backends check``, ``rotate-fernet-key``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
+from credpath.cli.output import echo_json, echo_table
+
+_KINDS = {"connection": "connection", "variable": "variable", "config": "config"}
+
+
+@cli.command("explain")
+@click.argument("kind", type=click.Choice(sorted(_KINDS)))
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+@handle_errors
+def explain_command(state: State, kind: str, key: str, as_json: bool) -> None:
+    """Show which backend serves KEY and what every backend in the path answered (no values)."""
+    explanation = state.search_path.explain(_KINDS[kind], key)
+    attempts = [
+        {"backend": a.backend, "outcome": a.outcome, "ms": round(a.seconds * 1000, 3), "detail": a.detail}
+        for a in explanation.attempts
+    ]
+    if as_json:
+        echo_json({"kind": kind, "key": key, "source": explanation.source, "attempts": attempts})
+    else:
+        echo_table(
+            ("backend", "outcome", "ms", "detail"),
+            [(a["backend"], a["outcome"], f"{a['ms']:.3f}", a["detail"]) for a in attempts],
+            title=f"{kind} {key}",
+        )
+        if explanation.found:
+            click.echo(f"served by: {explanation.source}")
+        else:
+            click.echo("not found in any backend")
+    if not explanation.found:
+        raise SystemExit(EXIT_NOT_FOUND)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Read settings (Airflow parity)."""
+
+
+_SECRETS_DEFAULTS = {"backend": "", "backend_kwargs": ""}
+
+
+@config_group.command("get-value")
+@click.argument("section")
+@click.argument("option")
+@handle_errors
+def get_value_command(section: str, option: str) -> None:
+    """Print a setting as Airflow would read it: AIRFLOW__SECTION__OPTION, else the default."""
+    name = f"AIRFLOW__{section.upper()}__{option.upper()}"
+    if name in os.environ:
+        value = os.environ[name]
+    elif section.lower() == "secrets" and option.lower() in _SECRETS_DEFAULTS:
+        value = _SECRETS_DEFAULTS[option.lower()]
+    else:
+        fail(f"the option [{section}/{option}] is not set ({name})", EXIT_NOT_FOUND)
+    if option.lower() == "backend_kwargs" or _is_sensitive(option):
+        from credpath.model import mask_sensitive
+
+        value = _mask_kwargs(value, mask_sensitive)
+    click.echo(value)
+
+
+def _is_sensitive(option: str) -> bool:
+    from credpath.model import is_sensitive_name
+
+    return is_sensitive_name(option)
+
+
+def _mask_kwargs(value: str, mask_sensitive) -> str:  # type: ignore[no-untyped-def]
+    import json
+
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        return "***" if value else value
+    return json.dumps(mask_sensitive(data)) if isinstance(data, dict) else "***"
+
+
+@cli.group("backends")
+def backends_group() -> None:
+    """Inspect the configured backends."""
+
+
+@backends_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+@handle_errors
+def backends_list(state: State, as_json: bool) -> None:
+    """The search path, in order."""
+    rows = [(e.name, _describe(e.backend), e.on_error) for e in state.search_path.entries]
+    if as_json:
+        echo_json([{"name": n, "backend": d, "on_error": o} for n, d, o in rows])
+    else:
+        echo_table(("name", "backend", "on_error"), rows)
+
+
+@backends_group.command("check")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+@handle_errors
+def backends_check(state: State, as_json: bool) -> None:
+    """Check reachability and authentication of each backend (exit 1 if any fails)."""
+    import time
+
+    from credpath.search_path import _safe_error
+
+    results = []
+    for entry in state.search_path.entries:
+        started = time.perf_counter()
+        check = getattr(entry.backend, "check", None)
+        try:
+            detail = check() if callable(check) else "no check available"
+            ok = True
+        except Exception as exc:
+            detail, ok = _safe_error(exc), False
+        results.append(
+            {
+                "name": entry.name,
+                "ok": ok,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+                "detail": detail,
+            }
+        )
+    if as_json:
+        echo_json(results)
+    else:
+        echo_table(
+            ("backend", "status", "ms", "detail"),
+            [(r["name"], "ok" if r["ok"] else "FAILED", r["ms"], r["detail"]) for r in results],
+        )
+    if not all(r["ok"] for r in results):
+        raise SystemExit(EXIT_NOT_FOUND)
+
+
+def _describe(backend: object) -> str:
+    describe = getattr(backend, "describe", None)
+    return describe() if callable(describe) else type(backend).__name__
+
+
+@cli.command("rotate-fernet-key")
+@pass_state
+@handle_errors
+def rotate_fernet_key(state: State) -> None:
+    """Re-encrypt every metastore value with the first key of CREDPATH_FERNET_KEY (keys comma-separated)."""
+    done = 0
+    for entry in state.search_path.entries:
+        rotate = getattr(entry.backend, "rotate_fernet_key", None)
+        if callable(rotate):
+            count = rotate()
+            click.echo(f"re-encrypted {count} value(s) in backend {entry.name!r}")
+            done += 1
+    if not done:
+        fail("no backend in the search path stores encrypted values (add a metastore backend)")

@@ -1,0 +1,49 @@
+"""Rendering for the CLI: JSON for machines, tables for people. Secrets masked unless revealed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from credpath.model import Connection, is_sensitive_name
+
+MASK = "***"
+
+
+def connection_record(conn: Connection, source: str | None, reveal: bool) -> dict[str, Any]:
+    data = conn.to_dict() if reveal else conn.masked_dict(MASK)
+    data["source"] = source
+    return data
+
+
+def variable_value(key: str, value: str, reveal: bool) -> str:
+    return value if reveal or not is_sensitive_name(key) else MASK
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    # rich is imported only when a table is printed: `connections get --json` stays lean.
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console(soft_wrap=False).print(table)
+
+
+def echo_record(record: dict[str, Any], title: str | None = None) -> None:
+    rows = []
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        rows.append((key, value))
+    echo_table(("field", "value"), rows, title=title)

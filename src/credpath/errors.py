@@ -1,0 +1,42 @@
+"""Exception types. Messages name settings, fields, paths and ids, never secret values."""
+
+from __future__ import annotations
+
+
+class CredpathError(Exception):
+    """Base class of every error credpath raises on purpose."""
+
+
+class ConfigError(CredpathError, ValueError):
+    """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it."""
+
+
+class BackendError(CredpathError):
+    """A backend could not answer (unreachable, sealed, throttled, malformed data).
+
+    The search path applies the backend's ``on_error`` policy to it; it never turns into a wrong value.
+    """
+
+    def __init__(self, message: str, *, backend: str | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+
+
+class AccessDenied(BackendError):
+    """The store refused the caller (403 / AccessDenied / PermissionDenied)."""
+
+
+class NotFound(CredpathError, KeyError):
+    """Nothing in the search path has the requested connection, variable or config key."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} not found in any backend of the search path")
+        self.kind = kind
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class ReadOnlyBackend(CredpathError):
+    """The backend does not support the requested write/list operation."""

@@ -1,0 +1,162 @@
+"""The one small protocol every backend speaks, and a base class with the shared plumbing.
+
+Reads (Airflow's contract): ``get_conn_value(conn_id)``, ``get_variable(key)``, ``get_config(key)``,
+each returning the raw string or ``None`` on a miss. A miss is ``None``; anything else that goes wrong
+raises :class:`credpath.errors.BackendError` (or a subclass) so the search path can apply ``on_error``.
+
+Optional capabilities, discovered with ``hasattr``/``getattr`` by the search path, CLI and migration:
+
+- writes: ``set_connection(conn, *, overwrite=True)``, ``set_variable(key, value, *, overwrite=True)``,
+  ``delete_connection(conn_id) -> bool``, ``delete_variable(key) -> bool``;
+- listing: ``list_connections() -> list[str]``, ``list_variables() -> list[str]`` (ids, sorted);
+- batches: ``get_conn_values(ids) -> dict[str, str]`` and ``get_variables(keys) -> dict[str, str]``
+  (hits only), ``prefetch_connections() -> dict[str, str]`` / ``prefetch_variables()`` (everything under
+  the backend's prefix, for cache warm-up);
+- ``get_connection(conn_id) -> Connection | None`` for backends that hold structured connections
+  (``description``, non-Airflow formats); the base class derives it from ``get_conn_value``;
+- ``check() -> str`` (reachability and auth; returns a short safe description) and ``close()``.
+
+Writes with ``overwrite=False`` raise :class:`credpath.errors.ConfigError` if the id exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from credpath.errors import ConfigError, ReadOnlyBackend
+
+if TYPE_CHECKING:
+    from credpath.model import Connection
+
+Kind = Literal["connection", "variable", "config"]
+KINDS: tuple[Kind, ...] = ("connection", "variable", "config")
+
+
+@runtime_checkable
+class SecretsBackend(Protocol):
+    def get_conn_value(self, conn_id: str) -> str | None: ...
+
+    def get_variable(self, key: str) -> str | None: ...
+
+    def get_config(self, key: str) -> str | None: ...
+
+
+def compile_lookup_pattern(pattern: str | None, setting: str) -> re.Pattern[str] | None:
+    """Airflow semantics: ``re.match(pattern, id, re.IGNORECASE)``, anchored at the start only."""
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        raise ConfigError(f"{setting} must be a regular expression string, got {type(pattern).__name__}")
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(f"{setting} is not a valid regular expression: {exc}") from None
+
+
+class BaseBackend:
+    """Shared plumbing for credpath's own backends: lookup patterns, naming, connection parsing.
+
+    Subclasses set ``alias`` and implement the three reads; everything else is optional.
+    """
+
+    alias: ClassVar[str] = ""
+    #: Human name of the store, for messages ("HashiCorp Vault").
+    store_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        connections_lookup_pattern: str | None = None,
+        variables_lookup_pattern: str | None = None,
+        config_lookup_pattern: str | None = None,
+        connection_format: str | dict[str, Any] | None = None,
+    ) -> None:
+        self.name: str = self.alias or type(self).__name__
+        self.lookup_patterns: dict[Kind, re.Pattern[str] | None] = {
+            "connection": compile_lookup_pattern(connections_lookup_pattern, "connections_lookup_pattern"),
+            "variable": compile_lookup_pattern(variables_lookup_pattern, "variables_lookup_pattern"),
+            "config": compile_lookup_pattern(config_lookup_pattern, "config_lookup_pattern"),
+        }
+        self.connection_format = connection_format
+        self._connection_adapter: Any = None
+        if connection_format is not None:
+            from credpath.adapters import build_adapter  # issue 5; absent until then
+
+            self._connection_adapter = build_adapter(connection_format)
+
+    # --- lookup patterns ---------------------------------------------------------------------------
+
+    def wants(self, kind: Kind, key: str) -> bool:
+        pattern = self.lookup_patterns.get(kind)
+        return pattern is None or pattern.match(key) is not None
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def get_conn_value(self, conn_id: str) -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_variable(self, key: str) -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_config(self, key: str) -> str | None:
+        return None
+
+    def get_connection(self, conn_id: str) -> Connection | None:
+        raw = self.get_conn_value(conn_id)
+        if raw is None:
+            return None
+        return self.deserialize_connection(conn_id, raw)
+
+    def deserialize_connection(self, conn_id: str, value: str) -> Connection:
+        from credpath.model import Connection
+
+        if self._connection_adapter is not None:
+            return self._connection_adapter(conn_id, value)
+        return Connection.from_value(value, conn_id=conn_id)
+
+    # --- optional capabilities: defaults say "not supported" ----------------------------------------
+
+    def _unsupported(self, operation: str) -> ReadOnlyBackend:
+        return ReadOnlyBackend(
+            f"backend {self.name!r} ({self.alias or type(self).__name__}) cannot {operation}"
+        )
+
+    def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
+        raise self._unsupported("write connections")
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        raise self._unsupported("write variables")
+
+    def delete_connection(self, conn_id: str) -> bool:
+        raise self._unsupported("delete connections")
+
+    def delete_variable(self, key: str) -> bool:
+        raise self._unsupported("delete variables")
+
+    def check(self) -> str:
+        """Reachability/auth check for ``credpath backends check``; raise BackendError on failure."""
+        return "ok"
+
+    def close(self) -> None:
+        """Release clients and sessions."""
+
+    def describe(self) -> str:
+        """A one-line description safe to print (no tokens, no passwords)."""
+        return self.alias or type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def can(backend: object, operation: str) -> bool:
+    """True if ``backend`` really implements ``operation`` (not BaseBackend's 'unsupported' default)."""
+    method = getattr(type(backend), operation, None)
+    if method is None:
+        return False
+    return getattr(BaseBackend, operation, None) is not method
+
+
+def iter_ids(values: Iterable[str]) -> list[str]:
+    return sorted(set(values))

@@ -1,0 +1,107 @@
+"""Backend types by short alias or dotted class path; Airflow's provider classes map to credpath's own."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from credpath.errors import ConfigError
+
+ALIASES: dict[str, str] = {
+    "env": "credpath.backends.env.EnvironmentBackend",
+    "files": "credpath.backends.files.LocalFilesystemBackend",
+    "metastore": "credpath.backends.metastore.MetastoreBackend",
+    "vault": "credpath.backends.vault.VaultBackend",
+    "aws-secrets-manager": "credpath.backends.aws_secrets_manager.SecretsManagerBackend",
+    "aws-ssm": "credpath.backends.aws_ssm.ParameterStoreBackend",
+    "gcp-secret-manager": "credpath.backends.gcp_secret_manager.SecretManagerBackend",
+    "azure-key-vault": "credpath.backends.azure_key_vault.KeyVaultBackend",
+    "airflow-db": "credpath.backends.airflow_db.AirflowDatabaseBackend",
+}
+
+# Class paths published in Airflow's and Astronomer's guides -> credpath alias, so those configurations
+# work with no Airflow installed.
+AIRFLOW_CLASS_PATHS: dict[str, str] = {
+    "airflow.providers.hashicorp.secrets.vault.VaultBackend": "vault",
+    "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend": "aws-secrets-manager",
+    "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend": "aws-ssm",
+    "airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend": "gcp-secret-manager",
+    "airflow.providers.microsoft.azure.secrets.key_vault.AzureKeyVaultBackend": "azure-key-vault",
+    "airflow.secrets.local_filesystem.LocalFilesystemBackend": "files",
+    "airflow.secrets.environment_variables.EnvironmentVariablesBackend": "env",
+}
+
+
+def resolve_type(type_name: str, *, setting: str = "type") -> tuple[str, str]:
+    """Return (alias or class path, dotted class path) for a configured backend type."""
+    if not isinstance(type_name, str) or not type_name.strip():
+        raise ConfigError(
+            f"{setting} must be a backend alias ({', '.join(sorted(ALIASES))}) or a dotted class path"
+        )
+    type_name = type_name.strip()
+    alias = AIRFLOW_CLASS_PATHS.get(type_name, type_name)
+    if alias in ALIASES:
+        return alias, ALIASES[alias]
+    if "." not in type_name:
+        raise ConfigError(
+            f"{setting}: unknown backend type {type_name!r}; use one of {', '.join(sorted(ALIASES))} "
+            "or a dotted class path"
+        )
+    return type_name, type_name
+
+
+def load_class(class_path: str, *, setting: str = "type") -> type:
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or module_name
+        hint = _extra_hint(class_path)
+        raise ConfigError(
+            f"{setting}: cannot import {class_path!r} (missing module {missing!r}){hint}"
+        ) from None
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ConfigError(f"{setting}: module {module_name!r} has no class {class_name!r}") from None
+    if not isinstance(cls, type):
+        raise ConfigError(f"{setting}: {class_path!r} is not a class")
+    return cls
+
+
+def _extra_hint(class_path: str) -> str:
+    for extra, marker in (("vault", ".vault."), ("aws", ".aws_"), ("gcp", ".gcp_"), ("azure", ".azure_")):
+        if class_path.startswith("credpath.backends") and marker in class_path:
+            return f"; install it with: pip install 'credpath[{extra}]'"
+    return ""
+
+
+def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, setting: str = "type") -> Any:
+    """Instantiate a backend; unknown or missing kwargs become a one-line ConfigError naming them."""
+    _, class_path = resolve_type(type_name, setting=setting)
+    cls = load_class(class_path, setting=setting)
+    kwargs = dict(kwargs or {})
+    bad = [k for k in kwargs if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise ConfigError(f"{setting}: backend kwargs keys must be identifiers, got {bad!r}")
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        params = signature.parameters.values()
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        if not takes_any:
+            known = {p.name for p in params}
+            unknown = sorted(set(kwargs) - known)
+            if unknown:
+                raise ConfigError(
+                    f"{setting}: unknown kwarg(s) {', '.join(unknown)} for backend {class_path}; "
+                    f"accepted: {', '.join(sorted(known)) or 'none'}"
+                )
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{setting}: bad kwargs for backend {class_path}: {exc}") from None
+    return cls(**kwargs)

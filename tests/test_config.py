@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+
+from credpath.config import load_settings
+from credpath.errors import ConfigError
+from credpath.registry import create_backend, resolve_type
+
+
+def settings(tmp_path, toml: str | None = None, **env):
+    environ = {"CREDPATH_HOME": str(tmp_path), **env}
+    if toml is not None:
+        (tmp_path / "credpath.toml").write_text(toml)
+    return load_settings(env=environ)
+
+
+def test_default_is_airflow_order(tmp_path):
+    specs = settings(tmp_path).backends
+    assert [(s.name, s.type) for s in specs] == [("env", "env"), ("metastore", "metastore")]
+
+
+def test_airflow_custom_backend_comes_first_with_kwargs_and_overrides(tmp_path):
+    specs = settings(
+        tmp_path,
+        AIRFLOW__SECRETS__BACKEND="airflow.providers.hashicorp.secrets.vault.VaultBackend",
+        AIRFLOW__SECRETS__BACKEND_KWARGS='{"url": "http://127.0.0.1:8200", "kv_engine_version": 2}',
+        AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN="12345",
+        AIRFLOW__SECRETS__BACKEND_KWARG__KV_ENGINE_VERSION="1",
+        AIRFLOW__SECRETS__BACKEND_KWARG__CONNECTIONS_PATH="null",
+    ).backends
+    assert [s.type for s in specs] == ["vault", "env", "metastore"]
+    assert specs[0].kwargs == {
+        "url": "http://127.0.0.1:8200",
+        "kv_engine_version": 1,
+        "token": "12345",  # secrets stay strings
+        "connections_path": None,
+    }
+
+
+def test_invalid_kwargs_json_names_setting_and_position_not_value(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        settings(
+            tmp_path,
+            AIRFLOW__SECRETS__BACKEND="vault",
+            AIRFLOW__SECRETS__BACKEND_KWARGS='{"token": "tok-s3cr3t", }',
+        )
+    message = str(info.value)
+    assert "AIRFLOW__SECRETS__BACKEND_KWARGS" in message and "column" in message
+    assert "s3cr3t" not in message
+    assert "\n" not in message
+
+
+def test_kwargs_without_backend_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="AIRFLOW__SECRETS__BACKEND is not"):
+        settings(tmp_path, AIRFLOW__SECRETS__BACKEND_KWARGS="{}")
+
+
+def test_unknown_class_path(tmp_path):
+    with pytest.raises(ConfigError, match="AIRFLOW__SECRETS__BACKEND: unknown backend type 'nosuch'"):
+        settings(tmp_path, AIRFLOW__SECRETS__BACKEND="nosuch")
+    with pytest.raises(ConfigError, match="cannot import 'no.such.Backend'"):
+        create_backend("no.such.Backend", {}, setting="AIRFLOW__SECRETS__BACKEND")
+
+
+def test_unknown_kwarg_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown kwarg\(s\) bogus for backend credpath.backends.env"):
+        create_backend("env", {"bogus": 1})
+
+
+def test_roll_your_own_class_by_dotted_path(tmp_path):
+    backend = create_backend("tests.memory_backend.MemoryBackend", {"variables": {"k": "v"}})
+    assert backend.get_variable("k") == "v"
+
+
+def test_config_file_any_order_patterns_and_cache(tmp_path):
+    s = settings(
+        tmp_path,
+        """
+        [cache]
+        ttl = 10
+        miss_ttl = 0
+        max_size = 5
+
+        [[backends]]
+        name = "mem"
+        type = "tests.memory_backend.MemoryBackend"
+        kwargs = { variables = { k = "v" } }
+        variables_lookup_pattern = "^k"
+        on_error = "fail"
+
+        [[backends]]
+        type = "env"
+        """,
+    )
+    assert [(b.name, b.type) for b in s.backends] == [("mem", "tests.memory_backend.MemoryBackend"), ("env", "env")]
+    assert s.backends[0].lookup_patterns == {"variable": "^k"}
+    assert s.backends[0].on_error == "fail"
+    assert (s.cache.ttl, s.cache.miss_ttl, s.cache.max_size) == (10.0, 0.0, 5)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[[backends]]\nname = 'x'\n", "missing 'type'"),
+        ("[[backends]]\ntype = 'env'\nbogus = 1\n", "unknown key"),
+        ("[[backends]]\ntype = 'env'\non_error = 'ignore'\n", "on_error must be one of skip, fail"),
+        ("[[backends]]\ntype = 'env'\n[[backends]]\ntype = 'env'\n", "duplicate backend name 'env'"),
+        ("[cache]\nttl = -1\n", "ttl must be a number"),
+        ("backends = [\n", "invalid TOML"),
+        ("[unknown]\n", "unknown top-level key"),
+    ],
+)
+def test_bad_config_file_messages(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        settings(tmp_path, toml)
+    assert "\n" not in str(info.value)
+
+
+def test_credpath_config_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="CREDPATH_CONFIG"):
+        load_settings(env={"CREDPATH_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_provider_class_paths_map_to_credpath():
+    assert resolve_type("airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend")[0] == (
+        "aws-secrets-manager"
+    )
+    assert resolve_type("airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend")[0] == (
+        "gcp-secret-manager"
+    )

@@ -1,0 +1,193 @@
+"""The parser against Airflow 3.3.2's recorded vectors, plus properties of the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from credpath.model import Connection, ConnectionFormatError, Variable, mask_sensitive
+
+VECTORS_FILE = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "connections.json"
+VECTORS = json.loads(VECTORS_FILE.read_text())["vectors"]
+FIELDS = ("conn_type", "host", "login", "password", "schema", "port")
+
+
+def _parse(vector: dict) -> Connection:
+    if "uri" in vector:
+        return Connection.from_uri(vector["uri"], conn_id="vec")
+    return Connection.from_json(vector["json"], conn_id="vec")
+
+
+def _fields(conn: Connection) -> dict:
+    got = {name: getattr(conn, name) for name in FIELDS}
+    got["extra"] = conn.extra_dejson if conn.extra else None
+    return got
+
+
+def test_vectors_file_is_present_and_nonempty():
+    assert len(VECTORS) >= 30
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_airflow_vector(vector):
+    if vector["expect"] == "error":
+        with pytest.raises(ValueError, match="'port'"):
+            _parse(vector)
+        return
+    conn = _parse(vector)
+    assert _fields(conn) == vector["expect"]
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS if v["expect"] != "error"], ids=lambda v: v["name"])
+def test_get_uri_round_trips_to_same_fields(vector):
+    conn = _parse(vector)
+    again = Connection.from_uri(conn.get_uri(), conn_id="vec")
+    expected = dict(vector["expect"])
+    # A JSON-born connection has None for host/schema; the URI form cannot tell None from "".
+    for name in ("host", "schema"):
+        if expected[name] is None:
+            expected[name] = ""
+    assert _fields(again) == expected
+    # Airflow's own URI parses to the same fields as ours.
+    assert _fields(Connection.from_uri(vector["airflow_get_uri"], conn_id="vec")) == _fields(again)
+
+
+def test_get_uri_matches_airflow_string_for_uri_vectors():
+    mismatches = [
+        v["name"]
+        for v in VECTORS
+        if "uri" in v and Connection.from_uri(v["uri"]).get_uri() != v["airflow_get_uri"]
+    ]
+    assert mismatches == []
+
+
+@pytest.mark.parametrize("port", [-1, 65536, "70000", "12a", 1.5, True])
+def test_bad_ports_raise_naming_the_field(port):
+    with pytest.raises(ConnectionFormatError, match="'port'"):
+        Connection(conn_id="c", conn_type="x", port=port)
+
+
+def test_bad_uri_port_error_does_not_leak_password():
+    with pytest.raises(ConnectionFormatError) as info:
+        Connection.from_uri("mysql://user:hunter2secret@host:99999/db", conn_id="c")
+    assert "hunter2secret" not in str(info.value)
+    assert "port" in str(info.value)
+
+
+def test_unknown_json_field_is_named():
+    with pytest.raises(ConnectionFormatError, match="bogus"):
+        Connection.from_json('{"conn_type": "x", "bogus": 1}')
+
+
+def test_json_needs_conn_type_or_uri():
+    with pytest.raises(ConnectionFormatError, match="conn_type"):
+        Connection.from_json('{"host": "h"}')
+    conn = Connection.from_json('{"uri": "postgres://u:p@h:5/db", "description": "d"}', conn_id="x")
+    assert (conn.conn_type, conn.host, conn.port, conn.description) == ("postgres", "h", 5, "d")
+
+
+def test_invalid_json_error_names_position_not_value():
+    with pytest.raises(ConnectionFormatError, match="line 1 column"):
+        Connection.from_json('{"conn_type": "x", "password": "topsecret"')
+
+
+def test_extra_must_be_object():
+    with pytest.raises(ConnectionFormatError, match="'extra'"):
+        Connection(conn_type="x", extra="[1, 2]")
+    with pytest.raises(ConnectionFormatError, match="'extra'"):
+        Connection.from_uri("x://h/?__extra__=notjson")
+
+
+def test_repr_hides_password_and_sensitive_extras():
+    conn = Connection(
+        conn_id="c",
+        conn_type="x",
+        password="pw-should-hide",
+        extra=json.dumps({"api_key": "key-should-hide", "region": "eu", "nested": {"token": "tok-hide"}}),
+    )
+    text = repr(conn) + str(conn)
+    for secret in ("pw-should-hide", "key-should-hide", "tok-hide"):
+        assert secret not in text
+    assert "eu" in text
+    assert sorted(conn.secret_values()) == ["key-should-hide", "pw-should-hide", "tok-hide"]
+
+
+def test_variable_repr_and_json():
+    var = Variable("cfg", '{"a": [1, 2]}')
+    assert var.deserialize() == {"a": [1, 2]}
+    assert "[1, 2]" not in repr(var)
+
+
+def test_mask_sensitive_is_case_insensitive_substring():
+    assert mask_sensitive({"My_Password_2": "x", "user": "y"}) == {"My_Password_2": "***", "user": "y"}
+
+
+def test_to_json_round_trip_keeps_description():
+    conn = Connection(conn_id="a", conn_type="postgres", description="main db", host="h", port=5432)
+    again = Connection.from_json(conn.to_json(), conn_id="a")
+    assert again == conn
+
+
+# --- property-based round trip ------------------------------------------------------------------
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=20
+)
+_ascii = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=20)
+_conn_types = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True).filter(lambda t: t != "postgresql")
+_extra_keys = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True).filter(lambda k: k != "__extra__")
+_extra_values = st.one_of(
+    st.integers(-5, 5), st.booleans(), st.none(), _text, st.lists(st.integers(0, 3), max_size=3)
+)
+
+
+@st.composite
+def connections(draw):
+    return Connection(
+        conn_id="prop",
+        conn_type=draw(_conn_types),
+        host=draw(st.one_of(st.none(), _ascii.filter(lambda h: "://" not in h))),
+        login=draw(st.one_of(st.none(), _text)),
+        password=draw(st.one_of(st.none(), _text)),
+        schema=draw(st.one_of(st.none(), _text)),
+        port=draw(st.one_of(st.none(), st.integers(1, 65535))),
+        extra=draw(
+            st.one_of(st.none(), st.dictionaries(_extra_keys, _extra_values, max_size=4).map(json.dumps))
+        ),
+    )
+
+
+def _normalised(conn: Connection) -> dict:
+    got = _fields(conn)
+    got["host"] = got["host"] or ""
+    if "/" not in got["host"]:
+        got["host"] = got["host"].lower()  # urlsplit lower-cases host names, as in Airflow
+    got["schema"] = got["schema"] or ""
+    if got["extra"] == {}:
+        got["extra"] = None
+    if got["login"] is None and (got["password"] is not None or (got["port"] and not got["host"])):
+        got["login"] = ""  # ":pw@" and "@:port" carry an empty login, as Airflow's own URIs do
+    return got
+
+
+@settings(max_examples=3000, deadline=None)
+@given(connections())
+def test_uri_round_trip_property(conn):
+    assert _normalised(Connection.from_uri(conn.get_uri(), conn_id="prop")) == _normalised(conn)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(connections())
+def test_json_round_trip_property(conn):
+    assert Connection.from_json(conn.to_json(), conn_id="prop") == _with_pruned(conn)
+
+
+def _with_pruned(conn: Connection) -> Connection:
+    # to_json prunes empty strings like Airflow's as_json does.
+    from dataclasses import replace
+
+    return replace(conn, **{k: None for k in ("host", "login", "schema") if getattr(conn, k) == ""})

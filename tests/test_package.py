@@ -1,0 +1,76 @@
+"""Packaging-level promises: lazy imports, ruff-clean tree, the leak guard itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("boto3", "botocore", "hvac", "sqlalchemy", "google", "azure", "airflow")
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import credpath",
+        "import credpath; credpath.Connection; credpath.SearchPath; credpath.get_connection",
+        "from credpath.cli import cli",
+        "import credpath.airflow" if (ROOT / "src/credpath/airflow.py").exists() else "import credpath.registry",
+    ],
+)
+def test_import_does_not_load_store_clients(code):
+    assert _loaded_after(code) == []
+
+
+def test_env_only_lookup_loads_no_store_client(monkeypatch):
+    code = (
+        "import os; os.environ['AIRFLOW_CONN_X'] = 'x://h'\n"
+        "from credpath import SearchPath\n"
+        "from credpath.backends.env import EnvironmentBackend\n"
+        "SearchPath([EnvironmentBackend()]).get_connection('x')"
+    )
+    assert _loaded_after(code) == []
+
+
+def test_ruff_is_clean():
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff not installed")
+    result = subprocess.run([str(ruff), "check", "src", "tests", "bench"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.reveals_secrets  # the inner run prints the leaked marker in its failure report
+def test_leak_guard_fails_a_leaking_test(pytester):
+    pytester.makeconftest("from tests.conftest import pytest_runtest_makereport, pytest_configure  # noqa: F401\n")
+    pytester.makepyfile(
+        """
+        import logging
+        import pytest
+
+        def test_prints():
+            print("password is hunter-s3cr3t")
+
+        def test_logs():
+            logging.getLogger("x").warning("token %s", "tok-s3cr3t")
+
+        def test_clean():
+            print("nothing to see")
+
+        @pytest.mark.reveals_secrets
+        def test_allowed():
+            print("pw-s3cr3t shown on purpose")
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=2)
