@@ -36,7 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    # The call report carries the setup and call sections too; teardown leaks are rare and would double-report.
+    # The call report carries the setup and call sections too; checking teardown would double-report.
     if call.when != "call" or item.get_closest_marker("reveals_secrets"):
         return
     places = {

@@ -58,7 +58,7 @@ def test_kwargs_without_backend_is_an_error(tmp_path):
 def test_unknown_class_path(tmp_path):
     with pytest.raises(ConfigError, match="AIRFLOW__SECRETS__BACKEND: unknown backend type 'nosuch'"):
         settings(tmp_path, AIRFLOW__SECRETS__BACKEND="nosuch")
-    with pytest.raises(ConfigError, match="cannot import 'no.such.Backend'"):
+    with pytest.raises(ConfigError, match=r"cannot import 'no\.such\.Backend'"):
         create_backend("no.such.Backend", {}, setting="AIRFLOW__SECRETS__BACKEND")
 
 
@@ -92,7 +92,10 @@ def test_config_file_any_order_patterns_and_cache(tmp_path):
         type = "env"
         """,
     )
-    assert [(b.name, b.type) for b in s.backends] == [("mem", "tests.memory_backend.MemoryBackend"), ("env", "env")]
+    assert [(b.name, b.type) for b in s.backends] == [
+        ("mem", "tests.memory_backend.MemoryBackend"),
+        ("env", "env"),
+    ]
     assert s.backends[0].lookup_patterns == {"variable": "^k"}
     assert s.backends[0].on_error == "fail"
     assert (s.cache.ttl, s.cache.miss_ttl, s.cache.max_size) == (10.0, 0.0, 5)
@@ -125,6 +128,6 @@ def test_provider_class_paths_map_to_credpath():
     assert resolve_type("airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend")[0] == (
         "aws-secrets-manager"
     )
-    assert resolve_type("airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend")[0] == (
-        "gcp-secret-manager"
-    )
+    assert resolve_type("airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend")[
+        0
+    ] == ("gcp-secret-manager")

@@ -14,7 +14,10 @@ HEAVY = ("boto3", "botocore", "hvac", "sqlalchemy", "google", "azure", "airflow"
 
 
 def _loaded_after(code: str) -> list[str]:
-    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    probe = (
+        f"{code}\nimport sys, json\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -25,7 +28,9 @@ def _loaded_after(code: str) -> list[str]:
         "import credpath",
         "import credpath; credpath.Connection; credpath.SearchPath; credpath.get_connection",
         "from credpath.cli import cli",
-        "import credpath.airflow" if (ROOT / "src/credpath/airflow.py").exists() else "import credpath.registry",
+        "import credpath.airflow"
+        if (ROOT / "src/credpath/airflow.py").exists()
+        else "import credpath.registry",
     ],
 )
 def test_import_does_not_load_store_clients(code):
@@ -46,13 +51,17 @@ def test_ruff_is_clean():
     ruff = Path(sys.executable).parent / "ruff"
     if not ruff.exists():
         pytest.skip("ruff not installed")
-    result = subprocess.run([str(ruff), "check", "src", "tests", "bench"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [str(ruff), "check", "src", "tests", "bench"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 @pytest.mark.reveals_secrets  # the inner run prints the leaked marker in its failure report
 def test_leak_guard_fails_a_leaking_test(pytester):
-    pytester.makeconftest("from tests.conftest import pytest_runtest_makereport, pytest_configure  # noqa: F401\n")
+    pytester.makeconftest(
+        "from tests.conftest import pytest_runtest_makereport, pytest_configure  # noqa: F401\n"
+    )
     pytester.makepyfile(
         """
         import logging

@@ -108,18 +108,19 @@ def _validate_extra(extra: Any, conn_id: str | None) -> str | None:
     return extra if parsed else None
 
 
-def _decode_extra_values(extra: dict[str, Any]) -> dict[str, Any]:
-    # Airflow 3.3's extra_dejson: string values that are valid JSON are decoded ("123" -> 123).
-    decoded: dict[str, Any] = {}
-    for key, value in extra.items():
-        if isinstance(value, str):
-            try:
-                decoded[key] = json.loads(value)
-                continue
-            except (json.JSONDecodeError, TypeError):
-                pass
-        decoded[key] = value
-    return decoded
+def _decode_query_value(value: str) -> Any:
+    # Airflow 3.3's URI parser JSON-decodes each non-empty query value ("10" -> 10, "true" -> True).
+    if value:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return value
+
+
+def _survives_query_form(value: Any) -> bool:
+    """True if ``value`` comes back unchanged through ``?key=value`` and the decoding parser."""
+    return isinstance(value, str) and _decode_query_value(value) == value
 
 
 def _hostname_from_netloc(parts: SplitResult) -> str:
@@ -201,7 +202,10 @@ class Connection:
         extra: str | None = None
         if parts.query:
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            extra = query[EXTRA_KEY] if EXTRA_KEY in query else json.dumps(query)
+            if EXTRA_KEY in query:
+                extra = query[EXTRA_KEY]
+            else:
+                extra = json.dumps({key: _decode_query_value(value) for key, value in query.items()})
         return cls(
             conn_id=conn_id,
             conn_type=normalize_conn_type(conn_type),
@@ -279,9 +283,7 @@ class Connection:
 
     @property
     def extra_dejson(self) -> dict[str, Any]:
-        if not self.extra:
-            return {}
-        return _decode_extra_values(json.loads(self.extra))
+        return json.loads(self.extra) if self.extra else {}
 
     def get_uri(self) -> str:
         uri = f"{self.conn_type.lower().replace('_', '-')}://" if self.conn_type else "//"
@@ -307,7 +309,9 @@ class Connection:
         if self.extra:
             extra = self.extra_dejson
             query = ""
-            if all(isinstance(v, str) for v in extra.values()):
+            # Airflow writes ?k=v even where its own parser would decode v ("10" -> 10); credpath uses
+            # __extra__ then, so get_uri() always parses back to the same extra.
+            if all(_survives_query_form(v) for v in extra.values()):
                 query = urlencode(extra)
                 if dict(parse_qsl(query, keep_blank_values=True)) != extra:
                     query = ""
@@ -326,8 +330,7 @@ class Connection:
             "password": self.password,
             "schema": self.schema,
             "port": self.port,
-            # The raw object, not extra_dejson: "0" stays a string, so JSON round trips are lossless.
-            "extra": json.loads(self.extra) if self.extra else None,
+            "extra": self.extra_dejson if self.extra else None,
         }
         if not include_conn_id:
             del data["conn_id"]

@@ -17,8 +17,13 @@ URI = "postgres://app:pw-s3cr3t-1@db.example.com:5432/analytics?sslmode=require&
 @pytest.fixture
 def run(tmp_path, monkeypatch):
     monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    for name in ("CREDPATH_CONFIG", "CREDPATH_METASTORE_URL", "CREDPATH_FERNET_KEY", "AIRFLOW__SECRETS__BACKEND",
-                 "AIRFLOW__SECRETS__BACKEND_KWARGS"):  # fmt: skip
+    for name in (
+        "CREDPATH_CONFIG",
+        "CREDPATH_METASTORE_URL",
+        "CREDPATH_FERNET_KEY",
+        "AIRFLOW__SECRETS__BACKEND",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS",
+    ):
         monkeypatch.delenv(name, raising=False)
     set_default_search_path(None)
     runner = CliRunner()
@@ -39,8 +44,17 @@ def test_add_get_masked_and_explain(run):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert list(data) == [
-        "conn_id", "conn_type", "description", "host", "login", "password", "schema", "port", "extra", "source",
-    ]  # fmt: skip
+        "conn_id",
+        "conn_type",
+        "description",
+        "host",
+        "login",
+        "password",
+        "schema",
+        "port",
+        "extra",
+        "source",
+    ]
     assert data["password"] == "***"
     assert data["extra"] == {"sslmode": "require", "api_key": "***"}
     assert (data["host"], data["port"], data["source"]) == ("db.example.com", 5432, "metastore")

@@ -90,15 +90,34 @@ def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing connection.")
 @pass_state
 @handle_errors
-def add_command(state: State, conn_id: str, uri: str | None, json_value: str | None, conn_type: str | None,
-                host: str | None, login: str | None, password: str | None, schema: str | None,
-                port: int | None, extra: str | None, description: str | None, to: str | None,
-                overwrite: bool) -> None:  # fmt: skip
+def add_command(
+    state: State,
+    conn_id: str,
+    uri: str | None,
+    json_value: str | None,
+    conn_type: str | None,
+    host: str | None,
+    login: str | None,
+    password: str | None,
+    schema: str | None,
+    port: int | None,
+    extra: str | None,
+    description: str | None,
+    to: str | None,
+    overwrite: bool,
+) -> None:
     """Add a connection (as --uri, --json, or fields)."""
     from credpath.model import Connection
 
-    fields = {"conn_type": conn_type, "host": host, "login": login, "password": password, "schema": schema,
-              "port": port, "extra": extra}  # fmt: skip
+    fields = {
+        "conn_type": conn_type,
+        "host": host,
+        "login": login,
+        "password": password,
+        "schema": schema,
+        "port": port,
+        "extra": extra,
+    }
     given = [name for name, value in fields.items() if value is not None]
     if sum(x is not None for x in (uri, json_value)) + bool(given) != 1:
         fail("give exactly one of --uri, --json, or field options (--conn-type, --host, ...)")
@@ -139,17 +158,28 @@ def delete_command(state: State, conn_id: str, source: str | None) -> None:
 @click.option(
     "--file-format", type=click.Choice(["json", "yaml", "env"]), help="Default: from the extension."
 )
-@click.option("--serialization-format", type=click.Choice(["uri", "json"]), default="uri", show_default=True,
-              help="How .env files store connections.")  # fmt: skip
+@click.option(
+    "--serialization-format",
+    type=click.Choice(["uri", "json"]),
+    default="uri",
+    show_default=True,
+    help="How .env files store connections.",
+)
 @pass_state
 @handle_errors
-def export_command(state: State, file: Path, source: str | None, file_format: str | None,
-                   serialization_format: str) -> None:  # fmt: skip
+def export_command(
+    state: State, file: Path, source: str | None, file_format: str | None, serialization_format: str
+) -> None:
     """Export connections in Airflow's file formats (.json, .yaml, .env); the file is mode 0600."""
     from credpath import transfer
 
-    count = transfer.export_connections(state.search_path, file, source=source, file_format=file_format,
-                                        serialization_format=serialization_format)  # fmt: skip
+    count = transfer.export_connections(
+        state.search_path,
+        file,
+        source=source,
+        file_format=file_format,
+        serialization_format=serialization_format,
+    )
     click.echo(f"exported {count} connection(s) to {file}")
 
 

@@ -94,8 +94,12 @@ def export_command(state: State, file: Path, source: str | None, file_format: st
 @variables.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--to", "to", help="Backend name to write to.")
-@click.option("--overwrite/--no-overwrite", default=True, show_default=True,
-              help="Replace variables that exist in the target (Airflow's import overwrites).")  # fmt: skip
+@click.option(
+    "--overwrite/--no-overwrite",
+    default=True,
+    show_default=True,
+    help="Replace variables that exist in the target (Airflow's import overwrites).",
+)
 @pass_state
 @handle_errors
 def import_command(state: State, file: Path, to: str | None, overwrite: bool) -> None:

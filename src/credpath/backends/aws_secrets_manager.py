@@ -1,0 +1,525 @@
+"""AWS Secrets Manager backend, a drop-in for Airflow's ``SecretsManagerBackend`` with batch reads.
+
+Secret names are ``<prefix><sep><id>`` (Airflow's ``build_path``); an empty prefix means the bare id, a null
+prefix switches that kind off. Connection values are a URI or JSON; JSON accepts Airflow's alias keys
+(``username`` -> ``login``, ``engine`` -> ``conn_type``, ...) and, unlike Airflow, keeps unknown keys in
+``extra`` instead of dropping them.
+
+Cost: one ``GetSecretValue`` per uncached read; ``BatchGetSecretValue`` (20 ids per call, AWS's limit) for
+``get_conn_values``/``get_variables``; ``ListSecrets`` (100 per page) + batches for prefix prefetch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from credpath.backends._aws import AwsSession, chunks, client_error_code, client_error_message
+from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
+from credpath.model import Connection, ConnectionFormatError
+from credpath.protocol import BaseBackend, Kind
+
+log = logging.getLogger("credpath.backends.aws_secrets_manager")
+
+BATCH_SIZE = 20  # BatchGetSecretValue's SecretIdList limit on AWS (moto accepts more)
+LIST_PAGE_SIZE = 100  # ListSecrets' MaxResults limit
+
+# Airflow's aliases; the canonical name comes first and wins over an alias.
+FIELD_WORDS: dict[str, tuple[str, ...]] = {
+    "login": ("login", "user", "username", "user_name"),
+    "password": ("password", "pass", "key"),
+    "host": ("host", "remote_host", "server"),
+    "port": ("port",),
+    "schema": ("schema", "database"),
+    "conn_type": ("conn_type", "connection_type", "engine", "conn_id"),
+    "extra": ("extra",),
+}
+_PASSTHROUGH = ("description",)
+
+
+def _is_deleted_error(exc: BaseException) -> bool:
+    # GetSecretValue on a secret scheduled for deletion: InvalidRequestException "... marked for deletion".
+    return (
+        client_error_code(exc) == "InvalidRequestException" and "delet" in client_error_message(exc).lower()
+    )
+
+
+class SecretsManagerBackend(BaseBackend):
+    alias: ClassVar[str] = "aws-secrets-manager"
+    store_name: ClassVar[str] = "AWS Secrets Manager"
+
+    def __init__(
+        self,
+        connections_prefix: str | None = "airflow/connections",
+        variables_prefix: str | None = "airflow/variables",
+        config_prefix: str | None = "airflow/config",
+        sep: str = "/",
+        extra_conn_words: dict[str, list[str]] | None = None,
+        *,
+        connections_lookup_pattern: str | None = None,
+        variables_lookup_pattern: str | None = None,
+        config_lookup_pattern: str | None = None,
+        connection_format: str | dict[str, Any] | None = None,
+        region_name: str | None = None,
+        profile_name: str | None = None,
+        role_arn: str | None = None,
+        assume_role_kwargs: dict[str, Any] | None = None,
+        endpoint_url: str | None = None,
+        verify: bool | str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        recovery_window_in_days: int = 30,
+        are_secret_values_urlencoded: bool = False,
+        full_url_mode: bool | None = None,  # deprecated in Airflow, accepted and ignored (format is auto)
+    ) -> None:
+        super().__init__(
+            connections_lookup_pattern=connections_lookup_pattern,
+            variables_lookup_pattern=variables_lookup_pattern,
+            config_lookup_pattern=config_lookup_pattern,
+            connection_format=connection_format,
+        )
+        if not isinstance(sep, str) or not sep:
+            raise ConfigError("sep must be a non-empty string")
+        for setting, prefix in (
+            ("connections_prefix", connections_prefix),
+            ("variables_prefix", variables_prefix),
+            ("config_prefix", config_prefix),
+        ):
+            if prefix is not None and not isinstance(prefix, str):
+                raise ConfigError(f"{setting} must be a string or null, got {type(prefix).__name__}")
+        if not isinstance(recovery_window_in_days, int) or not 7 <= recovery_window_in_days <= 30:
+            raise ConfigError("recovery_window_in_days must be an integer from 7 to 30")
+        self.sep = sep
+        # Airflow strips a trailing separator; "" stays "" (bare ids), None switches the kind off.
+        self.prefixes: dict[Kind, str | None] = {
+            "connection": connections_prefix.rstrip(sep) if connections_prefix else connections_prefix,
+            "variable": variables_prefix.rstrip(sep) if variables_prefix else variables_prefix,
+            "config": config_prefix.rstrip(sep) if config_prefix else config_prefix,
+        }
+        self.field_words = _field_words(extra_conn_words)
+        self.recovery_window_in_days = recovery_window_in_days
+        self.are_secret_values_urlencoded = bool(are_secret_values_urlencoded)
+        self.aws = AwsSession(
+            "aws-secrets-manager",
+            region_name=region_name,
+            profile_name=profile_name,
+            role_arn=role_arn,
+            assume_role_kwargs=assume_role_kwargs,
+            endpoint_url=endpoint_url,
+            verify=verify,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            config_kwargs=config_kwargs,
+        )
+        # Secret names known to exist (seen in a read or a listing): writes to them need one PutSecretValue
+        # instead of CreateSecret failing first.
+        self._existing: set[str] = set()
+        # Secrets this backend scheduled for deletion: a write restores them first (moto, unlike AWS, accepts
+        # a new version on a deleted secret and leaves it deleted).
+        self._scheduled: set[str] = set()
+
+    @property
+    def client(self) -> Any:
+        return self.aws.client("secretsmanager")
+
+    @property
+    def connections_prefix(self) -> str | None:
+        return self.prefixes["connection"]
+
+    @property
+    def variables_prefix(self) -> str | None:
+        return self.prefixes["variable"]
+
+    @property
+    def config_prefix(self) -> str | None:
+        return self.prefixes["config"]
+
+    # --- naming ------------------------------------------------------------------------------------
+
+    def secret_name(self, kind: Kind, key: str) -> str | None:
+        """The secret name for ``key``, or None when that kind is switched off or the pattern skips it."""
+        prefix = self.prefixes[kind]
+        if prefix is None or not self.wants(kind, key):
+            return None
+        return f"{prefix}{self.sep}{key}" if prefix else key
+
+    def _names(self, kind: Kind, keys: list[str]) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for key in dict.fromkeys(keys):
+            name = self.secret_name(kind, key)
+            if name is not None:
+                names[name] = key
+        return names
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        raw = self._get("connection", conn_id)
+        return None if raw is None else self._standardize(conn_id, raw)
+
+    def get_variable(self, key: str) -> str | None:
+        return self._get("variable", key)
+
+    def get_config(self, key: str) -> str | None:
+        return self._get("config", key)
+
+    def _get(self, kind: Kind, key: str) -> str | None:
+        name = self.secret_name(kind, key)
+        if name is None:
+            return None
+        try:
+            response = self.client.get_secret_value(SecretId=name)
+        except Exception as exc:  # translated below, never re-raised raw
+            code = client_error_code(exc)
+            if code == "ResourceNotFoundException" or _is_deleted_error(exc):
+                log.debug("%s: secret %s not found (%s)", self.name, name, code)
+                return None
+            raise self.aws.error(exc, f"secret {name!r}") from None
+        self._existing.add(name)
+        log.debug("%s: read secret %s", self.name, name)
+        return self._value_of(name, response)
+
+    def _value_of(self, name: str, entry: dict[str, Any]) -> str:
+        if entry.get("SecretString") is not None:
+            return entry["SecretString"]
+        binary = entry.get("SecretBinary")
+        if binary is not None:
+            try:
+                return bytes(binary).decode("utf-8")
+            except UnicodeDecodeError:
+                raise BackendError(
+                    f"{self.name}: secret {name!r} holds binary data that is not UTF-8 text",
+                    backend=self.name,
+                ) from None
+        raise BackendError(f"{self.name}: secret {name!r} has no value", backend=self.name)
+
+    # --- JSON connection values --------------------------------------------------------------------
+
+    def _standardize(self, conn_id: str, raw: str) -> str:
+        """Rename Airflow's alias keys; unknown keys go to ``extra``. URIs pass through unchanged."""
+        if not raw.strip().startswith("{"):
+            return raw
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # the model's parser reports the position
+        if not isinstance(data, dict) or "uri" in data:
+            return raw
+        out: dict[str, Any] = {}
+        used: set[str] = set()
+        for field_name, words in self.field_words.items():
+            present = [w for w in words if w in data]
+            if not present:
+                continue
+            used.update(present)
+            values = {json.dumps(data[w], sort_keys=True) for w in present}
+            if len(values) > 1 and field_name != "conn_type":
+                raise ConnectionFormatError(
+                    f"connection JSON for connection {conn_id!r} sets field {field_name!r} "
+                    f"more than once with different values (keys {', '.join(present)})"
+                )
+            out[field_name] = data[present[0]]
+        for key in _PASSTHROUGH:
+            if key in data:
+                out[key] = data[key]
+                used.add(key)
+        unknown = {k: v for k, v in data.items() if k not in used}
+        if unknown:
+            extra = out.get("extra")
+            if isinstance(extra, str) and extra.strip():
+                try:
+                    extra = json.loads(extra)
+                except json.JSONDecodeError:
+                    raise ConnectionFormatError(
+                        f"field 'extra' of connection {conn_id!r} is not valid JSON"
+                    ) from None
+            if extra in (None, ""):
+                extra = {}
+            if not isinstance(extra, dict):
+                raise ConnectionFormatError(f"field 'extra' of connection {conn_id!r} must be a JSON object")
+            out["extra"] = {**unknown, **extra}  # an explicit extra wins over a stray top-level key
+        if self.are_secret_values_urlencoded:
+            out = {k: unquote(v) if isinstance(v, str) and k != "extra" else v for k, v in out.items()}
+        return json.dumps(out)
+
+    # --- batches -----------------------------------------------------------------------------------
+
+    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
+        found = self._batch_get(self._names("connection", list(ids)))
+        return {key: self._standardize(key, raw) for key, raw in found.items()}
+
+    def get_variables(self, keys: list[str]) -> dict[str, str]:
+        return self._batch_get(self._names("variable", list(keys)))
+
+    def prefetch_connections(self) -> dict[str, str]:
+        found = self._batch_get(self._list_names("connection"))
+        return {key: self._standardize(key, raw) for key, raw in found.items()}
+
+    def prefetch_variables(self) -> dict[str, str]:
+        return self._batch_get(self._list_names("variable"))
+
+    def _batch_get(self, names: dict[str, str]) -> dict[str, str]:
+        """BatchGetSecretValue, at most BATCH_SIZE ids a call; returns {key: raw value} for hits only."""
+        found: dict[str, str] = {}
+        denied: list[str] = []
+        failed: list[str] = []
+        for chunk in chunks(list(names), BATCH_SIZE):
+            token: str | None = None
+            while True:
+                params: dict[str, Any] = {"SecretIdList": chunk}
+                if token:
+                    params["NextToken"] = token
+                try:
+                    response = self.client.batch_get_secret_value(**params)
+                except Exception as exc:
+                    raise self.aws.error(
+                        exc, f"batch read of {len(chunk)} secret(s) from {chunk[0]!r}"
+                    ) from None
+                for entry in response.get("SecretValues", []):
+                    name = entry.get("Name")
+                    if name in names:
+                        self._existing.add(name)
+                        found[names[name]] = self._value_of(name, entry)
+                for error in response.get("Errors", []):
+                    code = error.get("ErrorCode", "")
+                    secret_id = str(error.get("SecretId", "?"))
+                    if code == "ResourceNotFoundException" or (
+                        code == "InvalidRequestException" and "delet" in str(error.get("Message", "")).lower()
+                    ):
+                        continue
+                    (denied if "AccessDenied" in code else failed).append(f"{secret_id} ({code})")
+                token = response.get("NextToken")
+                if not token:
+                    break
+        # A partial answer would let the search path cache a miss for an id that failed: fail it whole.
+        if denied:
+            raise AccessDenied(
+                f"{self.name}: access denied for {len(denied)} secret(s): {', '.join(denied[:5])} "
+                f"for {self.aws.caller_arn()}",
+                backend=self.name,
+            )
+        if failed:
+            raise BackendError(
+                f"{self.name}: batch read failed for {len(failed)} secret(s): {', '.join(failed[:5])}",
+                backend=self.name,
+            )
+        log.debug("%s: batch read %d of %d secret(s)", self.name, len(found), len(names))
+        return found
+
+    # --- listing -----------------------------------------------------------------------------------
+
+    def _list_names(self, kind: Kind) -> dict[str, str]:
+        """{secret name: key} for every secret under the kind's prefix (ListSecrets, paginated)."""
+        prefix = self.prefixes[kind]
+        if not prefix:
+            # Null: kind is off. Empty: every secret in the account would match; refuse to list them all.
+            return {}
+        head = f"{prefix}{self.sep}"
+        names: dict[str, str] = {}
+        params: dict[str, Any] = {
+            "MaxResults": LIST_PAGE_SIZE,
+            "Filters": [{"Key": "name", "Values": [head]}],
+        }
+        while True:
+            try:
+                response = self.client.list_secrets(**params)
+            except Exception as exc:
+                raise self.aws.error(exc, f"list secrets under {head!r}") from None
+            for entry in response.get("SecretList", []):
+                name = entry.get("Name", "")
+                # The name filter is a prefix match on AWS but not a strict one everywhere: check again.
+                if not name.startswith(head) or entry.get("DeletedDate"):
+                    continue
+                key = name[len(head) :]
+                if key and self.wants(kind, key):
+                    names[name] = key
+                    self._existing.add(name)
+            token = response.get("NextToken")
+            if not token:
+                break
+            params["NextToken"] = token
+        return names
+
+    def list_connections(self) -> list[str]:
+        return sorted(self._list_names("connection").values())
+
+    def list_variables(self) -> list[str]:
+        return sorted(self._list_names("variable").values())
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
+        if not conn.conn_id:
+            raise ConfigError("connection has no conn_id")
+        self._write("connection", conn.conn_id, conn.to_json(), overwrite=overwrite)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        if not isinstance(value, str):
+            raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
+        self._write("variable", key, value, overwrite=overwrite)
+
+    def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:
+        """Create the secret, or put a new version when it exists: one call when the state is known.
+
+        State is known from this backend's own reads, listings, writes and deletes; otherwise CreateSecret
+        is tried first (the common case in a migration) and PutSecretValue follows only if it exists.
+        """
+        name = self._target(kind, key)
+        if name in self._scheduled:
+            if not overwrite:
+                raise self._exists_error(name, scheduled=True)
+            self._restore(name)
+        elif overwrite and name in self._existing:
+            if self._put(name, value):
+                return
+        else:
+            try:
+                self.client.create_secret(Name=name, SecretString=value)
+            except Exception as exc:
+                if client_error_code(exc) == "ResourceExistsException":
+                    if not overwrite:
+                        raise self._exists_error(name) from None
+                elif _is_deleted_error(exc):  # AWS: "already scheduled for deletion"
+                    if not overwrite:
+                        raise self._exists_error(name, scheduled=True) from None
+                    self._restore(name)
+                else:
+                    raise self._write_error(exc, name) from None
+            else:
+                self._existing.add(name)
+                log.debug("%s: created secret %s", self.name, name)
+                return
+        if not self._put(name, value):
+            raise BackendError(
+                f"{self.name}: secret {name!r} vanished while being written", backend=self.name
+            )
+
+    def _put(self, name: str, value: str) -> bool:
+        """PutSecretValue; False if the secret does not exist. A secret scheduled for deletion is restored."""
+        for attempt in range(2):
+            try:
+                self.client.put_secret_value(SecretId=name, SecretString=value)
+            except Exception as exc:
+                if client_error_code(exc) == "ResourceNotFoundException":
+                    self._existing.discard(name)
+                    return False
+                if attempt == 0 and _is_deleted_error(exc):
+                    self._restore(name)
+                    continue
+                raise self._write_error(exc, name) from None
+            break
+        self._existing.add(name)
+        log.debug("%s: put a new version of secret %s", self.name, name)
+        return True
+
+    def _exists_error(self, name: str, *, scheduled: bool = False) -> ConfigError:
+        state = "is scheduled for deletion" if scheduled else "already exists"
+        return ConfigError(f"{self.name}: secret {name!r} {state} (overwrite not allowed)")
+
+    def _restore(self, name: str) -> None:
+        try:
+            self.client.restore_secret(SecretId=name)
+        except Exception as exc:
+            raise self._write_error(exc, name) from None
+        self._scheduled.discard(name)
+        self._existing.add(name)
+        log.debug("%s: restored secret %s scheduled for deletion", self.name, name)
+
+    def _write_error(self, exc: BaseException, name: str) -> CredpathError:
+        return self.aws.error(exc, f"write secret {name!r}")
+
+    def _target(self, kind: Kind, key: str) -> str:
+        prefix = self.prefixes[kind]
+        if prefix is None:
+            setting = {"connection": "connections_prefix", "variable": "variables_prefix"}.get(
+                kind, "config_prefix"
+            )
+            raise ConfigError(f"{self.name}: {setting} is null, so {kind}s are switched off in this backend")
+        if not key:
+            raise ConfigError(f"{self.name}: {kind} id must not be empty")
+        return f"{prefix}{self.sep}{key}" if prefix else key
+
+    def delete_connection(self, conn_id: str, *, force: bool = False) -> bool:
+        return self._delete(self._target("connection", conn_id), force=force)
+
+    def delete_variable(self, key: str, *, force: bool = False) -> bool:
+        return self._delete(self._target("variable", key), force=force)
+
+    def _delete(self, name: str, *, force: bool) -> bool:
+        """Schedule deletion after the recovery window, or delete at once with ``force``.
+
+        Returns False when there was nothing live to delete. A forced delete of a missing secret succeeds
+        on AWS, so unless the secret is known to exist, one DescribeSecret tells the truth first.
+        """
+        params: dict[str, Any] = {"SecretId": name}
+        if force:
+            params["ForceDeleteWithoutRecovery"] = True
+            if name not in self._existing and not self._exists(name):
+                return False
+        else:
+            params["RecoveryWindowInDays"] = self.recovery_window_in_days
+        try:
+            self.client.delete_secret(**params)
+        except Exception as exc:
+            if client_error_code(exc) == "ResourceNotFoundException" or _is_deleted_error(exc):
+                self._existing.discard(name)
+                return False
+            raise self.aws.error(exc, f"delete secret {name!r}") from None
+        self._existing.discard(name)
+        if force:
+            self._scheduled.discard(name)
+        else:
+            self._scheduled.add(name)
+        log.debug("%s: deleted secret %s (force=%s)", self.name, name, force)
+        return True
+
+    def _exists(self, name: str) -> bool:
+        """True if the secret exists and is not scheduled for deletion (DescribeSecret)."""
+        try:
+            response = self.client.describe_secret(SecretId=name)
+        except Exception as exc:
+            if client_error_code(exc) == "ResourceNotFoundException":
+                return False
+            raise self.aws.error(exc, f"describe secret {name!r}") from None
+        return not response.get("DeletedDate")
+
+    # --- misc --------------------------------------------------------------------------------------
+
+    def check(self) -> str:
+        try:
+            self.client.list_secrets(MaxResults=1)
+        except Exception as exc:
+            raise self.aws.error(exc, "check (ListSecrets)") from None
+        return f"AWS Secrets Manager reachable ({self.aws.describe()})"
+
+    def describe(self) -> str:
+        return f"aws-secrets-manager ({self.aws.describe()})"
+
+    def close(self) -> None:
+        self.aws.close()
+
+
+def _field_words(extra_conn_words: dict[str, list[str]] | None) -> dict[str, tuple[str, ...]]:
+    words = {field: list(aliases) for field, aliases in FIELD_WORDS.items()}
+    if extra_conn_words is None:
+        return {k: tuple(v) for k, v in words.items()}
+    if not isinstance(extra_conn_words, dict):
+        raise ConfigError(
+            "extra_conn_words must be an object mapping a connection field to a list of key names"
+        )
+    for field_name, extra in extra_conn_words.items():
+        target = "login" if field_name == "user" else field_name  # Airflow accepts "user" for login
+        if target not in words:
+            raise ConfigError(
+                f"extra_conn_words: unknown connection field {field_name!r}; use one of "
+                f"{', '.join(sorted({*words, 'user'}))}"
+            )
+        if not isinstance(extra, list) or not all(isinstance(w, str) for w in extra):
+            raise ConfigError(f"extra_conn_words[{field_name!r}] must be a list of strings")
+        words[target].extend(w for w in extra if w not in words[target])
+    return {k: tuple(v) for k, v in words.items()}

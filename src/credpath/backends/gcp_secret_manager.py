@@ -1,0 +1,474 @@
+"""GCP Secret Manager backend (Airflow's ``CloudSecretManagerBackend`` kwargs) on google-cloud-secret-manager.
+
+Secret id = ``<prefix><sep><id>`` (``airflow-connections-my_db``); the payload of version ``version``
+(default ``latest``) is the raw value. A prefix set to ``None`` switches that kind of lookup off.
+
+Kwargs (Airflow's): ``connections_prefix``, ``variables_prefix``, ``config_prefix``, ``sep``,
+``project_id``, ``gcp_key_path``, ``gcp_keyfile_dict``, ``gcp_credential_config_file``, ``gcp_scopes``,
+``impersonation_chain``;
+credpath's: the three ``*_lookup_pattern``, ``connection_format``, ``version`` (pin a version number),
+``timeout`` (seconds per read, retries included; default 30), and for tests/embedding ``credentials``
+(a ``google.auth`` credentials object; in a config file the string ``"anonymous"`` for emulators, or the
+dotted path of a credentials class built with no arguments), ``transport`` (``"grpc"`` default,
+``"rest"``), ``client_options``
+(dict or ``ClientOptions``, e.g. ``{"api_endpoint": "http://127.0.0.1:8080"}``).
+
+Differences from Airflow, on purpose: one client per backend instance (Airflow builds one per access);
+permission denied raises :class:`AccessDenied` (Airflow returns "not found"); a disabled or destroyed
+version raises :class:`BackendError` naming the secret and the state; payload CRC32C is verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from typing import Any, ClassVar
+
+from credpath.errors import AccessDenied, BackendError, ConfigError
+from credpath.protocol import BaseBackend, Kind, iter_ids
+
+log = logging.getLogger(__name__)
+
+_PREFIX_RE = re.compile(r"^[a-zA-Z0-9-_]*$")
+_SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_STATE_RE = re.compile(r"\b(DISABLED|DESTROYED)\b")
+_DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        crc = n
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C of ``data``; pure Python because google-crc32c is an optional wheel."""
+    crc = 0xFFFFFFFF
+    table = _CRC32C_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _credentials_from_name(name: str) -> Any:
+    """``"anonymous"`` or a dotted class path, so credentials can be chosen from a config file."""
+    if name == "anonymous":
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    from credpath.registry import load_class
+
+    return load_class(name, setting="credentials")()
+
+
+class SecretManagerBackend(BaseBackend):
+    alias: ClassVar[str] = "gcp-secret-manager"
+    store_name: ClassVar[str] = "GCP Secret Manager"
+
+    def __init__(
+        self,
+        connections_prefix: str | None = "airflow-connections",
+        variables_prefix: str | None = "airflow-variables",
+        config_prefix: str | None = "airflow-config",
+        gcp_keyfile_dict: dict[str, Any] | str | None = None,
+        gcp_key_path: str | None = None,
+        gcp_credential_config_file: dict[str, Any] | str | None = None,
+        gcp_scopes: str | list[str] | None = None,
+        project_id: str | None = None,
+        sep: str = "-",
+        impersonation_chain: str | list[str] | None = None,
+        *,
+        version: str | int = "latest",
+        timeout: float = 30.0,
+        credentials: Any = None,
+        transport: str | None = None,
+        client_options: Any = None,
+        connections_lookup_pattern: str | None = None,
+        variables_lookup_pattern: str | None = None,
+        config_lookup_pattern: str | None = None,
+        connection_format: str | dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            connections_lookup_pattern=connections_lookup_pattern,
+            variables_lookup_pattern=variables_lookup_pattern,
+            config_lookup_pattern=config_lookup_pattern,
+            connection_format=connection_format,
+        )
+        if not isinstance(sep, str):
+            raise ConfigError("sep must be a string")
+        self.prefixes: dict[Kind, str | None] = {
+            "connection": connections_prefix,
+            "variable": variables_prefix,
+            "config": config_prefix,
+        }
+        for kind, prefix in self.prefixes.items():
+            setting = f"{kind}s_prefix" if kind != "config" else "config_prefix"
+            if prefix is not None and (not isinstance(prefix, str) or not _PREFIX_RE.match(prefix + sep)):
+                raise ConfigError(
+                    f"{setting} and sep of backend {self.alias!r} must match ^[a-zA-Z0-9-_]*$ "
+                    "(Secret Manager ids allow letters, digits, '-' and '_')"
+                )
+        self.sep = sep
+        version = str(version)
+        if version != "latest" and not (version.isdigit() and int(version) > 0):
+            raise ConfigError("version must be 'latest' or a positive version number")
+        self.version = version
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigError("timeout must be a positive number of seconds")
+        self.timeout = float(timeout)
+        if transport not in (None, "grpc", "rest"):
+            raise ConfigError("transport must be 'grpc' or 'rest'")
+        self.transport = transport
+        self.client_options = client_options
+        self.project_id = project_id
+        self.gcp_keyfile_dict = gcp_keyfile_dict
+        self.gcp_key_path = gcp_key_path
+        self.gcp_credential_config_file = gcp_credential_config_file
+        if isinstance(gcp_scopes, str):
+            gcp_scopes = [s.strip() for s in gcp_scopes.split(",") if s.strip()]
+        self.gcp_scopes: list[str] = list(gcp_scopes or _DEFAULT_SCOPES)
+        if isinstance(impersonation_chain, str):
+            impersonation_chain = [impersonation_chain]
+        self.impersonation_chain: list[str] = list(impersonation_chain or [])
+        self._credentials = credentials
+        self._client: Any = None
+        self._retry: Any = None
+        self._lock = threading.Lock()
+
+    # --- client ------------------------------------------------------------------------------------
+
+    def _build_credentials(self) -> tuple[Any, str | None]:
+        import google.auth
+        from google.oauth2 import service_account
+
+        project: str | None = None
+        if isinstance(self._credentials, str):
+            credentials = _credentials_from_name(self._credentials)
+        elif self._credentials is not None:
+            credentials = self._credentials
+        elif self.gcp_key_path:
+            credentials = service_account.Credentials.from_service_account_file(
+                self.gcp_key_path, scopes=self.gcp_scopes
+            )
+            project = credentials.project_id
+        elif self.gcp_keyfile_dict:
+            info = self.gcp_keyfile_dict
+            if isinstance(info, str):
+                try:
+                    info = json.loads(info)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"gcp_keyfile_dict is not valid JSON (line {exc.lineno})") from None
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=self.gcp_scopes)
+            project = credentials.project_id
+        elif self.gcp_credential_config_file:
+            source = self.gcp_credential_config_file
+            if isinstance(source, dict) or (isinstance(source, str) and source.lstrip().startswith("{")):
+                info = source if isinstance(source, dict) else json.loads(source)
+                credentials, project = google.auth.load_credentials_from_dict(info, scopes=self.gcp_scopes)
+            else:
+                credentials, project = google.auth.load_credentials_from_file(source, scopes=self.gcp_scopes)
+        else:
+            credentials, project = google.auth.default(scopes=self.gcp_scopes)
+        if self.impersonation_chain:
+            from google.auth import impersonated_credentials
+
+            credentials = impersonated_credentials.Credentials(
+                source_credentials=credentials,
+                target_principal=self.impersonation_chain[-1],
+                delegates=self.impersonation_chain[:-1] or None,
+                target_scopes=self.gcp_scopes,
+            )
+        return credentials, project
+
+    @property
+    def client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        with self._lock:
+            if self._client is None:
+                try:
+                    from google.api_core import exceptions as gexc
+                    from google.api_core import retry as gretry
+                    from google.auth.exceptions import GoogleAuthError
+                    from google.cloud import secretmanager
+                except ImportError as exc:
+                    raise ConfigError(
+                        f"backend {self.name!r} needs google-cloud-secret-manager (missing module "
+                        f"{exc.name!r}); install it with: pip install 'credpath[gcp]'"
+                    ) from None
+                try:
+                    credentials, project = self._build_credentials()
+                except GoogleAuthError as exc:
+                    raise BackendError(
+                        f"backend {self.name!r} ({self.store_name}): cannot load credentials: "
+                        f"{type(exc).__name__}",
+                        backend=self.name,
+                    ) from None
+                except OSError as exc:
+                    raise ConfigError(
+                        f"backend {self.name!r}: cannot read the credentials file ({exc.strerror})"
+                    ) from None
+                self.project_id = self.project_id or project
+                if not self.project_id:
+                    raise ConfigError(
+                        f"backend {self.name!r}: project_id is not set and the credentials name no project"
+                    )
+                kwargs: dict[str, Any] = {"credentials": credentials}
+                if self.transport:
+                    kwargs["transport"] = self.transport
+                if self.client_options is not None:
+                    kwargs["client_options"] = self.client_options
+                # Retry only transient failures, within the read's time budget (the default is 60 s).
+                self._retry = gretry.Retry(
+                    predicate=gretry.if_exception_type(
+                        gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError
+                    ),
+                    initial=0.1,
+                    maximum=2.0,
+                    multiplier=2.0,
+                    timeout=self.timeout,
+                )
+                self._client = secretmanager.SecretManagerServiceClient(**kwargs)
+                log.debug(
+                    "%s: client for project %s (transport %s)", self.name, self.project_id, self.transport
+                )
+        return self._client
+
+    # --- naming ------------------------------------------------------------------------------------
+
+    def secret_id(self, kind: Kind, key: str) -> str | None:
+        """The Secret Manager id for ``key``, or None if this kind is switched off."""
+        prefix = self.prefixes[kind]
+        if prefix is None:
+            return None
+        return f"{prefix}{self.sep}{key}" if prefix else key
+
+    def _parent(self) -> str:
+        _ = self.client  # resolves project_id
+        return f"projects/{self.project_id}"
+
+    def _error(self, exc: Exception, secret_id: str, action: str) -> BackendError:
+        """One line naming the backend, secret and reason; server text is reduced to a state or code."""
+        from google.api_core import exceptions as gexc
+
+        where = f"backend {self.name!r} ({self.store_name}): {action} secret {secret_id!r}"
+        if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
+            return AccessDenied(f"{where}: permission denied ({exc.code})", backend=self.name)
+        if isinstance(exc, gexc.BadRequest):
+            state = _STATE_RE.search(str(getattr(exc, "message", "")))
+            if state:
+                return BackendError(
+                    f"{where}: version {self.version} is {state.group(1)} (Secret Manager does not fall back "
+                    "to an older version; enable it or add a new version)",
+                    backend=self.name,
+                )
+        if isinstance(exc, gexc.GoogleAPICallError):
+            status = getattr(exc, "grpc_status_code", None) or exc.code
+            return BackendError(f"{where}: {type(exc).__name__} ({status})", backend=self.name)
+        if isinstance(exc, gexc.RetryError):
+            return BackendError(f"{where}: gave up after retrying for {self.timeout:g} s", backend=self.name)
+        return BackendError(f"{where}: {type(exc).__name__}", backend=self.name)
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def _read(self, kind: Kind, key: str) -> str | None:
+        if not self.wants(kind, key):
+            return None
+        secret_id = self.secret_id(kind, key)
+        if secret_id is None:
+            return None
+        if not _SECRET_ID_RE.match(secret_id):
+            # No secret can have this id, so it is a miss; asking would only cost a 400.
+            log.debug("%s: %s %r cannot be a Secret Manager id; miss", self.name, kind, key)
+            return None
+        return self.access(secret_id)
+
+    def access(self, secret_id: str) -> str | None:
+        from google.api_core import exceptions as gexc
+        from google.auth.exceptions import GoogleAuthError
+
+        client = self.client
+        name = f"projects/{self.project_id}/secrets/{secret_id}/versions/{self.version}"
+        try:
+            response = client.access_secret_version(
+                request={"name": name}, retry=self._retry, timeout=self.timeout
+            )
+        except gexc.NotFound:
+            log.debug("%s: secret %s version %s not found", self.name, secret_id, self.version)
+            return None
+        except (gexc.GoogleAPICallError, gexc.RetryError, GoogleAuthError) as exc:
+            raise self._error(exc, secret_id, "reading") from None
+        except Exception as exc:  # transport errors (requests / grpc) carry URLs, not values
+            raise BackendError(
+                f"backend {self.name!r} ({self.store_name}): reading secret {secret_id!r}: "
+                f"{type(exc).__name__}",
+                backend=self.name,
+            ) from None
+        data: bytes = response.payload.data
+        expected = response.payload.data_crc32c
+        if expected is not None and getattr(response.payload, "_pb", None) is not None:
+            has_crc = response.payload._pb.HasField("data_crc32c")
+        else:
+            has_crc = expected is not None
+        if has_crc and crc32c(data) != int(expected):
+            raise BackendError(
+                f"backend {self.name!r} ({self.store_name}): secret {secret_id!r} payload failed its "
+                "CRC32C check (corrupted in transit); refusing the value",
+                backend=self.name,
+            )
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BackendError(
+                f"backend {self.name!r} ({self.store_name}): secret {secret_id!r} is not UTF-8 text",
+                backend=self.name,
+            ) from None
+        log.debug("%s: read secret %s", self.name, secret_id)
+        return value
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        return self._read("connection", conn_id)
+
+    def get_variable(self, key: str) -> str | None:
+        return self._read("variable", key)
+
+    def get_config(self, key: str) -> str | None:
+        return self._read("config", key)
+
+    # --- writes, listing ---------------------------------------------------------------------------
+
+    def _write_id(self, kind: Kind, key: str) -> str:
+        secret_id = self.secret_id(kind, key)
+        if secret_id is None:
+            setting = f"{kind}s_prefix" if kind != "config" else "config_prefix"
+            raise ConfigError(f"backend {self.name!r}: cannot write {kind} {key!r}: {setting} is null")
+        if not _SECRET_ID_RE.match(secret_id):
+            raise ConfigError(
+                f"backend {self.name!r}: {kind} id {key!r} gives secret id {secret_id!r}, which "
+                "Secret Manager rejects (allowed: letters, digits, '-', '_'; at most 255)"
+            )
+        return secret_id
+
+    def _write(self, kind: Kind, key: str, value: str, overwrite: bool) -> None:
+        from google.api_core import exceptions as gexc
+
+        secret_id = self._write_id(kind, key)
+        data = value.encode("utf-8")
+        if len(data) > 65536:
+            raise ConfigError(f"backend {self.name!r}: {kind} {key!r} is larger than Secret Manager's 64 KiB")
+        client, parent = self.client, self._parent()
+        try:
+            try:
+                # Migration writes mostly new ids: create first (2 calls new, 2 calls existing).
+                client.create_secret(
+                    request={
+                        "parent": parent,
+                        "secret_id": secret_id,
+                        "secret": {"replication": {"automatic": {}}, "labels": {"managed-by": "credpath"}},
+                    },
+                    timeout=self.timeout,
+                )
+            except (gexc.AlreadyExists, gexc.Conflict):
+                if not overwrite:
+                    raise ConfigError(
+                        f"backend {self.name!r}: {kind} {key!r} already exists (secret {secret_id!r}); "
+                        "not overwritten"
+                    ) from None
+            client.add_secret_version(
+                request={
+                    "parent": f"{parent}/secrets/{secret_id}",
+                    "payload": {"data": data, "data_crc32c": crc32c(data)},
+                },
+                timeout=self.timeout,
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, secret_id, "writing") from None
+        log.debug("%s: wrote secret %s", self.name, secret_id)
+
+    def set_connection(self, conn: Any, *, overwrite: bool = True) -> None:
+        if not conn.conn_id:
+            raise ConfigError("connection to write has no conn_id")
+        self._write("connection", conn.conn_id, conn.to_json(), overwrite)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        self._write("variable", key, value, overwrite)
+
+    def _delete(self, kind: Kind, key: str) -> bool:
+        from google.api_core import exceptions as gexc
+
+        secret_id = self._write_id(kind, key)
+        try:
+            self.client.delete_secret(
+                request={"name": f"{self._parent()}/secrets/{secret_id}"}, timeout=self.timeout
+            )
+        except gexc.NotFound:
+            return False
+        except Exception as exc:
+            raise self._error(exc, secret_id, "deleting") from None
+        log.debug("%s: deleted secret %s", self.name, secret_id)
+        return True
+
+    def delete_connection(self, conn_id: str) -> bool:
+        return self._delete("connection", conn_id)
+
+    def delete_variable(self, key: str) -> bool:
+        return self._delete("variable", key)
+
+    def _list(self, kind: Kind) -> list[str]:
+        prefix = self.prefixes[kind]
+        if prefix is None:
+            return []
+        start = f"{prefix}{self.sep}" if prefix else ""
+        request: dict[str, Any] = {"parent": self._parent(), "page_size": 250}
+        if start:
+            request["filter"] = f"name:{start}"  # server-side narrowing; "name:" is a substring match
+        ids: list[str] = []
+        try:
+            for secret in self.client.list_secrets(request=request, timeout=self.timeout):
+                # Returned names carry the project number, so take the last segment only.
+                secret_id = secret.name.rsplit("/", 1)[-1]
+                if secret_id.startswith(start) and len(secret_id) > len(start):
+                    ids.append(secret_id[len(start) :])
+        except Exception as exc:
+            raise self._error(exc, f"{start}*", "listing") from None
+        return iter_ids(ids)
+
+    def list_connections(self) -> list[str]:
+        return self._list("connection")
+
+    def list_variables(self) -> list[str]:
+        return self._list("variable")
+
+    def check(self) -> str:
+        try:
+            pager = self.client.list_secrets(
+                request={"parent": self._parent(), "page_size": 1}, timeout=self.timeout
+            )
+            next(iter(pager.pages), None)
+        except (ConfigError, BackendError):
+            raise
+        except Exception as exc:
+            raise self._error(exc, "*", "listing") from None
+        return f"{self.store_name} project {self.project_id}: reachable"
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.transport.close()
+            except Exception:  # closing is best effort
+                log.debug("%s: error closing the client", self.name, exc_info=True)
+
+    def describe(self) -> str:
+        return f"{self.alias} (project {self.project_id or 'from credentials'}, version {self.version})"

@@ -1,0 +1,500 @@
+"""The metastore backend on SQLite and on a real PostgreSQL server (every test runs on both)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, event, text
+
+from credpath.backends.metastore import (
+    CONNECTION_TABLE,
+    SCHEMA_VERSION,
+    VARIABLE_TABLE,
+    VERSION_TABLE,
+    FernetKeyError,
+    MetastoreBackend,
+)
+from credpath.errors import BackendError, ConfigError
+from credpath.model import Connection
+from tests.conftest import assert_no_secret
+
+PW = "pw-s3cr3t-1"
+TOKEN = "tok-s3cr3t-2"
+VAR_VALUE = "var-s3cr3t-3"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("CREDPATH_HOME", str(home))
+    monkeypatch.delenv("CREDPATH_FERNET_KEY", raising=False)
+    monkeypatch.delenv("CREDPATH_METASTORE_URL", raising=False)
+    return home
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def metastore_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database: a new SQLite file, or a new database on the PostgreSQL test server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'credpath.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database("meta")
+
+
+class MetastoreHarness:
+    """Contract-suite harness: fresh backends on one empty database; seeding writes rows with plain SQL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fernet_key = Fernet.generate_key().decode()
+        self._backends: list[MetastoreBackend] = []
+        self._engine = create_engine(url)
+
+    def make_backend(self, **kwargs: Any) -> MetastoreBackend:
+        kwargs.setdefault("url", self.url)
+        kwargs.setdefault("fernet_key", self.fernet_key)
+        backend = MetastoreBackend(**kwargs)
+        self._backends.append(backend)
+        return backend
+
+    def _ensure_schema(self) -> None:
+        MetastoreBackend(url=self.url, fernet_key=self.fernet_key).engine.dispose()
+
+    def _encrypt(self, value: str | None) -> str | None:
+        return None if value is None else Fernet(self.fernet_key.encode()).encrypt(value.encode()).decode()
+
+    def seed(self, kind: str, key: str, raw_value: str) -> None:
+        if kind == "config":
+            pytest.skip("the metastore holds no config values")
+        self._ensure_schema()
+        with self._engine.begin() as conn:
+            if kind == "connection":
+                c = Connection.from_value(raw_value, conn_id=key)
+                conn.execute(text(f"DELETE FROM {CONNECTION_TABLE} WHERE conn_id = :id"), {"id": key})
+                conn.execute(
+                    text(
+                        f"INSERT INTO {CONNECTION_TABLE} "
+                        "(conn_id, conn_type, description, host, login, password, schema, port, extra) "
+                        "VALUES (:id, :type, :desc, :host, :login, :pw, :schema, :port, :extra)"
+                    ),
+                    {
+                        "id": key,
+                        "type": c.conn_type,
+                        "desc": c.description,
+                        "host": c.host,
+                        "login": c.login,
+                        "pw": self._encrypt(c.password),
+                        "schema": c.schema,
+                        "port": c.port,
+                        "extra": self._encrypt(c.extra),
+                    },
+                )
+            elif kind == "variable":
+                conn.execute(text(f'DELETE FROM {VARIABLE_TABLE} WHERE "key" = :k'), {"k": key})
+                conn.execute(
+                    text(f'INSERT INTO {VARIABLE_TABLE} ("key", value) VALUES (:k, :v)'),
+                    {"k": key, "v": self._encrypt(raw_value)},
+                )
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+
+    def raw_rows(self, table: str) -> list[tuple[Any, ...]]:
+        with self._engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table}"))]
+
+    def close(self) -> None:
+        for backend in self._backends:
+            backend.close()
+        self._engine.dispose()
+
+
+@pytest.fixture
+def metastore_harness(metastore_url: str) -> Iterator[MetastoreHarness]:
+    harness = MetastoreHarness(metastore_url)
+    yield harness
+    harness.close()
+
+
+class StatementCounter:
+    def __init__(self, backend: MetastoreBackend) -> None:
+        self.statements: list[str] = []
+        event.listen(backend.engine, "before_cursor_execute", self._on_execute)
+
+    def _on_execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement.split()[0].upper())
+
+    def reset(self) -> None:
+        self.statements.clear()
+
+    def __len__(self) -> int:
+        return len(self.statements)
+
+
+def _conn(conn_id: str = "pg_main", **overrides: Any) -> Connection:
+    fields: dict[str, Any] = {
+        "conn_id": conn_id,
+        "conn_type": "postgres",
+        "description": "main warehouse",
+        "host": "db.example.com",
+        "login": "etl",
+        "password": PW,
+        "schema": "analytics",
+        "port": 5432,
+        "extra": json.dumps({"sslmode": "require", "token": TOKEN}),
+    }
+    fields.update(overrides)
+    return Connection(**fields)
+
+
+# --- reads and writes ----------------------------------------------------------------------------------
+
+
+def test_connection_round_trip_keeps_every_field(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    original = _conn()
+    backend.set_connection(original)
+    assert backend.get_connection("pg_main") == original
+    # get_conn_value is JSON (not a URI) so the description survives the search path.
+    assert Connection.from_value(backend.get_conn_value("pg_main"), conn_id="pg_main") == original
+
+
+def test_misses_return_none(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    assert backend.get_connection("nope") is None
+    assert backend.get_conn_value("nope") is None
+    assert backend.get_variable("nope") is None
+    assert backend.get_config("anything") is None
+
+
+def test_overwrite_replaces_and_overwrite_false_refuses(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    backend.set_connection(_conn(host="old.example.com"))
+    backend.set_connection(_conn(host="new.example.com", description=None, extra=None, password=None))
+    got = backend.get_connection("pg_main")
+    assert got is not None and got.host == "new.example.com" and got.password is None and got.extra is None
+    with pytest.raises(ConfigError, match="connection 'pg_main' already exists") as info:
+        backend.set_connection(_conn(password="pw-s3cr3t-other"), overwrite=False)
+    assert_no_secret(str(info.value))
+    assert backend.get_connection("pg_main").host == "new.example.com"  # unchanged
+
+    backend.set_variable("v", VAR_VALUE, description="first")
+    with pytest.raises(ConfigError, match="variable 'v' already exists"):
+        backend.set_variable("v", "other-s3cr3t", overwrite=False)
+    backend.set_variable("v", "second")
+    record = backend.get_variable_record("v")
+    assert record is not None and record.value == "second" and record.description is None
+
+
+def test_variables_are_strings_with_description(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    backend.set_variable("cfg", '{"a": [1, 2]}', description="json config")
+    backend.set_variable("empty", "")
+    assert backend.get_variable("cfg") == '{"a": [1, 2]}'
+    assert backend.get_variable("empty") == ""
+    assert backend.get_variable_record("cfg").description == "json config"
+    with pytest.raises(ConfigError, match="variable 'n' must be a string"):
+        backend.set_variable("n", 5)  # type: ignore[arg-type]
+
+
+def test_list_and_delete(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    for conn_id in ("b", "a", "c"):
+        backend.set_connection(_conn(conn_id))
+    backend.set_variable("y", "1")
+    backend.set_variable("x", "2")
+    assert backend.list_connections() == ["a", "b", "c"]
+    assert backend.list_variables() == ["x", "y"]
+    assert backend.delete_connection("b") is True
+    assert backend.delete_connection("b") is False
+    assert backend.delete_variable("x") is True
+    assert backend.delete_variable("zz") is False
+    assert backend.list_connections() == ["a", "c"]
+    assert backend.list_variables() == ["y"]
+    assert backend.get_connection("b") is None
+
+
+def test_reads_seeded_rows(metastore_harness: MetastoreHarness) -> None:
+    metastore_harness.seed("connection", "seeded", f"mysql://u:{PW}@h:3306/db?charset=utf8")
+    metastore_harness.seed("variable", "seeded_var", VAR_VALUE)
+    backend = metastore_harness.make_backend()
+    got = backend.get_connection("seeded")
+    assert (got.conn_type, got.host, got.port, got.password, got.extra_dejson) == (
+        "mysql",
+        "h",
+        3306,
+        PW,
+        {"charset": "utf8"},
+    )
+    assert backend.get_variable("seeded_var") == VAR_VALUE
+
+
+# --- encryption at rest --------------------------------------------------------------------------------
+
+
+def test_secrets_are_encrypted_at_rest(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    backend.set_connection(_conn())
+    backend.set_variable("api", VAR_VALUE)
+    conn_rows = metastore_harness.raw_rows(CONNECTION_TABLE)
+    var_rows = metastore_harness.raw_rows(VARIABLE_TABLE)
+    dump = repr(conn_rows) + repr(var_rows)
+    for secret in (PW, TOKEN, VAR_VALUE, "sslmode"):
+        assert secret not in dump
+    assert "db.example.com" in dump  # non-secret fields stay queryable
+    fernet = Fernet(metastore_harness.fernet_key.encode())
+    tokens = [v for row in conn_rows for v in row if isinstance(v, str) and v.startswith("gAAAAA")]
+    assert sorted(fernet.decrypt(t.encode()).decode() for t in tokens) == sorted([PW, _conn().extra])
+    assert fernet.decrypt(var_rows[0][1].encode()).decode() == VAR_VALUE
+
+
+def test_sqlite_file_has_no_plaintext(tmp_path: Path) -> None:
+    db = tmp_path / "raw.db"
+    backend = MetastoreBackend(url=f"sqlite:///{db}", fernet_key=Fernet.generate_key().decode())
+    backend.set_connection(_conn())
+    backend.set_variable("api", VAR_VALUE)
+    backend.close()
+    raw = db.read_bytes()
+    assert b"db.example.com" in raw
+    for secret in (PW, TOKEN, VAR_VALUE):
+        assert secret.encode() not in raw
+
+
+def test_rotation_re_encrypts_with_the_first_key(metastore_harness: MetastoreHarness) -> None:
+    old, new = metastore_harness.fernet_key, Fernet.generate_key().decode()
+    metastore_harness.make_backend(fernet_key=old).set_connection(_conn())
+    metastore_harness.make_backend(fernet_key=old).set_connection(
+        _conn("no_secrets", password=None, extra=None)
+    )
+    metastore_harness.make_backend(fernet_key=old).set_variable("api", VAR_VALUE)
+    before = metastore_harness.raw_rows(CONNECTION_TABLE) + metastore_harness.raw_rows(VARIABLE_TABLE)
+
+    rotating = metastore_harness.make_backend(fernet_key=f"{new},{old}")
+    assert rotating.get_variable("api") == VAR_VALUE  # old tokens still readable before rotation
+    assert rotating.rotate_fernet_key() == 3
+
+    after = metastore_harness.raw_rows(CONNECTION_TABLE) + metastore_harness.raw_rows(VARIABLE_TABLE)
+    old_tokens = {v for row in before for v in row if isinstance(v, str) and v.startswith("gAAAAA")}
+    new_tokens = {v for row in after for v in row if isinstance(v, str) and v.startswith("gAAAAA")}
+    assert len(old_tokens) == len(new_tokens) == 3 and not old_tokens & new_tokens
+
+    only_new = metastore_harness.make_backend(fernet_key=new)
+    assert only_new.get_connection("pg_main") == _conn()
+    assert only_new.get_variable("api") == VAR_VALUE
+    only_old = metastore_harness.make_backend(fernet_key=old)
+    with pytest.raises(FernetKeyError):
+        only_old.get_variable("api")
+    # Rows without secrets are untouched and readable with any key.
+    assert only_old.get_connection("no_secrets").host == "db.example.com"
+
+
+def test_rotation_with_a_key_that_cannot_decrypt_changes_nothing(metastore_harness: MetastoreHarness) -> None:
+    metastore_harness.make_backend().set_variable("api", VAR_VALUE)
+    before = metastore_harness.raw_rows(VARIABLE_TABLE)
+    stranger = metastore_harness.make_backend(fernet_key=Fernet.generate_key().decode())
+    with pytest.raises(
+        FernetKeyError, match=r"cannot rotate the value of variable 'api'.*nothing was changed"
+    ):
+        stranger.rotate_fernet_key()
+    assert metastore_harness.raw_rows(VARIABLE_TABLE) == before
+
+
+def test_wrong_key_gives_a_clear_error_and_never_a_value(metastore_harness: MetastoreHarness) -> None:
+    metastore_harness.make_backend().set_connection(_conn())
+    metastore_harness.make_backend().set_variable("api", VAR_VALUE)
+    wrong = metastore_harness.make_backend(fernet_key=Fernet.generate_key().decode())
+    with pytest.raises(BackendError) as info:
+        wrong.get_connection("pg_main")
+    message = str(info.value)
+    assert "cannot decrypt the password of connection 'pg_main'" in message
+    assert "fernet_key" in message and "\n" not in message
+    assert_no_secret(message, metastore_harness.fernet_key)
+    with pytest.raises(FernetKeyError, match="the value of variable 'api'"):
+        wrong.get_variable("api")
+    with pytest.raises(FernetKeyError):
+        wrong.get_conn_values(["pg_main"])
+    with pytest.raises(FernetKeyError):
+        wrong.check()
+
+
+@pytest.mark.parametrize(
+    ("key", "position"),
+    [("not-a-key", 1), (f"{Fernet.generate_key().decode()},xx-s3cr3t-yy", 2), (" , ", None)],
+    ids=["garbage", "second-bad", "empty"],
+)
+def test_invalid_fernet_key_is_a_config_error(tmp_path: Path, key: str, position: int | None) -> None:
+    backend = MetastoreBackend(url=f"sqlite:///{tmp_path / 'x.db'}", fernet_key=key)
+    with pytest.raises(ConfigError) as info:
+        backend.set_variable("v", "x")
+    message = str(info.value)
+    assert "fernet_key" in message
+    if position:
+        assert f"key #{position}" in message
+    assert_no_secret(message)
+    assert "not-a-key" not in message
+
+
+def test_env_key_and_url_are_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = Fernet.generate_key().decode()
+    db = tmp_path / "from-env.db"
+    monkeypatch.setenv("CREDPATH_FERNET_KEY", key)
+    monkeypatch.setenv("CREDPATH_METASTORE_URL", f"sqlite:///{db}")
+    backend = MetastoreBackend()
+    backend.set_variable("api", VAR_VALUE)
+    assert db.exists()
+    assert not (tmp_path / "home" / "fernet.key").exists()
+    raw = MetastoreHarness(f"sqlite:///{db}").raw_rows(VARIABLE_TABLE)
+    assert Fernet(key.encode()).decrypt(raw[0][1].encode()).decode() == VAR_VALUE
+    monkeypatch.setenv("CREDPATH_FERNET_KEY", "bad")
+    with pytest.raises(ConfigError, match="CREDPATH_FERNET_KEY"):
+        MetastoreBackend().get_variable("api")
+
+
+def test_default_is_sqlite_in_home_with_generated_key(_isolated_home: Path) -> None:
+    backend = MetastoreBackend()
+    assert backend.url == f"sqlite:///{_isolated_home / 'credpath.db'}"
+    backend.set_variable("api", VAR_VALUE)
+    key_file = _isolated_home / "fernet.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(_isolated_home.stat().st_mode) == 0o700
+    Fernet(key_file.read_text().strip().encode())  # a valid key
+    # A second process (new backend) reuses the key instead of generating another.
+    assert MetastoreBackend().get_variable("api") == VAR_VALUE
+    assert [p.name for p in _isolated_home.iterdir() if p.name.startswith(".fernet-")] == []
+
+
+def test_lost_key_file_with_existing_data_is_refused(_isolated_home: Path) -> None:
+    MetastoreBackend().set_variable("api", VAR_VALUE)
+    (_isolated_home / "fernet.key").unlink()
+    with pytest.raises(ConfigError, match="holds encrypted values but no Fernet key"):
+        MetastoreBackend().get_variable("api")
+    assert not (_isolated_home / "fernet.key").exists()
+
+
+# --- schema --------------------------------------------------------------------------------------------
+
+
+def test_schema_is_created_once_and_versioned(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    assert backend.check().endswith(f"(schema v{SCHEMA_VERSION})")
+    assert [row[0] for row in metastore_harness.raw_rows(VERSION_TABLE)] == [SCHEMA_VERSION]
+    # A second backend (a new process) finds the schema with a single query.
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        metastore_harness.make_backend().engine  # noqa: B018
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert len(seen) == 1 and "max" in seen[0].lower()
+
+
+def test_newer_schema_is_refused(metastore_harness: MetastoreHarness) -> None:
+    metastore_harness.make_backend().check()
+    with metastore_harness._engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version) VALUES (99)"))
+    with pytest.raises(BackendError, match="schema version 99 is newer than this credpath supports"):
+        metastore_harness.make_backend().get_variable("x")
+
+
+# --- API-call accounting -------------------------------------------------------------------------------
+
+
+def test_one_statement_per_read_and_write(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    counter = StatementCounter(backend)
+    backend.set_connection(_conn())  # upsert: one statement
+    assert counter.statements == ["INSERT"]
+    counter.reset()
+    backend.set_connection(_conn(host="other"))
+    assert counter.statements == ["INSERT"]
+    counter.reset()
+    backend.get_connection("pg_main")
+    backend.get_variable("missing")
+    assert counter.statements == ["SELECT", "SELECT"]
+
+
+def test_batches_use_one_select_in(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    for i in range(5):
+        backend.set_connection(_conn(f"c{i}"))
+        backend.set_variable(f"v{i}", f"value-{i}")
+    counter = StatementCounter(backend)
+    got = backend.get_conn_values(["c0", "c3", "missing", "c4", "c0"])
+    assert counter.statements == ["SELECT"]
+    assert sorted(got) == ["c0", "c3", "c4"]
+    assert Connection.from_value(got["c3"], conn_id="c3") == _conn("c3")
+    counter.reset()
+    assert backend.get_variables(["v1", "v2", "nope"]) == {"v1": "value-1", "v2": "value-2"}
+    assert counter.statements == ["SELECT"]
+    counter.reset()
+    ids = [f"id{i}" for i in range(1200)] + ["c1"]
+    assert list(backend.get_conn_values(ids)) == ["c1"]
+    assert counter.statements == ["SELECT", "SELECT", "SELECT"]  # 500 ids per SELECT .. IN
+    counter.reset()
+    assert sorted(backend.prefetch_connections()) == [f"c{i}" for i in range(5)]
+    assert len(backend.prefetch_variables()) == 5
+    assert counter.statements == ["SELECT", "SELECT"]
+
+
+def test_lookup_pattern_skips_the_database(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend(
+        connections_lookup_pattern="^pg_", variables_lookup_pattern="^app_"
+    )
+    backend.set_connection(_conn("mysql_x"))
+    backend.set_variable("other", "1")
+    counter = StatementCounter(backend)
+    assert backend.get_connection("mysql_x") is None
+    assert backend.get_variable("other") is None
+    assert backend.get_conn_values(["mysql_x"]) == {}
+    assert counter.statements == []
+
+
+# --- failures ------------------------------------------------------------------------------------------
+
+
+def test_unreachable_database_is_a_backend_error_without_password() -> None:
+    from tests.servers._util import free_port
+
+    url = f"postgresql+psycopg://user:pw-s3cr3t-9@127.0.0.1:{free_port()}/db?connect_timeout=2"
+    backend = MetastoreBackend(url=url, fernet_key=Fernet.generate_key().decode())
+    assert "pw-s3cr3t-9" not in repr(backend) + backend.describe()
+    with pytest.raises(BackendError) as info:
+        backend.get_variable("x")
+    message = str(info.value)
+    assert "127.0.0.1" in message and "***" in message
+    assert "\n" not in message
+    assert_no_secret(message)
+
+
+def test_bad_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="url is not a valid SQLAlchemy URL"):
+        MetastoreBackend(url="::not a url::").get_variable("x")
+    with pytest.raises(ConfigError, match="no database driver"):
+        MetastoreBackend(url="nosuchdb://h/x").get_variable("x")
+
+
+def test_import_is_lazy(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from credpath.backends.metastore import MetastoreBackend\n"
+        "b = MetastoreBackend()\n"
+        "print(sorted(m for m in ('sqlalchemy', 'cryptography') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "CREDPATH_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+    assert not list(tmp_path.iterdir())  # the constructor did no I/O

@@ -1,0 +1,442 @@
+"""VaultBackend against a real OpenBao dev server: KV v1/v2, paths, misses, errors, writes, listing.
+
+Auth methods, token life cycle and request counts are in test_vault_auth.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import hvac
+import pytest
+
+from credpath.backends.vault import VaultBackend, WriteConflict
+from credpath.errors import AccessDenied, BackendError, ConfigError
+from credpath.model import Connection
+from credpath.registry import create_backend
+from tests.conftest import assert_no_secret
+from tests.servers._util import free_port
+from tests.servers.openbao import OpenBao, RequestLog, _start
+
+PASSWORD = "pw-s3cr3t-1"
+
+
+@pytest.fixture
+def make(openbao: OpenBao) -> Iterator[Callable[..., VaultBackend]]:
+    """Build backends on the session server (root token by default); close them (and their sessions) after."""
+    made: list[VaultBackend] = []
+
+    def factory(**kwargs: Any) -> VaultBackend:
+        options: dict[str, Any] = {"url": openbao.addr, "token": openbao.root_token}
+        options.update(kwargs)
+        backend = VaultBackend(**options)
+        made.append(backend)
+        return backend
+
+    yield factory
+    for backend in made:
+        backend.close()
+
+
+def count(backend: VaultBackend) -> RequestLog:
+    return RequestLog().attach(backend)
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+def test_kv2_connection_uri_json_map_and_description(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    openbao.put(
+        openbao_kv2, 2, "connections/by_uri", {"conn_uri": f"postgres://u:{PASSWORD}@db.example:5432/app"}
+    )
+    openbao.put(
+        openbao_kv2,
+        2,
+        "connections/by_map",
+        {
+            "conn_type": "http",
+            "host": "api.example",
+            "password": PASSWORD,
+            "port": 8443,
+            "extra": {"a": 1, "b": "x"},
+        },
+    )
+    openbao.put(
+        openbao_kv2,
+        2,
+        "connections/with_desc",
+        {"conn_uri": "http://api.example", "description": "primary API"},
+    )
+    backend = make(mount_point=openbao_kv2)
+
+    assert backend.get_conn_value("by_uri") == f"postgres://u:{PASSWORD}@db.example:5432/app"
+    by_uri = backend.get_connection("by_uri")
+    assert (by_uri.conn_type, by_uri.host, by_uri.login, by_uri.password, by_uri.port, by_uri.schema) == (
+        "postgres",
+        "db.example",
+        "u",
+        PASSWORD,
+        5432,
+        "app",
+    )
+    by_map = backend.get_connection("by_map")
+    assert (by_map.conn_type, by_map.host, by_map.password, by_map.port) == (
+        "http",
+        "api.example",
+        PASSWORD,
+        8443,
+    )
+    assert by_map.extra_dejson == {"a": 1, "b": "x"}
+    assert json.loads(backend.get_conn_value("by_map"))["host"] == "api.example"
+    assert backend.get_connection("with_desc").description == "primary API"
+    assert backend.get_conn_value("absent") is None
+    assert backend.get_connection("absent") is None
+
+
+def test_variables_and_config_use_the_value_key(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    openbao.put(openbao_kv2, 2, "variables/plain", {"value": "hello"})
+    openbao.put(openbao_kv2, 2, "variables/structured", {"value": {"n": 1}})
+    openbao.put(openbao_kv2, 2, "config/sql_alchemy_conn", {"value": "sqlite://"})
+    backend = make(mount_point=openbao_kv2)
+    assert backend.get_variable("plain") == "hello"
+    assert json.loads(backend.get_variable("structured")) == {"n": 1}
+    assert backend.get_config("sql_alchemy_conn") == "sqlite://"
+    assert backend.get_variable("absent") is None
+    assert backend.get_config("absent") is None
+
+
+def test_secret_without_value_key_names_path_and_keys_not_values(
+    openbao: OpenBao, openbao_kv2: str, make
+) -> None:
+    openbao.put(openbao_kv2, 2, "variables/wrong", {"val": PASSWORD, "note": "x"})
+    backend = make(mount_point=openbao_kv2)
+    with pytest.raises(BackendError) as info:
+        backend.get_variable("wrong")
+    message = str(info.value)
+    assert f"{openbao_kv2}/variables/wrong" in message
+    assert "note, val" in message
+    assert "\n" not in message
+    assert_no_secret(message, PASSWORD, openbao.root_token)
+
+
+def test_kv1_mount_is_detected_once(openbao: OpenBao, openbao_kv1: str, make) -> None:
+    openbao.put(openbao_kv1, 1, "variables/v", {"value": "from-v1"})
+    openbao.put(openbao_kv1, 1, "connections/c", {"conn_uri": "http://h.example"})
+    backend = make(mount_point=openbao_kv1)  # kv_engine_version omitted
+    counter = count(backend)
+    for _ in range(3):
+        assert backend.get_variable("v") == "from-v1"
+        assert backend.get_connection("c").host == "h.example"
+    assert len(counter.matching("sys/internal/ui/mounts")) == 1
+
+
+def test_explicit_engine_version_skips_detection(openbao: OpenBao, openbao_kv1: str, make) -> None:
+    openbao.put(openbao_kv1, 1, "variables/v", {"value": "x"})
+    backend = make(mount_point=openbao_kv1, kv_engine_version=1)
+    counter = count(backend)
+    assert backend.get_variable("v") == "x"
+    assert not counter.matching("sys/internal/ui/mounts")
+
+
+def test_mount_point_none_takes_mount_from_first_segment(
+    openbao: OpenBao, openbao_kv1: str, openbao_kv2: str, make
+) -> None:
+    openbao.put(openbao_kv1, 1, "connections/a", {"conn_uri": "http://one.example"})
+    openbao.put(openbao_kv2, 2, "connections/b/c", {"conn_uri": "http://two.example"})
+    backend = make(mount_point=None)
+    counter = count(backend)
+    assert backend.get_connection(f"{openbao_kv1}/a").host == "one.example"
+    assert backend.get_connection(f"{openbao_kv2}/b/c").host == "two.example"
+    before = len(counter)
+    assert backend.get_conn_value("no_mount_segment") is None
+    assert backend.get_conn_value(f"{openbao_kv1}/../sys/x") is None
+    assert len(counter) == before  # impossible ids cost no request
+    assert backend.get_conn_value("no-such-mount/x") is None  # an unknown mount is a miss
+    listed = backend.list_connections()
+    assert f"{openbao_kv1}/a" in listed and f"{openbao_kv2}/b/c" in listed
+
+
+def test_null_path_switches_a_kind_off_and_patterns_skip_calls(
+    openbao: OpenBao, openbao_kv2: str, make
+) -> None:
+    openbao.put(openbao_kv2, 2, "variables/v", {"value": "x"})
+    openbao.put(openbao_kv2, 2, "v", {"value": "bare"})
+    off = make(mount_point=openbao_kv2, variables_path=None, kv_engine_version=2)
+    counter = count(off)
+    assert off.get_variable("v") is None
+    patterned = make(mount_point=openbao_kv2, variables_lookup_pattern="^team_", kv_engine_version=2)
+    counter2 = count(patterned)
+    assert patterned.get_variable("v") is None
+    assert len(counter) == 0 and len(counter2) == 0
+    bare = make(mount_point=openbao_kv2, variables_path="")
+    assert bare.get_variable("v") == "bare"
+
+
+def test_soft_deleted_and_destroyed_versions_are_misses(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    kv = openbao.admin.secrets.kv.v2
+    openbao.put(openbao_kv2, 2, "variables/soft", {"value": "old"})
+    openbao.put(openbao_kv2, 2, "variables/soft", {"value": "new"})
+    kv.delete_latest_version_of_secret("variables/soft", mount_point=openbao_kv2)
+    openbao.put(openbao_kv2, 2, "variables/gone", {"value": "v1"})
+    kv.destroy_secret_versions("variables/gone", versions=[1], mount_point=openbao_kv2)
+    backend = make(mount_point=openbao_kv2)
+    assert backend.get_variable("soft") is None  # never falls back to the older version
+    assert backend.get_variable("gone") is None
+    kv.undelete_secret_versions("variables/soft", versions=[2], mount_point=openbao_kv2)
+    assert backend.get_variable("soft") == "new"
+
+
+def test_path_ids_are_url_quoted(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    openbao.put(openbao_kv2, 2, "variables/with space?q", {"value": "odd"})
+    backend = make(mount_point=openbao_kv2)
+    assert backend.get_variable("with space?q") == "odd"
+    assert backend.get_variable("with space") is None
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+def test_unreachable_server_is_a_backend_error_naming_the_url() -> None:
+    port = free_port()
+    backend = VaultBackend(url=f"http://127.0.0.1:{port}", token="t-s3cr3t", timeout=2)
+    with pytest.raises(BackendError) as info:
+        backend.get_variable("x")
+    assert not isinstance(info.value, AccessDenied)
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert_no_secret(str(info.value))
+    backend.close()
+
+
+def test_sealed_server_is_a_backend_error_and_reads_retry_until_unsealed(tmp_path, caplog) -> None:
+    server = _start(tmp_path)
+    try:
+        unseal_key = server.unseal_key()
+        server.put("secret", 2, "variables/v", {"value": "x"})
+        backend = VaultBackend(url=server.addr, token=server.root_token)
+        assert backend.get_variable("v") == "x"
+        server.admin.sys.seal()
+        with pytest.raises(BackendError) as info:
+            backend.get_variable("v")
+        assert "sealed" in str(info.value) and "variables/v" in str(info.value)
+        # Writes are never replayed: one POST, no retry.
+        caplog.clear()
+        with pytest.raises(BackendError, match="HTTP 503"):
+            backend.set_variable("w", "x")
+        assert not any("Incremented Retry" in r.getMessage() for r in caplog.records)
+        # 503 while sealed is retried with backoff: unsealing during the retries makes the read succeed.
+        timer = threading.Timer(0.05, lambda: server.admin.sys.submit_unseal_key(unseal_key))
+        timer.start()
+        caplog.clear()
+        assert backend.get_variable("v") == "x"
+        timer.join()
+        assert any("Incremented Retry" in r.getMessage() for r in caplog.records)
+        backend.close()
+    finally:
+        from tests.servers._util import stop_process
+
+        stop_process(server.proc)
+
+
+def test_policy_denial_names_path_and_auth_method(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    openbao.put(openbao_kv2, 2, "variables/v", {"value": "x"})
+    openbao.policy("only-elsewhere", 'path "elsewhere/*" { capabilities = ["read"] }')
+    token = openbao.admin.auth.token.create(policies=["only-elsewhere"], ttl="5m")["auth"]["client_token"]
+    backend = make(mount_point=openbao_kv2, kv_engine_version=2, token=token)
+    with pytest.raises(AccessDenied) as info:
+        backend.get_variable("v")
+    message = str(info.value)
+    assert f"{openbao_kv2}/variables/v" in message and "'token'" in message and "policy" in message
+    assert token not in message
+    # Without kv_engine_version, detection on a mount the policy does not cover is the clear error too.
+    detecting = make(mount_point=openbao_kv2, token=token)
+    with pytest.raises(AccessDenied, match=f"mount '{openbao_kv2}'"):
+        detecting.get_variable("v")
+
+
+def test_invalid_settings_are_one_line_config_errors(openbao: OpenBao) -> None:
+    with pytest.raises(ConfigError, match="auth_type 'kerberos' is not one of"):
+        VaultBackend(url=openbao.addr, auth_type="kerberos")
+    with pytest.raises(ConfigError, match="kv_engine_version must be 1 or 2"):
+        VaultBackend(url=openbao.addr, kv_engine_version=3)
+    with pytest.raises(ConfigError, match="auth_type 'approle' needs role_id"):
+        VaultBackend(url=openbao.addr, auth_type="approle")
+    with pytest.raises(ConfigError, match="jwt_token or jwt_token_path"):
+        VaultBackend(url=openbao.addr, auth_type="jwt", jwt_role="r")
+    with pytest.raises(ConfigError, match=r"unknown kwarg.*kv_version"):
+        create_backend("vault", {"url": openbao.addr, "kv_version": 2})
+    backend = create_backend("airflow.providers.hashicorp.secrets.vault.VaultBackend", {"url": openbao.addr})
+    assert isinstance(backend, VaultBackend)
+
+
+def test_missing_token_is_a_config_error(openbao: OpenBao, monkeypatch) -> None:
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    backend = VaultBackend(url=openbao.addr)
+    with pytest.raises(ConfigError, match="token, token_path or the VAULT_TOKEN"):
+        backend.get_variable("x")
+    backend.close()
+
+
+def test_repr_and_describe_hold_no_credentials(openbao: OpenBao) -> None:
+    backend = VaultBackend(
+        url="http://user:pw-s3cr3t-u@127.0.0.1:1",
+        auth_type="approle",
+        role_id="role",
+        secret_id="sid-s3cr3t",
+    )
+    assert_no_secret(repr(backend) + backend.describe() + repr(backend.__dict__.get("_session")))
+    assert "approle" in backend.describe()
+
+
+def test_constructor_and_import_do_no_io_and_load_no_hvac() -> None:
+    code = (
+        "import sys, credpath\n"
+        "from credpath.backends.vault import VaultBackend\n"
+        "VaultBackend(url='http://127.0.0.1:1', token='t')\n"
+        "print('hvac' in sys.modules, 'requests' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+# --- writing, listing, deleting ------------------------------------------------------------------------
+
+
+def test_write_read_round_trip_kv2(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    backend = make(mount_point=openbao_kv2)
+    conn = Connection(
+        conn_id="db",
+        conn_type="postgres",
+        host="db.example",
+        login="u",
+        password=PASSWORD,
+        port=5432,
+        schema="app",
+        description="main db",
+        extra='{"sslmode": "require"}',
+    )
+    backend.set_connection(conn)
+    stored = openbao.admin.secrets.kv.v2.read_secret_version(
+        "connections/db", mount_point=openbao_kv2, raise_on_deleted_version=True
+    )["data"]["data"]
+    assert set(stored) == {"conn_uri", "description"}
+    assert backend.get_connection("db") == conn
+    backend.set_connection(conn.with_id("db_json"), as_json=True)
+    stored = openbao.admin.secrets.kv.v2.read_secret_version(
+        "connections/db_json", mount_point=openbao_kv2, raise_on_deleted_version=True
+    )["data"]["data"]
+    assert stored["password"] == PASSWORD and "conn_uri" not in stored
+    assert backend.get_connection("db_json") == conn.with_id("db_json")
+    backend.set_variable("team/threshold", "42")
+    assert backend.get_variable("team/threshold") == "42"
+
+
+def test_kv2_create_only_and_check_and_set(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    writer_a = make(mount_point=openbao_kv2)
+    writer_b = make(mount_point=openbao_kv2, kv_engine_version=2)
+    writer_a.set_variable("shared", "first", overwrite=False)
+    with pytest.raises(ConfigError, match="already exists"):
+        writer_b.set_variable("shared", "second", overwrite=False)
+    version = writer_a.current_version("variable", "shared")
+    assert version == 1
+    writer_b.set_variable("shared", "from-b", cas=version)  # b wins the race
+    with pytest.raises(WriteConflict, match="changed since version 1"):
+        writer_a.set_variable("shared", "from-a", cas=version)
+    assert writer_a.get_variable("shared") == "from-b"  # never silently overwritten
+
+
+def test_kv1_writes_and_create_only(openbao: OpenBao, openbao_kv1: str, make) -> None:
+    backend = make(mount_point=openbao_kv1)
+    backend.set_variable("v", "one")
+    with pytest.raises(ConfigError, match="already exists"):
+        backend.set_variable("v", "two", overwrite=False)
+    with pytest.raises(ConfigError, match="check-and-set needs KV v2"):
+        backend.set_variable("v", "two", cas=1)
+    assert openbao.admin.secrets.kv.v1.read_secret("variables/v", mount_point=openbao_kv1)["data"] == {
+        "value": "one"
+    }
+    assert backend.delete_variable("v") is True
+    assert backend.delete_variable("v") is False
+    assert backend.get_variable("v") is None
+
+
+def test_list_is_recursive_and_sorted(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    for key in ("b", "a", "team/x", "team/deep/y"):
+        openbao.put(openbao_kv2, 2, f"connections/{key}", {"conn_uri": "http://h"})
+    openbao.put(openbao_kv2, 2, "variables/v1", {"value": "1"})
+    openbao.put(openbao_kv2, 2, "other/not_listed", {"value": "1"})
+    backend = make(mount_point=openbao_kv2)
+    assert backend.list_connections() == ["a", "b", "team/deep/y", "team/x"]
+    assert backend.list_variables() == ["v1"]
+    assert make(mount_point=openbao_kv2, connections_path=None).list_connections() == []
+
+
+def test_delete_hard_removes_all_versions_soft_keeps_them(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    kv = openbao.admin.secrets.kv.v2
+    backend = make(mount_point=openbao_kv2)
+    backend.set_variable("hard", "1")
+    backend.set_variable("hard", "2")
+    backend.set_variable("soft", "1")
+    assert backend.delete_variable("soft", soft=True) is True
+    assert backend.get_variable("soft") is None
+    assert kv.read_secret_metadata("variables/soft", mount_point=openbao_kv2)["data"]["current_version"] == 1
+    assert backend.delete_variable("hard") is True
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_metadata("variables/hard", mount_point=openbao_kv2)
+    assert backend.delete_variable("hard") is False
+    assert backend.delete_connection("never") is False
+
+
+def test_namespace_is_sent_with_every_request(openbao: OpenBao, make) -> None:
+    namespace = f"team{uuid.uuid4().hex[:6]}"
+    openbao.bao("namespace", "create", namespace)
+    openbao.bao("secrets", "enable", f"-namespace={namespace}", "-path=kv", "-version=1", "kv")
+    openbao.bao("kv", "put", f"-namespace={namespace}", "kv/variables/v", "value=in-namespace")
+    scoped = make(namespace=namespace, mount_point="kv")
+    log = count(scoped)
+    assert scoped.get_variable("v") == "in-namespace"  # KV v1 detected inside the namespace
+    assert log.namespaces and all(h == namespace for h in log.namespaces)
+    with pytest.raises(AccessDenied, match="mount 'kv'"):  # the root namespace has no kv/ mount
+        make(mount_point="kv").get_variable("v")
+
+
+@pytest.mark.parametrize("state", ["unreachable", "sealed"])
+def test_search_path_applies_on_error_to_a_failing_vault(state: str, tmp_path, monkeypatch) -> None:
+    from credpath.config import BackendSpec
+    from credpath.search_path import SearchPath
+    from tests.servers._util import stop_process
+
+    monkeypatch.setenv("AIRFLOW_VAR_FALLBACK_VAR", "from-env")
+    server = _start(tmp_path) if state == "sealed" else None
+    try:
+        if server is not None:
+            server.admin.sys.seal()
+            url, token = server.addr, server.root_token
+        else:
+            url, token = f"http://127.0.0.1:{free_port()}", "t-s3cr3t"
+        for on_error in ("skip", "fail"):
+            specs = [
+                BackendSpec(
+                    type="vault", name="vault", kwargs={"url": url, "token": token}, on_error=on_error
+                ),
+                BackendSpec(type="env", name="env"),
+            ]
+            search_path = SearchPath(specs, cache=False)
+            try:
+                if on_error == "skip":
+                    assert search_path.get_variable("fallback_var") == "from-env"
+                else:
+                    with pytest.raises(BackendError) as info:
+                        search_path.get_variable("fallback_var")
+                    assert "vault" in str(info.value)
+                    assert_no_secret(str(info.value), token)
+            finally:
+                search_path.close()
+    finally:
+        if server is not None:
+            stop_process(server.proc)
