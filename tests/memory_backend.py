@@ -73,3 +73,41 @@ class BatchMemoryBackend(MemoryBackend):
 
 class Unreachable(BackendError):
     pass
+
+
+class AirflowStyleBackend:
+    """A "roll your own" backend as Airflow's docs describe it: no credpath base class, JSON kwargs."""
+
+    def __init__(self, prefix: str = "team") -> None:
+        self.prefix = prefix
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        if conn_id.startswith(self.prefix):
+            return f"http://svc:pw-s3cr3t@{conn_id}.internal:8080/api"
+        return None
+
+    def get_variable(self, key: str) -> str | None:
+        return f"{self.prefix}:{key}" if key.startswith(self.prefix) else None
+
+    def get_config(self, key: str) -> str | None:
+        return None
+
+
+class ConnectionObjectBackend:
+    """Only ``get_connection``, returning a foreign connection object (like Airflow's)."""
+
+    class _Conn:
+        conn_type = "postgres"
+        host = "legacy-db"
+        login = "svc"
+        password = "pw-s3cr3t"
+        schema = "main"
+        port = 5432
+        extra = '{"sslmode": "require"}'
+        description = "from an object"
+
+    def get_connection(self, conn_id: str):
+        return self._Conn() if conn_id == "legacy" else None
+
+    def get_variable(self, key: str) -> str | None:
+        return None

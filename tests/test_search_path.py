@@ -9,7 +9,12 @@ from credpath.cache import CacheSettings
 from credpath.errors import BackendError, ConfigError, NotFound, ReadOnlyBackend
 from credpath.model import Connection
 from credpath.search_path import SearchPath
-from tests.memory_backend import BatchMemoryBackend, MemoryBackend, Unreachable
+from tests.memory_backend import (
+    BatchMemoryBackend,
+    ConnectionObjectBackend,
+    MemoryBackend,
+    Unreachable,
+)
 
 URI_A = "postgres://alice:pw-s3cr3t-a@db-a:5432/app"
 URI_B = "postgres://bob:pw-s3cr3t-b@db-b:5432/app"
@@ -230,3 +235,33 @@ def test_secrets_are_masked_in_logs_after_resolution(caplog):
     assert "s3cr3t" not in caplog.text
     assert "***" in caplog.text
     assert "visible-value" in caplog.text
+
+
+def test_roll_your_own_backend_from_airflow_settings():
+    env = {
+        "AIRFLOW__SECRETS__BACKEND": "tests.memory_backend.AirflowStyleBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": '{"prefix": "team_"}',
+        "CREDPATH_HOME": "/nonexistent-credpath-home",
+    }
+    sp = SearchPath.from_config(env=env)
+    assert sp.names == ["AirflowStyleBackend", "env", "metastore"]
+    resolution = sp.lookup("connection", "team_api")
+    assert (resolution.value.host, resolution.value.port, resolution.source) == (
+        "team_api.internal",
+        8080,
+        "AirflowStyleBackend",
+    )
+    assert sp.get_variable("team_x") == "team_:team_x"
+
+
+def test_backend_with_only_get_connection_returning_objects():
+    sp = SearchPath([("legacy", ConnectionObjectBackend())])
+    conn = sp.get_connection("legacy")
+    assert (conn.conn_type, conn.host, conn.port, conn.description) == (
+        "postgres",
+        "legacy-db",
+        5432,
+        "from an object",
+    )
+    assert conn.extra_dejson == {"sslmode": "require"}
+    assert "pw-s3cr3t" not in repr(conn)
