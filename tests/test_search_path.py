@@ -265,3 +265,18 @@ def test_backend_with_only_get_connection_returning_objects():
     )
     assert conn.extra_dejson == {"sslmode": "require"}
     assert "pw-s3cr3t" not in repr(conn)
+
+
+def test_access_denied_is_authoritative_even_when_skipping_errors():
+    from credpath.errors import AccessDenied
+
+    denied = MemoryBackend()
+    denied.fail_with = AccessDenied("vault: permission denied on secret/connections/db (policy)")
+    stale = MemoryBackend({"db": URI_B})
+    sp = path(denied, stale)
+    assert sp.entries[0].on_error == "skip"
+    with pytest.raises(AccessDenied, match="permission denied"):
+        sp.get_connection("db")
+    assert stale.calls == []
+    with pytest.raises(AccessDenied):
+        sp.prefetch(connections=["db"])

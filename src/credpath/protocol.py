@@ -116,6 +116,18 @@ class BaseBackend:
             return self._connection_adapter(conn_id, value)
         return Connection.from_value(value, conn_id=conn_id)
 
+    def serialize_connection(self, conn: Connection, serialization: str = "json") -> str:
+        """The string a store keeps for ``conn``: its ``connection_format``, else the URI or JSON form."""
+        if self._connection_adapter is not None:
+            return self._connection_adapter.to_value(conn)
+        if serialization == "json":
+            return conn.to_json()
+        if serialization == "uri":
+            return conn.get_uri()
+        raise ConfigError(
+            f"backend {self.name!r}: serialization must be 'uri' or 'json', got {serialization!r}"
+        )
+
     # --- optional capabilities: defaults say "not supported" ----------------------------------------
 
     def _unsupported(self, operation: str) -> ReadOnlyBackend:

@@ -12,7 +12,7 @@ from typing import Any
 
 from credpath.cache import ABSENT, CacheSettings, TTLCache
 from credpath.config import BackendSpec, Settings, load_settings
-from credpath.errors import BackendError, ConfigError, CredpathError, NotFound, ReadOnlyBackend
+from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError, NotFound, ReadOnlyBackend
 from credpath.masking import Masker, default_masker, install_log_masking
 from credpath.model import Connection, is_sensitive_name
 from credpath.protocol import KINDS, BaseBackend, Kind, can, compile_lookup_pattern
@@ -215,6 +215,10 @@ class SearchPath:
                 reason = _safe_error(exc)
                 if explanation is not None:
                     explanation.attempts.append(Attempt(entry.name, "error", elapsed, reason))
+                if isinstance(exc, AccessDenied):
+                    # Authoritative whatever on_error says, as in Airflow's Task SDK: falling through to a
+                    # later backend could serve a stale copy the caller is no longer allowed to read.
+                    raise
                 if entry.on_error == "fail":
                     if isinstance(exc, CredpathError):
                         raise
@@ -308,7 +312,7 @@ class SearchPath:
                 try:
                     raw = getattr(entry.backend, batch_method)(wanted)
                 except Exception as exc:
-                    if entry.on_error == "fail":
+                    if entry.on_error == "fail" or isinstance(exc, AccessDenied):
                         raise
                     log.warning("backend %r failed a batch read: %s", entry.name, _safe_error(exc))
                     errored.update(wanted)
@@ -329,7 +333,7 @@ class SearchPath:
                     try:
                         value = self._read(entry, kind, key)
                     except Exception as exc:
-                        if entry.on_error == "fail":
+                        if entry.on_error == "fail" or isinstance(exc, AccessDenied):
                             raise
                         log.warning(
                             "backend %r failed for %s %r: %s", entry.name, kind, key, _safe_error(exc)

@@ -218,10 +218,16 @@ class ParameterStoreBackend(BaseBackend):
             )
         return name
 
-    def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+    ) -> None:
         if not conn.conn_id:
             raise ConfigError("connection has no conn_id")
-        self._put(self._target("connection", conn.conn_id), conn.to_json(), overwrite=overwrite)
+        self._put(
+            self._target("connection", conn.conn_id),
+            self.serialize_connection(conn, serialization),
+            overwrite=overwrite,
+        )
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
         if not isinstance(value, str):

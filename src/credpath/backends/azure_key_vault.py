@@ -290,11 +290,18 @@ class KeyVaultBackend(BaseBackend):
         self.client.set_secret(name, value, tags=tags)
 
     def set_connection(
-        self, conn: Any, *, overwrite: bool = True, on_deleted: OnDeleted | None = None
+        self,
+        conn: Any,
+        *,
+        overwrite: bool = True,
+        on_deleted: OnDeleted | None = None,
+        serialization: str = "json",
     ) -> None:
         if not conn.conn_id:
             raise ConfigError("connection to write has no conn_id")
-        self._write("connection", conn.conn_id, conn.to_json(), overwrite, on_deleted)
+        self._write(
+            "connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite, on_deleted
+        )
 
     def set_variable(
         self, key: str, value: str, *, overwrite: bool = True, on_deleted: OnDeleted | None = None

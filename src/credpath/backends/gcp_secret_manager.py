@@ -396,10 +396,10 @@ class SecretManagerBackend(BaseBackend):
             raise self._error(exc, secret_id, "writing") from None
         log.debug("%s: wrote secret %s", self.name, secret_id)
 
-    def set_connection(self, conn: Any, *, overwrite: bool = True) -> None:
+    def set_connection(self, conn: Any, *, overwrite: bool = True, serialization: str = "json") -> None:
         if not conn.conn_id:
             raise ConfigError("connection to write has no conn_id")
-        self._write("connection", conn.conn_id, conn.to_json(), overwrite)
+        self._write("connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite)
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
         self._write("variable", key, value, overwrite)

@@ -203,7 +203,14 @@ class MetastoreBackend(BaseBackend):
                 Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             # hide_parameters: SQLAlchemy errors and echo logs would otherwise show bound values.
-            engine = create_engine(url, hide_parameters=True)
+            options: dict[str, Any] = {"hide_parameters": True}
+            if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+                # One in-memory database per connection otherwise: threads (migrate) would each see an
+                # empty one. A single shared connection keeps one database for the whole engine.
+                from sqlalchemy.pool import StaticPool
+
+                options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+            engine = create_engine(url, **options)
         except (NoSuchModuleError, ImportError) as exc:
             raise ConfigError(
                 f"metastore: no database driver for {url.drivername!r} ({type(exc).__name__}); "

@@ -852,12 +852,23 @@ class VaultBackend(BaseBackend):
         log.debug("vault: wrote %s", where)
 
     def set_connection(
-        self, conn: Connection, *, overwrite: bool = True, as_json: bool = False, cas: int | None = None
+        self,
+        conn: Connection,
+        *,
+        overwrite: bool = True,
+        as_json: bool = False,
+        cas: int | None = None,
+        serialization: str | None = None,
     ) -> None:
-        """Store as ``conn_uri`` (plus ``description``), or as the JSON map with ``as_json=True``."""
+        """Store as ``conn_uri`` (plus ``description``), or as the JSON map with ``as_json=True`` or
+        ``serialization="json"``; a backend with a ``connection_format`` writes the secret in that shape."""
         if not conn.conn_id:
             raise ConfigError("set_connection needs a connection with a conn_id")
-        if as_json:
+        if serialization not in (None, "uri", "json"):
+            raise ConfigError(f"vault backend {self.name!r}: serialization must be 'uri' or 'json'")
+        if self._connection_adapter is not None:
+            data = json.loads(self._connection_adapter.to_value(conn))
+        elif as_json or serialization == "json":
             data = conn.to_dict(include_conn_id=False, prune_empty=True)
         else:
             data = {"conn_uri": conn.get_uri()}

@@ -84,4 +84,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on `cli`.
-from credpath.cli import connections, misc, variables  # noqa: E402, F401, I001
+from credpath.cli import connections, migrate, misc, variables  # noqa: E402, F401

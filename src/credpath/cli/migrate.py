@@ -1,0 +1,186 @@
+"""``credpath migrate``: copy connections and variables between any two backends (plan, apply, verify)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import click
+
+from credpath.cli import State, cli, fail, handle_errors, pass_state
+from credpath.errors import ConfigError
+
+_SHOWN_ROWS = 100  # plan rows printed; the --report file has all of them
+
+
+def _kwargs(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # Position only: the text may hold a token.
+        raise ConfigError(f"{option} is not valid JSON (line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{option} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def resolve_backend(state: State, name: str, kwargs: dict[str, Any] | None, option: str) -> Any:
+    """A backend named in the config, or a backend type (alias or class path) built with ``kwargs``."""
+    from credpath.registry import ALIASES, create_backend
+
+    if kwargs is None:
+        try:
+            return state.search_path.backend(name)
+        except ConfigError:
+            if name not in ALIASES and "." not in name:
+                raise
+    backend = create_backend(name, kwargs or {}, setting=option)
+    if hasattr(backend, "name"):
+        backend.name = name
+    return backend
+
+
+def _progress(enabled: bool) -> tuple[AbstractContextManager[Any], Callable[[str, int, int], None] | None]:
+    if not enabled:
+        return nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def tick(phase: str, advance: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(phase, total=total or None)
+        progress.update(tasks[phase], advance=advance, total=total or None)
+
+    return progress, tick
+
+
+def _print_plan(report: Any) -> None:
+    from credpath.cli.output import echo_table
+
+    rows = [i for i in report.plan.items if i.action != "unchanged" or i.status == "failed"]
+    if rows:
+        shown = rows[:_SHOWN_ROWS]
+        echo_table(
+            ("kind", "id", "action", "status", "reason"),
+            [(i.kind, i.key, i.action, i.status, i.reason) for i in shown],
+            title=f"migration plan {report.plan.source} -> {report.plan.destination}",
+        )
+        if len(rows) > len(shown):
+            click.echo(f"... {len(rows) - len(shown)} more row(s); write them all with --report FILE")
+    summary = report.summary()
+    line = ", ".join(f"{k} {v}" for k, v in summary.items())
+    click.echo(("dry run (nothing written): " if report.dry_run else "") + line)
+    if report.aborted:
+        click.echo(f"credpath: migration aborted: {report.aborted}", err=True)
+    for item in report.failed[:_SHOWN_ROWS]:
+        click.echo(f"credpath: failed: {item.kind} {item.key!r}: {item.reason}", err=True)
+
+
+@cli.command("migrate")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    help="Backend name from the config, or a type (vault, airflow-db, ...).",
+)
+@click.option("--from-kwargs", help="JSON object of kwargs: --from is then a backend type.")
+@click.option("--to", "destination", required=True, help="Backend name from the config, or a type.")
+@click.option("--to-kwargs", help="JSON object of kwargs: --to is then a backend type.")
+@click.option("--connections/--no-connections", default=True, show_default=True)
+@click.option("--variables/--no-variables", default=True, show_default=True)
+@click.option("--include", multiple=True, help="Glob on ids (repeatable or comma-separated).")
+@click.option("--exclude", multiple=True, help="Glob on ids to leave out (repeatable or comma-separated).")
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["skip", "overwrite", "fail"]),
+    default="skip",
+    show_default=True,
+    help="An id that exists in the destination with a different value.",
+)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--format",
+    "connection_format",
+    type=click.Choice(["uri", "json"]),
+    default="json",
+    show_default=True,
+    help="How connections are written to stores that hold strings.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the JSON report (ids, actions, reasons; never values) to this file.",
+)
+@pass_state
+@handle_errors
+def migrate_command(
+    state: State,
+    source: str,
+    from_kwargs: str | None,
+    destination: str,
+    to_kwargs: str | None,
+    connections: bool,
+    variables: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    dry_run: bool,
+    on_conflict: str,
+    concurrency: int,
+    connection_format: str,
+    report_file: Path | None,
+) -> None:
+    """Copy connections and variables from --from to --to: plan, write, read back and verify.
+
+    Idempotent: a second run finds everything unchanged and writes nothing. Exit codes: 0 done,
+    1 some entries failed (listed by id), 2 bad input.
+    """
+    from credpath.migrate import Migrator, parse_globs
+    from credpath.transfer import write_private
+
+    src = resolve_backend(state, source, _kwargs(from_kwargs, "--from-kwargs"), "--from")
+    dst = resolve_backend(state, destination, _kwargs(to_kwargs, "--to-kwargs"), "--to")
+    if src is dst or (source == destination and from_kwargs == to_kwargs):
+        fail("--from and --to are the same backend")
+    context, tick = _progress(sys.stderr.isatty())
+    migrator = Migrator(
+        src,
+        dst,
+        connections=connections,
+        variables=variables,
+        include=parse_globs(include),
+        exclude=parse_globs(exclude),
+        on_conflict=on_conflict,
+        concurrency=concurrency,
+        connection_format=connection_format,
+        progress=tick,
+    )
+    try:
+        with context:
+            report = migrator.run(dry_run=dry_run)
+    finally:
+        for backend in (src, dst):
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+    if report_file is not None:
+        write_private(report_file, report.to_json() + "\n")
+    _print_plan(report)
+    sys.exit(report.exit_code)

@@ -1,0 +1,503 @@
+"""Copy connections and variables from one backend to another: plan -> apply -> verify.
+
+- **Plan**: list the source (filtered by ``include``/``exclude`` globs), read its values and the destination's
+  current values (in batches where the backends have them, concurrently otherwise; the destination is read
+  only for ids its listing shows), and decide per id: ``add``, ``change``, ``unchanged``, ``skip`` or
+  ``conflict`` (per ``on_conflict``), or ``error`` when a value cannot be read. Values stay in memory;
+  plans, reports and errors name ids and reasons only.
+- **Apply**: write exactly what the plan says (concurrently, ``concurrency`` threads), then read every written
+  value back and compare it with the source; ``verified`` counts matching read-backs.
+- Connections compare by their fields (``extra`` as parsed JSON), not by serialisation, so a second run
+  finds everything ``unchanged`` and writes nothing. An interrupted run leaves whole entries (each write is
+  one store call); a re-run plans again and completes the rest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from credpath.errors import ConfigError, CredpathError
+from credpath.model import Connection
+from credpath.protocol import BaseBackend, can
+
+log = logging.getLogger("credpath.migrate")
+
+ItemKind = Literal["connection", "variable"]
+Action = Literal["add", "change", "unchanged", "skip", "conflict", "error"]
+OnConflict = Literal["skip", "overwrite", "fail"]
+ACTIONS: tuple[Action, ...] = ("add", "change", "unchanged", "skip", "conflict", "error")
+ON_CONFLICT: tuple[str, ...] = ("skip", "overwrite", "fail")
+FORMATS: tuple[str, ...] = ("uri", "json")
+#: Ids per batch read handed to one worker (backends chunk further to their API limits).
+READ_CHUNK = 100
+#: Structured stores keep fields, so a serialisation format does not apply to them.
+_STRUCTURED = ("metastore",)
+
+ProgressCallback = Callable[[str, int, int], None]  # (phase, advance, total of the phase)
+
+
+class MigrationError(CredpathError):
+    """The migration could not start (bad options or an unreadable source listing)."""
+
+
+@dataclass
+class Item:
+    """One id in the plan. ``value`` (the source value) is never shown: not in repr, not in reports."""
+
+    kind: ItemKind
+    key: str
+    action: Action
+    reason: str = ""
+    value: Any = field(default=None, repr=False)
+    description: str | None = field(default=None, repr=False)
+    status: str = "planned"  # planned | written | verified | failed | not written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.key,
+            "action": self.action,
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Plan:
+    source: str
+    destination: str
+    items: list[Item]
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for item in self.items:
+            counts[item.action] += 1
+        return counts
+
+    def by_action(self, *actions: Action) -> list[Item]:
+        return [i for i in self.items if i.action in actions]
+
+
+@dataclass
+class Report:
+    plan: Plan
+    dry_run: bool
+    options: dict[str, Any]
+    written: int = 0
+    verified: int = 0
+    aborted: str | None = None
+    apply_seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[Item]:
+        return [i for i in self.plan.items if i.status == "failed" or i.action in ("error", "conflict")]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.aborted else 0
+
+    def summary(self) -> dict[str, int]:
+        counts = self.plan.counts()
+        return {
+            "added": counts["add"],
+            "changed": counts["change"],
+            "unchanged": counts["unchanged"],
+            "skipped": counts["skip"],
+            "conflicts": counts["conflict"],
+            "errors": counts["error"],
+            "written": self.written,
+            "verified": self.verified,
+            "failed": len(self.failed),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.plan.source,
+            "destination": self.plan.destination,
+            "dry_run": self.dry_run,
+            "options": self.options,
+            "summary": self.summary(),
+            "aborted": self.aborted,
+            "seconds": {"plan": round(self.plan.seconds, 3), "apply": round(self.apply_seconds, 3)},
+            "items": [i.to_dict() for i in self.plan.items],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def safe_reason(exc: BaseException) -> str:
+    """credpath's own errors have safe messages; a foreign exception is named by its type only."""
+    if isinstance(exc, CredpathError):
+        return str(exc)
+    return f"{type(exc).__name__} (message withheld: it may contain a secret)"
+
+
+def connection_key(conn: Connection) -> dict[str, Any]:
+    """What makes two connections equal for a migration: every field, extra as parsed JSON."""
+    data = conn.to_dict(include_conn_id=False)
+    if data["login"] == "":
+        data["login"] = None  # a URI cannot tell "" from no login; Airflow treats them alike
+    return data
+
+
+def same_value(kind: ItemKind, a: Any, b: Any) -> bool:
+    if kind == "connection":
+        return connection_key(a) == connection_key(b)
+    return a == b
+
+
+def matches(key: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """``fnmatch`` globs on ids, case-sensitive: included by any include (all when none), then excluded."""
+    if include and not any(fnmatch.fnmatchcase(key, pattern) for pattern in include):
+        return False
+    return not any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude)
+
+
+def backend_name(backend: Any) -> str:
+    return getattr(backend, "name", None) or type(backend).__name__
+
+
+class Migrator:
+    """Plan and apply one migration from ``source`` to ``destination`` (backend objects)."""
+
+    def __init__(
+        self,
+        source: Any,
+        destination: Any,
+        *,
+        connections: bool = True,
+        variables: bool = True,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        on_conflict: str = "skip",
+        concurrency: int = 8,
+        connection_format: str = "json",
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if source is destination:
+            raise ConfigError("--from and --to are the same backend")
+        if on_conflict not in ON_CONFLICT:
+            raise ConfigError(f"--on-conflict must be one of {', '.join(ON_CONFLICT)}, got {on_conflict!r}")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
+            raise ConfigError(f"--concurrency must be an integer 1-256, got {concurrency!r}")
+        if connection_format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {connection_format!r}")
+        if not connections and not variables:
+            raise ConfigError("nothing to migrate: both connections and variables are switched off")
+        self.source = source
+        self.destination = destination
+        self.kinds: list[ItemKind] = [
+            k for k, on in (("connection", connections), ("variable", variables)) if on
+        ]
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self.on_conflict = on_conflict
+        self.concurrency = concurrency
+        self.connection_format = connection_format
+        self.progress = progress
+        self._check_capabilities()
+        self._set_connection_kwargs = self._connection_write_kwargs() if "connection" in self.kinds else {}
+
+    # --- options -------------------------------------------------------------------------------------
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {
+            "kinds": list(self.kinds),
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "on_conflict": self.on_conflict,
+            "concurrency": self.concurrency,
+            "format": self.connection_format,
+        }
+
+    def _check_capabilities(self) -> None:
+        src, dst = backend_name(self.source), backend_name(self.destination)
+        for kind in self.kinds:
+            lister = f"list_{kind}s"
+            if not callable(getattr(self.source, lister, None)):
+                raise ConfigError(f"--from: backend {src!r} cannot list {kind}s, so it cannot be migrated")
+            writer = f"set_{kind}"
+            if not can(self.destination, writer) and not (
+                not isinstance(self.destination, BaseBackend)
+                and callable(getattr(self.destination, writer, None))
+            ):
+                raise ConfigError(f"--to: backend {dst!r} cannot write {kind}s")
+
+    def _connection_write_kwargs(self) -> dict[str, Any]:
+        """How to ask the destination for the chosen serialisation (backends differ; see the report)."""
+        method = self.destination.set_connection
+        try:
+            params = inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        if "serialization" in params:
+            return {"serialization": self.connection_format}
+        if "as_json" in params:
+            return {"as_json": self.connection_format == "json"}
+        alias = getattr(self.destination, "alias", "")
+        if alias in _STRUCTURED or self.connection_format == "json":
+            return {}  # fields in a database, or a string store that writes JSON anyway
+        raise ConfigError(
+            f"--format uri: backend {backend_name(self.destination)!r} "
+            f"({alias or type(self.destination).__name__}) writes connections as JSON only "
+            "(its set_connection has no serialization option); use --format json"
+        )
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def _list(self, backend: Any, kind: ItemKind) -> list[str]:
+        return list(getattr(backend, f"list_{kind}s")())
+
+    def _read_many(
+        self, pool: ThreadPoolExecutor, backend: Any, kind: ItemKind, ids: list[str]
+    ) -> dict[str, tuple[Any, str | None] | BaseException | None]:
+        """{id: (value, description) | None (miss) | exception} using batches where the backend has them."""
+        results: dict[str, tuple[Any, str | None] | BaseException | None] = dict.fromkeys(ids)
+        if not ids:
+            return results
+        batch = self._batch_reader(backend, kind)
+        futures: list[tuple[list[str], Future[Any]]] = []
+        if batch is not None:
+            for start in range(0, len(ids), READ_CHUNK):
+                chunk = ids[start : start + READ_CHUNK]
+                futures.append((chunk, pool.submit(batch, chunk)))
+            for chunk, future in futures:
+                try:
+                    found = future.result()
+                except Exception as exc:
+                    for key in chunk:
+                        results[key] = exc
+                    continue
+                for key, value in found.items():
+                    if key in results:
+                        results[key] = value
+        else:
+            single = self._single_reader(backend, kind)
+            singles = [(key, pool.submit(single, key)) for key in ids]
+            for key, future in singles:
+                try:
+                    results[key] = future.result()
+                except Exception as exc:
+                    results[key] = exc
+        return results
+
+    def _batch_reader(self, backend: Any, kind: ItemKind) -> Callable[[list[str]], dict[str, Any]] | None:
+        if kind == "connection":
+            if callable(getattr(backend, "get_connections", None)):
+
+                def read_connections(chunk: list[str]) -> dict[str, Any]:
+                    return {k: (c, None) for k, c in backend.get_connections(chunk).items()}
+
+                return read_connections
+            if can(backend, "get_conn_values") and isinstance(backend, BaseBackend):
+
+                def read_values(chunk: list[str]) -> dict[str, Any]:
+                    out: dict[str, Any] = {}
+                    for key, raw in backend.get_conn_values(chunk).items():
+                        try:
+                            out[key] = (backend.deserialize_connection(key, raw), None)
+                        except Exception as exc:  # one malformed value fails its id only
+                            out[key] = exc
+                    return out
+
+                return read_values
+            return None
+        if callable(getattr(backend, "get_variable_records", None)):
+
+            def read_records(chunk: list[str]) -> dict[str, Any]:
+                return {k: (v.value, v.description) for k, v in backend.get_variable_records(chunk).items()}
+
+            return read_records
+        if can(backend, "get_variables"):
+
+            def read_variables(chunk: list[str]) -> dict[str, Any]:
+                return {k: (v, None) for k, v in backend.get_variables(chunk).items()}
+
+            return read_variables
+        return None
+
+    def _single_reader(self, backend: Any, kind: ItemKind) -> Callable[[str], tuple[Any, str | None] | None]:
+        from credpath.search_path import read_connection
+
+        if kind == "connection":
+
+            def read_one(key: str) -> tuple[Any, str | None] | None:
+                conn = read_connection(backend, key)
+                return None if conn is None else (conn, None)
+
+            return read_one
+
+        def read_variable(key: str) -> tuple[Any, str | None] | None:
+            value = backend.get_variable(key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"variable {key!r}: the backend returned a {type(value).__name__}")
+            return None if value is None else (value, None)
+
+        return read_variable
+
+    # --- plan ----------------------------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        started = time.perf_counter()
+        items: list[Item] = []
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="credpath-plan") as pool:
+            for kind in self.kinds:
+                items.extend(self._plan_kind(pool, kind))
+        plan = Plan(backend_name(self.source), backend_name(self.destination), items)
+        plan.seconds = time.perf_counter() - started
+        log.debug("plan %s -> %s: %s", plan.source, plan.destination, plan.counts())
+        return plan
+
+    def _plan_kind(self, pool: ThreadPoolExecutor, kind: ItemKind) -> list[Item]:
+        ids = sorted(k for k in set(self._list(self.source, kind)) if matches(k, self.include, self.exclude))
+        self._tick("plan", 0, len(ids))
+        source_values = self._read_many(pool, self.source, kind, ids)
+        # Listing the destination costs a few calls and spares one read per id it does not hold.
+        existing = ids
+        if callable(getattr(self.destination, f"list_{kind}s", None)):
+            present = set(self._list(self.destination, kind))
+            existing = [k for k in ids if k in present]
+        dest_values = self._read_many(pool, self.destination, kind, existing)
+        items: list[Item] = []
+        for key in ids:
+            items.append(self._decide(kind, key, source_values.get(key), dest_values.get(key)))
+        self._tick("plan", len(ids), len(ids))
+        return items
+
+    def _decide(self, kind: ItemKind, key: str, src: Any, dst: Any) -> Item:
+        if isinstance(src, BaseException):
+            return Item(kind, key, "error", f"reading the source failed: {safe_reason(src)}")
+        if src is None:
+            return Item(
+                kind, key, "error", "listed by the source but not readable from it (deleted meanwhile?)"
+            )
+        value, description = src
+        if kind == "connection":
+            value = value.with_id(key)
+        if isinstance(self.destination, BaseBackend) and not self.destination.wants(kind, key):
+            return Item(kind, key, "error", f"the destination's {kind}s_lookup_pattern excludes this id")
+        if isinstance(dst, BaseException):
+            return Item(kind, key, "error", f"reading the destination failed: {safe_reason(dst)}", value)
+        if dst is None:
+            return Item(kind, key, "add", "", value, description)
+        if same_value(kind, value, dst[0]):
+            return Item(kind, key, "unchanged", "", value, description)
+        if self.on_conflict == "overwrite":
+            return Item(
+                kind, key, "change", "differs in the destination; --on-conflict overwrite", value, description
+            )
+        if self.on_conflict == "fail":
+            return Item(
+                kind, key, "conflict", "differs in the destination; --on-conflict fail", value, description
+            )
+        return Item(kind, key, "skip", "differs in the destination; --on-conflict skip", value, description)
+
+    # --- apply ---------------------------------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> Report:
+        report = Report(plan=plan, dry_run=False, options=self.options)
+        started = time.perf_counter()
+        for item in plan.items:
+            if item.action in ("unchanged", "skip"):
+                item.status = "not written"
+        conflicts = plan.by_action("conflict")
+        if conflicts:
+            report.aborted = f"{len(conflicts)} conflict(s) with --on-conflict fail; nothing was written"
+            for item in plan.by_action("add", "change"):
+                item.status = "not written"
+            return report
+        todo = plan.by_action("add", "change")
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="credpath-write") as pool:
+            self._tick("write", 0, len(todo))
+            futures = [(item, pool.submit(self._write, item)) for item in todo]
+            for item, future in futures:
+                try:
+                    future.result()
+                except Exception as exc:
+                    item.status = "failed"
+                    item.reason = f"write failed: {safe_reason(exc)}"
+                    log.warning("%s %r: write failed: %s", item.kind, item.key, safe_reason(exc))
+                else:
+                    item.status = "written"
+                    report.written += 1
+                self._tick("write", 1, len(todo))
+            written = [i for i in todo if i.status == "written"]
+            self._tick("verify", 0, len(written))
+            for kind in self.kinds:
+                batch = [i for i in written if i.kind == kind]
+                back = self._read_many(pool, self.destination, kind, [i.key for i in batch])
+                for item in batch:
+                    got = back.get(item.key)
+                    if isinstance(got, BaseException):
+                        item.status = "failed"
+                        item.reason = f"written, but reading it back failed: {safe_reason(got)}"
+                    elif got is None:
+                        item.status = "failed"
+                        item.reason = "written, but reading it back found nothing"
+                    elif not same_value(kind, item.value, got[0]):
+                        item.status = "failed"
+                        item.reason = (
+                            "written, but the value read back differs (lossy format? try --format json)"
+                        )
+                    else:
+                        item.status = "verified"
+                        report.verified += 1
+                self._tick("verify", len(batch), len(written))
+        report.apply_seconds = time.perf_counter() - started
+        return report
+
+    def _write(self, item: Item) -> None:
+        if item.kind == "connection":
+            self.destination.set_connection(item.value, overwrite=True, **self._set_connection_kwargs)
+            return
+        kwargs: dict[str, Any] = {}
+        if item.description and _accepts(self.destination.set_variable, "description"):
+            kwargs["description"] = item.description
+        self.destination.set_variable(item.key, item.value, overwrite=True, **kwargs)
+
+    def run(self, *, dry_run: bool = False) -> Report:
+        plan = self.plan()
+        if dry_run:
+            return Report(plan=plan, dry_run=True, options=self.options)
+        return self.apply(plan)
+
+    def _tick(self, phase: str, advance: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, advance, total)
+
+
+def _accepts(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def migrate(
+    source: Any,
+    destination: Any,
+    *,
+    dry_run: bool = False,
+    **options: Any,
+) -> Report:
+    """Plan, and unless ``dry_run`` apply and verify, a migration between two backend objects."""
+    return Migrator(source, destination, **options).run(dry_run=dry_run)
+
+
+def parse_globs(values: Iterable[str]) -> tuple[str, ...]:
+    """Accept repeated options and comma-separated lists: ``--include 'pg_*,mysql_*'``."""
+    globs: list[str] = []
+    for value in values:
+        globs.extend(part.strip() for part in value.split(",") if part.strip())
+    return tuple(globs)

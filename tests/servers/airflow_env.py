@@ -1,0 +1,282 @@
+"""Real Apache Airflow 3.3.2 for the integration tier (tests marked ``airflow``).
+
+- ``airflow_venv`` (session): a virtualenv at ``.cache/airflow-venv`` with ``apache-airflow==3.3.2``, the
+  amazon and hashicorp providers, and credpath installed editable from this working tree. Built once
+  (about 25 s with a warm pip cache, a few minutes cold) and reused while its marker file matches the
+  requirements; a file lock keeps parallel sessions from building it twice.
+- ``airflow`` (session): an ``AIRFLOW_HOME`` on SQLite in a tmp dir, migrated (``airflow db migrate``),
+  with helpers to run ``airflow`` commands in a clean environment (nothing inherited from AIRFLOW_*,
+  AWS_*, VAULT_*, BAO_* or CREDPATH_* of the caller).
+- ``airflow_api_server`` (session): ``airflow api-server --apps execution`` on a loopback port, which the
+  LocalExecutor's task processes need (``airflow dags test --use-executor``: the real Task SDK path with
+  a supervisor, a task log file and its secrets masker).
+
+Without network access to PyPI the build fails: a failure in CI (``CI=true``), a skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.servers._util import IN_CI, free_port, stop_process, wait_for_port
+
+AIRFLOW_VERSION = "3.3.2"
+REQUIREMENTS = (
+    f"apache-airflow=={AIRFLOW_VERSION}",
+    "apache-airflow-providers-amazon",
+    "apache-airflow-providers-hashicorp",
+)
+REPO = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("CREDPATH_AIRFLOW_VENV") or REPO / ".cache" / "airflow-venv")
+MARKER = VENV / ".credpath-airflow-complete"
+BUILD_TIMEOUT = 1800.0
+# Caller settings that must not leak into Airflow's processes (they would change what is resolved).
+_SCRUBBED_PREFIXES = ("AIRFLOW", "AWS_", "VAULT_", "BAO_", "CREDPATH_", "PYTHON", "VIRTUAL_ENV", "_AIRFLOW")
+
+
+def _fingerprint() -> dict[str, object]:
+    return {
+        "requirements": list(REQUIREMENTS),
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "credpath": str(REPO),
+    }
+
+
+def venv_is_complete(venv: Path = VENV) -> bool:
+    marker = venv / MARKER.name
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded == _fingerprint() and (venv / "bin" / "airflow").exists()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_venv(venv: Path = VENV) -> float:
+    """Create or complete the venv (idempotent); returns the seconds spent, 0.0 when already complete."""
+    with _file_lock(venv.parent / f"{venv.name}.lock"):
+        if venv_is_complete(venv):
+            return 0.0
+        started = time.monotonic()
+        log_path = venv.parent / f"{venv.name}-build.log"
+        python = venv / "bin" / "python"
+        steps: list[list[str]] = []
+        if not python.exists():
+            steps.append([sys.executable, "-m", "venv", str(venv)])
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        steps.append([*pip, *REQUIREMENTS])
+        steps.append([*pip, "-e", str(REPO)])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        with log_path.open("w") as log_file:
+            for step in steps:
+                deadline = BUILD_TIMEOUT - (time.monotonic() - started)
+                result = subprocess.run(
+                    step, stdout=log_file, stderr=subprocess.STDOUT, env=env, timeout=max(deadline, 1.0)
+                )
+                if result.returncode != 0:
+                    raise RuntimeError(
+                        f"building the Airflow venv failed at {' '.join(step[:5])}... "
+                        f"(rc={result.returncode}); see {log_path}"
+                    )
+        (venv / MARKER.name).write_text(json.dumps(_fingerprint()))
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def airflow_venv() -> Path:
+    try:
+        build_venv(VENV)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        message = f"Apache Airflow {AIRFLOW_VERSION} venv unavailable: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return VENV
+
+
+@dataclass
+class AirflowEnv:
+    """One AIRFLOW_HOME on SQLite and a clean environment to run ``airflow`` in."""
+
+    venv: Path
+    home: Path
+    dags: Path
+    base_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bin(self) -> Path:
+        return self.venv / "bin"
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(self.base_env)
+        env.update(extra or {})
+        return env
+
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 180.0, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``airflow <args>``; output is captured and never printed (it may hold secrets)."""
+        result = subprocess.run(
+            [str(self.bin / "airflow"), *args],
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.home,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args[:2])} exited with {result.returncode}")
+        return result
+
+    def run_many(
+        self, commands: list[list[str]], env: Mapping[str, str] | None = None, timeout: float = 180.0
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Run several ``airflow`` commands at once (each imports Airflow for ~1.5 s); results in order."""
+        procs = [
+            subprocess.Popen(
+                [str(self.bin / "airflow"), *args],
+                env=self.env(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=self.home,
+            )
+            for args in commands
+        ]
+        results: list[subprocess.CompletedProcess[str]] = []
+        try:
+            for args, proc in zip(commands, procs, strict=True):
+                stdout, stderr = proc.communicate(timeout=timeout)
+                results.append(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return results
+
+    def python(
+        self, code: str, env: Mapping[str, str] | None = None, timeout: float = 180.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run Python code with the Airflow venv's interpreter (output captured)."""
+        return subprocess.run(
+            [str(self.bin / "python"), "-c", code],
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.home,
+        )
+
+
+def clean_environment(home: Path, venv: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_SCRUBBED_PREFIXES)}
+    env.update(
+        {
+            "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(home),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Isolation from any real AWS account or instance metadata.
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(home / "aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials"),
+            "NO_COLOR": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow(airflow_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
+    home = tmp_path_factory.mktemp("airflow-home")
+    (home / "dags").mkdir()
+    env = AirflowEnv(
+        venv=airflow_venv, home=home, dags=home / "dags", base_env=clean_environment(home, airflow_venv)
+    )
+    result = env.run("db", "migrate", timeout=300)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.splitlines()[-5:])
+        pytest.fail(f"airflow db migrate failed (rc={result.returncode}):\n{tail}")
+    return env
+
+
+@dataclass
+class ApiServer:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def execution_api_url(self) -> str:
+        return f"{self.url}/execution/"
+
+
+@pytest.fixture(scope="session")
+def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
+    """The execution API (what task processes talk to); about 6 s to start, ~220 MB."""
+    port = free_port()
+    log_path = airflow.home / "api-server.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                str(airflow.bin / "airflow"),
+                "api-server",
+                "--apps",
+                "execution",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=airflow.env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=airflow.home,
+        )
+    server = ApiServer(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
+    try:
+        wait_for_port(port, timeout=90, proc=proc)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{server.url}/execution/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+            time.sleep(0.2)
+        airflow.base_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server.execution_api_url
+        yield server
+    finally:
+        airflow.base_env.pop("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", None)
+        stop_process(proc)

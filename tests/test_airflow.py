@@ -1,0 +1,665 @@
+"""credpath.airflow.CredpathBackend: plumbing without Airflow, and the integration tier in real Airflow 3.3.2.
+
+The tier (``-m airflow``) runs ``airflow`` commands in their own virtualenv (tests/servers/airflow_env.py)
+against the suite's OpenBao and moto servers: Vault first, AWS Secrets Manager second, with lookup
+patterns, and Airflow's env and metastore backends still after credpath. Airflow prints connection
+passwords in clear in ``connections get`` (its own behaviour), so that output is compared through hashes
+and never shown; everything else is checked with the leak guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from credpath.errors import ConfigError
+from tests.conftest import assert_no_secret
+from tests.servers.airflow_env import AirflowEnv, ApiServer
+from tests.servers.moto import REGION, MotoServer
+from tests.servers.openbao import OpenBao
+
+CLASS_PATH = "credpath.airflow.CredpathBackend"
+
+
+def _digest(value: str | None) -> str:
+    return hashlib.sha256((value or "").encode()).hexdigest()
+
+
+def _same_secret(actual: str | None, expected: str) -> bool:
+    # Compared through digests so that a failing assert never prints a secret.
+    return _digest(actual) == _digest(expected)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_search_paths() -> Iterator[None]:
+    import credpath.airflow
+
+    credpath.airflow.reset()
+    yield
+    credpath.airflow.reset()
+
+
+# --- plumbing, in the test venv (no Airflow installed there) ------------------------------------------
+
+
+def _files_backend(tmp_path: Path) -> list[dict[str, Any]]:
+    connections = tmp_path / "connections.json"
+    connections.write_text(
+        json.dumps(
+            {
+                "files_db": {
+                    "conn_type": "postgres",
+                    "host": "files-host",
+                    "login": "files_user",
+                    "password": "pw-s3cr3t-files",
+                    "port": 5432,
+                    "description": "kept through the JSON form",
+                    "extra": {"api_key": "key-s3cr3t-files", "sslmode": "require"},
+                }
+            }
+        )
+    )
+    variables = tmp_path / "variables.json"
+    variables.write_text(json.dumps({"plain_var": "plain-value", "db_password": "pw-s3cr3t-var"}))
+    return [
+        {
+            "name": "local-files",
+            "type": "files",
+            "kwargs": {"connections_file_path": str(connections), "variables_file_path": str(variables)},
+        }
+    ]
+
+
+def test_import_without_airflow_is_lazy_and_class_access_explains() -> None:
+    if importlib.util.find_spec("airflow") is not None:
+        pytest.skip("Airflow is installed in this interpreter")
+    code = textwrap.dedent(
+        """
+        import sys
+        import credpath.airflow as m
+        assert "airflow" not in sys.modules, "credpath.airflow imported Airflow at import time"
+        try:
+            m.CredpathBackend
+        except ImportError as exc:
+            print(exc)
+        else:
+            raise SystemExit("no ImportError")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "credpath.airflow.CredpathBackend needs Apache Airflow" in result.stdout
+    assert "install apache-airflow" in result.stdout
+
+
+def test_backend_logic_serves_search_path_with_source_in_debug_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    caplog.set_level(logging.DEBUG, logger="credpath")
+    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    value = backend.get_conn_value("files_db")
+    assert value is not None
+    parsed = json.loads(value)
+    assert parsed["host"] == "files-host"
+    assert parsed["login"] == "files_user"
+    assert parsed["description"] == "kept through the JSON form"
+    assert _same_secret(parsed["password"], "pw-s3cr3t-files")
+    assert backend.get_conn_value("nope") is None
+    assert backend.get_variable("plain_var") == "plain-value"
+    assert backend.get_variable("nope") is None
+    # Exactly one debug line per resolution, naming the source: the search path's for a store read,
+    # credpath.airflow's for a cache hit.
+    backend.get_conn_value("files_db")
+    backend.get_conn_value("nope")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    provenance = [m for m in messages if "'files_db'" in m]
+    assert provenance == [
+        "resolved connection 'files_db' from backend 'local-files'",
+        "credpath: connection 'files_db' from backend 'local-files' (cached)",
+    ]
+    assert [m for m in messages if "'plain_var'" in m] == [
+        "resolved variable 'plain_var' from backend 'local-files'"
+    ]
+    assert [m for m in messages if "'nope'" in m] == [
+        "connection 'nope' not found in the search path",
+        "variable 'nope' not found in the search path",
+        "credpath: connection 'nope' not found (cached miss)",
+    ]
+
+
+def test_instances_with_same_settings_share_one_search_path(tmp_path: Path) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    backends = _files_backend(tmp_path)
+    first = _CredpathBackendMixin(backends=backends)
+    second = _CredpathBackendMixin(backends=json.loads(json.dumps(backends)))
+    other = _CredpathBackendMixin(backends=backends, cache={"ttl": 10})
+    assert first.search_path is second.search_path
+    assert other.search_path is not first.search_path
+
+
+def test_config_file_kwarg(tmp_path: Path) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    backends = _files_backend(tmp_path)
+    kwargs = backends[0]["kwargs"]
+    config = tmp_path / "credpath.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [[backends]]
+            name = "from-toml"
+            type = "files"
+            connections_lookup_pattern = "^files_"
+            kwargs = {{ connections_file_path = "{kwargs["connections_file_path"]}" }}
+
+            [cache]
+            ttl = 30
+            """
+        )
+    )
+    backend = _CredpathBackendMixin(config=str(config))
+    assert backend.search_path.names == ["from-toml"]
+    assert backend.search_path.cache.settings.ttl == 30
+    assert json.loads(backend.get_conn_value("files_db") or "{}")["host"] == "files-host"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"url": "http://x"},
+            "CredpathBackend kwargs: unknown key(s) url; accepted: backends, cache, config",
+        ),
+        ({"config": "/nonexistent/credpath.toml"}, "which is not a file"),
+        ({"config": "a.toml", "backends": []}, "either 'config' or 'backends'"),
+        ({"backends": {"type": "env"}}, "'backends' must be a list"),
+        ({"backends": [{"type": "nope"}]}, "unknown backend type 'nope'"),
+        ({"backends": [{"type": CLASS_PATH}]}, "cannot be one of its own backends"),
+        ({"backends": [{"type": "env"}], "cache": {"ttl": -1}}, "ttl must be a number"),
+    ],
+    ids=["unknown-kwarg", "missing-file", "both", "not-a-list", "unknown-type", "recursion", "bad-cache"],
+)
+def test_bad_settings_are_one_line_config_errors(kwargs: dict[str, Any], message: str) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    with pytest.raises(ConfigError) as info:
+        _CredpathBackendMixin(**kwargs)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_config_without_backends_list_is_refused(tmp_path: Path) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    config = tmp_path / "credpath.toml"
+    config.write_text("[cache]\nttl = 5\n")
+    with pytest.raises(ConfigError, match=r"no \[\[backends\]\] list"):
+        _CredpathBackendMixin(config=str(config))
+
+
+def test_default_config_ignores_airflow_settings_pointing_at_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", CLASS_PATH)
+    monkeypatch.delenv("CREDPATH_CONFIG", raising=False)
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(ConfigError, match="needs 'config'"):
+        _CredpathBackendMixin()
+
+
+# --- inside real Airflow 3.3.2 ---------------------------------------------------------------------
+
+
+@dataclass
+class Stores:
+    """Two stores seeded for one module: Vault (KV v2 mount) first, AWS Secrets Manager second."""
+
+    vault_mount: str
+    aws_prefix: str
+    backends: list[dict[str, Any]]
+    env: dict[str, str]
+
+
+VAULT_PASSWORD = "pw-s3cr3t-vault"
+AWS_SHADOWED_PASSWORD = "pw-s3cr3t-aws-shadowed"
+API_PASSWORD = "pw-s3cr3t-api"
+API_KEY = "key-s3cr3t-api-0001"
+META_PASSWORD = "pw-s3cr3t-meta"
+TOKEN_VARIABLE = "tok-s3cr3t-variable"
+
+
+@pytest.fixture(scope="module")
+def stores(openbao: OpenBao, moto_server: MotoServer) -> Iterator[Stores]:
+    mount = openbao.enable_kv(2)
+    prefix = f"it-{uuid.uuid4().hex[:8]}"
+    # Seeding goes through the stores' own clients, which log request bodies (secrets) at DEBUG.
+    logging.disable(logging.CRITICAL)
+    # Vault: the first store.
+    openbao.put(
+        mount,
+        2,
+        "connections/shared_db",
+        {"conn_uri": f"postgres://vault_user:{VAULT_PASSWORD}@vault-db.internal:5432/analytics"},
+    )
+    # Held by Vault too, but Vault's lookup pattern keeps it from being asked: AWS must serve it.
+    openbao.put(
+        mount, 2, "connections/aws_api", {"conn_uri": "http://wrong:pw-s3cr3t-wrong@vault-must-not-serve"}
+    )
+    openbao.put(mount, 2, "variables/shared_var", {"value": "from-vault"})
+    openbao.put(mount, 2, "variables/api_token", {"value": TOKEN_VARIABLE})
+    # AWS Secrets Manager: the second store.
+    client = moto_server.client("secretsmanager")
+    aws_secrets = {
+        f"{prefix}/connections/shared_db": f"postgres://aws_user:{AWS_SHADOWED_PASSWORD}@aws-db:5432/x",
+        f"{prefix}/connections/aws_api": json.dumps(
+            {
+                "conn_type": "http",
+                "host": "api.example.com",
+                "login": "api_user",
+                "password": API_PASSWORD,
+                "port": 8443,
+                "extra": {"api_key": API_KEY, "region": "eu-west-1"},
+            }
+        ),
+        # Outside AWS's lookup pattern: never requested, so not found anywhere.
+        f"{prefix}/connections/hidden_db": "postgres://hidden:pw-s3cr3t-hidden@hidden-host/h",
+        f"{prefix}/variables/shared_var": "from-aws-shadowed",
+        f"{prefix}/variables/aws_var": "from-aws",
+    }
+    for name, value in aws_secrets.items():
+        client.create_secret(Name=name, SecretString=value)
+    logging.disable(logging.NOTSET)
+    backends = [
+        {
+            "name": "vault",
+            "type": "vault",
+            "connections_lookup_pattern": "^shared_",
+            "kwargs": {"url": openbao.addr, "token": openbao.root_token, "mount_point": mount},
+        },
+        {
+            "name": "aws",
+            "type": "aws-secrets-manager",
+            "connections_lookup_pattern": "^(shared_|aws_)",
+            "kwargs": {
+                "endpoint_url": moto_server.url,
+                "region_name": REGION,
+                "connections_prefix": f"{prefix}/connections",
+                "variables_prefix": f"{prefix}/variables",
+                "config_prefix": None,
+            },
+        },
+    ]
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+    try:
+        yield Stores(vault_mount=mount, aws_prefix=prefix, backends=backends, env=env)
+    finally:
+        logging.disable(logging.CRITICAL)
+        for name in aws_secrets:
+            client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+        openbao.disable(mount)
+        logging.disable(logging.NOTSET)
+
+
+def _secrets_env(stores: Stores, *, section: str = "SECRETS", **extra: str) -> dict[str, str]:
+    key = "BACKEND" if section == "SECRETS" else "SECRETS_BACKEND"
+    return {
+        **stores.env,
+        f"AIRFLOW__{section}__{key}": CLASS_PATH,
+        f"AIRFLOW__{section}__{key}_KWARGS": json.dumps({"backends": stores.backends}),
+        **extra,
+    }
+
+
+def _connection_rows(
+    airflow: AirflowEnv, conn_ids: list[str], env: dict[str, str]
+) -> dict[str, dict[str, Any] | None]:
+    """`airflow connections get ID -o json` for each id (run concurrently); None where it failed."""
+    results = airflow.run_many(
+        [["connections", "get", conn_id, "-o", "json"] for conn_id in conn_ids], env=env
+    )
+    rows: dict[str, dict[str, Any] | None] = {}
+    for conn_id, result in zip(conn_ids, results, strict=True):
+        assert_no_secret(result.stderr)
+        if result.returncode != 0:
+            rows[conn_id] = None
+            continue
+        parsed = json.loads(result.stdout[result.stdout.index("[") :])
+        assert len(parsed) == 1
+        rows[conn_id] = parsed[0]
+    return rows
+
+
+@pytest.mark.airflow
+def test_connections_get_resolves_through_vault_then_aws(airflow: AirflowEnv, stores: Stores) -> None:
+    rows = _connection_rows(airflow, ["shared_db", "aws_api", "hidden_db"], _secrets_env(stores))
+
+    row = rows["shared_db"]
+    assert row is not None, "shared_db not resolved"
+    # In both stores: Vault is first in the path and wins.
+    assert (row["conn_type"], row["host"], row["login"], row["port"], row["schema"]) == (
+        "postgres",
+        "vault-db.internal",
+        "vault_user",
+        "5432",
+        "analytics",
+    )
+    vault_password = _same_secret(row["password"], VAULT_PASSWORD)
+    assert vault_password, "shared_db password is not Vault's"
+
+    row = rows["aws_api"]
+    assert row is not None, "aws_api not resolved"
+    # Vault holds a decoy under this id, but its lookup pattern keeps it out: AWS serves it.
+    assert (row["conn_type"], row["host"], row["login"], row["port"]) == (
+        "http",
+        "api.example.com",
+        "api_user",
+        "8443",
+    )
+    assert row["extra_dejson"]["region"] == "eu-west-1"
+    aws_password = _same_secret(row["password"], API_PASSWORD)
+    assert aws_password, "aws_api password is not the one stored in AWS"
+
+    # Stored in AWS but outside both lookup patterns: never requested, so Airflow finds nothing.
+    assert rows["hidden_db"] is None
+
+
+def _printed_value(stdout: str) -> str:
+    # At DEBUG, Airflow logs to stdout too (after the command's own output): keep the non-log lines.
+    lines = [line for line in stdout.splitlines() if line.strip() and not _LOG_LINE.match(line)]
+    assert len(lines) == 1, f"expected one printed value, got {len(lines)} line(s)"
+    return lines[0]
+
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+@pytest.mark.airflow
+def test_variables_get_resolves_through_vault_then_aws(airflow: AirflowEnv, stores: Stores) -> None:
+    keys = ["shared_var", "aws_var", "no_such_var"]
+    commands = [["variables", "get", key] for key in keys]
+    # -v at DEBUG: Airflow's `get` commands otherwise switch logging off while they run.
+    commands.append(["variables", "get", "-v", "aws_var"])
+    env = _secrets_env(stores, AIRFLOW__LOGGING__LOGGING_LEVEL="DEBUG")
+    results = airflow.run_many(commands, env=env)
+    for result in results:
+        assert_no_secret(result.stdout + result.stderr)
+    shared, aws, missing, verbose = results
+    assert shared.returncode == 0
+    assert _printed_value(shared.stdout) == "from-vault"
+    assert aws.returncode == 0
+    assert _printed_value(aws.stdout) == "from-aws"
+    assert missing.returncode == 1
+    # Provenance: one debug line naming the source backend, no value.
+    assert verbose.returncode == 0
+    assert (verbose.stdout + verbose.stderr).count("resolved variable 'aws_var' from backend 'aws'") == 1
+
+
+@pytest.mark.airflow
+def test_metastore_connection_still_resolves_behind_credpath(airflow: AirflowEnv, stores: Stores) -> None:
+    env = _secrets_env(stores)
+    added = airflow.run(
+        "connections",
+        "add",
+        "meta_only",
+        "--conn-uri",
+        f"postgres://meta_user:{META_PASSWORD}@meta-host:6543/meta",
+        env=env,
+    )
+    assert added.returncode == 0, "airflow connections add failed"
+    row = _connection_rows(airflow, ["meta_only"], env)["meta_only"]
+    assert row is not None, "a connection only in the metastore no longer resolves"
+    assert (row["host"], row["login"], row["port"]) == ("meta-host", "meta_user", "6543")
+    meta_password = _same_secret(row["password"], META_PASSWORD)
+    assert meta_password, "meta_only password differs from the metastore's"
+
+
+EXAMPLE_DAG = '''
+"""Astronomer's Vault guide example, in Airflow 3 spelling: print a connection's fields and a variable."""
+from __future__ import annotations
+
+import pendulum
+
+from airflow.sdk import BaseHook, Variable, dag, task
+
+
+@dag(start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
+def credpath_secrets_example():
+    @task
+    def print_secrets():
+        conn = BaseHook.get_connection(conn_id="shared_db")
+        print(f"conn login: {conn.login}")
+        print(f"conn host: {conn.host}")
+        print(f"conn port: {conn.port}")
+        print(f"conn password: {conn.password}")
+        api = BaseHook.get_connection(conn_id="aws_api")
+        print(f"api host: {api.host}")
+        print(f"api key: {api.extra_dejson['api_key']}")
+        print(f"variable: {Variable.get('shared_var')}")
+        print(f"token variable: {Variable.get('api_token')}")
+        meta = BaseHook.get_connection(conn_id="meta_only")
+        print(f"metastore host: {meta.host}")
+
+    print_secrets()
+
+
+credpath_secrets_example()
+'''
+
+
+def _task_log_events(airflow: AirflowEnv, dag_id: str) -> tuple[list[dict[str, Any]], str]:
+    files = sorted((airflow.home / "logs").glob(f"dag_id={dag_id}/**/attempt=*.log"))
+    assert files, "no task log file was written"
+    text = files[-1].read_text()
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return events, text
+
+
+@pytest.mark.airflow
+def test_dag_run_reads_connection_and_variable_through_credpath_with_masked_log(
+    airflow: AirflowEnv, airflow_api_server: ApiServer, stores: Stores, tmp_path: Path
+) -> None:
+    # The connection only in the metastore must resolve inside the task too (Airflow's chain after credpath).
+    added = airflow.run(
+        "connections",
+        "add",
+        "meta_only",
+        "--conn-uri",
+        f"postgres://meta_user:{META_PASSWORD}@meta-host:6543/meta",
+    )
+    assert added.returncode == 0 or "already exists" in added.stdout + added.stderr
+    # The Task SDK path: [workers] secrets_backend only, configured with a credpath.toml file.
+    config = tmp_path / "credpath.toml"
+    config.write_text(_toml_for(stores.backends))
+    (airflow.dags / "credpath_secrets_example.py").write_text(EXAMPLE_DAG)
+    env = {
+        **stores.env,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": CLASS_PATH,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"config": str(config)}),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG",
+    }
+    result = airflow.run("dags", "test", "--use-executor", "credpath_secrets_example", env=env, timeout=300)
+    assert result.returncode == 0, f"airflow dags test failed (rc={result.returncode})"
+    events, text = _task_log_events(airflow, "credpath_secrets_example")
+    assert_no_secret(text, VAULT_PASSWORD, API_KEY, TOKEN_VARIABLE)
+    printed = [e["event"] for e in events if e.get("logger") == "task.stdout"]
+    assert printed == [
+        "conn login: vault_user",
+        "conn host: vault-db.internal",
+        "conn port: 5432",
+        "conn password: ***",
+        "api host: api.example.com",
+        "api key: ***",
+        "variable: from-vault",
+        "token variable: ***",
+        "metastore host: meta-host",
+    ]
+    # Provenance at debug level, once per resolution, without values.
+    messages = [str(e.get("event")) for e in events]
+    for line in (
+        "resolved connection 'shared_db' from backend 'vault'",
+        "resolved connection 'aws_api' from backend 'aws'",
+        "resolved variable 'shared_var' from backend 'vault'",
+    ):
+        assert messages.count(line) == 1, line
+
+
+def _toml_for(backends: list[dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for backend in backends:
+        lines.append("[[backends]]")
+        for key, value in backend.items():
+            if key == "kwargs":
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("[backends.kwargs]")
+        for key, value in backend["kwargs"].items():
+            if value is not None:  # TOML has no null
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+LOGGING_DAG = """
+from __future__ import annotations
+
+import logging
+
+import pendulum
+
+from airflow.sdk import BaseHook, dag, task
+
+log = logging.getLogger("airflow.task")
+
+
+@dag(start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
+def credpath_in_process_example():
+    @task
+    def log_secrets():
+        conn = BaseHook.get_connection(conn_id="aws_api")
+        log.info("api login=%s host=%s password=%s", conn.login, conn.host, conn.password)
+
+    log_secrets()
+
+
+credpath_in_process_example()
+"""
+
+
+@pytest.mark.airflow
+def test_in_process_dags_test_masks_logged_secrets(airflow: AirflowEnv, stores: Stores) -> None:
+    # Plain `airflow dags test` runs the task in the CLI process, whose console handler applies no Airflow
+    # masker (Airflow's own env backend leaks the password in this mode). credpath's search path masks what
+    # it resolves in every log record of the process (credpath.masking), so the line is masked. print()
+    # output is not logging and stays unmasked in this mode.
+    (airflow.dags / "credpath_in_process_example.py").write_text(LOGGING_DAG)
+    result = airflow.run("dags", "test", "credpath_in_process_example", env=_secrets_env(stores), timeout=300)
+    assert result.returncode == 0, f"airflow dags test failed (rc={result.returncode})"
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if "api login=" in line]
+    assert len(lines) == 1
+    assert "api login=api_user host=api.example.com password=***" in lines[0]
+    assert_no_secret(output)
+
+
+MASKER_PROBE = """
+import json, os, sys
+from airflow._shared.secrets_masker import redact as core_redact
+from airflow.sdk._shared.secrets_masker import redact as sdk_redact
+from credpath.airflow import CredpathBackend
+
+secrets = json.loads(sys.stdin.read())
+line = " ".join(secrets)
+before = {"sdk": sdk_redact(line) == line, "core": core_redact(line) == line}
+backend = CredpathBackend(**json.loads(os.environ["PROBE_KWARGS"]))
+# credpath's own Connection: no Airflow Connection is built, so Airflow masks nothing by itself here.
+conn = backend._credpath_connection("aws_api")
+token = backend.get_variable("api_token")
+after = {
+    "sdk": sdk_redact(line) == " ".join(["***"] * len(secrets)),
+    "core": core_redact(line) == " ".join(["***"] * len(secrets)),
+}
+resolved = [conn is not None, token is not None]
+print(json.dumps({"unmasked_before": before, "masked_after": after, "resolved": resolved}))
+"""
+
+
+@pytest.mark.airflow
+def test_resolved_secrets_are_registered_with_the_process_airflow_masker(
+    airflow: AirflowEnv, stores: Stores
+) -> None:
+    # The password, a sensitive extra (api_key) and a variable with a sensitive name (api_token).
+    secrets_in = json.dumps([API_PASSWORD, API_KEY, TOKEN_VARIABLE])
+    result = subprocess.run(
+        [str(airflow.bin / "python"), "-c", MASKER_PROBE],
+        input=secrets_in,
+        env=airflow.env({**stores.env, "PROBE_KWARGS": json.dumps({"backends": stores.backends})}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=airflow.home,
+    )
+    assert_no_secret(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # A server-side process (airflow-core loaded, no task supervisor): the core masker, which its log
+    # handlers use, gets the secrets; the Task SDK's is left alone (the DAG test covers task processes).
+    assert report == {
+        "unmasked_before": {"sdk": True, "core": True},
+        "masked_after": {"sdk": False, "core": True},
+        "resolved": [True, True],
+    }
+
+
+@pytest.mark.airflow
+def test_access_denied_in_vault_is_authoritative_no_fallback_to_metastore(
+    airflow: AirflowEnv, stores: Stores, openbao: OpenBao
+) -> None:
+    # The metastore holds an id that Vault's policy denies: Airflow must not serve the metastore's copy.
+    mount = stores.vault_mount
+    openbao.policy(
+        "airflow-it-deny",
+        f'path "{mount}/data/*" {{ capabilities = ["read"] }}\n'
+        f'path "{mount}/data/connections/shared_denied" {{ capabilities = ["deny"] }}\n',
+    )
+    token = openbao.admin.auth.token.create(policies=["airflow-it-deny"], ttl="10m")["auth"]["client_token"]
+    added = airflow.run(
+        "connections",
+        "add",
+        "shared_denied",
+        "--conn-uri",
+        "postgres://stale:pw-s3cr3t-stale@metastore-copy/x",
+    )
+    assert added.returncode == 0, "airflow connections add failed"
+    vault = {**stores.backends[0], "on_error": "fail"}
+    vault["kwargs"] = {**vault["kwargs"], "token": token, "kv_engine_version": 2}
+    env = {
+        **stores.env,
+        "AIRFLOW__SECRETS__BACKEND": CLASS_PATH,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"backends": [vault]}),
+    }
+    denied = airflow.run("connections", "get", "shared_denied", "-o", "json", env=env)
+    assert_no_secret(denied.stdout + denied.stderr)
+    assert denied.returncode != 0
+    assert "metastore-copy" not in denied.stdout
+    # The same token still reads what its policy allows.
+    allowed = airflow.run("connections", "get", "shared_db", "-o", "json", env=env)
+    assert allowed.returncode == 0
+    assert "vault-db.internal" in allowed.stdout
