@@ -467,7 +467,7 @@ kwargs = {{ url = "{url}", token = "{openbao.root_token}", mount_point = "{mount
         k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "AIRFLOW_", "VAULT_", "BAO_"))
     }
     env.update(CREDPATH_CONFIG=str(config), CREDPATH_HOME=str(tmp_path / "home"))
-    command = [sys.executable, "-m", "credpath", "migrate", "--from", "src", "--to", "dst", "--no-variables",
+    command = [sys.executable, "-m", "credpath", "migrate", "--from", "src", "--to", "dst", "--connections",
                "--concurrency", "2", "--report", str(tmp_path / "report.json")]  # fmt: skip
 
     def written() -> list[str]:
@@ -511,3 +511,17 @@ def _vault_backend(openbao: OpenBao, mount: str) -> Any:
     from credpath.backends.vault import VaultBackend
 
     return VaultBackend(url=openbao.addr, token=openbao.root_token, mount_point=mount)
+
+
+def test_write_options_reach_the_destination_on_soft_deleted_azure_names(
+    azure_key_vault_harness: Any, tmp_path: Path
+) -> None:
+    source = _seed_metastore(tmp_path, 2, 0)
+    destination = azure_key_vault_harness.make_backend()
+    destination.set_connection(Connection.from_uri("x://old", conn_id="conn_0000"))
+    destination.delete_connection("conn_0000")  # soft-deleted: a plain write is refused
+    failed = migrate(source, destination, variables=False)
+    assert [item.key for item in failed.failed] == ["conn_0000"]
+    report = migrate(source, destination, variables=False, write_options={"on_deleted": "recover"})
+    assert report.verified == 1 and not report.failed
+    assert destination.get_connection("conn_0000").host == "db0.example.com"

@@ -19,7 +19,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -183,6 +183,7 @@ class Migrator:
         concurrency: int = 8,
         connection_format: str = "json",
         progress: ProgressCallback | None = None,
+        write_options: Mapping[str, Any] | None = None,
     ) -> None:
         if source is destination:
             raise ConfigError("--from and --to are the same backend")
@@ -207,6 +208,18 @@ class Migrator:
         self.progress = progress
         self._check_capabilities()
         self._set_connection_kwargs = self._connection_write_kwargs() if "connection" in self.kinds else {}
+        self._set_variable_kwargs: dict[str, Any] = {}
+        # Store-specific write options (e.g. Azure's on_deleted) go to every write; refuse them up front
+        # where the destination has no such option, rather than failing every entry.
+        for key, value in (write_options or {}).items():
+            for kind in self.kinds:
+                method = getattr(self.destination, f"set_{kind}")
+                if not _accepts(method, key):
+                    raise ConfigError(
+                        f"--to: backend {backend_name(self.destination)!r} has no write option {key!r}"
+                    )
+                target = self._set_connection_kwargs if kind == "connection" else self._set_variable_kwargs
+                target[key] = value
 
     # --- options -------------------------------------------------------------------------------------
 
@@ -461,7 +474,7 @@ class Migrator:
         if item.kind == "connection":
             self.destination.set_connection(item.value, overwrite=True, **self._set_connection_kwargs)
             return
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(self._set_variable_kwargs)
         if item.description and _accepts(self.destination.set_variable, "description"):
             kwargs["description"] = item.description
         self.destination.set_variable(item.key, item.value, overwrite=True, **kwargs)

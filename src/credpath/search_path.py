@@ -414,21 +414,29 @@ class SearchPath:
                 return entry
         raise ReadOnlyBackend(f"no backend in the search path can {operation.replace('_', ' ')}")
 
-    def set_connection(self, conn: Connection, *, to: str | None = None, overwrite: bool = True) -> str:
+    def set_connection(
+        self, conn: Connection, *, to: str | None = None, overwrite: bool = True, **options: Any
+    ) -> str:
+        """Write to backend ``to`` (default: metastore, else the first writable); ``options`` are the
+        store's own write options (e.g. Azure's ``on_deleted``), refused if the store has no such option."""
         if not conn.conn_id:
             raise ConfigError("connection has no conn_id")
         entry = self.writable_backend(to, "set_connection")
+        _check_write_options(entry, "set_connection", options)
         with self._write_lock:
-            entry.backend.set_connection(conn, overwrite=overwrite)
+            entry.backend.set_connection(conn, overwrite=overwrite, **options)
             self.cache.invalidate(("connection", conn.conn_id))
         return entry.name
 
-    def set_variable(self, key: str, value: str, *, to: str | None = None, overwrite: bool = True) -> str:
+    def set_variable(
+        self, key: str, value: str, *, to: str | None = None, overwrite: bool = True, **options: Any
+    ) -> str:
         if not isinstance(value, str):
             raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
         entry = self.writable_backend(to, "set_variable")
+        _check_write_options(entry, "set_variable", options)
         with self._write_lock:
-            entry.backend.set_variable(key, value, overwrite=overwrite)
+            entry.backend.set_variable(key, value, overwrite=overwrite, **options)
             self.cache.invalidate(("variable", key))
         return entry.name
 
@@ -472,6 +480,17 @@ class SearchPath:
                 if entry.wants(kind, key):
                     found.setdefault(key, []).append(entry.name)
         return dict(sorted(found.items())), unlistable
+
+
+def _check_write_options(entry: Entry, method: str, options: Mapping[str, Any]) -> None:
+    if not options:
+        return
+    import inspect
+
+    params = inspect.signature(getattr(entry.backend, method)).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        raise ConfigError(f"backend {entry.name!r} has no write option(s) {', '.join(unknown)}")
 
 
 def read_connection(backend: Any, conn_id: str) -> Connection | None:

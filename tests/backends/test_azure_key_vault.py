@@ -140,7 +140,11 @@ def test_soft_deleted_name_fail_recover_purge(h: AzureKeyVaultHarness) -> None:
     with pytest.raises(ConfigError) as info:
         backend.set_variable("rotating", "new-s3cr3t")
     message = str(info.value)
-    assert "deleted but recoverable" in message and "--recover" in message and "--purge" in message
+    assert (
+        "deleted but recoverable" in message
+        and "--on-deleted recover" in message
+        and "--on-deleted purge" in message
+    )
     assert "airflow-variables-rotating" in message and "s3cr3t" not in message
 
     backend.set_variable("rotating", "new-s3cr3t", on_deleted="recover")
@@ -269,3 +273,40 @@ def test_cli_get_and_add(h: AzureKeyVaultHarness, tmp_path: Any, monkeypatch: py
     stored = h.client.get_secret("airflow-connections-added-one")
     assert json.loads(stored.value)["host"] == "mysql.example"
     assert stored.properties.tags == {"credpath-id": "added_one"}
+
+
+def test_cli_on_deleted_recover_and_purge(
+    h: AzureKeyVaultHarness, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from credpath.cli import cli
+
+    monkeypatch.setenv("CREDPATH_CONFIG", _config(h, tmp_path))
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND", raising=False)
+    runner = CliRunner()
+    backend = h.make_backend()
+    backend.set_variable("rotating", "old-s3cr3t")
+    backend.delete_variable("rotating")
+
+    refused = runner.invoke(cli, ["variables", "set", "rotating", "new-s3cr3t", "--to", "akv"])
+    assert refused.exit_code == 2
+    assert "--on-deleted recover" in refused.stderr
+    assert_no_secret(refused.output)
+
+    result = runner.invoke(
+        cli, ["variables", "set", "rotating", "new-s3cr3t", "--to", "akv", "--on-deleted", "recover"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list(h.client.list_properties_of_secret_versions("airflow-variables-rotating"))) == 2
+
+    backend.set_connection(Connection.from_uri(URI, conn_id="gone"))
+    backend.delete_connection("gone")
+    result = runner.invoke(
+        cli, ["connections", "add", "gone", "--uri", URI, "--to", "akv", "--on-deleted", "purge"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list(h.client.list_properties_of_secret_versions("airflow-connections-gone"))) == 1
+
+    # A store without soft delete has no such option: a one-line error, exit 2.
+    other = runner.invoke(cli, ["variables", "set", "k", "v", "--to", "nope", "--on-deleted", "purge"])
+    assert other.exit_code == 2

@@ -94,7 +94,7 @@ def test_inline_type_with_kwargs_and_filters(env: dict[str, Any]) -> None:
     other = env["tmp"] / "inline.db"
     kwargs = json.dumps({"url": f"sqlite:///{other}", "fernet_key": env["key"]})
     result = run(env, "--from", "old", "--to", "metastore", "--to-kwargs", kwargs, "--include", "db_1,db_2",
-                 "--no-variables")  # fmt: skip
+                 "--connections")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert MetastoreBackend(url=f"sqlite:///{other}", fernet_key=env["key"]).list_connections() == [
         "db_1",
@@ -113,7 +113,7 @@ def test_inline_type_with_kwargs_and_filters(env: dict[str, Any]) -> None:
         (["--from", "old", "--to", "metastore", "--to-kwargs", "[1]"], "must be a JSON object"),
         (["--from", "old", "--to", "old"], "same backend"),
         (["--from", "old", "--to", "env"], "cannot write connections"),
-        (["--from", "old", "--to", "new", "--no-connections", "--no-variables"], "nothing to migrate"),
+        (["--from", "old", "--to", "new", "--on-deleted", "recover"], "has no write option 'on_deleted'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(env: dict[str, Any], args: list[str], fragment: str) -> None:
@@ -125,7 +125,7 @@ def test_bad_input_exits_2_with_one_line(env: dict[str, Any], args: list[str], f
 def test_failed_entries_exit_1_and_are_listed(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_BROKEN_ONE", "postgres://u:pw-s3cr3t-x@h:70000/db")
     monkeypatch.setenv("AIRFLOW_CONN_FINE_ONE", "postgres://u:pw-s3cr3t-y@h/db")
-    result = run(env, "--from", "env", "--to", "new", "--no-variables", "--include", "*_one")
+    result = run(env, "--from", "env", "--to", "new", "--connections", "--include", "*_one")
     assert result.exit_code == 1
     assert "failed: connection 'broken_one'" in result.stderr and "port" in result.stderr
     assert _destination(env).list_connections() == ["fine_one"]

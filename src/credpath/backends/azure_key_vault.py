@@ -267,8 +267,8 @@ class KeyVaultBackend(BaseBackend):
         if policy == "fail":
             raise ConfigError(
                 f"backend {self.name!r}: secret {name!r} for {kind} {key!r} is deleted but recoverable; "
-                "recover it (on_deleted='recover', CLI --recover) or purge it "
-                "(on_deleted='purge', CLI --purge)"
+                "recover it (on_deleted='recover', CLI --on-deleted recover) or purge it "
+                "(on_deleted='purge', CLI --on-deleted purge)"
             )
         if policy == "recover":
             log.debug("%s: recovering deleted secret %s", self.name, name)

@@ -88,6 +88,11 @@ def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
 @click.option("--description")
 @click.option("--to", "to", help="Backend name to write to (default: metastore, else the first writable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing connection.")
+@click.option(
+    "--on-deleted",
+    type=click.Choice(["fail", "recover", "purge"]),
+    help="Azure Key Vault: recover or purge a soft-deleted secret of the same name first.",
+)
 @pass_state
 @handle_errors
 def add_command(
@@ -105,6 +110,7 @@ def add_command(
     description: str | None,
     to: str | None,
     overwrite: bool,
+    on_deleted: str | None,
 ) -> None:
     """Add a connection (as --uri, --json, or fields)."""
     from credpath.model import Connection
@@ -131,7 +137,8 @@ def add_command(
         if not conn_type:
             fail("--conn-type is required when adding a connection by fields")
         conn = Connection(conn_id=conn_id, description=description, **fields)
-    target = state.search_path.set_connection(conn, to=to, overwrite=overwrite)
+    options = {"on_deleted": on_deleted} if on_deleted else {}
+    target = state.search_path.set_connection(conn, to=to, overwrite=overwrite, **options)
     click.echo(f"added connection {conn_id!r} to backend {target!r}")
 
 

@@ -102,8 +102,8 @@ def _print_plan(report: Any) -> None:
 @click.option("--from-kwargs", help="JSON object of kwargs: --from is then a backend type.")
 @click.option("--to", "destination", required=True, help="Backend name from the config, or a type.")
 @click.option("--to-kwargs", help="JSON object of kwargs: --to is then a backend type.")
-@click.option("--connections/--no-connections", default=True, show_default=True)
-@click.option("--variables/--no-variables", default=True, show_default=True)
+@click.option("--connections", is_flag=True, help="Migrate connections (default: connections and variables).")
+@click.option("--variables", is_flag=True, help="Migrate variables (default: connections and variables).")
 @click.option("--include", multiple=True, help="Glob on ids (repeatable or comma-separated).")
 @click.option("--exclude", multiple=True, help="Glob on ids to leave out (repeatable or comma-separated).")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
@@ -122,6 +122,11 @@ def _print_plan(report: Any) -> None:
     default="json",
     show_default=True,
     help="How connections are written to stores that hold strings.",
+)
+@click.option(
+    "--on-deleted",
+    type=click.Choice(["fail", "recover", "purge"]),
+    help="Azure Key Vault: a name that is soft-deleted in the destination is recovered or purged first.",
 )
 @click.option(
     "--report",
@@ -145,6 +150,7 @@ def migrate_command(
     on_conflict: str,
     concurrency: int,
     connection_format: str,
+    on_deleted: str | None,
     report_file: Path | None,
 ) -> None:
     """Copy connections and variables from --from to --to: plan, write, read back and verify.
@@ -160,11 +166,14 @@ def migrate_command(
     if src is dst or (source == destination and from_kwargs == to_kwargs):
         fail("--from and --to are the same backend")
     context, tick = _progress(sys.stderr.isatty())
+    if not connections and not variables:
+        connections = variables = True
     migrator = Migrator(
         src,
         dst,
         connections=connections,
         variables=variables,
+        write_options={"on_deleted": on_deleted} if on_deleted else None,
         include=parse_globs(include),
         exclude=parse_globs(exclude),
         on_conflict=on_conflict,

@@ -44,11 +44,19 @@ def get_command(state: State, key: str, as_json: bool, reveal: bool, default: st
 @click.argument("value")
 @click.option("--to", "to", help="Backend name to write to (default: metastore, else the first writable).")
 @click.option("--no-overwrite", is_flag=True, help="Fail if the key exists in the target.")
+@click.option(
+    "--on-deleted",
+    type=click.Choice(["fail", "recover", "purge"]),
+    help="Azure Key Vault: recover or purge a soft-deleted secret of the same name first.",
+)
 @pass_state
 @handle_errors
-def set_command(state: State, key: str, value: str, to: str | None, no_overwrite: bool) -> None:
+def set_command(
+    state: State, key: str, value: str, to: str | None, no_overwrite: bool, on_deleted: str | None
+) -> None:
     """Set a variable (string value; JSON text is stored as is)."""
-    target = state.search_path.set_variable(key, value, to=to, overwrite=not no_overwrite)
+    options = {"on_deleted": on_deleted} if on_deleted else {}
+    target = state.search_path.set_variable(key, value, to=to, overwrite=not no_overwrite, **options)
     click.echo(f"set variable {key!r} in backend {target!r}")
 
 
