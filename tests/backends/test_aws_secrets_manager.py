@@ -145,15 +145,16 @@ def test_rds_shaped_json_resolves_to_postgres_connection(
     h.seed("connection", "rds", json.dumps(rds))
     conn = h.make_backend().get_connection("rds")
     assert conn is not None
-    assert (conn.conn_type, conn.host, conn.login, conn.password, conn.port) == (
+    assert (conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema) == (
         "postgres",
         rds["host"],
         "admin",
         PW,
         5432,
+        "orders",
     )
     # Unlike Airflow, keys it does not know are kept in extra instead of being dropped.
-    assert conn.extra_dejson == {"dbname": "orders", "dbInstanceIdentifier": "mydb"}
+    assert conn.extra_dejson == {"dbInstanceIdentifier": "mydb"}
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,8 @@ def test_rds_json_secret_resolves_to_postgres(guide_env: dict[str, str]) -> None
         "***",
         5432,
     )
-    assert record["extra"] == {"dbname": "orders"}
+    assert record["schema"] == "orders"  # RDS's dbname is the database: Airflow's schema field
+    assert record["extra"] is None
 
 
 def test_several_ids_are_one_batch_call_and_a_miss_exits_1(

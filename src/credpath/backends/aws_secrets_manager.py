@@ -26,13 +26,14 @@ log = logging.getLogger("credpath.backends.aws_secrets_manager")
 BATCH_SIZE = 20  # BatchGetSecretValue's SecretIdList limit on AWS (moto accepts more)
 LIST_PAGE_SIZE = 100  # ListSecrets' MaxResults limit
 
-# Airflow's aliases; the canonical name comes first and wins over an alias.
+# Airflow's aliases; the canonical name comes first and wins over an alias. "dbname" is credpath's
+# addition: it is the database name in the JSON that AWS (RDS, Secrets Manager rotation) writes.
 FIELD_WORDS: dict[str, tuple[str, ...]] = {
     "login": ("login", "user", "username", "user_name"),
     "password": ("password", "pass", "key"),
     "host": ("host", "remote_host", "server"),
     "port": ("port",),
-    "schema": ("schema", "database"),
+    "schema": ("schema", "database", "dbname"),
     "conn_type": ("conn_type", "connection_type", "engine", "conn_id"),
     "extra": ("extra",),
 }
