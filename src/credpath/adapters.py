@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credpath.errors import ConfigError
-from credpath.model import Connection, ConnectionFormatError
+from credpath.model import Connection, ConnectionFormatError, json_object
 
 #: Connection fields a mapping may fill from secret keys.
 MAPPABLE_FIELDS = ("conn_type", "description", "host", "login", "password", "schema", "port")
@@ -150,16 +150,7 @@ def _json_object(value: Any, where: str) -> dict[str, Any]:
         return dict(value)
     if not isinstance(value, str):
         raise ConnectionFormatError(f"{where}: the secret must be a JSON object, got {type(value).__name__}")
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError as exc:
-        # Position only: the message of a JSON error never quotes the text, but keep it explicit.
-        raise ConnectionFormatError(
-            f"{where}: the secret is not a JSON object (invalid JSON at line {exc.lineno} column {exc.colno})"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConnectionFormatError(f"{where}: the secret must be a JSON object, got {type(data).__name__}")
-    return data
+    return json_object(value, f"{where}: the secret")
 
 
 def _keys(value: Any, setting: str) -> tuple[str, ...]:

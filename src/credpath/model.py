@@ -58,6 +58,19 @@ def normalize_conn_type(conn_type: str) -> str:
     return conn_type
 
 
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """Parse JSON that must be an object; errors name ``what`` and the position, never the text."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConnectionFormatError(
+            f"{what} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ConnectionFormatError(f"{what} must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
 def _validate_port(port: Any, conn_id: str | None) -> int | None:
     where = f" of connection {conn_id!r}" if conn_id else ""
     if port is None or port == "":
@@ -95,16 +108,7 @@ def _validate_extra(extra: Any, conn_id: str | None) -> str | None:
             ) from None
     if not isinstance(extra, str):
         raise ConnectionFormatError(f"field 'extra'{where} must be a JSON object, got {type(extra).__name__}")
-    try:
-        parsed = json.loads(extra)
-    except json.JSONDecodeError as exc:
-        raise ConnectionFormatError(
-            f"field 'extra'{where} is not valid JSON (line {exc.lineno} column {exc.colno})"
-        ) from None
-    if not isinstance(parsed, dict):
-        raise ConnectionFormatError(
-            f"field 'extra'{where} must be a JSON object, got {type(parsed).__name__}"
-        )
+    parsed = json_object(extra, f"field 'extra'{where}")
     return extra if parsed else None
 
 
@@ -221,19 +225,7 @@ class Connection:
     @classmethod
     def from_json(cls, text: str | dict[str, Any], conn_id: str | None = None) -> Connection:
         where = f" for connection {conn_id!r}" if conn_id else ""
-        if isinstance(text, dict):
-            data = dict(text)
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConnectionFormatError(
-                    f"connection JSON{where} is invalid at line {exc.lineno} column {exc.colno}: {exc.msg}"
-                ) from None
-        if not isinstance(data, dict):
-            raise ConnectionFormatError(
-                f"connection JSON{where} must be an object, got {type(data).__name__}"
-            )
+        data = dict(text) if isinstance(text, dict) else json_object(text, f"connection JSON{where}")
         return cls.from_dict(data, conn_id=conn_id)
 
     @classmethod

@@ -10,13 +10,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from credpath.errors import ConfigError
 from credpath.search_path import read_connection
 
 if TYPE_CHECKING:
-    from credpath.model import Connection
+    from credpath.protocol import Kind
     from credpath.search_path import SearchPath
 
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".env": "env"}
@@ -38,42 +38,23 @@ def file_format_of(file: Path, explicit: str | None = None) -> str:
     return fmt
 
 
-def collect_connections(search_path: SearchPath, source: str | None = None) -> dict[str, Connection]:
-    if source is not None:
-        backend = search_path.backend(source)
-        lister = getattr(backend, "list_connections", None)
-        if not callable(lister):
-            raise ConfigError(f"--from: backend {source!r} cannot list connections")
-        result = {}
-        for conn_id in lister():
-            conn = read_connection(backend, conn_id)
-            if conn is not None:
-                result[conn_id] = conn
-        return result
-    ids, _ = search_path.list_ids("connection")
-    result = {}
-    for conn_id in ids:
-        resolution = search_path.lookup("connection", conn_id)
-        if resolution is not None:
-            result[conn_id] = resolution.value
-    return result
+def _read(backend: Any, kind: Kind, key: str) -> Any:
+    return read_connection(backend, key) if kind == "connection" else backend.get_variable(key)
 
 
-def collect_variables(search_path: SearchPath, source: str | None = None) -> dict[str, str]:
+def collect(search_path: SearchPath, kind: Kind, source: str | None = None) -> dict[str, Any]:
+    """Every listable id of ``kind`` with its value: from one backend, or through the whole path."""
     if source is not None:
         backend = search_path.backend(source)
-        lister = getattr(backend, "list_variables", None)
+        lister = getattr(backend, f"list_{kind}s", None)
         if not callable(lister):
-            raise ConfigError(f"--from: backend {source!r} cannot list variables")
-        values = {key: backend.get_variable(key) for key in lister()}
-        return {k: v for k, v in values.items() if v is not None}
-    keys, _ = search_path.list_ids("variable")
-    result = {}
-    for key in keys:
-        resolution = search_path.lookup("variable", key)
-        if resolution is not None:
-            result[key] = resolution.value
-    return result
+            raise ConfigError(f"--from: backend {source!r} cannot list {kind}s")
+        values = {key: _read(backend, kind, key) for key in lister()}
+    else:
+        ids, _ = search_path.list_ids(kind)
+        resolutions = {key: search_path.lookup(kind, key) for key in ids}
+        values = {key: r.value for key, r in resolutions.items() if r is not None}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def export_connections(
@@ -87,7 +68,7 @@ def export_connections(
     from credpath import formats
 
     fmt = file_format_of(file, file_format)
-    conns = collect_connections(search_path, source)
+    conns = collect(search_path, "connection", source)
     write_private(file, formats.serialize_connections(conns, fmt, serialization_format=serialization_format))
     return len(conns)
 
@@ -98,7 +79,7 @@ def export_variables(
     from credpath import formats
 
     fmt = file_format_of(file, file_format)
-    values = collect_variables(search_path, source)
+    values = collect(search_path, "variable", source)
     write_private(file, formats.serialize_variables(values, fmt))
     return len(values)
 
@@ -109,15 +90,7 @@ def import_connections(
     from credpath import formats
 
     conns = formats.parse_connections_file(file)  # all parsed before the first write
-    entry = search_path.writable_backend(to, "set_connection")
-    written = skipped = 0
-    for conn_id, conn in conns.items():
-        if not overwrite and read_connection(entry.backend, conn_id) is not None:
-            skipped += 1
-            continue
-        search_path.set_connection(conn.with_id(conn_id), to=entry.name, overwrite=True)
-        written += 1
-    return ImportResult(written, skipped, entry.name)
+    return _write_all(search_path, "connection", {k: c.with_id(k) for k, c in conns.items()}, to, overwrite)
 
 
 def import_variables(
@@ -125,14 +98,22 @@ def import_variables(
 ) -> ImportResult:
     from credpath import formats
 
-    values = formats.parse_variables_file(file)
-    entry = search_path.writable_backend(to, "set_variable")
+    return _write_all(search_path, "variable", formats.parse_variables_file(file), to, overwrite)
+
+
+def _write_all(
+    search_path: SearchPath, kind: Kind, items: dict[str, Any], to: str | None, overwrite: bool
+) -> ImportResult:
+    entry = search_path.writable_backend(to, f"set_{kind}")
     written = skipped = 0
-    for key, value in values.items():
-        if not overwrite and entry.backend.get_variable(key) is not None:
+    for key, value in items.items():
+        if not overwrite and _read(entry.backend, kind, key) is not None:
             skipped += 1
             continue
-        search_path.set_variable(key, value, to=entry.name, overwrite=True)
+        if kind == "connection":
+            search_path.set_connection(value, to=entry.name, overwrite=True)
+        else:
+            search_path.set_variable(key, value, to=entry.name, overwrite=True)
         written += 1
     return ImportResult(written, skipped, entry.name)
 

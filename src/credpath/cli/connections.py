@@ -151,10 +151,16 @@ def add_command(
 @handle_errors
 def delete_command(state: State, conn_id: str, source: str | None) -> None:
     """Delete a connection from one backend."""
-    deleted_from = state.search_path.delete_connection(conn_id, to=source)
+    _delete(state, "connection", conn_id, source)
+
+
+def _delete(state: State, kind: str, key: str, source: str | None) -> None:
+    search_path = state.search_path
+    delete = search_path.delete_connection if kind == "connection" else search_path.delete_variable
+    deleted_from = delete(key, to=source)
     if deleted_from is None:
-        fail(f"connection {conn_id!r} not found in the target backend", EXIT_NOT_FOUND)
-    click.echo(f"deleted connection {conn_id!r} from backend {deleted_from!r}")
+        fail(f"{kind} {key!r} not found in the target backend", EXIT_NOT_FOUND)
+    click.echo(f"deleted {kind} {key!r} from backend {deleted_from!r}")
 
 
 @connections.command("export")

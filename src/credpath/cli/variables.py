@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
-from credpath.cli.connections import _list_ids
+from credpath.cli.connections import _delete, _list_ids
 from credpath.cli.output import echo_json, variable_value
 
 
@@ -77,10 +77,7 @@ def list_command(state: State, collisions: bool, as_json: bool) -> None:
 @handle_errors
 def delete_command(state: State, key: str, source: str | None) -> None:
     """Delete a variable from one backend."""
-    deleted_from = state.search_path.delete_variable(key, to=source)
-    if deleted_from is None:
-        fail(f"variable {key!r} not found in the target backend", EXIT_NOT_FOUND)
-    click.echo(f"deleted variable {key!r} from backend {deleted_from!r}")
+    _delete(state, "variable", key, source)
 
 
 @variables.command("export")
