@@ -15,9 +15,9 @@ from credpath.errors import AccessDenied, BackendError, ConfigError
 from credpath.model import Connection
 from credpath.registry import create_backend
 from tests.conftest import assert_no_secret
+from tests.servers._fake_http import URI, check_cli_get_and_add, check_search_path, use_config, write_config
 from tests.servers.azure_fake import AzureKeyVaultHarness, StaticTokenCredential
 
-URI = "postgres://app:pw-s3cr3t-1@db.example.com:5432/analytics"
 AIRFLOW_CLASS = "airflow.providers.microsoft.azure.secrets.key_vault.AzureKeyVaultBackend"
 
 
@@ -217,59 +217,19 @@ def test_import_and_construction_load_no_azure_module() -> None:
 
 
 def _config(h: AzureKeyVaultHarness, tmp_path: Any) -> str:
-    path = tmp_path / "credpath.toml"
-    path.write_text(
-        f"""
-[[backends]]
-name = "akv"
-type = "{AIRFLOW_CLASS}"
-on_error = "fail"
-kwargs = {{ vault_url = "{h.fake.vault_url}", credential = "tests.servers.azure_fake.StaticTokenCredential", \
-connection_verify = "{h.fake.ca_path}", verify_challenge_resource = false, retry_total = 0 }}
-
-[cache]
-enabled = false
-"""
+    kwargs = (
+        f'vault_url = "{h.fake.vault_url}", credential = "tests.servers.azure_fake.StaticTokenCredential", '
+        f'connection_verify = "{h.fake.ca_path}", verify_challenge_resource = false, retry_total = 0'
     )
-    return str(path)
+    return write_config(tmp_path, "akv", AIRFLOW_CLASS, kwargs)
 
 
 def test_search_path_from_config(h: AzureKeyVaultHarness, tmp_path: Any) -> None:
-    from credpath.search_path import SearchPath
-
-    h.seed("connection", "warehouse", URI)
-    h.seed("variable", "settings", json.dumps({"retries": 3}))
-    h.seed("config", "core__fernet_key", "fk")
-    sp = SearchPath.from_config(_config(h, tmp_path), env={})
-    assert sp.get_connection("warehouse").host == "db.example.com"
-    assert sp.get_variable("settings", deserialize_json=True) == {"retries": 3}
-    assert sp.get_config("core__fernet_key") == "fk"
-    assert sp.get_variable("absent", default=None) is None
+    check_search_path(h, _config(h, tmp_path))
 
 
 def test_cli_get_and_add(h: AzureKeyVaultHarness, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from credpath.api import set_default_search_path
-    from credpath.cli import cli
-
-    monkeypatch.setenv("CREDPATH_CONFIG", _config(h, tmp_path))
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND", raising=False)
-    set_default_search_path(None)
-    h.seed("connection", "warehouse", URI)
-    runner = CliRunner()
-    result = runner.invoke(cli, ["connections", "get", "warehouse", "--json"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert_no_secret(result.output)
-    data = json.loads(result.stdout)
-    assert (data["host"], data["password"], data["source"]) == ("db.example.com", "***", "akv")
-    assert runner.invoke(cli, ["connections", "get", "nope"], catch_exceptions=False).exit_code == 1
-    result = runner.invoke(
-        cli,
-        ["connections", "add", "added_one", "--uri", "mysql://u:pw-s3cr3t-9@mysql.example/db", "--to", "akv"],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    assert_no_secret(result.output)
+    check_cli_get_and_add(h, _config(h, tmp_path), tmp_path, monkeypatch, source="akv", conn_id="added_one")
     stored = h.client.get_secret("airflow-connections-added-one")
     assert json.loads(stored.value)["host"] == "mysql.example"
     assert stored.properties.tags == {"credpath-id": "added_one"}
@@ -280,9 +240,7 @@ def test_cli_on_deleted_recover_and_purge(
 ) -> None:
     from credpath.cli import cli
 
-    monkeypatch.setenv("CREDPATH_CONFIG", _config(h, tmp_path))
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND", raising=False)
+    use_config(monkeypatch, _config(h, tmp_path), tmp_path)
     runner = CliRunner()
     backend = h.make_backend()
     backend.set_variable("rotating", "old-s3cr3t")

@@ -9,15 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from credpath.backends.gcp_secret_manager import SecretManagerBackend, crc32c
 from credpath.errors import AccessDenied, BackendError, ConfigError
 from credpath.registry import create_backend
-from tests.conftest import assert_no_secret
+from tests.servers._fake_http import URI, check_cli_get_and_add, check_search_path, write_config
 from tests.servers.gcp_fake import DESTROYED, DISABLED, GcpSecretManagerHarness, project_number
 
-URI = "postgres://app:pw-s3cr3t-1@db.example.com:5432/analytics"
 AIRFLOW_CLASS = "airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend"
 
 
@@ -226,60 +224,19 @@ def test_bad_keyfile_dict_json_names_the_setting(h: GcpSecretManagerHarness) -> 
 
 
 def _config(h: GcpSecretManagerHarness, tmp_path: Any) -> str:
-    path = tmp_path / "credpath.toml"
-    path.write_text(
-        f"""
-[[backends]]
-name = "gcp"
-type = "{AIRFLOW_CLASS}"
-on_error = "fail"
-kwargs = {{ project_id = "{h.project}", credentials = "anonymous", transport = "rest", \
-client_options = {{ api_endpoint = "{h.fake.endpoint}" }} }}
-
-[cache]
-enabled = false
-"""
+    kwargs = (
+        f'project_id = "{h.project}", credentials = "anonymous", transport = "rest", '
+        f'client_options = {{ api_endpoint = "{h.fake.endpoint}" }}'
     )
-    return str(path)
+    return write_config(tmp_path, "gcp", AIRFLOW_CLASS, kwargs)
 
 
 def test_search_path_from_config(h: GcpSecretManagerHarness, tmp_path: Any) -> None:
-    from credpath.search_path import SearchPath
-
-    h.seed("connection", "warehouse", URI)
-    h.seed("variable", "settings", json.dumps({"retries": 3}))
-    h.seed("config", "core__fernet_key", "fk")
-    sp = SearchPath.from_config(_config(h, tmp_path), env={})
-    assert sp.get_connection("warehouse").host == "db.example.com"
-    assert sp.get_variable("settings", deserialize_json=True) == {"retries": 3}
-    assert sp.get_config("core__fernet_key") == "fk"
-    assert sp.get_variable("absent", default=None) is None
+    check_search_path(h, _config(h, tmp_path))
 
 
 def test_cli_get_and_add(h: GcpSecretManagerHarness, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from credpath.api import set_default_search_path
-    from credpath.cli import cli
-
-    monkeypatch.setenv("CREDPATH_CONFIG", _config(h, tmp_path))
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND", raising=False)
-    set_default_search_path(None)
-    h.seed("connection", "warehouse", URI)
-    runner = CliRunner()
-    result = runner.invoke(cli, ["connections", "get", "warehouse", "--json"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert_no_secret(result.output)
-    data = json.loads(result.stdout)
-    assert (data["host"], data["password"], data["source"]) == ("db.example.com", "***", "gcp")
-    result = runner.invoke(cli, ["connections", "get", "nope"], catch_exceptions=False)
-    assert result.exit_code == 1
-    result = runner.invoke(
-        cli,
-        ["connections", "add", "added", "--uri", "mysql://u:pw-s3cr3t-9@mysql.example/db", "--to", "gcp"],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    assert_no_secret(result.output)
+    check_cli_get_and_add(h, _config(h, tmp_path), tmp_path, monkeypatch, source="gcp", conn_id="added")
     raw = h.client.access_secret_version(
         name=f"projects/{h.project}/secrets/airflow-connections-added/versions/1"
     )

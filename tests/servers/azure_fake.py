@@ -28,18 +28,18 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import pytest
+
+from tests.servers._fake_http import FakeHarness, LoopbackHttpFake, Reply
 
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 DEFAULT_TOKEN = "fake-kv-token"
@@ -99,7 +99,11 @@ class StaticTokenCredential:
         return "<StaticTokenCredential>"
 
 
-class AzureKeyVaultFake:
+class AzureKeyVaultFake(LoopbackHttpFake):
+    methods: ClassVar[tuple[str, ...]] = ("GET", "PUT", "PATCH", "DELETE", "POST")
+    content_type: ClassVar[str] = "application/json; charset=utf-8"
+    fixed_headers: ClassVar[dict[str, str]] = {"x-ms-keyvault-service-version": "1.9.0.0"}
+
     def __init__(self, tls_dir: Path, page_size: int = 25) -> None:
         import trustme
 
@@ -118,21 +122,10 @@ class AzureKeyVaultFake:
         ca.cert_pem.write_to_path(self.ca_path)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         cert.configure_cert(context)
-        self.server = _TlsServer(("127.0.0.1", 0), _make_handler(self), context)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
+        self.serve("azure-fake", tls=context)
         self.vault_url = f"https://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="azure-fake", daemon=True)
 
-    # --- lifecycle and test controls ---------------------------------------------------------------
-
-    def start(self) -> AzureKeyVaultFake:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    # --- test controls -----------------------------------------------------------------------------
 
     def reset(self) -> None:
         with self.lock:
@@ -171,6 +164,19 @@ class AzureKeyVaultFake:
             self.secrets[name.lower()].versions[-1].enabled = enabled
 
     # --- request handling ---------------------------------------------------------------------------
+
+    def respond(self, method: str, raw_path: str, headers: Any, body: bytes) -> Reply:
+        try:
+            return Reply(*self.handle(method, raw_path, headers, body))
+        except _Challenge:
+            error = {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}
+            challenge = (
+                f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+                'resource="https://vault.azure.net"'
+            )
+            return Reply(401, {"error": error}, {"WWW-Authenticate": challenge})
+        except KvError as exc:
+            return Reply(exc.status, exc.body())
 
     def handle(
         self, method: str, raw_path: str, headers: Any, body: bytes
@@ -429,72 +435,6 @@ class _Challenge(Exception):
     pass
 
 
-class _TlsServer(ThreadingHTTPServer):
-    """Handshake in the request thread, so one slow client does not block accept()."""
-
-    def __init__(self, address: tuple[str, int], handler: type, context: ssl.SSLContext) -> None:
-        self.context = context
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # quiet TLS resets on shutdown
-        pass
-
-
-def _make_handler(fake: AzureKeyVaultFake) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # else keep-alive responses stall ~40 ms on delayed ACKs
-
-        def setup(self) -> None:
-            super().setup()
-            self.connection.settimeout(10)
-            self.connection.do_handshake()
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: bodies may hold test secrets
-            pass
-
-        def _dispatch(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            extra_headers: dict[str, str] = {}
-            try:
-                status, payload = fake.handle(self.command, self.path, self.headers, body)
-            except _Challenge:
-                status, payload = (
-                    401,
-                    {
-                        "error": {
-                            "code": "Unauthorized",
-                            "message": "AKV10000: Request is missing a Bearer or PoP token.",
-                        }
-                    },
-                )
-                extra_headers["WWW-Authenticate"] = (
-                    f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
-                    'resource="https://vault.azure.net"'
-                )
-            except KvError as exc:
-                status, payload = exc.status, exc.body()
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            for key, value in extra_headers.items():
-                self.send_header(key, value)
-            if payload is not None:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-ms-keyvault-service-version", "1.9.0.0")
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_PUT = do_PATCH = do_DELETE = do_POST = _dispatch
-
-    return Handler
-
-
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
@@ -505,17 +445,10 @@ def azure_fake(tmp_path_factory: pytest.TempPathFactory) -> Any:
     fake.stop()
 
 
-class AzureKeyVaultHarness:
+class AzureKeyVaultHarness(FakeHarness):
     """Contract-suite harness: the fake is wiped per harness; native writes through SecretClient."""
 
-    connections_prefix = "airflow-connections"
-    variables_prefix = "airflow-variables"
-    config_prefix = "airflow-config"
-    sep = "-"
-
-    def __init__(self, fake: AzureKeyVaultFake) -> None:
-        self.fake = fake
-        self._client: Any = None
+    fake: AzureKeyVaultFake
 
     def backend_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         base: dict[str, Any] = {
@@ -535,23 +468,11 @@ class AzureKeyVaultHarness:
 
         return KeyVaultBackend(**self.backend_kwargs(**kwargs))
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = self.fake.client()
-        return self._client
-
-    def secret_name(self, kind: str, key: str) -> str:
-        prefix = {"connection": self.connections_prefix, "variable": self.variables_prefix}.get(
-            kind, self.config_prefix
-        )
-        return f"{prefix}{self.sep}{key}".replace("_", self.sep)
+    def map_name(self, name: str) -> str:
+        return name.replace("_", self.sep)  # the backend's mapping: Key Vault names allow no '_'
 
     def seed(self, kind: str, key: str, raw_value: str) -> None:
         self.client.set_secret(self.secret_name(kind, key), raw_value)
-
-    def api_calls(self) -> int:
-        return self.fake.count()
 
 
 @pytest.fixture

@@ -35,11 +35,12 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+
+from tests.servers._fake_http import FakeHarness, LoopbackHttpFake, Reply
 
 ENABLED, DISABLED, DESTROYED = 1, 2, 3
 STATE_NAMES = {ENABLED: "ENABLED", DISABLED: "DISABLED", DESTROYED: "DESTROYED"}
@@ -173,7 +174,7 @@ class _Filter:
         return actual == value if op == "=" else value.lower() in actual.lower()
 
 
-class GcpSecretManagerFake:
+class GcpSecretManagerFake(LoopbackHttpFake):
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], Secret] = {}  # (parent, secret_id) -> Secret
         self.denied: set[str] = set()
@@ -181,21 +182,10 @@ class GcpSecretManagerFake:
         self.requests: list[tuple[str, str]] = []
         self._faults: list[int] = []
         self.lock = threading.RLock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
+        self.serve("gcp-fake")
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="gcp-fake", daemon=True)
 
-    # --- lifecycle and test controls ---------------------------------------------------------------
-
-    def start(self) -> GcpSecretManagerFake:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    # --- test controls -----------------------------------------------------------------------------
 
     def reset(self) -> None:
         with self.lock:
@@ -246,6 +236,13 @@ class GcpSecretManagerFake:
             return sum(1 for _, path in self.requests if path.endswith(f":{verb}"))
 
     # --- request handling ---------------------------------------------------------------------------
+
+    def respond(self, method: str, raw_path: str, headers: Any, body: bytes) -> Reply:
+        try:
+            return Reply(*self.handle(method, raw_path, body))
+        except ApiError as exc:
+            error = {"code": exc.code, "message": exc.message, "status": exc.status, "details": []}
+            return Reply(exc.code, {"error": error})
 
     def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(raw_path)
@@ -433,36 +430,6 @@ class GcpSecretManagerFake:
         return self._page(items, query, "versions")
 
 
-def _make_handler(fake: GcpSecretManagerFake) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # else keep-alive responses stall ~40 ms on delayed ACKs
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: bodies may hold test secrets
-            pass
-
-        def _dispatch(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            try:
-                status, payload = fake.handle(self.command, self.path, body)
-            except ApiError as exc:
-                status = exc.code
-                payload = {
-                    "error": {"code": exc.code, "message": exc.message, "status": exc.status, "details": []}
-                }
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = _dispatch
-
-    return Handler
-
-
 # --- fixtures ---------------------------------------------------------------------------------------
 
 _projects = itertools.count(1)
@@ -475,18 +442,14 @@ def gcp_fake() -> Any:
     fake.stop()
 
 
-class GcpSecretManagerHarness:
+class GcpSecretManagerHarness(FakeHarness):
     """Contract-suite harness: a fresh project per harness, native writes through the official client."""
 
-    connections_prefix = "airflow-connections"
-    variables_prefix = "airflow-variables"
-    config_prefix = "airflow-config"
-    sep = "-"
+    fake: GcpSecretManagerFake
 
     def __init__(self, fake: GcpSecretManagerFake) -> None:
-        self.fake = fake
+        super().__init__(fake)
         self.project = f"credpath-test-{next(_projects)}"
-        self._client: Any = None
 
     def backend_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         from google.auth.credentials import AnonymousCredentials
@@ -505,17 +468,7 @@ class GcpSecretManagerHarness:
 
         return SecretManagerBackend(**self.backend_kwargs(**kwargs))
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = self.fake.client()
-        return self._client
-
-    def secret_id(self, kind: str, key: str) -> str:
-        prefix = {"connection": self.connections_prefix, "variable": self.variables_prefix}.get(
-            kind, self.config_prefix
-        )
-        return f"{prefix}{self.sep}{key}"
+    secret_id = FakeHarness.secret_name  # Secret Manager calls names ids
 
     def seed(self, kind: str, key: str, raw_value: str) -> None:
         self.seed_secret(self.secret_id(kind, key), raw_value)
@@ -541,9 +494,6 @@ class GcpSecretManagerHarness:
                 "payload": {"data": data, "data_crc32c": crc32c(data)},
             }
         )
-
-    def api_calls(self) -> int:
-        return self.fake.count()
 
 
 @pytest.fixture

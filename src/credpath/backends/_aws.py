@@ -1,4 +1,5 @@
-"""Shared AWS plumbing for the Secrets Manager and SSM backends: session, clients, retries, errors.
+"""Shared AWS plumbing for the Secrets Manager and SSM backends: session, clients, retries, errors, and
+``AwsBackend``, their common base (prefixes and naming, paginated calls, batch chunking, listing).
 
 boto3/botocore are imported on first use only, so ``import credpath`` (and constructing a backend) stays
 free of them. One boto3 session and one client per service per backend instance; clients are thread-safe,
@@ -11,9 +12,11 @@ import logging
 import re
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
 
 from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
+from credpath.protocol import BaseBackend, Kind
 
 log = logging.getLogger("credpath.backends.aws")
 
@@ -317,3 +320,239 @@ class _ClientFactory:
 
     def client(self, service: str, **kwargs: Any) -> Any:
         return self._session.create_client(service, **kwargs)
+
+
+# The Airflow kwarg that sets each kind's prefix, for messages.
+PREFIX_SETTINGS: dict[Kind, str] = {
+    "connection": "connections_prefix",
+    "variable": "variables_prefix",
+    "config": "config_prefix",
+}
+
+
+class AwsBackend(BaseBackend):
+    """What the Secrets Manager and SSM backends share: prefixes, name mapping, pagination, batches, listing.
+
+    Names are ``<prefix><sep><key>`` (Airflow's ``build_path``); an empty prefix means the bare key, a null
+    prefix switches that kind off. Subclasses build ``self.aws`` after their own kwarg checks (so those
+    errors come before the session's) and supply the store's calls: ``_get``, ``_batch_get``, ``_prefetch``,
+    ``_list_keys``, ``_list_request``, ``_write``.
+    """
+
+    #: botocore service name of the store's client.
+    service: ClassVar[str] = ""
+    #: What the store calls an entry, for messages ("secret", "parameter").
+    noun: ClassVar[str] = ""
+    #: Most names one batch-read call accepts (the AWS limit).
+    batch_size: ClassVar[int] = 1
+    #: The key of the entries in a listing response.
+    list_results: ClassVar[str] = ""
+
+    aws: AwsSession  # set by the subclass's __init__
+
+    def __init__(
+        self,
+        connections_prefix: str | None,
+        variables_prefix: str | None,
+        config_prefix: str | None,
+        *,
+        sep: str,
+        connections_lookup_pattern: str | None,
+        variables_lookup_pattern: str | None,
+        config_lookup_pattern: str | None,
+        connection_format: str | dict[str, Any] | None,
+    ) -> None:
+        super().__init__(
+            connections_lookup_pattern=connections_lookup_pattern,
+            variables_lookup_pattern=variables_lookup_pattern,
+            config_lookup_pattern=config_lookup_pattern,
+            connection_format=connection_format,
+        )
+        if not isinstance(sep, str) or not sep:
+            raise ConfigError("sep must be a non-empty string")
+        given: dict[Kind, str | None] = {
+            "connection": connections_prefix,
+            "variable": variables_prefix,
+            "config": config_prefix,
+        }
+        for kind, prefix in given.items():
+            if prefix is not None and not isinstance(prefix, str):
+                raise ConfigError(
+                    f"{PREFIX_SETTINGS[kind]} must be a string or null, got {type(prefix).__name__}"
+                )
+        self.sep = sep
+        # Airflow strips a trailing separator; "" stays "" (bare ids), None switches the kind off.
+        self.prefixes: dict[Kind, str | None] = {
+            kind: prefix.rstrip(sep) if prefix else prefix for kind, prefix in given.items()
+        }
+
+    @property
+    def client(self) -> Any:
+        return self.aws.client(self.service)
+
+    @property
+    def connections_prefix(self) -> str | None:
+        return self.prefixes["connection"]
+
+    @property
+    def variables_prefix(self) -> str | None:
+        return self.prefixes["variable"]
+
+    @property
+    def config_prefix(self) -> str | None:
+        return self.prefixes["config"]
+
+    # --- naming ------------------------------------------------------------------------------------
+
+    def _join(self, prefix: str, key: str) -> str:
+        """Airflow's ``build_path``: ``<prefix><sep><key>``, the bare key under an empty prefix."""
+        return f"{prefix}{self.sep}{key}" if prefix else key
+
+    def _can_exist(self, name: str) -> bool:
+        """False for a name the store cannot hold: a lookup of it is a miss without a call."""
+        return True
+
+    def name_of(self, kind: Kind, key: str) -> str | None:
+        """The store's name for ``key``, or None when that kind is switched off or the pattern skips it."""
+        prefix = self.prefixes[kind]
+        if prefix is None or not self.wants(kind, key):
+            return None
+        return self._join(prefix, key)
+
+    def _names(self, kind: Kind, keys: list[str]) -> dict[str, str]:
+        """{store name: key} for the keys this backend would look up, each once."""
+        names: dict[str, str] = {}
+        for key in dict.fromkeys(keys):
+            name = self.name_of(kind, key)
+            if name is not None and self._can_exist(name):
+                names[name] = key
+        return names
+
+    def _target(self, kind: Kind, key: str) -> str:
+        """The name a write or delete of ``key`` goes to; a switched-off kind is a ConfigError."""
+        prefix = self.prefixes[kind]
+        if prefix is None:
+            raise ConfigError(
+                f"{self.name}: {PREFIX_SETTINGS[kind]} is null, so {kind}s are switched off in this backend"
+            )
+        return self._join(prefix, key)
+
+    # --- calls -------------------------------------------------------------------------------------
+
+    def _pages(self, operation: str, params: dict[str, Any], what: str) -> Iterator[dict[str, Any]]:
+        """Each response of the client's ``operation``, following NextToken.
+
+        A failure is a one-line credpath error naming ``what``.
+        """
+        params = dict(params)
+        while True:
+            try:
+                response = getattr(self.client, operation)(**params)
+            except Exception as exc:  # translated, never re-raised raw
+                raise self.aws.error(exc, what) from None
+            yield response
+            token = response.get("NextToken")
+            if not token:
+                return
+            params["NextToken"] = token
+
+    def _batch_responses(
+        self, names: Iterable[str], operation: str, names_param: str, **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The responses of a batch read of ``names``, at most ``batch_size`` names a call."""
+        for chunk in chunks(list(names), self.batch_size):
+            what = f"batch read of {len(chunk)} {self.noun}(s) from {chunk[0]!r}"
+            yield from self._pages(operation, {names_param: chunk, **params}, what)
+
+    def _listed(self, kind: Kind, **params: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(name, key, entry) for each entry under the kind's prefix whose key the lookup pattern wants.
+
+        ``params`` are added to the store's listing request (``_list_request``).
+        """
+        prefix = self.prefixes[kind]
+        if not prefix:
+            # Null: kind is off. Empty: everything in the account would match; refuse to list it all.
+            return
+        head = self._join(prefix, "")
+        operation, request, what = self._list_request(head)
+        for response in self._pages(operation, {**request, **params}, what):
+            for entry in response.get(self.list_results, []):
+                name = entry.get("Name", "")
+                # The store's prefix filter is not a strict prefix match everywhere: check again.
+                if not name.startswith(head):
+                    continue
+                key = name[len(head) :]
+                if key and self.wants(kind, key):
+                    yield name, key, entry
+
+    # --- store-specific ----------------------------------------------------------------------------
+
+    def _get(self, kind: Kind, key: str) -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _batch_get(self, names: dict[str, str]) -> dict[str, str]:  # pragma: no cover - abstract
+        """{key: raw value} for the hits among ``names`` ({store name: key})."""
+        raise NotImplementedError
+
+    def _prefetch(self, kind: Kind) -> dict[str, str]:  # pragma: no cover - abstract
+        """{key: raw value} for everything under the kind's prefix."""
+        raise NotImplementedError
+
+    def _list_keys(self, kind: Kind) -> Iterable[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _list_request(self, head: str) -> tuple[str, dict[str, Any], str]:  # pragma: no cover - abstract
+        """(client operation, params, what for errors) listing the names that start with ``head``."""
+        raise NotImplementedError
+
+    def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _connection_value(self, conn_id: str, raw: str) -> str:
+        """The connection value as read, or as the store's format needs it rewritten."""
+        return raw
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        raw = self._get("connection", conn_id)
+        return None if raw is None else self._connection_value(conn_id, raw)
+
+    def get_variable(self, key: str) -> str | None:
+        return self._get("variable", key)
+
+    def get_config(self, key: str) -> str | None:
+        return self._get("config", key)
+
+    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
+        found = self._batch_get(self._names("connection", list(ids)))
+        return {key: self._connection_value(key, raw) for key, raw in found.items()}
+
+    def get_variables(self, keys: list[str]) -> dict[str, str]:
+        return self._batch_get(self._names("variable", list(keys)))
+
+    def prefetch_connections(self) -> dict[str, str]:
+        found = self._prefetch("connection")
+        return {key: self._connection_value(key, raw) for key, raw in found.items()}
+
+    def prefetch_variables(self) -> dict[str, str]:
+        return self._prefetch("variable")
+
+    def list_connections(self) -> list[str]:
+        return sorted(self._list_keys("connection"))
+
+    def list_variables(self) -> list[str]:
+        return sorted(self._list_keys("variable"))
+
+    # --- writes and misc ---------------------------------------------------------------------------
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        if not isinstance(value, str):
+            raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
+        self._write("variable", key, value, overwrite=overwrite)
+
+    def describe(self) -> str:
+        return f"{self.alias} ({self.aws.describe()})"
+
+    def close(self) -> None:
+        self.aws.close()

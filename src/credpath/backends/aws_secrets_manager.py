@@ -16,10 +16,10 @@ import logging
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from credpath.backends._aws import AwsSession, chunks, client_error_code, client_error_message
+from credpath.backends._aws import AwsBackend, AwsSession, client_error_code, client_error_message
 from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import BaseBackend, Kind
+from credpath.protocol import Kind
 
 log = logging.getLogger("credpath.backends.aws_secrets_manager")
 
@@ -47,9 +47,13 @@ def _is_deleted_error(exc: BaseException) -> bool:
     )
 
 
-class SecretsManagerBackend(BaseBackend):
+class SecretsManagerBackend(AwsBackend):
     alias: ClassVar[str] = "aws-secrets-manager"
     store_name: ClassVar[str] = "AWS Secrets Manager"
+    service: ClassVar[str] = "secretsmanager"
+    noun: ClassVar[str] = "secret"
+    batch_size: ClassVar[int] = BATCH_SIZE
+    list_results: ClassVar[str] = "SecretList"
 
     def __init__(
         self,
@@ -78,34 +82,22 @@ class SecretsManagerBackend(BaseBackend):
         full_url_mode: bool | None = None,  # deprecated in Airflow, accepted and ignored (format is auto)
     ) -> None:
         super().__init__(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep=sep,
             connections_lookup_pattern=connections_lookup_pattern,
             variables_lookup_pattern=variables_lookup_pattern,
             config_lookup_pattern=config_lookup_pattern,
             connection_format=connection_format,
         )
-        if not isinstance(sep, str) or not sep:
-            raise ConfigError("sep must be a non-empty string")
-        for setting, prefix in (
-            ("connections_prefix", connections_prefix),
-            ("variables_prefix", variables_prefix),
-            ("config_prefix", config_prefix),
-        ):
-            if prefix is not None and not isinstance(prefix, str):
-                raise ConfigError(f"{setting} must be a string or null, got {type(prefix).__name__}")
         if not isinstance(recovery_window_in_days, int) or not 7 <= recovery_window_in_days <= 30:
             raise ConfigError("recovery_window_in_days must be an integer from 7 to 30")
-        self.sep = sep
-        # Airflow strips a trailing separator; "" stays "" (bare ids), None switches the kind off.
-        self.prefixes: dict[Kind, str | None] = {
-            "connection": connections_prefix.rstrip(sep) if connections_prefix else connections_prefix,
-            "variable": variables_prefix.rstrip(sep) if variables_prefix else variables_prefix,
-            "config": config_prefix.rstrip(sep) if config_prefix else config_prefix,
-        }
         self.field_words = _field_words(extra_conn_words)
         self.recovery_window_in_days = recovery_window_in_days
         self.are_secret_values_urlencoded = bool(are_secret_values_urlencoded)
         self.aws = AwsSession(
-            "aws-secrets-manager",
+            self.alias,
             region_name=region_name,
             profile_name=profile_name,
             role_arn=role_arn,
@@ -124,53 +116,14 @@ class SecretsManagerBackend(BaseBackend):
         # a new version on a deleted secret and leaves it deleted).
         self._scheduled: set[str] = set()
 
-    @property
-    def client(self) -> Any:
-        return self.aws.client("secretsmanager")
-
-    @property
-    def connections_prefix(self) -> str | None:
-        return self.prefixes["connection"]
-
-    @property
-    def variables_prefix(self) -> str | None:
-        return self.prefixes["variable"]
-
-    @property
-    def config_prefix(self) -> str | None:
-        return self.prefixes["config"]
-
-    # --- naming ------------------------------------------------------------------------------------
-
     def secret_name(self, kind: Kind, key: str) -> str | None:
         """The secret name for ``key``, or None when that kind is switched off or the pattern skips it."""
-        prefix = self.prefixes[kind]
-        if prefix is None or not self.wants(kind, key):
-            return None
-        return f"{prefix}{self.sep}{key}" if prefix else key
-
-    def _names(self, kind: Kind, keys: list[str]) -> dict[str, str]:
-        names: dict[str, str] = {}
-        for key in dict.fromkeys(keys):
-            name = self.secret_name(kind, key)
-            if name is not None:
-                names[name] = key
-        return names
+        return self.name_of(kind, key)
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        raw = self._get("connection", conn_id)
-        return None if raw is None else self._standardize(conn_id, raw)
-
-    def get_variable(self, key: str) -> str | None:
-        return self._get("variable", key)
-
-    def get_config(self, key: str) -> str | None:
-        return self._get("config", key)
-
     def _get(self, kind: Kind, key: str) -> str | None:
-        name = self.secret_name(kind, key)
+        name = self.name_of(kind, key)
         if name is None:
             return None
         try:
@@ -200,6 +153,9 @@ class SecretsManagerBackend(BaseBackend):
         raise BackendError(f"{self.name}: secret {name!r} has no value", backend=self.name)
 
     # --- JSON connection values --------------------------------------------------------------------
+
+    def _connection_value(self, conn_id: str, raw: str) -> str:
+        return self._standardize(conn_id, raw)
 
     def _standardize(self, conn_id: str, raw: str) -> str:
         """Rename Airflow's alias keys; unknown keys go to ``extra``. URIs pass through unchanged."""
@@ -250,53 +206,28 @@ class SecretsManagerBackend(BaseBackend):
 
     # --- batches -----------------------------------------------------------------------------------
 
-    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
-        found = self._batch_get(self._names("connection", list(ids)))
-        return {key: self._standardize(key, raw) for key, raw in found.items()}
-
-    def get_variables(self, keys: list[str]) -> dict[str, str]:
-        return self._batch_get(self._names("variable", list(keys)))
-
-    def prefetch_connections(self) -> dict[str, str]:
-        found = self._batch_get(self._list_names("connection"))
-        return {key: self._standardize(key, raw) for key, raw in found.items()}
-
-    def prefetch_variables(self) -> dict[str, str]:
-        return self._batch_get(self._list_names("variable"))
+    def _prefetch(self, kind: Kind) -> dict[str, str]:
+        return self._batch_get(self._list_names(kind))
 
     def _batch_get(self, names: dict[str, str]) -> dict[str, str]:
         """BatchGetSecretValue, at most BATCH_SIZE ids a call; returns {key: raw value} for hits only."""
         found: dict[str, str] = {}
         denied: list[str] = []
         failed: list[str] = []
-        for chunk in chunks(list(names), BATCH_SIZE):
-            token: str | None = None
-            while True:
-                params: dict[str, Any] = {"SecretIdList": chunk}
-                if token:
-                    params["NextToken"] = token
-                try:
-                    response = self.client.batch_get_secret_value(**params)
-                except Exception as exc:
-                    raise self.aws.error(
-                        exc, f"batch read of {len(chunk)} secret(s) from {chunk[0]!r}"
-                    ) from None
-                for entry in response.get("SecretValues", []):
-                    name = entry.get("Name")
-                    if name in names:
-                        self._existing.add(name)
-                        found[names[name]] = self._value_of(name, entry)
-                for error in response.get("Errors", []):
-                    code = error.get("ErrorCode", "")
-                    secret_id = str(error.get("SecretId", "?"))
-                    if code == "ResourceNotFoundException" or (
-                        code == "InvalidRequestException" and "delet" in str(error.get("Message", "")).lower()
-                    ):
-                        continue
-                    (denied if "AccessDenied" in code else failed).append(f"{secret_id} ({code})")
-                token = response.get("NextToken")
-                if not token:
-                    break
+        for response in self._batch_responses(names, "batch_get_secret_value", "SecretIdList"):
+            for entry in response.get("SecretValues", []):
+                name = entry.get("Name")
+                if name in names:
+                    self._existing.add(name)
+                    found[names[name]] = self._value_of(name, entry)
+            for error in response.get("Errors", []):
+                code = error.get("ErrorCode", "")
+                secret_id = str(error.get("SecretId", "?"))
+                if code == "ResourceNotFoundException" or (
+                    code == "InvalidRequestException" and "delet" in str(error.get("Message", "")).lower()
+                ):
+                    continue
+                (denied if "AccessDenied" in code else failed).append(f"{secret_id} ({code})")
         # A partial answer would let the search path cache a miss for an id that failed: fail it whole.
         if denied:
             raise AccessDenied(
@@ -314,43 +245,21 @@ class SecretsManagerBackend(BaseBackend):
 
     # --- listing -----------------------------------------------------------------------------------
 
+    def _list_request(self, head: str) -> tuple[str, dict[str, Any], str]:
+        params = {"MaxResults": LIST_PAGE_SIZE, "Filters": [{"Key": "name", "Values": [head]}]}
+        return "list_secrets", params, f"list secrets under {head!r}"
+
     def _list_names(self, kind: Kind) -> dict[str, str]:
-        """{secret name: key} for every secret under the kind's prefix (ListSecrets, paginated)."""
-        prefix = self.prefixes[kind]
-        if not prefix:
-            # Null: kind is off. Empty: every secret in the account would match; refuse to list them all.
-            return {}
-        head = f"{prefix}{self.sep}"
+        """{secret name: key} for every live secret under the kind's prefix (ListSecrets, paginated)."""
         names: dict[str, str] = {}
-        params: dict[str, Any] = {
-            "MaxResults": LIST_PAGE_SIZE,
-            "Filters": [{"Key": "name", "Values": [head]}],
-        }
-        while True:
-            try:
-                response = self.client.list_secrets(**params)
-            except Exception as exc:
-                raise self.aws.error(exc, f"list secrets under {head!r}") from None
-            for entry in response.get("SecretList", []):
-                name = entry.get("Name", "")
-                # The name filter is a prefix match on AWS but not a strict one everywhere: check again.
-                if not name.startswith(head) or entry.get("DeletedDate"):
-                    continue
-                key = name[len(head) :]
-                if key and self.wants(kind, key):
-                    names[name] = key
-                    self._existing.add(name)
-            token = response.get("NextToken")
-            if not token:
-                break
-            params["NextToken"] = token
+        for name, key, entry in self._listed(kind):
+            if not entry.get("DeletedDate"):
+                names[name] = key
+                self._existing.add(name)
         return names
 
-    def list_connections(self) -> list[str]:
-        return sorted(self._list_names("connection").values())
-
-    def list_variables(self) -> list[str]:
-        return sorted(self._list_names("variable").values())
+    def _list_keys(self, kind: Kind) -> list[str]:
+        return list(self._list_names(kind).values())
 
     # --- writes ------------------------------------------------------------------------------------
 
@@ -362,11 +271,6 @@ class SecretsManagerBackend(BaseBackend):
         self._write(
             "connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite=overwrite
         )
-
-    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
-        if not isinstance(value, str):
-            raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
-        self._write("variable", key, value, overwrite=overwrite)
 
     def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:
         """Create the secret, or put a new version when it exists: one call when the state is known.
@@ -439,15 +343,10 @@ class SecretsManagerBackend(BaseBackend):
         return self.aws.error(exc, f"write secret {name!r}")
 
     def _target(self, kind: Kind, key: str) -> str:
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            setting = {"connection": "connections_prefix", "variable": "variables_prefix"}.get(
-                kind, "config_prefix"
-            )
-            raise ConfigError(f"{self.name}: {setting} is null, so {kind}s are switched off in this backend")
+        name = super()._target(kind, key)
         if not key:
             raise ConfigError(f"{self.name}: {kind} id must not be empty")
-        return f"{prefix}{self.sep}{key}" if prefix else key
+        return name
 
     def delete_connection(self, conn_id: str, *, force: bool = False) -> bool:
         return self._delete(self._target("connection", conn_id), force=force)
@@ -501,12 +400,6 @@ class SecretsManagerBackend(BaseBackend):
         except Exception as exc:
             raise self.aws.error(exc, "check (ListSecrets)") from None
         return f"AWS Secrets Manager reachable ({self.aws.describe()})"
-
-    def describe(self) -> str:
-        return f"aws-secrets-manager ({self.aws.describe()})"
-
-    def close(self) -> None:
-        self.aws.close()
 
 
 def _field_words(extra_conn_words: dict[str, list[str]] | None) -> dict[str, tuple[str, ...]]:

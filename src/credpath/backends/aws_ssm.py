@@ -12,10 +12,10 @@ import logging
 import re
 from typing import Any, ClassVar
 
-from credpath.backends._aws import AwsSession, chunks, client_error_code
+from credpath.backends._aws import AwsBackend, AwsSession, client_error_code
 from credpath.errors import ConfigError
 from credpath.model import Connection
-from credpath.protocol import BaseBackend, Kind
+from credpath.protocol import Kind
 
 log = logging.getLogger("credpath.backends.aws_ssm")
 
@@ -25,9 +25,13 @@ PAGE_SIZE = 10  # GetParametersByPath's MaxResults limit
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9_.\-/]{1,2048}$")
 
 
-class ParameterStoreBackend(BaseBackend):
+class ParameterStoreBackend(AwsBackend):
     alias: ClassVar[str] = "aws-ssm"
     store_name: ClassVar[str] = "AWS Systems Manager Parameter Store"
+    service: ClassVar[str] = "ssm"
+    noun: ClassVar[str] = "parameter"
+    batch_size: ClassVar[int] = BATCH_SIZE
+    list_results: ClassVar[str] = "Parameters"
 
     def __init__(
         self,
@@ -52,26 +56,18 @@ class ParameterStoreBackend(BaseBackend):
         kms_key_id: str | None = None,
     ) -> None:
         super().__init__(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep="/",  # SSM's hierarchy separator; not an Airflow kwarg for this backend
             connections_lookup_pattern=connections_lookup_pattern,
             variables_lookup_pattern=variables_lookup_pattern,
             config_lookup_pattern=config_lookup_pattern,
             connection_format=connection_format,
         )
-        for setting, prefix in (
-            ("connections_prefix", connections_prefix),
-            ("variables_prefix", variables_prefix),
-            ("config_prefix", config_prefix),
-        ):
-            if prefix is not None and not isinstance(prefix, str):
-                raise ConfigError(f"{setting} must be a string or null, got {type(prefix).__name__}")
-        self.prefixes: dict[Kind, str | None] = {
-            "connection": connections_prefix.rstrip("/") if connections_prefix else connections_prefix,
-            "variable": variables_prefix.rstrip("/") if variables_prefix else variables_prefix,
-            "config": config_prefix.rstrip("/") if config_prefix else config_prefix,
-        }
         self.kms_key_id = kms_key_id
         self.aws = AwsSession(
-            "aws-ssm",
+            self.alias,
             region_name=region_name,
             profile_name=profile_name,
             role_arn=role_arn,
@@ -84,43 +80,27 @@ class ParameterStoreBackend(BaseBackend):
             config_kwargs=config_kwargs,
         )
 
-    @property
-    def client(self) -> Any:
-        return self.aws.client("ssm")
-
     # --- naming ------------------------------------------------------------------------------------
 
-    def parameter_name(self, kind: Kind, key: str) -> str | None:
-        prefix = self.prefixes[kind]
-        if prefix is None or not self.wants(kind, key):
-            return None
-        name = f"{prefix}/{key}" if prefix else key
+    def _join(self, prefix: str, key: str) -> str:
+        name = super()._join(prefix, key)
+        # Parameter names in a hierarchy are absolute; Airflow adds the leading "/" too.
         return name if name.startswith("/") else f"/{name}"
 
-    def _names(self, kind: Kind, keys: list[str]) -> dict[str, str]:
-        names: dict[str, str] = {}
-        for key in dict.fromkeys(keys):
-            name = self.parameter_name(kind, key)
-            if name is not None and _VALID_NAME.match(name):
-                names[name] = key
-        return names
+    def _can_exist(self, name: str) -> bool:
+        return _VALID_NAME.match(name) is not None
+
+    def parameter_name(self, kind: Kind, key: str) -> str | None:
+        """The parameter name for ``key``, or None when that kind is switched off or the pattern skips it."""
+        return self.name_of(kind, key)
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        return self._get("connection", conn_id)
-
-    def get_variable(self, key: str) -> str | None:
-        return self._get("variable", key)
-
-    def get_config(self, key: str) -> str | None:
-        return self._get("config", key)
-
     def _get(self, kind: Kind, key: str) -> str | None:
-        name = self.parameter_name(kind, key)
+        name = self.name_of(kind, key)
         if name is None:
             return None
-        if not _VALID_NAME.match(name):
+        if not self._can_exist(name):
             log.debug("%s: %s %r cannot be a parameter name; a miss", self.name, kind, key)
             return None
         try:
@@ -135,22 +115,11 @@ class ParameterStoreBackend(BaseBackend):
 
     # --- batches -----------------------------------------------------------------------------------
 
-    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
-        return self._batch_get(self._names("connection", list(ids)))
-
-    def get_variables(self, keys: list[str]) -> dict[str, str]:
-        return self._batch_get(self._names("variable", list(keys)))
-
     def _batch_get(self, names: dict[str, str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for chunk in chunks(list(names), BATCH_SIZE):
-            try:
-                response = self.client.get_parameters(Names=chunk, WithDecryption=True)
-            except Exception as exc:
-                raise self.aws.error(
-                    exc, f"batch read of {len(chunk)} parameter(s) from {chunk[0]!r}"
-                ) from None
-            # Misses come back in InvalidParameters; anything else failing fails the whole call above.
+        # GetParameters has no NextToken: one response per chunk.
+        for response in self._batch_responses(names, "get_parameters", "Names", WithDecryption=True):
+            # Misses come back in InvalidParameters; anything else failing fails the whole call.
             for parameter in response.get("Parameters", []):
                 name = parameter.get("Name")
                 if name in names:
@@ -158,61 +127,26 @@ class ParameterStoreBackend(BaseBackend):
         log.debug("%s: batch read %d of %d parameter(s)", self.name, len(found), len(names))
         return found
 
-    def prefetch_connections(self) -> dict[str, str]:
-        return self._by_path("connection", decrypt=True)
+    def _prefetch(self, kind: Kind) -> dict[str, str]:
+        return self._by_path(kind, decrypt=True)
 
-    def prefetch_variables(self) -> dict[str, str]:
-        return self._by_path("variable", decrypt=True)
+    def _list_keys(self, kind: Kind) -> dict[str, str]:
+        return self._by_path(kind, decrypt=False)
+
+    def _list_request(self, head: str) -> tuple[str, dict[str, Any], str]:
+        path = head[:-1]  # head is the rooted prefix plus "/"
+        params = {"Path": path, "Recursive": True, "MaxResults": PAGE_SIZE}
+        return "get_parameters_by_path", params, f"parameters under {path!r}"
 
     def _by_path(self, kind: Kind, *, decrypt: bool) -> dict[str, str]:
         """{key: value} for every parameter under the kind's prefix (GetParametersByPath, recursive)."""
-        prefix = self.prefixes[kind]
-        if not prefix:
-            # Null: kind is off. Empty: the whole account's parameters would match; refuse.
-            return {}
-        path = prefix if prefix.startswith("/") else f"/{prefix}"
-        head = f"{path}/"
-        found: dict[str, str] = {}
-        params: dict[str, Any] = {
-            "Path": path,
-            "Recursive": True,
-            "WithDecryption": decrypt,
-            "MaxResults": PAGE_SIZE,
-        }
-        while True:
-            try:
-                response = self.client.get_parameters_by_path(**params)
-            except Exception as exc:
-                raise self.aws.error(exc, f"parameters under {path!r}") from None
-            for parameter in response.get("Parameters", []):
-                name = parameter.get("Name", "")
-                if not name.startswith(head):
-                    continue
-                key = name[len(head) :]
-                if key and self.wants(kind, key):
-                    found[key] = parameter.get("Value", "")
-            token = response.get("NextToken")
-            if not token:
-                break
-            params["NextToken"] = token
-        return found
-
-    def list_connections(self) -> list[str]:
-        return sorted(self._by_path("connection", decrypt=False))
-
-    def list_variables(self) -> list[str]:
-        return sorted(self._by_path("variable", decrypt=False))
+        return {key: entry.get("Value", "") for _, key, entry in self._listed(kind, WithDecryption=decrypt)}
 
     # --- writes ------------------------------------------------------------------------------------
 
     def _target(self, kind: Kind, key: str) -> str:
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            setting = "connections_prefix" if kind == "connection" else "variables_prefix"
-            raise ConfigError(f"{self.name}: {setting} is null, so {kind}s are switched off in this backend")
-        name = f"{prefix}/{key}" if prefix else key
-        name = name if name.startswith("/") else f"/{name}"
-        if not key or not _VALID_NAME.match(name):
+        name = super()._target(kind, key)
+        if not key or not self._can_exist(name):
             raise ConfigError(
                 f"{self.name}: {kind} id {key!r} is not a valid parameter name (letters, digits, _.-/ only)"
             )
@@ -229,10 +163,8 @@ class ParameterStoreBackend(BaseBackend):
             overwrite=overwrite,
         )
 
-    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
-        if not isinstance(value, str):
-            raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
-        self._put(self._target("variable", key), value, overwrite=overwrite)
+    def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:
+        self._put(self._target(kind, key), value, overwrite=overwrite)
 
     def _put(self, name: str, value: str, *, overwrite: bool) -> None:
         params: dict[str, Any] = {
@@ -277,9 +209,3 @@ class ParameterStoreBackend(BaseBackend):
         except Exception as exc:
             raise self.aws.error(exc, "check (DescribeParameters)") from None
         return f"AWS SSM Parameter Store reachable ({self.aws.describe()})"
-
-    def describe(self) -> str:
-        return f"aws-ssm ({self.aws.describe()})"
-
-    def close(self) -> None:
-        self.aws.close()

@@ -26,8 +26,9 @@ import threading
 import time
 from typing import Any, ClassVar, Literal
 
+from credpath.backends._prefixed import PrefixedSecretsBackend, prefix_setting
 from credpath.errors import AccessDenied, BackendError, ConfigError
-from credpath.protocol import BaseBackend, Kind, iter_ids
+from credpath.protocol import Kind
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,13 @@ OnDeleted = Literal["fail", "recover", "purge"]
 _ON_DELETED = ("fail", "recover", "purge")
 
 
-class KeyVaultBackend(BaseBackend):
+class KeyVaultBackend(PrefixedSecretsBackend):
     alias: ClassVar[str] = "azure-key-vault"
     store_name: ClassVar[str] = "Azure Key Vault"
+    service: ClassVar[str] = "Key Vault"
+    name_noun: ClassVar[str] = "name"
+    name_re: ClassVar[re.Pattern[str]] = _NAME_RE
+    name_rules: ClassVar[str] = "letters, digits, '-'; at most 127"
 
     def __init__(
         self,
@@ -77,13 +82,14 @@ class KeyVaultBackend(BaseBackend):
         self.vault_url = vault_url.rstrip("/")
         self.sep = sep
         self.prefixes: dict[Kind, str | None] = {}
-        for kind, prefix, setting in (
-            ("connection", connections_prefix, "connections_prefix"),
-            ("variable", variables_prefix, "variables_prefix"),
-            ("config", config_prefix, "config_prefix"),
+        kind: Kind
+        for kind, prefix in (
+            ("connection", connections_prefix),
+            ("variable", variables_prefix),
+            ("config", config_prefix),
         ):
             if prefix is not None and not isinstance(prefix, str):
-                raise ConfigError(f"{setting} must be a string or null")
+                raise ConfigError(f"{prefix_setting(kind)} must be a string or null")
             # Airflow strips a trailing sep from the prefix.
             self.prefixes[kind] = prefix.rstrip(sep) if prefix is not None and sep else prefix
         if on_deleted not in _ON_DELETED:
@@ -148,19 +154,19 @@ class KeyVaultBackend(BaseBackend):
 
     # --- naming ------------------------------------------------------------------------------------
 
-    def secret_name(self, kind: Kind, key: str) -> str | None:
-        """The Key Vault name for ``key`` (Airflow's mapping), or None if this kind is switched off."""
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            return None
-        name = f"{prefix}{self.sep}{key}" if prefix else key
+    def _map_name(self, name: str) -> str:
+        # Airflow's mapping: Key Vault names allow no '_'.
         return name.replace("_", self.sep)
+
+    def _fold(self, name: str) -> str:
+        # Key Vault names are case-insensitive.
+        return name.lower()
 
     def _error(self, exc: Exception, name: str, action: str) -> BackendError:
         """One line naming backend, secret and reason; server text is reduced to its error code."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
-        where = f"backend {self.name!r} ({self.store_name}): {action} secret {name!r}"
+        where = self._where(name, action)
         if isinstance(exc, ClientAuthenticationError):
             return AccessDenied(f"{where}: authentication failed ({type(exc).__name__})", backend=self.name)
         if isinstance(exc, HttpResponseError):
@@ -178,18 +184,6 @@ class KeyVaultBackend(BaseBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def _read(self, kind: Kind, key: str) -> str | None:
-        if not self.wants(kind, key):
-            return None
-        name = self.secret_name(kind, key)
-        if name is None:
-            return None
-        if not _NAME_RE.match(name):
-            # No secret can have this name, so it is a miss; asking would only cost a 400.
-            log.debug("%s: %s %r cannot be a Key Vault name; miss", self.name, kind, key)
-            return None
-        return self.read_secret(name)
-
     def read_secret(self, name: str) -> str | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
@@ -204,28 +198,7 @@ class KeyVaultBackend(BaseBackend):
         log.debug("%s: read secret %s", self.name, name)
         return secret.value
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        return self._read("connection", conn_id)
-
-    def get_variable(self, key: str) -> str | None:
-        return self._read("variable", key)
-
-    def get_config(self, key: str) -> str | None:
-        return self._read("config", key)
-
     # --- writes ------------------------------------------------------------------------------------
-
-    def _write_name(self, kind: Kind, key: str) -> str:
-        name = self.secret_name(kind, key)
-        if name is None:
-            setting = f"{kind}s_prefix" if kind != "config" else "config_prefix"
-            raise ConfigError(f"backend {self.name!r}: cannot write {kind} {key!r}: {setting} is null")
-        if not _NAME_RE.match(name):
-            raise ConfigError(
-                f"backend {self.name!r}: {kind} id {key!r} gives secret name {name!r}, which Key Vault "
-                "rejects (allowed: letters, digits, '-'; at most 127)"
-            )
-        return name
 
     def _write(self, kind: Kind, key: str, value: str, overwrite: bool, on_deleted: OnDeleted | None) -> None:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -346,34 +319,25 @@ class KeyVaultBackend(BaseBackend):
 
     # --- listing -----------------------------------------------------------------------------------
 
-    def _list(self, kind: Kind) -> list[str]:
+    def _list_under(self, kind: Kind, start: str) -> list[str]:
         from azure.core.exceptions import AzureError
 
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            return []
-        start = (f"{prefix}{self.sep}" if prefix else "").replace("_", self.sep).lower()
         ids: list[str] = []
         try:
             for props in self.client.list_properties_of_secrets():
                 name = props.name or ""
-                if not name.lower().startswith(start) or len(name) == len(start):
+                key = self._key_under(name, start)
+                if key is None:
                     continue
                 original = (props.tags or {}).get(ID_TAG)
                 # Trust the tag only if it still maps to this name (a tag could be copied by hand).
                 if original and (self.secret_name(kind, original) or "").lower() == name.lower():
                     ids.append(original)
                 else:
-                    ids.append(name[len(start) :])
+                    ids.append(key)
         except AzureError as exc:
             raise self._error(exc, f"{start}*", "listing") from None
-        return iter_ids(ids)
-
-    def list_connections(self) -> list[str]:
-        return self._list("connection")
-
-    def list_variables(self) -> list[str]:
-        return self._list("variable")
+        return ids
 
     def check(self) -> str:
         from azure.core.exceptions import AzureError

@@ -26,8 +26,9 @@ import re
 import threading
 from typing import Any, ClassVar
 
+from credpath.backends._prefixed import PrefixedSecretsBackend, prefix_setting
 from credpath.errors import AccessDenied, BackendError, ConfigError
-from credpath.protocol import BaseBackend, Kind, iter_ids
+from credpath.protocol import Kind
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,13 @@ def _credentials_from_name(name: str) -> Any:
     return load_class(name, setting="credentials")()
 
 
-class SecretManagerBackend(BaseBackend):
+class SecretManagerBackend(PrefixedSecretsBackend):
     alias: ClassVar[str] = "gcp-secret-manager"
     store_name: ClassVar[str] = "GCP Secret Manager"
+    service: ClassVar[str] = "Secret Manager"
+    name_noun: ClassVar[str] = "id"
+    name_re: ClassVar[re.Pattern[str]] = _SECRET_ID_RE
+    name_rules: ClassVar[str] = "letters, digits, '-', '_'; at most 255"
 
     def __init__(
         self,
@@ -111,10 +116,9 @@ class SecretManagerBackend(BaseBackend):
             "config": config_prefix,
         }
         for kind, prefix in self.prefixes.items():
-            setting = f"{kind}s_prefix" if kind != "config" else "config_prefix"
             if prefix is not None and (not isinstance(prefix, str) or not _PREFIX_RE.match(prefix + sep)):
                 raise ConfigError(
-                    f"{setting} and sep of backend {self.alias!r} must match ^[a-zA-Z0-9-_]*$ "
+                    f"{prefix_setting(kind)} and sep of backend {self.alias!r} must match ^[a-zA-Z0-9-_]*$ "
                     "(Secret Manager ids allow letters, digits, '-' and '_')"
                 )
         self.sep = sep
@@ -245,12 +249,8 @@ class SecretManagerBackend(BaseBackend):
 
     # --- naming ------------------------------------------------------------------------------------
 
-    def secret_id(self, kind: Kind, key: str) -> str | None:
-        """The Secret Manager id for ``key``, or None if this kind is switched off."""
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            return None
-        return f"{prefix}{self.sep}{key}" if prefix else key
+    #: Secret Manager calls a secret's name its id.
+    secret_id = PrefixedSecretsBackend.secret_name
 
     def _parent(self) -> str:
         _ = self.client  # resolves project_id
@@ -260,7 +260,7 @@ class SecretManagerBackend(BaseBackend):
         """One line naming the backend, secret and reason; server text is reduced to a state or code."""
         from google.api_core import exceptions as gexc
 
-        where = f"backend {self.name!r} ({self.store_name}): {action} secret {secret_id!r}"
+        where = self._where(secret_id, action)
         if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
             return AccessDenied(f"{where}: permission denied ({exc.code})", backend=self.name)
         if isinstance(exc, gexc.BadRequest):
@@ -280,18 +280,6 @@ class SecretManagerBackend(BaseBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def _read(self, kind: Kind, key: str) -> str | None:
-        if not self.wants(kind, key):
-            return None
-        secret_id = self.secret_id(kind, key)
-        if secret_id is None:
-            return None
-        if not _SECRET_ID_RE.match(secret_id):
-            # No secret can have this id, so it is a miss; asking would only cost a 400.
-            log.debug("%s: %s %r cannot be a Secret Manager id; miss", self.name, kind, key)
-            return None
-        return self.access(secret_id)
-
     def access(self, secret_id: str) -> str | None:
         from google.api_core import exceptions as gexc
         from google.auth.exceptions import GoogleAuthError
@@ -309,9 +297,7 @@ class SecretManagerBackend(BaseBackend):
             raise self._error(exc, secret_id, "reading") from None
         except Exception as exc:  # transport errors (requests / grpc) carry URLs, not values
             raise BackendError(
-                f"backend {self.name!r} ({self.store_name}): reading secret {secret_id!r}: "
-                f"{type(exc).__name__}",
-                backend=self.name,
+                f"{self._where(secret_id, 'reading')}: {type(exc).__name__}", backend=self.name
             ) from None
         data: bytes = response.payload.data
         expected = response.payload.data_crc32c
@@ -335,33 +321,14 @@ class SecretManagerBackend(BaseBackend):
         log.debug("%s: read secret %s", self.name, secret_id)
         return value
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        return self._read("connection", conn_id)
-
-    def get_variable(self, key: str) -> str | None:
-        return self._read("variable", key)
-
-    def get_config(self, key: str) -> str | None:
-        return self._read("config", key)
+    read_secret = access  # what the shared reads call
 
     # --- writes, listing ---------------------------------------------------------------------------
-
-    def _write_id(self, kind: Kind, key: str) -> str:
-        secret_id = self.secret_id(kind, key)
-        if secret_id is None:
-            setting = f"{kind}s_prefix" if kind != "config" else "config_prefix"
-            raise ConfigError(f"backend {self.name!r}: cannot write {kind} {key!r}: {setting} is null")
-        if not _SECRET_ID_RE.match(secret_id):
-            raise ConfigError(
-                f"backend {self.name!r}: {kind} id {key!r} gives secret id {secret_id!r}, which "
-                "Secret Manager rejects (allowed: letters, digits, '-', '_'; at most 255)"
-            )
-        return secret_id
 
     def _write(self, kind: Kind, key: str, value: str, overwrite: bool) -> None:
         from google.api_core import exceptions as gexc
 
-        secret_id = self._write_id(kind, key)
+        secret_id = self._write_name(kind, key)
         data = value.encode("utf-8")
         if len(data) > 65536:
             raise ConfigError(f"backend {self.name!r}: {kind} {key!r} is larger than Secret Manager's 64 KiB")
@@ -407,7 +374,7 @@ class SecretManagerBackend(BaseBackend):
     def _delete(self, kind: Kind, key: str) -> bool:
         from google.api_core import exceptions as gexc
 
-        secret_id = self._write_id(kind, key)
+        secret_id = self._write_name(kind, key)
         try:
             self.client.delete_secret(
                 request={"name": f"{self._parent()}/secrets/{secret_id}"}, timeout=self.timeout
@@ -425,11 +392,7 @@ class SecretManagerBackend(BaseBackend):
     def delete_variable(self, key: str) -> bool:
         return self._delete("variable", key)
 
-    def _list(self, kind: Kind) -> list[str]:
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            return []
-        start = f"{prefix}{self.sep}" if prefix else ""
+    def _list_under(self, kind: Kind, start: str) -> list[str]:
         request: dict[str, Any] = {"parent": self._parent(), "page_size": 250}
         if start:
             request["filter"] = f"name:{start}"  # server-side narrowing; "name:" is a substring match
@@ -437,18 +400,12 @@ class SecretManagerBackend(BaseBackend):
         try:
             for secret in self.client.list_secrets(request=request, timeout=self.timeout):
                 # Returned names carry the project number, so take the last segment only.
-                secret_id = secret.name.rsplit("/", 1)[-1]
-                if secret_id.startswith(start) and len(secret_id) > len(start):
-                    ids.append(secret_id[len(start) :])
+                key = self._key_under(secret.name.rsplit("/", 1)[-1], start)
+                if key is not None:
+                    ids.append(key)
         except Exception as exc:
             raise self._error(exc, f"{start}*", "listing") from None
-        return iter_ids(ids)
-
-    def list_connections(self) -> list[str]:
-        return self._list("connection")
-
-    def list_variables(self) -> list[str]:
-        return self._list("variable")
+        return ids
 
     def check(self) -> str:
         try:

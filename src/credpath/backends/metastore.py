@@ -15,23 +15,24 @@ SQLAlchemy and cryptography are imported on first use, never when this module is
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import stat
 import tempfile
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from credpath.backends._sql import ID_COLUMN, SqlTablesBackend
 from credpath.errors import BackendError, ConfigError, CredpathError
 from credpath.model import Connection, Variable
-from credpath.protocol import BaseBackend
 
 if TYPE_CHECKING:
-    from cryptography.fernet import MultiFernet
     from sqlalchemy import Engine, Table
+    from sqlalchemy.engine import URL
+
+    from credpath.protocol import Kind
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ VARIABLE_TABLE = "credpath_variable"
 VERSION_TABLE = "credpath_schema_version"
 KEY_FILE_NAME = "fernet.key"
 DB_FILE_NAME = "credpath.db"
-_BATCH = 500  # ids per SELECT .. IN (SQLite allows 32766 bound parameters, PostgreSQL 65535)
 
 
 class FernetKeyError(BackendError):
@@ -56,61 +56,45 @@ def credpath_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("CREDPATH_HOME") or "~/.credpath").expanduser()
 
 
-_tables: dict[str, Table] | None = None
-
-
+@functools.cache  # built once, on first use (not at import: SQLAlchemy stays unimported)
 def tables() -> dict[str, Table]:
     """The metastore's tables (SQLAlchemy Core), built on first use."""
-    global _tables
-    if _tables is None:
-        from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func
+    from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func
 
-        metadata = MetaData()
-        _tables = {
-            "version": Table(
-                VERSION_TABLE,
-                metadata,
-                Column("version", Integer, primary_key=True, autoincrement=False),
-                Column("applied_at", DateTime(timezone=True), server_default=func.current_timestamp()),
-            ),
-            "connection": Table(
-                CONNECTION_TABLE,
-                metadata,
-                Column("conn_id", String(250), primary_key=True),
-                Column("conn_type", String(500)),
-                Column("description", Text),
-                Column("host", Text),
-                Column("login", Text),
-                Column("password", Text),  # Fernet token
-                Column("schema", String(500)),
-                Column("port", Integer),
-                Column("extra", Text),  # Fernet token
-                Column("updated_at", DateTime(timezone=True), server_default=func.current_timestamp()),
-            ),
-            "variable": Table(
-                VARIABLE_TABLE,
-                metadata,
-                Column("key", String(250), primary_key=True),
-                Column("value", Text, nullable=False),  # Fernet token
-                Column("description", Text),
-                Column("updated_at", DateTime(timezone=True), server_default=func.current_timestamp()),
-            ),
-        }
-    return _tables
+    metadata = MetaData()
+    return {
+        "version": Table(
+            VERSION_TABLE,
+            metadata,
+            Column("version", Integer, primary_key=True, autoincrement=False),
+            Column("applied_at", DateTime(timezone=True), server_default=func.current_timestamp()),
+        ),
+        "connection": Table(
+            CONNECTION_TABLE,
+            metadata,
+            Column("conn_id", String(250), primary_key=True),
+            Column("conn_type", String(500)),
+            Column("description", Text),
+            Column("host", Text),
+            Column("login", Text),
+            Column("password", Text),  # Fernet token
+            Column("schema", String(500)),
+            Column("port", Integer),
+            Column("extra", Text),  # Fernet token
+            Column("updated_at", DateTime(timezone=True), server_default=func.current_timestamp()),
+        ),
+        "variable": Table(
+            VARIABLE_TABLE,
+            metadata,
+            Column("key", String(250), primary_key=True),
+            Column("value", Text, nullable=False),  # Fernet token
+            Column("description", Text),
+            Column("updated_at", DateTime(timezone=True), server_default=func.current_timestamp()),
+        ),
+    }
 
 
-def _reason(exc: BaseException) -> str:
-    """A one-line reason for a database error: the driver's first line, never SQL parameters."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    # SQLAlchemy appends "[SQL: ...]" and a background link; keep the driver's sentence only.
-    text = text.split(" [SQL:", 1)[0].split("(Background on this error", 1)[0].strip()
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return f"{type(orig).__name__}: {text}" if text else type(orig).__name__
-
-
-class MetastoreBackend(BaseBackend):
+class MetastoreBackend(SqlTablesBackend):
     """Connections and variables in a SQL database (SQLite by default), secrets encrypted at rest.
 
     :param url: SQLAlchemy URL; default ``$CREDPATH_METASTORE_URL``, else SQLite in ``$CREDPATH_HOME``.
@@ -119,109 +103,40 @@ class MetastoreBackend(BaseBackend):
 
     alias: ClassVar[str] = "metastore"
     store_name: ClassVar[str] = "credpath metastore"
+    _tables = staticmethod(tables)
+    _decrypt_error: ClassVar[type[BackendError]] = FernetKeyError
+    _driver_hint: ClassVar[str] = "; for PostgreSQL install 'credpath[postgres]'"
+    _key_hint: ClassVar[str] = (
+        " (32 url-safe base64-encoded bytes; see credpath.backends.metastore.generate_key())"
+    )
+    _reason_cut_mark: ClassVar[str] = "..."
 
-    def __init__(
-        self,
-        url: str | None = None,
-        fernet_key: str | None = None,
-        *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
-        if url is not None and (not isinstance(url, str) or not url.strip()):
-            raise ConfigError("metastore: url must be a non-empty SQLAlchemy URL string")
-        if fernet_key is not None and not isinstance(fernet_key, str):
-            raise ConfigError("metastore: fernet_key must be a string of comma-separated Fernet keys")
+    def _configure(self, url: str | None) -> None:
         self.home = credpath_home()
         env_url = os.environ.get("CREDPATH_METASTORE_URL") or None
-        self._url_setting = "url" if url else ("CREDPATH_METASTORE_URL" if env_url else "default")
-        self.url: str = url or env_url or f"sqlite:///{self.home / DB_FILE_NAME}"
-        self._fernet_key_arg = fernet_key
-        self._engine: Engine | None = None
-        self._fernet: MultiFernet | None = None
-        self._key_setting = ""
-        self._lock = threading.RLock()
+        # The default file is named by the variable that would change it.
+        self._url_setting = "url" if url else "CREDPATH_METASTORE_URL"
+        self.url = url or env_url or f"sqlite:///{self.home / DB_FILE_NAME}"
         self.schema_version: int | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------
 
-    @property
-    def safe_url(self) -> str:
-        """The URL with any password hidden (safe for messages and logs)."""
-        try:
-            from sqlalchemy.engine import make_url
-
-            return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:  # an unparsable URL: show only its scheme
-            return self.url.split(":", 1)[0] + ":..."
-
-    def _fail(self, action: str, exc: BaseException) -> BackendError:
-        return BackendError(
-            f"metastore ({self.safe_url}): {action} failed: {_reason(exc)}", backend=self.name
-        )
-
-    @contextlib.contextmanager
-    def _db(self, action: str) -> Iterator[None]:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            yield
-        except CredpathError:
-            raise
-        except SQLAlchemyError as exc:
-            raise self._fail(action, exc) from None
-
-    @property
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine, created (and the schema checked) on first use."""
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    self._engine = self._create_engine()
-        return self._engine
-
-    def _create_engine(self) -> Engine:
-        from sqlalchemy import create_engine
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-        setting = "url" if self._url_setting == "url" else "CREDPATH_METASTORE_URL"
-        try:
-            url = make_url(self.url)
-        except ArgumentError:
-            raise ConfigError(f"metastore: {setting} is not a valid SQLAlchemy URL") from None
+    def _engine_options(self, url: URL) -> dict[str, Any]:
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             if not url.database.startswith("file:"):
                 Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            # hide_parameters: SQLAlchemy errors and echo logs would otherwise show bound values.
-            options: dict[str, Any] = {"hide_parameters": True}
-            if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-                # One in-memory database per connection otherwise: threads (migrate) would each see an
-                # empty one. A single shared connection keeps one database for the whole engine.
-                from sqlalchemy.pool import StaticPool
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            # One in-memory database per connection otherwise: threads (migrate) would each see an
+            # empty one. A single shared connection keeps one database for the whole engine.
+            from sqlalchemy.pool import StaticPool
 
-                options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-            engine = create_engine(url, **options)
-        except (NoSuchModuleError, ImportError) as exc:
-            raise ConfigError(
-                f"metastore: no database driver for {url.drivername!r} ({type(exc).__name__}); "
-                "for PostgreSQL install 'credpath[postgres]'"
-            ) from None
-        except ArgumentError as exc:
-            raise ConfigError(f"metastore: {setting} is not usable: {_reason(exc)}") from None
+            return {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        return {}
+
+    def _engine_ready(self, engine: Engine) -> None:
         with self._db("connecting / checking the schema"):
             self._ensure_schema(engine)
         log.debug("metastore: using %s (schema v%s)", self.safe_url, self.schema_version)
-        return engine
 
     def _ensure_schema(self, engine: Engine) -> None:
         from sqlalchemy import func, insert, inspect, select
@@ -271,36 +186,15 @@ class MetastoreBackend(BaseBackend):
     def key_file(self) -> Path:
         return self.home / KEY_FILE_NAME
 
-    def _fernet_obj(self) -> MultiFernet:
-        if self._fernet is None:
-            with self._lock:
-                if self._fernet is None:
-                    self._fernet = self._load_fernet()
-        return self._fernet
-
-    def _load_fernet(self) -> MultiFernet:
-        from cryptography.fernet import Fernet, MultiFernet
-
+    def _key_source(self) -> tuple[str, str]:
         if self._fernet_key_arg is not None:
-            text, setting = self._fernet_key_arg, "fernet_key"
-        elif os.environ.get("CREDPATH_FERNET_KEY"):
-            text, setting = os.environ["CREDPATH_FERNET_KEY"], "CREDPATH_FERNET_KEY"
-        else:
-            text, setting = self._key_from_file(), str(self.key_file)
-        keys = [k.strip() for k in text.split(",") if k.strip()]
-        if not keys:
-            raise ConfigError(f"metastore: {setting} holds no Fernet key")
-        fernets = []
-        for position, key in enumerate(keys, 1):
-            try:
-                fernets.append(Fernet(key.encode("ascii")))
-            except (ValueError, TypeError, UnicodeEncodeError):
-                raise ConfigError(
-                    f"metastore: key #{position} of {setting} is not a valid Fernet key "
-                    "(32 url-safe base64-encoded bytes; see credpath.backends.metastore.generate_key())"
-                ) from None
-        self._key_setting = setting
-        return MultiFernet(fernets)
+            return self._fernet_key_arg, "fernet_key"
+        if os.environ.get("CREDPATH_FERNET_KEY"):
+            return os.environ["CREDPATH_FERNET_KEY"], "CREDPATH_FERNET_KEY"
+        return self._key_from_file(), str(self.key_file)
+
+    def _no_key_error(self, setting: str) -> CredpathError:
+        return ConfigError(f"metastore: {setting} holds no Fernet key")
 
     def _key_from_file(self) -> str:
         path = self.key_file
@@ -356,22 +250,7 @@ class MetastoreBackend(BaseBackend):
             return None
         return self._fernet_obj().encrypt(value.encode("utf-8")).decode("ascii")
 
-    def _decrypt(self, token: str | None, what: str) -> str | None:
-        if token is None:
-            return None
-        from cryptography.fernet import InvalidToken
-
-        fernet = self._fernet_obj()
-        try:
-            return fernet.decrypt(token.encode("ascii")).decode("utf-8")
-        except (InvalidToken, UnicodeError, ValueError):
-            raise FernetKeyError(
-                f"metastore ({self.safe_url}): cannot decrypt {what} with the Fernet key(s) from "
-                f"{self._key_setting}: wrong key, or the key it was encrypted with was rotated away",
-                backend=self.name,
-            ) from None
-
-    # --- rows <-> model ------------------------------------------------------------------------------
+    # --- model -> rows ------------------------------------------------------------------------------
 
     def _connection_values(self, conn: Connection) -> dict[str, Any]:
         return {
@@ -385,133 +264,27 @@ class MetastoreBackend(BaseBackend):
             "extra": self._encrypt(conn.extra),
         }
 
-    def _row_to_connection(self, row: Any) -> Connection:
-        where = f"connection {row.conn_id!r}"
-        return Connection(
-            conn_id=row.conn_id,
-            conn_type=row.conn_type,
-            description=row.description,
-            host=row.host,
-            login=row.login,
-            password=self._decrypt(row.password, f"the password of {where}"),
-            schema=row.schema,
-            port=row.port,
-            extra=self._decrypt(row.extra, f"the extra of {where}"),
-        )
-
-    def _row_to_variable(self, row: Any) -> Variable:
-        value = self._decrypt(row.value, f"the value of variable {row.key!r}")
-        return Variable(key=row.key, value=value or "", description=row.description)
-
     # --- reads ---------------------------------------------------------------------------------------
+    # One row by primary key (an uncached read costs one SELECT); batches, prefetch and listing are shared.
+
+    def _row(self, kind: Kind, key: str) -> Any:
+        from sqlalchemy import select
+
+        t = tables()[kind]
+        with self._db(f"reading {kind} {key!r}"), self.engine.connect() as conn:
+            return conn.execute(select(t).where(t.c[ID_COLUMN[kind]] == key)).first()
 
     def get_connection(self, conn_id: str) -> Connection | None:
         if not self.wants("connection", conn_id):
             return None
-        from sqlalchemy import select
-
-        t = tables()["connection"]
-        with self._db(f"reading connection {conn_id!r}"), self.engine.connect() as conn:
-            row = conn.execute(select(t).where(t.c.conn_id == conn_id)).first()
-        if row is None:
-            return None
-        found = self._row_to_connection(row)
-        if self._connection_adapter is not None:
-            return self.deserialize_connection(conn_id, found.to_json())
-        return found
-
-    def get_conn_value(self, conn_id: str) -> str | None:
-        # JSON rather than a URI: it keeps the description.
-        conn = self.get_connection(conn_id)
-        return None if conn is None else conn.to_json()
+        row = self._row("connection", conn_id)
+        return None if row is None else self._adapted(conn_id, self._row_to_connection(row))
 
     def get_variable_record(self, key: str) -> Variable | None:
         if not self.wants("variable", key):
             return None
-        from sqlalchemy import select
-
-        t = tables()["variable"]
-        with self._db(f"reading variable {key!r}"), self.engine.connect() as conn:
-            row = conn.execute(select(t).where(t.c.key == key)).first()
+        row = self._row("variable", key)
         return None if row is None else self._row_to_variable(row)
-
-    def get_variable(self, key: str) -> str | None:
-        record = self.get_variable_record(key)
-        return None if record is None else record.value
-
-    def get_config(self, key: str) -> str | None:
-        return None  # the metastore holds no config (Airflow's neither)
-
-    # --- batches -------------------------------------------------------------------------------------
-
-    def get_connections(self, ids: list[str]) -> dict[str, Connection]:
-        """Hits among ``ids``: one ``SELECT .. WHERE conn_id IN (..)`` per 500 ids."""
-        from sqlalchemy import select
-
-        wanted = list(dict.fromkeys(i for i in ids if self.wants("connection", i)))
-        t = tables()["connection"]
-        found: dict[str, Connection] = {}
-        with self._db("reading connections"), self.engine.connect() as conn:
-            for start in range(0, len(wanted), _BATCH):
-                chunk = wanted[start : start + _BATCH]
-                for row in conn.execute(select(t).where(t.c.conn_id.in_(chunk))):
-                    found[row.conn_id] = self._row_to_connection(row)
-        return found
-
-    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
-        return {i: c.to_json() for i, c in self.get_connections(ids).items()}
-
-    def get_variable_records(self, keys: list[str]) -> dict[str, Variable]:
-        from sqlalchemy import select
-
-        wanted = list(dict.fromkeys(k for k in keys if self.wants("variable", k)))
-        t = tables()["variable"]
-        found: dict[str, Variable] = {}
-        with self._db("reading variables"), self.engine.connect() as conn:
-            for start in range(0, len(wanted), _BATCH):
-                chunk = wanted[start : start + _BATCH]
-                for row in conn.execute(select(t).where(t.c.key.in_(chunk))):
-                    found[row.key] = self._row_to_variable(row)
-        return found
-
-    def get_variables(self, keys: list[str]) -> dict[str, str]:
-        return {k: v.value for k, v in self.get_variable_records(keys).items()}
-
-    def prefetch_connections(self) -> dict[str, str]:
-        from sqlalchemy import select
-
-        t = tables()["connection"]
-        with self._db("reading connections"), self.engine.connect() as conn:
-            rows = conn.execute(select(t)).all()
-        return {
-            r.conn_id: self._row_to_connection(r).to_json()
-            for r in rows
-            if self.wants("connection", r.conn_id)
-        }
-
-    def prefetch_variables(self) -> dict[str, str]:
-        from sqlalchemy import select
-
-        t = tables()["variable"]
-        with self._db("reading variables"), self.engine.connect() as conn:
-            rows = conn.execute(select(t)).all()
-        return {r.key: self._row_to_variable(r).value for r in rows if self.wants("variable", r.key)}
-
-    # --- listing -------------------------------------------------------------------------------------
-
-    def _list(self, table: str, column: str, kind: str) -> list[str]:
-        from sqlalchemy import select
-
-        col = tables()[table].c[column]
-        with self._db(f"listing {table}s"), self.engine.connect() as conn:
-            ids = conn.execute(select(col).order_by(col)).scalars().all()
-        return [i for i in ids if self.wants(kind, i)]  # type: ignore[arg-type]
-
-    def list_connections(self) -> list[str]:
-        return self._list("connection", "conn_id", "connection")
-
-    def list_variables(self) -> list[str]:
-        return self._list("variable", "key", "variable")
 
     # --- writes --------------------------------------------------------------------------------------
 
@@ -662,11 +435,6 @@ class MetastoreBackend(BaseBackend):
         elif crow is not None:
             self._decrypt(crow.password, f"the password of connection {crow.conn_id!r}")
         return f"{self.safe_url} (schema v{self.schema_version})"
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
     def describe(self) -> str:
         return f"metastore {self.safe_url}"

@@ -1,0 +1,340 @@
+"""Shared reading for the SQL backends (``metastore`` and ``airflow-db``).
+
+Both read tables of the same shape, ``connection`` (conn_id, conn_type, description, host, login, password,
+schema, port, extra) and ``variable`` (key, value, description), with Fernet-encrypted fields, over
+SQLAlchemy Core. :class:`SqlTablesBackend` holds the engine, the Fernet keys, the error wrapping and every
+read; a subclass supplies its tables, where its URL and keys come from, and the wording that differs.
+
+SQLAlchemy and cryptography are imported on first use, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from credpath.errors import BackendError, ConfigError, CredpathError
+from credpath.model import Connection, Variable
+from credpath.protocol import BaseBackend
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
+
+    from credpath.protocol import Kind
+
+_BATCH = 500  # ids per SELECT .. IN (SQLite allows 32766 bound parameters, PostgreSQL 65535)
+#: The id column of each kind's table (the table's key in ``_tables()`` is the kind).
+ID_COLUMN: dict[str, str] = {"connection": "conn_id", "variable": "key"}
+
+
+def _reason(exc: BaseException, cut_mark: str = "") -> str:
+    """A one-line reason for a database error: the driver's first line, never SQL parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    # SQLAlchemy appends "[SQL: ...]" and a background link; keep the driver's sentence only.
+    text = text.split(" [SQL:", 1)[0].split("(Background on this error", 1)[0].strip()
+    if len(text) > 200:
+        text = text[:200] + cut_mark
+    return f"{type(orig).__name__}: {text}" if text else type(orig).__name__
+
+
+class SqlTablesBackend(BaseBackend):
+    """Connections and variables read from a SQL database's two tables, secrets as Fernet tokens.
+
+    Subclasses set ``_tables`` (and ``_value_column`` if not "value"), implement :meth:`_configure`,
+    :meth:`_key_source` and :meth:`_no_key_error`, and may override the other hooks; messages start with
+    the subclass's ``alias``.
+    """
+
+    #: ``staticmethod`` returning ``{"connection": Table, "variable": Table, ...}``.
+    _tables: ClassVar[Any]
+    #: The variable table's value column.
+    _value_column: ClassVar[str] = "value"
+    #: Raised when a stored token does not decrypt.
+    _decrypt_error: ClassVar[type[BackendError]] = BackendError
+    #: Appended to "no database driver" and "not a valid Fernet key" errors.
+    _driver_hint: ClassVar[str] = ""
+    _key_hint: ClassVar[str] = ""
+    #: Appended to a driver message cut at 200 characters.
+    _reason_cut_mark: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        fernet_key: str | None = None,
+        *,
+        connections_lookup_pattern: str | None = None,
+        variables_lookup_pattern: str | None = None,
+        config_lookup_pattern: str | None = None,
+        connection_format: str | dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            connections_lookup_pattern=connections_lookup_pattern,
+            variables_lookup_pattern=variables_lookup_pattern,
+            config_lookup_pattern=config_lookup_pattern,
+            connection_format=connection_format,
+        )
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ConfigError(f"{self.alias}: url must be a non-empty SQLAlchemy URL string")
+        if fernet_key is not None and not isinstance(fernet_key, str):
+            raise ConfigError(f"{self.alias}: fernet_key must be a string of comma-separated Fernet keys")
+        self._fernet_key_arg = fernet_key
+        self.url: str = ""
+        self._url_setting = "url"  # what to name in URL errors: "url" or the environment variable
+        self._key_setting = ""  # where the working keys came from, once loaded
+        self._engine: Engine | None = None
+        self._fernet: MultiFernet | None = None
+        # Reentrant: loading the metastore's key may create the engine (to look for stored rows) under it.
+        self._lock = threading.RLock()
+        self._configure(url)
+
+    # --- what subclasses supply ----------------------------------------------------------------------
+
+    def _configure(self, url: str | None) -> None:  # pragma: no cover - abstract
+        """Set ``self.url`` and ``self._url_setting``, and what else the subclass reads at construction."""
+        raise NotImplementedError
+
+    def _key_source(self) -> tuple[str, str]:  # pragma: no cover - abstract
+        """(comma-separated keys, the setting they came from) for the first decryption."""
+        raise NotImplementedError
+
+    def _no_key_error(self, setting: str) -> CredpathError:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _engine_options(self, url: URL) -> dict[str, Any]:
+        """Extra ``create_engine`` options; may check or prepare the database's location first."""
+        return {}
+
+    def _engine_ready(self, engine: Engine) -> None:
+        """Runs once on the new engine before it is used (the metastore checks its schema here)."""
+
+    def _encrypted(self, row: Any, column: str) -> bool | None:
+        """Whether ``column`` of ``row`` holds a Fernet token rather than the plain value."""
+        return True
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden (safe for messages and logs)."""
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparsable URL: show only its scheme
+            return self.url.split(":", 1)[0] + ":..."
+
+    @contextlib.contextmanager
+    def _db(self, action: str) -> Iterator[None]:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            yield
+        except CredpathError:
+            raise
+        except SQLAlchemyError as exc:
+            raise BackendError(
+                f"{self.alias} ({self.safe_url}): {action} failed: {_reason(exc, self._reason_cut_mark)}",
+                backend=self.name,
+            ) from None
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, created on first use."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._create_engine()
+        return self._engine
+
+    def _create_engine(self) -> Engine:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(self.url)
+        except ArgumentError:
+            raise ConfigError(f"{self.alias}: {self._url_setting} is not a valid SQLAlchemy URL") from None
+        options = self._engine_options(url)
+        try:
+            # hide_parameters: SQLAlchemy errors and echo logs would otherwise show bound values.
+            engine = create_engine(url, hide_parameters=True, **options)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise ConfigError(
+                f"{self.alias}: no database driver for {url.drivername!r} ({type(exc).__name__})"
+                f"{self._driver_hint}"
+            ) from None
+        except ArgumentError as exc:
+            raise ConfigError(
+                f"{self.alias}: {self._url_setting} is not usable: {_reason(exc, self._reason_cut_mark)}"
+            ) from None
+        self._engine_ready(engine)
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # --- Fernet --------------------------------------------------------------------------------------
+
+    def _fernet_obj(self) -> MultiFernet:
+        if self._fernet is None:
+            with self._lock:
+                if self._fernet is None:
+                    self._fernet = self._load_fernet()
+        return self._fernet
+
+    def _load_fernet(self) -> MultiFernet:
+        from cryptography.fernet import Fernet, MultiFernet
+
+        text, setting = self._key_source()
+        keys = [k.strip() for k in text.split(",") if k.strip()]
+        if not keys:
+            raise self._no_key_error(setting)
+        fernets = []
+        for position, key in enumerate(keys, 1):
+            try:
+                fernets.append(Fernet(key.encode("ascii")))
+            except (ValueError, TypeError, UnicodeEncodeError):
+                raise ConfigError(
+                    f"{self.alias}: key #{position} of {setting} is not a valid Fernet key{self._key_hint}"
+                ) from None
+        self._key_setting = setting
+        return MultiFernet(fernets)
+
+    def _decrypt(self, token: str | None, what: str, encrypted: bool | None = True) -> str | None:
+        if token is None or not encrypted:
+            return token
+        from cryptography.fernet import InvalidToken
+
+        fernet = self._fernet_obj()
+        try:
+            return fernet.decrypt(token.encode("ascii")).decode("utf-8")
+        except (InvalidToken, UnicodeError, ValueError):
+            raise self._decrypt_error(
+                f"{self.alias} ({self.safe_url}): cannot decrypt {what} with the Fernet key(s) from "
+                f"{self._key_setting}: wrong key, or the key it was encrypted with was rotated away",
+                backend=self.name,
+            ) from None
+
+    # --- rows -> model -------------------------------------------------------------------------------
+
+    def _row_to_connection(self, row: Any) -> Connection:
+        where = f"connection {row.conn_id!r}"
+        return Connection(
+            conn_id=row.conn_id,
+            conn_type=row.conn_type,
+            description=row.description,
+            host=row.host,
+            login=row.login,
+            password=self._decrypt(
+                row.password, f"the password of {where}", self._encrypted(row, "password")
+            ),
+            schema=row.schema,
+            port=row.port,
+            extra=self._decrypt(row.extra, f"the extra of {where}", self._encrypted(row, "extra")),
+        )
+
+    def _row_to_variable(self, row: Any) -> Variable:
+        column = self._value_column
+        token = getattr(row, column)
+        value = self._decrypt(token, f"the value of variable {row.key!r}", self._encrypted(row, column))
+        return Variable(key=row.key, value=value or "", description=row.description)
+
+    def _adapted(self, conn_id: str, conn: Connection) -> Connection:
+        """``conn`` as its ``connection_format`` reads it, when one is set."""
+        if self._connection_adapter is not None:
+            return self.deserialize_connection(conn_id, conn.to_json())
+        return conn
+
+    def _rows(self, kind: Kind, ids: list[str] | None = None) -> list[Any]:
+        """Every row of ``kind``'s table, or those whose id is among ``ids`` (and wanted by the lookup
+        pattern): one ``SELECT .. WHERE id IN (..)`` per 500 ids."""
+        from sqlalchemy import select
+
+        t = self._tables()[kind]
+        if ids is None:
+            with self._db(f"reading {kind}s"), self.engine.connect() as conn:
+                return list(conn.execute(select(t)).all())
+        wanted = list(dict.fromkeys(i for i in ids if self.wants(kind, i)))
+        id_column = t.c[ID_COLUMN[kind]]
+        rows: list[Any] = []
+        with self._db(f"reading {kind}s"), self.engine.connect() as conn:
+            for start in range(0, len(wanted), _BATCH):
+                chunk = wanted[start : start + _BATCH]
+                rows.extend(conn.execute(select(t).where(id_column.in_(chunk))))
+        return rows
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def get_connection(self, conn_id: str) -> Connection | None:
+        if not self.wants("connection", conn_id):
+            return None
+        return self.get_connections([conn_id]).get(conn_id)
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        conn = self.get_connection(conn_id)  # JSON, not a URI: it keeps the description
+        return None if conn is None else conn.to_json()
+
+    def get_variable_record(self, key: str) -> Variable | None:
+        if not self.wants("variable", key):
+            return None
+        return self.get_variable_records([key]).get(key)
+
+    def get_variable(self, key: str) -> str | None:
+        record = self.get_variable_record(key)
+        return None if record is None else record.value
+
+    def get_config(self, key: str) -> str | None:
+        return None  # neither database holds secrets-backend config (Airflow's metadata database neither)
+
+    # --- batches -------------------------------------------------------------------------------------
+
+    def get_connections(self, ids: list[str]) -> dict[str, Connection]:
+        """Hits among ``ids``: one ``SELECT .. WHERE conn_id IN (..)`` per 500 ids."""
+        return {row.conn_id: self._row_to_connection(row) for row in self._rows("connection", ids)}
+
+    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
+        return {i: c.to_json() for i, c in self.get_connections(ids).items()}
+
+    def get_variable_records(self, keys: list[str]) -> dict[str, Variable]:
+        return {row.key: self._row_to_variable(row) for row in self._rows("variable", keys)}
+
+    def get_variables(self, keys: list[str]) -> dict[str, str]:
+        return {k: v.value for k, v in self.get_variable_records(keys).items()}
+
+    def prefetch_connections(self) -> dict[str, str]:
+        return {
+            r.conn_id: self._row_to_connection(r).to_json()
+            for r in self._rows("connection")
+            if self.wants("connection", r.conn_id)
+        }
+
+    def prefetch_variables(self) -> dict[str, str]:
+        return {
+            r.key: self._row_to_variable(r).value
+            for r in self._rows("variable")
+            if self.wants("variable", r.key)
+        }
+
+    # --- listing -------------------------------------------------------------------------------------
+
+    def _list(self, kind: Kind) -> list[str]:
+        from sqlalchemy import select
+
+        col = self._tables()[kind].c[ID_COLUMN[kind]]
+        with self._db(f"listing {kind}s"), self.engine.connect() as conn:
+            ids = conn.execute(select(col).order_by(col)).scalars().all()
+        return [i for i in ids if self.wants(kind, i)]
+
+    def list_connections(self) -> list[str]:
+        return self._list("connection")
+
+    def list_variables(self) -> list[str]:
+        return self._list("variable")
