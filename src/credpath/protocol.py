@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from credpath.errors import ConfigError, ReadOnlyBackend
 
@@ -55,6 +55,16 @@ def compile_lookup_pattern(pattern: str | None, setting: str) -> re.Pattern[str]
         raise ConfigError(f"{setting} is not a valid regular expression: {exc}") from None
 
 
+class BackendOptions(TypedDict, total=False):
+    """What every credpath backend takes besides its store's own kwargs; subclasses accept them as
+    ``**options: Unpack[BackendOptions]`` and pass them on to ``BaseBackend.__init__``."""
+
+    connections_lookup_pattern: str | None
+    variables_lookup_pattern: str | None
+    config_lookup_pattern: str | None
+    connection_format: str | dict[str, Any] | None
+
+
 class BaseBackend:
     """Shared plumbing for credpath's own backends: lookup patterns, naming, connection parsing.
 
@@ -65,14 +75,14 @@ class BaseBackend:
     #: Human name of the store, for messages ("HashiCorp Vault").
     store_name: ClassVar[str] = ""
 
-    def __init__(
-        self,
-        *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, **options: Unpack[BackendOptions]) -> None:
+        unknown = sorted(set(options) - set(BackendOptions.__annotations__))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}")
+        connections_lookup_pattern = options.get("connections_lookup_pattern")
+        variables_lookup_pattern = options.get("variables_lookup_pattern")
+        config_lookup_pattern = options.get("config_lookup_pattern")
+        connection_format = options.get("connection_format")
         self.name: str = self.alias or type(self).__name__
         self.lookup_patterns: dict[Kind, re.Pattern[str] | None] = {
             "connection": compile_lookup_pattern(connections_lookup_pattern, "connections_lookup_pattern"),

@@ -91,9 +91,16 @@ def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, sett
         signature = None
     if signature is not None:
         params = signature.parameters.values()
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        var_keyword = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        known = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        takes_any = bool(var_keyword)
+        from credpath.protocol import BackendOptions, BaseBackend
+
+        if var_keyword == ["options"] and issubclass(cls, BaseBackend):
+            # The convention `**options: Unpack[BackendOptions]`: still a closed set of names.
+            known |= set(BackendOptions.__annotations__)
+            takes_any = False
         if not takes_any:
-            known = {p.name for p in params}
             unknown = sorted(set(kwargs) - known)
             if unknown:
                 raise ConfigError(

@@ -13,10 +13,10 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
-from credpath.protocol import BaseBackend, Kind
+from credpath.protocol import BackendOptions, BaseBackend, Kind
 
 log = logging.getLogger("credpath.backends.aws")
 
@@ -357,17 +357,9 @@ class AwsBackend(BaseBackend):
         config_prefix: str | None,
         *,
         sep: str,
-        connections_lookup_pattern: str | None,
-        variables_lookup_pattern: str | None,
-        config_lookup_pattern: str | None,
-        connection_format: str | dict[str, Any] | None,
+        **options: Unpack[BackendOptions],
     ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
+        super().__init__(**options)
         if not isinstance(sep, str) or not sep:
             raise ConfigError("sep must be a non-empty string")
         given: dict[Kind, str | None] = {

@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 from credpath.errors import BackendError, ConfigError, CredpathError
 from credpath.model import Connection, Variable
-from credpath.protocol import BaseBackend
+from credpath.protocol import BackendOptions, BaseBackend
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -66,18 +66,9 @@ class SqlTablesBackend(BaseBackend):
         self,
         url: str | None = None,
         fernet_key: str | None = None,
-        *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
+        super().__init__(**options)
         if url is not None and (not isinstance(url, str) or not url.strip()):
             raise ConfigError(f"{self.alias}: url must be a non-empty SQLAlchemy URL string")
         if fernet_key is not None and not isinstance(fernet_key, str):

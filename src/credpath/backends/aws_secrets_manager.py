@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 from urllib.parse import unquote
 
 from credpath.backends._aws import AwsBackend, AwsSession, client_error_code, client_error_message
 from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import Kind
+from credpath.protocol import BackendOptions, Kind
 
 log = logging.getLogger("credpath.backends.aws_secrets_manager")
 
@@ -63,10 +63,6 @@ class SecretsManagerBackend(AwsBackend):
         sep: str = "/",
         extra_conn_words: dict[str, list[str]] | None = None,
         *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
         region_name: str | None = None,
         profile_name: str | None = None,
         role_arn: str | None = None,
@@ -80,16 +76,14 @@ class SecretsManagerBackend(AwsBackend):
         recovery_window_in_days: int = 30,
         are_secret_values_urlencoded: bool = False,
         full_url_mode: bool | None = None,  # deprecated in Airflow, accepted and ignored (format is auto)
+        **options: Unpack[BackendOptions],
     ) -> None:
         super().__init__(
             connections_prefix,
             variables_prefix,
             config_prefix,
             sep=sep,
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
+            **options,
         )
         if not isinstance(recovery_window_in_days, int) or not 7 <= recovery_window_in_days <= 30:
             raise ConfigError("recovery_window_in_days must be an integer from 7 to 30")

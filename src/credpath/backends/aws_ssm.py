@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 from credpath.backends._aws import AwsBackend, AwsSession, client_error_code
 from credpath.errors import ConfigError
 from credpath.model import Connection
-from credpath.protocol import Kind
+from credpath.protocol import BackendOptions, Kind
 
 log = logging.getLogger("credpath.backends.aws_ssm")
 
@@ -39,10 +39,6 @@ class ParameterStoreBackend(AwsBackend):
         variables_prefix: str | None = "/airflow/variables",
         config_prefix: str | None = "/airflow/config",
         *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
         region_name: str | None = None,
         profile_name: str | None = None,
         role_arn: str | None = None,
@@ -54,16 +50,14 @@ class ParameterStoreBackend(AwsBackend):
         aws_session_token: str | None = None,
         config_kwargs: dict[str, Any] | None = None,
         kms_key_id: str | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
         super().__init__(
             connections_prefix,
             variables_prefix,
             config_prefix,
             sep="/",  # SSM's hierarchy separator; not an Airflow kwarg for this backend
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
+            **options,
         )
         self.kms_key_id = kms_key_id
         self.aws = AwsSession(

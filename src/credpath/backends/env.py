@@ -9,7 +9,7 @@ upper-cased for the lookup, as Airflow does; listing returns them lower-cased (t
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from credpath.protocol import BaseBackend, iter_ids
 
@@ -22,21 +22,6 @@ class EnvironmentBackend(BaseBackend):
 
     alias: ClassVar[str] = "env"
     store_name: ClassVar[str] = "environment variables"
-
-    def __init__(
-        self,
-        *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
 
     def get_conn_value(self, conn_id: str) -> str | None:
         if not self.wants("connection", conn_id):

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar, Unpack
 
 from credpath import formats
 from credpath.errors import BackendError, ConfigError
 from credpath.model import Connection, Variable
-from credpath.protocol import BaseBackend, iter_ids
+from credpath.protocol import BackendOptions, BaseBackend, iter_ids
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +103,9 @@ class LocalFilesystemBackend(BaseBackend):
         connections_file_path: str | os.PathLike[str] | None = None,
         configs_file_path: str | os.PathLike[str] | None = None,
         config_file_path: str | os.PathLike[str] | None = None,
-        *,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
+        super().__init__(**options)
         if (
             configs_file_path
             and config_file_path

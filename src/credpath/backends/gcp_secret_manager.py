@@ -24,11 +24,11 @@ import json
 import logging
 import re
 import threading
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 from credpath.backends._prefixed import PrefixedSecretsBackend, prefix_setting
 from credpath.errors import AccessDenied, BackendError, ConfigError
-from credpath.protocol import Kind
+from credpath.protocol import BackendOptions, Kind
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +97,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         credentials: Any = None,
         transport: str | None = None,
         client_options: Any = None,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
+        super().__init__(**options)
         if not isinstance(sep, str):
             raise ConfigError("sep must be a string")
         self.prefixes: dict[Kind, str | None] = {

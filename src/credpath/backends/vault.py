@@ -25,11 +25,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from credpath.errors import AccessDenied, BackendError, ConfigError
-from credpath.protocol import BaseBackend, Kind
+from credpath.protocol import BackendOptions, BaseBackend, Kind
 
 if TYPE_CHECKING:
     import hvac
@@ -520,17 +520,9 @@ class VaultBackend(BaseBackend):
         verify: bool | str = True,
         cert: str | tuple[str, str] | list[str] | None = None,
         proxies: dict[str, str] | None = None,
-        connections_lookup_pattern: str | None = None,
-        variables_lookup_pattern: str | None = None,
-        config_lookup_pattern: str | None = None,
-        connection_format: str | dict[str, Any] | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
-        super().__init__(
-            connections_lookup_pattern=connections_lookup_pattern,
-            variables_lookup_pattern=variables_lookup_pattern,
-            config_lookup_pattern=config_lookup_pattern,
-            connection_format=connection_format,
-        )
+        super().__init__(**options)
         url = url or os.environ.get("VAULT_ADDR")
         if not url:
             raise ConfigError("url is required for the vault backend (or set VAULT_ADDR)")
