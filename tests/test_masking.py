@@ -55,3 +55,31 @@ def test_registration_is_amortized_constant():
     first = run(5000, 0, masker)
     second = run(5000, 5000, masker)
     assert second < first * 2.5, (first, second)
+
+
+def test_concurrent_registration_and_logging_never_leaks():
+    import threading
+
+    masker = Masker()
+    leaks: list[str] = []
+    stop = threading.Event()
+
+    def register() -> None:
+        for i in range(2000):
+            secret = f"concurrent-value-{i:05d}"
+            masker.add(secret)
+            # Registered before this line is logged: it must come out masked, whatever else runs.
+            if secret in masker.redact(f"line with {secret}"):
+                leaks.append(secret)
+        stop.set()
+
+    def log_lines() -> None:
+        while not stop.is_set():
+            masker.redact("another thread logging an ordinary line")
+
+    threads = [threading.Thread(target=register), threading.Thread(target=log_lines)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert leaks == []

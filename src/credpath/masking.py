@@ -50,13 +50,18 @@ class Masker:
 
     def _flush(self) -> None:
         with self._lock:
-            pending, self._pending = self._pending, []
+            # Pending stays non-empty until the new batches are in place, so a concurrent redact()
+            # waits on the lock here instead of redacting with patterns that lack the new secrets.
+            pending = list(self._pending)
+            batches = list(self._batches)
             for secret in pending:
                 carry = [secret]
                 # Merge equal-sized batches (binary-counter carry).
-                while self._batches and len(self._batches[-1][0]) == len(carry):
-                    carry = self._batches.pop()[0] + carry
-                self._batches.append((carry, _compile(carry)))
+                while batches and len(batches[-1][0]) == len(carry):
+                    carry = batches.pop()[0] + carry
+                batches.append((carry, _compile(carry)))
+            self._batches = batches
+            del self._pending[: len(pending)]
 
     def redact(self, text: str) -> str:
         if self._pending:
