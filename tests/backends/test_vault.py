@@ -11,7 +11,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import hvac
 import pytest
@@ -22,7 +21,7 @@ from credpath.model import Connection
 from credpath.registry import create_backend
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port
-from tests.servers.openbao import OpenBao, RequestLog, _start
+from tests.servers.openbao import OpenBao, RequestLog, VaultBackends, _start
 
 PASSWORD = "pw-s3cr3t-1"
 
@@ -30,18 +29,9 @@ PASSWORD = "pw-s3cr3t-1"
 @pytest.fixture
 def make(openbao: OpenBao) -> Iterator[Callable[..., VaultBackend]]:
     """Build backends on the session server (root token by default); close them (and their sessions) after."""
-    made: list[VaultBackend] = []
-
-    def factory(**kwargs: Any) -> VaultBackend:
-        options: dict[str, Any] = {"url": openbao.addr, "token": openbao.root_token}
-        options.update(kwargs)
-        backend = VaultBackend(**options)
-        made.append(backend)
-        return backend
-
-    yield factory
-    for backend in made:
-        backend.close()
+    backends = VaultBackends(url=openbao.addr, token=openbao.root_token)
+    yield backends
+    backends.close()
 
 
 def count(backend: VaultBackend) -> RequestLog:

