@@ -602,3 +602,26 @@ def test_search_path_prefix_prefetch(aws_secrets_manager_harness: SecretsManager
     assert calls == {"ListSecrets": 2, "BatchGetSecretValue": 1}  # connections (list + batch) and variables
     assert [path.get_connection(f"c{i}").host for i in range(5)] == [f"h{i}" for i in range(5)]
     assert dict(backend.aws.calls) == calls
+
+
+def test_first_client_does_not_list_every_botocore_service(
+    aws_secrets_manager_harness: SecretsManagerHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # botocore's loader lists all ~400 service folders to validate a name (49 ms per process); credpath's
+    # loader must find its own services directly, and still serve any other service a provider needs.
+    import botocore.loaders
+
+    aws_secrets_manager_harness.seed("variable", "k", "v")  # the harness's own boto3 client, not counted
+    listed: list[str] = []
+    real_listdir = botocore.loaders.os.listdir
+
+    def counting_listdir(path: str) -> list[str]:
+        listed.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(botocore.loaders.os, "listdir", counting_listdir)
+    backend = aws_secrets_manager_harness.make_backend()
+    assert backend.get_variable("k") == "v"
+    assert len(listed) < 10, len(listed)
+    session = backend.aws._session._session
+    assert session.create_client("sso", region_name="us-east-1").meta.service_model.service_name == "sso"

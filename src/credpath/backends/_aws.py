@@ -123,6 +123,7 @@ class AwsSession:
 
         try:
             session = Session(profile=self.profile_name)
+            _use_narrow_loader(session)
             if self._access_key or self._secret_key or self._session_token:
                 session.set_credentials(self._access_key, self._secret_key, self._session_token)
             if self.region_name is not None:
@@ -157,6 +158,7 @@ class AwsSession:
             }
 
         botocore_session = get_session()
+        _use_narrow_loader(botocore_session)
         # Refreshed lazily by botocore before expiry; no STS call until the first real request.
         botocore_session._credentials = RefreshableCredentials.create_from_metadata(
             metadata=refresh(), refresh_using=refresh, method="sts-assume-role"
@@ -548,3 +550,47 @@ class AwsBackend(BaseBackend):
 
     def close(self) -> None:
         self.aws.close()
+
+
+SERVICES = frozenset({"secretsmanager", "ssm", "sts"})
+
+
+class _KnownServices:
+    """What botocore's loader reports as available: credpath's services without listing any folder.
+
+    botocore only asks ``name in services`` before loading a model; any other name (a credential
+    provider's ``sso``, say) and iteration fall back to botocore's full listing.
+    """
+
+    def __init__(self, full_listing: Any) -> None:
+        self._full_listing = full_listing
+
+    def __contains__(self, name: object) -> bool:
+        return name in SERVICES or name in self._full_listing()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full_listing())
+
+
+def _use_narrow_loader(session: Any) -> None:
+    """Give ``session`` a data loader that finds credpath's services without listing them all.
+
+    botocore's own loader checks a service name against every service it ships: one ``listdir`` per
+    folder, 882 calls and 49 ms of each process's first client (cProfile; client creation 104 -> 27 ms).
+    The CLI pays that on every run. Search paths (``AWS_DATA_PATH``, ``~/.aws/models``) stay botocore's.
+    """
+    import os
+
+    from botocore.loaders import Loader
+
+    class NarrowLoader(Loader):  # type: ignore[misc]
+        def list_available_services(self, type_name: str) -> Any:
+            return _KnownServices(lambda: Loader.list_available_services(self, type_name))
+
+    data_path = session.get_config_variable("data_path")
+    paths = (
+        [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
+        if data_path
+        else None
+    )
+    session.register_component("data_loader", NarrowLoader(extra_search_paths=paths))
