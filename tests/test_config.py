@@ -131,3 +131,11 @@ def test_provider_class_paths_map_to_credpath():
     assert resolve_type("airflow.providers.google.cloud.secrets.secret_manager.CloudSecretManagerBackend")[
         0
     ] == ("gcp-secret-manager")
+
+
+def test_typed_options_of_a_store_are_accepted_and_others_named():
+    # aws-ssm declares **options: Unpack[AwsOptions]: its session settings pass, anything else is named.
+    backend = create_backend("aws-ssm", {"region_name": "eu-west-1", "connections_lookup_pattern": "^db"})
+    assert backend.aws.region_name == "eu-west-1"
+    with pytest.raises(ConfigError, match=r"unknown kwarg\(s\) region for backend credpath.backends.aws_ssm"):
+        create_backend("aws-ssm", {"region": "eu-west-1"})

@@ -94,11 +94,11 @@ def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, sett
         var_keyword = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
         known = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
         takes_any = bool(var_keyword)
-        from credpath.protocol import BackendOptions, BaseBackend
+        from credpath.protocol import BaseBackend
 
         if var_keyword == ["options"] and issubclass(cls, BaseBackend):
-            # The convention `**options: Unpack[BackendOptions]`: still a closed set of names.
-            known |= set(BackendOptions.__annotations__)
+            # The convention `**options: Unpack[SomeOptions]` (a TypedDict): still a closed set of names.
+            known |= set(_declared_options(cls))
             takes_any = False
         if not takes_any:
             unknown = sorted(set(kwargs) - known)
@@ -112,3 +112,18 @@ def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, sett
         except TypeError as exc:
             raise ConfigError(f"{setting}: bad kwargs for backend {class_path}: {exc}") from None
     return cls(**kwargs)
+
+
+def _declared_options(cls: type) -> tuple[str, ...]:
+    """Names of the TypedDict that ``cls.__init__``'s ``**options`` unpacks (BackendOptions by default)."""
+    import typing
+
+    from credpath.protocol import BackendOptions
+
+    try:
+        hint = typing.get_type_hints(cls.__init__, include_extras=True).get("options")  # type: ignore[misc]
+    except (NameError, TypeError):
+        hint = None
+    args = typing.get_args(hint) if typing.get_origin(hint) is typing.Unpack else ()
+    options = args[0] if args and typing.is_typeddict(args[0]) else BackendOptions
+    return tuple(options.__annotations__)

@@ -332,6 +332,24 @@ PREFIX_SETTINGS: dict[Kind, str] = {
 }
 
 
+class AwsOptions(BackendOptions, total=False):
+    """The AWS session settings both stores accept (Airflow's names), besides the common options."""
+
+    region_name: str | None
+    profile_name: str | None
+    role_arn: str | None
+    assume_role_kwargs: dict[str, Any] | None
+    endpoint_url: str | None
+    verify: bool | str | None
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    aws_session_token: str | None
+    config_kwargs: dict[str, Any] | None
+
+
+_SESSION_SETTINGS = frozenset(AwsOptions.__annotations__) - frozenset(BackendOptions.__annotations__)
+
+
 class AwsBackend(BaseBackend):
     """What the Secrets Manager and SSM backends share: prefixes, name mapping, pagination, batches, listing.
 
@@ -359,9 +377,11 @@ class AwsBackend(BaseBackend):
         config_prefix: str | None,
         *,
         sep: str,
-        **options: Unpack[BackendOptions],
+        **options: Unpack[AwsOptions],
     ) -> None:
+        session = {k: options.pop(k) for k in list(options) if k in _SESSION_SETTINGS}  # type: ignore[misc]
         super().__init__(**options)
+        self._session_settings: dict[str, Any] = session
         if not isinstance(sep, str) or not sep:
             raise ConfigError("sep must be a non-empty string")
         given: dict[Kind, str | None] = {
@@ -379,6 +399,10 @@ class AwsBackend(BaseBackend):
         self.prefixes: dict[Kind, str | None] = {
             kind: prefix.rstrip(sep) if prefix else prefix for kind, prefix in given.items()
         }
+
+    def _open_session(self) -> AwsSession:
+        # Called by each store after its own checks, so their errors keep coming before the session's.
+        return AwsSession(self.alias, **self._session_settings)
 
     @property
     def client(self) -> Any:

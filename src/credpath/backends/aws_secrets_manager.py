@@ -16,10 +16,10 @@ import logging
 from typing import Any, ClassVar, Unpack
 from urllib.parse import unquote
 
-from credpath.backends._aws import AwsBackend, AwsSession, client_error_code, client_error_message
+from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
 from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import BackendOptions, Kind
+from credpath.protocol import Kind
 
 log = logging.getLogger("credpath.backends.aws_secrets_manager")
 
@@ -63,20 +63,10 @@ class SecretsManagerBackend(AwsBackend):
         sep: str = "/",
         extra_conn_words: dict[str, list[str]] | None = None,
         *,
-        region_name: str | None = None,
-        profile_name: str | None = None,
-        role_arn: str | None = None,
-        assume_role_kwargs: dict[str, Any] | None = None,
-        endpoint_url: str | None = None,
-        verify: bool | str | None = None,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
-        aws_session_token: str | None = None,
-        config_kwargs: dict[str, Any] | None = None,
         recovery_window_in_days: int = 30,
         are_secret_values_urlencoded: bool = False,
         full_url_mode: bool | None = None,  # deprecated in Airflow, accepted and ignored (format is auto)
-        **options: Unpack[BackendOptions],
+        **options: Unpack[AwsOptions],
     ) -> None:
         super().__init__(
             connections_prefix,
@@ -90,19 +80,7 @@ class SecretsManagerBackend(AwsBackend):
         self.field_words = _field_words(extra_conn_words)
         self.recovery_window_in_days = recovery_window_in_days
         self.are_secret_values_urlencoded = bool(are_secret_values_urlencoded)
-        self.aws = AwsSession(
-            self.alias,
-            region_name=region_name,
-            profile_name=profile_name,
-            role_arn=role_arn,
-            assume_role_kwargs=assume_role_kwargs,
-            endpoint_url=endpoint_url,
-            verify=verify,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
-            aws_session_token=aws_session_token,
-            config_kwargs=config_kwargs,
-        )
+        self.aws = self._open_session()
         # Secret names known to exist (seen in a read or a listing): writes to them need one PutSecretValue
         # instead of CreateSecret failing first.
         self._existing: set[str] = set()

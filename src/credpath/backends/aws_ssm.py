@@ -12,10 +12,10 @@ import logging
 import re
 from typing import Any, ClassVar, Unpack
 
-from credpath.backends._aws import AwsBackend, AwsSession, client_error_code
+from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code
 from credpath.errors import ConfigError
 from credpath.model import Connection
-from credpath.protocol import BackendOptions, Kind
+from credpath.protocol import Kind
 
 log = logging.getLogger("credpath.backends.aws_ssm")
 
@@ -39,18 +39,8 @@ class ParameterStoreBackend(AwsBackend):
         variables_prefix: str | None = "/airflow/variables",
         config_prefix: str | None = "/airflow/config",
         *,
-        region_name: str | None = None,
-        profile_name: str | None = None,
-        role_arn: str | None = None,
-        assume_role_kwargs: dict[str, Any] | None = None,
-        endpoint_url: str | None = None,
-        verify: bool | str | None = None,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
-        aws_session_token: str | None = None,
-        config_kwargs: dict[str, Any] | None = None,
         kms_key_id: str | None = None,
-        **options: Unpack[BackendOptions],
+        **options: Unpack[AwsOptions],
     ) -> None:
         super().__init__(
             connections_prefix,
@@ -60,19 +50,7 @@ class ParameterStoreBackend(AwsBackend):
             **options,
         )
         self.kms_key_id = kms_key_id
-        self.aws = AwsSession(
-            self.alias,
-            region_name=region_name,
-            profile_name=profile_name,
-            role_arn=role_arn,
-            assume_role_kwargs=assume_role_kwargs,
-            endpoint_url=endpoint_url,
-            verify=verify,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
-            aws_session_token=aws_session_token,
-            config_kwargs=config_kwargs,
-        )
+        self.aws = self._open_session()
 
     # --- naming ------------------------------------------------------------------------------------
 
