@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from credpath.model import Connection, ConnectionFormatError, Variable, mask_sensitive
 
-VECTORS_FILE = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "connections.json"
+VECTORS_FILE = Path(__file__).resolve().parent / "vectors" / "connections.json"
 VECTORS = json.loads(VECTORS_FILE.read_text())["vectors"]
 FIELDS = ("conn_type", "host", "login", "password", "schema", "port")
 

@@ -3,7 +3,7 @@
 Drive it with ``SecretClient(vault_url=fake.vault_url, credential=StaticTokenCredential(fake.token),
 verify_challenge_resource=False, connection_verify=fake.ca_path, retry_total=0)``. TLS uses a certificate
 made by trustme for SAN IP 127.0.0.1 (the client has no plain-HTTP mode). Follows
-``../shared/reference/gcp-azure-fakes.md``:
+``tests/servers/gcp-azure-fakes.md``:
 
 - the bearer challenge first: a request without ``Authorization`` gets 401 with ``WWW-Authenticate: Bearer
   authorization=..., resource=https://vault.azure.net`` before any other check; a wrong token gets 401 too;

@@ -1,7 +1,7 @@
 """A fake of GCP Secret Manager's REST API (v1) on plain HTTP loopback, for the real client library.
 
 Drive it with ``SecretManagerServiceClient(credentials=AnonymousCredentials(), transport="rest",
-client_options={"api_endpoint": fake.endpoint})``. Follows ``../shared/reference/gcp-azure-fakes.md``:
+client_options={"api_endpoint": fake.endpoint})``. Follows ``tests/servers/gcp-azure-fakes.md``:
 
 - resource paths ``/v1/projects/{p}[/locations/{l}]/secrets[/{s}[/versions[/{v}]]]`` with the custom verbs
   ``:addVersion``, ``:access``, ``:disable``, ``:enable``, ``:destroy``; create (``?secretId=``), get, patch
