@@ -11,6 +11,14 @@ class ConfigError(CredpathError, ValueError):
     """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it."""
 
 
+class MissingDependency(ConfigError):
+    """A backend's client library is not installed; the message says which extra installs it."""
+
+    def __init__(self, message: str, *, module: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
 class BackendError(CredpathError):
     """A backend could not answer (unreachable, sealed, throttled, malformed data).
 
@@ -20,6 +28,21 @@ class BackendError(CredpathError):
     def __init__(self, message: str, *, backend: str | None = None) -> None:
         super().__init__(message)
         self.backend = backend
+
+
+class BackendTimeout(BackendError):
+    """A store call did not finish within its whole-call deadline (connect, reads, retries and waits)."""
+
+
+class BackendUnavailable(BackendError):
+    """Nothing was found and at least one backend failed: an outage, not a miss.
+
+    ``backends`` names the failed backends in search-path order.
+    """
+
+    def __init__(self, message: str, *, backends: tuple[str, ...] = ()) -> None:
+        super().__init__(message, backend=backends[0] if backends else None)
+        self.backends = backends
 
 
 class AccessDenied(BackendError):

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
-from credpath.errors import ConfigError, ReadOnlyBackend
+from credpath.errors import BackendError, ConfigError, MissingDependency, ReadOnlyBackend
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -74,6 +74,55 @@ class BaseBackend:
     alias: ClassVar[str] = ""
     #: Human name of the store, for messages ("HashiCorp Vault").
     store_name: ClassVar[str] = ""
+    #: Modules the store's client needs, and the extra that installs them: checked (never imported) by
+    #: ``registry.create_backend`` so a missing client is a one-line "pip install 'credpath[extra]'".
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+    #: False for stores whose reads cost microseconds and may change under the process (environment
+    #: variables, a re-read file): the search path then never serves them from its cache.
+    cache_results: ClassVar[bool] = True
+
+    # The configured name ("prod-sm"), set by the registry before ``__init__`` runs, so that even
+    # construction errors name the backend the user wrote; defaults to the alias.
+    @property
+    def name(self) -> str:
+        return self.__dict__.get("_name") or self.alias or type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.__dict__["_name"] = value
+
+    @property
+    def label(self) -> str:
+        """How every message names this backend: ``backend 'prod-sm' (AWS Secrets Manager)``."""
+        store = self.store_name or self.alias or type(self).__name__
+        return f"backend {self.name!r} ({store})"
+
+    def error(self, message: str, cls: type[BackendError] = BackendError) -> BackendError:
+        """A BackendError (or subclass) in the one voice: ``<label>: <message>``, carrying the name."""
+        return cls(f"{self.label}: {message}", backend=self.name)
+
+    def config_error(self, message: str) -> ConfigError:
+        """A ConfigError in the same voice (a setting of this backend is wrong)."""
+        return ConfigError(f"{self.label}: {message}")
+
+    @classmethod
+    def missing_dependency(cls, name: str | None = None) -> MissingDependency | None:
+        """The error for the first module of ``requires`` that is not installed, else None."""
+        import importlib.util
+
+        for module in cls.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                hint = f": pip install 'credpath[{cls.extra}]'" if cls.extra else ""
+                return MissingDependency(
+                    f"backend {name or cls.alias or cls.__name__!r} needs {module.split('.')[0]}{hint}",
+                    module=module,
+                )
+        return None
 
     def __init__(self, **options: Unpack[BackendOptions]) -> None:
         unknown = sorted(set(options) - set(BackendOptions.__annotations__))
@@ -83,7 +132,6 @@ class BaseBackend:
         variables_lookup_pattern = options.get("variables_lookup_pattern")
         config_lookup_pattern = options.get("config_lookup_pattern")
         connection_format = options.get("connection_format")
-        self.name: str = self.alias or type(self).__name__
         self.lookup_patterns: dict[Kind, re.Pattern[str] | None] = {
             "connection": compile_lookup_pattern(connections_lookup_pattern, "connections_lookup_pattern"),
             "variable": compile_lookup_pattern(variables_lookup_pattern, "variables_lookup_pattern"),
@@ -134,16 +182,12 @@ class BaseBackend:
             return conn.to_json()
         if serialization == "uri":
             return conn.get_uri()
-        raise ConfigError(
-            f"backend {self.name!r}: serialization must be 'uri' or 'json', got {serialization!r}"
-        )
+        raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
 
     # --- optional capabilities: defaults say "not supported" ----------------------------------------
 
     def _unsupported(self, operation: str) -> ReadOnlyBackend:
-        return ReadOnlyBackend(
-            f"backend {self.name!r} ({self.alias or type(self).__name__}) cannot {operation}"
-        )
+        return ReadOnlyBackend(f"{self.label} cannot {operation}")
 
     def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
         raise self._unsupported("write connections")
@@ -156,6 +200,13 @@ class BaseBackend:
 
     def delete_variable(self, key: str) -> bool:
         raise self._unsupported("delete variables")
+
+    def prepare(self) -> None:
+        """One-time start-up without contacting the store: import the client, build the session or engine.
+
+        The search path calls it before timing a lookup, so ``explain`` reports start-up and lookup apart.
+        Idempotent and cheap after the first call.
+        """
 
     def check(self) -> str:
         """Reachability/auth check for ``credpath backends check``; raise BackendError on failure."""

@@ -57,10 +57,7 @@ def load_class(class_path: str, *, setting: str = "type") -> type:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or module_name
-        hint = _extra_hint(class_path)
-        raise ConfigError(
-            f"{setting}: cannot import {class_path!r} (missing module {missing!r}){hint}"
-        ) from None
+        raise ConfigError(f"{setting}: cannot import {class_path!r} (missing module {missing!r})") from None
     try:
         cls = getattr(module, class_name)
     except AttributeError:
@@ -70,17 +67,27 @@ def load_class(class_path: str, *, setting: str = "type") -> type:
     return cls
 
 
-def _extra_hint(class_path: str) -> str:
-    for extra, marker in (("vault", ".vault."), ("aws", ".aws_"), ("gcp", ".gcp_"), ("azure", ".azure_")):
-        if class_path.startswith("credpath.backends") and marker in class_path:
-            return f"; install it with: pip install 'credpath[{extra}]'"
-    return ""
+def create_backend(
+    type_name: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    setting: str = "type",
+    name: str | None = None,
+) -> Any:
+    """Instantiate a backend; unknown or missing kwargs become a one-line ConfigError naming them.
 
+    ``name`` is the configured name: credpath backends carry it from construction on, so every message,
+    construction errors included, names the backend the user wrote. A store client that is not installed
+    is reported here, before any use, with the extra that installs it.
+    """
+    from credpath.protocol import BaseBackend
 
-def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, setting: str = "type") -> Any:
-    """Instantiate a backend; unknown or missing kwargs become a one-line ConfigError naming them."""
-    _, class_path = resolve_type(type_name, setting=setting)
+    alias, class_path = resolve_type(type_name, setting=setting)
     cls = load_class(class_path, setting=setting)
+    if issubclass(cls, BaseBackend):
+        missing = cls.missing_dependency(name or alias)
+        if missing is not None:
+            raise missing
     kwargs = dict(kwargs or {})
     bad = [k for k in kwargs if not isinstance(k, str) or not k.isidentifier()]
     if bad:
@@ -94,8 +101,6 @@ def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, sett
         var_keyword = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
         known = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
         takes_any = bool(var_keyword)
-        from credpath.protocol import BaseBackend
-
         if var_keyword == ["options"] and issubclass(cls, BaseBackend):
             # The convention `**options: Unpack[SomeOptions]` (a TypedDict): still a closed set of names.
             known |= set(_declared_options(cls))
@@ -111,6 +116,11 @@ def create_backend(type_name: str, kwargs: dict[str, Any] | None = None, *, sett
             signature.bind(**kwargs)
         except TypeError as exc:
             raise ConfigError(f"{setting}: bad kwargs for backend {class_path}: {exc}") from None
+    if issubclass(cls, BaseBackend) and name:
+        backend = cls.__new__(cls)
+        backend.name = name
+        backend.__init__(**kwargs)
+        return backend
     return cls(**kwargs)
 
 

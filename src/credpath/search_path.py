@@ -111,7 +111,9 @@ class SearchPath:
         if isinstance(item, BackendSpec):
             from credpath.registry import create_backend
 
-            backend = create_backend(item.type, item.kwargs, setting=f"{item.origin or item.name} type")
+            backend = create_backend(
+                item.type, item.kwargs, setting=f"{item.origin or item.name} type", name=item.name
+            )
             name, on_error, raw_patterns = item.name, item.on_error, item.lookup_patterns
         elif isinstance(item, tuple):
             name, backend = item

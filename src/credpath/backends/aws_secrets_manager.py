@@ -50,6 +50,8 @@ def _is_deleted_error(exc: BaseException) -> bool:
 class SecretsManagerBackend(AwsBackend):
     alias: ClassVar[str] = "aws-secrets-manager"
     store_name: ClassVar[str] = "AWS Secrets Manager"
+    requires: ClassVar[tuple[str, ...]] = ("botocore",)
+    extra: ClassVar[str | None] = "aws"
     service: ClassVar[str] = "secretsmanager"
     noun: ClassVar[str] = "secret"
     batch_size: ClassVar[int] = BATCH_SIZE

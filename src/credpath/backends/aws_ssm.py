@@ -28,6 +28,8 @@ _VALID_NAME = re.compile(r"^[a-zA-Z0-9_.\-/]{1,2048}$")
 class ParameterStoreBackend(AwsBackend):
     alias: ClassVar[str] = "aws-ssm"
     store_name: ClassVar[str] = "AWS Systems Manager Parameter Store"
+    requires: ClassVar[tuple[str, ...]] = ("botocore",)
+    extra: ClassVar[str | None] = "aws"
     service: ClassVar[str] = "ssm"
     noun: ClassVar[str] = "parameter"
     batch_size: ClassVar[int] = BATCH_SIZE

@@ -42,6 +42,8 @@ _ON_DELETED = ("fail", "recover", "purge")
 class KeyVaultBackend(PrefixedSecretsBackend):
     alias: ClassVar[str] = "azure-key-vault"
     store_name: ClassVar[str] = "Azure Key Vault"
+    requires: ClassVar[tuple[str, ...]] = ("azure.keyvault.secrets", "azure.identity")
+    extra: ClassVar[str | None] = "azure"
     service: ClassVar[str] = "Key Vault"
     name_noun: ClassVar[str] = "name"
     name_re: ClassVar[re.Pattern[str]] = _NAME_RE

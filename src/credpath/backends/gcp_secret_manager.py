@@ -74,6 +74,8 @@ def _credentials_from_name(name: str) -> Any:
 class SecretManagerBackend(PrefixedSecretsBackend):
     alias: ClassVar[str] = "gcp-secret-manager"
     store_name: ClassVar[str] = "GCP Secret Manager"
+    requires: ClassVar[tuple[str, ...]] = ("google.cloud.secretmanager", "google.auth")
+    extra: ClassVar[str | None] = "gcp"
     service: ClassVar[str] = "Secret Manager"
     name_noun: ClassVar[str] = "id"
     name_re: ClassVar[re.Pattern[str]] = _SECRET_ID_RE

@@ -498,6 +498,8 @@ class VaultBackend(BaseBackend):
 
     alias: ClassVar[str] = "vault"
     store_name: ClassVar[str] = "HashiCorp Vault"
+    requires: ClassVar[tuple[str, ...]] = ("hvac", "requests")
+    extra: ClassVar[str | None] = "vault"
 
     def __init__(
         self,

@@ -1,0 +1,150 @@
+"""Whole-call deadlines and retries that back off, shared by every backend that talks to a store.
+
+A store call (a lookup, a login, a renewal) gets one :class:`Deadline` that covers connecting, every read,
+every retry and every back-off or ``Retry-After`` sleep. :func:`retry_call` runs an attempt function until it
+succeeds, raises a permanent error, or the deadline leaves no room for another try; waits grow
+exponentially with full jitter (the AWS Architecture Blog's "exponential backoff and jitter" scheme), so a
+fleet of workers does not retry in lock step.
+
+Client libraries only offer per-socket-read timeouts, which a server trickling one byte at a time never
+trips; :func:`call_with_deadline` bounds the whole attempt by running it on a daemon worker thread and
+abandoning it when the deadline passes (the worker's socket is closed by its own timeout later).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Deadline:
+    """A point in monotonic time by which a whole store call must be done."""
+
+    __slots__ = ("expires", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.expires = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires
+
+    def __repr__(self) -> str:
+        return f"<Deadline {self.seconds:g} s, {self.remaining():.3f} s left>"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with full jitter: try ``n`` waits ``uniform(0, min(cap, base * 2**n))``."""
+
+    attempts: int = 4
+    base: float = 0.1
+    cap: float = 5.0
+
+    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        return rng() * min(self.cap, self.base * (2**attempt))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Retryable(Exception):
+    """Raised by an attempt function to ask :func:`retry_call` for another try.
+
+    ``error`` is what to raise if no try is left; ``retry_after`` a server-given wait (honoured only when
+    it fits in the deadline).
+    """
+
+    def __init__(self, error: BaseException, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def retry_call(
+    attempt: Callable[[Deadline], T],
+    deadline: Deadline,
+    policy: RetryPolicy = RetryPolicy(),
+    *,
+    on_timeout: Callable[[], BaseException],
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``attempt(deadline)`` until it returns; retry when it raises :class:`Retryable`.
+
+    Any other exception is permanent and propagates at once. When the deadline has passed, or the next wait
+    would not leave time for another try, the last retryable error is raised (or ``on_timeout()`` if the
+    deadline ran out inside an attempt).
+    """
+    last: Retryable | None = None
+    for number in range(max(1, policy.attempts)):
+        if deadline.expired:
+            break
+        try:
+            return attempt(deadline)
+        except Retryable as exc:
+            last = exc
+        if number + 1 >= policy.attempts:
+            break
+        wait = policy.backoff(number)
+        if last.retry_after is not None:
+            wait = max(wait, last.retry_after)
+        if wait >= deadline.remaining():
+            break  # a Retry-After beyond the deadline is not honoured: fail now, not later
+        sleep(wait)
+    if last is None:
+        raise on_timeout()
+    raise last.error
+
+
+def call_with_deadline(
+    func: Callable[[], T], deadline: Deadline, *, on_timeout: Callable[[], BaseException]
+) -> T:
+    """Run ``func`` on a daemon thread; raise ``on_timeout()`` if it is not done by the deadline."""
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise on_timeout()
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, func()))
+        except BaseException as exc:  # handed to the caller's thread as it is
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, name="credpath-store-call", daemon=True)
+    worker.start()
+    if not done.wait(remaining):
+        raise on_timeout()
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[return-value]
+    raise value  # type: ignore[misc]
