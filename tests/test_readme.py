@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import assert_no_secret
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +28,11 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second():
     assert "bash scripts/test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_main_job_runs_on_a_fresh_copy(tmp_path):
+@pytest.fixture(scope="module")
+def fresh_copy(tmp_path_factory):
+    """The repo's files copied to an empty directory, with the README's first command run there as written
+    (it makes ``.venv`` with the core install only: no store client library)."""
+    tmp_path = tmp_path_factory.mktemp("fresh")
     tracked = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -45,9 +51,43 @@ def test_readme_main_job_runs_on_a_fresh_copy(tmp_path):
     result = subprocess.run(
         ["bash", "-c", command], cwd=copy, env=env, capture_output=True, text=True, timeout=600
     )
+    return copy, env, result
+
+
+def test_readme_main_job_runs_on_a_fresh_copy(fresh_copy):
+    _, _, result = fresh_copy
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "my_db" in out and "db.example.com" in out and "***" in out
     assert "served by: metastore" in out
     assert "change-me" not in out  # the password is masked
     assert_no_secret(out + result.stderr)
+
+
+STORE_EXTRAS = [
+    ("vault", "hvac", "vault"),
+    ("aws-secrets-manager", "botocore", "aws"),
+    ("aws-ssm", "botocore", "aws"),
+    ("gcp-secret-manager", "google", "gcp"),
+    ("azure-key-vault", "azure", "azure"),
+]
+
+
+@pytest.mark.parametrize(("store", "module", "extra"), STORE_EXTRAS, ids=[s[0] for s in STORE_EXTRAS])
+def test_core_install_names_the_missing_client_and_its_extra(fresh_copy, store, module, extra):
+    copy, env, setup = fresh_copy
+    assert setup.returncode == 0, setup.stderr[-2000:]
+    config = copy / f"{store}.toml"
+    config.write_text(f'[[backends]]\nname = "prod"\ntype = "{store}"\n')
+    result = subprocess.run(
+        [str(copy / ".venv" / "bin" / "credpath"), "--config", str(config), "connections", "get", "x"],
+        cwd=copy,
+        env={**env, "CREDPATH_HOME": str(copy / ".home")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"credpath: error: backend 'prod' needs {module}: pip install 'credpath[{extra}]'"
+    )

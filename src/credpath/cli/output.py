@@ -31,13 +31,16 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str
     # rich is imported only when a table is printed: `connections get --json` stays lean.
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_header=True, header_style="bold")
+    # Every cell, header and title is a Text: rich would read "[admin]" or "credpath[gcp]" as markup and
+    # print a changed value.
+    table = Table(title=None if title is None else Text(title), show_header=True, header_style="bold")
     for header in headers:
-        table.add_column(header, overflow="fold")
+        table.add_column(Text(header), overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(soft_wrap=False).print(table)
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
+    Console(soft_wrap=False, markup=False, emoji=False, highlight=False).print(table)
 
 
 def echo_record(record: dict[str, Any], title: str | None = None) -> None:
