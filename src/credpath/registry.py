@@ -89,9 +89,11 @@ def create_backend(
         if missing is not None:
             raise missing
     kwargs = dict(kwargs or {})
+    # Kwarg errors name the kwargs setting, not the type setting they were reached through.
+    kwargs_setting = _kwargs_setting(setting)
     bad = [k for k in kwargs if not isinstance(k, str) or not k.isidentifier()]
     if bad:
-        raise ConfigError(f"{setting}: backend kwargs keys must be identifiers, got {bad!r}")
+        raise ConfigError(f"{kwargs_setting}: backend kwargs keys must be identifiers, got {bad!r}")
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):
@@ -109,19 +111,29 @@ def create_backend(
             unknown = sorted(set(kwargs) - known)
             if unknown:
                 raise ConfigError(
-                    f"{setting}: unknown kwarg(s) {', '.join(unknown)} for backend {class_path}; "
+                    f"{kwargs_setting}: unknown kwarg(s) {', '.join(unknown)} for backend {class_path}; "
                     f"accepted: {', '.join(sorted(known)) or 'none'}"
                 )
         try:
             signature.bind(**kwargs)
         except TypeError as exc:
-            raise ConfigError(f"{setting}: bad kwargs for backend {class_path}: {exc}") from None
+            raise ConfigError(f"{kwargs_setting}: bad kwargs for backend {class_path}: {exc}") from None
     if issubclass(cls, BaseBackend) and name:
         backend = cls.__new__(cls)
         backend.name = name
         backend.__init__(**kwargs)
         return backend
     return cls(**kwargs)
+
+
+def _kwargs_setting(type_setting: str) -> str:
+    """The setting that holds the kwargs beside a type setting ("x backends[0] type" -> "... kwargs",
+    "AIRFLOW__SECRETS__BACKEND" -> "AIRFLOW__SECRETS__BACKEND_KWARGS")."""
+    if type_setting.endswith(" type"):
+        return type_setting.removesuffix(" type") + " kwargs"
+    if type_setting.isupper() and " " not in type_setting:
+        return type_setting + "_KWARGS"
+    return type_setting + " kwargs"
 
 
 def _declared_options(cls: type) -> tuple[str, ...]:
