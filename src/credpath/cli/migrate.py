@@ -87,9 +87,9 @@ def _print_plan(report: Any) -> None:
     line = ", ".join(f"{k} {v}" for k, v in summary.items())
     click.echo(("dry run (nothing written): " if report.dry_run else "") + line)
     if report.aborted:
-        click.echo(f"credpath: migration aborted: {report.aborted}", err=True)
+        click.echo(f"credpath: error: migration aborted: {report.aborted}", err=True)
     for item in report.failed[:_SHOWN_ROWS]:
-        click.echo(f"credpath: failed: {item.kind} {item.key!r}: {item.reason}", err=True)
+        click.echo(f"credpath: error: {item.kind} {item.key!r} failed: {item.reason}", err=True)
 
 
 @cli.command("migrate")
