@@ -422,9 +422,13 @@ def test_syntax_errors_name_file_and_line(tmp_path: Path, name: str, text: str, 
         ('{"c": {"conn_type": "http", "extra": {}, "extra_dejson": {}}}', r"'extra' and 'extra_dejson'"),
         ('{"c": {"conn_type": "http", "colour": "red"}}', r"unknown field\(s\): colour"),
         ('{"c": 5}', r"connection 'c' must be a URI string or an object, got int"),
-        ('{"c": {"host": "h", "password": "pw-s3cr3t"}}', r"needs 'conn_type'"),
+        (
+            '{\n"ok": ["http://h"],\n"c": ["http://a", "http://b-s3cr3t"]}',
+            r"c\.json, line 3: connection 'c' has 2 values in a list; give exactly one",
+        ),
+        ('{"c": [5]}', r"connection 'c' must be a URI string or an object, got int"),
     ],
-    ids=["bad-port", "id-mismatch", "extra-twice", "unknown-key", "wrong-type", "no-type"],
+    ids=["bad-port", "id-mismatch", "extra-twice", "unknown-key", "wrong-type", "list-of-two", "list-of-int"],
 )
 def test_bad_connection_entries(tmp_path: Path, text: str, pattern: str) -> None:
     path = tmp_path / "c.json"
@@ -442,6 +446,12 @@ def test_unsupported_extension_and_missing_file(tmp_path: Path) -> None:
         formats.parse_variables_file(tmp_path / "v.txt")
     with pytest.raises(ConfigError, match="file not found"):
         formats.parse_variables_file(tmp_path / "missing.json")
+    # Also what Airflow raises there (FileNotFoundError, an OSError), for callers that catch those.
+    with pytest.raises(FileNotFoundError) as info:
+        formats.parse_connections_file(tmp_path / "missing.yaml")
+    assert isinstance(info.value, ConfigError)
+    assert info.value.filename == str(tmp_path / "missing.yaml")
+    assert str(info.value) == f"{tmp_path / 'missing.yaml'}: file not found"
     with pytest.raises(ConfigError, match="file format 'xml' is not supported"):
         formats.serialize_variables({}, "xml")
     with pytest.raises(ConfigError, match="serialization format 'xml'"):
@@ -453,3 +463,39 @@ def test_comments_blank_lines_and_airflow_env_quirks(tmp_path: Path) -> None:
     # Airflow does not strip keys, values or quotes in .env; credpath reads them the same way.
     path.write_text("# top\n\n   # indented\nA=1\nB = 2\nC='3'\nD=a=b\n")
     assert formats.parse_variables_file(path) == {"A": "1", "B ": " 2", "C": "'3'", "D": "a=b"}
+
+
+def test_connection_without_conn_type_in_a_file_is_read_as_airflow(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"c": {"host": "h", "login": "u", "password": "pw-s3cr3t"}}')
+    conn = formats.parse_connections_file(path)["c"]
+    assert (conn.conn_id, conn.conn_type, conn.host, conn.login) == ("c", None, "h", "u")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("c.json", '{"uri_form": ["mysql://host_1"], "obj_form": [{"uri": "mysql://host_2"}], "none": []}'),
+        ("c.yaml", "uri_form:\n  - mysql://host_1\nobj_form:\n  - uri: mysql://host_2\nnone: []\n"),
+    ],
+)
+def test_one_element_lists_are_read_as_airflow(tmp_path: Path, name: str, text: str) -> None:
+    # airflow.secrets.local_filesystem.load_connections_dict: a list of one is its element; an empty list
+    # defines no connection; a longer list is ConnectionNotUnique.
+    path = tmp_path / name
+    path.write_text(text)
+    conns = formats.parse_connections_file(path)
+    assert sorted(conns) == ["obj_form", "uri_form"]
+    assert (conns["uri_form"].conn_type, conns["uri_form"].host) == ("mysql", "host_1")
+    assert (conns["obj_form"].conn_id, conns["obj_form"].host) == ("obj_form", "host_2")
+
+
+def test_config_lists_of_one_are_unwrapped_as_airflow(tmp_path: Path) -> None:
+    # airflow.secrets.local_filesystem.load_configs_dict: values[0] of a one-element list; other lengths
+    # are VariableNotUnique.
+    path = tmp_path / "cfg.json"
+    path.write_text('{"a": ["x"], "b": "y"}')
+    assert formats.parse_config_file(path) == {"a": "x", "b": "y"}
+    path.write_text('{"a": "x",\n"b": ["y", "z"]}')
+    with pytest.raises(ConfigError, match=r"cfg\.json, line 2: config key 'b' has 2 values in a list"):
+        formats.parse_config_file(path)

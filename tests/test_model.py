@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credpath.model import Connection, ConnectionFormatError, Variable, mask_sensitive
+from credpath.errors import ConfigError
+from credpath.model import (
+    Connection,
+    ConnectionFormatError,
+    Variable,
+    mask_sensitive,
+    sanitize_conn_id,
+    validate_key,
+)
 
 VECTORS_FILE = Path(__file__).resolve().parent / "vectors" / "connections.json"
 VECTORS = json.loads(VECTORS_FILE.read_text())["vectors"]
@@ -81,9 +89,12 @@ def test_unknown_json_field_is_named():
         Connection.from_json('{"conn_type": "x", "bogus": 1}')
 
 
-def test_json_needs_conn_type_or_uri():
-    with pytest.raises(ConnectionFormatError, match="conn_type"):
-        Connection.from_json('{"host": "h"}')
+def test_json_without_conn_type_is_accepted_as_airflow():
+    # airflow.models.Connection.from_json pops conn_type only if present; Connection() leaves it None.
+    conn = Connection.from_json('{"login": "u", "password": "pw-s3cr3t", "host": "h"}', conn_id="generic")
+    assert (conn.conn_type, conn.host, conn.login, conn.password) == (None, "h", "u", "pw-s3cr3t")
+    assert Connection.from_value('  {"host": "h"} ', conn_id="g").host == "h"
+    assert Connection.from_json("{}", conn_id="g") == Connection(conn_id="g")
     conn = Connection.from_json('{"uri": "postgres://u:p@h:5/db", "description": "d"}', conn_id="x")
     assert (conn.conn_type, conn.host, conn.port, conn.description) == ("postgres", "h", 5, "d")
 
@@ -124,6 +135,95 @@ def test_mask_sensitive_is_case_insensitive_substring():
     assert mask_sensitive({"My_Password_2": "x", "user": "y"}) == {"My_Password_2": "***", "user": "y"}
 
 
+def test_to_json_drops_only_none_as_airflow_as_json():
+    # Airflow's as_json: to_dict(prune_empty=True) is prune_dict(mode="strict") (None only), then extra
+    # only when extra_dejson is non-empty, then conn_id popped. Key order is Airflow's.
+    conn = Connection(conn_id="c", conn_type="http", host="", login="", schema="", port=None)
+    assert conn.to_json() == '{"conn_type": "http", "host": "", "login": "", "schema": ""}'
+    again = Connection.from_json(conn.to_json(), conn_id="c")
+    assert (again.login, again.host, again.schema) == ("", "", "")
+    full = Connection(conn_id="c", conn_type="x", description="d", host="h", login="l", schema="s", port=1)
+    assert list(json.loads(full.with_id("c").to_json())) == [
+        "conn_type",
+        "description",
+        "host",
+        "login",
+        "schema",
+        "port",
+    ]
+    assert json.loads(Connection(conn_type="x", extra='{"a": 1}').to_json()) == {
+        "conn_type": "x",
+        "extra": {"a": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        # Airflow 3.3.2 core _parse_from_uri: urlsplit("//abc").scheme == "" -> conn_type "", host "abc".
+        ("//abc", ("", "abc", None, None, "", None)),
+        ("://abc", ("", "abc", None, None, "", None)),
+        ("//u:pw@abc:5/db", ("", "abc", "u", "pw", "db", 5)),
+    ],
+)
+def test_from_uri_without_scheme_parses_as_airflow(uri, expected):
+    conn = Connection.from_uri(uri, conn_id="c")
+    assert (conn.conn_type, conn.host, conn.login, conn.password, conn.schema, conn.port) == expected
+
+
+def test_get_uri_without_conn_type_parses_back():
+    conn = Connection(conn_id="c", host="abc", login="u", port=5)
+    assert conn.get_uri() == "//u@abc:5"
+    again = Connection.from_uri(conn.get_uri(), conn_id="c")
+    assert (again.conn_type, again.host, again.login, again.port) == ("", "abc", "u", 5)
+
+
+@pytest.mark.parametrize("uri", ["abc", "host:5432/db", "1abc://host"])
+def test_uri_without_scheme_or_slashes_is_refused(uri):
+    # Airflow turns these into a schema ("bc"); credpath refuses them (an intended difference).
+    with pytest.raises(ConnectionFormatError, match="scheme"):
+        Connection.from_uri(uri, conn_id="c")
+
+
+@pytest.mark.parametrize(
+    ("conn_id", "expected"),
+    [
+        ("my_db", "my_db"),
+        ("a-b.c:d/e\\f#g!(h)", "a-b.c:d/e\\f#g!(h)"),
+        ("ünïcode_ok", "ünïcode_ok"),  # \w is Unicode-aware, as in Airflow
+        ("x" * 250, "x" * 250),
+        ("x" * 251, None),  # CONN_ID_MAX_LEN
+        ("has space", None),
+        ("<script>", None),
+        ("", None),
+        ("abc\n", "abc"),  # re.match + "$" matches before a final newline: Airflow keeps "abc"
+    ],
+)
+def test_conn_id_is_sanitized_as_airflow(conn_id, expected):
+    assert sanitize_conn_id(conn_id) == expected
+    # Airflow applies it in Connection.__init__; an id it refuses leaves conn_id unset (None).
+    assert Connection(conn_id=conn_id, conn_type="x").conn_id == expected
+    assert Connection.from_uri("x://h", conn_id=conn_id).conn_id == expected
+    assert Connection.from_json('{"conn_type": "x"}', conn_id=conn_id).conn_id == expected
+
+
+def test_validate_key_as_airflow_connections_add():
+    validate_key("ok.id-1_x", max_length=200)
+    for bad, pattern in [
+        ("a b", "alphanumeric"),
+        ("a/b", "alphanumeric"),
+        ("x" * 201, "at most 200"),
+        ("a..b", "consecutive dots"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            validate_key(bad, max_length=200, what="connection id")
+
+
+def test_validate_key_double_dot_allowed_by_airflow_setting(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__ALLOW_DOUBLE_DOT_IN_IDS", "True")
+    validate_key("a..b")
+
+
 def test_to_json_round_trip_keeps_description():
     conn = Connection(conn_id="a", conn_type="postgres", description="main db", host="h", port=5432)
     again = Connection.from_json(conn.to_json(), conn_id="a")
@@ -144,14 +244,20 @@ _extra_values = st.one_of(
 
 
 @st.composite
-def connections(draw):
+def connections(draw, empty_strings: bool = False):
+    # empty_strings: also "" for host/login/schema (the URI form cannot keep "" apart from None).
+    def maybe(strategy):
+        return (
+            st.one_of(st.none(), st.just(""), strategy) if empty_strings else st.one_of(st.none(), strategy)
+        )
+
     return Connection(
         conn_id="prop",
         conn_type=draw(_conn_types),
-        host=draw(st.one_of(st.none(), _ascii.filter(lambda h: "://" not in h))),
-        login=draw(st.one_of(st.none(), _text)),
+        host=draw(maybe(_ascii.filter(lambda h: "://" not in h))),
+        login=draw(maybe(_text)),
         password=draw(st.one_of(st.none(), _text)),
-        schema=draw(st.one_of(st.none(), _text)),
+        schema=draw(maybe(_text)),
         port=draw(st.one_of(st.none(), st.integers(1, 65535))),
         extra=draw(
             st.one_of(st.none(), st.dictionaries(_extra_keys, _extra_values, max_size=4).map(json.dumps))
@@ -179,13 +285,7 @@ def test_uri_round_trip_property(conn):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(connections())
+@given(connections(empty_strings=True))
 def test_json_round_trip_property(conn):
-    assert Connection.from_json(conn.to_json(), conn_id="prop") == _with_pruned(conn)
-
-
-def _with_pruned(conn: Connection) -> Connection:
-    # to_json prunes empty strings like Airflow's as_json does.
-    from dataclasses import replace
-
-    return replace(conn, **{k: None for k in ("host", "login", "schema") if getattr(conn, k) == ""})
+    # to_json keeps empty strings, as Airflow's as_json does: every field comes back as it was.
+    assert Connection.from_json(conn.to_json(), conn_id="prop") == conn

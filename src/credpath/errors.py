@@ -11,6 +11,25 @@ class ConfigError(CredpathError, ValueError):
     """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it."""
 
 
+class ConfigFileNotFound(ConfigError, FileNotFoundError):
+    """A configured file (secrets file, token file) does not exist.
+
+    Also a ``FileNotFoundError`` (an ``OSError``), which is what Airflow raises there, so callers that catch
+    those keep working; ``filename`` is the path, ``errno`` is ENOENT, and ``str()`` is credpath's message.
+    """
+
+    def __init__(self, message: str, *, filename: str | None = None) -> None:
+        import errno
+
+        super().__init__(message)
+        self.errno = errno.ENOENT
+        self.strerror = message
+        self.filename = filename
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno 2]" and append the file name
+        return str(self.args[0])
+
+
 class MissingDependency(ConfigError):
     """A backend's client library is not installed; the message says which extra installs it."""
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from credpath.errors import ConfigError
+from credpath.errors import ConfigError, ConfigFileNotFound
 from credpath.model import Connection, ConnectionFormatError, Variable
 
 FileFormat = Literal["env", "json", "yaml"]
@@ -102,7 +102,8 @@ def parse_file(path: str | Path) -> ParsedFile:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        # Also a FileNotFoundError, as Airflow raises here.
+        raise ConfigFileNotFound(f"{path}: file not found", filename=str(path)) from None
     except UnicodeDecodeError as exc:
         raise FileParseError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     except OSError as exc:
@@ -290,8 +291,28 @@ def connection_from_entry(conn_id: str, value: Any, where: str = "<string>") -> 
     )
 
 
+def single_entry(kind: str, key: str, value: Any, where: str) -> tuple[bool, Any]:
+    """Airflow's one-element lists (``{"id": ["mysql://h"]}``): ``(present, value)``.
+
+    A one-element list is its element; an empty list defines nothing (Airflow skips it); a longer list is
+    refused, as Airflow refuses it (ConnectionNotUnique), naming the file, the line and the key.
+    """
+    if not isinstance(value, list):
+        return True, value
+    if len(value) > 1:
+        raise ConnectionFormatError(
+            f"{where}: {kind} {key!r} has {len(value)} values in a list; give exactly one"
+        )
+    return (True, value[0]) if value else (False, None)
+
+
 def connections_from_parsed(parsed: ParsedFile) -> dict[str, Connection]:
-    return {key: connection_from_entry(key, value, parsed.where(key)) for key, value in parsed.values.items()}
+    result: dict[str, Connection] = {}
+    for key, value in parsed.values.items():
+        present, value = single_entry("connection", key, value, parsed.where(key))
+        if present:
+            result[key] = connection_from_entry(key, value, parsed.where(key))
+    return result
 
 
 def parse_connections_text(text: str, fmt: str, source: str = "<string>") -> dict[str, Connection]:
@@ -348,6 +369,14 @@ def parse_variables_file(path: str | Path) -> dict[str, str]:
 def config_from_parsed(parsed: ParsedFile) -> dict[str, str]:
     result: dict[str, str] = {}
     for key, value in parsed.values.items():
+        if isinstance(value, list):
+            # Airflow's load_configs_dict: a list must hold exactly one value, which is the value.
+            if len(value) != 1:
+                raise ConfigError(
+                    f"{parsed.where(key)}: config key {key!r} has {len(value)} values in a list; "
+                    "give exactly one"
+                )
+            value = value[0]
         try:
             result[key] = _as_string(value)
         except (TypeError, ValueError):

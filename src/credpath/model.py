@@ -9,6 +9,8 @@ messages never quote the value: a connection URI carries the password.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
@@ -42,6 +44,50 @@ _JSON_KEYS = frozenset({*CONNECTION_FIELDS, "description", "conn_id", "uri"})
 
 class ConnectionFormatError(ConfigError):
     """A connection value (URI or JSON) is malformed; the message names the field, never the value."""
+
+
+# airflow.models.connection (3.3.2): the characters a conn_id may hold, and its length bound.
+RE_SANITIZE_CONN_ID = re.compile(r"^[\w#!()\-.:/\\]{1,}$")
+CONN_ID_MAX_LEN = 250
+# airflow.utils.helpers.KEY_REGEX: what `airflow connections add/import` accept as an id.
+KEY_REGEX = re.compile(r"^[\w.-]+$")
+
+
+def sanitize_conn_id(conn_id: str | None, max_length: int = CONN_ID_MAX_LEN) -> str | None:
+    """Airflow's ``sanitize_conn_id``: the id if it is made of allowed characters, else ``None``.
+
+    Airflow applies it in ``Connection.__init__`` (so to every connection a backend returns): an id that
+    does not match leaves the connection without a conn_id. Same pattern and ``re.match`` as Airflow, so
+    its quirks carry over (``$`` also matches before a final newline: ``"abc\\n"`` becomes ``"abc"``).
+    """
+    if not isinstance(conn_id, str) or len(conn_id) > max_length:
+        return None
+    match = RE_SANITIZE_CONN_ID.match(conn_id)
+    return match.group(0) if match else None
+
+
+def _airflow_bool(value: str | None) -> bool:
+    # airflow.configuration.getboolean: t/true/1 and f/false/0 (any case); anything else is unset here.
+    return (value or "").strip().lower() in ("t", "true", "1")
+
+
+def validate_key(key: str, max_length: int = 250, what: str = "key") -> None:
+    """Airflow's ``helpers.validate_key`` (``airflow connections add`` and ``import`` call it with 200).
+
+    Raises ConfigError naming the key (an id is not a secret). ``..`` is refused unless
+    ``AIRFLOW__CORE__ALLOW_DOUBLE_DOT_IN_IDS`` is true, as in Airflow.
+    """
+    if not isinstance(key, str):
+        raise ConfigError(f"{what} must be a string, got {type(key).__name__}")
+    if len(key) > max_length:
+        raise ConfigError(f"{what} {key[:40]!r}... has to be at most {max_length} characters")
+    if not KEY_REGEX.match(key):
+        raise ConfigError(
+            f"{what} {key!r} has to be made of alphanumeric characters, dashes, dots and underscores "
+            "exclusively"
+        )
+    if ".." in key and not _airflow_bool(os.environ.get("AIRFLOW__CORE__ALLOW_DOUBLE_DOT_IN_IDS")):
+        raise ConfigError(f"{what} {key!r} must not contain consecutive dots ('..')")
 
 
 def is_sensitive_name(name: str) -> bool:
@@ -155,6 +201,9 @@ class Connection:
     extra: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.conn_id is not None:
+            # Airflow's Connection.__init__ sanitizes the id; one it refuses is dropped (conn_id None).
+            object.__setattr__(self, "conn_id", sanitize_conn_id(self.conn_id))
         # Airflow stores an empty password as NULL; login "" is kept (vectors "empty login"/"port only").
         if self.password == "":
             object.__setattr__(self, "password", None)
@@ -172,7 +221,10 @@ class Connection:
             raise ConnectionFormatError(f"connection URI{where} must be a string")
         uri = uri.strip()
         schemes = uri.count("://")
-        if schemes == 0:
+        # "//host..." (what get_uri() writes without a conn_type) and "://host..." parse as in Airflow: the
+        # conn_type is "". Anything else without a scheme is refused (Airflow turns it into a schema).
+        schemeless = (schemes == 0 and uri.startswith("//")) or (schemes == 1 and uri.startswith("://"))
+        if schemes == 0 and not schemeless:
             raise ConnectionFormatError(f"connection URI{where} has no '<conn_type>://' scheme")
         if schemes > 2:
             raise ConnectionFormatError(f"connection URI{where} has more than two '://' separators")
@@ -181,7 +233,7 @@ class Connection:
             conn_type = urlsplit(uri).scheme
         except ValueError as exc:
             raise ConnectionFormatError(f"connection URI{where} is malformed: {_safe_reason(exc)}") from None
-        if not conn_type:
+        if not conn_type and not schemeless:
             raise ConnectionFormatError(f"field 'conn_type'{where}: the URI has no valid scheme")
         rest = uri.replace(f"{conn_type}://", "" if host_with_protocol else "//")
         if host_with_protocol:
@@ -242,8 +294,7 @@ class Connection:
                     f"connection JSON{where} mixes 'uri' with field(s) {', '.join(mixed)}; use one form"
                 )
             return cls.from_uri(data["uri"], conn_id=conn_id, description=data.get("description"))
-        if not data.get("conn_type"):
-            raise ConnectionFormatError(f"connection JSON{where} needs 'conn_type' (or 'uri')")
+        # No conn_type is fine, as in Airflow (generic credentials: login, password, host): it stays None.
         for name in ("conn_type", "host", "login", "password", "schema", "description"):
             value = data.get(name)
             if value is not None and not isinstance(value, str):
@@ -331,8 +382,9 @@ class Connection:
         return data
 
     def to_json(self) -> str:
-        """Airflow's ``as_json``: the JSON form without conn_id and without empty fields."""
-        return json.dumps(self.to_dict(include_conn_id=False, prune_empty=True))
+        """Airflow's ``as_json``: the JSON form without conn_id; drops None fields only (an empty login
+        survives), and ``extra`` when it is empty."""
+        return json.dumps({k: v for k, v in self.to_dict(include_conn_id=False).items() if v is not None})
 
     def with_id(self, conn_id: str) -> Connection:
         return self if conn_id == self.conn_id else replace(self, conn_id=conn_id)

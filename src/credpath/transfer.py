@@ -1,18 +1,21 @@
 """Import and export in Airflow's file formats (.json, .yaml, .env), from or to any backend in the path.
 
-Input is parsed and validated in full before the first write, so bad input writes nothing. Exports are
-written to a temporary file with mode 0600 and renamed into place: they hold secrets.
+Input is parsed and validated in full before the first write, so bad input writes nothing. An export reads
+everything first and fails (nothing written) if any backend fails to list or read: a partial export would
+look complete. It is written to a temporary file in the same directory with mode 0600 and renamed into place
+(it holds secrets); ``-`` writes to standard output, as Airflow's ``export -``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from credpath.errors import ConfigError
+from credpath.errors import BackendError, ConfigError, CredpathError, ReadOnlyBackend
 from credpath.search_path import read_connection
 
 if TYPE_CHECKING:
@@ -21,17 +24,40 @@ if TYPE_CHECKING:
 
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".env": "env"}
 
+#: Airflow's choices: ``variables import --action-on-existing-key`` (default overwrite) and ``connections
+#: import [--overwrite]`` (default skip).
+OnExisting = Literal["overwrite", "fail", "skip"]
+ON_EXISTING: tuple[str, ...] = ("overwrite", "fail", "skip")
+
+STDOUT = "-"
+
 
 @dataclass
 class ImportResult:
-    written: int
-    skipped: int
+    """What an import did in ``target``: ids added (new), overwritten (existed) and skipped (existed)."""
+
     target: str
+    added: list[str] = field(default_factory=list)
+    overwritten: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return len(self.added) + len(self.overwritten)
+
+
+def is_stdout(file: Path | str) -> bool:
+    return str(file) == STDOUT
 
 
 def file_format_of(file: Path, explicit: str | None = None) -> str:
+    """Airflow's choice: ``explicit`` (``--file-format``), else JSON for ``-``, else the file's extension."""
     if explicit:
-        return explicit
+        from credpath import formats
+
+        return formats.normalize_format(explicit)
+    if is_stdout(file):
+        return "json"
     fmt = _EXTENSIONS.get(file.suffix.lower())
     if fmt is None:
         raise ConfigError(f"{file}: unknown file extension {file.suffix!r}; use .json, .yaml, .yml or .env")
@@ -42,19 +68,57 @@ def _read(backend: Any, kind: Kind, key: str) -> Any:
     return read_connection(backend, key) if kind == "connection" else backend.get_variable(key)
 
 
+def _checked(name: str, what: str, call: Any, *args: Any) -> Any:
+    # Any failure aborts the export (whatever the backend's on_error): never a partial file.
+    try:
+        return call(*args)
+    except CredpathError:
+        raise
+    except Exception as exc:
+        from credpath.search_path import _safe_error
+
+        raise BackendError(f"backend {name!r} failed to {what}: {_safe_error(exc)}", backend=name) from None
+
+
 def collect(search_path: SearchPath, kind: Kind, source: str | None = None) -> dict[str, Any]:
-    """Every listable id of ``kind`` with its value: from one backend, or through the whole path."""
+    """Every listable id of ``kind`` with its value: from one backend, or through the whole path (first
+    backend in path order that has it wins, as a lookup). Raises if any backend fails: no partial result."""
     if source is not None:
         backend = search_path.backend(source)
         lister = getattr(backend, f"list_{kind}s", None)
         if not callable(lister):
-            raise ConfigError(f"--from: backend {source!r} cannot list {kind}s")
-        values = {key: _read(backend, kind, key) for key in lister()}
+            raise ConfigError(f"source backend {source!r} cannot list {kind}s")
+        ids = _checked(source, f"list {kind}s", lister)
+        values = {key: _checked(source, f"read {kind} {key!r}", _read, backend, kind, key) for key in ids}
+        return {key: value for key, value in values.items() if value is not None}
+    found: set[str] = set()
+    for entry in search_path.entries:
+        lister = getattr(entry.backend, f"list_{kind}s", None)
+        if not callable(lister):
+            continue
+        try:
+            ids = _checked(entry.name, f"list {kind}s", lister)
+        except ReadOnlyBackend:
+            continue  # this store cannot list: its ids are not exported (as `list` shows it)
+        found.update(key for key in ids if entry.wants(kind, key))
+    result: dict[str, Any] = {}
+    for key in sorted(found):
+        for entry in search_path.entries:  # every backend, listable or not, may shadow a later one
+            if not entry.wants(kind, key):
+                continue
+            value = _checked(entry.name, f"read {kind} {key!r}", _read, entry.backend, kind, key)
+            if value is not None:
+                result[key] = value
+                break
+    return result
+
+
+def _output(file: Path, text: str) -> None:
+    if is_stdout(file):
+        sys.stdout.write(text)
+        sys.stdout.flush()
     else:
-        ids, _ = search_path.list_ids(kind)
-        resolutions = {key: search_path.lookup(kind, key) for key in ids}
-        values = {key: r.value for key, r in resolutions.items() if r is not None}
-    return {key: value for key, value in values.items() if value is not None}
+        write_private(file, text)
 
 
 def export_connections(
@@ -63,13 +127,20 @@ def export_connections(
     *,
     source: str | None = None,
     file_format: str | None = None,
-    serialization_format: str = "uri",
+    serialization_format: str | None = None,
 ) -> int:
+    """Airflow's ``connections export``: ``serialization_format`` (uri, the default, or json) applies to
+    .env only and is refused for the other formats, as Airflow refuses it."""
     from credpath import formats
 
     fmt = file_format_of(file, file_format)
+    if serialization_format is not None and fmt != "env":
+        raise ConfigError(
+            f"serialization format applies to the env file format only (the file format is {fmt})"
+        )
     conns = collect(search_path, "connection", source)
-    write_private(file, formats.serialize_connections(conns, fmt, serialization_format=serialization_format))
+    text = formats.serialize_connections(conns, fmt, serialization_format=serialization_format or "uri")
+    _output(file, text)
     return len(conns)
 
 
@@ -80,42 +151,83 @@ def export_variables(
 
     fmt = file_format_of(file, file_format)
     values = collect(search_path, "variable", source)
-    write_private(file, formats.serialize_variables(values, fmt))
+    _output(file, formats.serialize_variables(values, fmt))
     return len(values)
 
 
-def import_connections(
-    search_path: SearchPath, file: Path, *, to: str | None = None, overwrite: bool = False
-) -> ImportResult:
-    from credpath import formats
+def resolve_on_existing(on_existing: str | None, overwrite: bool) -> str:
+    if on_existing is None:
+        return "overwrite" if overwrite else "skip"
+    if on_existing not in ON_EXISTING:
+        raise ConfigError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
+    return on_existing
 
+
+def import_connections(
+    search_path: SearchPath,
+    file: Path,
+    *,
+    to: str | None = None,
+    overwrite: bool = False,
+    on_existing: OnExisting | None = None,
+) -> ImportResult:
+    """Airflow's ``connections import``: existing ids are skipped unless ``overwrite`` (or ``on_existing``
+    says overwrite or fail). Ids must pass Airflow's ``validate_key`` (200 characters); where Airflow skips
+    a bad id and imports the rest, credpath refuses the file (nothing written)."""
+    from credpath import formats
+    from credpath.model import validate_key
+
+    action = resolve_on_existing(on_existing, overwrite)
     conns = formats.parse_connections_file(file)  # all parsed before the first write
-    return _write_all(search_path, "connection", {k: c.with_id(k) for k, c in conns.items()}, to, overwrite)
+    for conn_id in conns:
+        validate_key(conn_id, max_length=200, what=f"{file}: connection id")
+    return _write_all(search_path, "connection", {k: c.with_id(k) for k, c in conns.items()}, to, action)
 
 
 def import_variables(
-    search_path: SearchPath, file: Path, *, to: str | None = None, overwrite: bool = True
+    search_path: SearchPath,
+    file: Path,
+    *,
+    to: str | None = None,
+    overwrite: bool = True,
+    on_existing: OnExisting | None = None,
 ) -> ImportResult:
+    """Airflow's ``variables import``: ``--action-on-existing-key`` overwrite (default), fail or skip."""
     from credpath import formats
 
-    return _write_all(search_path, "variable", formats.parse_variables_file(file), to, overwrite)
+    action = resolve_on_existing(on_existing, overwrite)
+    return _write_all(search_path, "variable", formats.parse_variables_file(file), to, action)
+
+
+def _exists(backend: Any, kind: Kind, key: str) -> bool:
+    if kind == "connection":
+        raw = getattr(backend, "get_conn_value", None)  # no parse: a malformed stored value still exists
+        if callable(raw):
+            return raw(key) is not None
+    return _read(backend, kind, key) is not None
 
 
 def _write_all(
-    search_path: SearchPath, kind: Kind, items: dict[str, Any], to: str | None, overwrite: bool
+    search_path: SearchPath, kind: Kind, items: dict[str, Any], to: str | None, action: str
 ) -> ImportResult:
     entry = search_path.writable_backend(to, f"set_{kind}")
-    written = skipped = 0
+    existing = {key for key in items if _exists(entry.backend, kind, key)}
+    if action == "fail" and existing:
+        raise ConfigError(
+            f"{kind}(s) already in backend {entry.name!r}: {', '.join(sorted(existing))}; "
+            "nothing imported (overwrite or skip them instead)"
+        )
+    result = ImportResult(entry.name)
     for key, value in items.items():
-        if not overwrite and _read(entry.backend, kind, key) is not None:
-            skipped += 1
+        if key in existing and action == "skip":
+            result.skipped.append(key)
             continue
         if kind == "connection":
             search_path.set_connection(value, to=entry.name, overwrite=True)
         else:
             search_path.set_variable(key, value, to=entry.name, overwrite=True)
-        written += 1
-    return ImportResult(written, skipped, entry.name)
+        (result.overwritten if key in existing else result.added).append(key)
+    return result
 
 
 def write_private(file: Path, text: str) -> None:
@@ -125,6 +237,8 @@ def write_private(file: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must never expose a file whose content is not on disk
         os.chmod(tmp, 0o600)
         os.replace(tmp, file)
     except BaseException:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from credpath.backends.files import LocalFilesystemBackend
-from credpath.errors import BackendError, ConfigError
+from credpath.errors import ConfigError, ConfigFileNotFound
 from credpath.model import Connection
 from credpath.registry import create_backend
 from tests.conftest import assert_no_secret
@@ -209,7 +209,9 @@ def test_env_duplicate_keys_are_an_error_with_file_and_line(tmp_path: Path) -> N
     backend = LocalFilesystemBackend(connections_file_path=str(path))
     with pytest.raises(ConfigError) as info:
         backend.get_conn_value("a")
-    assert str(info.value) == f"{path}, line 4: duplicate key 'b' (first defined on line 3)"
+    assert str(info.value) == (
+        f"backend 'files' (local files): {path}, line 4: duplicate key 'b' (first defined on line 3)"
+    )
 
 
 def test_bad_connection_entry_names_file_and_line(tmp_path: Path) -> None:
@@ -222,10 +224,19 @@ def test_bad_connection_entry_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_unsupported_extension(tmp_path: Path) -> None:
-    backend = LocalFilesystemBackend(variables_file_path=str(tmp_path / "absent.json"))
-    with pytest.raises(BackendError, match=r"variables_file_path .*absent\.json does not exist"):
+    absent = tmp_path / "absent.json"
+    backend = LocalFilesystemBackend(variables_file_path=str(absent))
+    # credpath's message (a ConfigError: the path is wrong), and what Airflow raises (FileNotFoundError).
+    with pytest.raises(ConfigError, match=r"variables_file_path .*absent\.json does not exist"):
         backend.get_variable("k")
-    with pytest.raises(ConfigError, match=r"unsupported file format \.ini"):
+    with pytest.raises(FileNotFoundError) as info:
+        backend.get_variable("k")
+    assert isinstance(info.value, OSError) and isinstance(info.value, ConfigFileNotFound)
+    assert info.value.filename == str(absent)
+    assert str(info.value) == f"backend 'files' (local files): variables_file_path {absent} does not exist"
+    with pytest.raises(
+        ConfigError, match=r"^backend 'files' \(local files\): .*unsupported file format \.ini"
+    ):
         LocalFilesystemBackend(connections_file_path=str(tmp_path / "c.ini"))
 
 
@@ -262,3 +273,77 @@ def test_variable_descriptions_from_export_form(tmp_path: Path) -> None:
     assert backend.get_variable("d") == "v"
     assert backend.get_variable_record("d").description == "desc"
     assert backend.get_variable("n") == "3"
+
+
+def test_one_element_lists_are_read_and_longer_lists_refused(tmp_path: Path) -> None:
+    # Airflow's load_connections_dict: {"id": ["uri"]} and [{"uri": ...}] forms; more than one value is
+    # ConnectionNotUnique. credpath names the file and line.
+    path = tmp_path / "conns.json"
+    path.write_text(json.dumps({"a": ["mysql://host_1"], "b": [{"uri": "mysql://host_2"}], "gone": []}))
+    _age(path)
+    backend = LocalFilesystemBackend(connections_file_path=str(path))
+    assert backend.get_conn_value("a") == "mysql://host_1"
+    assert backend.get_connection("a").host == "host_1"
+    assert backend.get_connection("b").host == "host_2"
+    assert backend.get_connection("gone") is None
+    assert backend.list_connections() == ["a", "b"]
+    path.write_text('{"a": ["mysql://host_1"],\n "b": ["mysql://x", "mysql://y"]}')
+    with pytest.raises(ConfigError, match=r"conns\.json, line 2: connection 'b' has 2 values in a list"):
+        backend.get_conn_value("a")
+
+
+def test_not_cacheable_and_rereads_only_on_change(tmp_path: Path) -> None:
+    assert LocalFilesystemBackend.cache_results is False
+    path = tmp_path / "vars.json"
+    path.write_text(json.dumps({"k": "1"}))
+    _age(path)
+    backend = LocalFilesystemBackend(variables_file_path=str(path))
+    assert backend.get_variable("k") == "1"
+    assert backend.get_variable("k") == "1"
+    assert backend.parse_counts()["variables"] == 1  # unchanged file: one stat, no re-parse
+    path.write_text(json.dumps({"k": "2"}))
+    assert backend.get_variable("k") == "2"
+    assert backend.parse_counts()["variables"] == 2
+
+
+def _search_path_honours_cache_results() -> bool:
+    import inspect
+
+    import credpath.search_path
+
+    return "cache_results" in inspect.getsource(credpath.search_path)
+
+
+@pytest.mark.skipif(
+    not _search_path_honours_cache_results(), reason="the search path does not read cache_results yet"
+)
+def test_an_edited_file_is_seen_through_the_default_search_path(tmp_path: Path) -> None:
+    from credpath.search_path import SearchPath
+
+    path = tmp_path / "vars.json"
+    path.write_text(json.dumps({"k": "1"}))
+    _age(path)
+    search_path = SearchPath([LocalFilesystemBackend(variables_file_path=str(path))])  # default cache on
+    assert search_path.get_variable("k") == "1"
+    path.write_text(json.dumps({"k": "2"}))
+    assert search_path.get_variable("k") == "2"  # at once, not after the cache TTL
+
+
+def test_team_name_is_accepted_and_ignored_as_airflow(tmp_path: Path) -> None:
+    # Airflow's LocalFilesystemBackend.get_connection/get_variable take team_name and do not scope by it.
+    conns, variables = tmp_path / "c.json", tmp_path / "v.json"
+    conns.write_text(json.dumps({"db": "mysql://h"}))
+    variables.write_text(json.dumps({"k": "v"}))
+    backend = LocalFilesystemBackend(connections_file_path=str(conns), variables_file_path=str(variables))
+    assert backend.get_conn_value("db", team_name="team_a") == "mysql://h"
+    assert backend.get_connection("db", team_name="team_a").host == "h"
+    assert backend.get_variable("k", team_name="team_a") == "v"
+    assert backend.get_conn_values(["db"], team_name="team_a") == {"db": "mysql://h"}
+    assert backend.get_variables(["k"], team_name="team_a") == {"k": "v"}
+
+
+def test_messages_speak_in_the_backend_voice(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^backend 'files' \(local files\): give configs_file_path"):
+        LocalFilesystemBackend(configs_file_path="a.json", config_file_path="b.json")
+    with pytest.raises(ConfigError, match=r"^backend 'files' \(local files\): connections_file_path must be"):
+        LocalFilesystemBackend(connections_file_path=5)  # type: ignore[arg-type]

@@ -160,7 +160,9 @@ def test_export_import_round_trip(run, tmp_path):
         assert run("connections", "delete", "a").exit_code == 0
         result = run("connections", "import", str(out))
         assert result.exit_code == 0, result.output
-        assert "imported 1 connection(s), skipped 1" in result.output
+        assert "imported 1 of 2 connection(s) into 'metastore': 1 added, 0 overwritten, 1 skipped" in (
+            result.output
+        )
         assert json.loads(run("connections", "get", "a", "--json").stdout)["host"] == "db.example.com"
 
 

@@ -6,6 +6,12 @@ once and re-parses only when ``stat()`` says it changed (mtime_ns, size, inode, 
 ``stat`` call (a file modified less than a second before it was read is re-parsed until it is older: see
 ``RACY_WINDOW_NS``). A file that fails to parse raises :class:`ConfigError` naming the file and line, on every
 lookup until it is fixed (the last good content is never served: it may be the value that was wrong).
+
+Reads cost one ``stat`` and may change under the process, so the search path never caches this backend
+(``cache_results = False``): an edited file is seen on the next lookup. A missing file raises
+:class:`ConfigFileNotFound`, which is also a ``FileNotFoundError`` (what Airflow raises). Airflow's
+``LocalFilesystemBackend`` does not scope by team (it accepts ``team_name`` and ignores it); neither does this
+backend.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import ClassVar, Generic, TypeVar, Unpack
 
 from credpath import formats
-from credpath.errors import BackendError, ConfigError
+from credpath.errors import ConfigError, ConfigFileNotFound
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend, iter_ids
 
@@ -46,7 +52,14 @@ class _Entries(Generic[T]):
 class _WatchedFile(Generic[T]):
     """One secrets file, parsed once per distinct ``stat()`` signature."""
 
-    def __init__(self, setting: str, path: str, build: Callable[[formats.ParsedFile], dict[str, T]]) -> None:
+    def __init__(
+        self,
+        owner: BaseBackend,
+        setting: str,
+        path: str,
+        build: Callable[[formats.ParsedFile], dict[str, T]],
+    ) -> None:
+        self.owner = owner
         self.setting = setting
         self.path = path
         self._build = build
@@ -59,11 +72,12 @@ class _WatchedFile(Generic[T]):
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            raise BackendError(f"files: {self.setting} {self.path} does not exist", backend="files") from None
+            raise ConfigFileNotFound(
+                f"{self.owner.label}: {self.setting} {self.path} does not exist", filename=self.path
+            ) from None
         except OSError as exc:
-            raise BackendError(
-                f"files: cannot stat {self.setting} {self.path} ({exc.strerror or type(exc).__name__})",
-                backend="files",
+            raise self.owner.error(
+                f"cannot stat {self.setting} {self.path} ({exc.strerror or type(exc).__name__})"
             ) from None
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
         entries = self._entries
@@ -73,16 +87,27 @@ class _WatchedFile(Generic[T]):
             entries = self._entries
             if entries is not None and entries.trusted and entries.stamp == stamp:
                 return entries.values
-            log.debug("files: parsing %s %s", self.setting, self.path)
+            log.debug("%s: parsing %s %s", self.owner.label, self.setting, self.path)
             self.parse_count += 1
             read_at = time.time_ns()
             try:
                 values = self._build(formats.parse_file(self.path))
-            except ConfigError:
+            except ConfigError as exc:
                 self._entries = None  # never serve stale content after a failed re-read
-                raise
+                raise _labelled(self.owner, exc) from None
             self._entries = _Entries(stamp, values, trusted=read_at - st.st_mtime_ns > RACY_WINDOW_NS)
             return values
+
+
+def _labelled(owner: BaseBackend, exc: ConfigError) -> ConfigError:
+    """The same error class, its message prefixed with the backend's label (the one voice)."""
+    try:
+        relabelled = type(exc)(f"{owner.label}: {exc}")
+    except TypeError:  # a subclass with a different constructor: keep it as it is
+        return exc
+    if isinstance(exc, ConfigFileNotFound) and isinstance(relabelled, ConfigFileNotFound):
+        relabelled.filename = exc.filename
+    return relabelled
 
 
 class LocalFilesystemBackend(BaseBackend):
@@ -96,6 +121,8 @@ class LocalFilesystemBackend(BaseBackend):
 
     alias: ClassVar[str] = "files"
     store_name: ClassVar[str] = "local files"
+    # A lookup is one stat(); an edited file must be seen at once, never through the search-path cache.
+    cache_results: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -111,40 +138,46 @@ class LocalFilesystemBackend(BaseBackend):
             and config_file_path
             and os.fspath(configs_file_path) != os.fspath(config_file_path)
         ):
-            raise ConfigError("files: give configs_file_path or config_file_path, not both")
+            raise self.config_error("give configs_file_path or config_file_path, not both")
         self.variables_file = self._path("variables_file_path", variables_file_path)
         self.connections_file = self._path("connections_file_path", connections_file_path)
         self.configs_file = self._path("configs_file_path", configs_file_path or config_file_path)
         self._connections = (
-            _WatchedFile("connections_file_path", self.connections_file, self._build_connections)
+            _WatchedFile(self, "connections_file_path", self.connections_file, self._build_connections)
             if self.connections_file
             else None
         )
         self._variables = (
-            _WatchedFile("variables_file_path", self.variables_file, formats.variables_from_parsed)
+            _WatchedFile(self, "variables_file_path", self.variables_file, formats.variables_from_parsed)
             if self.variables_file
             else None
         )
         self._configs = (
-            _WatchedFile("configs_file_path", self.configs_file, formats.config_from_parsed)
+            _WatchedFile(self, "configs_file_path", self.configs_file, formats.config_from_parsed)
             if self.configs_file
             else None
         )
 
-    @staticmethod
-    def _path(setting: str, value: str | os.PathLike[str] | None) -> str | None:
+    def _path(self, setting: str, value: str | os.PathLike[str] | None) -> str | None:
         if value is None or value == "":
             return None
         if not isinstance(value, str | os.PathLike):
-            raise ConfigError(f"files: {setting} must be a file path, got {type(value).__name__}")
+            raise self.config_error(f"{setting} must be a file path, got {type(value).__name__}")
         path = os.path.expanduser(os.fspath(value))
-        formats.file_format(path)  # unsupported extension: fail at configuration time, not per lookup
+        try:
+            formats.file_format(path)  # unsupported extension: fail at configuration time, not per lookup
+        except ConfigError as exc:
+            raise _labelled(self, exc) from None
         return path
 
     def _build_connections(self, parsed: formats.ParsedFile) -> dict[str, tuple[str, Connection]]:
         # Keep the raw string (what get_conn_value returns, like env) next to the parsed Connection.
         result: dict[str, tuple[str, Connection]] = {}
-        for conn_id, value in parsed.values.items():
+        for conn_id, entry in parsed.values.items():
+            # Airflow's one-element lists ({"id": ["mysql://h"]}); longer lists are refused with the line.
+            present, value = formats.single_entry("connection", conn_id, entry, parsed.where(conn_id))
+            if not present:
+                continue
             conn = formats.connection_from_entry(conn_id, value, parsed.where(conn_id))
             raw = value.strip() if isinstance(value, str) else conn.to_json()
             result[conn_id] = (raw, conn)
@@ -152,13 +185,16 @@ class LocalFilesystemBackend(BaseBackend):
 
     # --- reads ---------------------------------------------------------------------------------------
 
-    def get_conn_value(self, conn_id: str) -> str | None:
+    # Reads accept team_name as Airflow's LocalFilesystemBackend does, and ignore it as it does: one file
+    # serves every team.
+
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         if self._connections is None or not self.wants("connection", conn_id):
             return None
         entry = self._connections.load().get(conn_id)
         return entry[0] if entry else None
 
-    def get_connection(self, conn_id: str) -> Connection | None:
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         if self._connections is None or not self.wants("connection", conn_id):
             return None
         entry = self._connections.load().get(conn_id)
@@ -168,13 +204,13 @@ class LocalFilesystemBackend(BaseBackend):
             return self.deserialize_connection(conn_id, entry[0])
         return entry[1]
 
-    def get_variable(self, key: str) -> str | None:
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         if self._variables is None or not self.wants("variable", key):
             return None
         record = self._variables.load().get(key)
         return record.value if record else None
 
-    def get_variable_record(self, key: str) -> Variable | None:
+    def get_variable_record(self, key: str, team_name: str | None = None) -> Variable | None:
         """The variable with its description (files in the ``airflow variables export`` form carry one)."""
         if self._variables is None or not self.wants("variable", key):
             return None
@@ -187,13 +223,13 @@ class LocalFilesystemBackend(BaseBackend):
 
     # --- batches and listing -------------------------------------------------------------------------
 
-    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
+    def get_conn_values(self, ids: list[str], team_name: str | None = None) -> dict[str, str]:
         if self._connections is None:
             return {}
         entries = self._connections.load()
         return {i: entries[i][0] for i in ids if i in entries and self.wants("connection", i)}
 
-    def get_variables(self, keys: list[str]) -> dict[str, str]:
+    def get_variables(self, keys: list[str], team_name: str | None = None) -> dict[str, str]:
         if self._variables is None:
             return {}
         records = self._variables.load()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,20 +18,101 @@ def connections() -> None:
     """Read, list, add, delete, export and import connections."""
 
 
+# --- helpers shared with `credpath variables` --------------------------------------------------------
+
+STDIN = "-"
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def read_secret_inputs(values: dict[str, str | None]) -> dict[str, str | None]:
+    """Replace a ``-`` value by standard input (or a hidden prompt on a terminal): secrets need never sit
+    on a command line, where ``ps`` and shell history show them. ``values`` maps option name -> value."""
+    dashed = [name for name, value in values.items() if value == STDIN]
+    if not dashed:
+        return values
+    if len(dashed) > 1:
+        fail(f"only one option can read standard input ('-'), got {', '.join(dashed)}")
+    name = dashed[0]
+    if _stdin_is_terminal():
+        text = click.prompt(name, hide_input=True, prompt_suffix=": ", show_default=False)
+    else:
+        text = sys.stdin.read()
+        # One line ending is the terminator `echo` and here-strings add, not part of the value.
+        if text.endswith("\r\n"):
+            text = text[:-2]
+        elif text.endswith("\n"):
+            text = text[:-1]
+    return {**values, name: text}
+
+
+def team_option(func: Any) -> Any:
+    return click.option(
+        "--team",
+        "team",
+        help="Team (Airflow multi-team): look up the team's secrets first, as Airflow does for its tasks.",
+    )(func)
+
+
+def team_kwargs(team: str | None) -> dict[str, str]:
+    # Passed only when given, so a search path without team support still serves team-less reads.
+    return {"team_name": team} if team else {}
+
+
+def import_action(action: str | None, overwrite: bool | None, default: str) -> str:
+    """The --action-on-existing-key / --overwrite pair as one action (they must agree when both given)."""
+    if action is not None and overwrite is not None and (action == "overwrite") != overwrite:
+        flag = "--overwrite" if overwrite else "--no-overwrite"
+        fail(f"{flag} contradicts --action-on-existing-key {action}; give one of them")
+    if action is not None:
+        return action
+    if overwrite is not None:
+        return "overwrite" if overwrite else "skip"
+    return default
+
+
+def echo_import_summary(kind: str, result: Any) -> None:
+    total = len(result.added) + len(result.overwritten) + len(result.skipped)
+    click.echo(
+        f"imported {result.written} of {total} {kind}(s) into {result.target!r}: {len(result.added)} added, "
+        f"{len(result.overwritten)} overwritten, {len(result.skipped)} skipped (already there)"
+    )
+    if result.overwritten:
+        click.echo(f"overwritten: {', '.join(result.overwritten)}")
+    if result.skipped:
+        click.echo(f"skipped: {', '.join(result.skipped)}")
+
+
+def export_done(kind: str, count: int, file: Path) -> None:
+    from credpath.transfer import is_stdout
+
+    # With `-` the export is on stdout: the summary goes to stderr so the output stays a valid file.
+    where = "standard output" if is_stdout(file) else str(file)
+    click.echo(f"exported {count} {kind}(s) to {where}", err=is_stdout(file))
+
+
+FILE_FORMATS = click.Choice(["json", "yaml", "env"], case_sensitive=False)
+
+
 @connections.command("get")
 @click.argument("conn_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an object, or a list for several ids).")
 @click.option("--reveal", is_flag=True, help="Show passwords and sensitive extras in clear text.")
+@team_option
 @pass_state
 @handle_errors
-def get_command(state: State, conn_ids: tuple[str, ...], as_json: bool, reveal: bool) -> None:
+def get_command(
+    state: State, conn_ids: tuple[str, ...], as_json: bool, reveal: bool, team: str | None
+) -> None:
     """Resolve one or more connections through the search path (several ids are fetched in batches)."""
     search_path = state.search_path
-    if len(conn_ids) > 1:
+    if len(conn_ids) > 1 and not team:  # prefetch fills the team-less cache only
         search_path.prefetch(connections=list(conn_ids))
     records, missing = [], []
     for conn_id in conn_ids:
-        resolution = search_path.lookup("connection", conn_id)
+        resolution = search_path.lookup("connection", conn_id, **team_kwargs(team))
         if resolution is None:
             missing.append(conn_id)
             continue
@@ -76,16 +159,21 @@ def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
 
 @connections.command("add")
 @click.argument("conn_id")
-@click.option("--uri", help="Airflow connection URI.")
-@click.option("--json", "json_value", help="Airflow connection JSON.")
-@click.option("--conn-type")
-@click.option("--host")
-@click.option("--login")
-@click.option("--password", help="Prefer --uri/--json from a file or prompt; shell history keeps arguments.")
-@click.option("--schema")
-@click.option("--port", type=int)
-@click.option("--extra", help="JSON object.")
-@click.option("--description")
+@click.option("--conn-uri", "--uri", "uri", help="Airflow connection URI ('-': read it from standard input).")
+@click.option("--conn-json", "--json", "json_value", help="Airflow connection JSON ('-': standard input).")
+@click.option("--conn-type", "conn_type", help="Connection type; required unless --conn-uri/--conn-json.")
+@click.option("--conn-host", "--host", "host")
+@click.option("--conn-login", "--login", "login")
+@click.option(
+    "--conn-password",
+    "--password",
+    "password",
+    help="'-' reads it from standard input (a hidden prompt on a terminal): never type it as an argument.",
+)
+@click.option("--conn-schema", "--schema", "schema")
+@click.option("--conn-port", "--port", "port", help="Port, 0-65535.")
+@click.option("--conn-extra", "--extra", "extra", help="Extra as a JSON object ('-': standard input).")
+@click.option("--conn-description", "--description", "description")
 @click.option("--to", "to", help="Backend name to write to (default: metastore, else the first writable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing connection.")
 @click.option(
@@ -105,38 +193,69 @@ def add_command(
     login: str | None,
     password: str | None,
     schema: str | None,
-    port: int | None,
+    port: str | None,
     extra: str | None,
     description: str | None,
     to: str | None,
     overwrite: bool,
     on_deleted: str | None,
 ) -> None:
-    """Add a connection (as --uri, --json, or fields)."""
-    from credpath.model import Connection
+    """Add a connection: --conn-uri, --conn-json, or --conn-type with field options (Airflow's flags).
 
-    fields = {
-        "conn_type": conn_type,
-        "host": host,
-        "login": login,
-        "password": password,
-        "schema": schema,
-        "port": port,
-        "extra": extra,
-    }
-    given = [name for name, value in fields.items() if value is not None]
-    if sum(x is not None for x in (uri, json_value)) + bool(given) != 1:
-        fail("give exactly one of --uri, --json, or field options (--conn-type, --host, ...)")
+    As in `airflow connections add`, --conn-extra may accompany --conn-uri (it replaces the URI's extra),
+    and the field options may not. Give a secret as '-' to read it from standard input.
+    """
+    from credpath.model import Connection, validate_key
+
+    validate_key(conn_id, max_length=200, what="connection id")  # Airflow's check in `connections add`
+    secrets = read_secret_inputs(
+        {"--conn-uri": uri, "--conn-json": json_value, "--conn-password": password, "--conn-extra": extra}
+    )
+    uri, json_value = secrets["--conn-uri"], secrets["--conn-json"]
+    password, extra = secrets["--conn-password"], secrets["--conn-extra"]
+    if uri is not None and json_value is not None:
+        fail("give --conn-uri or --conn-json, not both")
+    if uri is None and json_value is None and not conn_type:
+        fail("give --conn-uri, --conn-json, or --conn-type with field options (--conn-host, ...)")
+    if uri is not None or json_value is not None:
+        flag = "--conn-uri" if uri is not None else "--conn-json"
+        fields = {
+            "--conn-type": conn_type,
+            "--conn-host": host,
+            "--conn-login": login,
+            "--conn-password": password,
+            "--conn-schema": schema,
+            "--conn-port": port,
+        }
+        if json_value is not None:
+            fields["--conn-extra"] = extra
+        clashing = [name for name, value in fields.items() if value is not None]
+        if clashing:
+            fail(f"{', '.join(clashing)} cannot be combined with {flag}")
     if uri is not None:
         conn = Connection.from_uri(uri, conn_id=conn_id, description=description)
+        if not conn.conn_type:
+            fail("--conn-uri needs a '<conn_type>://' scheme")  # Airflow's _valid_uri check
+        if extra is not None:
+            conn = replace(conn, extra=extra)
     elif json_value is not None:
         conn = Connection.from_json(json_value, conn_id=conn_id)
+        if not conn.conn_type:
+            fail("--conn-json needs a conn_type")  # as `airflow connections add --conn-json`
         if description is not None:
             conn = replace(conn, description=description)
     else:
-        if not conn_type:
-            fail("--conn-type is required when adding a connection by fields")
-        conn = Connection(conn_id=conn_id, description=description, **fields)
+        conn = Connection(
+            conn_id=conn_id,
+            conn_type=conn_type,
+            description=description,
+            host=host,
+            login=login,
+            password=password,
+            schema=schema,
+            port=port,
+            extra=extra,
+        )
     options = {"on_deleted": on_deleted} if on_deleted else {}
     target = state.search_path.set_connection(conn, to=to, overwrite=overwrite, **options)
     click.echo(f"added connection {conn_id!r} to backend {target!r}")
@@ -164,49 +283,73 @@ def _delete(state: State, kind: str, key: str, source: str | None) -> None:
 
 
 @connections.command("export")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 @click.option(
     "--from", "source", help="Only this backend (default: the whole search path, first match wins)."
 )
 @click.option(
-    "--file-format", type=click.Choice(["json", "yaml", "env"]), help="Default: from the extension."
+    "--file-format", "file_format", type=FILE_FORMATS, help="Default: from the extension (json for '-')."
 )
+@click.option("--format", "legacy_format", type=FILE_FORMATS, hidden=True)  # Airflow's deprecated spelling
 @click.option(
     "--serialization-format",
-    type=click.Choice(["uri", "json"]),
-    default="uri",
-    show_default=True,
-    help="How .env files store connections.",
+    type=click.Choice(["uri", "json"], case_sensitive=False),
+    help="How a .env file stores connections (default uri); only with the env file format, as in Airflow.",
 )
 @pass_state
 @handle_errors
 def export_command(
-    state: State, file: Path, source: str | None, file_format: str | None, serialization_format: str
+    state: State,
+    file: Path,
+    source: str | None,
+    file_format: str | None,
+    legacy_format: str | None,
+    serialization_format: str | None,
 ) -> None:
-    """Export connections in Airflow's file formats (.json, .yaml, .env); the file is mode 0600."""
+    """Export connections in Airflow's file formats (.json, .yaml, .env); '-' writes to standard output.
+
+    Everything is read first: if a backend fails, the command exits 1 and writes nothing. The file is
+    written to a temporary file in the same directory (mode 0600) and renamed into place.
+    """
     from credpath import transfer
 
+    if file_format and legacy_format:
+        fail("--format is the deprecated spelling of --file-format; give --file-format only")
+    chosen = file_format or legacy_format
     count = transfer.export_connections(
         state.search_path,
         file,
         source=source,
-        file_format=file_format,
-        serialization_format=serialization_format,
+        file_format=chosen.lower() if chosen else None,
+        serialization_format=serialization_format.lower() if serialization_format else None,
     )
-    click.echo(f"exported {count} connection(s) to {file}")
+    export_done("connection", count, file)
 
 
 @connections.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--to", "to", help="Backend name to write to (default: metastore, else the first writable).")
-@click.option("--overwrite", is_flag=True, help="Replace connections that exist in the target.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Replace connections that exist in the target (Airflow's).",
+)
+@click.option(
+    "-a",
+    "--action-on-existing-key",
+    "action",
+    type=click.Choice(["overwrite", "fail", "skip"]),
+    help="What to do with ids that exist in the target (default: skip, as `airflow connections import`).",
+)
 @pass_state
 @handle_errors
-def import_command(state: State, file: Path, to: str | None, overwrite: bool) -> None:
+def import_command(
+    state: State, file: Path, to: str | None, overwrite: bool | None, action: str | None
+) -> None:
     """Import connections from an Airflow export file (.json, .yaml, .env). All or nothing: parsed first."""
     from credpath import transfer
 
-    result = transfer.import_connections(state.search_path, file, to=to, overwrite=overwrite)
-    click.echo(
-        f"imported {result.written} connection(s), skipped {result.skipped} existing, into {result.target!r}"
-    )
+    on_existing: Any = import_action(action, overwrite or None, default="skip")
+    result = transfer.import_connections(state.search_path, file, to=to, on_existing=on_existing)
+    echo_import_summary("connection", result)

@@ -16,11 +16,12 @@ _KINDS = {"connection": "connection", "variable": "variable", "config": "config"
 @click.argument("kind", type=click.Choice(sorted(_KINDS)))
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--team", "team", help="Team (Airflow multi-team): explain the team's lookup.")
 @pass_state
 @handle_errors
-def explain_command(state: State, kind: str, key: str, as_json: bool) -> None:
+def explain_command(state: State, kind: str, key: str, as_json: bool, team: str | None) -> None:
     """Show which backend serves KEY and what every backend in the path answered (no values)."""
-    explanation = state.search_path.explain(_KINDS[kind], key)
+    explanation = state.search_path.explain(_KINDS[kind], key, **({"team_name": team} if team else {}))
     attempts = [
         {"backend": a.backend, "outcome": a.outcome, "ms": round(a.seconds * 1000, 3), "detail": a.detail}
         for a in explanation.attempts

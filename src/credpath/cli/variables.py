@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
-from credpath.cli.connections import _delete, _list_ids
+from credpath.cli.connections import (
+    FILE_FORMATS,
+    _delete,
+    _list_ids,
+    echo_import_summary,
+    export_done,
+    import_action,
+    read_secret_inputs,
+    team_kwargs,
+    team_option,
+)
 from credpath.cli.output import echo_json, variable_value
 
 
@@ -21,11 +32,14 @@ def variables() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {key, value, source} as JSON.")
 @click.option("--reveal", is_flag=True, help="Show values of sensitive keys (e.g. *_password) in clear text.")
 @click.option("--default", "default", help="Print this instead of failing when the key is not found.")
+@team_option
 @pass_state
 @handle_errors
-def get_command(state: State, key: str, as_json: bool, reveal: bool, default: str | None) -> None:
+def get_command(
+    state: State, key: str, as_json: bool, reveal: bool, default: str | None, team: str | None
+) -> None:
     """Resolve a variable. Values of sensitive keys are masked unless --reveal."""
-    resolution = state.search_path.lookup("variable", key)
+    resolution = state.search_path.lookup("variable", key, **team_kwargs(team))
     if resolution is None:
         if default is None:
             fail(f"variable {key!r} not found in any backend of the search path", EXIT_NOT_FOUND)
@@ -54,7 +68,9 @@ def get_command(state: State, key: str, as_json: bool, reveal: bool, default: st
 def set_command(
     state: State, key: str, value: str, to: str | None, no_overwrite: bool, on_deleted: str | None
 ) -> None:
-    """Set a variable (string value; JSON text is stored as is)."""
+    """Set a variable (string value; JSON text is stored as is). VALUE '-' reads standard input (a hidden
+    prompt on a terminal), so a secret value need not appear on the command line."""
+    value = read_secret_inputs({"VALUE": value})["VALUE"] or ""
     options = {"on_deleted": on_deleted} if on_deleted else {}
     target = state.search_path.set_variable(key, value, to=to, overwrite=not no_overwrite, **options)
     click.echo(f"set variable {key!r} in backend {target!r}")
@@ -81,37 +97,47 @@ def delete_command(state: State, key: str, source: str | None) -> None:
 
 
 @variables.command("export")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--from", "source", help="Only this backend (default: the whole search path).")
 @click.option(
-    "--file-format", type=click.Choice(["json", "yaml", "env"]), help="Default: from the extension."
+    "--file-format", "file_format", type=FILE_FORMATS, help="Default: from the extension (json for '-')."
 )
 @pass_state
 @handle_errors
 def export_command(state: State, file: Path, source: str | None, file_format: str | None) -> None:
-    """Export variables in Airflow's file formats. The file may hold secrets: mode 0600."""
+    """Export variables in Airflow's file formats ('-': standard output). The file may hold secrets: mode
+    0600, written to a temporary file and renamed; if a backend fails, exit 1 and nothing is written."""
     from credpath import transfer
 
-    count = transfer.export_variables(state.search_path, file, source=source, file_format=file_format)
-    click.echo(f"exported {count} variable(s) to {file}")
+    count = transfer.export_variables(
+        state.search_path, file, source=source, file_format=file_format.lower() if file_format else None
+    )
+    export_done("variable", count, file)
 
 
 @variables.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--to", "to", help="Backend name to write to.")
 @click.option(
+    "-a",
+    "--action-on-existing-key",
+    "action",
+    type=click.Choice(["overwrite", "fail", "skip"]),
+    help="What to do with keys that exist in the target (default: overwrite, as Airflow).",
+)
+@click.option(
     "--overwrite/--no-overwrite",
-    default=True,
-    show_default=True,
-    help="Replace variables that exist in the target (Airflow's import overwrites).",
+    default=None,
+    help="Shorthand for --action-on-existing-key overwrite / skip.",
 )
 @pass_state
 @handle_errors
-def import_command(state: State, file: Path, to: str | None, overwrite: bool) -> None:
-    """Import variables from an Airflow export file (.json, .yaml, .env)."""
+def import_command(
+    state: State, file: Path, to: str | None, action: str | None, overwrite: bool | None
+) -> None:
+    """Import variables from an Airflow export file (.json, .yaml, .env). All or nothing: parsed first."""
     from credpath import transfer
 
-    result = transfer.import_variables(state.search_path, file, to=to, overwrite=overwrite)
-    click.echo(
-        f"imported {result.written} variable(s), skipped {result.skipped} existing, into {result.target!r}"
-    )
+    on_existing: Any = import_action(action, overwrite, default="overwrite")
+    result = transfer.import_variables(state.search_path, file, to=to, on_existing=on_existing)
+    echo_import_summary("variable", result)
