@@ -127,7 +127,7 @@ def test_failed_entries_exit_1_and_are_listed(env: dict[str, Any], monkeypatch: 
     monkeypatch.setenv("AIRFLOW_CONN_FINE_ONE", "postgres://u:pw-s3cr3t-y@h/db")
     result = run(env, "--from", "env", "--to", "new", "--connections", "--include", "*_one")
     assert result.exit_code == 1
-    assert "failed: connection 'broken_one'" in result.stderr and "port" in result.stderr
+    assert "credpath: error: connection 'broken_one' failed" in result.stderr and "port" in result.stderr
     assert _destination(env).list_connections() == ["fine_one"]
 
 
