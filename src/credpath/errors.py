@@ -11,6 +11,24 @@ class ConfigError(CredpathError, ValueError):
     """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it."""
 
 
+class MissingFile(ConfigError, FileNotFoundError):
+    """A file a setting names does not exist or cannot be read (``kubernetes_jwt_path``, ``token_path``).
+
+    A ConfigError for credpath (exit 2, one line naming the setting) and a FileNotFoundError for callers
+    that catch what Airflow raises there; ``filename`` is the path.
+    """
+
+    def __init__(self, message: str, *, filename: str | None = None) -> None:
+        super().__init__(message)
+        import errno
+
+        self.errno = errno.ENOENT
+        self.filename = filename
+
+    def __str__(self) -> str:  # OSError would format "[Errno 2] ..." from errno/filename
+        return str(self.args[0])
+
+
 class MissingDependency(ConfigError):
     """A backend's client library is not installed; the message says which extra installs it."""
 
