@@ -306,6 +306,19 @@ def test_constructor_and_import_do_no_io_and_load_no_hvac() -> None:
     assert out.split() == ["False", "False"]
 
 
+def test_prepare_imports_the_client_and_builds_the_session_without_network(hanging_listener) -> None:
+    code = (
+        "import sys\n"
+        "from credpath.backends.vault import VaultBackend\n"
+        f"b = VaultBackend(url={hanging_listener.url!r}, token='t')\n"
+        "b.prepare(); b.prepare()\n"
+        "print('requests' in sys.modules, b.session._http is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
+    assert hanging_listener.accepted == 0
+
+
 # --- writing, listing, deleting ------------------------------------------------------------------------
 
 
@@ -442,3 +455,63 @@ def test_search_path_applies_on_error_to_a_failing_vault(state: str, tmp_path, m
     finally:
         if server is not None:
             stop_process(server.proc)
+
+
+# --- hashicorp provider 4.8.4 kwargs: lists of paths, team scoping ------------------------------------------
+
+
+def test_paths_as_lists_are_tried_in_order(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    openbao.put(openbao_kv2, 2, "connections/team1/only_team", {"conn_uri": "http://team.example"})
+    openbao.put(openbao_kv2, 2, "connections/team1/both", {"conn_uri": "http://first.example"})
+    openbao.put(openbao_kv2, 2, "connections/common/both", {"conn_uri": "http://second.example"})
+    openbao.put(openbao_kv2, 2, "connections/common/only_common", {"conn_uri": "http://common.example"})
+    backend = make(mount_point=openbao_kv2, connections_path=["connections/team1/", "connections/common"])
+    log = count(backend)
+    assert backend.get_conn_value("both") == "http://first.example"
+    assert backend.get_conn_value("only_common") == "http://common.example"
+    assert backend.get_conn_value("absent") is None
+    assert log.requests[-2:] == [
+        f"GET /v1/{openbao_kv2}/data/connections/team1/absent",
+        f"GET /v1/{openbao_kv2}/data/connections/common/absent",
+    ]
+    assert backend.list_connections() == ["both", "only_common", "only_team"]
+    assert make(mount_point=openbao_kv2, connections_path=[]).get_conn_value("both") is None
+    with pytest.raises(ConfigError, match="connections_path must be a string, a list of strings or null"):
+        make(connections_path=["a", 1])
+
+
+def test_global_secrets_path_is_the_last_fallback_and_deprecated(
+    openbao: OpenBao, openbao_kv2: str, make
+) -> None:
+    openbao.put(openbao_kv2, 2, "shared/v", {"value": "from-global"})
+    with pytest.warns(DeprecationWarning, match="global_secrets_path"):
+        backend = make(mount_point=openbao_kv2, global_secrets_path="shared/")
+    assert backend.paths["variable"] == ["variables", "shared"]
+    assert backend.get_variable("v") == "from-global"
+
+
+def test_team_scoping_as_the_4_8_4_provider(openbao: OpenBao, openbao_kv2: str, make, monkeypatch) -> None:
+    openbao.put(openbao_kv2, 2, "variables/team_a/v", {"value": "team-a"})
+    openbao.put(openbao_kv2, 2, "variables/v", {"value": "global"})
+    openbao.put(openbao_kv2, 2, "config/team_a/k", {"value": "never-team-scoped"})
+    openbao.put(openbao_kv2, 2, "config/k", {"value": "config"})
+    backend = make(mount_point=openbao_kv2)
+    # multi_team off: team_name is ignored, as in Airflow.
+    monkeypatch.delenv("AIRFLOW__CORE__MULTI_TEAM", raising=False)
+    assert backend.get_variable("v", team_name="team_a") == "global"
+    assert backend.get_variable("team_a/v") == "team-a"
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    assert backend.get_variable("v", team_name="team_a") == "team-a"
+    assert backend.get_variable("v", team_name="team_b") is None  # no fall-back to the global path
+    assert backend.get_variable("v") == "global"
+    log = count(backend)
+    assert backend.get_variable("team_a/v") is None  # an id that spells a team namespace: not looked up
+    assert len(log) == 0
+    assert backend.get_config("k") == "config"  # config is never team-scoped
+    flat = make(mount_point=openbao_kv2, use_team_secrets_path=False)
+    assert flat.get_variable("v", team_name="team_a") == "global"
+    assert flat.get_variable("team_a/v") == "team-a"
+    conn = make(mount_point=openbao_kv2)
+    openbao.put(openbao_kv2, 2, "connections/team_a/c", {"conn_uri": "http://team-a.example"})
+    assert conn.get_connection("c", team_name="team_a").host == "team-a.example"
+    assert conn.get_conn_value("c") is None
