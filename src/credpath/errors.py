@@ -11,8 +11,8 @@ class ConfigError(CredpathError, ValueError):
     """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it."""
 
 
-class ConfigFileNotFound(ConfigError, FileNotFoundError):
-    """A configured file (secrets file, token file) does not exist.
+class MissingFile(ConfigError, FileNotFoundError):
+    """A file a setting names does not exist (secrets file, ``kubernetes_jwt_path``, ``token_path``).
 
     Also a ``FileNotFoundError`` (an ``OSError``), which is what Airflow raises there, so callers that catch
     those keep working; ``filename`` is the path, ``errno`` is ENOENT, and ``str()`` is credpath's message.

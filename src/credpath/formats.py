@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from credpath.errors import ConfigError, ConfigFileNotFound
+from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection, ConnectionFormatError, Variable
 
 FileFormat = Literal["env", "json", "yaml"]
@@ -103,7 +103,7 @@ def parse_file(path: str | Path) -> ParsedFile:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         # Also a FileNotFoundError, as Airflow raises here.
-        raise ConfigFileNotFound(f"{path}: file not found", filename=str(path)) from None
+        raise MissingFile(f"{path}: file not found", filename=str(path)) from None
     except UnicodeDecodeError as exc:
         raise FileParseError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     except OSError as exc:

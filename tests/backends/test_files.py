@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from credpath.backends.files import LocalFilesystemBackend
-from credpath.errors import ConfigError, ConfigFileNotFound
+from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection
 from credpath.registry import create_backend
 from tests.conftest import assert_no_secret
@@ -231,7 +231,7 @@ def test_missing_file_and_unsupported_extension(tmp_path: Path) -> None:
         backend.get_variable("k")
     with pytest.raises(FileNotFoundError) as info:
         backend.get_variable("k")
-    assert isinstance(info.value, OSError) and isinstance(info.value, ConfigFileNotFound)
+    assert isinstance(info.value, OSError) and isinstance(info.value, MissingFile)
     assert info.value.filename == str(absent)
     assert str(info.value) == f"backend 'files' (local files): variables_file_path {absent} does not exist"
     with pytest.raises(

