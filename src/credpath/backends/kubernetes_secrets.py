@@ -1,7 +1,8 @@
 """Kubernetes Secrets backend: connections, variables and config as Secrets in one namespace.
 
 Written against credpath's declared backend contract only (``protocol.BaseBackend``), on the official
-``kubernetes`` client (``CoreV1Api``), which is imported on first use, never by ``import credpath``.
+``kubernetes`` client (its ``ApiClient``: kubeconfig, in-cluster and token auth, TLS, connection pool),
+imported on first use, never by ``import credpath``.
 
 Naming. A Secret's name is ``<prefix><sep><id>`` mapped to a DNS-1123 subdomain (what Kubernetes accepts:
 lower case letters, digits, ``-`` and ``.``, starting and ending with a letter or digit, at most 253
@@ -250,7 +251,7 @@ class KubernetesSecretsBackend(BaseBackend):
         self._exceptions = (urllib3.exceptions.HTTPError, OSError)
         # (timeouts, what urllib3 files under them but is not one: a refused connection)
         self._timeouts = (urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)
-        return client.CoreV1Api(client.ApiClient(configuration))
+        return client.ApiClient(configuration)
 
     def describe(self) -> str:
         where = self.host or ("in-cluster" if self._use_in_cluster() else self.kubeconfig or "~/.kube/config")
@@ -259,17 +260,52 @@ class KubernetesSecretsBackend(BaseBackend):
     def close(self) -> None:
         api, self._api = self._api, None
         if api is not None:
-            api.api_client.close()
+            api.close()
 
     # --- one call ----------------------------------------------------------------------------------
 
-    def _call(self, what: str, secret: str | None, request: Callable[[Any, tuple[float, float]], Any]) -> Any:
-        """Run ``request(api, request_timeout)`` under one deadline; JSON body, or an ApiException status.
+    def _http(
+        self,
+        method: str,
+        name: str | None = None,
+        *,
+        query: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Callable[[Any, tuple[float, float]], Any]:
+        """One request of the Secrets API through the client's ApiClient (its auth, TLS, proxy, pool).
 
-        Returns ``(status, body)``: 2xx and the statuses callers handle (404, 409) come back; 401/403 raise
-        AccessDenied; 429/5xx and connection failures are retried, then raise BackendError.
+        ``CoreV1Api`` is not used: importing it costs about 2 s (hundreds of validated methods), more than
+        the whole start-up of the other stores; the ApiClient is the same transport its methods call.
         """
-        api = self.api
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+
+        def send(api_client: Any, timeout: tuple[float, float]) -> Any:
+            # The namespace is known once the client is built (it may come from the kubeconfig).
+            path = f"/api/v1/namespaces/{self.namespace}/secrets" + (f"/{name}" if name else "")
+            request = api_client.param_serialize(
+                method,
+                path,
+                query_params=params,
+                header_params=dict(headers),
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = api_client.call_api(*request, _request_timeout=timeout)
+            response.read()
+            return response
+
+        return send
+
+    def _call(self, what: str, secret: str | None, request: Callable[[Any, tuple[float, float]], Any]) -> Any:
+        """Run ``request(api_client, request_timeout)`` under one deadline; ``(status, JSON body)``.
+
+        2xx and the statuses callers handle (404, 409, 410, 422) come back; 401/403 raise AccessDenied;
+        429/5xx and connection failures are retried within the deadline, then raise BackendError.
+        """
+        api_client = self.api
         from kubernetes.client.exceptions import ApiException
 
         deadline = Deadline(self.timeout)
@@ -284,34 +320,31 @@ class KubernetesSecretsBackend(BaseBackend):
             remaining = max(deadline.remaining(), 0.001)
             timeout = (min(remaining, 10.0), remaining)
             try:
-                response = call_with_deadline(lambda: request(api, timeout), deadline, on_timeout=timed_out)
-            except ApiException as exc:
-                status = int(exc.status or 0)
-                if status in (401, 403):
-                    reason = _status_reason(exc.body) or ("Unauthorized" if status == 401 else "Forbidden")
-                    raise self.error(
-                        f"{where}: access denied (HTTP {status} {reason})", AccessDenied
-                    ) from None
-                if status in (404, 409, 410, 422):
-                    return status, _json_body(exc.body)
-                reason = _status_reason(exc.body)
-                error = self.error(f"{where} failed (HTTP {status}{' ' + reason if reason else ''})")
-                if status in RETRY_STATUSES:
-                    headers = exc.headers or {}
-                    raise Retryable(error, parse_retry_after(headers.get("Retry-After"))) from None
-                raise error from None
+                response = call_with_deadline(
+                    lambda: request(api_client, timeout), deadline, on_timeout=timed_out
+                )
             except BackendError:
                 raise
-            except self._exceptions as exc:
+            except (ApiException, *self._exceptions) as exc:  # ApiException(status=0): TLS, proxy
                 if isinstance(exc, self._timeouts[0]) and not isinstance(exc, self._timeouts[1]):
                     raise timed_out() from None  # the socket timeout is the deadline's remainder
                 raise Retryable(
                     self.error(f"{where}: cannot reach the API server ({type(exc).__name__})")
                 ) from None
+            status = int(response.status)
+            if status in (401, 403):
+                reason = _status_reason(response.data) or ("Unauthorized" if status == 401 else "Forbidden")
+                raise self.error(f"{where}: access denied (HTTP {status} {reason})", AccessDenied)
+            if status >= 400 and status not in (404, 409, 410, 422):
+                reason = _status_reason(response.data)
+                error = self.error(f"{where} failed (HTTP {status}{' ' + reason if reason else ''})")
+                if status in RETRY_STATUSES:
+                    raise Retryable(error, parse_retry_after(response.getheader("Retry-After")))
+                raise error
             try:
-                return response.status, json.loads(response.data or b"null")
+                return status, json.loads(response.data or b"null")
             except ValueError:
-                raise self.error(f"{where}: the answer is not JSON (HTTP {response.status})") from None
+                raise self.error(f"{where}: the answer is not JSON (HTTP {status})") from None
 
         def timed_out() -> BackendError:
             return self.error(f"{where} timed out after {self.timeout:g} s", BackendTimeout)
@@ -386,9 +419,7 @@ class KubernetesSecretsBackend(BaseBackend):
         status, body = self._call(
             "reading",
             name,
-            lambda api, t: api.read_namespaced_secret(
-                name, self.namespace, _preload_content=False, _request_timeout=t
-            ),
+            self._http("GET", name),
         )
         if status == 404:
             return None
@@ -406,18 +437,9 @@ class KubernetesSecretsBackend(BaseBackend):
         token: str | None = None
         selector = f"{KIND_LABEL}={kind}"
         while True:
-            cont = token
-
-            def page(api: Any, t: tuple[float, float], cont: str | None = cont) -> Any:
-                return api.list_namespaced_secret(
-                    self.namespace,
-                    label_selector=selector,
-                    limit=self.page_size,
-                    _continue=cont,
-                    _preload_content=False,
-                    _request_timeout=t,
-                )
-
+            page = self._http(
+                "GET", query={"labelSelector": selector, "limit": self.page_size, "continue": token}
+            )
             status, body = self._call(f"listing {kind} secrets", None, page)
             if status == 410:
                 # The continue token expired (the snapshot is gone): start over rather than miss ids.
@@ -580,9 +602,7 @@ class KubernetesSecretsBackend(BaseBackend):
             status, _answer = self._call(
                 "creating",
                 name,
-                lambda api, t: api.create_namespaced_secret(
-                    self.namespace, body, _preload_content=False, _request_timeout=t
-                ),
+                self._http("POST", body=body),
             )
             if status != 409:
                 self._expect(status, "creating", name)
@@ -593,9 +613,7 @@ class KubernetesSecretsBackend(BaseBackend):
             status, _answer = self._call(
                 "replacing",
                 name,
-                lambda api, t: api.replace_namespaced_secret(
-                    name, self.namespace, body, _preload_content=False, _request_timeout=t
-                ),
+                self._http("PUT", name, body=body),
             )
             if status != 404:
                 self._expect(status, "replacing", name)
@@ -647,9 +665,7 @@ class KubernetesSecretsBackend(BaseBackend):
         status, _body = self._call(
             "deleting",
             name,
-            lambda api, t: api.delete_namespaced_secret(
-                name, self.namespace, _preload_content=False, _request_timeout=t
-            ),
+            self._http("DELETE", name),
         )
         if status == 404:
             return False
@@ -670,13 +686,7 @@ class KubernetesSecretsBackend(BaseBackend):
         status, _body = self._call(
             "listing secrets",
             None,
-            lambda api, t: api.list_namespaced_secret(
-                self.namespace,
-                label_selector=f"{KIND_LABEL}=connection",
-                limit=1,
-                _preload_content=False,
-                _request_timeout=t,
-            ),
+            self._http("GET", query={"labelSelector": f"{KIND_LABEL}=connection", "limit": 1}),
         )
         self._expect(status, "listing secrets", None, ok=(200,))
         return f"namespace {self.namespace!r} reachable; listing allowed"
