@@ -78,6 +78,8 @@ class BaseBackend:
     #: ``registry.create_backend`` so a missing client is a one-line "pip install 'credpath[extra]'".
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str | None] = None
+    #: The distribution whose extra installs them (a third-party backend names its own package).
+    distribution: ClassVar[str] = "credpath"
     #: False for stores whose reads cost microseconds and may change under the process (environment
     #: variables, a re-read file): the search path then never serves them from its cache.
     cache_results: ClassVar[bool] = True
@@ -117,7 +119,7 @@ class BaseBackend:
             except (ImportError, ValueError):
                 found = False
             if not found:
-                hint = f": pip install 'credpath[{cls.extra}]'" if cls.extra else ""
+                hint = f": pip install '{cls.distribution}[{cls.extra}]'" if cls.extra else ""
                 return MissingDependency(
                     f"backend {name or cls.alias or cls.__name__!r} needs {module.split('.')[0]}{hint}",
                     module=module,

@@ -18,7 +18,12 @@ ALIASES: dict[str, str] = {
     "gcp-secret-manager": "credpath.backends.gcp_secret_manager.SecretManagerBackend",
     "azure-key-vault": "credpath.backends.azure_key_vault.KeyVaultBackend",
     "airflow-db": "credpath.backends.airflow_db.AirflowDatabaseBackend",
+    "kubernetes-secrets": "credpath.backends.kubernetes_secrets.KubernetesSecretsBackend",
 }
+
+#: Installed packages register more aliases here: ``[project.entry-points."credpath.backends"]``
+#: ``my-store = "my_package.module:MyBackend"``. Consulted only for a name that is no built-in alias.
+ENTRY_POINT_GROUP = "credpath.backends"
 
 # Class paths published in Airflow's and Astronomer's guides -> credpath alias, so those configurations
 # work with no Airflow installed.
@@ -43,12 +48,23 @@ def resolve_type(type_name: str, *, setting: str = "type") -> tuple[str, str]:
     alias = AIRFLOW_CLASS_PATHS.get(type_name, type_name)
     if alias in ALIASES:
         return alias, ALIASES[alias]
+    if "." not in type_name and (plugin := _entry_point_alias(type_name)) is not None:
+        return type_name, plugin
     if "." not in type_name:
         raise ConfigError(
             f"{setting}: unknown backend type {type_name!r}; use one of {', '.join(sorted(ALIASES))} "
             "or a dotted class path"
         )
     return type_name, type_name
+
+
+def _entry_point_alias(name: str) -> str | None:
+    """The dotted class path an installed package registers for alias ``name`` (lazily, on a miss)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return entry.value.strip().replace(":", ".")
+    return None
 
 
 def load_class(class_path: str, *, setting: str = "type") -> type:

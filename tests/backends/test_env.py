@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
 from credpath.backends.env import EnvironmentBackend
 from credpath.model import Connection
 from credpath.registry import create_backend
+from tests.servers.local import EnvHarness
 
 PW = "pw-s3cr3t-1"
-
-
-class EnvHarness:
-    """Contract-suite harness: a process environment with no AIRFLOW_CONN_/AIRFLOW_VAR_ variables."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.monkeypatch = monkeypatch
-        for name in list(os.environ):
-            if name.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_")):
-                monkeypatch.delenv(name)
-
-    def make_backend(self, **kwargs: Any) -> EnvironmentBackend:
-        return EnvironmentBackend(**kwargs)
-
-    def seed(self, kind: str, key: str, raw_value: str) -> None:
-        if kind == "connection":
-            self.monkeypatch.setenv(f"AIRFLOW_CONN_{key.upper()}", raw_value)
-        elif kind == "variable":
-            self.monkeypatch.setenv(f"AIRFLOW_VAR_{key.upper()}", raw_value)
-        elif kind == "config":
-            pytest.skip("the environment backend serves no config (as Airflow's)")
-        else:
-            raise ValueError(f"unknown kind {kind!r}")
-
-
-@pytest.fixture
-def env_harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[EnvHarness]:
-    yield EnvHarness(monkeypatch)
 
 
 def test_reads_uri_and_json_connections_upper_casing_the_id(env_harness: EnvHarness) -> None:

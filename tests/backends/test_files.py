@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +14,7 @@ from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection
 from credpath.registry import create_backend
 from tests.conftest import assert_no_secret
+from tests.servers.local import FilesHarness
 
 PW = "pw-s3cr3t-1"
 
@@ -24,45 +23,6 @@ def _age(path: Path, seconds: float = 10.0) -> None:
     """Backdate a file, as if written a while ago (so its parse is trusted: see RACY_WINDOW_NS)."""
     past = time.time() - seconds
     os.utime(path, (past, past))
-
-
-class FilesHarness:
-    """Contract-suite harness: one JSON file per kind in a fresh directory; seeding rewrites the file."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.paths = {
-            "connection": root / "connections.json",
-            "variable": root / "variables.json",
-            "config": root / "config.json",
-        }
-        self.data: dict[str, dict[str, str]] = {kind: {} for kind in self.paths}
-        for kind in self.paths:
-            self._write(kind)
-
-    def _write(self, kind: str) -> None:
-        path = self.paths[kind]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data[kind], indent=2))
-        os.replace(tmp, path)  # atomic, like a deploy tool would
-
-    def make_backend(self, **kwargs: Any) -> LocalFilesystemBackend:
-        kwargs.setdefault("connections_file_path", str(self.paths["connection"]))
-        kwargs.setdefault("variables_file_path", str(self.paths["variable"]))
-        kwargs.setdefault("configs_file_path", str(self.paths["config"]))
-        return LocalFilesystemBackend(**kwargs)
-
-    def seed(self, kind: str, key: str, raw_value: str) -> None:
-        if kind not in self.paths:
-            raise ValueError(f"unknown kind {kind!r}")
-        self.data[kind][key] = raw_value
-        self._write(kind)
-
-
-@pytest.fixture
-def files_harness(tmp_path: Path) -> Iterator[FilesHarness]:
-    yield FilesHarness(tmp_path / "files")
 
 
 _CONTENT = {

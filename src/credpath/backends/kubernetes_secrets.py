@@ -1,0 +1,709 @@
+"""Kubernetes Secrets backend: connections, variables and config as Secrets in one namespace.
+
+Written against credpath's declared backend contract only (``protocol.BaseBackend``), on the official
+``kubernetes`` client (its ``ApiClient``: kubeconfig, in-cluster and token auth, TLS, connection pool),
+imported on first use, never by ``import credpath``.
+
+Naming. A Secret's name is ``<prefix><sep><id>`` mapped to a DNS-1123 subdomain (what Kubernetes accepts:
+lower case letters, digits, ``-`` and ``.``, starting and ending with a letter or digit, at most 253
+characters): letters are lower-cased and every ``_`` becomes ``-`` (as Key Vault maps ``_``). So ``my_db``,
+``MY_DB`` and ``my-db`` name the same Secret, ``airflow-connections-my-db``. An id whose name cannot be a
+Secret name (``a/b``, ``x_``) is a miss on read, without a call, and a :class:`ConfigError` on write. An empty
+prefix means the bare id; a prefix set to ``None`` switches that kind off.
+
+Secret data (base64 in ``data``, as the API keeps it), the way credpath maps Vault secrets:
+
+- connection: key ``conn_uri`` (the Airflow URI; a ``description`` key beside it is kept), or the JSON fields
+  as keys (``conn_type``, ``host``, ``login``, ``password``, ``schema``, ``port``, ``extra`` (JSON text),
+  ``description``). Writes use the URI form unless ``serialization="json"``.
+- variable and config: key ``value``; a Secret without it is an error naming the Secret and its keys.
+
+Labels and listing. Secrets credpath writes carry ``app.kubernetes.io/managed-by: credpath`` and
+``credpath.io/kind: connection|variable|config``, and the annotation ``credpath.io/id`` with the original id
+(so listing gives ``my_db`` back, not ``my-db``). Reads by id need no label: a Secret made with
+``kubectl create secret generic airflow-connections-my-db --from-literal=conn_uri=...`` is found. Listing,
+prefix prefetch and migration see only Secrets with the kind label (``kubectl label secret NAME
+credpath.io/kind=connection``): one LIST per page with ``labelSelector``, ``limit`` and ``continue``. Batch
+reads (``get_conn_values``/``get_variables``) list once and GET only the ids the labelled listing lacks, so
+an unlabelled Secret is never taken for a miss.
+
+Writes: ``overwrite=False`` creates (POST; 409 AlreadyExists -> :class:`ConfigError`); ``overwrite=True``
+creates, and on 409 replaces the whole Secret (PUT: labels and annotations other than credpath's are not
+kept). Deletes return False on 404.
+
+Kwargs: ``namespace`` (default: the pod's namespace in a cluster, else the kubeconfig context's, else
+``default``), ``connections_prefix``/``variables_prefix``/``config_prefix`` (Airflow's ``airflow-*``
+defaults), ``sep`` (``-``); how to reach the API server, in this order: ``host`` (+ ``token``, a bearer
+token; for tests and proxies), ``in_cluster=True`` (the pod's service account), else ``kubeconfig``
+(a path; default ``~/.kube/config``) and ``context``; ``in_cluster=None`` (default) means in-cluster when
+``KUBERNETES_SERVICE_HOST`` is set. ``verify_ssl`` (default true), ``ssl_ca_cert`` (a CA bundle path),
+``timeout`` (seconds for a whole call, retries of 429/5xx and connection failures included; default 30),
+``page_size`` (``limit`` per LIST page; default 500), plus the common options (lookup patterns,
+``connection_format``).
+
+Errors: 401 and 403 raise :class:`AccessDenied`; 404 is a miss; 429 and 5xx are retried within the deadline
+and then raise :class:`BackendError`; a call that runs out of time raises :class:`BackendTimeout`. Messages
+name the backend, the Secret and the HTTP status, never a value.
+
+Teams (Airflow 3.2+ multi-team): reads accept ``team_name`` and do not scope by it. No Airflow backend exists
+for this store to copy, and the Kubernetes unit of isolation is the namespace, enforced by RBAC: give each
+team its own backend on its own namespace, rather than a name convention any reader could step outside.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
+
+from credpath.deadlines import (
+    Deadline,
+    Retryable,
+    RetryPolicy,
+    call_with_deadline,
+    parse_retry_after,
+    retry_call,
+)
+from credpath.errors import AccessDenied, BackendError, BackendTimeout
+from credpath.protocol import BackendOptions, BaseBackend, Kind, iter_ids
+
+if TYPE_CHECKING:
+    from credpath.model import Connection
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+KIND_LABEL = "credpath.io/kind"
+ID_ANNOTATION = "credpath.io/id"
+#: DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
+NAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: DNS-1123 label: what Kubernetes accepts as a namespace name.
+NAMESPACE_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PREFIX_RE = re.compile(r"^([a-z0-9][-a-z0-9.]*)?$")
+CONNECTION_KEYS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+_SETTINGS: dict[Kind, str] = {
+    "connection": "connections_prefix",
+    "variable": "variables_prefix",
+    "config": "config_prefix",
+}
+
+
+def to_secret_name(name: str) -> str:
+    """The Kubernetes spelling of a glued ``<prefix><sep><id>``: lower case, ``_`` -> ``-``."""
+    return name.lower().replace("_", "-")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class KubernetesSecretsBackend(BaseBackend):
+    alias: ClassVar[str] = "kubernetes-secrets"
+    store_name: ClassVar[str] = "Kubernetes Secrets"
+    requires: ClassVar[tuple[str, ...]] = ("kubernetes",)
+    extra: ClassVar[str | None] = "kubernetes"
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        connections_prefix: str | None = "airflow-connections",
+        variables_prefix: str | None = "airflow-variables",
+        config_prefix: str | None = "airflow-config",
+        sep: str = "-",
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        in_cluster: bool | None = None,
+        host: str | None = None,
+        token: str | None = None,
+        verify_ssl: bool = True,
+        ssl_ca_cert: str | None = None,
+        timeout: float = 30.0,
+        page_size: int = 500,
+        **options: Unpack[BackendOptions],
+    ) -> None:
+        super().__init__(**options)
+        if not isinstance(sep, str):
+            raise self.config_error("sep must be a string")
+        self.sep = sep
+        self.prefixes: dict[Kind, str | None] = {
+            "connection": connections_prefix,
+            "variable": variables_prefix,
+            "config": config_prefix,
+        }
+        for kind, prefix in self.prefixes.items():
+            if prefix is None:
+                continue
+            if not isinstance(prefix, str) or not _PREFIX_RE.match(
+                to_secret_name(prefix + sep) if prefix else ""
+            ):
+                raise self.config_error(
+                    f"{_SETTINGS[kind]} and sep must give the start of a Kubernetes Secret name (letters, "
+                    "digits, '-', '_', '.'; starting with a letter or digit)"
+                )
+        if namespace is not None and (not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace)):
+            raise self.config_error(
+                "namespace must be a Kubernetes namespace name (lower case letters, digits, '-'; at most 63)"
+            )
+        self._namespace = namespace
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise self.config_error("timeout must be a positive number of seconds")
+        self.timeout = float(timeout)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise self.config_error("page_size must be a positive integer")
+        self.page_size = page_size
+        if in_cluster not in (None, True, False):
+            raise self.config_error("in_cluster must be true, false or null")
+        if host is not None and (not isinstance(host, str) or not host.startswith(("http://", "https://"))):
+            raise self.config_error("host must be an http:// or https:// URL of the API server")
+        if token is not None and not isinstance(token, str):
+            raise self.config_error("token must be a string")
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.in_cluster = in_cluster
+        self.host = host
+        self._token = token
+        self.verify_ssl = bool(verify_ssl)
+        self.ssl_ca_cert = ssl_ca_cert
+        self.retry_policy = RetryPolicy()
+        self._api: Any = None
+        self._exceptions: tuple[type[BaseException], ...] = ()
+        self._timeouts: tuple[type[BaseException], ...] = ()
+        self._lock = threading.Lock()
+
+    # --- client ------------------------------------------------------------------------------------
+
+    def _use_in_cluster(self) -> bool:
+        if self.host:
+            return False
+        if self.in_cluster is None:
+            return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        return self.in_cluster
+
+    def prepare(self) -> None:
+        """Import the client, read the kubeconfig or the pod's service account, build the API object."""
+        self.api  # noqa: B018 - the property builds it
+
+    @property
+    def api(self) -> Any:
+        if self._api is not None:
+            return self._api
+        with self._lock:
+            if self._api is None:
+                self._api = self._build_api()
+        return self._api
+
+    def _build_api(self) -> Any:
+        import urllib3
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+
+        configuration = client.Configuration()
+        namespace = self._namespace
+        try:
+            if self.host:
+                configuration.host = self.host.rstrip("/")
+                if self._token:
+                    configuration.api_key = {"authorization": self._token}
+                    configuration.api_key_prefix = {"authorization": "Bearer"}
+            elif self._use_in_cluster():
+                config.load_incluster_config(client_configuration=configuration)
+                if namespace is None and os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
+                    with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
+                        namespace = handle.read().strip() or None
+            else:
+                config.load_kube_config(
+                    config_file=self.kubeconfig,
+                    context=self.context,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
+                if namespace is None:
+                    contexts, active = config.list_kube_config_contexts(self.kubeconfig)
+                    if self.context:
+                        active = next((c for c in contexts or [] if c.get("name") == self.context), None)
+                    namespace = ((active or {}).get("context") or {}).get("namespace")
+        except ConfigException as exc:
+            where = (
+                "in-cluster config"
+                if self._use_in_cluster()
+                else f"kubeconfig {self.kubeconfig or '~/.kube/config'!r}"
+            )
+            raise self.config_error(f"cannot load the {where}: {type(exc).__name__}") from None
+        except OSError as exc:
+            raise self.config_error(
+                f"cannot read the kubeconfig or service account ({exc.strerror})"
+            ) from None
+        if not self.verify_ssl:
+            configuration.verify_ssl = False
+        if self.ssl_ca_cert:
+            configuration.ssl_ca_cert = self.ssl_ca_cert
+        configuration.retries = False  # credpath retries, within one deadline for the whole call
+        self.namespace = namespace or "default"
+        self._exceptions = (urllib3.exceptions.HTTPError, OSError)
+        # (timeouts, what urllib3 files under them but is not one: a refused connection)
+        self._timeouts = (urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)
+        return client.ApiClient(configuration)
+
+    def describe(self) -> str:
+        where = self.host or ("in-cluster" if self._use_in_cluster() else self.kubeconfig or "~/.kube/config")
+        return f"{self.alias} namespace={self._namespace or '(from config)'} api={where}"
+
+    def close(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            api.close()
+
+    # --- one call ----------------------------------------------------------------------------------
+
+    def _http(
+        self,
+        method: str,
+        name: str | None = None,
+        *,
+        query: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Callable[[Any, tuple[float, float]], Any]:
+        """One request of the Secrets API through the client's ApiClient (its auth, TLS, proxy, pool).
+
+        ``CoreV1Api`` is not used: importing it costs about 2 s (hundreds of validated methods), more than
+        the whole start-up of the other stores; the ApiClient is the same transport its methods call.
+        """
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+
+        def send(api_client: Any, timeout: tuple[float, float]) -> Any:
+            # The namespace is known once the client is built (it may come from the kubeconfig).
+            path = f"/api/v1/namespaces/{self.namespace}/secrets" + (f"/{name}" if name else "")
+            request = api_client.param_serialize(
+                method,
+                path,
+                query_params=params,
+                header_params=dict(headers),
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = api_client.call_api(*request, _request_timeout=timeout)
+            response.read()
+            return response
+
+        return send
+
+    def _call(self, what: str, secret: str | None, request: Callable[[Any, tuple[float, float]], Any]) -> Any:
+        """Run ``request(api_client, request_timeout)`` under one deadline; ``(status, JSON body)``.
+
+        2xx and the statuses callers handle (404, 409, 410, 422) come back; 401/403 raise AccessDenied;
+        429/5xx and connection failures are retried within the deadline, then raise BackendError.
+        """
+        api_client = self.api
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = Deadline(self.timeout)
+        target = f" {secret!r}" if secret else ""
+        where = (
+            f"{what} secret{target} in namespace {self.namespace!r}"
+            if secret
+            else f"{what} in namespace {self.namespace!r}"
+        )
+
+        def attempt(deadline: Deadline) -> tuple[int, Any]:
+            remaining = max(deadline.remaining(), 0.001)
+            timeout = (min(remaining, 10.0), remaining)
+            try:
+                response = call_with_deadline(
+                    lambda: request(api_client, timeout), deadline, on_timeout=timed_out
+                )
+            except BackendError:
+                raise
+            except (ApiException, *self._exceptions) as exc:  # ApiException(status=0): TLS, proxy
+                if isinstance(exc, self._timeouts[0]) and not isinstance(exc, self._timeouts[1]):
+                    raise timed_out() from None  # the socket timeout is the deadline's remainder
+                raise Retryable(
+                    self.error(f"{where}: cannot reach the API server ({type(exc).__name__})")
+                ) from None
+            status = int(response.status)
+            if status in (401, 403):
+                reason = _status_reason(response.data) or ("Unauthorized" if status == 401 else "Forbidden")
+                raise self.error(f"{where}: access denied (HTTP {status} {reason})", AccessDenied)
+            if status >= 400 and status not in (404, 409, 410, 422):
+                reason = _status_reason(response.data)
+                error = self.error(f"{where} failed (HTTP {status}{' ' + reason if reason else ''})")
+                if status in RETRY_STATUSES:
+                    raise Retryable(error, parse_retry_after(response.getheader("Retry-After")))
+                raise error
+            try:
+                return status, json.loads(response.data or b"null")
+            except ValueError:
+                raise self.error(f"{where}: the answer is not JSON (HTTP {status})") from None
+
+        def timed_out() -> BackendError:
+            return self.error(f"{where} timed out after {self.timeout:g} s", BackendTimeout)
+
+        return retry_call(attempt, deadline, self.retry_policy, on_timeout=timed_out)
+
+    # --- naming ------------------------------------------------------------------------------------
+
+    def secret_name(self, kind: Kind, key: str) -> str | None:
+        """The Secret name of ``key``, or None if this kind is switched off (its prefix is null)."""
+        prefix = self.prefixes[kind]
+        if prefix is None:
+            return None
+        return to_secret_name(f"{prefix}{self.sep}{key}" if prefix else key)
+
+    def _readable_name(self, kind: Kind, key: str) -> str | None:
+        if not self.wants(kind, key):
+            return None
+        name = self.secret_name(kind, key)
+        if name is None:
+            return None
+        if not NAME_RE.match(name):
+            log.debug("%s: %s %r cannot be a Kubernetes Secret name; miss", self.name, kind, key)
+            return None
+        return name
+
+    def _writable_name(self, kind: Kind, key: str) -> str:
+        name = self.secret_name(kind, key)
+        if name is None:
+            raise self.config_error(f"cannot write {kind} {key!r}: {_SETTINGS[kind]} is null")
+        if not NAME_RE.match(name):
+            raise self.config_error(
+                f"{kind} id {key!r} gives Secret name {name!r}, which Kubernetes rejects (lower case "
+                "letters, digits, '-', '.'; starting and ending with a letter or digit; at most 253)"
+            )
+        return name
+
+    def _key_of(self, kind: Kind, item: dict[str, Any]) -> str | None:
+        """The id of a listed Secret of ``kind``: its id annotation if that still names it, else the name
+        without the prefix; None if the Secret is not under this backend's prefix."""
+        prefix = self.prefixes[kind]
+        if prefix is None:
+            return None
+        metadata = item.get("metadata") or {}
+        name = metadata.get("name") or ""
+        start = to_secret_name(prefix + self.sep) if prefix else ""
+        if not name.startswith(start) or len(name) == len(start):
+            return None
+        original = (metadata.get("annotations") or {}).get(ID_ANNOTATION)
+        if isinstance(original, str) and self.secret_name(kind, original) == name:
+            return original
+        return name[len(start) :]
+
+    # --- reading Secrets ---------------------------------------------------------------------------
+
+    def _decode(self, name: str, item: Any) -> dict[str, str]:
+        if not isinstance(item, dict) or item.get("kind", "Secret") != "Secret":
+            raise self.error(f"reading secret {name!r}: the answer is not a Secret")
+        data = item.get("data") or {}
+        if not isinstance(data, dict):
+            raise self.error(f"secret {name!r}: 'data' is not a map")
+        decoded: dict[str, str] = {}
+        for key, value in data.items():
+            try:
+                decoded[key] = base64.b64decode(value or "", validate=True).decode("utf-8")
+            except (binascii.Error, ValueError, TypeError):
+                raise self.error(f"secret {name!r}: key {key!r} is not base64 of UTF-8 text") from None
+        return decoded
+
+    def read_secret(self, name: str) -> dict[str, str] | None:
+        """The decoded data of Secret ``name``, or None if there is none (404)."""
+        status, body = self._call(
+            "reading",
+            name,
+            self._http("GET", name),
+        )
+        if status == 404:
+            return None
+        self._expect(status, "reading", name)
+        log.debug("%s: read secret %r", self.name, name)
+        return self._decode(name, body)
+
+    def _expect(self, status: int, what: str, name: str | None, ok: Iterable[int] = (200, 201)) -> None:
+        if status not in ok:
+            target = f" secret {name!r}" if name else ""
+            raise self.error(f"{what}{target} in namespace {self.namespace!r} failed (HTTP {status})")
+
+    def _list_items(self, kind: Kind) -> Iterator[dict[str, Any]]:
+        """Every Secret labelled ``credpath.io/kind=<kind>``, page by page (``limit`` and ``continue``)."""
+        token: str | None = None
+        selector = f"{KIND_LABEL}={kind}"
+        while True:
+            page = self._http(
+                "GET", query={"labelSelector": selector, "limit": self.page_size, "continue": token}
+            )
+            status, body = self._call(f"listing {kind} secrets", None, page)
+            if status == 410:
+                # The continue token expired (the snapshot is gone): start over rather than miss ids.
+                raise self.error(
+                    f"listing {kind} secrets: the listing changed while paging (HTTP 410); retry"
+                )
+            self._expect(status, f"listing {kind} secrets", None, ok=(200,))
+            if not isinstance(body, dict) or not isinstance(body.get("items", []), list):
+                raise self.error(f"listing {kind} secrets: the answer is not a SecretList")
+            yield from body.get("items") or []
+            token = (body.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
+
+    def _listed(self, kind: Kind) -> dict[str, tuple[str, dict[str, Any]]]:
+        """{id: (name, Secret)} of the labelled Secrets of ``kind`` under this backend's prefix."""
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        for item in self._list_items(kind):
+            key = self._key_of(kind, item)
+            if key is not None:
+                found[key] = ((item.get("metadata") or {}).get("name", ""), item)
+        return found
+
+    # --- values from Secret data -------------------------------------------------------------------
+
+    @staticmethod
+    def _conn_value(data: dict[str, str]) -> str:
+        uri = data.get("conn_uri")
+        if uri:
+            return uri
+        return json.dumps(data)
+
+    def _connection_from(self, conn_id: str, data: dict[str, str]) -> Connection:
+        if self._connection_adapter is not None:
+            return self.deserialize_connection(conn_id, self._conn_value(data))
+        from credpath.model import Connection
+
+        uri = data.get("conn_uri")
+        if uri:
+            # A description stored next to conn_uri survives (as credpath's Vault backend keeps it).
+            return Connection.from_uri(uri, conn_id=conn_id, description=data.get("description"))
+        return Connection.from_json(dict(data), conn_id=conn_id)
+
+    def _value_from(self, name: str, data: dict[str, str]) -> str:
+        if "value" not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            raise self.error(f"secret {name!r} has no 'value' key (keys present: {keys})")
+        return data["value"]
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def _read(self, kind: Kind, key: str) -> tuple[str, dict[str, str]] | None:
+        name = self._readable_name(kind, key)
+        if name is None:
+            return None
+        data = self.read_secret(name)
+        return None if data is None else (name, data)
+
+    def get_conn_value(self, conn_id: str, *, team_name: str | None = None) -> str | None:
+        found = self._read("connection", conn_id)
+        return None if found is None else self._conn_value(found[1])
+
+    def get_connection(self, conn_id: str, *, team_name: str | None = None) -> Connection | None:
+        found = self._read("connection", conn_id)
+        return None if found is None else self._connection_from(conn_id, found[1])
+
+    def get_variable(self, key: str, *, team_name: str | None = None) -> str | None:
+        found = self._read("variable", key)
+        return None if found is None else self._value_from(*found)
+
+    def get_config(self, key: str, *, team_name: str | None = None) -> str | None:
+        found = self._read("config", key)
+        return None if found is None else self._value_from(*found)
+
+    # --- batches and prefetch ------------------------------------------------------------------------
+
+    def _batch(self, kind: Kind, ids: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
+        wanted = [i for i in dict.fromkeys(ids) if self._readable_name(kind, i) is not None]
+        if not wanted:
+            return {}
+        if len(wanted) == 1:
+            found = self._read(kind, wanted[0])
+            return {} if found is None else {wanted[0]: found}
+        listed: dict[str, tuple[str, dict[str, Any]]] = {}
+        for item in self._list_items(kind):
+            name = (item.get("metadata") or {}).get("name")
+            if name:
+                listed[name] = item
+        out: dict[str, tuple[str, dict[str, str]]] = {}
+        for key in wanted:
+            name = self._readable_name(kind, key)
+            assert name is not None
+            if name in listed:
+                out[key] = (name, self._decode(name, listed[name]))
+            else:
+                # A Secret without the kind label is not listed, yet exists for a read by name.
+                found = self._read(kind, key)
+                if found is not None:
+                    out[key] = found
+        return out
+
+    def get_conn_values(self, ids: Iterable[str], *, team_name: str | None = None) -> dict[str, str]:
+        """Hits only: one LIST of the labelled connection Secrets, then a GET per id it lacks."""
+        return {key: self._conn_value(data) for key, (_, data) in self._batch("connection", ids).items()}
+
+    def get_connections(self, ids: Iterable[str], *, team_name: str | None = None) -> dict[str, Connection]:
+        """Hits only, as connections: as get_conn_values, keeping a ``description`` beside ``conn_uri``."""
+        return {
+            key: self._connection_from(key, data) for key, (_, data) in self._batch("connection", ids).items()
+        }
+
+    def get_variables(self, keys: Iterable[str], *, team_name: str | None = None) -> dict[str, str]:
+        return {
+            key: self._value_from(name, data) for key, (name, data) in self._batch("variable", keys).items()
+        }
+
+    def _prefetch(self, kind: Kind) -> dict[str, tuple[str, dict[str, str]]]:
+        return {
+            key: (name, self._decode(name, item))
+            for key, (name, item) in self._listed(kind).items()
+            if self.wants(kind, key)
+        }
+
+    def prefetch_connections(self) -> dict[str, str]:
+        return {key: self._conn_value(data) for key, (_, data) in self._prefetch("connection").items()}
+
+    def prefetch_variables(self) -> dict[str, str]:
+        return {key: self._value_from(name, data) for key, (name, data) in self._prefetch("variable").items()}
+
+    # --- listing -----------------------------------------------------------------------------------
+
+    def list_connections(self) -> list[str]:
+        return iter_ids(self._listed("connection")) if self.prefixes["connection"] is not None else []
+
+    def list_variables(self) -> list[str]:
+        return iter_ids(self._listed("variable")) if self.prefixes["variable"] is not None else []
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    def _body(self, kind: Kind, key: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+        annotations = {ID_ANNOTATION: key} if len(key) <= 253 else {}
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY_LABEL: "credpath", KIND_LABEL: kind},
+                "annotations": annotations,
+            },
+            "data": {k: _b64(v) for k, v in data.items()},
+        }
+
+    def _write(self, kind: Kind, key: str, data: dict[str, str], *, overwrite: bool) -> None:
+        name = self._writable_name(kind, key)
+        self.api  # noqa: B018 - resolves the namespace before the body names it
+        body = self._body(kind, key, name, data)
+        for _ in range(3):  # create, or replace; a Secret deleted between the two is created again
+            status, _answer = self._call(
+                "creating",
+                name,
+                self._http("POST", body=body),
+            )
+            if status != 409:
+                self._expect(status, "creating", name)
+                log.debug("%s: created secret %r", self.name, name)
+                return
+            if not overwrite:
+                raise self.config_error(f"{kind} {key!r} already exists (secret {name!r})")
+            status, _answer = self._call(
+                "replacing",
+                name,
+                self._http("PUT", name, body=body),
+            )
+            if status != 404:
+                self._expect(status, "replacing", name)
+                log.debug("%s: replaced secret %r", self.name, name)
+                return
+        raise self.error(f"writing secret {name!r}: it kept changing between create and replace")
+
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: str | None = None
+    ) -> None:
+        """Store ``conn_uri`` (plus ``description``), or the JSON fields as keys with
+        ``serialization="json"``; a backend with a ``connection_format`` stores that format's value."""
+        if not conn.conn_id:
+            raise self.config_error("set_connection needs a connection with a conn_id")
+        if serialization not in (None, "uri", "json"):
+            raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
+        if self._connection_adapter is not None:
+            value = self._connection_adapter.to_value(conn)
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                data = {
+                    k: v if isinstance(v, str) else json.dumps(v) for k, v in parsed.items() if v is not None
+                }
+            else:
+                data = {"conn_uri": value}
+        elif serialization == "json":
+            fields = conn.to_dict(include_conn_id=False, prune_empty=True)
+            data = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+            if conn.extra:
+                data["extra"] = conn.extra
+        else:
+            data = {"conn_uri": conn.get_uri()}
+            if conn.description:
+                data["description"] = conn.description
+        self._write("connection", conn.conn_id, data, overwrite=overwrite)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        if not isinstance(value, str):
+            raise self.config_error(
+                f"variable {key!r}: the value must be a string, got {type(value).__name__}"
+            )
+        self._write("variable", key, {"value": value}, overwrite=overwrite)
+
+    def _delete(self, kind: Kind, key: str) -> bool:
+        name = self._writable_name(kind, key)
+        status, _body = self._call(
+            "deleting",
+            name,
+            self._http("DELETE", name),
+        )
+        if status == 404:
+            return False
+        self._expect(status, "deleting", name, ok=(200, 202))
+        log.debug("%s: deleted secret %r", self.name, name)
+        return True
+
+    def delete_connection(self, conn_id: str) -> bool:
+        return self._delete("connection", conn_id)
+
+    def delete_variable(self, key: str) -> bool:
+        return self._delete("variable", key)
+
+    # --- check -------------------------------------------------------------------------------------
+
+    def check(self) -> str:
+        """One LIST of at most one labelled connection Secret: the API server answers and lets us list."""
+        status, _body = self._call(
+            "listing secrets",
+            None,
+            self._http("GET", query={"labelSelector": f"{KIND_LABEL}=connection", "limit": 1}),
+        )
+        self._expect(status, "listing secrets", None, ok=(200,))
+        return f"namespace {self.namespace!r} reachable; listing allowed"
+
+
+def _json_body(body: Any) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (TypeError, ValueError):
+        return None
+
+
+def _status_reason(body: Any) -> str:
+    """The ``reason`` of a metav1.Status body ("NotFound", "Forbidden"), never its free-text message."""
+    parsed = _json_body(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("reason"), str):
+        return parsed["reason"]
+    return ""

@@ -1,0 +1,317 @@
+"""The backend contract suite, shipped with credpath so any backend, in-tree or third-party, runs it.
+
+The same behaviours credpath's own stores pass (tests/backends/test_contract.py), as a test class to
+subclass, in the manner of keyring's ``BackendBasicTests``::
+
+    import pytest
+    from credpath.testing import BackendContract
+
+    class TestMyStore(BackendContract):
+        @pytest.fixture
+        def harness(self):
+            return MyStoreHarness()  # make_backend(**kwargs) and seed(kind, key, raw_value)
+
+A harness has ``make_backend(**kwargs)`` (a fresh backend on a clean namespace of the store; ``kwargs`` are
+backend options such as ``connections_lookup_pattern``) and ``seed(kind, key, raw_value)`` (a raw write of a
+``connection``/``variable``/``config`` with the store's native client, not through the backend). Optional:
+``api_calls() -> int``, the number of API calls the store has seen (used to prove "no call"). ``seed`` raises
+``ValueError`` for a value the store cannot hold (a malformed URI in a store of structured rows), which skips
+the tests that need it; a store without config lookups (``get_config`` not implemented) skips the config test;
+write, list and delete tests run where the backend implements them.
+
+:func:`harness_fixture` builds a ``harness`` fixture parametrised over several stores from their own
+fixtures (``<alias>_harness``); a store whose fixture is missing FAILS, it is never skipped.
+
+This module imports pytest; ``import credpath`` never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from credpath.errors import ConfigError, CredpathError, ReadOnlyBackend
+from credpath.model import Connection
+from credpath.protocol import can
+
+__all__ = [
+    "API_KEY",
+    "PASSWORD",
+    "BackendContract",
+    "NoNetwork",
+    "harness_fixture",
+    "harness_fixture_name",
+    "new_id",
+    "require",
+    "seed_or_skip",
+]
+
+PASSWORD = "pw-s3cr3t-contract"
+API_KEY = "key-s3cr3t-contract"
+
+
+def new_id(label: str) -> str:
+    """A fresh id, lower case letters/digits/underscore: valid in every store (env upper-cases, Azure and
+    Kubernetes map '_' to '-')."""
+    return f"ct_{label}_{uuid.uuid4().hex[:8]}"
+
+
+def seed_or_skip(harness: Any, kind: str, key: str, raw: str) -> None:
+    try:
+        harness.seed(kind, key, raw)
+    except (NotImplementedError, ReadOnlyBackend) as exc:
+        pytest.skip(f"harness cannot seed {kind}: {type(exc).__name__}")
+
+
+def require(backend: Any, *operations: str) -> None:
+    """Skip unless ``backend`` implements every one of ``operations`` (writes, listing, deletes)."""
+    missing = [op for op in operations if not can(backend, op)]
+    if missing:
+        pytest.skip(f"{type(backend).__name__} does not support {', '.join(missing)}")
+
+
+class NoNetwork:
+    """Fails any socket send while active: proves a lookup made no call over the wire."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+
+    def __enter__(self) -> NoNetwork:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a lookup excluded by its lookup pattern went over the network")
+
+        for cls in (socket.socket, ssl.SSLSocket):
+            for method in ("send", "sendall", "sendto", "sendmsg"):
+                self.monkeypatch.setattr(cls, method, refuse, raising=False)
+        self.monkeypatch.setattr(socket, "create_connection", refuse)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.monkeypatch.undo()
+
+
+def harness_fixture_name(alias: str) -> str:
+    """The fixture that provides a store's harness: ``<alias with '-' as '_'>_harness``."""
+    return alias.replace("-", "_") + "_harness"
+
+
+def harness_fixture(
+    aliases: Iterable[str], *, fixture_name: Callable[[str], str] = harness_fixture_name
+) -> Any:
+    """A ``harness`` fixture parametrised over ``aliases`` (ids are the aliases), each resolved from the
+    fixture ``fixture_name(alias)``. A missing fixture fails the test: a store without a harness is a gap
+    in the contract, not something to skip."""
+    aliases = list(aliases)
+
+    @pytest.fixture(params=aliases, ids=aliases)
+    def harness(request: pytest.FixtureRequest) -> Any:
+        name = fixture_name(request.param)
+        try:
+            return request.getfixturevalue(name)
+        except pytest.FixtureLookupError as exc:
+            if exc.argname == name:
+                pytest.fail(
+                    f"backend {request.param!r} has no contract harness: define the fixture {name!r} "
+                    "(a pytest plugin, e.g. in tests/servers/)",
+                    pytrace=False,
+                )
+            raise
+
+    return harness
+
+
+class BackendContract:
+    """The contract every backend meets; subclass it and provide a ``harness`` fixture."""
+
+    # --- reads -------------------------------------------------------------------------------------------
+
+    def test_connection_uri_hit(self, harness: Any) -> None:
+        conn_id = new_id("uri")
+        harness.seed("connection", conn_id, f"postgres://app_user:{PASSWORD}@db.example.com:5433/appdb")
+        backend = harness.make_backend()
+        assert backend.get_conn_value(conn_id) is not None
+        conn = backend.get_connection(conn_id)
+        assert conn is not None
+        assert (conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema) == (
+            "postgres",
+            "db.example.com",
+            "app_user",
+            PASSWORD,
+            5433,
+            "appdb",
+        )
+
+    def test_connection_json_hit_keeps_extra_and_masks_repr(self, harness: Any) -> None:
+        conn_id = new_id("json")
+        raw = json.dumps(
+            {
+                "conn_type": "http",
+                "host": "api.example.com",
+                "login": "svc",
+                "password": PASSWORD,
+                "extra": {"api_key": API_KEY, "timeout": "30"},
+            }
+        )
+        harness.seed("connection", conn_id, raw)
+        conn = harness.make_backend().get_connection(conn_id)
+        assert conn is not None
+        assert conn.host == "api.example.com" and conn.password == PASSWORD
+        assert conn.extra_dejson == {"api_key": API_KEY, "timeout": "30"}  # Airflow 3.3: plain json.loads
+        text = repr(conn) + str(conn)
+        assert PASSWORD not in text and API_KEY not in text
+        assert "api.example.com" in text  # the repr still says which connection it is
+
+    def test_connection_miss_is_none(self, harness: Any) -> None:
+        harness.seed("connection", new_id("other"), "postgres://u@h/db")  # the namespace is not empty
+        backend = harness.make_backend()
+        missing = new_id("missing")
+        assert backend.get_conn_value(missing) is None
+        assert backend.get_connection(missing) is None
+
+    def test_variable_hit_and_miss(self, harness: Any) -> None:
+        key = new_id("var")
+        harness.seed("variable", key, "value-s3cr3t-var")
+        backend = harness.make_backend()
+        assert backend.get_variable(key) == "value-s3cr3t-var"
+        assert backend.get_variable(new_id("nope")) is None
+
+    def test_variable_json_text_is_returned_raw(self, harness: Any) -> None:
+        key = new_id("varjson")
+        raw = json.dumps({"a": [1, 2], "b": "x"})
+        harness.seed("variable", key, raw)
+        assert json.loads(harness.make_backend().get_variable(key)) == {"a": [1, 2], "b": "x"}
+
+    def test_config_where_supported(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        if not can(backend, "get_config"):
+            pytest.skip(f"{type(backend).__name__} has no config lookups")
+        key = new_id("cfg")
+        seed_or_skip(harness, "config", key, "sql_alchemy_conn_value")
+        assert harness.make_backend().get_config(key) == "sql_alchemy_conn_value"
+        assert backend.get_config(new_id("nocfg")) is None
+
+    # --- lookup patterns ---------------------------------------------------------------------------------
+
+    def test_lookup_patterns_skip_without_a_call(self, harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        wanted, unwanted = new_id("wanted"), new_id("other")
+        unwanted = "zz" + unwanted  # does not start with "ct_"
+        harness.seed("connection", wanted, "postgres://u@wanted.example/db")
+        harness.seed("connection", unwanted, "postgres://u@unwanted.example/db")
+        harness.seed("variable", unwanted, "v")
+        backend = harness.make_backend(connections_lookup_pattern="^ct_", variables_lookup_pattern="^CT_")
+        assert backend.get_connection(wanted).host == "wanted.example"  # case-insensitive, anchored at start
+        calls = getattr(harness, "api_calls", None)
+        before = calls() if calls else None
+        with NoNetwork(monkeypatch):
+            assert backend.get_conn_value(unwanted) is None
+            assert backend.get_variable(unwanted) is None
+        if calls:
+            assert calls() == before
+
+    # --- errors ------------------------------------------------------------------------------------------
+
+    def test_bad_value_error_names_id_not_value(self, harness: Any) -> None:
+        conn_id = new_id("bad")
+        try:
+            harness.seed("connection", conn_id, f"postgres://u:{PASSWORD}@db.example.com:notaport/db")
+        except ValueError:
+            pytest.skip("the store keeps structured rows; a malformed URI cannot be stored in it")
+        backend = harness.make_backend()
+        with pytest.raises(CredpathError) as info:
+            backend.get_connection(conn_id)
+        message = str(info.value)
+        assert conn_id in message and "port" in message
+        assert PASSWORD not in message and "s3cr3t" not in repr(info.value)
+
+    def test_bad_json_value_error_names_id_not_value(self, harness: Any) -> None:
+        conn_id = new_id("badjson")
+        try:
+            harness.seed("connection", conn_id, '{"conn_type": "postgres", "password": "' + PASSWORD + '", ')
+        except ValueError:
+            pytest.skip("the store keeps structured maps; malformed JSON cannot be stored in it")
+        with pytest.raises(ConfigError) as info:
+            harness.make_backend().get_connection(conn_id)
+        assert conn_id in str(info.value)
+        assert PASSWORD not in str(info.value)
+
+    def test_backend_repr_reveals_nothing(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        text = repr(backend) + backend.describe()
+        assert "s3cr3t" not in text and text
+
+    # --- writes, listing, deletes (where supported) ---------------------------------------------------------
+
+    def test_connection_write_read_list_delete(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "set_connection")
+        conn_id = new_id("w")
+        conn = Connection(
+            conn_id=conn_id,
+            conn_type="postgres",
+            description="written by the contract suite",
+            host="db.example.com",
+            login="writer",
+            password=PASSWORD,
+            schema="app",
+            port=5432,
+            extra=json.dumps({"sslmode": "require"}),
+        )
+        backend.set_connection(conn)
+        got = backend.get_connection(conn_id)
+        assert got is not None
+        assert got.to_dict() == conn.to_dict()
+        with pytest.raises(ConfigError) as info:
+            backend.set_connection(conn, overwrite=False)
+        assert conn_id in str(info.value) and PASSWORD not in str(info.value)
+        backend.set_connection(Connection(conn_id=conn_id, conn_type="postgres", host="db2.example.com"))
+        assert backend.get_connection(conn_id).host == "db2.example.com"
+        if can(backend, "list_connections"):
+            assert conn_id in backend.list_connections()
+        if can(backend, "delete_connection"):
+            assert backend.delete_connection(conn_id) is True
+            assert backend.get_conn_value(conn_id) is None
+            assert backend.delete_connection(conn_id) is False
+            if can(backend, "list_connections"):
+                assert conn_id not in backend.list_connections()
+
+    def test_variable_write_read_list_delete(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "set_variable")
+        key, other = new_id("wv"), new_id("wv")
+        backend.set_variable(key, "value-s3cr3t-1")
+        backend.set_variable(other, "plain")
+        assert backend.get_variable(key) == "value-s3cr3t-1"
+        with pytest.raises(ConfigError):
+            backend.set_variable(key, "value-s3cr3t-2", overwrite=False)
+        assert backend.get_variable(key) == "value-s3cr3t-1"
+        backend.set_variable(key, "value-s3cr3t-3")
+        assert backend.get_variable(key) == "value-s3cr3t-3"
+        if can(backend, "list_variables"):
+            listed = backend.list_variables()
+            assert {key, other} <= set(listed)
+            assert listed == sorted(listed)
+        if can(backend, "delete_variable"):
+            assert backend.delete_variable(key) is True
+            assert backend.get_variable(key) is None
+            assert backend.get_variable(other) == "plain"
+            assert backend.delete_variable(key) is False
+
+    def test_listing_sees_seeded_ids_only_under_its_prefix(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "list_connections", "list_variables")
+        # Letters and digits only: Azure cannot give back '_' for secrets seeded without credpath's id tag.
+        conns = {f"ctlc{uuid.uuid4().hex[:8]}" for _ in range(3)}
+        var = f"ctlv{uuid.uuid4().hex[:8]}"
+        for conn_id in conns:
+            harness.seed("connection", conn_id, "postgres://u@h/db")
+        harness.seed("variable", var, "x")
+        listed = set(backend.list_connections())
+        assert conns <= listed
+        assert var not in listed
+        assert var in backend.list_variables()
