@@ -118,8 +118,11 @@ def test_prefixes_sep_and_null_prefix(h: GcpSecretManagerHarness) -> None:
     before = h.api_calls()
     assert backend.get_variable("anything") is None
     assert h.api_calls() == before
-    h.seed_secret("bare_id", "v")
+    # Airflow's google provider joins prefix, sep and id even under an empty prefix: "-bare_id".
+    h.seed_secret("bare_id", "not-this")
+    h.seed_secret("-bare_id", "v")
     assert h.make_backend(variables_prefix="").get_variable("bare_id") == "v"
+    assert h.fake.requests[-1][1].endswith("/secrets/-bare_id/versions/latest:access")
 
 
 @pytest.mark.parametrize(
