@@ -544,9 +544,11 @@ class AwsBackend(BaseBackend):
     """What the Secrets Manager and SSM backends share: prefixes, name mapping, pagination, batches, listing.
 
     Names are ``<prefix><sep><key>`` (Airflow's ``build_path``); an empty prefix means the bare key, a null
-    prefix switches that kind off. Subclasses build ``self.aws`` after their own kwarg checks (so those
-    errors come before the session's) and supply the store's calls: ``_get``, ``_batch_get``, ``_prefetch``,
-    ``_list_keys``, ``_list_request``, ``_write``.
+    prefix switches that kind off. A lookup for a team tries ``<prefix><sep><team>--<key>`` first, then the
+    team-agnostic name (``team_name_of``; the 3.3.2-era provider's rule); in multi-team mode an id containing
+    ``--`` is never looked up. Subclasses build ``self.aws`` after their own kwarg checks (so those errors
+    come before the session's) and supply the store's calls: ``_get_name``, ``_batch_get``, ``_prefetch``,
+    ``_list_keys``, ``_list_request``, ``_write``; every call goes through ``_call`` (deadline, retries).
     """
 
     #: botocore service name of the store's client.

@@ -5,6 +5,17 @@ prefix switches that kind off. Connection values are a URI or JSON; JSON accepts
 (``username`` -> ``login``, ``engine`` -> ``conn_type``, ...) and, unlike Airflow, keeps unknown keys in
 ``extra`` instead of dropping them.
 
+Kwargs: Airflow's (``connections_prefix`` ... ``extra_conn_words``; ``use_ssl`` and ``api_version`` for the
+client; every AWS hook extra Airflow passes on: ``region_name``, ``profile_name``, ``role_arn``,
+``assume_role_kwargs``, ``endpoint_url``, ``verify``, ``aws_access_key_id``/``aws_secret_access_key``/
+``aws_session_token``, ``session_kwargs``, ``config_kwargs``, ``botocore_config``, ``service_config``) and
+``timeout``: seconds a whole lookup may take (connect, reads, retries, back-off and ``Retry-After`` waits;
+default 10). An unknown kwarg is a one-line error (Airflow would ignore a typo silently).
+
+Faults: botocore's retries are off; throttling, 429, 5xx and transient network errors are retried (3 tries
+by default, ``config_kwargs["retries"]`` sets them) with full-jitter back-off inside ``timeout``; a
+``Retry-After`` beyond it fails the lookup at once; access denied and refused connections are not retried.
+
 Cost: one ``GetSecretValue`` per uncached read; ``BatchGetSecretValue`` (20 ids per call, AWS's limit) for
 ``get_conn_values``/``get_variables``; ``ListSecrets`` (100 per page) + batches for prefix prefetch.
 """

@@ -3,7 +3,8 @@
 Parameter names are ``<prefix>/<id>`` with a leading ``/`` ensured (as Airflow does); a null prefix switches
 that kind off. Reads decrypt SecureStrings. Cost: one ``GetParameter`` per uncached read; ``GetParameters``
 (10 names per call, AWS's limit) for batches; ``GetParametersByPath`` (10 per page) for prefix prefetch
-and listing. Writes are SecureStrings.
+and listing. Writes are SecureStrings. Kwargs, deadlines and retries as for Secrets Manager (``_aws.py``);
+a team lookup tries ``<prefix>/<team>--<id>`` first, under an empty prefix too (as Airflow's SSM backend).
 """
 
 from __future__ import annotations
