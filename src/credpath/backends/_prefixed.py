@@ -22,7 +22,6 @@ from credpath.protocol import BaseBackend, Kind, iter_ids
 #: What the 3.3.2-era provider backends put between a team's name and the id in a team-scoped secret name.
 TEAM_SEP = "--"
 _TRUE = ("t", "true", "1")
-_FALSE = ("f", "false", "0", "")
 
 
 def multi_team_enabled() -> bool:
@@ -38,14 +37,8 @@ def multi_team_enabled() -> bool:
             return bool(conf.getboolean("core", "multi_team", fallback=False))
         except Exception:  # a broken Airflow config is Airflow's to report; fall back to the environment
             pass
-    value = os.environ.get("AIRFLOW__CORE__MULTI_TEAM", "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    from credpath.errors import ConfigError
-
-    raise ConfigError("AIRFLOW__CORE__MULTI_TEAM must be true or false")
+    # As credpath.backends.env reads it: anything but t/true/1 is off.
+    return os.environ.get("AIRFLOW__CORE__MULTI_TEAM", "").strip().lower() in _TRUE
 
 
 def log_team_refusal(logger: logging.Logger, backend: str, kind: Kind, key: str) -> None:
