@@ -148,3 +148,64 @@ def call_with_deadline(
     if ok:
         return value  # type: ignore[return-value]
     raise value  # type: ignore[misc]
+
+
+class RetriesExhausted(Exception):
+    """A store call failed with retryable errors until no try was left; ``error`` is the last one.
+
+    ``attempts`` is how many tries were made; ``retry_after`` is set when the server asked for a wait that
+    did not fit in the deadline (so it was not honoured), for the message.
+    """
+
+    def __init__(self, error: BaseException, attempts: int, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+        self.retry_after = retry_after
+
+
+def call_with_retries(
+    func: Callable[[Deadline], T],
+    deadline: Deadline,
+    policy: RetryPolicy,
+    *,
+    classify: Callable[[BaseException], tuple[bool, float | None]],
+    on_timeout: Callable[[int], BaseException],
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``func(deadline)`` bounded by the deadline (:func:`call_with_deadline`), retrying what
+    ``classify`` calls retryable.
+
+    ``classify(exc)`` returns ``(retryable, retry_after)``. A permanent error propagates as it is; the
+    deadline running out inside a try raises ``on_timeout(attempts)``; retryable errors until no try (or no
+    time for the next wait) is left raise :class:`RetriesExhausted`. A ``Retry-After`` longer than the time
+    left is not waited for: the call fails at once instead.
+    """
+    attempts = 0
+    for number in range(max(1, policy.attempts)):
+        if deadline.expired:
+            break
+        attempts += 1
+        tries = attempts
+        try:
+            return call_with_deadline(
+                lambda: func(deadline), deadline, on_timeout=lambda tries=tries: on_timeout(tries)
+            )
+        except BaseException as exc:
+            retryable, retry_after = classify(exc)
+            if not retryable:
+                raise
+            last, last_retry_after = exc, retry_after
+        if number + 1 >= policy.attempts:
+            raise RetriesExhausted(last, attempts) from None
+        wait = policy.backoff(number)
+        if last_retry_after is not None:
+            if last_retry_after >= deadline.remaining():
+                raise RetriesExhausted(last, attempts, last_retry_after) from None
+            wait = max(wait, last_retry_after)
+        if wait >= deadline.remaining():
+            raise RetriesExhausted(last, attempts) from None
+        sleep(wait)
+    if attempts == 0:
+        raise on_timeout(0)
+    raise RetriesExhausted(last, attempts) from None

@@ -437,7 +437,8 @@ def test_throttling_is_retried_with_backoff(
     log = calls_of(backend)
     aws_fault_proxy.fail_next(2, 400, "ThrottlingException")
     assert backend.get_variable("k") == "v"
-    assert (len(log), log.http_requests, aws_fault_proxy.requests) == (1, 3, 3)
+    # credpath retries (botocore's own retries are off), so each try is one client call and one request.
+    assert (len(log), log.http_requests, aws_fault_proxy.requests) == (3, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -625,3 +626,123 @@ def test_first_client_does_not_list_every_botocore_service(
     assert len(listed) < 10, len(listed)
     session = backend.aws._session._session
     assert session.create_client("sso", region_name="us-east-1").meta.service_model.service_name == "sso"
+
+
+# --- Airflow parity: kwargs, teams, one voice ------------------------------------------------------------
+
+
+def test_airflow_kwargs_use_ssl_api_version_and_hook_extras_are_accepted(moto_env: MotoServer) -> None:
+    from credpath.registry import create_backend
+
+    moto_env.client("secretsmanager").create_secret(Name="airflow/variables/k", SecretString="v")
+    # A published Airflow setting: backend_kwargs = {"use_ssl": false}, plus the AWS hook's extras.
+    backend = create_backend(
+        "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
+        {
+            "use_ssl": False,
+            "api_version": "2017-10-17",
+            "endpoint_url": moto_env.url,
+            "region_name": "us-east-1",
+            "config_kwargs": {"connect_timeout": 2},
+            "botocore_config": {"read_timeout": 3},
+            "service_config": {"sts": {"endpoint_url": moto_env.url}},
+            "session_kwargs": {},
+            "aws_session_token": None,
+            "verify": False,
+        },
+    )
+    assert backend.get_variable("k") == "v"
+    client = backend.client
+    assert client.meta.config.connect_timeout == 2 and client.meta.config.read_timeout == 3
+    with pytest.raises(ConfigError, match=r"unknown kwarg\(s\) use_tls"):
+        create_backend("aws-secrets-manager", {"use_tls": False})
+    with pytest.raises(ConfigError, match="use_ssl must be true or false"):
+        SecretsManagerBackend(use_ssl="no")
+
+
+def test_session_kwargs_credentials_and_service_config_sts_endpoint(
+    moto_env: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moto_env.client("secretsmanager").create_secret(Name="airflow/variables/k", SecretString="v")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    backend = SecretsManagerBackend(
+        endpoint_url=moto_env.url,
+        session_kwargs={"aws_access_key_id": "AKIDSESSION", "aws_secret_access_key": "testing"},
+    )
+    assert backend.get_variable("k") == "v"
+    # role_arn with service_config's STS endpoint (Airflow's meaning: where AssumeRole goes).
+    assumed = SecretsManagerBackend(
+        endpoint_url=moto_env.url,
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="testing",
+        role_arn="arn:aws:iam::123456789012:role/r",
+        service_config={"sts": {"endpoint_url": moto_env.url}},
+    )
+    assumed.prepare()  # builds the session without any request (credentials are fetched on first use)
+    assert sum(assumed.aws.calls.values()) == 0
+    assert assumed.get_variable("k") == "v"
+    assert assumed.aws.calls == {"AssumeRole": 1, "GetSecretValue": 1}
+    with pytest.raises(ConfigError, match="assume_role_method 'assume_role_with_saml' is not supported"):
+        SecretsManagerBackend(role_arn="arn:aws:iam::1:role/r", assume_role_method="assume_role_with_saml")
+
+
+def test_team_scoped_reads_as_the_provider(
+    aws_secrets_manager_harness: SecretsManagerHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = aws_secrets_manager_harness
+    h.seed("variable", "shared", "global")
+    h.seed("variable", "team_a--shared", "team-a's")
+    h.seed("variable", "only", "global-only")
+    h.seed("variable", "x--y", "ambiguous")
+    backend = h.make_backend()
+    log = calls_of(backend)
+    assert backend.get_variable("shared", team_name="team_a") == "team-a's"
+    assert backend.get_variable("shared", team_name="team_b") == "global"
+    assert backend.get_variable("only", team_name="team_a") == "global-only"
+    assert backend.get_variable("shared") == "global"
+    assert [p["SecretId"] for p in log.params("GetSecretValue")][:3] == [
+        "airflow/variables/team_a--shared",
+        "airflow/variables/team_b--shared",
+        "airflow/variables/shared",
+    ]
+    assert backend.get_variables(["shared", "only"], team_name="team_a") == {
+        "shared": "team-a's",
+        "only": "global-only",
+    }
+    assert backend.prefetch_variables(team_name="team_a") == {
+        "shared": "team-a's",
+        "only": "global-only",
+    }
+    # Outside multi-team mode an id with "--" is an id like any other (Airflow checks [core] multi_team).
+    assert backend.get_variable("x--y") == "ambiguous"
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    log.clear()
+    assert backend.get_variable("x--y") is None and backend.get_config("x--y") is None
+    assert backend.get_variable("y", team_name="x") == "ambiguous"  # the team's own namespace
+    assert len(log) == 1
+    # Under an empty prefix the provider has no team-scoped name: the bare id only.
+    bare = h.make_backend(variables_prefix="")
+    log = calls_of(bare)
+    assert bare.get_variable("k", team_name="team_a") is None
+    assert [p["SecretId"] for p in log.params("GetSecretValue")] == ["k"]
+
+
+def test_messages_name_the_configured_backend(aws_fault_proxy: FaultProxy, moto_env: MotoServer) -> None:
+    from credpath.registry import create_backend
+
+    backend = create_backend(
+        "aws-secrets-manager",
+        {"endpoint_url": aws_fault_proxy.url, "config_kwargs": {"retries": {"total_max_attempts": 1}}},
+        name="prod-sm",
+    )
+    aws_fault_proxy.fail_next(1, 500, "InternalServiceError")
+    with pytest.raises(BackendError) as info:
+        backend.get_variable("k")
+    assert str(info.value).startswith("backend 'prod-sm' (AWS Secrets Manager): secret 'airflow/variables/k'")
+    with pytest.raises(ConfigError, match=r"^backend 'prod-sm' \(AWS Secrets Manager\): recovery_window"):
+        create_backend("aws-secrets-manager", {"recovery_window_in_days": 3}, name="prod-sm")
+    with pytest.raises(ConfigError, match=r"^backend 'prod-sm' \(AWS Secrets Manager\): variables_prefix is"):
+        create_backend("aws-secrets-manager", {"variables_prefix": None}, name="prod-sm").set_variable(
+            "a", "b"
+        )

@@ -155,3 +155,18 @@ def test_endpoint_as_a_single_backend_kwarg(guide_env: dict[str, str], moto_env:
     result = credpath(env, "variables", "get", "my_variable_name")
     assert result.returncode == 0, result.stderr
     assert "12345" in result.stdout
+
+
+def test_published_backend_kwargs_with_use_ssl_false(
+    guide_env: dict[str, str], aws_fault_proxy: FaultProxy
+) -> None:
+    # Settings copied from Airflow set-ups: {"use_ssl": false} (for an http:// endpoint) and the AWS hook's
+    # extras. Airflow pops use_ssl/api_version for the client and passes the rest on; so does credpath.
+    env = dict(guide_env)
+    kwargs = json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])
+    kwargs.update(use_ssl=False, region_name="us-east-1", config_kwargs={"connect_timeout": 2}, timeout=5)
+    env["AIRFLOW__SECRETS__BACKEND_KWARGS"] = json.dumps(kwargs)
+    result = credpath(env, "variables", "get", "my_variable_name")
+    assert result.returncode == 0, result.stderr
+    assert "12345" in result.stdout
+    assert sm_calls(aws_fault_proxy) == {"GetSecretValue": 1}

@@ -188,3 +188,37 @@ def test_search_path_prefetch(aws_ssm_harness: ParameterStoreHarness) -> None:
     assert dict(backend.aws.calls) == {"GetParameters": 2}
     assert [path.get_connection(f"c{i}").host for i in range(12)] == [f"h{i}" for i in range(12)]
     assert dict(backend.aws.calls) == {"GetParameters": 2}
+
+
+def test_team_scoped_reads_and_use_ssl_as_the_provider(
+    aws_ssm_harness: ParameterStoreHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = aws_ssm_harness
+    h.seed("variable", "shared", "global")
+    h.seed("variable", "team_a--shared", "team-a's")
+    h.seed_parameter("/team_a--bare", "team-a bare")
+    backend = h.make_backend(use_ssl=False, api_version="2014-11-06")
+    log = CallLog.attach(backend.client)
+    assert backend.get_variable("shared", team_name="team_a") == "team-a's"
+    assert backend.get_variable("shared", team_name="team_b") == "global"
+    assert [p["Name"] for p in log.params("GetParameter")] == [
+        "/airflow/variables/team_a--shared",
+        "/airflow/variables/team_b--shared",
+        "/airflow/variables/shared",
+    ]
+    assert backend.get_variables(["shared"], team_name="team_a") == {"shared": "team-a's"}
+    # Unlike Secrets Manager, Airflow's SSM backend tries the team's name under an empty prefix too.
+    assert h.make_backend(variables_prefix="").get_variable("bare", team_name="team_a") == "team-a bare"
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "true")
+    assert backend.get_variable("team_a--shared") is None
+    assert backend.get_conn_value("a--b") is None
+
+
+def test_messages_name_the_configured_backend() -> None:
+    from credpath.registry import create_backend
+
+    with pytest.raises(ConfigError, match=r"^backend 'prod-ssm' \(AWS Systems Manager Parameter Store\): "):
+        create_backend("aws-ssm", {"timeout": -1}, name="prod-ssm")
+    backend = create_backend("aws-ssm", {}, name="prod-ssm")
+    with pytest.raises(ConfigError, match=r"^backend 'prod-ssm' .*: variable id 'a b' is not a valid"):
+        backend.set_variable("a b", "v")

@@ -268,3 +268,48 @@ def test_cli_on_deleted_recover_and_purge(
     # A store without soft delete has no such option: a one-line error, exit 2.
     other = runner.invoke(cli, ["variables", "set", "k", "v", "--to", "nope", "--on-deleted", "purge"])
     assert other.exit_code == 2
+
+
+# --- Airflow parity: vault_url default, teams, one voice ---------------------------------------------------
+
+
+def test_vault_url_defaults_to_empty_and_fails_at_first_use() -> None:
+    backend = create_backend(AIRFLOW_CLASS, {}, name="prod-kv")  # Airflow's default vault_url=""
+    with pytest.raises(ConfigError) as info:
+        backend.get_variable("v")
+    assert str(info.value) == (
+        "backend 'prod-kv' (Azure Key Vault): vault_url is not set; give the https:// URL of the vault"
+    )
+    with pytest.raises(ConfigError, match="vault_url is not set"):
+        backend.prepare()
+
+
+def test_team_scoped_reads_as_the_azure_provider(
+    h: AzureKeyVaultHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.client.set_secret("airflow-variables-shared-var", "global")
+    h.client.set_secret("airflow-variables-team-a--shared-var", "team-a's")
+    backend = h.make_backend()
+    assert backend.get_variable("shared_var", team_name="team_a") == "team-a's"
+    assert backend.get_variable("shared_var", team_name="team_b") == "global"
+    gets = [p for m, p in h.fake.requests if m == "GET" and not p.startswith("!")][-3:]
+    assert [p.split("/")[2] for p in gets] == [
+        "airflow-variables-team-a--shared-var",
+        "airflow-variables-team-b--shared-var",
+        "airflow-variables-shared-var",
+    ]
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "true")
+    before = h.fake.count()
+    # "a__b" maps to "a--b": refused like the provider, for config too.
+    assert backend.get_variable("a__b") is None and backend.get_config("x--y") is None
+    assert h.fake.count() == before
+
+
+def test_timeout_and_messages_in_one_voice(h: AzureKeyVaultHarness) -> None:
+    with pytest.raises(ConfigError, match=r"^backend 'prod-kv' \(Azure Key Vault\): timeout must be"):
+        create_backend(AIRFLOW_CLASS, {"timeout": 0}, name="prod-kv")
+    backend = create_backend(AIRFLOW_CLASS, h.backend_kwargs(), name="prod-kv")
+    backend.prepare()
+    h.fake.deny_all = True
+    with pytest.raises(AccessDenied, match=r"^backend 'prod-kv' \(Azure Key Vault\): reading secret"):
+        backend.get_variable("v")

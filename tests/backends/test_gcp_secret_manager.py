@@ -118,8 +118,11 @@ def test_prefixes_sep_and_null_prefix(h: GcpSecretManagerHarness) -> None:
     before = h.api_calls()
     assert backend.get_variable("anything") is None
     assert h.api_calls() == before
-    h.seed_secret("bare_id", "v")
+    # Airflow's google provider joins prefix, sep and id even under an empty prefix: "-bare_id".
+    h.seed_secret("bare_id", "not-this")
+    h.seed_secret("-bare_id", "v")
     assert h.make_backend(variables_prefix="").get_variable("bare_id") == "v"
+    assert h.fake.requests[-1][1].endswith("/secrets/-bare_id/versions/latest:access")
 
 
 @pytest.mark.parametrize(
@@ -241,3 +244,43 @@ def test_cli_get_and_add(h: GcpSecretManagerHarness, tmp_path: Any, monkeypatch:
         name=f"projects/{h.project}/secrets/airflow-connections-added/versions/1"
     )
     assert json.loads(raw.payload.data)["host"] == "mysql.example"
+
+
+# --- Airflow parity: teams, empty prefix, one voice -------------------------------------------------------
+
+
+def test_team_scoped_reads_as_the_google_provider(
+    h: GcpSecretManagerHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.seed_secret("airflow-variables-shared", "global")
+    h.seed_secret("airflow-variables-team_a--shared", "team-a's")
+    h.seed_secret("airflow-config-x--y", "config")
+    h.seed_secret("-team_a--bare", "team-a bare")
+    backend = h.make_backend()
+    assert backend.get_variable("shared", team_name="team_a") == "team-a's"
+    assert backend.get_variable("shared", team_name="team_b") == "global"
+    paths = [p for _, p in h.fake.requests if p.endswith(":access")][-3:]
+    assert [p.split("/secrets/")[1].split("/")[0] for p in paths] == [
+        "airflow-variables-team_a--shared",
+        "airflow-variables-team_b--shared",
+        "airflow-variables-shared",
+    ]
+    # prefix, sep and team always joined, as build_path does: "" + "-" + team.
+    assert h.make_backend(variables_prefix="").get_variable("bare", team_name="team_a") == "team-a bare"
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "true")
+    before = accesses(h)
+    assert backend.get_variable("team_a--shared") is None and backend.get_conn_value("a--b") is None
+    assert accesses(h) == before
+    assert backend.get_config("x--y") == "config"  # the provider's get_config has no such guard
+
+
+def test_messages_and_prepare(h: GcpSecretManagerHarness) -> None:
+    with pytest.raises(ConfigError, match=r"^backend 'prod-gcp' \(GCP Secret Manager\): version must be"):
+        create_backend("gcp-secret-manager", {"version": "x"}, name="prod-gcp")
+    backend = create_backend("gcp-secret-manager", h.backend_kwargs(), name="prod-gcp")
+    before = h.fake.count()
+    backend.prepare()
+    assert backend._client is not None and h.fake.count() == before  # built, no request
+    h.fake.deny(h.project, "airflow-variables-v")
+    with pytest.raises(AccessDenied, match=r"^backend 'prod-gcp' \(GCP Secret Manager\): reading secret"):
+        backend.get_variable("v")

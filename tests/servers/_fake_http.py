@@ -40,6 +40,31 @@ class LoopbackHttpFake:
     def respond(self, method: str, raw_path: str, headers: Any, body: bytes) -> Reply:  # pragma: no cover
         raise NotImplementedError
 
+    # --- faults in the transport (the fault tier): the request is handled and counted, the answer is not
+    # sent ("hang") or sent one byte every ``interval`` seconds ("trickle"). Bounded: stop() ends both.
+
+    def slow_next(self, mode: str, count: int = 1, interval: float = 0.5) -> None:
+        if mode not in ("hang", "trickle"):
+            raise ValueError(mode)
+        with self._slow_lock():
+            self.__dict__.setdefault("_slow", []).extend([(mode, interval)] * count)
+
+    def _slow_lock(self) -> threading.Lock:
+        return self.__dict__.setdefault("_slow_mutex", threading.Lock())
+
+    def _take_slow(self) -> tuple[str, float] | None:
+        with self._slow_lock():
+            slow = self.__dict__.get("_slow")
+            return slow.pop(0) if slow else None
+
+    def clear_slow(self) -> None:
+        with self._slow_lock():
+            self.__dict__["_slow"] = []
+
+    @property
+    def stopped(self) -> threading.Event:
+        return self.__dict__.setdefault("_stopped", threading.Event())
+
     def serve(self, thread_name: str, tls: ssl.SSLContext | None = None) -> None:
         """Bind the server (a free port, in ``self.port``); ``start`` runs it. TLS if given a context."""
         handler = _handler_class(self, tls is not None)
@@ -56,6 +81,7 @@ class LoopbackHttpFake:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -72,6 +98,14 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, payload, headers = self.fake.respond(self.command, self.path, self.headers, body)
+        slow = self.fake._take_slow()
+        if slow is not None and slow[0] == "hang":
+            self.fake.stopped.wait(60)
+            self.close_connection = True
+            return
+        if slow is not None:
+            self._trickle(status, payload, headers, slow[1])
+            return
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         for key, value in headers.items():
@@ -83,6 +117,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _trickle(self, status: int, payload: Any, headers: dict[str, str], interval: float) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        head = f"HTTP/1.1 {status} OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if payload is not None:
+            head += f"Content-Type: {self.fake.content_type}\r\n"
+        for key, value in self.fake.fixed_headers.items():
+            head += f"{key}: {value}\r\n"
+        raw = (head + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+        self.close_connection = True
+        for i in range(len(raw)):
+            if self.fake.stopped.wait(interval):
+                return
+            self.wfile.write(raw[i : i + 1])
+            self.wfile.flush()
 
 
 class _TlsHandler(_Handler):

@@ -53,6 +53,7 @@ class KvError(Exception):
         self.code = code
         self.message = message
         self.inner = inner
+        self.retry_after: str | None = None
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -113,7 +114,7 @@ class AzureKeyVaultFake(LoopbackHttpFake):
         self.purge_protection = False
         self.deny_all = False
         self.token = DEFAULT_TOKEN
-        self._faults: list[int] = []
+        self._faults: list[tuple[int, str | None]] = []
         self.lock = threading.RLock()
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1")
@@ -135,10 +136,11 @@ class AzureKeyVaultFake(LoopbackHttpFake):
             self.page_size = 25
             self.purge_protection = False
             self.deny_all = False
+        self.clear_slow()
 
-    def fail_next(self, status: int, count: int = 1) -> None:
+    def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
         with self.lock:
-            self._faults.extend([status] * count)
+            self._faults.extend([(status, retry_after)] * count)
 
     def count(self, method: str | None = None, authorized_only: bool = True) -> int:
         with self.lock:
@@ -176,7 +178,8 @@ class AzureKeyVaultFake(LoopbackHttpFake):
             )
             return Reply(401, {"error": error}, {"WWW-Authenticate": challenge})
         except KvError as exc:
-            return Reply(exc.status, exc.body())
+            headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+            return Reply(exc.status, exc.body(), headers)
 
     def handle(
         self, method: str, raw_path: str, headers: Any, body: bytes
@@ -193,10 +196,12 @@ class AzureKeyVaultFake(LoopbackHttpFake):
             if auth != f"Bearer {self.token}":
                 raise _Challenge()
             if self._faults:
-                status = self._faults.pop(0)
-                raise KvError(
+                status, retry_after = self._faults.pop(0)
+                error = KvError(
                     status, "Throttled" if status == 429 else "ServiceUnavailable", "Injected fault."
                 )
+                error.retry_after = retry_after
+                raise error
             if self.deny_all:
                 raise KvError(403, "Forbidden", "Caller is not authorized to perform action on resource.")
             try:

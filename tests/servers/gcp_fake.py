@@ -88,6 +88,7 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.status = status or STATUS_BY_CODE.get(code, "UNKNOWN")
+        self.retry_after: str | None = None
 
 
 @dataclass
@@ -180,7 +181,7 @@ class GcpSecretManagerFake(LoopbackHttpFake):
         self.denied: set[str] = set()
         self.max_page_size = 25000  # the service caps pageSize; tests lower it to force paging
         self.requests: list[tuple[str, str]] = []
-        self._faults: list[int] = []
+        self._faults: list[tuple[int, str | None]] = []
         self.lock = threading.RLock()
         self.serve("gcp-fake")
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -194,10 +195,11 @@ class GcpSecretManagerFake(LoopbackHttpFake):
             self.requests.clear()
             self._faults.clear()
             self.max_page_size = 25000
+        self.clear_slow()
 
-    def fail_next(self, status_code: int, count: int = 1) -> None:
+    def fail_next(self, status_code: int, count: int = 1, retry_after: str | None = None) -> None:
         with self.lock:
-            self._faults.extend([status_code] * count)
+            self._faults.extend([(status_code, retry_after)] * count)
 
     def deny(self, project: str, secret_id: str) -> None:
         """Answer 403 PERMISSION_DENIED for this secret (stands in for an IAM policy)."""
@@ -242,7 +244,8 @@ class GcpSecretManagerFake(LoopbackHttpFake):
             return Reply(*self.handle(method, raw_path, body))
         except ApiError as exc:
             error = {"code": exc.code, "message": exc.message, "status": exc.status, "details": []}
-            return Reply(exc.code, {"error": error})
+            headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+            return Reply(exc.code, {"error": error}, headers)
 
     def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(raw_path)
@@ -251,10 +254,12 @@ class GcpSecretManagerFake(LoopbackHttpFake):
         with self.lock:
             self.requests.append((method, path))
             if self._faults:
-                code = self._faults.pop(0)
-                raise ApiError(
+                code, retry_after = self._faults.pop(0)
+                error = ApiError(
                     code, "The service is currently unavailable." if code == 503 else "Quota exceeded."
                 )
+                error.retry_after = retry_after
+                raise error
         match = _PATH_RE.match(path)
         if not match:
             raise ApiError(404, f"Requested entity was not found: {path}")

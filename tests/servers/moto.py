@@ -74,6 +74,36 @@ class MotoServer:
         return boto3.client(service, **params)
 
 
+def start_moto(port: int, log_path: Path) -> subprocess.Popen:
+    """A ``moto_server`` process on ``port``, ready to answer; the caller stops it by PID (stop_process)."""
+    binary = require_binary("moto_server", "pip install 'moto[server]'")
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for_port(port, timeout=30, proc=proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@pytest.fixture
+def own_moto(moto_env: MotoServer, tmp_path: Path) -> Iterator[MotoServer]:
+    """A moto process of this test's own (not the session's), so the test may kill and restart it."""
+    server = MotoServer(port=free_port())
+    server.proc = start_moto(server.port, tmp_path / "own-moto.log")
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            stop_process(server.proc)
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     binary = require_binary("moto_server", "pip install 'moto[server]'")

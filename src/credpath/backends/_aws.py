@@ -15,7 +15,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
-from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
+from credpath.backends._prefixed import TEAM_SEP, log_team_refusal, multi_team_enabled
+from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
+from credpath.errors import AccessDenied, BackendTimeout, CredpathError
 from credpath.protocol import BackendOptions, BaseBackend, Kind
 
 log = logging.getLogger("credpath.backends.aws")
@@ -39,13 +41,12 @@ def quiet_botocore_bodies() -> None:
 
 quiet_botocore_bodies()
 
-# botocore "standard" retry mode: exponential backoff with jitter on throttling, 5xx and transient
-# network errors. 5 attempts keeps a throttled lookup under ~15 s worst case.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "retries": {"mode": "standard", "total_max_attempts": 5},
-    "connect_timeout": 5,
-    "read_timeout": 15,
-}
+#: Seconds a whole lookup may take by default: connect, every read, every retry and every back-off wait.
+DEFAULT_TIMEOUT = 10.0
+#: Tries per call by default (botocore's own "standard" mode default), inside the deadline.
+DEFAULT_ATTEMPTS = 3
+# Per-attempt socket timeouts, capped by the deadline: a hung connection gets one more try on a new one.
+DEFAULT_CONNECT_TIMEOUT = 3.0
 
 _ARN_IN_MESSAGE = re.compile(r"arn:aws[a-z-]*:(?:iam|sts)::\d{12}:[\w+=,.@/:-]+")
 THROTTLING_CODES = frozenset(
@@ -57,60 +58,175 @@ THROTTLING_CODES = frozenset(
         "TooManyRequestsException",
         "RequestLimitExceeded",
         "ProvisionedThroughputExceededException",
+        "SlowDown",
+        "RequestThrottled",
+        "PriorRequestNotComplete",
     }
 )
+TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "InternalFailure", "InternalError"})
 ACCESS_DENIED_CODES = frozenset(
     {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation", "UnrecognizedClientException"}
 )
+#: Airflow's ``assume_role_method`` values; credpath implements the first.
+ASSUME_ROLE_METHODS = ("assume_role", "assume_role_with_saml", "assume_role_with_web_identity")
+
+
+def _refused(exc: BaseException) -> bool:
+    """True if ``exc`` (or what it wraps) is a refused TCP connection: nothing listens, so fail fast."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        stack += [current.__cause__, current.__context__]
+        stack += [v for v in getattr(current, "kwargs", {}).values() if isinstance(v, BaseException)]
+        stack += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+    return "connection refused" in str(exc).lower()
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None) or {}
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def classify(exc: BaseException) -> tuple[bool, float | None]:
+    """(retryable, Retry-After) for an exception from a botocore call."""
+    import botocore.exceptions as bx
+
+    if isinstance(exc, CredpathError):
+        return False, None
+    if isinstance(exc, bx.ClientError):
+        code = client_error_code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in ACCESS_DENIED_CODES or status in (401, 403):
+            return False, None
+        if code in THROTTLING_CODES or code in TRANSIENT_CODES or status == 429 or status >= 500:
+            return True, _retry_after(exc)
+        return False, None
+    if isinstance(exc, bx.EndpointConnectionError) and _refused(exc):
+        return False, None  # nothing listens: a definite answer, retrying only delays the fall-through
+    if isinstance(
+        exc,
+        bx.EndpointConnectionError
+        | bx.ConnectTimeoutError
+        | bx.ReadTimeoutError
+        | bx.ConnectionClosedError
+        | bx.ResponseStreamingError,
+    ):
+        return True, None
+    return False, None
 
 
 class AwsSession:
-    """Lazily built boto3 session and clients for one backend, with API-call accounting.
+    """Lazily built botocore session and clients for one backend, with API-call accounting.
 
     ``calls`` counts API operations by name (one per client call, whatever the retries);
     ``requests`` counts HTTP requests actually sent (retries included). Both feed tests and benchmarks.
+
+    botocore's own retries are switched off: :meth:`call` retries with full-jitter back-off inside one
+    whole-call deadline (``timeout``), honours ``Retry-After`` only when it fits, and bounds every try against
+    a server that trickles bytes. ``config_kwargs`` (Airflow's) still apply; their ``retries`` set the
+    number of tries, their ``connect_timeout``/``read_timeout`` cap each try (never beyond the deadline).
     """
 
     def __init__(
         self,
-        owner: str,
+        backend: BaseBackend,
         *,
+        timeout: float = DEFAULT_TIMEOUT,
         region_name: str | None = None,
         profile_name: str | None = None,
         role_arn: str | None = None,
+        assume_role_method: str | None = None,
         assume_role_kwargs: dict[str, Any] | None = None,
         endpoint_url: str | None = None,
         verify: bool | str | None = None,
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
+        session_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
+        botocore_config: dict[str, Any] | None = None,
+        service_config: dict[str, Any] | None = None,
+        use_ssl: bool | None = None,
+        api_version: str | None = None,
     ) -> None:
-        if (aws_access_key_id is None) != (aws_secret_access_key is None):
-            raise ConfigError(f"{owner}: aws_access_key_id and aws_secret_access_key must be given together")
-        if assume_role_kwargs is not None and not isinstance(assume_role_kwargs, dict):
-            raise ConfigError(f"{owner}: assume_role_kwargs must be an object")
-        if config_kwargs is not None and not isinstance(config_kwargs, dict):
-            raise ConfigError(f"{owner}: config_kwargs must be an object")
+        self.backend = backend
+        bad = backend.config_error
+        for setting, value in (
+            ("assume_role_kwargs", assume_role_kwargs),
+            ("session_kwargs", session_kwargs),
+            ("config_kwargs", config_kwargs),
+            ("botocore_config", botocore_config),
+            ("service_config", service_config),
+        ):
+            if value is not None and not isinstance(value, dict):
+                raise bad(f"{setting} must be an object")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise bad("timeout must be a positive number of seconds")
         if verify is not None and not isinstance(verify, bool | str):
-            raise ConfigError(f"{owner}: verify must be true, false or a CA bundle path")
-        self.owner = owner
+            raise bad("verify must be true, false or a CA bundle path")
+        if use_ssl is not None and not isinstance(use_ssl, bool):
+            raise bad("use_ssl must be true or false")
+        if api_version is not None and not isinstance(api_version, str):
+            raise bad("api_version must be a string")
+        if role_arn and (assume_role_method or "assume_role") not in ASSUME_ROLE_METHODS:
+            raise bad(f"assume_role_method must be one of {', '.join(ASSUME_ROLE_METHODS)}")
+        if role_arn and assume_role_method not in (None, "assume_role"):
+            raise bad(f"assume_role_method {assume_role_method!r} is not supported yet; use 'assume_role'")
+        # Airflow's order: explicit keys, then the deprecated session_kwargs.
+        session_kwargs = session_kwargs or {}
+        if not (aws_access_key_id and aws_secret_access_key):
+            aws_access_key_id = aws_access_key_id or session_kwargs.get("aws_access_key_id")
+            aws_secret_access_key = aws_secret_access_key or session_kwargs.get("aws_secret_access_key")
+        aws_session_token = aws_session_token or session_kwargs.get("aws_session_token")
+        if (aws_access_key_id is None) != (aws_secret_access_key is None):
+            raise bad("aws_access_key_id and aws_secret_access_key must be given together")
+        self.owner = backend.name
+        self.timeout = float(timeout)
         self.region_name = region_name
         self.profile_name = profile_name
         self.role_arn = role_arn
         self.assume_role_kwargs = dict(assume_role_kwargs or {})
         self.endpoint_url = endpoint_url
         self.verify = verify
+        self.use_ssl = use_ssl
+        self.api_version = api_version
+        self.service_config: dict[str, Any] = dict(service_config or {})
         self._access_key = aws_access_key_id
         self._secret_key = aws_secret_access_key
         self._session_token = aws_session_token
-        self.config_kwargs = dict(config_kwargs or {})
+        # botocore_config (a dict of botocore Config kwargs) under config_kwargs: Airflow's name wins.
+        self.config_kwargs = {**(botocore_config or {}), **(config_kwargs or {})}
+        self.policy = RetryPolicy(attempts=self._attempts(self.config_kwargs.get("retries")))
         self.calls: Counter[str] = Counter()
         self.requests = 0
         self._session: Any = None
         self._clients: dict[str, Any] = {}
         self._caller_arn: str | None = None
         self._lock = threading.Lock()
+
+    def _attempts(self, retries: Any) -> int:
+        """Tries per call from botocore's ``retries`` dict (``total_max_attempts``, or ``max_attempts``
+        retries after the first); botocore's ``mode`` is not used: credpath's back-off replaces it."""
+        if retries is None:
+            return DEFAULT_ATTEMPTS
+        if not isinstance(retries, dict):
+            raise self.backend.config_error("config_kwargs: retries must be an object")
+        if "total_max_attempts" in retries:
+            value, extra = retries["total_max_attempts"], 0
+        elif "max_attempts" in retries:
+            value, extra = retries["max_attempts"], 1
+        else:
+            return DEFAULT_ATTEMPTS
+        if isinstance(value, bool) or not isinstance(value, int) or value + extra < 1:
+            raise self.backend.config_error("config_kwargs: retries attempts must be a positive integer")
+        return value + extra
 
     def __repr__(self) -> str:  # keys and tokens stay out
         return f"<AwsSession {self.owner!r} region={self.region_name!r} endpoint={self.endpoint_url!r}>"
@@ -131,16 +247,22 @@ class AwsSession:
             session.get_scoped_config()  # an unknown profile fails here, not on the first read
             return _ClientFactory(session)
         except botocore.exceptions.ProfileNotFound:
-            raise ConfigError(
-                f"{self.owner}: profile_name {self.profile_name!r} not found in the AWS config"
+            raise self.backend.config_error(
+                f"profile_name {self.profile_name!r} not found in the AWS config"
             ) from None
 
     def _assumed_session(self, base: Any) -> Any:
-        """A session whose credentials come from STS AssumeRole and refresh before they expire."""
-        from botocore.credentials import RefreshableCredentials
+        """A session whose credentials come from STS AssumeRole, fetched on the first request (inside its
+        deadline, not at start-up) and refreshed before they expire."""
+        from botocore.credentials import DeferredRefreshableCredentials
         from botocore.session import get_session
 
-        sts = base.client("sts", config=self._config(), verify=self.verify)
+        sts_kwargs: dict[str, Any] = {"config": self._config(), "verify": self.verify}
+        # Airflow's meaning of service_config: {"sts": {"endpoint_url": ...}} for the AssumeRole call.
+        sts_endpoint = (self.service_config.get("sts") or {}).get("endpoint_url")
+        if sts_endpoint:
+            sts_kwargs["endpoint_url"] = sts_endpoint
+        sts = base.client("sts", **sts_kwargs)
         self._count(sts)
         params = {"RoleSessionName": "credpath", **self.assume_role_kwargs, "RoleArn": self.role_arn}
 
@@ -159,22 +281,32 @@ class AwsSession:
 
         botocore_session = get_session()
         _use_narrow_loader(botocore_session)
-        # Refreshed lazily by botocore before expiry; no STS call until the first real request.
-        botocore_session._credentials = RefreshableCredentials.create_from_metadata(
-            metadata=refresh(), refresh_using=refresh, method="sts-assume-role"
+        botocore_session._credentials = DeferredRefreshableCredentials(
+            refresh_using=refresh, method="sts-assume-role"
         )
         if base.region_name is not None:
             botocore_session.set_config_variable("region", base.region_name)
         return _ClientFactory(botocore_session)
 
     def _config(self) -> Any:
+        from botocore import UNSIGNED
         from botocore.config import Config
 
-        merged = {**DEFAULT_CONFIG, **self.config_kwargs}
+        merged = dict(self.config_kwargs)
+        if merged.get("signature_version") == "unsigned":  # as Airflow's connection wrapper does
+            merged["signature_version"] = UNSIGNED
+        # Each try's socket timeouts never outlast the deadline; retries are credpath's (see call()).
+        read = merged.get("read_timeout")
+        connect = merged.get("connect_timeout")
+        merged["read_timeout"] = min(float(read), self.timeout) if read is not None else self.timeout / 2
+        merged["connect_timeout"] = min(
+            float(connect) if connect is not None else DEFAULT_CONNECT_TIMEOUT, self.timeout
+        )
+        merged["retries"] = {"total_max_attempts": 1, "mode": "standard"}
         try:
             return Config(**merged)
-        except TypeError as exc:
-            raise ConfigError(f"{self.owner}: config_kwargs: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise self.backend.config_error(f"config_kwargs: {exc}") from None
 
     def _count(self, client: Any) -> None:
         def on_call(model: Any, **_: Any) -> None:
@@ -208,17 +340,61 @@ class AwsSession:
                 kwargs["endpoint_url"] = self.endpoint_url
             if self.verify is not None:
                 kwargs["verify"] = self.verify
+            if self.use_ssl is not None:
+                kwargs["use_ssl"] = self.use_ssl
+            if self.api_version is not None and service != "sts":
+                kwargs["api_version"] = self.api_version
             try:
                 client = self._session.client(service, **kwargs)
             except botocore.exceptions.NoRegionError:
-                raise ConfigError(
-                    f"{self.owner}: no AWS region; set region_name or AWS_DEFAULT_REGION"
+                raise self.backend.config_error(
+                    "no AWS region; set region_name or AWS_DEFAULT_REGION"
                 ) from None
-            except ValueError as exc:  # e.g. a malformed endpoint_url
-                raise ConfigError(f"{self.owner}: cannot build the {service} client: {exc}") from None
+            except (ValueError, botocore.exceptions.UnknownServiceError) as exc:  # e.g. a bad endpoint_url
+                raise self.backend.config_error(
+                    f"cannot build the {service} client ({type(exc).__name__})"
+                ) from None
+            except botocore.exceptions.DataNotFoundError:
+                raise self.backend.config_error(
+                    f"api_version {self.api_version!r} is not a known {service} API version"
+                ) from None
             self._count(client)
             self._clients[service] = client
             return client
+
+    # --- calls -------------------------------------------------------------------------------------
+
+    def call(
+        self,
+        service: str,
+        operation: str,
+        params: dict[str, Any],
+        what: str,
+        deadline: Deadline | None = None,
+    ) -> Any:
+        """``client.<operation>(**params)`` within ``deadline`` (a new one of ``timeout`` s if None).
+
+        Throttling, 429, 5xx and transient network errors are retried with back-off while time is left.
+        Permanent botocore errors (not found, access denied, a bad request) are raised as they are, for the
+        caller to map; exhausted retries and timeouts are raised as one-line credpath errors naming ``what``.
+        """
+        client = self.client(service)
+        method = getattr(client, operation)
+        deadline = deadline or Deadline(self.timeout)
+        api = _api_name(operation)
+
+        def on_timeout(attempts: int) -> BaseException:
+            tries = f" ({attempts} attempt(s))" if attempts > 1 else ""
+            return self.backend.error(
+                f"{api} of {what} timed out after {deadline.seconds:g} s{tries}", BackendTimeout
+            )
+
+        try:
+            return call_with_retries(
+                lambda _: method(**params), deadline, self.policy, classify=classify, on_timeout=on_timeout
+            )
+        except RetriesExhausted as exc:
+            raise self.error(exc.error, what, attempts=exc.attempts, retry_after=exc.retry_after) from None
 
     # --- errors ------------------------------------------------------------------------------------
 
@@ -229,50 +405,46 @@ class AwsSession:
             return found.group(0)
         if self._caller_arn is None:
             try:
-                self._caller_arn = self.client("sts").get_caller_identity()["Arn"]
+                self._caller_arn = self.call("sts", "get_caller_identity", {}, "the caller identity")["Arn"]
             except Exception:  # best effort, only used in an error message
                 return "unknown caller"
         return self._caller_arn
 
-    def error(self, exc: BaseException, what: str) -> CredpathError:
+    def error(
+        self,
+        exc: BaseException,
+        what: str,
+        *,
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> CredpathError:
         """Translate a botocore exception into a one-line credpath error naming ``what``, never a value."""
         import botocore.exceptions as bx
 
-        where = f"{self.owner}: {what}"
+        fail = self.backend.error
+        tries = f" after {attempts} attempt(s)"
+        if retry_after is not None:
+            tries += f" (Retry-After {retry_after:g} s is beyond the {self.timeout:g} s deadline)"
         if isinstance(exc, CredpathError):  # already one line and safe (e.g. ConfigError: no region)
             return exc
         if isinstance(exc, bx.ClientError):
             code = client_error_code(exc)
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             if code in ACCESS_DENIED_CODES or status == 403:
                 message = str(exc.response.get("Error", {}).get("Message", ""))
-                return AccessDenied(
-                    f"{where}: access denied ({code}) for {self.caller_arn(message)}", backend=self.owner
-                )
-            if code in THROTTLING_CODES:
-                return BackendError(
-                    f"{where}: throttled ({code}) after {attempts + 1} attempt(s)", backend=self.owner
-                )
+                return fail(f"{what}: access denied ({code}) for {self.caller_arn(message)}", AccessDenied)
+            if code in THROTTLING_CODES or status == 429:
+                return fail(f"{what}: throttled ({code or status}){tries}")
             if status is not None and status >= 500:
-                return BackendError(
-                    f"{where}: server error {status} ({code}) after {attempts + 1} attempt(s)",
-                    backend=self.owner,
-                )
-            return BackendError(f"{where}: {code} (HTTP {status})", backend=self.owner)
+                return fail(f"{what}: server error {status} ({code}){tries}")
+            return fail(f"{what}: {code} (HTTP {status})")
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-            return BackendError(
-                f"{where}: no AWS credentials found ({type(exc).__name__})", backend=self.owner
-            )
+            return fail(f"{what}: no AWS credentials found ({type(exc).__name__})")
         if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ConnectionClosedError):
-            return BackendError(
-                f"{where}: cannot reach the AWS endpoint ({type(exc).__name__})", backend=self.owner
-            )
+            return fail(f"{what}: cannot reach the AWS endpoint ({type(exc).__name__}){tries}")
         if isinstance(exc, bx.ReadTimeoutError):
-            return BackendError(f"{where}: the AWS endpoint timed out", backend=self.owner)
-        if isinstance(exc, bx.BotoCoreError):
-            return BackendError(f"{where}: {type(exc).__name__}", backend=self.owner)
-        return BackendError(f"{where}: {type(exc).__name__}", backend=self.owner)
+            return fail(f"{what}: the AWS endpoint did not answer in time{tries}")
+        return fail(f"{what}: {type(exc).__name__}")
 
     def close(self) -> None:
         with self._lock:
@@ -289,6 +461,11 @@ class AwsSession:
         if self.role_arn:
             parts.append(f"role={self.role_arn}")
         return ", ".join(parts)
+
+
+def _api_name(operation: str) -> str:
+    """``get_secret_value`` -> ``GetSecretValue`` (the name AWS documents and logs)."""
+    return "".join(part.capitalize() for part in operation.split("_"))
 
 
 def client_error_code(exc: BaseException) -> str:
@@ -333,18 +510,31 @@ PREFIX_SETTINGS: dict[Kind, str] = {
 
 
 class AwsOptions(BackendOptions, total=False):
-    """The AWS session settings both stores accept (Airflow's names), besides the common options."""
+    """The AWS settings both stores accept, besides the common options.
 
+    Airflow's backends pop ``use_ssl`` and ``api_version`` for the client and hand every other kwarg to the
+    AWS hook as connection extras: these are the extras that hook reads, with its meaning. ``timeout`` is
+    credpath's whole-call deadline (Vault's name), ``botocore_config`` a dict of botocore ``Config`` kwargs
+    under ``config_kwargs``.
+    """
+
+    timeout: float
     region_name: str | None
     profile_name: str | None
     role_arn: str | None
+    assume_role_method: str | None
     assume_role_kwargs: dict[str, Any] | None
     endpoint_url: str | None
     verify: bool | str | None
     aws_access_key_id: str | None
     aws_secret_access_key: str | None
     aws_session_token: str | None
+    session_kwargs: dict[str, Any] | None
     config_kwargs: dict[str, Any] | None
+    botocore_config: dict[str, Any] | None
+    service_config: dict[str, Any] | None
+    use_ssl: bool | None
+    api_version: str | None
 
 
 _SESSION_SETTINGS = frozenset(AwsOptions.__annotations__) - frozenset(BackendOptions.__annotations__)
@@ -354,9 +544,11 @@ class AwsBackend(BaseBackend):
     """What the Secrets Manager and SSM backends share: prefixes, name mapping, pagination, batches, listing.
 
     Names are ``<prefix><sep><key>`` (Airflow's ``build_path``); an empty prefix means the bare key, a null
-    prefix switches that kind off. Subclasses build ``self.aws`` after their own kwarg checks (so those
-    errors come before the session's) and supply the store's calls: ``_get``, ``_batch_get``, ``_prefetch``,
-    ``_list_keys``, ``_list_request``, ``_write``.
+    prefix switches that kind off. A lookup for a team tries ``<prefix><sep><team>--<key>`` first, then the
+    team-agnostic name (``team_name_of``; the 3.3.2-era provider's rule); in multi-team mode an id containing
+    ``--`` is never looked up. Subclasses build ``self.aws`` after their own kwarg checks (so those errors
+    come before the session's) and supply the store's calls: ``_get_name``, ``_batch_get``, ``_prefetch``,
+    ``_list_keys``, ``_list_request``, ``_write``; every call goes through ``_call`` (deadline, retries).
     """
 
     #: botocore service name of the store's client.
@@ -383,7 +575,7 @@ class AwsBackend(BaseBackend):
         super().__init__(**options)
         self._session_settings: dict[str, Any] = session
         if not isinstance(sep, str) or not sep:
-            raise ConfigError("sep must be a non-empty string")
+            raise self.config_error("sep must be a non-empty string")
         given: dict[Kind, str | None] = {
             "connection": connections_prefix,
             "variable": variables_prefix,
@@ -391,7 +583,7 @@ class AwsBackend(BaseBackend):
         }
         for kind, prefix in given.items():
             if prefix is not None and not isinstance(prefix, str):
-                raise ConfigError(
+                raise self.config_error(
                     f"{PREFIX_SETTINGS[kind]} must be a string or null, got {type(prefix).__name__}"
                 )
         self.sep = sep
@@ -402,7 +594,15 @@ class AwsBackend(BaseBackend):
 
     def _open_session(self) -> AwsSession:
         # Called by each store after its own checks, so their errors keep coming before the session's.
-        return AwsSession(self.alias, **self._session_settings)
+        return AwsSession(self, **self._session_settings)
+
+    def prepare(self) -> None:
+        """Import botocore and build the session and the store's client; no request is sent."""
+        _ = self.client
+
+    @property
+    def timeout(self) -> float:
+        return self.aws.timeout
 
     @property
     def client(self) -> Any:
@@ -437,21 +637,60 @@ class AwsBackend(BaseBackend):
             return None
         return self._join(prefix, key)
 
-    def _names(self, kind: Kind, keys: list[str]) -> dict[str, str]:
-        """{store name: key} for the keys this backend would look up, each once."""
+    def team_name_of(self, kind: Kind, key: str, team_name: str) -> str | None:
+        """The team-scoped name the provider tries first: ``<prefix><sep><team>--<key>`` (None: no such
+        lookup, e.g. Secrets Manager under an empty prefix)."""
+        prefix = self.prefixes[kind]
+        if not prefix:
+            return None
+        return self._join(prefix, f"{team_name}{TEAM_SEP}{key}")
+
+    def _refuses(self, kind: Kind, key: str) -> bool:
+        """Multi-team mode: an id containing the team separator is ambiguous, never looked up (Airflow)."""
+        if TEAM_SEP in key and multi_team_enabled():
+            log_team_refusal(log, self.name, kind, key)
+            return True
+        return False
+
+    def _lookup_names(self, kind: Kind, key: str, team_name: str | None) -> list[str]:
+        """The names one lookup of ``key`` tries, in order: the team's first, then the team-agnostic one."""
+        name = self.name_of(kind, key)
+        if name is None or self._refuses(kind, key):
+            return []
+        names = [name]
+        if team_name:
+            scoped = self.team_name_of(kind, key, team_name)
+            if scoped is not None:
+                names.insert(0, scoped)
+        return [n for n in names if self._can_exist(n)]
+
+    def _names(self, kind: Kind, keys: list[str], team_name: str | None = None) -> dict[str, str]:
+        """{store name: key} for the names a lookup of each key tries (team-scoped ones first)."""
         names: dict[str, str] = {}
         for key in dict.fromkeys(keys):
-            name = self.name_of(kind, key)
-            if name is not None and self._can_exist(name):
-                names[name] = key
+            for name in self._lookup_names(kind, key, team_name):
+                names.setdefault(name, key)
         return names
+
+    def _batch_lookup(self, kind: Kind, keys: list[str], team_name: str | None) -> dict[str, str]:
+        """{key: raw} for the hits among ``keys``; a team-scoped value wins over the team-agnostic one."""
+        wanted = {key: self._lookup_names(kind, key, team_name) for key in dict.fromkeys(keys)}
+        names = {name: name for tried in wanted.values() for name in tried}
+        found = self._batch_get(names)  # keyed by name here
+        out: dict[str, str] = {}
+        for key, tried in wanted.items():
+            for name in tried:
+                if name in found:
+                    out[key] = found[name]
+                    break
+        return out
 
     def _target(self, kind: Kind, key: str) -> str:
         """The name a write or delete of ``key`` goes to; a switched-off kind is a ConfigError."""
         prefix = self.prefixes[kind]
         if prefix is None:
-            raise ConfigError(
-                f"{self.name}: {PREFIX_SETTINGS[kind]} is null, so {kind}s are switched off in this backend"
+            raise self.config_error(
+                f"{PREFIX_SETTINGS[kind]} is null, so {kind}s are switched off in this backend"
             )
         return self._join(prefix, key)
 
@@ -465,7 +704,7 @@ class AwsBackend(BaseBackend):
         params = dict(params)
         while True:
             try:
-                response = getattr(self.client, operation)(**params)
+                response = self._call(operation, params, what)
             except Exception as exc:  # translated, never re-raised raw
                 raise self.aws.error(exc, what) from None
             yield response
@@ -503,10 +742,27 @@ class AwsBackend(BaseBackend):
                 if key and self.wants(kind, key):
                     yield name, key, entry
 
+    def _call(
+        self, operation: str, params: dict[str, Any], what: str, deadline: Deadline | None = None
+    ) -> Any:
+        """One store API call within a whole-call deadline, retried with back-off (``AwsSession.call``)."""
+        return self.aws.call(self.service, operation, params, what, deadline)
+
     # --- store-specific ----------------------------------------------------------------------------
 
-    def _get(self, kind: Kind, key: str) -> str | None:  # pragma: no cover - abstract
+    def _get_name(
+        self, kind: Kind, key: str, name: str, deadline: Deadline
+    ) -> str | None:  # pragma: no cover
+        """The raw value of the store entry ``name`` or None: one read, within ``deadline``."""
         raise NotImplementedError
+
+    def _get(self, kind: Kind, key: str, team_name: str | None = None) -> str | None:
+        deadline = Deadline(self.timeout)  # one deadline for the team-scoped and team-agnostic reads
+        for name in self._lookup_names(kind, key, team_name):
+            value = self._get_name(kind, key, name, deadline)
+            if value is not None:
+                return value
+        return None
 
     def _batch_get(self, names: dict[str, str]) -> dict[str, str]:  # pragma: no cover - abstract
         """{key: raw value} for the hits among ``names`` ({store name: key})."""
@@ -532,29 +788,47 @@ class AwsBackend(BaseBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        raw = self._get("connection", conn_id)
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        raw = self._get("connection", conn_id, team_name)
         return None if raw is None else self._connection_value(conn_id, raw)
 
-    def get_variable(self, key: str) -> str | None:
-        return self._get("variable", key)
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        raw = self.get_conn_value(conn_id, team_name=team_name)
+        return None if raw is None else self.deserialize_connection(conn_id, raw)
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return self._get("variable", key, team_name)
 
     def get_config(self, key: str) -> str | None:
         return self._get("config", key)
 
-    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
-        found = self._batch_get(self._names("connection", list(ids)))
+    def get_conn_values(self, ids: list[str], team_name: str | None = None) -> dict[str, str]:
+        found = self._batch_lookup("connection", list(ids), team_name)
         return {key: self._connection_value(key, raw) for key, raw in found.items()}
 
-    def get_variables(self, keys: list[str]) -> dict[str, str]:
-        return self._batch_get(self._names("variable", list(keys)))
+    def get_variables(self, keys: list[str], team_name: str | None = None) -> dict[str, str]:
+        return self._batch_lookup("variable", list(keys), team_name)
 
-    def prefetch_connections(self) -> dict[str, str]:
-        found = self._prefetch("connection")
+    def _scoped(self, found: dict[str, str], team_name: str | None) -> dict[str, str]:
+        """What a prefix listing holds for a caller of ``team_name``: in multi-team mode (or for a team)
+        ids with the team separator are not ids; the team's own entries win over team-agnostic ones."""
+        if not team_name and not multi_team_enabled():
+            return found
+        out = {key: raw for key, raw in found.items() if TEAM_SEP not in key}
+        if team_name:
+            head = f"{team_name}{TEAM_SEP}"
+            for key, raw in found.items():
+                rest = key[len(head) :]
+                if key.startswith(head) and rest and TEAM_SEP not in rest:
+                    out[rest] = raw
+        return out
+
+    def prefetch_connections(self, team_name: str | None = None) -> dict[str, str]:
+        found = self._scoped(self._prefetch("connection"), team_name)
         return {key: self._connection_value(key, raw) for key, raw in found.items()}
 
-    def prefetch_variables(self) -> dict[str, str]:
-        return self._prefetch("variable")
+    def prefetch_variables(self, team_name: str | None = None) -> dict[str, str]:
+        return self._scoped(self._prefetch("variable"), team_name)
 
     def list_connections(self) -> list[str]:
         return sorted(self._list_keys("connection"))
@@ -566,7 +840,7 @@ class AwsBackend(BaseBackend):
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
         if not isinstance(value, str):
-            raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
+            raise self.config_error(f"variable {key!r}: value must be a string, got {type(value).__name__}")
         self._write("variable", key, value, overwrite=overwrite)
 
     def describe(self) -> str:

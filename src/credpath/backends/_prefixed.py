@@ -11,11 +11,45 @@ names compare case-insensitively).
 from __future__ import annotations
 
 import logging
+import os
 import re
-from typing import ClassVar
+import sys
+from typing import Any, ClassVar
 
-from credpath.errors import ConfigError
+from credpath.deadlines import Deadline
 from credpath.protocol import BaseBackend, Kind, iter_ids
+
+#: What the 3.3.2-era provider backends put between a team's name and the id in a team-scoped secret name.
+TEAM_SEP = "--"
+_TRUE = ("t", "true", "1")
+
+
+def multi_team_enabled() -> bool:
+    """Airflow's ``[core] multi_team``: Airflow's setting inside Airflow, else ``AIRFLOW__CORE__MULTI_TEAM``.
+
+    The providers refuse ids containing :data:`TEAM_SEP` only in multi-team mode (an id ``b--c`` of team ``a``
+    and an id ``c`` of team ``a--b`` would name the same secret). Airflow is never imported for this.
+    """
+    configuration = sys.modules.get("airflow.configuration")
+    conf = getattr(configuration, "conf", None)
+    if conf is not None:
+        try:
+            return bool(conf.getboolean("core", "multi_team", fallback=False))
+        except Exception:  # a broken Airflow config is Airflow's to report; fall back to the environment
+            pass
+    # As credpath.backends.env reads it: anything but t/true/1 is off.
+    return os.environ.get("AIRFLOW__CORE__MULTI_TEAM", "").strip().lower() in _TRUE
+
+
+def log_team_refusal(logger: logging.Logger, backend: str, kind: Kind, key: str) -> None:
+    logger.warning(
+        "%s: %s id %r contains %r, which separates the team name from the id in a team-scoped secret "
+        "name; such an id is ambiguous in multi-team mode and is not looked up",
+        backend,
+        kind,
+        key,
+        TEAM_SEP,
+    )
 
 
 def prefix_setting(kind: Kind) -> str:
@@ -27,7 +61,8 @@ class PrefixedSecretsBackend(BaseBackend):
     """Reads, write-name checks and listing for a store of secrets named ``<prefix><sep><id>``.
 
     Subclasses set ``prefixes`` and ``sep`` in ``__init__``, the class attributes below, ``read_secret`` and
-    ``_list_under``.
+    ``_list_under``. Team-scoped reads (Airflow 3.2+ multi-team) follow the store's provider: the team's name
+    is tried first, then the team-agnostic one (``_team_name``, ``_refuses``, ``team_config``).
     """
 
     #: The store's short name and its word for a secret's name, for messages ("Secret Manager", "id").
@@ -36,11 +71,17 @@ class PrefixedSecretsBackend(BaseBackend):
     #: The names the store accepts, and the same in words for the write error.
     name_re: ClassVar[re.Pattern[str]]
     name_rules: ClassVar[str] = ""
+    #: Whether the provider also refuses team-separator ids for ``get_config`` (Azure: yes; GCP: no).
+    team_config_refusal: ClassVar[bool] = True
 
     prefixes: dict[Kind, str | None]
     sep: str
 
     # --- naming ------------------------------------------------------------------------------------
+
+    def _join(self, prefix: str, key: str) -> str:
+        """The provider's ``build_path``: the bare key under an empty prefix unless a store overrides it."""
+        return f"{prefix}{self.sep}{key}" if prefix else key
 
     def _map_name(self, name: str) -> str:
         """The store's spelling of a glued name; as is unless the store overrides it."""
@@ -55,40 +96,73 @@ class PrefixedSecretsBackend(BaseBackend):
         prefix = self.prefixes[kind]
         if prefix is None:
             return None
-        return self._map_name(f"{prefix}{self.sep}{key}" if prefix else key)
+        return self._map_name(self._join(prefix, key))
+
+    def team_secret_name(self, kind: Kind, key: str, team_name: str) -> str | None:  # pragma: no cover
+        """The store's team-scoped name for ``key`` (each provider builds it its own way)."""
+        raise NotImplementedError
+
+    def _refuses(self, key: str) -> bool:
+        """In multi-team mode, an id whose store spelling contains the team separator is never looked up."""
+        return TEAM_SEP in self._map_name(key) and multi_team_enabled()
 
     def _where(self, name: str, action: str) -> str:
         """The start of an error message: backend, store, what was done and to which secret."""
-        return f"backend {self.name!r} ({self.store_name}): {action} secret {name!r}"
+        return f"{self.label}: {action} secret {name!r}"
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def read_secret(self, name: str) -> str | None:  # pragma: no cover - abstract
-        """The value of the secret ``name`` (a name the store accepts), or None if there is none."""
+    #: Seconds a whole lookup may take (connect, reads, retries, waits); set by the subclass.
+    timeout: float
+
+    def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:  # pragma: no cover
+        """The value of the secret ``name`` (a name the store accepts), or None if there is none.
+
+        ``deadline`` bounds the whole call; a new one of ``timeout`` seconds if not given.
+        """
         raise NotImplementedError
 
-    def _read(self, kind: Kind, key: str) -> str | None:
-        if not self.wants(kind, key):
-            return None
-        name = self.secret_name(kind, key)
-        if name is None:
-            return None
+    def _read_name(self, kind: Kind, key: str, name: str, deadline: Deadline) -> str | None:
         if not self.name_re.match(name):
             # No secret can have this name, so it is a miss; asking would only cost a 400.
             logging.getLogger(type(self).__module__).debug(
                 "%s: %s %r cannot be a %s %s; miss", self.name, kind, key, self.service, self.name_noun
             )
             return None
-        return self.read_secret(name)
+        return self.read_secret(name, deadline)
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        return self._read("connection", conn_id)
+    def _read(self, kind: Kind, key: str, team_name: str | None = None) -> str | None:
+        name = self.secret_name(kind, key)
+        if name is None:
+            return None
+        if (kind != "config" or self.team_config_refusal) and self._refuses(key):
+            log_team_refusal(logging.getLogger(type(self).__module__), self.name, kind, key)
+            return None
+        if not self.wants(kind, key):
+            return None
+        deadline = Deadline(self.timeout)  # one deadline for the team-scoped and the team-agnostic read
+        if team_name:
+            scoped = self.team_secret_name(kind, key, team_name)
+            if scoped is not None:
+                value = self._read_name(kind, key, scoped, deadline)
+                if value is not None:
+                    return value
+        return self._read_name(kind, key, name, deadline)
 
-    def get_variable(self, key: str) -> str | None:
-        return self._read("variable", key)
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        return self._read("connection", conn_id, team_name)
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return self._read("variable", key, team_name)
 
     def get_config(self, key: str) -> str | None:
         return self._read("config", key)
+
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        raw = self.get_conn_value(conn_id, team_name=team_name)
+        if raw is None:
+            return None
+        return self.deserialize_connection(conn_id, raw)
 
     # --- writes, listing ---------------------------------------------------------------------------
 
@@ -96,12 +170,10 @@ class PrefixedSecretsBackend(BaseBackend):
         """The name to write or delete ``key`` under; ConfigError if the kind is off or the name invalid."""
         name = self.secret_name(kind, key)
         if name is None:
-            raise ConfigError(
-                f"backend {self.name!r}: cannot write {kind} {key!r}: {prefix_setting(kind)} is null"
-            )
+            raise self.config_error(f"cannot write {kind} {key!r}: {prefix_setting(kind)} is null")
         if not self.name_re.match(name):
-            raise ConfigError(
-                f"backend {self.name!r}: {kind} id {key!r} gives secret {self.name_noun} {name!r}, which "
+            raise self.config_error(
+                f"{kind} id {key!r} gives secret {self.name_noun} {name!r}, which "
                 f"{self.service} rejects (allowed: {self.name_rules})"
             )
         return name
@@ -110,7 +182,7 @@ class PrefixedSecretsBackend(BaseBackend):
         prefix = self.prefixes[kind]
         if prefix is None:
             return []
-        start = self._fold(self._map_name(f"{prefix}{self.sep}" if prefix else ""))
+        start = self._fold(self._map_name(self._join(prefix, "")))
         return iter_ids(self._list_under(kind, start))
 
     def _list_under(self, kind: Kind, start: str) -> list[str]:  # pragma: no cover - abstract

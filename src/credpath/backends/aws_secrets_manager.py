@@ -5,6 +5,17 @@ prefix switches that kind off. Connection values are a URI or JSON; JSON accepts
 (``username`` -> ``login``, ``engine`` -> ``conn_type``, ...) and, unlike Airflow, keeps unknown keys in
 ``extra`` instead of dropping them.
 
+Kwargs: Airflow's (``connections_prefix`` ... ``extra_conn_words``; ``use_ssl`` and ``api_version`` for the
+client; every AWS hook extra Airflow passes on: ``region_name``, ``profile_name``, ``role_arn``,
+``assume_role_kwargs``, ``endpoint_url``, ``verify``, ``aws_access_key_id``/``aws_secret_access_key``/
+``aws_session_token``, ``session_kwargs``, ``config_kwargs``, ``botocore_config``, ``service_config``) and
+``timeout``: seconds a whole lookup may take (connect, reads, retries, back-off and ``Retry-After`` waits;
+default 10). An unknown kwarg is a one-line error (Airflow would ignore a typo silently).
+
+Faults: botocore's retries are off; throttling, 429, 5xx and transient network errors are retried (3 tries
+by default, ``config_kwargs["retries"]`` sets them) with full-jitter back-off inside ``timeout``; a
+``Retry-After`` beyond it fails the lookup at once; access denied and refused connections are not retried.
+
 Cost: one ``GetSecretValue`` per uncached read; ``BatchGetSecretValue`` (20 ids per call, AWS's limit) for
 ``get_conn_values``/``get_variables``; ``ListSecrets`` (100 per page) + batches for prefix prefetch.
 """
@@ -17,7 +28,8 @@ from typing import Any, ClassVar, Unpack
 from urllib.parse import unquote
 
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
-from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError
+from credpath.deadlines import Deadline
+from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
 from credpath.protocol import Kind
 
@@ -78,8 +90,11 @@ class SecretsManagerBackend(AwsBackend):
             **options,
         )
         if not isinstance(recovery_window_in_days, int) or not 7 <= recovery_window_in_days <= 30:
-            raise ConfigError("recovery_window_in_days must be an integer from 7 to 30")
-        self.field_words = _field_words(extra_conn_words)
+            raise self.config_error("recovery_window_in_days must be an integer from 7 to 30")
+        try:
+            self.field_words = _field_words(extra_conn_words)
+        except ConfigError as exc:
+            raise self.config_error(str(exc)) from None
         self.recovery_window_in_days = recovery_window_in_days
         self.are_secret_values_urlencoded = bool(are_secret_values_urlencoded)
         self.aws = self._open_session()
@@ -96,12 +111,9 @@ class SecretsManagerBackend(AwsBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def _get(self, kind: Kind, key: str) -> str | None:
-        name = self.name_of(kind, key)
-        if name is None:
-            return None
+    def _get_name(self, kind: Kind, key: str, name: str, deadline: Deadline) -> str | None:
         try:
-            response = self.client.get_secret_value(SecretId=name)
+            response = self._call("get_secret_value", {"SecretId": name}, f"secret {name!r}", deadline)
         except Exception as exc:  # translated below, never re-raised raw
             code = client_error_code(exc)
             if code == "ResourceNotFoundException" or _is_deleted_error(exc):
@@ -120,11 +132,8 @@ class SecretsManagerBackend(AwsBackend):
             try:
                 return bytes(binary).decode("utf-8")
             except UnicodeDecodeError:
-                raise BackendError(
-                    f"{self.name}: secret {name!r} holds binary data that is not UTF-8 text",
-                    backend=self.name,
-                ) from None
-        raise BackendError(f"{self.name}: secret {name!r} has no value", backend=self.name)
+                raise self.error(f"secret {name!r} holds binary data that is not UTF-8 text") from None
+        raise self.error(f"secret {name!r} has no value")
 
     # --- JSON connection values --------------------------------------------------------------------
 
@@ -204,16 +213,13 @@ class SecretsManagerBackend(AwsBackend):
                 (denied if "AccessDenied" in code else failed).append(f"{secret_id} ({code})")
         # A partial answer would let the search path cache a miss for an id that failed: fail it whole.
         if denied:
-            raise AccessDenied(
-                f"{self.name}: access denied for {len(denied)} secret(s): {', '.join(denied[:5])} "
+            raise self.error(
+                f"access denied for {len(denied)} secret(s): {', '.join(denied[:5])} "
                 f"for {self.aws.caller_arn()}",
-                backend=self.name,
+                AccessDenied,
             )
         if failed:
-            raise BackendError(
-                f"{self.name}: batch read failed for {len(failed)} secret(s): {', '.join(failed[:5])}",
-                backend=self.name,
-            )
+            raise self.error(f"batch read failed for {len(failed)} secret(s): {', '.join(failed[:5])}")
         log.debug("%s: batch read %d of %d secret(s)", self.name, len(found), len(names))
         return found
 
@@ -241,7 +247,7 @@ class SecretsManagerBackend(AwsBackend):
         self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
     ) -> None:
         if not conn.conn_id:
-            raise ConfigError("connection has no conn_id")
+            raise self.config_error("connection has no conn_id")
         self._write(
             "connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite=overwrite
         )
@@ -262,7 +268,7 @@ class SecretsManagerBackend(AwsBackend):
                 return
         else:
             try:
-                self.client.create_secret(Name=name, SecretString=value)
+                self._call("create_secret", {"Name": name, "SecretString": value}, f"write secret {name!r}")
             except Exception as exc:
                 if client_error_code(exc) == "ResourceExistsException":
                     if not overwrite:
@@ -278,15 +284,15 @@ class SecretsManagerBackend(AwsBackend):
                 log.debug("%s: created secret %s", self.name, name)
                 return
         if not self._put(name, value):
-            raise BackendError(
-                f"{self.name}: secret {name!r} vanished while being written", backend=self.name
-            )
+            raise self.error(f"secret {name!r} vanished while being written")
 
     def _put(self, name: str, value: str) -> bool:
         """PutSecretValue; False if the secret does not exist. A secret scheduled for deletion is restored."""
         for attempt in range(2):
             try:
-                self.client.put_secret_value(SecretId=name, SecretString=value)
+                self._call(
+                    "put_secret_value", {"SecretId": name, "SecretString": value}, f"write secret {name!r}"
+                )
             except Exception as exc:
                 if client_error_code(exc) == "ResourceNotFoundException":
                     self._existing.discard(name)
@@ -302,11 +308,11 @@ class SecretsManagerBackend(AwsBackend):
 
     def _exists_error(self, name: str, *, scheduled: bool = False) -> ConfigError:
         state = "is scheduled for deletion" if scheduled else "already exists"
-        return ConfigError(f"{self.name}: secret {name!r} {state} (overwrite not allowed)")
+        return self.config_error(f"secret {name!r} {state} (overwrite not allowed)")
 
     def _restore(self, name: str) -> None:
         try:
-            self.client.restore_secret(SecretId=name)
+            self._call("restore_secret", {"SecretId": name}, f"restore secret {name!r}")
         except Exception as exc:
             raise self._write_error(exc, name) from None
         self._scheduled.discard(name)
@@ -319,7 +325,7 @@ class SecretsManagerBackend(AwsBackend):
     def _target(self, kind: Kind, key: str) -> str:
         name = super()._target(kind, key)
         if not key:
-            raise ConfigError(f"{self.name}: {kind} id must not be empty")
+            raise self.config_error(f"{kind} id must not be empty")
         return name
 
     def delete_connection(self, conn_id: str, *, force: bool = False) -> bool:
@@ -342,7 +348,7 @@ class SecretsManagerBackend(AwsBackend):
         else:
             params["RecoveryWindowInDays"] = self.recovery_window_in_days
         try:
-            self.client.delete_secret(**params)
+            self._call("delete_secret", params, f"delete secret {name!r}")
         except Exception as exc:
             if client_error_code(exc) == "ResourceNotFoundException" or _is_deleted_error(exc):
                 self._existing.discard(name)
@@ -359,7 +365,7 @@ class SecretsManagerBackend(AwsBackend):
     def _exists(self, name: str) -> bool:
         """True if the secret exists and is not scheduled for deletion (DescribeSecret)."""
         try:
-            response = self.client.describe_secret(SecretId=name)
+            response = self._call("describe_secret", {"SecretId": name}, f"describe secret {name!r}")
         except Exception as exc:
             if client_error_code(exc) == "ResourceNotFoundException":
                 return False
@@ -370,7 +376,7 @@ class SecretsManagerBackend(AwsBackend):
 
     def check(self) -> str:
         try:
-            self.client.list_secrets(MaxResults=1)
+            self._call("list_secrets", {"MaxResults": 1}, "check (ListSecrets)")
         except Exception as exc:
             raise self.aws.error(exc, "check (ListSecrets)") from None
         return f"AWS Secrets Manager reachable ({self.aws.describe()})"

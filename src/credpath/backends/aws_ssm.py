@@ -3,7 +3,8 @@
 Parameter names are ``<prefix>/<id>`` with a leading ``/`` ensured (as Airflow does); a null prefix switches
 that kind off. Reads decrypt SecureStrings. Cost: one ``GetParameter`` per uncached read; ``GetParameters``
 (10 names per call, AWS's limit) for batches; ``GetParametersByPath`` (10 per page) for prefix prefetch
-and listing. Writes are SecureStrings.
+and listing. Writes are SecureStrings. Kwargs, deadlines and retries as for Secrets Manager (``_aws.py``);
+a team lookup tries ``<prefix>/<team>--<id>`` first, under an empty prefix too (as Airflow's SSM backend).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 from typing import Any, ClassVar, Unpack
 
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code
-from credpath.errors import ConfigError
+from credpath.backends._prefixed import TEAM_SEP
+from credpath.deadlines import Deadline
 from credpath.model import Connection
 from credpath.protocol import Kind
 
@@ -70,15 +72,18 @@ class ParameterStoreBackend(AwsBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def _get(self, kind: Kind, key: str) -> str | None:
-        name = self.name_of(kind, key)
-        if name is None:
+    def team_name_of(self, kind: Kind, key: str, team_name: str) -> str | None:
+        # Airflow's SSM backend tries the team's name whatever the prefix ("" gives "/<team>--<id>").
+        prefix = self.prefixes[kind]
+        if prefix is None:
             return None
-        if not self._can_exist(name):
-            log.debug("%s: %s %r cannot be a parameter name; a miss", self.name, kind, key)
-            return None
+        return self._join(prefix, f"{team_name}{TEAM_SEP}{key}")
+
+    def _get_name(self, kind: Kind, key: str, name: str, deadline: Deadline) -> str | None:
         try:
-            response = self.client.get_parameter(Name=name, WithDecryption=True)
+            response = self._call(
+                "get_parameter", {"Name": name, "WithDecryption": True}, f"parameter {name!r}", deadline
+            )
         except Exception as exc:  # translated, never re-raised raw
             if client_error_code(exc) == "ParameterNotFound":
                 log.debug("%s: parameter %s not found", self.name, name)
@@ -121,8 +126,8 @@ class ParameterStoreBackend(AwsBackend):
     def _target(self, kind: Kind, key: str) -> str:
         name = super()._target(kind, key)
         if not key or not self._can_exist(name):
-            raise ConfigError(
-                f"{self.name}: {kind} id {key!r} is not a valid parameter name (letters, digits, _.-/ only)"
+            raise self.config_error(
+                f"{kind} id {key!r} is not a valid parameter name (letters, digits, _.-/ only)"
             )
         return name
 
@@ -130,7 +135,7 @@ class ParameterStoreBackend(AwsBackend):
         self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
     ) -> None:
         if not conn.conn_id:
-            raise ConfigError("connection has no conn_id")
+            raise self.config_error("connection has no conn_id")
         self._put(
             self._target("connection", conn.conn_id),
             self.serialize_connection(conn, serialization),
@@ -150,11 +155,11 @@ class ParameterStoreBackend(AwsBackend):
         if self.kms_key_id:
             params["KeyId"] = self.kms_key_id
         try:
-            self.client.put_parameter(**params)
+            self._call("put_parameter", params, f"write parameter {name!r}")
         except Exception as exc:
             if client_error_code(exc) == "ParameterAlreadyExists":
-                raise ConfigError(
-                    f"{self.name}: parameter {name!r} already exists (overwrite not allowed)"
+                raise self.config_error(
+                    f"parameter {name!r} already exists (overwrite not allowed)"
                 ) from None
             raise self.aws.error(exc, f"write parameter {name!r}") from None
         log.debug("%s: wrote parameter %s", self.name, name)
@@ -167,7 +172,7 @@ class ParameterStoreBackend(AwsBackend):
 
     def _delete(self, name: str) -> bool:
         try:
-            self.client.delete_parameter(Name=name)
+            self._call("delete_parameter", {"Name": name}, f"delete parameter {name!r}")
         except Exception as exc:
             if client_error_code(exc) == "ParameterNotFound":
                 return False
@@ -179,7 +184,7 @@ class ParameterStoreBackend(AwsBackend):
 
     def check(self) -> str:
         try:
-            self.client.describe_parameters(MaxResults=1)
+            self._call("describe_parameters", {"MaxResults": 1}, "check (DescribeParameters)")
         except Exception as exc:
             raise self.aws.error(exc, "check (DescribeParameters)") from None
         return f"AWS SSM Parameter Store reachable ({self.aws.describe()})"

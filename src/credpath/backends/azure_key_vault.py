@@ -14,6 +14,16 @@ credpath's: the three ``*_lookup_pattern``, ``connection_format``, ``credential`
 and ``on_deleted``: what a write does when the name is soft-deleted (``"fail"`` default: a clear error;
 ``"recover"``: recover the deleted secret, then add the new version; ``"purge"``: purge it, then write).
 
+``vault_url`` defaults to ``""`` as in Airflow; a backend without one fails at its first use, with a one-line
+message. ``timeout`` (seconds, default 10) bounds a whole lookup: connect, reads, retries and waits.
+Multi-team (Airflow 3.2+): a lookup for a team tries ``<prefix><sep><team>--<id>`` first (``_`` mapped to
+``sep`` as everywhere in this backend), then the team-agnostic name; in multi-team mode an id whose mapped
+name contains ``--`` is never looked up, as the provider does.
+
+Faults: azure-core's retries (10 tries, waits of up to 2 minutes, 300 s socket timeouts) are off; credpath
+retries 429, 5xx and transient network errors with full-jitter back-off inside ``timeout`` and honours
+``Retry-After`` only when it fits. A ``retry_total`` kwarg (azure-core's name) sets the number of retries.
+
 Differences from Airflow, on purpose: a disabled secret raises :class:`BackendError` naming the secret
 (Airflow lets the raw 403 escape); other 403s raise :class:`AccessDenied`; only a 404 is a miss.
 """
@@ -26,8 +36,16 @@ import threading
 import time
 from typing import Any, ClassVar, Literal
 
-from credpath.backends._prefixed import PrefixedSecretsBackend, prefix_setting
-from credpath.errors import AccessDenied, BackendError, ConfigError
+from credpath.backends._prefixed import TEAM_SEP, PrefixedSecretsBackend, prefix_setting
+from credpath.deadlines import (
+    Deadline,
+    RetriesExhausted,
+    RetryPolicy,
+    call_with_deadline,
+    call_with_retries,
+    parse_retry_after,
+)
+from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import Kind
 
 log = logging.getLogger(__name__)
@@ -37,6 +55,53 @@ _NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 ID_TAG = "credpath-id"
 OnDeleted = Literal["fail", "recover", "purge"]
 _ON_DELETED = ("fail", "recover", "purge")
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_ATTEMPTS = 3
+DEFAULT_CONNECT_TIMEOUT = 3.0
+
+
+def _refused(exc: BaseException | None) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = getattr(exc, "inner_exception", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
+        if headers.get(name):
+            try:
+                return max(0.0, float(headers[name]) * scale)
+            except ValueError:
+                pass
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def classify(exc: BaseException) -> tuple[bool, float | None]:
+    """(retryable, Retry-After) for an exception from a Key Vault call."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    if isinstance(exc, CredpathError | ClientAuthenticationError):
+        return False, None
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        if status == 429 or status >= 500:
+            return True, _retry_after(exc)
+        return False, None
+    if isinstance(exc, ServiceRequestError):
+        return not _refused(exc), None
+    if isinstance(exc, ServiceResponseError):
+        return True, None
+    return False, None
 
 
 class KeyVaultBackend(PrefixedSecretsBackend):
@@ -62,6 +127,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         client_secret: str = "",
         managed_identity_client_id: str = "",
         workload_identity_tenant_id: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
         credential: Any = None,
         client_kwargs: dict[str, Any] | None = None,
         on_deleted: OnDeleted = "fail",
@@ -77,10 +143,14 @@ class KeyVaultBackend(PrefixedSecretsBackend):
             config_lookup_pattern=config_lookup_pattern,
             connection_format=connection_format,
         )
-        if not isinstance(vault_url, str) or not vault_url.startswith("https://"):
-            raise ConfigError(f"vault_url of backend {self.alias!r} must be an https:// URL of the vault")
+        # Airflow's default is "" and it fails only at first use; so does credpath (see ``client``).
+        if not isinstance(vault_url, str) or (vault_url and not vault_url.startswith("https://")):
+            raise self.config_error("vault_url must be the https:// URL of the vault")
         if not isinstance(sep, str) or not re.fullmatch(r"[0-9a-zA-Z-]*", sep):
-            raise ConfigError("sep must consist of letters, digits or '-' (Key Vault name characters)")
+            raise self.config_error("sep must consist of letters, digits or '-' (Key Vault name characters)")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise self.config_error("timeout must be a positive number of seconds")
+        self.timeout = float(timeout)
         self.vault_url = vault_url.rstrip("/")
         self.sep = sep
         self.prefixes: dict[Kind, str | None] = {}
@@ -91,15 +161,26 @@ class KeyVaultBackend(PrefixedSecretsBackend):
             ("config", config_prefix),
         ):
             if prefix is not None and not isinstance(prefix, str):
-                raise ConfigError(f"{prefix_setting(kind)} must be a string or null")
+                raise self.config_error(f"{prefix_setting(kind)} must be a string or null")
             # Airflow strips a trailing sep from the prefix.
             self.prefixes[kind] = prefix.rstrip(sep) if prefix is not None and sep else prefix
         if on_deleted not in _ON_DELETED:
-            raise ConfigError(f"on_deleted must be one of {', '.join(_ON_DELETED)}")
+            raise self.config_error(f"on_deleted must be one of {', '.join(_ON_DELETED)}")
         self.on_deleted: OnDeleted = on_deleted
         if client_kwargs is not None and not isinstance(client_kwargs, dict):
-            raise ConfigError("client_kwargs must be a mapping of SecretClient keyword arguments")
+            raise self.config_error("client_kwargs must be a mapping of SecretClient keyword arguments")
         self.client_kwargs: dict[str, Any] = {**kwargs, **(client_kwargs or {})}
+        # azure-core's retry_total (retries after the first try) sets credpath's tries; the SDK's own
+        # retries stay off so that every wait happens inside the deadline.
+        retries = self.client_kwargs.pop("retry_total", None)
+        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+            raise self.config_error("retry_total must be a non-negative integer")
+        self.policy = RetryPolicy(attempts=DEFAULT_ATTEMPTS if retries is None else retries + 1)
+        self.connection_timeout = min(
+            float(self.client_kwargs.pop("connection_timeout", DEFAULT_CONNECT_TIMEOUT)), self.timeout
+        )
+        read_timeout = self.client_kwargs.pop("read_timeout", None)
+        self.read_timeout = min(float(read_timeout), self.timeout) if read_timeout else self.timeout / 2
         self.tenant_id = tenant_id
         self.client_id = client_id
         self._client_secret = client_secret  # never in repr/describe
@@ -132,27 +213,70 @@ class KeyVaultBackend(PrefixedSecretsBackend):
             options["workload_identity_tenant_id"] = self.workload_identity_tenant_id
         return DefaultAzureCredential(**options)
 
+    def prepare(self) -> None:
+        """Import azure-keyvault-secrets and build the credential and client; no request is sent."""
+        _ = self.client
+
     @property
     def client(self) -> Any:
         if self._client is not None:
             return self._client
+        if not self.vault_url:
+            raise self.config_error("vault_url is not set; give the https:// URL of the vault")
         with self._lock:
             if self._client is None:
                 try:
                     from azure.keyvault.secrets import SecretClient
                 except ImportError as exc:
-                    raise ConfigError(
-                        f"backend {self.name!r} needs azure-keyvault-secrets and azure-identity "
-                        f"(missing module {exc.name!r}); install them with: pip install 'credpath[azure]'"
+                    raise self.config_error(
+                        f"needs azure-keyvault-secrets and azure-identity (missing module {exc.name!r}); "
+                        "install them with: pip install 'credpath[azure]'"
                     ) from None
                 try:
                     self._client = SecretClient(
-                        vault_url=self.vault_url, credential=self._build_credential(), **self.client_kwargs
+                        vault_url=self.vault_url,
+                        credential=self._build_credential(),
+                        **{**self.client_kwargs, "retry_total": 0},
                     )
                 except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"backend {self.name!r}: bad SecretClient arguments: {exc}") from None
+                    raise self.config_error(f"bad SecretClient arguments: {exc}") from None
                 log.debug("%s: client for %s", self.name, self.vault_url)
         return self._client
+
+    def _call(self, func: Any, what: str, deadline: Deadline | None = None) -> Any:
+        """``func(**transport timeouts)`` within one whole-call deadline, retried with back-off.
+
+        Permanent errors (404, 403, auth) are raised as they are, for the caller to map.
+        """
+        deadline = deadline or Deadline(self.timeout)
+
+        def attempt(dl: Deadline) -> Any:
+            left = max(0.05, dl.remaining())
+            return func(
+                connection_timeout=min(self.connection_timeout, left),
+                read_timeout=min(self.read_timeout, left),
+            )
+
+        def on_timeout(attempts: int) -> BaseException:
+            tries = f" ({attempts} attempt(s))" if attempts > 1 else ""
+            return self.error(f"{what} timed out after {deadline.seconds:g} s{tries}", BackendTimeout)
+
+        return call_with_retries(attempt, deadline, self.policy, classify=classify, on_timeout=on_timeout)
+
+    def _paged(self, pages: Any, what: str) -> Any:
+        """Each page of an azure-core pager, fetched within a deadline of its own (no retry: a pager's
+        state after a failed fetch is not safe to resume)."""
+        iterator = iter(pages.by_page())
+        end = object()
+        while True:
+            page = call_with_deadline(
+                lambda: list(p) if (p := next(iterator, end)) is not end else end,
+                Deadline(self.timeout),
+                on_timeout=lambda: self.error(f"{what} timed out after {self.timeout:g} s", BackendTimeout),
+            )
+            if page is end:
+                return
+            yield from page
 
     # --- naming ------------------------------------------------------------------------------------
 
@@ -164,11 +288,28 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         # Key Vault names are case-insensitive.
         return name.lower()
 
-    def _error(self, exc: Exception, name: str, action: str) -> BackendError:
+    def team_secret_name(self, kind: Kind, key: str, team_name: str) -> str | None:
+        # The provider: build_path(prefix, build_path("", team) + "--" + id), "_" -> sep throughout.
+        prefix = self.prefixes[kind]
+        if prefix is None or kind == "config":
+            return None
+        return self._map_name(
+            self._join(prefix, f"{self._map_name(team_name)}{TEAM_SEP}{self._map_name(key)}")
+        )
+
+    def _error(self, exc: BaseException, name: str, action: str) -> CredpathError:
         """One line naming backend, secret and reason; server text is reduced to its error code."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
         where = self._where(name, action)
+        tries = ""
+        if isinstance(exc, RetriesExhausted):
+            gave_up, exc = exc, exc.error
+            tries = f" after {gave_up.attempts} attempt(s)"
+            if gave_up.retry_after is not None:
+                tries += f" (Retry-After {gave_up.retry_after:g} s is beyond the {self.timeout:g} s deadline)"
+        if isinstance(exc, CredpathError):
+            return exc
         if isinstance(exc, ClientAuthenticationError):
             return AccessDenied(f"{where}: authentication failed ({type(exc).__name__})", backend=self.name)
         if isinstance(exc, HttpResponseError):
@@ -179,23 +320,26 @@ class KeyVaultBackend(PrefixedSecretsBackend):
                 return BackendError(f"{where}: the secret is disabled in the vault", backend=self.name)
             if exc.status_code == 403:
                 return AccessDenied(f"{where}: access denied ({code or 403})", backend=self.name)
-            return BackendError(f"{where}: HTTP {exc.status_code} {code or ''}".rstrip(), backend=self.name)
+            detail = f"HTTP {exc.status_code} {code or ''}".rstrip()
+            return BackendError(f"{where}: {detail}{tries}", backend=self.name)
         if isinstance(exc, ServiceRequestError):
-            return BackendError(f"{where}: vault unreachable ({type(exc).__name__})", backend=self.name)
-        return BackendError(f"{where}: {type(exc).__name__}", backend=self.name)
+            return BackendError(
+                f"{where}: vault unreachable ({type(exc).__name__}){tries}", backend=self.name
+            )
+        return BackendError(f"{where}: {type(exc).__name__}{tries}", backend=self.name)
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def read_secret(self, name: str) -> str | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+    def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
 
         client = self.client
         try:
-            secret = client.get_secret(name)
+            secret = self._call(lambda **t: client.get_secret(name, **t), f"GetSecret of {name!r}", deadline)
         except ResourceNotFoundError:
             log.debug("%s: secret %s not found", self.name, name)
             return None
-        except AzureError as exc:
+        except Exception as exc:
             raise self._error(exc, name, "reading") from None
         log.debug("%s: read secret %s", self.name, name)
         return secret.value
@@ -207,23 +351,22 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
         policy = on_deleted or self.on_deleted
         if policy not in _ON_DELETED:
-            raise ConfigError(f"on_deleted must be one of {', '.join(_ON_DELETED)}")
+            raise self.config_error(f"on_deleted must be one of {', '.join(_ON_DELETED)}")
         name = self._write_name(kind, key)
         client = self.client
         tags = {ID_TAG: key} if len(key) <= 256 else {}
         try:
             if not overwrite:
                 try:
-                    client.get_secret(name)
+                    self._call(lambda **t: client.get_secret(name, **t), f"GetSecret of {name!r}")
                 except ResourceNotFoundError:
                     pass
                 else:
-                    raise ConfigError(
-                        f"backend {self.name!r}: {kind} {key!r} already exists (secret {name!r}); "
-                        "not overwritten"
+                    raise self.config_error(
+                        f"{kind} {key!r} already exists (secret {name!r}); not overwritten"
                     )
             try:
-                client.set_secret(name, value, tags=tags)
+                self._set(name, value, tags)
             except ResourceExistsError as exc:
                 if _error_codes(exc)[1] != "ObjectIsDeletedButRecoverable":
                     raise
@@ -231,26 +374,35 @@ class KeyVaultBackend(PrefixedSecretsBackend):
                 if policy == "purge":
                     self._set_after_purge(name, value, tags)
                 else:
-                    client.set_secret(name, value, tags=tags)
+                    self._set(name, value, tags)
         except ConfigError:
             raise
-        except AzureError as exc:
+        except (AzureError, RetriesExhausted) as exc:
             raise self._error(exc, name, "writing") from None
         log.debug("%s: wrote secret %s", self.name, name)
 
+    def _set(self, name: str, value: str, tags: dict[str, str]) -> None:
+        self._call(lambda **t: self.client.set_secret(name, value, tags=tags, **t), f"SetSecret of {name!r}")
+
     def _handle_deleted(self, name: str, kind: Kind, key: str, policy: OnDeleted) -> None:
         if policy == "fail":
-            raise ConfigError(
-                f"backend {self.name!r}: secret {name!r} for {kind} {key!r} is deleted but recoverable; "
+            raise self.config_error(
+                f"secret {name!r} for {kind} {key!r} is deleted but recoverable; "
                 "recover it (on_deleted='recover', CLI --on-deleted recover) or purge it "
                 "(on_deleted='purge', CLI --on-deleted purge)"
             )
         if policy == "recover":
             log.debug("%s: recovering deleted secret %s", self.name, name)
-            self.client.begin_recover_deleted_secret(name).wait()
+            poller = self._call(
+                lambda **t: self.client.begin_recover_deleted_secret(name, **t),
+                f"RecoverDeletedSecret of {name!r}",
+            )
+            poller.wait()
         else:
             log.debug("%s: purging deleted secret %s", self.name, name)
-            self.client.purge_deleted_secret(name)
+            self._call(
+                lambda **t: self.client.purge_deleted_secret(name, **t), f"PurgeDeletedSecret of {name!r}"
+            )
 
     def _set_after_purge(self, name: str, value: str, tags: dict[str, str]) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -258,11 +410,11 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         # The service finishes a purge asynchronously; the name stays taken for a few seconds.
         for delay in (0.5, 1, 2, 4, 8):
             try:
-                self.client.set_secret(name, value, tags=tags)
+                self._set(name, value, tags)
                 return
             except ResourceExistsError:
                 time.sleep(delay)
-        self.client.set_secret(name, value, tags=tags)
+        self._set(name, value, tags)
 
     def set_connection(
         self,
@@ -273,7 +425,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         serialization: str = "json",
     ) -> None:
         if not conn.conn_id:
-            raise ConfigError("connection to write has no conn_id")
+            raise self.config_error("connection to write has no conn_id")
         self._write(
             "connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite, on_deleted
         )
@@ -288,13 +440,17 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
         name = self._write_name(kind, key)
         try:
-            poller = self.client.begin_delete_secret(name)
+            poller = self._call(
+                lambda **t: self.client.begin_delete_secret(name, **t), f"DeleteSecret of {name!r}"
+            )
             if purge:
                 poller.wait()  # purge needs the soft delete to have completed
-                self.client.purge_deleted_secret(name)
+                self._call(
+                    lambda **t: self.client.purge_deleted_secret(name, **t), f"PurgeDeletedSecret of {name!r}"
+                )
         except ResourceNotFoundError:
             return False
-        except AzureError as exc:
+        except (AzureError, RetriesExhausted) as exc:
             raise self._error(exc, name, "deleting") from None
         log.debug("%s: deleted secret %s%s", self.name, name, " and purged it" if purge else "")
         return True
@@ -312,10 +468,13 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
         name = self._write_name(kind, key)
         try:
-            self.client.begin_recover_deleted_secret(name).wait()
+            self._call(
+                lambda **t: self.client.begin_recover_deleted_secret(name, **t),
+                f"RecoverDeletedSecret of {name!r}",
+            ).wait()
         except ResourceNotFoundError:
             return False
-        except AzureError as exc:
+        except (AzureError, RetriesExhausted) as exc:
             raise self._error(exc, name, "recovering") from None
         return True
 
@@ -326,7 +485,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
         ids: list[str] = []
         try:
-            for props in self.client.list_properties_of_secrets():
+            for props in self._paged(self.client.list_properties_of_secrets(), "ListSecrets"):
                 name = props.name or ""
                 key = self._key_under(name, start)
                 if key is None:
@@ -345,7 +504,8 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         from azure.core.exceptions import AzureError
 
         try:
-            next(iter(self.client.list_properties_of_secrets(max_page_size=1).by_page()), None)
+            pages = self.client.list_properties_of_secrets(max_page_size=1)
+            next(iter(self._paged(pages, "ListSecrets")), None)
         except AzureError as exc:
             raise self._error(exc, "*", "listing") from None
         return f"{self.store_name} {self.vault_url}: reachable"

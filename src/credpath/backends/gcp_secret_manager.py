@@ -7,11 +7,21 @@ Kwargs (Airflow's): ``connections_prefix``, ``variables_prefix``, ``config_prefi
 ``project_id``, ``gcp_key_path``, ``gcp_keyfile_dict``, ``gcp_credential_config_file``, ``gcp_scopes``,
 ``impersonation_chain``;
 credpath's: the three ``*_lookup_pattern``, ``connection_format``, ``version`` (pin a version number),
-``timeout`` (seconds per read, retries included; default 30), and for tests/embedding ``credentials``
+``timeout`` (seconds a whole lookup may take: connect, reads, retries with back-off and any
+``Retry-After`` wait that fits; default 10), and for tests/embedding ``credentials``
 (a ``google.auth`` credentials object; in a config file the string ``"anonymous"`` for emulators, or the
 dotted path of a credentials class built with no arguments), ``transport`` (``"grpc"`` default,
 ``"rest"``), ``client_options``
 (dict or ``ClientOptions``, e.g. ``{"api_endpoint": "http://127.0.0.1:8080"}``).
+
+Names are always ``<prefix><sep><id>``, as the google provider's ``build_path`` glues them: an empty prefix
+gives ``-<id>`` (with the default ``sep``). Multi-team (Airflow 3.2+): a lookup for a team tries
+``<prefix><sep><team>--<id>`` first, then the team-agnostic name; in multi-team mode an id containing
+``--`` is refused (not looked up) for connections and variables, as the provider does.
+
+Faults: the client's own retries (429/503 for up to 60 s) are off; credpath retries 429, 5xx and transient
+network errors with full-jitter back-off inside ``timeout``, and bounds every try (a server trickling one
+byte at a time cannot stretch it). Auth failures are not retried; a refused connection fails at once.
 
 Differences from Airflow, on purpose: one client per backend instance (Airflow builds one per access);
 permission denied raises :class:`AccessDenied` (Airflow returns "not found"); a disabled or destroyed
@@ -26,8 +36,9 @@ import re
 import threading
 from typing import Any, ClassVar, Unpack
 
-from credpath.backends._prefixed import PrefixedSecretsBackend, prefix_setting
-from credpath.errors import AccessDenied, BackendError, ConfigError
+from credpath.backends._prefixed import TEAM_SEP, PrefixedSecretsBackend, prefix_setting
+from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
+from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import BackendOptions, Kind
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,47 @@ _PREFIX_RE = re.compile(r"^[a-zA-Z0-9-_]*$")
 _SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _STATE_RE = re.compile(r"\b(DISABLED|DESTROYED)\b")
 _DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_ATTEMPTS = 3
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def _refused(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def classify(exc: BaseException) -> tuple[bool, float | None]:
+    """(retryable, Retry-After) for an exception from a Secret Manager call."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as aexc
+
+    if isinstance(exc, CredpathError):
+        return False, None
+    if isinstance(exc, gexc.GoogleAPICallError):
+        code = exc.code or 0
+        if isinstance(exc, gexc.ResourceExhausted | gexc.ServiceUnavailable | gexc.DeadlineExceeded) or (
+            code in _RETRYABLE_STATUS
+        ):
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            return True, parse_retry_after(headers.get("Retry-After") if hasattr(headers, "get") else None)
+        return False, None
+    if isinstance(exc, aexc.TransportError):  # the token endpoint could not be reached
+        return not _refused(exc), None
+    if isinstance(exc, aexc.GoogleAuthError):
+        return False, None
+    try:
+        import requests
+    except ImportError:  # gRPC transport only: its failures arrive as GoogleAPICallError
+        return False, None
+    if isinstance(exc, requests.exceptions.Timeout):
+        return True, None
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return not _refused(exc), None
+    return False, None
 
 
 def _crc32c_table() -> list[int]:
@@ -95,7 +147,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         impersonation_chain: str | list[str] | None = None,
         *,
         version: str | int = "latest",
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         credentials: Any = None,
         transport: str | None = None,
         client_options: Any = None,
@@ -103,7 +155,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
     ) -> None:
         super().__init__(**options)
         if not isinstance(sep, str):
-            raise ConfigError("sep must be a string")
+            raise self.config_error("sep must be a string")
         self.prefixes: dict[Kind, str | None] = {
             "connection": connections_prefix,
             "variable": variables_prefix,
@@ -111,20 +163,21 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         }
         for kind, prefix in self.prefixes.items():
             if prefix is not None and (not isinstance(prefix, str) or not _PREFIX_RE.match(prefix + sep)):
-                raise ConfigError(
-                    f"{prefix_setting(kind)} and sep of backend {self.alias!r} must match ^[a-zA-Z0-9-_]*$ "
+                raise self.config_error(
+                    f"{prefix_setting(kind)} and sep must match ^[a-zA-Z0-9-_]*$ "
                     "(Secret Manager ids allow letters, digits, '-' and '_')"
                 )
         self.sep = sep
         version = str(version)
         if version != "latest" and not (version.isdigit() and int(version) > 0):
-            raise ConfigError("version must be 'latest' or a positive version number")
+            raise self.config_error("version must be 'latest' or a positive version number")
         self.version = version
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError("timeout must be a positive number of seconds")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise self.config_error("timeout must be a positive number of seconds")
         self.timeout = float(timeout)
+        self.policy = RetryPolicy(attempts=DEFAULT_ATTEMPTS)
         if transport not in (None, "grpc", "rest"):
-            raise ConfigError("transport must be 'grpc' or 'rest'")
+            raise self.config_error("transport must be 'grpc' or 'rest'")
         self.transport = transport
         self.client_options = client_options
         self.project_id = project_id
@@ -139,7 +192,6 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         self.impersonation_chain: list[str] = list(impersonation_chain or [])
         self._credentials = credentials
         self._client: Any = None
-        self._retry: Any = None
         self._lock = threading.Lock()
 
     # --- client ------------------------------------------------------------------------------------
@@ -164,7 +216,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
                 try:
                     info = json.loads(info)
                 except json.JSONDecodeError as exc:
-                    raise ConfigError(f"gcp_keyfile_dict is not valid JSON (line {exc.lineno})") from None
+                    raise self.config_error(
+                        f"gcp_keyfile_dict is not valid JSON (line {exc.lineno})"
+                    ) from None
             credentials = service_account.Credentials.from_service_account_info(info, scopes=self.gcp_scopes)
             project = credentials.project_id
         elif self.gcp_credential_config_file:
@@ -187,6 +241,10 @@ class SecretManagerBackend(PrefixedSecretsBackend):
             )
         return credentials, project
 
+    def prepare(self) -> None:
+        """Import the client stack, load the credentials and build the client; no Secret Manager request."""
+        _ = self.client
+
     @property
     def client(self) -> Any:
         if self._client is not None:
@@ -194,67 +252,87 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         with self._lock:
             if self._client is None:
                 try:
-                    from google.api_core import exceptions as gexc
-                    from google.api_core import retry as gretry
                     from google.auth.exceptions import GoogleAuthError
                     from google.cloud import secretmanager
                 except ImportError as exc:
-                    raise ConfigError(
-                        f"backend {self.name!r} needs google-cloud-secret-manager (missing module "
-                        f"{exc.name!r}); install it with: pip install 'credpath[gcp]'"
+                    raise self.config_error(
+                        f"needs google-cloud-secret-manager (missing module {exc.name!r}); "
+                        "install it with: pip install 'credpath[gcp]'"
                     ) from None
                 try:
                     credentials, project = self._build_credentials()
                 except GoogleAuthError as exc:
-                    raise BackendError(
-                        f"backend {self.name!r} ({self.store_name}): cannot load credentials: "
-                        f"{type(exc).__name__}",
-                        backend=self.name,
-                    ) from None
+                    raise self.error(f"cannot load credentials: {type(exc).__name__}") from None
                 except OSError as exc:
-                    raise ConfigError(
-                        f"backend {self.name!r}: cannot read the credentials file ({exc.strerror})"
-                    ) from None
+                    raise self.config_error(f"cannot read the credentials file ({exc.strerror})") from None
                 self.project_id = self.project_id or project
                 if not self.project_id:
-                    raise ConfigError(
-                        f"backend {self.name!r}: project_id is not set and the credentials name no project"
-                    )
+                    raise self.config_error("project_id is not set and the credentials name no project")
                 kwargs: dict[str, Any] = {"credentials": credentials}
                 if self.transport:
                     kwargs["transport"] = self.transport
                 if self.client_options is not None:
                     kwargs["client_options"] = self.client_options
-                # Retry only transient failures, within the read's time budget (the default is 60 s).
-                self._retry = gretry.Retry(
-                    predicate=gretry.if_exception_type(
-                        gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError
-                    ),
-                    initial=0.1,
-                    maximum=2.0,
-                    multiplier=2.0,
-                    timeout=self.timeout,
-                )
                 self._client = secretmanager.SecretManagerServiceClient(**kwargs)
                 log.debug(
                     "%s: client for project %s (transport %s)", self.name, self.project_id, self.transport
                 )
         return self._client
 
+    def _rpc(self, method: Any, request: dict[str, Any], what: str, deadline: Deadline | None = None) -> Any:
+        """``method(request=...)`` within one whole-call deadline, retried with back-off.
+
+        The client's own retry is off (``retry=None``); each try's transport timeout is the time left
+        (at most half the deadline, so a hung connection leaves room for one more try on a new one).
+        Permanent API errors are raised as they are, for the caller to map.
+        """
+        deadline = deadline or Deadline(self.timeout)
+
+        def attempt(dl: Deadline) -> Any:
+            per_try = max(0.05, min(dl.remaining(), self.timeout / 2))
+            return method(request=request, retry=None, timeout=per_try)
+
+        def on_timeout(attempts: int) -> BaseException:
+            tries = f" ({attempts} attempt(s))" if attempts > 1 else ""
+            return self.error(f"{what} timed out after {deadline.seconds:g} s{tries}", BackendTimeout)
+
+        return call_with_retries(attempt, deadline, self.policy, classify=classify, on_timeout=on_timeout)
+
     # --- naming ------------------------------------------------------------------------------------
 
     #: Secret Manager calls a secret's name its id.
     secret_id = PrefixedSecretsBackend.secret_name
+    #: The provider's get_config neither scopes by team nor refuses team-separator ids.
+    team_config_refusal: ClassVar[bool] = False
+
+    def _join(self, prefix: str, key: str) -> str:
+        # The google provider uses BaseSecretsBackend.build_path as is: prefix, sep and id always joined,
+        # so an empty prefix gives "-<id>".
+        return f"{prefix}{self.sep}{key}"
+
+    def team_secret_name(self, kind: Kind, key: str, team_name: str) -> str | None:
+        prefix = self.prefixes[kind]
+        if prefix is None or kind == "config":
+            return None
+        return f"{prefix}{self.sep}{team_name}{TEAM_SEP}{key}"  # the id verbatim, as the provider does
 
     def _parent(self) -> str:
         _ = self.client  # resolves project_id
         return f"projects/{self.project_id}"
 
-    def _error(self, exc: Exception, secret_id: str, action: str) -> BackendError:
+    def _error(self, exc: BaseException, secret_id: str, action: str) -> CredpathError:
         """One line naming the backend, secret and reason; server text is reduced to a state or code."""
         from google.api_core import exceptions as gexc
 
         where = self._where(secret_id, action)
+        tries = ""
+        if isinstance(exc, RetriesExhausted):
+            gave_up, exc = exc, exc.error
+            tries = f" after {gave_up.attempts} attempt(s)"
+            if gave_up.retry_after is not None:
+                tries += f" (Retry-After {gave_up.retry_after:g} s is beyond the {self.timeout:g} s deadline)"
+        if isinstance(exc, CredpathError):
+            return exc
         if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
             return AccessDenied(f"{where}: permission denied ({exc.code})", backend=self.name)
         if isinstance(exc, gexc.BadRequest):
@@ -267,32 +345,28 @@ class SecretManagerBackend(PrefixedSecretsBackend):
                 )
         if isinstance(exc, gexc.GoogleAPICallError):
             status = getattr(exc, "grpc_status_code", None) or exc.code
-            return BackendError(f"{where}: {type(exc).__name__} ({status})", backend=self.name)
-        if isinstance(exc, gexc.RetryError):
-            return BackendError(f"{where}: gave up after retrying for {self.timeout:g} s", backend=self.name)
-        return BackendError(f"{where}: {type(exc).__name__}", backend=self.name)
+            return BackendError(f"{where}: {type(exc).__name__} ({status}){tries}", backend=self.name)
+        return BackendError(f"{where}: {type(exc).__name__}{tries}", backend=self.name)
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def access(self, secret_id: str) -> str | None:
+    def access(self, secret_id: str, deadline: Deadline | None = None) -> str | None:
         from google.api_core import exceptions as gexc
-        from google.auth.exceptions import GoogleAuthError
 
         client = self.client
         name = f"projects/{self.project_id}/secrets/{secret_id}/versions/{self.version}"
         try:
-            response = client.access_secret_version(
-                request={"name": name}, retry=self._retry, timeout=self.timeout
+            response = self._rpc(
+                client.access_secret_version,
+                {"name": name},
+                f"AccessSecretVersion of {secret_id!r}",
+                deadline,
             )
         except gexc.NotFound:
             log.debug("%s: secret %s version %s not found", self.name, secret_id, self.version)
             return None
-        except (gexc.GoogleAPICallError, gexc.RetryError, GoogleAuthError) as exc:
-            raise self._error(exc, secret_id, "reading") from None
         except Exception as exc:  # transport errors (requests / grpc) carry URLs, not values
-            raise BackendError(
-                f"{self._where(secret_id, 'reading')}: {type(exc).__name__}", backend=self.name
-            ) from None
+            raise self._error(exc, secret_id, "reading") from None
         data: bytes = response.payload.data
         expected = response.payload.data_crc32c
         if expected is not None and getattr(response.payload, "_pb", None) is not None:
@@ -300,18 +374,14 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         else:
             has_crc = expected is not None
         if has_crc and crc32c(data) != int(expected):
-            raise BackendError(
-                f"backend {self.name!r} ({self.store_name}): secret {secret_id!r} payload failed its "
-                "CRC32C check (corrupted in transit); refusing the value",
-                backend=self.name,
+            raise self.error(
+                f"secret {secret_id!r} payload failed its CRC32C check (corrupted in transit); "
+                "refusing the value"
             )
         try:
             value = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise BackendError(
-                f"backend {self.name!r} ({self.store_name}): secret {secret_id!r} is not UTF-8 text",
-                backend=self.name,
-            ) from None
+            raise self.error(f"secret {secret_id!r} is not UTF-8 text") from None
         log.debug("%s: read secret %s", self.name, secret_id)
         return value
 
@@ -325,31 +395,32 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         secret_id = self._write_name(kind, key)
         data = value.encode("utf-8")
         if len(data) > 65536:
-            raise ConfigError(f"backend {self.name!r}: {kind} {key!r} is larger than Secret Manager's 64 KiB")
+            raise self.config_error(f"{kind} {key!r} is larger than Secret Manager's 64 KiB")
         client, parent = self.client, self._parent()
         try:
             try:
                 # Migration writes mostly new ids: create first (2 calls new, 2 calls existing).
-                client.create_secret(
-                    request={
+                self._rpc(
+                    client.create_secret,
+                    {
                         "parent": parent,
                         "secret_id": secret_id,
                         "secret": {"replication": {"automatic": {}}, "labels": {"managed-by": "credpath"}},
                     },
-                    timeout=self.timeout,
+                    f"CreateSecret of {secret_id!r}",
                 )
             except (gexc.AlreadyExists, gexc.Conflict):
                 if not overwrite:
-                    raise ConfigError(
-                        f"backend {self.name!r}: {kind} {key!r} already exists (secret {secret_id!r}); "
-                        "not overwritten"
+                    raise self.config_error(
+                        f"{kind} {key!r} already exists (secret {secret_id!r}); not overwritten"
                     ) from None
-            client.add_secret_version(
-                request={
+            self._rpc(
+                client.add_secret_version,
+                {
                     "parent": f"{parent}/secrets/{secret_id}",
                     "payload": {"data": data, "data_crc32c": crc32c(data)},
                 },
-                timeout=self.timeout,
+                f"AddSecretVersion of {secret_id!r}",
             )
         except ConfigError:
             raise
@@ -359,7 +430,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
 
     def set_connection(self, conn: Any, *, overwrite: bool = True, serialization: str = "json") -> None:
         if not conn.conn_id:
-            raise ConfigError("connection to write has no conn_id")
+            raise self.config_error("connection to write has no conn_id")
         self._write("connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite)
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
@@ -370,8 +441,10 @@ class SecretManagerBackend(PrefixedSecretsBackend):
 
         secret_id = self._write_name(kind, key)
         try:
-            self.client.delete_secret(
-                request={"name": f"{self._parent()}/secrets/{secret_id}"}, timeout=self.timeout
+            self._rpc(
+                self.client.delete_secret,
+                {"name": f"{self._parent()}/secrets/{secret_id}"},
+                f"DeleteSecret of {secret_id!r}",
             )
         except gexc.NotFound:
             return False
@@ -386,27 +459,38 @@ class SecretManagerBackend(PrefixedSecretsBackend):
     def delete_variable(self, key: str) -> bool:
         return self._delete("variable", key)
 
+    def _pages(self, request: dict[str, Any], what: str) -> Any:
+        """Each ListSecrets page, one retried call with its own deadline per page."""
+        request = dict(request)
+        while True:
+            page = self._rpc(self.client.list_secrets, request, what)
+            yield page
+            token = page.next_page_token  # the pager hands attributes on to the page's response
+            if not token:
+                return
+            request["page_token"] = token
+
     def _list_under(self, kind: Kind, start: str) -> list[str]:
         request: dict[str, Any] = {"parent": self._parent(), "page_size": 250}
         if start:
             request["filter"] = f"name:{start}"  # server-side narrowing; "name:" is a substring match
         ids: list[str] = []
         try:
-            for secret in self.client.list_secrets(request=request, timeout=self.timeout):
-                # Returned names carry the project number, so take the last segment only.
-                key = self._key_under(secret.name.rsplit("/", 1)[-1], start)
-                if key is not None:
-                    ids.append(key)
+            for page in self._pages(request, "ListSecrets"):
+                for secret in page.secrets:
+                    # Returned names carry the project number, so take the last segment only.
+                    key = self._key_under(secret.name.rsplit("/", 1)[-1], start)
+                    if key is not None:
+                        ids.append(key)
+        except (ConfigError, BackendError):
+            raise
         except Exception as exc:
             raise self._error(exc, f"{start}*", "listing") from None
         return ids
 
     def check(self) -> str:
         try:
-            pager = self.client.list_secrets(
-                request={"parent": self._parent(), "page_size": 1}, timeout=self.timeout
-            )
-            next(iter(pager.pages), None)
+            self._rpc(self.client.list_secrets, {"parent": self._parent(), "page_size": 1}, "ListSecrets")
         except (ConfigError, BackendError):
             raise
         except Exception as exc:
