@@ -819,3 +819,32 @@ def test_access_denied_in_vault_is_authoritative_no_fallback_to_metastore(
     allowed = airflow.run("connections", "get", "shared_db", "-o", "json", env=env)
     assert allowed.returncode == 0
     assert "vault-db.internal" in allowed.stdout
+
+
+@pytest.mark.airflow
+def test_backend_kwarg_token_override_reaches_the_nested_vault_backend(
+    airflow: AirflowEnv, stores: Stores, openbao: OpenBao
+) -> None:
+    # A deployment moving from VaultBackend keeps AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN: Airflow applies it
+    # to CredpathBackend's own kwargs, and credpath routes it to the one nested backend that takes a token.
+    vault = {**stores.backends[0], "kwargs": dict(stores.backends[0]["kwargs"])}
+    del vault["kwargs"]["token"]
+    env = {
+        **stores.env,
+        "AIRFLOW__SECRETS__BACKEND": CLASS_PATH,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"backends": [vault, stores.backends[1]]}),
+        "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN": openbao.root_token,
+    }
+    row = _connection_rows(airflow, ["shared_db"], env)["shared_db"]
+    assert row is not None, "shared_db not resolved with the token given as a per-key override"
+    assert (row["host"], row["login"]) == ("vault-db.internal", "vault_user")
+
+    # Two backends take a token: a one-line error that says how to name the one meant.
+    second = {**vault, "name": "vault-b"}
+    env["AIRFLOW__SECRETS__BACKEND_KWARGS"] = json.dumps({"backends": [vault, second]})
+    result = airflow.run("connections", "get", "shared_db", "-o", "json", env=env)
+    output = result.stdout + result.stderr
+    assert_no_secret(output, openbao.root_token)
+    assert result.returncode != 0
+    assert "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN sets kwarg 'token', which several backends take" in output
+    assert "e.g. AIRFLOW__SECRETS__BACKEND_KWARG__VAULT__TOKEN" in output
