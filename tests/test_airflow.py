@@ -225,6 +225,162 @@ def test_default_config_ignores_airflow_settings_pointing_at_itself(
         _CredpathBackendMixin()
 
 
+# --- per-key overrides (issue 13 point 13), multi-team, start-up -----------------------------------
+
+OVERRIDE_TOKEN = "tok-s3cr3t-override"
+
+
+def _vault(name: str = "vault", **kwargs: Any) -> dict[str, Any]:
+    # A loopback port nothing listens on: construction never contacts Vault.
+    return {"name": name, "type": "vault", "kwargs": {"url": "http://127.0.0.1:9", **kwargs}}
+
+
+@pytest.mark.parametrize(
+    "prefix", ["AIRFLOW__SECRETS__BACKEND_KWARG__", "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__"]
+)
+def test_per_key_override_goes_to_the_one_backend_that_takes_it(
+    prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    # What Airflow does with AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN: a raw string in the top-level kwargs.
+    monkeypatch.setenv(f"{prefix}TOKEN", OVERRIDE_TOKEN)
+    caplog.set_level(logging.DEBUG, logger="credpath")
+    backend = _CredpathBackendMixin(backends=[_vault(), {"type": "env"}], token=OVERRIDE_TOKEN)
+    vault = backend.search_path.backend("vault")
+    assert _same_secret(vault._settings["token"], OVERRIDE_TOKEN)
+    assert f"{prefix}TOKEN applied to backend 'vault' as kwarg 'token'" in caplog.text
+
+
+def test_per_key_override_wins_over_the_nested_kwarg_and_reaches_a_config_file_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    config = tmp_path / "credpath.toml"
+    config.write_text(
+        '[[backends]]\nname = "vault"\ntype = "vault"\n'
+        '[backends.kwargs]\nurl = "http://127.0.0.1:9"\ntoken = "stale-token"\n'
+    )
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN", OVERRIDE_TOKEN)
+    backend = _CredpathBackendMixin(config=str(config), token=OVERRIDE_TOKEN)
+    assert _same_secret(backend.search_path.backend("vault")._settings["token"], OVERRIDE_TOKEN)
+
+
+def test_per_key_override_names_its_backend_when_several_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    backends = [_vault("vault-a", token="a"), _vault("vault-b", token="b")]
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN", OVERRIDE_TOKEN)
+    with pytest.raises(ConfigError) as info:
+        _CredpathBackendMixin(backends=backends, token=OVERRIDE_TOKEN)
+    message = str(info.value)
+    assert "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN sets kwarg 'token'" in message
+    assert "several backends take ('vault-a', 'vault-b')" in message
+    assert "e.g. AIRFLOW__SECRETS__BACKEND_KWARG__VAULT_A__TOKEN" in message
+    assert "\n" not in message
+    assert_no_secret(message, OVERRIDE_TOKEN)
+
+    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN")
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__VAULT_B__TOKEN", OVERRIDE_TOKEN)
+    backend = _CredpathBackendMixin(backends=backends, vault_b__token=OVERRIDE_TOKEN)
+    assert backend.search_path.backend("vault-a")._settings["token"] == "a"
+    assert _same_secret(backend.search_path.backend("vault-b")._settings["token"], OVERRIDE_TOKEN)
+
+
+def test_per_key_override_no_backend_takes_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__ROLE_ID", "role-s3cr3t")
+    with pytest.raises(ConfigError) as info:
+        _CredpathBackendMixin(backends=[{"type": "env"}], role_id="role-s3cr3t")
+    message = str(info.value)
+    assert "AIRFLOW__SECRETS__BACKEND_KWARG__ROLE_ID sets kwarg 'role_id'" in message
+    assert "no backend of its search path takes (backends: 'env' (env))" in message
+    assert "set it in the 'kwargs' of the backend it is for" in message
+    assert "\n" not in message
+    assert_no_secret(message)
+
+
+def test_unknown_key_not_from_an_override_stays_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) token; accepted: backends, cache, config"):
+        _CredpathBackendMixin(backends=[_vault(token="t")], token="x")
+
+
+def test_backends_given_as_a_json_string_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    # AIRFLOW__SECRETS__BACKEND_KWARG__BACKENDS arrives as the raw JSON text.
+    backend = _CredpathBackendMixin(backends=json.dumps([{"type": "env"}]))  # type: ignore[arg-type]
+    assert backend.search_path.names == ["env"]
+    with pytest.raises(ConfigError, match="'backends' is not valid JSON \\(line 1 column"):
+        _CredpathBackendMixin(backends="[{")  # type: ignore[arg-type]
+
+
+class _RecordingPath:
+    """Stands in for the search path: records what CredpathBackend asks (team scoping is its job)."""
+
+    def __init__(self) -> None:
+        from credpath.cache import CacheSettings, TTLCache
+
+        self.cache = TTLCache(CacheSettings(enabled=False))
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def lookup(self, kind: str, key: str, **scope: Any) -> Any:
+        from credpath.model import Connection
+        from credpath.search_path import Resolution
+
+        self.calls.append((kind, key, scope))
+        value = Connection(conn_type="http", host="h") if kind == "connection" else "v"
+        return Resolution(value, "stub")
+
+
+def test_team_name_is_passed_to_the_search_path_only_when_set(tmp_path: Path) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    recorder = _RecordingPath()
+    backend.search_path = recorder  # type: ignore[assignment]
+    backend.get_conn_value("c1", team_name="team_a")
+    backend.get_variable("v1", team_name="team_a")
+    backend.get_conn_value("c2")
+    backend.get_variable("v2", team_name=None)
+    assert recorder.calls == [
+        ("connection", "c1", {"team_name": "team_a"}),
+        ("variable", "v1", {"team_name": "team_a"}),
+        ("connection", "c2", {}),
+        ("variable", "v2", {}),
+    ]
+
+
+def test_read_methods_declare_team_name_as_airflow_requires() -> None:
+    import inspect
+
+    from credpath.airflow import _CredpathBackendMixin
+
+    # Airflow 3.3.2 (_shared/secrets_backend/base.py) forwards team_name only to methods declaring it.
+    for method in ("get_conn_value", "get_connection", "get_variable"):
+        params = inspect.signature(getattr(_CredpathBackendMixin, method)).parameters
+        assert "team_name" in params, method
+        assert params["team_name"].default is None
+
+
+def test_nested_backends_are_started_when_the_backend_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+    from credpath.backends.vault import VaultBackend
+
+    started: list[str] = []
+    monkeypatch.setattr(VaultBackend, "prepare", lambda self: started.append(self.name), raising=False)
+    monkeypatch.delitem(sys.modules, "hvac", raising=False)
+    _CredpathBackendMixin(backends=[_vault(token="t")])
+    # The client is imported in the building (parent) process, and the backend's own start-up ran once.
+    assert "hvac" in sys.modules
+    assert started == ["vault"]
+
+
 # --- inside real Airflow 3.3.2 ---------------------------------------------------------------------
 
 
@@ -663,3 +819,32 @@ def test_access_denied_in_vault_is_authoritative_no_fallback_to_metastore(
     allowed = airflow.run("connections", "get", "shared_db", "-o", "json", env=env)
     assert allowed.returncode == 0
     assert "vault-db.internal" in allowed.stdout
+
+
+@pytest.mark.airflow
+def test_backend_kwarg_token_override_reaches_the_nested_vault_backend(
+    airflow: AirflowEnv, stores: Stores, openbao: OpenBao
+) -> None:
+    # A deployment moving from VaultBackend keeps AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN: Airflow applies it
+    # to CredpathBackend's own kwargs, and credpath routes it to the one nested backend that takes a token.
+    vault = {**stores.backends[0], "kwargs": dict(stores.backends[0]["kwargs"])}
+    del vault["kwargs"]["token"]
+    env = {
+        **stores.env,
+        "AIRFLOW__SECRETS__BACKEND": CLASS_PATH,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"backends": [vault, stores.backends[1]]}),
+        "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN": openbao.root_token,
+    }
+    row = _connection_rows(airflow, ["shared_db"], env)["shared_db"]
+    assert row is not None, "shared_db not resolved with the token given as a per-key override"
+    assert (row["host"], row["login"]) == ("vault-db.internal", "vault_user")
+
+    # Two backends take a token: a one-line error that says how to name the one meant.
+    second = {**vault, "name": "vault-b"}
+    env["AIRFLOW__SECRETS__BACKEND_KWARGS"] = json.dumps({"backends": [vault, second]})
+    result = airflow.run("connections", "get", "shared_db", "-o", "json", env=env)
+    output = result.stdout + result.stderr
+    assert_no_secret(output, openbao.root_token)
+    assert result.returncode != 0
+    assert "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN sets kwarg 'token', which several backends take" in output
+    assert "e.g. AIRFLOW__SECRETS__BACKEND_KWARG__VAULT__TOKEN" in output

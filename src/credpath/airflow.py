@@ -11,15 +11,28 @@ Configure it with Airflow's own settings::
 Airflow keeps its environment-variable and metastore backends after this one, so nothing a deployment
 already had stops working.
 
+Per-key overrides (``AIRFLOW__SECRETS__BACKEND_KWARG__<KEY>`` and the ``[workers]`` spelling
+``AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__<KEY>``) are applied by Airflow to this class's own kwargs;
+a key that is not one of them goes to the one nested backend that takes it (``..._KWARG__TOKEN`` -> the
+Vault backend's ``token``), or to a named one with ``..._KWARG__<BACKEND NAME>__<KEY>``.
+Multi-team (Airflow 3.2+): ``team_name`` is passed on to the search path.
+
+The nested backends are started (client imported, session built, no network) when Airflow builds this
+backend, so forked task processes inherit them instead of paying the imports again.
+
 Airflow is imported lazily: ``import credpath.airflow`` works without Airflow installed, and the
 ``CredpathBackend`` class is built (subclassing Airflow's ``BaseSecretsBackend``) on first access.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -30,6 +43,7 @@ from credpath.errors import AccessDenied, ConfigError
 from credpath.model import is_sensitive_name
 
 if TYPE_CHECKING:
+    from credpath.config import BackendSpec
     from credpath.model import Connection
     from credpath.protocol import Kind
     from credpath.search_path import SearchPath
@@ -70,6 +84,7 @@ def _build_search_path(
     backends: list[dict[str, Any]] | None,
     cache: dict[str, Any] | None,
     env: Mapping[str, str],
+    overrides: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SearchPath:
     from credpath.config import config_path, load_settings, parse_backends, parse_cache
     from credpath.search_path import SearchPath
@@ -112,7 +127,117 @@ def _build_search_path(
     for spec in specs:
         if spec.type == CLASS_PATH or spec.type.endswith(".airflow.CredpathBackend"):
             raise ConfigError(f"{spec.origin}: {CLASS_PATH} cannot be one of its own backends")
-    return SearchPath(specs, cache=cache_settings)
+    if overrides:
+        specs = route_overrides(specs, overrides)
+    path = SearchPath(specs, cache=cache_settings)
+    _prepare(path)
+    return path
+
+
+# --- per-key overrides (AIRFLOW__SECRETS__BACKEND_KWARG__<KEY>) ------------------------------------
+
+
+def override_settings(unknown: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Which of ``unknown`` came from Airflow's per-key kwarg overrides: {key: (env var name, value)}.
+
+    Airflow lower-cases the part after the prefix and passes the raw string; the environment names the
+    setting (for messages, never the value).
+    """
+    found: dict[str, tuple[str, Any]] = {}
+    for name, value in env.items():
+        for prefix in _AIRFLOW_SELF_PREFIXES:
+            if name.startswith(prefix):
+                key = name[len(prefix) :].lower()
+                if key in unknown and unknown[key] == value and key not in found:
+                    found[key] = (name, unknown[key])
+    return found
+
+
+def _env_spelling(name: str) -> str:
+    """A backend name as it can appear in an environment variable name (lower case, ``_`` for others)."""
+    return re.sub(r"[^0-9a-z]", "_", name.lower())
+
+
+def accepted_kwargs(type_name: str) -> frozenset[str]:
+    """The kwargs a backend type declares by name (a ``**kwargs`` catch-all declares nothing)."""
+    from credpath.protocol import BaseBackend
+    from credpath.registry import _declared_options, load_class, resolve_type
+
+    _, class_path = resolve_type(type_name)
+    try:
+        cls = load_class(class_path)
+        params = inspect.signature(cls).parameters.values()
+    except (ConfigError, TypeError, ValueError):
+        return frozenset()
+    names = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    if issubclass(cls, BaseBackend) and any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= set(_declared_options(cls))
+    return frozenset(names)
+
+
+def route_overrides(specs: list[BackendSpec], overrides: Mapping[str, tuple[str, Any]]) -> list[BackendSpec]:
+    """Apply per-key overrides to the nested backend each is meant for (they win over its kwargs, as in
+    Airflow): ``<key>`` when exactly one backend takes it, ``<backend name>__<key>`` for a named one."""
+    specs = list(specs)
+    origin = _settings_origin()
+    by_env_name = {_env_spelling(spec.name): index for index, spec in enumerate(specs)}
+    for key, (setting, value) in sorted(overrides.items()):
+        target: tuple[int, str] | None = None
+        head, sep, rest = key.partition("__")
+        if sep and rest and head in by_env_name:
+            target = (by_env_name[head], rest)
+        else:
+            takers = [i for i, spec in enumerate(specs) if key in accepted_kwargs(spec.type)]
+            if len(takers) == 1:
+                target = (takers[0], key)
+            else:
+                prefix = setting[: len(setting) - len(key)]
+                if not takers:
+                    have = ", ".join(f"{spec.name!r} ({spec.type})" for spec in specs) or "none"
+                    raise ConfigError(
+                        f"{origin}: {setting} sets kwarg {key!r}, which {CLASS_PATH} does not take and no "
+                        f"backend of its search path takes (backends: {have}); set it in the 'kwargs' of "
+                        "the backend it is for"
+                    )
+                names = ", ".join(repr(specs[i].name) for i in takers)
+                example = f"{prefix}{_env_spelling(specs[takers[0]].name).upper()}__{key.upper()}"
+                raise ConfigError(
+                    f"{origin}: {setting} sets kwarg {key!r}, which several backends take ({names}); "
+                    f"name the backend, e.g. {example}, or set it in that backend's 'kwargs'"
+                )
+        index, kwarg = target
+        spec = specs[index]
+        specs[index] = dataclasses.replace(spec, kwargs={**spec.kwargs, kwarg: value})
+        log.debug("credpath: %s applied to backend %r as kwarg %r", setting, spec.name, kwarg)
+    return specs
+
+
+# --- start-up in the process that builds the backend ------------------------------------------------
+
+
+def _prepare(path: SearchPath) -> None:
+    """Import each nested backend's store client and run its no-network start-up now.
+
+    Airflow builds the secrets backend in the supervisor (and the scheduler/API server) before task
+    processes are forked: work done here is inherited by every task instead of repeated in each (the
+    Vault client stack alone costs ~100 ms to import).
+    """
+    for entry in path.entries:
+        backend = entry.backend
+        for module in getattr(type(backend), "requires", ()):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass  # create_backend already reported a missing client; nothing more to do here
+        prepare = getattr(backend, "prepare", None)
+        if not callable(prepare):
+            continue
+        try:
+            prepare()
+        except ConfigError:
+            raise  # a wrong setting is a start-up error, as it would be at the first lookup
+        except Exception as exc:  # start-up is an optimisation: the first lookup retries it
+            log.warning("credpath: start-up of backend %r failed: %s", entry.name, type(exc).__name__)
 
 
 def search_path_for(
@@ -121,17 +246,28 @@ def search_path_for(
     backends: list[dict[str, Any]] | None = None,
     cache: dict[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SearchPath:
-    """The process-wide search path for one configuration, built once (no network I/O)."""
+    """The process-wide search path for one configuration, built once (no network I/O).
+
+    ``overrides``: {kwarg: (setting, value)} from Airflow's per-key overrides, routed to nested backends.
+    """
     key = _canonical_key(
-        {"config": str(config) if config is not None else None, "backends": backends, "cache": cache}
+        {
+            "config": str(config) if config is not None else None,
+            "backends": backends,
+            "cache": cache,
+            "overrides": {k: v for k, v in sorted((overrides or {}).items())},
+        }
     )
     path = _search_paths.get(key)
     if path is None:
         with _search_paths_lock:
             path = _search_paths.get(key)
             if path is None:
-                path = _build_search_path(config, backends, cache, os.environ if env is None else env)
+                path = _build_search_path(
+                    config, backends, cache, os.environ if env is None else env, overrides
+                )
                 _search_paths[key] = path
     return path
 
@@ -214,24 +350,36 @@ class _CredpathBackendMixin:
         **unknown: Any,
     ) -> None:
         super().__init__()
-        if unknown:
+        # Airflow's per-key overrides arrive here as raw strings; the ones meant for nested backends are
+        # routed to them, anything else is a key this class does not take.
+        overrides = override_settings(unknown, os.environ)
+        rest = sorted(k for k in unknown if k not in overrides)
+        if rest:
             raise ConfigError(
-                f"{_settings_origin()}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"{_settings_origin()}: unknown key(s) {', '.join(rest)}; "
                 f"accepted: {', '.join(_ACCEPTED_KWARGS)}"
             )
+        backends = _json_setting("backends", backends)
+        cache = _json_setting("cache", cache)
         if backends is not None and not isinstance(backends, list):
             raise ConfigError(f"{_settings_origin()}: 'backends' must be a list of backend tables")
         if cache is not None and not isinstance(cache, dict):
             raise ConfigError(f"{_settings_origin()}: 'cache' must be an object")
-        self.search_path: SearchPath = search_path_for(config=config, backends=backends, cache=cache)
+        self.search_path: SearchPath = search_path_for(
+            config=config, backends=backends, cache=cache, overrides=overrides
+        )
 
-    def _resolve(self, kind: Kind, key: str) -> Any:
+    def _resolve(self, kind: Kind, key: str, team_name: str | None = None) -> Any:
         from credpath.cache import ABSENT
 
         search_path = self.search_path
-        cached = search_path.cache.get((kind, key)) is not ABSENT
+        # team_name is passed only when set, so a search path without multi-team support still works
+        # for every single-team deployment (Airflow passes None there).
+        scope: dict[str, Any] = {} if team_name is None else {"team_name": team_name}
+        cache_key = (kind, key) if team_name is None else (kind, key, team_name)
+        cached = search_path.cache.get(cache_key) is not ABSENT
         try:
-            resolution = search_path.lookup(kind, key)
+            resolution = search_path.lookup(kind, key, **scope)
         except AccessDenied as exc:
             # Airflow's only authoritative error: it must not fall through to env or metastore.
             raise _airflow_access_denied()(str(exc)) from None
@@ -246,19 +394,20 @@ class _CredpathBackendMixin:
             return None
         return resolution.value
 
-    def _credpath_connection(self, conn_id: str) -> Connection | None:
-        conn = self._resolve("connection", conn_id)
+    def _credpath_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
+        conn = self._resolve("connection", conn_id, team_name)
         if conn is not None:
             register_with_airflow_masker([(secret, None) for secret in conn.secret_values()])
         return conn
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        conn = self._credpath_connection(conn_id)
+    # team_name: Airflow 3.2+ (AIP-67) passes the task's team to methods that declare it.
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        conn = self._credpath_connection(conn_id, team_name)
         # JSON, not a URI: it keeps `description` through Airflow's deserialize_connection.
         return None if conn is None else conn.to_json()
 
-    def get_connection(self, conn_id: str) -> Any:
-        conn = self._credpath_connection(conn_id)
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        conn = self._credpath_connection(conn_id, team_name)
         if conn is None:
             return None
         conn_class = self._get_connection_class()  # type: ignore[attr-defined]
@@ -274,8 +423,8 @@ class _CredpathBackendMixin:
             extra=conn.extra,
         )
 
-    def get_variable(self, key: str) -> str | None:
-        value = self._resolve("variable", key)
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        value = self._resolve("variable", key, team_name)
         if value is not None and is_sensitive_name(key):
             register_with_airflow_masker([(value, key)])
         return value
@@ -289,6 +438,19 @@ class _CredpathBackendMixin:
 
     def __repr__(self) -> str:
         return f"<CredpathBackend backends={self.search_path.names!r}>"
+
+
+def _json_setting(name: str, value: Any) -> Any:
+    # AIRFLOW__SECRETS__BACKEND_KWARG__BACKENDS / __CACHE arrive as raw strings: read them as JSON.
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{_settings_origin()}: {name!r} is not valid JSON "
+            f"(line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
 
 
 def _airflow_access_denied() -> type[Exception]:

@@ -1,9 +1,10 @@
 """Real Apache Airflow 3.3.2 for the integration tier (tests marked ``airflow``).
 
 - ``airflow_venv`` (session): a virtualenv at ``.cache/airflow-venv`` with ``apache-airflow==3.3.2``, the
-  amazon and hashicorp providers, and credpath installed editable from this working tree. Built once
-  (about 25 s with a warm pip cache, a few minutes cold) and reused while its marker file matches the
-  requirements; a file lock keeps parallel sessions from building it twice.
+  amazon and hashicorp providers, the google and microsoft-azure providers (for their secrets backends), and
+  credpath installed editable from this working tree. Built once (about 25 s with a warm pip cache, a few
+  minutes cold) and reused while its marker file matches the requirements; a file lock keeps parallel
+  sessions from building it twice.
 - ``airflow`` (session): an ``AIRFLOW_HOME`` on SQLite in a tmp dir, migrated (``airflow db migrate``),
   with helpers to run ``airflow`` commands in a clean environment (nothing inherited from AIRFLOW_*,
   AWS_*, VAULT_*, BAO_* or CREDPATH_* of the caller).
@@ -38,6 +39,23 @@ REQUIREMENTS = (
     f"apache-airflow=={AIRFLOW_VERSION}",
     "apache-airflow-providers-amazon",
     "apache-airflow-providers-hashicorp",
+    # What the google and microsoft-azure providers' secrets backends import (installed with the above).
+    "google-cloud-secret-manager",
+    "google-api-core>=2.30.3",
+    "google-api-python-client>=2.194.0",
+    "google-auth-httplib2",
+    "gcloud-aio-auth>=5.2.0",
+    "azure-identity>=1.25.3",
+    "azure-keyvault-secrets>=4.10.0",
+    "msrest",
+)
+# The google and microsoft-azure providers, for the differential harness's naming checks (their secrets
+# backends import without cloud access). Installed without their dependencies: the google provider pulls in
+# Vertex AI and litellm, whose resolution backtracks for tens of minutes and gigabytes; the secrets
+# backends need only the packages listed above. Versions: the ones that ship with Airflow 3.3.2.
+NO_DEPS_REQUIREMENTS = (
+    "apache-airflow-providers-google==22.8.0",
+    "apache-airflow-providers-microsoft-azure==15.2.1",
 )
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("CREDPATH_AIRFLOW_VENV") or REPO / ".cache" / "airflow-venv")
@@ -50,6 +68,7 @@ _SCRUBBED_PREFIXES = ("AIRFLOW", "AWS_", "VAULT_", "BAO_", "CREDPATH_", "PYTHON"
 def _fingerprint() -> dict[str, object]:
     return {
         "requirements": list(REQUIREMENTS),
+        "no_deps": list(NO_DEPS_REQUIREMENTS),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "credpath": str(REPO),
     }
@@ -88,6 +107,7 @@ def build_venv(venv: Path = VENV) -> float:
             steps.append([sys.executable, "-m", "venv", str(venv)])
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         steps.append([*pip, *REQUIREMENTS])
+        steps.append([*pip, "--no-deps", *NO_DEPS_REQUIREMENTS])
         steps.append([*pip, "-e", str(REPO)])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         with log_path.open("w") as log_file:
