@@ -187,3 +187,16 @@ class SlowStartMemoryBackend(MemoryBackend):
     def get_conn_value(self, conn_id: str) -> str | None:
         assert self.prepared, "read before prepare()"
         return super().get_conn_value(conn_id)
+
+
+class DownBackend(MemoryBackend):
+    """Every read fails with a transient error, as a store in an outage does (for CLI tests via config)."""
+
+    store_name = "Down Store"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_with = Unreachable(f"{self.label}: cannot reach 127.0.0.1:1 (connection refused)")
+
+    def check(self) -> str:
+        raise self.fail_with

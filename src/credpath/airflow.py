@@ -229,7 +229,7 @@ class _CredpathBackendMixin:
         from credpath.cache import ABSENT
 
         search_path = self.search_path
-        cached = search_path.cache.get((kind, key)) is not ABSENT
+        cached = search_path.cache.get((kind, key, None)) is not ABSENT  # cache keys: (kind, key, team)
         try:
             resolution = search_path.lookup(kind, key)
         except AccessDenied as exc:
