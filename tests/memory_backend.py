@@ -56,9 +56,11 @@ class MemoryBackend(BaseBackend):
         return self.variables.pop(key, None) is not None
 
     def list_connections(self) -> list[str]:
+        self._maybe_fail()
         return sorted(self.connections)
 
     def list_variables(self) -> list[str]:
+        self._maybe_fail()
         return sorted(self.variables)
 
 
@@ -111,3 +113,90 @@ class ConnectionObjectBackend:
 
     def get_variable(self, key: str) -> str | None:
         return None
+
+
+class GatedMemoryBackend(MemoryBackend):
+    """Reads wait for ``gate`` (a threading.Event) before answering, so concurrent callers pile up."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        import threading
+
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        self.entered.set()
+        assert self.gate.wait(10), "gate never opened"
+        return super().get_conn_value(conn_id)
+
+
+class PrefixMemoryBackend(MemoryBackend):
+    """Adds prefix prefetch, as the AWS and SQL backends have."""
+
+    def prefetch_connections(self) -> dict[str, str]:
+        self.calls.append(("prefetch_connections", None))
+        self._maybe_fail()
+        return dict(self.connections)
+
+
+class TeamMemoryBackend(MemoryBackend):
+    """Scopes by team (Airflow 3.2+): ``team_connections[(team, id)]`` first, then the global value."""
+
+    def __init__(self, *args, team_connections=None, team_variables=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.team_connections: dict[tuple[str, str], str] = dict(team_connections or {})
+        self.team_variables: dict[tuple[str, str], str] = dict(team_variables or {})
+
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        self.calls.append(("get_conn_value", conn_id, team_name))
+        self._maybe_fail()
+        if team_name is not None and (team_name, conn_id) in self.team_connections:
+            return self.team_connections[(team_name, conn_id)]
+        return self.connections.get(conn_id)
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        self.calls.append(("get_variable", key, team_name))
+        self._maybe_fail()
+        if team_name is not None and (team_name, key) in self.team_variables:
+            return self.team_variables[(team_name, key)]
+        return self.variables.get(key)
+
+
+class UncachedMemoryBackend(MemoryBackend):
+    """Like env and files: reads cost microseconds and may change, so the search path never caches them."""
+
+    cache_results = False
+
+
+class SlowStartMemoryBackend(MemoryBackend):
+    """A one-time start-up (``prepare``) taking ``startup`` seconds, as importing a client library does."""
+
+    def __init__(self, *args, startup: float = 0.05, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.startup = startup
+        self.prepared = 0
+
+    def prepare(self) -> None:
+        import time
+
+        if not self.prepared:
+            time.sleep(self.startup)
+        self.prepared += 1
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        assert self.prepared, "read before prepare()"
+        return super().get_conn_value(conn_id)
+
+
+class DownBackend(MemoryBackend):
+    """Every read fails with a transient error, as a store in an outage does (for CLI tests via config)."""
+
+    store_name = "Down Store"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_with = Unreachable(f"{self.label}: cannot reach 127.0.0.1:1 (connection refused)")
+
+    def check(self) -> str:
+        raise self.fail_with

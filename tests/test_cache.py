@@ -38,3 +38,31 @@ def test_disabled_cache_stores_nothing():
     cache = TTLCache(CacheSettings(enabled=False))
     cache.put("k", 1)
     assert cache.get("k") is ABSENT
+
+
+def test_expired_hits_are_kept_for_the_stale_window_and_misses_are_not():
+    cache = TTLCache(CacheSettings(ttl=0.0, miss_ttl=0.0, jitter=0.0, stale_if_error=100.0))
+    cache.put("hit", "V")
+    cache.put("miss", None, miss=True)
+    assert cache.get("hit") is ABSENT  # never fresh with ttl=0 ...
+    value, age = cache.get_stale("hit")  # ... but kept as the last good value
+    assert value == "V" and 0 <= age < 100
+    assert cache.get_stale("miss") is None
+    assert cache.get("hit") is ABSENT and cache.get_stale("hit") is not None  # get() does not drop it
+
+
+def test_stale_window_end_drops_the_entry_and_max_size_bounds_kept_entries():
+    cache = TTLCache(CacheSettings(ttl=0.0, jitter=0.0, stale_if_error=0.01, max_size=3))
+    cache.put("a", 1)
+    time.sleep(0.03)  # past the window (sleep never returns early)
+    assert cache.get_stale("a") is None
+    assert cache.get("a") is ABSENT and len(cache) == 0
+    for key in "bcdef":
+        cache.put(key, key)
+    assert len(cache) == 3
+
+
+def test_stale_if_error_zero_keeps_nothing_past_expiry():
+    cache = TTLCache(CacheSettings(ttl=0.0, stale_if_error=0.0))
+    cache.put("a", 1)
+    assert len(cache) == 0 and cache.get_stale("a") is None

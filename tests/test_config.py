@@ -139,3 +139,54 @@ def test_typed_options_of_a_store_are_accepted_and_others_named():
     assert backend.aws.region_name == "eu-west-1"
     with pytest.raises(ConfigError, match=r"unknown kwarg\(s\) region for backend credpath.backends.aws_ssm"):
         create_backend("aws-ssm", {"region": "eu-west-1"})
+
+
+def test_stale_if_error_and_circuit_breaker_settings(tmp_path):
+    s = settings(
+        tmp_path,
+        """
+        [cache]
+        stale_if_error = 600
+
+        [circuit_breaker]
+        failures = 5
+        cool_down = 2
+        max_cool_down = 60
+        """,
+    )
+    assert s.cache.stale_if_error == 600.0
+    assert (s.breaker.enabled, s.breaker.failures, s.breaker.cool_down, s.breaker.max_cool_down) == (
+        True,
+        5,
+        2.0,
+        60.0,
+    )
+    defaults = settings(tmp_path, "")
+    assert defaults.cache.stale_if_error == 3600.0  # the documented default
+    assert (defaults.breaker.failures, defaults.breaker.cool_down, defaults.breaker.max_cool_down) == (
+        3,
+        1.0,
+        30.0,
+    )
+    from credpath.search_path import SearchPath
+
+    sp = SearchPath.from_settings(s)
+    assert sp.breaker_settings.failures == 5
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[cache]\nstale_if_error = -1\n", r"\[cache\]: stale_if_error must be a number >= 0"),
+        ("[cache]\nstale_if_error = 'long'\n", "stale_if_error must be a number"),
+        ("[circuit_breaker]\nfailures = 0\n", r"\[circuit_breaker\]: failures must be an integer >= 1"),
+        ("[circuit_breaker]\ncool_down = 0\n", "cool_down must be a number > 0"),
+        ("[circuit_breaker]\ncool_down = 10\nmax_cool_down = 5\n", "max_cool_down must be >= cool_down"),
+        ("[circuit_breaker]\nenabled = 'yes'\n", "enabled must be true or false"),
+        ("[circuit_breaker]\nthreshold = 3\n", "unknown key"),
+    ],
+)
+def test_bad_resilience_settings_name_the_setting(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        settings(tmp_path, toml)
+    assert "\n" not in str(info.value)

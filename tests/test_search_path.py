@@ -280,3 +280,406 @@ def test_access_denied_is_authoritative_even_when_skipping_errors():
     assert stale.calls == []
     with pytest.raises(AccessDenied):
         sp.prefetch(connections=["db"])
+
+
+# --- one error policy (issue 12 point 1) ------------------------------------------------------------------
+
+
+def no_breaker():
+    from credpath.resilience import BreakerSettings
+
+    return BreakerSettings(enabled=False)
+
+
+def _denied():
+    from credpath.errors import AccessDenied
+
+    return AccessDenied("backend 'b0' (Memory): permission denied (policy)", backend="b0")
+
+
+def test_access_denied_is_authoritative_on_every_read_path():
+    from credpath.errors import AccessDenied
+    from tests.memory_backend import PrefixMemoryBackend
+
+    for make in (MemoryBackend, BatchMemoryBackend, PrefixMemoryBackend):
+        denied = make({"db": URI_A})
+        denied.fail_with = _denied()
+        later = PrefixMemoryBackend({"db": URI_B})
+        sp = path(denied, later)
+        with pytest.raises(AccessDenied):
+            sp.lookup("connection", "db")
+        with pytest.raises(AccessDenied):
+            sp.prefetch(connections=["db"])
+        with pytest.raises(AccessDenied):  # main swallowed it in listing ...
+            sp.list_ids("connection")
+        with pytest.raises(AccessDenied):  # ... and in prefix prefetch (and its shadow check)
+            sp.prefetch(prefix=True)
+        assert ("get_conn_value", "db") not in later.calls
+
+
+def test_config_error_from_a_backend_propagates_even_when_skipping():
+    broken = MemoryBackend()
+    broken.fail_with = ConfigError("backend 'b0' (Memory): CREDPATH_FERNET_KEY is not a valid Fernet key")
+    sp = path(broken, MemoryBackend({"db": URI_B}))
+    assert sp.entries[0].on_error == "skip"
+    for call in (
+        lambda: sp.get_connection("db"),
+        lambda: sp.prefetch(connections=["db"]),
+        lambda: sp.list_ids("connection"),
+        lambda: sp.explain("connection", "db"),
+    ):
+        with pytest.raises(ConfigError, match="CREDPATH_FERNET_KEY"):
+            call()
+
+
+def test_foreign_exception_under_fail_is_a_backend_error_on_every_path():
+    for make in (MemoryBackend, BatchMemoryBackend):
+        broken = make()
+        broken.fail_with = RuntimeError("token=s3cr3t-token from a client library")
+        sp = path(broken)
+        sp.entries[0].on_error = "fail"
+        for call in (
+            lambda sp=sp: sp.get_connection("db"),
+            lambda sp=sp: sp.prefetch(connections=["db"]),  # main: the RuntimeError escaped raw
+            lambda sp=sp: sp.list_ids("connection"),
+        ):
+            with pytest.raises(BackendError) as info:
+                call()
+            assert "s3cr3t" not in str(info.value) and "RuntimeError" in str(info.value)
+            assert info.value.backend == "b0"
+
+
+def test_listing_tells_cannot_list_from_failed_to_list(caplog):
+    from credpath.protocol import BaseBackend
+
+    class NoListing(BaseBackend):
+        def get_conn_value(self, conn_id):
+            return None
+
+        def get_variable(self, key):
+            return None
+
+    broken = MemoryBackend({"x": URI_A})
+    broken.fail_with = Unreachable("backend 'b1' (Memory): cannot reach 127.0.0.1:1")
+    sp = SearchPath([("plain", NoListing()), ("b1", broken), ("ok", MemoryBackend({"db": URI_B}))])
+    with caplog.at_level(logging.WARNING):
+        listing = sp.list_ids("connection")
+    found, cannot_list = listing
+    assert found == {"db": ["ok"]}
+    assert cannot_list == ["plain"]  # main also put the failed 'b1' here ("cannot list")
+    assert list(listing.failed) == ["b1"] and "cannot reach" in listing.failed["b1"]
+    assert "listing connections" in caplog.text and "cannot reach" in caplog.text
+
+
+# --- an outage is not "not found" (issue 12 point 8) ------------------------------------------------------
+
+
+def test_nothing_found_while_a_backend_failed_is_backend_unavailable_not_notfound():
+    from credpath.errors import BackendUnavailable
+
+    broken = MemoryBackend({"db": URI_A})
+    broken.fail_with = Unreachable("backend 'b0' (Memory): connection refused")
+    empty = MemoryBackend()
+    sp = path(broken, empty, breaker=no_breaker())
+    with pytest.raises(BackendUnavailable) as info:
+        sp.get_connection("db")
+    assert not isinstance(info.value, NotFound)
+    assert info.value.backends == ("b0",)
+    assert "'b0'" in str(info.value) and "connection refused" in str(info.value)
+    # a default stands in for a missing value, not for an outage
+    with pytest.raises(BackendUnavailable):
+        sp.get_variable("v", default="fallback")
+    with pytest.raises(BackendUnavailable):
+        sp.get_config("c", default="fallback")
+    # not cached as a miss: once b0 recovers, its value is served
+    broken.fail_with = None
+    assert sp.get_connection("db").host == "db-a"
+
+
+def test_fall_through_is_logged_and_explained_and_fail_stops_there(caplog):
+    broken = MemoryBackend({"db": URI_A})
+    broken.fail_with = Unreachable("backend 'vault' (Memory): sealed")
+    sp = SearchPath([("vault", broken), ("env", MemoryBackend({"db": URI_B}))], breaker=no_breaker())
+    with caplog.at_level(logging.WARNING):
+        assert sp.get_connection("db").host == "db-b"
+        sp.get_connection("db")
+    assert caplog.text.count("served from 'env' while backend 'vault' failed") == 1  # once per outage
+    explanation = sp.explain("connection", "db")
+    assert explanation.fell_through and explanation.failed == ["vault"]
+    assert explanation.attempts[1].detail == "served while backend 'vault' failed"
+    sp.entries[0].on_error = "fail"
+    with pytest.raises(BackendError, match="sealed"):
+        sp.get_connection("db")
+
+
+# --- stale-if-error (issue 12 point 7) ----------------------------------------------------------------------
+
+
+def _expired_cache(**kwargs):
+    # ttl=0: every lookup refreshes, and the last good value is kept for stale-if-error (no sleeping)
+    return CacheSettings(ttl=0.0, miss_ttl=0.0, jitter=0.0, **kwargs)
+
+
+def test_stale_value_is_served_when_the_refresh_fails_once_warned_and_explained(caplog):
+    vault = MemoryBackend({"db": URI_A})
+    env = MemoryBackend({"db": URI_B})  # a lower backend's different copy
+    sp = SearchPath([("vault", vault), ("env", env)], cache=_expired_cache(), breaker=no_breaker())
+    assert sp.get_connection("db").host == "db-a"
+    vault.fail_with = Unreachable("backend 'vault' (Memory): HTTP 503")
+    with caplog.at_level(logging.WARNING):
+        assert sp.get_connection("db").host == "db-a"  # main: env's copy (db-b)
+        assert sp.get_connection("db").host == "db-a"
+    warnings = [r for r in caplog.records if "stale-if-error" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'vault'" in warnings[0].getMessage() and " s old" in warnings[0].getMessage()
+    assert "pw-s3cr3t" not in caplog.text
+    assert ("get_conn_value", "db") not in env.calls
+    explanation = sp.explain("connection", "db")
+    assert explanation.stale and explanation.source == "vault" and explanation.stale_age is not None
+    assert [a.outcome for a in explanation.attempts] == ["stale", "not tried"]
+    vault.fail_with = None  # recovered: fresh again, and the next outage warns again
+    assert sp.get_connection("db").host == "db-a"
+    assert not sp.explain("connection", "db").stale
+
+
+def test_no_stale_value_on_access_denied_config_error_or_miss():
+    from credpath.errors import AccessDenied
+
+    vault = MemoryBackend({"db": URI_A})
+    sp = SearchPath([("vault", vault)], cache=_expired_cache())
+    sp.get_connection("db")
+    vault.fail_with = _denied()
+    with pytest.raises(AccessDenied):
+        sp.get_connection("db")
+    vault.fail_with = ConfigError("backend 'vault' (Memory): bad setting")
+    with pytest.raises(ConfigError):
+        sp.get_connection("db")
+    vault.fail_with = None
+    del vault.connections["db"]  # the store answers "gone": that is the truth, not an outage
+    with pytest.raises(NotFound):
+        sp.get_connection("db")
+
+
+def test_stale_window_ends_and_zero_disables():
+    from credpath.errors import BackendUnavailable
+
+    vault = MemoryBackend({"db": URI_A})
+    sp = SearchPath([("vault", vault)], cache=_expired_cache(stale_if_error=0.0))
+    sp.get_connection("db")
+    vault.fail_with = Unreachable("down")
+    with pytest.raises(BackendUnavailable):
+        sp.get_connection("db")
+    vault.fail_with = None
+    sp = SearchPath([("vault", vault)], cache=_expired_cache(stale_if_error=0.05))
+    sp.get_connection("db")
+    vault.fail_with = Unreachable("down")
+    time.sleep(0.1)  # past the window (a lower bound: sleep never returns early)
+    with pytest.raises(BackendUnavailable):
+        sp.get_connection("db")
+
+
+def test_stale_applies_under_on_error_fail_too():
+    vault = MemoryBackend({"db": URI_A})
+    sp = SearchPath([("vault", vault)], cache=_expired_cache())
+    sp.entries[0].on_error = "fail"
+    sp.get_connection("db")
+    vault.fail_with = Unreachable("down")
+    assert sp.get_connection("db").host == "db-a"  # the backend's own last answer, not a fall-through
+
+
+# --- circuit breaker (issue 12 point 4) ------------------------------------------------------------------
+
+
+def test_breaker_stops_calling_a_failing_backend_and_explain_shows_it(caplog):
+    from credpath.errors import BackendUnavailable
+    from credpath.resilience import BreakerSettings
+
+    vault = MemoryBackend()
+    vault.fail_with = Unreachable("backend 'vault' (Memory): HTTP 503")
+    sp = SearchPath(
+        [("vault", vault), ("env", MemoryBackend({"db": URI_B}))],
+        breaker=BreakerSettings(failures=3, cool_down=60.0),
+    )
+    with caplog.at_level(logging.WARNING):
+        for i in range(20):
+            with pytest.raises(BackendUnavailable):
+                sp.get_variable(f"v{i}")
+            assert sp.get_connection("db").host == "db-b"
+    assert len(vault.calls) == 3  # main: 40
+    assert caplog.text.count("circuit breaker open") == 1
+    assert sp.breaker_state("vault").startswith("open")
+    explanation = sp.explain("connection", "db")
+    assert explanation.attempts[0].breaker.startswith("open")
+    assert "circuit breaker open" in explanation.attempts[0].detail
+
+
+def test_breaker_probe_after_cool_down_closes_on_success():
+    from credpath.resilience import BreakerSettings
+
+    vault = MemoryBackend({"db": URI_A})
+    vault.fail_with = Unreachable("down")
+    sp = SearchPath([("vault", vault)], cache=False, breaker=BreakerSettings(failures=2, cool_down=1.0))
+    clock = [0.0]
+    sp.entries[0].breaker.clock = lambda: clock[0]
+    for _ in range(5):
+        with pytest.raises(BackendError):
+            sp.get_connection("db")
+    assert len(vault.calls) == 2
+    vault.fail_with = None
+    clock[0] = 1.5  # after the cool-down: one probe goes through and succeeds
+    assert sp.get_connection("db").host == "db-a"
+    assert sp.breaker_state("vault") == "closed"
+
+
+# --- single-flight (issue 12 point 5) -----------------------------------------------------------------------
+
+
+def test_32_concurrent_lookups_of_one_id_make_one_store_read():
+    import threading
+
+    from tests.memory_backend import GatedMemoryBackend
+
+    store = GatedMemoryBackend({"db": URI_A})
+    sp = SearchPath([("store", store)])
+    hosts: list[str] = []
+    threads = [threading.Thread(target=lambda: hosts.append(sp.get_connection("db").host)) for _ in range(32)]
+    for t in threads:
+        t.start()
+    assert store.entered.wait(10)
+    for _ in range(1000):  # bounded: until the 31 others wait on the first one's read
+        if sp._flight.shared == 31:
+            break
+        time.sleep(0.005)
+    store.gate.set()
+    for t in threads:
+        t.join(10)
+    assert hosts == ["db-a"] * 32
+    assert store.calls == [("get_conn_value", "db")]  # main: 32 reads
+
+
+def test_concurrent_lookups_share_the_error_too():
+    import threading
+
+    from credpath.errors import BackendUnavailable
+    from tests.memory_backend import GatedMemoryBackend
+
+    store = GatedMemoryBackend({"db": URI_A})
+    store.fail_with = Unreachable("down")
+    sp = SearchPath([("store", store)])
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sp.get_connection("db")
+        except BackendUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    assert store.entered.wait(10)
+    for _ in range(1000):
+        if sp._flight.shared == 15:
+            break
+        time.sleep(0.005)
+    store.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 16 and len(store.calls) == 1
+
+
+# --- start-up timed apart (issue 10 point 5) ------------------------------------------------------------
+
+
+def test_explain_times_one_time_startup_apart_from_the_lookup():
+    from tests.memory_backend import SlowStartMemoryBackend
+
+    backend = SlowStartMemoryBackend({"db": URI_A}, startup=0.05)
+    sp = SearchPath([("slow", backend)])
+    attempt = sp.explain("connection", "db").attempts[0]
+    assert attempt.outcome == "hit"
+    assert attempt.startup_seconds >= 0.05  # prepare() ran before the read and was timed on its own
+    assert attempt.seconds < attempt.startup_seconds
+    second = sp.explain("connection", "db").attempts[0]
+    assert backend.prepared == 2 and second.startup_seconds < 0.05  # idempotent after the first call
+
+
+# --- cache_results, masker, team_name (issue 13 points 10, 11, 14) ------------------------------------------
+
+
+def test_backends_that_say_so_are_never_served_from_the_cache():
+    from tests.memory_backend import UncachedMemoryBackend
+
+    env = UncachedMemoryBackend({"db": URI_A})
+    store = MemoryBackend({"other": URI_B})
+    sp = SearchPath([("env", env), ("store", store)])
+    for _ in range(3):
+        assert sp.get_connection("db").host == "db-a"
+        with pytest.raises(NotFound):
+            sp.get_connection("nope")
+    assert env.calls.count(("get_conn_value", "db")) == 3  # main: 1 (cached 300 s)
+    assert env.calls.count(("get_conn_value", "nope")) == 3  # a miss is not cached either (main: 60 s)
+    env.connections["nope"] = URI_B  # "exported after start-up": seen at once
+    assert sp.get_connection("nope").host == "db-b"
+    sp.get_connection("other")
+    sp.get_connection("other")
+    assert store.calls.count(("get_conn_value", "other")) == 1  # the caching backend's hit is cached
+    sp.prefetch(connections=["db"])
+    assert ("connection", "db", None) not in sp.cache._data
+
+
+def test_an_empty_masker_given_is_the_one_used():
+    from credpath.masking import Masker, default_masker
+
+    masker = Masker()
+    sp = path(MemoryBackend({"db": URI_A}), masker=masker)
+    assert sp.masker is masker  # main: the process-wide masker (an empty Masker is falsy)
+    sp.get_connection("db")
+    assert "pw-s3cr3t-a" not in masker.redact("pw-s3cr3t-a")
+    assert default_masker() is not masker
+
+
+def test_team_name_is_forwarded_only_where_accepted_and_keys_the_cache():
+    from tests.memory_backend import TeamMemoryBackend
+
+    legacy = MemoryBackend({"legacy_db": URI_A})  # pre-3.2 signature: get_conn_value(conn_id)
+    teamed = TeamMemoryBackend({"db": URI_A}, team_connections={("blue", "db"): URI_B})
+    sp = SearchPath([("legacy", legacy), ("teamed", teamed)])
+    assert sp.get_connection("db").host == "db-a"
+    assert sp.get_connection("db", team_name="blue").host == "db-b"
+    assert sp.get_connection("db", team_name="blue").host == "db-b"  # cached per team
+    assert sp.get_connection("db").host == "db-a"
+    assert teamed.calls == [("get_conn_value", "db", None), ("get_conn_value", "db", "blue")]
+    assert sp.get_connection("legacy_db", team_name="blue").host == "db-a"  # answered globally
+    assert legacy.calls[-1] == ("get_conn_value", "legacy_db")
+    teamed.team_variables[("blue", "v")] = "blue-value"
+    teamed.variables["v"] = "global-value"
+    assert sp.get_variable("v", team_name="blue") == "blue-value"
+    assert sp.get_variable("v") == "global-value"
+    assert sp.explain("variable", "v", team_name="blue").source == "teamed"
+    sp.prefetch(connections=["x"], team_name="blue")
+    assert ("get_conn_value", "x", "blue") in teamed.calls
+    # a write invalidates every team's copy
+    sp.set_connection(Connection.from_uri(URI_A, conn_id="db"), to="legacy")
+    assert ("connection", "db", "blue") not in sp.cache._data
+
+
+def test_api_forwards_team_name(monkeypatch):
+    import credpath
+    from credpath import api
+    from tests.memory_backend import TeamMemoryBackend
+
+    teamed = TeamMemoryBackend({"db": URI_A}, team_connections={("blue", "db"): URI_B})
+    api.set_default_search_path(SearchPath([("teamed", teamed)]))
+    try:
+        assert credpath.get_connection("db", team_name="blue").host == "db-b"
+        assert credpath.get_variable("nope", default=None, team_name="blue") is None
+    finally:
+        api.set_default_search_path(None)
+
+
+def test_write_messages_speak_for_the_library():
+    sp = SearchPath([("store", MemoryBackend())])
+    with pytest.raises(ConfigError) as info:
+        sp.set_variable("k", "v", to="nope")
+    assert str(info.value).startswith("no backend named 'nope'")  # main: "--to: no backend named ..."

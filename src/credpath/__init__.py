@@ -17,6 +17,9 @@ _EXPORTS = {
     "ConfigError": "credpath.errors",
     "BackendError": "credpath.errors",
     "AccessDenied": "credpath.errors",
+    "BackendUnavailable": "credpath.errors",
+    "BackendTimeout": "credpath.errors",
+    "CircuitOpen": "credpath.errors",
     "CredpathError": "credpath.errors",
     "SearchPath": "credpath.search_path",
     "get_connection": "credpath.api",
@@ -30,6 +33,9 @@ _EXPORTS = {
 __all__ = [
     "AccessDenied",
     "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "CircuitOpen",
     "ConfigError",
     "Connection",
     "CredpathError",
@@ -52,7 +58,16 @@ if TYPE_CHECKING:
         get_variable,
         set_default_search_path,
     )
-    from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError, NotFound
+    from credpath.errors import (
+        AccessDenied,
+        BackendError,
+        BackendTimeout,
+        BackendUnavailable,
+        CircuitOpen,
+        ConfigError,
+        CredpathError,
+        NotFound,
+    )
     from credpath.masking import mask_secret
     from credpath.model import Connection, Variable
     from credpath.search_path import SearchPath

@@ -373,13 +373,9 @@ class _CredpathBackendMixin:
         from credpath.cache import ABSENT
 
         search_path = self.search_path
-        # team_name is passed only when set, so a search path without multi-team support still works
-        # for every single-team deployment (Airflow passes None there).
-        scope: dict[str, Any] = {} if team_name is None else {"team_name": team_name}
-        cache_key = (kind, key) if team_name is None else (kind, key, team_name)
-        cached = search_path.cache.get(cache_key) is not ABSENT
+        cached = search_path.cache.get((kind, key, team_name)) is not ABSENT  # cache keys: (kind, key, team)
         try:
-            resolution = search_path.lookup(kind, key, **scope)
+            resolution = search_path.lookup(kind, key, team_name=team_name)
         except AccessDenied as exc:
             # Airflow's only authoritative error: it must not fall through to env or metastore.
             raise _airflow_access_denied()(str(exc)) from None

@@ -31,13 +31,22 @@ def set_default_search_path(search_path: SearchPath | None) -> None:
         old.close()
 
 
-def get_connection(conn_id: str) -> Connection:
-    return default_search_path().get_connection(conn_id)
+def get_connection(conn_id: str, *, team_name: str | None = None) -> Connection:
+    """The connection from the default search path; NotFound if no backend has it, BackendUnavailable if
+    nothing was found and a backend failed. ``team_name``: the caller's team (Airflow 3.2+ multi-team)."""
+    return default_search_path().get_connection(conn_id, team_name=team_name)
 
 
-def get_variable(key: str, default: Any = _UNSET, deserialize_json: bool = False) -> Any:
-    return default_search_path().get_variable(key, default, deserialize_json=deserialize_json)
+def get_variable(
+    key: str, default: Any = _UNSET, deserialize_json: bool = False, *, team_name: str | None = None
+) -> Any:
+    """The variable, or ``default`` if no backend has it. An outage (nothing found, a backend failed)
+    raises BackendUnavailable even with a default: a default stands in for a missing value only."""
+    return default_search_path().get_variable(
+        key, default, deserialize_json=deserialize_json, team_name=team_name
+    )
 
 
-def get_config(key: str, default: Any = _UNSET) -> Any:
-    return default_search_path().get_config(key, default)
+def get_config(key: str, default: Any = _UNSET, *, team_name: str | None = None) -> Any:
+    """As :func:`get_variable`, for config keys."""
+    return default_search_path().get_config(key, default, team_name=team_name)

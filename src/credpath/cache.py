@@ -1,8 +1,13 @@
-"""Per-process TTL cache for resolved values.
+"""Per-process TTL cache for resolved values, keeping expired values for stale-if-error.
 
 A hit is one dict lookup and one monotonic-clock comparison (~0.3 µs), against Airflow's cache (an IPC
 round trip to a multiprocessing manager, 0.2-0.5 ms) and AWS's caching library (lock + deep copy,
 14-23 µs). Values are immutable (frozen Connection, str), so no copy is needed on a hit.
+
+An entry is ``(expiry, value, stored_at, keep_until)``. After ``expiry`` it is no longer served as fresh, but
+a hit (not a miss) is kept until ``keep_until = expiry + stale_if_error`` so that the search path can serve
+it when the refresh fails with a transient error (:meth:`TTLCache.get_stale`). ``max_size`` bounds fresh and
+kept entries together.
 """
 
 from __future__ import annotations
@@ -15,6 +20,12 @@ from typing import Any
 
 ABSENT: Any = object()
 
+#: Default stale-if-error window. One hour: twelve default TTLs, long enough to ride out the outages that
+#: are common in practice (a Vault leader election or seal, a regional API incident, a maintenance window),
+#: short enough that a credential rotated during a long outage is not served for days. AWS's caching library
+#: serves the last value without limit; RFC 5861 leaves the window to the operator: set 0 to disable.
+DEFAULT_STALE_IF_ERROR = 3600.0
+
 
 @dataclass(frozen=True)
 class CacheSettings:
@@ -24,6 +35,8 @@ class CacheSettings:
     max_size: int = 10_000
     #: Fraction of the TTL added at random, so a fleet of workers does not refresh in lock step.
     jitter: float = 0.1
+    #: Seconds after expiry during which a value may still be served if its backend fails (0: never).
+    stale_if_error: float = DEFAULT_STALE_IF_ERROR
 
 
 class TTLCache:
@@ -33,32 +46,52 @@ class TTLCache:
 
     def __init__(self, settings: CacheSettings | None = None) -> None:
         self.settings = settings or CacheSettings()
-        self._data: dict[Any, tuple[float, Any]] = {}
+        self._data: dict[Any, tuple[float, Any, float, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
+        """The fresh value, else ABSENT (an expired entry stays for :meth:`get_stale` in its window)."""
         item = self._data.get(key)
         if item is None:
             return ABSENT
-        if item[0] < time.monotonic():
-            self._data.pop(key, None)
+        now = time.monotonic()
+        if item[0] < now:
+            if item[3] < now:
+                self._data.pop(key, None)
             return ABSENT
         return item[1]
+
+    def get_stale(self, key: Any) -> tuple[Any, float] | None:
+        """``(value, age in seconds)`` of a hit kept for stale-if-error (fresh or expired), else None."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        now = time.monotonic()
+        if item[3] < now:
+            return None
+        return item[1], now - item[2]
 
     def put(self, key: Any, value: Any, *, miss: bool = False) -> None:
         settings = self.settings
         if not settings.enabled:
             return
         ttl = settings.miss_ttl if miss else settings.ttl
-        if ttl <= 0:
+        stale = 0.0 if miss else settings.stale_if_error  # a miss is no "last good value"
+        if ttl <= 0 and stale <= 0:
             return
-        expiry = time.monotonic() + ttl * (1.0 + settings.jitter * random.random())
+        now = time.monotonic()
+        expiry = now + max(0.0, ttl) * (1.0 + settings.jitter * random.random())
+        if ttl <= 0:
+            expiry = now - 1.0  # never fresh; kept only for stale-if-error
         with self._lock:
             data = self._data
             data.pop(key, None)  # re-insert at the end: eviction order follows freshness
-            data[key] = (expiry, value)
+            data[key] = (expiry, value, now, expiry + stale)
             while len(data) > settings.max_size:
-                del data[next(iter(data))]
+                try:  # get() pops expired entries without the lock: tolerate a concurrent removal
+                    data.pop(next(iter(data)), None)
+                except (RuntimeError, StopIteration):
+                    continue
 
     def invalidate(self, key: Any) -> None:
         self._data.pop(key, None)

@@ -20,6 +20,7 @@ from credpath.cache import CacheSettings
 from credpath.errors import ConfigError
 from credpath.model import is_sensitive_name
 from credpath.protocol import KINDS, Kind
+from credpath.resilience import BreakerSettings
 
 ENV_BACKEND = "AIRFLOW__SECRETS__BACKEND"
 ENV_BACKEND_KWARGS = "AIRFLOW__SECRETS__BACKEND_KWARGS"
@@ -50,6 +51,7 @@ class BackendSpec:
 class Settings:
     backends: list[BackendSpec]
     cache: CacheSettings = field(default_factory=CacheSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
     config_file: Path | None = None
 
 
@@ -77,14 +79,20 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if file is not None:
         data = read_toml(file)
     cache = parse_cache(data.get("cache", {}), origin=f"{file.name if file else 'config'} [cache]")
+    breaker = parse_breaker(
+        data.get("circuit_breaker", {}), origin=f"{file.name if file else 'config'} [circuit_breaker]"
+    )
     if "backends" in data:
         specs = parse_backends(data["backends"], origin=file.name if file else "config")
     else:
         specs = airflow_default_backends(env)
-    unknown = sorted(set(data) - {"backends", "cache"})
+    unknown = sorted(set(data) - {"backends", "cache", "circuit_breaker"})
     if unknown:
-        raise ConfigError(f"{file}: unknown top-level key(s) {', '.join(unknown)}; expected backends, cache")
-    return Settings(backends=specs, cache=cache, config_file=file)
+        raise ConfigError(
+            f"{file}: unknown top-level key(s) {', '.join(unknown)}; "
+            "expected backends, cache, circuit_breaker"
+        )
+    return Settings(backends=specs, cache=cache, breaker=breaker, config_file=file)
 
 
 def read_toml(file: Path) -> dict[str, Any]:
@@ -102,7 +110,7 @@ def read_toml(file: Path) -> dict[str, Any]:
 def parse_cache(raw: Any, origin: str) -> CacheSettings:
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin} must be a table")
-    allowed = {"enabled", "ttl", "miss_ttl", "max_size", "jitter"}
+    allowed = {"enabled", "ttl", "miss_ttl", "max_size", "jitter", "stale_if_error"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(
@@ -113,7 +121,7 @@ def parse_cache(raw: Any, origin: str) -> CacheSettings:
         if not isinstance(raw["enabled"], bool):
             raise ConfigError(f"{origin}: enabled must be true or false")
         values["enabled"] = raw["enabled"]
-    for key in ("ttl", "miss_ttl", "jitter"):
+    for key in ("ttl", "miss_ttl", "jitter", "stale_if_error"):
         if key in raw:
             value = raw[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -125,6 +133,38 @@ def parse_cache(raw: Any, origin: str) -> CacheSettings:
             raise ConfigError(f"{origin}: max_size must be an integer >= 1")
         values["max_size"] = value
     return CacheSettings(**values)
+
+
+def parse_breaker(raw: Any, origin: str) -> BreakerSettings:
+    """``[circuit_breaker]``: enabled, failures (consecutive, >= 1), cool_down and max_cool_down (seconds)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} must be a table")
+    allowed = {"enabled", "failures", "cool_down", "max_cool_down"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
+        )
+    values: dict[str, Any] = {}
+    if "enabled" in raw:
+        if not isinstance(raw["enabled"], bool):
+            raise ConfigError(f"{origin}: enabled must be true or false")
+        values["enabled"] = raw["enabled"]
+    if "failures" in raw:
+        value = raw["failures"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{origin}: failures must be an integer >= 1")
+        values["failures"] = value
+    for key in ("cool_down", "max_cool_down"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{origin}: {key} must be a number > 0 (seconds)")
+            values[key] = float(value)
+    settings = BreakerSettings(**values)
+    if settings.max_cool_down < settings.cool_down:
+        raise ConfigError(f"{origin}: max_cool_down must be >= cool_down")
+    return settings
 
 
 def parse_backends(raw: Any, origin: str) -> list[BackendSpec]:

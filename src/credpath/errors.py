@@ -1,4 +1,12 @@
-"""Exception types. Messages name settings, fields, paths and ids, never secret values."""
+"""Exception types. Messages name settings, fields, paths and ids, never secret values.
+
+How the search path treats an error a backend raises during a read (the full rule and its reasons sit next
+to ``SearchPath._failure``): :class:`ConfigError` (and :class:`MissingDependency`) propagates;
+:class:`AccessDenied` propagates whatever ``on_error`` says; any other error is transient: the backend's
+``on_error`` decides ("skip" tries the next backend, "fail" raises), its last good value may be served
+(stale-if-error) and it counts against the backend's circuit breaker. When nothing is found and a backend
+failed, the search path raises :class:`BackendUnavailable`, never :class:`NotFound`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,11 @@ class CredpathError(Exception):
 
 
 class ConfigError(CredpathError, ValueError):
-    """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it."""
+    """Bad configuration or input: a setting, field or key is wrong. The CLI exits 2 on it.
+
+    Raised by a backend during a read (a missing client library, a wrong Fernet key), it propagates through
+    the search path: it is never skipped, retried or reported as "not found".
+    """
 
 
 class MissingFile(ConfigError, FileNotFoundError):
@@ -39,9 +51,12 @@ class MissingDependency(ConfigError):
 
 
 class BackendError(CredpathError):
-    """A backend could not answer (unreachable, sealed, throttled, malformed data).
+    """A backend could not answer (unreachable, sealed, throttled, timed out, malformed data).
 
-    The search path applies the backend's ``on_error`` policy to it; it never turns into a wrong value.
+    A transient failure: the search path applies the backend's ``on_error`` policy to it ("skip": try the
+    next backend, with a WARNING; "fail": raise it), may serve that backend's last good value instead
+    (``[cache] stale_if_error``), and counts it against the backend's circuit breaker. It never turns into
+    a wrong value or into "not found". The CLI exits 1 on it.
     """
 
     def __init__(self, message: str, *, backend: str | None = None) -> None:
@@ -56,7 +71,9 @@ class BackendTimeout(BackendError):
 class BackendUnavailable(BackendError):
     """Nothing was found and at least one backend failed: an outage, not a miss.
 
-    ``backends`` names the failed backends in search-path order.
+    Raised by the search path instead of :class:`NotFound` (the value may well exist in the failed store),
+    also by ``get_variable(key, default=...)``/``get_config``: a default stands in for a missing value, not
+    for an outage. ``backends`` names the failed backends in search-path order. The CLI exits 1 on it.
     """
 
     def __init__(self, message: str, *, backends: tuple[str, ...] = ()) -> None:
@@ -64,12 +81,24 @@ class BackendUnavailable(BackendError):
         self.backends = backends
 
 
+class CircuitOpen(BackendError):
+    """The backend failed repeatedly and its circuit breaker is open: failed fast, no request was made."""
+
+
 class AccessDenied(BackendError):
-    """The store refused the caller (403 / AccessDenied / PermissionDenied)."""
+    """The store refused the caller (403 / AccessDenied / PermissionDenied).
+
+    Authoritative: the search path raises it whatever ``on_error`` says and never falls through to a later
+    backend (which could serve a copy the caller may no longer read), never retries it, never serves a stale
+    value in its place (Airflow's ``AirflowSecretsBackendAccessDenied`` rule).
+    """
 
 
 class NotFound(CredpathError, KeyError):
-    """Nothing in the search path has the requested connection, variable or config key."""
+    """Every backend that was asked answered, and none has the connection, variable or config key.
+
+    The CLI exits 1 on it. If a backend failed instead of answering, :class:`BackendUnavailable` is raised.
+    """
 
     def __init__(self, kind: str, key: str) -> None:
         super().__init__(f"{kind} {key!r} not found in any backend of the search path")
@@ -81,4 +110,4 @@ class NotFound(CredpathError, KeyError):
 
 
 class ReadOnlyBackend(CredpathError):
-    """The backend does not support the requested write/list operation."""
+    """The backend does not support the requested write/list operation (a capability, not a failure)."""

@@ -1,8 +1,15 @@
 """The one small protocol every backend speaks, and a base class with the shared plumbing.
 
-Reads (Airflow's contract): ``get_conn_value(conn_id)``, ``get_variable(key)``, ``get_config(key)``,
-each returning the raw string or ``None`` on a miss. A miss is ``None``; anything else that goes wrong
-raises :class:`credpath.errors.BackendError` (or a subclass) so the search path can apply ``on_error``.
+Reads (Airflow's contract): ``get_conn_value(conn_id, team_name=None)``, ``get_variable(key,
+team_name=None)``, ``get_config(key)``, each returning the raw string or ``None`` on a miss. A miss is
+``None``; anything else that goes wrong raises :class:`credpath.errors.BackendError` (or a subclass) so the
+search path can apply ``on_error``; a wrong setting raises :class:`credpath.errors.ConfigError` and an
+authoritative refusal :class:`credpath.errors.AccessDenied` (both propagate through the search path).
+
+Multi-team (Airflow 3.2+, AIP-67): ``team_name`` is the team of the caller (``None``: no team). A backend
+that scopes by team declares the keyword on its reads (and batch reads); the search path passes it only to
+methods that declare ``team_name`` or ``**kwargs`` (:func:`call_backend_method`, Airflow's rule in
+``airflow/_shared/secrets_backend/base.py``), so pre-3.2 style backends keep working and answer globally.
 
 Optional capabilities, discovered with ``hasattr``/``getattr`` by the search path, CLI and migration:
 
@@ -12,17 +19,20 @@ Optional capabilities, discovered with ``hasattr``/``getattr`` by the search pat
 - batches: ``get_conn_values(ids) -> dict[str, str]`` and ``get_variables(keys) -> dict[str, str]``
   (hits only), ``prefetch_connections() -> dict[str, str]`` / ``prefetch_variables()`` (everything under
   the backend's prefix, for cache warm-up);
-- ``get_connection(conn_id) -> Connection | None`` for backends that hold structured connections
-  (``description``, non-Airflow formats); the base class derives it from ``get_conn_value``;
-- ``check() -> str`` (reachability and auth; returns a short safe description) and ``close()``.
+- ``get_connection(conn_id, team_name=None) -> Connection | None`` for backends that hold structured
+  connections (``description``, non-Airflow formats); the base class derives it from ``get_conn_value``;
+- ``check() -> str`` (reachability and auth; returns a short safe description) and ``close()``;
+- ``prepare()`` (one-time start-up without network, timed apart by ``explain``) and the ``cache_results``
+  class attribute (False: the search path never caches this backend's answers).
 
 Writes with ``overwrite=False`` raise :class:`credpath.errors.ConfigError` if the id exists.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from credpath.errors import BackendError, ConfigError, MissingDependency, ReadOnlyBackend
@@ -41,6 +51,46 @@ class SecretsBackend(Protocol):
     def get_variable(self, key: str) -> str | None: ...
 
     def get_config(self, key: str) -> str | None: ...
+
+
+_ACCEPTS_TEAM: dict[Any, bool] = {}
+
+
+def accepts_team_name(method: Callable[..., Any]) -> bool:
+    """Airflow's ``_accepts_team_name``: the method declares ``team_name`` or a ``**kwargs`` catch-all.
+
+    Cached per function (not per bound method), so the inspection runs once per backend class.
+    """
+    func = getattr(method, "__func__", method)
+    try:
+        return _ACCEPTS_TEAM[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        parameters = inspect.signature(method).parameters
+        accepts = "team_name" in parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        )
+    except (TypeError, ValueError):
+        accepts = True  # un-introspectable (C-implemented): assume the 3.2+ signature, as Airflow does
+    try:
+        _ACCEPTS_TEAM[func] = accepts
+    except TypeError:
+        pass
+    return accepts
+
+
+def call_backend_method(method: Callable[..., Any], *args: Any, team_name: str | None = None) -> Any:
+    """Call a read method, passing ``team_name`` only when it is set and the method accepts it.
+
+    As in Airflow, a ``TypeError`` raised inside an accepting method propagates (it is not retried without
+    ``team_name``, which could resolve a team's lookup in the global scope). Unlike Airflow,
+    ``team_name=None`` is not passed at all: the same answer, and a legacy ``**kwargs`` method is not
+    handed a keyword it never expected.
+    """
+    if team_name is not None and accepts_team_name(method):
+        return method(*args, team_name=team_name)
+    return method(*args)
 
 
 def compile_lookup_pattern(pattern: str | None, setting: str) -> re.Pattern[str] | None:
@@ -155,16 +205,19 @@ class BaseBackend:
     # --- reads -------------------------------------------------------------------------------------
 
     def get_conn_value(self, conn_id: str) -> str | None:  # pragma: no cover - abstract
+        """The raw value, or None. Backends that scope by team add ``team_name: str | None = None``."""
         raise NotImplementedError
 
     def get_variable(self, key: str) -> str | None:  # pragma: no cover - abstract
+        """The value, or None. Backends that scope by team add ``team_name: str | None = None``."""
         raise NotImplementedError
 
     def get_config(self, key: str) -> str | None:
         return None
 
-    def get_connection(self, conn_id: str) -> Connection | None:
-        raw = self.get_conn_value(conn_id)
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
+        """``get_conn_value`` parsed; ``team_name`` is passed on if ``get_conn_value`` accepts it."""
+        raw = call_backend_method(self.get_conn_value, conn_id, team_name=team_name)
         if raw is None:
             return None
         return self.deserialize_connection(conn_id, raw)

@@ -1,26 +1,49 @@
-"""The search path: ordered backends, lookup patterns, error policy, cache, provenance, prefetch, writes."""
+"""The search path: ordered backends, lookup patterns, error policy, cache, provenance, prefetch, writes.
+
+Resilience (see :mod:`credpath.resilience`): each backend has a circuit breaker; concurrent lookups of one
+key share one read (single-flight); a value whose refresh fails with a transient error is served stale for
+up to ``[cache] stale_if_error`` seconds. The error policy is written once, in :meth:`SearchPath._failure`.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic as _monotonic
 from typing import Any
 
 from credpath.cache import ABSENT, CacheSettings, TTLCache
 from credpath.config import BackendSpec, Settings, load_settings
-from credpath.errors import AccessDenied, BackendError, ConfigError, CredpathError, NotFound, ReadOnlyBackend
+from credpath.errors import (
+    AccessDenied,
+    BackendError,
+    BackendUnavailable,
+    CircuitOpen,
+    ConfigError,
+    CredpathError,
+    NotFound,
+    ReadOnlyBackend,
+)
 from credpath.masking import Masker, default_masker, install_log_masking
 from credpath.model import Connection, is_sensitive_name
-from credpath.protocol import KINDS, BaseBackend, Kind, can, compile_lookup_pattern
+from credpath.protocol import KINDS, BaseBackend, Kind, call_backend_method, can, compile_lookup_pattern
+from credpath.resilience import BreakerSettings, CircuitBreaker, SingleFlight
 
 log = logging.getLogger("credpath.search_path")
 
 _MISS = object()  # cached "nothing in the path has it"
 _UNSET: Any = object()
+
+_OPERATIONS = {
+    "set_connection": "write connections",
+    "set_variable": "write variables",
+    "delete_connection": "delete connections",
+    "delete_variable": "delete variables",
+}
 
 
 @dataclass(frozen=True)
@@ -34,9 +57,15 @@ class Resolution:
 @dataclass
 class Attempt:
     backend: str
-    outcome: str  # "hit" | "miss" | "skipped (pattern)" | "error" | "not tried"
+    #: "hit" | "miss" | "stale" | "error" | "skipped (pattern)" | "not tried"
+    outcome: str
+    #: Lookup time, one-time start-up excluded.
     seconds: float = 0.0
     detail: str = ""
+    #: One-time start-up (``backend.prepare()``: importing the client, building the session), timed apart.
+    startup_seconds: float = 0.0
+    #: The backend's circuit breaker before the call ("closed", "open (...)", "half-open (...)").
+    breaker: str = ""
 
 
 @dataclass
@@ -46,10 +75,26 @@ class Explanation:
     source: str | None
     attempts: list[Attempt] = field(default_factory=list)
     cached: bool = False
+    team_name: str | None = None
+    #: The source's refresh failed and its last good value was served (stale-if-error); age in seconds.
+    stale: bool = False
+    stale_age: float | None = None
+    #: Backends that failed (transiently) during this resolution, in search order.
+    failed: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> bool:
         return self.source is not None
+
+    @property
+    def unavailable(self) -> bool:
+        """Nothing found and a backend failed: a lookup raises BackendUnavailable, not NotFound."""
+        return self.source is None and bool(self.failed)
+
+    @property
+    def fell_through(self) -> bool:
+        """Served by a later backend because an earlier one failed (Airflow's fall-through)."""
+        return self.found and not self.stale and bool(self.failed)
 
 
 @dataclass
@@ -58,6 +103,10 @@ class Entry:
     backend: Any
     patterns: dict[Kind, Any]
     on_error: str = "skip"
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(""))
+    #: False for backends whose answers must never come from the cache (env, files).
+    cache_results: bool = True
+    label: str = ""
 
     def wants(self, kind: Kind, key: str) -> bool:
         pattern = self.patterns.get(kind)
@@ -72,6 +121,24 @@ class PrefetchReport:
     errors: int = 0
 
 
+class Listing(tuple):  # type: ignore[type-arg]
+    """``(found, cannot_list)`` as :meth:`SearchPath.list_ids` always returned, plus ``failed``.
+
+    ``found`` maps id -> names of the backends holding it (search order); ``cannot_list`` names the backends
+    without a listing capability; ``failed`` maps the name of each backend that failed to list to a safe
+    reason (its ids are missing from ``found``: the listing is incomplete).
+    """
+
+    found: dict[str, list[str]]
+    cannot_list: list[str]
+    failed: dict[str, str]
+
+    def __new__(cls, found: dict[str, list[str]], cannot_list: list[str], failed: dict[str, str]) -> Listing:
+        self = super().__new__(cls, (found, cannot_list))
+        self.found, self.cannot_list, self.failed = found, cannot_list, failed
+        return self
+
+
 class SearchPath:
     """Resolve connections, variables and config through backends in order; the first hit wins."""
 
@@ -82,7 +149,9 @@ class SearchPath:
         cache: CacheSettings | TTLCache | bool | None = True,
         masker: Masker | None = None,
         mask_logs: bool = True,
+        breaker: BreakerSettings | None = None,
     ) -> None:
+        self.breaker_settings = breaker or BreakerSettings()
         self.entries: list[Entry] = []
         for item in backends:
             self._add(item)
@@ -92,9 +161,14 @@ class SearchPath:
             self.cache = TTLCache(cache)
         else:
             self.cache = TTLCache(CacheSettings(enabled=bool(cache)))
-        self.masker = masker or default_masker()
+        self._data = self.cache._data  # the hot path reads the cache's dict directly
+        # An empty Masker is falsy (it has __len__): test for None, not truthiness.
+        self.masker = masker if masker is not None else default_masker()
         self.mask_logs = mask_logs
         self._write_lock = threading.Lock()
+        self._flight = SingleFlight()
+        self._warned: set[tuple[Any, str]] = set()  # (cache key, what) warned once per outage episode
+        self._teams: set[str | None] = {None}  # teams with cached entries: a write invalidates each
 
     # --- construction ------------------------------------------------------------------------------
 
@@ -105,6 +179,7 @@ class SearchPath:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> SearchPath:
+        kwargs.setdefault("breaker", settings.breaker)
         return cls(settings.backends, cache=settings.cache, **kwargs)
 
     def _add(self, item: Any) -> None:
@@ -126,21 +201,41 @@ class SearchPath:
             raise ConfigError(f"duplicate backend name {name!r} in the search path")
         if isinstance(backend, BaseBackend):
             backend.name = name
+            label = backend.label
+        else:
+            label = f"backend {name!r}"
         patterns: dict[Kind, Any] = dict(getattr(backend, "lookup_patterns", None) or {})
         for kind in KINDS:
             if raw_patterns.get(kind) is not None:
-                patterns[kind] = compile_lookup_pattern(raw_patterns[kind], f"{name}: {kind} lookup pattern")
-        self.entries.append(Entry(name=name, backend=backend, patterns=patterns, on_error=on_error))
+                patterns[kind] = compile_lookup_pattern(raw_patterns[kind], f"{label}: {kind} lookup pattern")
+        self.entries.append(
+            Entry(
+                name=name,
+                backend=backend,
+                patterns=patterns,
+                on_error=on_error,
+                breaker=CircuitBreaker(name, self.breaker_settings),
+                cache_results=bool(getattr(backend, "cache_results", True)),
+                label=label,
+            )
+        )
 
     @property
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
 
     def backend(self, name: str) -> Any:
+        return self._entry(name).backend
+
+    def _entry(self, name: str) -> Entry:
         for entry in self.entries:
             if entry.name == name:
-                return entry.backend
+                return entry
         raise ConfigError(f"no backend named {name!r} in the search path (have: {', '.join(self.names)})")
+
+    def breaker_state(self, name: str) -> str:
+        """The circuit breaker of backend ``name``, as a safe one-line description."""
+        return self._entry(name).breaker.describe()
 
     def close(self) -> None:
         for entry in self.entries:
@@ -150,17 +245,24 @@ class SearchPath:
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def get_connection(self, conn_id: str) -> Connection:
-        item = self.cache._data.get(("connection", conn_id))  # inlined cache hit: the hot path
-        if item is not None and item[0] >= time.monotonic() and item[1] is not _MISS:
+    def get_connection(self, conn_id: str, *, team_name: str | None = None) -> Connection:
+        item = self._data.get(("connection", conn_id, team_name))  # inlined cache hit: the hot path
+        if item is not None and item[0] >= _monotonic() and item[1] is not _MISS:
             return item[1].value
-        resolution = self.lookup("connection", conn_id)
+        resolution = self.lookup("connection", conn_id, team_name=team_name)
         if resolution is None:
             raise NotFound("connection", conn_id)
         return resolution.value
 
-    def get_variable(self, key: str, default: Any = _UNSET, *, deserialize_json: bool = False) -> Any:
-        resolution = self.lookup("variable", key)
+    def get_variable(
+        self, key: str, default: Any = _UNSET, *, deserialize_json: bool = False, team_name: str | None = None
+    ) -> Any:
+        """The variable's value; ``default`` if no backend has it.
+
+        ``default`` stands in for a missing variable, not for an outage: if nothing is found and a backend
+        failed, :class:`BackendUnavailable` is raised even when a default is given.
+        """
+        resolution = self.lookup("variable", key, team_name=team_name)
         if resolution is None:
             if default is _UNSET:
                 raise NotFound("variable", key)
@@ -171,98 +273,264 @@ class SearchPath:
             return Variable(key, resolution.value).deserialize()
         return resolution.value
 
-    def get_config(self, key: str, default: Any = _UNSET) -> Any:
-        resolution = self.lookup("config", key)
+    def get_config(self, key: str, default: Any = _UNSET, *, team_name: str | None = None) -> Any:
+        """As :meth:`get_variable`: ``default`` for a missing key; an outage raises BackendUnavailable."""
+        resolution = self.lookup("config", key, team_name=team_name)
         if resolution is None:
             if default is _UNSET:
                 raise NotFound("config", key)
             return default
         return resolution.value
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        resolution = self.lookup("connection", conn_id)
+    def get_conn_value(self, conn_id: str, *, team_name: str | None = None) -> str | None:
+        resolution = self.lookup("connection", conn_id, team_name=team_name)
         return None if resolution is None else resolution.value.get_uri()
 
-    def lookup(self, kind: Kind, key: str) -> Resolution | None:
-        """Resolve through cache then backends; ``None`` when nothing in the path has it."""
-        cached = self.cache.get((kind, key))
+    def lookup(self, kind: Kind, key: str, *, team_name: str | None = None) -> Resolution | None:
+        """Resolve through cache then backends; ``None`` when every backend asked answered "not here".
+
+        Raises :class:`BackendUnavailable` when nothing was found and a backend failed, and lets
+        AccessDenied and ConfigError through (see :meth:`_failure`). Concurrent calls for one
+        ``(kind, key, team_name)`` share one resolution (single-flight).
+        """
+        ckey = (kind, key, team_name)
+        cached = self.cache.get(ckey)
         if cached is not ABSENT:
             return None if cached is _MISS else cached
-        return self._resolve(kind, key, None)
+        return self._flight.do(ckey, self._lookup_once, ckey)
 
-    def explain(self, kind: Kind, key: str, *, use_cache: bool = False) -> Explanation:
-        """Which backend serves ``key``, and the outcome and time of every backend tried."""
-        explanation = Explanation(kind=kind, key=key, source=None)
+    def _lookup_once(self, ckey: tuple[Kind, str, str | None]) -> Resolution | None:
+        cached = self.cache.get(ckey)  # a flight that ended just before this one began may have filled it
+        if cached is not ABSENT:
+            return None if cached is _MISS else cached  # type: ignore[no-any-return]
+        return self._resolve(ckey, None)
+
+    def explain(
+        self, kind: Kind, key: str, *, use_cache: bool = False, team_name: str | None = None
+    ) -> Explanation:
+        """Which backend serves ``key``, and the outcome, lookup time, start-up time and breaker state of
+        every backend tried. An outage is reported (``failed``/``unavailable``), not raised."""
+        explanation = Explanation(kind=kind, key=key, source=None, team_name=team_name)
+        ckey = (kind, key, team_name)
         if use_cache:
-            cached = self.cache.get((kind, key))
+            cached = self.cache.get(ckey)
             if cached is not ABSENT:
                 explanation.cached = True
                 explanation.source = None if cached is _MISS else cached.source
                 return explanation
-        self._resolve(kind, key, explanation)
+        try:
+            self._resolve(ckey, explanation)
+        except BackendUnavailable:
+            pass  # explanation.failed says which
         return explanation
 
-    def _resolve(self, kind: Kind, key: str, explanation: Explanation | None) -> Resolution | None:
-        errored = False
+    def _resolve(
+        self, ckey: tuple[Kind, str, str | None], explanation: Explanation | None
+    ) -> Resolution | None:
+        kind, key, team = ckey
+        what = _what(kind, key, team)
+        failed: list[tuple[Entry, BackendError]] = []
+        # A hit is cached unless its backend says never (cache_results=False: env, files); a miss is cached
+        # only if every backend asked may be cached (else a variable exported later would stay hidden).
+        miss_cacheable = True
         for index, entry in enumerate(self.entries):
             if not entry.wants(kind, key):
                 if explanation is not None:
                     explanation.attempts.append(Attempt(entry.name, "skipped (pattern)"))
                 continue
+            if not entry.cache_results:
+                miss_cacheable = False
+            startup, state = 0.0, ""
             started = time.perf_counter()
             try:
-                value = self._read(entry, kind, key)
+                if explanation is not None:
+                    state = entry.breaker.describe()
+                    prepare = getattr(entry.backend, "prepare", None)
+                    if callable(prepare):
+                        prepare()  # one-time start-up, timed apart from the lookup
+                    startup = time.perf_counter() - started
+                    started = time.perf_counter()
+                value = self._call(entry, self._read, entry, kind, key, team)
             except Exception as exc:
                 elapsed = time.perf_counter() - started
-                reason = _safe_error(exc)
+                attempt = Attempt(entry.name, "error", elapsed, _safe_error(exc), startup, state)
                 if explanation is not None:
-                    explanation.attempts.append(Attempt(entry.name, "error", elapsed, reason))
-                if isinstance(exc, AccessDenied):
-                    # Authoritative whatever on_error says, as in Airflow's Task SDK: falling through to a
-                    # later backend could serve a stale copy the caller is no longer allowed to read.
-                    raise
-                if entry.on_error == "fail":
-                    if isinstance(exc, CredpathError):
-                        raise
-                    raise BackendError(
-                        f"backend {entry.name!r} failed: {reason}", backend=entry.name
-                    ) from None
-                log.warning(
-                    "backend %r failed for %s %r, trying the next one: %s", entry.name, kind, key, reason
-                )
-                errored = True
+                    explanation.attempts.append(attempt)
+                outcome = self._failure(entry, exc, what, stale_key=ckey)
+                if isinstance(outcome, Resolution):  # the backend's own last good value
+                    if explanation is not None:
+                        kept = self.cache.get_stale(ckey)
+                        attempt.outcome = "stale"
+                        explanation.stale = True
+                        explanation.stale_age = kept[1] if kept else None
+                        explanation.source = entry.name
+                        explanation.failed.append(entry.name)
+                        explanation.attempts.extend(
+                            Attempt(e.name, "not tried") for e in self.entries[index + 1 :]
+                        )
+                    return outcome
+                failed.append((entry, outcome))
+                if explanation is not None:
+                    explanation.failed.append(entry.name)
                 continue
             elapsed = time.perf_counter() - started
             if value is None:
                 if explanation is not None:
-                    explanation.attempts.append(Attempt(entry.name, "miss", elapsed))
+                    explanation.attempts.append(Attempt(entry.name, "miss", elapsed, "", startup, state))
                 continue
             if explanation is not None:
-                explanation.attempts.append(Attempt(entry.name, "hit", elapsed))
+                hit = Attempt(entry.name, "hit", elapsed, "", startup, state)
+                if failed:
+                    hit.detail = f"served while {_names(failed)} failed"
+                explanation.attempts.append(hit)
                 explanation.attempts.extend(Attempt(e.name, "not tried") for e in self.entries[index + 1 :])
                 explanation.source = entry.name
             resolution = Resolution(value, entry.name)
             self._register_secrets(kind, key, value)
-            log.debug("resolved %s %r from backend %r", kind, key, entry.name)
-            if not errored:  # a hit behind a failed backend may be shadowed once it recovers
-                self.cache.put((kind, key), resolution)
+            if failed:
+                # Airflow's fall-through, kept by default; never cached: the failed backend may shadow it.
+                names = _names(failed)
+                self._warn_once(
+                    ckey, "fall-through", "%s served from %r while %s failed", what, entry.name, names
+                )
+            else:
+                self._episode_over(ckey)
+                if entry.cache_results:
+                    self._put(ckey, resolution)
+            log.debug("resolved %s from backend %r", what, entry.name)
             return resolution
-        if not errored:
-            self.cache.put((kind, key), _MISS, miss=True)
-        log.debug("%s %r not found in the search path", kind, key)
+        if failed:
+            first = failed[0][1]
+            raise BackendUnavailable(
+                f"{what}: not found in the backends that answered, but {_names(failed)} failed "
+                f"(an outage, not a miss): {_named(failed[0][0], first)}",
+                backends=tuple(e.name for e, _ in failed),
+            )
+        self._episode_over(ckey)
+        if miss_cacheable:
+            self._put(ckey, _MISS, miss=True)
+        log.debug("%s not found in the search path", what)
         return None
 
-    def _read(self, entry: Entry, kind: Kind, key: str) -> Any:
+    def _read(self, entry: Entry, kind: Kind, key: str, team: str | None) -> Any:
         backend = entry.backend
         if kind == "connection":
-            return read_connection(backend, key)
-        method = backend.get_variable if kind == "variable" else getattr(backend, "get_config", None)
-        if method is None:
+            return read_connection(backend, key, team_name=team)
+        method = getattr(backend, "get_variable" if kind == "variable" else "get_config", None)
+        if not callable(method):
             return None
-        value = method(key)
+        value = call_backend_method(method, key, team_name=team)
         if value is not None and not isinstance(value, str):
-            raise BackendError(f"backend {entry.name!r} returned a {type(value).__name__} for {kind} {key!r}")
+            raise BackendError(
+                f"{entry.label}: returned a {type(value).__name__} for {kind} {key!r}, not a string",
+                backend=entry.name,
+            )
         return value
+
+    # --- the error policy --------------------------------------------------------------------------
+
+    def _call(self, entry: Entry, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one store call behind the backend's circuit breaker."""
+        breaker = entry.breaker
+        if not breaker.allow():
+            raise breaker.open_error(entry.label)
+        try:
+            result = func(*args, **kwargs)
+        except (ConfigError, AccessDenied, ReadOnlyBackend):
+            breaker.success()  # the store answered, or the fault is the configuration's: not an outage
+            raise
+        except BaseException:
+            if breaker.failure():
+                log.warning(
+                    "%s failed %d times in a row; failing fast for %g s (circuit breaker open)",
+                    entry.label,
+                    breaker.failures,
+                    breaker.cool_down,
+                )
+            raise
+        breaker.success()
+        return result
+
+    # THE ERROR POLICY: the one place that decides what a backend's exception means, for every read path
+    # (lookup and explain, prefetch by id and by prefix, the shadow check of prefix prefetch, listing).
+    #
+    # 1. ConfigError (MissingDependency, a wrong Fernet key, a malformed stored value) propagates.
+    #    Why: the configuration or the data is wrong; skipping hides it, a retry cannot fix it, and
+    #    "not found" would be a lie (issue 10: a bad CREDPATH_FERNET_KEY exited 1 "not found").
+    # 2. AccessDenied propagates, whatever on_error says (Airflow's AirflowSecretsBackendAccessDenied).
+    #    Why: falling through could serve a copy the caller is no longer allowed to read; serving a stale
+    #    value would do the same. A denial is a healthy store's answer: no breaker failure, no retry.
+    # 3. Anything else is transient (BackendError, CircuitOpen, BackendTimeout, or a foreign exception,
+    #    whose message is withheld because it may carry a secret). It has counted against the breaker
+    #    (_call); then, in this order:
+    #    a. lookup only: the backend's OWN last good value, if kept within [cache] stale_if_error, is
+    #       served (one WARNING per outage naming backend and age). Why: it is what the backend said last,
+    #       better than a lower backend's possibly different copy and better than an error.
+    #    b. on_error="fail": raised (a foreign exception as a BackendError naming the backend). Why: the
+    #       user chose to stop at this backend rather than fall through.
+    #    c. on_error="skip" (default, Airflow's behaviour): logged, and the caller goes on with the next
+    #       backend. Why: Airflow falls through; but the result is never cached (the backend may shadow it
+    #       once it recovers), a hit from a later backend is logged as a fall-through, and if nothing is
+    #       found the lookup raises BackendUnavailable naming the failed backends, never NotFound.
+    # ReadOnlyBackend from a listing method is a capability ("cannot list"), not a failure: list_ids
+    # catches it before this policy.
+    def _failure(
+        self,
+        entry: Entry,
+        exc: BaseException,
+        what: str,
+        *,
+        stale_key: Any = None,
+        then: str = "trying the next backend",
+    ) -> BackendError | Resolution:
+        """Apply the error policy above to ``exc`` from ``entry``: raise it, or return the stale value to
+        serve, or return the (safe) transient error the caller records before going on."""
+        if isinstance(exc, ConfigError | AccessDenied):  # rules 1 and 2
+            raise exc
+        if isinstance(exc, BackendError):
+            error = exc
+        else:
+            error = BackendError(f"{entry.label}: {_safe_error(exc)}", backend=entry.name)
+        if stale_key is not None:  # rule 3a
+            kept = self.cache.get_stale(stale_key)
+            if kept is not None and kept[0] is not _MISS and kept[0].source == entry.name:
+                self._warn_once(
+                    stale_key,
+                    "stale",
+                    "%s: %s; serving its last good value, %.0f s old (stale-if-error, up to %g s)",
+                    what,
+                    _named(entry, error),
+                    kept[1],
+                    self.cache.settings.stale_if_error,
+                )
+                return kept[0]  # type: ignore[no-any-return]
+        if entry.on_error == "fail":  # rule 3b
+            raise error from None
+        # rule 3c; a breaker failing fast repeats its one WARNING (logged when it opened) only at DEBUG
+        level = logging.DEBUG if isinstance(error, CircuitOpen) else logging.WARNING
+        log.log(level, "%s: %s; %s", what, _named(entry, error), then)
+        return error
+
+    def _warn_once(self, ckey: Any, what: str, message: str, *args: Any) -> None:
+        marker = (ckey, what)
+        if marker not in self._warned:
+            self._warned.add(marker)
+            log.warning(message, *args)
+
+    def _episode_over(self, ckey: Any) -> None:
+        if self._warned:
+            self._warned.discard((ckey, "stale"))
+            self._warned.discard((ckey, "fall-through"))
+
+    def _put(self, ckey: tuple[Kind, str, str | None], value: Any, *, miss: bool = False) -> None:
+        self.cache.put(ckey, value, miss=miss)
+        if ckey[2] not in self._teams:
+            self._teams.add(ckey[2])
+
+    def _invalidate(self, kind: Kind, key: str) -> None:
+        for team in list(self._teams):
+            self.cache.invalidate((kind, key, team))
+            self._episode_over((kind, key, team))
 
     def _register_secrets(self, kind: Kind, key: str, value: Any) -> None:
         if not self.mask_logs:
@@ -285,61 +553,68 @@ class SearchPath:
         variables: Sequence[str] = (),
         *,
         prefix: bool = False,
+        team_name: str | None = None,
     ) -> dict[Kind, PrefetchReport]:
         """Fill the cache for many ids with as few API calls as the backends allow.
 
         Backends with batch reads (``get_conn_values``/``get_variables``) are asked once per batch; others
         one id at a time. With ``prefix=True`` every value under each backend's prefix is loaded
         (``prefetch_connections``/``prefetch_variables``), cached only where no earlier backend has the id.
+        Errors follow the one error policy (:meth:`_failure`); failed ids are simply not cached.
         """
         reports: dict[Kind, PrefetchReport] = {}
         for kind, ids in (("connection", connections), ("variable", variables)):
             if ids:
-                reports[kind] = self._prefetch_ids(kind, list(dict.fromkeys(ids)))
+                reports[kind] = self._prefetch_ids(kind, list(dict.fromkeys(ids)), team_name)
             elif prefix:
-                reports[kind] = self._prefetch_prefix(kind)
+                reports[kind] = self._prefetch_prefix(kind, team_name)
         return reports
 
-    def _prefetch_ids(self, kind: Kind, ids: list[str]) -> PrefetchReport:
+    def _prefetch_ids(self, kind: Kind, ids: list[str], team: str | None) -> PrefetchReport:
         report = PrefetchReport(requested=len(ids))
-        remaining = [i for i in ids if self.cache.get((kind, i)) is ABSENT]
+        remaining = [i for i in ids if self.cache.get((kind, i, team)) is ABSENT]
         errored: set[str] = set()
+        uncacheable: set[str] = set()  # ids a never-cached backend was asked for: their misses stay uncached
         batch_method = "get_conn_values" if kind == "connection" else "get_variables"
         for entry in self.entries:
             if not remaining:
                 break
             wanted = [i for i in remaining if entry.wants(kind, i)]
+            if not wanted:
+                continue
+            if not entry.cache_results:
+                uncacheable.update(wanted)
             found: dict[str, Any] = {}
-            if wanted and can(entry.backend, batch_method):
+            if can(entry.backend, batch_method):
                 try:
-                    raw = getattr(entry.backend, batch_method)(wanted)
+                    raw = self._call(
+                        entry,
+                        call_backend_method,
+                        getattr(entry.backend, batch_method),
+                        wanted,
+                        team_name=team,
+                    )
                 except Exception as exc:
-                    if entry.on_error == "fail" or isinstance(exc, AccessDenied):
-                        raise
-                    log.warning("backend %r failed a batch read: %s", entry.name, _safe_error(exc))
+                    self._failure(entry, exc, f"a batch read of {len(wanted)} {kind}(s)")
                     errored.update(wanted)
                     report.errors += len(wanted)
                     continue
                 for key, value in raw.items():
                     if kind == "connection":
                         try:
-                            found[key] = _deserialize(entry.backend, key, value)
+                            value = _deserialize(entry.backend, key, value)
                         except Exception as exc:
-                            log.warning("backend %r: %s %r: %s", entry.name, kind, key, _safe_error(exc))
+                            self._failure(entry, exc, _what(kind, key, team))
                             errored.add(key)
                             report.errors += 1
-                    else:
-                        found[key] = value
+                            continue
+                    found[key] = value
             else:
                 for key in wanted:
                     try:
-                        value = self._read(entry, kind, key)
+                        value = self._call(entry, self._read, entry, kind, key, team)
                     except Exception as exc:
-                        if entry.on_error == "fail" or isinstance(exc, AccessDenied):
-                            raise
-                        log.warning(
-                            "backend %r failed for %s %r: %s", entry.name, kind, key, _safe_error(exc)
-                        )
+                        self._failure(entry, exc, _what(kind, key, team))
                         errored.add(key)
                         report.errors += 1
                         continue
@@ -347,17 +622,18 @@ class SearchPath:
                         found[key] = value
             for key, value in found.items():
                 self._register_secrets(kind, key, value)
-                if key not in errored:
-                    self.cache.put((kind, key), Resolution(value, entry.name))
+                if key not in errored and entry.cache_results:
+                    self._put((kind, key, team), Resolution(value, entry.name))
                 report.hits += 1
             remaining = [i for i in remaining if i not in found]
         for key in remaining:
             if key not in errored:
-                self.cache.put((kind, key), _MISS, miss=True)
+                if key not in uncacheable:
+                    self._put((kind, key, team), _MISS, miss=True)
                 report.misses += 1
         return report
 
-    def _prefetch_prefix(self, kind: Kind) -> PrefetchReport:
+    def _prefetch_prefix(self, kind: Kind, team: str | None) -> PrefetchReport:
         report = PrefetchReport()
         method = "prefetch_connections" if kind == "connection" else "prefetch_variables"
         known: list[tuple[Entry, dict[str, Any] | None]] = []  # per earlier backend: its full set, or None
@@ -365,26 +641,36 @@ class SearchPath:
             values: dict[str, Any] | None = None
             if can(entry.backend, method):
                 try:
-                    values = getattr(entry.backend, method)()
+                    values = self._call(
+                        entry, call_backend_method, getattr(entry.backend, method), team_name=team
+                    )
                 except Exception as exc:
-                    if entry.on_error == "fail":
-                        raise
-                    log.warning("backend %r failed a prefix prefetch: %s", entry.name, _safe_error(exc))
+                    # Later backends' values could be shadowed by this one's: stop here.
+                    self._failure(entry, exc, f"a prefix prefetch of {kind}s", then="stopping the prefetch")
                     report.errors += 1
-                    return report  # later backends could be shadowed by this one: stop here
+                    return report
                 for key, value in values.items():
-                    if not entry.wants(kind, key) or self._shadowed(kind, key, known):
+                    if not entry.wants(kind, key) or self._shadowed(kind, key, team, known):
                         continue
                     if kind == "connection":
-                        value = _deserialize(entry.backend, key, value)
+                        try:
+                            value = _deserialize(entry.backend, key, value)
+                        except Exception as exc:
+                            self._failure(entry, exc, _what(kind, key, team))
+                            report.errors += 1
+                            continue
                     self._register_secrets(kind, key, value)
-                    self.cache.put((kind, key), Resolution(value, entry.name))
+                    if entry.cache_results:
+                        self._put((kind, key, team), Resolution(value, entry.name))
                     report.hits += 1
             known.append((entry, values))
         report.requested = report.hits
         return report
 
-    def _shadowed(self, kind: Kind, key: str, earlier: list[tuple[Entry, dict[str, Any] | None]]) -> bool:
+    def _shadowed(
+        self, kind: Kind, key: str, team: str | None, earlier: list[tuple[Entry, dict[str, Any] | None]]
+    ) -> bool:
+        """True if an earlier backend has ``key`` or cannot say (it failed): then it is not cached."""
         for entry, values in earlier:
             if not entry.wants(kind, key):
                 continue
@@ -392,29 +678,30 @@ class SearchPath:
                 if key in values:
                     return True
                 continue
-            if self._read(entry, kind, key) is not None:
+            try:
+                if self._call(entry, self._read, entry, kind, key, team) is not None:
+                    return True
+            except Exception as exc:
+                self._failure(entry, exc, _what(kind, key, team), then="not caching it")
                 return True
         return False
 
     # --- writes ------------------------------------------------------------------------------------
 
     def writable_backend(self, to: str | None, operation: str = "set_connection") -> Entry:
+        does = _OPERATIONS.get(operation, operation.replace("_", " "))
         if to is not None:
-            for entry in self.entries:
-                if entry.name == to:
-                    if not can(entry.backend, operation):
-                        raise ReadOnlyBackend(f"backend {to!r} cannot {operation.replace('_', ' ')}")
-                    return entry
-            raise ConfigError(
-                f"--to: no backend named {to!r} in the search path (have: {', '.join(self.names)})"
-            )
+            entry = self._entry(to)
+            if not can(entry.backend, operation):
+                raise ReadOnlyBackend(f"{entry.label} cannot {does}")
+            return entry
         for entry in self.entries:  # Airflow writes to the metastore; credpath to the first writable store
             if entry.name == "metastore" and can(entry.backend, operation):
                 return entry
         for entry in self.entries:
             if can(entry.backend, operation):
                 return entry
-        raise ReadOnlyBackend(f"no backend in the search path can {operation.replace('_', ' ')}")
+        raise ReadOnlyBackend(f"no backend in the search path can {does}")
 
     def set_connection(
         self, conn: Connection, *, to: str | None = None, overwrite: bool = True, **options: Any
@@ -427,7 +714,7 @@ class SearchPath:
         _check_write_options(entry, "set_connection", options)
         with self._write_lock:
             entry.backend.set_connection(conn, overwrite=overwrite, **options)
-            self.cache.invalidate(("connection", conn.conn_id))
+            self._invalidate("connection", conn.conn_id)
         return entry.name
 
     def set_variable(
@@ -439,49 +726,68 @@ class SearchPath:
         _check_write_options(entry, "set_variable", options)
         with self._write_lock:
             entry.backend.set_variable(key, value, overwrite=overwrite, **options)
-            self.cache.invalidate(("variable", key))
+            self._invalidate("variable", key)
         return entry.name
 
     def delete_connection(self, conn_id: str, *, to: str | None = None) -> str | None:
         entry = self.writable_backend(to, "delete_connection")
         with self._write_lock:
             deleted = entry.backend.delete_connection(conn_id)
-            self.cache.invalidate(("connection", conn_id))
+            self._invalidate("connection", conn_id)
         return entry.name if deleted else None
 
     def delete_variable(self, key: str, *, to: str | None = None) -> str | None:
         entry = self.writable_backend(to, "delete_variable")
         with self._write_lock:
             deleted = entry.backend.delete_variable(key)
-            self.cache.invalidate(("variable", key))
+            self._invalidate("variable", key)
         return entry.name if deleted else None
 
     # --- listing -----------------------------------------------------------------------------------
 
-    def list_ids(self, kind: Kind) -> tuple[dict[str, list[str]], list[str]]:
-        """Map id -> names of every backend holding it (search order), and the backends that cannot list."""
+    def list_ids(self, kind: Kind) -> Listing:
+        """Every id of ``kind`` the backends can list: a :class:`Listing` ``(found, cannot_list)`` with
+        ``.failed``, the backends that failed to list (AccessDenied/ConfigError propagate; on_error="fail"
+        raises)."""
         method = "list_connections" if kind == "connection" else "list_variables"
         found: dict[str, list[str]] = {}
-        unlistable: list[str] = []
+        cannot: list[str] = []
+        failed: dict[str, str] = {}
         for entry in self.entries:
-            if not callable(getattr(entry.backend, method, None)):
-                unlistable.append(entry.name)
+            lister = getattr(entry.backend, method, None)
+            if not callable(lister):
+                cannot.append(entry.name)
                 continue
             try:
-                ids = getattr(entry.backend, method)()
+                ids = self._call(entry, lister)
             except ReadOnlyBackend:
-                unlistable.append(entry.name)
+                cannot.append(entry.name)
                 continue
             except Exception as exc:
-                if entry.on_error == "fail":
-                    raise
-                log.warning("backend %r failed to list: %s", entry.name, _safe_error(exc))
-                unlistable.append(entry.name)
+                error = self._failure(entry, exc, f"listing {kind}s", then="listing the other backends")
+                failed[entry.name] = _named(entry, error)  # type: ignore[arg-type]
                 continue
             for key in ids:
                 if entry.wants(kind, key):
                     found.setdefault(key, []).append(entry.name)
-        return dict(sorted(found.items())), unlistable
+        return Listing(dict(sorted(found.items())), cannot, failed)
+
+
+def _what(kind: Kind, key: str, team: str | None) -> str:
+    return f"{kind} {key!r}" if team is None else f"{kind} {key!r} (team {team!r})"
+
+
+def _names(failed: list[tuple[Entry, BackendError]]) -> str:
+    names = [repr(e.name) for e, _ in failed]
+    return ("backend " if len(names) == 1 else "backends ") + ", ".join(names)
+
+
+def _named(entry: Entry, error: BaseException) -> str:
+    """The error's safe message, prefixed with the backend's label unless it already names it."""
+    message = _safe_error(error)
+    if message.startswith((entry.label, f"backend {entry.name!r}")):
+        return message
+    return f"{entry.label}: {message}"
 
 
 def _check_write_options(entry: Entry, method: str, options: Mapping[str, Any]) -> None:
@@ -492,20 +798,22 @@ def _check_write_options(entry: Entry, method: str, options: Mapping[str, Any]) 
     params = inspect.signature(getattr(entry.backend, method)).parameters
     unknown = sorted(k for k in options if k not in params)
     if unknown:
-        raise ConfigError(f"backend {entry.name!r} has no write option(s) {', '.join(unknown)}")
+        raise ConfigError(f"{entry.label} has no write option(s) {', '.join(unknown)}")
 
 
-def read_connection(backend: Any, conn_id: str) -> Connection | None:
-    """Read one connection from any backend: credpath's own, or an Airflow-style "roll your own" class."""
+def read_connection(backend: Any, conn_id: str, *, team_name: str | None = None) -> Connection | None:
+    """Read one connection from any backend: credpath's own, or an Airflow-style "roll your own" class.
+
+    ``team_name`` is passed only to methods that accept it (Airflow's rule)."""
     if isinstance(backend, BaseBackend):
-        return backend.get_connection(conn_id)
+        return call_backend_method(backend.get_connection, conn_id, team_name=team_name)  # type: ignore[no-any-return]
     get_value = getattr(backend, "get_conn_value", None)
     if callable(get_value):
-        raw = get_value(conn_id)
+        raw = call_backend_method(get_value, conn_id, team_name=team_name)
         return None if raw is None else Connection.from_value(raw, conn_id=conn_id)
     get_conn = getattr(backend, "get_connection", None)
     if callable(get_conn):
-        return as_connection(get_conn(conn_id), conn_id)
+        return as_connection(call_backend_method(get_conn, conn_id, team_name=team_name), conn_id)
     return None
 
 

@@ -1,6 +1,7 @@
 """``credpath`` command line: a thin layer over the Python API.
 
-Exit codes: 0 found/done, 1 not found (or a backend failed), 2 bad input or configuration.
+Exit codes: 0 found/done, 1 not found or a backend failed (an outage: BackendUnavailable, a timeout, an
+open circuit breaker, AccessDenied), 2 bad input or configuration (ConfigError, MissingDependency).
 Secret values are printed only with ``--reveal``.
 """
 
@@ -14,7 +15,14 @@ from typing import Any, TypeVar
 
 import click
 
-from credpath.errors import BackendError, ConfigError, CredpathError, NotFound, ReadOnlyBackend
+from credpath.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    CredpathError,
+    NotFound,
+    ReadOnlyBackend,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +60,8 @@ def handle_errors(func: F) -> F:
             fail(str(exc), EXIT_NOT_FOUND)
         except (ConfigError, ReadOnlyBackend) as exc:
             fail(str(exc), EXIT_BAD_INPUT)
+        except BackendUnavailable as exc:  # an outage, not "not found": the message names the failed backends
+            fail(str(exc), EXIT_NOT_FOUND)
         except BackendError as exc:
             fail(str(exc), EXIT_NOT_FOUND)
         except CredpathError as exc:

@@ -15,31 +15,76 @@ _KINDS = {"connection": "connection", "variable": "variable", "config": "config"
 @cli.command("explain")
 @click.argument("kind", type=click.Choice(sorted(_KINDS)))
 @click.argument("key")
+@click.option("--team", "team_name", default=None, help="Look up as this team (Airflow 3.2+ multi-team).")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--team", "team", help="Team (Airflow multi-team): explain the team's lookup.")
 @pass_state
 @handle_errors
-def explain_command(state: State, kind: str, key: str, as_json: bool, team: str | None) -> None:
-    """Show which backend serves KEY and what every backend in the path answered (no values)."""
-    explanation = state.search_path.explain(_KINDS[kind], key, **({"team_name": team} if team else {}))
+def explain_command(state: State, kind: str, key: str, team_name: str | None, as_json: bool) -> None:
+    """Show which backend serves KEY and what every backend in the path answered (no values).
+
+    "ms" is the lookup alone; "start-up ms" the backend's one-time start-up (importing its client,
+    building its session), timed apart. "breaker" is the backend's circuit breaker before the call.
+    """
+    explanation = state.search_path.explain(_KINDS[kind], key, team_name=team_name)
     attempts = [
-        {"backend": a.backend, "outcome": a.outcome, "ms": round(a.seconds * 1000, 3), "detail": a.detail}
+        {
+            "backend": a.backend,
+            "outcome": a.outcome,
+            "ms": round(a.seconds * 1000, 3),
+            "startup_ms": round(a.startup_seconds * 1000, 3),
+            "breaker": a.breaker,
+            "detail": a.detail,
+        }
         for a in explanation.attempts
     ]
+    summary = _explain_summary(explanation)
     if as_json:
-        echo_json({"kind": kind, "key": key, "source": explanation.source, "attempts": attempts})
+        echo_json(
+            {
+                "kind": kind,
+                "key": key,
+                "team": team_name,
+                "source": explanation.source,
+                "stale": explanation.stale,
+                "stale_age_s": None if explanation.stale_age is None else round(explanation.stale_age, 1),
+                "failed": explanation.failed,
+                "summary": summary,
+                "attempts": attempts,
+            }
+        )
     else:
         echo_table(
-            ("backend", "outcome", "ms", "detail"),
-            [(a["backend"], a["outcome"], f"{a['ms']:.3f}", a["detail"]) for a in attempts],
-            title=f"{kind} {key}",
+            ("backend", "outcome", "ms", "start-up ms", "breaker", "detail"),
+            [
+                (
+                    a["backend"],
+                    a["outcome"],
+                    f"{a['ms']:.3f}",
+                    f"{a['startup_ms']:.3f}" if a["startup_ms"] else "",
+                    a["breaker"],
+                    a["detail"],
+                )
+                for a in attempts
+            ],
+            title=f"{kind} {key}" if team_name is None else f"{kind} {key} (team {team_name})",
         )
-        if explanation.found:
-            click.echo(f"served by: {explanation.source}")
-        else:
-            click.echo("not found in any backend")
+        click.echo(summary)
     if not explanation.found:
         raise SystemExit(EXIT_NOT_FOUND)
+
+
+def _explain_summary(explanation) -> str:  # type: ignore[no-untyped-def]
+    failed = ", ".join(explanation.failed)
+    if explanation.stale:
+        age = "" if explanation.stale_age is None else f", {explanation.stale_age:.0f} s old"
+        return f"served by: {explanation.source} (stale: its refresh failed; last good value{age})"
+    if explanation.fell_through:
+        return f"served by: {explanation.source} (while {failed} failed)"
+    if explanation.found:
+        return f"served by: {explanation.source}"
+    if explanation.unavailable:
+        return f"not found, but {failed} failed: an outage, not a miss"
+    return "not found in any backend"
 
 
 @cli.group("config")
@@ -115,6 +160,8 @@ def backends_check(state: State, as_json: bool) -> None:
     from credpath.search_path import _safe_error
 
     results = []
+    # A check always reaches the store (it is the diagnostic), whatever the breaker says; the breaker
+    # column shows the state lookups in this process would meet.
     for entry in state.search_path.entries:
         started = time.perf_counter()
         check = getattr(entry.backend, "check", None)
@@ -128,6 +175,7 @@ def backends_check(state: State, as_json: bool) -> None:
                 "name": entry.name,
                 "ok": ok,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
+                "breaker": entry.breaker.describe(),
                 "detail": detail,
             }
         )
@@ -135,8 +183,8 @@ def backends_check(state: State, as_json: bool) -> None:
         echo_json(results)
     else:
         echo_table(
-            ("backend", "status", "ms", "detail"),
-            [(r["name"], "ok" if r["ok"] else "FAILED", r["ms"], r["detail"]) for r in results],
+            ("backend", "status", "ms", "breaker", "detail"),
+            [(r["name"], "ok" if r["ok"] else "FAILED", r["ms"], r["breaker"], r["detail"]) for r in results],
         )
     if not all(r["ok"] for r in results):
         raise SystemExit(EXIT_NOT_FOUND)
