@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from credpath.backends.files import LocalFilesystemBackend
 from credpath.errors import ConfigError
 from tests.conftest import assert_no_secret
 from tests.servers.airflow_env import AirflowEnv, ApiServer
@@ -55,7 +56,13 @@ def _fresh_search_paths() -> Iterator[None]:
 # --- plumbing, in the test venv (no Airflow installed there) ------------------------------------------
 
 
-def _files_backend(tmp_path: Path) -> list[dict[str, Any]]:
+class CachedFilesBackend(LocalFilesystemBackend):
+    """The files backend with caching on (credpath never caches the real one), to see cache-hit provenance."""
+
+    cache_results = True
+
+
+def _files_backend(tmp_path: Path, type_name: str = "files") -> list[dict[str, Any]]:
     connections = tmp_path / "connections.json"
     connections.write_text(
         json.dumps(
@@ -77,7 +84,7 @@ def _files_backend(tmp_path: Path) -> list[dict[str, Any]]:
     return [
         {
             "name": "local-files",
-            "type": "files",
+            "type": type_name,
             "kwargs": {"connections_file_path": str(connections), "variables_file_path": str(variables)},
         }
     ]
@@ -111,7 +118,9 @@ def test_backend_logic_serves_search_path_with_source_in_debug_log(
     from credpath.airflow import _CredpathBackendMixin
 
     caplog.set_level(logging.DEBUG, logger="credpath")
-    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    backend = _CredpathBackendMixin(
+        backends=_files_backend(tmp_path, f"{__name__}.{CachedFilesBackend.__name__}")
+    )
     value = backend.get_conn_value("files_db")
     assert value is not None
     parsed = json.loads(value)

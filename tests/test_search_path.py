@@ -618,7 +618,7 @@ def test_backends_that_say_so_are_never_served_from_the_cache():
         with pytest.raises(NotFound):
             sp.get_connection("nope")
     assert env.calls.count(("get_conn_value", "db")) == 3  # main: 1 (cached 300 s)
-    assert env.calls.count(("get_conn_value", "nope")) == 3  # a miss is not cached either (main: 60 s)
+    assert env.calls.count(("get_conn_value", "nope")) == 3  # asked live for a cached miss too (main: 60 s)
     env.connections["nope"] = URI_B  # "exported after start-up": seen at once
     assert sp.get_connection("nope").host == "db-b"
     sp.get_connection("other")
@@ -626,6 +626,40 @@ def test_backends_that_say_so_are_never_served_from_the_cache():
     assert store.calls.count(("get_conn_value", "other")) == 1  # the caching backend's hit is cached
     sp.prefetch(connections=["db"])
     assert ("connection", "db", None) not in sp.cache._data
+
+
+def test_a_cached_answer_still_asks_the_never_cached_backends_ahead_of_it_live():
+    from tests.memory_backend import UncachedMemoryBackend
+
+    env = UncachedMemoryBackend({})
+    store = MemoryBackend({"db": URI_A})
+    sp = SearchPath([("env", env), ("store", store)])
+    assert sp.get_connection("db").host == "db-a"
+    with pytest.raises(NotFound):
+        sp.get_connection("nope")
+    env.connections["db"] = URI_B  # an AIRFLOW_CONN_DB exported after the store's answer was cached
+    env.connections["nope"] = URI_B  # and one for an id whose miss was cached
+    assert sp.get_connection("db").host == "db-b"
+    assert sp.lookup("connection", "db").source == "env"
+    assert sp.get_connection("nope").host == "db-b"
+    del env.connections["db"], env.connections["nope"]
+    assert sp.get_connection("db").host == "db-a"  # the cached answer again
+    with pytest.raises(NotFound):
+        sp.get_connection("nope")
+    # The store was asked once for each id: the cache kept its answers, only env was asked live.
+    assert store.calls == [("get_conn_value", "db"), ("get_conn_value", "nope")]
+
+
+def test_prefetched_misses_are_cached_behind_a_never_cached_backend():
+    from tests.memory_backend import UncachedMemoryBackend
+
+    env = UncachedMemoryBackend({})
+    store = MemoryBackend({"db": URI_A})
+    sp = SearchPath([("env", env), ("store", store)])
+    sp.prefetch(connections=["db", "nope"])
+    assert sp.lookup("connection", "nope") is None
+    assert sp.get_connection("db").host == "db-a"
+    assert store.calls == [("get_conn_value", "db"), ("get_conn_value", "nope")]  # nothing after (main: 1 more)
 
 
 def test_an_empty_masker_given_is_the_one_used():

@@ -375,7 +375,11 @@ class _CredpathBackendMixin:
         search_path = self.search_path
         cached = search_path.cache.get((kind, key, team_name)) is not ABSENT  # cache keys: (kind, key, team)
         try:
-            resolution = search_path.lookup(kind, key, team_name=team_name)
+            # team_name only when set: Airflow passes None in single-team deployments, and a roll-your-own
+            # search path need not know the keyword.
+            resolution = search_path.lookup(
+                kind, key, **({} if team_name is None else {"team_name": team_name})
+            )
         except AccessDenied as exc:
             # Airflow's only authoritative error: it must not fall through to env or metastore.
             raise _airflow_access_denied()(str(exc)) from None

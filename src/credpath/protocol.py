@@ -31,7 +31,9 @@ Writes with ``overwrite=False`` raise :class:`credpath.errors.ConfigError` if th
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
@@ -103,6 +105,19 @@ def compile_lookup_pattern(pattern: str | None, setting: str) -> re.Pattern[str]
         return re.compile(pattern, re.IGNORECASE)
     except re.error as exc:
         raise ConfigError(f"{setting} is not a valid regular expression: {exc}") from None
+
+
+def multi_team_enabled() -> bool:
+    """Airflow's ``[core] multi_team`` (3.2+): Airflow's own setting when Airflow is loaded, else
+    ``AIRFLOW__CORE__MULTI_TEAM`` (t/true/1 is on). Airflow is never imported for this."""
+    configuration = sys.modules.get("airflow.configuration")
+    conf = getattr(configuration, "conf", None)
+    if conf is not None:
+        try:
+            return bool(conf.getboolean("core", "multi_team", fallback=False))
+        except Exception:  # an Airflow half-initialised or too old to know the option: its environment
+            pass
+    return os.environ.get("AIRFLOW__CORE__MULTI_TEAM", "").strip().lower() in ("t", "true", "1")
 
 
 class BackendOptions(TypedDict, total=False):

@@ -153,6 +153,8 @@ class SearchPath:
     ) -> None:
         self.breaker_settings = breaker or BreakerSettings()
         self.entries: list[Entry] = []
+        self._live_before: dict[str, tuple[Entry, ...]] = {}
+        self._live_all: tuple[Entry, ...] = ()
         for item in backends:
             self._add(item)
         if isinstance(cache, TTLCache):
@@ -219,6 +221,16 @@ class SearchPath:
                 label=label,
             )
         )
+        # Never-cached backends (env, files) are asked live even when the cache answers: before the cached
+        # source of a hit (an AIRFLOW_CONN_ exported later shadows it), and for a cached miss. So the cache
+        # holds what the cached backends said, and those reads cost microseconds each.
+        live: list[Entry] = []
+        self._live_before = {}
+        for existing in self.entries:
+            self._live_before[existing.name] = tuple(live)
+            if not existing.cache_results:
+                live.append(existing)
+        self._live_all = tuple(live)
 
     @property
     def names(self) -> list[str]:
@@ -247,7 +259,12 @@ class SearchPath:
 
     def get_connection(self, conn_id: str, *, team_name: str | None = None) -> Connection:
         item = self._data.get(("connection", conn_id, team_name))  # inlined cache hit: the hot path
-        if item is not None and item[0] >= _monotonic() and item[1] is not _MISS:
+        if (
+            item is not None
+            and item[0] >= _monotonic()
+            and item[1] is not _MISS
+            and not self._live_before[item[1].source]
+        ):
             return item[1].value
         resolution = self.lookup("connection", conn_id, team_name=team_name)
         if resolution is None:
@@ -296,13 +313,33 @@ class SearchPath:
         ckey = (kind, key, team_name)
         cached = self.cache.get(ckey)
         if cached is not ABSENT:
+            live = self._live_all if cached is _MISS else self._live_before.get(cached.source, ())
+            if live:
+                return self._ask_live(live, ckey, cached)
             return None if cached is _MISS else cached
         return self._flight.do(ckey, self._lookup_once, ckey)
+
+    def _ask_live(self, live: tuple[Entry, ...], ckey: tuple[Kind, str, str | None], cached: Any) -> Any:
+        """The first never-cached backend ahead of the cached answer that has ``ckey``, else the cached
+        answer. A failing live backend sends the lookup down the whole path (one error policy)."""
+        kind, key, team = ckey
+        for entry in live:
+            if not entry.wants(kind, key):
+                continue
+            try:
+                value = self._read(entry, kind, key, team)
+            except Exception:
+                return self._resolve(ckey, None)
+            if value is not None:
+                self._register_secrets(kind, key, value)
+                return Resolution(value, entry.name)
+        return None if cached is _MISS else cached
 
     def _lookup_once(self, ckey: tuple[Kind, str, str | None]) -> Resolution | None:
         cached = self.cache.get(ckey)  # a flight that ended just before this one began may have filled it
         if cached is not ABSENT:
-            return None if cached is _MISS else cached  # type: ignore[no-any-return]
+            live = self._live_all if cached is _MISS else self._live_before.get(cached.source, ())
+            return self._ask_live(live, ckey, cached) if live else (None if cached is _MISS else cached)
         return self._resolve(ckey, None)
 
     def explain(
@@ -330,16 +367,13 @@ class SearchPath:
         kind, key, team = ckey
         what = _what(kind, key, team)
         failed: list[tuple[Entry, BackendError]] = []
-        # A hit is cached unless its backend says never (cache_results=False: env, files); a miss is cached
-        # only if every backend asked may be cached (else a variable exported later would stay hidden).
-        miss_cacheable = True
+        # A hit is cached unless its backend says never (cache_results=False: env, files). A miss is cached
+        # too: a cached miss still asks the never-cached backends live (see lookup).
         for index, entry in enumerate(self.entries):
             if not entry.wants(kind, key):
                 if explanation is not None:
                     explanation.attempts.append(Attempt(entry.name, "skipped (pattern)"))
                 continue
-            if not entry.cache_results:
-                miss_cacheable = False
             startup, state = 0.0, ""
             started = time.perf_counter()
             try:
@@ -407,8 +441,7 @@ class SearchPath:
                 backends=tuple(e.name for e, _ in failed),
             )
         self._episode_over(ckey)
-        if miss_cacheable:
-            self._put(ckey, _MISS, miss=True)
+        self._put(ckey, _MISS, miss=True)
         log.debug("%s not found in the search path", what)
         return None
 
@@ -574,7 +607,6 @@ class SearchPath:
         report = PrefetchReport(requested=len(ids))
         remaining = [i for i in ids if self.cache.get((kind, i, team)) is ABSENT]
         errored: set[str] = set()
-        uncacheable: set[str] = set()  # ids a never-cached backend was asked for: their misses stay uncached
         batch_method = "get_conn_values" if kind == "connection" else "get_variables"
         for entry in self.entries:
             if not remaining:
@@ -582,8 +614,6 @@ class SearchPath:
             wanted = [i for i in remaining if entry.wants(kind, i)]
             if not wanted:
                 continue
-            if not entry.cache_results:
-                uncacheable.update(wanted)
             found: dict[str, Any] = {}
             if can(entry.backend, batch_method):
                 try:
@@ -628,8 +658,7 @@ class SearchPath:
             remaining = [i for i in remaining if i not in found]
         for key in remaining:
             if key not in errored:
-                if key not in uncacheable:
-                    self._put((kind, key, team), _MISS, miss=True)
+                self._put((kind, key, team), _MISS, miss=True)
                 report.misses += 1
         return report
 

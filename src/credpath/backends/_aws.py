@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
-from credpath.backends._prefixed import TEAM_SEP, log_team_refusal, multi_team_enabled
+from credpath.backends._prefixed import TEAM_SEP, log_team_refusal
 from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError
-from credpath.protocol import BackendOptions, BaseBackend, Kind
+from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
 
 log = logging.getLogger("credpath.backends.aws")
 

@@ -11,34 +11,15 @@ names compare case-insensitively).
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
 from typing import Any, ClassVar
 
 from credpath.deadlines import Deadline
-from credpath.protocol import BaseBackend, Kind, iter_ids
+from credpath.protocol import BaseBackend, Kind, iter_ids, multi_team_enabled
 
 #: What the 3.3.2-era provider backends put between a team's name and the id in a team-scoped secret name.
 TEAM_SEP = "--"
 _TRUE = ("t", "true", "1")
-
-
-def multi_team_enabled() -> bool:
-    """Airflow's ``[core] multi_team``: Airflow's setting inside Airflow, else ``AIRFLOW__CORE__MULTI_TEAM``.
-
-    The providers refuse ids containing :data:`TEAM_SEP` only in multi-team mode (an id ``b--c`` of team ``a``
-    and an id ``c`` of team ``a--b`` would name the same secret). Airflow is never imported for this.
-    """
-    configuration = sys.modules.get("airflow.configuration")
-    conf = getattr(configuration, "conf", None)
-    if conf is not None:
-        try:
-            return bool(conf.getboolean("core", "multi_team", fallback=False))
-        except Exception:  # a broken Airflow config is Airflow's to report; fall back to the environment
-            pass
-    # As credpath.backends.env reads it: anything but t/true/1 is off.
-    return os.environ.get("AIRFLOW__CORE__MULTI_TEAM", "").strip().lower() in _TRUE
 
 
 def log_team_refusal(logger: logging.Logger, backend: str, kind: Kind, key: str) -> None:

@@ -18,10 +18,9 @@ Airflow's configuration when Airflow is loaded in the process, else from ``AIRFL
 from __future__ import annotations
 
 import os
-import sys
 from typing import TYPE_CHECKING, ClassVar, Unpack
 
-from credpath.protocol import BackendOptions, BaseBackend, iter_ids
+from credpath.protocol import BackendOptions, BaseBackend, iter_ids, multi_team_enabled
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -30,18 +29,6 @@ CONN_ENV_PREFIX = "AIRFLOW_CONN_"
 VAR_ENV_PREFIX = "AIRFLOW_VAR_"
 # Separates the team name from the secret id in a team-namespaced name: AIRFLOW_CONN__<TEAM>___<ID>.
 TEAM_SEP = "___"
-
-
-def multi_team_enabled() -> bool:
-    """Airflow's ``conf.getboolean("core", "multi_team", fallback=False)``, without importing Airflow."""
-    configuration = sys.modules.get("airflow.configuration")
-    conf = getattr(configuration, "conf", None)
-    if conf is not None:
-        try:
-            return bool(conf.getboolean("core", "multi_team", fallback=False))
-        except Exception:  # an Airflow half-initialised or too old to know the option: its environment
-            pass
-    return os.environ.get("AIRFLOW__CORE__MULTI_TEAM", "").strip().lower() in ("t", "true", "1")
 
 
 class EnvironmentBackend(BaseBackend):

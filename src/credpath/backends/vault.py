@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import random
-import sys
 import threading
 import time
 import warnings
@@ -58,7 +57,7 @@ from credpath.errors import (
     CredpathError,
     MissingFile,
 )
-from credpath.protocol import BackendOptions, BaseBackend, Kind
+from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
 
 if TYPE_CHECKING:
     import requests
@@ -121,19 +120,6 @@ def _read_file(path: str, setting: str) -> str:
         raise MissingFile(f"{setting}: file {path!r} does not exist", filename=path) from None
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot read file {path!r} ({type(exc).__name__})") from None
-
-
-def _multi_team_enabled() -> bool:
-    """Airflow's ``[core] multi_team`` (3.2+): from Airflow's configuration if loaded, else the env."""
-    value = os.environ.get("AIRFLOW__CORE__MULTI_TEAM")
-    if value is None and "airflow.configuration" in sys.modules:
-        try:
-            from airflow.configuration import conf
-
-            return bool(conf.getboolean("core", "multi_team", fallback=False))
-        except Exception:  # an Airflow without the option
-            return False
-    return (value or "").strip().lower() in ("true", "t", "1")
 
 
 def _b64url(data: bytes) -> str:
@@ -1053,7 +1039,7 @@ class VaultBackend(BaseBackend):
         secret under ``<path>/<team>/...``, so it is not looked up."""
         if kind == "config" or team_name is not None or not self.use_team_secrets_path:
             return False
-        if not _multi_team_enabled():
+        if not multi_team_enabled():
             return False
         rest = key if self.mount_point is not None else (key.split("/", 1)[1] if "/" in key else "")
         if "/" not in rest:
@@ -1080,7 +1066,7 @@ class VaultBackend(BaseBackend):
                 return []
             mount, rest = key.split("/", 1)
         scoped = kind != "config" and team_name is not None and self.use_team_secrets_path
-        scoped = scoped and _multi_team_enabled()
+        scoped = scoped and multi_team_enabled()
         found: list[tuple[str, str]] = []
         for prefix in prefixes:
             base = "/".join(p for p in (prefix, team_name if scoped else "") if p)
