@@ -659,7 +659,7 @@ def test_prefetched_misses_are_cached_behind_a_never_cached_backend():
     sp.prefetch(connections=["db", "nope"])
     assert sp.lookup("connection", "nope") is None
     assert sp.get_connection("db").host == "db-a"
-    assert store.calls == [("get_conn_value", "db"), ("get_conn_value", "nope")]  # nothing after (main: 1 more)
+    assert store.calls == [("get_conn_value", "db"), ("get_conn_value", "nope")]  # main: 1 more
 
 
 def test_an_empty_masker_given_is_the_one_used():
