@@ -83,3 +83,70 @@ def test_concurrent_registration_and_logging_never_leaks():
     for thread in threads:
         thread.join()
     assert leaks == []
+
+
+def test_two_threads_registering_one_new_secret_never_log_it_in_clear():
+    # Issue 12: the early return in add() ran outside the lock; the second registrant of a secret the
+    # first had only half-registered returned at once and logged it in clear. Frequent thread switches
+    # make the window wide.
+    import sys
+    import threading
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    leaks: list[int] = []
+    try:
+        for round_ in range(300):
+            masker = Masker()
+            barrier = threading.Barrier(4)
+
+            def register_and_log(i: int = round_, m: Masker = masker, b: threading.Barrier = barrier) -> None:
+                secret = f"shared-value-{i:05d}-xyz"
+                b.wait()
+                m.add(secret)
+                for _ in range(5):
+                    if secret in m.redact(f"connecting with {secret} now"):
+                        leaks.append(i)
+
+            threads = [threading.Thread(target=register_and_log) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert leaks == []
+
+
+def test_a_line_after_a_one_mib_secret_costs_milliseconds():
+    # Issue 12: the first 200-byte line after a 1 MiB secret took 2.7-11.6 s (a 1 MiB regex compiled on
+    # the logging path). Generous bound: 200 such lines in well under a second.
+    import random
+    import string
+
+    masker = Masker()
+    big = "".join(random.Random(7).choices(string.ascii_letters, k=1 << 20))
+    masker.add(big)
+    masker.add("small-secret-value")
+    line = ("INFO task started: host=db.example.com user=etl small-secret-value " * 4)[:200]
+    began = time.perf_counter()
+    for _ in range(200):
+        out = masker.redact(line)
+    assert time.perf_counter() - began < 1.0
+    assert "small-secret-value" not in out and "***" in out
+    # The big one is still masked, whole, with its surroundings intact.
+    assert masker.redact(f"a{big}b") == "a***b"
+    assert masker.redact(f"x{big[:-1]}y") == f"x{big[:-1]}y"
+
+
+def test_prefix_sharing_and_short_lines():
+    masker = Masker()
+    base = "p" * 40
+    masker.add(base + "-one")
+    masker.add(base + "-one-longer")
+    masker.add(base)
+    assert masker.redact(f"[{base}-one-longer] [{base}-one] [{base}] [{base[:-1]}]") == (
+        f"[***] [***] [***] [{base[:-1]}]"
+    )
+    assert masker.redact("") == ""
+    assert masker.redact("abc") == "abc"
