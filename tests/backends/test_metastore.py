@@ -125,11 +125,18 @@ def metastore_harness(metastore_url: str) -> Iterator[MetastoreHarness]:
 
 
 class StatementCounter:
+    """Statements sent by SQLAlchemy (writes, PostgreSQL) and by the stdlib read path (SQLite files)."""
+
     def __init__(self, backend: MetastoreBackend) -> None:
         self.statements: list[str] = []
-        event.listen(backend.engine, "before_cursor_execute", self._on_execute)
+        event.listen(backend.engine, "before_cursor_execute", self._on_execute)  # creates the schema
+        if backend._sqlite_path is not None:
+            backend._sqlite().set_trace_callback(self._on_sql)  # opened (schema checked) before counting
 
     def _on_execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement.split()[0].upper())
+
+    def _on_sql(self, statement: str) -> None:
         self.statements.append(statement.split()[0].upper())
 
     def reset(self) -> None:
@@ -311,8 +318,10 @@ def test_wrong_key_gives_a_clear_error_and_never_a_value(metastore_harness: Meta
     metastore_harness.make_backend().set_connection(_conn())
     metastore_harness.make_backend().set_variable("api", VAR_VALUE)
     wrong = metastore_harness.make_backend(fernet_key=Fernet.generate_key().decode())
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(FernetKeyError) as info:
         wrong.get_connection("pg_main")
+    # A wrong key is a configuration error (the search path propagates it; the CLI exits 2).
+    assert isinstance(info.value, ConfigError) and not isinstance(info.value, BackendError)
     message = str(info.value)
     assert "cannot decrypt the password of connection 'pg_main'" in message
     assert "fernet_key" in message and "\n" not in message
@@ -384,6 +393,7 @@ def test_lost_key_file_with_existing_data_is_refused(_isolated_home: Path) -> No
 
 def test_schema_is_created_once_and_versioned(metastore_harness: MetastoreHarness) -> None:
     backend = metastore_harness.make_backend()
+    backend.set_variable("first", "write")  # the first write creates the schema (a read creates nothing)
     assert backend.check().endswith(f"(schema v{SCHEMA_VERSION})")
     assert [row[0] for row in metastore_harness.raw_rows(VERSION_TABLE)] == [SCHEMA_VERSION]
     # A second backend (a new process) finds the schema with a single query.
@@ -403,7 +413,7 @@ def test_schema_is_created_once_and_versioned(metastore_harness: MetastoreHarnes
 
 
 def test_newer_schema_is_refused(metastore_harness: MetastoreHarness) -> None:
-    metastore_harness.make_backend().check()
+    metastore_harness.make_backend().set_variable("first", "write")
     with metastore_harness._engine.begin() as conn:
         conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version) VALUES (99)"))
     with pytest.raises(BackendError, match="schema version 99 is newer than this credpath supports"):
