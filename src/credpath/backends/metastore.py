@@ -234,19 +234,28 @@ class MetastoreBackend(SqlTablesBackend):
                 # The common case costs one query: the schema exists and is current.
                 version = conn.execute(select(func.max(version_col))).scalar()
             except (OperationalError, ProgrammingError):
+                # No schema yet (or another process is making it): decided below, under the lock.
                 conn.rollback()
-                if inspect(conn).has_table(VERSION_TABLE):
-                    raise
                 version = None
         if version is None:
             try:
                 with engine.begin() as conn:
-                    t["version"].metadata.create_all(conn, checkfirst=True)
-                    conn.execute(insert(t["version"]).values(version=SCHEMA_VERSION))
-                log.debug("metastore: created schema v%d", SCHEMA_VERSION)
-                version = SCHEMA_VERSION
+                    # Concurrent first writers (2-4 processes on a fresh CREDPATH_HOME) raced here: one
+                    # saw the tables of another half made ("table already exists", "no such table").
+                    # One creator at a time; the others wait, then find the schema made.
+                    if engine.dialect.name == "sqlite":
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    elif engine.dialect.name == "postgresql":
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7325041)")  # "credpath schema"
+                    if inspect(conn).has_table(VERSION_TABLE):
+                        version = conn.execute(select(func.max(version_col))).scalar()
+                    if version is None:
+                        t["version"].metadata.create_all(conn, checkfirst=True)
+                        conn.execute(insert(t["version"]).values(version=SCHEMA_VERSION))
+                        log.debug("metastore: created schema v%d", SCHEMA_VERSION)
+                        version = SCHEMA_VERSION
             except (IntegrityError, OperationalError, ProgrammingError):
-                # Another process created it at the same time: read what it wrote.
+                # Other databases: another process created it at the same time; read what it wrote.
                 with engine.connect() as conn:
                     version = conn.execute(select(func.max(version_col))).scalar()
                 if version is None:
@@ -397,7 +406,10 @@ class MetastoreBackend(SqlTablesBackend):
 
     def _read_key_file(self, path: Path) -> str:
         """The key file's text; FileNotFoundError when there is none."""
-        mode = path.stat().st_mode
+        try:
+            mode = path.stat().st_mode
+        except NotADirectoryError:  # a file where CREDPATH_HOME should be: no key there either
+            raise FileNotFoundError(path) from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("metastore: key file %s is readable by group/others; chmod 600 it", path)
         try:
