@@ -508,3 +508,37 @@ def test_import_is_lazy(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
     assert not list(tmp_path.iterdir())  # the constructor did no I/O
+
+
+def test_embedded_default_reads_without_sqlalchemy_or_rich(tmp_path: Path) -> None:
+    # Issue 10 point 6: importing SQLAlchemy was ~160 ms of the README's `credpath connections get my_db`
+    # (0.37-0.48 s); SQLite files are read with the stdlib, tables drawn without rich when they can be.
+    env = {**os.environ, "CREDPATH_HOME": str(tmp_path / "home")}
+    for name in (
+        "CREDPATH_FERNET_KEY",
+        "CREDPATH_METASTORE_URL",
+        "CREDPATH_CONFIG",
+        "AIRFLOW__SECRETS__BACKEND",
+    ):
+        env.pop(name, None)
+    seed = (
+        "from credpath.backends.metastore import MetastoreBackend\n"
+        "from credpath.model import Connection\n"
+        "MetastoreBackend().set_connection(Connection.from_value("
+        "'postgres://app:pw-s3cr3t-4@db.example.com:5432/analytics', conn_id='my_db'))\n"
+    )
+    subprocess.run([sys.executable, "-c", seed], env=env, check=True, timeout=60)
+    code = (
+        "import sys\n"
+        "from credpath.cli import main\n"
+        "sys.argv = ['credpath', 'connections', 'get', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('sqlalchemy', 'rich') if m in sys.modules), file=sys.stderr)\n"
+    )
+    for conn_id, found in (("my_db", True), ("no_such_db", False)):
+        out = subprocess.run(
+            [sys.executable, "-c", code, conn_id], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+        assert ("db.example.com" in out.stdout) is found
+        assert_no_secret(out.stdout + out.stderr)

@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections import namedtuple
 from collections.abc import Mapping
@@ -430,6 +429,8 @@ class MetastoreBackend(SqlTablesBackend):
             return self._generate_key_file(path)
 
     def _generate_key_file(self, path: Path) -> str:
+        import tempfile  # only here: it imports shutil and random (~3 ms on every read otherwise)
+
         from cryptography.fernet import Fernet
 
         # A new key cannot decrypt what an old one wrote: refuse instead of orphaning existing data.
