@@ -150,3 +150,18 @@ def test_prefix_sharing_and_short_lines():
     )
     assert masker.redact("") == ""
     assert masker.redact("abc") == "abc"
+
+
+def test_without_pyahocorasick_the_regex_fallback_masks_the_same(monkeypatch):
+    import sys
+
+    secrets = ["alpha-secret", "beta-secret-long", "secret-long-tail", "q" * 40 + "-a", "q" * 40, "qqqqq"]
+    text = f"a=alpha-secret b=beta-secret-long-tail c={'q' * 40}-b d={'q' * 40}-a e=qqqqq"
+    fast = Masker()
+    fast.add_all(secrets)
+    expected = fast.redact(text)
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)  # import raises ImportError
+    slow = Masker()
+    slow.add_all(secrets)
+    assert slow._batches[0].automaton is None
+    assert slow.redact(text) == expected == "a=*** b=*** c=***-b d=*** e=***"

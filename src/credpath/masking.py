@@ -16,13 +16,16 @@ the secrets. Measured (bench/faults_metastore.py, 200-byte line): Python ``re`` 
   ``add`` returns; redaction reads the published tuple without locking. A secret is marked known only
   after it is published, so a second thread registering the same secret never returns early while it
   can still pass through in clear.
+- Without pyahocorasick (a declared dependency) the same prefixes go into one regex per batch: slower
+  with many secrets, still correct and still independent of secret length.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -36,21 +39,46 @@ _PREFIX = 32
 class _Batch:
     """An immutable group of secrets and the automaton that finds their prefixes."""
 
-    __slots__ = ("automaton", "secrets")
+    __slots__ = ("automaton", "by_prefix", "pattern", "secrets")
 
     def __init__(self, secrets: list[str]) -> None:
-        import ahocorasick
-
         self.secrets = secrets
-        by_prefix: dict[str, list[str]] = {}
+        by_prefix: dict[str, tuple[int, tuple[str, ...]]] = {}
+        groups: dict[str, list[str]] = {}
         for secret in secrets:
-            by_prefix.setdefault(secret[:_PREFIX], []).append(secret)
-        automaton: Any = ahocorasick.Automaton()
-        for prefix, group in by_prefix.items():
+            groups.setdefault(secret[:_PREFIX], []).append(secret)
+        for prefix, group in groups.items():
             # Longest first: at one position the longest secret that matches covers the shorter ones.
-            automaton.add_word(prefix, (len(prefix), tuple(sorted(group, key=len, reverse=True))))
+            by_prefix[prefix] = (len(prefix), tuple(sorted(group, key=len, reverse=True)))
+        self.by_prefix = by_prefix
+        self.automaton: Any = None
+        self.pattern: re.Pattern[str] | None = None
+        try:
+            import ahocorasick
+        except ImportError:  # a dependency; without it masking still works, with regex batches
+            alternatives = "|".join(re.escape(p) for p in sorted(by_prefix, key=len, reverse=True))
+            self.pattern = re.compile(f"(?=({alternatives}))")
+            return
+        automaton = ahocorasick.Automaton()
+        for prefix, value in by_prefix.items():
+            automaton.add_word(prefix, value)
         automaton.make_automaton()
         self.automaton = automaton
+
+    def hits(self, text: str) -> Iterator[tuple[int, int, tuple[str, ...]]]:
+        """(start, prefix length, secrets with that prefix) for every prefix occurrence in ``text``."""
+        if self.automaton is not None:
+            for end, (length, group) in self.automaton.iter(text):
+                yield end - length + 1, length, group
+            return
+        assert self.pattern is not None
+        for match in self.pattern.finditer(text):
+            # The regex reports the longest prefix at a position; shorter ones there may match too.
+            found = match.group(1)
+            for length in range(len(found), 0, -1):
+                entry = self.by_prefix.get(found[:length])
+                if entry is not None:
+                    yield match.start(), length, entry[1]
 
 
 class Masker:
@@ -93,8 +121,7 @@ class Masker:
             return text
         spans: list[tuple[int, int]] = []
         for batch in batches:
-            for end, (length, group) in batch.automaton.iter(text):
-                start = end - length + 1
+            for start, _length, group in batch.hits(text):
                 for secret in group:
                     if text.startswith(secret, start):
                         spans.append((start, start + len(secret)))
