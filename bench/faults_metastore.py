@@ -4,7 +4,7 @@
    afterwards, how many values differ from the last one written (SQLite, and PostgreSQL when its server
    binaries are installed: a private server as the test suite starts it).
 2. Key-file race: 4 processes write at the same instant on a fresh ``CREDPATH_HOME``; failed processes.
-3. Masker: threads register the same new secret and log it at once, ``sys.setswitchinterval(1e-6)``;
+3. Masker: 4 threads register the same new secret and log it at once, ``sys.setswitchinterval(1e-6)``;
    log lines that carried it in clear.
 4. Masker cost: the first and the median 200-byte log line after a 1 MiB secret was registered, and a
    200-byte line with 10 / 1,000 / 10,000 registered secrets.
@@ -147,7 +147,7 @@ def key_file_race(work: Path, rounds: int, processes: int = 4) -> tuple[int, int
     return failed, rounds * processes, first_error
 
 
-def masker_leaks(rounds: int, threads: int = 2, lines_per_thread: int = 20) -> tuple[int, int]:
+def masker_leaks(rounds: int, threads: int = 4, lines_per_thread: int = 10) -> tuple[int, int]:
     """(lines with the secret in clear, lines logged) for threads registering one new secret at once."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--rotations", type=int, default=4)
     parser.add_argument("--race-rounds", type=int, default=10)
-    parser.add_argument("--masker-rounds", type=int, default=300)
+    parser.add_argument("--masker-rounds", type=int, default=1000)
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 

@@ -165,3 +165,34 @@ def test_without_pyahocorasick_the_regex_fallback_masks_the_same(monkeypatch):
     slow.add_all(secrets)
     assert slow._batches[0].automaton is None
     assert slow.redact(text) == expected == "a=*** b=*** c=***-b d=*** e=***"
+
+
+class _SlowSet(set):
+    """A registry set that lets other threads run right after it changes (a thread switch, made sure)."""
+
+    def add(self, item):
+        super().add(item)
+        time.sleep(0.05)
+
+    def update(self, *items):
+        super().update(*items)
+        time.sleep(0.05)
+
+
+def test_second_registrant_never_returns_before_the_secret_is_masked():
+    # Deterministic form of the race: the first registrant is switched out right after marking the
+    # secret known; the second sees it known and logs it. Old code: the line was in clear.
+    import threading
+
+    masker = Masker()
+    masker._known = _SlowSet()
+    secret = "racy-secret-value-123"
+    first = threading.Thread(target=masker.add, args=(secret,))
+    first.start()
+    deadline = time.monotonic() + 5
+    while secret not in masker._known and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    masker.add(secret)  # the second registrant: returns early once the secret is known
+    line = masker.redact(f"using {secret}")
+    first.join()
+    assert secret not in line and "***" in line
