@@ -288,7 +288,7 @@ def main() -> None:
     leaks, lines = masker_leaks(args.masker_rounds)
     results.append(
         (
-            "2 threads register one new secret and log it, switch interval 1 us",
+            "4 threads register one new secret and log it, switch interval 1 us",
             f"{leaks} of {lines} lines in clear",
         )
     )
