@@ -176,7 +176,7 @@ def test_rotated_keys_decrypt_with_multifernet(db: AirflowDb, key: str) -> None:
     assert db.backend(fernet_key=f"{key},{old}").get_connection("old_conn").password == PW  # type: ignore[union-attr]
     only_new = db.backend(fernet_key=key)
     assert only_new.get_connection("new_conn").password == PW  # type: ignore[union-attr]
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ConfigError) as info:  # a wrong key is a configuration error
         only_new.get_connection("old_conn")
     message = str(info.value)
     assert "old_conn" in message and "fernet_key" in message and PW not in message
@@ -191,7 +191,7 @@ def test_key_from_airflow_environment_and_missing_key(
     monkeypatch.delenv("AIRFLOW__CORE__FERNET_KEY")
     keyless = AirflowDatabaseBackend(url=db.url)
     assert keyless.get_variable("plain_var") == "hello"  # unencrypted rows need no key
-    with pytest.raises(BackendError, match="AIRFLOW__CORE__FERNET_KEY"):
+    with pytest.raises(ConfigError, match="AIRFLOW__CORE__FERNET_KEY"):
         keyless.get_variable("api_secret")
     keyless.close()
 
@@ -199,7 +199,7 @@ def test_key_from_airflow_environment_and_missing_key(
 def test_wrong_key_never_yields_a_value(db: AirflowDb) -> None:
     _seed(db)
     backend = db.backend(fernet_key=Fernet.generate_key().decode())
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ConfigError) as info:
         backend.get_variable("api_secret")
     assert "api_secret" in str(info.value) and VAR not in str(info.value)
 

@@ -125,11 +125,18 @@ def metastore_harness(metastore_url: str) -> Iterator[MetastoreHarness]:
 
 
 class StatementCounter:
+    """Statements sent by SQLAlchemy (writes, PostgreSQL) and by the stdlib read path (SQLite files)."""
+
     def __init__(self, backend: MetastoreBackend) -> None:
         self.statements: list[str] = []
-        event.listen(backend.engine, "before_cursor_execute", self._on_execute)
+        event.listen(backend.engine, "before_cursor_execute", self._on_execute)  # creates the schema
+        if backend._sqlite_path is not None:
+            backend._sqlite().set_trace_callback(self._on_sql)  # opened (schema checked) before counting
 
     def _on_execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement.split()[0].upper())
+
+    def _on_sql(self, statement: str) -> None:
         self.statements.append(statement.split()[0].upper())
 
     def reset(self) -> None:
@@ -311,8 +318,10 @@ def test_wrong_key_gives_a_clear_error_and_never_a_value(metastore_harness: Meta
     metastore_harness.make_backend().set_connection(_conn())
     metastore_harness.make_backend().set_variable("api", VAR_VALUE)
     wrong = metastore_harness.make_backend(fernet_key=Fernet.generate_key().decode())
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(FernetKeyError) as info:
         wrong.get_connection("pg_main")
+    # A wrong key is a configuration error (the search path propagates it; the CLI exits 2).
+    assert isinstance(info.value, ConfigError) and not isinstance(info.value, BackendError)
     message = str(info.value)
     assert "cannot decrypt the password of connection 'pg_main'" in message
     assert "fernet_key" in message and "\n" not in message
@@ -384,6 +393,7 @@ def test_lost_key_file_with_existing_data_is_refused(_isolated_home: Path) -> No
 
 def test_schema_is_created_once_and_versioned(metastore_harness: MetastoreHarness) -> None:
     backend = metastore_harness.make_backend()
+    backend.set_variable("first", "write")  # the first write creates the schema (a read creates nothing)
     assert backend.check().endswith(f"(schema v{SCHEMA_VERSION})")
     assert [row[0] for row in metastore_harness.raw_rows(VERSION_TABLE)] == [SCHEMA_VERSION]
     # A second backend (a new process) finds the schema with a single query.
@@ -403,7 +413,7 @@ def test_schema_is_created_once_and_versioned(metastore_harness: MetastoreHarnes
 
 
 def test_newer_schema_is_refused(metastore_harness: MetastoreHarness) -> None:
-    metastore_harness.make_backend().check()
+    metastore_harness.make_backend().set_variable("first", "write")
     with metastore_harness._engine.begin() as conn:
         conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version) VALUES (99)"))
     with pytest.raises(BackendError, match="schema version 99 is newer than this credpath supports"):
@@ -498,3 +508,37 @@ def test_import_is_lazy(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
     assert not list(tmp_path.iterdir())  # the constructor did no I/O
+
+
+def test_embedded_default_reads_without_sqlalchemy_or_rich(tmp_path: Path) -> None:
+    # Issue 10 point 6: importing SQLAlchemy was ~160 ms of the README's `credpath connections get my_db`
+    # (0.37-0.48 s); SQLite files are read with the stdlib, tables drawn without rich when they can be.
+    env = {**os.environ, "CREDPATH_HOME": str(tmp_path / "home")}
+    for name in (
+        "CREDPATH_FERNET_KEY",
+        "CREDPATH_METASTORE_URL",
+        "CREDPATH_CONFIG",
+        "AIRFLOW__SECRETS__BACKEND",
+    ):
+        env.pop(name, None)
+    seed = (
+        "from credpath.backends.metastore import MetastoreBackend\n"
+        "from credpath.model import Connection\n"
+        "MetastoreBackend().set_connection(Connection.from_value("
+        "'postgres://app:pw-s3cr3t-4@db.example.com:5432/analytics', conn_id='my_db'))\n"
+    )
+    subprocess.run([sys.executable, "-c", seed], env=env, check=True, timeout=60)
+    code = (
+        "import sys\n"
+        "from credpath.cli import main\n"
+        "sys.argv = ['credpath', 'connections', 'get', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('sqlalchemy', 'rich') if m in sys.modules), file=sys.stderr)\n"
+    )
+    for conn_id, found in (("my_db", True), ("no_such_db", False)):
+        out = subprocess.run(
+            [sys.executable, "-c", code, conn_id], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+        assert ("db.example.com" in out.stdout) is found
+        assert_no_secret(out.stdout + out.stderr)

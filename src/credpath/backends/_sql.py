@@ -10,12 +10,14 @@ SQLAlchemy and cryptography are imported on first use, never when this module is
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
-from credpath.errors import BackendError, ConfigError, CredpathError
+from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend
 
@@ -29,6 +31,30 @@ if TYPE_CHECKING:
 _BATCH = 500  # ids per SELECT .. IN (SQLite allows 32766 bound parameters, PostgreSQL 65535)
 #: The id column of each kind's table (the table's key in ``_tables()`` is the kind).
 ID_COLUMN: dict[str, str] = {"connection": "conn_id", "variable": "key"}
+
+
+class FernetKeyError(ConfigError):
+    """A stored value does not decrypt with the configured key(s): wrong key, or the key it was written
+    with was rotated away. A configuration error (the search path propagates it; the CLI exits 2); the
+    message names the key setting, never a key or a value."""
+
+    def __init__(self, message: str, *, backend: str | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+
+
+def parse_fernet_keys(text: str) -> list[str] | int:
+    """The comma-separated keys of ``text``, or the 1-based position of the first one that is not a
+    Fernet key. Checks exactly what ``cryptography.fernet.Fernet()`` checks (url-safe base64 of 32
+    bytes) without importing cryptography, so a bad setting is caught on a read that decrypts nothing."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    for position, key in enumerate(keys, 1):
+        try:
+            if len(base64.urlsafe_b64decode(key.encode("ascii"))) != 32:
+                return position
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            return position
+    return keys
 
 
 def _reason(exc: BaseException, cut_mark: str = "") -> str:
@@ -46,16 +72,14 @@ class SqlTablesBackend(BaseBackend):
     """Connections and variables read from a SQL database's two tables, secrets as Fernet tokens.
 
     Subclasses set ``_tables`` (and ``_value_column`` if not "value"), implement :meth:`_configure`,
-    :meth:`_key_source` and :meth:`_no_key_error`, and may override the other hooks; messages start with
-    the subclass's ``alias``.
+    :meth:`_key_source` and :meth:`_no_key_error`, and may override the other hooks; messages speak in
+    the backend's one voice (``self.error`` / ``self.config_error``).
     """
 
     #: ``staticmethod`` returning ``{"connection": Table, "variable": Table, ...}``.
     _tables: ClassVar[Any]
     #: The variable table's value column.
     _value_column: ClassVar[str] = "value"
-    #: Raised when a stored token does not decrypt.
-    _decrypt_error: ClassVar[type[BackendError]] = BackendError
     #: Appended to "no database driver" and "not a valid Fernet key" errors.
     _driver_hint: ClassVar[str] = ""
     _key_hint: ClassVar[str] = ""
@@ -70,9 +94,9 @@ class SqlTablesBackend(BaseBackend):
     ) -> None:
         super().__init__(**options)
         if url is not None and (not isinstance(url, str) or not url.strip()):
-            raise ConfigError(f"{self.alias}: url must be a non-empty SQLAlchemy URL string")
+            raise self.config_error("url must be a non-empty SQLAlchemy URL string")
         if fernet_key is not None and not isinstance(fernet_key, str):
-            raise ConfigError(f"{self.alias}: fernet_key must be a string of comma-separated Fernet keys")
+            raise self.config_error("fernet_key must be a string of comma-separated Fernet keys")
         self._fernet_key_arg = fernet_key
         self.url: str = ""
         self._url_setting = "url"  # what to name in URL errors: "url" or the environment variable
@@ -89,8 +113,9 @@ class SqlTablesBackend(BaseBackend):
         """Set ``self.url`` and ``self._url_setting``, and what else the subclass reads at construction."""
         raise NotImplementedError
 
-    def _key_source(self) -> tuple[str, str]:  # pragma: no cover - abstract
-        """(comma-separated keys, the setting they came from) for the first decryption."""
+    def _key_source(self, create: bool = False) -> tuple[str, str]:  # pragma: no cover - abstract
+        """(comma-separated keys, the setting they came from); ``create``: for a write (the metastore
+        may then generate its key file; a read never creates anything)."""
         raise NotImplementedError
 
     def _no_key_error(self, setting: str) -> CredpathError:  # pragma: no cover - abstract
@@ -128,9 +153,8 @@ class SqlTablesBackend(BaseBackend):
         except CredpathError:
             raise
         except SQLAlchemyError as exc:
-            raise BackendError(
-                f"{self.alias} ({self.safe_url}): {action} failed: {_reason(exc, self._reason_cut_mark)}",
-                backend=self.name,
+            raise self.error(
+                f"{self.safe_url}: {action} failed: {_reason(exc, self._reason_cut_mark)}"
             ) from None
 
     @property
@@ -150,22 +174,26 @@ class SqlTablesBackend(BaseBackend):
         try:
             url = make_url(self.url)
         except ArgumentError:
-            raise ConfigError(f"{self.alias}: {self._url_setting} is not a valid SQLAlchemy URL") from None
+            raise self.config_error(f"{self._url_setting} is not a valid SQLAlchemy URL") from None
         options = self._engine_options(url)
         try:
             # hide_parameters: SQLAlchemy errors and echo logs would otherwise show bound values.
             engine = create_engine(url, hide_parameters=True, **options)
         except (NoSuchModuleError, ImportError) as exc:
-            raise ConfigError(
-                f"{self.alias}: no database driver for {url.drivername!r} ({type(exc).__name__})"
+            raise self.config_error(
+                f"{self._url_setting}: no database driver for {url.drivername!r} ({type(exc).__name__})"
                 f"{self._driver_hint}"
             ) from None
         except ArgumentError as exc:
-            raise ConfigError(
-                f"{self.alias}: {self._url_setting} is not usable: {_reason(exc, self._reason_cut_mark)}"
+            raise self.config_error(
+                f"{self._url_setting} is not usable: {_reason(exc, self._reason_cut_mark)}"
             ) from None
         self._engine_ready(engine)
         return engine
+
+    def prepare(self) -> None:
+        """Imports SQLAlchemy and builds the table objects (no connection is opened)."""
+        self._tables()
 
     def close(self) -> None:
         if self._engine is not None:
@@ -174,30 +202,28 @@ class SqlTablesBackend(BaseBackend):
 
     # --- Fernet --------------------------------------------------------------------------------------
 
-    def _fernet_obj(self) -> MultiFernet:
+    def _fernet_obj(self, create: bool = False) -> MultiFernet:
         if self._fernet is None:
             with self._lock:
                 if self._fernet is None:
-                    self._fernet = self._load_fernet()
+                    self._fernet = self._load_fernet(create)
         return self._fernet
 
-    def _load_fernet(self) -> MultiFernet:
-        from cryptography.fernet import Fernet, MultiFernet
-
-        text, setting = self._key_source()
-        keys = [k.strip() for k in text.split(",") if k.strip()]
+    def _checked_keys(self, text: str, setting: str) -> list[str]:
+        keys = parse_fernet_keys(text)
+        if isinstance(keys, int):
+            raise self.config_error(f"key #{keys} of {setting} is not a valid Fernet key{self._key_hint}")
         if not keys:
             raise self._no_key_error(setting)
-        fernets = []
-        for position, key in enumerate(keys, 1):
-            try:
-                fernets.append(Fernet(key.encode("ascii")))
-            except (ValueError, TypeError, UnicodeEncodeError):
-                raise ConfigError(
-                    f"{self.alias}: key #{position} of {setting} is not a valid Fernet key{self._key_hint}"
-                ) from None
+        return keys
+
+    def _load_fernet(self, create: bool = False) -> MultiFernet:
+        from cryptography.fernet import Fernet, MultiFernet
+
+        text, setting = self._key_source(create)
+        keys = self._checked_keys(text, setting)
         self._key_setting = setting
-        return MultiFernet(fernets)
+        return MultiFernet([Fernet(key.encode("ascii")) for key in keys])
 
     def _decrypt(self, token: str | None, what: str, encrypted: bool | None = True) -> str | None:
         if token is None or not encrypted:
@@ -208,9 +234,9 @@ class SqlTablesBackend(BaseBackend):
         try:
             return fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError, ValueError):
-            raise self._decrypt_error(
-                f"{self.alias} ({self.safe_url}): cannot decrypt {what} with the Fernet key(s) from "
-                f"{self._key_setting}: wrong key, or the key it was encrypted with was rotated away",
+            raise FernetKeyError(
+                f"{self.label}: cannot decrypt {what} with the Fernet key(s) from {self._key_setting}: "
+                "wrong key, or the key it was encrypted with was rotated away",
                 backend=self.name,
             ) from None
 

@@ -7,7 +7,8 @@ with the Fernet key(s) from kwarg ``fernet_key`` or ``AIRFLOW__CORE__FERNET_KEY`
 MultiFernet, so rotated keys still decrypt). Read-only, by design: Airflow owns that schema.
 
 FIX over Airflow: a variable that cannot be decrypted is an error naming the key (Airflow logs and returns
-``None``, which a migration would copy as "missing").
+``None``, which a migration would copy as "missing"). A wrong or missing key is a configuration error
+(:class:`~credpath.backends._sql.FernetKeyError`, a ConfigError).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from credpath.backends._sql import SqlTablesBackend
-from credpath.errors import BackendError, ConfigError, CredpathError
+from credpath.backends._sql import FernetKeyError, SqlTablesBackend
+from credpath.errors import CredpathError
 from credpath.model import Connection
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class AirflowDatabaseBackend(SqlTablesBackend):
     def _configure(self, url: str | None) -> None:
         env_url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or None
         if not url and not env_url:
-            raise ConfigError("airflow-db: url is required (or set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
+            raise self.config_error("url is required (or set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
         self._url_setting = "url" if url else "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
         self.url = url or env_url or ""
         # The environment's key is read at construction, like the URL.
@@ -86,12 +87,13 @@ class AirflowDatabaseBackend(SqlTablesBackend):
             self._key_text = os.environ.get("AIRFLOW__CORE__FERNET_KEY", "")
             self._key_setting = "AIRFLOW__CORE__FERNET_KEY"
 
-    def _key_source(self) -> tuple[str, str]:
+    def _key_source(self, create: bool = False) -> tuple[str, str]:
         return self._key_text, self._key_setting
 
     def _no_key_error(self, setting: str) -> CredpathError:
-        return BackendError(
-            f"airflow-db ({self.safe_url}): values are encrypted but no Fernet key is configured; "
+        # A configuration error: the values are there, the setting that would decrypt them is not.
+        return FernetKeyError(
+            f"{self.label}: values are encrypted but no Fernet key is configured; "
             "set fernet_key or AIRFLOW__CORE__FERNET_KEY",
             backend=self.name,
         )
@@ -100,7 +102,7 @@ class AirflowDatabaseBackend(SqlTablesBackend):
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             if not url.database.startswith("file:") and not os.path.isfile(url.database):
                 # SQLite would create an empty file and report "no such table": say what is wrong.
-                raise ConfigError(f"airflow-db: {self._url_setting}: no database file at {url.database}")
+                raise self.config_error(f"{self._url_setting}: no database file at {url.database}")
         return {}
 
     def _encrypted(self, row: Any, column: str) -> bool | None:

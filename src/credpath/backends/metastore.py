@@ -4,11 +4,20 @@
   any SQLAlchemy URL via kwarg ``url`` or ``CREDPATH_METASTORE_URL``.
 - Passwords, extras and variable values are stored as Fernet tokens (cryptography's ``MultiFernet``). Keys:
   kwarg ``fernet_key`` or ``CREDPATH_FERNET_KEY`` (comma-separated, the first encrypts, all decrypt), else
-  ``$CREDPATH_HOME/fernet.key``, generated on first use with mode 0600. :meth:`rotate_fernet_key`
-  re-encrypts every value with the first key.
-- The schema is created on first use and versioned in ``credpath_schema_version``; an uncached read costs one
-  SELECT, a write one statement (``INSERT .. ON CONFLICT`` on SQLite and PostgreSQL), batches one
-  ``SELECT .. IN`` per 500 ids.
+  ``$CREDPATH_HOME/fernet.key``, generated on the first write with mode 0600 (atomically: a private temp
+  file hard-linked into place, so concurrent first writers agree on one key and no reader sees it half
+  written). :meth:`rotate_fernet_key` re-encrypts every value with the first key, compare-and-swap per row,
+  so a concurrent write is never reverted.
+- The schema is created on the first write and versioned in ``credpath_schema_version``; an uncached read
+  costs one SELECT, a write one statement (``INSERT .. ON CONFLICT`` on SQLite and PostgreSQL), batches one
+  ``SELECT .. IN`` per 500 ids. ``credpath.db`` (and so its journal, which SQLite creates with the
+  database's mode) is created 0600.
+- A read of an absent SQLite metastore is a miss and creates nothing (no directory, database or key).
+
+Reads of an SQLite file go through the standard library's ``sqlite3`` (read-only connection, same schema,
+same Fernet tokens); writes, key rotation and every other URL (PostgreSQL, ...) use SQLAlchemy. Measured
+on the README's set-up (``credpath connections get my_db``): importing SQLAlchemy cost ~160 ms of a
+0.37 s run (``python -X importtime``), ``sqlite3`` ~2 ms; see bench/startup.py.
 
 SQLAlchemy and cryptography are imported on first use, never when this module is imported.
 """
@@ -18,21 +27,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import stat
-import tempfile
+import threading
+from collections import namedtuple
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from credpath.backends._sql import ID_COLUMN, SqlTablesBackend
-from credpath.errors import BackendError, ConfigError, CredpathError
+from credpath.backends._sql import ID_COLUMN, FernetKeyError, SqlTablesBackend
+from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from sqlalchemy import Engine, Table
     from sqlalchemy.engine import URL
 
     from credpath.protocol import Kind
+
+__all__ = ["FernetKeyError", "MetastoreBackend", "credpath_home", "generate_key", "tables"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +61,24 @@ VERSION_TABLE = "credpath_schema_version"
 KEY_FILE_NAME = "fernet.key"
 DB_FILE_NAME = "credpath.db"
 
+#: SQLite file URLs the stdlib read path takes; anything else (query options, ``file:`` URIs, percent
+#: escapes, ``:memory:``) is left to SQLAlchemy, which parses it.
+_SQLITE_FILE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///([^?#%@:]+)")
+_BATCH = 500
+#: Rows of the stdlib read path, with the attribute names of SQLAlchemy's rows.
+_ROW_TYPES = {
+    "connection": namedtuple(
+        "ConnectionRow", "conn_id conn_type description host login password schema port extra"
+    ),
+    "variable": namedtuple("VariableRow", "key value description"),
+}
+_TABLE_NAMES = {"connection": CONNECTION_TABLE, "variable": VARIABLE_TABLE}
+#: Attempts to rotate one row that other writers keep changing (each re-reads it under a row lock).
+_ROTATE_ATTEMPTS = 10
 
-class FernetKeyError(BackendError):
-    """A stored value cannot be decrypted with the configured key(s): wrong key, or rotated away."""
+
+class _Absent(Exception):
+    """The SQLite metastore does not exist yet (or has no schema yet): every read is a miss."""
 
 
 def credpath_home(env: Mapping[str, str] | None = None) -> Path:
@@ -104,7 +134,6 @@ class MetastoreBackend(SqlTablesBackend):
     alias: ClassVar[str] = "metastore"
     store_name: ClassVar[str] = "credpath metastore"
     _tables = staticmethod(tables)
-    _decrypt_error: ClassVar[type[BackendError]] = FernetKeyError
     _driver_hint: ClassVar[str] = "; for PostgreSQL install 'credpath[postgres]'"
     _key_hint: ClassVar[str] = (
         " (32 url-safe base64-encoded bytes; see credpath.backends.metastore.generate_key())"
@@ -117,14 +146,69 @@ class MetastoreBackend(SqlTablesBackend):
         # The default file is named by the variable that would change it.
         self._url_setting = "url" if url else "CREDPATH_METASTORE_URL"
         self.url = url or env_url or f"sqlite:///{self.home / DB_FILE_NAME}"
+        self._default_url = not (url or env_url)
         self.schema_version: int | None = None
+        match = _SQLITE_FILE_URL.fullmatch(self.url)
+        #: The SQLite file read with the stdlib ``sqlite3`` module, or None (SQLAlchemy reads).
+        self._sqlite_path: Path | None = Path(match.group(1)).expanduser() if match else None
+        self._sqlite_conn: sqlite3.Connection | None = None
+        self._sqlite_lock = threading.Lock()  # one stdlib connection, one statement at a time
+        self._keys_checked = False
+
+    @property
+    def safe_url(self) -> str:
+        if self._sqlite_path is not None:
+            return self.url  # an SQLite file URL holds no password (and needs no SQLAlchemy to show)
+        return super().safe_url
 
     # --- plumbing ------------------------------------------------------------------------------------
 
+    def _sqlite_file(self) -> Path | None:
+        """The database file when the URL names an SQLite file (SQLAlchemy parses the URLs the stdlib
+        path does not take), else None."""
+        if self._sqlite_path is not None:
+            return self._sqlite_path
+        if not self.url.startswith("sqlite"):
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.url)
+        except ArgumentError:
+            return None  # the engine reports the bad URL
+        database = url.database
+        if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            return None
+        if database.startswith("file:") or url.query.get("uri"):
+            return None  # an SQLite URI: its options decide where the file is
+        return Path(database).expanduser()
+
+    def _absent(self) -> bool:
+        path = self._sqlite_file()
+        return path is not None and not path.exists()
+
+    def _create_database_file(self, path: Path) -> None:
+        """Create the directory (0700) and an empty database file (0600) before SQLite opens it: SQLite
+        would create the file 0644, and its journal and WAL files take the database file's mode."""
+        where = "CREDPATH_HOME" if self._default_url else self._url_setting
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self.config_error(
+                f"cannot create the directory {path.parent} ({where}): {exc.strerror or type(exc).__name__}"
+            ) from None
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise self.config_error(
+                f"cannot create the database file {path} ({where}): {exc.strerror or type(exc).__name__}"
+            ) from None
+
     def _engine_options(self, url: URL) -> dict[str, Any]:
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            if not url.database.startswith("file:"):
-                Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._sqlite_file()
+        if path is not None:
+            self._create_database_file(path)
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             # One in-memory database per connection otherwise: threads (migrate) would each see an
             # empty one. A single shared connection keeps one database for the whole engine.
@@ -149,29 +233,33 @@ class MetastoreBackend(SqlTablesBackend):
                 # The common case costs one query: the schema exists and is current.
                 version = conn.execute(select(func.max(version_col))).scalar()
             except (OperationalError, ProgrammingError):
+                # No schema yet (or another process is making it): decided below, under the lock.
                 conn.rollback()
-                if inspect(conn).has_table(VERSION_TABLE):
-                    raise
                 version = None
         if version is None:
             try:
                 with engine.begin() as conn:
-                    t["version"].metadata.create_all(conn, checkfirst=True)
-                    conn.execute(insert(t["version"]).values(version=SCHEMA_VERSION))
-                log.debug("metastore: created schema v%d", SCHEMA_VERSION)
-                version = SCHEMA_VERSION
+                    # Concurrent first writers (2-4 processes on a fresh CREDPATH_HOME) raced here: one
+                    # saw the tables of another half made ("table already exists", "no such table").
+                    # One creator at a time; the others wait, then find the schema made.
+                    if engine.dialect.name == "sqlite":
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    elif engine.dialect.name == "postgresql":
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7325041)")  # "credpath schema"
+                    if inspect(conn).has_table(VERSION_TABLE):
+                        version = conn.execute(select(func.max(version_col))).scalar()
+                    if version is None:
+                        t["version"].metadata.create_all(conn, checkfirst=True)
+                        conn.execute(insert(t["version"]).values(version=SCHEMA_VERSION))
+                        log.debug("metastore: created schema v%d", SCHEMA_VERSION)
+                        version = SCHEMA_VERSION
             except (IntegrityError, OperationalError, ProgrammingError):
-                # Another process created it at the same time: read what it wrote.
+                # Other databases: another process created it at the same time; read what it wrote.
                 with engine.connect() as conn:
                     version = conn.execute(select(func.max(version_col))).scalar()
                 if version is None:
                     raise
-        if version > SCHEMA_VERSION:
-            raise BackendError(
-                f"metastore ({self.safe_url}): database schema version {version} is newer than this credpath "
-                f"supports ({SCHEMA_VERSION}); upgrade credpath",
-                backend=self.name,
-            )
+        self._check_version(version)
         if version < SCHEMA_VERSION:
             with engine.begin() as conn:
                 for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -180,56 +268,198 @@ class MetastoreBackend(SqlTablesBackend):
             version = SCHEMA_VERSION
         self.schema_version = version
 
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise self.error(
+                f"{self.safe_url}: database schema version {version} is newer than this credpath "
+                f"supports ({SCHEMA_VERSION}); upgrade credpath"
+            )
+
+    # --- the stdlib read path (SQLite files) --------------------------------------------------------
+
+    def _sqlite(self) -> sqlite3.Connection:
+        """A read-only stdlib connection to the SQLite file, opened (and its schema checked) once.
+
+        Raises :class:`_Absent` while the file or its schema does not exist: nothing is created, and the
+        next read looks again (a write in this or another process may create it).
+        """
+        if self._sqlite_conn is not None:
+            return self._sqlite_conn
+        import sqlite3
+
+        path = self._sqlite_path
+        assert path is not None
+        if not path.exists():
+            raise _Absent
+        try:
+            # mode=ro: a read never creates or changes the file; autocommit (isolation_level=None): no
+            # transaction is held between reads, so writers are never blocked by an idle reader.
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=5.0,  # pysqlite's default, as the SQLAlchemy engine has it
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            if not path.exists():
+                raise _Absent from None
+            raise self._sqlite_error("opening the database", exc) from None
+        try:
+            version = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "no such table" in str(exc):
+                raise _Absent from None  # created empty (0600) by a writer that has not made its schema yet
+            raise self._sqlite_error("checking the schema", exc) from None
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._sqlite_error("checking the schema", exc) from None
+        if version is None:
+            conn.close()
+            raise _Absent
+        try:
+            self._check_version(version)
+        except CredpathError:
+            conn.close()
+            raise
+        self.schema_version = version
+        self._sqlite_conn = conn
+        return conn
+
+    def _sqlite_error(self, action: str, exc: Exception) -> CredpathError:
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return self.error(f"{self.safe_url}: {action} failed: {reason}")
+
+    def _sqlite_select(self, kind: Kind, action: str, ids: list[str] | None) -> list[Any]:
+        import sqlite3
+
+        row_type = _ROW_TYPES[kind]
+        columns = ", ".join(f'"{name}"' for name in row_type._fields)
+        query = f"SELECT {columns} FROM {_TABLE_NAMES[kind]}"
+        id_column = ID_COLUMN[kind]
+        with self._sqlite_lock:
+            try:
+                conn = self._sqlite()
+            except _Absent:
+                return []
+            try:
+                if ids is None:
+                    return [row_type(*r) for r in conn.execute(query).fetchall()]
+                rows: list[Any] = []
+                for start in range(0, len(ids), _BATCH):
+                    chunk = ids[start : start + _BATCH]
+                    marks = ", ".join("?" * len(chunk))
+                    found = conn.execute(f'{query} WHERE "{id_column}" IN ({marks})', chunk).fetchall()
+                    rows.extend(row_type(*r) for r in found)
+                return rows
+            except sqlite3.Error as exc:
+                raise self._sqlite_error(action, exc) from None
+
+    def _check_key_setting(self) -> None:
+        """A configured (not file) key that is malformed is a configuration error on every read, not
+        only when a value is decrypted; checked without importing cryptography."""
+        if self._keys_checked:
+            return
+        if self._fernet_key_arg is not None:
+            self._checked_keys(self._fernet_key_arg, "fernet_key")
+        elif os.environ.get("CREDPATH_FERNET_KEY"):
+            self._checked_keys(os.environ["CREDPATH_FERNET_KEY"], "CREDPATH_FERNET_KEY")
+        self._keys_checked = True
+
+    def prepare(self) -> None:
+        if self._sqlite_path is not None:
+            import sqlite3  # noqa: F401  (the stdlib read path: SQLAlchemy is imported by writes only)
+        else:
+            super().prepare()
+
+    def close(self) -> None:
+        with self._sqlite_lock:
+            if self._sqlite_conn is not None:
+                self._sqlite_conn.close()
+                self._sqlite_conn = None
+        super().close()
+
     # --- Fernet --------------------------------------------------------------------------------------
 
     @property
     def key_file(self) -> Path:
         return self.home / KEY_FILE_NAME
 
-    def _key_source(self) -> tuple[str, str]:
+    def _key_source(self, create: bool = False) -> tuple[str, str]:
         if self._fernet_key_arg is not None:
             return self._fernet_key_arg, "fernet_key"
         if os.environ.get("CREDPATH_FERNET_KEY"):
             return os.environ["CREDPATH_FERNET_KEY"], "CREDPATH_FERNET_KEY"
-        return self._key_from_file(), str(self.key_file)
+        return self._key_from_file(create), str(self.key_file)
 
     def _no_key_error(self, setting: str) -> CredpathError:
-        return ConfigError(f"metastore: {setting} holds no Fernet key")
+        return self.config_error(f"{setting} holds no Fernet key")
 
-    def _key_from_file(self) -> str:
-        path = self.key_file
+    def _missing_key_error(self, path: Path) -> ConfigError:
+        return self.config_error(
+            f"{self.safe_url} holds encrypted values but no Fernet key is configured and {path} is "
+            "missing; set CREDPATH_FERNET_KEY (or fernet_key) or restore the key file"
+        )
+
+    def _read_key_file(self, path: Path) -> str:
+        """The key file's text; FileNotFoundError when there is none."""
         try:
             mode = path.stat().st_mode
-        except FileNotFoundError:
-            return self._generate_key_file(path)
+        except NotADirectoryError:  # a file where CREDPATH_HOME should be: no key there either
+            raise FileNotFoundError(path) from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("metastore: key file %s is readable by group/others; chmod 600 it", path)
         try:
             return path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"metastore: cannot read the key file {path} ({type(exc).__name__})") from None
+            raise self.config_error(f"cannot read the key file {path} ({type(exc).__name__})") from None
+
+    def _key_from_file(self, create: bool) -> str:
+        path = self.key_file
+        try:
+            return self._read_key_file(path)
+        except FileNotFoundError:
+            if not create:
+                # Only a read that found an encrypted value asks: the key that wrote it is gone.
+                raise self._missing_key_error(path) from None
+            return self._generate_key_file(path)
 
     def _generate_key_file(self, path: Path) -> str:
+        import tempfile  # only here: it imports shutil and random (~3 ms on every read otherwise)
+
         from cryptography.fernet import Fernet
 
         # A new key cannot decrypt what an old one wrote: refuse instead of orphaning existing data.
         if self._has_encrypted_rows():
-            raise ConfigError(
-                f"metastore ({self.safe_url}) holds encrypted values but no Fernet key is configured and "
-                f"{path} is missing; set CREDPATH_FERNET_KEY (or fernet_key) or restore the key file"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Every writer links its key file before its first row, so rows seen now mean a key file
+            # that exists now, unless it was really lost (a concurrent first writer just won the race).
+            try:
+                return self._read_key_file(path)
+            except FileNotFoundError:
+                raise self._missing_key_error(path) from None
         key = Fernet.generate_key().decode("ascii")
-        # Write a private temp file, then link it into place: atomic, and a concurrent creator wins cleanly.
-        fd, tmp = tempfile.mkstemp(prefix=".fernet-", dir=path.parent)
         try:
-            os.fchmod(fd, 0o600)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # A private temp file (mkstemp: 0600), complete before it is linked into place: readers
+            # see no file or the whole key, and of concurrent creators exactly one link wins.
+            fd, tmp = tempfile.mkstemp(prefix=".fernet-", dir=path.parent)
+        except OSError as exc:
+            raise self.config_error(
+                f"cannot create the key file {path}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        try:
             with os.fdopen(fd, "w", encoding="ascii") as handle:
                 handle.write(key + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                return path.read_text(encoding="ascii").strip()
+                return self._read_key_file(path)
         finally:
             os.unlink(tmp)
         log.info("metastore: generated a new Fernet key in %s (mode 0600); back it up", path)
@@ -248,7 +478,7 @@ class MetastoreBackend(SqlTablesBackend):
     def _encrypt(self, value: str | None) -> str | None:
         if value is None:
             return None
-        return self._fernet_obj().encrypt(value.encode("utf-8")).decode("ascii")
+        return self._fernet_obj(create=True).encrypt(value.encode("utf-8")).decode("ascii")
 
     # --- model -> rows ------------------------------------------------------------------------------
 
@@ -265,14 +495,54 @@ class MetastoreBackend(SqlTablesBackend):
         }
 
     # --- reads ---------------------------------------------------------------------------------------
-    # One row by primary key (an uncached read costs one SELECT); batches, prefetch and listing are shared.
+    # An uncached read costs one SELECT; a read of an absent SQLite metastore costs a stat() and is a miss.
+
+    def _rows(self, kind: Kind, ids: list[str] | None = None) -> list[Any]:
+        self._check_key_setting()
+        if ids is not None:
+            ids = list(dict.fromkeys(i for i in ids if self.wants(kind, i)))
+            if not ids:
+                return []
+        if self._sqlite_path is not None:
+            return self._sqlite_select(kind, f"reading {kind}s", ids)
+        if self._absent():
+            return []
+        return super()._rows(kind, ids)
 
     def _row(self, kind: Kind, key: str) -> Any:
+        self._check_key_setting()
+        if self._sqlite_path is not None:
+            rows = self._sqlite_select(kind, f"reading {kind} {key!r}", [key])
+            return rows[0] if rows else None
+        if self._absent():
+            return None
         from sqlalchemy import select
 
         t = tables()[kind]
         with self._db(f"reading {kind} {key!r}"), self.engine.connect() as conn:
             return conn.execute(select(t).where(t.c[ID_COLUMN[kind]] == key)).first()
+
+    def _list(self, kind: Kind) -> list[str]:
+        self._check_key_setting()
+        if self._sqlite_path is not None:
+            import sqlite3
+
+            column = ID_COLUMN[kind]
+            with self._sqlite_lock:
+                try:
+                    conn = self._sqlite()
+                except _Absent:
+                    return []
+                try:
+                    found = conn.execute(
+                        f'SELECT "{column}" FROM {_TABLE_NAMES[kind]} ORDER BY "{column}"'
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    raise self._sqlite_error(f"listing {kind}s", exc) from None
+            return [r[0] for r in found if self.wants(kind, r[0])]
+        if self._absent():
+            return []
+        return super()._list(kind)
 
     def get_connection(self, conn_id: str) -> Connection | None:
         if not self.wants("connection", conn_id):
@@ -321,13 +591,13 @@ class MetastoreBackend(SqlTablesBackend):
                             conn.execute(insert(table).values(row))
             except IntegrityError:
                 if not overwrite:
-                    raise ConfigError(f"{kind} {key!r} already exists in the metastore") from None
+                    raise self.config_error(f"{kind} {key!r} already exists") from None
                 raise
         log.debug("metastore: wrote %s %r", kind, key)
 
     def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
         if not conn.conn_id:
-            raise ConfigError("metastore: a connection needs a conn_id to be stored")
+            raise self.config_error("a connection needs a conn_id to be stored")
         values = self._connection_values(conn)
         self._write(tables()["connection"], "conn_id", conn.conn_id, values, overwrite, "connection")
 
@@ -335,16 +605,19 @@ class MetastoreBackend(SqlTablesBackend):
         self, key: str, value: str, *, overwrite: bool = True, description: str | None = None
     ) -> None:
         if not isinstance(key, str) or not key:
-            raise ConfigError("metastore: a variable needs a non-empty key")
+            raise self.config_error("a variable needs a non-empty key")
         if not isinstance(value, str):
-            raise ConfigError(
-                f"metastore: the value of variable {key!r} must be a string, got {type(value).__name__}"
+            raise self.config_error(
+                f"the value of variable {key!r} must be a string, got {type(value).__name__}"
             )
         values = {"value": self._encrypt(value), "description": description}
         self._write(tables()["variable"], "key", key, values, overwrite, "variable")
 
     def _delete(self, table: str, column: str, key: str, kind: str) -> bool:
         from sqlalchemy import delete
+
+        if self._absent():
+            return False  # nothing to delete, and nothing to create
 
         t = tables()[table]
         with self._db(f"deleting {kind} {key!r}"), self.engine.begin() as conn:
@@ -361,58 +634,88 @@ class MetastoreBackend(SqlTablesBackend):
     def rotate_fernet_key(self) -> int:
         """Re-encrypt every stored secret with the first configured key; returns the number of rows rewritten.
 
-        One transaction: if any value cannot be decrypted, nothing is changed.
+        Never reverts a concurrent write: every row is rewritten with a compare-and-swap on the tokens it
+        was read with (``UPDATE .. WHERE id = :id AND password IS NOT DISTINCT FROM :old ..``), in one
+        transaction. A row another process changed since it was read is re-read under a row lock
+        (``SELECT .. FOR UPDATE`` on PostgreSQL; on SQLite the transaction already holds the write lock)
+        and rotated as it now is. Every value is decrypted before anything is written: if one cannot be,
+        nothing is changed.
         """
-        from cryptography.fernet import InvalidToken
-        from sqlalchemy import bindparam, select, update
+        from sqlalchemy import select, update
 
-        fernet = self._fernet_obj()
+        if self._absent():
+            return 0
         t = tables()
+        plan = [
+            ("connection", t["connection"], "conn_id", ("password", "extra")),
+            ("variable", t["variable"], "key", ("value",)),
+        ]
+        with self._db("reading the values to rotate"), self.engine.connect() as conn:
+            snapshot = {
+                kind: [tuple(r) for r in conn.execute(select(table.c[pk], *(table.c[c] for c in cols)))]
+                for kind, table, pk, cols in plan
+            }
+        if not any(snapshot.values()):
+            return 0
+        fernet = self._fernet_obj()
+        from cryptography.fernet import InvalidToken
 
-        def rotate(token: str | None, what: str) -> str | None:
-            if token is None:
-                return None
-            try:
-                return fernet.rotate(token.encode("ascii")).decode("ascii")
-            except (InvalidToken, ValueError):
-                raise FernetKeyError(
-                    f"metastore ({self.safe_url}): cannot rotate {what}: "
-                    f"no key in {self._key_setting} decrypts it; "
-                    "nothing was changed",
-                    backend=self.name,
-                ) from None
+        def rotate(kind: str, row_id: str, cols: tuple[str, ...], tokens: tuple[Any, ...]) -> tuple[Any, ...]:
+            out = []
+            for column, token in zip(cols, tokens, strict=True):
+                if token is None:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(fernet.rotate(token.encode("ascii")).decode("ascii"))
+                except (InvalidToken, ValueError, UnicodeError):
+                    raise FernetKeyError(
+                        f"{self.label}: cannot rotate the {column} of {kind} {row_id!r}: no key in "
+                        f"{self._key_setting} decrypts it; nothing was changed",
+                        backend=self.name,
+                    ) from None
+            return tuple(out)
 
+        # Decrypt everything first: a value no key decrypts stops the rotation before any write.
+        rotated_rows = {
+            kind: [(r[0], r[1:], rotate(kind, r[0], cols, r[1:])) for r in snapshot[kind]]
+            for kind, _table, _pk, cols in plan
+        }
+        counts = {"connection": 0, "variable": 0}
         with self._db("rotating the Fernet key"), self.engine.begin() as conn:
-            conns = t["connection"]
-            conn_rows = [
-                {
-                    "b_id": r.conn_id,
-                    "b_password": rotate(r.password, f"the password of connection {r.conn_id!r}"),
-                    "b_extra": rotate(r.extra, f"the extra of connection {r.conn_id!r}"),
-                }
-                for r in conn.execute(select(conns.c.conn_id, conns.c.password, conns.c.extra))
-            ]
-            if conn_rows:
-                conn.execute(
-                    update(conns)
-                    .where(conns.c.conn_id == bindparam("b_id"))
-                    .values(password=bindparam("b_password"), extra=bindparam("b_extra")),
-                    conn_rows,
-                )
-            variables = t["variable"]
-            var_rows = [
-                {"b_key": r.key, "b_value": rotate(r.value, f"the value of variable {r.key!r}")}
-                for r in conn.execute(select(variables.c.key, variables.c.value))
-            ]
-            if var_rows:
-                conn.execute(
-                    update(variables)
-                    .where(variables.c.key == bindparam("b_key"))
-                    .values(value=bindparam("b_value")),
-                    var_rows,
-                )
-        log.info("metastore: re-encrypted %d connection(s) and %d variable(s)", len(conn_rows), len(var_rows))
-        return len(conn_rows) + len(var_rows)
+            for kind, table, pk, cols in plan:
+                for row_id, old, new in rotated_rows[kind]:
+                    for _attempt in range(_ROTATE_ATTEMPTS):
+                        swap = (
+                            update(table)
+                            .where(
+                                table.c[pk] == row_id,
+                                *(table.c[c].is_not_distinct_from(v) for c, v in zip(cols, old, strict=True)),
+                            )
+                            .values(dict(zip(cols, new, strict=True)))
+                        )
+                        if conn.execute(swap).rowcount == 1:
+                            counts[kind] += 1
+                            break
+                        # Written (or deleted) by someone else since it was read: rotate what is there now.
+                        current = conn.execute(
+                            select(*(table.c[c] for c in cols)).where(table.c[pk] == row_id).with_for_update()
+                        ).first()
+                        if current is None:
+                            break
+                        old = tuple(current)
+                        new = rotate(kind, row_id, cols, old)
+                    else:
+                        raise self.error(
+                            f"{self.safe_url}: {kind} {row_id!r} kept changing during the key rotation; "
+                            "nothing was changed, run it again"
+                        )
+        log.info(
+            "metastore: re-encrypted %d connection(s) and %d variable(s)",
+            counts["connection"],
+            counts["variable"],
+        )
+        return counts["connection"] + counts["variable"]
 
     # --- health --------------------------------------------------------------------------------------
 
@@ -420,6 +723,9 @@ class MetastoreBackend(SqlTablesBackend):
         """Connects, checks the schema and decrypts one stored value (proves the Fernet key)."""
         from sqlalchemy import select
 
+        path = self._sqlite_file()
+        if path is not None and not path.exists():
+            return f"{self.safe_url}: no database yet (created on the first write)"
         t = tables()
         with self._db("checking"), self.engine.connect() as conn:
             row = conn.execute(select(t["variable"].c.key, t["variable"].c.value).limit(1)).first()

@@ -28,6 +28,13 @@ def echo_json(data: Any) -> None:
 
 
 def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    # Drawn without rich when it can be (importing rich costs ~65 ms: see credpath.cli.plain_table).
+    from credpath.cli.plain_table import render
+
+    plain = render(headers, [["" if cell is None else str(cell) for cell in row] for row in rows], title)
+    if plain is not None:
+        click.echo(plain)
+        return
     # rich is imported only when a table is printed: `connections get --json` stays lean.
     from rich.console import Console
     from rich.table import Table
