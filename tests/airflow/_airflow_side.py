@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -138,7 +139,9 @@ def _provider_backend(backend: str, kwargs: dict[str, Any], recorder: _Recorder)
                 mount, path = client._parse_secret_path(secret_path)
             except InvalidPath:
                 return None
-            recorder.names.append([mount, path])
+            # The secret the server reads: Vault answers a path with repeated slashes (an empty base path
+            # gives "/<team>/<id>") with a redirect to the cleaned path, which hvac follows.
+            recorder.names.append([mount, re.sub("/+", "/", path).lstrip("/")])
             return None
 
         client.get_secret = get_secret

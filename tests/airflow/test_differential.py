@@ -9,6 +9,11 @@ hypothesis, deterministically, plus Airflow's own vectors), connection ids, conn
 each provider backend (Vault, Secrets Manager, SSM, GCP, Azure) requests for various prefixes/sep/team
 settings, and the points of issue 13 that are input/output.
 
+The names credpath requests are recorded where they leave the real read path, never by re-deriving them:
+Vault at its HTTP session (a transport adapter: the URL and token header as sent), Secrets Manager and SSM at
+the backend's real botocore client (botocore's ``before-call`` hook: the serialised request), GCP and Key
+Vault at ``read_secret`` (after naming, team scoping and the store's name checks).
+
 Where credpath differs from Airflow on purpose, the difference is named in ``INTENDED_DIFFERENCES`` (with a
 predicate that recognises exactly that effect); everything else must agree. The README's "differences from
 Airflow" section lists the same names.
@@ -559,47 +564,38 @@ def _read(backend: Any, kind: str, key: str, team: str | None) -> Any:
     return backend.get_config(key)
 
 
-class _NotFound(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.response = {"Error": {"Code": code, "Message": "not found"}}
+# Each recorder hooks the backend where the name leaves it for the store, so the names compared are the ones
+# the real read path (naming, team scoping, validity checks, quoting, retries) sends.
+
+#: The AWS read operations a lookup issues: the request field holding the name, and the store's miss code.
+_AWS_READS = {
+    "GetSecretValue": ("SecretId", "ResourceNotFoundException"),
+    "GetParameter": ("Name", "ParameterNotFound"),
+}
 
 
-class _FakeAws:
-    """In place of a backend's AwsSession: one client whose reads all miss, recording the names asked for."""
+def _aws_recorder(backend: Any, sink: list[Any], value: str | None = None) -> None:
+    """On the backend's real botocore client (botocore's own ``before-call`` hook): each read is answered
+    before it is sent, with a miss or ``value``, and the name in the serialised request goes to ``sink``."""
+    from botocore.awsrequest import AWSResponse
 
-    def __init__(self, names: list[Any], operation: str, code: str, value: str | None = None) -> None:
-        self.names, self.operation, self.code, self.value = names, operation, code, value
+    def answer(model: Any, params: dict[str, Any], **_: Any) -> Any:
+        field, code = _AWS_READS[model.name]  # any other call is a harness bug: a KeyError outcome
+        name = json.loads(params["body"])[field]
+        sink.append(name)
+        if value is not None:
+            return AWSResponse(None, 200, {}, None), {"SecretString": value, "Name": name}
+        return AWSResponse(None, 400, {}, None), {"Error": {"Code": code, "Message": "not found"}}
 
-    def client(self, service: str) -> Any:
-        fake = self
-
-        class Client:
-            def __getattr__(self, item: str) -> Any:
-                if item != fake.operation:
-                    raise AttributeError(item)
-
-                def call(**kwargs: Any) -> Any:
-                    name = kwargs.get("SecretId") or kwargs.get("Name")
-                    fake.names.append(name)
-                    if fake.value is not None:
-                        return {"SecretString": fake.value, "Name": name}
-                    raise _NotFound(fake.code)
-
-                return call
-
-        return Client()
-
-    def error(self, exc: BaseException, what: str) -> Exception:
-        from credpath.errors import BackendError
-
-        return BackendError(f"{what}: {type(exc).__name__}")
-
-    def close(self) -> None:
-        pass
+    backend.client.meta.events.register("before-call", answer)
 
 
-def _vault_recorder(backend: Any, names: list[Any], mount_point: str | None) -> None:
+def _vault_recorder(backend: Any, sink: list[Any], mount_point: str | None) -> None:
+    """A transport adapter on the backend's HTTP session (``http_session``): every secret read is a 404, the
+    token lookup and mount detection answer as a KV v2 server would. Each read goes to ``sink`` as sent:
+    {"name": [mount, path in the mount], "base": the server URL, "token": the X-Vault-Token header}."""
+    import io
+
     import requests
     from requests.adapters import BaseAdapter
 
@@ -623,15 +619,30 @@ def _vault_recorder(backend: Any, names: list[Any], mount_point: str | None) -> 
                     rest = rest[len(mount) + 1 :]
                 else:
                     mount, _, rest = rest.partition("/")
-                names.append([mount, rest[len("data/") :] if rest.startswith("data/") else rest])
-            response._content = json.dumps(body).encode()
+                rest = rest[len("data/") :] if rest.startswith("data/") else rest
+                base, token = request.url.split("/v1/", 1)[0], request.headers.get("X-Vault-Token")
+                sink.append({"name": [mount, rest], "base": base, "token": token})
+            content = json.dumps(body).encode()
+            response._content = content
+            response.raw = io.BytesIO(content)  # the backend streams the answer
             response.headers["Content-Type"] = "application/json"
             return response
 
         def close(self) -> None:
             pass
 
-    backend.http_session.mount("http://", Adapter())
+    adapter = Adapter()
+    backend.http_session.mount("http://", adapter)
+    backend.http_session.mount("https://", adapter)
+
+
+def _store_recorder(backend: Any, sink: list[Any]) -> None:
+    """GCP and Key Vault: ``read_secret`` is where a name the store accepts goes out; every read misses."""
+
+    def read_secret(name: str, *args: Any, **kwargs: Any) -> None:
+        sink.append(name)
+
+    backend.read_secret = read_secret
 
 
 def _credpath_backend(kind: str, kwargs: dict[str, Any]) -> Any:
@@ -640,30 +651,45 @@ def _credpath_backend(kind: str, kwargs: dict[str, Any]) -> Any:
     return create_backend(kind, dict(kwargs), name=kind)
 
 
+# One recording backend per settings, reused across keys and teams (multi-team mode is read at call time):
+# building a botocore client costs ~50 ms, and the naming cases use ~700 AWS backends.
+_RECORDING: dict[str, tuple[Any, list[Any]]] = {}
+
+
+def _recording_backend(kind: str, kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """The backend for these settings and an empty list its reads are recorded in."""
+    key = json.dumps([kind, kwargs], sort_keys=True)
+    if key not in _RECORDING:
+        backend, sink = _credpath_backend(kind, kwargs), []
+        if kind in ("aws-secrets-manager", "aws-ssm"):
+            _aws_recorder(backend, sink)
+        elif kind != "vault":
+            _store_recorder(backend, sink)
+        _RECORDING[key] = backend, sink
+    backend, sink = _RECORDING[key]
+    sink.clear()
+    if kind == "vault":
+        # Vault backends with equal server settings share one HTTP session: mount this case's adapter.
+        _vault_recorder(backend, sink, kwargs.get("mount_point", "secret"))
+    return backend, sink
+
+
 def cp_names(case: dict[str, Any]) -> list[Any]:
-    names: list[Any] = []
     with environ({}, case.get("multi_team", False)):
-        backend = _credpath_backend(case["backend"], case["kwargs"])
-        if case["backend"] == "vault":
-            _vault_recorder(backend, names, case["kwargs"].get("mount_point", "secret"))
-        elif case["backend"] == "aws-secrets-manager":
-            backend.aws = _FakeAws(names, "get_secret_value", "ResourceNotFoundException")
-        elif case["backend"] == "aws-ssm":
-            backend.aws = _FakeAws(names, "get_parameter", "ParameterNotFound")
-        else:
-            backend.read_secret = lambda name: names.append(name)
+        backend, sink = _recording_backend(case["backend"], case["kwargs"])
         _read(backend, case["kind"], case["key"], case.get("team"))
-    return names
+    return [read["name"] for read in sink] if case["backend"] == "vault" else list(sink)
 
 
 def cp_aws_conn(case: dict[str, Any]) -> Any:
     backend = _credpath_backend("aws-secrets-manager", {"region_name": "us-east-1", **case.get("kwargs", {})})
-    backend.aws = _FakeAws([], "get_secret_value", "", value=case["secret"])
+    _aws_recorder(backend, [], value=case["secret"])
     conn = backend.get_connection("c")
     return None if conn is None else fields(conn)
 
 
 def cp_override(case: dict[str, Any]) -> Any:
+    """Airflow's per-key override through CredpathBackend: what the nested Vault backend sends on a read."""
     import credpath.airflow
     from credpath.airflow import _CredpathBackendMixin
 
@@ -677,7 +703,11 @@ def cp_override(case: dict[str, Any]) -> Any:
             backends=[{"name": "vault", "type": "vault", "kwargs": kwargs}], **overrides
         )
     vault = backend.search_path.backend("vault")
-    return {"url": vault.url, "token": vault._settings["token"], "mount_point": vault.mount_point}
+    sent: list[dict[str, Any]] = []
+    _vault_recorder(vault, sent, vault.mount_point)
+    vault.get_conn_value("x")
+    (read,) = sent
+    return {"url": read["base"], "token": read["token"], "mount_point": read["name"][0]}
 
 
 def cp_env(case: dict[str, Any]) -> Any:
@@ -1046,6 +1076,9 @@ def differential(airflow_venv: Path, tmp_path_factory: pytest.TempPathFactory) -
         credpath_results = [_run(lambda case=case: ops[case.op](case.args)) for case in cases]
     finally:
         logging.disable(logging.NOTSET)
+        for backend, _ in _RECORDING.values():
+            backend.close()
+        _RECORDING.clear()
         os.environ.clear()
         os.environ.update(saved)
     yield {
