@@ -9,7 +9,7 @@ thread and is given up after ``--cap`` seconds ("> cap" in the table: still goin
 
 Each side runs in its own subprocess with its own ``PYTHONPATH`` (its own servers too):
 
-    .venv/bin/python bench/faults_cloud.py --before /work/main/src --after src [--cap 120]
+    .venv/bin/python bench/faults_cloud.py --before .cache/bench-before/src --after src [--cap 120]
     .venv/bin/python bench/faults_cloud.py --measure        # one side, JSON on stdout
 """
 
@@ -174,7 +174,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--measure", action="store_true", help="measure the credpath on PYTHONPATH")
-    parser.add_argument("--before", default="/work/main/src", help="src folder of the code before")
+    parser.add_argument(
+        "--before",
+        default=str(ROOT / ".cache" / "bench-before" / "src"),
+        help="src folder of the code before",
+    )
     parser.add_argument("--after", default=str(ROOT / "src"), help="src folder of the code after")
     parser.add_argument("--cap", type=float, default=120.0, help="give a lookup up after this many seconds")
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""Search-path resilience, before (``--before``: /work/main's code) and after (this tree), against moto's
+"""Search-path resilience, before (``--before-src``: checked out by bench/faults.py) and after (this tree),
+against moto's
 Secrets Manager behind the loopback fault proxy (requests counted at the proxy, i.e. at the server side):
 
 - requests for 32 concurrent lookups of one uncached id (single-flight);
@@ -6,7 +7,8 @@ Secrets Manager behind the loopback fault proxy (requests counted at the proxy, 
 - values served during an outage after the TTL expired (stale-if-error).
 
 Each variant runs in its own subprocess with its own ``PYTHONPATH``; the parent owns moto and the proxy.
-Usage: ``python bench/faults_core.py [--before-src /work/main/src] [--after-src src]`` -> a Markdown table.
+Usage: ``python bench/faults_core.py [--before-src .cache/bench-before/src] [--after-src src]``
+-> a Markdown table.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def measure(src: str, proxy: FaultProxy) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before-src", default="/work/main/src")
+    parser.add_argument("--before-src", default=str(ROOT / ".cache" / "bench-before" / "src"))
     parser.add_argument("--after-src", default=str(ROOT / "src"))
     args = parser.parse_args()
     moto, port = start_moto()

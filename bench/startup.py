@@ -31,7 +31,6 @@ def _default_airflow() -> str | None:
     for candidate in (
         os.environ.get("AIRFLOW_BIN"),
         str(REPO / ".cache/airflow-venv/bin/airflow"),
-        "/work/main/.cache/airflow-venv/bin/airflow",
     ):
         if candidate and Path(candidate).is_file():
             return candidate
