@@ -289,3 +289,19 @@ def test_uri_round_trip_property(conn):
 def test_json_round_trip_property(conn):
     # to_json keeps empty strings, as Airflow's as_json does: every field comes back as it was.
     assert Connection.from_json(conn.to_json(), conn_id="prop") == conn
+
+
+def test_get_uri_drops_an_empty_protocol_from_the_host_as_airflow():
+    # Airflow 3.3.2: Connection(conn_type="mysql", host="://0", port=8959).get_uri() == "mysql://0:8959"
+    assert Connection(conn_id="c", conn_type="mysql", host="://0", port=8959).get_uri() == "mysql://0:8959"
+    assert Connection(conn_id="c", conn_type="mysql", host="://://", port=8959).get_uri() == (
+        "mysql://%3A%2F%2F:8959"
+    )
+
+
+def test_json_uri_beside_empty_fields_is_the_uri_as_airflow():
+    text = json.dumps({"uri": "postgres://", "conn_type": None, "password": "", "extra": {}, "port": None})
+    conn = Connection.from_json(text, conn_id="c")
+    assert (conn.conn_type, conn.host, conn.schema, conn.password) == ("postgres", "", "", None)
+    with pytest.raises(ValueError, match="mixes 'uri' with field"):
+        Connection.from_json(json.dumps({"uri": "postgres://h", "host": "other"}), conn_id="c")

@@ -288,7 +288,8 @@ class Connection:
             raise ConnectionFormatError(f"connection JSON{where} has unknown field(s): {', '.join(unknown)}")
         conn_id = conn_id or data.get("conn_id")
         if "uri" in data:
-            mixed = sorted(k for k in CONNECTION_FIELDS if data.get(k) not in (None, ""))
+            # Airflow refuses 'uri' beside a truthy field only: None, "", 0 and {} are "not given".
+            mixed = sorted(k for k in CONNECTION_FIELDS if data.get(k))
             if mixed:
                 raise ConnectionFormatError(
                     f"connection JSON{where} mixes 'uri' with field(s) {', '.join(mixed)}; use one form"
@@ -334,7 +335,9 @@ class Connection:
         if self.host and "://" in self.host:
             protocol, bare_host = self.host.split("://", 1)
             if protocol != self.conn_type:
-                uri += f"{protocol}://"
+                # As Airflow: the host loses its "<protocol>://" even when the protocol is empty ("://h").
+                if protocol:
+                    uri += f"{protocol}://"
                 host_to_use = bare_host
         authority = ""
         if self.login is not None:
