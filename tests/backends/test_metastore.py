@@ -542,3 +542,19 @@ def test_embedded_default_reads_without_sqlalchemy_or_rich(tmp_path: Path) -> No
         assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
         assert ("db.example.com" in out.stdout) is found
         assert_no_secret(out.stdout + out.stderr)
+
+
+def test_a_first_secret_after_a_connection_without_secrets_creates_the_key(tmp_path, monkeypatch):
+    # A connection with no password or extra is stored without a key; the first secret written after it
+    # must create the key file, not refuse with "holds encrypted values but no Fernet key".
+    from credpath.backends.metastore import MetastoreBackend
+    from credpath.model import Connection
+
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CREDPATH_FERNET_KEY", raising=False)
+    monkeypatch.delenv("CREDPATH_METASTORE_URL", raising=False)
+    MetastoreBackend().set_connection(Connection(conn_id="plain", conn_type="mysql", host="h"))
+    backend = MetastoreBackend()
+    backend.set_variable("v", "pw-s3cr3t-first")
+    assert backend.get_variable("v") == "pw-s3cr3t-first"
+    assert (tmp_path / "home" / "fernet.key").is_file()

@@ -63,3 +63,14 @@ def test_backends_check_shows_the_breaker(run):
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["vault"]["breaker"] == "closed" and not rows["vault"]["ok"]
     assert rows["env"]["ok"]
+
+
+def test_a_backend_that_fails_to_list_is_named_as_failed_and_exits_1(run, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_LISTED", "postgres://u@env-host/db")
+    result = run("connections", "list")
+    assert result.exit_code == 1  # the listing is incomplete (main: exit 0, vault "cannot list")
+    assert "listed" in result.stdout
+    assert "credpath: error: backend 'vault'" in result.stderr
+    assert "cannot list): vault" not in result.stderr
+    data = json.loads(run("connections", "list", "--json").stdout)
+    assert list(data["failed_backends"]) == ["vault"] and "vault" not in data["unlistable_backends"]

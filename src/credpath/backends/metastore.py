@@ -469,11 +469,15 @@ class MetastoreBackend(SqlTablesBackend):
         from sqlalchemy import select
 
         t = tables()
+        conns, variables = t["connection"], t["variable"]
+        # Only rows holding a Fernet token count: a connection with neither password nor extra was stored
+        # without a key, and must not make the first secret's writer refuse to create one.
+        encrypted = (
+            select(1).select_from(conns).where(conns.c.password.is_not(None) | conns.c.extra.is_not(None)),
+            select(1).select_from(variables),
+        )
         with self._db("checking for stored values"), self.engine.connect() as conn:
-            for table in (t["connection"], t["variable"]):
-                if conn.execute(select(1).select_from(table).limit(1)).first() is not None:
-                    return True
-        return False
+            return any(conn.execute(query.limit(1)).first() is not None for query in encrypted)
 
     def _encrypt(self, value: str | None) -> str | None:
         if value is None:

@@ -124,7 +124,9 @@ def get_command(
         for record in records:
             echo_record(record, title=f"connection {record['conn_id']}")
     for conn_id in missing:
-        click.echo(f"credpath: connection {conn_id!r} not found in any backend of the search path", err=True)
+        click.echo(
+            f"credpath: error: connection {conn_id!r} not found in any backend of the search path", err=True
+        )
     if missing:
         raise SystemExit(EXIT_NOT_FOUND)
 
@@ -140,7 +142,8 @@ def list_command(state: State, collisions: bool, as_json: bool) -> None:
 
 
 def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
-    found, unlistable = state.search_path.list_ids(kind)
+    listing = state.search_path.list_ids(kind)
+    found, unlistable, failed = listing.found, listing.cannot_list, listing.failed
     if collisions:
         found = {key: sources for key, sources in found.items() if len(sources) > 1}
     if as_json:
@@ -148,13 +151,19 @@ def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
             {
                 "items": [{"id": key, "source": s[0], "also_in": s[1:]} for key, s in found.items()],
                 "unlistable_backends": unlistable,
+                "failed_backends": failed,
             }
         )
-        return
-    headers = ("id", "source", "shadowed in") if collisions else ("id", "source", "also in")
-    echo_table(headers, [(key, s[0], ", ".join(s[1:])) for key, s in found.items()])
-    if unlistable:
-        click.echo(f"not listed (these backends cannot list): {', '.join(unlistable)}", err=True)
+    else:
+        headers = ("id", "source", "shadowed in") if collisions else ("id", "source", "also in")
+        echo_table(headers, [(key, s[0], ", ".join(s[1:])) for key, s in found.items()])
+        if unlistable:
+            click.echo(f"not listed (these backends cannot list): {', '.join(unlistable)}", err=True)
+    for name, reason in failed.items():
+        # A failure is not "cannot list": the listing is incomplete, and the exit code says so.
+        click.echo(f"credpath: error: {reason}", err=True)
+    if failed:
+        raise SystemExit(EXIT_NOT_FOUND)
 
 
 @connections.command("add")
