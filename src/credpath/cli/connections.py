@@ -159,7 +159,7 @@ def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
         echo_table(headers, [(key, s[0], ", ".join(s[1:])) for key, s in found.items()])
         if unlistable:
             click.echo(f"not listed (these backends cannot list): {', '.join(unlistable)}", err=True)
-    for name, reason in failed.items():
+    for reason in failed.values():
         # A failure is not "cannot list": the listing is incomplete, and the exit code says so.
         click.echo(f"credpath: error: {reason}", err=True)
     if failed:
