@@ -146,8 +146,11 @@ def create_app(
         if kind not in views.KINDS or not key:
             return not_found(request)
         found = views.detail(sp, kind, key)
-        if found is None:
-            return not_found(request)
+        if not found.found:
+            message = "No such id."
+            if found.failed:  # backend names come from the configuration, never from the URL
+                message = f"Not found in the backends that answered; {', '.join(found.failed)} failed."
+            return render(request, "error.html", 404, heading="Not found", message=message)
         return render(request, "detail.html", d=found)
 
     @app.get("/backends", response_class=HTMLResponse, name="backends")

@@ -153,15 +153,21 @@ class Detail:
     attempts: list[dict[str, str]]
     holders: list[str]
     fields: list[tuple[str, str]]
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        return self.source is not None
 
 
-def detail(search_path: Any, kind: str, key: str) -> Detail | None:
-    """The explain of ``key``: ``None`` when no backend has it (the caller answers 404)."""
+def detail(search_path: Any, kind: str, key: str) -> Detail:
+    """The explain of ``key``; not ``found`` when no backend that answered has it (the caller's 404)."""
     probe = search_path.explain(kind, key, use_cache=True)
     cached = probe.cached and probe.found
     explanation = search_path.explain(kind, key)
-    if not explanation.found and not explanation.unavailable:
-        return None
+    if not explanation.found:
+        # Not found (or not found while a backend failed): the caller's 404 repeats nothing of the URL.
+        return Detail(kind, key, None, "", "", [], [], [], failed=list(explanation.failed))
     if cached:
         tier = "process (in-process cache)"
     elif explanation.stale:
@@ -181,7 +187,13 @@ def detail(search_path: Any, kind: str, key: str) -> Detail | None:
         }
         for a in explanation.attempts
     ]
-    holders = [a.backend for a in explanation.attempts if a.outcome in ("hit", "stale")]
+    # The copies a lookup never reaches: from the listings (what the inventory shows), plus the source.
+    try:
+        holders = list(search_path.list_ids(kind).found.get(key, []))
+    except Exception:
+        holders = []
+    if explanation.source and explanation.source not in holders:
+        holders.insert(0, explanation.source)
     fields: list[tuple[str, str]] = []
     if explanation.found:
         try:
