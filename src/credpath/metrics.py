@@ -187,8 +187,11 @@ def _wrap(original: Any, name: str, live: set[str]) -> Any:
             if source is None and result is not None and name == "get_connection":
                 source = ""  # a connection object: served, source unknown here
             if tier is None:
+                failed_calls = any(o in ("error", "throttled") for _, o in calls)
                 if source and any(b == source and o in ("error", "throttled") for b, o in calls):
                     tier = "stale"
+                elif result is not None and failed_calls and not any(o == "hit" for _, o in calls):
+                    tier = "stale"  # found, yet no store answered with it: the kept last good value
                 elif calls or (source and source in live):
                     tier = "store"
                 else:
