@@ -16,6 +16,7 @@ from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
+from credpath import metrics as _metrics
 from credpath.cache import ABSENT, CacheSettings, TTLCache
 from credpath.config import BackendSpec, Settings, load_settings
 from credpath.errors import (
@@ -466,13 +467,19 @@ class SearchPath:
         """Run one store call behind the backend's circuit breaker."""
         breaker = entry.breaker
         if not breaker.allow():
+            if _metrics.on:
+                _metrics.breaker_rejected(entry.name)
             raise breaker.open_error(entry.label)
         try:
             result = func(*args, **kwargs)
-        except (ConfigError, AccessDenied, ReadOnlyBackend):
+        except (ConfigError, AccessDenied, ReadOnlyBackend) as exc:
             breaker.success()  # the store answered, or the fault is the configuration's: not an outage
+            if _metrics.on and not isinstance(exc, ReadOnlyBackend):
+                _metrics.store_call(entry.name, func, args, error=exc)
             raise
-        except BaseException:
+        except BaseException as exc:
+            if _metrics.on:
+                _metrics.store_call(entry.name, func, args, error=exc)
             if breaker.failure():
                 log.warning(
                     "%s failed %d times in a row; failing fast for %g s (circuit breaker open)",
@@ -482,6 +489,8 @@ class SearchPath:
                 )
             raise
         breaker.success()
+        if _metrics.on:
+            _metrics.store_call(entry.name, func, args, result)
         return result
 
     # THE ERROR POLICY: the one place that decides what a backend's exception means, for every read path

@@ -48,6 +48,8 @@ REQUIREMENTS = (
     "azure-identity>=1.25.3",
     "azure-keyvault-secrets>=4.10.0",
     "msrest",
+    # credpath's web plugin (/credpath in the API server) exports Prometheus metrics.
+    "prometheus-client",
 )
 # The google and microsoft-azure providers, for the differential harness's naming checks (their secrets
 # backends import without cloud access). Installed without their dependencies: the google provider pulls in

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from credpath import metrics as _metrics
 from credpath.deadlines import (
     Deadline,
     Retryable,
@@ -337,6 +338,7 @@ class _Session:
         self.kv_versions: dict[str, int] = {}  # per mount, once per process
         self.logins = 0
         self.renewals = 0
+        self.backend_name = "vault"  # the first backend using this session: the metrics label
         self._reset_locks()
 
     def _reset_locks(self) -> None:
@@ -622,6 +624,8 @@ class _Session:
             auth = reply.json().get("auth") if reply is not None and reply.status == 200 else None
             if auth and auth.get("client_token"):
                 self.renewals += 1
+                if _metrics.on:
+                    _metrics.auth_event("renewal", self.backend_name)
                 ttl = float(auth.get("lease_duration") or 0)
                 log.debug("vault: renewed token (%s auth), ttl %.0f s", self.auth_type, ttl)
                 if ttl < 2 and self.can_login:
@@ -686,6 +690,8 @@ class _Session:
         if not auth.get("client_token"):
             raise AccessDenied(f"Vault login at auth/{self.auth_mount} returned no token")
         self.logins += 1
+        if _metrics.on:
+            _metrics.auth_event("login", self.backend_name)
         log.debug("vault: logged in (%s auth at auth/%s)", self.auth_type, self.auth_mount)
         self._set_token(
             auth["client_token"], float(auth.get("lease_duration") or 0), bool(auth.get("renewable"))
@@ -977,6 +983,8 @@ class VaultBackend(BaseBackend):
     def session(self) -> _Session:
         if self._session is None:
             self._session = _session_for(self._settings)
+            if self._session.logins == 0 and self.name:
+                self._session.backend_name = self.name
         return self._session
 
     @property
