@@ -22,6 +22,7 @@ pytestmark = pytest.mark.airflow
 
 ENV_PW = "env-airflow-s3cr3t-1"
 META_PW = "meta-airflow-s3cr3t-2"
+FILES_PW = "files-airflow-s3cr3t-3"
 PASSWORDS = {"admin": "admin-pass-123", "viewer": "viewer-pass-456"}
 
 
@@ -39,26 +40,19 @@ def _http(url: str, token: str | None = None, data: bytes | None = None) -> tupl
         return exc.code, exc.read().decode(), dict(exc.headers)
 
 
-@pytest.fixture(scope="module")
-def api_server(airflow: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("airflow-web")
+def _auth_env(tmp: Path) -> dict[str, str]:
     passwords = tmp / "passwords.json"
     passwords.write_text(json.dumps(PASSWORDS))
-    env = {
+    return {
         "AIRFLOW__CORE__AUTH_MANAGER": (
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
         ),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW_CONN_WEB_DB": f"postgres://envuser:{ENV_PW}@env-host:5432/app",
-        "AIRFLOW_VAR_WEB_REGION": "eu-north-1",
     }
-    for conn_id in ("web_db", "web_meta_only"):
-        result = airflow.run(
-            "connections", "add", conn_id, "--conn-uri", f"postgres://meta:{META_PW}@meta-host:5432/{conn_id}",
-            env=env,
-        )  # fmt: skip
-        assert result.returncode == 0, "airflow connections add failed"
+
+
+def _serve(airflow: Any, tmp: Path, env: dict[str, str]) -> Iterator[dict[str, Any]]:
     port = free_port()
     log_path = tmp / "api-server.log"
     with log_path.open("wb") as log:
@@ -80,7 +74,43 @@ def api_server(airflow: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield {"url": url, "env": env, "log": log_path}
     finally:
         stop_process(proc)
-        assert_no_secret(log_path.read_text(errors="replace"), ENV_PW, META_PW)
+        assert_no_secret(log_path.read_text(errors="replace"), ENV_PW, META_PW, FILES_PW)
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("airflow-web")
+    env = {
+        **_auth_env(tmp),
+        "AIRFLOW_CONN_WEB_DB": f"postgres://envuser:{ENV_PW}@env-host:5432/app",
+        "AIRFLOW_VAR_WEB_REGION": "eu-north-1",
+    }
+    for conn_id in ("web_db", "web_meta_only"):
+        result = airflow.run(
+            "connections", "add", conn_id, "--conn-uri", f"postgres://meta:{META_PW}@meta-host:5432/{conn_id}",
+            env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, "airflow connections add failed"
+    yield from _serve(airflow, tmp, env)
+
+
+@pytest.fixture(scope="module")
+def credpath_api_server(airflow: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The API server with credpath as Airflow's secrets backend (a files backend and env, inline)."""
+    tmp = tmp_path_factory.mktemp("airflow-web-credpath")
+    connections = tmp / "connections.json"
+    connections.write_text(json.dumps({"cp_files_db": f"mysql://fuser:{FILES_PW}@files-host:3306/shop"}))
+    backends = [
+        {"name": "cp-files", "type": "files", "kwargs": {"connections_file_path": str(connections)}},
+        {"name": "cp-env", "type": "env"},
+    ]
+    env = {
+        **_auth_env(tmp),
+        "AIRFLOW__SECRETS__BACKEND": "credpath.airflow.CredpathBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"backends": backends}),
+        "AIRFLOW_CONN_CP_ENV_DB": f"postgres://envuser:{ENV_PW}@env-host:5432/app",
+    }
+    yield from _serve(airflow, tmp, env)
 
 
 def _token(url: str, user: str) -> str:
@@ -139,3 +169,20 @@ def test_page_needs_airflow_auth_and_shows_airflow_chain(api_server: dict[str, A
     status, text, _ = _http(f"{url}/credpath/id/connection?key=nope_marker_zz", admin)
     assert status == 404 and "nope_marker_zz" not in text
     assert_no_secret("\n".join(pages), ENV_PW, META_PW)
+
+
+def test_page_serves_credpath_backends_search_path_when_it_is_the_backend(
+    credpath_api_server: dict[str, Any],
+) -> None:
+    url = credpath_api_server["url"]
+    assert _http(f"{url}/credpath/")[0] == 401
+    admin = _token(url, "admin")
+    status, body, _ = _http(f"{url}/credpath/", admin)
+    assert status == 200
+    # CredpathBackend's own search path (its configured backend names), not Airflow's env/metastore chain.
+    assert 'data-id="cp_files_db" data-kind="connection" data-source="cp-files"' in body
+    assert 'data-id="cp_env_db" data-kind="connection" data-source="cp-env"' in body
+    assert "airflow-metastore" not in body
+    status, backends, _ = _http(f"{url}/credpath/backends", admin)
+    assert status == 200 and 'data-backend="cp-files"' in backends and 'data-backend="cp-env"' in backends
+    assert_no_secret(body + backends, ENV_PW, FILES_PW)
