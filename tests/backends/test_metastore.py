@@ -558,3 +558,227 @@ def test_a_first_secret_after_a_connection_without_secrets_creates_the_key(tmp_p
     backend.set_variable("v", "pw-s3cr3t-first")
     assert backend.get_variable("v") == "pw-s3cr3t-first"
     assert (tmp_path / "home" / "fernet.key").is_file()
+
+
+# --- multi-team (Airflow 3.2+): owners, Airflow 3.3.2's MetastoreBackend read rule, schema v2 --------------
+
+TEAMS = (None, "team_a", "team_b", "team_c")
+OWNED = {"shared": None, "a_only": "team_a", "b_only": "team_b"}
+
+
+def _visible(owner: str | None, team: str | None) -> bool:
+    return owner is None or owner == team  # WHERE team_name = :team OR team_name IS NULL
+
+
+def _seed_teams(backend: MetastoreBackend) -> None:
+    for conn_id, owner in OWNED.items():
+        backend.set_connection(_conn(conn_id, host=f"{conn_id}.example.com"), team_name=owner)
+        backend.set_variable(f"{conn_id}_var", f"{VAR_VALUE}-{conn_id}", team_name=owner)
+
+
+def _assert_team_rule(backend: MetastoreBackend, owners: dict[str, str | None]) -> None:
+    for team in TEAMS:
+        for conn_id, owner in owners.items():
+            conn = backend.get_connection(conn_id, team_name=team)
+            assert (conn is not None) is _visible(owner, team), (conn_id, team)
+            assert (backend.get_conn_value(conn_id, team_name=team) is not None) is _visible(owner, team)
+            assert (backend.get_variable(f"{conn_id}_var", team_name=team) is not None) is _visible(
+                owner, team
+            )
+        expected = sorted(i for i, owner in owners.items() if _visible(owner, team))
+        keys = [f"{i}_var" for i in expected]
+        assert sorted(backend.get_conn_values([*owners, "missing"], team_name=team)) == expected
+        assert sorted(backend.get_variables([f"{i}_var" for i in owners], team_name=team)) == keys
+        assert sorted(backend.prefetch_connections(team_name=team)) == expected
+        assert sorted(backend.prefetch_variables(team_name=team)) == keys
+        if team is not None:
+            assert backend.list_connections(team_name=team) == expected
+            assert backend.list_variables(team_name=team) == keys
+    assert backend.list_connections() == sorted(owners)  # without a team: every id (ids only)
+
+
+def test_team_rows_are_read_by_their_team_only(metastore_harness: MetastoreHarness) -> None:
+    writer = metastore_harness.make_backend()
+    _seed_teams(writer)
+    assert writer.get_connection("a_only", team_name="team_a").password == PW  # type: ignore[union-attr]
+    _assert_team_rule(writer, OWNED)
+    _assert_team_rule(metastore_harness.make_backend(), OWNED)  # a fresh reader (another process)
+    # Stored as the owner, in the column (NULL for a global row).
+    with metastore_harness._engine.connect() as conn:
+        owners = dict(conn.execute(text(f"SELECT conn_id, team_name FROM {CONNECTION_TABLE}")).all())
+    assert owners == OWNED
+
+
+def test_a_team_read_is_still_one_select(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    _seed_teams(backend)
+    counter = StatementCounter(backend)
+    backend.get_connection("a_only", team_name="team_a")
+    backend.get_variable("b_only_var", team_name="team_a")
+    backend.get_conn_values(["a_only", "b_only"], team_name="team_b")
+    assert counter.statements == ["SELECT", "SELECT", "SELECT"]
+
+
+def test_an_overwrite_never_changes_the_owner(metastore_harness: MetastoreHarness) -> None:
+    backend = metastore_harness.make_backend()
+    _seed_teams(backend)
+    for conn_id, team in (("shared", "team_a"), ("a_only", None), ("a_only", "team_b")):
+        with pytest.raises(ConfigError, match="exists with another owner") as info:
+            backend.set_connection(_conn(conn_id, host="changed.example.com"), team_name=team)
+        assert_no_secret(str(info.value))
+        with pytest.raises(ConfigError, match="exists with another owner"):
+            backend.set_variable(f"{conn_id}_var", "changed", team_name=team)
+    _assert_team_rule(backend, OWNED)  # nothing moved
+    assert backend.get_connection("shared").host == "shared.example.com"  # type: ignore[union-attr]
+    # The owner's own overwrite works and keeps it private.
+    backend.set_connection(_conn("a_only", host="new.example.com"), team_name="team_a")
+    backend.set_variable("a_only_var", "new", team_name="team_a")
+    assert backend.get_connection("a_only", team_name="team_a").host == "new.example.com"  # type: ignore[union-attr]
+    assert backend.get_variable("a_only_var", team_name="team_a") == "new"
+    assert backend.get_connection("a_only") is None and backend.get_variable("a_only_var", "team_b") is None
+    with pytest.raises(ConfigError, match="already exists"):
+        backend.set_connection(_conn("a_only"), team_name="team_a", overwrite=False)
+    # Deleting (an administrator's act, team-agnostic) frees the id for another owner.
+    assert backend.delete_connection("a_only")
+    backend.set_connection(_conn("a_only"), team_name="team_b")
+    assert backend.get_connection("a_only", team_name="team_b") is not None
+
+
+@pytest.mark.parametrize("team", ["", "t" * 51, 7])
+def test_a_bad_team_name_is_refused_before_anything_is_written(
+    metastore_harness: MetastoreHarness, team: Any
+) -> None:
+    backend = metastore_harness.make_backend()
+    with pytest.raises(ConfigError, match="team_name must be a non-empty string of at most 50"):
+        backend.set_connection(_conn("c"), team_name=team)
+    with pytest.raises(ConfigError, match="team_name must be"):
+        backend.set_variable("v", VAR_VALUE, team_name=team)
+    assert backend.list_connections() == [] and backend.list_variables() == []
+
+
+def _make_v1_database(url: str, fernet_key: str) -> None:
+    """A metastore as credpath wrote it before teams (schema v1): the same tables without team_name."""
+    from sqlalchemy import MetaData, Table
+
+    from credpath.backends.metastore import tables
+
+    metadata = MetaData()
+    v1 = {
+        k: Table(t.name, metadata, *(c._copy() for c in t.c if c.name != "team_name"))
+        for k, t in tables().items()
+    }
+    fernet = Fernet(fernet_key.encode())
+    engine = create_engine(url)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(v1["version"].insert().values(version=1))
+            for conn_id in ("old_db", "old_api"):
+                conn.execute(
+                    v1["connection"]
+                    .insert()
+                    .values(
+                        conn_id=conn_id,
+                        conn_type="postgres",
+                        host=f"{conn_id}.example.com",
+                        password=fernet.encrypt(PW.encode()).decode(),
+                    )
+                )
+            conn.execute(
+                v1["variable"]
+                .insert()
+                .values(key="old_var", value=fernet.encrypt(VAR_VALUE.encode()).decode())
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_v1_database_is_upgraded_in_place_keeping_its_rows(metastore_harness: MetastoreHarness) -> None:
+    _make_v1_database(metastore_harness.url, metastore_harness.fernet_key)
+    reader = metastore_harness.make_backend()  # opened on v1 (SQLite: the stdlib read path, read-only)
+    for team in TEAMS:  # before teams every row is global
+        assert reader.get_connection("old_db", team_name=team).password == PW  # type: ignore[union-attr]
+        assert reader.get_variable("old_var", team_name=team) == VAR_VALUE
+    writer = metastore_harness.make_backend()
+    writer.set_connection(_conn("a_only"), team_name="team_a")  # upgrades, then writes
+    writer.set_variable("a_only_var", VAR_VALUE, team_name="team_a")
+    assert sorted(r[0] for r in metastore_harness.raw_rows(VERSION_TABLE)) == [1, 2]
+    assert writer.check().endswith("(schema v2)")
+    owners = {"old_db": None, "old_api": None, "a_only": "team_a"}
+    with metastore_harness._engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT conn_id, team_name FROM {CONNECTION_TABLE} ORDER BY conn_id")).all()
+    assert dict(rows) == owners  # the old rows are kept, global
+    for backend in (writer, metastore_harness.make_backend(), reader):
+        # The reader opened before the upgrade sees the new column: a team's row never leaks to it.
+        for team in TEAMS:
+            assert backend.get_connection("old_db", team_name=team).password == PW  # type: ignore[union-attr]
+            assert backend.get_variable("old_var", team_name=team) == VAR_VALUE
+            visible = team == "team_a"
+            assert (backend.get_connection("a_only", team_name=team) is not None) is visible, team
+            assert (backend.get_variable("a_only_var", team_name=team) is not None) is visible, team
+            assert sorted(backend.get_conn_values(list(owners), team_name=team)) == sorted(
+                i for i, o in owners.items() if _visible(o, team)
+            )
+
+
+def test_concurrent_upgrades_of_a_v1_database_agree(metastore_harness: MetastoreHarness) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _make_v1_database(metastore_harness.url, metastore_harness.fernet_key)
+    backends = [metastore_harness.make_backend() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda b: b.set_variable(f"k{id(b)}", "x", team_name="team_a"), backends))
+    assert sorted(r[0] for r in metastore_harness.raw_rows(VERSION_TABLE)) == [1, 2]
+    assert backends[0].get_variable("old_var") == VAR_VALUE
+    assert len(backends[0].list_variables(team_name="team_a")) == 5
+
+
+def test_search_path_and_cli_write_and_read_with_a_team(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from credpath.api import set_default_search_path
+    from credpath.cli import cli
+    from credpath.errors import NotFound
+    from credpath.search_path import SearchPath
+
+    backend = MetastoreBackend(
+        url=f"sqlite:///{tmp_path / 'sp.db'}", fernet_key=Fernet.generate_key().decode()
+    )
+    search_path = SearchPath([("metastore", backend)])
+    with pytest.raises(NotFound):
+        search_path.get_connection("team_db", team_name="team_a")  # a cached miss, then the write
+    assert search_path.set_connection(_conn("team_db"), team_name="team_a") == "metastore"
+    assert search_path.get_connection("team_db", team_name="team_a").password == PW
+    with pytest.raises(NotFound):
+        search_path.get_connection("team_db")
+    search_path.set_variable("team_var", VAR_VALUE, team_name="team_b")
+    assert search_path.get_variable("team_var", team_name="team_b") == VAR_VALUE
+    assert search_path.get_variable("team_var", None, team_name="team_a") is None
+    backend.close()
+
+    # The CLI on the embedded default: --team on `connections add` and `variables set`.
+    set_default_search_path(None)
+    runner = CliRunner()
+    uri = f"postgres://app:{PW}@db.example.com:5432/analytics"
+    for args in (
+        ["connections", "add", "cli_db", "--conn-uri", uri, "--team", "team_a"],
+        ["variables", "set", "cli_var", VAR_VALUE, "--team", "team_a"],
+    ):
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert_no_secret(result.output)
+    home = MetastoreBackend()
+    assert home.get_connection("cli_db", team_name="team_a").password == PW  # type: ignore[union-attr]
+    assert home.get_connection("cli_db") is None and home.get_variable("cli_var", "team_b") is None
+    assert home.get_variable("cli_var", team_name="team_a") == VAR_VALUE
+    home.close()
+    got = runner.invoke(
+        cli, ["connections", "get", "cli_db", "--team", "team_a", "--json"], catch_exceptions=False
+    )
+    assert got.exit_code == 0 and json.loads(got.stdout)["host"] == "db.example.com"
+    assert runner.invoke(cli, ["connections", "get", "cli_db"], catch_exceptions=False).exit_code != 0
+    set_default_search_path(None)

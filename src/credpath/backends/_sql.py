@@ -31,6 +31,25 @@ if TYPE_CHECKING:
 _BATCH = 500  # ids per SELECT .. IN (SQLite allows 32766 bound parameters, PostgreSQL 65535)
 #: The id column of each kind's table (the table's key in ``_tables()`` is the kind).
 ID_COLUMN: dict[str, str] = {"connection": "conn_id", "variable": "key"}
+#: The owner column (Airflow 3.2+ multi-team): NULL is a global row, else the team that owns the row.
+TEAM_COLUMN = "team_name"
+
+
+class _AllTeams:
+    """``team`` of a listing: every row, whoever owns it (the administrator's view; ids only)."""
+
+    def __repr__(self) -> str:
+        return "ALL_TEAMS"
+
+
+#: Passed as ``team`` to read every row regardless of owner (listings without a team).
+ALL_TEAMS: Any = _AllTeams()
+
+
+def team_visible(row_team: str | None, team: str | None) -> bool:
+    """Airflow 3.3.2's MetastoreBackend rule, ``team_name = :team OR team_name IS NULL``: a global row is
+    visible to every caller, a team's row only to that team (never to another team or to no team)."""
+    return row_team is None or (team is not None and row_team == team)
 
 
 class FernetKeyError(ConfigError):
@@ -105,6 +124,8 @@ class SqlTablesBackend(BaseBackend):
         self._fernet: MultiFernet | None = None
         # Reentrant: loading the metastore's key may create the engine (to look for stored rows) under it.
         self._lock = threading.RLock()
+        #: kind -> the table has ``team_name`` (set by ``_engine_ready``; absent: an older schema).
+        self._team_columns: dict[str, bool] = {}
         self._configure(url)
 
     # --- what subclasses supply ----------------------------------------------------------------------
@@ -126,11 +147,27 @@ class SqlTablesBackend(BaseBackend):
         return {}
 
     def _engine_ready(self, engine: Engine) -> None:
-        """Runs once on the new engine before it is used (the metastore checks its schema here)."""
+        """Runs once on the new engine before it is used: finds which tables have ``team_name`` (the
+        metastore checks and upgrades its schema instead)."""
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import NoSuchTableError
+
+        with self._db("inspecting the tables"):
+            inspector = inspect(engine)
+            for kind in ID_COLUMN:
+                try:
+                    names = {c["name"] for c in inspector.get_columns(self._tables()[kind].name)}
+                except NoSuchTableError:
+                    names = set()  # the read reports the missing table
+                self._team_columns[kind] = TEAM_COLUMN in names
 
     def _encrypted(self, row: Any, column: str) -> bool | None:
         """Whether ``column`` of ``row`` holds a Fernet token rather than the plain value."""
         return True
+
+    def _team_scoped(self, kind: Kind) -> bool:
+        """Whether ``kind``'s table has the ``team_name`` column (decided when the engine is made)."""
+        return self._team_columns.get(kind, False)
 
     # --- plumbing ------------------------------------------------------------------------------------
 
@@ -270,88 +307,110 @@ class SqlTablesBackend(BaseBackend):
             return self.deserialize_connection(conn_id, conn.to_json())
         return conn
 
-    def _rows(self, kind: Kind, ids: list[str] | None = None) -> list[Any]:
-        """Every row of ``kind``'s table, or those whose id is among ``ids`` (and wanted by the lookup
-        pattern): one ``SELECT .. WHERE id IN (..)`` per 500 ids."""
-        from sqlalchemy import select
+    def _select(self, kind: Kind, team: Any) -> Any:
+        """``SELECT`` of ``kind``'s columns, scoped to what ``team`` may read (Airflow's rule) when the
+        table has owners; ``team`` :data:`ALL_TEAMS` selects every row."""
+        from sqlalchemy import or_, select
 
         t = self._tables()[kind]
+        scoped = self._team_scoped(kind)
+        stmt = select(*(c for c in t.c if scoped or c.name != TEAM_COLUMN))
+        if scoped and team is not ALL_TEAMS:
+            owner = t.c[TEAM_COLUMN]
+            stmt = stmt.where(or_(owner == team, owner.is_(None)))  # as airflow/secrets/metastore.py
+        return stmt
+
+    def _rows(self, kind: Kind, ids: list[str] | None = None, team: Any = None) -> list[Any]:
+        """The rows of ``kind``'s table that ``team`` may read, or those whose id is among ``ids`` (and
+        wanted by the lookup pattern): one ``SELECT .. WHERE id IN (..)`` per 500 ids."""
         if ids is None:
             with self._db(f"reading {kind}s"), self.engine.connect() as conn:
-                return list(conn.execute(select(t)).all())
+                return list(conn.execute(self._select(kind, team)).all())
         wanted = list(dict.fromkeys(i for i in ids if self.wants(kind, i)))
-        id_column = t.c[ID_COLUMN[kind]]
         rows: list[Any] = []
+        if not wanted:
+            return rows
         with self._db(f"reading {kind}s"), self.engine.connect() as conn:
+            id_column = self._tables()[kind].c[ID_COLUMN[kind]]
+            stmt = self._select(kind, team)
             for start in range(0, len(wanted), _BATCH):
                 chunk = wanted[start : start + _BATCH]
-                rows.extend(conn.execute(select(t).where(id_column.in_(chunk))))
+                rows.extend(conn.execute(stmt.where(id_column.in_(chunk))))
         return rows
 
     # --- reads ---------------------------------------------------------------------------------------
+    # team_name (Airflow 3.2+ multi-team): a read sees the team's rows and the global ones (team_name
+    # NULL); team_name=None sees the global rows only. A table without the column: every row is global.
 
-    def get_connection(self, conn_id: str) -> Connection | None:
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         if not self.wants("connection", conn_id):
             return None
-        return self.get_connections([conn_id]).get(conn_id)
+        return self.get_connections([conn_id], team_name=team_name).get(conn_id)
 
-    def get_conn_value(self, conn_id: str) -> str | None:
-        conn = self.get_connection(conn_id)  # JSON, not a URI: it keeps the description
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        conn = self.get_connection(conn_id, team_name)  # JSON, not a URI: it keeps the description
         return None if conn is None else conn.to_json()
 
-    def get_variable_record(self, key: str) -> Variable | None:
+    def get_variable_record(self, key: str, team_name: str | None = None) -> Variable | None:
         if not self.wants("variable", key):
             return None
-        return self.get_variable_records([key]).get(key)
+        return self.get_variable_records([key], team_name=team_name).get(key)
 
-    def get_variable(self, key: str) -> str | None:
-        record = self.get_variable_record(key)
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        record = self.get_variable_record(key, team_name)
         return None if record is None else record.value
 
     def get_config(self, key: str) -> str | None:
         return None  # neither database holds secrets-backend config (Airflow's metadata database neither)
 
-    # --- batches -------------------------------------------------------------------------------------
+    # --- batches (the same team rule as single reads: the search path's prefetch relies on it) ----------
 
-    def get_connections(self, ids: list[str]) -> dict[str, Connection]:
+    def get_connections(self, ids: list[str], *, team_name: str | None = None) -> dict[str, Connection]:
         """Hits among ``ids``: one ``SELECT .. WHERE conn_id IN (..)`` per 500 ids."""
-        return {row.conn_id: self._row_to_connection(row) for row in self._rows("connection", ids)}
+        return {row.conn_id: self._row_to_connection(row) for row in self._rows("connection", ids, team_name)}
 
-    def get_conn_values(self, ids: list[str]) -> dict[str, str]:
-        return {i: c.to_json() for i, c in self.get_connections(ids).items()}
+    def get_conn_values(self, ids: list[str], *, team_name: str | None = None) -> dict[str, str]:
+        return {i: c.to_json() for i, c in self.get_connections(ids, team_name=team_name).items()}
 
-    def get_variable_records(self, keys: list[str]) -> dict[str, Variable]:
-        return {row.key: self._row_to_variable(row) for row in self._rows("variable", keys)}
+    def get_variable_records(self, keys: list[str], *, team_name: str | None = None) -> dict[str, Variable]:
+        return {row.key: self._row_to_variable(row) for row in self._rows("variable", keys, team_name)}
 
-    def get_variables(self, keys: list[str]) -> dict[str, str]:
-        return {k: v.value for k, v in self.get_variable_records(keys).items()}
+    def get_variables(self, keys: list[str], *, team_name: str | None = None) -> dict[str, str]:
+        return {k: v.value for k, v in self.get_variable_records(keys, team_name=team_name).items()}
 
-    def prefetch_connections(self) -> dict[str, str]:
+    def prefetch_connections(self, *, team_name: str | None = None) -> dict[str, str]:
         return {
             r.conn_id: self._row_to_connection(r).to_json()
-            for r in self._rows("connection")
+            for r in self._rows("connection", None, team_name)
             if self.wants("connection", r.conn_id)
         }
 
-    def prefetch_variables(self) -> dict[str, str]:
+    def prefetch_variables(self, *, team_name: str | None = None) -> dict[str, str]:
         return {
             r.key: self._row_to_variable(r).value
-            for r in self._rows("variable")
+            for r in self._rows("variable", None, team_name)
             if self.wants("variable", r.key)
         }
 
     # --- listing -------------------------------------------------------------------------------------
+    # Ids only. Without a team: every id, whoever owns it (as ``airflow connections list``); with a team:
+    # the ids that team can read (its own and the global ones).
 
-    def _list(self, kind: Kind) -> list[str]:
-        from sqlalchemy import select
+    def _list(self, kind: Kind, team: Any = ALL_TEAMS) -> list[str]:
+        from sqlalchemy import or_, select
 
-        col = self._tables()[kind].c[ID_COLUMN[kind]]
+        t = self._tables()[kind]
+        col = t.c[ID_COLUMN[kind]]
         with self._db(f"listing {kind}s"), self.engine.connect() as conn:
-            ids = conn.execute(select(col).order_by(col)).scalars().all()
+            stmt = select(col).order_by(col)
+            if team is not ALL_TEAMS and self._team_scoped(kind):
+                owner = t.c[TEAM_COLUMN]
+                stmt = stmt.where(or_(owner == team, owner.is_(None)))
+            ids = conn.execute(stmt).scalars().all()
         return [i for i in ids if self.wants(kind, i)]
 
-    def list_connections(self) -> list[str]:
-        return self._list("connection")
+    def list_connections(self, *, team_name: str | None = None) -> list[str]:
+        return self._list("connection", ALL_TEAMS if team_name is None else team_name)
 
-    def list_variables(self) -> list[str]:
-        return self._list("variable")
+    def list_variables(self, *, team_name: str | None = None) -> list[str]:
+        return self._list("variable", ALL_TEAMS if team_name is None else team_name)

@@ -6,6 +6,14 @@ The source of ``credpath migrate --from airflow-db``: SQLAlchemy Core over Airfl
 with the Fernet key(s) from kwarg ``fernet_key`` or ``AIRFLOW__CORE__FERNET_KEY`` (comma-separated: a
 MultiFernet, so rotated keys still decrypt). Read-only, by design: Airflow owns that schema.
 
+Multi-team (Airflow 3.2+): every read takes ``team_name`` and filters exactly as Airflow 3.3.2's
+``MetastoreBackend`` (``WHERE conn_id = :id AND (team_name = :team OR team_name IS NULL)``): a team sees
+its own rows and the global ones, ``team_name=None`` the global ones only; batch reads and prefetch apply
+the same rule. Listing without a team lists every id (as ``airflow connections list``), with a team the
+ids that team can read. A database without the ``team_name`` column (Airflow 2.x-3.1; 3.1's
+``team_id`` is not read) is read team-agnostically, as before; the column is looked for once, when the
+engine is created.
+
 FIX over Airflow: a variable that cannot be decrypted is an error naming the key (Airflow logs and returns
 ``None``, which a migration would copy as "missing"). A wrong or missing key is a configuration error
 (:class:`~credpath.backends._sql.FernetKeyError`, a ConfigError).
@@ -31,7 +39,8 @@ log = logging.getLogger(__name__)
 
 @functools.cache  # built once, on first use (not at import: SQLAlchemy stays unimported)
 def tables() -> dict[str, Table]:
-    """The columns credpath reads from Airflow's tables (present since Airflow 2.0; extra ones ignored)."""
+    """The columns credpath reads from Airflow's tables (present since Airflow 2.0, ``team_name`` since
+    3.2; extra ones ignored)."""
     from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text
 
     metadata = MetaData()
@@ -50,6 +59,7 @@ def tables() -> dict[str, Table]:
             Column("extra", Text),
             Column("is_encrypted", Boolean),
             Column("is_extra_encrypted", Boolean),
+            Column("team_name", String(50)),  # Airflow 3.2+; selected only when the database has it
         ),
         "variable": Table(
             "variable",
@@ -58,6 +68,7 @@ def tables() -> dict[str, Table]:
             Column("val", Text),
             Column("description", Text),
             Column("is_encrypted", Boolean),
+            Column("team_name", String(50)),  # Airflow 3.2+
         ),
     }
 

@@ -13,6 +13,17 @@
   ``SELECT .. IN`` per 500 ids. ``credpath.db`` (and so its journal, which SQLite creates with the
   database's mode) is created 0600.
 - A read of an absent SQLite metastore is a miss and creates nothing (no directory, database or key).
+- Multi-team (Airflow 3.2+): each row has an owner, ``team_name`` (NULL: global; schema v2). Reads follow
+  Airflow 3.3.2's MetastoreBackend, ``WHERE id = :id AND (team_name = :team OR team_name IS NULL)``: a
+  team sees its rows and the global ones, ``team_name=None`` the global ones only, for single and batch
+  reads and prefetch. Ids stay unique across owners (as in Airflow). Listing without a team lists every
+  id, with a team the ids it can read. ``set_connection(conn, team_name=...)`` /
+  ``set_variable(..., team_name=...)`` store the owner; an overwrite never changes a row's owner (a
+  ConfigError; delete the row first), so a team's value is never silently made global or another's.
+- Schema v1 (before teams) is upgraded in place (``ALTER TABLE .. ADD COLUMN team_name``, rows kept, all
+  global) when the SQLAlchemy engine is first made: by the first write on SQLite, by the first use on
+  other databases. The stdlib read path reads a v1 file as it is (every row global) and notices the
+  column as soon as another process adds it.
 
 Reads of an SQLite file go through the standard library's ``sqlite3`` (read-only connection, same schema,
 same Fernet tokens); writes, key rotation and every other URL (PostgreSQL, ...) use SQLAlchemy. Measured
@@ -35,7 +46,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from credpath.backends._sql import ID_COLUMN, FernetKeyError, SqlTablesBackend
+from credpath.backends._sql import (
+    ALL_TEAMS,
+    ID_COLUMN,
+    TEAM_COLUMN,
+    FernetKeyError,
+    SqlTablesBackend,
+    team_visible,
+)
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 
@@ -51,9 +69,7 @@ __all__ = ["FernetKeyError", "MetastoreBackend", "credpath_home", "generate_key"
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-#: version -> callable(connection) upgrading the schema from version-1 to version (none yet).
-MIGRATIONS: dict[int, Any] = {}
+SCHEMA_VERSION = 2
 
 CONNECTION_TABLE = "credpath_connection"
 VARIABLE_TABLE = "credpath_variable"
@@ -65,6 +81,8 @@ DB_FILE_NAME = "credpath.db"
 #: escapes, ``:memory:``) is left to SQLAlchemy, which parses it.
 _SQLITE_FILE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///([^?#%@:]+)")
 _BATCH = 500
+#: Values of ``team_name`` that can be stored: the column's (and Airflow's ``team.name``) length.
+_TEAM_MAX = 50
 #: Rows of the stdlib read path, with the attribute names of SQLAlchemy's rows.
 _ROW_TYPES = {
     "connection": namedtuple(
@@ -79,6 +97,16 @@ _ROTATE_ATTEMPTS = 10
 
 class _Absent(Exception):
     """The SQLite metastore does not exist yet (or has no schema yet): every read is a miss."""
+
+
+def _add_team_name(conn: Any) -> None:
+    """v1 -> v2: the owner column (NULL: global, so every existing row stays visible as before)."""
+    for table in (CONNECTION_TABLE, VARIABLE_TABLE):
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {TEAM_COLUMN} VARCHAR({_TEAM_MAX})")
+
+
+#: version -> callable(connection) upgrading the schema from version-1 to version (in one transaction).
+MIGRATIONS: dict[int, Any] = {2: _add_team_name}
 
 
 def credpath_home(env: Mapping[str, str] | None = None) -> Path:
@@ -111,6 +139,7 @@ def tables() -> dict[str, Table]:
             Column("schema", String(500)),
             Column("port", Integer),
             Column("extra", Text),  # Fernet token
+            Column(TEAM_COLUMN, String(_TEAM_MAX), nullable=True),  # owner (v2); NULL: global
             Column("updated_at", DateTime(timezone=True), server_default=func.current_timestamp()),
         ),
         "variable": Table(
@@ -119,6 +148,7 @@ def tables() -> dict[str, Table]:
             Column("key", String(250), primary_key=True),
             Column("value", Text, nullable=False),  # Fernet token
             Column("description", Text),
+            Column(TEAM_COLUMN, String(_TEAM_MAX), nullable=True),  # owner (v2); NULL: global
             Column("updated_at", DateTime(timezone=True), server_default=func.current_timestamp()),
         ),
     }
@@ -153,6 +183,8 @@ class MetastoreBackend(SqlTablesBackend):
         self._sqlite_path: Path | None = Path(match.group(1)).expanduser() if match else None
         self._sqlite_conn: sqlite3.Connection | None = None
         self._sqlite_lock = threading.Lock()  # one stdlib connection, one statement at a time
+        #: The stdlib connection's file has the team_name column (v2, or seen added since it was opened).
+        self._sqlite_teams = False
         self._keys_checked = False
 
     @property
@@ -220,6 +252,7 @@ class MetastoreBackend(SqlTablesBackend):
     def _engine_ready(self, engine: Engine) -> None:
         with self._db("connecting / checking the schema"):
             self._ensure_schema(engine)
+        self._team_columns = {"connection": True, "variable": True}  # v2, made or upgraded just now
         log.debug("metastore: using %s (schema v%s)", self.safe_url, self.schema_version)
 
     def _ensure_schema(self, engine: Engine) -> None:
@@ -242,10 +275,7 @@ class MetastoreBackend(SqlTablesBackend):
                     # Concurrent first writers (2-4 processes on a fresh CREDPATH_HOME) raced here: one
                     # saw the tables of another half made ("table already exists", "no such table").
                     # One creator at a time; the others wait, then find the schema made.
-                    if engine.dialect.name == "sqlite":
-                        conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    elif engine.dialect.name == "postgresql":
-                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7325041)")  # "credpath schema"
+                    self._schema_lock(conn)
                     if inspect(conn).has_table(VERSION_TABLE):
                         version = conn.execute(select(func.max(version_col))).scalar()
                     if version is None:
@@ -262,11 +292,23 @@ class MetastoreBackend(SqlTablesBackend):
         self._check_version(version)
         if version < SCHEMA_VERSION:
             with engine.begin() as conn:
+                # One upgrader at a time (as the creation above); a second one finds it done.
+                self._schema_lock(conn)
+                version = conn.execute(select(func.max(version_col))).scalar() or version
+                self._check_version(version)  # a newer credpath may have upgraded it meanwhile
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     MIGRATIONS[target](conn)
                     conn.execute(insert(t["version"]).values(version=target))
+                    log.info("metastore: upgraded %s to schema v%d", self.safe_url, target)
             version = SCHEMA_VERSION
         self.schema_version = version
+
+    @staticmethod
+    def _schema_lock(conn: Any) -> None:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7325041)")  # "credpath schema"
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -324,6 +366,7 @@ class MetastoreBackend(SqlTablesBackend):
             conn.close()
             raise
         self.schema_version = version
+        self._sqlite_teams = version >= 2
         self._sqlite_conn = conn
         return conn
 
@@ -332,27 +375,49 @@ class MetastoreBackend(SqlTablesBackend):
         reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         return self.error(f"{self.safe_url}: {action} failed: {reason}")
 
-    def _sqlite_select(self, kind: Kind, action: str, ids: list[str] | None) -> list[Any]:
+    def _sqlite_select(self, kind: Kind, action: str, ids: list[str] | None, team: Any) -> list[Any]:
+        """Rows of ``kind`` (those among ``ids``, or all) that ``team`` may read; :data:`ALL_TEAMS`: all."""
         import sqlite3
 
         row_type = _ROW_TYPES[kind]
-        columns = ", ".join(f'"{name}"' for name in row_type._fields)
-        query = f"SELECT {columns} FROM {_TABLE_NAMES[kind]}"
         id_column = ID_COLUMN[kind]
         with self._sqlite_lock:
             try:
                 conn = self._sqlite()
             except _Absent:
                 return []
+            chunks: list[list[str] | None] = (
+                [None] if ids is None else [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
+            )
+            rows: list[Any] = []
             try:
-                if ids is None:
-                    return [row_type(*r) for r in conn.execute(query).fetchall()]
-                rows: list[Any] = []
-                for start in range(0, len(ids), _BATCH):
-                    chunk = ids[start : start + _BATCH]
-                    marks = ", ".join("?" * len(chunk))
-                    found = conn.execute(f'{query} WHERE "{id_column}" IN ({marks})', chunk).fetchall()
-                    rows.extend(row_type(*r) for r in found)
+                for chunk in chunks:
+                    where, params = [], []
+                    if chunk is not None:
+                        where.append(f'"{id_column}" IN ({", ".join("?" * len(chunk))})')
+                        params.extend(chunk)
+                    if self._sqlite_teams:
+                        if team is not ALL_TEAMS:  # Airflow's rule, in SQL
+                            where.append(f'("{TEAM_COLUMN}" = ? OR "{TEAM_COLUMN}" IS NULL)')
+                            params.append(team)
+                        columns = ", ".join(f'"{name}"' for name in row_type._fields)
+                    else:
+                        columns = "*"  # v1: the owner column may have been added since this file was opened
+                    query = f"SELECT {columns} FROM {_TABLE_NAMES[kind]}"
+                    if where:
+                        query += " WHERE " + " AND ".join(where)
+                    cursor = conn.execute(query, params)
+                    found = cursor.fetchall()
+                    if columns != "*":
+                        rows.extend(row_type(*r) for r in found)
+                        continue
+                    names = [d[0] for d in cursor.description]
+                    if TEAM_COLUMN in names:
+                        self._sqlite_teams = True  # upgraded to v2 by another process meanwhile
+                    for r in found:
+                        values = dict(zip(names, r, strict=True))
+                        if team is ALL_TEAMS or team_visible(values.get(TEAM_COLUMN), team):
+                            rows.append(row_type(*(values[f] for f in row_type._fields)))
                 return rows
             except sqlite3.Error as exc:
                 raise self._sqlite_error(action, exc) from None
@@ -501,76 +566,100 @@ class MetastoreBackend(SqlTablesBackend):
     # --- reads ---------------------------------------------------------------------------------------
     # An uncached read costs one SELECT; a read of an absent SQLite metastore costs a stat() and is a miss.
 
-    def _rows(self, kind: Kind, ids: list[str] | None = None) -> list[Any]:
+    def _rows(self, kind: Kind, ids: list[str] | None = None, team: Any = None) -> list[Any]:
         self._check_key_setting()
         if ids is not None:
             ids = list(dict.fromkeys(i for i in ids if self.wants(kind, i)))
             if not ids:
                 return []
         if self._sqlite_path is not None:
-            return self._sqlite_select(kind, f"reading {kind}s", ids)
+            return self._sqlite_select(kind, f"reading {kind}s", ids, team)
         if self._absent():
             return []
-        return super()._rows(kind, ids)
+        return super()._rows(kind, ids, team)
 
-    def _row(self, kind: Kind, key: str) -> Any:
+    def _row(self, kind: Kind, key: str, team: str | None) -> Any:
         self._check_key_setting()
         if self._sqlite_path is not None:
-            rows = self._sqlite_select(kind, f"reading {kind} {key!r}", [key])
+            rows = self._sqlite_select(kind, f"reading {kind} {key!r}", [key], team)
             return rows[0] if rows else None
         if self._absent():
             return None
-        from sqlalchemy import select
-
         t = tables()[kind]
         with self._db(f"reading {kind} {key!r}"), self.engine.connect() as conn:
-            return conn.execute(select(t).where(t.c[ID_COLUMN[kind]] == key)).first()
+            return conn.execute(self._select(kind, team).where(t.c[ID_COLUMN[kind]] == key)).first()
 
-    def _list(self, kind: Kind) -> list[str]:
+    def _list(self, kind: Kind, team: Any = ALL_TEAMS) -> list[str]:
         self._check_key_setting()
         if self._sqlite_path is not None:
-            import sqlite3
+            if team is ALL_TEAMS:
+                import sqlite3
 
-            column = ID_COLUMN[kind]
-            with self._sqlite_lock:
-                try:
-                    conn = self._sqlite()
-                except _Absent:
-                    return []
-                try:
-                    found = conn.execute(
-                        f'SELECT "{column}" FROM {_TABLE_NAMES[kind]} ORDER BY "{column}"'
-                    ).fetchall()
-                except sqlite3.Error as exc:
-                    raise self._sqlite_error(f"listing {kind}s", exc) from None
-            return [r[0] for r in found if self.wants(kind, r[0])]
+                column = ID_COLUMN[kind]
+                with self._sqlite_lock:
+                    try:
+                        conn = self._sqlite()
+                    except _Absent:
+                        return []
+                    try:
+                        found = conn.execute(
+                            f'SELECT "{column}" FROM {_TABLE_NAMES[kind]} ORDER BY "{column}"'
+                        ).fetchall()
+                    except sqlite3.Error as exc:
+                        raise self._sqlite_error(f"listing {kind}s", exc) from None
+                ids = [r[0] for r in found]
+            else:  # a team's listing: the ids its reads can see (rare: the whole rows are read)
+                rows = self._sqlite_select(kind, f"listing {kind}s", None, team)
+                ids = sorted(getattr(r, ID_COLUMN[kind]) for r in rows)
+            return [i for i in ids if self.wants(kind, i)]
         if self._absent():
             return []
-        return super()._list(kind)
+        return super()._list(kind, team)
 
-    def get_connection(self, conn_id: str) -> Connection | None:
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         if not self.wants("connection", conn_id):
             return None
-        row = self._row("connection", conn_id)
+        row = self._row("connection", conn_id, team_name)
         return None if row is None else self._adapted(conn_id, self._row_to_connection(row))
 
-    def get_variable_record(self, key: str) -> Variable | None:
+    def get_variable_record(self, key: str, team_name: str | None = None) -> Variable | None:
         if not self.wants("variable", key):
             return None
-        row = self._row("variable", key)
+        row = self._row("variable", key, team_name)
         return None if row is None else self._row_to_variable(row)
 
     # --- writes --------------------------------------------------------------------------------------
 
+    def _owner(self, team_name: Any) -> str | None:
+        if team_name is not None and (
+            not isinstance(team_name, str) or not team_name or len(team_name) > _TEAM_MAX
+        ):
+            raise self.config_error(f"team_name must be a non-empty string of at most {_TEAM_MAX} characters")
+        return team_name
+
     def _write(
-        self, table: Table, pk: str, key: str, values: dict[str, Any], overwrite: bool, kind: str
+        self,
+        table: Table,
+        pk: str,
+        key: str,
+        values: dict[str, Any],
+        overwrite: bool,
+        kind: str,
+        team: str | None,
     ) -> None:
         from sqlalchemy import func, insert, update
         from sqlalchemy.exc import IntegrityError
 
         engine = self.engine
-        row = {pk: key, **values}
+        row = {pk: key, **values, TEAM_COLUMN: team}
+        owner = table.c[TEAM_COLUMN]
         dialect = engine.dialect.name
+        # An overwrite keeps the row's owner and refuses another owner's row (Airflow's upsert silently
+        # keeps the old owner: a team's new value would be served to whoever could read the old one).
+        owner_error = self.config_error(
+            f"{kind} {key!r} exists with another owner (global or another team); an overwrite never "
+            "changes the owner: delete it first"
+        )
         with self._db(f"writing {kind} {key!r}"):
             try:
                 with engine.begin() as conn:
@@ -584,11 +673,20 @@ class MetastoreBackend(SqlTablesBackend):
                         stmt = upsert(table).values(row)
                         changes = {name: stmt.excluded[name] for name in values}
                         changes["updated_at"] = func.current_timestamp()
-                        conn.execute(stmt.on_conflict_do_update(index_elements=[pk], set_=changes))
+                        same_owner = owner.is_not_distinct_from(stmt.excluded[TEAM_COLUMN])
+                        stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=changes, where=same_owner)
+                        # Nothing written: the WHERE kept another owner's row. psycopg reports no rowcount
+                        # for an upsert, so PostgreSQL says it with RETURNING (SQLite < 3.35 has none).
+                        if dialect == "postgresql":
+                            written = conn.execute(stmt.returning(table.c[pk])).first() is not None
+                        else:
+                            written = conn.execute(stmt).rowcount > 0
+                        if not written:
+                            raise owner_error
                     else:
                         changed = conn.execute(
                             update(table)
-                            .where(table.c[pk] == key)
+                            .where(table.c[pk] == key, owner.is_not_distinct_from(team))
                             .values(**values, updated_at=func.current_timestamp())
                         )
                         if changed.rowcount == 0:
@@ -596,26 +694,40 @@ class MetastoreBackend(SqlTablesBackend):
             except IntegrityError:
                 if not overwrite:
                     raise self.config_error(f"{kind} {key!r} already exists") from None
+                if dialect not in ("sqlite", "postgresql"):
+                    raise owner_error from None  # the UPDATE found no row of this owner, the INSERT a row
                 raise
         log.debug("metastore: wrote %s %r", kind, key)
 
-    def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, team_name: str | None = None
+    ) -> None:
+        """Store ``conn``; ``team_name``: its owner (None: global, readable by every team)."""
         if not conn.conn_id:
             raise self.config_error("a connection needs a conn_id to be stored")
+        team = self._owner(team_name)
         values = self._connection_values(conn)
-        self._write(tables()["connection"], "conn_id", conn.conn_id, values, overwrite, "connection")
+        self._write(tables()["connection"], "conn_id", conn.conn_id, values, overwrite, "connection", team)
 
     def set_variable(
-        self, key: str, value: str, *, overwrite: bool = True, description: str | None = None
+        self,
+        key: str,
+        value: str,
+        *,
+        overwrite: bool = True,
+        description: str | None = None,
+        team_name: str | None = None,
     ) -> None:
+        """Store a variable; ``team_name``: its owner (None: global, readable by every team)."""
         if not isinstance(key, str) or not key:
             raise self.config_error("a variable needs a non-empty key")
         if not isinstance(value, str):
             raise self.config_error(
                 f"the value of variable {key!r} must be a string, got {type(value).__name__}"
             )
+        team = self._owner(team_name)
         values = {"value": self._encrypt(value), "description": description}
-        self._write(tables()["variable"], "key", key, values, overwrite, "variable")
+        self._write(tables()["variable"], "key", key, values, overwrite, "variable", team)
 
     def _delete(self, table: str, column: str, key: str, kind: str) -> bool:
         from sqlalchemy import delete

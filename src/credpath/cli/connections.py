@@ -185,6 +185,7 @@ def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
 @click.option("--conn-description", "--description", "description")
 @click.option("--to", "to", help="Backend name to write to (default: metastore, else the first writable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing connection.")
+@click.option("--team", "team", help="Owner team (Airflow multi-team; metastore): only that team reads it.")
 @click.option(
     "--on-deleted",
     type=click.Choice(["fail", "recover", "purge"]),
@@ -207,6 +208,7 @@ def add_command(
     description: str | None,
     to: str | None,
     overwrite: bool,
+    team: str | None,
     on_deleted: str | None,
 ) -> None:
     """Add a connection: --conn-uri, --conn-json, or --conn-type with field options (Airflow's flags).
@@ -266,6 +268,7 @@ def add_command(
             extra=extra,
         )
     options = {"on_deleted": on_deleted} if on_deleted else {}
+    options.update(team_kwargs(team))  # a store without owners refuses it ("has no write option")
     target = state.search_path.set_connection(conn, to=to, overwrite=overwrite, **options)
     click.echo(f"added connection {conn_id!r} to backend {target!r}")
 

@@ -58,6 +58,7 @@ def get_command(
 @click.argument("value")
 @click.option("--to", "to", help="Backend name to write to (default: metastore, else the first writable).")
 @click.option("--no-overwrite", is_flag=True, help="Fail if the key exists in the target.")
+@click.option("--team", "team", help="Owner team (Airflow multi-team; metastore): only that team reads it.")
 @click.option(
     "--on-deleted",
     type=click.Choice(["fail", "recover", "purge"]),
@@ -66,12 +67,19 @@ def get_command(
 @pass_state
 @handle_errors
 def set_command(
-    state: State, key: str, value: str, to: str | None, no_overwrite: bool, on_deleted: str | None
+    state: State,
+    key: str,
+    value: str,
+    to: str | None,
+    no_overwrite: bool,
+    team: str | None,
+    on_deleted: str | None,
 ) -> None:
     """Set a variable (string value; JSON text is stored as is). VALUE '-' reads standard input (a hidden
     prompt on a terminal), so a secret value need not appear on the command line."""
     value = read_secret_inputs({"VALUE": value})["VALUE"] or ""
     options = {"on_deleted": on_deleted} if on_deleted else {}
+    options.update(team_kwargs(team))  # a store without owners refuses it ("has no write option")
     target = state.search_path.set_variable(key, value, to=to, overwrite=not no_overwrite, **options)
     click.echo(f"set variable {key!r} in backend {target!r}")
 
