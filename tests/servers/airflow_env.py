@@ -48,6 +48,8 @@ REQUIREMENTS = (
     "azure-identity>=1.25.3",
     "azure-keyvault-secrets>=4.10.0",
     "msrest",
+    # The shared cache tier on Redis (credpath[redis]), for the DAG-run tests with [cache] shared.
+    "redis>=5.0",
 )
 # The google and microsoft-azure providers, for the differential harness's naming checks (their secrets
 # backends import without cloud access). Installed without their dependencies: the google provider pulls in
@@ -300,3 +302,56 @@ def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
     finally:
         airflow.base_env.pop("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", None)
         stop_process(proc)
+
+
+# --- a DAG of N tasks x M connections, for counting store calls per DAG run (issue 14) ---------------
+
+STORE_CALLS_DAG = '''
+"""{tasks} tasks, each reading {count} connections; prints its secrets time (never a value)."""
+from __future__ import annotations
+
+import time
+
+import pendulum
+
+from airflow.sdk import BaseHook, dag, task
+
+CONN_IDS = {conn_ids!r}
+
+
+@dag(dag_id={dag_id!r}, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
+def store_calls():
+    @task
+    def read_secrets():
+        started = time.perf_counter()
+        for conn_id in CONN_IDS:
+            assert BaseHook.get_connection(conn_id).host
+        print(f"secrets_ms={{(time.perf_counter() - started) * 1000:.3f}}")
+
+    for index in range({tasks}):
+        read_secrets.override(task_id=f"t{{index}}")()
+
+
+store_calls()
+'''
+
+
+def write_store_calls_dag(airflow: AirflowEnv, dag_id: str, conn_ids: list[str], tasks: int = 10) -> None:
+    text = STORE_CALLS_DAG.format(tasks=tasks, count=len(conn_ids), conn_ids=list(conn_ids), dag_id=dag_id)
+    (airflow.dags / f"{dag_id}.py").write_text(text)
+
+
+def run_store_calls_dag(
+    airflow: AirflowEnv, dag_id: str, env: Mapping[str, str], timeout: float = 400.0
+) -> tuple[subprocess.CompletedProcess[str], list[float]]:
+    """``airflow dags test --use-executor DAG_ID`` (LocalExecutor, a supervisor per task); the result and
+    each task's secrets time in ms (from its task log)."""
+    result = airflow.run("dags", "test", "--use-executor", dag_id, env=env, timeout=timeout)
+    times: list[float] = []
+    for log_file in sorted((airflow.home / "logs").glob(f"dag_id={dag_id}/**/attempt=*.log")):
+        for line in log_file.read_text().splitlines():
+            if line.startswith("{") and "secrets_ms=" in line:
+                event = json.loads(line).get("event", "")
+                if str(event).startswith("secrets_ms="):
+                    times.append(float(str(event).split("=", 1)[1]))
+    return result, times
