@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -925,6 +926,7 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
     parts = urlsplit(openbao.addr)
     calls: dict[str, int] = {}
     reads: dict[str, int] = {}
+    task_ms: dict[str, list[float]] = {}
     extra: dict[str, str] = {}
     fernet = airflow.run("config", "get-value", "core", "fernet_key")
     if fernet.returncode != 0 or not fernet.stdout.strip():  # the file tier reuses Airflow's key
@@ -942,7 +944,11 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
         assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
         calls[name] = proxy.count()
         reads[name] = proxy.count(r"/v1/[^/]+/data/")
+        task_ms[name] = times
         proxy.stop()
+    figures = os.environ.get("CREDPATH_BENCH_SHARED_OUT")  # bench/shared_cache.py reads the figures here
+    if figures:
+        Path(figures).write_text(json.dumps({"calls": calls, "reads": reads, "task_ms": task_ms}))
     assert reads["airflow"] >= 30  # each task process reads each connection
     # The drop-in, with no shared tier, costs no more requests than Airflow's own backend.
     assert calls["credpath"] <= calls["airflow"], calls

@@ -236,18 +236,23 @@ def clean_environment(home: Path, venv: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def airflow(airflow_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
-    home = tmp_path_factory.mktemp("airflow-home")
-    (home / "dags").mkdir()
-    env = AirflowEnv(
-        venv=airflow_venv, home=home, dags=home / "dags", base_env=clean_environment(home, airflow_venv)
-    )
+def migrated_airflow(venv: Path, home: Path) -> AirflowEnv:
+    """An AIRFLOW_HOME in ``home`` (a dags folder, SQLite, ``airflow db migrate`` run)."""
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    env = AirflowEnv(venv=venv, home=home, dags=home / "dags", base_env=clean_environment(home, venv))
     result = env.run("db", "migrate", timeout=300)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.splitlines()[-5:])
-        pytest.fail(f"airflow db migrate failed (rc={result.returncode}):\n{tail}")
+        raise RuntimeError(f"airflow db migrate failed (rc={result.returncode}):\n{tail}")
     return env
+
+
+@pytest.fixture(scope="session")
+def airflow(airflow_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
+    try:
+        return migrated_airflow(airflow_venv, tmp_path_factory.mktemp("airflow-home"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @dataclass
@@ -261,9 +266,9 @@ class ApiServer:
         return f"{self.url}/execution/"
 
 
-@pytest.fixture(scope="session")
-def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
-    """The execution API (what task processes talk to); about 6 s to start, ~220 MB."""
+def start_api_server(airflow: AirflowEnv) -> ApiServer:
+    """Start ``airflow api-server --apps execution`` on a loopback port and wait until it is healthy;
+    sets the execution API URL in ``airflow.base_env``. Stop with :func:`stop_api_server`."""
     port = free_port()
     log_path = airflow.home / "api-server.log"
     with log_path.open("wb") as log_file:
@@ -297,11 +302,26 @@ def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
             time.sleep(0.2)
-        airflow.base_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server.execution_api_url
+    except BaseException:
+        stop_process(proc)
+        raise
+    airflow.base_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server.execution_api_url
+    return server
+
+
+def stop_api_server(airflow: AirflowEnv, server: ApiServer) -> None:
+    airflow.base_env.pop("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", None)
+    stop_process(server.proc)
+
+
+@pytest.fixture(scope="session")
+def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
+    """The execution API (what task processes talk to); about 6 s to start, ~220 MB."""
+    server = start_api_server(airflow)
+    try:
         yield server
     finally:
-        airflow.base_env.pop("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", None)
-        stop_process(proc)
+        stop_api_server(airflow, server)
 
 
 # --- a DAG of N tasks x M connections, for counting store calls per DAG run (issue 14) ---------------
