@@ -910,6 +910,7 @@ def dag_variant(
 
 
 @pytest.mark.airflow
+@pytest.mark.timeout(1200)  # four DAG runs of 10 task processes each, on a small shared machine
 def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
     airflow: AirflowEnv,
     airflow_api_server: ApiServer,
@@ -938,9 +939,9 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
         env = {**dag_variant(name, openbao.root_token, dag_vault, proxy.url, tmp_path, redis_url), **extra}
         dag_id = "store_calls_" + re.sub(r"\W", "_", name)
         write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10)
-        result, times = run_store_calls_dag(airflow, dag_id, env)
-        assert_no_secret(result.stdout + result.stderr)
-        assert result.returncode == 0, f"{name}: airflow dags test failed (rc={result.returncode})"
+        code, times = run_store_calls_dag(airflow, dag_id, env)
+        assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
+        assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
         assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
         calls[name] = proxy.count()
         reads[name] = proxy.count(r"/v1/[^/]+/data/")
