@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -857,3 +858,102 @@ def test_backend_kwarg_token_override_reaches_the_nested_vault_backend(
     assert result.returncode != 0
     assert "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN sets kwarg 'token', which several backends take" in output
     assert "e.g. AIRFLOW__SECRETS__BACKEND_KWARG__VAULT__TOKEN" in output
+
+
+# --- store calls per DAG run: Airflow's backend, credpath, credpath with a shared tier (issue 14) -------
+
+DAG_CONN_IDS = ["dagc_db_0", "dagc_db_1", "dagc_db_2"]
+DAG_CACHE_KEY = "kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="
+
+
+@pytest.fixture(scope="module")
+def dag_vault(openbao: OpenBao) -> Iterator[str]:
+    mount = openbao.enable_kv(2)
+    logging.disable(logging.CRITICAL)
+    for index, conn_id in enumerate(DAG_CONN_IDS):
+        uri = f"postgres://u{index}:pw-s3cr3t-dag-{index}@dag-db-{index}.internal:5432/d"
+        openbao.put(mount, 2, f"connections/{conn_id}", {"conn_uri": uri})
+    logging.disable(logging.NOTSET)
+    yield mount
+    openbao.disable(mount)
+
+
+def _dag_env(section_backend: str, kwargs: dict[str, Any]) -> dict[str, str]:
+    """The same backend as [secrets] backend and [workers] secrets_backend."""
+    text = json.dumps(kwargs)
+    return {
+        "AIRFLOW__SECRETS__BACKEND": section_backend,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": text,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": section_backend,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": text,
+    }
+
+
+DAG_VARIANTS = ("airflow", "credpath", "credpath+file", "credpath+redis")
+
+
+def dag_variant(
+    name: str, token: str, mount: str, proxy_url: str, tmp: Path, redis_url: str
+) -> dict[str, str]:
+    """The settings of one way to serve the DAG's connections from one Vault behind ``proxy_url``."""
+    airflow_kwargs = {"url": proxy_url, "token": token, "mount_point": mount}
+    backends = [{"name": "vault", "type": "vault", "kwargs": dict(airflow_kwargs)}]
+    if name == "airflow":
+        return _dag_env("airflow.providers.hashicorp.secrets.vault.VaultBackend", airflow_kwargs)
+    if name == "credpath":
+        return _dag_env(CLASS_PATH, {"backends": backends})
+    if name == "credpath+file":  # with Airflow's own [core] fernet_key as the tier's key
+        cache = {"shared": f"file:{tmp / 'shared.db'}", "shared_key": "airflow"}
+    else:
+        cache = {"shared": redis_url, "shared_key": DAG_CACHE_KEY}
+    return _dag_env(CLASS_PATH, {"backends": backends, "cache": cache})
+
+
+@pytest.mark.airflow
+@pytest.mark.timeout(1200)  # four DAG runs of 10 task processes each, on a small shared machine
+def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
+    airflow: AirflowEnv,
+    airflow_api_server: ApiServer,
+    openbao: OpenBao,
+    dag_vault: str,
+    fault_proxy: Any,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.servers.airflow_env import run_store_calls_dag, write_store_calls_dag
+
+    parts = urlsplit(openbao.addr)
+    calls: dict[str, int] = {}
+    reads: dict[str, int] = {}
+    task_ms: dict[str, list[float]] = {}
+    extra: dict[str, str] = {}
+    fernet = airflow.run("config", "get-value", "core", "fernet_key")
+    if fernet.returncode != 0 or not fernet.stdout.strip():  # the file tier reuses Airflow's key
+        from cryptography.fernet import Fernet
+
+        extra["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
+    for name in DAG_VARIANTS:
+        proxy = fault_proxy(parts.hostname, parts.port)
+        env = {**dag_variant(name, openbao.root_token, dag_vault, proxy.url, tmp_path, redis_url), **extra}
+        dag_id = "store_calls_" + re.sub(r"\W", "_", name)
+        write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10)
+        code, times = run_store_calls_dag(airflow, dag_id, env)
+        assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
+        assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
+        assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
+        calls[name] = proxy.count()
+        reads[name] = proxy.count(r"/v1/[^/]+/data/")
+        task_ms[name] = times
+        proxy.stop()
+    figures = os.environ.get("CREDPATH_BENCH_SHARED_OUT")  # bench/shared_cache.py reads the figures here
+    if figures:
+        Path(figures).write_text(json.dumps({"calls": calls, "reads": reads, "task_ms": task_ms}))
+    assert reads["airflow"] >= 30  # each task process reads each connection
+    # The drop-in, with no shared tier, costs no more requests than Airflow's own backend.
+    assert calls["credpath"] <= calls["airflow"], calls
+    # A shared tier: one read per connection for the whole DAG run (token auth: no login at all).
+    for name in ("credpath+file", "credpath+redis"):
+        assert reads[name] == len(DAG_CONN_IDS), (name, reads)
+        assert calls[name] <= len(DAG_CONN_IDS) + 1, (name, calls)

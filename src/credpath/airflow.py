@@ -100,7 +100,7 @@ def _build_search_path(
     }
     if backends is not None:
         specs = parse_backends(backends, origin=f"{origin} backends")
-        cache_settings = parse_cache(cache or {}, origin=f"{origin} cache")
+        cache_settings = parse_cache(cache or {}, origin=f"{origin} cache", env=clean_env)
     else:
         if config is not None:
             if not isinstance(config, str | os.PathLike) or not str(config).strip():
@@ -123,7 +123,11 @@ def _build_search_path(
             raise ConfigError(f"{file}: no [[backends]] list; {CLASS_PATH} needs the stores to search")
         settings = load_settings(file, clean_env)
         specs = settings.backends
-        cache_settings = parse_cache(cache, origin=f"{origin} cache") if cache is not None else settings.cache
+        cache_settings = (
+            parse_cache(cache, origin=f"{origin} cache", env=clean_env)
+            if cache is not None
+            else settings.cache
+        )
     for spec in specs:
         if spec.type == CLASS_PATH or spec.type.endswith(".airflow.CredpathBackend"):
             raise ConfigError(f"{spec.origin}: {CLASS_PATH} cannot be one of its own backends")

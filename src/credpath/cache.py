@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 ABSENT: Any = object()
@@ -37,6 +37,12 @@ class CacheSettings:
     jitter: float = 0.1
     #: Seconds after expiry during which a value may still be served if its backend fails (0: never).
     stale_if_error: float = DEFAULT_STALE_IF_ERROR
+    #: The shared second tier (:mod:`credpath.shared_cache`), normalized: "file:/abs/path" or a Redis URL;
+    #: None for none. ``shared_keys``: its Fernet keys (the first encrypts), resolved at start-up.
+    shared: str | None = field(default=None, repr=False)
+    shared_keys: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    #: Lease of the cross-process single-flight lock: a waiter takes over from a holder this much late.
+    shared_lease: float = 5.0
 
 
 class TTLCache:
@@ -71,22 +77,32 @@ class TTLCache:
             return None
         return item[1], now - item[2]
 
-    def put(self, key: Any, value: Any, *, miss: bool = False) -> None:
+    def put(self, key: Any, value: Any, *, miss: bool = False) -> tuple[float, float, float] | None:
+        """Store ``value``; returns its ``(expiry, stored_at, keep_until)`` (monotonic), None if not kept
+        (the shared tier stores the same times, so both tiers expire together)."""
         settings = self.settings
         if not settings.enabled:
-            return
+            return None
         ttl = settings.miss_ttl if miss else settings.ttl
         stale = 0.0 if miss else settings.stale_if_error  # a miss is no "last good value"
         if ttl <= 0 and stale <= 0:
-            return
+            return None
         now = time.monotonic()
         expiry = now + max(0.0, ttl) * (1.0 + settings.jitter * random.random())
         if ttl <= 0:
             expiry = now - 1.0  # never fresh; kept only for stale-if-error
+        self.put_entry(key, value, expiry, now, expiry + stale)
+        return expiry, now, expiry + stale
+
+    def put_entry(self, key: Any, value: Any, expiry: float, stored_at: float, keep_until: float) -> None:
+        """Store with given monotonic times (an entry read from the shared tier keeps its own)."""
+        settings = self.settings
+        if not settings.enabled:
+            return
         with self._lock:
             data = self._data
             data.pop(key, None)  # re-insert at the end: eviction order follows freshness
-            data[key] = (expiry, value, now, expiry + stale)
+            data[key] = (expiry, value, stored_at, keep_until)
             while len(data) > settings.max_size:
                 try:  # get() pops expired entries without the lock: tolerate a concurrent removal
                     data.pop(next(iter(data)), None)

@@ -78,7 +78,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     data: dict[str, Any] = {}
     if file is not None:
         data = read_toml(file)
-    cache = parse_cache(data.get("cache", {}), origin=f"{file.name if file else 'config'} [cache]")
+    cache = parse_cache(data.get("cache", {}), origin=f"{file.name if file else 'config'} [cache]", env=env)
     breaker = parse_breaker(
         data.get("circuit_breaker", {}), origin=f"{file.name if file else 'config'} [circuit_breaker]"
     )
@@ -107,10 +107,29 @@ def read_toml(file: Path) -> dict[str, Any]:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from None
 
 
-def parse_cache(raw: Any, origin: str) -> CacheSettings:
+ENV_CACHE_SHARED = "CREDPATH_CACHE_SHARED"
+ENV_CACHE_KEY = "CREDPATH_CACHE_KEY"
+_NO_SHARED = ("", "off", "none", "false")
+
+
+def parse_cache(raw: Any, origin: str, env: Mapping[str, str] | None = None) -> CacheSettings:
+    """``[cache]``: the in-process tier's settings and the shared tier's (``shared``, ``shared_key``,
+    ``shared_lease``). ``CREDPATH_CACHE_SHARED`` / ``CREDPATH_CACHE_KEY`` override the file's; the shared
+    tier's store and key are checked here (start-up), without connecting."""
+    env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin} must be a table")
-    allowed = {"enabled", "ttl", "miss_ttl", "max_size", "jitter", "stale_if_error"}
+    allowed = {
+        "enabled",
+        "ttl",
+        "miss_ttl",
+        "max_size",
+        "jitter",
+        "stale_if_error",
+        "shared",
+        "shared_key",
+        "shared_lease",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(
@@ -132,7 +151,49 @@ def parse_cache(raw: Any, origin: str) -> CacheSettings:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{origin}: max_size must be an integer >= 1")
         values["max_size"] = value
+    if "shared_lease" in raw:
+        value = raw["shared_lease"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{origin}: shared_lease must be a number > 0 (seconds)")
+        values["shared_lease"] = float(value)
+    values.update(_parse_shared(raw, origin, env))
     return CacheSettings(**values)
+
+
+def _parse_shared(raw: Mapping[str, Any], origin: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The shared tier: its normalized setting and resolved keys (errors name the setting, never values)."""
+    if env.get(ENV_CACHE_SHARED) is not None:
+        shared, where = env[ENV_CACHE_SHARED], ENV_CACHE_SHARED
+    else:
+        shared, where = raw.get("shared"), f"{origin}: shared"
+    if (
+        shared is None
+        or shared is False
+        or (isinstance(shared, str) and shared.strip().lower() in _NO_SHARED)
+    ):
+        return {}
+    if not isinstance(shared, str):
+        raise ConfigError(f"{where} must be 'file', 'file:PATH', or a redis:// or rediss:// URL")
+    key_setting = raw.get("shared_key")
+    if key_setting is not None and not isinstance(key_setting, str):
+        raise ConfigError(f"{origin}: shared_key must be a string (Fernet keys, comma-separated)")
+    from credpath.shared_cache import normalize_shared, resolve_keys
+
+    home = credpath_home(env)
+    try:
+        normalized = normalize_shared(shared, home)
+    except ConfigError as exc:
+        raise type(exc)(f"{where} {exc}", **_dependency(exc)) from None
+    try:
+        keys = resolve_keys(key_setting, env, home, file_tier=normalized.startswith("file:"))
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    return {"shared": normalized, "shared_keys": tuple(keys)}
+
+
+def _dependency(exc: ConfigError) -> dict[str, Any]:
+    module = getattr(exc, "module", None)
+    return {} if module is None else {"module": module}
 
 
 def parse_breaker(raw: Any, origin: str) -> BreakerSettings:

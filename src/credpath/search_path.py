@@ -82,6 +82,9 @@ class Explanation:
     stale_age: float | None = None
     #: Backends that failed (transiently) during this resolution, in search order.
     failed: list[str] = field(default_factory=list)
+    #: Which tier served the answer: "process" (in-process cache), "shared" (the shared tier), "store"
+    #: (the backends were asked) or "stale" (a failed refresh; the last good value was served).
+    tier: str = "store"
 
     @property
     def found(self) -> bool:
@@ -151,11 +154,13 @@ class SearchPath:
         masker: Masker | None = None,
         mask_logs: bool = True,
         breaker: BreakerSettings | None = None,
+        shared: Any = _UNSET,
     ) -> None:
         self.breaker_settings = breaker or BreakerSettings()
         self.entries: list[Entry] = []
         self._live_before: dict[str, tuple[Entry, ...]] = {}
         self._live_all: tuple[Entry, ...] = ()
+        backends = list(backends)
         for item in backends:
             self._add(item)
         if isinstance(cache, TTLCache):
@@ -172,6 +177,12 @@ class SearchPath:
         self._flight = SingleFlight()
         self._warned: set[tuple[Any, str]] = set()  # (cache key, what) warned once per outage episode
         self._teams: set[str | None] = {None}  # teams with cached entries: a write invalidates each
+        #: The shared second tier (credpath.shared_cache.SharedTier), or None: from ``[cache] shared``.
+        self.shared: Any = None
+        if shared is not _UNSET:
+            self.shared = shared
+        elif self.cache.settings.shared and self.cache.settings.enabled:
+            self.shared = _shared_tier(self.cache.settings, backends)
 
     # --- construction ------------------------------------------------------------------------------
 
@@ -251,6 +262,8 @@ class SearchPath:
         return self._entry(name).breaker.describe()
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.flush()
         for entry in self.entries:
             close = getattr(entry.backend, "close", None)
             if callable(close):
@@ -314,6 +327,8 @@ class SearchPath:
         ckey = (kind, key, team_name)
         cached = self.cache.get(ckey)
         if cached is not ABSENT:
+            if self.shared is not None:
+                self.shared.count("process_hits")
             live = self._live_all if cached is _MISS else self._live_before.get(cached.source, ())
             if live:
                 return self._ask_live(live, ckey, cached)
@@ -341,7 +356,66 @@ class SearchPath:
         if cached is not ABSENT:
             live = self._live_all if cached is _MISS else self._live_before.get(cached.source, ())
             return self._ask_live(live, ckey, cached) if live else (None if cached is _MISS else cached)
+        if self.shared is not None:
+            return self._lookup_shared(ckey)
         return self._resolve(ckey, None)
+
+    # --- the shared tier ---------------------------------------------------------------------------
+
+    def _lookup_shared(self, ckey: tuple[Kind, str, str | None]) -> Resolution | None:
+        """Process tier missed: the shared tier's fresh entry, else one store read across processes.
+
+        A miss takes the key's lock (lease ``[cache] shared_lease``); other processes wait for the
+        holder's entry, and take over if its lease runs out. An expired entry still in its stale window
+        is kept in this process, so a failed refresh serves it (stale-if-error across processes). Any
+        failure of the tier is a miss (logged once by the tier): the stores are asked directly.
+        """
+        shared = self.shared
+        entry = shared.get(ckey)
+        if entry is not None:
+            if entry.fresh(time.time()):
+                return self._serve_shared(ckey, entry)
+            self._adopt(ckey, entry)  # expired: this process's last good value for stale-if-error
+        shared.count("shared_misses")
+        held = shared.acquire(ckey)
+        if held is False:
+            entry, held = shared.wait(ckey)
+            if entry is not None:
+                return self._serve_shared(ckey, entry)
+        try:
+            shared.count("store_reads")
+            return self._resolve(ckey, None)
+        finally:
+            if held:
+                shared.release(ckey)
+                shared.flush()  # a store read is slow anyway: publish this process's counters now
+
+    def _adopt(self, ckey: tuple[Kind, str, str | None], entry: Any) -> Any:
+        """Put a shared entry in the process tier with its own (wall-clock) times; returns the value."""
+        value = _MISS if entry.miss else Resolution(entry.value, entry.source)
+        offset = _monotonic() - time.time()
+        self.cache.put_entry(
+            ckey, value, entry.fresh_until + offset, entry.stored_at + offset, entry.keep_until + offset
+        )
+        if ckey[2] not in self._teams:
+            self._teams.add(ckey[2])
+        if value is not _MISS:
+            self._register_secrets(ckey[0], ckey[1], value.value)
+        return value
+
+    def _serve_shared(self, ckey: tuple[Kind, str, str | None], entry: Any) -> Resolution | None:
+        self.shared.count("shared_hits")
+        self.shared.flush_soon()
+        value = self._adopt(ckey, entry)
+        if value is not _MISS and value.source not in self._live_before:
+            return self._resolve(ckey, None)  # a backend this path does not have: not ours to serve
+        live = self._live_all if value is _MISS else self._live_before[value.source]
+        if live:
+            return self._ask_live(live, ckey, value)  # type: ignore[no-any-return]
+        log.debug(
+            "%s from the shared cache (backend %r)", _what(*ckey), None if value is _MISS else value.source
+        )
+        return None if value is _MISS else value  # type: ignore[no-any-return]
 
     def explain(
         self, kind: Kind, key: str, *, use_cache: bool = False, team_name: str | None = None
@@ -352,14 +426,25 @@ class SearchPath:
         ckey = (kind, key, team_name)
         if use_cache:
             cached = self.cache.get(ckey)
+            tier = "process"
+            if cached is ABSENT and self.shared is not None:
+                entry = self.shared.get(ckey)
+                if entry is not None and entry.fresh(time.time()):
+                    cached, tier = (_MISS if entry.miss else Resolution(entry.value, entry.source)), "shared"
             if cached is not ABSENT:
                 explanation.cached = True
+                explanation.tier = tier
                 explanation.source = None if cached is _MISS else cached.source
                 return explanation
+        if self.shared is not None:
+            self.shared.count("store_reads")
         try:
             self._resolve(ckey, explanation)
         except BackendUnavailable:
             pass  # explanation.failed says which
+        finally:
+            if self.shared is not None:
+                self.shared.flush()
         return explanation
 
     def _resolve(
@@ -397,6 +482,7 @@ class SearchPath:
                         kept = self.cache.get_stale(ckey)
                         attempt.outcome = "stale"
                         explanation.stale = True
+                        explanation.tier = "stale"
                         explanation.stale_age = kept[1] if kept else None
                         explanation.source = entry.name
                         explanation.failed.append(entry.name)
@@ -545,6 +631,8 @@ class SearchPath:
                     kept[1],
                     self.cache.settings.stale_if_error,
                 )
+                if self.shared is not None:
+                    self.shared.count("stale_served")
                 return kept[0]  # type: ignore[no-any-return]
         if entry.on_error == "fail":  # rule 3b
             raise error from None
@@ -565,13 +653,32 @@ class SearchPath:
             self._warned.discard((ckey, "fall-through"))
 
     def _put(self, ckey: tuple[Kind, str, str | None], value: Any, *, miss: bool = False) -> None:
-        self.cache.put(ckey, value, miss=miss)
+        times = self.cache.put(ckey, value, miss=miss)
         if ckey[2] not in self._teams:
             self._teams.add(ckey[2])
+        if times is not None and self.shared is not None:
+            from credpath.shared_cache import SharedEntry
+
+            offset = time.time() - _monotonic()  # the shared tier keeps wall-clock times (other nodes)
+            expiry, stored_at, keep_until = times
+            self.shared.put(
+                ckey,
+                SharedEntry(
+                    kind=ckey[0],
+                    value=None if miss else value.value,
+                    source=None if miss else value.source,
+                    miss=miss,
+                    stored_at=stored_at + offset,
+                    fresh_until=expiry + offset,
+                    keep_until=keep_until + offset,
+                ),
+            )
 
     def _invalidate(self, kind: Kind, key: str) -> None:
         for team in list(self._teams):
             self.cache.invalidate((kind, key, team))
+            if self.shared is not None:
+                self.shared.invalidate((kind, key, team))
             self._episode_over((kind, key, team))
 
     def _register_secrets(self, kind: Kind, key: str, value: Any) -> None:
@@ -615,6 +722,14 @@ class SearchPath:
     def _prefetch_ids(self, kind: Kind, ids: list[str], team: str | None) -> PrefetchReport:
         report = PrefetchReport(requested=len(ids))
         remaining = [i for i in ids if self.cache.get((kind, i, team)) is ABSENT]
+        if self.shared is not None:  # what another process already read is not read again
+            now = time.time()
+            for i in list(remaining):
+                entry = self.shared.get((kind, i, team))
+                if entry is not None and entry.fresh(now):
+                    self.shared.count("shared_hits")
+                    self._adopt((kind, i, team), entry)
+                    remaining.remove(i)
         errored: set[str] = set()
         batch_method = "get_conn_values" if kind == "connection" else "get_variables"
         for entry in self.entries:
@@ -809,6 +924,22 @@ class SearchPath:
                 if entry.wants(kind, key):
                     found.setdefault(key, []).append(entry.name)
         return Listing(dict(sorted(found.items())), cannot, failed)
+
+
+def _shared_tier(settings: CacheSettings, backends: list[Any]) -> Any:
+    """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
+    from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
+
+    keys = list(settings.shared_keys)
+    shared = settings.shared or ""
+    if not keys:  # CacheSettings built in code, not parsed: resolve as the config would
+        import os
+
+        from credpath.config import credpath_home
+
+        shared = normalize_shared(shared, credpath_home())
+        keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
+    return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)
 
 
 def _what(kind: Kind, key: str, team: str | None) -> str:

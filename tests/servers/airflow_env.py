@@ -50,6 +50,8 @@ REQUIREMENTS = (
     "msrest",
     # credpath's web plugin (/credpath in the API server) exports Prometheus metrics.
     "prometheus-client",
+    # The shared cache tier on Redis (credpath[redis]), for the DAG-run tests with [cache] shared.
+    "redis>=5.0",
 )
 # The google and microsoft-azure providers, for the differential harness's naming checks (their secrets
 # backends import without cloud access). Installed without their dependencies: the google provider pulls in
@@ -236,18 +238,23 @@ def clean_environment(home: Path, venv: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def airflow(airflow_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
-    home = tmp_path_factory.mktemp("airflow-home")
-    (home / "dags").mkdir()
-    env = AirflowEnv(
-        venv=airflow_venv, home=home, dags=home / "dags", base_env=clean_environment(home, airflow_venv)
-    )
+def migrated_airflow(venv: Path, home: Path) -> AirflowEnv:
+    """An AIRFLOW_HOME in ``home`` (a dags folder, SQLite, ``airflow db migrate`` run)."""
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    env = AirflowEnv(venv=venv, home=home, dags=home / "dags", base_env=clean_environment(home, venv))
     result = env.run("db", "migrate", timeout=300)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.splitlines()[-5:])
-        pytest.fail(f"airflow db migrate failed (rc={result.returncode}):\n{tail}")
+        raise RuntimeError(f"airflow db migrate failed (rc={result.returncode}):\n{tail}")
     return env
+
+
+@pytest.fixture(scope="session")
+def airflow(airflow_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
+    try:
+        return migrated_airflow(airflow_venv, tmp_path_factory.mktemp("airflow-home"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @dataclass
@@ -261,9 +268,9 @@ class ApiServer:
         return f"{self.url}/execution/"
 
 
-@pytest.fixture(scope="session")
-def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
-    """The execution API (what task processes talk to); about 6 s to start, ~220 MB."""
+def start_api_server(airflow: AirflowEnv) -> ApiServer:
+    """Start ``airflow api-server --apps execution`` on a loopback port and wait until it is healthy;
+    sets the execution API URL in ``airflow.base_env``. Stop with :func:`stop_api_server`."""
     port = free_port()
     log_path = airflow.home / "api-server.log"
     with log_path.open("wb") as log_file:
@@ -297,8 +304,121 @@ def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
             time.sleep(0.2)
-        airflow.base_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server.execution_api_url
+    except BaseException:
+        stop_process(proc)
+        raise
+    airflow.base_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server.execution_api_url
+    return server
+
+
+def stop_api_server(airflow: AirflowEnv, server: ApiServer) -> None:
+    airflow.base_env.pop("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", None)
+    stop_process(server.proc)
+
+
+@pytest.fixture(scope="session")
+def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
+    """The execution API (what task processes talk to); about 6 s to start, ~220 MB."""
+    server = start_api_server(airflow)
+    try:
         yield server
     finally:
-        airflow.base_env.pop("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", None)
-        stop_process(proc)
+        stop_api_server(airflow, server)
+
+
+# --- a DAG of N tasks x M connections, for counting store calls per DAG run (issue 14) ---------------
+
+STORE_CALLS_DAG = '''
+"""{tasks} tasks, each reading {count} connections; prints its secrets time (never a value)."""
+from __future__ import annotations
+
+import time
+
+import pendulum
+
+from airflow.sdk import BaseHook, dag, task
+
+CONN_IDS = {conn_ids!r}
+
+
+@dag(dag_id={dag_id!r}, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
+def store_calls():
+    @task
+    def read_secrets():
+        started = time.perf_counter()
+        for conn_id in CONN_IDS:
+            assert BaseHook.get_connection(conn_id).host
+        print(f"secrets_ms={{(time.perf_counter() - started) * 1000:.3f}}")
+
+    for index in range({tasks}):
+        read_secrets.override(task_id=f"t{{index}}")()
+
+
+store_calls()
+'''
+
+
+def write_store_calls_dag(airflow: AirflowEnv, dag_id: str, conn_ids: list[str], tasks: int = 10) -> None:
+    text = STORE_CALLS_DAG.format(tasks=tasks, count=len(conn_ids), conn_ids=list(conn_ids), dag_id=dag_id)
+    (airflow.dags / f"{dag_id}.py").write_text(text)
+
+
+def _task_times(airflow: AirflowEnv, dag_id: str) -> list[float]:
+    times: list[float] = []
+    for log_file in sorted((airflow.home / "logs").glob(f"dag_id={dag_id}/**/attempt=*.log")):
+        for line in log_file.read_text().splitlines():
+            if line.startswith("{") and "secrets_ms=" in line:
+                try:
+                    event = str(json.loads(line).get("event", ""))
+                except ValueError:
+                    continue  # a line still being written
+                if event.startswith("secrets_ms="):
+                    times.append(float(event.split("=", 1)[1]))
+    return times
+
+
+def run_store_calls_dag(
+    airflow: AirflowEnv, dag_id: str, env: Mapping[str, str], tasks: int = 10, timeout: float = 400.0
+) -> tuple[int | None, list[float]]:
+    """``airflow dags test --use-executor DAG_ID`` (LocalExecutor, a supervisor per task): its exit code
+    and each task's secrets time in ms (from the task logs).
+
+    On a loaded machine ``dags test`` sometimes never exits after every task has finished (seen with
+    Airflow's own backend too); then, 60 s after the last task reported, its process group is stopped
+    and the exit code is None (the tasks' figures are complete)."""
+    import signal
+
+    out = (airflow.home / f"{dag_id}.out").open("w")
+    proc = subprocess.Popen(
+        [str(airflow.bin / "airflow"), "dags", "test", "--use-executor", dag_id],
+        env=airflow.env(env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=airflow.home,
+        start_new_session=True,  # its own process group: the LocalExecutor's workers stop with it
+    )
+    out.close()
+    deadline = time.monotonic() + timeout
+    all_reported: float | None = None
+    code: int | None = None
+    try:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                break
+            now = time.monotonic()
+            if all_reported is None and len(_task_times(airflow, dag_id)) >= tasks:
+                all_reported = now
+            if now > deadline or (all_reported is not None and now - all_reported > 60):
+                break
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+    return code, _task_times(airflow, dag_id)

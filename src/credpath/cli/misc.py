@@ -17,15 +17,25 @@ _KINDS = {"connection": "connection", "variable": "variable", "config": "config"
 @click.argument("key")
 @click.option("--team", "team_name", default=None, help="Look up as this team (Airflow 3.2+ multi-team).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--cache",
+    "use_cache",
+    is_flag=True,
+    help="Consult the caches first, as a lookup would (the shared tier, if configured).",
+)
 @pass_state
 @handle_errors
-def explain_command(state: State, kind: str, key: str, team_name: str | None, as_json: bool) -> None:
+def explain_command(
+    state: State, kind: str, key: str, team_name: str | None, as_json: bool, use_cache: bool
+) -> None:
     """Show which backend serves KEY and what every backend in the path answered (no values).
 
     "ms" is the lookup alone; "start-up ms" the backend's one-time start-up (importing its client,
     building its session), timed apart. "breaker" is the backend's circuit breaker before the call.
+    "tier" says what served the answer: process (in-process cache), shared (the shared tier), store
+    (the backends were asked) or stale (a failed refresh; the last good value).
     """
-    explanation = state.search_path.explain(_KINDS[kind], key, team_name=team_name)
+    explanation = state.search_path.explain(_KINDS[kind], key, team_name=team_name, use_cache=use_cache)
     attempts = [
         {
             "backend": a.backend,
@@ -45,6 +55,7 @@ def explain_command(state: State, kind: str, key: str, team_name: str | None, as
                 "key": key,
                 "team": team_name,
                 "source": explanation.source,
+                "tier": explanation.tier,
                 "stale": explanation.stale,
                 "stale_age_s": None if explanation.stale_age is None else round(explanation.stale_age, 1),
                 "failed": explanation.failed,
@@ -69,6 +80,7 @@ def explain_command(state: State, kind: str, key: str, team_name: str | None, as
             title=f"{kind} {key}" if team_name is None else f"{kind} {key} (team {team_name})",
         )
         click.echo(summary)
+        click.echo(f"tier: {explanation.tier}")
     if not explanation.found:
         raise SystemExit(EXIT_NOT_FOUND)
 
@@ -81,7 +93,7 @@ def _explain_summary(explanation) -> str:  # type: ignore[no-untyped-def]
     if explanation.fell_through:
         return f"served by: {explanation.source} (while {failed} failed)"
     if explanation.found:
-        return f"served by: {explanation.source}"
+        return f"served by: {explanation.source}" + (" (cached)" if explanation.cached else "")
     if explanation.unavailable:
         return f"not found, but {failed} failed: an outage, not a miss"
     return "not found in any backend"

@@ -1,0 +1,75 @@
+"""Store calls per Airflow DAG run with and without a shared cache tier (issue 14's table), side by side.
+
+Runs the real-Airflow tier's DAG-run test (tests/test_airflow.py::
+test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers) and formats its figures: Apache Airflow 3.3.2
+(the tier's virtualenv), LocalExecutor through ``airflow dags test --use-executor`` (a supervisor and a task
+process per task) and the execution API server; OpenBao (KV v2, token auth) behind a loopback proxy that
+counts every request; a redis-server. A DAG of 10 tasks, each reading 3 connections, once per variant:
+
+- ``airflow``: the hashicorp provider's VaultBackend as [secrets] backend and [workers] secrets_backend;
+- ``credpath``: CredpathBackend, no shared tier;
+- ``credpath+file`` / ``credpath+redis``: CredpathBackend with ``[cache] shared`` (the file tier keyed with
+  Airflow's [core] fernet_key).
+
+"secrets ms/task" is timed inside each task around its 3 ``BaseHook.get_connection`` calls (it includes
+building the secrets backend in the task process). "calls/hour" extrapolates to 300 DAG runs x 10 tasks
+an hour, each run starting cold (entries expired between runs: the worst case for a cache).
+
+    python bench/shared_cache.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST = "tests/test_airflow.py::test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="credpath-bench-shared-")) / "figures.json"
+    env = {**os.environ, "CREDPATH_BENCH_SHARED_OUT": str(out), "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "airflow", TEST]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not out.exists():
+        print(result.stdout[-3000:], file=sys.stderr)
+        return 1
+    figures = json.loads(out.read_text())
+    rows = {}
+    for name, calls in figures["calls"].items():
+        times = figures["task_ms"][name]
+        rows[name] = {
+            "store_calls_per_dag_run": calls,
+            "kv_reads_per_dag_run": figures["reads"][name],
+            "secrets_ms_per_task_median": statistics.median(times),
+            "secrets_ms_per_task_max": max(times),
+            "calls_per_hour_300_dags_x_10_tasks": calls * 300,
+        }
+    print(
+        "| per DAG run (10 tasks x 3 connections) | store requests | KV reads | secrets ms/task (median, max)"
+        " | requests/hour, 300 DAGs x 10 tasks |"
+    )
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(
+            f"| {name} | {row['store_calls_per_dag_run']} | {row['kv_reads_per_dag_run']} | "
+            f"{row['secrets_ms_per_task_median']:.0f}, {row['secrets_ms_per_task_max']:.0f} | "
+            f"{row['calls_per_hour_300_dags_x_10_tasks']:,} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,726 @@
+"""The shared cache tier: one cache per node (a file) or per deployment (Redis) behind the in-process one.
+
+Airflow runs every task in its own process, so the in-process cache saves nothing there; this tier lets
+one process's store read serve every other process for the TTL.
+
+- :class:`SharedStore` is the small protocol a tier implements: opaque keys and blobs, a lock with a
+  lease, counters. :class:`FileStore` (SQLite in WAL mode, no daemon, file created 0600) and
+  :class:`RedisStore` (redis-py; ``redis://`` / ``rediss://``) implement it.
+- :class:`SharedTier` is what the search path talks to. Nothing sits in clear in the store: a key is an
+  HMAC-SHA256 of (search-path scope, kind, id, team), so the cache does not reveal which connections
+  exist; a value is a Fernet token (encrypted and authenticated) whose payload names the key it belongs
+  to, so a value moved to another key, or written with another key, is a miss, never a wrong value.
+- Every failure of the tier (Redis down, the file unreadable or corrupt, a value that does not decrypt)
+  is logged once and treated as a miss: the search path goes to the stores directly and keeps serving.
+  After a failure the tier is skipped for a second (no connect timeout paid on every lookup), then tried
+  again.
+
+Times in the tier are wall-clock (``time.time()``): processes on different nodes share Redis.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from credpath.errors import ConfigError
+
+log = logging.getLogger("credpath.shared_cache")
+
+#: Seconds a lock holder may take before a waiter takes over (a holder that died frees its lock then).
+DEFAULT_LEASE = 5.0
+#: Seconds the tier is skipped after it failed (then tried again).
+RETRY_AFTER_FAILURE = 1.0
+#: Redis socket timeouts when the URL gives none: a shared tier slower than this is worse than no tier.
+DEFAULT_REDIS_TIMEOUT = 1.0
+PREFIX = "credpath:v1:"
+COUNTERS = (
+    "process_hits",
+    "shared_hits",
+    "shared_misses",
+    "stale_served",
+    "store_reads",
+    "lock_waits",
+    "lock_takeovers",
+    "shared_errors",
+    "undecryptable",
+)
+
+
+class SharedStore(Protocol):
+    """Opaque keys (hex text) and blobs; ``keep_until`` and lock leases in wall-clock seconds."""
+
+    #: Safe description (no password): "file /path/cache.db", "redis://host:6379/0".
+    description: str
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, blob: bytes, keep_until: float) -> None: ...
+    def invalidate(self, key: str) -> None: ...
+    def lock(self, key: str, owner: str, lease: float) -> bool: ...
+    def unlock(self, key: str, owner: str) -> None: ...
+    def locked(self, key: str) -> bool: ...
+    def add_stats(self, counts: Mapping[str, int]) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def clear(self) -> int: ...
+    def close(self) -> None: ...
+
+
+# --- the node-local file tier ------------------------------------------------------------------------
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entries (k TEXT PRIMARY KEY, v BLOB NOT NULL, keep_until REAL NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS locks (k TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+)
+
+
+class FileStore:
+    """SQLite in WAL mode: readers never block the writer, a write is one short transaction.
+
+    One connection per process (a forked child opens its own: a SQLite handle must not cross a fork).
+    The database file is created 0600 in a 0700 directory; SQLite gives its -wal and -shm files the
+    database file's mode.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self.description = f"file {self.path}"
+        self._conn: Any = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _db(self) -> Any:
+        conn = self._conn
+        if conn is not None and self._pid == os.getpid():
+            return conn
+        import sqlite3
+
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # created private, before SQLite opens it
+        try:
+            mode = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("shared cache: %s is readable by group/others; chmod 600 it", self.path)
+        conn = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last writes on power loss is fine
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            row = self._db().execute("SELECT v FROM entries WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, key: str, blob: bytes, keep_until: float) -> None:
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            db.execute(
+                "INSERT INTO entries (k, v, keep_until) VALUES (?, ?, ?) "
+                "ON CONFLICT (k) DO UPDATE SET v = excluded.v, keep_until = excluded.keep_until",
+                (key, blob, keep_until),
+            )
+            # Expired entries go on writes only (a write is rare; a read stays one SELECT).
+            db.execute("DELETE FROM entries WHERE keep_until < ?", (now,))
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._db().execute("DELETE FROM entries WHERE k = ?", (key,))
+
+    def lock(self, key: str, owner: str, lease: float) -> bool:
+        now = time.time()
+        with self._lock:
+            cursor = self._db().execute(
+                "INSERT INTO locks (k, owner, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (k) DO UPDATE SET owner = excluded.owner, until = excluded.until "
+                "WHERE locks.until < ?",
+                (key, owner, now + lease, now),
+            )
+            return cursor.rowcount == 1
+
+    def unlock(self, key: str, owner: str) -> None:
+        with self._lock:
+            self._db().execute("DELETE FROM locks WHERE k = ? AND owner = ?", (key, owner))
+
+    def locked(self, key: str) -> bool:
+        with self._lock:
+            row = self._db().execute("SELECT until FROM locks WHERE k = ?", (key,)).fetchone()
+        return row is not None and row[0] >= time.time()
+
+    def add_stats(self, counts: Mapping[str, int]) -> None:
+        items = [(name, n) for name, n in counts.items() if n]
+        if not items:
+            return
+        with self._lock:
+            self._db().executemany(
+                "INSERT INTO stats (name, n) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
+                items,
+            )
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            db = self._db()
+            counts = {name: n for name, n in db.execute("SELECT name, n FROM stats")}
+            counts["entries"] = db.execute(
+                "SELECT count(*) FROM entries WHERE keep_until >= ?", (time.time(),)
+            ).fetchone()[0]
+        return counts
+
+    def clear(self) -> int:
+        with self._lock:
+            db = self._db()
+            removed = db.execute("DELETE FROM entries").rowcount
+            db.execute("DELETE FROM locks")
+            db.execute("DELETE FROM stats")
+        return max(0, removed)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+# --- the deployment-wide Redis tier ------------------------------------------------------------------
+
+_UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class RedisStore:
+    """Redis or Valkey through redis-py (imported only when this tier is configured).
+
+    The URL takes redis-py's options: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
+    TLS (``?ssl_cert_reqs=required&ssl_ca_certs=/path``), ``?socket_timeout=`` (default 1 s).
+    Entries expire in Redis itself (PX) at the end of their stale window; locks are ``SET NX PX``.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:
+            from credpath.errors import MissingDependency
+
+            raise MissingDependency(
+                "shared cache: a Redis tier needs redis-py: pip install 'credpath[redis]'", module="redis"
+            ) from None
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        options: dict[str, Any] = {}
+        if "socket_timeout" not in query:
+            options["socket_timeout"] = DEFAULT_REDIS_TIMEOUT
+        if "socket_connect_timeout" not in query:
+            options["socket_connect_timeout"] = DEFAULT_REDIS_TIMEOUT
+        try:
+            self._client = redis.Redis.from_url(url, **options)
+            port = f":{parts.port}" if parts.port else ""
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"shared cache: invalid Redis URL or option ({type(exc).__name__})") from None
+        host = parts.hostname or "localhost"
+        self.description = f"{parts.scheme}://{host}{port}{parts.path or ''}"
+        self._unlock = self._client.register_script(_UNLOCK)
+
+    def get(self, key: str) -> bytes | None:
+        return self._client.get(PREFIX + "e:" + key)  # type: ignore[no-any-return]
+
+    def put(self, key: str, blob: bytes, keep_until: float) -> None:
+        ms = int((keep_until - time.time()) * 1000)
+        if ms > 0:
+            self._client.set(PREFIX + "e:" + key, blob, px=ms)
+
+    def invalidate(self, key: str) -> None:
+        self._client.delete(PREFIX + "e:" + key)
+
+    def lock(self, key: str, owner: str, lease: float) -> bool:
+        return bool(self._client.set(PREFIX + "l:" + key, owner, nx=True, px=max(1, int(lease * 1000))))
+
+    def unlock(self, key: str, owner: str) -> None:
+        self._unlock(keys=[PREFIX + "l:" + key], args=[owner])
+
+    def locked(self, key: str) -> bool:
+        return bool(self._client.exists(PREFIX + "l:" + key))
+
+    def add_stats(self, counts: Mapping[str, int]) -> None:
+        items = [(name, n) for name, n in counts.items() if n]
+        if not items:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for name, n in items:
+            pipe.hincrby(PREFIX + "stats", name, n)
+        pipe.execute()
+
+    def stats(self) -> dict[str, int]:
+        raw = self._client.hgetall(PREFIX + "stats")
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        counts["entries"] = sum(1 for _ in self._client.scan_iter(match=PREFIX + "e:*", count=1000))
+        return counts
+
+    def clear(self) -> int:
+        removed = 0
+        for pattern, counted in (("e:*", True), ("l:*", False)):
+            keys = list(self._client.scan_iter(match=PREFIX + pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                deleted = self._client.delete(*keys[start : start + 500])
+                removed += deleted if counted else 0
+        self._client.delete(PREFIX + "stats")
+        return removed
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+
+_SHAPE = "must be 'file', 'file:PATH', or a redis:// or rediss:// URL"
+
+
+def normalize_shared(setting: str, home: Path) -> str:
+    """``[cache] shared`` checked (no connection made) and normalized: "file:/abs/path" or the URL.
+
+    A bad value is a one-line ConfigError that never echoes it (a URL may carry a password)."""
+    setting = setting.strip()
+    if setting == "file":
+        return f"file:{home / 'cache' / 'shared-cache.db'}"
+    if setting.startswith("file:"):
+        path = setting[len("file:") :].strip()
+        if not path:
+            raise ConfigError("'file:' needs a path (e.g. file:/dev/shm/credpath-cache.db)")
+        resolved = Path(path).expanduser()
+        if resolved.is_dir():
+            raise ConfigError("'file:PATH' names a directory; give the cache file's path")
+        return f"file:{resolved.absolute()}"
+    if setting.startswith(("redis://", "rediss://", "unix://")):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(setting)
+            parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+        except ValueError:
+            raise ConfigError(
+                "is not a valid Redis URL (scheme://[user:password@]host[:port][/db])"
+            ) from None
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ConfigError("is not a valid Redis URL: no host")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ConfigError("is not a valid Redis URL: the path must be a database number")
+        import importlib.util
+
+        if importlib.util.find_spec("redis") is None:
+            from credpath.errors import MissingDependency
+
+            raise MissingDependency(
+                "needs redis-py for a Redis tier: pip install 'credpath[redis]'", module="redis"
+            )
+        return setting
+    raise ConfigError(_SHAPE)
+
+
+def open_store(setting: str) -> SharedStore:
+    """The store for a normalized setting (see :func:`normalize_shared`)."""
+    if setting.startswith("file:"):
+        return FileStore(setting[len("file:") :])
+    return RedisStore(setting)
+
+
+def parse_keys(text: str, setting: str) -> list[bytes]:
+    """Comma-separated Fernet keys (the first encrypts, all decrypt). A malformed one: a ConfigError."""
+    keys: list[bytes] = []
+    for index, part in enumerate(p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            raw = base64.urlsafe_b64decode(part.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(f"{setting}: key {index + 1} is not a Fernet key (32 url-safe base64 bytes)")
+        keys.append(part.encode("ascii"))
+    if not keys:
+        raise ConfigError(f"{setting} holds no Fernet key")
+    return keys
+
+
+def resolve_keys(setting: str | None, env: Mapping[str, str], home: Path, *, file_tier: bool) -> list[bytes]:
+    """The tier's Fernet keys: ``CREDPATH_CACHE_KEY``, else ``[cache] shared_key``, else the metastore's
+    key (``CREDPATH_FERNET_KEY``, then ``$CREDPATH_HOME/fernet.key``). ``shared_key = "airflow"`` reuses
+    Airflow's ``[core] fernet_key``. The file tier, with none of these, creates
+    ``$CREDPATH_HOME/cache.key`` (0600): a node-local cache needs no key shared with other nodes."""
+    if env.get("CREDPATH_CACHE_KEY", "").strip():  # the environment wins over the file, as for `shared`
+        setting, name = env["CREDPATH_CACHE_KEY"], "CREDPATH_CACHE_KEY"
+    else:
+        name = "shared_key"
+    if setting is not None:
+        if setting.strip().lower() == "airflow":
+            return parse_keys(_airflow_fernet_key(env), f"{name} = 'airflow' ([core] fernet_key)")
+        return parse_keys(setting, name)
+    if env.get("CREDPATH_FERNET_KEY", "").strip():
+        return parse_keys(env["CREDPATH_FERNET_KEY"], "CREDPATH_FERNET_KEY")
+    key_file = home / "fernet.key"
+    if key_file.is_file():
+        return parse_keys(_read_private(key_file), str(key_file))
+    if not file_tier:
+        raise ConfigError(
+            "shared: a Redis tier needs a key every node shares: set shared_key or CREDPATH_CACHE_KEY "
+            "(a Fernet key), or shared_key = 'airflow' for Airflow's [core] fernet_key"
+        )
+    return parse_keys(_node_key(home / "cache.key"), str(home / "cache.key"))
+
+
+def _read_private(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the key file {path} ({type(exc).__name__})") from None
+
+
+def _node_key(path: Path) -> str:
+    try:
+        return _read_private(path) if path.is_file() else _create_key_file(path)
+    except FileExistsError:
+        return _read_private(path)
+
+
+def _create_key_file(path: Path) -> str:
+    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key + "\n")
+        os.link(tmp, path)  # of concurrent creators exactly one wins; the others read its key
+    finally:
+        os.unlink(tmp)
+    return key
+
+
+def _airflow_fernet_key(env: Mapping[str, str]) -> str:
+    """Airflow's ``[core] fernet_key``: AIRFLOW__CORE__FERNET_KEY, else Airflow's own configuration."""
+    value = env.get("AIRFLOW__CORE__FERNET_KEY", "").strip()
+    if value:
+        return value
+    try:
+        from airflow.configuration import conf
+
+        value = (conf.get("core", "fernet_key", fallback="") or "").strip()
+    except Exception:  # Airflow missing or its configuration unreadable: the same one-line error below
+        value = ""
+    if not value:
+        raise ConfigError(
+            "shared_key = 'airflow': Airflow's [core] fernet_key is not set "
+            "(AIRFLOW__CORE__FERNET_KEY or airflow.cfg)"
+        )
+    return value
+
+
+# --- the tier the search path uses -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharedEntry:
+    """A decrypted entry: ``value`` is what the in-process tier holds (a Resolution, or the miss marker
+    as ``None`` with ``miss=True``); times are wall-clock."""
+
+    kind: str
+    value: Any
+    source: str | None
+    miss: bool
+    stored_at: float
+    fresh_until: float
+    keep_until: float
+
+    def fresh(self, now: float) -> bool:
+        return self.fresh_until >= now
+
+
+class SharedTier:
+    """Encrypts, names and guards one :class:`SharedStore` for one search path (see the module doc)."""
+
+    def __init__(
+        self,
+        store: SharedStore,
+        keys: list[bytes],
+        scope: str = "",
+        *,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        from cryptography.fernet import Fernet, MultiFernet
+
+        self.store = store
+        self.description = store.description
+        self.lease = lease
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
+        # The HMAC key is derived from the first Fernet key, apart from its encryption use.
+        self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
+        self._scope = scope
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self._flushed_pid = 0
+        self._flushed_at = 0.0
+        self._down_until = 0.0
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- naming and sealing ---
+
+    def name(self, ckey: tuple[str, str, str | None]) -> str:
+        kind, key, team = ckey
+        message = json.dumps([self._scope, kind, key, team], separators=(",", ":")).encode("utf-8")
+        return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
+
+    def _seal(self, name: str, entry: SharedEntry) -> bytes:
+        from credpath.model import Connection
+
+        value = entry.value
+        if isinstance(value, Connection):
+            value = {f: getattr(value, f) for f in _CONNECTION_FIELDS}
+        payload = {
+            "n": name,  # the key this value belongs to: a value moved to another key is refused
+            "k": entry.kind,
+            "m": entry.miss,
+            "s": entry.source,
+            "v": value,
+            "t": entry.stored_at,
+            "f": entry.fresh_until,
+            "x": entry.keep_until,
+        }
+        return self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
+
+    def _open(self, name: str, blob: bytes) -> SharedEntry | None:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            payload = json.loads(self._fernet.decrypt(blob))
+            if payload["n"] != name:
+                raise InvalidToken
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            self.count("undecryptable")
+            self._warn(
+                "undecryptable",
+                "shared cache %s: an entry did not decrypt with the configured key (written with another "
+                "key, or altered); treating it as a miss",
+                self.description,
+            )
+            return None
+        value = payload["v"]
+        if payload["k"] == "connection" and not payload["m"]:
+            from credpath.model import Connection
+
+            value = Connection(**value)
+        return SharedEntry(
+            kind=payload["k"],
+            value=value,
+            source=payload["s"],
+            miss=bool(payload["m"]),
+            stored_at=float(payload["t"]),
+            fresh_until=float(payload["f"]),
+            keep_until=float(payload["x"]),
+        )
+
+    # --- guarded operations: a failure is logged once and is a miss / a no-op ---
+
+    def _available(self) -> bool:
+        return self._down_until == 0.0 or time.monotonic() >= self._down_until
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        self.count("shared_errors")
+        self._down_until = time.monotonic() + RETRY_AFTER_FAILURE
+        self._warn(
+            "down",
+            "shared cache %s failed while %s (%s); going to the stores directly",
+            self.description,
+            doing,
+            type(exc).__name__,
+        )
+
+    def _ok(self) -> None:
+        if self._down_until:
+            self._down_until = 0.0
+            if "down" in self._warned:
+                self._warned.discard("down")
+                log.info("shared cache %s is answering again", self.description)
+
+    def _warn(self, what: str, message: str, *args: Any) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message, *args)
+
+    def get(self, ckey: tuple[str, str, str | None]) -> SharedEntry | None:
+        if not self._available():
+            return None
+        name = self.name(ckey)
+        try:
+            blob = self.store.get(name)
+        except Exception as exc:
+            self._failed(exc, "reading an entry")
+            return None
+        self._ok()
+        if blob is None:
+            return None
+        entry = self._open(name, blob)
+        if entry is None or entry.keep_until < time.time():
+            return None
+        return entry
+
+    def put(self, ckey: tuple[str, str, str | None], entry: SharedEntry) -> None:
+        if not self._available() or entry.keep_until <= time.time():
+            return
+        name = self.name(ckey)
+        try:
+            self.store.put(name, self._seal(name, entry), entry.keep_until)
+        except Exception as exc:
+            self._failed(exc, "writing an entry")
+            return
+        self._ok()
+
+    def invalidate(self, ckey: tuple[str, str, str | None]) -> None:
+        if not self._available():
+            return
+        try:
+            self.store.invalidate(self.name(ckey))
+        except Exception as exc:
+            self._failed(exc, "invalidating an entry")
+            return
+        self._ok()
+
+    def acquire(self, ckey: tuple[str, str, str | None]) -> bool | None:
+        """True: this process holds the key's lock; False: another does; None: the tier failed."""
+        if not self._available():
+            return None
+        try:
+            held = self.store.lock(self.name(ckey), self._owner, self.lease)
+        except Exception as exc:
+            self._failed(exc, "taking a lock")
+            return None
+        self._ok()
+        return held
+
+    def release(self, ckey: tuple[str, str, str | None]) -> None:
+        try:
+            self.store.unlock(self.name(ckey), self._owner)
+        except Exception as exc:
+            self._failed(exc, "releasing a lock")
+
+    def wait(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool]:
+        """Wait (up to the lease) for the lock holder's entry: ``(fresh entry or None, acquired)``.
+
+        Returns as soon as the entry is there; takes the lock over when the holder's lease ran out (it
+        died, or is slower than the lease) or when it released without writing (its read failed).
+        """
+        self.count("lock_waits")
+        name = self.name(ckey)
+        give_up = time.monotonic() + self.lease + 1.0
+        pause = 0.005
+        while time.monotonic() < give_up:
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
+            entry = self.get(ckey)
+            if entry is not None and entry.fresh(time.time()):
+                return entry, False
+            if not self._available():
+                return None, False
+            try:
+                if self.store.lock(name, self._owner, self.lease):
+                    self.count("lock_takeovers")
+                    entry = self.get(ckey)  # written between our last look and the takeover
+                    if entry is not None and entry.fresh(time.time()):
+                        self.release(ckey)
+                        return entry, False
+                    return None, True
+            except Exception as exc:
+                self._failed(exc, "taking a lock")
+                return None, False
+        return None, False
+
+    # --- counters ---
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] += n
+        if self._flushed_pid != os.getpid():
+            # Per process (a forked child starts with the parent's counts; Airflow's task processes run
+            # the exit handlers registered after the fork).
+            self._flushed_pid = os.getpid()
+            self.counts = dict.fromkeys(COUNTERS, 0)
+            self.counts[name] = n
+            atexit.register(self.flush)
+
+    def flush_soon(self) -> None:
+        """Flush if the last flush is more than a second old (the first one in a process: now)."""
+        if time.monotonic() - self._flushed_at > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add this process's counters to the tier's (for ``credpath cache stats``)."""
+        self._flushed_at = time.monotonic()
+        with self._lock:
+            counts, self.counts = self.counts, dict.fromkeys(COUNTERS, 0)
+        if not any(counts.values()) or not self._available():
+            return
+        try:
+            self.store.add_stats(counts)
+        except Exception as exc:
+            self._failed(exc, "adding to its counters")
+
+    def stats(self) -> dict[str, int]:
+        """The tier's counters (every process's flushed ones) and its live entry count; errors raise."""
+        return self.store.stats()
+
+    def clear(self) -> int:
+        return self.store.clear()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+_CONNECTION_FIELDS = (
+    "conn_id",
+    "conn_type",
+    "description",
+    "host",
+    "login",
+    "password",
+    "schema",
+    "port",
+    "extra",
+)
+
+
+def scope_of(specs: Any) -> str:
+    """The search path's identity in key names: backend names, types, options and patterns (credentials
+    included, under the HMAC), so differently configured paths never serve each other's answers."""
+    items = []
+    for spec in specs:
+        if isinstance(spec, tuple):  # (name, backend object)
+            items.append([spec[0], type(spec[1]).__qualname__, {}, {}])
+        elif hasattr(spec, "kwargs") and hasattr(spec, "type"):  # a BackendSpec
+            items.append([spec.name, spec.type, spec.kwargs, spec.lookup_patterns])
+        else:  # a backend object
+            items.append(
+                [getattr(spec, "name", None) or type(spec).__name__, type(spec).__qualname__, {}, {}]
+            )
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode("utf-8")).hexdigest()
