@@ -178,3 +178,25 @@ def test_metrics_off_counts_nothing() -> None:
     metrics.instrument(sp)
     sp.get_variable("a")
     assert metrics.snapshot() == {"store": {}, "lookups": {}, "auth": {}, "rejected": {}}
+
+
+def test_a_lookup_served_by_the_shared_tier_is_counted_under_tier_shared(tmp_path) -> None:
+    from cryptography.fernet import Fernet
+
+    from credpath.cache import CacheSettings
+    from tests.memory_backend import MemoryBackend
+
+    settings = CacheSettings(shared=f"file:{tmp_path / 'shared.db'}", shared_keys=(Fernet.generate_key(),))
+    uri = "postgres://u:sh-s3cr3t@h/d"
+    first = SearchPath([("mem", MemoryBackend(connections={"db": uri}))], cache=settings)
+    other_process = SearchPath([("mem", MemoryBackend(connections={"db": uri}))], cache=settings)
+    metrics.enable()
+    metrics.instrument(first)
+    metrics.instrument(other_process)
+    first.get_connection("db")  # a store read, published to the shared tier
+    assert other_process.get_connection("db").host == "h"  # served by the shared tier, no store read
+    lookups = metrics.snapshot()["lookups"]
+    assert lookups[("connection", "store", "found")] == 1
+    assert lookups[("connection", "shared", "found")] == 1
+    first.close()
+    other_process.close()

@@ -406,6 +406,8 @@ class SearchPath:
     def _serve_shared(self, ckey: tuple[Kind, str, str | None], entry: Any) -> Resolution | None:
         self.shared.count("shared_hits")
         self.shared.flush_soon()
+        if _metrics.on:
+            _metrics.note_tier("shared")  # /metrics counts this lookup under tier "shared"
         value = self._adopt(ckey, entry)
         if value is not _MISS and value.source not in self._live_before:
             return self._resolve(ckey, None)  # a backend this path does not have: not ours to serve
