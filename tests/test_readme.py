@@ -91,3 +91,21 @@ def test_core_install_names_the_missing_client_and_its_extra(fresh_copy, store, 
     assert result.stderr.strip() == (
         f"credpath: error: backend 'prod' needs {module}: pip install 'credpath[{extra}]'"
     )
+
+
+def test_the_readme_sample_config_loads_and_builds_its_search_path(tmp_path):
+    import tomllib
+
+    from credpath.search_path import SearchPath
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The search path", 1)[1].split("\n## ", 1)[0]
+    sample = re.findall(r"```toml\n(.*?)\n```", section, flags=re.S)[0]
+    tomllib.loads(sample)  # valid TOML
+    config = tmp_path / "credpath.toml"
+    config.write_text(sample)
+    env = {"CREDPATH_HOME": str(tmp_path / "home"), "CREDPATH_FERNET_KEY": "x" * 43 + "="}
+    path = SearchPath.from_config(config, env=env)
+    assert path.names == ["vault", "aws-secrets-manager", "env", "metastore"]
+    assert path.cache.settings.stale_if_error == 3600
+    assert (tmp_path / "home").exists() is False  # building it reads nothing and creates nothing
