@@ -957,3 +957,44 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
     for name in ("credpath+file", "credpath+redis"):
         assert reads[name] == len(DAG_CONN_IDS), (name, reads)
         assert calls[name] <= len(DAG_CONN_IDS) + 1, (name, calls)
+
+
+def test_lookups_in_a_task_process_are_counted_into_airflows_stats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import credpath.airflow
+    from credpath import metrics
+    from credpath.airflow import _CredpathBackendMixin
+
+    sent: list[tuple[str, str, dict[str, str]]] = []
+
+    class Stats:  # the interface of airflow.sdk.observability.stats.Stats that credpath uses
+        @staticmethod
+        def incr(stat: str, count: int = 1, *, tags: dict[str, str]) -> None:
+            sent.append(("incr", stat, tags))
+
+        @staticmethod
+        def timing(stat: str, value: float, *, tags: dict[str, str]) -> None:
+            sent.append(("timing", stat, tags))
+
+    for name in ("airflow", "airflow.sdk", "airflow.sdk.observability"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "airflow.sdk.observability.stats", types.SimpleNamespace(Stats=Stats))
+    credpath.airflow.reset()
+    metrics.reset()
+    try:
+        backend = _CredpathBackendMixin(
+            backends=_files_backend(tmp_path, f"{__name__}.{CachedFilesBackend.__name__}")
+        )
+        assert backend.get_conn_value("files_db") is not None
+        assert backend.get_conn_value("files_db") is not None  # a cache hit
+        stats = [(kind, stat) for kind, stat, _ in sent]
+        assert ("incr", "credpath.store_requests") in stats
+        lookups = [tags for kind, stat, tags in sent if stat == "credpath.lookups"]
+        assert [t["tier"] for t in lookups] == ["store", "process"]
+    finally:
+        credpath.airflow.reset()
+        metrics.disable()
+        metrics.reset()

@@ -272,8 +272,22 @@ def search_path_for(
                 path = _build_search_path(
                     config, backends, cache, os.environ if env is None else env, overrides
                 )
+                _count_into_airflow_stats(path)
                 _search_paths[key] = path
     return path
+
+
+def _count_into_airflow_stats(path: SearchPath) -> None:
+    """Count this search path's store calls and lookups into Airflow's ``Stats`` (StatsD or OpenTelemetry,
+    as the deployment configured), in task processes as the plugin does in the API server."""
+    try:
+        from airflow.sdk.observability.stats import Stats
+    except Exception:  # an Airflow without the Task SDK's Stats: nothing to send to
+        return
+    from credpath import metrics
+
+    metrics.enable(stats=Stats)
+    metrics.instrument(path)
 
 
 def reset() -> None:

@@ -724,3 +724,29 @@ def scope_of(specs: Any) -> str:
                 [getattr(spec, "name", None) or type(spec).__name__, type(spec).__qualname__, {}, {}]
             )
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def stats_report(shared: Any) -> dict[str, Any]:
+    """The tier's counters, summed over every process that published them: what ``credpath cache stats``
+    prints and the web's backends view shows (one reading of the same counters)."""
+    counts = shared.stats()
+    process_hits = counts.get("process_hits", 0)
+    shared_hits = counts.get("shared_hits", 0)
+    return {
+        "tier": shared.description,
+        "process": {"hits": process_hits},
+        "shared": {
+            "entries": counts.get("entries", 0),
+            "hits": shared_hits,
+            "misses": counts.get("shared_misses", 0),
+            "lock_waits": counts.get("lock_waits", 0),
+            "lock_takeovers": counts.get("lock_takeovers", 0),
+            "undecryptable": counts.get("undecryptable", 0),
+            "errors": counts.get("shared_errors", 0),
+        },
+        "store": {
+            "reads": counts.get("store_reads", 0),
+            "calls_avoided": process_hits + shared_hits,
+            "stale_served": counts.get("stale_served", 0),
+        },
+    }

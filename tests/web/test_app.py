@@ -217,3 +217,35 @@ def test_security_headers():
     assert response.headers["cache-control"] == "no-store"
     assert "script-src" not in response.headers["content-security-policy"]
     assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_backends_view_shows_the_shared_tier_counters_cache_stats_reads(tmp_path, monkeypatch):
+    import re
+
+    from click.testing import CliRunner
+    from cryptography.fernet import Fernet
+
+    from credpath.cli import cli
+
+    key = Fernet.generate_key().decode()
+    shared = tmp_path / "shared.db"
+    config = tmp_path / "credpath.toml"
+    config.write_text(
+        f'[cache]\nshared = "file:{shared}"\nshared_key = "{key}"\n\n'
+        '[[backends]]\nname = "mem"\ntype = "tests.memory_backend.MemoryBackend"\n'
+        'kwargs = { connections = { db = "postgres://u:sc-s3cr3t@h/d" } }\n'
+    )
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
+    reader = SearchPath.from_config(config)
+    reader.get_connection("db")  # one store read
+    other = SearchPath.from_config(config)
+    other.get_connection("db")  # a shared hit
+    reader.shared.flush()
+    other.shared.flush()
+    stats = json.loads(CliRunner().invoke(cli, ["--config", str(config), "cache", "stats", "--json"]).stdout)
+    page = TestClient(create_app(SearchPath.from_config(config))).get("/backends").text
+    shown = dict(re.findall(r'data-counter="(\w+)">(\d+)<', page))
+    assert shown["store_reads"] == str(stats["store"]["reads"]) == "1"
+    assert shown["shared_hits"] == str(stats["shared"]["hits"]) == "1"
+    assert shown["calls_avoided"] == str(stats["store"]["calls_avoided"])
+    assert "sc-s3cr3t" not in page

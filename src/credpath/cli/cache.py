@@ -39,27 +39,10 @@ def stats_command(state: State, as_json: bool) -> None:
     Processes publish their counters after a store read, at most once a second on hits, and at exit.
     """
     shared = _tier(state)
-    counts = _guarded(shared, "reading its counters", shared.stats)
-    process_hits = counts.get("process_hits", 0)
-    shared_hits = counts.get("shared_hits", 0)
-    data = {
-        "tier": shared.description,
-        "process": {"hits": process_hits},
-        "shared": {
-            "entries": counts.get("entries", 0),
-            "hits": shared_hits,
-            "misses": counts.get("shared_misses", 0),
-            "lock_waits": counts.get("lock_waits", 0),
-            "lock_takeovers": counts.get("lock_takeovers", 0),
-            "undecryptable": counts.get("undecryptable", 0),
-            "errors": counts.get("shared_errors", 0),
-        },
-        "store": {
-            "reads": counts.get("store_reads", 0),
-            "calls_avoided": process_hits + shared_hits,
-            "stale_served": counts.get("stale_served", 0),
-        },
-    }
+    from credpath.shared_cache import stats_report
+
+    data = _guarded(shared, "reading its counters", lambda: stats_report(shared))
+    process_hits, shared_hits = data["process"]["hits"], data["shared"]["hits"]
     if as_json:
         echo_json(data)
         return

@@ -155,8 +155,15 @@ def create_app(
 
     @app.get("/backends", response_class=HTMLResponse, name="backends")
     def backends_page(request: Request) -> HTMLResponse:
-        rows = views.backends(request.app.state.search_path)
-        return render(request, "backends.html", rows=rows, failed=sum(1 for r in rows if not r.ok))
+        search_path = request.app.state.search_path
+        rows = views.backends(search_path)
+        return render(
+            request,
+            "backends.html",
+            rows=rows,
+            failed=sum(1 for r in rows if not r.ok),
+            cache=views.shared_cache_stats(search_path),
+        )
 
     @app.get("/metrics")
     def metrics_page() -> Response:

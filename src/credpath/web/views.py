@@ -291,3 +291,19 @@ def backends(search_path: Any) -> list[BackendRow]:
             )
         )
     return rows
+
+
+def shared_cache_stats(search_path: Any) -> dict[str, Any] | None:
+    """The shared tier's counters, as ``credpath cache stats`` reads them; None without a tier, or a
+    one-key ``{"error": ...}`` when the tier cannot be read (the page still renders)."""
+    shared = getattr(search_path, "shared", None)
+    if shared is None:
+        return None
+    from credpath.shared_cache import stats_report
+
+    try:
+        return stats_report(shared)
+    except Exception as exc:  # the tier is down: say so by type, never its URL or password
+        return {
+            "error": f"shared cache {shared.description}: reading its counters failed ({type(exc).__name__})"
+        }
