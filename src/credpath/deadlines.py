@@ -164,6 +164,17 @@ class RetriesExhausted(Exception):
         self.retry_after = retry_after
 
 
+def unwrap_retries(exc: BaseException, timeout: float) -> tuple[BaseException, str]:
+    """The last error behind a :class:`RetriesExhausted`, and the words that say why retrying stopped
+    (" after 3 attempt(s)", plus a Retry-After that did not fit); other errors pass through with ""."""
+    if not isinstance(exc, RetriesExhausted):
+        return exc, ""
+    tries = f" after {exc.attempts} attempt(s)"
+    if exc.retry_after is not None:
+        tries += f" (Retry-After {exc.retry_after:g} s is beyond the {timeout:g} s deadline)"
+    return exc.error, tries
+
+
 def call_with_retries(
     func: Callable[[Deadline], T],
     deadline: Deadline,

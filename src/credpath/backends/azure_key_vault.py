@@ -44,6 +44,7 @@ from credpath.deadlines import (
     call_with_deadline,
     call_with_retries,
     parse_retry_after,
+    unwrap_retries,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import Kind
@@ -302,12 +303,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
         where = self._where(name, action)
-        tries = ""
-        if isinstance(exc, RetriesExhausted):
-            gave_up, exc = exc, exc.error
-            tries = f" after {gave_up.attempts} attempt(s)"
-            if gave_up.retry_after is not None:
-                tries += f" (Retry-After {gave_up.retry_after:g} s is beyond the {self.timeout:g} s deadline)"
+        exc, tries = unwrap_retries(exc, self.timeout)
         if isinstance(exc, CredpathError):
             return exc
         if isinstance(exc, ClientAuthenticationError):

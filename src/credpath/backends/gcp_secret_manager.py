@@ -37,7 +37,13 @@ import threading
 from typing import Any, ClassVar, Unpack
 
 from credpath.backends._prefixed import TEAM_SEP, PrefixedSecretsBackend, prefix_setting
-from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
+from credpath.deadlines import (
+    Deadline,
+    RetryPolicy,
+    call_with_retries,
+    parse_retry_after,
+    unwrap_retries,
+)
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import BackendOptions, Kind
 
@@ -325,12 +331,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         from google.api_core import exceptions as gexc
 
         where = self._where(secret_id, action)
-        tries = ""
-        if isinstance(exc, RetriesExhausted):
-            gave_up, exc = exc, exc.error
-            tries = f" after {gave_up.attempts} attempt(s)"
-            if gave_up.retry_after is not None:
-                tries += f" (Retry-After {gave_up.retry_after:g} s is beyond the {self.timeout:g} s deadline)"
+        exc, tries = unwrap_retries(exc, self.timeout)
         if isinstance(exc, CredpathError):
             return exc
         if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
