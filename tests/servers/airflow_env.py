@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,15 +377,18 @@ def _task_times(airflow: AirflowEnv, dag_id: str) -> list[float]:
     return times
 
 
-def run_store_calls_dag(
-    airflow: AirflowEnv, dag_id: str, env: Mapping[str, str], tasks: int = 10, timeout: float = 400.0
-) -> tuple[int | None, list[float]]:
-    """``airflow dags test --use-executor DAG_ID`` (LocalExecutor, a supervisor per task): its exit code
-    and each task's secrets time in ms (from the task logs).
+def run_dags_test(
+    airflow: AirflowEnv,
+    dag_id: str,
+    env: Mapping[str, str],
+    finished: Callable[[], bool],
+    timeout: float = 400.0,
+) -> int | None:
+    """``airflow dags test --use-executor DAG_ID`` (LocalExecutor, a supervisor per task): its exit code.
 
     On a loaded machine ``dags test`` sometimes never exits after every task has finished (seen with
-    Airflow's own backend too); then, 60 s after the last task reported, its process group is stopped
-    and the exit code is None (the tasks' figures are complete)."""
+    Airflow's own backend too); then, 60 s after ``finished()`` (the task logs show the work done) turned
+    true, its process group is stopped and the exit code is None."""
     import signal
 
     out = (airflow.home / f"{dag_id}.out").open("w")
@@ -408,7 +411,7 @@ def run_store_calls_dag(
             if code is not None:
                 break
             now = time.monotonic()
-            if all_reported is None and len(_task_times(airflow, dag_id)) >= tasks:
+            if all_reported is None and finished():
                 all_reported = now
             if now > deadline or (all_reported is not None and now - all_reported > 60):
                 break
@@ -421,4 +424,14 @@ def run_store_calls_dag(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
+    return code
+
+
+def run_store_calls_dag(
+    airflow: AirflowEnv, dag_id: str, env: Mapping[str, str], tasks: int = 10, timeout: float = 400.0
+) -> tuple[int | None, list[float]]:
+    """:func:`run_dags_test` for the store-calls DAG: its exit code and each task's secrets time in ms."""
+    code = run_dags_test(
+        airflow, dag_id, env, lambda: len(_task_times(airflow, dag_id)) >= tasks, timeout=timeout
+    )
     return code, _task_times(airflow, dag_id)
