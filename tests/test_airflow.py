@@ -907,10 +907,16 @@ def dag_variant(
         return _dag_env("airflow.providers.hashicorp.secrets.vault.VaultBackend", airflow_kwargs)
     if name == "credpath":
         return _dag_env(CLASS_PATH, {"backends": backends})
+    # Ten task processes start at once on a small machine: a holder starved of CPU past the default 5 s
+    # lease, or a Redis reply past the default 1 s socket timeout, would (correctly) send a second process
+    # to the store. This test counts the healthy case; lease takeovers and tier failures are tested in
+    # tests/test_shared_cache.py.
+    patient = {"shared_lease": 60}
     if name == "credpath+file":  # with Airflow's own [core] fernet_key as the tier's key
-        cache = {"shared": f"file:{tmp / 'shared.db'}", "shared_key": "airflow"}
+        cache = {"shared": f"file:{tmp / 'shared.db'}", "shared_key": "airflow", **patient}
     else:
-        cache = {"shared": redis_url, "shared_key": DAG_CACHE_KEY}
+        url = redis_url + ("&" if "?" in redis_url else "?") + "socket_timeout=10&socket_connect_timeout=10"
+        cache = {"shared": url, "shared_key": DAG_CACHE_KEY, **patient}
     return _dag_env(CLASS_PATH, {"backends": backends, "cache": cache})
 
 
