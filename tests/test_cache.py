@@ -179,3 +179,10 @@ def test_disabled_cache_keeps_no_stale_value_either():
     cache = TTLCache(CacheSettings(enabled=False, stale_if_error=100.0))
     cache.put("k", 1)
     assert len(cache) == 0 and cache.get_stale("k") is None
+
+
+def test_cache_settings_are_frozen():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CacheSettings().ttl = 1.0  # type: ignore[misc]

@@ -320,3 +320,21 @@ def test_masking_filter_redacts_message_and_traceback():
     flt.filter(preset)
     assert preset.exc_text == "Traceback: ***"
     assert MaskingFilter().masker is default_masker()
+
+
+def test_regex_fallback_tries_every_shorter_prefix_at_a_position(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)  # the regex fallback
+    masker = Masker()
+    masker.add("x" * 32 + "-long-tail")  # its automaton prefix is 32 x's
+    masker.add("x" * 31)
+    # At 0 the longest prefix (32 x's) is no secret here; the 31-x secret one shorter is, and must be found.
+    assert masker.redact("x" * 32 + "-other") == "***-other"
+
+
+def test_redact_leaves_non_text_alone_even_with_secrets_registered():
+    masker = Masker()
+    masker.add("some-secret")
+    assert masker.redact(12345) == 12345
+    assert masker.redact(None) is None and masker.redact("") == ""

@@ -496,3 +496,35 @@ def test_from_dict_mixing_uri_and_fields_and_type_errors():
     ):
         Connection.from_dict({"conn_type": "x", "host": 5}, conn_id="c")
     assert Connection.from_dict({"conn_type": "x", "conn_id": "inner"}).conn_id == "inner"
+
+
+def test_error_messages_name_the_connection_and_cut_long_keys():
+    with pytest.raises(ConfigError) as info:
+        validate_key("k" * 300)
+    assert str(info.value) == f"key {'k' * 40!r}... has to be at most 250 characters"
+    with pytest.raises(ConnectionFormatError, match="field 'extra' of connection 'c' must be a JSON object"):
+        Connection(conn_id="c", conn_type="x", extra=5)
+    with pytest.raises(ConnectionFormatError, match="^field 'extra' must be a JSON object"):
+        Connection(conn_type="x", extra=5)
+    with pytest.raises(ConnectionFormatError, match="field 'port' of connection 'c'"):
+        Connection(conn_id="c", conn_type="x", port=-1)
+    with pytest.raises(ConnectionFormatError, match="^field 'port' must be"):
+        Connection(conn_type="x", port=-1)
+
+
+def test_extra_that_json_refuses_with_a_value_error_is_a_format_error():
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(ConnectionFormatError, match="not JSON-serialisable: ValueError"):
+        Connection(conn_type="x", extra=circular)
+
+
+def test_a_bad_port_in_a_uri_keeps_urllibs_reason_but_not_the_value():
+    with pytest.raises(ConnectionFormatError) as info:
+        Connection.from_uri("x://u:pw@h:notaport/db", conn_id="c")
+    message = str(info.value)
+    assert (
+        "field 'port' for connection 'c' is invalid in the URI: Port could not be cast to integer value"
+        in (message)
+    )
+    assert "notaport" not in message and "pw" not in message

@@ -224,3 +224,16 @@ def test_single_flight_counts_waiters_while_in_flight():
     leader.join(10)
     follower.join(10)
     assert other_key == "j" and results == ["v", "v"] and flight.shared == 1
+
+
+def test_breaker_settings_are_frozen_and_one_failure_then_success_resets():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BreakerSettings().failures = 1  # type: ignore[misc]
+    breaker = CircuitBreaker("x", BreakerSettings(failures=2), Clock())
+    breaker.failure()
+    breaker.success()
+    assert breaker.failures == 0 and breaker.describe() == "closed"
+    breaker.failure()
+    assert breaker.state == "closed"  # one failure since the success: still closed

@@ -961,3 +961,91 @@ def test_writes_go_to_the_metastore_first_else_the_first_writable():
     assert sp.set_variable("k", "v") == "first"
     with pytest.raises(ReadOnlyBackend, match="cannot write variables"):
         sp.set_variable("k", "v", to="ro")
+
+
+def test_explain_attempts_that_did_not_run_have_zero_times():
+    sp = path(MemoryBackend(connections_lookup_pattern="^zz"), MemoryBackend({"db": URI_A}), MemoryBackend())
+    attempts = sp.explain("connection", "db").attempts
+    assert [a.outcome for a in attempts] == ["skipped (pattern)", "hit", "not tried"]
+    for attempt in (attempts[0], attempts[2]):
+        assert (attempt.seconds, attempt.startup_seconds, attempt.detail, attempt.breaker) == (
+            0.0,
+            0.0,
+            "",
+            "",
+        )
+    assert attempts[1].breaker == "closed"
+
+
+def test_a_cached_answer_asks_every_live_backend_ahead_past_one_that_does_not_want_the_key():
+    from tests.memory_backend import UncachedMemoryBackend
+
+    picky = UncachedMemoryBackend(connections_lookup_pattern="^zz")
+    live = UncachedMemoryBackend()
+    cached = MemoryBackend({"db": URI_A})
+    sp = path(picky, live, cached)
+    assert sp.get_connection("db").host == "db-a"
+    live.connections["db"] = URI_B  # exported later: shadows the cached answer
+    assert sp.get_connection("db").host == "db-b"
+    assert sp.lookup("connection", "db").source == "b1"
+
+
+def test_backend_unavailable_names_the_first_failure():
+    from credpath.errors import BackendUnavailable
+
+    one, two = MemoryBackend(), MemoryBackend()
+    one.fail_with = Unreachable("down-one")
+    two.fail_with = Unreachable("down-two")
+    sp = path(one, two, breaker=no_breaker())
+    with pytest.raises(BackendUnavailable) as info:
+        sp.get_connection("db")
+    message = str(info.value)
+    assert "backends 'b0', 'b1' failed" in message and "down-one" in message and "down-two" not in message
+    assert info.value.backends == ("b0", "b1")
+
+
+def test_a_miss_is_cached_with_the_miss_ttl_not_the_hit_ttl():
+    backend = MemoryBackend()
+    sp = path(backend, cache=CacheSettings(ttl=100.0, miss_ttl=0.0))
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            sp.get_connection("nope")
+    assert backend.calls.count(("get_conn_value", "nope")) == 2
+    assert len(sp.cache) == 0
+
+
+def test_a_write_invalidates_the_cached_value_of_every_team():
+    from tests.memory_backend import TeamMemoryBackend
+
+    store = TeamMemoryBackend(variables={"k": "v1"})
+    sp = path(store)
+    assert sp.get_variable("k", team_name="t") == "v1"
+    assert sp.get_variable("k") == "v1"
+    sp.set_variable("k", "v2")
+    assert sp.get_variable("k", team_name="t") == "v2"
+    assert sp.get_variable("k") == "v2"
+
+
+def test_metrics_are_recorded_only_when_on(monkeypatch):
+    from credpath import metrics
+    from credpath.errors import BackendUnavailable
+
+    seen = []
+    monkeypatch.setattr(metrics, "store_call", lambda *a, **k: seen.append(("call", a[0])))
+    monkeypatch.setattr(metrics, "breaker_rejected", lambda name: seen.append(("rejected", name)))
+    from credpath.resilience import BreakerSettings
+
+    broken = MemoryBackend()
+    broken.fail_with = Unreachable("down")
+    sp = path(MemoryBackend({"db": URI_A}), broken, breaker=BreakerSettings(failures=1))
+    monkeypatch.setattr(metrics, "on", False)
+    sp.get_connection("db")
+    with pytest.raises(BackendUnavailable):
+        sp.get_variable("x")  # opens b1's breaker (failures=1)
+    assert seen == []
+    monkeypatch.setattr(metrics, "on", True)
+    sp.cache.clear()
+    sp.get_connection("db")
+    with pytest.raises(BackendUnavailable):
+        sp.get_variable("y")  # b1 is open: rejected without a call
+    assert ("call", "b0") in seen and ("rejected", "b1") in seen
