@@ -504,11 +504,11 @@ def test_error_messages_name_the_connection_and_cut_long_keys():
     assert str(info.value) == f"key {'k' * 40!r}... has to be at most 250 characters"
     with pytest.raises(ConnectionFormatError, match="field 'extra' of connection 'c' must be a JSON object"):
         Connection(conn_id="c", conn_type="x", extra=5)
-    with pytest.raises(ConnectionFormatError, match="^field 'extra' must be a JSON object"):
+    with pytest.raises(ConnectionFormatError, match=r"^field 'extra' must be a JSON object"):
         Connection(conn_type="x", extra=5)
     with pytest.raises(ConnectionFormatError, match="field 'port' of connection 'c'"):
         Connection(conn_id="c", conn_type="x", port=-1)
-    with pytest.raises(ConnectionFormatError, match="^field 'port' must be"):
+    with pytest.raises(ConnectionFormatError, match=r"^field 'port' must be"):
         Connection(conn_type="x", port=-1)
 
 
