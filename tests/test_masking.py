@@ -338,3 +338,13 @@ def test_redact_leaves_non_text_alone_even_with_secrets_registered():
     masker.add("some-secret")
     assert masker.redact(12345) == 12345
     assert masker.redact(None) is None and masker.redact("") == ""
+
+
+def test_regex_fallback_reaches_one_character_prefixes(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)
+    masker = Masker(min_length=1)
+    masker.add("q")
+    masker.add("qz-long-secret")
+    assert masker.redact("aqx") == "a***x"  # the longest alternative fails; the 1-character one matches
