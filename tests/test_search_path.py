@@ -1049,3 +1049,53 @@ def test_metrics_are_recorded_only_when_on(monkeypatch):
     with pytest.raises(BackendUnavailable):
         sp.get_variable("y")  # b1 is open: rejected without a call
     assert ("call", "b0") in seen and ("rejected", "b1") in seen
+
+
+def test_small_public_helpers_of_the_search_path():
+    from credpath.search_path import as_connection, read_connection
+
+    closed = []
+
+    class Closing(MemoryBackend):
+        def close(self):
+            closed.append(self.name)
+
+    sp = SearchPath([("a", Closing({"db": URI_A})), ("plain", ConnectionObjectBackend()), ("c", Closing())])
+    sp.close()
+    assert closed == ["a", "c"]
+    assert sp.breaker_state("a") == "closed"
+    assert sp.get_conn_value("db") == Connection.from_uri(URI_A, conn_id="db").get_uri()
+    assert sp.get_conn_value("nope") is None
+    assert sp.get_config("nope", default="d") == "d"
+    with pytest.raises(NotFound):
+        sp.get_config("nope")
+    conn = Connection.from_uri(URI_A, conn_id="x")
+    assert as_connection(None, "x") is None and as_connection(conn, "x") is conn
+    assert as_connection(URI_B, "y").host == "db-b" and as_connection(URI_B, "y").conn_id == "y"
+    assert read_connection(object(), "db") is None  # nothing to read with
+
+
+def test_prefix_prefetch_of_connection_objects_takes_the_requested_id():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    class Objects(PrefixMemoryBackend):
+        def prefetch_connections(self):
+            return {"new": Connection.from_uri(URI_A, conn_id="old")}
+
+    sp = path(Objects())
+    assert sp.prefetch(prefix=True)["connection"].hits == 1
+    cached = sp.cache.get(("connection", "new", None))
+    assert cached.value.conn_id == "new" and cached.source == "b0"
+
+
+def test_explanation_flags():
+    from credpath.search_path import Explanation
+
+    e = Explanation(kind="connection", key="k", source=None)
+    assert not e.found and not e.unavailable and not e.fell_through
+    e.failed.append("b0")
+    assert e.unavailable and not e.fell_through
+    e.source = "b1"
+    assert e.found and e.fell_through and not e.unavailable
+    e.stale = True
+    assert not e.fell_through
