@@ -342,3 +342,24 @@ def test_kinds_from_patterns_and_default_name():
 
     assert kinds_from_patterns({"connection": "^a"}) == {"connection": "^a", "variable": None, "config": None}
     assert default_name("a.b.Cls") == "Cls" and default_name("vault") == "vault"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[circuit_breaker]\nfailures = 1.5\n", "failures must be an integer >= 1"),
+        ("[circuit_breaker]\nfailures = true\n", "failures must be an integer >= 1"),
+        ("[circuit_breaker]\nfailures = 0\n", "failures must be an integer >= 1"),
+        ("[circuit_breaker]\ncool_down = 0\n", "cool_down must be a number > 0"),
+        ("[circuit_breaker]\nmax_cool_down = false\n", "max_cool_down must be a number > 0"),
+        ("[circuit_breaker]\nenabled = 'yes'\n", "enabled must be true or false"),
+    ],
+)
+def test_breaker_type_errors(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(tmp_path, toml)
+
+
+def test_breaker_smallest_valid_values(tmp_path):
+    b = settings(tmp_path, "[circuit_breaker]\nfailures = 1\ncool_down = 0.5\nmax_cool_down = 0.5\n").breaker
+    assert (b.failures, b.cool_down, b.max_cool_down) == (1, 0.5, 0.5)

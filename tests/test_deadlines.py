@@ -339,3 +339,24 @@ def test_call_with_retries_expired_deadline_and_timeout_inside_a_try():
         )
     release.set()
     assert info.value.args == (1,)  # the deadline ran out inside the first try
+
+
+def test_retry_policy_is_frozen():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RetryPolicy().attempts = 9  # type: ignore[misc]
+
+
+def test_retry_call_gives_up_when_the_wait_is_exactly_the_time_left(monkeypatch):
+    import credpath.deadlines as mod
+
+    monkeypatch.setattr(mod.time, "monotonic", lambda: 100.0)  # time stands still: remaining() is 10
+    waits: list[float] = []
+
+    def attempt(_d):
+        raise Retryable(RuntimeError("busy"), retry_after=10.0)
+
+    with pytest.raises(RuntimeError, match="busy"):
+        retry_call(attempt, Deadline(10), RetryPolicy(base=0.0), on_timeout=Timeout, sleep=waits.append)
+    assert waits == []

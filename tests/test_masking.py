@@ -348,3 +348,14 @@ def test_regex_fallback_reaches_one_character_prefixes(monkeypatch):
     masker.add("q")
     masker.add("qz-long-secret")
     assert masker.redact("aqx") == "a***x"  # the longest alternative fails; the 1-character one matches
+
+
+def test_regex_fallback_prefers_the_longest_secret_at_a_position(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)
+    masker = Masker()
+    masker.add("abcdef-1")
+    masker.add("abcdef-1-longer")
+    assert masker.redact("[abcdef-1-longer]") == "[***]"
+    assert masker.redact("[abcdef-1-]") == "[***-]"

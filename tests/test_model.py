@@ -528,3 +528,12 @@ def test_a_bad_port_in_a_uri_keeps_urllibs_reason_but_not_the_value():
         in (message)
     )
     assert "notaport" not in message and "pw" not in message
+
+
+def test_json_errors_name_the_connection_only_when_known():
+    with pytest.raises(ConnectionFormatError, match=r"^connection JSON must be a JSON object, got list"):
+        Connection.from_json("[1]")
+    with pytest.raises(
+        ConnectionFormatError, match=r"^connection JSON for connection 'c' must be a JSON object"
+    ):
+        Connection.from_json("[1]", conn_id="c")

@@ -237,3 +237,8 @@ def test_breaker_settings_are_frozen_and_one_failure_then_success_resets():
     assert breaker.failures == 0 and breaker.describe() == "closed"
     breaker.failure()
     assert breaker.state == "closed"  # one failure since the success: still closed
+
+
+def test_a_disabled_breaker_reports_no_opening():
+    breaker = CircuitBreaker("x", BreakerSettings(enabled=False, failures=1), Clock())
+    assert breaker.failure() is False and breaker.failures == 0 and breaker.opened == 0

@@ -1099,3 +1099,52 @@ def test_explanation_flags():
     assert e.found and e.fell_through and not e.unavailable
     e.stale = True
     assert not e.fell_through
+
+
+def test_a_failing_prepare_is_an_error_attempt_with_no_startup_time():
+    class BadStart(MemoryBackend):
+        def prepare(self):
+            raise Unreachable("cannot start")
+
+    explanation = path(BadStart(), MemoryBackend({"db": URI_A}), breaker=no_breaker()).explain(
+        "connection", "db"
+    )
+    bad = explanation.attempts[0]
+    assert (bad.outcome, bad.startup_seconds) == ("error", 0.0) and "cannot start" in bad.detail
+    assert explanation.source == "b1"
+
+
+def test_prefetch_by_id_goes_past_a_backend_whose_pattern_wants_none():
+    picky = BatchMemoryBackend({"c1": URI_A}, connections_lookup_pattern="^zz")
+    later = BatchMemoryBackend({"c1": URI_B})
+    sp = path(picky, later)
+    assert sp.prefetch(connections=["c1"])["connection"].hits == 1
+    assert picky.calls == [] and sp.get_connection("c1").host == "db-b"
+
+
+def test_prefix_shadow_check_goes_past_an_earlier_backend_that_does_not_want_the_id():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    picky = MemoryBackend(connections_lookup_pattern="^zz")
+    holder = MemoryBackend({"a": URI_A})
+    prefixed = PrefixMemoryBackend({"a": URI_B, "b": URI_B})
+    sp = path(picky, holder, prefixed)
+    assert sp.prefetch(prefix=True)["connection"].hits == 1  # "b"; "a" is the holder's
+    assert sp.get_connection("a").host == "db-a"
+
+
+def test_metrics_are_not_recorded_for_a_config_error_when_off(monkeypatch):
+    from credpath import metrics
+
+    seen = []
+    monkeypatch.setattr(metrics, "store_call", lambda *a, **k: seen.append(a[0]))
+    monkeypatch.setattr(metrics, "on", False)
+    bad = MemoryBackend()
+    bad.fail_with = ConfigError("backend 'b0' (Memory): bad key")
+    with pytest.raises(ConfigError):
+        path(bad).get_connection("db")
+    assert seen == []
+    monkeypatch.setattr(metrics, "on", True)
+    with pytest.raises(ConfigError):
+        path(bad).get_connection("db")
+    assert seen == ["b0"]
