@@ -844,10 +844,11 @@ def test_prefetch_errors_per_id_from_a_single_backend():
                 raise Unreachable("flaky")
             return super().get_conn_value(conn_id)
 
-    sp = path(Flaky({"good": URI_A}), breaker=no_breaker())
-    report = sp.prefetch(connections=["good", "bad", "none"])["connection"]
-    assert (report.requested, report.hits, report.misses, report.errors) == (3, 1, 1, 1)
-    assert len(sp.cache) == 2  # good (hit) and none (miss); not bad
+    sp = path(Flaky({"good": URI_A, "later": URI_B}), breaker=no_breaker())
+    report = sp.prefetch(connections=["good", "bad", "later", "none"])["connection"]
+    assert (report.requested, report.hits, report.misses, report.errors) == (4, 2, 1, 1)
+    assert len(sp.cache) == 3  # good and later (hits; the id after the failed one is still read), none
+    assert sp.cache.get(("connection", "later", None)).value.host == "db-b"
 
 
 def test_prefetch_skips_cached_ids_and_empty_lists():
