@@ -190,3 +190,176 @@ def test_bad_resilience_settings_name_the_setting(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=message) as info:
         settings(tmp_path, toml)
     assert "\n" not in str(info.value)
+
+
+# --- issue 16: the config file's own paths and type errors -------------------------------------------
+
+
+def test_credpath_config_pointing_at_a_real_file_loads_it(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "credpath.toml").write_text("[[backends]]\ntype = 'metastore'\n")  # must NOT be read
+    other = tmp_path / "elsewhere.toml"
+    other.write_text("[cache]\nttl = 7\n\n[[backends]]\nname = 'mine'\ntype = 'env'\n")
+    s = load_settings(env={"CREDPATH_HOME": str(home), "CREDPATH_CONFIG": str(other)})
+    assert s.config_file == other
+    assert [(b.name, b.type, b.origin) for b in s.backends] == [("mine", "env", "elsewhere.toml backends[0]")]
+    assert s.cache.ttl == 7.0
+
+
+def test_default_file_in_credpath_home_and_none_without_it(tmp_path):
+    from pathlib import Path
+
+    from credpath.config import config_path, credpath_home
+
+    assert config_path({"CREDPATH_HOME": str(tmp_path)}) is None
+    assert load_settings(env={"CREDPATH_HOME": str(tmp_path)}).config_file is None
+    (tmp_path / "credpath.toml").write_text("")
+    assert config_path({"CREDPATH_HOME": str(tmp_path)}) == tmp_path / "credpath.toml"
+    assert credpath_home({}) == Path.home() / ".credpath"
+    assert credpath_home({"CREDPATH_HOME": ""}) == Path.home() / ".credpath"
+
+
+def test_credpath_config_pointing_at_a_directory_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"CREDPATH_CONFIG points to .* which is not a file"):
+        load_settings(env={"CREDPATH_CONFIG": str(tmp_path)})
+
+
+def test_an_unreadable_config_path_is_a_one_line_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_settings(path=tmp_path)  # a directory: read_text fails with an OSError
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(path=tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[cache]\nbogus = 1\nttl = 3\n",
+            r"credpath.toml \[cache\]: unknown key\(s\) bogus; expected enabled, ",
+        ),
+        ("[cache]\nenabled = 'no'\n", r"\[cache\]: enabled must be true or false"),
+        ("[cache]\nenabled = 0\n", "enabled must be true or false"),
+        ("[cache]\nttl = true\n", "ttl must be a number >= 0"),
+        ("[cache]\nmiss_ttl = 'x'\n", "miss_ttl must be a number >= 0"),
+        ("[cache]\njitter = -0.1\n", "jitter must be a number >= 0"),
+        ("[cache]\nstale_if_error = -1\n", "stale_if_error must be a number >= 0"),
+        ("[cache]\nmax_size = 0\n", "max_size must be an integer >= 1"),
+        ("[cache]\nmax_size = 1.5\n", "max_size must be an integer >= 1"),
+        ("[cache]\nmax_size = true\n", "max_size must be an integer >= 1"),
+        ("cache = 3\n", r"\[cache\] must be a table"),
+        ("backends = 3\n", "'backends' must be a list of tables"),
+        ("backends = [1]\n", r"backends\[0\] must be a table"),
+        ("[[backends]]\ntype = 'env'\nkwargs = 'x'\n", r"backends\[0\]: 'kwargs' must be a table"),
+        ("[[backends]]\ntype = 'env'\nname = 5\n", r"backends\[0\]: 'name' must be a string"),
+        (
+            "[[backends]]\ntype = 'env'\nconnections_lookup_pattern = 5\n",
+            "connections_lookup_pattern must be a string",
+        ),
+        (
+            "[[backends]]\ntype = 'env'\nvariables_lookup_pattern = ['a']\n",
+            "variables_lookup_pattern must be",
+        ),
+        ("[[backends]]\ntype = 'env'\nconfig_lookup_pattern = true\n", "config_lookup_pattern must be"),
+        ("[circuit_breaker]\nbogus = 1\n", r"\[circuit_breaker\]: unknown key"),
+    ],
+)
+def test_bad_types_in_the_config_file_name_the_setting(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        settings(tmp_path, toml)
+    assert "\n" not in str(info.value)
+
+
+def test_cache_enabled_false_and_valid_edges(tmp_path):
+    s = settings(
+        tmp_path, "[cache]\nenabled = false\nttl = 0\nmax_size = 1\njitter = 0\nstale_if_error = 0\n"
+    )
+    assert (s.cache.enabled, s.cache.ttl, s.cache.max_size, s.cache.jitter, s.cache.stale_if_error) == (
+        False,
+        0.0,
+        1,
+        0.0,
+        0.0,
+    )
+    assert isinstance(s.cache.ttl, float)
+    assert settings(tmp_path, "[cache]\nenabled = true\n").cache.enabled is True
+    from credpath.cache import CacheSettings
+
+    assert settings(tmp_path, "[cache]\n").cache == CacheSettings()
+
+
+def test_backend_entry_defaults_and_all_three_patterns(tmp_path):
+    s = settings(
+        tmp_path,
+        """
+        [[backends]]
+        type = "env"
+        connections_lookup_pattern = "^c"
+        variables_lookup_pattern = "^v"
+        config_lookup_pattern = "^x"
+        kwargs = { a = 1 }
+        """,
+    )
+    (spec,) = s.backends
+    assert (spec.name, spec.on_error) == ("env", "skip")
+    assert spec.lookup_patterns == {"connection": "^c", "variable": "^v", "config": "^x"}
+    assert spec.kwargs == {"a": 1}
+    named = settings(tmp_path, "[[backends]]\ntype = 'tests.memory_backend.MemoryBackend'\n").backends[0]
+    assert named.name == "MemoryBackend"  # the class name of a dotted path
+
+
+def test_backend_kwarg_variables_decode_literals_but_keep_secrets_strings(tmp_path):
+    from credpath.config import airflow_backend_kwargs
+
+    got = airflow_backend_kwargs(
+        {
+            "AIRFLOW__SECRETS__BACKEND_KWARG__KV_ENGINE_VERSION": "1",
+            "AIRFLOW__SECRETS__BACKEND_KWARG__CONNECTIONS_PATH": "null",
+            "AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN": "12345",
+            "AIRFLOW__SECRETS__BACKEND_KWARG__URL": "http://x",
+            "AIRFLOW__SECRETS__BACKEND_KWARG__QUOTED": '"7"',
+            "AIRFLOW__SECRETS__BACKEND_KWARG__": "ignored",
+            "AIRFLOW__SECRETS__BACKEND_KWARGS": '{"kv_engine_version": 2, "mount_point": "m"}',
+        }
+    )
+    assert got == {
+        "kv_engine_version": 1,
+        "mount_point": "m",
+        "connections_path": None,
+        "token": "12345",
+        "url": "http://x",
+        "quoted": '"7"',
+    }
+    with pytest.raises(ConfigError, match="must be a JSON object, got list"):
+        airflow_backend_kwargs({"AIRFLOW__SECRETS__BACKEND_KWARGS": "[1]"})
+    assert airflow_backend_kwargs({"AIRFLOW__SECRETS__BACKEND_KWARGS": "  "}) == {}
+
+
+def test_kinds_from_patterns_and_default_name():
+    from credpath.config import default_name, kinds_from_patterns
+
+    assert kinds_from_patterns({"connection": "^a"}) == {"connection": "^a", "variable": None, "config": None}
+    assert default_name("a.b.Cls") == "Cls" and default_name("vault") == "vault"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[circuit_breaker]\nfailures = 1.5\n", "failures must be an integer >= 1"),
+        ("[circuit_breaker]\nfailures = true\n", "failures must be an integer >= 1"),
+        ("[circuit_breaker]\nfailures = 0\n", "failures must be an integer >= 1"),
+        ("[circuit_breaker]\ncool_down = 0\n", "cool_down must be a number > 0"),
+        ("[circuit_breaker]\nmax_cool_down = false\n", "max_cool_down must be a number > 0"),
+        ("[circuit_breaker]\nenabled = 'yes'\n", "enabled must be true or false"),
+    ],
+)
+def test_breaker_type_errors(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(tmp_path, toml)
+
+
+def test_breaker_smallest_valid_values(tmp_path):
+    b = settings(tmp_path, "[circuit_breaker]\nfailures = 1\ncool_down = 0.5\nmax_cool_down = 0.5\n").breaker
+    assert (b.failures, b.cool_down, b.max_cool_down) == (1, 0.5, 0.5)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import time
 
-from credpath.masking import Masker
+from credpath.masking import MIN_LENGTH, Masker
 
 
 def test_redacts_all_registered_secrets_and_overlaps():
@@ -18,10 +18,16 @@ def test_redacts_all_registered_secrets_and_overlaps():
 def test_short_values_and_empty_are_not_masked():
     masker = Masker()
     masker.add("abc")
+    masker.add("abcd")  # 4 characters: one short of Airflow's min_length_masked_secret (5)
     masker.add("")
     masker.add(None)
-    assert masker.redact("abc def") == "abc def"
+    masker.add(12345)  # not a string
+    assert masker.redact("abc abcd def 12345") == "abc abcd def 12345"
     assert len(masker) == 0
+    masker.add("abcde")  # exactly 5: masked
+    assert masker.redact("x abcde y") == "x *** y"
+    assert len(masker) == 1
+    assert MIN_LENGTH == 5 and Masker().min_length == 5
 
 
 def test_url_quoted_form_is_masked_too():
@@ -41,20 +47,33 @@ def test_many_batches_give_same_result_as_one_regex():
     assert set(masker.redact(text).split()) == {"***"}
 
 
-def test_registration_is_amortized_constant():
-    # Interleave registration and redaction, the pattern that made Airflow quadratic; the cost of the
-    # second 5,000 must stay within a small factor of the first 5,000 (quadratic would be ~3x).
-    def run(count: int, start: int, masker: Masker) -> float:
-        began = time.perf_counter()
-        for i in range(start, start + count):
-            masker.add(f"value-{i:06d}-tail")
-            masker.redact("a short log line")
-        return time.perf_counter() - began
+def test_registration_is_amortized_logarithmic(monkeypatch):
+    # Interleaved registration and redaction made Airflow quadratic. Counted, not timed (the timing is in
+    # bench/masking_registration.py): n secrets make at most n * (log2 n + 1) secret-builds in all, and the
+    # published batches are one per set bit of n (binary counter), so a redaction scans log2 n + 1 at most.
+    import math
 
+    from credpath import masking
+
+    built: list[int] = []
+
+    class CountingBatch(masking._Batch):
+        __slots__ = ()
+
+        def __init__(self, secrets):
+            built.append(len(secrets))
+            super().__init__(secrets)
+
+    monkeypatch.setattr(masking, "_Batch", CountingBatch)
     masker = Masker()
-    first = run(5000, 0, masker)
-    second = run(5000, 5000, masker)
-    assert second < first * 2.5, (first, second)
+    n = 1000
+    for i in range(n):
+        masker.add(f"value-{i:06d}-tail")
+        assert masker.redact(f"x value-{i:06d}-tail y") == "x *** y"
+    assert sum(built) <= n * (math.log2(n) + 1)
+    assert len(built) == n  # one new batch per new secret, merged with equal-sized ones
+    assert sorted(len(b.secrets) for b in masker._batches) == [1 << k for k in range(10) if n >> k & 1]
+    assert len(masker) == n
 
 
 def test_concurrent_registration_and_logging_never_leaks():
@@ -196,3 +215,147 @@ def test_second_registrant_never_returns_before_the_secret_is_masked():
     line = masker.redact(f"using {secret}")
     first.join()
     assert secret not in line and "***" in line
+
+
+# --- issue 16: the masker's edges, the public helpers and the log hook ------------------------------
+
+
+def test_duplicates_quoted_variants_clear_and_non_text():
+    masker = Masker()
+    masker.add("plain-value")
+    masker.add("plain-value")
+    assert len(masker) == 1  # its quoted form is the same text
+    masker.add("with space")
+    assert len(masker) == 3  # and "with%20space"
+    masker.add_all(["other-value", "tiny"])
+    assert len(masker) == 4
+    assert masker.redact("") == "" and masker.redact(None) is None
+    assert masker.redact("with%20space and other-value") == "*** and ***"
+    masker.clear()
+    assert len(masker) == 0 and masker.redact("plain-value") == "plain-value"
+    masker.add("plain-value")  # known set was cleared too: it registers again
+    assert masker.redact("plain-value") == "***"
+
+
+def test_adjacent_and_separate_secrets_keep_the_text_between():
+    masker = Masker(replacement="[x]")
+    masker.add("first-secret")
+    masker.add("second-secret")
+    assert masker.redact("first-secretsecond-secret") == "[x]"  # touching spans: one mask
+    assert masker.redact("a first-secret b second-secret c") == "a [x] b [x] c"
+    assert masker.redact("first-secre") == "first-secre"  # a prefix alone is no hit
+    masker.add("secret-second-part")
+    assert masker.redact("second-secret-second-part") == "[x]"  # overlap: the union is masked
+
+
+def test_custom_min_length():
+    masker = Masker(min_length=8)
+    masker.add("1234567")
+    masker.add("12345678")
+    assert masker.redact("1234567 12345678") == "1234567 ***"
+
+
+def test_mask_secret_registers_in_the_default_masker_and_masks_logs(caplog):
+    import logging
+
+    import credpath
+    from credpath.masking import default_masker, redact
+
+    value = "issue16-mask-me-please"
+    credpath.mask_secret(value)
+    assert value in default_masker()._known
+    assert redact(f"a {value} b") == "a *** b"
+    logging.getLogger("some.user.logger").warning("value is %s", value)
+    assert value not in caplog.text and "value is ***" in caplog.text
+    credpath.mask_secret("tiny")  # short: ignored, no error
+    assert redact("tiny") == "tiny"
+
+
+def test_install_log_masking_is_idempotent(monkeypatch):
+    import logging
+
+    from credpath import masking
+
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.LogRecord)
+    monkeypatch.setattr(masking, "_factory_installed", False)
+    masking.install_log_masking()
+    first = logging.getLogRecordFactory()
+    assert first is not logging.LogRecord
+    masking.install_log_masking()
+    assert logging.getLogRecordFactory() is first  # not wrapped a second time
+    masking.default_masker().add("idempotent-secret-1")
+    record = logging.makeLogRecord({"msg": "x %s", "args": ("idempotent-secret-1",)})
+    assert record.getMessage() == "x ***"
+    assert type(record).__name__ == "MaskedLogRecord"
+    assert type(record).__mro__[1] is logging.LogRecord  # one layer of redaction
+    assert masking._redacting_class(logging.LogRecord) is type(record)  # cached, not rebuilt
+
+
+def test_masking_filter_redacts_message_and_traceback():
+    import logging
+    import sys
+
+    from credpath.masking import MaskingFilter, default_masker
+
+    masker = Masker()
+    masker.add("filter-secret-1")
+    flt = MaskingFilter(masker)
+    assert flt.masker is masker
+    record = logging.LogRecord("n", logging.INFO, "p", 1, "pw=%s", ("filter-secret-1",), None)
+    assert flt.filter(record) is True
+    assert (record.msg, record.args) == ("pw=***", None)
+    clean = logging.LogRecord("n", logging.INFO, "p", 1, "n=%d", (3,), None)
+    assert flt.filter(clean) is True
+    assert (clean.msg, clean.args) == ("n=%d", (3,))  # untouched when nothing is secret
+    try:
+        raise RuntimeError("failed with filter-secret-1")
+    except RuntimeError:
+        info = sys.exc_info()
+    failing = logging.LogRecord("n", logging.ERROR, "p", 1, "boom", (), info)
+    flt.filter(failing)
+    assert "RuntimeError: failed with ***" in failing.exc_text
+    assert "filter-secret-1" not in failing.exc_text
+    preset = logging.LogRecord("n", logging.ERROR, "p", 1, "boom", (), None)
+    preset.exc_text = "Traceback: filter-secret-1"
+    flt.filter(preset)
+    assert preset.exc_text == "Traceback: ***"
+    assert MaskingFilter().masker is default_masker()
+
+
+def test_regex_fallback_tries_every_shorter_prefix_at_a_position(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)  # the regex fallback
+    masker = Masker()
+    masker.add("x" * 32 + "-long-tail")  # its automaton prefix is 32 x's
+    masker.add("x" * 31)
+    # At 0 the longest prefix (32 x's) is no secret here; the 31-x secret one shorter is, and must be found.
+    assert masker.redact("x" * 32 + "-other") == "***-other"
+
+
+def test_redact_leaves_non_text_alone_even_with_secrets_registered():
+    masker = Masker()
+    masker.add("some-secret")
+    assert masker.redact(12345) == 12345
+    assert masker.redact(None) is None and masker.redact("") == ""
+
+
+def test_regex_fallback_reaches_one_character_prefixes(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)
+    masker = Masker(min_length=1)
+    masker.add("q")
+    masker.add("qz-long-secret")
+    assert masker.redact("aqx") == "a***x"  # the longest alternative fails; the 1-character one matches
+
+
+def test_regex_fallback_prefers_the_longest_secret_at_a_position(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ahocorasick", None)
+    masker = Masker()
+    masker.add("abcdef-1")
+    masker.add("abcdef-1-longer")
+    assert masker.redact("[abcdef-1-longer]") == "[***]"
+    assert masker.redact("[abcdef-1-]") == "[***-]"

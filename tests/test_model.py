@@ -226,8 +226,9 @@ def test_validate_key_double_dot_allowed_by_airflow_setting(monkeypatch):
 
 def test_to_json_round_trip_keeps_description():
     conn = Connection(conn_id="a", conn_type="postgres", description="main db", host="h", port=5432)
+    assert conn.to_json() == '{"conn_type": "postgres", "description": "main db", "host": "h", "port": 5432}'
     again = Connection.from_json(conn.to_json(), conn_id="a")
-    assert again == conn
+    assert again == conn and again.description == "main db"
 
 
 # --- property-based round trip ------------------------------------------------------------------
@@ -289,6 +290,16 @@ def test_uri_round_trip_property(conn):
 def test_json_round_trip_property(conn):
     # to_json keeps empty strings, as Airflow's as_json does: every field comes back as it was.
     assert Connection.from_json(conn.to_json(), conn_id="prop") == conn
+    # ... and writes exactly the fields that are set: no null, no conn_id, no empty extra.
+    data = json.loads(conn.to_json())
+    expected = {
+        k
+        for k in ("conn_type", "host", "login", "password", "schema", "port")
+        if getattr(conn, k) is not None
+    }
+    if conn.extra_dejson:
+        expected.add("extra")
+    assert set(data) == expected and None not in data.values()
 
 
 def test_get_uri_drops_an_empty_protocol_from_the_host_as_airflow():
@@ -305,3 +316,224 @@ def test_json_uri_beside_empty_fields_is_the_uri_as_airflow():
     assert (conn.conn_type, conn.host, conn.schema, conn.password) == ("postgres", "", "", None)
     with pytest.raises(ValueError, match="mixes 'uri' with field"):
         Connection.from_json(json.dumps({"uri": "postgres://h", "host": "other"}), conn_id="c")
+
+
+# --- issue 16: with_id, masked_dict, exact JSON, odd URIs ----------------------------------------------
+
+
+def test_with_id_returns_a_new_connection_for_a_new_id_only():
+    conn = Connection(conn_id="old", conn_type="x", host="h", password="pw-1", extra='{"a": 1}')
+    same = conn.with_id("old")
+    assert same is conn
+    moved = conn.with_id("new")
+    assert moved is not conn and moved.conn_id == "new" and conn.conn_id == "old"
+    assert moved.to_dict(include_conn_id=False) == conn.to_dict(include_conn_id=False)
+    assert Connection(conn_type="x").with_id("n").conn_id == "n"
+
+
+def test_masked_dict_hides_the_password_and_sensitive_extras_only():
+    conn = Connection(
+        conn_id="c",
+        conn_type="x",
+        host="h",
+        login="u",
+        password="pw-1",
+        port=1,
+        extra=json.dumps({"token": "t-1", "region": "eu"}),
+    )
+    assert conn.masked_dict() == {
+        "conn_id": "c",
+        "conn_type": "x",
+        "description": None,
+        "host": "h",
+        "login": "u",
+        "password": "***",
+        "schema": None,
+        "port": 1,
+        "extra": {"token": "***", "region": "eu"},
+    }
+    assert conn.masked_dict("<hidden>")["password"] == "<hidden>"
+    assert conn.masked_dict("<hidden>")["extra"]["token"] == "<hidden>"
+    bare = Connection(conn_id="c", conn_type="x").masked_dict()
+    assert bare["password"] is None and bare["extra"] is None
+
+
+def test_to_json_exact_string_for_every_field():
+    conn = Connection(
+        conn_id="c",
+        conn_type="postgres",
+        description="d",
+        host="h",
+        login="u",
+        password="p",
+        schema="s",
+        port=5,
+        extra='{"k": [1, 2]}',
+    )
+    assert conn.to_json() == (
+        '{"conn_type": "postgres", "description": "d", "host": "h", "login": "u", "password": "p", '
+        '"schema": "s", "port": 5, "extra": {"k": [1, 2]}}'
+    )
+    assert Connection().to_json() == "{}"
+
+
+def test_to_dict_options():
+    conn = Connection(conn_id="c", conn_type="x", host="", login="u")
+    assert conn.to_dict(prune_empty=True) == {"conn_id": "c", "conn_type": "x", "login": "u"}
+    assert "conn_id" not in conn.to_dict(include_conn_id=False)
+    assert conn.to_dict()["host"] == ""
+
+
+@pytest.mark.parametrize("uri", ["a://b://c://d", "x://h://://p", "x://u:p@h:1/s://t://u"])
+def test_uri_with_three_separators_is_refused(uri):
+    with pytest.raises(ConnectionFormatError, match="more than two '://' separators"):
+        Connection.from_uri(uri, conn_id="c")
+
+
+@pytest.mark.parametrize(
+    "uri", ["x://[::1/db", "x://u:pw-hide@[::1:5432/db", "x://h://[fe80::1/db", "x://[::1x]/db"]
+)
+def test_malformed_ipv6_host_is_a_format_error_without_the_value(uri):
+    with pytest.raises(ConnectionFormatError) as info:
+        Connection.from_uri(uri, conn_id="c")
+    message = str(info.value)
+    assert "'c'" in message and "pw-hide" not in message and "::1" not in message
+
+
+def test_ipv6_host_parses():
+    conn = Connection.from_uri("x://u:p@[::1]:5432/db", conn_id="c")
+    assert (conn.host, conn.port, conn.schema) == ("::1", 5432, "db")
+
+
+def test_host_with_protocol_round_trips_and_a_bad_protocol_is_refused():
+    conn = Connection.from_uri("http://https://example.com:443/api", conn_id="c")
+    assert (conn.conn_type, conn.host, conn.port, conn.schema) == ("http", "https://example.com", 443, "api")
+    assert conn.get_uri() == "http://https://example.com:443/api"
+    with pytest.raises(ConnectionFormatError, match="protocol before"):
+        Connection.from_uri("http://u@s://example.com", conn_id="c")
+
+
+@pytest.mark.parametrize(("port", "ok"), [(0, 0), (1, 1), (65535, 65535), ("80", 80), ("", None)])
+def test_port_bounds_accepted(port, ok):
+    assert Connection(conn_type="x", port=port).port == ok
+
+
+@pytest.mark.parametrize("port", [65536, -1, "-1", "8o", 1.0, True, [1]])
+def test_port_bounds_refused(port):
+    with pytest.raises(ConnectionFormatError, match="field 'port'"):
+        Connection(conn_id="c", conn_type="x", port=port)
+
+
+def test_conn_type_normalisation_and_empty_password():
+    assert Connection(conn_type="postgresql").conn_type == "postgres"
+    assert Connection(conn_type="google-cloud-platform").conn_type == "google_cloud_platform"
+    assert Connection(conn_type="mysql").conn_type == "mysql"
+    assert Connection(conn_type="x", password="").password is None
+    assert Connection(conn_type="x", login="").login == ""
+
+
+def test_extra_forms():
+    assert Connection(conn_type="x", extra={}).extra is None
+    assert Connection(conn_type="x", extra="{}").extra is None
+    assert Connection(conn_type="x", extra={"a": 1}).extra_dejson == {"a": 1}
+    with pytest.raises(ConnectionFormatError, match="not JSON-serialisable"):
+        Connection(conn_type="x", extra={"a": object()})
+    with pytest.raises(ConnectionFormatError, match="must be a JSON object, got int"):
+        Connection(conn_type="x", extra=5)
+
+
+def test_secret_values_and_mask_sensitive_edges():
+    conn = Connection(
+        conn_type="x",
+        password="pw-1",
+        extra=json.dumps({"keys": {"api_key": ["k-1", "k-2"]}, "secret_flag": True, "token": "", "n": "x"}),
+    )
+    assert conn.secret_values() == ["pw-1", "k-1", "k-2"]
+    assert Connection(conn_type="x").secret_values() == []
+    assert mask_sensitive({"password": None, "token": "", "a": [{"secret": 1}]}) == {
+        "password": None,
+        "token": "",
+        "a": [{"secret": "***"}],
+    }
+    assert mask_sensitive(("x", "y"), sensitive_parent=True) == ["***", "***"]
+
+
+def test_variable_sensitivity_and_bad_json_message():
+    assert Variable("db_password", "x").is_sensitive and not Variable("region", "x").is_sensitive
+    with pytest.raises(ConfigError, match=r"variable 'v' is not valid JSON \(line 1 column 2\)"):
+        Variable("v", "{nope").deserialize()
+
+
+def test_validate_key_length_bound_and_types():
+    validate_key("a" * 250)
+    with pytest.raises(ConfigError, match="at most 250 characters"):
+        validate_key("a" * 251)
+    validate_key("a" * 10, max_length=10)
+    with pytest.raises(ConfigError, match="at most 9"):
+        validate_key("a" * 10, max_length=9)
+    with pytest.raises(ConfigError, match="key must be a string, got int"):
+        validate_key(5)
+
+
+def test_sanitize_conn_id_length_bound():
+    assert sanitize_conn_id("a" * 250) == "a" * 250
+    assert sanitize_conn_id("a" * 251) is None
+    assert sanitize_conn_id(5) is None
+
+
+def test_from_value_strips_and_dispatches():
+    assert Connection.from_value('  {"conn_type": "x", "host": "h"}  ', conn_id="c").host == "h"
+    assert Connection.from_value("  x://h  ", conn_id="c").host == "h"
+
+
+def test_from_dict_mixing_uri_and_fields_and_type_errors():
+    with pytest.raises(ConnectionFormatError, match="mixes 'uri' with field"):
+        Connection.from_dict({"uri": "x://h", "host": "h"}, conn_id="c")
+    ok = Connection.from_dict({"uri": "x://h", "host": "", "port": 0, "description": "d"}, conn_id="c")
+    assert (ok.host, ok.description) == ("h", "d")
+    with pytest.raises(
+        ConnectionFormatError, match="field 'host' for connection 'c' must be a string, got int"
+    ):
+        Connection.from_dict({"conn_type": "x", "host": 5}, conn_id="c")
+    assert Connection.from_dict({"conn_type": "x", "conn_id": "inner"}).conn_id == "inner"
+
+
+def test_error_messages_name_the_connection_and_cut_long_keys():
+    with pytest.raises(ConfigError) as info:
+        validate_key("k" * 300)
+    assert str(info.value) == f"key {'k' * 40!r}... has to be at most 250 characters"
+    with pytest.raises(ConnectionFormatError, match="field 'extra' of connection 'c' must be a JSON object"):
+        Connection(conn_id="c", conn_type="x", extra=5)
+    with pytest.raises(ConnectionFormatError, match=r"^field 'extra' must be a JSON object"):
+        Connection(conn_type="x", extra=5)
+    with pytest.raises(ConnectionFormatError, match="field 'port' of connection 'c'"):
+        Connection(conn_id="c", conn_type="x", port=-1)
+    with pytest.raises(ConnectionFormatError, match=r"^field 'port' must be"):
+        Connection(conn_type="x", port=-1)
+
+
+def test_extra_that_json_refuses_with_a_value_error_is_a_format_error():
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(ConnectionFormatError, match="not JSON-serialisable: ValueError"):
+        Connection(conn_type="x", extra=circular)
+
+
+def test_a_bad_port_in_a_uri_keeps_urllibs_reason_but_not_the_value():
+    with pytest.raises(ConnectionFormatError) as info:
+        Connection.from_uri("x://u:pw@h:notaport/db", conn_id="c")
+    message = str(info.value)
+    assert (
+        "field 'port' for connection 'c' is invalid in the URI: Port could not be cast to integer value"
+        in (message)
+    )
+    assert "notaport" not in message and "pw" not in message
+
+
+def test_json_errors_name_the_connection_only_when_known():
+    with pytest.raises(ConnectionFormatError, match=r"^connection JSON must be a JSON object, got list"):
+        Connection.from_json("[1]")
+    with pytest.raises(
+        ConnectionFormatError, match=r"^connection JSON for connection 'c' must be a JSON object"
+    ):
+        Connection.from_json("[1]", conn_id="c")

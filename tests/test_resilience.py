@@ -142,3 +142,103 @@ def test_single_flight_hands_the_error_to_every_waiter_at_once():
     with pytest.raises(CircuitOpen):
         flight.do("k", work)
     assert calls == [1, 1]
+
+
+# --- issue 16: defaults, every described state, counters ------------------------------------------------
+
+
+def test_breaker_defaults_are_pinned():
+    s = BreakerSettings()
+    assert (s.enabled, s.failures, s.cool_down, s.max_cool_down) == (True, 3, 1.0, 30.0)
+    breaker = CircuitBreaker("x")
+    assert breaker.settings == s and breaker.cool_down == 1.0 and breaker.state == "closed"
+    assert (breaker.failures, breaker.opened, breaker.rejected, breaker.open_until) == (0, 0, 0, 0.0)
+
+
+def test_breaker_describes_each_state_and_counts_openings():
+    clock = Clock()
+    breaker = CircuitBreaker("x", BreakerSettings(failures=2, cool_down=3.0), clock)
+    assert breaker.describe() == "closed"
+    assert breaker.failure() is False
+    assert breaker.describe() == "closed (1 recent failure(s))"
+    assert breaker.failure() is True and breaker.opened == 1
+    assert breaker.describe() == "open (2 failures; next probe in 3.0 s)"
+    assert breaker.retry_in() == 3.0
+    assert breaker.failure() is False  # a failure while open neither re-opens nor extends it
+    assert breaker.open_until == 1003.0 and breaker.opened == 1
+    clock.now = 1003.0  # exactly at the end of the cool-down: the probe goes
+    assert breaker.allow() and breaker.state == "half-open"
+    assert breaker.describe() == "half-open (probe in flight)"
+    error = breaker.open_error("backend 'x'")
+    assert "a probe is in flight" in str(error) and "3 consecutive failure(s)" in str(error)
+    assert breaker.failure() is True and breaker.opened == 2  # the probe failed: open again, longer
+    assert breaker.open_until == 1003.0 + 6.0
+    clock.now = 2000.0
+    assert breaker.retry_in() == 0.0
+
+
+def test_a_success_closes_a_half_open_breaker():
+    clock = Clock()
+    breaker = CircuitBreaker("x", BreakerSettings(failures=1, cool_down=1.0), clock)
+    breaker.failure()
+    clock.now += 1.0
+    assert breaker.allow()
+    breaker.success()
+    assert (breaker.state, breaker.failures, breaker.describe()) == ("closed", 0, "closed")
+    assert breaker.allow() and breaker.rejected == 0
+
+
+def test_single_flight_sequential_calls_do_not_share_and_keys_are_independent():
+    flight = SingleFlight()
+    calls = []
+    assert flight.do("a", lambda x: calls.append(x) or x, 1) == 1
+    assert flight.do("a", lambda x: calls.append(x) or x, 2) == 2
+    assert flight.do("b", lambda: "b") == "b"
+    assert calls == [1, 2] and flight.shared == 0 and flight.in_flight() == 0
+    with pytest.raises(KeyError):
+        flight.do("a", lambda: {}["missing"])
+    assert flight.in_flight() == 0  # an error leaves no call behind
+    assert flight.do("a", lambda: "again") == "again"
+
+
+def test_single_flight_counts_waiters_while_in_flight():
+    flight = SingleFlight()
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow():
+        entered.set()
+        assert gate.wait(10)
+        return "v"
+
+    results = []
+    leader = threading.Thread(target=lambda: results.append(flight.do("k", slow)))
+    leader.start()
+    assert entered.wait(10)
+    assert flight.in_flight() == 1
+    follower = threading.Thread(target=lambda: results.append(flight.do("k", lambda: "other")))
+    follower.start()
+    while flight.shared == 0:
+        threading.Event().wait(0.001)
+    other_key = flight.do("j", lambda: "j")  # a different key never waits for "k"
+    gate.set()
+    leader.join(10)
+    follower.join(10)
+    assert other_key == "j" and results == ["v", "v"] and flight.shared == 1
+
+
+def test_breaker_settings_are_frozen_and_one_failure_then_success_resets():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BreakerSettings().failures = 1  # type: ignore[misc]
+    breaker = CircuitBreaker("x", BreakerSettings(failures=2), Clock())
+    breaker.failure()
+    breaker.success()
+    assert breaker.failures == 0 and breaker.describe() == "closed"
+    breaker.failure()
+    assert breaker.state == "closed"  # one failure since the success: still closed
+
+
+def test_a_disabled_breaker_reports_no_opening():
+    breaker = CircuitBreaker("x", BreakerSettings(enabled=False, failures=1), Clock())
+    assert breaker.failure() is False and breaker.failures == 0 and breaker.opened == 0

@@ -130,9 +130,11 @@ def test_cache_hits_and_misses_avoid_backend_calls():
 
 def test_cache_expiry_refetches():
     backend = MemoryBackend({"db": URI_A})
-    sp = path(backend, cache=CacheSettings(ttl=0.05, miss_ttl=0.05, jitter=0.0))
+    sp = path(backend, cache=CacheSettings(ttl=0.5, miss_ttl=0.5, jitter=0.0))
     sp.get_connection("db")
-    time.sleep(0.08)
+    sp.get_connection("db")  # a hit before expiry: a TTL under a second still caches
+    assert backend.calls.count(("get_conn_value", "db")) == 1
+    time.sleep(0.6)
     sp.get_connection("db")
     assert backend.calls.count(("get_conn_value", "db")) == 2
 
@@ -182,14 +184,24 @@ def test_explain_reports_every_backend():
     first = MemoryBackend(connections_lookup_pattern="^aws_")
     second = MemoryBackend()
     second.fail_with = Unreachable("sealed")
+    empty = MemoryBackend()
     third = MemoryBackend({"db": URI_A})
     fourth = MemoryBackend({"db": URI_B})
-    sp = path(first, second, third, fourth)
+    sp = path(first, second, empty, third, fourth)
     explanation = sp.explain("connection", "db")
-    assert explanation.source == "b2"
+    assert explanation.source == "b3" and explanation.found and explanation.fell_through
     outcomes = [(a.backend, a.outcome) for a in explanation.attempts]
-    assert outcomes == [("b0", "skipped (pattern)"), ("b1", "error"), ("b2", "hit"), ("b3", "not tried")]
+    assert outcomes == [
+        ("b0", "skipped (pattern)"),
+        ("b1", "error"),
+        ("b2", "miss"),
+        ("b3", "hit"),
+        ("b4", "not tried"),
+    ]
     assert "sealed" in explanation.attempts[1].detail
+    assert explanation.attempts[3].detail == "served while backend 'b1' failed"
+    assert explanation.failed == ["b1"] and not explanation.cached and not explanation.stale
+    assert fourth.calls == [] and first.calls == []
     assert all(a.seconds >= 0 for a in explanation.attempts)
 
 
@@ -717,3 +729,423 @@ def test_write_messages_speak_for_the_library():
     with pytest.raises(ConfigError) as info:
         sp.set_variable("k", "v", to="nope")
     assert str(info.value).startswith("no backend named 'nope'")  # main: "--to: no backend named ..."
+
+
+# --- issue 16: the search path's remaining gaps ---------------------------------------------------------
+
+
+def test_explain_use_cache_reports_the_cached_answer_without_calls():
+    backend = MemoryBackend({"db": URI_A})
+    sp = path(backend)
+    fresh = sp.explain("connection", "db", use_cache=True)  # nothing cached yet: resolves
+    assert (fresh.cached, fresh.source, [a.outcome for a in fresh.attempts]) == (False, "b0", ["hit"])
+    backend.calls.clear()
+    cached = sp.explain("connection", "db", use_cache=True)
+    assert (cached.cached, cached.source, cached.attempts) == (True, "b0", [])
+    assert backend.calls == []
+    again = sp.explain("connection", "db")  # use_cache=False: asks the backends again
+    assert not again.cached and backend.calls == [("get_conn_value", "db")]
+    with pytest.raises(NotFound):
+        sp.get_connection("nope")
+    miss = sp.explain("connection", "nope", use_cache=True)
+    assert (miss.cached, miss.source, miss.found) == (True, None, False)
+
+
+def test_lookup_patterns_from_credpath_toml_prevent_the_call(tmp_path):
+    (tmp_path / "credpath.toml").write_text(
+        """
+        [[backends]]
+        name = "vault"
+        type = "tests.memory_backend.MemoryBackend"
+        connections_lookup_pattern = "^vault_"
+        variables_lookup_pattern = "^v_"
+        kwargs = { connections = { app_db = "postgres://u@h/db", vault_db = "postgres://u@v/db" } }
+
+        [[backends]]
+        name = "other"
+        type = "tests.memory_backend.MemoryBackend"
+        kwargs = { connections = { app_db = "postgres://u@o/db" }, variables = { k = "v" } }
+        """
+    )
+    sp = SearchPath.from_config(env={"CREDPATH_HOME": str(tmp_path)})
+    vault = sp.backend("vault")
+    assert sp.get_connection("app_db").host == "o"  # the pattern kept it from vault's copy
+    assert sp.get_variable("k") == "v"
+    assert vault.calls == []
+    assert sp.get_connection("vault_db").host == "v"
+    assert vault.calls == [("get_conn_value", "vault_db")]
+
+
+def test_backend_by_name():
+    first, second = MemoryBackend(), MemoryBackend()
+    sp = SearchPath([("one", first), ("two", second)])
+    assert sp.backend("one") is first and sp.backend("two") is second
+    assert sp.names == ["one", "two"]
+    with pytest.raises(ConfigError, match=r"no backend named 'three' in the search path \(have: one, two\)"):
+        sp.backend("three")
+
+
+def test_duplicate_backend_names_are_refused():
+    with pytest.raises(ConfigError, match="duplicate backend name 'x'"):
+        SearchPath([("x", MemoryBackend()), ("x", MemoryBackend())])
+
+
+def test_a_non_string_variable_from_a_backend_is_a_failure_naming_it():
+    backend = MemoryBackend(variables={"num": 5, "cfg_key": ["a"]})
+    backend.config["cfg"] = 7
+    fallback = MemoryBackend(variables={"num": "five"})
+    sp = path(backend, fallback, breaker=no_breaker())
+    assert sp.get_variable("num") == "five"  # a transient failure: falls through, as for an error
+    from credpath.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="returned a list for variable 'cfg_key', not a string"):
+        sp.get_variable("cfg_key")
+    with pytest.raises(BackendUnavailable, match="returned a int for config 'cfg'"):
+        sp.get_config("cfg")
+    sp.entries[0].on_error = "fail"
+    with pytest.raises(BackendError, match="returned a int for variable 'num'"):
+        sp.get_variable("num")
+
+
+def test_prefetch_under_on_error_fail_raises():
+    batch = BatchMemoryBackend({"c1": URI_A})
+    batch.fail_with = Unreachable("down")
+    sp = path(batch, MemoryBackend({"c1": URI_B}), breaker=no_breaker())
+    sp.entries[0].on_error = "fail"
+    with pytest.raises(Unreachable, match="down"):
+        sp.prefetch(connections=["c1"])
+    single = MemoryBackend({"c1": URI_A})
+    single.fail_with = Unreachable("down too")
+    sp = path(single, breaker=no_breaker())
+    sp.entries[0].on_error = "fail"
+    with pytest.raises(Unreachable, match="down too"):
+        sp.prefetch(connections=["c1"])
+
+
+def test_ids_behind_a_failed_batch_are_not_cached_and_errors_are_counted(caplog):
+    broken = BatchMemoryBackend({"c1": URI_A, "c3": URI_A})
+    broken.fail_with = Unreachable("down")
+    fallback = BatchMemoryBackend({"c1": URI_B})
+    sp = path(broken, fallback, breaker=no_breaker())
+    report = sp.prefetch(connections=["c1", "c2", "c3", "c1"])["connection"]
+    assert (report.requested, report.hits, report.misses, report.errors) == (3, 1, 0, 3)
+    assert fallback.calls == [("get_conn_values", ("c1", "c2", "c3"))]
+    assert len(sp.cache) == 0  # neither c1's fall-through value nor the misses behind the failure
+    broken.fail_with = None  # recovered: its values win now
+    assert sp.get_connection("c1").host == "db-a"
+    assert sp.get_connection("c3").host == "db-a"
+    assert "a batch read of 3 connection(s)" in caplog.text
+
+
+def test_prefetch_errors_per_id_from_a_single_backend():
+    class Flaky(MemoryBackend):
+        def get_conn_value(self, conn_id):
+            if conn_id == "bad":
+                raise Unreachable("flaky")
+            return super().get_conn_value(conn_id)
+
+    sp = path(Flaky({"good": URI_A, "later": URI_B}), breaker=no_breaker())
+    report = sp.prefetch(connections=["good", "bad", "later", "none"])["connection"]
+    assert (report.requested, report.hits, report.misses, report.errors) == (4, 2, 1, 1)
+    assert len(sp.cache) == 3  # good and later (hits; the id after the failed one is still read), none
+    assert sp.cache.get(("connection", "later", None)).value.host == "db-b"
+
+
+def test_prefetch_skips_cached_ids_and_empty_lists():
+    backend = BatchMemoryBackend({"c1": URI_A, "c2": URI_B})
+    sp = path(backend)
+    sp.get_connection("c1")
+    backend.calls.clear()
+    report = sp.prefetch(connections=["c1", "c2"])["connection"]
+    assert backend.calls == [("get_conn_values", ("c2",))]
+    assert (report.requested, report.hits) == (2, 1)
+    assert sp.prefetch() == {}
+
+
+def test_prefix_prefetch_shadowing_across_two_backends():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    first = PrefixMemoryBackend({"a": URI_A})
+    second = PrefixMemoryBackend({"a": URI_B, "b": URI_B})
+    sp = path(first, second)
+    report = sp.prefetch(prefix=True)["connection"]
+    assert (report.requested, report.hits, report.errors) == (2, 2, 0)
+    first.calls.clear()
+    second.calls.clear()
+    assert sp.get_connection("a").host == "db-a"  # the first backend's copy, from the cache
+    assert sp.get_connection("b").host == "db-b"
+    assert first.calls == [] and second.calls == []
+
+
+def test_prefix_prefetch_behind_a_backend_without_prefix_reads_asks_it_first():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    plain = MemoryBackend({"a": URI_A})
+    prefixed = PrefixMemoryBackend({"a": URI_B, "b": URI_B})
+    sp = path(plain, prefixed)
+    report = sp.prefetch(prefix=True)["connection"]
+    assert report.hits == 1  # "b" only: "a" is shadowed by the plain backend's copy
+    assert ("get_conn_value", "a") in plain.calls
+    assert sp.get_connection("a").host == "db-a"
+
+
+def test_prefix_prefetch_failure_stops_and_a_failed_shadow_check_does_not_cache():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    broken = PrefixMemoryBackend({"a": URI_A})
+    broken.fail_with = Unreachable("down")
+    later = PrefixMemoryBackend({"b": URI_B})
+    sp = path(broken, later, breaker=no_breaker())
+    report = sp.prefetch(prefix=True)["connection"]
+    assert (report.hits, report.errors) == (0, 1)
+    assert later.calls == []  # stopped: its values could be shadowed by the failed one
+    plain = MemoryBackend()
+    plain.fail_with = Unreachable("down")
+    sp = path(plain, PrefixMemoryBackend({"b": URI_B}), breaker=no_breaker())
+    report = sp.prefetch(prefix=True)["connection"]
+    assert report.hits == 0 and len(sp.cache) == 0
+
+
+def test_delete_variable_and_set_variable_invalidate_the_cache():
+    store = MemoryBackend(variables={"k": "v1"})
+    sp = path(store)
+    assert sp.get_variable("k") == "v1"
+    assert sp.set_variable("k", "v2") == "b0"
+    assert sp.get_variable("k") == "v2"
+    assert sp.delete_variable("k") == "b0"
+    with pytest.raises(NotFound):
+        sp.get_variable("k")
+    assert sp.delete_variable("k") is None  # nothing deleted
+    assert sp.delete_connection("nope") is None
+    with pytest.raises(ConfigError, match="value must be a string, got int"):
+        sp.set_variable("k", 5)
+
+
+def test_a_failing_backend_in_list_ids_is_reported_and_the_others_listed(caplog):
+    broken = MemoryBackend({"x": URI_A})
+    broken.fail_with = Unreachable("down")
+    sp = path(broken, MemoryBackend({"a": URI_A}), breaker=no_breaker())
+    listing = sp.list_ids("connection")
+    assert listing.found == {"a": ["b1"]} and listing.cannot_list == []
+    assert list(listing.failed) == ["b0"] and "down" in listing.failed["b0"]
+    assert "listing the other backends" in caplog.text
+    sp.entries[0].on_error = "fail"
+    with pytest.raises(Unreachable):
+        sp.list_ids("connection")
+
+
+def test_unknown_write_options_are_refused_before_writing():
+    store = MemoryBackend()
+    sp = path(store)
+    conn = Connection.from_uri(URI_A, conn_id="db")
+    with pytest.raises(ConfigError, match="has no write option\\(s\\) bogus, other"):
+        sp.set_connection(conn, bogus=1, other=2)
+    with pytest.raises(ConfigError, match="has no write option\\(s\\) bogus"):
+        sp.set_variable("k", "v", bogus=1)
+    assert store.connections == {} and store.variables == {}
+    assert sp.set_connection(conn, overwrite=True) == "b0"
+    with pytest.raises(ConfigError, match="no conn_id"):
+        sp.set_connection(Connection(conn_type="x"))
+
+
+def test_writes_go_to_the_metastore_first_else_the_first_writable():
+    from credpath.protocol import BaseBackend
+
+    class ReadOnly(BaseBackend):
+        def get_conn_value(self, conn_id):
+            return None
+
+    ro, first, meta = ReadOnly(), MemoryBackend(), MemoryBackend()
+    sp = SearchPath([("ro", ro), ("first", first), ("metastore", meta)])
+    assert sp.set_variable("k", "v") == "metastore"
+    sp = SearchPath([("ro", ro), ("first", first)])
+    assert sp.set_variable("k", "v") == "first"
+    with pytest.raises(ReadOnlyBackend, match="cannot write variables"):
+        sp.set_variable("k", "v", to="ro")
+
+
+def test_explain_attempts_that_did_not_run_have_zero_times():
+    sp = path(MemoryBackend(connections_lookup_pattern="^zz"), MemoryBackend({"db": URI_A}), MemoryBackend())
+    attempts = sp.explain("connection", "db").attempts
+    assert [a.outcome for a in attempts] == ["skipped (pattern)", "hit", "not tried"]
+    for attempt in (attempts[0], attempts[2]):
+        assert (attempt.seconds, attempt.startup_seconds, attempt.detail, attempt.breaker) == (
+            0.0,
+            0.0,
+            "",
+            "",
+        )
+    assert attempts[1].breaker == "closed"
+
+
+def test_a_cached_answer_asks_every_live_backend_ahead_past_one_that_does_not_want_the_key():
+    from tests.memory_backend import UncachedMemoryBackend
+
+    picky = UncachedMemoryBackend(connections_lookup_pattern="^zz")
+    live = UncachedMemoryBackend()
+    cached = MemoryBackend({"db": URI_A})
+    sp = path(picky, live, cached)
+    assert sp.get_connection("db").host == "db-a"
+    live.connections["db"] = URI_B  # exported later: shadows the cached answer
+    assert sp.get_connection("db").host == "db-b"
+    assert sp.lookup("connection", "db").source == "b1"
+
+
+def test_backend_unavailable_names_the_first_failure():
+    from credpath.errors import BackendUnavailable
+
+    one, two = MemoryBackend(), MemoryBackend()
+    one.fail_with = Unreachable("down-one")
+    two.fail_with = Unreachable("down-two")
+    sp = path(one, two, breaker=no_breaker())
+    with pytest.raises(BackendUnavailable) as info:
+        sp.get_connection("db")
+    message = str(info.value)
+    assert "backends 'b0', 'b1' failed" in message and "down-one" in message and "down-two" not in message
+    assert info.value.backends == ("b0", "b1")
+
+
+def test_a_miss_is_cached_with_the_miss_ttl_not_the_hit_ttl():
+    backend = MemoryBackend()
+    sp = path(backend, cache=CacheSettings(ttl=100.0, miss_ttl=0.0))
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            sp.get_connection("nope")
+    assert backend.calls.count(("get_conn_value", "nope")) == 2
+    assert len(sp.cache) == 0
+
+
+def test_a_write_invalidates_the_cached_value_of_every_team():
+    from tests.memory_backend import TeamMemoryBackend
+
+    store = TeamMemoryBackend(variables={"k": "v1"})
+    sp = path(store)
+    assert sp.get_variable("k", team_name="t") == "v1"
+    assert sp.get_variable("k") == "v1"
+    sp.set_variable("k", "v2")
+    assert sp.get_variable("k", team_name="t") == "v2"
+    assert sp.get_variable("k") == "v2"
+
+
+def test_metrics_are_recorded_only_when_on(monkeypatch):
+    from credpath import metrics
+    from credpath.errors import BackendUnavailable
+
+    seen = []
+    monkeypatch.setattr(metrics, "store_call", lambda *a, **k: seen.append(("call", a[0])))
+    monkeypatch.setattr(metrics, "breaker_rejected", lambda name: seen.append(("rejected", name)))
+    from credpath.resilience import BreakerSettings
+
+    broken = MemoryBackend()
+    broken.fail_with = Unreachable("down")
+    sp = path(MemoryBackend({"db": URI_A}), broken, breaker=BreakerSettings(failures=1))
+    monkeypatch.setattr(metrics, "on", False)
+    sp.get_connection("db")
+    with pytest.raises(BackendUnavailable):
+        sp.get_variable("x")  # opens b1's breaker (failures=1)
+    assert seen == []
+    monkeypatch.setattr(metrics, "on", True)
+    sp.cache.clear()
+    sp.get_connection("db")
+    with pytest.raises(BackendUnavailable):
+        sp.get_variable("y")  # b1 is open: rejected without a call
+    assert ("call", "b0") in seen and ("rejected", "b1") in seen
+
+
+def test_small_public_helpers_of_the_search_path():
+    from credpath.search_path import as_connection, read_connection
+
+    closed = []
+
+    class Closing(MemoryBackend):
+        def close(self):
+            closed.append(self.name)
+
+    sp = SearchPath([("a", Closing({"db": URI_A})), ("plain", ConnectionObjectBackend()), ("c", Closing())])
+    sp.close()
+    assert closed == ["a", "c"]
+    assert sp.breaker_state("a") == "closed"
+    assert sp.get_conn_value("db") == Connection.from_uri(URI_A, conn_id="db").get_uri()
+    assert sp.get_conn_value("nope") is None
+    assert sp.get_config("nope", default="d") == "d"
+    with pytest.raises(NotFound):
+        sp.get_config("nope")
+    conn = Connection.from_uri(URI_A, conn_id="x")
+    assert as_connection(None, "x") is None and as_connection(conn, "x") is conn
+    assert as_connection(URI_B, "y").host == "db-b" and as_connection(URI_B, "y").conn_id == "y"
+    assert read_connection(object(), "db") is None  # nothing to read with
+
+
+def test_prefix_prefetch_of_connection_objects_takes_the_requested_id():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    class Objects(PrefixMemoryBackend):
+        def prefetch_connections(self):
+            return {"new": Connection.from_uri(URI_A, conn_id="old")}
+
+    sp = path(Objects())
+    assert sp.prefetch(prefix=True)["connection"].hits == 1
+    cached = sp.cache.get(("connection", "new", None))
+    assert cached.value.conn_id == "new" and cached.source == "b0"
+
+
+def test_explanation_flags():
+    from credpath.search_path import Explanation
+
+    e = Explanation(kind="connection", key="k", source=None)
+    assert not e.found and not e.unavailable and not e.fell_through
+    e.failed.append("b0")
+    assert e.unavailable and not e.fell_through
+    e.source = "b1"
+    assert e.found and e.fell_through and not e.unavailable
+    e.stale = True
+    assert not e.fell_through
+
+
+def test_a_failing_prepare_is_an_error_attempt_with_no_startup_time():
+    class BadStart(MemoryBackend):
+        def prepare(self):
+            raise Unreachable("cannot start")
+
+    explanation = path(BadStart(), MemoryBackend({"db": URI_A}), breaker=no_breaker()).explain(
+        "connection", "db"
+    )
+    bad = explanation.attempts[0]
+    assert (bad.outcome, bad.startup_seconds) == ("error", 0.0) and "cannot start" in bad.detail
+    assert explanation.source == "b1"
+
+
+def test_prefetch_by_id_goes_past_a_backend_whose_pattern_wants_none():
+    picky = BatchMemoryBackend({"c1": URI_A}, connections_lookup_pattern="^zz")
+    later = BatchMemoryBackend({"c1": URI_B})
+    sp = path(picky, later)
+    assert sp.prefetch(connections=["c1"])["connection"].hits == 1
+    assert picky.calls == [] and sp.get_connection("c1").host == "db-b"
+
+
+def test_prefix_shadow_check_goes_past_an_earlier_backend_that_does_not_want_the_id():
+    from tests.memory_backend import PrefixMemoryBackend
+
+    picky = MemoryBackend(connections_lookup_pattern="^zz")
+    holder = MemoryBackend({"a": URI_A})
+    prefixed = PrefixMemoryBackend({"a": URI_B, "b": URI_B})
+    sp = path(picky, holder, prefixed)
+    assert sp.prefetch(prefix=True)["connection"].hits == 1  # "b"; "a" is the holder's
+    assert sp.get_connection("a").host == "db-a"
+
+
+def test_metrics_are_not_recorded_for_a_config_error_when_off(monkeypatch):
+    from credpath import metrics
+
+    seen = []
+    monkeypatch.setattr(metrics, "store_call", lambda *a, **k: seen.append(a[0]))
+    monkeypatch.setattr(metrics, "on", False)
+    bad = MemoryBackend()
+    bad.fail_with = ConfigError("backend 'b0' (Memory): bad key")
+    with pytest.raises(ConfigError):
+        path(bad).get_connection("db")
+    assert seen == []
+    monkeypatch.setattr(metrics, "on", True)
+    with pytest.raises(ConfigError):
+        path(bad).get_connection("db")
+    assert seen == ["b0"]
