@@ -112,13 +112,29 @@ ENV_CACHE_KEY = "CREDPATH_CACHE_KEY"
 _NO_SHARED = ("", "off", "none", "false")
 
 
+def _table_with_enabled(raw: Any, origin: str, allowed: set[str]) -> dict[str, Any]:
+    """A settings table's checks shared by ``[cache]`` and ``[circuit_breaker]``: a table, only ``allowed``
+    keys, and a boolean ``enabled``. Returns ``{"enabled": ...}`` when given, for the caller to fill."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} must be a table")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
+        )
+    values: dict[str, Any] = {}
+    if "enabled" in raw:
+        if not isinstance(raw["enabled"], bool):
+            raise ConfigError(f"{origin}: enabled must be true or false")
+        values["enabled"] = raw["enabled"]
+    return values
+
+
 def parse_cache(raw: Any, origin: str, env: Mapping[str, str] | None = None) -> CacheSettings:
     """``[cache]``: the in-process tier's settings and the shared tier's (``shared``, ``shared_key``,
     ``shared_lease``). ``CREDPATH_CACHE_SHARED`` / ``CREDPATH_CACHE_KEY`` override the file's; the shared
     tier's store and key are checked here (start-up), without connecting."""
     env = os.environ if env is None else env
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin} must be a table")
     allowed = {
         "enabled",
         "ttl",
@@ -130,16 +146,7 @@ def parse_cache(raw: Any, origin: str, env: Mapping[str, str] | None = None) -> 
         "shared_key",
         "shared_lease",
     }
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{origin}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
-        )
-    values: dict[str, Any] = {}
-    if "enabled" in raw:
-        if not isinstance(raw["enabled"], bool):
-            raise ConfigError(f"{origin}: enabled must be true or false")
-        values["enabled"] = raw["enabled"]
+    values = _table_with_enabled(raw, origin, allowed)
     for key in ("ttl", "miss_ttl", "jitter", "stale_if_error"):
         if key in raw:
             value = raw[key]
@@ -198,19 +205,7 @@ def _dependency(exc: ConfigError) -> dict[str, Any]:
 
 def parse_breaker(raw: Any, origin: str) -> BreakerSettings:
     """``[circuit_breaker]``: enabled, failures (consecutive, >= 1), cool_down and max_cool_down (seconds)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin} must be a table")
-    allowed = {"enabled", "failures", "cool_down", "max_cool_down"}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{origin}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
-        )
-    values: dict[str, Any] = {}
-    if "enabled" in raw:
-        if not isinstance(raw["enabled"], bool):
-            raise ConfigError(f"{origin}: enabled must be true or false")
-        values["enabled"] = raw["enabled"]
+    values = _table_with_enabled(raw, origin, {"enabled", "failures", "cool_down", "max_cool_down"})
     if "failures" in raw:
         value = raw["failures"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
