@@ -212,6 +212,35 @@ def test_cli_exits_2_on_an_invalid_key(_isolated_home: Path) -> None:
     assert "CREDPATH_FERNET_KEY" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("CREDPATH_FERNET_KEY", "not-a-fernet-key"),
+        ("CREDPATH_FERNET_KEY", "wrong"),  # a valid key, not the one the value was encrypted with
+        ("CREDPATH_METASTORE_URL", "nosuchdb://x/y"),
+    ],
+    ids=["invalid-key", "wrong-key", "bad-url"],
+)
+def test_cli_reads_exit_2_naming_the_setting_not_1_not_found(
+    _isolated_home: Path, setting: str, value: str
+) -> None:
+    # Issue 10 point 4: these ended in "not found in any backend" (exit 1) on reads.
+    right = Fernet.generate_key().decode()
+    MetastoreBackend(fernet_key=right).set_variable("api", VALUE)
+    if value == "wrong":
+        value = Fernet.generate_key().decode()
+    out = subprocess.run(
+        [sys.executable, "-m", "credpath", "variables", "get", "api"],
+        capture_output=True,
+        text=True,
+        env=_env(**{"CREDPATH_FERNET_KEY": right, setting: value}),
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert setting in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "not found" not in out.stderr and value not in out.stderr and right not in out.stderr
+
+
 # --- issue 12 point 9: rotation never reverts a concurrent write ------------------------------------------
 
 WRITER = textwrap.dedent(
