@@ -132,13 +132,12 @@ class CircuitBreaker:
 
 
 class _Call:
-    __slots__ = ("done", "error", "result", "waiters")
+    __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
-        self.waiters = 0
 
 
 class SingleFlight:
@@ -157,7 +156,6 @@ class SingleFlight:
             if call is None:
                 call = self._calls[key] = _Call()
             else:
-                call.waiters += 1
                 self.shared += 1
         if not leader:
             call.done.wait()  # the leader's store call is bounded by the backend's own deadline

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -498,7 +499,7 @@ class SharedTier:
 
         value = entry.value
         if isinstance(value, Connection):
-            value = {f: getattr(value, f) for f in _CONNECTION_FIELDS}
+            value = dataclasses.asdict(value)  # its fields as stored (extra a string), for Connection(**)
         payload = {
             "n": name,  # the key this value belongs to: a value moved to another key is refused
             "k": entry.kind,
@@ -695,19 +696,6 @@ class SharedTier:
 
     def close(self) -> None:
         self.store.close()
-
-
-_CONNECTION_FIELDS = (
-    "conn_id",
-    "conn_type",
-    "description",
-    "host",
-    "login",
-    "password",
-    "schema",
-    "port",
-    "extra",
-)
 
 
 def scope_of(specs: Any) -> str:
