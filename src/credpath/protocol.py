@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 Kind = Literal["connection", "variable", "config"]
 KINDS: tuple[Kind, ...] = ("connection", "variable", "config")
 
+#: What a backend declares it can do beyond the three reads (``BaseBackend.capabilities``):
+#: "write" (set/delete of connections and variables), "list" (``list_connections``/``list_variables``),
+#: "batch" (``get_conn_values``/``get_variables``, hits only), "prefetch" (``prefetch_connections``/
+#: ``prefetch_variables``: everything under the prefix), "structured" (connections are kept as fields, so
+#: ``get_connection`` -- and with "batch" ``get_connections`` -- return them natively, with what a URI cannot
+#: carry such as ``description``; a write's ``serialization`` does not apply).
+Capability = Literal["write", "list", "batch", "prefetch", "structured"]
+CAPABILITIES: tuple[Capability, ...] = ("write", "list", "batch", "prefetch", "structured")
+#: How a string store keeps a connection: Airflow's JSON form or its URI.
+Serialization = Literal["json", "uri"]
+
 
 @runtime_checkable
 class SecretsBackend(Protocol):
@@ -137,6 +148,9 @@ class BaseBackend:
     """
 
     alias: ClassVar[str] = ""
+    #: What this backend does beyond the three reads (see :data:`Capability`); call sites ask
+    #: :func:`supports`, never the methods' presence.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: Human name of the store, for messages ("HashiCorp Vault").
     store_name: ClassVar[str] = ""
     #: Modules the store's client needs, and the extra that installs them: checked (never imported) by
@@ -291,6 +305,26 @@ class BaseBackend:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+_FOREIGN_CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
+    "write": ("set_connection", "set_variable", "delete_connection", "delete_variable"),
+    "list": ("list_connections", "list_variables"),
+    "batch": ("get_conn_values", "get_variables"),
+    "prefetch": ("prefetch_connections", "prefetch_variables"),
+    "structured": ("get_connections",),
+}
+
+
+def supports(backend: object, capability: Capability) -> bool:
+    """Whether ``backend`` can do ``capability``: its declaration for credpath backends; for a foreign
+    (Airflow-style) object that declares nothing, whether it has the capability's methods."""
+    if isinstance(backend, BaseBackend):
+        return capability in type(backend).capabilities
+    declared = getattr(type(backend), "capabilities", None)
+    if isinstance(declared, frozenset | set | tuple):
+        return capability in declared
+    return all(callable(getattr(backend, m, None)) for m in _FOREIGN_CAPABILITY_METHODS[capability])
 
 
 def can(backend: object, operation: str) -> bool:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from credpath.backends._sql import FernetKeyError, SqlTablesBackend
 from credpath.errors import CredpathError
 from credpath.model import Connection
+from credpath.protocol import Capability
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -81,6 +82,7 @@ class AirflowDatabaseBackend(SqlTablesBackend):
     """
 
     alias: ClassVar[str] = "airflow-db"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"list", "batch", "prefetch", "structured"})
     store_name: ClassVar[str] = "Airflow metadata database"
     _tables = staticmethod(tables)
     _value_column: ClassVar[str] = "val"

@@ -31,7 +31,7 @@ from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, cl
 from credpath.deadlines import Deadline
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import Kind
+from credpath.protocol import Capability, Kind
 
 log = logging.getLogger("credpath.backends.aws_secrets_manager")
 
@@ -61,6 +61,7 @@ def _is_deleted_error(exc: BaseException) -> bool:
 
 class SecretsManagerBackend(AwsBackend):
     alias: ClassVar[str] = "aws-secrets-manager"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "batch", "prefetch"})
     store_name: ClassVar[str] = "AWS Secrets Manager"
     requires: ClassVar[tuple[str, ...]] = ("botocore",)
     extra: ClassVar[str | None] = "aws"

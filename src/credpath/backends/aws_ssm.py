@@ -17,7 +17,7 @@ from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code
 from credpath.backends._prefixed import TEAM_SEP
 from credpath.deadlines import Deadline
 from credpath.model import Connection
-from credpath.protocol import Kind
+from credpath.protocol import Capability, Kind
 
 log = logging.getLogger("credpath.backends.aws_ssm")
 
@@ -29,6 +29,7 @@ _VALID_NAME = re.compile(r"^[a-zA-Z0-9_.\-/]{1,2048}$")
 
 class ParameterStoreBackend(AwsBackend):
     alias: ClassVar[str] = "aws-ssm"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "batch", "prefetch"})
     store_name: ClassVar[str] = "AWS Systems Manager Parameter Store"
     requires: ClassVar[tuple[str, ...]] = ("botocore",)
     extra: ClassVar[str | None] = "aws"

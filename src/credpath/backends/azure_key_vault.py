@@ -47,7 +47,7 @@ from credpath.deadlines import (
     unwrap_retries,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import Kind
+from credpath.protocol import Capability, Kind
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def classify(exc: BaseException) -> tuple[bool, float | None]:
 
 class KeyVaultBackend(PrefixedSecretsBackend):
     alias: ClassVar[str] = "azure-key-vault"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list"})
     store_name: ClassVar[str] = "Azure Key Vault"
     requires: ClassVar[tuple[str, ...]] = ("azure.keyvault.secrets", "azure.identity")
     extra: ClassVar[str | None] = "azure"

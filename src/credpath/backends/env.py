@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, ClassVar, Unpack
 
-from credpath.protocol import BackendOptions, BaseBackend, iter_ids, multi_team_enabled
+from credpath.protocol import BackendOptions, BaseBackend, Capability, iter_ids, multi_team_enabled
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -38,6 +38,7 @@ class EnvironmentBackend(BaseBackend):
     """
 
     alias: ClassVar[str] = "env"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"list", "batch"})
     store_name: ClassVar[str] = "environment variables"
     # os.environ costs microseconds and may change under the process: never served from the cache.
     cache_results: ClassVar[bool] = False

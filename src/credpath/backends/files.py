@@ -28,7 +28,7 @@ from typing import ClassVar, Generic, TypeVar, Unpack
 from credpath import formats
 from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection, Variable
-from credpath.protocol import BackendOptions, BaseBackend, iter_ids
+from credpath.protocol import BackendOptions, BaseBackend, Capability, iter_ids
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class LocalFilesystemBackend(BaseBackend):
     """
 
     alias: ClassVar[str] = "files"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"list", "batch", "prefetch", "structured"})
     store_name: ClassVar[str] = "local files"
     # A lookup is one stat(); an edited file must be seen at once, never through the search-path cache.
     cache_results: ClassVar[bool] = False

@@ -45,7 +45,7 @@ from credpath.deadlines import (
     unwrap_retries,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import BackendOptions, Kind
+from credpath.protocol import BackendOptions, Capability, Kind
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def _credentials_from_name(name: str) -> Any:
 
 class SecretManagerBackend(PrefixedSecretsBackend):
     alias: ClassVar[str] = "gcp-secret-manager"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list"})
     store_name: ClassVar[str] = "GCP Secret Manager"
     requires: ClassVar[tuple[str, ...]] = ("google.cloud.secretmanager", "google.auth")
     extra: ClassVar[str | None] = "gcp"

@@ -71,7 +71,7 @@ from credpath.deadlines import (
     retry_call,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
-from credpath.protocol import BackendOptions, BaseBackend, Kind, iter_ids
+from credpath.protocol import BackendOptions, BaseBackend, Capability, Kind, iter_ids
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -107,6 +107,9 @@ def _b64(text: str) -> str:
 
 class KubernetesSecretsBackend(BaseBackend):
     alias: ClassVar[str] = "kubernetes-secrets"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {"write", "list", "batch", "prefetch", "structured"}
+    )
     store_name: ClassVar[str] = "Kubernetes Secrets"
     requires: ClassVar[tuple[str, ...]] = ("kubernetes",)
     extra: ClassVar[str | None] = "kubernetes"

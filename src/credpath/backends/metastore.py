@@ -56,6 +56,7 @@ from credpath.backends._sql import (
 )
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
+from credpath.protocol import Capability
 
 if TYPE_CHECKING:
     import sqlite3
@@ -162,6 +163,9 @@ class MetastoreBackend(SqlTablesBackend):
     """
 
     alias: ClassVar[str] = "metastore"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {"write", "list", "batch", "prefetch", "structured"}
+    )
     store_name: ClassVar[str] = "credpath metastore"
     _tables = staticmethod(tables)
     _driver_hint: ClassVar[str] = "; for PostgreSQL install 'credpath[postgres]'"

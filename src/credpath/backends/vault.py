@@ -58,7 +58,7 @@ from credpath.errors import (
     CredpathError,
     MissingFile,
 )
-from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
+from credpath.protocol import BackendOptions, BaseBackend, Capability, Kind, multi_team_enabled
 
 if TYPE_CHECKING:
     import requests
@@ -844,6 +844,7 @@ class VaultBackend(BaseBackend):
     """Connections, variables and config from a Vault/OpenBao KV mount (Airflow's kwargs)."""
 
     alias: ClassVar[str] = "vault"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "structured"})
     store_name: ClassVar[str] = "HashiCorp Vault"
     requires: ClassVar[tuple[str, ...]] = ("hvac", "requests")
     extra: ClassVar[str | None] = "vault"
