@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from credpath.backends import vault
-from credpath.backends.vault import VaultBackend, _Session, sign_jwt_rs256
+from credpath.backends.vault import VaultBackend, sign_jwt_rs256
+from credpath.backends.vault import auth as vault_auth
+from credpath.backends.vault import session as vault
 from credpath.errors import AccessDenied, BackendError
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port, require_binary, stop_process, wait_for_port
@@ -387,7 +388,7 @@ def test_gcp_login_signs_a_jwt_with_the_service_account_key(openbao: OpenBao, tm
 
 def test_azure_logs_in_with_an_access_token(openbao: OpenBao, monkeypatch) -> None:
     # No Azure AD here: the token acquisition (azure-identity) is the one thing replaced.
-    monkeypatch.setattr(_Session, "_azure_jwt", lambda self: "azure-access-s3cr3t")
+    monkeypatch.setattr(vault_auth, "azure_jwt", lambda settings: "azure-access-s3cr3t")
     request, error = login_attempt(
         openbao,
         auth_type="azure",
