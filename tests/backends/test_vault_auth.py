@@ -459,3 +459,25 @@ def test_aws_iam_login_signs_get_caller_identity(openbao: OpenBao, moto_sts: str
     credential = headers["Authorization"][0].split("Credential=")[1].split("/")[0]
     assert credential.startswith("ASIA") and credential != "testing"  # a temporary key from AssumeRole
     assert headers["X-Amz-Security-Token"][0]
+
+
+@pytest.mark.parametrize("session_token", [None, "session-token-s3cr3t"], ids=["static", "temporary"])
+def test_sigv4_signing_is_byte_for_byte_hvacs(monkeypatch, session_token: str | None) -> None:
+    # credpath signs the aws_iam login request itself (no hvac at run time); hvac's signer is the reference.
+    from datetime import UTC, datetime
+
+    from hvac import aws_utils
+
+    now = datetime(2026, 12, 1, 12, 34, 56, tzinfo=UTC)
+
+    class Frozen(datetime):
+        @classmethod
+        def utcnow(cls) -> datetime:  # type: ignore[override]
+            return now.replace(tzinfo=None)
+
+    monkeypatch.setattr(aws_utils, "datetime", Frozen)
+    request = aws_utils.generate_sigv4_auth_request()
+    aws_utils.SigV4Auth("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1").add_auth(request)
+    ours = vault_auth.sigv4_sts_request("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1", now)
+    assert list(ours.items()) == list(request.headers.items())  # same headers, values and order
+    assert (request.url, request.body) == (vault_auth.STS_URL, vault_auth.STS_BODY)
