@@ -107,6 +107,8 @@ class VaultBackend(BaseBackend):
         """Airflow's kwargs (hashicorp provider 4.8.4), plus ``soft_delete`` (KV v2 deletes keep the
         versions: only the current one is deleted, undeletable) and credpath's :class:`BackendOptions`."""
         super().__init__(**options)
+        # Every parameter by name (first statement after super(): no other locals yet), so the signature
+        # stays the one list of kwargs and VaultSettings the one place that checks them.
         kwargs = dict(locals())
         for name in ("self", "options", "__class__"):
             kwargs.pop(name, None)
