@@ -367,6 +367,20 @@ def test_constructor_and_import_do_no_io_and_load_no_hvac() -> None:
     assert out.split() == ["False", "False"]
 
 
+def test_the_client_it_needs_is_requests_and_its_extra_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from credpath.errors import MissingDependency
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "requests" else real(name, *a)
+    )
+    with pytest.raises(MissingDependency) as info:
+        create_backend("vault", {"url": "http://127.0.0.1:1"})
+    assert str(info.value) == "backend 'vault' needs requests: pip install 'credpath[vault]'"
+
+
 def test_prepare_imports_the_client_and_builds_the_session_without_network(hanging_listener) -> None:
     code = (
         "import sys\n"

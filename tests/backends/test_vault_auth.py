@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -481,3 +482,23 @@ def test_sigv4_signing_is_byte_for_byte_hvacs(monkeypatch, session_token: str | 
     ours = vault_auth.sigv4_sts_request("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1", now)
     assert list(ours.items()) == list(request.headers.items())  # same headers, values and order
     assert (request.url, request.body) == (vault_auth.STS_URL, vault_auth.STS_BODY)
+
+
+def test_an_aws_iam_login_body_imports_no_hvac() -> None:
+    code = (
+        "import sys\n"
+        "from credpath.backends.vault import ClientSettings\n"
+        "from credpath.backends.vault.auth import login_request\n"
+        "s = ClientSettings(url='http://127.0.0.1:1', auth_type='aws_iam', key_id='AKID', secret_id='k')\n"
+        "path, body = login_request(s)\n"
+        "print(path, sorted(body), 'hvac' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [
+        "auth/aws/login",
+        "['iam_http_request_method',",
+        "'iam_request_body',",
+        "'iam_request_headers',",
+        "'iam_request_url']",
+        "False",
+    ]
