@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
-from credpath.backends._prefixed import TEAM_SEP, log_team_refusal
+from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
 from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError
 from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
@@ -501,14 +501,6 @@ class _ClientFactory:
         return self._session.create_client(service, **kwargs)
 
 
-# The Airflow kwarg that sets each kind's prefix, for messages.
-PREFIX_SETTINGS: dict[Kind, str] = {
-    "connection": "connections_prefix",
-    "variable": "variables_prefix",
-    "config": "config_prefix",
-}
-
-
 class AwsOptions(BackendOptions, total=False):
     """The AWS settings both stores accept, besides the common options.
 
@@ -540,15 +532,16 @@ class AwsOptions(BackendOptions, total=False):
 _SESSION_SETTINGS = frozenset(AwsOptions.__annotations__) - frozenset(BackendOptions.__annotations__)
 
 
-class AwsBackend(BaseBackend):
+class AwsBackend(PrefixNamedBackend):
     """What the Secrets Manager and SSM backends share: prefixes, name mapping, pagination, batches, listing.
 
     Names are ``<prefix><sep><key>`` (Airflow's ``build_path``); an empty prefix means the bare key, a null
     prefix switches that kind off. A lookup for a team tries ``<prefix><sep><team>--<key>`` first, then the
-    team-agnostic name (``team_name_of``; the 3.3.2-era provider's rule); in multi-team mode an id containing
-    ``--`` is never looked up. Subclasses build ``self.aws`` after their own kwarg checks (so those errors
-    come before the session's) and supply the store's calls: ``_get_name``, ``_batch_get``, ``_prefetch``,
-    ``_list_keys``, ``_list_request``, ``_write``; every call goes through ``_call`` (deadline, retries).
+    team-agnostic name (``team_secret_name``; the 3.3.2-era provider's rule); in multi-team mode an id
+    containing ``--`` is never looked up. All of it is the backend's :class:`KeyNaming`. Subclasses build
+    ``self.aws`` after their own kwarg checks (so those errors come before the session's) and supply the
+    store's calls: ``_get_name``, ``_batch_get``, ``_prefetch``, ``_list_keys``, ``_list_request``,
+    ``_write``; every call goes through ``_call`` (deadline, retries).
     """
 
     #: botocore service name of the store's client.
@@ -569,6 +562,8 @@ class AwsBackend(BaseBackend):
         config_prefix: str | None,
         *,
         sep: str,
+        absolute: bool = False,
+        team_under_empty_prefix: bool = False,
         **options: Unpack[AwsOptions],
     ) -> None:
         session = {k: options.pop(k) for k in list(options) if k in _SESSION_SETTINGS}  # type: ignore[misc]
@@ -576,21 +571,17 @@ class AwsBackend(BaseBackend):
         self._session_settings: dict[str, Any] = session
         if not isinstance(sep, str) or not sep:
             raise self.config_error("sep must be a non-empty string")
-        given: dict[Kind, str | None] = {
-            "connection": connections_prefix,
-            "variable": variables_prefix,
-            "config": config_prefix,
-        }
-        for kind, prefix in given.items():
-            if prefix is not None and not isinstance(prefix, str):
-                raise self.config_error(
-                    f"{PREFIX_SETTINGS[kind]} must be a string or null, got {type(prefix).__name__}"
-                )
-        self.sep = sep
         # Airflow strips a trailing separator; "" stays "" (bare ids), None switches the kind off.
-        self.prefixes: dict[Kind, str | None] = {
-            kind: prefix.rstrip(sep) if prefix else prefix for kind, prefix in given.items()
-        }
+        self.naming = KeyNaming.from_settings(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep=sep,
+            strip_sep=True,
+            fail=self.config_error,
+            absolute=absolute,
+            team_under_empty_prefix=team_under_empty_prefix,
+        )
 
     def _open_session(self) -> AwsSession:
         # Called by each store after its own checks, so their errors keep coming before the session's.
@@ -608,69 +599,7 @@ class AwsBackend(BaseBackend):
     def client(self) -> Any:
         return self.aws.client(self.service)
 
-    @property
-    def connections_prefix(self) -> str | None:
-        return self.prefixes["connection"]
-
-    @property
-    def variables_prefix(self) -> str | None:
-        return self.prefixes["variable"]
-
-    @property
-    def config_prefix(self) -> str | None:
-        return self.prefixes["config"]
-
     # --- naming ------------------------------------------------------------------------------------
-
-    def _join(self, prefix: str, key: str) -> str:
-        """Airflow's ``build_path``: ``<prefix><sep><key>``, the bare key under an empty prefix."""
-        return f"{prefix}{self.sep}{key}" if prefix else key
-
-    def _can_exist(self, name: str) -> bool:
-        """False for a name the store cannot hold: a lookup of it is a miss without a call."""
-        return True
-
-    def name_of(self, kind: Kind, key: str) -> str | None:
-        """The store's name for ``key``, or None when that kind is switched off or the pattern skips it."""
-        prefix = self.prefixes[kind]
-        if prefix is None or not self.wants(kind, key):
-            return None
-        return self._join(prefix, key)
-
-    def team_name_of(self, kind: Kind, key: str, team_name: str) -> str | None:
-        """The team-scoped name the provider tries first: ``<prefix><sep><team>--<key>`` (None: no such
-        lookup, e.g. Secrets Manager under an empty prefix)."""
-        prefix = self.prefixes[kind]
-        if not prefix:
-            return None
-        return self._join(prefix, f"{team_name}{TEAM_SEP}{key}")
-
-    def _refuses(self, kind: Kind, key: str) -> bool:
-        """Multi-team mode: an id containing the team separator is ambiguous, never looked up (Airflow)."""
-        if TEAM_SEP in key and multi_team_enabled():
-            log_team_refusal(log, self.name, kind, key)
-            return True
-        return False
-
-    def _lookup_names(self, kind: Kind, key: str, team_name: str | None) -> list[str]:
-        """The names one lookup of ``key`` tries, in order: the team's first, then the team-agnostic one."""
-        name = self.name_of(kind, key)
-        if name is None or self._refuses(kind, key):
-            return []
-        names = [name]
-        if team_name:
-            scoped = self.team_name_of(kind, key, team_name)
-            if scoped is not None:
-                names.insert(0, scoped)
-        return [n for n in names if self._can_exist(n)]
-
-    def _names(self, kind: Kind, keys: list[str], team_name: str | None = None) -> dict[str, str]:
-        """{store name: key} for the names a lookup of each key tries (team-scoped ones first)."""
-        names: dict[str, str] = {}
-        for key in dict.fromkeys(keys):
-            for name in self._lookup_names(kind, key, team_name):
-                names.setdefault(name, key)
-        return names
 
     def _batch_lookup(self, kind: Kind, keys: list[str], team_name: str | None) -> dict[str, str]:
         """{key: raw} for the hits among ``keys``; a team-scoped value wins over the team-agnostic one."""
@@ -684,15 +613,6 @@ class AwsBackend(BaseBackend):
                     out[key] = found[name]
                     break
         return out
-
-    def _target(self, kind: Kind, key: str) -> str:
-        """The name a write or delete of ``key`` goes to; a switched-off kind is a ConfigError."""
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            raise self.config_error(
-                f"{PREFIX_SETTINGS[kind]} is null, so {kind}s are switched off in this backend"
-            )
-        return self._join(prefix, key)
 
     # --- calls -------------------------------------------------------------------------------------
 
@@ -726,11 +646,10 @@ class AwsBackend(BaseBackend):
 
         ``params`` are added to the store's listing request (``_list_request``).
         """
-        prefix = self.prefixes[kind]
-        if not prefix:
+        if not self.prefixes[kind]:
             # Null: kind is off. Empty: everything in the account would match; refuse to list it all.
             return
-        head = self._join(prefix, "")
+        head = self.naming.join(self.prefixes[kind] or "", "")
         operation, request, what = self._list_request(head)
         for response in self._pages(operation, {**request, **params}, what):
             for entry in response.get(self.list_results, []):
