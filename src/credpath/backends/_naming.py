@@ -214,7 +214,9 @@ class PrefixNamedBackend(BaseBackend):
         the store rejects."""
         name = self.secret_name(kind, key)
         if name is None:
-            raise self.config_error(f"cannot write {kind} {key!r}: {PREFIX_SETTINGS[kind]} is null")
+            raise self.config_error(
+                f"{PREFIX_SETTINGS[kind]} is null, so {kind}s are switched off (cannot write {key!r})"
+            )
         if not key:
             raise self.config_error(f"{kind} id must not be empty")
         if not self._can_exist(name):
