@@ -29,6 +29,18 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+__all__ = [
+    "MIN_LENGTH",
+    "REPLACEMENT",
+    "Masker",
+    "MaskingFilter",
+    "default_masker",
+    "install_log_masking",
+    "mask_secret",
+    "redact",
+]
+
+
 REPLACEMENT = "***"
 #: Airflow 3's ``[logging] min_length_masked_secret``: shorter values would mask ordinary words.
 MIN_LENGTH = 5

@@ -20,6 +20,17 @@ from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_wit
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError
 from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
 
+__all__ = [
+    "AwsBackend",
+    "AwsOptions",
+    "AwsSession",
+    "classify",
+    "client_error_code",
+    "client_error_message",
+    "quiet_botocore_bodies",
+]
+
+
 log = logging.getLogger("credpath.backends.aws")
 
 # botocore logs whole request and response bodies at DEBUG ("Making request ... with params", "Response

@@ -35,6 +35,9 @@ from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
 from credpath.protocol import Capability, Kind, Serialization
 
+__all__ = ["BATCH_SIZE", "FIELD_WORDS", "SecretsManagerBackend"]
+
+
 log = logging.getLogger("credpath.backends.aws_secrets_manager")
 
 BATCH_SIZE = 20  # BatchGetSecretValue's SecretIdList limit on AWS (moto accepts more)

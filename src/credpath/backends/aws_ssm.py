@@ -18,6 +18,9 @@ from credpath.deadlines import Deadline
 from credpath.model import Connection
 from credpath.protocol import Capability, Kind, Serialization
 
+__all__ = ["BATCH_SIZE", "ParameterStoreBackend"]
+
+
 log = logging.getLogger("credpath.backends.aws_ssm")
 
 BATCH_SIZE = 10  # GetParameters' limit

@@ -55,6 +55,9 @@ from credpath.protocol import Capability, Kind, Serialization
 if TYPE_CHECKING:
     from credpath.model import Connection
 
+__all__ = ["ID_TAG", "KeyVaultBackend", "OnDeleted"]
+
+
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")

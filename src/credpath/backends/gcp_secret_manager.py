@@ -48,6 +48,9 @@ from credpath.deadlines import (
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind
 
+__all__ = ["SecretManagerBackend", "crc32c"]
+
+
 log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[a-zA-Z0-9-_]*$")

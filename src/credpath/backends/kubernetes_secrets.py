@@ -77,6 +77,9 @@ from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind,
 if TYPE_CHECKING:
     from credpath.model import Connection
 
+__all__ = ["ID_ANNOTATION", "KIND_LABEL", "MANAGED_BY_LABEL", "KubernetesSecretsBackend"]
+
+
 log = logging.getLogger(__name__)
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
