@@ -127,3 +127,13 @@ def test_each_module_all_names_exist(path: Path) -> None:
         assert callable(getattr(module, "__getattr__", None)), f"{name} lost the lazy {sorted(lazy)}"
     missing = [n for n in declared if n not in lazy and not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names what the module does not have: {missing}"
+
+
+def test_cross_module_helpers_have_one_home() -> None:
+    from credpath import config, errors
+    from credpath.backends import metastore
+
+    assert metastore.credpath_home is config.credpath_home
+    assert errors.safe_reason(errors.ConfigError("setting 'x' is wrong")) == "setting 'x' is wrong"
+    foreign = errors.safe_reason(ValueError("password=s3cr3t"))
+    assert foreign == "ValueError (message withheld: it may contain a secret)"
