@@ -226,8 +226,8 @@ def _prepare(path: SearchPath) -> None:
     """Import each nested backend's store client and run its no-network start-up now.
 
     Airflow builds the secrets backend in the supervisor (and the scheduler/API server) before task
-    processes are forked: work done here is inherited by every task instead of repeated in each (the
-    Vault client stack alone costs ~100 ms to import).
+    processes are forked: work done here is inherited by every task instead of repeated in each (store
+    client stacks are the heaviest imports of a lookup; bench/RESULTS.md).
     """
     for entry in path.entries:
         backend = entry.backend

@@ -1,8 +1,8 @@
 """Per-process TTL cache for resolved values, keeping expired values for stale-if-error.
 
-A hit is one dict lookup and one monotonic-clock comparison (~0.3 µs), against Airflow's cache (an IPC
-round trip to a multiprocessing manager, 0.2-0.5 ms) and AWS's caching library (lock + deep copy,
-14-23 µs). Values are immutable (frozen Connection, str), so no copy is needed on a hit.
+A hit is one dict lookup and one monotonic-clock comparison: no IPC round trip (Airflow's cache goes through a
+multiprocessing manager), no lock and no deep copy (AWS's caching library takes both). Values are immutable
+(frozen Connection, str), so no copy is needed on a hit. Measured figures: bench/RESULTS.md.
 
 An entry is ``(expiry, value, stored_at, keep_until)``. After ``expiry`` it is no longer served as fresh, but
 a hit (not a miss) is kept until ``keep_until = expiry + stale_if_error`` so that the search path can serve

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
+from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
 from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError
@@ -250,13 +251,13 @@ class AwsSession:
 
         try:
             session = Session(profile=self.profile_name)
-            _use_narrow_loader(session)
+            use_narrow_loader(session)
             if self._access_key or self._secret_key or self._session_token:
                 session.set_credentials(self._access_key, self._secret_key, self._session_token)
             if self.region_name is not None:
                 session.set_config_variable("region", self.region_name)
             session.get_scoped_config()  # an unknown profile fails here, not on the first read
-            return _ClientFactory(session)
+            return ClientFactory(session)
         except botocore.exceptions.ProfileNotFound:
             raise self.backend.config_error(
                 f"profile_name {self.profile_name!r} not found in the AWS config"
@@ -291,13 +292,13 @@ class AwsSession:
             }
 
         botocore_session = get_session()
-        _use_narrow_loader(botocore_session)
-        botocore_session._credentials = DeferredRefreshableCredentials(
-            refresh_using=refresh, method="sts-assume-role"
+        use_narrow_loader(botocore_session)
+        set_deferred_credentials(
+            botocore_session, DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
         )
         if base.region_name is not None:
             botocore_session.set_config_variable("region", base.region_name)
-        return _ClientFactory(botocore_session)
+        return ClientFactory(botocore_session)
 
     def _config(self) -> Any:
         from botocore import UNSIGNED
@@ -491,25 +492,6 @@ def client_error_message(exc: BaseException) -> str:
 
 def chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-class _ClientFactory:
-    """boto3's Session surface that credpath uses, on botocore alone.
-
-    boto3 adds nothing the Secrets Manager, SSM and STS clients need, but importing it also imports
-    s3transfer: about 60 ms more of every CLI start (`python -X importtime`: boto3 237 ms, botocore.session
-    177 ms), which is most of what separates `credpath connections get` from a 10x lead over Airflow's.
-    """
-
-    def __init__(self, session: Any) -> None:
-        self._session = session
-
-    @property
-    def region_name(self) -> str | None:
-        return self._session.get_config_variable("region")
-
-    def client(self, service: str, **kwargs: Any) -> Any:
-        return self._session.create_client(service, **kwargs)
 
 
 class AwsOptions(BackendOptions, total=False):
@@ -778,47 +760,3 @@ class AwsBackend(PrefixNamedBackend):
 
     def close(self) -> None:
         self.aws.close()
-
-
-SERVICES = frozenset({"secretsmanager", "ssm", "sts"})
-
-
-class _KnownServices:
-    """What botocore's loader reports as available: credpath's services without listing any folder.
-
-    botocore only asks ``name in services`` before loading a model; any other name (a credential
-    provider's ``sso``, say) and iteration fall back to botocore's full listing.
-    """
-
-    def __init__(self, full_listing: Any) -> None:
-        self._full_listing = full_listing
-
-    def __contains__(self, name: object) -> bool:
-        return name in SERVICES or name in self._full_listing()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._full_listing())
-
-
-def _use_narrow_loader(session: Any) -> None:
-    """Give ``session`` a data loader that finds credpath's services without listing them all.
-
-    botocore's own loader checks a service name against every service it ships: one ``listdir`` per
-    folder, 882 calls and 49 ms of each process's first client (cProfile; client creation 104 -> 27 ms).
-    The CLI pays that on every run. Search paths (``AWS_DATA_PATH``, ``~/.aws/models``) stay botocore's.
-    """
-    import os
-
-    from botocore.loaders import Loader
-
-    class NarrowLoader(Loader):  # type: ignore[misc]
-        def list_available_services(self, type_name: str) -> Any:
-            return _KnownServices(lambda: Loader.list_available_services(self, type_name))
-
-    data_path = session.get_config_variable("data_path")
-    paths = (
-        [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
-        if data_path
-        else None
-    )
-    session.register_component("data_loader", NarrowLoader(extra_search_paths=paths))
