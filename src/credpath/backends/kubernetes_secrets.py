@@ -1,8 +1,9 @@
 """Kubernetes Secrets backend: connections, variables and config as Secrets in one namespace.
 
-Written against credpath's declared backend contract only (``protocol.BaseBackend``), on the official
-``kubernetes`` client (its ``ApiClient``: kubeconfig, in-cluster and token auth, TLS, connection pool),
-imported on first use, never by ``import credpath``.
+Written against credpath's declared backend contract only (``protocol.BaseBackend``, with the prefix stores'
+one naming rule, ``backends._naming``), on the official ``kubernetes`` client (its ``ApiClient``:
+kubeconfig, in-cluster and token auth, TLS, connection pool), imported on first use, never by
+``import credpath``.
 
 Naming. A Secret's name is ``<prefix><sep><id>`` mapped to a DNS-1123 subdomain (what Kubernetes accepts:
 lower case letters, digits, ``-`` and ``.``, starting and ending with a letter or digit, at most 253
