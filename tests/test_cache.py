@@ -186,3 +186,14 @@ def test_cache_settings_are_frozen():
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         CacheSettings().ttl = 1.0  # type: ignore[misc]
+
+
+def test_entries_is_the_live_table_the_search_path_hot_path_reads():
+    cache = TTLCache(CacheSettings(ttl=60, jitter=0))
+    entries = cache.entries()
+    cache.put(("connection", "a", None), "value")
+    expiry, value, stored_at, keep_until = entries[("connection", "a", None)]  # live, not a copy
+    assert value == "value" and stored_at <= expiry <= keep_until
+    cache.invalidate(("connection", "a", None))
+    assert ("connection", "a", None) not in entries
+    assert cache.entries() is entries

@@ -1,5 +1,10 @@
 """credpath: Airflow-compatible connections and variables from any chain of secret stores.
 
+The names below (``__all__``) are the package's public surface, documented in the README's "Python API"
+section; ``tests/test_public_api.py`` keeps the two in step. Start with :func:`get_connection`,
+:func:`get_variable` and :func:`get_config` (on a process-wide search path built from the configuration),
+or build a :class:`SearchPath` yourself.
+
 Everything is imported lazily so that ``import credpath`` stays cheap and never pulls in a store's
 client library (boto3, hvac, SQLAlchemy, google, azure).
 """
@@ -21,6 +26,8 @@ _EXPORTS = {
     "BackendTimeout": "credpath.errors",
     "CircuitOpen": "credpath.errors",
     "CredpathError": "credpath.errors",
+    "MissingDependency": "credpath.errors",
+    "MissingFile": "credpath.errors",
     "SearchPath": "credpath.search_path",
     "get_connection": "credpath.api",
     "get_variable": "credpath.api",
@@ -39,6 +46,8 @@ __all__ = [
     "ConfigError",
     "Connection",
     "CredpathError",
+    "MissingDependency",
+    "MissingFile",
     "NotFound",
     "SearchPath",
     "Variable",
@@ -66,6 +75,8 @@ if TYPE_CHECKING:
         CircuitOpen,
         ConfigError,
         CredpathError,
+        MissingDependency,
+        MissingFile,
         NotFound,
     )
     from credpath.masking import mask_secret

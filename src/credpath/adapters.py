@@ -26,6 +26,9 @@ from typing import Any
 from credpath.errors import ConfigError
 from credpath.model import Connection, ConnectionFormatError, json_object
 
+__all__ = ["MAPPABLE_FIELDS", "PRESETS", "ConnectionAdapter", "MappingAdapter", "build_adapter"]
+
+
 #: Connection fields a mapping may fill from secret keys.
 MAPPABLE_FIELDS = ("conn_type", "description", "host", "login", "password", "schema", "port")
 _EXTRA_MODES = ("rest", "none")

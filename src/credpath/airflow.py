@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from credpath.protocol import Kind
     from credpath.search_path import SearchPath
 
+__all__ = ["CLASS_PATH", "CredpathBackend", "register_with_airflow_masker", "reset", "search_path_for"]
+
+
 log = logging.getLogger("credpath.airflow")
 
 CLASS_PATH = "credpath.airflow.CredpathBackend"
@@ -165,7 +168,7 @@ def _env_spelling(name: str) -> str:
 def accepted_kwargs(type_name: str) -> frozenset[str]:
     """The kwargs a backend type declares by name (a ``**kwargs`` catch-all declares nothing)."""
     from credpath.protocol import BaseBackend
-    from credpath.registry import _declared_options, load_class, resolve_type
+    from credpath.registry import declared_options, load_class, resolve_type
 
     _, class_path = resolve_type(type_name)
     try:
@@ -175,7 +178,7 @@ def accepted_kwargs(type_name: str) -> frozenset[str]:
         return frozenset()
     names = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     if issubclass(cls, BaseBackend) and any(p.kind is p.VAR_KEYWORD for p in params):
-        names |= set(_declared_options(cls))
+        names |= set(declared_options(cls))
     return frozenset(names)
 
 
@@ -223,8 +226,8 @@ def _prepare(path: SearchPath) -> None:
     """Import each nested backend's store client and run its no-network start-up now.
 
     Airflow builds the secrets backend in the supervisor (and the scheduler/API server) before task
-    processes are forked: work done here is inherited by every task instead of repeated in each (the
-    Vault client stack alone costs ~100 ms to import).
+    processes are forked: work done here is inherited by every task instead of repeated in each (store
+    client stacks are the heaviest imports of a lookup; bench/RESULTS.md).
     """
     for entry in path.entries:
         backend = entry.backend

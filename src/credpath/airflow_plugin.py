@@ -26,6 +26,9 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+__all__ = ["URL_PREFIX", "CredpathPlugin", "airflow_search_path"]
+
+
 log = logging.getLogger("credpath.airflow_plugin")
 
 URL_PREFIX = "/credpath"

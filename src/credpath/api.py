@@ -8,12 +8,20 @@ from typing import Any
 from credpath.model import Connection
 from credpath.search_path import _UNSET, SearchPath
 
+__all__ = ["default_search_path", "get_config", "get_connection", "get_variable", "set_default_search_path"]
+
+
 _default: SearchPath | None = None
 _lock = threading.Lock()
 
 
 def default_search_path() -> SearchPath:
-    """The shared search path: one set of backend clients (one Vault login) per process."""
+    """The process-wide search path behind :func:`get_connection` and friends.
+
+    Built on first use with :meth:`SearchPath.from_config` (``credpath.toml``, ``CREDPATH_*`` and Airflow's
+    ``[secrets]`` settings), then shared: one set of backend clients (one Vault login) per process.
+    Thread-safe. Raises :class:`~credpath.errors.ConfigError` if the configuration is wrong.
+    """
     global _default
     if _default is None:
         with _lock:
@@ -23,7 +31,8 @@ def default_search_path() -> SearchPath:
 
 
 def set_default_search_path(search_path: SearchPath | None) -> None:
-    """Replace (or with ``None``, forget) the process-wide search path, e.g. after changing settings."""
+    """Replace the process-wide search path (``None``: forget it, so the next call builds it again from
+    the configuration), e.g. after changing settings or in tests. The old one is closed."""
     global _default
     with _lock:
         old, _default = _default, search_path
@@ -32,21 +41,54 @@ def set_default_search_path(search_path: SearchPath | None) -> None:
 
 
 def get_connection(conn_id: str, *, team_name: str | None = None) -> Connection:
-    """The connection from the default search path; NotFound if no backend has it, BackendUnavailable if
-    nothing was found and a backend failed. ``team_name``: the caller's team (Airflow 3.2+ multi-team)."""
+    """The connection ``conn_id`` from the first backend of the default search path that has it.
+
+    Args:
+        conn_id: the Airflow connection id.
+        team_name: the caller's team (Airflow 3.2+ multi-team): backends that scope by team look in the
+            team's names first; ``None`` asks team-agnostically.
+
+    Returns:
+        A frozen :class:`~credpath.model.Connection` (``host``, ``login``, ``extra_dejson``, ``get_uri()``).
+        Answers are cached per process (``[cache]``), misses too.
+
+    Raises:
+        NotFound: every backend answered and none has it (also a ``KeyError``).
+        BackendUnavailable: nothing was found and at least one backend failed (an outage, not a miss).
+        AccessDenied: a store refused the caller (never falls through to a later backend).
+        ConfigError: a setting is wrong, or a store's client library is not installed.
+    """
     return default_search_path().get_connection(conn_id, team_name=team_name)
 
 
 def get_variable(
     key: str, default: Any = _UNSET, deserialize_json: bool = False, *, team_name: str | None = None
 ) -> Any:
-    """The variable, or ``default`` if no backend has it. An outage (nothing found, a backend failed)
-    raises BackendUnavailable even with a default: a default stands in for a missing value only."""
+    """The variable ``key`` from the first backend of the default search path that has it.
+
+    Args:
+        key: the Airflow variable key.
+        default: returned when no backend has the key; without it a miss raises ``NotFound``.
+        deserialize_json: parse the value as JSON (as Airflow's ``Variable.get(deserialize_json=True)``).
+        team_name: the caller's team (Airflow 3.2+ multi-team), as for :func:`get_connection`.
+
+    Returns:
+        The value (a string, or the parsed JSON), or ``default``.
+
+    Raises:
+        NotFound: no backend has it and no ``default`` was given.
+        BackendUnavailable: nothing was found and a backend failed, even with a ``default``: a default
+            stands in for a missing value, not for an outage.
+        AccessDenied, ConfigError: as for :func:`get_connection`.
+    """
     return default_search_path().get_variable(
         key, default, deserialize_json=deserialize_json, team_name=team_name
     )
 
 
 def get_config(key: str, default: Any = _UNSET, *, team_name: str | None = None) -> Any:
-    """As :func:`get_variable`, for config keys."""
+    """The Airflow config value ``key`` (e.g. ``sql_alchemy_conn``) from the backends' config prefixes.
+
+    As :func:`get_variable` (``default``, ``NotFound``, ``BackendUnavailable``), without JSON parsing.
+    """
     return default_search_path().get_config(key, default, team_name=team_name)

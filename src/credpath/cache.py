@@ -1,8 +1,8 @@
 """Per-process TTL cache for resolved values, keeping expired values for stale-if-error.
 
-A hit is one dict lookup and one monotonic-clock comparison (~0.3 µs), against Airflow's cache (an IPC
-round trip to a multiprocessing manager, 0.2-0.5 ms) and AWS's caching library (lock + deep copy,
-14-23 µs). Values are immutable (frozen Connection, str), so no copy is needed on a hit.
+A hit is one dict lookup and one monotonic-clock comparison: no IPC round trip (Airflow's cache goes through a
+multiprocessing manager), no lock and no deep copy (AWS's caching library takes both). Values are immutable
+(frozen Connection, str), so no copy is needed on a hit. Measured figures: bench/RESULTS.md.
 
 An entry is ``(expiry, value, stored_at, keep_until)``. After ``expiry`` it is no longer served as fresh, but
 a hit (not a miss) is kept until ``keep_until = expiry + stale_if_error`` so that the search path can serve
@@ -15,10 +15,15 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["ABSENT", "DEFAULT_STALE_IF_ERROR", "CacheSettings", "Entry", "TTLCache"]
+
 ABSENT: Any = object()
+#: A cache entry: ``(expiry, value, stored_at, keep_until)``, monotonic times.
+Entry = tuple[float, Any, float, float]
 
 #: Default stale-if-error window. One hour: twelve default TTLs, long enough to ride out the outages that
 #: are common in practice (a Vault leader election or seal, a regional API incident, a maintenance window),
@@ -52,7 +57,7 @@ class TTLCache:
 
     def __init__(self, settings: CacheSettings | None = None) -> None:
         self.settings = settings or CacheSettings()
-        self._data: dict[Any, tuple[float, Any, float, float]] = {}
+        self._data: dict[Any, Entry] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
@@ -108,6 +113,12 @@ class TTLCache:
                     data.pop(next(iter(data)), None)
                 except (RuntimeError, StopIteration):
                     continue
+
+    def entries(self) -> Mapping[Any, Entry]:
+        """The live entries, ``key -> (expiry, value, stored_at, keep_until)``, read-only: for a caller's
+        inlined hit check (the search path's hot path: one dict lookup, no method call); write with
+        :meth:`put`/:meth:`put_entry`, never through this mapping."""
+        return self._data
 
     def invalidate(self, key: Any) -> None:
         self._data.pop(key, None)

@@ -22,6 +22,21 @@ from credpath.model import is_sensitive_name
 from credpath.protocol import KINDS, Kind
 from credpath.resilience import BreakerSettings
 
+__all__ = [
+    "BackendSpec",
+    "Settings",
+    "airflow_backend_kwargs",
+    "config_path",
+    "credpath_home",
+    "default_name",
+    "kinds_from_patterns",
+    "load_settings",
+    "parse_backends",
+    "parse_cache",
+    "read_toml",
+]
+
+
 ENV_BACKEND = "AIRFLOW__SECRETS__BACKEND"
 ENV_BACKEND_KWARGS = "AIRFLOW__SECRETS__BACKEND_KWARGS"
 ENV_BACKEND_KWARG_PREFIX = "AIRFLOW__SECRETS__BACKEND_KWARG__"

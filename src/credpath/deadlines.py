@@ -21,6 +21,19 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+__all__ = [
+    "Deadline",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "Retryable",
+    "call_with_deadline",
+    "call_with_retries",
+    "parse_retry_after",
+    "retry_call",
+    "unwrap_retries",
+]
+
+
 T = TypeVar("T")
 
 

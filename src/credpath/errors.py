@@ -10,6 +10,21 @@ failed, the search path raises :class:`BackendUnavailable`, never :class:`NotFou
 
 from __future__ import annotations
 
+__all__ = [
+    "AccessDenied",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "CircuitOpen",
+    "ConfigError",
+    "CredpathError",
+    "MissingDependency",
+    "MissingFile",
+    "NotFound",
+    "ReadOnlyBackend",
+    "safe_reason",
+]
+
 
 class CredpathError(Exception):
     """Base class of every error credpath raises on purpose."""
@@ -111,3 +126,11 @@ class NotFound(CredpathError, KeyError):
 
 class ReadOnlyBackend(CredpathError):
     """The backend does not support the requested write/list operation (a capability, not a failure)."""
+
+
+def safe_reason(exc: BaseException) -> str:
+    """What may be shown of ``exc``: credpath's own errors have safe messages (they name settings and ids,
+    never values); a foreign exception (a client library's, which may quote a value) by its type only."""
+    if isinstance(exc, CredpathError):
+        return str(exc)
+    return f"{type(exc).__name__} (message withheld: it may contain a secret)"

@@ -27,6 +27,29 @@ from typing import Any, Literal
 from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection, ConnectionFormatError, Variable
 
+__all__ = [
+    "FileFormat",
+    "FileParseError",
+    "ParsedFile",
+    "SerializationFormat",
+    "config_from_parsed",
+    "connection_from_entry",
+    "file_format",
+    "normalize_format",
+    "parse_config_file",
+    "parse_connections_file",
+    "parse_connections_text",
+    "parse_file",
+    "parse_variable_records",
+    "parse_variables_file",
+    "parse_variables_text",
+    "serialize_connections",
+    "serialize_variables",
+    "single_entry",
+    "variables_from_parsed",
+]
+
+
 FileFormat = Literal["env", "json", "yaml"]
 SerializationFormat = Literal["uri", "json"]
 

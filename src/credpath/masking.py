@@ -2,9 +2,9 @@
 
 Matching: every registered secret (and its URL-quoted form) is found with Aho-Corasick automata
 (pyahocorasick, C), so a redaction scans the text once per automaton whatever the number or length of
-the secrets. Measured (bench/faults_metastore.py, 200-byte line): Python ``re`` alternation batches took
-9 us with 10 secrets, 1.3 ms with 1,000, 20 ms with 10,000, and 2.7-11.6 s for the first line after a
-1 MiB secret (compiling a 1 MiB pattern); the automata take 2-5 us in all of these cases.
+the secrets. A Python ``re`` alternation instead slows down with the number of secrets and takes seconds to
+compile after a very long one; the automata cost about the same in every case (bench/faults_metastore.py;
+figures in bench/RESULTS.md).
 
 - Only the first ``_PREFIX`` characters of a secret enter an automaton; a prefix hit is confirmed with
   ``str.startswith`` (a bounded C compare). Build cost and memory stay bounded per secret, and
@@ -28,6 +28,18 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
+
+__all__ = [
+    "MIN_LENGTH",
+    "REPLACEMENT",
+    "Masker",
+    "MaskingFilter",
+    "default_masker",
+    "install_log_masking",
+    "mask_secret",
+    "redact",
+]
+
 
 REPLACEMENT = "***"
 #: Airflow 3's ``[logging] min_length_masked_secret``: shorter values would mask ordinary words.

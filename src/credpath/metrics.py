@@ -32,6 +32,23 @@ import time
 from collections import Counter
 from typing import Any
 
+__all__ = [
+    "auth_event",
+    "breaker_rejected",
+    "count_store",
+    "disable",
+    "enable",
+    "instrument",
+    "note_tier",
+    "on",
+    "prometheus_text",
+    "reset",
+    "snapshot",
+    "store_call",
+    "store_counts",
+]
+
+
 #: Whether counting is on (read by the hooks in the search path and the Vault backend).
 on = False
 _stats: Any = None

@@ -17,6 +17,20 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urls
 
 from credpath.errors import ConfigError
 
+__all__ = [
+    "CONNECTION_FIELDS",
+    "SENSITIVE_NAMES",
+    "Connection",
+    "ConnectionFormatError",
+    "Variable",
+    "is_sensitive_name",
+    "json_object",
+    "mask_sensitive",
+    "sanitize_conn_id",
+    "validate_key",
+]
+
+
 EXTRA_KEY = "__extra__"
 
 # Airflow's default sensitive field names, matched case-insensitively as substrings.

@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 
 Kind = Literal["connection", "variable", "config"]
 KINDS: tuple[Kind, ...] = ("connection", "variable", "config")
+#: The Airflow setting that holds each kind's prefix (the one kind-to-setting map, for messages).
+PREFIX_SETTINGS: dict[Kind, str] = {
+    "connection": "connections_prefix",
+    "variable": "variables_prefix",
+    "config": "config_prefix",
+}
 
 #: What a backend declares it can do beyond the three reads (``BaseBackend.capabilities``):
 #: "write" (set/delete of connections and variables), "list" (``list_connections``/``list_variables``),

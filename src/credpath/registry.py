@@ -8,6 +8,17 @@ from typing import Any
 
 from credpath.errors import ConfigError
 
+__all__ = [
+    "AIRFLOW_CLASS_PATHS",
+    "ALIASES",
+    "ENTRY_POINT_GROUP",
+    "create_backend",
+    "declared_options",
+    "load_class",
+    "resolve_type",
+]
+
+
 ALIASES: dict[str, str] = {
     "env": "credpath.backends.env.EnvironmentBackend",
     "files": "credpath.backends.files.LocalFilesystemBackend",
@@ -121,7 +132,7 @@ def create_backend(
         takes_any = bool(var_keyword)
         if var_keyword == ["options"] and issubclass(cls, BaseBackend):
             # The convention `**options: Unpack[SomeOptions]` (a TypedDict): still a closed set of names.
-            known |= set(_declared_options(cls))
+            known |= set(declared_options(cls))
             takes_any = False
         if not takes_any:
             unknown = sorted(set(kwargs) - known)
@@ -152,7 +163,7 @@ def _kwargs_setting(type_setting: str) -> str:
     return type_setting + " kwargs"
 
 
-def _declared_options(cls: type) -> tuple[str, ...]:
+def declared_options(cls: type) -> tuple[str, ...]:
     """Names of the TypedDict that ``cls.__init__``'s ``**options`` unpacks (BackendOptions by default)."""
     import typing
 

@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 
 from credpath.errors import CircuitOpen
 
+__all__ = ["BreakerSettings", "CircuitBreaker", "SingleFlight"]
+
+
 T = TypeVar("T")
 
 CLOSED = "closed"

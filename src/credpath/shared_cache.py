@@ -40,6 +40,21 @@ from typing import Any, Protocol
 
 from credpath.errors import ConfigError
 
+__all__ = [
+    "FileStore",
+    "RedisStore",
+    "SharedEntry",
+    "SharedStore",
+    "SharedTier",
+    "normalize_shared",
+    "open_store",
+    "parse_keys",
+    "resolve_keys",
+    "scope_of",
+    "stats_report",
+]
+
+
 log = logging.getLogger("credpath.shared_cache")
 
 #: Seconds a lock holder may take before a waiter takes over (a holder that died frees its lock then).

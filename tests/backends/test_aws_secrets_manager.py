@@ -368,12 +368,14 @@ def test_delete_with_recovery_window_then_restore_by_writing(
 def test_forced_delete(aws_secrets_manager_harness: SecretsManagerHarness) -> None:
     h = aws_secrets_manager_harness
     h.seed("connection", "c", "http://h")
-    backend = h.make_backend()
-    assert backend.delete_connection("c", force=True) is True
+    backend = h.make_backend(force_delete_without_recovery=True)
+    assert backend.delete_connection("c") is True
     with pytest.raises(h.client.exceptions.ResourceNotFoundException):
         h.client.describe_secret(SecretId="airflow/connections/c")
     # AWS accepts a forced delete of a missing secret; credpath still reports that nothing was deleted.
-    assert backend.delete_connection("c", force=True) is False
+    assert backend.delete_connection("c") is False
+    with pytest.raises(ConfigError, match="force_delete_without_recovery"):
+        h.make_backend(force_delete_without_recovery="yes")
     with pytest.raises(ConfigError, match="recovery_window_in_days"):
         h.make_backend(recovery_window_in_days=3)
 

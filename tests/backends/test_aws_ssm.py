@@ -110,7 +110,7 @@ def test_writes_are_secure_strings_and_respect_overwrite(aws_ssm_harness: Parame
     backend.set_variable("v", "1")
     backend.set_variable("v", "2")
     assert backend.get_variable("v") == "2"
-    with pytest.raises(ConfigError, match="not a valid parameter name"):
+    with pytest.raises(ConfigError, match=r"parameter name '/airflow/variables/bad name', which .* rejects"):
         backend.set_variable("bad name", "x")
 
     assert backend.delete_variable("v") is True
@@ -172,7 +172,7 @@ def test_registry_maps_airflow_class_path(moto_env: MotoServer) -> None:
         {"connections_prefix": "/prod/conns", "endpoint_url": moto_env.url},
     )
     assert isinstance(backend, ParameterStoreBackend)
-    assert backend.parameter_name("connection", "x") == "/prod/conns/x"
+    assert backend.secret_name("connection", "x") == "/prod/conns/x"
     assert "reachable" in backend.check()
 
 
@@ -220,5 +220,5 @@ def test_messages_name_the_configured_backend() -> None:
     with pytest.raises(ConfigError, match=r"^backend 'prod-ssm' \(AWS Systems Manager Parameter Store\): "):
         create_backend("aws-ssm", {"timeout": -1}, name="prod-ssm")
     backend = create_backend("aws-ssm", {}, name="prod-ssm")
-    with pytest.raises(ConfigError, match=r"^backend 'prod-ssm' .*: variable id 'a b' is not a valid"):
+    with pytest.raises(ConfigError, match=r"^backend 'prod-ssm' .*: variable id 'a b' gives parameter name"):
         backend.set_variable("a b", "v")

@@ -147,8 +147,9 @@ def test_soft_deleted_name_fail_recover_purge(h: AzureKeyVaultHarness) -> None:
     )
     assert "airflow-variables-rotating" in message and "s3cr3t" not in message
 
-    backend.set_variable("rotating", "new-s3cr3t", on_deleted="recover")
-    assert backend.get_variable("rotating") == "new-s3cr3t"
+    recovering = h.make_backend(on_deleted="recover")  # store behaviour is a setting, not a write option
+    recovering.set_variable("rotating", "new-s3cr3t")
+    assert recovering.get_variable("rotating") == "new-s3cr3t"
     versions = list(h.client.list_properties_of_secret_versions("airflow-variables-rotating"))
     assert len(versions) == 2  # the recovered history plus the new version
 
@@ -165,16 +166,16 @@ def test_purge_protection_is_reported(h: AzureKeyVaultHarness) -> None:
     backend = h.make_backend()
     backend.set_variable("kept", "x")
     with pytest.raises(AccessDenied, match="airflow-variables-kept"):
-        backend.delete_variable("kept", purge=True)
+        h.make_backend(purge_on_delete=True).delete_variable("kept")
     assert backend.recover_deleted("variable", "kept") is True
     assert backend.get_variable("kept") == "x"
     assert backend.recover_deleted("variable", "never-deleted") is False
 
 
 def test_delete_with_purge(h: AzureKeyVaultHarness) -> None:
-    backend = h.make_backend()
+    backend = h.make_backend(purge_on_delete=True)
     backend.set_connection(Connection(conn_id="tmp", conn_type="http", host="h"))
-    assert backend.delete_connection("tmp", purge=True) is True
+    assert backend.delete_connection("tmp") is True
     backend.set_connection(Connection(conn_id="tmp", conn_type="http", host="h2"))  # name is free again
     assert backend.get_connection("tmp").host == "h2"
 

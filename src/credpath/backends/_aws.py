@@ -15,10 +15,22 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
-from credpath.backends._prefixed import TEAM_SEP, log_team_refusal
+from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
+from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
 from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError
 from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
+
+__all__ = [
+    "AwsBackend",
+    "AwsOptions",
+    "AwsSession",
+    "classify",
+    "client_error_code",
+    "client_error_message",
+    "quiet_botocore_bodies",
+]
+
 
 log = logging.getLogger("credpath.backends.aws")
 
@@ -239,13 +251,13 @@ class AwsSession:
 
         try:
             session = Session(profile=self.profile_name)
-            _use_narrow_loader(session)
+            use_narrow_loader(session)
             if self._access_key or self._secret_key or self._session_token:
                 session.set_credentials(self._access_key, self._secret_key, self._session_token)
             if self.region_name is not None:
                 session.set_config_variable("region", self.region_name)
             session.get_scoped_config()  # an unknown profile fails here, not on the first read
-            return _ClientFactory(session)
+            return ClientFactory(session)
         except botocore.exceptions.ProfileNotFound:
             raise self.backend.config_error(
                 f"profile_name {self.profile_name!r} not found in the AWS config"
@@ -280,13 +292,13 @@ class AwsSession:
             }
 
         botocore_session = get_session()
-        _use_narrow_loader(botocore_session)
-        botocore_session._credentials = DeferredRefreshableCredentials(
-            refresh_using=refresh, method="sts-assume-role"
+        use_narrow_loader(botocore_session)
+        set_deferred_credentials(
+            botocore_session, DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
         )
         if base.region_name is not None:
             botocore_session.set_config_variable("region", base.region_name)
-        return _ClientFactory(botocore_session)
+        return ClientFactory(botocore_session)
 
     def _config(self) -> Any:
         from botocore import UNSIGNED
@@ -482,33 +494,6 @@ def chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-class _ClientFactory:
-    """boto3's Session surface that credpath uses, on botocore alone.
-
-    boto3 adds nothing the Secrets Manager, SSM and STS clients need, but importing it also imports
-    s3transfer: about 60 ms more of every CLI start (`python -X importtime`: boto3 237 ms, botocore.session
-    177 ms), which is most of what separates `credpath connections get` from a 10x lead over Airflow's.
-    """
-
-    def __init__(self, session: Any) -> None:
-        self._session = session
-
-    @property
-    def region_name(self) -> str | None:
-        return self._session.get_config_variable("region")
-
-    def client(self, service: str, **kwargs: Any) -> Any:
-        return self._session.create_client(service, **kwargs)
-
-
-# The Airflow kwarg that sets each kind's prefix, for messages.
-PREFIX_SETTINGS: dict[Kind, str] = {
-    "connection": "connections_prefix",
-    "variable": "variables_prefix",
-    "config": "config_prefix",
-}
-
-
 class AwsOptions(BackendOptions, total=False):
     """The AWS settings both stores accept, besides the common options.
 
@@ -540,15 +525,16 @@ class AwsOptions(BackendOptions, total=False):
 _SESSION_SETTINGS = frozenset(AwsOptions.__annotations__) - frozenset(BackendOptions.__annotations__)
 
 
-class AwsBackend(BaseBackend):
+class AwsBackend(PrefixNamedBackend):
     """What the Secrets Manager and SSM backends share: prefixes, name mapping, pagination, batches, listing.
 
     Names are ``<prefix><sep><key>`` (Airflow's ``build_path``); an empty prefix means the bare key, a null
     prefix switches that kind off. A lookup for a team tries ``<prefix><sep><team>--<key>`` first, then the
-    team-agnostic name (``team_name_of``; the 3.3.2-era provider's rule); in multi-team mode an id containing
-    ``--`` is never looked up. Subclasses build ``self.aws`` after their own kwarg checks (so those errors
-    come before the session's) and supply the store's calls: ``_get_name``, ``_batch_get``, ``_prefetch``,
-    ``_list_keys``, ``_list_request``, ``_write``; every call goes through ``_call`` (deadline, retries).
+    team-agnostic name (``team_secret_name``; the 3.3.2-era provider's rule); in multi-team mode an id
+    containing ``--`` is never looked up. All of it is the backend's :class:`KeyNaming`. Subclasses build
+    ``self.aws`` after their own kwarg checks (so those errors come before the session's) and supply the
+    store's calls: ``_get_name``, ``_batch_get``, ``_prefetch``, ``_list_keys``, ``_list_request``,
+    ``_write``; every call goes through ``_call`` (deadline, retries).
     """
 
     #: botocore service name of the store's client.
@@ -569,6 +555,8 @@ class AwsBackend(BaseBackend):
         config_prefix: str | None,
         *,
         sep: str,
+        absolute: bool = False,
+        team_under_empty_prefix: bool = False,
         **options: Unpack[AwsOptions],
     ) -> None:
         session = {k: options.pop(k) for k in list(options) if k in _SESSION_SETTINGS}  # type: ignore[misc]
@@ -576,21 +564,17 @@ class AwsBackend(BaseBackend):
         self._session_settings: dict[str, Any] = session
         if not isinstance(sep, str) or not sep:
             raise self.config_error("sep must be a non-empty string")
-        given: dict[Kind, str | None] = {
-            "connection": connections_prefix,
-            "variable": variables_prefix,
-            "config": config_prefix,
-        }
-        for kind, prefix in given.items():
-            if prefix is not None and not isinstance(prefix, str):
-                raise self.config_error(
-                    f"{PREFIX_SETTINGS[kind]} must be a string or null, got {type(prefix).__name__}"
-                )
-        self.sep = sep
         # Airflow strips a trailing separator; "" stays "" (bare ids), None switches the kind off.
-        self.prefixes: dict[Kind, str | None] = {
-            kind: prefix.rstrip(sep) if prefix else prefix for kind, prefix in given.items()
-        }
+        self.naming = KeyNaming.from_settings(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep=sep,
+            strip_sep=True,
+            fail=self.config_error,
+            absolute=absolute,
+            team_under_empty_prefix=team_under_empty_prefix,
+        )
 
     def _open_session(self) -> AwsSession:
         # Called by each store after its own checks, so their errors keep coming before the session's.
@@ -608,69 +592,7 @@ class AwsBackend(BaseBackend):
     def client(self) -> Any:
         return self.aws.client(self.service)
 
-    @property
-    def connections_prefix(self) -> str | None:
-        return self.prefixes["connection"]
-
-    @property
-    def variables_prefix(self) -> str | None:
-        return self.prefixes["variable"]
-
-    @property
-    def config_prefix(self) -> str | None:
-        return self.prefixes["config"]
-
     # --- naming ------------------------------------------------------------------------------------
-
-    def _join(self, prefix: str, key: str) -> str:
-        """Airflow's ``build_path``: ``<prefix><sep><key>``, the bare key under an empty prefix."""
-        return f"{prefix}{self.sep}{key}" if prefix else key
-
-    def _can_exist(self, name: str) -> bool:
-        """False for a name the store cannot hold: a lookup of it is a miss without a call."""
-        return True
-
-    def name_of(self, kind: Kind, key: str) -> str | None:
-        """The store's name for ``key``, or None when that kind is switched off or the pattern skips it."""
-        prefix = self.prefixes[kind]
-        if prefix is None or not self.wants(kind, key):
-            return None
-        return self._join(prefix, key)
-
-    def team_name_of(self, kind: Kind, key: str, team_name: str) -> str | None:
-        """The team-scoped name the provider tries first: ``<prefix><sep><team>--<key>`` (None: no such
-        lookup, e.g. Secrets Manager under an empty prefix)."""
-        prefix = self.prefixes[kind]
-        if not prefix:
-            return None
-        return self._join(prefix, f"{team_name}{TEAM_SEP}{key}")
-
-    def _refuses(self, kind: Kind, key: str) -> bool:
-        """Multi-team mode: an id containing the team separator is ambiguous, never looked up (Airflow)."""
-        if TEAM_SEP in key and multi_team_enabled():
-            log_team_refusal(log, self.name, kind, key)
-            return True
-        return False
-
-    def _lookup_names(self, kind: Kind, key: str, team_name: str | None) -> list[str]:
-        """The names one lookup of ``key`` tries, in order: the team's first, then the team-agnostic one."""
-        name = self.name_of(kind, key)
-        if name is None or self._refuses(kind, key):
-            return []
-        names = [name]
-        if team_name:
-            scoped = self.team_name_of(kind, key, team_name)
-            if scoped is not None:
-                names.insert(0, scoped)
-        return [n for n in names if self._can_exist(n)]
-
-    def _names(self, kind: Kind, keys: list[str], team_name: str | None = None) -> dict[str, str]:
-        """{store name: key} for the names a lookup of each key tries (team-scoped ones first)."""
-        names: dict[str, str] = {}
-        for key in dict.fromkeys(keys):
-            for name in self._lookup_names(kind, key, team_name):
-                names.setdefault(name, key)
-        return names
 
     def _batch_lookup(self, kind: Kind, keys: list[str], team_name: str | None) -> dict[str, str]:
         """{key: raw} for the hits among ``keys``; a team-scoped value wins over the team-agnostic one."""
@@ -684,15 +606,6 @@ class AwsBackend(BaseBackend):
                     out[key] = found[name]
                     break
         return out
-
-    def _target(self, kind: Kind, key: str) -> str:
-        """The name a write or delete of ``key`` goes to; a switched-off kind is a ConfigError."""
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            raise self.config_error(
-                f"{PREFIX_SETTINGS[kind]} is null, so {kind}s are switched off in this backend"
-            )
-        return self._join(prefix, key)
 
     # --- calls -------------------------------------------------------------------------------------
 
@@ -726,11 +639,10 @@ class AwsBackend(BaseBackend):
 
         ``params`` are added to the store's listing request (``_list_request``).
         """
-        prefix = self.prefixes[kind]
-        if not prefix:
+        if not self.prefixes[kind]:
             # Null: kind is off. Empty: everything in the account would match; refuse to list it all.
             return
-        head = self._join(prefix, "")
+        head = self.naming.join(self.prefixes[kind] or "", "")
         operation, request, what = self._list_request(head)
         for response in self._pages(operation, {**request, **params}, what):
             for entry in response.get(self.list_results, []):
@@ -848,47 +760,3 @@ class AwsBackend(BaseBackend):
 
     def close(self) -> None:
         self.aws.close()
-
-
-SERVICES = frozenset({"secretsmanager", "ssm", "sts"})
-
-
-class _KnownServices:
-    """What botocore's loader reports as available: credpath's services without listing any folder.
-
-    botocore only asks ``name in services`` before loading a model; any other name (a credential
-    provider's ``sso``, say) and iteration fall back to botocore's full listing.
-    """
-
-    def __init__(self, full_listing: Any) -> None:
-        self._full_listing = full_listing
-
-    def __contains__(self, name: object) -> bool:
-        return name in SERVICES or name in self._full_listing()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._full_listing())
-
-
-def _use_narrow_loader(session: Any) -> None:
-    """Give ``session`` a data loader that finds credpath's services without listing them all.
-
-    botocore's own loader checks a service name against every service it ships: one ``listdir`` per
-    folder, 882 calls and 49 ms of each process's first client (cProfile; client creation 104 -> 27 ms).
-    The CLI pays that on every run. Search paths (``AWS_DATA_PATH``, ``~/.aws/models``) stay botocore's.
-    """
-    import os
-
-    from botocore.loaders import Loader
-
-    class NarrowLoader(Loader):  # type: ignore[misc]
-        def list_available_services(self, type_name: str) -> Any:
-            return _KnownServices(lambda: Loader.list_available_services(self, type_name))
-
-    data_path = session.get_config_variable("data_path")
-    paths = (
-        [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
-        if data_path
-        else None
-    )
-    session.register_component("data_loader", NarrowLoader(extra_search_paths=paths))

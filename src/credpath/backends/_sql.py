@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 
     from credpath.protocol import Kind
 
+__all__ = [
+    "ALL_TEAMS",
+    "ID_COLUMN",
+    "TEAM_COLUMN",
+    "FernetKeyError",
+    "SqlTablesBackend",
+    "parse_fernet_keys",
+    "team_visible",
+]
+
+
 _BATCH = 500  # ids per SELECT .. IN (SQLite allows 32766 bound parameters, PostgreSQL 65535)
 #: The id column of each kind's table (the table's key in ``_tables()`` is the kind).
 ID_COLUMN: dict[str, str] = {"connection": "conn_id", "variable": "key"}

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Table
     from sqlalchemy.engine import URL
 
+__all__ = ["AirflowDatabaseBackend"]
+
+
 log = logging.getLogger(__name__)
 
 

@@ -10,7 +10,9 @@ client; every AWS hook extra Airflow passes on: ``region_name``, ``profile_name`
 ``assume_role_kwargs``, ``endpoint_url``, ``verify``, ``aws_access_key_id``/``aws_secret_access_key``/
 ``aws_session_token``, ``session_kwargs``, ``config_kwargs``, ``botocore_config``, ``service_config``) and
 ``timeout``: seconds a whole lookup may take (connect, reads, retries, back-off and ``Retry-After`` waits;
-default 10). An unknown kwarg is a one-line error (Airflow would ignore a typo silently).
+default 10). An unknown kwarg is a one-line error (Airflow would ignore a typo silently). Deletes schedule
+the secret's deletion after ``recovery_window_in_days`` (7-30, default 30); ``force_delete_without_recovery``
+(default false) deletes at once instead, without recovery.
 
 Faults: botocore's retries are off; throttling, 429, 5xx and transient network errors are retried (3 tries
 by default, ``config_kwargs["retries"]`` sets them) with full-jitter back-off inside ``timeout``; a
@@ -31,7 +33,10 @@ from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, cl
 from credpath.deadlines import Deadline
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import Capability, Kind
+from credpath.protocol import Capability, Kind, Serialization
+
+__all__ = ["BATCH_SIZE", "FIELD_WORDS", "SecretsManagerBackend"]
+
 
 log = logging.getLogger("credpath.backends.aws_secrets_manager")
 
@@ -79,6 +84,7 @@ class SecretsManagerBackend(AwsBackend):
         extra_conn_words: dict[str, list[str]] | None = None,
         *,
         recovery_window_in_days: int = 30,
+        force_delete_without_recovery: bool = False,
         are_secret_values_urlencoded: bool = False,
         full_url_mode: bool | None = None,  # deprecated in Airflow, accepted and ignored (format is auto)
         **options: Unpack[AwsOptions],
@@ -97,6 +103,9 @@ class SecretsManagerBackend(AwsBackend):
         except ConfigError as exc:
             raise self.config_error(str(exc)) from None
         self.recovery_window_in_days = recovery_window_in_days
+        if not isinstance(force_delete_without_recovery, bool):
+            raise self.config_error("force_delete_without_recovery must be true or false")
+        self.force_delete_without_recovery = force_delete_without_recovery
         self.are_secret_values_urlencoded = bool(are_secret_values_urlencoded)
         self.aws = self._open_session()
         # Secret names known to exist (seen in a read or a listing): writes to them need one PutSecretValue
@@ -105,10 +114,6 @@ class SecretsManagerBackend(AwsBackend):
         # Secrets this backend scheduled for deletion: a write restores them first (moto, unlike AWS, accepts
         # a new version on a deleted secret and leaves it deleted).
         self._scheduled: set[str] = set()
-
-    def secret_name(self, kind: Kind, key: str) -> str | None:
-        """The secret name for ``key``, or None when that kind is switched off or the pattern skips it."""
-        return self.name_of(kind, key)
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -245,7 +250,7 @@ class SecretsManagerBackend(AwsBackend):
     # --- writes ------------------------------------------------------------------------------------
 
     def set_connection(
-        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+        self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
     ) -> None:
         if not conn.conn_id:
             raise self.config_error("connection has no conn_id")
@@ -259,7 +264,7 @@ class SecretsManagerBackend(AwsBackend):
         State is known from this backend's own reads, listings, writes and deletes; otherwise CreateSecret
         is tried first (the common case in a migration) and PutSecretValue follows only if it exists.
         """
-        name = self._target(kind, key)
+        name = self._write_name(kind, key)
         if name in self._scheduled:
             if not overwrite:
                 raise self._exists_error(name, scheduled=True)
@@ -323,24 +328,20 @@ class SecretsManagerBackend(AwsBackend):
     def _write_error(self, exc: BaseException, name: str) -> CredpathError:
         return self.aws.error(exc, f"write secret {name!r}")
 
-    def _target(self, kind: Kind, key: str) -> str:
-        name = super()._target(kind, key)
-        if not key:
-            raise self.config_error(f"{kind} id must not be empty")
-        return name
+    def delete_connection(self, conn_id: str) -> bool:
+        return self._delete(self._write_name("connection", conn_id))
 
-    def delete_connection(self, conn_id: str, *, force: bool = False) -> bool:
-        return self._delete(self._target("connection", conn_id), force=force)
+    def delete_variable(self, key: str) -> bool:
+        return self._delete(self._write_name("variable", key))
 
-    def delete_variable(self, key: str, *, force: bool = False) -> bool:
-        return self._delete(self._target("variable", key), force=force)
-
-    def _delete(self, name: str, *, force: bool) -> bool:
-        """Schedule deletion after the recovery window, or delete at once with ``force``.
+    def _delete(self, name: str) -> bool:
+        """Schedule deletion after the recovery window, or delete at once with
+        ``force_delete_without_recovery``.
 
         Returns False when there was nothing live to delete. A forced delete of a missing secret succeeds
         on AWS, so unless the secret is known to exist, one DescribeSecret tells the truth first.
         """
+        force = self.force_delete_without_recovery
         params: dict[str, Any] = {"SecretId": name}
         if force:
             params["ForceDeleteWithoutRecovery"] = True

@@ -14,10 +14,12 @@ import re
 from typing import Any, ClassVar, Unpack
 
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code
-from credpath.backends._prefixed import TEAM_SEP
 from credpath.deadlines import Deadline
 from credpath.model import Connection
-from credpath.protocol import Capability, Kind
+from credpath.protocol import Capability, Kind, Serialization
+
+__all__ = ["BATCH_SIZE", "ParameterStoreBackend"]
+
 
 log = logging.getLogger("credpath.backends.aws_ssm")
 
@@ -52,6 +54,9 @@ class ParameterStoreBackend(AwsBackend):
             variables_prefix,
             config_prefix,
             sep="/",  # SSM's hierarchy separator; not an Airflow kwarg for this backend
+            absolute=True,
+            # Airflow's SSM backend tries the team's name whatever the prefix ("" gives "/<team>--<id>").
+            team_under_empty_prefix=True,
             **options,
         )
         self.kms_key_id = kms_key_id
@@ -59,26 +64,13 @@ class ParameterStoreBackend(AwsBackend):
 
     # --- naming ------------------------------------------------------------------------------------
 
-    def _join(self, prefix: str, key: str) -> str:
-        name = super()._join(prefix, key)
-        # Parameter names in a hierarchy are absolute; Airflow adds the leading "/" too.
-        return name if name.startswith("/") else f"/{name}"
+    name_noun: ClassVar[str] = "parameter name"
+    name_rules: ClassVar[str] = "letters, digits, '_', '.', '-', '/'; at most 2048"
 
     def _can_exist(self, name: str) -> bool:
         return _VALID_NAME.match(name) is not None
 
-    def parameter_name(self, kind: Kind, key: str) -> str | None:
-        """The parameter name for ``key``, or None when that kind is switched off or the pattern skips it."""
-        return self.name_of(kind, key)
-
     # --- reads -------------------------------------------------------------------------------------
-
-    def team_name_of(self, kind: Kind, key: str, team_name: str) -> str | None:
-        # Airflow's SSM backend tries the team's name whatever the prefix ("" gives "/<team>--<id>").
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            return None
-        return self._join(prefix, f"{team_name}{TEAM_SEP}{key}")
 
     def _get_name(self, kind: Kind, key: str, name: str, deadline: Deadline) -> str | None:
         try:
@@ -124,27 +116,19 @@ class ParameterStoreBackend(AwsBackend):
 
     # --- writes ------------------------------------------------------------------------------------
 
-    def _target(self, kind: Kind, key: str) -> str:
-        name = super()._target(kind, key)
-        if not key or not self._can_exist(name):
-            raise self.config_error(
-                f"{kind} id {key!r} is not a valid parameter name (letters, digits, _.-/ only)"
-            )
-        return name
-
     def set_connection(
-        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+        self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
     ) -> None:
         if not conn.conn_id:
             raise self.config_error("connection has no conn_id")
         self._put(
-            self._target("connection", conn.conn_id),
+            self._write_name("connection", conn.conn_id),
             self.serialize_connection(conn, serialization),
             overwrite=overwrite,
         )
 
     def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:
-        self._put(self._target(kind, key), value, overwrite=overwrite)
+        self._put(self._write_name(kind, key), value, overwrite=overwrite)
 
     def _put(self, name: str, value: str, *, overwrite: bool) -> None:
         params: dict[str, Any] = {
@@ -166,10 +150,10 @@ class ParameterStoreBackend(AwsBackend):
         log.debug("%s: wrote parameter %s", self.name, name)
 
     def delete_connection(self, conn_id: str) -> bool:
-        return self._delete(self._target("connection", conn_id))
+        return self._delete(self._write_name("connection", conn_id))
 
     def delete_variable(self, key: str) -> bool:
-        return self._delete(self._target("variable", key))
+        return self._delete(self._write_name("variable", key))
 
     def _delete(self, name: str) -> bool:
         try:

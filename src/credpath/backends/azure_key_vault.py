@@ -12,7 +12,9 @@ credpath's: the three ``*_lookup_pattern``, ``connection_format``, ``credential`
 ``TokenCredential``, or in a config file the dotted path of a credential class built with no arguments),
 ``client_kwargs`` (a dict for ``SecretClient``, e.g. ``{"connection_verify": "ca.pem", "retry_total": 0}``)
 and ``on_deleted``: what a write does when the name is soft-deleted (``"fail"`` default: a clear error;
-``"recover"``: recover the deleted secret, then add the new version; ``"purge"``: purge it, then write).
+``"recover"``: recover the deleted secret, then add the new version; ``"purge"``: purge it, then write) and
+``purge_on_delete`` (default false: a delete is Key Vault's soft delete, recoverable for the vault's retention
+period; true: the deleted secret is purged too, so its name is free at once).
 
 ``vault_url`` defaults to ``""`` as in Airflow; a backend without one fails at its first use, with a one-line
 message. ``timeout`` (seconds, default 10) bounds a whole lookup: connect, reads, retries and waits.
@@ -34,9 +36,10 @@ import logging
 import re
 import threading
 import time
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from credpath.backends._prefixed import TEAM_SEP, PrefixedSecretsBackend, prefix_setting
+from credpath.backends._naming import KeyNaming
+from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.deadlines import (
     Deadline,
     RetriesExhausted,
@@ -47,7 +50,13 @@ from credpath.deadlines import (
     unwrap_retries,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import Capability, Kind
+from credpath.protocol import Capability, Kind, Serialization
+
+if TYPE_CHECKING:
+    from credpath.model import Connection
+
+__all__ = ["ID_TAG", "KeyVaultBackend", "OnDeleted"]
+
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +120,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
     store_name: ClassVar[str] = "Azure Key Vault"
     requires: ClassVar[tuple[str, ...]] = ("azure.keyvault.secrets", "azure.identity")
     extra: ClassVar[str | None] = "azure"
-    service: ClassVar[str] = "Key Vault"
-    name_noun: ClassVar[str] = "name"
+    name_noun: ClassVar[str] = "secret name"
     name_re: ClassVar[re.Pattern[str]] = _NAME_RE
     name_rules: ClassVar[str] = "letters, digits, '-'; at most 127"
 
@@ -133,6 +141,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         credential: Any = None,
         client_kwargs: dict[str, Any] | None = None,
         on_deleted: OnDeleted = "fail",
+        purge_on_delete: bool = False,
         connections_lookup_pattern: str | None = None,
         variables_lookup_pattern: str | None = None,
         config_lookup_pattern: str | None = None,
@@ -154,21 +163,24 @@ class KeyVaultBackend(PrefixedSecretsBackend):
             raise self.config_error("timeout must be a positive number of seconds")
         self.timeout = float(timeout)
         self.vault_url = vault_url.rstrip("/")
-        self.sep = sep
-        self.prefixes: dict[Kind, str | None] = {}
-        kind: Kind
-        for kind, prefix in (
-            ("connection", connections_prefix),
-            ("variable", variables_prefix),
-            ("config", config_prefix),
-        ):
-            if prefix is not None and not isinstance(prefix, str):
-                raise self.config_error(f"{prefix_setting(kind)} must be a string or null")
-            # Airflow strips a trailing sep from the prefix.
-            self.prefixes[kind] = prefix.rstrip(sep) if prefix is not None and sep else prefix
+        # The provider strips a trailing sep from the prefix and maps every "_" to sep (Key Vault names
+        # allow no "_"); it refuses team-separator ids for config too, but scopes only connections and
+        # variables by team.
+        self.naming = KeyNaming.from_settings(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep=sep,
+            strip_sep=True,
+            fail=self.config_error,
+            spell=lambda name: name.replace("_", sep),
+        )
         if on_deleted not in _ON_DELETED:
             raise self.config_error(f"on_deleted must be one of {', '.join(_ON_DELETED)}")
         self.on_deleted: OnDeleted = on_deleted
+        if not isinstance(purge_on_delete, bool):
+            raise self.config_error("purge_on_delete must be true or false")
+        self.purge_on_delete = purge_on_delete
         if client_kwargs is not None and not isinstance(client_kwargs, dict):
             raise self.config_error("client_kwargs must be a mapping of SecretClient keyword arguments")
         self.client_kwargs: dict[str, Any] = {**kwargs, **(client_kwargs or {})}
@@ -282,22 +294,9 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
     # --- naming ------------------------------------------------------------------------------------
 
-    def _map_name(self, name: str) -> str:
-        # Airflow's mapping: Key Vault names allow no '_'.
-        return name.replace("_", self.sep)
-
     def _fold(self, name: str) -> str:
         # Key Vault names are case-insensitive.
         return name.lower()
-
-    def team_secret_name(self, kind: Kind, key: str, team_name: str) -> str | None:
-        # The provider: build_path(prefix, build_path("", team) + "--" + id), "_" -> sep throughout.
-        prefix = self.prefixes[kind]
-        if prefix is None or kind == "config":
-            return None
-        return self._map_name(
-            self._join(prefix, f"{self._map_name(team_name)}{TEAM_SEP}{self._map_name(key)}")
-        )
 
     def _error(self, exc: BaseException, name: str, action: str) -> CredpathError:
         """One line naming backend, secret and reason; server text is reduced to its error code."""
@@ -343,7 +342,9 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
     # --- writes ------------------------------------------------------------------------------------
 
-    def _write(self, kind: Kind, key: str, value: str, overwrite: bool, on_deleted: OnDeleted | None) -> None:
+    def _write(
+        self, kind: Kind, key: str, value: str, overwrite: bool, on_deleted: OnDeleted | None = None
+    ) -> None:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
         policy = on_deleted or self.on_deleted
@@ -413,28 +414,31 @@ class KeyVaultBackend(PrefixedSecretsBackend):
                 time.sleep(delay)
         self._set(name, value, tags)
 
+    # TRANSITION (issue 11 point 4): ``on_deleted`` per call stays only until the contract branch lands
+    # (the CLI's --on-deleted and migrate's write_options still pass it); then delete the keyword and the
+    # argument of ``_write``: the declared signatures are the two without it.
     def set_connection(
         self,
-        conn: Any,
+        conn: Connection,
         *,
         overwrite: bool = True,
+        serialization: Serialization = "json",
         on_deleted: OnDeleted | None = None,
-        serialization: str = "json",
     ) -> None:
         if not conn.conn_id:
             raise self.config_error("connection to write has no conn_id")
-        self._write(
-            "connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite, on_deleted
-        )
+        value = self.serialize_connection(conn, serialization)
+        self._write("connection", conn.conn_id, value, overwrite, on_deleted)
 
     def set_variable(
         self, key: str, value: str, *, overwrite: bool = True, on_deleted: OnDeleted | None = None
     ) -> None:
         self._write("variable", key, value, overwrite, on_deleted)
 
-    def _delete(self, kind: Kind, key: str, purge: bool) -> bool:
+    def _delete(self, kind: Kind, key: str) -> bool:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
+        purge = self.purge_on_delete
         name = self._write_name(kind, key)
         try:
             poller = self._call(
@@ -452,12 +456,12 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         log.debug("%s: deleted secret %s%s", self.name, name, " and purged it" if purge else "")
         return True
 
-    def delete_connection(self, conn_id: str, *, purge: bool = False) -> bool:
-        """Soft delete (recoverable for the vault's retention period); ``purge=True`` also purges."""
-        return self._delete("connection", conn_id, purge)
+    def delete_connection(self, conn_id: str) -> bool:
+        """Soft delete (recoverable for the retention period); with ``purge_on_delete`` also purges."""
+        return self._delete("connection", conn_id)
 
-    def delete_variable(self, key: str, *, purge: bool = False) -> bool:
-        return self._delete("variable", key, purge)
+    def delete_variable(self, key: str) -> bool:
+        return self._delete("variable", key)
 
     def recover_deleted(self, kind: Kind, key: str) -> bool:
         """Recover a soft-deleted secret; False if there is no deleted secret of that name."""

@@ -25,6 +25,9 @@ from credpath.protocol import BackendOptions, BaseBackend, Capability, iter_ids,
 if TYPE_CHECKING:
     from credpath.model import Connection
 
+__all__ = ["CONN_ENV_PREFIX", "VAR_ENV_PREFIX", "EnvironmentBackend"]
+
+
 CONN_ENV_PREFIX = "AIRFLOW_CONN_"
 VAR_ENV_PREFIX = "AIRFLOW_VAR_"
 # Separates the team name from the secret id in a team-namespaced name: AIRFLOW_CONN__<TEAM>___<ID>.

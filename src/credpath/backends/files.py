@@ -30,6 +30,9 @@ from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend, Capability, iter_ids
 
+__all__ = ["LocalFilesystemBackend"]
+
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -36,7 +36,8 @@ import re
 import threading
 from typing import Any, ClassVar, Unpack
 
-from credpath.backends._prefixed import TEAM_SEP, PrefixedSecretsBackend, prefix_setting
+from credpath.backends._naming import KeyNaming
+from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.deadlines import (
     Deadline,
     RetryPolicy,
@@ -45,7 +46,10 @@ from credpath.deadlines import (
     unwrap_retries,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import BackendOptions, Capability, Kind
+from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind
+
+__all__ = ["SecretManagerBackend", "crc32c"]
+
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +139,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
     store_name: ClassVar[str] = "GCP Secret Manager"
     requires: ClassVar[tuple[str, ...]] = ("google.cloud.secretmanager", "google.auth")
     extra: ClassVar[str | None] = "gcp"
-    service: ClassVar[str] = "Secret Manager"
-    name_noun: ClassVar[str] = "id"
+    name_noun: ClassVar[str] = "secret id"
     name_re: ClassVar[re.Pattern[str]] = _SECRET_ID_RE
     name_rules: ClassVar[str] = "letters, digits, '-', '_'; at most 255"
 
@@ -163,18 +166,25 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         super().__init__(**options)
         if not isinstance(sep, str):
             raise self.config_error("sep must be a string")
-        self.prefixes: dict[Kind, str | None] = {
-            "connection": connections_prefix,
-            "variable": variables_prefix,
-            "config": config_prefix,
-        }
-        for kind, prefix in self.prefixes.items():
-            if prefix is not None and (not isinstance(prefix, str) or not _PREFIX_RE.match(prefix + sep)):
+        # The google provider uses BaseSecretsBackend.build_path as is: prefix, sep and id always joined
+        # (an empty prefix gives "-<id>"), the prefix kept as given; its get_config neither scopes by team
+        # nor refuses team-separator ids.
+        self.naming = KeyNaming.from_settings(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep=sep,
+            strip_sep=False,
+            fail=self.config_error,
+            glue_empty_prefix=True,
+            refused_kinds=frozenset({"connection", "variable"}),
+        )
+        for kind, prefix in self.naming.prefixes.items():
+            if prefix is not None and not _PREFIX_RE.match(prefix + sep):
                 raise self.config_error(
-                    f"{prefix_setting(kind)} and sep must match ^[a-zA-Z0-9-_]*$ "
+                    f"{PREFIX_SETTINGS[kind]} and sep must match ^[a-zA-Z0-9-_]*$ "
                     "(Secret Manager ids allow letters, digits, '-' and '_')"
                 )
-        self.sep = sep
         version = str(version)
         if version != "latest" and not (version.isdigit() and int(version) > 0):
             raise self.config_error("version must be 'latest' or a positive version number")
@@ -304,24 +314,6 @@ class SecretManagerBackend(PrefixedSecretsBackend):
             return self.error(f"{what} timed out after {deadline.seconds:g} s{tries}", BackendTimeout)
 
         return call_with_retries(attempt, deadline, self.policy, classify=classify, on_timeout=on_timeout)
-
-    # --- naming ------------------------------------------------------------------------------------
-
-    #: Secret Manager calls a secret's name its id.
-    secret_id = PrefixedSecretsBackend.secret_name
-    #: The provider's get_config neither scopes by team nor refuses team-separator ids.
-    team_config_refusal: ClassVar[bool] = False
-
-    def _join(self, prefix: str, key: str) -> str:
-        # The google provider uses BaseSecretsBackend.build_path as is: prefix, sep and id always joined,
-        # so an empty prefix gives "-<id>".
-        return f"{prefix}{self.sep}{key}"
-
-    def team_secret_name(self, kind: Kind, key: str, team_name: str) -> str | None:
-        prefix = self.prefixes[kind]
-        if prefix is None or kind == "config":
-            return None
-        return f"{prefix}{self.sep}{team_name}{TEAM_SEP}{key}"  # the id verbatim, as the provider does
 
     def _parent(self) -> str:
         _ = self.client  # resolves project_id

@@ -1,8 +1,9 @@
 """Kubernetes Secrets backend: connections, variables and config as Secrets in one namespace.
 
-Written against credpath's declared backend contract only (``protocol.BaseBackend``), on the official
-``kubernetes`` client (its ``ApiClient``: kubeconfig, in-cluster and token auth, TLS, connection pool),
-imported on first use, never by ``import credpath``.
+Written against credpath's declared backend contract only (``protocol.BaseBackend``, with the prefix stores'
+one naming rule, ``backends._naming``), on the official ``kubernetes`` client (its ``ApiClient``:
+kubeconfig, in-cluster and token auth, TLS, connection pool), imported on first use, never by
+``import credpath``.
 
 Naming. A Secret's name is ``<prefix><sep><id>`` mapped to a DNS-1123 subdomain (what Kubernetes accepts:
 lower case letters, digits, ``-`` and ``.``, starting and ending with a letter or digit, at most 253
@@ -62,6 +63,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
+from credpath.backends._naming import KeyNaming, PrefixNamedBackend
 from credpath.deadlines import (
     Deadline,
     Retryable,
@@ -71,10 +73,13 @@ from credpath.deadlines import (
     retry_call,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
-from credpath.protocol import BackendOptions, BaseBackend, Capability, Kind, iter_ids
+from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, iter_ids
 
 if TYPE_CHECKING:
     from credpath.model import Connection
+
+__all__ = ["ID_ANNOTATION", "KIND_LABEL", "MANAGED_BY_LABEL", "KubernetesSecretsBackend"]
+
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +94,6 @@ _PREFIX_RE = re.compile(r"^([a-z0-9][-a-z0-9.]*)?$")
 CONNECTION_KEYS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-_SETTINGS: dict[Kind, str] = {
-    "connection": "connections_prefix",
-    "variable": "variables_prefix",
-    "config": "config_prefix",
-}
 
 
 def to_secret_name(name: str) -> str:
@@ -105,7 +105,7 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class KubernetesSecretsBackend(BaseBackend):
+class KubernetesSecretsBackend(PrefixNamedBackend):
     alias: ClassVar[str] = "kubernetes-secrets"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {"write", "list", "batch", "prefetch", "structured"}
@@ -136,21 +136,24 @@ class KubernetesSecretsBackend(BaseBackend):
         super().__init__(**options)
         if not isinstance(sep, str):
             raise self.config_error("sep must be a string")
-        self.sep = sep
-        self.prefixes: dict[Kind, str | None] = {
-            "connection": connections_prefix,
-            "variable": variables_prefix,
-            "config": config_prefix,
-        }
-        for kind, prefix in self.prefixes.items():
-            if prefix is None:
-                continue
-            if not isinstance(prefix, str) or not _PREFIX_RE.match(
-                to_secret_name(prefix + sep) if prefix else ""
-            ):
+        # No team scoping and no team-separator refusal (see "Teams" above); the prefix is kept as given.
+        self.naming = KeyNaming.from_settings(
+            connections_prefix,
+            variables_prefix,
+            config_prefix,
+            sep=sep,
+            strip_sep=False,
+            fail=self.config_error,
+            spell=to_secret_name,
+            team_kinds=frozenset(),
+            refused_kinds=frozenset(),
+        )
+        for kind in self.naming.prefixes:
+            head = self.naming.head(kind)
+            if head is not None and not _PREFIX_RE.match(head):
                 raise self.config_error(
-                    f"{_SETTINGS[kind]} and sep must give the start of a Kubernetes Secret name (letters, "
-                    "digits, '-', '_', '.'; starting with a letter or digit)"
+                    f"{PREFIX_SETTINGS[kind]} and sep must give the start of a Kubernetes Secret name "
+                    "(letters, digits, '-', '_', '.'; starting with a letter or digit)"
                 )
         if namespace is not None and (not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace)):
             raise self.config_error(
@@ -356,44 +359,22 @@ class KubernetesSecretsBackend(BaseBackend):
 
     # --- naming ------------------------------------------------------------------------------------
 
-    def secret_name(self, kind: Kind, key: str) -> str | None:
-        """The Secret name of ``key``, or None if this kind is switched off (its prefix is null)."""
-        prefix = self.prefixes[kind]
-        if prefix is None:
-            return None
-        return to_secret_name(f"{prefix}{self.sep}{key}" if prefix else key)
+    name_noun: ClassVar[str] = "Secret name"
+    name_rules: ClassVar[str] = (
+        "lower case letters, digits, '-', '.'; starting and ending with a letter or digit; at most 253"
+    )
 
-    def _readable_name(self, kind: Kind, key: str) -> str | None:
-        if not self.wants(kind, key):
-            return None
-        name = self.secret_name(kind, key)
-        if name is None:
-            return None
-        if not NAME_RE.match(name):
-            log.debug("%s: %s %r cannot be a Kubernetes Secret name; miss", self.name, kind, key)
-            return None
-        return name
-
-    def _writable_name(self, kind: Kind, key: str) -> str:
-        name = self.secret_name(kind, key)
-        if name is None:
-            raise self.config_error(f"cannot write {kind} {key!r}: {_SETTINGS[kind]} is null")
-        if not NAME_RE.match(name):
-            raise self.config_error(
-                f"{kind} id {key!r} gives Secret name {name!r}, which Kubernetes rejects (lower case "
-                "letters, digits, '-', '.'; starting and ending with a letter or digit; at most 253)"
-            )
-        return name
+    def _can_exist(self, name: str) -> bool:
+        return NAME_RE.match(name) is not None
 
     def _key_of(self, kind: Kind, item: dict[str, Any]) -> str | None:
         """The id of a listed Secret of ``kind``: its id annotation if that still names it, else the name
         without the prefix; None if the Secret is not under this backend's prefix."""
-        prefix = self.prefixes[kind]
-        if prefix is None:
+        start = self.naming.head(kind)
+        if start is None:
             return None
         metadata = item.get("metadata") or {}
         name = metadata.get("name") or ""
-        start = to_secret_name(prefix + self.sep) if prefix else ""
         if not name.startswith(start) or len(name) == len(start):
             return None
         original = (metadata.get("annotations") or {}).get(ID_ANNOTATION)
@@ -495,9 +476,10 @@ class KubernetesSecretsBackend(BaseBackend):
     # --- reads -------------------------------------------------------------------------------------
 
     def _read(self, kind: Kind, key: str) -> tuple[str, dict[str, str]] | None:
-        name = self._readable_name(kind, key)
-        if name is None:
+        names = self._lookup_names(kind, key)
+        if not names:
             return None
+        name = names[0]
         data = self.read_secret(name)
         return None if data is None else (name, data)
 
@@ -520,7 +502,7 @@ class KubernetesSecretsBackend(BaseBackend):
     # --- batches and prefetch ------------------------------------------------------------------------
 
     def _batch(self, kind: Kind, ids: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
-        wanted = [i for i in dict.fromkeys(ids) if self._readable_name(kind, i) is not None]
+        wanted = [i for i in dict.fromkeys(ids) if self._lookup_names(kind, i)]
         if not wanted:
             return {}
         if len(wanted) == 1:
@@ -533,8 +515,7 @@ class KubernetesSecretsBackend(BaseBackend):
                 listed[name] = item
         out: dict[str, tuple[str, dict[str, str]]] = {}
         for key in wanted:
-            name = self._readable_name(kind, key)
-            assert name is not None
+            name = self._lookup_names(kind, key)[0]
             if name in listed:
                 out[key] = (name, self._decode(name, listed[name]))
             else:
@@ -598,7 +579,7 @@ class KubernetesSecretsBackend(BaseBackend):
         }
 
     def _write(self, kind: Kind, key: str, data: dict[str, str], *, overwrite: bool) -> None:
-        name = self._writable_name(kind, key)
+        name = self._write_name(kind, key)
         self.api  # noqa: B018 - resolves the namespace before the body names it
         body = self._body(kind, key, name, data)
         for _ in range(3):  # create, or replace; a Secret deleted between the two is created again
@@ -664,7 +645,7 @@ class KubernetesSecretsBackend(BaseBackend):
         self._write("variable", key, {"value": value}, overwrite=overwrite)
 
     def _delete(self, kind: Kind, key: str) -> bool:
-        name = self._writable_name(kind, key)
+        name = self._write_name(kind, key)
         status, _body = self._call(
             "deleting",
             name,

@@ -42,7 +42,6 @@ import re
 import stat
 import threading
 from collections import namedtuple
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,6 +53,7 @@ from credpath.backends._sql import (
     SqlTablesBackend,
     team_visible,
 )
+from credpath.config import credpath_home
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 from credpath.protocol import Capability
@@ -108,11 +108,6 @@ def _add_team_name(conn: Any) -> None:
 
 #: version -> callable(connection) upgrading the schema from version-1 to version (in one transaction).
 MIGRATIONS: dict[int, Any] = {2: _add_team_name}
-
-
-def credpath_home(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("CREDPATH_HOME") or "~/.credpath").expanduser()
 
 
 @functools.cache  # built once, on first use (not at import: SQLAlchemy stays unimported)

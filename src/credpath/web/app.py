@@ -25,6 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from credpath import metrics
 from credpath.web import views
 
+__all__ = ["create_app"]
+
+
 TEMPLATES = Path(__file__).parent / "templates"
 TOKEN_COOKIE = "credpath_web_token"
 _SECURITY_HEADERS = {

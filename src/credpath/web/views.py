@@ -15,6 +15,19 @@ from credpath import metrics
 from credpath.errors import BackendUnavailable, ConfigError, CredpathError
 from credpath.model import is_sensitive_name
 
+__all__ = [
+    "BackendRow",
+    "Detail",
+    "Inventory",
+    "Row",
+    "backends",
+    "detail",
+    "filter_rows",
+    "inventory",
+    "shared_cache_stats",
+]
+
+
 KINDS = ("connection", "variable")
 #: Longest variable value shown (the inventory is an index, not an export).
 MAX_VALUE = 120
