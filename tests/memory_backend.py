@@ -42,7 +42,9 @@ class MemoryBackend(BaseBackend):
         self._maybe_fail()
         return self.config.get(key)
 
-    def set_connection(self, conn: Connection, *, overwrite: bool = True, serialization: str = "json") -> None:
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+    ) -> None:
         if not overwrite and conn.conn_id in self.connections:
             raise ConfigError(f"connection {conn.conn_id!r} exists")
         self.connections[conn.conn_id] = conn.get_uri()

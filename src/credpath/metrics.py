@@ -91,7 +91,7 @@ def _classify(func: Any, args: tuple[Any, ...]) -> tuple[str, str]:
     """(kind, operation) of a call ``SearchPath._call`` makes: ``_read(entry, kind, ...)``,
     ``call_backend_method(bound_method, ...)`` or a bound lister."""
     name = getattr(func, "__name__", "")
-    if name in ("_read", "read_batch", "read_all", "list_ids") and len(args) >= 2:  # (entry|backend, kind, ..)
+    if name in ("_read", "read_batch", "read_all", "list_ids") and len(args) >= 2:  # (entry/backend, kind)
         return str(args[1]), _OPERATIONS[name]
     if name == "call_backend_method" and args:
         name = getattr(args[0], "__name__", "")

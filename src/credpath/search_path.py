@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
@@ -198,14 +198,43 @@ class SearchPath:
     # --- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> SearchPath:
+    def from_config(
+        cls,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> SearchPath:
         settings = load_settings(path, env)
-        return cls.from_settings(settings)
+        return cls.from_settings(settings, backend_kwargs=backend_kwargs)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> SearchPath:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> SearchPath:
+        """The configured search path; ``backend_kwargs`` ({backend name: {kwarg: value}}) overrides
+        configured backends' kwargs: how a CLI flag that is a store setting (``--on-deleted``) builds the
+        backend with it."""
         kwargs.setdefault("breaker", settings.breaker)
-        return cls(settings.backends, cache=settings.cache, **kwargs)
+        specs = list(settings.backends)
+        if backend_kwargs:
+            names = [spec.name for spec in specs]
+            unknown = sorted(set(backend_kwargs) - set(names))
+            if unknown:
+                raise ConfigError(
+                    f"no backend named {unknown[0]!r} in the search path (have: {', '.join(names)})"
+                )
+            specs = [
+                replace(spec, kwargs={**spec.kwargs, **backend_kwargs[spec.name]})
+                if spec.name in backend_kwargs
+                else spec
+                for spec in specs
+            ]
+        return cls(specs, cache=settings.cache, **kwargs)
 
     def _add(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
