@@ -941,7 +941,7 @@ def test_writes_take_no_store_options_and_a_team_only_where_writes_are_team_scop
     conn = Connection.from_uri(URI_A, conn_id="db")
     with pytest.raises(TypeError):
         sp.set_connection(conn, on_deleted="recover")  # type: ignore[call-arg]
-    with pytest.raises(ConfigError, match="backend 'b0' .*has no team-scoped writes"):
+    with pytest.raises(ConfigError, match=r"backend 'b0' .*has no team-scoped writes"):
         sp.set_connection(conn, team_name="blue")
     with pytest.raises(ConfigError, match="has no team-scoped writes"):
         sp.set_variable("k", "v", team_name="blue")
