@@ -963,7 +963,7 @@ def test_set_connection_passes_the_serialization_to_the_store():
     sp.set_connection(Connection.from_uri(URI_A, conn_id="db"))
     assert [c for c in store.calls if c[0] == "set_connection"] == [
         ("set_connection", "uri"),
-        ("set_connection", "json"),
+        ("set_connection", "json"),  # the store's default
     ]
 
 

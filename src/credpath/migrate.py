@@ -225,6 +225,15 @@ class Migrator:
                 raise ConfigError(f"--from: backend {src!r} cannot list {kind}s, so it cannot be migrated")
             if not supports(self.destination, "write"):
                 raise ConfigError(f"--to: backend {dst!r} cannot write {kind}s")
+        # credpath backends take the documented ``serialization``; a foreign object writes its own way.
+        self._serialization: dict[str, Any] = {"serialization": self.connection_format}
+        if not isinstance(self.destination, BaseBackend):
+            if "connection" in self.kinds and self.connection_format != "json":
+                raise ConfigError(
+                    f"--format {self.connection_format}: backend {dst!r} ({type(self.destination).__name__}) "
+                    "is not a credpath backend, so it has no serialization choice; use --format json"
+                )
+            self._serialization = {}
 
     # --- reading (the one reader, credpath.reading) --------------------------------------------------
 
@@ -360,7 +369,7 @@ class Migrator:
     def _write(self, item: Item) -> None:
         destination: Any = self.destination  # declares "write" (checked in __init__)
         if item.kind == "connection":
-            destination.set_connection(item.value, overwrite=True, serialization=self.connection_format)
+            destination.set_connection(item.value, overwrite=True, **self._serialization)
             return
         keeps = isinstance(destination, BaseBackend) and destination.keeps_variable_descriptions
         if item.description and keeps:

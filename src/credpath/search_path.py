@@ -883,20 +883,23 @@ class SearchPath:
         *,
         to: str | None = None,
         overwrite: bool = True,
-        serialization: Serialization = "json",
+        serialization: Serialization | None = None,
         team_name: str | None = None,
     ) -> str:
         """Write ``conn`` to backend ``to`` (default: metastore, else the first writable); returns its name.
 
-        ``serialization`` is how a string store keeps it (structured stores ignore it). ``team_name`` is
+        ``serialization`` is how a string store keeps it (structured stores ignore it; unset: the store's
+        default, JSON for credpath's own). ``team_name`` is
         the owner, for a store whose writes are team-scoped (the metastore); other stores refuse it.
         Store behaviour (e.g. Azure's ``on_deleted``) is the backend's own setting, not a write option."""
         if not conn.conn_id:
             raise ConfigError("connection has no conn_id")
         entry = self.writable_backend(to, "set_connection")
-        team = _team_kwargs(entry, entry.backend.set_connection, team_name)  # type: ignore[union-attr]
+        options: dict[str, Any] = _team_kwargs(entry, entry.backend.set_connection, team_name)  # type: ignore[union-attr]
+        if serialization is not None:  # unset: a foreign store's set_connection need not know the keyword
+            options["serialization"] = serialization
         with self._write_lock:
-            entry.backend.set_connection(conn, overwrite=overwrite, serialization=serialization, **team)  # type: ignore[union-attr]
+            entry.backend.set_connection(conn, overwrite=overwrite, **options)  # type: ignore[union-attr]
             self._invalidate("connection", conn.conn_id)
         return entry.name
 
