@@ -35,9 +35,7 @@ Outcome: TypeAlias = Connection | Variable | str | BaseException
 #: Ids per batch call handed to one worker by :func:`read_many` (backends chunk further to their limits).
 READ_CHUNK = 100
 
-_BATCH = {"connection": "get_conn_values", "variable": "get_variables"}
-_PREFETCH = {"connection": "prefetch_connections", "variable": "prefetch_variables"}
-_LIST = {"connection": "list_connections", "variable": "list_variables"}
+_BATCHED_KINDS = ("connection", "variable")  # config has no batch read
 
 
 def name_of(backend: Any) -> str:
@@ -126,7 +124,7 @@ def read_batch(
 
 def read_all(backend: Backend, kind: Kind, *, team_name: str | None = None) -> dict[str, Outcome]:
     """Everything under the backend's prefix (it must support "prefetch"), parsed as :func:`read_batch`."""
-    method = getattr(backend, _PREFETCH[kind])
+    method = backend.prefetch_connections if kind == "connection" else backend.prefetch_variables  # type: ignore[union-attr]
     found = call_backend_method(method, team_name=team_name)
     if kind == "connection":
         return {key: _as_connection(backend, key, value) for key, value in found.items()}
@@ -137,12 +135,12 @@ def list_ids(backend: Backend, kind: Kind) -> list[str]:
     """The ids the backend lists; a backend without "list" raises ReadOnlyBackend ("cannot list")."""
     if not supports(backend, "list"):
         raise ReadOnlyBackend(f"{label_of(backend)} cannot list {kind}s")
-    return list(getattr(backend, _LIST[kind])())
+    return list(backend.list_connections() if kind == "connection" else backend.list_variables())  # type: ignore[union-attr]
 
 
 def batched(backend: Backend, kind: Kind) -> bool:
     """Whether ``kind`` is read in batches from ``backend`` (config is always read one key at a time)."""
-    return kind in _BATCH and supports(backend, "batch")
+    return kind in _BATCHED_KINDS and supports(backend, "batch")
 
 
 def read_many(
@@ -234,7 +232,8 @@ def _as_connection(backend: Backend, conn_id: str, value: Any) -> Connection | B
 
 
 def _method(backend: Any, name: str) -> Callable[..., Any] | None:
-    """A read method: always there on a BaseBackend; a foreign object may lack one (Airflow's rule)."""
+    """One of the three reads (or ``get_connection``): always there on a BaseBackend; a foreign
+    Airflow-style object may lack one (Airflow itself reads ``get_conn_value`` else ``get_connection``)."""
     method = getattr(backend, name, None)
     return method if callable(method) else None
 
