@@ -217,3 +217,26 @@ class DownBackend(MemoryBackend):
 
     def check(self) -> str:
         raise self.fail_with
+
+
+class SettingMemoryBackend(MemoryBackend):
+    """A store with a constructor setting, as Azure's ``on_deleted``: every instance and its setting is
+    recorded in ``built`` (class-wide), so a CLI test can see how the command built the backend."""
+
+    built: list[SettingMemoryBackend] = []
+
+    def __init__(self, *args, on_deleted: str = "fail", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_deleted = on_deleted
+        self.written: list[tuple[str, str]] = []  # (key, the setting in force when it was written)
+        SettingMemoryBackend.built.append(self)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        self.written.append((key, self.on_deleted))
+        super().set_variable(key, value, overwrite=overwrite)
+
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+    ) -> None:
+        self.written.append((conn.conn_id, self.on_deleted))
+        super().set_connection(conn, overwrite=overwrite, serialization=serialization)

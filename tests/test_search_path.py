@@ -1168,3 +1168,21 @@ def test_metrics_are_not_recorded_for_a_config_error_when_off(monkeypatch):
     with pytest.raises(ConfigError):
         path(bad).get_connection("db")
     assert seen == ["b0"]
+
+
+def test_backend_kwargs_override_a_configured_backends_settings():
+    from credpath.config import BackendSpec, Settings
+
+    settings = Settings(
+        backends=[
+            BackendSpec(
+                type="tests.memory_backend.SettingMemoryBackend", name="soft", kwargs={"on_deleted": "fail"}
+            )
+        ]
+    )
+    assert SearchPath.from_settings(settings).backend("soft").on_deleted == "fail"
+    built = SearchPath.from_settings(settings, backend_kwargs={"soft": {"on_deleted": "purge"}})
+    assert built.backend("soft").on_deleted == "purge"
+    assert settings.backends[0].kwargs == {"on_deleted": "fail"}  # the configuration is not changed
+    with pytest.raises(ConfigError, match="no backend named 'nope' in the search path"):
+        SearchPath.from_settings(settings, backend_kwargs={"nope": {"on_deleted": "purge"}})

@@ -59,6 +59,10 @@ class State:
             self.search_path  # noqa: B018 - built now, so a backend without the setting fails here
         except ConfigError as exc:
             raise ConfigError(f"{flag}: {exc}") from None
+        except TypeError:  # a constructor taking **kwargs refused it itself (its message is not shown)
+            raise ConfigError(
+                f"{flag}: backend {name!r} has no setting {', '.join(sorted(settings))}"
+            ) from None
 
     def write_target(self, to: str | None, operation: str, flag: str, **settings: Any) -> str | None:
         """The backend a write goes to (``to``, else the default), rebuilt with ``settings`` if any are
