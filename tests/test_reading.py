@@ -119,3 +119,87 @@ def test_the_default_records_of_a_plain_backend_have_no_description() -> None:
     assert store.get_variable_records(["k", "miss"]) == {"k": Variable("k", "v")}
     assert BatchMemoryBackend(variables={"k": "v"}).get_variable_records(["k"]) == {"k": Variable("k", "v")}
     assert isinstance(store, BaseBackend)
+
+
+# --- a backend written from protocol.py alone --------------------------------------------------------------
+
+
+class _ProtocolOnly(BaseBackend):
+    """Written from credpath.protocol's docstring only: every capability, over one dict."""
+
+    alias = "protocol-only"
+    store_name = "Protocol Only"
+    capabilities = frozenset({"write", "list", "batch", "prefetch"})
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.data: dict[str, dict[str, str]] = {"connection": {}, "variable": {}}
+        self.batches = 0
+
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        return self.data["connection"].get(conn_id) if self.wants("connection", conn_id) else None
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return self.data["variable"].get(key) if self.wants("variable", key) else None
+
+    def set_connection(self, conn: Connection, *, overwrite: bool = True, serialization="json") -> None:
+        self._set("connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        self._set("variable", key, value, overwrite)
+
+    def _set(self, kind: str, key: str, value: str, overwrite: bool) -> None:
+        if not overwrite and key in self.data[kind]:
+            raise self.config_error(f"{kind} {key!r} already exists")
+        self.data[kind][key] = value
+
+    def delete_connection(self, conn_id: str) -> bool:
+        return self.data["connection"].pop(conn_id, None) is not None
+
+    def delete_variable(self, key: str) -> bool:
+        return self.data["variable"].pop(key, None) is not None
+
+    def list_connections(self) -> list[str]:
+        return sorted(self.data["connection"])
+
+    def list_variables(self) -> list[str]:
+        return sorted(self.data["variable"])
+
+    def get_conn_values(self, ids: list[str], team_name: str | None = None) -> dict[str, str]:
+        self.batches += 1
+        return {i: self.data["connection"][i] for i in ids if i in self.data["connection"]}
+
+    def get_variables(self, keys: list[str], team_name: str | None = None) -> dict[str, str]:
+        self.batches += 1
+        return {k: self.data["variable"][k] for k in keys if k in self.data["variable"]}
+
+    def prefetch_connections(self) -> dict[str, str]:
+        return dict(self.data["connection"])
+
+    def prefetch_variables(self) -> dict[str, str]:
+        return dict(self.data["variable"])
+
+
+def test_a_backend_written_from_the_protocol_works_with_migrate_prefetch_and_listing(tmp_path: Path) -> None:
+    from credpath.search_path import SearchPath
+
+    metastore = MetastoreBackend(
+        url=f"sqlite:///{tmp_path / 'm.db'}", fernet_key=Fernet.generate_key().decode()
+    )
+    metastore.set_connection(Connection.from_uri(URI, conn_id="db"))
+    metastore.set_variable("var", "value-s3cr3t-p")
+    mine = _ProtocolOnly()
+    report = migrate(metastore, mine, connection_format="uri")
+    assert report.verified == 2 and not report.failed
+    assert mine.data["connection"]["db"].startswith("postgres://")  # --format uri reached the store
+    assert mine.batches > 0  # planned and verified with its batch reads
+    back = MetastoreBackend(url=f"sqlite:///{tmp_path / 'b.db'}", fernet_key=Fernet.generate_key().decode())
+    assert migrate(mine, back).verified == 2
+    assert back.get_connection("db").host == "db.example.com"
+
+    path = SearchPath([("mine", mine)])
+    assert path.list_ids("connection").found == {"db": ["mine"]}
+    reports = path.prefetch(prefix=True)
+    assert reports["connection"].hits == 1 and reports["variable"].hits == 1
+    assert path.get_connection("db").host == "db.example.com"
+    assert path.set_variable("new", "v", to="mine") == "mine"
