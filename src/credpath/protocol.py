@@ -30,8 +30,9 @@ Capabilities (``capabilities: ClassVar[frozenset[Capability]]``), and the method
   under the backend's prefix (``credpath prefetch --prefix``).
 - ``"structured"``: the store keeps connection FIELDS (``description`` and what a URI cannot carry), not
   one string: ``get_connection`` is overridden to return them natively and, with ``"batch"``,
-  ``get_connections(ids) -> dict[str, Connection]``; ``get_variable_records(keys) -> dict[str, Variable]``
-  (values with descriptions) where the store has them.
+  ``get_connections(ids) -> dict[str, Connection]``. Where the store keeps variable descriptions, override
+  ``get_variable_record(key)`` / ``get_variable_records(keys)`` too (the base class derives them without
+  descriptions from ``get_variable`` / ``get_variables``).
 
 Without ``"batch"`` the reader (:mod:`credpath.reading`) reads one id at a time; without ``"list"`` a
 backend cannot be a migration source; without ``"write"`` it is never written to.
