@@ -384,10 +384,10 @@ def test_nested_backends_are_started_when_the_backend_is_built(monkeypatch: pyte
 
     started: list[str] = []
     monkeypatch.setattr(VaultBackend, "prepare", lambda self: started.append(self.name), raising=False)
-    monkeypatch.delitem(sys.modules, "hvac", raising=False)
+    monkeypatch.delitem(sys.modules, "requests", raising=False)
     _CredpathBackendMixin(backends=[_vault(token="t")])
     # The client is imported in the building (parent) process, and the backend's own start-up ran once.
-    assert "hvac" in sys.modules
+    assert "requests" in sys.modules
     assert started == ["vault"]
 
 

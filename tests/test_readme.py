@@ -65,7 +65,7 @@ def test_readme_main_job_runs_on_a_fresh_copy(fresh_copy):
 
 
 STORE_EXTRAS = [
-    ("vault", "hvac", "vault"),
+    ("vault", "requests", "vault"),
     ("aws-secrets-manager", "botocore", "aws"),
     ("aws-ssm", "botocore", "aws"),
     ("gcp-secret-manager", "google", "gcp"),

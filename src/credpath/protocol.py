@@ -366,6 +366,10 @@ class BaseBackend:
         Idempotent and cheap after the first call.
         """
 
+    def use_shared_state(self, state: Any) -> None:
+        """With a shared cache tier the search path hands each backend a ``credpath.shared_cache.SharedState``
+        (get/put with a TTL) for non-secret facts every process would rediscover (a Vault KV version)."""
+
     def check(self) -> str:
         """Reachability/auth check for ``credpath backends check``; raise BackendError on failure."""
         return "ok"

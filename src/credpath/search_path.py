@@ -194,6 +194,9 @@ class SearchPath:
             self.shared = shared
         elif self.cache.settings.shared and self.cache.settings.enabled:
             self.shared = _shared_tier(self.cache.settings, backends)
+        for entry in self.entries if hasattr(self.shared, "state") else ():  # issue 14.4: shared facts
+            if isinstance(entry.backend, BaseBackend):
+                entry.backend.use_shared_state(self.shared.state(entry.name))
 
     # --- construction ------------------------------------------------------------------------------
 

@@ -658,6 +658,12 @@ class SharedTier:
                 return None, False
         return None, False
 
+    # --- shared state: small non-secret facts of backends (issue 14 point 4) ---
+
+    def state(self, namespace: str) -> SharedState:
+        """A get/put view for one backend (``namespace``: its configured name) over this tier."""
+        return SharedState(self, namespace)
+
     # --- counters ---
 
     def count(self, name: str, n: int = 1) -> None:
@@ -696,6 +702,29 @@ class SharedTier:
 
     def close(self) -> None:
         self.store.close()
+
+
+class SharedState:
+    """Facts a backend would otherwise rediscover in every process (a Vault mount's KV version), kept in
+    the shared tier like its entries: under HMAC'd names (scope, namespace, key), encrypted, with a TTL.
+    A failure of the tier is a miss (``get`` -> None) or a no-op (``put``), never an error."""
+
+    def __init__(self, tier: SharedTier, namespace: str) -> None:
+        self._tier = tier
+        self._namespace = namespace
+
+    def _ckey(self, key: str) -> tuple[str, str, str | None]:
+        return ("state", f"{self._namespace}\0{key}", None)  # "state" is no lookup kind: no clash
+
+    def get(self, key: str) -> Any:
+        """The value put under ``key`` (JSON: str, number, bool, list, dict), or None."""
+        entry = self._tier.get(self._ckey(key))
+        return None if entry is None or entry.kind != "state" else entry.value
+
+    def put(self, key: str, value: Any, ttl: float) -> None:
+        now = time.time()
+        entry = SharedEntry("state", value, None, False, now, now + ttl, now + ttl)
+        self._tier.put(self._ckey(key), entry)
 
 
 def scope_of(specs: Any) -> str:

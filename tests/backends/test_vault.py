@@ -5,17 +5,20 @@ Auth methods, token life cycle and request counts are in test_vault_auth.py.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import hvac
 import pytest
 
-from credpath.backends.vault import VaultBackend, WriteConflict
+from credpath.backends.vault import VaultBackend, VaultSettings, WriteConflict
 from credpath.errors import AccessDenied, BackendError, ConfigError
 from credpath.model import Connection
 from credpath.registry import create_backend
@@ -276,6 +279,64 @@ def test_invalid_settings_are_one_line_config_errors(openbao: OpenBao) -> None:
     assert isinstance(backend, VaultBackend)
 
 
+def test_settings_are_one_frozen_checked_value() -> None:
+    backend = VaultBackend(
+        url="http://user:pw-s3cr3t-u@127.0.0.1:1/",
+        auth_type="approle",
+        role_id="role",
+        secret_id="sid-s3cr3t",
+        connections_path=["team/", "common"],
+        cert=["c.pem", "k.pem"],
+        proxies={"http": "http://u:px-s3cr3t@proxy:3128"},
+        soft_delete=True,
+    )
+    s = backend.settings
+    assert isinstance(s, VaultSettings)
+    assert s.connections_path == ("team", "common") and s.variables_path == ("variables",)
+    assert s.soft_delete is True and s.kv_engine_version == 2 and s.timeout == 30.0
+    assert s.client.cert == ("c.pem", "k.pem") and s.client.url == "http://user:pw-s3cr3t-u@127.0.0.1:1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.timeout = 1.0  # type: ignore[misc]
+    assert_no_secret(repr(s))
+    # Equal client settings share one session; the paths are not part of it.
+    twin = VaultBackend(
+        url="http://user:pw-s3cr3t-u@127.0.0.1:1/",
+        auth_type="approle",
+        role_id="role",
+        secret_id="sid-s3cr3t",
+        cert=("c.pem", "k.pem"),
+        proxies={"http": "http://u:px-s3cr3t@proxy:3128"},
+    )
+    assert twin.settings.client == s.client and twin.session is backend.session
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"soft_delete": "yes"}, "soft_delete"),
+        ({"use_team_secrets_path": "no"}, "use_team_secrets_path"),
+        ({"verify": 3}, "verify"),
+        ({"cert": ["only-one.pem"]}, "cert"),
+        ({"proxies": "http://proxy"}, "proxies"),
+        ({"radius_port": "1812"}, "radius_port"),
+        ({"token": 12345}, "token"),
+        ({"mount_point": 5}, "mount_point"),
+        ({"connections_path": 5}, "connections_path"),
+        ({"assume_role_kwargs": "arn"}, "assume_role_kwargs"),
+    ],
+)
+def test_a_bad_kwarg_is_a_one_line_config_error_naming_it(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        VaultBackend(url="http://127.0.0.1:1", **kwargs)
+    message = str(info.value)
+    assert (
+        message.startswith("backend 'vault' (HashiCorp Vault): ") and name in message and "\n" not in message
+    )
+    assert str(next(iter(kwargs.values()))) not in message.split(": ", 1)[1].replace(name, "")
+
+
 def test_missing_token_is_a_config_error(openbao: OpenBao, monkeypatch) -> None:
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
     backend = VaultBackend(url=openbao.addr)
@@ -304,6 +365,20 @@ def test_constructor_and_import_do_no_io_and_load_no_hvac() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_client_it_needs_is_requests_and_its_extra_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from credpath.errors import MissingDependency
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "requests" else real(name, *a)
+    )
+    with pytest.raises(MissingDependency) as info:
+        create_backend("vault", {"url": "http://127.0.0.1:1"})
+    assert str(info.value) == "backend 'vault' needs requests: pip install 'credpath[vault]'"
 
 
 def test_prepare_imports_the_client_and_builds_the_session_without_network(hanging_listener) -> None:
@@ -335,13 +410,13 @@ def test_write_read_round_trip_kv2(openbao: OpenBao, openbao_kv2: str, make) -> 
         description="main db",
         extra='{"sslmode": "require"}',
     )
-    backend.set_connection(conn)
+    backend.set_connection(conn, serialization="uri")
     stored = openbao.admin.secrets.kv.v2.read_secret_version(
         "connections/db", mount_point=openbao_kv2, raise_on_deleted_version=True
     )["data"]["data"]
     assert set(stored) == {"conn_uri", "description"}
     assert backend.get_connection("db") == conn
-    backend.set_connection(conn.with_id("db_json"), as_json=True)
+    backend.set_connection(conn.with_id("db_json"))  # the protocol's default: "json", the fields
     stored = openbao.admin.secrets.kv.v2.read_secret_version(
         "connections/db_json", mount_point=openbao_kv2, raise_on_deleted_version=True
     )["data"]["data"]
@@ -357,12 +432,48 @@ def test_kv2_create_only_and_check_and_set(openbao: OpenBao, openbao_kv2: str, m
     writer_a.set_variable("shared", "first", overwrite=False)
     with pytest.raises(ConfigError, match="already exists"):
         writer_b.set_variable("shared", "second", overwrite=False)
-    version = writer_a.current_version("variable", "shared")
-    assert version == 1
-    writer_b.set_variable("shared", "from-b", cas=version)  # b wins the race
-    with pytest.raises(WriteConflict, match="changed since version 1"):
-        writer_a.set_variable("shared", "from-a", cas=version)
-    assert writer_a.get_variable("shared") == "from-b"  # never silently overwritten
+    assert writer_a.get_variable("shared") == "first"
+
+
+def test_cas_required_mount_overwrites_at_the_current_version(
+    openbao: OpenBao, make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mount with cas_required refuses writes without check-and-set: overwrite=True writes at the version
+    # there is now, overwrite=False stays create-only, and a writer in between wins (WriteConflict).
+    mount = openbao.enable_kv(2)
+    openbao.admin.secrets.kv.v2.configure(cas_required=True, mount_point=mount)
+    backend = make(mount_point=mount)
+    backend.set_variable("v", "one")
+    backend.set_variable("v", "two")
+    assert backend.get_variable("v") == "two"
+    with pytest.raises(ConfigError, match="already exists"):
+        backend.set_variable("v", "three", overwrite=False)
+    kv = openbao.admin.secrets.kv.v2
+    real = backend._current_version
+
+    def raced(mount_: str, path: str, deadline: Any) -> int:  # another writer lands right after the read
+        version = real(mount_, path, deadline)
+        kv.create_or_update_secret(path=path, secret={"value": "other"}, cas=version, mount_point=mount_)
+        return version
+
+    monkeypatch.setattr(backend, "_current_version", raced)
+    with pytest.raises(WriteConflict, match="changed since version 2; not overwritten"):
+        backend.set_variable("v", "mine")
+    assert backend.get_variable("v") == "other"  # never silently overwritten
+    openbao.disable(mount)
+
+
+def test_write_and_delete_signatures_are_exactly_the_protocols() -> None:
+    sig = inspect.signature
+    assert str(sig(VaultBackend.set_connection)) == (
+        "(self, conn: 'Connection', *, overwrite: 'bool' = True, "
+        "serialization: 'Serialization' = 'json') -> 'None'"
+    )
+    assert str(sig(VaultBackend.set_variable)) == (
+        "(self, key: 'str', value: 'str', *, overwrite: 'bool' = True) -> 'None'"
+    )
+    assert str(sig(VaultBackend.delete_connection)) == "(self, conn_id: 'str') -> 'bool'"
+    assert str(sig(VaultBackend.delete_variable)) == "(self, key: 'str') -> 'bool'"
 
 
 def test_kv1_writes_and_create_only(openbao: OpenBao, openbao_kv1: str, make) -> None:
@@ -370,8 +481,8 @@ def test_kv1_writes_and_create_only(openbao: OpenBao, openbao_kv1: str, make) ->
     backend.set_variable("v", "one")
     with pytest.raises(ConfigError, match="already exists"):
         backend.set_variable("v", "two", overwrite=False)
-    with pytest.raises(ConfigError, match="check-and-set needs KV v2"):
-        backend.set_variable("v", "two", cas=1)
+    with pytest.raises(TypeError):  # no per-call options beyond the protocol's
+        backend.set_variable("v", "two", cas=1)  # type: ignore[call-arg]
     assert openbao.admin.secrets.kv.v1.read_secret("variables/v", mount_point=openbao_kv1)["data"] == {
         "value": "one"
     }
@@ -397,7 +508,8 @@ def test_delete_hard_removes_all_versions_soft_keeps_them(openbao: OpenBao, open
     backend.set_variable("hard", "1")
     backend.set_variable("hard", "2")
     backend.set_variable("soft", "1")
-    assert backend.delete_variable("soft", soft=True) is True
+    soft = make(mount_point=openbao_kv2, soft_delete=True)  # a setting of the backend, not of the call
+    assert soft.delete_variable("soft") is True
     assert backend.get_variable("soft") is None
     assert kv.read_secret_metadata("variables/soft", mount_point=openbao_kv2)["data"]["current_version"] == 1
     assert backend.delete_variable("hard") is True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from credpath.backends import vault
-from credpath.backends.vault import VaultBackend, _Session, sign_jwt_rs256
+from credpath.backends.vault import VaultBackend, sign_jwt_rs256
+from credpath.backends.vault import auth as vault_auth
+from credpath.backends.vault import session as vault
 from credpath.errors import AccessDenied, BackendError
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port, require_binary, stop_process, wait_for_port
@@ -387,7 +389,7 @@ def test_gcp_login_signs_a_jwt_with_the_service_account_key(openbao: OpenBao, tm
 
 def test_azure_logs_in_with_an_access_token(openbao: OpenBao, monkeypatch) -> None:
     # No Azure AD here: the token acquisition (azure-identity) is the one thing replaced.
-    monkeypatch.setattr(_Session, "_azure_jwt", lambda self: "azure-access-s3cr3t")
+    monkeypatch.setattr(vault_auth, "azure_jwt", lambda settings: "azure-access-s3cr3t")
     request, error = login_attempt(
         openbao,
         auth_type="azure",
@@ -458,3 +460,45 @@ def test_aws_iam_login_signs_get_caller_identity(openbao: OpenBao, moto_sts: str
     credential = headers["Authorization"][0].split("Credential=")[1].split("/")[0]
     assert credential.startswith("ASIA") and credential != "testing"  # a temporary key from AssumeRole
     assert headers["X-Amz-Security-Token"][0]
+
+
+@pytest.mark.parametrize("session_token", [None, "session-token-s3cr3t"], ids=["static", "temporary"])
+def test_sigv4_signing_is_byte_for_byte_hvacs(monkeypatch, session_token: str | None) -> None:
+    # credpath signs the aws_iam login request itself (no hvac at run time); hvac's signer is the reference.
+    from datetime import UTC, datetime
+
+    from hvac import aws_utils
+
+    now = datetime(2026, 12, 1, 12, 34, 56, tzinfo=UTC)
+
+    class Frozen(datetime):
+        @classmethod
+        def utcnow(cls) -> datetime:  # type: ignore[override]
+            return now.replace(tzinfo=None)
+
+    monkeypatch.setattr(aws_utils, "datetime", Frozen)
+    request = aws_utils.generate_sigv4_auth_request()
+    aws_utils.SigV4Auth("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1").add_auth(request)
+    ours = vault_auth.sigv4_sts_request("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1", now)
+    assert list(ours.items()) == list(request.headers.items())  # same headers, values and order
+    assert (request.url, request.body) == (vault_auth.STS_URL, vault_auth.STS_BODY)
+
+
+def test_an_aws_iam_login_body_imports_no_hvac() -> None:
+    code = (
+        "import sys\n"
+        "from credpath.backends.vault import ClientSettings\n"
+        "from credpath.backends.vault.auth import login_request\n"
+        "s = ClientSettings(url='http://127.0.0.1:1', auth_type='aws_iam', key_id='AKID', secret_id='k')\n"
+        "path, body = login_request(s)\n"
+        "print(path, sorted(body), 'hvac' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [
+        "auth/aws/login",
+        "['iam_http_request_method',",
+        "'iam_request_body',",
+        "'iam_request_headers',",
+        "'iam_request_url']",
+        "False",
+    ]

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from credpath.backends import vault
 from credpath.backends.vault import VaultBackend
+from credpath.backends.vault import session as vault
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, MissingFile
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port, stop_process

@@ -275,7 +275,16 @@ def test_cli_connections_add_to_vault(openbao: OpenBao, setup1: dict[str, str]) 
     stored = openbao.admin.secrets.kv.v2.read_secret_version(
         f"connections/{conn_id}", mount_point="secret", raise_on_deleted_version=True
     )["data"]
-    assert stored["data"] == {"conn_uri": uri} and stored["metadata"]["version"] == 1
+    # The protocol's default serialization ("json"): Vault keeps the fields, which Airflow reads too.
+    assert stored["data"] == {
+        "conn_type": "postgres",
+        "host": "db.example",
+        "login": "writer",
+        "password": "pw-s3cr3t-added",
+        "port": 5432,
+        "schema": "app",
+    }
+    assert stored["metadata"]["version"] == 1
     # Without --overwrite the write is create-only (check-and-set 0): an existing secret is kept.
     again = credpath_cli(
         setup1, "connections", "add", conn_id, "--uri", "postgres://other@h/db", "--to", "vault"

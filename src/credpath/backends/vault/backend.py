@@ -1,0 +1,648 @@
+"""VaultBackend: KV paths, reads, writes and the KV version of each mount (the counterpart of Airflow's
+``airflow.providers.hashicorp.secrets.vault.VaultBackend``; auth and the session live in ``auth.py`` and
+``session.py``, its settings in ``settings.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
+from urllib.parse import quote
+
+from credpath.backends.vault.session import Reply, Session, forget_session, safe_url, session_for
+from credpath.backends.vault.settings import (
+    DEFAULT_KUBERNETES_JWT_PATH,
+    DEFAULT_TIMEOUT,
+    PathSetting,
+    VaultSettings,
+)
+from credpath.deadlines import Deadline
+from credpath.errors import AccessDenied, BackendError, ConfigError
+from credpath.protocol import (
+    BackendOptions,
+    BaseBackend,
+    Capability,
+    Kind,
+    Serialization,
+    multi_team_enabled,
+)
+
+if TYPE_CHECKING:
+    import requests
+
+    from credpath.model import Connection
+    from credpath.shared_cache import SharedState
+
+log = logging.getLogger("credpath.backends.vault")
+T = TypeVar("T")
+
+#: How long a mount's detected KV version is shared by the processes of a shared cache tier (a mount is
+#: rarely upgraded from v1 to v2; each process still keeps what it learnt for its whole life).
+KV_VERSION_SHARED_TTL = 3600.0
+
+
+class WriteConflict(ConfigError):
+    """A KV v2 check-and-set write lost against another writer; nothing was overwritten."""
+
+
+def _valid_path(path: str) -> bool:
+    # Dot segments would let an id escape its prefix (connections/../../sys/...); empty ones never exist.
+    segments = path.split("/")
+    return bool(path) and all(s not in ("", ".", "..") for s in segments)
+
+
+class VaultBackend(BaseBackend):
+    """Connections, variables and config from a Vault/OpenBao KV mount (Airflow's kwargs)."""
+
+    alias: ClassVar[str] = "vault"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "structured"})
+    store_name: ClassVar[str] = "HashiCorp Vault"
+    requires: ClassVar[tuple[str, ...]] = ("requests",)  # hvac: see auth.py
+    extra: ClassVar[str | None] = "vault"
+
+    def __init__(
+        self,
+        connections_path: PathSetting = "connections",
+        variables_path: PathSetting = "variables",
+        config_path: PathSetting = "config",
+        use_team_secrets_path: bool = True,
+        global_secrets_path: str | None = None,
+        url: str | None = None,
+        auth_type: str = "token",
+        auth_mount_point: str | None = None,
+        mount_point: str | None = "secret",
+        kv_engine_version: int | str | None = 2,
+        token: str | None = None,
+        token_path: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        key_id: str | None = None,
+        secret_id: str | None = None,
+        role_id: str | None = None,
+        assume_role_kwargs: dict[str, Any] | None = None,
+        region: str | None = None,
+        kubernetes_role: str | None = None,
+        kubernetes_jwt_path: str = DEFAULT_KUBERNETES_JWT_PATH,
+        gcp_key_path: str | None = None,
+        gcp_keyfile_dict: dict[str, Any] | str | None = None,
+        gcp_scopes: str | None = None,
+        azure_tenant_id: str | None = None,
+        azure_resource: str | None = None,
+        radius_host: str | None = None,
+        radius_secret: str | None = None,
+        radius_port: int | None = None,
+        jwt_role: str | None = None,
+        jwt_token: str | None = None,
+        jwt_token_path: str | None = None,
+        namespace: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | list[str] | None = None,
+        proxies: dict[str, str] | None = None,
+        soft_delete: bool = False,
+        **options: Unpack[BackendOptions],
+    ) -> None:
+        """Airflow's kwargs (hashicorp provider 4.8.4), plus ``soft_delete`` (KV v2 deletes keep the
+        versions: only the current one is deleted, undeletable) and credpath's :class:`BackendOptions`."""
+        super().__init__(**options)
+        # Every parameter by name (first statement after super(): no other locals yet), so the signature
+        # stays the one list of kwargs and VaultSettings the one place that checks them.
+        kwargs = dict(locals())
+        for name in ("self", "options", "__class__"):
+            kwargs.pop(name, None)
+        #: Every setting, checked once (frozen); the session gets ``settings.client``.
+        self.settings = VaultSettings.from_kwargs(self.config_error, **kwargs)
+        if global_secrets_path is not None:
+            warnings.warn(
+                "global_secrets_path is deprecated (as in Airflow's provider): give each *_path a list of "
+                'paths instead, e.g. connections_path = ["connections/team1", "connections/common"]',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        s = self.settings
+        self.paths: dict[Kind, list[str] | None] = {
+            kind: None if found is None else list(found)
+            for kind, found in (
+                ("connection", s.connections_path),
+                ("variable", s.variables_path),
+                ("config", s.config_path),
+            )
+        }
+        self.use_team_secrets_path = s.use_team_secrets_path
+        self.mount_point = s.mount_point
+        self.kv_engine_version = s.kv_engine_version
+        self.url = s.url
+        self.auth_type = s.auth_type
+        self.timeout = s.timeout
+        self._session: Session | None = None
+        self._shared_state: SharedState | None = None
+
+    # --- session -----------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = session_for(self.settings.client)
+            if self._session.logins == 0 and self.name:
+                self._session.backend_name = self.name
+        return self._session
+
+    @property
+    def http_session(self) -> requests.Session:
+        """The requests session used for every call (tests hook it to count requests). No network I/O."""
+        return self.session.http
+
+    def prepare(self) -> None:
+        """Import the HTTP client and build the session (no network): a forked task process inherits it."""
+        self.session.prepare()
+
+    def close(self) -> None:
+        if self._session is not None:
+            forget_session(self._session)
+            self._session.close()
+            self._session = None
+
+    def describe(self) -> str:
+        mount = self.mount_point or "<first segment of the id>"
+        kv = "auto" if self.kv_engine_version == "auto" else f"v{self.kv_engine_version}"
+        return f"vault {safe_url(self.url)} mount={mount} kv={kv} auth={self.auth_type}"
+
+    def check(self) -> str:
+        def probe(deadline: Deadline) -> str:
+            session = self.session
+            token = session.token(deadline)
+            # A handed-in token is not checked before reads (Airflow does not either); here it is.
+            reply = session.call(
+                "GET", "auth/token/lookup-self", deadline=deadline, what="checking the token", token=token
+            )
+            if reply.status == 403:
+                raise AccessDenied(f"Vault refused the token (auth_type {self.auth_type!r})")
+            if reply.status == 404:
+                raise BackendError(
+                    f"{session.safe_url} answered HTTP 404 to a token lookup: is it a Vault server?"
+                )
+            if reply.status != 200:
+                raise session.status_error(reply, "checking the token")
+            return f"authenticated ({self.auth_type}) at {session.safe_url}"
+
+        return self._guarded(probe)
+
+    def _guarded(self, func: Callable[[Deadline], T]) -> T:
+        """Run one store call within one deadline (``timeout``); errors speak in this backend's voice."""
+        deadline = Deadline(self.timeout)
+        try:
+            return func(deadline)
+        except (BackendError, ConfigError) as exc:
+            if isinstance(exc, BackendError):
+                exc.backend = exc.backend or self.name
+            message = str(exc)
+            if not message.startswith(self.label):
+                exc.args = (f"{self.label}: {message}", *exc.args[1:])
+            raise
+
+    # --- paths -------------------------------------------------------------------------------------
+
+    def _names_a_team_namespace(self, kind: Kind, key: str, team_name: str | None) -> bool:
+        """Airflow 4.8.4: in multi-team mode, an id with '/' looked up with no team could reach a team's
+        secret under ``<path>/<team>/...``, so it is not looked up."""
+        if kind == "config" or team_name is not None or not self.use_team_secrets_path:
+            return False
+        if not multi_team_enabled():
+            return False
+        rest = key if self.mount_point is not None else (key.split("/", 1)[1] if "/" in key else "")
+        if "/" not in rest:
+            return False
+        log.warning(
+            "vault: %s id %r contains '/' and is looked up with no team; in multi-team mode it could "
+            "resolve a team's secret, so it is not looked up",
+            kind,
+            key,
+        )
+        return True
+
+    def _locations(self, kind: Kind, key: str, team_name: str | None = None) -> list[tuple[str, str]]:
+        """(mount, path inside the mount) of an id under each configured path, in order (Airflow's order)."""
+        prefixes = self.paths[kind]
+        if not prefixes or self._names_a_team_namespace(kind, key, team_name):
+            return []
+        mount = self.mount_point
+        rest = key
+        if mount is None:
+            # Airflow: the first segment of the id names the mount.
+            if "/" not in key:
+                log.debug("vault: %s %r has no mount segment (mount_point is null)", kind, key)
+                return []
+            mount, rest = key.split("/", 1)
+        scoped = kind != "config" and team_name is not None and self.use_team_secrets_path
+        scoped = scoped and multi_team_enabled()
+        found: list[tuple[str, str]] = []
+        for prefix in prefixes:
+            base = "/".join(p for p in (prefix, team_name if scoped else "") if p)
+            path = f"{base}/{rest}" if base else rest
+            if _valid_path(mount) and _valid_path(path):
+                found.append((mount, path))
+            else:
+                log.debug("vault: %s id %r is not a valid Vault path", kind, key)
+        return found
+
+    def _locate(self, kind: Kind, key: str) -> tuple[str, str] | None:
+        """Where writes, deletes and version reads go: the first configured path (no team scoping)."""
+        prefixes = self.paths[kind]
+        if not prefixes:
+            return None
+        mount, rest = self.mount_point, key
+        if mount is None:
+            if "/" not in key:
+                return None
+            mount, rest = key.split("/", 1)
+        path = f"{prefixes[0]}/{rest}" if prefixes[0] else rest
+        if not _valid_path(mount) or not _valid_path(path):
+            return None
+        return mount, path
+
+    @staticmethod
+    def _q(path: str) -> str:
+        return quote(path, safe="/")
+
+    def _where(self, mount: str, path: str) -> str:
+        return f"{mount}/{path}"
+
+    def _deny(self, mount: str, path: str, capability: str = "read") -> AccessDenied:
+        # A dead token was already told apart (lookup-self) and replaced or reported, so this is the policy's.
+        return self.error(  # type: ignore[return-value]
+            f"permission denied on {mount}/{path} (auth_type {self.auth_type!r}); the token's policy needs "
+            f"{capability!r} on this path",
+            AccessDenied,
+        )
+
+    def _raise_for_status(
+        self,
+        reply: Reply,
+        mount: str,
+        path: str,
+        capability: str,
+        action: str,
+        ok: tuple[int, ...] = (200,),
+        with_server_errors: bool = False,
+    ) -> None:
+        """403 -> the policy's AccessDenied on mount/path; a status outside ``ok`` -> '<action> failed'."""
+        status = reply.status
+        if status == 403:
+            raise self._deny(mount, path, capability)
+        if reply.sealed:
+            raise self.error(f"Vault at {safe_url(self.url)} is sealed (HTTP 503) while {action}")
+        if status not in ok:
+            detail = f": {reply.errors()}" if with_server_errors and reply.errors() else ""
+            raise self.error(f"{action} failed (HTTP {status}{detail})")
+
+    @staticmethod
+    def _data_path(mount: str, path: str, version: int) -> str:
+        """Where a secret's value is read, written and soft-deleted."""
+        return f"{mount}/data/{path}" if version == 2 else f"{mount}/{path}"
+
+    def _request(
+        self, method: str, path: str, deadline: Deadline, what: str, body: Any = None, retry: bool = True
+    ) -> Reply:
+        return self.session.request(method, path, deadline=deadline, what=what, body=body, retry=retry)
+
+    def use_shared_state(self, state: SharedState) -> None:
+        """With a shared cache tier, a mount's detected KV version is found once per tier, not per process."""
+        self._shared_state = state
+
+    def _kv_version(self, mount: str, deadline: Deadline) -> int | None:
+        """The KV version of a mount: configured, or detected once per process (once per shared cache tier
+        when one is configured); None if not visible."""
+        if self.kv_engine_version != "auto":
+            return int(self.kv_engine_version)
+        session = self.session
+        version = session.kv_versions.get(mount)
+        if version is not None:
+            return version
+        what = f"detecting the KV version of mount {mount!r}"
+        return session.flights.run(
+            ("kv", mount),
+            lambda: self._detect_kv_version(mount, deadline, what),
+            deadline,
+            lambda: session.timeout_error(what, deadline),
+        )
+
+    def _detect_kv_version(self, mount: str, deadline: Deadline, what: str) -> int | None:
+        session = self.session
+        # A fact of the server, not of the token: keyed by address, namespace and mount.
+        shared_key = json.dumps(["kv_version", self.url, session.settings.namespace, mount])
+        if self._shared_state is not None:
+            known = self._shared_state.get(shared_key)
+            if known in (1, 2):
+                log.debug("vault: mount %r is KV v%d (from the shared cache tier)", mount, known)
+                session.kv_versions[mount] = known
+                return int(known)
+        reply = self._request("GET", f"sys/internal/ui/mounts/{self._q(mount)}", deadline, what)
+        if reply.status in (403, 404):
+            # Vault answers 403 ("preflight capability check") both for no such mount and no access to it.
+            if self.mount_point is None:
+                return None
+            raise self.error(
+                f"mount {mount!r} does not exist or the token's policy grants nothing under it "
+                f"(auth_type {self.auth_type!r}); set kv_engine_version to 1 or 2 to skip detection",
+                AccessDenied,
+            )
+        if reply.status != 200:
+            raise session.status_error(reply, what)
+        data = reply.json().get("data") or {}
+        if data.get("type") not in ("kv", "generic"):
+            raise self.error(f"mount {mount!r} is a {data.get('type')!r} engine, not kv")
+        version = 2 if str((data.get("options") or {}).get("version", "1")) == "2" else 1
+        log.debug("vault: mount %r is KV v%d", mount, version)
+        session.kv_versions[mount] = version
+        if self._shared_state is not None:
+            self._shared_state.put(shared_key, version, KV_VERSION_SHARED_TTL)
+        return version
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def read_secret(
+        self, kind: Kind, key: str, team_name: str | None = None
+    ) -> tuple[str, dict[str, Any]] | None:
+        """(display path, secret map) of an id, or None on a miss (404, soft-deleted, destroyed).
+
+        Each configured path is tried in order until one holds the id (Airflow 4.8.4)."""
+        locations = self._locations(kind, key, team_name)
+        if not locations:
+            return None
+        return self._guarded(lambda deadline: self._read_first(locations, deadline))
+
+    def _read_first(
+        self, locations: list[tuple[str, str]], deadline: Deadline
+    ) -> tuple[str, dict[str, Any]] | None:
+        for mount, path in locations:
+            found = self._read_one(mount, path, deadline)
+            if found is not None:
+                return found
+        return None
+
+    def _read_one(self, mount: str, path: str, deadline: Deadline) -> tuple[str, dict[str, Any]] | None:
+        version = self._kv_version(mount, deadline)
+        if version is None:
+            return None
+        where = self._where(mount, path)
+        reply = self.session.shared_get(
+            self._q(self._data_path(mount, path, version)), deadline=deadline, what=f"reading {where}"
+        )
+        if reply.status == 404:
+            return None
+        self._raise_for_status(reply, mount, path, "read", f"reading {where}")
+        try:
+            body = json.loads(reply.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+            # Never a miss: a 200 that is not Vault's answer (a proxy page) must not hide a secret.
+            raise self.error(f"reading {where}: the response is not a Vault JSON object")
+        data = body["data"]
+        if version == 2:
+            metadata = data.get("metadata") or {}
+            if metadata.get("deletion_time") or metadata.get("destroyed"):
+                return None
+            data = data.get("data")
+            if data is None:
+                return None
+        if not isinstance(data, dict):
+            raise self.error(f"secret {where} is not a key/value map")
+        log.debug("vault: read %s", where)
+        return where, data
+
+    def _wanted_secret(
+        self, kind: Kind, key: str, team_name: str | None = None
+    ) -> tuple[str, dict[str, Any]] | None:
+        """read_secret, after the lookup-pattern check (an id the patterns skip costs no request)."""
+        if not self.wants(kind, key):
+            return None
+        return self.read_secret(kind, key, team_name)
+
+    def _connection_data(self, conn_id: str, team_name: str | None) -> dict[str, Any] | None:
+        found = self._wanted_secret("connection", conn_id, team_name)
+        return None if found is None else found[1]
+
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        data = self._connection_data(conn_id, team_name)
+        if data is None:
+            return None
+        uri = data.get("conn_uri")
+        if uri:
+            return str(uri)
+        return json.dumps(data)
+
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
+        if self._connection_adapter is not None:
+            raw = self.get_conn_value(conn_id, team_name)
+            return None if raw is None else self.deserialize_connection(conn_id, raw)
+        data = self._connection_data(conn_id, team_name)
+        if data is None:
+            return None
+        from credpath.model import Connection
+
+        uri = data.get("conn_uri")
+        if uri:
+            # A description stored next to conn_uri survives (Airflow would drop it).
+            return Connection.from_uri(str(uri), conn_id=conn_id, description=data.get("description"))
+        return Connection.from_json(dict(data), conn_id=conn_id)
+
+    def _value(self, kind: Kind, key: str, team_name: str | None = None) -> str | None:
+        found = self._wanted_secret(kind, key, team_name)
+        if found is None:
+            return None
+        where, data = found
+        if "value" not in data:
+            keys = ", ".join(sorted(map(str, data))) or "none"
+            raise self.error(f"secret {where} has no 'value' key (keys present: {keys})")
+        value = data["value"]
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return self._value("variable", key, team_name)
+
+    def get_config(self, key: str) -> str | None:
+        return self._value("config", key)
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    def _writable(self, kind: Kind, key: str, deadline: Deadline) -> tuple[str, str, int]:
+        located = self._locate(kind, key)
+        if located is None:
+            setting = {
+                "connection": "connections_path",
+                "variable": "variables_path",
+                "config": "config_path",
+            }[kind]
+            if not self.paths[kind]:
+                raise self.config_error(f"{setting} is null, so {kind} writes are off")
+            raise self.config_error(f"{kind} id {key!r} is not a valid Vault path here")
+        mount, path = located
+        version = self._kv_version(mount, deadline)
+        if version is None:
+            raise self._deny(mount, path, "create")
+        return mount, path, version
+
+    def _write(self, kind: Kind, key: str, data: dict[str, Any], *, overwrite: bool) -> None:
+        self._guarded(lambda deadline: self._write_in(kind, key, data, overwrite, deadline))
+
+    def _post(self, mount: str, path: str, version: int, body: dict[str, Any], deadline: Deadline) -> Reply:
+        # Writes are never replayed: a lost answer may hide a write that happened.
+        return self._request(
+            "POST",
+            self._q(self._data_path(mount, path, version)),
+            deadline,
+            f"writing {self._where(mount, path)}",
+            body,
+            retry=False,
+        )
+
+    def _write_in(
+        self, kind: Kind, key: str, data: dict[str, Any], overwrite: bool, deadline: Deadline
+    ) -> None:
+        mount, path, version = self._writable(kind, key, deadline)
+        where = self._where(mount, path)
+        if version == 1:
+            if not overwrite and self._read_one(mount, path, deadline) is not None:
+                raise self.config_error(f"{kind} {key!r} already exists at {where}")
+            reply = self._post(mount, path, version, data, deadline)
+        else:
+            # overwrite=False is create-only, atomically on the server (check-and-set 0).
+            body: dict[str, Any] = {"data": data} if overwrite else {"data": data, "options": {"cas": 0}}
+            reply = self._post(mount, path, version, body, deadline)
+            if reply.status == 400 and "check-and-set" in reply.errors():
+                if not overwrite:
+                    raise self.config_error(f"{kind} {key!r} already exists at {where}")
+                # The mount (or secret) requires check-and-set (cas_required): overwrite the version there
+                # is now; a writer in between wins and nothing is overwritten.
+                current = self._current_version(mount, path, deadline)
+                reply = self._post(
+                    mount, path, version, {"data": data, "options": {"cas": current}}, deadline
+                )
+                if reply.status == 400 and "check-and-set" in reply.errors():
+                    raise WriteConflict(
+                        f"{self.label}: {where} changed since version {current}; not overwritten"
+                    )
+        self._raise_for_status(
+            reply, mount, path, "create/update", f"writing {where}", ok=(200, 204), with_server_errors=True
+        )
+        log.debug("vault: wrote %s", where)
+
+    def _current_version(self, mount: str, path: str, deadline: Deadline) -> int:
+        """KV v2 current version of a secret (0: never written), for a check-and-set write."""
+        what = f"reading metadata of {mount}/{path}"
+        reply = self._request("GET", self._q(f"{mount}/metadata/{path}"), deadline, what)
+        if reply.status == 404:
+            return 0
+        self._raise_for_status(reply, mount, path, "read", what)
+        return int((reply.json().get("data") or {}).get("current_version") or 0)
+
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
+    ) -> None:
+        """Vault keeps fields. ``serialization="json"`` (default) stores the connection's fields as the
+        secret's keys (lossless; what Airflow reads as JSON); ``"uri"`` stores ``conn_uri`` (plus
+        ``description``), as ``migrate --format uri`` asks. A backend with a ``connection_format`` writes
+        the secret in that shape."""
+        if not conn.conn_id:
+            raise self.config_error("set_connection needs a connection with a conn_id")
+        if serialization not in ("uri", "json"):
+            raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
+        if self._connection_adapter is not None:
+            data = json.loads(self._connection_adapter.to_value(conn))
+        elif serialization == "json":
+            data = conn.to_dict(include_conn_id=False, prune_empty=True)
+        else:
+            data = {"conn_uri": conn.get_uri()}
+            if conn.description:
+                data["description"] = conn.description
+        self._write("connection", conn.conn_id, data, overwrite=overwrite)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        self._write("variable", key, {"value": value}, overwrite=overwrite)
+
+    def _delete(self, kind: Kind, key: str) -> bool:
+        soft = self.settings.soft_delete
+
+        def run(deadline: Deadline) -> bool:
+            mount, path, version = self._writable(kind, key, deadline)
+            where = self._where(mount, path)
+            if version == 2 and not soft:
+                target = f"{mount}/metadata/{path}"  # every version and the metadata
+                existed = self._request("GET", self._q(target), deadline, f"reading {target}").status == 200
+            else:
+                target = self._data_path(mount, path, version)
+                existed = self._read_one(mount, path, deadline) is not None
+            if not existed:
+                return False
+            reply = self._request("DELETE", self._q(target), deadline, f"deleting {where}", retry=False)
+            self._raise_for_status(reply, mount, path, "delete", f"deleting {where}", ok=(200, 204))
+            log.debug("vault: deleted %s (%s)", where, "soft" if soft and version == 2 else "all versions")
+            return True
+
+        return self._guarded(run)
+
+    def delete_connection(self, conn_id: str) -> bool:
+        """Delete a connection; KV v2: every version and the metadata, or with the backend setting
+        ``soft_delete = true`` only the current version (kept by Vault, undeletable)."""
+        return self._delete("connection", conn_id)
+
+    def delete_variable(self, key: str) -> bool:
+        """Delete a variable (KV v2: as :meth:`delete_connection`, per ``soft_delete``)."""
+        return self._delete("variable", key)
+
+    # --- listing -----------------------------------------------------------------------------------
+
+    def _list_tree(self, mount: str, prefix: str, version: int, deadline: Deadline) -> list[str]:
+        base = f"{mount}/metadata/{prefix}" if version == 2 else f"{mount}/{prefix}"
+        found: list[str] = []
+        pending = [""]
+        while pending:
+            sub = pending.pop()
+            folder = f"{base}/{sub}" if prefix else f"{base}{sub}"
+            what = f"listing {mount}/{prefix}"
+            reply = self._request("LIST", self._q(folder.rstrip("/") + "/"), deadline, what)
+            if reply.status == 404:
+                continue
+            self._raise_for_status(reply, mount, f"{prefix}/{sub}".strip("/"), "list", what)
+            for entry in (reply.json().get("data") or {}).get("keys") or []:
+                if entry.endswith("/"):
+                    pending.append(sub + entry)
+                else:
+                    found.append(sub + entry)
+        return found
+
+    def _list(self, kind: Kind) -> list[str]:
+        prefixes = self.paths[kind]
+        if not prefixes:
+            return []
+
+        def run(deadline: Deadline) -> list[str]:
+            if self.mount_point is not None:
+                mounts = [self.mount_point]
+            else:
+                what = "listing the mounts visible to this token"
+                reply = self._request("GET", "sys/internal/ui/mounts", deadline, what)
+                if reply.status != 200:
+                    raise self.error(f"cannot list the mounts visible to this token (HTTP {reply.status})")
+                secret_mounts = (reply.json().get("data") or {}).get("secret") or {}
+                mounts = sorted(m.strip("/") for m, info in secret_mounts.items() if info.get("type") == "kv")
+            ids: set[str] = set()
+            for mount in mounts:
+                version = self._kv_version(mount, deadline)
+                if version is None:
+                    continue
+                for prefix in prefixes:  # every configured path, as reads try them all
+                    keys = self._list_tree(mount, prefix, version, deadline)
+                    ids.update(keys if self.mount_point else [f"{mount}/{k}" for k in keys])
+            return sorted(ids)
+
+        return self._guarded(run)
+
+    def list_connections(self) -> list[str]:
+        return self._list("connection")
+
+    def list_variables(self) -> list[str]:
+        return self._list("variable")
