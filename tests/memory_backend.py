@@ -13,6 +13,7 @@ from credpath.protocol import BaseBackend
 
 class MemoryBackend(BaseBackend):
     alias = "memory"
+    capabilities = frozenset({"write", "list"})
 
     def __init__(self, connections=None, variables=None, config=None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -41,7 +42,9 @@ class MemoryBackend(BaseBackend):
         self._maybe_fail()
         return self.config.get(key)
 
-    def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+    ) -> None:
         if not overwrite and conn.conn_id in self.connections:
             raise ConfigError(f"connection {conn.conn_id!r} exists")
         self.connections[conn.conn_id] = conn.get_uri()
@@ -67,10 +70,17 @@ class MemoryBackend(BaseBackend):
 class BatchMemoryBackend(MemoryBackend):
     """Adds the optional batch read, as the AWS backends have."""
 
+    capabilities = MemoryBackend.capabilities | {"batch"}
+
     def get_conn_values(self, ids: list[str]) -> dict[str, str]:
         self.calls.append(("get_conn_values", tuple(ids)))
         self._maybe_fail()
         return {i: self.connections[i] for i in ids if i in self.connections}
+
+    def get_variables(self, keys: list[str]) -> dict[str, str]:
+        self.calls.append(("get_variables", tuple(keys)))
+        self._maybe_fail()
+        return {k: self.variables[k] for k in keys if k in self.variables}
 
 
 class Unreachable(BackendError):
@@ -134,10 +144,17 @@ class GatedMemoryBackend(MemoryBackend):
 class PrefixMemoryBackend(MemoryBackend):
     """Adds prefix prefetch, as the AWS and SQL backends have."""
 
+    capabilities = MemoryBackend.capabilities | {"prefetch"}
+
     def prefetch_connections(self) -> dict[str, str]:
         self.calls.append(("prefetch_connections", None))
         self._maybe_fail()
         return dict(self.connections)
+
+    def prefetch_variables(self) -> dict[str, str]:
+        self.calls.append(("prefetch_variables", None))
+        self._maybe_fail()
+        return dict(self.variables)
 
 
 class TeamMemoryBackend(MemoryBackend):
@@ -200,3 +217,26 @@ class DownBackend(MemoryBackend):
 
     def check(self) -> str:
         raise self.fail_with
+
+
+class SettingMemoryBackend(MemoryBackend):
+    """A store with a constructor setting, as Azure's ``on_deleted``: every instance and its setting is
+    recorded in ``built`` (class-wide), so a CLI test can see how the command built the backend."""
+
+    built: list[SettingMemoryBackend] = []
+
+    def __init__(self, *args, on_deleted: str = "fail", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_deleted = on_deleted
+        self.written: list[tuple[str, str]] = []  # (key, the setting in force when it was written)
+        SettingMemoryBackend.built.append(self)
+
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        self.written.append((key, self.on_deleted))
+        super().set_variable(key, value, overwrite=overwrite)
+
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: str = "json"
+    ) -> None:
+        self.written.append((conn.conn_id, self.on_deleted))
+        super().set_connection(conn, overwrite=overwrite, serialization=serialization)

@@ -513,7 +513,7 @@ def _vault_backend(openbao: OpenBao, mount: str) -> Any:
     return VaultBackend(url=openbao.addr, token=openbao.root_token, mount_point=mount)
 
 
-def test_write_options_reach_the_destination_on_soft_deleted_azure_names(
+def test_the_destinations_own_setting_decides_on_soft_deleted_azure_names(
     azure_key_vault_harness: Any, tmp_path: Path
 ) -> None:
     source = _seed_metastore(tmp_path, 2, 0)
@@ -522,6 +522,9 @@ def test_write_options_reach_the_destination_on_soft_deleted_azure_names(
     destination.delete_connection("conn_0000")  # soft-deleted: a plain write is refused
     failed = migrate(source, destination, variables=False)
     assert [item.key for item in failed.failed] == ["conn_0000"]
-    report = migrate(source, destination, variables=False, write_options={"on_deleted": "recover"})
+    with pytest.raises(TypeError):  # store behaviour is a constructor setting, not a migration option
+        migrate(source, destination, variables=False, write_options={"on_deleted": "recover"})
+    destination = azure_key_vault_harness.make_backend(on_deleted="recover")
+    report = migrate(source, destination, variables=False)
     assert report.verified == 1 and not report.failed
     assert destination.get_connection("conn_0000").host == "db0.example.com"

@@ -934,18 +934,37 @@ def test_a_failing_backend_in_list_ids_is_reported_and_the_others_listed(caplog)
         sp.list_ids("connection")
 
 
-def test_unknown_write_options_are_refused_before_writing():
+def test_writes_take_no_store_options_and_a_team_only_where_writes_are_team_scoped():
+    # Store behaviour is a backend setting (issue 11 point 4): the search path's writes take none.
     store = MemoryBackend()
     sp = path(store)
     conn = Connection.from_uri(URI_A, conn_id="db")
-    with pytest.raises(ConfigError, match="has no write option\\(s\\) bogus, other"):
-        sp.set_connection(conn, bogus=1, other=2)
-    with pytest.raises(ConfigError, match="has no write option\\(s\\) bogus"):
-        sp.set_variable("k", "v", bogus=1)
+    with pytest.raises(TypeError):
+        sp.set_connection(conn, on_deleted="recover")  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match=r"backend 'b0' .*has no team-scoped writes"):
+        sp.set_connection(conn, team_name="blue")
+    with pytest.raises(ConfigError, match="has no team-scoped writes"):
+        sp.set_variable("k", "v", team_name="blue")
     assert store.connections == {} and store.variables == {}
     assert sp.set_connection(conn, overwrite=True) == "b0"
     with pytest.raises(ConfigError, match="no conn_id"):
         sp.set_connection(Connection(conn_type="x"))
+
+
+def test_set_connection_passes_the_serialization_to_the_store():
+    class Recording(MemoryBackend):
+        def set_connection(self, conn, *, overwrite=True, serialization="json"):
+            self.calls.append(("set_connection", serialization))
+            super().set_connection(conn, overwrite=overwrite, serialization=serialization)
+
+    store = Recording()
+    sp = path(store)
+    sp.set_connection(Connection.from_uri(URI_A, conn_id="db"), serialization="uri")
+    sp.set_connection(Connection.from_uri(URI_A, conn_id="db"))
+    assert [c for c in store.calls if c[0] == "set_connection"] == [
+        ("set_connection", "uri"),
+        ("set_connection", "json"),  # the store's default
+    ]
 
 
 def test_writes_go_to_the_metastore_first_else_the_first_writable():
@@ -1149,3 +1168,21 @@ def test_metrics_are_not_recorded_for_a_config_error_when_off(monkeypatch):
     with pytest.raises(ConfigError):
         path(bad).get_connection("db")
     assert seen == ["b0"]
+
+
+def test_backend_kwargs_override_a_configured_backends_settings():
+    from credpath.config import BackendSpec, Settings
+
+    settings = Settings(
+        backends=[
+            BackendSpec(
+                type="tests.memory_backend.SettingMemoryBackend", name="soft", kwargs={"on_deleted": "fail"}
+            )
+        ]
+    )
+    assert SearchPath.from_settings(settings).backend("soft").on_deleted == "fail"
+    built = SearchPath.from_settings(settings, backend_kwargs={"soft": {"on_deleted": "purge"}})
+    assert built.backend("soft").on_deleted == "purge"
+    assert settings.backends[0].kwargs == {"on_deleted": "fail"}  # the configuration is not changed
+    with pytest.raises(ConfigError, match="no backend named 'nope' in the search path"):
+        SearchPath.from_settings(settings, backend_kwargs={"nope": {"on_deleted": "purge"}})

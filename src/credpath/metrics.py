@@ -66,6 +66,9 @@ _auth: Counter[tuple[str, str]] = Counter()  # (event, backend)
 
 _OPERATIONS = {
     "_read": "get",
+    "read_batch": "batch_get",
+    "read_all": "prefetch",
+    "list_ids": "list",
     "get_conn_values": "batch_get",
     "get_variables": "batch_get",
     "prefetch_connections": "prefetch",
@@ -105,8 +108,8 @@ def _classify(func: Any, args: tuple[Any, ...]) -> tuple[str, str]:
     """(kind, operation) of a call ``SearchPath._call`` makes: ``_read(entry, kind, ...)``,
     ``call_backend_method(bound_method, ...)`` or a bound lister."""
     name = getattr(func, "__name__", "")
-    if name == "_read" and len(args) >= 2:
-        return str(args[1]), "get"
+    if name in ("_read", "read_batch", "read_all", "list_ids") and len(args) >= 2:  # (entry/backend, kind)
+        return str(args[1]), _OPERATIONS[name]
     if name == "call_backend_method" and args:
         name = getattr(args[0], "__name__", "")
     operation = _OPERATIONS.get(name, name or "call")

@@ -15,18 +15,18 @@
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from credpath import reading
 from credpath.errors import ConfigError, CredpathError
-from credpath.model import Connection
-from credpath.protocol import BaseBackend, can
+from credpath.model import Connection, Variable
+from credpath.protocol import Backend, BaseBackend, Serialization, supports
 
 log = logging.getLogger("credpath.migrate")
 
@@ -35,11 +35,9 @@ Action = Literal["add", "change", "unchanged", "skip", "conflict", "error"]
 OnConflict = Literal["skip", "overwrite", "fail"]
 ACTIONS: tuple[Action, ...] = ("add", "change", "unchanged", "skip", "conflict", "error")
 ON_CONFLICT: tuple[str, ...] = ("skip", "overwrite", "fail")
-FORMATS: tuple[str, ...] = ("uri", "json")
+FORMATS: tuple[Serialization, ...] = ("uri", "json")
 #: Ids per batch read handed to one worker (backends chunk further to their API limits).
-READ_CHUNK = 100
-#: Structured stores keep fields, so a serialisation format does not apply to them.
-_STRUCTURED = ("metastore",)
+READ_CHUNK = reading.READ_CHUNK
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, advance, total of the phase)
 
@@ -163,8 +161,8 @@ def matches(key: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return not any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude)
 
 
-def backend_name(backend: Any) -> str:
-    return getattr(backend, "name", None) or type(backend).__name__
+def backend_name(backend: Backend) -> str:
+    return reading.name_of(backend)
 
 
 class Migrator:
@@ -172,8 +170,8 @@ class Migrator:
 
     def __init__(
         self,
-        source: Any,
-        destination: Any,
+        source: Backend,
+        destination: Backend,
         *,
         connections: bool = True,
         variables: bool = True,
@@ -181,9 +179,8 @@ class Migrator:
         exclude: Sequence[str] = (),
         on_conflict: str = "skip",
         concurrency: int = 8,
-        connection_format: str = "json",
+        connection_format: Serialization = "json",
         progress: ProgressCallback | None = None,
-        write_options: Mapping[str, Any] | None = None,
     ) -> None:
         if source is destination:
             raise ConfigError("--from and --to are the same backend")
@@ -204,22 +201,9 @@ class Migrator:
         self.exclude = tuple(exclude)
         self.on_conflict = on_conflict
         self.concurrency = concurrency
-        self.connection_format = connection_format
+        self.connection_format: Serialization = connection_format
         self.progress = progress
         self._check_capabilities()
-        self._set_connection_kwargs = self._connection_write_kwargs() if "connection" in self.kinds else {}
-        self._set_variable_kwargs: dict[str, Any] = {}
-        # Store-specific write options (e.g. Azure's on_deleted) go to every write; refuse them up front
-        # where the destination has no such option, rather than failing every entry.
-        for key, value in (write_options or {}).items():
-            for kind in self.kinds:
-                method = getattr(self.destination, f"set_{kind}")
-                if not _accepts(method, key):
-                    raise ConfigError(
-                        f"--to: backend {backend_name(self.destination)!r} has no write option {key!r}"
-                    )
-                target = self._set_connection_kwargs if kind == "connection" else self._set_variable_kwargs
-                target[key] = value
 
     # --- options -------------------------------------------------------------------------------------
 
@@ -237,127 +221,39 @@ class Migrator:
     def _check_capabilities(self) -> None:
         src, dst = backend_name(self.source), backend_name(self.destination)
         for kind in self.kinds:
-            lister = f"list_{kind}s"
-            if not callable(getattr(self.source, lister, None)):
+            if not supports(self.source, "list"):
                 raise ConfigError(f"--from: backend {src!r} cannot list {kind}s, so it cannot be migrated")
-            writer = f"set_{kind}"
-            if not can(self.destination, writer) and not (
-                not isinstance(self.destination, BaseBackend)
-                and callable(getattr(self.destination, writer, None))
-            ):
+            if not supports(self.destination, "write"):
                 raise ConfigError(f"--to: backend {dst!r} cannot write {kind}s")
+        # credpath backends take the documented ``serialization``; a foreign object writes its own way.
+        self._serialization: dict[str, Any] = {"serialization": self.connection_format}
+        if not isinstance(self.destination, BaseBackend):
+            if "connection" in self.kinds and self.connection_format != "json":
+                raise ConfigError(
+                    f"--format {self.connection_format}: backend {dst!r} ({type(self.destination).__name__}) "
+                    "is not a credpath backend, so it has no serialization choice; use --format json"
+                )
+            self._serialization = {}
 
-    def _connection_write_kwargs(self) -> dict[str, Any]:
-        """How to ask the destination for the chosen serialisation (backends differ; see the report)."""
-        method = self.destination.set_connection
-        try:
-            params = inspect.signature(method).parameters
-        except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        if "serialization" in params:
-            return {"serialization": self.connection_format}
-        if "as_json" in params:
-            return {"as_json": self.connection_format == "json"}
-        alias = getattr(self.destination, "alias", "")
-        if alias in _STRUCTURED or self.connection_format == "json":
-            return {}  # fields in a database, or a string store that writes JSON anyway
-        raise ConfigError(
-            f"--format uri: backend {backend_name(self.destination)!r} "
-            f"({alias or type(self.destination).__name__}) writes connections as JSON only "
-            "(its set_connection has no serialization option); use --format json"
-        )
+    # --- reading (the one reader, credpath.reading) --------------------------------------------------
 
-    # --- reading -------------------------------------------------------------------------------------
-
-    def _list(self, backend: Any, kind: ItemKind) -> list[str]:
-        return list(getattr(backend, f"list_{kind}s")())
+    def _list(self, backend: Backend, kind: ItemKind) -> list[str]:
+        return reading.list_ids(backend, kind)
 
     def _read_many(
-        self, pool: ThreadPoolExecutor, backend: Any, kind: ItemKind, ids: list[str]
+        self, pool: ThreadPoolExecutor, backend: Backend, kind: ItemKind, ids: list[str]
     ) -> dict[str, tuple[Any, str | None] | BaseException | None]:
-        """{id: (value, description) | None (miss) | exception} using batches where the backend has them."""
+        """{id: (value, description) | None (miss) | exception}, batched where the backend can."""
         results: dict[str, tuple[Any, str | None] | BaseException | None] = dict.fromkeys(ids)
-        if not ids:
-            return results
-        batch = self._batch_reader(backend, kind)
-        futures: list[tuple[list[str], Future[Any]]] = []
-        if batch is not None:
-            for start in range(0, len(ids), READ_CHUNK):
-                chunk = ids[start : start + READ_CHUNK]
-                futures.append((chunk, pool.submit(batch, chunk)))
-            for chunk, future in futures:
-                try:
-                    found = future.result()
-                except Exception as exc:
-                    for key in chunk:
-                        results[key] = exc
-                    continue
-                for key, value in found.items():
-                    if key in results:
-                        results[key] = value
-        else:
-            single = self._single_reader(backend, kind)
-            singles = [(key, pool.submit(single, key)) for key in ids]
-            for key, future in singles:
-                try:
-                    results[key] = future.result()
-                except Exception as exc:
-                    results[key] = exc
+        found = reading.read_many(backend, kind, ids, records=True, pool=pool, chunk=READ_CHUNK)
+        for key, value in found.items():
+            if isinstance(value, BaseException):
+                results[key] = value
+            elif isinstance(value, Variable):
+                results[key] = (value.value, value.description)
+            else:
+                results[key] = (value, None)
         return results
-
-    def _batch_reader(self, backend: Any, kind: ItemKind) -> Callable[[list[str]], dict[str, Any]] | None:
-        if kind == "connection":
-            if callable(getattr(backend, "get_connections", None)):
-
-                def read_connections(chunk: list[str]) -> dict[str, Any]:
-                    return {k: (c, None) for k, c in backend.get_connections(chunk).items()}
-
-                return read_connections
-            if can(backend, "get_conn_values") and isinstance(backend, BaseBackend):
-
-                def read_values(chunk: list[str]) -> dict[str, Any]:
-                    out: dict[str, Any] = {}
-                    for key, raw in backend.get_conn_values(chunk).items():
-                        try:
-                            out[key] = (backend.deserialize_connection(key, raw), None)
-                        except Exception as exc:  # one malformed value fails its id only
-                            out[key] = exc
-                    return out
-
-                return read_values
-            return None
-        if callable(getattr(backend, "get_variable_records", None)):
-
-            def read_records(chunk: list[str]) -> dict[str, Any]:
-                return {k: (v.value, v.description) for k, v in backend.get_variable_records(chunk).items()}
-
-            return read_records
-        if can(backend, "get_variables"):
-
-            def read_variables(chunk: list[str]) -> dict[str, Any]:
-                return {k: (v, None) for k, v in backend.get_variables(chunk).items()}
-
-            return read_variables
-        return None
-
-    def _single_reader(self, backend: Any, kind: ItemKind) -> Callable[[str], tuple[Any, str | None] | None]:
-        from credpath.search_path import read_connection
-
-        if kind == "connection":
-
-            def read_one(key: str) -> tuple[Any, str | None] | None:
-                conn = read_connection(backend, key)
-                return None if conn is None else (conn, None)
-
-            return read_one
-
-        def read_variable(key: str) -> tuple[Any, str | None] | None:
-            value = backend.get_variable(key)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(f"variable {key!r}: the backend returned a {type(value).__name__}")
-            return None if value is None else (value, None)
-
-        return read_variable
 
     # --- plan ----------------------------------------------------------------------------------------
 
@@ -378,7 +274,7 @@ class Migrator:
         source_values = self._read_many(pool, self.source, kind, ids)
         # Listing the destination costs a few calls and spares one read per id it does not hold.
         existing = ids
-        if callable(getattr(self.destination, f"list_{kind}s", None)):
+        if supports(self.destination, "list"):
             present = set(self._list(self.destination, kind))
             existing = [k for k in ids if k in present]
         dest_values = self._read_many(pool, self.destination, kind, existing)
@@ -471,13 +367,15 @@ class Migrator:
         return report
 
     def _write(self, item: Item) -> None:
+        destination: Any = self.destination  # declares "write" (checked in __init__)
         if item.kind == "connection":
-            self.destination.set_connection(item.value, overwrite=True, **self._set_connection_kwargs)
+            destination.set_connection(item.value, overwrite=True, **self._serialization)
             return
-        kwargs: dict[str, Any] = dict(self._set_variable_kwargs)
-        if item.description and _accepts(self.destination.set_variable, "description"):
-            kwargs["description"] = item.description
-        self.destination.set_variable(item.key, item.value, overwrite=True, **kwargs)
+        keeps = isinstance(destination, BaseBackend) and destination.keeps_variable_descriptions
+        if item.description and keeps:
+            destination.set_variable(item.key, item.value, overwrite=True, description=item.description)
+            return
+        destination.set_variable(item.key, item.value, overwrite=True)
 
     def run(self, *, dry_run: bool = False) -> Report:
         plan = self.plan()
@@ -490,16 +388,9 @@ class Migrator:
             self.progress(phase, advance, total)
 
 
-def _accepts(method: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def migrate(
-    source: Any,
-    destination: Any,
+    source: Backend,
+    destination: Backend,
     *,
     dry_run: bool = False,
     **options: Any,

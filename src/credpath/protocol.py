@@ -1,31 +1,64 @@
-"""The one small protocol every backend speaks, and a base class with the shared plumbing.
+"""The backend contract: what a backend is, what it declares, and how every call site asks.
 
-Reads (Airflow's contract): ``get_conn_value(conn_id, team_name=None)``, ``get_variable(key,
-team_name=None)``, ``get_config(key)``, each returning the raw string or ``None`` on a miss. A miss is
-``None``; anything else that goes wrong raises :class:`credpath.errors.BackendError` (or a subclass) so the
-search path can apply ``on_error``; a wrong setting raises :class:`credpath.errors.ConfigError` and an
-authoritative refusal :class:`credpath.errors.AccessDenied` (both propagate through the search path).
+A backend written from this module alone works with the search path, ``credpath migrate``, prefetch,
+listing, import/export and the CLI. Subclass :class:`BaseBackend` (message voice, lookup patterns,
+connection parsing, the checks below), set ``alias`` and ``store_name``, implement the three reads, and
+declare what else it does in ``capabilities``. Call sites ask :func:`supports`, never the methods' presence.
+
+Reads (Airflow's contract, always): ``get_conn_value(conn_id, team_name=None) -> str | None``,
+``get_variable(key, team_name=None) -> str | None``, ``get_config(key) -> str | None`` (the base answers
+``None``). A miss is ``None``. ``get_connection(conn_id, team_name=None) -> Connection | None`` is derived
+from ``get_conn_value`` by the base class (parsed with ``connection_format``, else Airflow's URI/JSON rules).
+
+Capabilities (``capabilities: ClassVar[frozenset[Capability]]``), and the methods each one implies
+(checked when the class is defined: declaring one without overriding its methods is a ``TypeError``):
+
+- ``"write"``: ``set_connection(conn, *, overwrite=True, serialization="json") -> None``,
+  ``set_variable(key, value, *, overwrite=True) -> None``, ``delete_connection(conn_id) -> bool`` and
+  ``delete_variable(key) -> bool`` (True if something was deleted). This is the ONE write signature: no
+  other per-call options. ``serialization`` (:data:`Serialization`, "json" or "uri") is how a string store
+  keeps a connection: honour it with ``self.serialize_connection(conn, serialization)`` (which applies the
+  backend's ``connection_format`` first); a structured store accepts and ignores it. A team-scoped store
+  may add ``team_name: str | None = None`` (the owner), as its reads do. ``overwrite=False`` on an
+  existing id raises :class:`~credpath.errors.ConfigError` naming the id. Store behaviour (Azure's
+  ``on_deleted``, Vault's ``soft_delete``, ...) is a constructor setting, never a write argument.
+- ``"list"``: ``list_connections() -> list[str]`` and ``list_variables() -> list[str]``: sorted ids under
+  the backend's prefix (lookup patterns applied). Needed to be a migration source and to be exported.
+- ``"batch"``: ``get_conn_values(ids) -> dict[str, str]`` and ``get_variables(keys) -> dict[str, str]``:
+  hits only, one or a few store calls (``team_name`` keyword where the reads scope by team).
+- ``"prefetch"``: ``prefetch_connections() -> dict[str, str]`` and ``prefetch_variables()``: every value
+  under the backend's prefix (``credpath prefetch --prefix``).
+- ``"structured"``: the store keeps connection FIELDS (``description`` and what a URI cannot carry), not
+  one string: ``get_connection`` is overridden to return them natively and, with ``"batch"``,
+  ``get_connections(ids) -> dict[str, Connection]``. Where the store keeps variable descriptions, override
+  ``get_variable_record(key)`` / ``get_variable_records(keys)`` too (the base class derives them without
+  descriptions from ``get_variable`` / ``get_variables``).
+
+Without ``"batch"`` the reader (:mod:`credpath.reading`) reads one id at a time; without ``"list"`` a
+backend cannot be a migration source; without ``"write"`` it is never written to.
+
+Errors: a miss is ``None``, never an exception. A wrong setting, a missing client library
+(:class:`~credpath.errors.MissingDependency`), a wrong key or a malformed stored value raises
+:class:`~credpath.errors.ConfigError` (propagates through the search path); an authoritative refusal raises
+:class:`~credpath.errors.AccessDenied` (propagates, never retried); anything else that goes wrong raises
+:class:`~credpath.errors.BackendError` or a subclass (``BackendTimeout`` for a blown deadline): the
+search path applies ``on_error``, retries, its circuit breaker and stale-if-error. Build them with
+``self.error(msg)`` / ``self.config_error(msg)`` so every message reads "backend 'NAME' (Store): msg";
+name ids and settings, never a value.
 
 Multi-team (Airflow 3.2+, AIP-67): ``team_name`` is the team of the caller (``None``: no team). A backend
 that scopes by team declares the keyword on its reads (and batch reads); the search path passes it only to
 methods that declare ``team_name`` or ``**kwargs`` (:func:`call_backend_method`, Airflow's rule in
 ``airflow/_shared/secrets_backend/base.py``), so pre-3.2 style backends keep working and answer globally.
 
-Optional capabilities, discovered with ``hasattr``/``getattr`` by the search path, CLI and migration:
+Also optional (always present on the base class): ``prepare()`` (one-time start-up without network, timed
+apart by ``explain``), ``check() -> str`` (reachability and auth; a short safe description), ``close()``,
+``describe()``, and the class attributes ``cache_results`` (False: never cached), ``requires``/``extra``
+(a missing client is reported with its pip extra) and ``keeps_variable_descriptions`` (``set_variable``
+takes ``description=`` and migrations copy it).
 
-- writes: ``set_connection(conn, *, overwrite=True)``, ``set_variable(key, value, *, overwrite=True)``,
-  ``delete_connection(conn_id) -> bool``, ``delete_variable(key) -> bool``;
-- listing: ``list_connections() -> list[str]``, ``list_variables() -> list[str]`` (ids, sorted);
-- batches: ``get_conn_values(ids) -> dict[str, str]`` and ``get_variables(keys) -> dict[str, str]``
-  (hits only), ``prefetch_connections() -> dict[str, str]`` / ``prefetch_variables()`` (everything under
-  the backend's prefix, for cache warm-up);
-- ``get_connection(conn_id, team_name=None) -> Connection | None`` for backends that hold structured
-  connections (``description``, non-Airflow formats); the base class derives it from ``get_conn_value``;
-- ``check() -> str`` (reachability and auth; returns a short safe description) and ``close()``;
-- ``prepare()`` (one-time start-up without network, timed apart by ``explain``) and the ``cache_results``
-  class attribute (False: the search path never caches this backend's answers).
-
-Writes with ``overwrite=False`` raise :class:`credpath.errors.ConfigError` if the id exists.
+A foreign, Airflow-style object (no credpath base class, the three reads only: :class:`SecretsBackend`)
+is accepted everywhere a :data:`Backend` is; :func:`supports` alone looks at its methods.
 """
 
 from __future__ import annotations
@@ -35,12 +68,22 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    TypeAlias,
+    TypedDict,
+    Unpack,
+    runtime_checkable,
+)
 
 from credpath.errors import BackendError, ConfigError, MissingDependency, ReadOnlyBackend
 
 if TYPE_CHECKING:
-    from credpath.model import Connection
+    from credpath.model import Connection, Variable
 
 Kind = Literal["connection", "variable", "config"]
 KINDS: tuple[Kind, ...] = ("connection", "variable", "config")
@@ -65,6 +108,8 @@ Serialization = Literal["json", "uri"]
 
 @runtime_checkable
 class SecretsBackend(Protocol):
+    """An Airflow-style "roll your own" backend: the three reads, no credpath base class."""
+
     def get_conn_value(self, conn_id: str) -> str | None: ...
 
     def get_variable(self, key: str) -> str | None: ...
@@ -168,6 +213,13 @@ class BaseBackend:
     #: False for stores whose reads cost microseconds and may change under the process (environment
     #: variables, a re-read file): the search path then never serves them from its cache.
     cache_results: ClassVar[bool] = True
+    #: True for stores that keep a variable's description: ``set_variable`` then takes
+    #: ``description: str | None = None`` (keyword) and a migration copies descriptions into it.
+    keeps_variable_descriptions: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_capabilities(cls)
 
     # The configured name ("prod-sm"), set by the registry before ``__init__`` runs, so that even
     # construction errors name the backend the user wrote; defaults to the alias.
@@ -257,6 +309,26 @@ class BaseBackend:
             return None
         return self.deserialize_connection(conn_id, raw)
 
+    def get_variable_record(self, key: str, team_name: str | None = None) -> Variable | None:
+        """The variable with its description; the default has none (structured stores override it)."""
+        value = call_backend_method(self.get_variable, key, team_name=team_name)
+        if value is None:
+            return None
+        from credpath.model import Variable
+
+        return Variable(key, value)
+
+    def get_variable_records(self, keys: list[str], *, team_name: str | None = None) -> dict[str, Variable]:
+        """Hits among ``keys`` with descriptions; the default wraps ``get_variables`` ("batch") or reads
+        one key at a time, without descriptions (structured stores override it)."""
+        from credpath.model import Variable
+
+        if "batch" in type(self).capabilities:
+            values = call_backend_method(self.get_variables, keys, team_name=team_name)  # type: ignore[attr-defined]
+            return {key: Variable(key, value) for key, value in values.items()}
+        found = {key: self.get_variable_record(key, team_name=team_name) for key in keys}
+        return {key: record for key, record in found.items() if record is not None}
+
     def deserialize_connection(self, conn_id: str, value: str) -> Connection:
         from credpath.model import Connection
 
@@ -264,7 +336,7 @@ class BaseBackend:
             return self._connection_adapter(conn_id, value)
         return Connection.from_value(value, conn_id=conn_id)
 
-    def serialize_connection(self, conn: Connection, serialization: str = "json") -> str:
+    def serialize_connection(self, conn: Connection, serialization: Serialization = "json") -> str:
         """The string a store keeps for ``conn``: its ``connection_format``, else the URI or JSON form."""
         if self._connection_adapter is not None:
             return self._connection_adapter.to_value(conn)
@@ -274,12 +346,14 @@ class BaseBackend:
             return conn.get_uri()
         raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
 
-    # --- optional capabilities: defaults say "not supported" ----------------------------------------
+    # --- "write": defaults say "not supported" (declare "write" and override all four) -------------------
 
     def _unsupported(self, operation: str) -> ReadOnlyBackend:
         return ReadOnlyBackend(f"{self.label} cannot {operation}")
 
-    def set_connection(self, conn: Connection, *, overwrite: bool = True) -> None:
+    def set_connection(
+        self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
+    ) -> None:
         raise self._unsupported("write connections")
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
@@ -317,32 +391,63 @@ class BaseBackend:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-_FOREIGN_CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
+#: The methods each capability implies (see the module docstring).
+CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
     "write": ("set_connection", "set_variable", "delete_connection", "delete_variable"),
     "list": ("list_connections", "list_variables"),
     "batch": ("get_conn_values", "get_variables"),
     "prefetch": ("prefetch_connections", "prefetch_variables"),
-    "structured": ("get_connections",),
+    "structured": ("get_connection",),
 }
 
 
+def required_methods(capabilities: Iterable[Capability]) -> list[str]:
+    """The methods a class declaring ``capabilities`` must implement (override, for BaseBackend's)."""
+    declared = set(capabilities)
+    methods = [m for c in CAPABILITIES if c in declared for m in CAPABILITY_METHODS[c]]
+    if {"structured", "batch"} <= declared:
+        methods.append("get_connections")
+    return methods
+
+
+def check_capabilities(cls: type) -> None:
+    """Raise TypeError if ``cls`` declares an unknown capability or one whose methods it does not
+    override (a BaseBackend default that refuses, or no method at all). Run for every BaseBackend
+    subclass when it is defined, so a wrong declaration fails at import, not at the first migration."""
+    declared = getattr(cls, "capabilities", frozenset())
+    unknown = sorted(str(c) for c in declared if c not in CAPABILITIES)
+    if unknown:
+        raise TypeError(
+            f"{cls.__qualname__}.capabilities: unknown capability {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(CAPABILITIES)}"
+        )
+    missing = [
+        m
+        for m in required_methods(declared)
+        if not callable(getattr(cls, m, None)) or getattr(cls, m) is getattr(BaseBackend, m, None)
+    ]
+    if missing:
+        raise TypeError(
+            f"{cls.__qualname__} declares capabilities {', '.join(sorted(declared))} but does not implement "
+            f"{', '.join(missing)} (see credpath.protocol for the methods each capability implies)"
+        )
+
+
+#: What every call site takes: a credpath backend, or a foreign Airflow-style object with the three reads.
+Backend: TypeAlias = "BaseBackend | SecretsBackend"
+
+
 def supports(backend: object, capability: Capability) -> bool:
-    """Whether ``backend`` can do ``capability``: its declaration for credpath backends; for a foreign
-    (Airflow-style) object that declares nothing, whether it has the capability's methods."""
+    """Whether ``backend`` can do ``capability``: its declaration for credpath backends (and any class
+    that declares ``capabilities``); for a foreign (Airflow-style) object that declares nothing, whether it
+    has the capability's methods (for "structured": ``get_connections``, a batch of Connection objects)."""
     if isinstance(backend, BaseBackend):
         return capability in type(backend).capabilities
     declared = getattr(type(backend), "capabilities", None)
     if isinstance(declared, frozenset | set | tuple):
         return capability in declared
-    return all(callable(getattr(backend, m, None)) for m in _FOREIGN_CAPABILITY_METHODS[capability])
-
-
-def can(backend: object, operation: str) -> bool:
-    """True if ``backend`` really implements ``operation`` (not BaseBackend's 'unsupported' default)."""
-    method = getattr(type(backend), operation, None)
-    if method is None:
-        return False
-    return getattr(BaseBackend, operation, None) is not method
+    methods = ("get_connections",) if capability == "structured" else CAPABILITY_METHODS[capability]
+    return all(callable(getattr(backend, m, None)) for m in methods)
 
 
 def iter_ids(values: Iterable[str]) -> list[str]:

@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
 from credpath import metrics as _metrics
+from credpath import reading
 from credpath.cache import ABSENT, CacheSettings, TTLCache
 from credpath.config import BackendSpec, Settings, load_settings
 from credpath.errors import (
@@ -31,7 +32,17 @@ from credpath.errors import (
 )
 from credpath.masking import Masker, default_masker, install_log_masking
 from credpath.model import Connection, is_sensitive_name
-from credpath.protocol import KINDS, BaseBackend, Kind, call_backend_method, can, compile_lookup_pattern
+from credpath.protocol import (
+    KINDS,
+    Backend,
+    BaseBackend,
+    Kind,
+    Serialization,
+    accepts_team_name,
+    compile_lookup_pattern,
+    supports,
+)
+from credpath.reading import as_connection, read_connection  # noqa: F401  (the reader owns them)
 from credpath.resilience import BreakerSettings, CircuitBreaker, SingleFlight
 
 log = logging.getLogger("credpath.search_path")
@@ -104,7 +115,7 @@ class Explanation:
 @dataclass
 class Entry:
     name: str
-    backend: Any
+    backend: Backend
     patterns: dict[Kind, Any]
     on_error: str = "skip"
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(""))
@@ -148,7 +159,7 @@ class SearchPath:
 
     def __init__(
         self,
-        backends: Iterable[Any] = (),
+        backends: Iterable[Backend | tuple[str, Backend] | BackendSpec] = (),
         *,
         cache: CacheSettings | TTLCache | bool | None = True,
         masker: Masker | None = None,
@@ -190,16 +201,46 @@ class SearchPath:
     # --- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> SearchPath:
+    def from_config(
+        cls,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> SearchPath:
         settings = load_settings(path, env)
-        return cls.from_settings(settings)
+        return cls.from_settings(settings, backend_kwargs=backend_kwargs)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> SearchPath:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> SearchPath:
+        """The configured search path; ``backend_kwargs`` ({backend name: {kwarg: value}}) overrides
+        configured backends' kwargs: how a CLI flag that is a store setting (``--on-deleted``) builds the
+        backend with it."""
         kwargs.setdefault("breaker", settings.breaker)
-        return cls(settings.backends, cache=settings.cache, **kwargs)
+        specs = list(settings.backends)
+        if backend_kwargs:
+            names = [spec.name for spec in specs]
+            unknown = sorted(set(backend_kwargs) - set(names))
+            if unknown:
+                raise ConfigError(
+                    f"no backend named {unknown[0]!r} in the search path (have: {', '.join(names)})"
+                )
+            specs = [
+                replace(spec, kwargs={**spec.kwargs, **backend_kwargs[spec.name]})
+                if spec.name in backend_kwargs
+                else spec
+                for spec in specs
+            ]
+        return cls(specs, cache=settings.cache, **kwargs)
 
-    def _add(self, item: Any) -> None:
+    def _add(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
+        backend: Backend
         if isinstance(item, BackendSpec):
             from credpath.registry import create_backend
 
@@ -212,16 +253,19 @@ class SearchPath:
             on_error, raw_patterns = "skip", {}
         else:
             backend = item
-            name = getattr(backend, "name", None) or type(backend).__name__
+            name = reading.name_of(backend)
             on_error, raw_patterns = "skip", {}
         if any(e.name == name for e in self.entries):
             raise ConfigError(f"duplicate backend name {name!r} in the search path")
+        patterns: dict[Kind, Any] = {}
+        cache_results = True
         if isinstance(backend, BaseBackend):
             backend.name = name
             label = backend.label
+            patterns.update(backend.lookup_patterns)
+            cache_results = type(backend).cache_results
         else:
             label = f"backend {name!r}"
-        patterns: dict[Kind, Any] = dict(getattr(backend, "lookup_patterns", None) or {})
         for kind in KINDS:
             if raw_patterns.get(kind) is not None:
                 patterns[kind] = compile_lookup_pattern(raw_patterns[kind], f"{label}: {kind} lookup pattern")
@@ -232,7 +276,7 @@ class SearchPath:
                 patterns=patterns,
                 on_error=on_error,
                 breaker=CircuitBreaker(name, self.breaker_settings),
-                cache_results=bool(getattr(backend, "cache_results", True)),
+                cache_results=bool(cache_results),
                 label=label,
             )
         )
@@ -251,7 +295,7 @@ class SearchPath:
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
 
-    def backend(self, name: str) -> Any:
+    def backend(self, name: str) -> Backend:
         return self._entry(name).backend
 
     def _entry(self, name: str) -> Entry:
@@ -268,8 +312,9 @@ class SearchPath:
         if self.shared is not None:
             self.shared.flush()
         for entry in self.entries:
-            close = getattr(entry.backend, "close", None)
-            if callable(close):
+            if isinstance(entry.backend, BaseBackend):
+                entry.backend.close()
+            elif callable(close := getattr(entry.backend, "close", None)):  # a foreign object may have one
                 close()
 
     # --- reads -------------------------------------------------------------------------------------
@@ -470,9 +515,8 @@ class SearchPath:
             try:
                 if explanation is not None:
                     state = entry.breaker.describe()
-                    prepare = getattr(entry.backend, "prepare", None)
-                    if callable(prepare):
-                        prepare()  # one-time start-up, timed apart from the lookup
+                    if isinstance(entry.backend, BaseBackend):
+                        entry.backend.prepare()  # one-time start-up, timed apart from the lookup
                     startup = time.perf_counter() - started
                     started = time.perf_counter()
                 value = self._call(entry, self._read, entry, kind, key, team)
@@ -538,19 +582,8 @@ class SearchPath:
         return None
 
     def _read(self, entry: Entry, kind: Kind, key: str, team: str | None) -> Any:
-        backend = entry.backend
-        if kind == "connection":
-            return read_connection(backend, key, team_name=team)
-        method = getattr(backend, "get_variable" if kind == "variable" else "get_config", None)
-        if not callable(method):
-            return None
-        value = call_backend_method(method, key, team_name=team)
-        if value is not None and not isinstance(value, str):
-            raise BackendError(
-                f"{entry.label}: returned a {type(value).__name__} for {kind} {key!r}, not a string",
-                backend=entry.name,
-            )
-        return value
+        """The plain read of one id (:func:`credpath.reading.read`); callers wrap it in :meth:`_call`."""
+        return reading.read(entry.backend, kind, key, team_name=team, name=entry.name)
 
     # --- the error policy --------------------------------------------------------------------------
 
@@ -736,7 +769,6 @@ class SearchPath:
                     self._adopt((kind, i, team), entry)
                     remaining.remove(i)
         errored: set[str] = set()
-        batch_method = "get_conn_values" if kind == "connection" else "get_variables"
         for entry in self.entries:
             if not remaining:
                 break
@@ -744,29 +776,20 @@ class SearchPath:
             if not wanted:
                 continue
             found: dict[str, Any] = {}
-            if can(entry.backend, batch_method):
+            if reading.batched(entry.backend, kind):
                 try:
-                    raw = self._call(
-                        entry,
-                        call_backend_method,
-                        getattr(entry.backend, batch_method),
-                        wanted,
-                        team_name=team,
-                    )
+                    batch = self._call(entry, reading.read_batch, entry.backend, kind, wanted, team_name=team)
                 except Exception as exc:
                     self._failure(entry, exc, f"a batch read of {len(wanted)} {kind}(s)")
                     errored.update(wanted)
                     report.errors += len(wanted)
                     continue
-                for key, value in raw.items():
-                    if kind == "connection":
-                        try:
-                            value = _deserialize(entry.backend, key, value)
-                        except Exception as exc:
-                            self._failure(entry, exc, _what(kind, key, team))
-                            errored.add(key)
-                            report.errors += 1
-                            continue
+                for key, value in batch.items():
+                    if isinstance(value, BaseException):  # this id's value could not be parsed
+                        self._failure(entry, value, _what(kind, key, team))
+                        errored.add(key)
+                        report.errors += 1
+                        continue
                     found[key] = value
             else:
                 for key in wanted:
@@ -793,15 +816,12 @@ class SearchPath:
 
     def _prefetch_prefix(self, kind: Kind, team: str | None) -> PrefetchReport:
         report = PrefetchReport()
-        method = "prefetch_connections" if kind == "connection" else "prefetch_variables"
         known: list[tuple[Entry, dict[str, Any] | None]] = []  # per earlier backend: its full set, or None
         for entry in self.entries:
             values: dict[str, Any] | None = None
-            if can(entry.backend, method):
+            if supports(entry.backend, "prefetch"):
                 try:
-                    values = self._call(
-                        entry, call_backend_method, getattr(entry.backend, method), team_name=team
-                    )
+                    values = self._call(entry, reading.read_all, entry.backend, kind, team_name=team)
                 except Exception as exc:
                     # Later backends' values could be shadowed by this one's: stop here.
                     self._failure(entry, exc, f"a prefix prefetch of {kind}s", then="stopping the prefetch")
@@ -810,13 +830,10 @@ class SearchPath:
                 for key, value in values.items():
                     if not entry.wants(kind, key) or self._shadowed(kind, key, team, known):
                         continue
-                    if kind == "connection":
-                        try:
-                            value = _deserialize(entry.backend, key, value)
-                        except Exception as exc:
-                            self._failure(entry, exc, _what(kind, key, team))
-                            report.errors += 1
-                            continue
+                    if isinstance(value, BaseException):  # this id's value could not be parsed
+                        self._failure(entry, value, _what(kind, key, team))
+                        report.errors += 1
+                        continue
                     self._register_secrets(kind, key, value)
                     if entry.cache_results:
                         self._put((kind, key, team), Resolution(value, entry.name))
@@ -847,57 +864,78 @@ class SearchPath:
     # --- writes ------------------------------------------------------------------------------------
 
     def writable_backend(self, to: str | None, operation: str = "set_connection") -> Entry:
+        """The entry a write goes to: ``to``, else Airflow's metastore, else the first backend that declares
+        "write". ``operation`` (``set_connection``, ``delete_variable``, ...) only words the refusal."""
         does = _OPERATIONS.get(operation, operation.replace("_", " "))
         if to is not None:
             entry = self._entry(to)
-            if not can(entry.backend, operation):
+            if not supports(entry.backend, "write"):
                 raise ReadOnlyBackend(f"{entry.label} cannot {does}")
             return entry
         for entry in self.entries:  # Airflow writes to the metastore; credpath to the first writable store
-            if entry.name == "metastore" and can(entry.backend, operation):
+            if entry.name == "metastore" and supports(entry.backend, "write"):
                 return entry
         for entry in self.entries:
-            if can(entry.backend, operation):
+            if supports(entry.backend, "write"):
                 return entry
         raise ReadOnlyBackend(f"no backend in the search path can {does}")
 
     def set_connection(
-        self, conn: Connection, *, to: str | None = None, overwrite: bool = True, **options: Any
+        self,
+        conn: Connection,
+        *,
+        to: str | None = None,
+        overwrite: bool = True,
+        serialization: Serialization | None = None,
+        team_name: str | None = None,
     ) -> str:
-        """Write to backend ``to`` (default: metastore, else the first writable); ``options`` are the
-        store's own write options (e.g. Azure's ``on_deleted``), refused if the store has no such option."""
+        """Write ``conn`` to backend ``to`` (default: metastore, else the first writable); returns its name.
+
+        ``serialization`` is how a string store keeps it (structured stores ignore it; unset: the store's
+        default, JSON for credpath's own). ``team_name`` is
+        the owner, for a store whose writes are team-scoped (the metastore); other stores refuse it.
+        Store behaviour (e.g. Azure's ``on_deleted``) is the backend's own setting, not a write option."""
         if not conn.conn_id:
             raise ConfigError("connection has no conn_id")
         entry = self.writable_backend(to, "set_connection")
-        _check_write_options(entry, "set_connection", options)
+        options: dict[str, Any] = _team_kwargs(entry, entry.backend.set_connection, team_name)  # type: ignore[union-attr]
+        if serialization is not None:  # unset: a foreign store's set_connection need not know the keyword
+            options["serialization"] = serialization
         with self._write_lock:
-            entry.backend.set_connection(conn, overwrite=overwrite, **options)
+            entry.backend.set_connection(conn, overwrite=overwrite, **options)  # type: ignore[union-attr]
             self._invalidate("connection", conn.conn_id)
         return entry.name
 
     def set_variable(
-        self, key: str, value: str, *, to: str | None = None, overwrite: bool = True, **options: Any
+        self,
+        key: str,
+        value: str,
+        *,
+        to: str | None = None,
+        overwrite: bool = True,
+        team_name: str | None = None,
     ) -> str:
+        """Write a variable to backend ``to`` (default as :meth:`set_connection`); returns its name."""
         if not isinstance(value, str):
             raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
         entry = self.writable_backend(to, "set_variable")
-        _check_write_options(entry, "set_variable", options)
+        team = _team_kwargs(entry, entry.backend.set_variable, team_name)  # type: ignore[union-attr]
         with self._write_lock:
-            entry.backend.set_variable(key, value, overwrite=overwrite, **options)
+            entry.backend.set_variable(key, value, overwrite=overwrite, **team)  # type: ignore[union-attr]
             self._invalidate("variable", key)
         return entry.name
 
     def delete_connection(self, conn_id: str, *, to: str | None = None) -> str | None:
         entry = self.writable_backend(to, "delete_connection")
         with self._write_lock:
-            deleted = entry.backend.delete_connection(conn_id)
+            deleted = entry.backend.delete_connection(conn_id)  # type: ignore[union-attr]
             self._invalidate("connection", conn_id)
         return entry.name if deleted else None
 
     def delete_variable(self, key: str, *, to: str | None = None) -> str | None:
         entry = self.writable_backend(to, "delete_variable")
         with self._write_lock:
-            deleted = entry.backend.delete_variable(key)
+            deleted = entry.backend.delete_variable(key)  # type: ignore[union-attr]
             self._invalidate("variable", key)
         return entry.name if deleted else None
 
@@ -907,17 +945,15 @@ class SearchPath:
         """Every id of ``kind`` the backends can list: a :class:`Listing` ``(found, cannot_list)`` with
         ``.failed``, the backends that failed to list (AccessDenied/ConfigError propagate; on_error="fail"
         raises)."""
-        method = "list_connections" if kind == "connection" else "list_variables"
         found: dict[str, list[str]] = {}
         cannot: list[str] = []
         failed: dict[str, str] = {}
         for entry in self.entries:
-            lister = getattr(entry.backend, method, None)
-            if not callable(lister):
+            if not supports(entry.backend, "list"):
                 cannot.append(entry.name)
                 continue
             try:
-                ids = self._call(entry, lister)
+                ids = self._call(entry, reading.list_ids, entry.backend, kind)
             except ReadOnlyBackend:
                 cannot.append(entry.name)
                 continue
@@ -964,59 +1000,14 @@ def _named(entry: Entry, error: BaseException) -> str:
     return f"{entry.label}: {message}"
 
 
-def _check_write_options(entry: Entry, method: str, options: Mapping[str, Any]) -> None:
-    if not options:
-        return
-    import inspect
-
-    params = inspect.signature(getattr(entry.backend, method)).parameters
-    unknown = sorted(k for k in options if k not in params)
-    if unknown:
-        raise ConfigError(f"{entry.label} has no write option(s) {', '.join(unknown)}")
-
-
-def read_connection(backend: Any, conn_id: str, *, team_name: str | None = None) -> Connection | None:
-    """Read one connection from any backend: credpath's own, or an Airflow-style "roll your own" class.
-
-    ``team_name`` is passed only to methods that accept it (Airflow's rule)."""
-    if isinstance(backend, BaseBackend):
-        return call_backend_method(backend.get_connection, conn_id, team_name=team_name)  # type: ignore[no-any-return]
-    get_value = getattr(backend, "get_conn_value", None)
-    if callable(get_value):
-        raw = call_backend_method(get_value, conn_id, team_name=team_name)
-        return None if raw is None else Connection.from_value(raw, conn_id=conn_id)
-    get_conn = getattr(backend, "get_connection", None)
-    if callable(get_conn):
-        return as_connection(call_backend_method(get_conn, conn_id, team_name=team_name), conn_id)
-    return None
-
-
-def as_connection(obj: Any, conn_id: str) -> Connection | None:
-    """Convert a foreign connection object (e.g. Airflow's) by its attributes."""
-    if obj is None or isinstance(obj, Connection):
-        return obj
-    if isinstance(obj, str):
-        return Connection.from_value(obj, conn_id=conn_id)
-    extra = getattr(obj, "extra", None)
-    return Connection(
-        conn_id=conn_id,
-        conn_type=getattr(obj, "conn_type", None),
-        description=getattr(obj, "description", None),
-        host=getattr(obj, "host", None),
-        login=getattr(obj, "login", None),
-        password=getattr(obj, "password", None),
-        schema=getattr(obj, "schema", None),
-        port=getattr(obj, "port", None),
-        extra=extra if extra else None,
-    )
-
-
-def _deserialize(backend: Any, conn_id: str, value: Any) -> Connection:
-    if isinstance(value, Connection):
-        return value.with_id(conn_id)
-    if isinstance(backend, BaseBackend):
-        return backend.deserialize_connection(conn_id, value)
-    return Connection.from_value(value, conn_id=conn_id)
+def _team_kwargs(entry: Entry, method: Callable[..., Any], team_name: str | None) -> dict[str, str]:
+    """``{"team_name": ...}`` for a write to a team-scoped store; a store without owners refuses a team
+    (one line naming the backend) rather than writing a global entry the caller meant for one team."""
+    if team_name is None:
+        return {}
+    if not accepts_team_name(method):
+        raise ConfigError(f"{entry.label} has no team-scoped writes (team_name)")
+    return {"team_name": team_name}
 
 
 def _safe_error(exc: BaseException) -> str:

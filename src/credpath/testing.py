@@ -38,7 +38,14 @@ import pytest
 
 from credpath.errors import ConfigError, CredpathError, ReadOnlyBackend
 from credpath.model import Connection
-from credpath.protocol import can
+from credpath.protocol import (
+    CAPABILITIES,
+    CAPABILITY_METHODS,
+    BaseBackend,
+    Capability,
+    check_capabilities,
+    supports,
+)
 
 __all__ = [
     "API_KEY",
@@ -69,11 +76,28 @@ def seed_or_skip(harness: Any, kind: str, key: str, raw: str) -> None:
         pytest.skip(f"harness cannot seed {kind}: {type(exc).__name__}")
 
 
-def require(backend: Any, *operations: str) -> None:
-    """Skip unless ``backend`` implements every one of ``operations`` (writes, listing, deletes)."""
-    missing = [op for op in operations if not can(backend, op)]
+_CAPABILITY_OF = {method: c for c, methods in CAPABILITY_METHODS.items() for method in methods}
+
+
+def require(backend: Any, *capabilities: str) -> None:
+    """Skip unless ``backend`` declares every one of ``capabilities`` ("write", "list", ...; a method
+    name such as ``set_connection`` stands for the capability that implies it)."""
+    wanted: list[Capability] = []
+    for name in capabilities:
+        capability = name if name in CAPABILITIES else _CAPABILITY_OF.get(name)
+        if capability is None:
+            raise ValueError(f"unknown capability {name!r}; known: {', '.join(CAPABILITIES)}")
+        wanted.append(capability)  # type: ignore[arg-type]
+    missing = [c for c in wanted if not supports(backend, c)]
     if missing:
-        pytest.skip(f"{type(backend).__name__} does not support {', '.join(missing)}")
+        pytest.skip(f"{type(backend).__name__} does not declare {', '.join(missing)}")
+
+
+def _has_config(backend: Any) -> bool:
+    """Config lookups are an optional read: the base class answers None for every key."""
+    if isinstance(backend, BaseBackend):
+        return type(backend).get_config is not BaseBackend.get_config
+    return callable(getattr(backend, "get_config", None))
 
 
 class NoNetwork:
@@ -189,7 +213,7 @@ class BackendContract:
 
     def test_config_where_supported(self, harness: Any) -> None:
         backend = harness.make_backend()
-        if not can(backend, "get_config"):
+        if not _has_config(backend):
             pytest.skip(f"{type(backend).__name__} has no config lookups")
         key = new_id("cfg")
         seed_or_skip(harness, "config", key, "sql_alchemy_conn_value")
@@ -249,7 +273,7 @@ class BackendContract:
 
     def test_connection_write_read_list_delete(self, harness: Any) -> None:
         backend = harness.make_backend()
-        require(backend, "set_connection")
+        require(backend, "write")
         conn_id = new_id("w")
         conn = Connection(
             conn_id=conn_id,
@@ -271,18 +295,17 @@ class BackendContract:
         assert conn_id in str(info.value) and PASSWORD not in str(info.value)
         backend.set_connection(Connection(conn_id=conn_id, conn_type="postgres", host="db2.example.com"))
         assert backend.get_connection(conn_id).host == "db2.example.com"
-        if can(backend, "list_connections"):
+        if supports(backend, "list"):
             assert conn_id in backend.list_connections()
-        if can(backend, "delete_connection"):
-            assert backend.delete_connection(conn_id) is True
-            assert backend.get_conn_value(conn_id) is None
-            assert backend.delete_connection(conn_id) is False
-            if can(backend, "list_connections"):
-                assert conn_id not in backend.list_connections()
+        assert backend.delete_connection(conn_id) is True
+        assert backend.get_conn_value(conn_id) is None
+        assert backend.delete_connection(conn_id) is False
+        if supports(backend, "list"):
+            assert conn_id not in backend.list_connections()
 
     def test_variable_write_read_list_delete(self, harness: Any) -> None:
         backend = harness.make_backend()
-        require(backend, "set_variable")
+        require(backend, "write")
         key, other = new_id("wv"), new_id("wv")
         backend.set_variable(key, "value-s3cr3t-1")
         backend.set_variable(other, "plain")
@@ -292,19 +315,18 @@ class BackendContract:
         assert backend.get_variable(key) == "value-s3cr3t-1"
         backend.set_variable(key, "value-s3cr3t-3")
         assert backend.get_variable(key) == "value-s3cr3t-3"
-        if can(backend, "list_variables"):
+        if supports(backend, "list"):
             listed = backend.list_variables()
             assert {key, other} <= set(listed)
             assert listed == sorted(listed)
-        if can(backend, "delete_variable"):
-            assert backend.delete_variable(key) is True
-            assert backend.get_variable(key) is None
-            assert backend.get_variable(other) == "plain"
-            assert backend.delete_variable(key) is False
+        assert backend.delete_variable(key) is True
+        assert backend.get_variable(key) is None
+        assert backend.get_variable(other) == "plain"
+        assert backend.delete_variable(key) is False
 
     def test_listing_sees_seeded_ids_only_under_its_prefix(self, harness: Any) -> None:
         backend = harness.make_backend()
-        require(backend, "list_connections", "list_variables")
+        require(backend, "list")
         # Letters and digits only: Azure cannot give back '_' for secrets seeded without credpath's id tag.
         conns = {f"ctlc{uuid.uuid4().hex[:8]}" for _ in range(3)}
         var = f"ctlv{uuid.uuid4().hex[:8]}"
@@ -315,3 +337,37 @@ class BackendContract:
         assert conns <= listed
         assert var not in listed
         assert var in backend.list_variables()
+
+    # --- declared capabilities ------------------------------------------------------------------------------
+
+    def test_declared_capabilities_are_implemented(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        check_capabilities(type(backend))  # a BaseBackend subclass was checked at definition already
+        declared = getattr(type(backend), "capabilities", frozenset())
+        assert set(declared) <= set(CAPABILITIES)
+
+    def test_batch_reads_answer_hits_only(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "batch")
+        a, b, key = new_id("ba"), new_id("bb"), new_id("bv")
+        harness.seed("connection", a, "postgres://u@a.example/db")
+        harness.seed("connection", b, "postgres://u@b.example/db")
+        harness.seed("variable", key, "batch-value")
+        missing = new_id("bmiss")
+        backend = harness.make_backend()
+        assert set(backend.get_conn_values([a, b, missing])) == {a, b}
+        assert backend.get_variables([key, missing]) == {key: "batch-value"}
+        if supports(backend, "structured"):
+            got = backend.get_connections([a, missing])
+            assert set(got) == {a} and got[a].host == "a.example"
+
+    def test_prefetch_answers_everything_under_the_prefix(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "prefetch")
+        # Letters and digits only, as for listing: a store may not give back '_' for a seeded name.
+        conn_id, key = f"ctpc{uuid.uuid4().hex[:8]}", f"ctpv{uuid.uuid4().hex[:8]}"
+        harness.seed("connection", conn_id, "postgres://u@p.example/db")
+        harness.seed("variable", key, "prefetched")
+        backend = harness.make_backend()
+        assert conn_id in backend.prefetch_connections()
+        assert backend.prefetch_variables()[key] == "prefetched"

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from credpath import reading
 from credpath.errors import BackendError, ConfigError, CredpathError, ReadOnlyBackend
-from credpath.search_path import read_connection
+from credpath.protocol import supports
 
 if TYPE_CHECKING:
-    from credpath.protocol import Kind
+    from credpath.protocol import Backend, Kind
     from credpath.search_path import SearchPath
 
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".env": "env"}
@@ -64,10 +65,6 @@ def file_format_of(file: Path, explicit: str | None = None) -> str:
     return fmt
 
 
-def _read(backend: Any, kind: Kind, key: str) -> Any:
-    return read_connection(backend, key) if kind == "connection" else backend.get_variable(key)
-
-
 def _checked(name: str, what: str, call: Any, *args: Any) -> Any:
     # Any failure aborts the export (whatever the backend's on_error): never a partial file.
     try:
@@ -80,37 +77,48 @@ def _checked(name: str, what: str, call: Any, *args: Any) -> Any:
         raise BackendError(f"backend {name!r} failed to {what}: {_safe_error(exc)}", backend=name) from None
 
 
+def _read_all(name: str, backend: Backend, kind: Kind, ids: list[str]) -> dict[str, Any]:
+    """The values of ``ids`` (hits only), batched where the backend can; any failure aborts."""
+    values = _checked(name, f"read {kind}s", reading.read_many, backend, kind, ids)
+    for key in ids:  # in id order, so the error names the first id that failed
+        value = values.get(key)
+        if isinstance(value, BaseException):
+            _checked(name, f"read {kind} {key!r}", _raise, value)
+    return values
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
 def collect(search_path: SearchPath, kind: Kind, source: str | None = None) -> dict[str, Any]:
     """Every listable id of ``kind`` with its value: from one backend, or through the whole path (first
     backend in path order that has it wins, as a lookup). Raises if any backend fails: no partial result."""
     if source is not None:
         backend = search_path.backend(source)
-        lister = getattr(backend, f"list_{kind}s", None)
-        if not callable(lister):
+        if not supports(backend, "list"):
             raise ConfigError(f"source backend {source!r} cannot list {kind}s")
-        ids = _checked(source, f"list {kind}s", lister)
-        values = {key: _checked(source, f"read {kind} {key!r}", _read, backend, kind, key) for key in ids}
-        return {key: value for key, value in values.items() if value is not None}
+        ids = _checked(source, f"list {kind}s", reading.list_ids, backend, kind)
+        values = _read_all(source, backend, kind, list(ids))
+        return {key: values[key] for key in ids if key in values}
     found: set[str] = set()
     for entry in search_path.entries:
-        lister = getattr(entry.backend, f"list_{kind}s", None)
-        if not callable(lister):
+        if not supports(entry.backend, "list"):
             continue
         try:
-            ids = _checked(entry.name, f"list {kind}s", lister)
+            ids = _checked(entry.name, f"list {kind}s", reading.list_ids, entry.backend, kind)
         except ReadOnlyBackend:
             continue  # this store cannot list: its ids are not exported (as `list` shows it)
         found.update(key for key in ids if entry.wants(kind, key))
     result: dict[str, Any] = {}
-    for key in sorted(found):
-        for entry in search_path.entries:  # every backend, listable or not, may shadow a later one
-            if not entry.wants(kind, key):
-                continue
-            value = _checked(entry.name, f"read {kind} {key!r}", _read, entry.backend, kind, key)
-            if value is not None:
-                result[key] = value
-                break
-    return result
+    remaining = sorted(found)
+    for entry in search_path.entries:  # every backend, listable or not, may shadow a later one
+        wanted = [key for key in remaining if entry.wants(kind, key)]
+        if not wanted:
+            continue
+        result.update(_read_all(entry.name, entry.backend, kind, wanted))
+        remaining = [key for key in remaining if key not in result]
+    return {key: result[key] for key in sorted(result)}
 
 
 def _output(file: Path, text: str) -> None:
@@ -199,19 +207,11 @@ def import_variables(
     return _write_all(search_path, "variable", formats.parse_variables_file(file), to, action)
 
 
-def _exists(backend: Any, kind: Kind, key: str) -> bool:
-    if kind == "connection":
-        raw = getattr(backend, "get_conn_value", None)  # no parse: a malformed stored value still exists
-        if callable(raw):
-            return raw(key) is not None
-    return _read(backend, kind, key) is not None
-
-
 def _write_all(
     search_path: SearchPath, kind: Kind, items: dict[str, Any], to: str | None, action: str
 ) -> ImportResult:
     entry = search_path.writable_backend(to, f"set_{kind}")
-    existing = {key for key in items if _exists(entry.backend, kind, key)}
+    existing = {key for key in items if reading.exists(entry.backend, kind, key)}
     if action == "fail" and existing:
         raise ConfigError(
             f"{kind}(s) already in backend {entry.name!r}: {', '.join(sorted(existing))}; "

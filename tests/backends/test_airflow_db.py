@@ -20,8 +20,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, event, text
 
 from credpath.backends.airflow_db import AirflowDatabaseBackend
-from credpath.errors import BackendError, ConfigError
-from credpath.protocol import can
+from credpath.errors import BackendError, ConfigError, ReadOnlyBackend
+from credpath.protocol import supports
 from credpath.registry import create_backend
 from tests.servers.airflow_env import AirflowEnv, clean_environment
 
@@ -230,8 +230,9 @@ def test_lookup_patterns_and_read_only(db: AirflowDb) -> None:
     assert backend.list_connections() == ["pg_main"]
     assert backend.get_connection("http_plain") is None
     assert backend.list_variables() == ["plain_var"]
-    for operation in ("set_connection", "set_variable", "delete_connection", "delete_variable"):
-        assert not can(backend, operation)
+    assert not supports(backend, "write")
+    with pytest.raises(ReadOnlyBackend, match="cannot write variables"):
+        backend.set_variable("k", "v")
 
 
 def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

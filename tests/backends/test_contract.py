@@ -57,6 +57,7 @@ STORES = {}
 class DictBackend(BaseBackend):
     alias = "dict-store"
     store_name = "Dict Store"
+    capabilities = frozenset({"write", "list"})
 
     def __init__(self, store="default", **options):
         super().__init__(**options)
@@ -79,8 +80,8 @@ class DictBackend(BaseBackend):
             raise ConfigError(f"{self.label}: {kind} {key!r} exists")
         self.data[kind][key] = value
 
-    def set_connection(self, conn, *, overwrite=True):
-        self._set("connection", conn.conn_id, conn.to_json(), overwrite)
+    def set_connection(self, conn, *, overwrite=True, serialization="json"):
+        self._set("connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite)
 
     def set_variable(self, key, value, *, overwrite=True):
         self._set("variable", key, value, overwrite)
@@ -174,8 +175,11 @@ def test_a_third_party_backend_runs_the_contract_in_a_few_lines(
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed") == len([n for n in dir(BackendContract) if n.startswith("test_")])
-    assert "failed" not in outcomes and "skipped" not in outcomes and "errors" not in outcomes
+    # Everything but the batch and prefetch tests: the store declares neither.
+    assert outcomes.get("passed") == len([n for n in dir(BackendContract) if n.startswith("test_")]) - 2
+    assert outcomes.get("skipped") == 2
+    assert "failed" not in outcomes and "errors" not in outcomes
+    result.stdout.no_fnmatch_line("*FAILED*")
 
 
 def test_a_store_without_a_harness_fails_instead_of_skipping(pytester: pytest.Pytester) -> None:
@@ -206,3 +210,84 @@ def test_importing_credpath_does_not_import_pytest_or_the_suite() -> None:
     code = "import sys, credpath; print('pytest' in sys.modules, 'credpath.testing' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# --- declared capabilities ----------------------------------------------------------------------------------
+
+
+def test_declaring_a_capability_without_its_methods_fails_at_class_definition() -> None:
+    from credpath.protocol import BaseBackend
+
+    with pytest.raises(TypeError) as info:
+
+        class Lister(BaseBackend):  # declares listing, lists nothing
+            capabilities = frozenset({"list", "write"})
+
+            def get_conn_value(self, conn_id):
+                return None
+
+            def get_variable(self, key):
+                return None
+
+            def list_connections(self):
+                return []
+
+    message = str(info.value)
+    assert "Lister declares capabilities list, write" in message
+    assert "list_variables" in message and "set_connection" in message and "delete_variable" in message
+    assert "list_connections" not in message  # it is there
+
+
+def test_structured_batch_needs_get_connections_and_unknown_capabilities_are_refused() -> None:
+    from credpath.protocol import BaseBackend
+
+    with pytest.raises(TypeError, match="does not implement get_connection, get_connections"):
+
+        class Rows(BaseBackend):
+            capabilities = frozenset({"batch", "structured"})
+
+            def get_conn_values(self, ids):
+                return {}
+
+            def get_variables(self, keys):
+                return {}
+
+    with pytest.raises(TypeError, match="unknown capability 'writes'; known: write, list"):
+
+        class Typo(BaseBackend):
+            capabilities = frozenset({"writes"})
+
+
+def test_every_registered_backend_declares_what_it_implements() -> None:
+    from credpath.protocol import check_capabilities, required_methods
+
+    for alias in registry.ALIASES:
+        cls = registry.load_class(registry.ALIASES[alias])
+        check_capabilities(cls)  # raises if a declared capability's methods are missing
+        assert all(callable(getattr(cls, m)) for m in required_methods(cls.capabilities)), alias
+
+
+def test_supports_reads_the_declaration_and_a_foreign_objects_methods() -> None:
+    from credpath.protocol import BaseBackend, supports
+    from tests.memory_backend import AirflowStyleBackend, BatchMemoryBackend, MemoryBackend
+
+    class Undeclared(MemoryBackend):  # has every write method, declares nothing
+        capabilities = frozenset()
+
+    assert supports(MemoryBackend(), "write") and supports(MemoryBackend(), "list")
+    assert not supports(MemoryBackend(), "batch") and supports(BatchMemoryBackend(), "batch")
+    assert not supports(Undeclared(), "write")  # declared, not introspected
+    assert not supports(AirflowStyleBackend(), "write") and not supports(AirflowStyleBackend(), "list")
+
+    class Foreign:  # not a BaseBackend: its methods are what it supports
+        def get_conn_value(self, conn_id):
+            return None
+
+        def list_connections(self):
+            return []
+
+        def list_variables(self):
+            return []
+
+    assert supports(Foreign(), "list") and not supports(Foreign(), "batch")
+    assert isinstance(MemoryBackend(), BaseBackend)

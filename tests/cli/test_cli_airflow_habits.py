@@ -24,6 +24,7 @@ class FailingBackend(BaseBackend):
 
     alias = "failing"
     store_name = "failing store"
+    capabilities = frozenset({"list"})
 
     def get_conn_value(self, conn_id: str) -> str | None:
         raise self.error("connection refused")

@@ -113,7 +113,8 @@ def test_inline_type_with_kwargs_and_filters(env: dict[str, Any]) -> None:
         (["--from", "old", "--to", "metastore", "--to-kwargs", "[1]"], "must be a JSON object"),
         (["--from", "old", "--to", "old"], "same backend"),
         (["--from", "old", "--to", "env"], "cannot write connections"),
-        (["--from", "old", "--to", "new", "--on-deleted", "recover"], "has no write option 'on_deleted'"),
+        (["--from", "old", "--to", "new", "--on-deleted", "recover"], "--on-deleted: "),
+        (["--from", "old", "--to", "new", "--on-deleted", "recover"], "unknown kwarg(s) on_deleted"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(env: dict[str, Any], args: list[str], fragment: str) -> None:

@@ -239,6 +239,22 @@ class LocalFilesystemBackend(BaseBackend):
         records = self._variables.load()
         return {k: records[k].value for k in keys if k in records and self.wants("variable", k)}
 
+    def get_connections(self, ids: list[str], team_name: str | None = None) -> dict[str, Connection]:
+        """Hits among ``ids`` as connections, with what the file's fields carry (``description``)."""
+        if self._connections is None:
+            return {}
+        entries = self._connections.load()
+        found = [i for i in ids if i in entries and self.wants("connection", i)]
+        if self._connection_adapter is not None:
+            return {i: self.deserialize_connection(i, entries[i][0]) for i in found}
+        return {i: entries[i][1] for i in found}
+
+    def get_variable_records(self, keys: list[str], *, team_name: str | None = None) -> dict[str, Variable]:
+        if self._variables is None:
+            return {}
+        records = self._variables.load()
+        return {k: records[k] for k in keys if k in records and self.wants("variable", k)}
+
     def prefetch_connections(self) -> dict[str, str]:
         if self._connections is None:
             return {}

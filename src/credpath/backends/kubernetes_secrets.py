@@ -73,7 +73,7 @@ from credpath.deadlines import (
     retry_call,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
-from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, iter_ids
+from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization, iter_ids
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -606,13 +606,13 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         raise self.error(f"writing secret {name!r}: it kept changing between create and replace")
 
     def set_connection(
-        self, conn: Connection, *, overwrite: bool = True, serialization: str | None = None
+        self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
     ) -> None:
-        """Store ``conn_uri`` (plus ``description``), or the JSON fields as keys with
-        ``serialization="json"``; a backend with a ``connection_format`` stores that format's value."""
+        """Store the JSON fields as keys (the default), or ``conn_uri`` (plus ``description``) with
+        ``serialization="uri"``; a backend with a ``connection_format`` stores that format's value."""
         if not conn.conn_id:
             raise self.config_error("set_connection needs a connection with a conn_id")
-        if serialization not in (None, "uri", "json"):
+        if serialization not in ("uri", "json"):
             raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
         if self._connection_adapter is not None:
             value = self._connection_adapter.to_value(conn)

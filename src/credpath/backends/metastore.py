@@ -56,7 +56,7 @@ from credpath.backends._sql import (
 from credpath.config import credpath_home
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
-from credpath.protocol import Capability
+from credpath.protocol import Capability, Serialization
 
 if TYPE_CHECKING:
     import sqlite3
@@ -162,6 +162,7 @@ class MetastoreBackend(SqlTablesBackend):
         {"write", "list", "batch", "prefetch", "structured"}
     )
     store_name: ClassVar[str] = "credpath metastore"
+    keeps_variable_descriptions: ClassVar[bool] = True  # set_variable(description=): migrations copy it
     _tables = staticmethod(tables)
     _driver_hint: ClassVar[str] = "; for PostgreSQL install 'credpath[postgres]'"
     _key_hint: ClassVar[str] = (
@@ -699,9 +700,15 @@ class MetastoreBackend(SqlTablesBackend):
         log.debug("metastore: wrote %s %r", kind, key)
 
     def set_connection(
-        self, conn: Connection, *, overwrite: bool = True, team_name: str | None = None
+        self,
+        conn: Connection,
+        *,
+        overwrite: bool = True,
+        serialization: Serialization = "json",
+        team_name: str | None = None,
     ) -> None:
-        """Store ``conn``; ``team_name``: its owner (None: global, readable by every team)."""
+        """Store ``conn``'s fields (``serialization`` does not apply: rows, not strings); ``team_name``:
+        its owner (None: global, readable by every team)."""
         if not conn.conn_id:
             raise self.config_error("a connection needs a conn_id to be stored")
         team = self._owner(team_name)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -24,6 +24,9 @@ from credpath.errors import (
     ReadOnlyBackend,
 )
 
+if TYPE_CHECKING:
+    from credpath.search_path import SearchPath
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NOT_FOUND = 1
@@ -33,15 +36,43 @@ EXIT_BAD_INPUT = 2
 class State:
     def __init__(self, config: Path | None) -> None:
         self.config = config
-        self._search_path: Any = None
+        self._search_path: SearchPath | None = None
+        #: {backend name: {kwarg: value}} over the configured kwargs (see :meth:`configure_backend`).
+        self.backend_kwargs: dict[str, dict[str, Any]] = {}
 
     @property
-    def search_path(self) -> Any:
+    def search_path(self) -> SearchPath:
         if self._search_path is None:
             from credpath.search_path import SearchPath
 
-            self._search_path = SearchPath.from_config(self.config)
+            self._search_path = SearchPath.from_config(self.config, backend_kwargs=self.backend_kwargs)
         return self._search_path
+
+    def configure_backend(self, name: str, flag: str, **settings: Any) -> None:
+        """Build backend ``name`` with ``settings`` over its configured kwargs: a CLI flag that is a store
+        setting (``--on-deleted``) only changes how the backend is constructed, never a write call."""
+        if self._search_path is not None:
+            self._search_path.close()
+            self._search_path = None
+        self.backend_kwargs.setdefault(name, {}).update(settings)
+        try:
+            self.search_path  # noqa: B018 - built now, so a backend without the setting fails here
+        except ConfigError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+        except TypeError:  # a constructor taking **kwargs refused it itself (its message is not shown)
+            raise ConfigError(
+                f"{flag}: backend {name!r} has no setting {', '.join(sorted(settings))}"
+            ) from None
+
+    def write_target(self, to: str | None, operation: str, flag: str, **settings: Any) -> str | None:
+        """The backend a write goes to (``to``, else the default), rebuilt with ``settings`` if any are
+        given (flags left unset are None and change nothing)."""
+        settings = {key: value for key, value in settings.items() if value is not None}
+        if not settings:
+            return to
+        name = self.search_path.writable_backend(to, operation).name
+        self.configure_backend(name, flag, **settings)
+        return name
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

@@ -267,9 +267,9 @@ def add_command(
             port=port,
             extra=extra,
         )
-    options = {"on_deleted": on_deleted} if on_deleted else {}
-    options.update(team_kwargs(team))  # a store without owners refuses it ("has no write option")
-    target = state.search_path.set_connection(conn, to=to, overwrite=overwrite, **options)
+    to = state.write_target(to, "set_connection", "--on-deleted", on_deleted=on_deleted)
+    # A store without owners refuses a team ("has no team-scoped writes").
+    target = state.search_path.set_connection(conn, to=to, overwrite=overwrite, team_name=team or None)
     click.echo(f"added connection {conn_id!r} to backend {target!r}")
 
 

@@ -7,12 +7,15 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from credpath.cli import State, cli, fail, handle_errors, pass_state
 from credpath.errors import ConfigError
+
+if TYPE_CHECKING:
+    from credpath.protocol import Backend
 
 _SHOWN_ROWS = 100  # plan rows printed; the --report file has all of them
 
@@ -30,20 +33,40 @@ def _kwargs(text: str | None, option: str) -> dict[str, Any] | None:
     return data
 
 
-def resolve_backend(state: State, name: str, kwargs: dict[str, Any] | None, option: str) -> Any:
-    """A backend named in the config, or a backend type (alias or class path) built with ``kwargs``."""
+def resolve_backend(
+    state: State,
+    name: str,
+    kwargs: dict[str, Any] | None,
+    option: str,
+    settings: dict[str, Any] | None = None,
+) -> Backend:
+    """A backend named in the config, or a backend type (alias or class path) built with ``kwargs``.
+
+    ``settings`` are store settings given as CLI flags (``--on-deleted``): the backend is built with them
+    over its configured kwargs (or ``kwargs``); a backend without such a setting is refused (exit 2)."""
+    from credpath.protocol import BaseBackend
     from credpath.registry import ALIASES, create_backend
 
     if kwargs is None:
         try:
-            return state.search_path.backend(name)
+            backend = state.search_path.backend(name)
         except ConfigError:
             if name not in ALIASES and "." not in name:
                 raise
-    backend = create_backend(name, kwargs or {}, setting=option)
-    if hasattr(backend, "name"):
+        else:
+            if not settings:
+                return backend
+            state.configure_backend(name, _flags(settings), **settings)
+            return state.search_path.backend(name)
+    setting = f"{_flags(settings)}: {option}" if settings else option
+    backend = create_backend(name, {**(kwargs or {}), **(settings or {})}, setting=setting)
+    if isinstance(backend, BaseBackend):
         backend.name = name
-    return backend
+    return backend  # type: ignore[no-any-return]
+
+
+def _flags(settings: dict[str, Any]) -> str:
+    return ", ".join("--" + key.replace("_", "-") for key in settings)
 
 
 def _progress(enabled: bool) -> tuple[AbstractContextManager[Any], Callable[[str, int, int], None] | None]:
@@ -159,10 +182,13 @@ def migrate_command(
     1 some entries failed (listed by id), 2 bad input.
     """
     from credpath.migrate import Migrator, parse_globs
+    from credpath.protocol import BaseBackend
     from credpath.transfer import write_private
 
+    # The destination first: a store setting rebuilds the configured search path the source may come from.
+    settings = {"on_deleted": on_deleted} if on_deleted else None
+    dst = resolve_backend(state, destination, _kwargs(to_kwargs, "--to-kwargs"), "--to", settings)
     src = resolve_backend(state, source, _kwargs(from_kwargs, "--from-kwargs"), "--from")
-    dst = resolve_backend(state, destination, _kwargs(to_kwargs, "--to-kwargs"), "--to")
     if src is dst or (source == destination and from_kwargs == to_kwargs):
         fail("--from and --to are the same backend")
     context, tick = _progress(sys.stderr.isatty())
@@ -173,7 +199,6 @@ def migrate_command(
         dst,
         connections=connections,
         variables=variables,
-        write_options={"on_deleted": on_deleted} if on_deleted else None,
         include=parse_globs(include),
         exclude=parse_globs(exclude),
         on_conflict=on_conflict,
@@ -186,8 +211,9 @@ def migrate_command(
             report = migrator.run(dry_run=dry_run)
     finally:
         for backend in (src, dst):
-            close = getattr(backend, "close", None)
-            if callable(close):
+            if isinstance(backend, BaseBackend):
+                backend.close()
+            elif callable(close := getattr(backend, "close", None)):  # a foreign object may have one
                 close()
     if report_file is not None:
         write_private(report_file, report.to_json() + "\n")

@@ -212,11 +212,12 @@ def _describe(backend: object) -> str:
 @handle_errors
 def rotate_fernet_key(state: State) -> None:
     """Re-encrypt every metastore value with the first key of CREDPATH_FERNET_KEY (keys comma-separated)."""
+    from credpath.backends.metastore import MetastoreBackend
+
     done = 0
     for entry in state.search_path.entries:
-        rotate = getattr(entry.backend, "rotate_fernet_key", None)
-        if callable(rotate):
-            count = rotate()
+        if isinstance(entry.backend, MetastoreBackend):  # the one store that encrypts with Fernet keys
+            count = entry.backend.rotate_fernet_key()
             click.echo(f"re-encrypted {count} value(s) in backend {entry.name!r}")
             done += 1
     if not done:

@@ -78,9 +78,11 @@ def set_command(
     """Set a variable (string value; JSON text is stored as is). VALUE '-' reads standard input (a hidden
     prompt on a terminal), so a secret value need not appear on the command line."""
     value = read_secret_inputs({"VALUE": value})["VALUE"] or ""
-    options = {"on_deleted": on_deleted} if on_deleted else {}
-    options.update(team_kwargs(team))  # a store without owners refuses it ("has no write option")
-    target = state.search_path.set_variable(key, value, to=to, overwrite=not no_overwrite, **options)
+    to = state.write_target(to, "set_variable", "--on-deleted", on_deleted=on_deleted)
+    # A store without owners refuses a team ("has no team-scoped writes").
+    target = state.search_path.set_variable(
+        key, value, to=to, overwrite=not no_overwrite, team_name=team or None
+    )
     click.echo(f"set variable {key!r} in backend {target!r}")
 
 

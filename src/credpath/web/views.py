@@ -14,6 +14,7 @@ from typing import Any
 from credpath import metrics
 from credpath.errors import BackendUnavailable, ConfigError, CredpathError
 from credpath.model import is_sensitive_name
+from credpath.protocol import supports
 
 __all__ = [
     "BackendRow",
@@ -285,11 +286,7 @@ def backends(search_path: Any) -> list[BackendRow]:
             description = str(describe()) if callable(describe) else type(entry.backend).__name__
         except Exception:
             description = type(entry.backend).__name__
-        lists = [
-            k
-            for k, m in (("connections", "list_connections"), ("variables", "list_variables"))
-            if callable(getattr(entry.backend, m, None))
-        ]
+        lists = ["connections", "variables"] if supports(entry.backend, "list") else []
         rows.append(
             BackendRow(
                 name=entry.name,
