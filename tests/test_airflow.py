@@ -258,7 +258,7 @@ def test_per_key_override_goes_to_the_one_backend_that_takes_it(
     caplog.set_level(logging.DEBUG, logger="credpath")
     backend = _CredpathBackendMixin(backends=[_vault(), {"type": "env"}], token=OVERRIDE_TOKEN)
     vault = backend.search_path.backend("vault")
-    assert _same_secret(vault._settings["token"], OVERRIDE_TOKEN)
+    assert _same_secret(vault.settings.client.token, OVERRIDE_TOKEN)
     assert f"{prefix}TOKEN applied to backend 'vault' as kwarg 'token'" in caplog.text
 
 
@@ -274,7 +274,7 @@ def test_per_key_override_wins_over_the_nested_kwarg_and_reaches_a_config_file_b
     )
     monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN", OVERRIDE_TOKEN)
     backend = _CredpathBackendMixin(config=str(config), token=OVERRIDE_TOKEN)
-    assert _same_secret(backend.search_path.backend("vault")._settings["token"], OVERRIDE_TOKEN)
+    assert _same_secret(backend.search_path.backend("vault").settings.client.token, OVERRIDE_TOKEN)
 
 
 def test_per_key_override_names_its_backend_when_several_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,8 +294,8 @@ def test_per_key_override_names_its_backend_when_several_take_it(monkeypatch: py
     monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND_KWARG__TOKEN")
     monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__VAULT_B__TOKEN", OVERRIDE_TOKEN)
     backend = _CredpathBackendMixin(backends=backends, vault_b__token=OVERRIDE_TOKEN)
-    assert backend.search_path.backend("vault-a")._settings["token"] == "a"
-    assert _same_secret(backend.search_path.backend("vault-b")._settings["token"], OVERRIDE_TOKEN)
+    assert backend.search_path.backend("vault-a").settings.client.token == "a"
+    assert _same_secret(backend.search_path.backend("vault-b").settings.client.token, OVERRIDE_TOKEN)
 
 
 def test_per_key_override_no_backend_takes_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -342,14 +342,10 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
     # --- writes ------------------------------------------------------------------------------------
 
-    def _write(
-        self, kind: Kind, key: str, value: str, overwrite: bool, on_deleted: OnDeleted | None = None
-    ) -> None:
+    def _write(self, kind: Kind, key: str, value: str, overwrite: bool) -> None:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
-        policy = on_deleted or self.on_deleted
-        if policy not in _ON_DELETED:
-            raise self.config_error(f"on_deleted must be one of {', '.join(_ON_DELETED)}")
+        policy = self.on_deleted
         name = self._write_name(kind, key)
         client = self.client
         tags = {ID_TAG: key} if len(key) <= 256 else {}
@@ -414,26 +410,16 @@ class KeyVaultBackend(PrefixedSecretsBackend):
                 time.sleep(delay)
         self._set(name, value, tags)
 
-    # TRANSITION (issue 11 point 4): ``on_deleted`` per call stays only until the contract branch lands
-    # (the CLI's --on-deleted and migrate's write_options still pass it); then delete the keyword and the
-    # argument of ``_write``: the declared signatures are the two without it.
     def set_connection(
-        self,
-        conn: Connection,
-        *,
-        overwrite: bool = True,
-        serialization: Serialization = "json",
-        on_deleted: OnDeleted | None = None,
+        self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
     ) -> None:
         if not conn.conn_id:
             raise self.config_error("connection to write has no conn_id")
         value = self.serialize_connection(conn, serialization)
-        self._write("connection", conn.conn_id, value, overwrite, on_deleted)
+        self._write("connection", conn.conn_id, value, overwrite)
 
-    def set_variable(
-        self, key: str, value: str, *, overwrite: bool = True, on_deleted: OnDeleted | None = None
-    ) -> None:
-        self._write("variable", key, value, overwrite, on_deleted)
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+        self._write("variable", key, value, overwrite)
 
     def _delete(self, kind: Kind, key: str) -> bool:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
