@@ -24,9 +24,31 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from credpath import reading
-from credpath.errors import ConfigError, CredpathError
+from credpath.errors import ConfigError, CredpathError, safe_reason
 from credpath.model import Connection, Variable
 from credpath.protocol import Backend, BaseBackend, Serialization, supports
+
+__all__ = [
+    "ACTIONS",
+    "FORMATS",
+    "ON_CONFLICT",
+    "READ_CHUNK",
+    "Action",
+    "Item",
+    "ItemKind",
+    "MigrationError",
+    "Migrator",
+    "OnConflict",
+    "Plan",
+    "ProgressCallback",
+    "Report",
+    "backend_name",
+    "connection_key",
+    "matches",
+    "migrate",
+    "parse_globs",
+    "same_value",
+]
 
 log = logging.getLogger("credpath.migrate")
 
@@ -131,13 +153,6 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-def safe_reason(exc: BaseException) -> str:
-    """credpath's own errors have safe messages; a foreign exception is named by its type only."""
-    if isinstance(exc, CredpathError):
-        return str(exc)
-    return f"{type(exc).__name__} (message withheld: it may contain a secret)"
 
 
 def connection_key(conn: Connection) -> dict[str, Any]:

@@ -246,7 +246,9 @@ class Connection:
         try:
             conn_type = urlsplit(uri).scheme
         except ValueError as exc:
-            raise ConnectionFormatError(f"connection URI{where} is malformed: {_safe_reason(exc)}") from None
+            raise ConnectionFormatError(
+                f"connection URI{where} is malformed: {_url_error_reason(exc)}"
+            ) from None
         if not conn_type and not schemeless:
             raise ConnectionFormatError(f"field 'conn_type'{where}: the URI has no valid scheme")
         rest = uri.replace(f"{conn_type}://", "" if host_with_protocol else "//")
@@ -262,7 +264,7 @@ class Connection:
         except ValueError as exc:
             field_name = "port" if "port" in str(exc).lower() else "host"
             raise ConnectionFormatError(
-                f"field {field_name!r}{where} is invalid in the URI: {_safe_reason(exc)}"
+                f"field {field_name!r}{where} is invalid in the URI: {_url_error_reason(exc)}"
             ) from None
         protocol = parts.scheme if host_with_protocol else None
         host = _hostname_from_netloc(parts)
@@ -458,7 +460,7 @@ def mask_sensitive(data: Any, mask: str = "***", sensitive_parent: bool = False)
     return data
 
 
-def _safe_reason(exc: Exception) -> str:
+def _url_error_reason(exc: Exception) -> str:
     # urllib's messages quote the offending text only for ports ("Port could not be cast to integer
     # value as 'x'"), which may be part of a password: keep the first clause only.
     return str(exc).split(" as ", 1)[0].split(":", 1)[0]

@@ -85,6 +85,28 @@ from credpath.errors import BackendError, ConfigError, MissingDependency, ReadOn
 if TYPE_CHECKING:
     from credpath.model import Connection, Variable
 
+__all__ = [
+    "CAPABILITIES",
+    "CAPABILITY_METHODS",
+    "KINDS",
+    "PREFIX_SETTINGS",
+    "Backend",
+    "BackendOptions",
+    "BaseBackend",
+    "Capability",
+    "Kind",
+    "SecretsBackend",
+    "Serialization",
+    "accepts_team_name",
+    "call_backend_method",
+    "check_capabilities",
+    "compile_lookup_pattern",
+    "iter_ids",
+    "multi_team_enabled",
+    "required_methods",
+    "supports",
+]
+
 Kind = Literal["connection", "variable", "config"]
 KINDS: tuple[Kind, ...] = ("connection", "variable", "config")
 #: The Airflow setting that holds each kind's prefix (the one kind-to-setting map, for messages).

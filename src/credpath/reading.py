@@ -28,6 +28,23 @@ from credpath.protocol import BaseBackend, Kind, call_backend_method, supports
 if TYPE_CHECKING:
     from credpath.protocol import Backend
 
+__all__ = [
+    "READ_CHUNK",
+    "Outcome",
+    "Value",
+    "as_connection",
+    "batched",
+    "exists",
+    "label_of",
+    "list_ids",
+    "name_of",
+    "read",
+    "read_all",
+    "read_batch",
+    "read_connection",
+    "read_many",
+]
+
 #: One id's answer: the value, or (in a batch) the exception that reading or parsing it raised.
 Value: TypeAlias = Connection | Variable | str
 Outcome: TypeAlias = Connection | Variable | str | BaseException

@@ -26,9 +26,9 @@ from credpath.errors import (
     BackendUnavailable,
     CircuitOpen,
     ConfigError,
-    CredpathError,
     NotFound,
     ReadOnlyBackend,
+    safe_reason,
 )
 from credpath.masking import Masker, default_masker, install_log_masking
 from credpath.model import Connection, is_sensitive_name
@@ -44,6 +44,16 @@ from credpath.protocol import (
 )
 from credpath.reading import as_connection, read_connection  # noqa: F401  (the reader owns them)
 from credpath.resilience import BreakerSettings, CircuitBreaker, SingleFlight
+
+__all__ = [
+    "Attempt",
+    "Entry",
+    "Explanation",
+    "Listing",
+    "PrefetchReport",
+    "Resolution",
+    "SearchPath",
+]
 
 log = logging.getLogger("credpath.search_path")
 
@@ -180,7 +190,7 @@ class SearchPath:
             self.cache = TTLCache(cache)
         else:
             self.cache = TTLCache(CacheSettings(enabled=bool(cache)))
-        self._data = self.cache._data  # the hot path reads the cache's dict directly
+        self._data = self.cache.entries()  # the hot path reads the cache's entries directly
         # An empty Masker is falsy (it has __len__): test for None, not truthiness.
         self.masker = masker if masker is not None else default_masker()
         self.mask_logs = mask_logs
@@ -320,6 +330,15 @@ class SearchPath:
     # --- reads -------------------------------------------------------------------------------------
 
     def get_connection(self, conn_id: str, *, team_name: str | None = None) -> Connection:
+        """The connection ``conn_id`` from the first backend that has it, in search-path order.
+
+        A fresh cached answer costs no store call (the cache is keyed by kind, id and ``team_name``; misses
+        are cached for ``[cache] miss_ttl``). ``team_name`` is the caller's team (Airflow 3.2+ multi-team);
+        it goes only to backends whose reads accept it. Raises :class:`NotFound` (every backend answered,
+        none has it), :class:`BackendUnavailable` (nothing found and a backend failed), :class:`AccessDenied`
+        (a store refused the caller: authoritative, no fall-through) or :class:`ConfigError` (a wrong setting
+        or a missing client library).
+        """
         item = self._data.get(("connection", conn_id, team_name))  # inlined cache hit: the hot path
         if (
             item is not None
@@ -336,7 +355,8 @@ class SearchPath:
     def get_variable(
         self, key: str, default: Any = _UNSET, *, deserialize_json: bool = False, team_name: str | None = None
     ) -> Any:
-        """The variable's value; ``default`` if no backend has it.
+        """The value of ``key`` (parsed as JSON with ``deserialize_json=True``); ``default`` if no backend
+        has it, and without a default a miss raises :class:`NotFound`.
 
         ``default`` stands in for a missing variable, not for an outage: if nothing is found and a backend
         failed, :class:`BackendUnavailable` is raised even when a default is given.
@@ -353,7 +373,8 @@ class SearchPath:
         return resolution.value
 
     def get_config(self, key: str, default: Any = _UNSET, *, team_name: str | None = None) -> Any:
-        """As :meth:`get_variable`: ``default`` for a missing key; an outage raises BackendUnavailable."""
+        """The Airflow config value ``key`` from the backends' config prefixes; ``default`` and errors as for
+        :meth:`get_variable`, without JSON parsing."""
         resolution = self.lookup("config", key, team_name=team_name)
         if resolution is None:
             if default is _UNSET:
@@ -362,6 +383,8 @@ class SearchPath:
         return resolution.value
 
     def get_conn_value(self, conn_id: str, *, team_name: str | None = None) -> str | None:
+        """Airflow's ``get_conn_value``: the connection's URI, or None if no backend has it; other errors
+        as for :meth:`get_connection`."""
         resolution = self.lookup("connection", conn_id, team_name=team_name)
         return None if resolution is None else resolution.value.get_uri()
 
@@ -522,7 +545,7 @@ class SearchPath:
                 value = self._call(entry, self._read, entry, kind, key, team)
             except Exception as exc:
                 elapsed = time.perf_counter() - started
-                attempt = Attempt(entry.name, "error", elapsed, _safe_error(exc), startup, state)
+                attempt = Attempt(entry.name, "error", elapsed, safe_reason(exc), startup, state)
                 if explanation is not None:
                     explanation.attempts.append(attempt)
                 outcome = self._failure(entry, exc, what, stale_key=ckey)
@@ -656,7 +679,7 @@ class SearchPath:
         if isinstance(exc, BackendError):
             error = exc
         else:
-            error = BackendError(f"{entry.label}: {_safe_error(exc)}", backend=entry.name)
+            error = BackendError(f"{entry.label}: {safe_reason(exc)}", backend=entry.name)
         if stale_key is not None:  # rule 3a
             kept = self.cache.get_stale(stale_key)
             if kept is not None and kept[0] is not _MISS and kept[0].source == entry.name:
@@ -994,7 +1017,7 @@ def _names(failed: list[tuple[Entry, BackendError]]) -> str:
 
 def _named(entry: Entry, error: BaseException) -> str:
     """The error's safe message, prefixed with the backend's label unless it already names it."""
-    message = _safe_error(error)
+    message = safe_reason(error)
     if message.startswith((entry.label, f"backend {entry.name!r}")):
         return message
     return f"{entry.label}: {message}"
@@ -1008,10 +1031,3 @@ def _team_kwargs(entry: Entry, method: Callable[..., Any], team_name: str | None
     if not accepts_team_name(method):
         raise ConfigError(f"{entry.label} has no team-scoped writes (team_name)")
     return {"team_name": team_name}
-
-
-def _safe_error(exc: BaseException) -> str:
-    """Credpath's own errors have safe messages; a foreign exception is named by type only."""
-    if isinstance(exc, CredpathError):
-        return str(exc)
-    return f"{type(exc).__name__} (message withheld: it may contain a secret)"

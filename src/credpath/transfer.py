@@ -23,6 +23,22 @@ if TYPE_CHECKING:
     from credpath.protocol import Backend, Kind
     from credpath.search_path import SearchPath
 
+__all__ = [
+    "ON_EXISTING",
+    "STDOUT",
+    "ImportResult",
+    "OnExisting",
+    "collect",
+    "export_connections",
+    "export_variables",
+    "file_format_of",
+    "import_connections",
+    "import_variables",
+    "is_stdout",
+    "resolve_on_existing",
+    "write_private",
+]
+
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".env": "env"}
 
 #: Airflow's choices: ``variables import --action-on-existing-key`` (default overwrite) and ``connections
@@ -72,9 +88,9 @@ def _checked(name: str, what: str, call: Any, *args: Any) -> Any:
     except CredpathError:
         raise
     except Exception as exc:
-        from credpath.search_path import _safe_error
+        from credpath.errors import safe_reason
 
-        raise BackendError(f"backend {name!r} failed to {what}: {_safe_error(exc)}", backend=name) from None
+        raise BackendError(f"backend {name!r} failed to {what}: {safe_reason(exc)}", backend=name) from None
 
 
 def _read_all(name: str, backend: Backend, kind: Kind, ids: list[str]) -> dict[str, Any]:

@@ -27,6 +27,17 @@ from credpath.errors import (
 if TYPE_CHECKING:
     from credpath.search_path import SearchPath
 
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_NOT_FOUND",
+    "State",
+    "cli",
+    "fail",
+    "handle_errors",
+    "main",
+    "pass_state",
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NOT_FOUND = 1

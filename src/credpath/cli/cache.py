@@ -9,6 +9,12 @@ import click
 from credpath.cli import State, cli, fail, handle_errors, pass_state
 from credpath.cli.output import echo_json, echo_table
 
+__all__ = [
+    "cache_group",
+    "clear_command",
+    "stats_command",
+]
+
 
 @cli.group("cache")
 def cache_group() -> None:

@@ -12,6 +12,26 @@ import click
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
 from credpath.cli.output import connection_record, echo_json, echo_record, echo_table
 
+__all__ = [
+    "FILE_FORMATS",
+    "STDIN",
+    "add_command",
+    "connections",
+    "delete_command",
+    "delete_ids",
+    "echo_import_summary",
+    "export_command",
+    "export_done",
+    "get_command",
+    "import_action",
+    "import_command",
+    "list_command",
+    "list_ids",
+    "read_secret_inputs",
+    "team_kwargs",
+    "team_option",
+]
+
 
 @cli.group()
 def connections() -> None:
@@ -138,10 +158,10 @@ def get_command(
 @handle_errors
 def list_command(state: State, collisions: bool, as_json: bool) -> None:
     """List connection ids from every backend that can list, with the backend that serves each."""
-    _list_ids(state, "connection", collisions, as_json)
+    list_ids(state, "connection", collisions, as_json)
 
 
-def _list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
+def list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
     listing = state.search_path.list_ids(kind)
     found, unlistable, failed = listing.found, listing.cannot_list, listing.failed
     if collisions:
@@ -282,10 +302,10 @@ def add_command(
 @handle_errors
 def delete_command(state: State, conn_id: str, source: str | None) -> None:
     """Delete a connection from one backend."""
-    _delete(state, "connection", conn_id, source)
+    delete_ids(state, "connection", conn_id, source)
 
 
-def _delete(state: State, kind: str, key: str, source: str | None) -> None:
+def delete_ids(state: State, kind: str, key: str, source: str | None) -> None:
     search_path = state.search_path
     delete = search_path.delete_connection if kind == "connection" else search_path.delete_variable
     deleted_from = delete(key, to=source)

@@ -17,6 +17,11 @@ from credpath.errors import ConfigError
 if TYPE_CHECKING:
     from credpath.protocol import Backend
 
+__all__ = [
+    "migrate_command",
+    "resolve_backend",
+]
+
 _SHOWN_ROWS = 100  # plan rows printed; the --report file has all of them
 
 

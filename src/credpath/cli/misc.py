@@ -9,6 +9,16 @@ import click
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
 from credpath.cli.output import echo_json, echo_table
 
+__all__ = [
+    "backends_check",
+    "backends_group",
+    "backends_list",
+    "config_group",
+    "explain_command",
+    "get_value_command",
+    "rotate_fernet_key",
+]
+
 _KINDS = {"connection": "connection", "variable": "variable", "config": "config"}
 
 
@@ -169,7 +179,7 @@ def backends_check(state: State, as_json: bool) -> None:
     """Check reachability and authentication of each backend (exit 1 if any fails)."""
     import time
 
-    from credpath.search_path import _safe_error
+    from credpath.errors import safe_reason
 
     results = []
     # A check always reaches the store (it is the diagnostic), whatever the breaker says; the breaker
@@ -181,7 +191,7 @@ def backends_check(state: State, as_json: bool) -> None:
             detail = check() if callable(check) else "no check available"
             ok = True
         except Exception as exc:
-            detail, ok = _safe_error(exc), False
+            detail, ok = safe_reason(exc), False
         results.append(
             {
                 "name": entry.name,

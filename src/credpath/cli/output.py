@@ -10,6 +10,15 @@ import click
 
 from credpath.model import Connection, is_sensitive_name
 
+__all__ = [
+    "MASK",
+    "connection_record",
+    "echo_json",
+    "echo_record",
+    "echo_table",
+    "variable_value",
+]
+
 MASK = "***"
 
 

@@ -13,6 +13,11 @@ import os
 import shutil
 from collections.abc import Sequence
 
+__all__ = [
+    "console_width",
+    "render",
+]
+
 
 def _printable(text: str) -> bool:
     return all(" " <= ch <= "~" for ch in text)

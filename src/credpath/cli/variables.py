@@ -10,16 +10,26 @@ import click
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
 from credpath.cli.connections import (
     FILE_FORMATS,
-    _delete,
-    _list_ids,
+    delete_ids,
     echo_import_summary,
     export_done,
     import_action,
+    list_ids,
     read_secret_inputs,
     team_kwargs,
     team_option,
 )
 from credpath.cli.output import echo_json, variable_value
+
+__all__ = [
+    "delete_command",
+    "export_command",
+    "get_command",
+    "import_command",
+    "list_command",
+    "set_command",
+    "variables",
+]
 
 
 @cli.group()
@@ -93,7 +103,7 @@ def set_command(
 @handle_errors
 def list_command(state: State, collisions: bool, as_json: bool) -> None:
     """List variable keys from every backend that can list."""
-    _list_ids(state, "variable", collisions, as_json)
+    list_ids(state, "variable", collisions, as_json)
 
 
 @variables.command("delete")
@@ -103,7 +113,7 @@ def list_command(state: State, collisions: bool, as_json: bool) -> None:
 @handle_errors
 def delete_command(state: State, key: str, source: str | None) -> None:
     """Delete a variable from one backend."""
-    _delete(state, "variable", key, source)
+    delete_ids(state, "variable", key, source)
 
 
 @variables.command("export")

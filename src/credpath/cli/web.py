@@ -10,6 +10,14 @@ import click
 
 from credpath.cli import EXIT_BAD_INPUT, State, cli, fail, handle_errors, pass_state
 
+__all__ = [
+    "DEFAULT_PORT",
+    "TOKEN_ENV",
+    "is_loopback",
+    "read_token",
+    "web_command",
+]
+
 TOKEN_ENV = "CREDPATH_WEB_TOKEN"
 DEFAULT_PORT = 8750
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credpath import metrics
-from credpath.errors import BackendUnavailable, ConfigError, CredpathError
+from credpath.errors import BackendUnavailable, ConfigError, CredpathError, safe_reason
 from credpath.model import is_sensitive_name
 from credpath.protocol import supports
 
@@ -71,12 +71,6 @@ def _safe(search_path: Any, value: Any) -> str:
     return str(search_path.masker.redact(str(value)))
 
 
-def _safe_error(exc: BaseException) -> str:
-    if isinstance(exc, CredpathError):
-        return str(exc)
-    return f"{type(exc).__name__} (message withheld: it may contain a secret)"
-
-
 def inventory(search_path: Any) -> Inventory:
     """Every id every listing backend holds, with the backend a lookup is served by (one lookup per id:
     through the cache, so a warm page costs no store call for cached backends)."""
@@ -85,7 +79,7 @@ def inventory(search_path: Any) -> Inventory:
         try:
             listing = search_path.list_ids(kind)
         except CredpathError as exc:  # ConfigError / AccessDenied / on_error="fail": say it, render the rest
-            inv.failed.setdefault(kind, {})["(listing)"] = _safe_error(exc)
+            inv.failed.setdefault(kind, {})["(listing)"] = safe_reason(exc)
             continue
         inv.cannot_list[kind] = list(listing.cannot_list)
         if listing.failed:
@@ -100,14 +94,14 @@ def _row(search_path: Any, kind: str, key: str, holders: list[str]) -> Row:
     try:
         resolution = search_path.lookup(kind, key)
     except BackendUnavailable as exc:
-        row.status, row.note = "unavailable", _safe_error(exc)
+        row.status, row.note = "unavailable", safe_reason(exc)
         row.shadowed = holders[1:]
         return row
     except (ConfigError, CredpathError) as exc:
-        row.status, row.note = "error", _safe_error(exc)
+        row.status, row.note = "error", safe_reason(exc)
         return row
     except Exception as exc:  # a foreign backend's own exception: named by type only
-        row.status, row.note = "error", _safe_error(exc)
+        row.status, row.note = "error", safe_reason(exc)
         return row
     if resolution is None:  # listed, but a lookup does not find it (e.g. a lookup pattern)
         row.status, row.note = "missing", "listed, but a lookup does not find it"
@@ -278,7 +272,7 @@ def backends(search_path: Any) -> list[BackendRow]:
             detail = str(check()) if callable(check) else "no check available"
             ok = True
         except Exception as exc:
-            detail, ok = _safe_error(exc), False
+            detail, ok = safe_reason(exc), False
         if callable(check) and metrics.on:
             metrics.count_store(entry.name, "backend", "check", "hit" if ok else "error")
         describe = getattr(entry.backend, "describe", None)

@@ -27,6 +27,26 @@ from credpath.errors import ConfigError, MissingFile
 if TYPE_CHECKING:
     from credpath.backends.vault.settings import ClientSettings
 
+__all__ = [
+    "AUTH_METHODS",
+    "AUTH_TYPES",
+    "DEFAULT_AUTH_MOUNTS",
+    "DEFAULT_KUBERNETES_JWT_PATH",
+    "STS_BODY",
+    "STS_URL",
+    "AuthMethod",
+    "LoginBody",
+    "auth_mount",
+    "aws_iam_body",
+    "azure_jwt",
+    "gcp_jwt",
+    "login_request",
+    "read_file",
+    "sign_jwt_rs256",
+    "sigv4_sts_request",
+    "static_token",
+]
+
 DEFAULT_KUBERNETES_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from credpath.model import Connection
     from credpath.shared_cache import SharedState
 
+__all__ = [
+    "KV_VERSION_SHARED_TTL",
+    "VaultBackend",
+    "WriteConflict",
+]
+
 log = logging.getLogger("credpath.backends.vault")
 T = TypeVar("T")
 

@@ -37,6 +37,20 @@ if TYPE_CHECKING:
 
     from credpath.backends.vault.settings import ClientSettings
 
+__all__ = [
+    "REFRESH_BACKOFF",
+    "RENEW_FRACTION",
+    "RENEW_JITTER",
+    "RETRY_POLICY",
+    "RETRY_STATUSES",
+    "TOKEN_LOOKUP_DELAY",
+    "Reply",
+    "Session",
+    "forget_session",
+    "safe_url",
+    "session_for",
+]
+
 log = logging.getLogger("credpath.backends.vault")
 T = TypeVar("T")
 

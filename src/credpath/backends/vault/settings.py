@@ -18,6 +18,14 @@ from typing import Any, Literal
 from credpath.backends.vault.auth import AUTH_METHODS, AUTH_TYPES, DEFAULT_KUBERNETES_JWT_PATH
 from credpath.errors import ConfigError
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ClientSettings",
+    "KvVersion",
+    "PathSetting",
+    "VaultSettings",
+]
+
 DEFAULT_TIMEOUT = 30.0  # hvac's default, which Airflow's provider keeps
 
 PathSetting = str | Sequence[str] | None
