@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -84,7 +85,34 @@ def venv_is_complete(venv: Path = VENV) -> bool:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return recorded == _fingerprint() and (venv / "bin" / "airflow").exists()
+    return recorded == _fingerprint() and (venv / "bin" / "airflow").exists() and not _foreign_scripts(venv)
+
+
+def _foreign_scripts(venv: Path) -> list[Path]:
+    """Scripts in ``venv/bin`` whose ``#!`` line names another venv's interpreter.
+
+    A venv copied from another checkout (``cp -a``) keeps the original's shebangs: ``bin/airflow`` would
+    run the other venv's Python, and so the other checkout's credpath, and pip's re-install of credpath
+    does not rewrite the scripts it did not install."""
+    own = f"#!{venv / 'bin' / 'python'}"
+    foreign = []
+    for script in sorted((venv / "bin").iterdir()):
+        if not script.is_file() or script.is_symlink():
+            continue
+        with script.open("rb") as handle:
+            first = handle.readline(4096)
+        line = first.decode("utf-8", "replace").rstrip("\n")
+        if re.fullmatch(r"#!\S*/bin/python[0-9.]*", line) and line != own:
+            foreign.append(script)
+    return foreign
+
+
+def _own_scripts(venv: Path) -> None:
+    # Point a copied venv's scripts at its own interpreter (see _foreign_scripts).
+    own = f"#!{venv / 'bin' / 'python'}\n"
+    for script in _foreign_scripts(venv):
+        text = script.read_bytes()
+        script.write_bytes(own.encode() + text.split(b"\n", 1)[1])
 
 
 @contextmanager
@@ -101,6 +129,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 def build_venv(venv: Path = VENV) -> float:
     """Create or complete the venv (idempotent); returns the seconds spent, 0.0 when already complete."""
     with _file_lock(venv.parent / f"{venv.name}.lock"):
+        if (venv / "bin").is_dir():
+            _own_scripts(venv)
         if venv_is_complete(venv):
             return 0.0
         started = time.monotonic()
