@@ -933,12 +933,13 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
 ) -> None:
     from urllib.parse import urlsplit
 
-    from tests.servers.airflow_env import run_store_calls_dag, write_store_calls_dag
+    from tests.servers.airflow_env import run_store_calls_dag, task_ops, write_store_calls_dag
 
     parts = urlsplit(openbao.addr)
     calls: dict[str, int] = {}
     reads: dict[str, int] = {}
     task_ms: dict[str, list[float]] = {}
+    ops: dict[str, list[dict[str, Any]]] = {}
     extra: dict[str, str] = {}
     fernet = airflow.run("config", "get-value", "core", "fernet_key")
     if fernet.returncode != 0 or not fernet.stdout.strip():  # the file tier reuses Airflow's key
@@ -957,13 +958,31 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
         calls[name] = proxy.count()
         reads[name] = proxy.count(r"/v1/[^/]+/data/")
         task_ms[name] = times
+        ops[name] = task_ops(airflow, dag_id)
+        assert len(ops[name]) == 10, f"{name}: {len(ops[name])} of 10 tasks reported their operations"
         proxy.stop()
     figures = os.environ.get("CREDPATH_BENCH_SHARED_OUT")  # bench/shared_cache.py reads the figures here
     if figures:
-        Path(figures).write_text(json.dumps({"calls": calls, "reads": reads, "task_ms": task_ms}))
+        Path(figures).write_text(
+            json.dumps({"calls": calls, "reads": reads, "task_ms": task_ms, "ops": ops}, sort_keys=True)
+        )
     assert reads["airflow"] >= 30  # each task process reads each connection
-    # The drop-in, with no shared tier, costs no more requests than Airflow's own backend.
+    # The drop-in, with no shared tier, costs no more requests than Airflow's own backend...
     assert calls["credpath"] <= calls["airflow"], calls
+    # ... and no more work in a task process (counted, not timed: the machine may be busy). The task
+    # process is forked from the supervisor, which built the backend: it inherits the search path and the
+    # started store client, so it builds and imports none itself.
+    for task in ops["credpath"]:
+        assert task["search_paths_built"] == 0, task
+        assert task["client_modules_imported"] == [], task
+        assert task["threads_started"] <= 1, task  # one store-call worker per process, reused by each read
+    # Each masker registration is a round trip to the supervisor; the Task SDK registers a connection's
+    # password itself, so the drop-in sends none of its own for these connections (no secret extras).
+    sent = {
+        name: sorted(m for task in ops[name] for m in task["supervisor_messages"])
+        for name in ("airflow", "credpath")
+    }
+    assert sent["credpath"] == sent["airflow"], sent
     # A shared tier: one read per connection for the whole DAG run (token auth: no login at all).
     for name in ("credpath+file", "credpath+redis"):
         assert reads[name] == len(DAG_CONN_IDS), (name, reads)
