@@ -18,7 +18,11 @@ task sent its supervisor meanwhile (each masker registration is one round trip).
 extrapolates to 300 DAG runs x 10 tasks an hour, each run starting cold (entries expired between runs: the
 worst case for a cache).
 
-    python bench/shared_cache.py [--json out.json]
+With ``--rounds N`` each variant runs N times, interleaved (airflow, credpath, file, redis, airflow, ...),
+so load that changes during the run weighs on every variant alike; requests are the most any run of a
+variant made, times are pooled over its runs.
+
+    python bench/shared_cache.py [--rounds N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,10 +43,18 @@ TEST = "tests/test_airflow.py::test_dag_run_store_calls_airflow_vs_credpath_vs_s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every variant this many times, interleaved (default 1)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="credpath-bench-shared-"))
     out = work / "figures.json"
-    env = {**os.environ, "CREDPATH_BENCH_SHARED_OUT": str(out), "PYTHONPATH": str(ROOT / "src")}
+    env = {
+        **os.environ,
+        "CREDPATH_BENCH_SHARED_OUT": str(out),
+        "CREDPATH_BENCH_SHARED_ROUNDS": str(args.rounds),
+        "PYTHONPATH": str(ROOT / "src"),
+    }
     # Its own --basetemp: pytest prunes all but the newest three default ones, so other pytest sessions on
     # the machine would otherwise delete the Airflow home of a run still going.
     command = [

@@ -898,9 +898,16 @@ DAG_VARIANTS = ("airflow", "credpath", "credpath+file", "credpath+redis")
 
 
 def dag_variant(
-    name: str, token: str, mount: str, proxy_url: str, tmp: Path, redis_url: str
+    name: str,
+    token: str,
+    mount: str,
+    proxy_url: str,
+    tmp: Path,
+    redis_url: str,
+    cache_key: str = DAG_CACHE_KEY,
 ) -> dict[str, str]:
-    """The settings of one way to serve the DAG's connections from one Vault behind ``proxy_url``."""
+    """The settings of one way to serve the DAG's connections from one Vault behind ``proxy_url``
+    (the file tier at ``tmp/shared.db``; Redis entries under ``cache_key``, so a new key starts cold)."""
     airflow_kwargs = {"url": proxy_url, "token": token, "mount_point": mount}
     backends = [{"name": "vault", "type": "vault", "kwargs": dict(airflow_kwargs)}]
     if name == "airflow":
@@ -916,12 +923,12 @@ def dag_variant(
         cache = {"shared": f"file:{tmp / 'shared.db'}", "shared_key": "airflow", **patient}
     else:
         url = redis_url + ("&" if "?" in redis_url else "?") + "socket_timeout=10&socket_connect_timeout=10"
-        cache = {"shared": url, "shared_key": DAG_CACHE_KEY, **patient}
+        cache = {"shared": url, "shared_key": cache_key, **patient}
     return _dag_env(CLASS_PATH, {"backends": backends, "cache": cache})
 
 
 @pytest.mark.airflow
-@pytest.mark.timeout(1200)  # four DAG runs of 10 task processes each, on a small shared machine
+@pytest.mark.timeout(2400)  # four DAG runs (per round) of 10 task processes each, on a small shared machine
 def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
     airflow: AirflowEnv,
     airflow_api_server: ApiServer,
@@ -933,42 +940,53 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
 ) -> None:
     from urllib.parse import urlsplit
 
+    from cryptography.fernet import Fernet
+
     from tests.servers.airflow_env import run_store_calls_dag, task_ops, write_store_calls_dag
 
     parts = urlsplit(openbao.addr)
-    calls: dict[str, int] = {}
-    reads: dict[str, int] = {}
     task_ms: dict[str, list[float]] = {}
     ops: dict[str, list[dict[str, Any]]] = {}
     extra: dict[str, str] = {}
     fernet = airflow.run("config", "get-value", "core", "fernet_key")
     if fernet.returncode != 0 or not fernet.stdout.strip():  # the file tier reuses Airflow's key
-        from cryptography.fernet import Fernet
-
         extra["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
-    for name in DAG_VARIANTS:
-        proxy = fault_proxy(parts.hostname, parts.port)
-        env = {**dag_variant(name, openbao.root_token, dag_vault, proxy.url, tmp_path, redis_url), **extra}
-        dag_id = "store_calls_" + re.sub(r"\W", "_", name)
-        write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10)
-        code, times = run_store_calls_dag(airflow, dag_id, env)
-        assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
-        assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
-        assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
-        calls[name] = proxy.count()
-        reads[name] = proxy.count(r"/v1/[^/]+/data/")
-        task_ms[name] = times
-        ops[name] = task_ops(airflow, dag_id)
-        assert len(ops[name]) == 10, f"{name}: {len(ops[name])} of 10 tasks reported their operations"
-        proxy.stop()
+    # bench/shared_cache.py asks for several rounds (the variants interleaved, so a machine whose load
+    # changes during the run weighs on each variant alike); the test itself runs one.
+    rounds = int(os.environ.get("CREDPATH_BENCH_SHARED_ROUNDS") or 1)
+    runs: dict[str, list[tuple[int, int]]] = {name: [] for name in DAG_VARIANTS}
+    for round_ in range(rounds):
+        cold = tmp_path / f"round{round_}"  # each round starts with an empty shared tier
+        cold.mkdir()
+        cache_key = DAG_CACHE_KEY if round_ == 0 else Fernet.generate_key().decode()
+        for name in DAG_VARIANTS:
+            proxy = fault_proxy(parts.hostname, parts.port)
+            variant = dag_variant(name, openbao.root_token, dag_vault, proxy.url, cold, redis_url, cache_key)
+            env = {**variant, **extra}
+            dag_id = "store_calls_" + re.sub(r"\W", "_", name) + (f"_{round_}" if round_ else "")
+            write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10)
+            code, times = run_store_calls_dag(airflow, dag_id, env)
+            assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
+            assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
+            assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
+            runs[name].append((proxy.count(), proxy.count(r"/v1/[^/]+/data/")))
+            task_ms.setdefault(name, []).extend(times)
+            ops.setdefault(name, []).extend(task_ops(airflow, dag_id))
+            assert len(ops[name]) == 10 * (round_ + 1), f"{name}: a task did not report its operations"
+            proxy.stop()
+    # Per DAG run: the most any run of the variant cost.
+    calls = {name: max(c for c, _ in results) for name, results in runs.items()}
+    reads = {name: max(r for _, r in results) for name, results in runs.items()}
     figures = os.environ.get("CREDPATH_BENCH_SHARED_OUT")  # bench/shared_cache.py reads the figures here
     if figures:
         Path(figures).write_text(
-            json.dumps({"calls": calls, "reads": reads, "task_ms": task_ms, "ops": ops}, sort_keys=True)
+            json.dumps(
+                {"calls": calls, "reads": reads, "task_ms": task_ms, "ops": ops, "runs": runs}, sort_keys=True
+            )
         )
     assert reads["airflow"] >= 30  # each task process reads each connection
     # The drop-in, with no shared tier, costs no more requests than Airflow's own backend...
-    assert calls["credpath"] <= calls["airflow"], calls
+    assert calls["credpath"] <= min(c for c, _ in runs["airflow"]), runs
     # ... and no more work in a task process (counted, not timed: the machine may be busy). The task
     # process is forked from the supervisor, which built the backend: it inherits the search path and the
     # started store client, so it builds and imports none itself.
