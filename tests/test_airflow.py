@@ -1046,3 +1046,64 @@ def test_lookups_in_a_task_process_are_counted_into_airflows_stats(
         credpath.airflow.reset()
         metrics.disable()
         metrics.reset()
+
+
+def _fake_task_process(monkeypatch: pytest.MonkeyPatch, masked: list[tuple[Any, str | None]]) -> None:
+    """sys.modules as in an Airflow 3.3 task process: a supervisor channel, the SDK's masker, and the
+    SDK's context module (whose lookups mask what they return)."""
+    import types
+
+    def mask_secret(value: Any, name: str | None = None) -> None:
+        masked.append((value, name))
+
+    modules = {
+        "airflow": types.ModuleType("airflow"),
+        "airflow.sdk": types.ModuleType("airflow.sdk"),
+        "airflow.sdk.log": types.SimpleNamespace(mask_secret=mask_secret),
+        "airflow.sdk.execution_time": types.ModuleType("airflow.sdk.execution_time"),
+        "airflow.sdk.execution_time.task_runner": types.SimpleNamespace(SUPERVISOR_COMMS=object()),
+        "airflow.sdk.execution_time.context": types.SimpleNamespace(
+            _mask_connection_secrets=lambda conn: None, _mask_and_deserialize_variable=lambda *a: None
+        ),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_in_a_task_process_only_what_the_sdk_does_not_mask_goes_to_the_masker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each registration in a task process is a round trip to the supervisor: the password and a
+    # variable's value, which the Task SDK masks itself after the lookup, are not sent again.
+    import credpath.airflow
+    from credpath.airflow import _CredpathBackendMixin
+
+    masked: list[tuple[Any, str | None]] = []
+    _fake_task_process(monkeypatch, masked)
+    monkeypatch.setattr(credpath.airflow, "_masked", set())
+    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    assert backend.get_conn_value("files_db") is not None
+    assert backend.get_variable("db_password") is not None
+    assert [(_digest(value), name) for value, name in masked] == [(_digest("key-s3cr3t-files"), None)]
+
+
+def test_outside_a_task_process_secrets_go_to_the_masker_in_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import credpath.airflow
+    from credpath.airflow import _CredpathBackendMixin
+
+    masked: list[tuple[Any, str | None]] = []
+    _fake_task_process(monkeypatch, masked)
+    monkeypatch.setitem(sys.modules, "airflow.sdk.execution_time.context", None)  # an SDK that masks nothing
+    monkeypatch.setattr(credpath.airflow, "_masked", set())
+    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    assert backend.get_conn_value("files_db") is not None
+    assert backend.get_conn_value("files_db") is not None  # registered once per process
+    assert backend.get_variable("db_password") is not None
+    digests = [([_digest(v) for v in value] if isinstance(value, list) else _digest(value), name)
+               for value, name in masked]  # fmt: skip
+    assert digests == [
+        ([_digest("pw-s3cr3t-files"), _digest("key-s3cr3t-files")], None),
+        (_digest("pw-s3cr3t-var"), "db_password"),
+    ]

@@ -133,10 +133,7 @@ def _build_search_path(
             raise ConfigError(f"{spec.origin}: {CLASS_PATH} cannot be one of its own backends")
     if overrides:
         specs = route_overrides(specs, overrides)
-    # Inside Airflow its secrets masker filters the logs and gets every resolved secret (from Airflow's
-    # own callers or register_with_airflow_masker): credpath's record factory would redact each log line
-    # of the process a second time.
-    path = SearchPath(specs, cache=cache_settings, mask_logs=_airflow_masker() is None)
+    path = SearchPath(specs, cache=cache_settings)
     _prepare(path)
     return path
 
@@ -229,6 +226,10 @@ def _prepare(path: SearchPath) -> None:
     processes are forked: work done here is inherited by every task instead of repeated in each (the
     Vault client stack alone costs ~100 ms to import).
     """
+    if path.mask_logs:
+        # credpath's own log masker (it also covers processes whose logs no Airflow masker filters, such
+        # as a plain `airflow dags test`) builds its automaton with pyahocorasick on the first secret.
+        _import_quietly("ahocorasick")
     for entry in path.entries:
         backend = entry.backend
         for module in getattr(type(backend), "requires", ()):
@@ -245,6 +246,13 @@ def _prepare(path: SearchPath) -> None:
             raise  # a wrong setting is a start-up error, as it would be at the first lookup
         except Exception as exc:  # start-up is an optimisation: the first lookup retries it
             log.warning("credpath: start-up of backend %r failed: %s", entry.name, type(exc).__name__)
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass  # an optional speed-up (credpath.masking falls back to regular expressions)
 
 
 def search_path_for(
