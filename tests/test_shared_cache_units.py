@@ -191,6 +191,23 @@ def test_file_store_warns_about_a_file_others_can_read(
     s.close()
 
 
+def test_file_store_waits_two_seconds_for_a_locked_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, Any]] = []
+    connect = sqlite3.connect
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    s = FileStore(tmp_path / "c.db")
+    s.get("a")
+    s.close()
+    assert seen == [{"timeout": 2.0, "isolation_level": None, "check_same_thread": False}]
+
+
 def test_file_store_keeps_one_connection_per_process(store: FileStore) -> None:
     store.get("a")
     first = store._conn
@@ -621,6 +638,15 @@ def test_scope_names_every_part_of_the_configuration() -> None:
     assert sc.scope_of([("x", a)]) != sc.scope_of([("x", 1)])
     assert sc.scope_of([a]) != sc.scope_of([b])
     assert sc.scope_of([Backend()]) == sc.scope_of([Backend("Backend")])  # nameless: the class name
+    two = {"url": "http://x", "token": "t"}
+    assert sc.scope_of([BackendSpec(type="vault", name="v", kwargs=two)]) == sc.scope_of(
+        [BackendSpec(type="vault", name="v", kwargs=dict(reversed(two.items())))]
+    )  # the order options were written in does not matter
+
+    class WithKwargs(Backend):
+        kwargs: dict[str, Any] = {}  # a backend object with a kwargs attribute is still an object
+
+    assert sc.scope_of([WithKwargs("a")]) != sc.scope_of([a])
     expected = [
         ["x", "Backend", {}, {}],
         ["a", "Backend", {}, {}],
