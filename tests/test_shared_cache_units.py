@@ -162,7 +162,7 @@ def test_file_store_clear_removes_entries_locks_and_stats(store: FileStore) -> N
 
 
 def test_file_store_file_is_private_in_wal_mode(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "new" / "c.db"
+    path = tmp_path / "new" / "deeper" / "c.db"  # missing directories are made, all private
     s = FileStore(path)
     with caplog.at_level(logging.WARNING, logger="credpath.shared_cache"):
         s.get("a")
@@ -306,7 +306,11 @@ def test_values_that_do_not_open_are_counted_misses_warned_once(
 
 
 def test_entry_freshness_boundary() -> None:
+    import dataclasses
+
     e = entry(100.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.value = "other"  # type: ignore[misc]
     assert e.fresh(110.0) is True
     assert e.fresh(110.5) is False
 
@@ -495,6 +499,17 @@ def test_wait_gives_up_after_lease_plus_a_second(tmp_path: Path, clock: Clock) -
     assert waiter.wait(CKEY) == (None, False)
     assert 3.0 <= sum(clock.sleeps) < 3.06
     assert waiter.counts["lock_takeovers"] == 0
+
+
+def test_wait_ends_at_exactly_lease_plus_a_second(tmp_path: Path, clock: Clock) -> None:
+    class NeverFree(FileStore):
+        def lock(self, key: str, owner: str, lease: float) -> bool:
+            return False
+
+    clock.sleep = lambda seconds: (clock.sleeps.append(seconds), clock.advance(3.0))  # type: ignore[method-assign]
+    waiter = tier_on(NeverFree(tmp_path / "c.db"), lease=2.0)
+    assert waiter.wait(CKEY) == (None, False)
+    assert len(clock.sleeps) == 1  # the first look lands on the end: no second one
 
 
 def test_wait_returns_an_entry_written_just_before_the_takeover(tmp_path: Path, clock: Clock) -> None:
@@ -870,19 +885,19 @@ def test_redis_store_against_a_real_server(redis_url: str, redis_server: Any) ->
     client = redis_server.client()
     now = time.time()
     assert s.get("a") is None
-    s.put("a", b"one", now + 30)
+    s.put("a", b"one", now + 1000)
     assert s.get("a") == b"one"
-    assert 25_000 < client.pttl(sc.PREFIX + "e:a") <= 30_000  # expires in Redis itself
+    assert 999_000 < client.pttl(sc.PREFIX + "e:a") <= 1_000_000  # expires in Redis itself, in ms
     s.put("gone", b"x", now - 1)
     s.put("zero", b"x", time.time())
     assert s.get("gone") is None and s.get("zero") is None
     s.invalidate("a")
     assert s.get("a") is None
 
-    assert s.lock("k", "me", 5.0) is True
-    assert 4_000 < client.pttl(sc.PREFIX + "l:k") <= 5_000
+    assert s.lock("k", "me", 1000.0) is True
+    assert 999_000 < client.pttl(sc.PREFIX + "l:k") <= 1_000_000
     assert s.locked("k") is True
-    assert s.lock("k", "you", 5.0) is False
+    assert s.lock("k", "you", 1000.0) is False
     s.unlock("k", "you")
     assert s.locked("k") is True
     s.unlock("k", "me")
