@@ -821,7 +821,7 @@ def test_resolve_keys_airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_file_tier_creates_a_private_node_key_once(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    home = tmp_path / "nested" / "home"  # made with its missing parents
     keys = sc.resolve_keys(None, {}, home, file_tier=True)
     path = home / "cache.key"
     assert path.read_text() == keys[0].decode() + "\n"
