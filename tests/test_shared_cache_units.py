@@ -903,7 +903,7 @@ def test_redis_store_against_a_real_server(redis_url: str, redis_server: Any) ->
     s.unlock("k", "me")
     assert s.locked("k") is False
     assert s.lock("t", "me", 0.0001) is True  # a lease under a millisecond is still one
-    assert 0 < client.pttl(sc.PREFIX + "l:t") <= 1 or not client.exists(sc.PREFIX + "l:t")
+    assert client.pttl(sc.PREFIX + "l:t") <= 1  # 1, 0, or -2 once gone (no race: never more than 1)
 
     s.add_stats({})
     s.add_stats({"shared_hits": 2, "store_reads": 0})
