@@ -8,11 +8,14 @@ the cap (default 100).
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if "hypothesis" not in sys.modules:  # no property test collected: importing it would cost 1 s a run
+        return
     from hypothesis import settings
 
     cap = int(os.environ.get("CREDPATH_MUTATION_EXAMPLES", "100"))

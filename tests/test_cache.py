@@ -103,6 +103,7 @@ def test_documented_defaults_are_pinned():
     s = CacheSettings()
     assert (s.enabled, s.ttl, s.miss_ttl, s.max_size) == (True, 300.0, 60.0, 10_000)
     assert (s.jitter, s.stale_if_error, DEFAULT_STALE_IF_ERROR) == (0.1, 3600.0, 3600.0)
+    assert (s.shared, s.shared_keys, s.shared_lease) == (None, (), 5.0)
     assert TTLCache().settings == s
 
 
@@ -130,6 +131,7 @@ def test_expired_entries_are_dropped_once_past_the_stale_window(clock):
     assert cache.get_stale("k") == ("V", 12.0)
     clock.now = 1015.0
     assert cache.get_stale("k") == ("V", 15.0)  # the window's last instant
+    assert cache.get("k") is ABSENT and len(cache) == 1  # get() keeps it to the end of the window too
     clock.now = 1015.5
     assert cache.get_stale("k") is None
     assert len(cache) == 1  # get_stale does not drop ...
@@ -197,3 +199,45 @@ def test_entries_is_the_live_table_the_search_path_hot_path_reads():
     cache.invalidate(("connection", "a", None))
     assert ("connection", "a", None) not in entries
     assert cache.entries() is entries
+
+
+def test_put_returns_the_times_it_stored(clock):
+    cache = TTLCache(CacheSettings(ttl=10.0, jitter=0.0, stale_if_error=5.0))
+    assert cache.put("k", "V") == (1010.0, 1000.0, 1015.0)
+    assert cache.put("m", None, miss=True) == (1060.0, 1000.0, 1060.0)  # a miss: no stale window
+    assert TTLCache(CacheSettings(enabled=False)).put("k", "V") is None
+
+
+def test_shared_tier_settings_stay_out_of_repr_and_keys_out_of_equality():
+    url = "redis://:pw-s3cr3t@cache.example:6379/0"
+    settings = CacheSettings(shared=url, shared_keys=(b"key-s3cr3t",))
+    assert "s3cr3t" not in repr(settings)
+    assert settings == CacheSettings(shared=url, shared_keys=(b"other",))  # resolved keys: not the setting
+    assert settings != CacheSettings(shared="file:/x")
+
+
+class _Racing(dict):
+    """A dict whose first iteration fails as it does when another thread's get() pops an expired entry
+    during eviction: RuntimeError (changed size) or StopIteration (emptied)."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        super().__init__()
+        self.error: type[BaseException] | None = error
+
+    def __iter__(self):
+        if self.error is not None and len(self) > 1:
+            error, self.error = self.error, None
+            if error is StopIteration:
+                return iter(())
+            raise error("dictionary changed size during iteration")
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("error", [RuntimeError, StopIteration])
+def test_eviction_tolerates_a_concurrent_removal(error):
+    cache = TTLCache(CacheSettings(max_size=2))
+    cache._data = _Racing(error)
+    for key in "abc":
+        cache.put(key, key)
+    assert len(cache) == 2  # the eviction went on after the failed turn
+    assert [cache.get(k) for k in "abc"] == [ABSENT, "b", "c"]

@@ -342,6 +342,7 @@ def test_kinds_from_patterns_and_default_name():
 
     assert kinds_from_patterns({"connection": "^a"}) == {"connection": "^a", "variable": None, "config": None}
     assert default_name("a.b.Cls") == "Cls" and default_name("vault") == "vault"
+    assert default_name("a.b.c.Cls") == "Cls"
 
 
 @pytest.mark.parametrize(
@@ -352,6 +353,7 @@ def test_kinds_from_patterns_and_default_name():
         ("[circuit_breaker]\nfailures = 0\n", "failures must be an integer >= 1"),
         ("[circuit_breaker]\ncool_down = 0\n", "cool_down must be a number > 0"),
         ("[circuit_breaker]\nmax_cool_down = false\n", "max_cool_down must be a number > 0"),
+        ("[circuit_breaker]\ncool_down = true\n", "cool_down must be a number > 0"),
         ("[circuit_breaker]\nenabled = 'yes'\n", "enabled must be true or false"),
     ],
 )
@@ -363,3 +365,82 @@ def test_breaker_type_errors(tmp_path, toml, message):
 def test_breaker_smallest_valid_values(tmp_path):
     b = settings(tmp_path, "[circuit_breaker]\nfailures = 1\ncool_down = 0.5\nmax_cool_down = 0.5\n").breaker
     assert (b.failures, b.cool_down, b.max_cool_down) == (1, 0.5, 0.5)
+
+
+# --- [cache] shared tier settings, at the unit level (parse_cache; no store is opened) ---
+
+FERNET_KEY = "x" * 43 + "="  # 32 url-safe base64 bytes: a valid Fernet key's shape
+
+
+def test_shared_lease_is_a_positive_number(tmp_path):
+    from credpath.config import parse_cache
+
+    env = {"CREDPATH_HOME": str(tmp_path)}
+    assert parse_cache({"shared_lease": 1}, "o", env).shared_lease == 1.0
+    assert isinstance(parse_cache({"shared_lease": 1}, "o", env).shared_lease, float)
+    assert parse_cache({"shared_lease": 0.25}, "o", env).shared_lease == 0.25
+    for bad in (0, -1, True, "5"):
+        with pytest.raises(ConfigError, match=r"^o: shared_lease must be a number > 0 \(seconds\)$"):
+            parse_cache({"shared_lease": bad}, "o", env)
+
+
+def test_shared_off_values_and_bad_types(tmp_path):
+    from credpath.config import parse_cache
+
+    env = {"CREDPATH_HOME": str(tmp_path)}
+    for off in (None, False, "", "off", " None ", "FALSE"):
+        raw = {} if off is None else {"shared": off}
+        assert parse_cache(raw, "o", env).shared is None
+    for bad in (True, 5, ["file"]):
+        with pytest.raises(ConfigError, match=r"^o: shared must be 'file', 'file:PATH', or a redis://"):
+            parse_cache({"shared": bad}, "o", env)
+    with pytest.raises(
+        ConfigError, match=r"^o: shared_key must be a string \(Fernet keys, comma-separated\)$"
+    ):
+        parse_cache({"shared": "file", "shared_key": 5}, "o", env)
+
+
+def test_shared_file_tier_and_keys(tmp_path):
+    from credpath.config import parse_cache
+
+    env = {"CREDPATH_HOME": str(tmp_path)}
+    cache = parse_cache({"shared": "file", "shared_key": FERNET_KEY}, "o", env)
+    assert cache.shared == f"file:{tmp_path / 'cache' / 'shared-cache.db'}"
+    assert cache.shared_keys == (FERNET_KEY.encode(),)
+    node = parse_cache({"shared": "file"}, "o", env)  # no key configured: the node key file
+    assert len(node.shared_keys) == 1 and (tmp_path / "cache.key").is_file()
+    with pytest.raises(ConfigError, match=r"^o: shared 'file:' needs a path"):
+        parse_cache({"shared": "file:"}, "o", env)
+    with pytest.raises(ConfigError, match=r"^o: shared_key: key 1 is not a Fernet key"):
+        parse_cache({"shared": "file", "shared_key": "nope"}, "o", env)
+
+
+def test_shared_tier_from_the_environment_wins(tmp_path, monkeypatch):
+    from credpath.config import parse_cache
+
+    env = {"CREDPATH_HOME": str(tmp_path), "CREDPATH_CACHE_SHARED": f"file:{tmp_path}/env.db"}
+    assert parse_cache({"shared": "file"}, "o", env).shared == f"file:{tmp_path}/env.db"
+    assert parse_cache({"shared": "file"}, "o", {**env, "CREDPATH_CACHE_SHARED": "off"}).shared is None
+    with pytest.raises(ConfigError, match=r"^CREDPATH_CACHE_SHARED 'file:' needs a path"):
+        parse_cache({}, "o", {**env, "CREDPATH_CACHE_SHARED": "file:"})
+    # env=None reads the process environment; an env given is the only one read.
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path))
+    monkeypatch.setenv("CREDPATH_CACHE_SHARED", f"file:{tmp_path}/process.db")
+    monkeypatch.delenv("CREDPATH_CACHE_KEY", raising=False)
+    monkeypatch.delenv("CREDPATH_FERNET_KEY", raising=False)
+    assert parse_cache({}, "o").shared == f"file:{tmp_path}/process.db"
+    assert parse_cache({}, "o", {"CREDPATH_HOME": str(tmp_path)}).shared is None
+
+
+def test_shared_redis_without_redis_py_stays_a_missing_dependency(tmp_path, monkeypatch):
+    import importlib.util
+
+    from credpath.config import _dependency, parse_cache
+    from credpath.errors import MissingDependency
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependency, match=r"^o: shared needs redis-py") as info:
+        parse_cache({"shared": "redis://h:6379/0", "shared_key": FERNET_KEY}, "o", {})
+    assert info.value.module == "redis"
+    assert _dependency(ConfigError("x")) == {}
+    assert _dependency(info.value) == {"module": "redis"}

@@ -405,3 +405,61 @@ def test_call_with_deadline_works_in_a_forked_child():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_call_with_retries_zero_attempts_still_tries_once():
+    got = call_with_retries(
+        lambda d: 7, Deadline(5), RetryPolicy(attempts=0), classify=_classify, on_timeout=lambda n: Timeout(n)
+    )
+    assert got == 7
+
+
+class _WholeBound(RetryPolicy):
+    """Jitter drawn at its maximum: each wait is its whole bound."""
+
+    def backoff(self, attempt, rng=lambda: 1.0):
+        return super().backoff(attempt, rng)
+
+
+@pytest.mark.parametrize("retry_after", [None, 10.0])
+def test_call_with_retries_gives_up_when_the_wait_is_exactly_the_time_left(monkeypatch, retry_after):
+    import credpath.deadlines as mod
+
+    monkeypatch.setattr(mod.time, "monotonic", lambda: 100.0)  # time stands still: remaining() is 10
+    waits: list[float] = []
+
+    def func(_d):
+        exc = ConnectionError("busy")
+        exc.retry_after = retry_after
+        raise exc
+
+    with pytest.raises(RetriesExhausted) as info:
+        call_with_retries(
+            func,
+            Deadline(10),
+            _WholeBound(attempts=4, base=10.0, cap=10.0),  # a back-off of exactly 10 s
+            classify=_classify,
+            on_timeout=lambda n: Timeout(n),
+            sleep=waits.append,
+        )
+    assert waits == [] and info.value.attempts == 1 and info.value.retry_after == retry_after
+
+
+def test_unwrap_retries_names_the_attempts_and_an_unhonoured_retry_after():
+    from credpath.deadlines import unwrap_retries
+
+    plain = ValueError("x")
+    assert unwrap_retries(plain, 10) == (plain, "")
+    last = ConnectionError("reset")
+    assert unwrap_retries(RetriesExhausted(last, 3), 10) == (last, " after 3 attempt(s)")
+    assert unwrap_retries(RetriesExhausted(last, 1, 30.0), 2.5) == (
+        last,
+        " after 1 attempt(s) (Retry-After 30 s is beyond the 2.5 s deadline)",
+    )
+
+
+def test_call_with_deadline_runs_on_a_named_daemon_thread():
+    # A daemon: a store call stuck past its deadline must not keep the process from exiting.
+    thread = call_with_deadline(threading.current_thread, Deadline(5), on_timeout=Timeout)
+    assert thread is not threading.current_thread()
+    assert thread.daemon is True and thread.name == "credpath-store-call"

@@ -537,3 +537,37 @@ def test_json_errors_name_the_connection_only_when_known():
         ConnectionFormatError, match=r"^connection JSON for connection 'c' must be a JSON object"
     ):
         Connection.from_json("[1]", conn_id="c")
+
+
+def test_a_host_that_is_a_path_survives_an_at_sign_in_the_password():
+    conn = Connection.from_uri("postgres://u:p@ss@%2Fvar%2Frun%2Fpg:5432/db")
+    assert (conn.host, conn.login, conn.port, conn.schema) == ("/var/run/pg", "u", 5432, "db")
+
+
+def test_connection_and_variable_are_frozen_and_hashable():
+    import dataclasses
+
+    from credpath.model import Variable
+
+    conn = Connection(conn_id="x", conn_type="http")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        conn.host = "h"  # type: ignore[misc]
+    assert hash(conn) == hash(Connection(conn_id="x", conn_type="http"))
+    var = Variable(key="k", value="v")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        var.value = "w"  # type: ignore[misc]
+
+
+def test_repr_shows_a_password_mask_only_when_there_is_a_password():
+    assert "password" not in repr(Connection(conn_id="x", conn_type="http"))
+    assert ", password='***'" in repr(Connection(conn_id="x", conn_type="http", password="pw-s3cr3t"))
+
+
+def test_url_error_reason_keeps_the_first_clause_only():
+    from credpath.model import _url_error_reason
+
+    assert _url_error_reason(ValueError("Port could not be cast to integer value as 'pw-s3cr3t'")) == (
+        "Port could not be cast to integer value"
+    )
+    assert _url_error_reason(ValueError("Invalid IPv6 URL: [pw-s3cr3t")) == "Invalid IPv6 URL"
+    assert _url_error_reason(ValueError("plain")) == "plain"

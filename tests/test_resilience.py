@@ -242,3 +242,30 @@ def test_breaker_settings_are_frozen_and_one_failure_then_success_resets():
 def test_a_disabled_breaker_reports_no_opening():
     breaker = CircuitBreaker("x", BreakerSettings(enabled=False, failures=1), Clock())
     assert breaker.failure() is False and breaker.failures == 0 and breaker.opened == 0
+
+
+class _SucceedsWhileWaiting:
+    """The breaker's lock, taken just as another thread's success() closes the breaker (the race that
+    allow()'s re-check under the lock is there for)."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self.breaker.state = "closed"
+        self.breaker.failures = 0
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_allow_rechecks_under_the_lock_a_breaker_closed_meanwhile():
+    clock = Clock()
+    breaker = CircuitBreaker("vault", BreakerSettings(failures=1, cool_down=10.0), clock)
+    breaker.failure()
+    assert breaker.state == "open"
+    breaker._lock = _SucceedsWhileWaiting(breaker)  # type: ignore[assignment]
+    assert breaker.allow() is True  # closed by the time the lock was held: let through, not rejected
+    assert breaker.rejected == 0 and breaker.state == "closed"

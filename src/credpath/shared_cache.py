@@ -341,7 +341,7 @@ def normalize_shared(setting: str, home: Path) -> str:
             ) from None
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigError("is not a valid Redis URL: no host")
-        db = parts.path.strip("/")
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""  # unix://: the path is the socket
         if db and not db.isdigit():
             raise ConfigError("is not a valid Redis URL: the path must be a database number")
         import importlib.util
