@@ -3,6 +3,7 @@ declares "structured", one id at a time otherwise; per-id failures never hide th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -203,3 +204,100 @@ def test_a_backend_written_from_the_protocol_works_with_migrate_prefetch_and_lis
     assert reports["connection"].hits == 1 and reports["variable"].hits == 1
     assert path.get_connection("db").host == "db.example.com"
     assert path.set_variable("new", "v", to="mine") == "mine"
+
+
+# --- gaps the mutation run of reading.py showed -------------------------------------------------------------
+
+
+def test_read_many_chunks_at_100_ids_by_default() -> None:
+    store = BatchMemoryBackend({f"c{i}": URI for i in range(250)})
+    found = reading.read_many(store, "connection", [f"c{i}" for i in range(250)])
+    sizes = [len(ids) for name, ids in store.calls if name == "get_conn_values"]
+    assert sizes == [100, 100, 50] and reading.READ_CHUNK == 100
+    assert len(found) == 250
+
+
+class _Nameless:
+    """A foreign backend with no ``name`` attribute: messages fall back to its class name."""
+
+    capabilities = frozenset({"batch"})
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        return None
+
+    def get_variable(self, key: str):  # type: ignore[no-untyped-def]
+        return 7 if key == "seven" else None
+
+    def get_config(self, key: str) -> str | None:
+        return None
+
+    def get_conn_values(self, ids: list[str]) -> dict[str, object]:
+        return dict.fromkeys(ids)  # a broken store: "hits" without values
+
+    def get_variables(self, keys: list[str]) -> dict[str, str]:
+        return {}
+
+
+def test_a_foreign_backend_without_a_name_is_named_by_its_class() -> None:
+    assert reading.name_of(_Nameless()) == "_Nameless"
+    assert reading.label_of(_Nameless()) == "backend '_Nameless'"
+    assert reading.label_of(_Nameless(), "prod") == "backend 'prod'"
+    with pytest.raises(BackendError) as info:
+        reading.read(_Nameless(), "variable", "seven")
+    assert info.value.backend == "_Nameless"
+    assert "backend '_Nameless': returned a int for variable 'seven'" in str(info.value)
+
+
+def test_a_foreign_batch_hit_without_a_value_is_an_error_of_its_id() -> None:
+    found = reading.read_batch(_Nameless(), "connection", ["a"])
+    assert isinstance(found["a"], BackendError)
+    assert "backend '_Nameless': returned nothing for connection 'a'" in str(found["a"])
+
+
+def test_exists_for_variables_and_config() -> None:
+    store = MemoryBackend(variables={"k": "v"}, config={"c": "x"})
+    assert reading.exists(store, "variable", "k") is True
+    assert reading.exists(store, "variable", "missing") is False
+    assert reading.exists(store, "config", "c") is True
+    assert reading.exists(store, "config", "missing") is False
+
+
+def test_batch_reads_give_plain_values_unless_records_are_asked_for() -> None:
+    store = BatchMemoryBackend(variables={"k": "v"})
+    assert reading.read_batch(store, "variable", ["k", "miss"]) == {"k": "v"}
+    assert reading.read_batch(store, "variable", ["k"], records=True) == {"k": Variable("k", "v")}
+
+
+def test_one_at_a_time_records_only_for_variables() -> None:
+    class Described(MemoryBackend):
+        def get_variable_record(self, key: str, team_name: str | None = None) -> Variable | None:
+            value = self.variables.get(key)
+            return None if value is None else Variable(key, value, "described")
+
+    store = Described({"c": URI}, variables={"k": "v"})
+    assert reading.read_many(store, "variable", ["k", "miss"], records=True) == {
+        "k": Variable("k", "v", "described")
+    }
+    assert reading.read_many(store, "variable", ["k"]) == {"k": "v"}  # no records asked: the plain read
+    found = reading.read_many(store, "connection", ["c"], records=True)  # records apply to variables only
+    assert isinstance(found["c"], Connection) and found["c"].host == "db.example.com"
+
+
+def test_a_record_whose_value_is_not_a_string_fails_its_id() -> None:
+    class Odd(MemoryBackend):
+        def get_variable_record(self, key: str, team_name: str | None = None) -> Variable | None:
+            return Variable(key, 3) if key == "n" else None  # type: ignore[arg-type]
+
+    found = reading.read_many(Odd(variables={"ok": "v"}), "variable", ["n", "ok"], records=True)
+    assert isinstance(found["n"], BackendError) and "returned a int for variable 'n'" in str(found["n"])
+    assert "ok" not in found  # Odd's records know only "n": the plain value is not asked
+
+
+def test_a_batch_of_a_credpath_backend_parses_with_its_own_deserializer() -> None:
+    class Tagged(BatchMemoryBackend):
+        def deserialize_connection(self, conn_id: str, value: str) -> Connection:
+            parsed = Connection.from_value(value, conn_id=conn_id)
+            return dataclasses.replace(parsed, description="parsed by the store")
+
+    found = reading.read_batch(Tagged({"c": URI}), "connection", ["c"])
+    assert found["c"].description == "parsed by the store"  # type: ignore[union-attr]
