@@ -392,3 +392,15 @@ def test_a_miss_is_not_found_through_the_shared_tier_either(shared_pair):
     one = shared_pair(MemoryBackend())
     with pytest.raises(NotFound):
         one.get_connection("nope")
+
+
+def test_listing_goes_on_past_a_backend_that_says_it_cannot_list():
+    from credpath.errors import ReadOnlyBackend
+
+    class NoListing(MemoryBackend):
+        def list_connections(self):
+            raise ReadOnlyBackend(f"{self.label} cannot list connections")
+
+    sp = path(NoListing({"x": URI_A}), MemoryBackend({"a": URI_A}))
+    found, cannot = sp.list_ids("connection")
+    assert (found, cannot) == ({"a": ["b1"]}, ["b0"])
