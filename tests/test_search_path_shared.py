@@ -339,3 +339,22 @@ def test_settings_without_keys_resolve_the_node_key(
     b = SearchPath([("m", two)], cache=settings(shared=f"file:{db}"))
     assert a.get_variable("k") == VALUE and b.get_variable("k") == VALUE
     assert len(one.calls) == 1 and two.calls == []
+
+
+def test_metrics_count_a_shared_hit_under_tier_shared(db: Path, clock: Clock) -> None:
+    from credpath import metrics
+
+    a, b = Node(db), Node(db)
+    metrics.reset()
+    metrics.enable()
+    try:
+        metrics.instrument(a.path)
+        metrics.instrument(b.path)
+        a.path.get_variable("k")
+        b.path.get_variable("k")
+        lookups = metrics.snapshot()["lookups"]
+    finally:
+        metrics.disable()
+        metrics.reset()
+    assert lookups[("variable", "store", "found")] == 1
+    assert lookups[("variable", "shared", "found")] == 1
