@@ -288,17 +288,25 @@ def test_a_write_invalidates_the_shared_entry(db: Path, clock: Clock) -> None:
     assert c.reads == 1
 
 
-def test_a_write_invalidates_a_team_entry_adopted_from_the_shared_tier(db: Path, clock: Clock) -> None:
+@pytest.mark.parametrize("other_team", [None, "k"])  # "k": a team named like the key
+def test_a_write_invalidates_a_team_entry_adopted_from_the_shared_tier(
+    db: Path, clock: Clock, other_team: str | None
+) -> None:
     a, b = Node(db), Node(db)
+    b.path.get_variable("other", None, team_name=other_team)
     a.path.get_variable("k", team_name="t1")
     assert b.path.get_variable("k", team_name="t1") == VALUE
-    assert b.reads == 0
+    assert b.backend.calls == [("get_variable", "other")]  # "k" came from the shared tier
     b.path.set_variable("k", "s3cr3t-new")
     assert b.path.get_variable("k", team_name="t1") == "s3cr3t-new"
 
 
-def test_a_write_invalidates_a_team_entry_this_process_read(db: Path, clock: Clock) -> None:
+@pytest.mark.parametrize("other_team", [None, "k"])
+def test_a_write_invalidates_a_team_entry_this_process_read(
+    db: Path, clock: Clock, other_team: str | None
+) -> None:
     a = Node(db)
+    a.path.get_variable("other", None, team_name=other_team)
     a.path.get_variable("k", team_name="t1")
     a.path.set_variable("k", "s3cr3t-new")
     assert a.path.get_variable("k", team_name="t1") == "s3cr3t-new"
