@@ -607,6 +607,3 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
-
-
-PathSetting = str | Sequence[str] | None
