@@ -2,7 +2,8 @@
 helpers, stats_report, and RedisStore against the session's real redis-server (tests/servers/redis.py).
 
 These are the module's fast tests for scripts/mutation: no store servers but Redis, no subprocesses, no
-sleeping (the tier's clock is replaced by :class:`Clock`, whose ``sleep`` only moves time on).
+sleeping (the tier's clock is replaced by :class:`Clock`, whose ``sleep`` only moves time on), except the
+two tests of how an open waits for SQLite's file lock, which must wait on real time.
 """
 
 from __future__ import annotations
@@ -206,6 +207,55 @@ def test_file_store_waits_two_seconds_for_a_locked_database(
     s.get("a")
     s.close()
     assert seen == [{"timeout": 2.0, "isolation_level": None, "check_same_thread": False}]
+
+
+def test_file_store_opens_a_file_another_process_is_still_writing(tmp_path: Path) -> None:
+    # Another opener mid-write (before WAL is set) on a new file: SQLite refuses the switch to WAL at
+    # once, without its busy timeout. The open waits for the writer instead of failing the tier (a failed
+    # open sent one of ten concurrent Airflow tasks to the store in CI).
+    import threading
+
+    path = tmp_path / "c.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    refused = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # the state the open must survive
+        refused.execute("PRAGMA journal_mode=WAL")
+    refused.close()
+    release = threading.Timer(0.2, writer.execute, ("COMMIT",))
+    release.start()
+    s = FileStore(path)
+    started = time.monotonic()
+    try:
+        assert s.get("a") is None
+        waited = time.monotonic() - started
+        assert s._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        release.join()
+        s.close()
+        writer.close()
+    assert 0.15 <= waited < 2.0
+
+
+def test_file_store_open_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    s = FileStore(path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            s.get("a")
+        assert s._conn is None  # nothing half-opened is kept: the next call opens afresh
+    finally:
+        writer.close()
+    assert sc.SQLITE_BUSY_TIMEOUT <= time.monotonic() - started < sc.SQLITE_BUSY_TIMEOUT + 1.0
+    assert s.get("a") is None
+    s.close()
 
 
 def test_file_store_keeps_one_connection_per_process(store: FileStore) -> None:

@@ -106,6 +106,38 @@ _SCHEMA = (
 )
 
 
+#: Seconds a SQLite statement waits for another process's write lock before it fails.
+SQLITE_BUSY_TIMEOUT = 2.0
+
+
+def _prepare(conn: Any) -> None:
+    """WAL mode and the schema, on a file other processes may be creating at the same moment.
+
+    Switching to WAL needs the file to itself, and SQLite answers "database is locked" at once, without
+    its busy timeout, when another connection holds it (seen with 10 processes opening a new file: about
+    one open in 300 failed, which sent that task to the store). WAL is a property of the file, so only
+    the first opener switches it; the others see it set, and a switch that met a busy file is retried.
+    """
+    import sqlite3
+
+    give_up = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= give_up:  # SQLITE_BUSY reads so
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+    conn.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last writes on power loss is fine
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
 class FileStore:
     """SQLite in WAL mode: readers never block the writer, a write is one short transaction.
 
@@ -135,11 +167,14 @@ class FileStore:
             os.close(fd)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("shared cache: %s is readable by group/others; chmod 600 it", self.path)
-        conn = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last writes on power loss is fine
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        conn = sqlite3.connect(
+            self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            _prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._conn, self._pid = conn, os.getpid()
         return conn
 
