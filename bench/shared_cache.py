@@ -12,10 +12,17 @@ counts every request; a redis-server. A DAG of 10 tasks, each reading 3 connecti
   Airflow's [core] fernet_key).
 
 "secrets ms/task" is timed inside each task around its 3 ``BaseHook.get_connection`` calls (it includes
-building the secrets backend in the task process). "calls/hour" extrapolates to 300 DAG runs x 10 tasks
-an hour, each run starting cold (entries expired between runs: the worst case for a cache).
+building the secrets backend in the task process); "CPU ms/task" is the task process's CPU time over the
+same calls (less sensitive than wall time to a busy machine); "supervisor msgs/task" counts the messages the
+task sent its supervisor meanwhile (each masker registration is one round trip). "calls/hour"
+extrapolates to 300 DAG runs x 10 tasks an hour, each run starting cold (entries expired between runs: the
+worst case for a cache).
 
-    python bench/shared_cache.py [--json out.json]
+With ``--rounds N`` each variant runs N times, interleaved (airflow, credpath, file, redis, airflow, ...),
+so load that changes during the run weighs on every variant alike; requests are the most any run of a
+variant made, times are pooled over its runs.
+
+    python bench/shared_cache.py [--rounds N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,19 +43,41 @@ TEST = "tests/test_airflow.py::test_dag_run_store_calls_airflow_vs_credpath_vs_s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every variant this many times, interleaved (default 1)"
+    )
     args = parser.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="credpath-bench-shared-")) / "figures.json"
-    env = {**os.environ, "CREDPATH_BENCH_SHARED_OUT": str(out), "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "airflow", TEST]
+    work = Path(tempfile.mkdtemp(prefix="credpath-bench-shared-"))
+    out = work / "figures.json"
+    env = {
+        **os.environ,
+        "CREDPATH_BENCH_SHARED_OUT": str(out),
+        "CREDPATH_BENCH_SHARED_ROUNDS": str(args.rounds),
+        "PYTHONPATH": str(ROOT / "src"),
+    }
+    # Its own --basetemp: pytest prunes all but the newest three default ones, so other pytest sessions on
+    # the machine would otherwise delete the Airflow home of a run still going.
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={work / 'pytest'}",
+        "-m", "airflow", TEST,
+    ]  # fmt: skip
+    load_before = os.getloadavg()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0 or not out.exists():
+    if not out.exists():
         print(result.stdout[-3000:], file=sys.stderr)
         return 1
+    failed = result.returncode != 0  # figures are written before the test's assertions: show them anyway
+    load_after = os.getloadavg()
     figures = json.loads(out.read_text())
     rows = {}
     for name, calls in figures["calls"].items():
         times = figures["task_ms"][name]
+        ops = figures["ops"][name]
+        cpu = [task["cpu_ms"] for task in ops]
         rows[name] = {
+            "cpu_ms_per_task_median": statistics.median(cpu),
+            "supervisor_messages_per_task": sum(len(t["supervisor_messages"]) for t in ops) / len(ops),
+            "threads_started_per_task": sum(t["threads_started"] for t in ops) / len(ops),
             "store_calls_per_dag_run": calls,
             "kv_reads_per_dag_run": figures["reads"][name],
             "secrets_ms_per_task_median": statistics.median(times),
@@ -57,17 +86,26 @@ def main() -> int:
         }
     print(
         "| per DAG run (10 tasks x 3 connections) | store requests | KV reads | secrets ms/task (median, max)"
-        " | requests/hour, 300 DAGs x 10 tasks |"
+        " | CPU ms/task (median) | supervisor msgs/task | requests/hour, 300 DAGs x 10 tasks |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         print(
             f"| {name} | {row['store_calls_per_dag_run']} | {row['kv_reads_per_dag_run']} | "
             f"{row['secrets_ms_per_task_median']:.0f}, {row['secrets_ms_per_task_max']:.0f} | "
+            f"{row['cpu_ms_per_task_median']:.0f} | {row['supervisor_messages_per_task']:g} | "
             f"{row['calls_per_hour_300_dags_x_10_tasks']:,} |"
         )
+    loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(load_before, load_after, strict=True))
+    print(f"\nload average (1, 5, 15 min) before/after: {loads}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(
+            json.dumps({"rows": rows, "load_before": load_before, "load_after": load_after}, indent=2)
+        )
+    if failed:
+        failures = [line for line in result.stdout.splitlines() if line.startswith("E ")][:5]
+        print("the test's assertions failed:\n" + "\n".join(failures), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -898,9 +898,16 @@ DAG_VARIANTS = ("airflow", "credpath", "credpath+file", "credpath+redis")
 
 
 def dag_variant(
-    name: str, token: str, mount: str, proxy_url: str, tmp: Path, redis_url: str
+    name: str,
+    token: str,
+    mount: str,
+    proxy_url: str,
+    tmp: Path,
+    redis_url: str,
+    cache_key: str = DAG_CACHE_KEY,
 ) -> dict[str, str]:
-    """The settings of one way to serve the DAG's connections from one Vault behind ``proxy_url``."""
+    """The settings of one way to serve the DAG's connections from one Vault behind ``proxy_url``
+    (the file tier at ``tmp/shared.db``; Redis entries under ``cache_key``, so a new key starts cold)."""
     airflow_kwargs = {"url": proxy_url, "token": token, "mount_point": mount}
     backends = [{"name": "vault", "type": "vault", "kwargs": dict(airflow_kwargs)}]
     if name == "airflow":
@@ -916,12 +923,12 @@ def dag_variant(
         cache = {"shared": f"file:{tmp / 'shared.db'}", "shared_key": "airflow", **patient}
     else:
         url = redis_url + ("&" if "?" in redis_url else "?") + "socket_timeout=10&socket_connect_timeout=10"
-        cache = {"shared": url, "shared_key": DAG_CACHE_KEY, **patient}
+        cache = {"shared": url, "shared_key": cache_key, **patient}
     return _dag_env(CLASS_PATH, {"backends": backends, "cache": cache})
 
 
 @pytest.mark.airflow
-@pytest.mark.timeout(1200)  # four DAG runs of 10 task processes each, on a small shared machine
+@pytest.mark.timeout(2400)  # four DAG runs (per round) of 10 task processes each, on a small shared machine
 def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
     airflow: AirflowEnv,
     airflow_api_server: ApiServer,
@@ -933,37 +940,67 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
 ) -> None:
     from urllib.parse import urlsplit
 
-    from tests.servers.airflow_env import run_store_calls_dag, write_store_calls_dag
+    from cryptography.fernet import Fernet
+
+    from tests.servers.airflow_env import run_store_calls_dag, task_ops, write_store_calls_dag
 
     parts = urlsplit(openbao.addr)
-    calls: dict[str, int] = {}
-    reads: dict[str, int] = {}
     task_ms: dict[str, list[float]] = {}
+    ops: dict[str, list[dict[str, Any]]] = {}
     extra: dict[str, str] = {}
     fernet = airflow.run("config", "get-value", "core", "fernet_key")
     if fernet.returncode != 0 or not fernet.stdout.strip():  # the file tier reuses Airflow's key
-        from cryptography.fernet import Fernet
-
         extra["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
-    for name in DAG_VARIANTS:
-        proxy = fault_proxy(parts.hostname, parts.port)
-        env = {**dag_variant(name, openbao.root_token, dag_vault, proxy.url, tmp_path, redis_url), **extra}
-        dag_id = "store_calls_" + re.sub(r"\W", "_", name)
-        write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10)
-        code, times = run_store_calls_dag(airflow, dag_id, env)
-        assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
-        assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
-        assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
-        calls[name] = proxy.count()
-        reads[name] = proxy.count(r"/v1/[^/]+/data/")
-        task_ms[name] = times
-        proxy.stop()
+    # bench/shared_cache.py asks for several rounds (the variants interleaved, so a machine whose load
+    # changes during the run weighs on each variant alike); the test itself runs one.
+    rounds = int(os.environ.get("CREDPATH_BENCH_SHARED_ROUNDS") or 1)
+    runs: dict[str, list[tuple[int, int]]] = {name: [] for name in DAG_VARIANTS}
+    for round_ in range(rounds):
+        cold = tmp_path / f"round{round_}"  # each round starts with an empty shared tier
+        cold.mkdir()
+        cache_key = DAG_CACHE_KEY if round_ == 0 else Fernet.generate_key().decode()
+        for name in DAG_VARIANTS:
+            proxy = fault_proxy(parts.hostname, parts.port)
+            variant = dag_variant(name, openbao.root_token, dag_vault, proxy.url, cold, redis_url, cache_key)
+            env = {**variant, **extra}
+            dag_id = "store_calls_" + re.sub(r"\W", "_", name) + (f"_{round_}" if round_ else "")
+            write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10)
+            code, times = run_store_calls_dag(airflow, dag_id, env)
+            assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
+            assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
+            assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
+            runs[name].append((proxy.count(), proxy.count(r"/v1/[^/]+/data/")))
+            task_ms.setdefault(name, []).extend(times)
+            ops.setdefault(name, []).extend(task_ops(airflow, dag_id))
+            assert len(ops[name]) == 10 * (round_ + 1), f"{name}: a task did not report its operations"
+            proxy.stop()
+    # Per DAG run: the most any run of the variant cost.
+    calls = {name: max(c for c, _ in results) for name, results in runs.items()}
+    reads = {name: max(r for _, r in results) for name, results in runs.items()}
     figures = os.environ.get("CREDPATH_BENCH_SHARED_OUT")  # bench/shared_cache.py reads the figures here
     if figures:
-        Path(figures).write_text(json.dumps({"calls": calls, "reads": reads, "task_ms": task_ms}))
+        Path(figures).write_text(
+            json.dumps(
+                {"calls": calls, "reads": reads, "task_ms": task_ms, "ops": ops, "runs": runs}, sort_keys=True
+            )
+        )
     assert reads["airflow"] >= 30  # each task process reads each connection
-    # The drop-in, with no shared tier, costs no more requests than Airflow's own backend.
-    assert calls["credpath"] <= calls["airflow"], calls
+    # The drop-in, with no shared tier, costs no more requests than Airflow's own backend...
+    assert calls["credpath"] <= min(c for c, _ in runs["airflow"]), runs
+    # ... and no more work in a task process (counted, not timed: the machine may be busy). The task
+    # process is forked from the supervisor, which built the backend: it inherits the search path and the
+    # started store client, so it builds and imports none itself.
+    for task in ops["credpath"]:
+        assert task["search_paths_built"] == 0, task
+        assert task["client_modules_imported"] == [], task
+        assert task["threads_started"] <= 1, task  # one store-call worker per process, reused by each read
+    # Each masker registration is a round trip to the supervisor; the Task SDK registers a connection's
+    # password itself, so the drop-in sends none of its own for these connections (no secret extras).
+    sent = {
+        name: sorted(m for task in ops[name] for m in task["supervisor_messages"])
+        for name in ("airflow", "credpath")
+    }
+    assert sent["credpath"] == sent["airflow"], sent
     # A shared tier: one read per connection for the whole DAG run (token auth: no login at all).
     for name in ("credpath+file", "credpath+redis"):
         assert reads[name] == len(DAG_CONN_IDS), (name, reads)
@@ -1009,3 +1046,64 @@ def test_lookups_in_a_task_process_are_counted_into_airflows_stats(
         credpath.airflow.reset()
         metrics.disable()
         metrics.reset()
+
+
+def _fake_task_process(monkeypatch: pytest.MonkeyPatch, masked: list[tuple[Any, str | None]]) -> None:
+    """sys.modules as in an Airflow 3.3 task process: a supervisor channel, the SDK's masker, and the
+    SDK's context module (whose lookups mask what they return)."""
+    import types
+
+    def mask_secret(value: Any, name: str | None = None) -> None:
+        masked.append((value, name))
+
+    modules = {
+        "airflow": types.ModuleType("airflow"),
+        "airflow.sdk": types.ModuleType("airflow.sdk"),
+        "airflow.sdk.log": types.SimpleNamespace(mask_secret=mask_secret),
+        "airflow.sdk.execution_time": types.ModuleType("airflow.sdk.execution_time"),
+        "airflow.sdk.execution_time.task_runner": types.SimpleNamespace(SUPERVISOR_COMMS=object()),
+        "airflow.sdk.execution_time.context": types.SimpleNamespace(
+            _mask_connection_secrets=lambda conn: None, _mask_and_deserialize_variable=lambda *a: None
+        ),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_in_a_task_process_only_what_the_sdk_does_not_mask_goes_to_the_masker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each registration in a task process is a round trip to the supervisor: the password and a
+    # variable's value, which the Task SDK masks itself after the lookup, are not sent again.
+    import credpath.airflow
+    from credpath.airflow import _CredpathBackendMixin
+
+    masked: list[tuple[Any, str | None]] = []
+    _fake_task_process(monkeypatch, masked)
+    monkeypatch.setattr(credpath.airflow, "_masked", set())
+    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    assert backend.get_conn_value("files_db") is not None
+    assert backend.get_variable("db_password") is not None
+    assert [(_digest(value), name) for value, name in masked] == [(_digest("key-s3cr3t-files"), None)]
+
+
+def test_outside_a_task_process_secrets_go_to_the_masker_in_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import credpath.airflow
+    from credpath.airflow import _CredpathBackendMixin
+
+    masked: list[tuple[Any, str | None]] = []
+    _fake_task_process(monkeypatch, masked)
+    monkeypatch.setitem(sys.modules, "airflow.sdk.execution_time.context", None)  # an SDK that masks nothing
+    monkeypatch.setattr(credpath.airflow, "_masked", set())
+    backend = _CredpathBackendMixin(backends=_files_backend(tmp_path))
+    assert backend.get_conn_value("files_db") is not None
+    assert backend.get_conn_value("files_db") is not None  # registered once per process
+    assert backend.get_variable("db_password") is not None
+    digests = [([_digest(v) for v in value] if isinstance(value, list) else _digest(value), name)
+               for value, name in masked]  # fmt: skip
+    assert digests == [
+        ([_digest("pw-s3cr3t-files"), _digest("key-s3cr3t-files")], None),
+        (_digest("pw-s3cr3t-var"), "db_password"),
+    ]

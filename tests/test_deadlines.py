@@ -360,3 +360,48 @@ def test_retry_call_gives_up_when_the_wait_is_exactly_the_time_left(monkeypatch)
     with pytest.raises(RuntimeError, match="busy"):
         retry_call(attempt, Deadline(10), RetryPolicy(base=0.0), on_timeout=Timeout, sleep=waits.append)
     assert waits == []
+
+
+def test_call_with_deadline_reuses_an_idle_worker_thread():
+    # A thread per store call costs scheduler round trips (milliseconds on a busy Airflow worker).
+    started = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    call_with_deadline(lambda: 1, Deadline(5), on_timeout=Timeout)  # an idle worker exists from here on
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        for _ in range(20):
+            assert call_with_deadline(lambda: 2, Deadline(5), on_timeout=Timeout) == 2
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+    assert started == []
+
+
+def test_call_with_deadline_after_an_abandoned_call_uses_another_worker():
+    release = threading.Event()
+    with pytest.raises(Timeout):
+        call_with_deadline(lambda: release.wait(10), Deadline(0.2), on_timeout=Timeout)
+    # The stuck worker is not idle: the next call is not queued behind it.
+    assert call_with_deadline(lambda: 3, Deadline(2), on_timeout=Timeout) == 3
+    release.set()
+
+
+def test_call_with_deadline_works_in_a_forked_child():
+    # Airflow forks task processes from a supervisor that already made store calls: the child has none
+    # of the parent's idle workers and must start its own.
+    import os
+
+    call_with_deadline(lambda: 1, Deadline(5), on_timeout=Timeout)
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = call_with_deadline(lambda: 4, Deadline(5), on_timeout=Timeout) == 4
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

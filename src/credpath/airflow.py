@@ -229,6 +229,10 @@ def _prepare(path: SearchPath) -> None:
     processes are forked: work done here is inherited by every task instead of repeated in each (store
     client stacks are the heaviest imports of a lookup; bench/RESULTS.md).
     """
+    if path.mask_logs:
+        # credpath's own log masker (it also covers processes whose logs no Airflow masker filters, such
+        # as a plain `airflow dags test`) builds its automaton with pyahocorasick on the first secret.
+        _import_quietly("ahocorasick")
     for entry in path.entries:
         backend = entry.backend
         for module in getattr(type(backend), "requires", ()):
@@ -245,6 +249,13 @@ def _prepare(path: SearchPath) -> None:
             raise  # a wrong setting is a start-up error, as it would be at the first lookup
         except Exception as exc:  # start-up is an optimisation: the first lookup retries it
             log.warning("credpath: start-up of backend %r failed: %s", entry.name, type(exc).__name__)
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass  # an optional speed-up (credpath.masking falls back to regular expressions)
 
 
 def search_path_for(
@@ -335,9 +346,19 @@ def _airflow_masker() -> tuple[str, Callable[..., None]] | None:
     return "core", core_mask_secret
 
 
+def _sdk_masks_what_it_reads(what: str) -> bool:
+    """Whether the Task SDK masks what its own lookups return: ``_get_connection`` masks a connection's
+    password and extra, ``_get_variable`` a variable's value under its key (Airflow 3.3). In a task process
+    those are the only callers of a secrets backend, so registering the same values again would only cost
+    one round trip to the supervisor each."""
+    context = sys.modules.get("airflow.sdk.execution_time.context")
+    return callable(getattr(context, what, None))
+
+
 def register_with_airflow_masker(values: list[tuple[str, str | None]]) -> None:
     """Register (value, name) pairs once per process and masker; a name lets Airflow's sensitive-name
-    rules (including ``[core] sensitive_var_conn_names``) decide."""
+    rules (including ``[core] sensitive_var_conn_names``) decide. Unnamed values go in one call: in a task
+    process each call is a round trip to the supervisor, which masks the task log."""
     values = [item for item in values if item[0]]
     if not values:
         return
@@ -346,15 +367,19 @@ def register_with_airflow_masker(values: list[tuple[str, str | None]]) -> None:
         return
     kind, mask = masker
     with _masked_lock:
-        for value, name in values:
-            key = (kind, value, name)
-            if key in _masked:
-                continue
+        new = list(dict.fromkeys(item for item in values if (kind, *item) not in _masked))
+        if not new:
+            return
+        unnamed = [value for value, name in new if name is None]
+        calls: list[tuple[Any, str | None]] = [(value, name) for value, name in new if name is not None]
+        if unnamed:
+            calls.append((unnamed[0] if len(unnamed) == 1 else unnamed, None))
+        for value, name in calls:
             try:
                 mask(value, name)
             except Exception as exc:  # masking must never break a lookup; say so without the value
                 log.warning("could not register a secret with Airflow's masker: %s", type(exc).__name__)
-            _masked.add(key)
+        _masked.update((kind, *item) for item in new)
 
 
 # --- the backend ------------------------------------------------------------------------------------
@@ -418,7 +443,12 @@ class _CredpathBackendMixin:
     def _credpath_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         conn = self._resolve("connection", conn_id, team_name)
         if conn is not None:
-            register_with_airflow_masker([(secret, None) for secret in conn.secret_values()])
+            secrets = conn.secret_values()
+            if _in_task_process() and _sdk_masks_what_it_reads("_mask_connection_secrets"):
+                # The Task SDK masks the password itself; a sensitive extra value only as the whole extra
+                # text (or once extra_dejson is read), so that one is still registered here.
+                secrets = [secret for secret in secrets if secret != conn.password]
+            register_with_airflow_masker([(secret, None) for secret in secrets])
         return conn
 
     # team_name: Airflow 3.2+ (AIP-67) passes the task's team to methods that declare it.
@@ -447,7 +477,8 @@ class _CredpathBackendMixin:
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         value = self._resolve("variable", key, team_name)
         if value is not None and is_sensitive_name(key):
-            register_with_airflow_masker([(value, key)])
+            if not (_in_task_process() and _sdk_masks_what_it_reads("_mask_and_deserialize_variable")):
+                register_with_airflow_masker([(value, key)])
         return value
 
     def get_config(self, key: str) -> str | None:

@@ -8,11 +8,14 @@ fleet of workers does not retry in lock step.
 
 Client libraries only offer per-socket-read timeouts, which a server trickling one byte at a time never
 trips; :func:`call_with_deadline` bounds the whole attempt by running it on a daemon worker thread and
-abandoning it when the deadline passes (the worker's socket is closed by its own timeout later).
+abandoning it when the deadline passes (the worker's socket is closed by its own timeout later); idle
+workers are reused, so a healthy call starts no thread.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import random
 import threading
 import time
@@ -138,12 +141,13 @@ def retry_call(
 def call_with_deadline(
     func: Callable[[], T], deadline: Deadline, *, on_timeout: Callable[[], BaseException]
 ) -> T:
-    """Run ``func`` on a daemon thread; raise ``on_timeout()`` if it is not done by the deadline."""
+    """Run ``func`` on a daemon worker thread; raise ``on_timeout()`` if it is not done by the deadline."""
     remaining = deadline.remaining()
     if remaining <= 0:
         raise on_timeout()
     outcome: list[tuple[bool, object]] = []
     done = threading.Event()
+    worker = _idle_worker()
 
     def run() -> None:
         try:
@@ -151,16 +155,69 @@ def call_with_deadline(
         except BaseException as exc:  # handed to the caller's thread as it is
             outcome.append((False, exc))
         finally:
+            worker.back_to_pool()  # before done: the caller's next call finds this worker idle
             done.set()
 
-    worker = threading.Thread(target=run, name="credpath-store-call", daemon=True)
-    worker.start()
+    worker.jobs.put(run)
     if not done.wait(remaining):
         raise on_timeout()
     ok, value = outcome[0]
     if ok:
         return value  # type: ignore[return-value]
     raise value  # type: ignore[misc]
+
+
+class _Worker:
+    """A daemon thread that runs the store calls handed to it, one at a time, and goes back to the idle
+    pool after each. Reused because starting a thread per call costs a few scheduler round trips, which
+    on a busy machine is milliseconds per store call; one still stuck in an abandoned call is simply not
+    idle, so the next call gets another worker."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.generation = _workers.generation
+        self.retired = False
+        threading.Thread(target=self._loop, name="credpath-store-call", daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self.retired:
+            self.jobs.get()()
+
+    def back_to_pool(self) -> None:
+        with _workers.lock:
+            if self.generation == _workers.generation and len(_workers.idle) < _MAX_IDLE_WORKERS:
+                _workers.idle.append(self)
+            else:
+                self.retired = True
+
+
+class _WorkerPool:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[_Worker] = []
+        self.generation = 0
+
+
+_MAX_IDLE_WORKERS = 4
+_workers = _WorkerPool()
+
+
+def _idle_worker() -> _Worker:
+    with _workers.lock:
+        if _workers.idle:
+            return _workers.idle.pop()
+    return _Worker()
+
+
+def _forget_workers_after_fork() -> None:
+    # A forked child (Airflow's task processes) has none of its parent's threads, and the pool's lock may
+    # have been held by one of them at the fork: start afresh.
+    _workers.lock = threading.Lock()
+    _workers.idle = []
+    _workers.generation += 1
+
+
+os.register_at_fork(after_in_child=_forget_workers_after_fork)
 
 
 class RetriesExhausted(Exception):

@@ -449,7 +449,12 @@ class SearchPath:
             self._adopt(ckey, entry)  # expired: this process's last good value for stale-if-error
         shared.count("shared_misses")
         held = shared.acquire(ckey)
-        if held is False:
+        if held:
+            entry = shared.get(ckey)  # another process may have written it and let go since our look
+            if entry is not None and entry.fresh(time.time()):
+                shared.release(ckey)
+                return self._serve_shared(ckey, entry)
+        elif held is False:
             entry, held = shared.wait(ckey)
             if entry is not None:
                 return self._serve_shared(ckey, entry)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -84,7 +85,34 @@ def venv_is_complete(venv: Path = VENV) -> bool:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return recorded == _fingerprint() and (venv / "bin" / "airflow").exists()
+    return recorded == _fingerprint() and (venv / "bin" / "airflow").exists() and not _foreign_scripts(venv)
+
+
+def _foreign_scripts(venv: Path) -> list[Path]:
+    """Scripts in ``venv/bin`` whose ``#!`` line names another venv's interpreter.
+
+    A venv copied from another checkout (``cp -a``) keeps the original's shebangs: ``bin/airflow`` would
+    run the other venv's Python, and so the other checkout's credpath, and pip's re-install of credpath
+    does not rewrite the scripts it did not install."""
+    own = f"#!{venv / 'bin' / 'python'}"
+    foreign = []
+    for script in sorted((venv / "bin").iterdir()):
+        if not script.is_file() or script.is_symlink():
+            continue
+        with script.open("rb") as handle:
+            first = handle.readline(4096)
+        line = first.decode("utf-8", "replace").rstrip("\n")
+        if re.fullmatch(r"#!\S*/bin/python[0-9.]*", line) and line != own:
+            foreign.append(script)
+    return foreign
+
+
+def _own_scripts(venv: Path) -> None:
+    # Point a copied venv's scripts at its own interpreter (see _foreign_scripts).
+    own = f"#!{venv / 'bin' / 'python'}\n"
+    for script in _foreign_scripts(venv):
+        text = script.read_bytes()
+        script.write_bytes(own.encode() + text.split(b"\n", 1)[1])
 
 
 @contextmanager
@@ -101,6 +129,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 def build_venv(venv: Path = VENV) -> float:
     """Create or complete the venv (idempotent); returns the seconds spent, 0.0 when already complete."""
     with _file_lock(venv.parent / f"{venv.name}.lock"):
+        if (venv / "bin").is_dir():
+            _own_scripts(venv)
         if venv_is_complete(venv):
             return 0.0
         started = time.monotonic()
@@ -329,9 +359,13 @@ def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
 # --- a DAG of N tasks x M connections, for counting store calls per DAG run (issue 14) ---------------
 
 STORE_CALLS_DAG = '''
-"""{tasks} tasks, each reading {count} connections; prints its secrets time (never a value)."""
+"""{tasks} tasks, each reading {count} connections; prints its secrets time and what the reads cost the
+task process (never a value)."""
 from __future__ import annotations
 
+import json
+import sys
+import threading
 import time
 
 import pendulum
@@ -339,16 +373,59 @@ import pendulum
 from airflow.sdk import BaseHook, dag, task
 
 CONN_IDS = {conn_ids!r}
+# Modules a task process would import if it had to start a store client itself (its parent did).
+CLIENT_MODULES = ("hvac", "requests", "urllib3", "redis", "cryptography", "credpath.backends", "ahocorasick")
 
 
 @dag(dag_id={dag_id!r}, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
 def store_calls():
     @task
     def read_secrets():
+        from airflow.sdk.execution_time import task_runner
+
+        comms_class = type(task_runner.SUPERVISOR_COMMS)
+        real_send, real_start = comms_class.send, threading.Thread.start
+        search_path = sys.modules.get("credpath.search_path")
+        real_init = search_path.SearchPath.__init__ if search_path else None
+        sent, threads, built = [], [], []
+
+        def send(self, msg, *args, **kwargs):
+            sent.append(type(msg).__name__)
+            return real_send(self, msg, *args, **kwargs)
+
+        def start(self):
+            threads.append(self.name)
+            real_start(self)
+
+        def init(self, *args, **kwargs):
+            built.append(1)
+            real_init(self, *args, **kwargs)
+
+        comms_class.send, threading.Thread.start = send, start
+        if search_path:
+            search_path.SearchPath.__init__ = init
+        before = set(sys.modules)
+        cpu = time.process_time()
         started = time.perf_counter()
-        for conn_id in CONN_IDS:
-            assert BaseHook.get_connection(conn_id).host
-        print(f"secrets_ms={{(time.perf_counter() - started) * 1000:.3f}}")
+        try:
+            for conn_id in CONN_IDS:
+                assert BaseHook.get_connection(conn_id).host
+        finally:
+            wall_ms = (time.perf_counter() - started) * 1000
+            cpu_ms = (time.process_time() - cpu) * 1000
+            comms_class.send, threading.Thread.start = real_send, real_start
+            if search_path:
+                search_path.SearchPath.__init__ = real_init
+        imported = sorted(m for m in set(sys.modules) - before if m.startswith(CLIENT_MODULES))
+        ops = {{
+            "cpu_ms": round(cpu_ms, 3),
+            "supervisor_messages": sorted(sent),
+            "threads_started": len(threads),
+            "search_paths_built": len(built),
+            "client_modules_imported": imported,
+        }}
+        print("secrets_ops=" + json.dumps(ops, sort_keys=True))
+        print(f"secrets_ms={{wall_ms:.3f}}")
 
     for index in range({tasks}):
         read_secrets.override(task_id=f"t{{index}}")()
@@ -363,18 +440,29 @@ def write_store_calls_dag(airflow: AirflowEnv, dag_id: str, conn_ids: list[str],
     (airflow.dags / f"{dag_id}.py").write_text(text)
 
 
-def _task_times(airflow: AirflowEnv, dag_id: str) -> list[float]:
-    times: list[float] = []
+def _task_events(airflow: AirflowEnv, dag_id: str, prefix: str) -> list[str]:
+    """What each task of the DAG printed after ``prefix`` (one entry per task that printed it)."""
+    found: list[str] = []
     for log_file in sorted((airflow.home / "logs").glob(f"dag_id={dag_id}/**/attempt=*.log")):
         for line in log_file.read_text().splitlines():
-            if line.startswith("{") and "secrets_ms=" in line:
+            if line.startswith("{") and prefix in line:
                 try:
                     event = str(json.loads(line).get("event", ""))
                 except ValueError:
                     continue  # a line still being written
-                if event.startswith("secrets_ms="):
-                    times.append(float(event.split("=", 1)[1]))
-    return times
+                if event.startswith(prefix):
+                    found.append(event[len(prefix) :])
+    return found
+
+
+def _task_times(airflow: AirflowEnv, dag_id: str) -> list[float]:
+    return [float(value) for value in _task_events(airflow, dag_id, "secrets_ms=")]
+
+
+def task_ops(airflow: AirflowEnv, dag_id: str) -> list[dict[str, object]]:
+    """Per task of the store-calls DAG: CPU ms of its reads, the messages it sent the supervisor (by
+    type), threads it started, search paths it built and store-client modules it imported."""
+    return [json.loads(value) for value in _task_events(airflow, dag_id, "secrets_ops=")]
 
 
 def run_dags_test(
