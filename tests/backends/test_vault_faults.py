@@ -6,6 +6,8 @@ counted at the proxy, i.e. at the server side of the client.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -107,6 +109,84 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(proxy, make) -> None:
     assert isinstance(error, BackendTimeout), error
     assert elapsed < 3.5
     assert "timed out after 2 s" in str(error)
+
+
+# --- on the caller's thread, watched (issue 14 point 5) ---------------------------------------------------
+
+# sys.audit events of http.client in this process while a test records them: (event, thread id).
+_AUDIT: list[tuple[str, int]] | None = None
+
+
+def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    if _AUDIT is not None and event in ("http.client.send", "http.client.connect"):
+        _AUDIT.append((event, threading.get_ident()))
+
+
+sys.addaudithook(_audit_hook)  # a hook cannot be removed; it records only while _AUDIT is a list
+
+
+def test_a_healthy_read_runs_on_the_callers_thread_and_starts_no_thread(seeded: OpenBao, make) -> None:
+    # Old: every request ran on a worker thread (two hand-overs per store call, ~17 ms each when loaded).
+    global _AUDIT
+    backend = make(seeded.addr, timeout=5)
+    assert backend.get_variable("v") == SECRET  # warm: connection, KV version, the watchdog thread
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    _AUDIT = []
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        for _ in range(20):
+            assert backend.get_variable("v") == SECRET
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+        events, _AUDIT = _AUDIT, None
+    assert started == []
+    me = threading.get_ident()
+    assert [e for e in events if e[0] == "http.client.send"] == [("http.client.send", me)] * 20
+    assert not [e for e in events if e[0] == "http.client.connect"]  # one kept-alive connection
+
+
+def test_a_trickle_is_cut_at_the_deadline_and_the_next_request_works(proxy, make) -> None:
+    proxy.add("trickle", path=DATA, interval=0.5, times=1)
+    backend = make(proxy.url, timeout=2)
+    elapsed, error = timed(lambda: backend.get_variable("v"))
+    assert isinstance(error, BackendTimeout), error
+    assert "timed out after 2 s" in str(error) and elapsed < 4.0
+    assert backend.get_variable("v") == SECRET  # the session's pool hands out a working connection
+    assert proxy.count(DATA) == 2
+
+
+def test_a_tls_handshake_that_never_completes_is_cut_at_the_deadline(hanging_listener, make) -> None:
+    # The socket is watched from the moment it connects: a TLS server that never says hello is cut too.
+    backend = make(f"https://127.0.0.1:{hanging_listener.port}", timeout=2)
+    elapsed, error = timed(lambda: backend.get_variable("v"))
+    assert isinstance(error, BackendTimeout), error
+    assert "timed out after 2 s" in str(error) and "SSL" not in str(error)
+    assert elapsed < 4.0
+
+
+def test_a_forked_child_cuts_a_trickle_at_the_deadline(proxy, make) -> None:
+    # Airflow's task process is forked from a supervisor that has used Vault (watchdog thread and all).
+    backend = make(proxy.url, timeout=1)
+    assert backend.get_variable("v") == SECRET
+    proxy.add("trickle", path=DATA, interval=0.5, times=1)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            elapsed, error = timed(lambda: backend.get_variable("v"))
+            if isinstance(error, BackendTimeout) and elapsed < 3.0:
+                code = 0 if backend.get_variable("v") == SECRET else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert proxy.count(DATA) == 3
 
 
 # --- retries that back off -----------------------------------------------------------------------------
