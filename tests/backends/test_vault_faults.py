@@ -151,6 +151,29 @@ def test_a_healthy_read_runs_on_the_callers_thread_and_starts_no_thread(seeded: 
     assert not [e for e in events if e[0] == "http.client.connect"]  # one kept-alive connection
 
 
+def test_tls_reads_run_on_the_callers_thread_over_one_connection(openbao_tls: OpenBao) -> None:
+    # The watched HTTPS connection class keeps TLS verification and keep-alive as requests' own does.
+    global _AUDIT
+    openbao_tls.put("secret", 2, "faults/variables/v", {"value": SECRET})
+    backend = VaultBackend(
+        url=openbao_tls.addr,
+        token=openbao_tls.root_token,
+        verify=openbao_tls.ca_cert,
+        variables_path="faults/variables",
+        timeout=5,
+    )
+    _AUDIT = []
+    try:
+        for _ in range(5):
+            assert backend.get_variable("v") == SECRET
+    finally:
+        events, _AUDIT = _AUDIT, None
+        backend.close()
+    me = threading.get_ident()
+    assert events[0] == ("http.client.connect", me)
+    assert events[1:] == [("http.client.send", me)] * 5
+
+
 def test_a_trickle_is_cut_at_the_deadline_and_the_next_request_works(proxy, make) -> None:
     proxy.add("trickle", path=DATA, interval=0.5, times=1)
     backend = make(proxy.url, timeout=2)
@@ -168,6 +191,51 @@ def test_a_tls_handshake_that_never_completes_is_cut_at_the_deadline(hanging_lis
     assert isinstance(error, BackendTimeout), error
     assert "timed out after 2 s" in str(error) and "SSL" not in str(error)
     assert elapsed < 4.0
+
+
+def test_a_trickle_over_tls_is_cut_at_the_deadline(make, tmp_path) -> None:
+    # The blocked read is inside TLS (one byte per 0.5 s: no per-read timeout fires): the watchdog shuts
+    # the socket under it down, and the caller sees the timeout, not an SSL error.
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    handshakes = threading.Event()
+
+    def serve() -> None:
+        try:
+            raw, _ = listener.accept()
+            tls = context.wrap_socket(raw, server_side=True)
+            held.append(tls)
+            tls.recv(65536)  # the request
+            handshakes.set()
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                tls.sendall(b" ")
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        backend = make(f"https://127.0.0.1:{listener.getsockname()[1]}", timeout=2, verify=str(ca_pem))
+        elapsed, error = timed(lambda: backend.get_variable("v"))
+        assert handshakes.is_set()
+        assert isinstance(error, BackendTimeout), error
+        assert "timed out after 2 s" in str(error) and "SSL" not in str(error)
+        assert elapsed < 4.0
+    finally:
+        listener.close()
+        for sock in held:
+            sock.close()
 
 
 def test_a_forked_child_cuts_a_trickle_at_the_deadline(proxy, make) -> None:
