@@ -463,3 +463,109 @@ def test_call_with_deadline_runs_on_a_named_daemon_thread():
     thread = call_with_deadline(threading.current_thread, Deadline(5), on_timeout=Timeout)
     assert thread is not threading.current_thread()
     assert thread.daemon is True and thread.name == "credpath-store-call"
+
+
+# --- the watchdog: one thread that ends calls made on the caller's thread ---------------------------------
+
+
+def test_watchdog_calls_on_expiry_once_on_its_own_thread():
+    from credpath.deadlines import Watchdog
+
+    watchdog = Watchdog(name="test-watchdog")
+    fired: list[str] = []
+    done = threading.Event()
+
+    def expire() -> None:
+        fired.append(threading.current_thread().name)
+        done.set()
+
+    token = watchdog.watch(Deadline(0.05), expire)
+    assert done.wait(5)
+    assert fired == ["test-watchdog"]
+    assert watchdog.cancel(token) is False  # it already ran
+    assert watchdog.pending == 0
+
+
+def test_watchdog_cancelled_watch_never_fires():
+    from credpath.deadlines import Watchdog
+
+    watchdog = Watchdog()
+    fired = threading.Event()
+    with watchdog.watching(Deadline(0.1), fired.set):
+        pass  # the call finished in time
+    later = threading.Event()
+    watchdog.watch(Deadline(0.3), later.set)  # a marker that fires after the cancelled one's expiry
+    assert later.wait(5)
+    assert not fired.is_set()
+
+
+def test_watchdog_an_earlier_deadline_added_later_fires_first():
+    # The thread sleeps until the earliest expiry: a new, earlier one must wake it.
+    from credpath.deadlines import Watchdog
+
+    watchdog = Watchdog()
+    order: list[str] = []
+    first = threading.Event()
+    watchdog.watch(Deadline(30), lambda: order.append("late"))
+    time.sleep(0.05)  # let the thread go to sleep on the 30 s expiry
+    watchdog.watch(Deadline(0.05), lambda: (order.append("early"), first.set()))
+    assert first.wait(5)
+    assert order == ["early"]
+
+
+def test_watchdog_starts_one_thread_for_many_watches():
+    from credpath.deadlines import Watchdog
+
+    started = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    watchdog = Watchdog(name="counted-watchdog")
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        for _ in range(200):
+            watchdog.cancel(watchdog.watch(Deadline(30), lambda: None))
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+    assert started == ["counted-watchdog"]
+    assert watchdog.pending == 0 and len(watchdog._heap) <= 65  # cancelled watches do not pile up
+
+
+def test_watchdog_a_failing_handler_does_not_stop_the_thread():
+    from credpath.deadlines import Watchdog
+
+    watchdog = Watchdog()
+    ok = threading.Event()
+
+    def boom() -> None:
+        raise RuntimeError("handler failed")
+
+    watchdog.watch(Deadline(0.01), boom)
+    watchdog.watch(Deadline(0.1), ok.set)
+    assert ok.wait(5)
+
+
+def test_watchdog_works_in_a_forked_child():
+    # Airflow forks task processes from a supervisor whose watchdog thread does not survive the fork.
+    import os
+
+    from credpath.deadlines import WATCHDOG
+
+    parent = threading.Event()
+    WATCHDOG.watch(Deadline(0.01), parent.set)
+    assert parent.wait(5)  # the parent's thread exists and sleeps in a Condition wait
+    WATCHDOG.watch(Deadline(30), lambda: None)  # and a watch pending at the fork
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            fired = threading.Event()
+            WATCHDOG.watch(Deadline(0.05), fired.set)
+            ok = fired.wait(5)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

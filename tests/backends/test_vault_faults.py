@@ -6,6 +6,8 @@ counted at the proxy, i.e. at the server side of the client.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -107,6 +109,152 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(proxy, make) -> None:
     assert isinstance(error, BackendTimeout), error
     assert elapsed < 3.5
     assert "timed out after 2 s" in str(error)
+
+
+# --- on the caller's thread, watched (issue 14 point 5) ---------------------------------------------------
+
+# sys.audit events of http.client in this process while a test records them: (event, thread id).
+_AUDIT: list[tuple[str, int]] | None = None
+
+
+def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    if _AUDIT is not None and event in ("http.client.send", "http.client.connect"):
+        _AUDIT.append((event, threading.get_ident()))
+
+
+sys.addaudithook(_audit_hook)  # a hook cannot be removed; it records only while _AUDIT is a list
+
+
+def test_a_healthy_read_runs_on_the_callers_thread_and_starts_no_thread(seeded: OpenBao, make) -> None:
+    # Old: every request ran on a worker thread (two hand-overs per store call, ~17 ms each when loaded).
+    global _AUDIT
+    backend = make(seeded.addr, timeout=5)
+    assert backend.get_variable("v") == SECRET  # warm: connection, KV version, the watchdog thread
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    _AUDIT = []
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        for _ in range(20):
+            assert backend.get_variable("v") == SECRET
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+        events, _AUDIT = _AUDIT, None
+    assert started == []
+    me = threading.get_ident()
+    assert [e for e in events if e[0] == "http.client.send"] == [("http.client.send", me)] * 20
+    assert not [e for e in events if e[0] == "http.client.connect"]  # one kept-alive connection
+
+
+def test_tls_reads_run_on_the_callers_thread_over_one_connection(openbao_tls: OpenBao) -> None:
+    # The watched HTTPS connection class keeps TLS verification and keep-alive as requests' own does.
+    global _AUDIT
+    openbao_tls.put("secret", 2, "faults/variables/v", {"value": SECRET})
+    backend = VaultBackend(
+        url=openbao_tls.addr,
+        token=openbao_tls.root_token,
+        verify=openbao_tls.ca_cert,
+        variables_path="faults/variables",
+        timeout=5,
+    )
+    _AUDIT = []
+    try:
+        for _ in range(5):
+            assert backend.get_variable("v") == SECRET
+    finally:
+        events, _AUDIT = _AUDIT, None
+        backend.close()
+    me = threading.get_ident()
+    assert [e for e in events if e[0] == "http.client.send"] == [("http.client.send", me)] * 5
+    assert len(events) <= 6  # at most one connect (the session may be another test's, warm already)
+
+
+def test_a_trickle_is_cut_at_the_deadline_and_the_next_request_works(proxy, make) -> None:
+    proxy.add("trickle", path=DATA, interval=0.5, times=1)
+    backend = make(proxy.url, timeout=2)
+    elapsed, error = timed(lambda: backend.get_variable("v"))
+    assert isinstance(error, BackendTimeout), error
+    assert "timed out after 2 s" in str(error) and elapsed < 4.0
+    assert backend.get_variable("v") == SECRET  # the session's pool hands out a working connection
+    assert proxy.count(DATA) == 2
+
+
+def test_a_tls_handshake_that_never_completes_is_cut_at_the_deadline(hanging_listener, make) -> None:
+    # The socket is watched from the moment it connects: a TLS server that never says hello is cut too.
+    backend = make(f"https://127.0.0.1:{hanging_listener.port}", timeout=2)
+    elapsed, error = timed(lambda: backend.get_variable("v"))
+    assert isinstance(error, BackendTimeout), error
+    assert "timed out after 2 s" in str(error) and "SSL" not in str(error)
+    assert elapsed < 4.0
+
+
+def test_a_trickle_over_tls_is_cut_at_the_deadline(make, tmp_path) -> None:
+    # The blocked read is inside TLS (one byte per 0.5 s: no per-read timeout fires): the watchdog shuts
+    # the socket under it down, and the caller sees the timeout, not an SSL error.
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    handshakes = threading.Event()
+
+    def serve() -> None:
+        try:
+            raw, _ = listener.accept()
+            tls = context.wrap_socket(raw, server_side=True)
+            held.append(tls)
+            tls.recv(65536)  # the request
+            handshakes.set()
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                tls.sendall(b" ")
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        backend = make(f"https://127.0.0.1:{listener.getsockname()[1]}", timeout=2, verify=str(ca_pem))
+        elapsed, error = timed(lambda: backend.get_variable("v"))
+        assert handshakes.is_set()
+        assert isinstance(error, BackendTimeout), error
+        assert "timed out after 2 s" in str(error) and "SSL" not in str(error)
+        assert elapsed < 4.0
+    finally:
+        listener.close()
+        for sock in held:
+            sock.close()
+
+
+def test_a_forked_child_cuts_a_trickle_at_the_deadline(proxy, make) -> None:
+    # Airflow's task process is forked from a supervisor that has used Vault (watchdog thread and all).
+    backend = make(proxy.url, timeout=1)
+    assert backend.get_variable("v") == SECRET
+    proxy.add("trickle", path=DATA, interval=0.5, times=1)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            elapsed, error = timed(lambda: backend.get_variable("v"))
+            if isinstance(error, BackendTimeout) and elapsed < 3.0:
+                code = 0 if backend.get_variable("v") == SECRET else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert proxy.count(DATA) == 3
 
 
 # --- retries that back off -----------------------------------------------------------------------------

@@ -9,10 +9,12 @@ token costs no ``lookup-self`` until the process has used it for ``TOKEN_LOOKUP_
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from credpath import metrics as _metrics
 from credpath.backends.vault import auth as methods
 from credpath.deadlines import (
+    WATCHDOG,
     Deadline,
     Retryable,
     RetryPolicy,
@@ -182,6 +185,122 @@ def _connection_reason(exc: BaseException) -> tuple[str, bool]:
     return type(exc).__name__, False
 
 
+# --- requests on the caller's thread, their sockets watched -------------------------------------------
+
+
+class _Call:
+    """One request's connections: the watchdog shuts their sockets down if its deadline passes first."""
+
+    __slots__ = ("conns", "done", "expired", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conns: list[tuple[Any, socket.socket | None]] = []
+        self.expired = False
+        self.done = False
+
+    def adopt(self, conn: Any, sock: socket.socket | None) -> None:
+        """``conn`` (a urllib3 connection) now carries this call; ``sock`` its socket just connected."""
+        conn._credpath_call = self
+        with self.lock:
+            if self.expired:
+                _shut(conn, sock)
+            else:
+                self.conns.append((conn, sock))
+
+    def expire(self) -> None:  # on the watchdog thread
+        with self.lock:
+            if self.done:
+                return
+            self.expired = True
+            for conn, sock in self.conns:
+                if getattr(conn, "_credpath_call", None) is self:  # not since taken by another call
+                    _shut(conn, sock)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+
+
+def _shut(conn: Any, sock: socket.socket | None) -> None:
+    # socket.socket.shutdown, not SSLSocket.shutdown (which would drop the TLS state under the reader):
+    # the blocked recv/send on the caller's thread returns at once; urllib3 then closes the connection,
+    # and a socket shut down just as its answer ended reads as dropped, so the pool never reuses it.
+    for target in (conn.sock, sock):
+        if target is not None:
+            try:
+                socket.socket.shutdown(target, socket.SHUT_RDWR)
+            except (OSError, ValueError):  # not connected, or detached (wrapped in TLS since)
+                pass
+
+
+_current = threading.local()
+
+
+def _socks_proxy(proxies: dict[str, str] | None) -> bool:
+    """Whether requests may use a SOCKS proxy (configured, or from the environment as requests reads it)."""
+    candidates = list((proxies or {}).values())
+    candidates += [
+        v for k, v in os.environ.items() if k.lower() in ("all_proxy", "http_proxy", "https_proxy")
+    ]
+    return any(str(p).strip().lower().startswith("socks") for p in candidates)
+
+
+def _adopt(conn: Any, sock: socket.socket | None) -> None:
+    call = getattr(_current, "call", None)
+    if call is not None:
+        call.adopt(conn, sock)
+
+
+@functools.cache
+def _watched_adapter() -> type:
+    """An HTTPAdapter whose urllib3 connections report their socket to the caller's current call: when
+    it connects, and when a request starts on a kept-alive one (built once; imports requests lazily)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Watched:
+        _credpath_call: _Call | None = None
+
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()  # type: ignore[misc]
+            _adopt(self, sock)
+            return sock  # type: ignore[no-any-return]
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            if self.sock is not None:  # type: ignore[attr-defined]
+                _adopt(self, None)
+            super().request(*args, **kwargs)  # type: ignore[misc]
+
+    class WatchedHTTPConnection(Watched, HTTPConnection):
+        pass
+
+    class WatchedHTTPSConnection(Watched, HTTPSConnection):
+        pass
+
+    class WatchedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = WatchedHTTPConnection
+
+    class WatchedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPSConnection
+
+    pools = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return WatchedAdapter
+
+
 # --- auth methods: default mount, required kwargs and login body ------------------------------------------
 
 
@@ -205,6 +324,9 @@ class Session:
         self.logins = 0
         self.renewals = 0
         self.backend_name = "vault"  # the first backend using this session: the metrics label
+        # Requests run on the caller's thread, watched (below), unless a SOCKS proxy makes the sockets
+        # urllib3-contrib's: then on a worker thread bounded by call_with_deadline.
+        self._watched = not _socks_proxy(settings.proxies)
         self._reset_locks()
 
     def _reset_locks(self) -> None:
@@ -233,13 +355,12 @@ class Session:
 
     def _build_http(self) -> requests.Session:
         import requests
-        from requests.adapters import HTTPAdapter
 
         s = self.settings
         session = requests.Session()
         # credpath retries itself, inside the deadline; urllib3's retries would sleep outside it. Pool size:
         # room for many threads without "connection pool is full" churn.
-        adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=64)
+        adapter = _watched_adapter()(max_retries=0, pool_connections=4, pool_maxsize=64)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.verify = s.verify
@@ -276,7 +397,7 @@ class Session:
         url = f"{self.url}/v1/{path}"
 
         def run() -> Reply:
-            # Socket timeouts = what is left: they end an abandoned worker that a hung server keeps waiting.
+            # Socket timeouts = what is left: a backstop for a connect (not watched until it returns).
             left = max(deadline.remaining(), 0.001)
             # verify/cert per request: requests lets REQUESTS_CA_BUNDLE override the session's (hvac too).
             with http.request(
@@ -300,7 +421,28 @@ class Session:
                     parse_retry_after(response.headers.get("Retry-After")),
                 )
 
-        return call_with_deadline(run, deadline, on_timeout=lambda: self.timeout_error(what, deadline))
+        if not self._watched:  # a SOCKS proxy's connections are not ours: bound the call on a worker
+            return call_with_deadline(run, deadline, on_timeout=lambda: self.timeout_error(what, deadline))
+        if deadline.expired:
+            raise TimeoutError
+        # On the caller's thread (as hvac does): the watchdog shuts this request's socket down if the
+        # deadline passes first, which ends a blocked read or send at once, trickling server or not.
+        call = _Call()
+        _current.call = call
+        token = WATCHDOG.watch(deadline, call.expire)
+        try:
+            reply = run()
+        except BaseException:
+            if call.expired:  # whatever the shut-down socket made of it (reset, EOF, SSL error)
+                raise TimeoutError from None
+            raise
+        finally:
+            WATCHDOG.cancel(token)
+            call.finish()
+            _current.call = None
+        if call.expired:  # cut as the answer ended: it may be truncated (a body read to EOF)
+            raise TimeoutError
+        return reply
 
     def call(
         self,
