@@ -238,6 +238,60 @@ def test_a_trickle_over_tls_is_cut_at_the_deadline(make, tmp_path) -> None:
             sock.close()
 
 
+def test_a_name_that_never_resolves_is_cut_at_the_deadline(
+    seeded: OpenBao, make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resolver that never answers is a state no test server can be put in: getaddrinfo blocks here, as
+    # it does under a dead nameserver. No socket exists to shut down yet, so a worker bounds the lookup.
+    import socket
+
+    port = urlsplit(seeded.addr).port
+    real = socket.getaddrinfo
+    resolving = threading.Event()
+    release = threading.Event()
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "vault.hangs.example":
+            resolving.set()
+            release.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    backend = make(f"http://vault.hangs.example:{port}", timeout=1)
+    try:
+        elapsed, error = timed(lambda: backend.get_variable("v"))
+    finally:
+        release.set()
+    assert resolving.is_set()
+    assert isinstance(error, BackendTimeout), error
+    assert "timed out after 1 s" in str(error) and elapsed < 3.0
+
+
+def test_a_name_is_resolved_once_per_connection_and_an_ip_url_starts_no_thread(
+    seeded: OpenBao, make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    port = urlsplit(seeded.addr).port
+    lookups: list[tuple[str, str]] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append((str(host), threading.current_thread().name))
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    by_name = make(f"http://localhost:{port}", timeout=5)
+    for _ in range(3):
+        assert by_name.get_variable("v") == SECRET
+    assert [host for host, _ in lookups] == ["localhost"]  # kept alive: one connection, one lookup
+    assert lookups[0][1] == "credpath-store-call"  # bounded on a worker
+    lookups.clear()
+    by_ip = make(f"http://127.0.0.1:{port}", timeout=5)
+    assert by_ip.get_variable("v") == SECRET
+    assert {thread for _, thread in lookups} == {threading.current_thread().name}
+
+
 def test_a_forked_child_cuts_a_trickle_at_the_deadline(proxy, make) -> None:
     # Airflow's task process is forked from a supervisor that has used Vault (watchdog thread and all).
     backend = make(proxy.url, timeout=1)

@@ -191,9 +191,10 @@ def _connection_reason(exc: BaseException) -> tuple[str, bool]:
 class _Call:
     """One request's connections: the watchdog shuts their sockets down if its deadline passes first."""
 
-    __slots__ = ("conns", "done", "expired", "lock")
+    __slots__ = ("conns", "deadline", "done", "expired", "lock")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
         self.lock = threading.Lock()
         self.conns: list[tuple[Any, socket.socket | None]] = []
         self.expired = False
@@ -237,6 +238,24 @@ def _shut(conn: Any, sock: socket.socket | None) -> None:
 _current = threading.local()
 
 
+def _is_ip_literal(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_timeout(conn: Any) -> BaseException:
+    # What urllib3 raises for a connect that timed out: requests turns it into ConnectTimeout, which the
+    # session reports as the call's timeout.
+    from urllib3.exceptions import ConnectTimeoutError
+
+    return ConnectTimeoutError(conn, f"connecting to {conn.host} timed out (name resolution)")
+
+
 def _socks_proxy(proxies: dict[str, str] | None) -> bool:
     """Whether requests may use a SOCKS proxy (configured, or from the environment as requests reads it)."""
     candidates = list((proxies or {}).values())
@@ -264,7 +283,14 @@ def _watched_adapter() -> type:
         _credpath_call: _Call | None = None
 
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()  # type: ignore[misc]
+            connect = super()._new_conn  # type: ignore[misc]
+            call = getattr(_current, "call", None)
+            if call is None or _is_ip_literal(self._dns_host):  # type: ignore[attr-defined]
+                sock = connect()
+            else:
+                # Resolving a name blocks in getaddrinfo, which no socket shutdown can end: a worker
+                # thread bounds it (once per new connection; kept-alive requests and IP URLs skip this).
+                sock = call_with_deadline(connect, call.deadline, on_timeout=lambda: _resolve_timeout(self))
             _adopt(self, sock)
             return sock  # type: ignore[no-any-return]
 
@@ -427,8 +453,8 @@ class Session:
             raise TimeoutError
         # On the caller's thread (as hvac does): the watchdog shuts this request's socket down if the
         # deadline passes first, which ends a blocked read or send at once, trickling server or not.
-        call = _Call()
-        _current.call = call
+        call = _Call(deadline)
+        outer, _current.call = getattr(_current, "call", None), call
         token = WATCHDOG.watch(deadline, call.expire)
         try:
             reply = run()
@@ -439,7 +465,7 @@ class Session:
         finally:
             WATCHDOG.cancel(token)
             call.finish()
-            _current.call = None
+            _current.call = outer
         if call.expired:  # cut as the answer ended: it may be truncated (a body read to EOF)
             raise TimeoutError
         return reply
