@@ -9,36 +9,26 @@ fleet of workers does not retry in lock step.
 Client libraries only offer per-socket-read timeouts, which a server trickling one byte at a time never
 trips; :func:`call_with_deadline` bounds the whole attempt by running it on a daemon worker thread and
 abandoning it when the deadline passes (the worker's socket is closed by its own timeout later); idle
-workers are reused, so a healthy call starts no thread. A client whose sockets credpath can reach (Vault's
-requests session) instead makes the call on the caller's own thread and asks the process's one
-:class:`Watchdog` thread to shut those sockets down if the deadline passes first (no thread hand-over per
-call, which on a loaded machine costs milliseconds each way).
+workers are reused, so a healthy call starts no thread.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import logging
 import os
 import queue
 import random
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 __all__ = [
-    "WATCHDOG",
     "Deadline",
     "RetriesExhausted",
     "RetryPolicy",
     "Retryable",
-    "Watchdog",
     "call_with_deadline",
     "call_with_retries",
     "parse_retry_after",
@@ -48,7 +38,6 @@ __all__ = [
 
 
 T = TypeVar("T")
-log = logging.getLogger("credpath.deadlines")
 
 
 class Deadline:
@@ -229,104 +218,6 @@ def _forget_workers_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_workers_after_fork)
-
-
-class Watchdog:
-    """One daemon thread that calls ``on_expiry()`` for each watched deadline that passes before it is
-    cancelled: a store call runs on the caller's thread and its watch ends it (e.g. by shutting its socket
-    down) if it overruns.
-
-    A heap of ``(expires, token)`` under one Condition. The thread starts on first use and sleeps until the
-    earliest expiry; a cancelled watch stays in the heap until it reaches the top (so a call that finishes
-    in time costs a lock and a dict operation, and wakes nobody). ``on_expiry`` runs on the watchdog thread
-    and must be quick (it delays the watches after it). Safe after ``fork``: the child starts afresh.
-    """
-
-    def __init__(self, name: str = "credpath-watchdog") -> None:
-        self.name = name
-        self._reset()
-        _watchdogs.add(self)
-
-    def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int]] = []
-        self._pending: dict[int, Callable[[], None]] = {}
-        self._tokens = itertools.count(1)
-        self._thread: threading.Thread | None = None
-
-    def watch(self, deadline: Deadline, on_expiry: Callable[[], None]) -> int:
-        """Call ``on_expiry()`` on the watchdog thread when ``deadline`` passes, unless cancelled first."""
-        with self._cond:
-            token = next(self._tokens)
-            self._pending[token] = on_expiry
-            heapq.heappush(self._heap, (deadline.expires, token))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-                self._thread.start()
-            elif self._heap[0][1] == token:
-                self._cond.notify()  # earlier than what the thread sleeps for
-        return token
-
-    def cancel(self, token: int) -> bool:
-        """Stop a watch; False if its ``on_expiry`` already ran (or is running)."""
-        with self._cond:
-            pending = self._pending.pop(token, None) is not None
-            if len(self._heap) > 64 and len(self._heap) > 4 * len(self._pending):
-                # Many cancelled watches with far expiries: drop them (bounded memory).
-                self._heap = [entry for entry in self._heap if entry[1] in self._pending]
-                heapq.heapify(self._heap)
-            return pending
-
-    @contextmanager
-    def watching(self, deadline: Deadline, on_expiry: Callable[[], None]) -> Iterator[int]:
-        """``watch`` for the duration of a ``with`` block."""
-        token = self.watch(deadline, on_expiry)
-        try:
-            yield token
-        finally:
-            self.cancel(token)
-
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    heap = self._heap
-                    while heap and heap[0][1] not in self._pending:
-                        heapq.heappop(heap)  # cancelled
-                    if not heap:
-                        self._cond.wait()
-                        continue
-                    wait = heap[0][0] - time.monotonic()
-                    if wait <= 0:
-                        _, token = heapq.heappop(heap)
-                        on_expiry = self._pending.pop(token)
-                        break
-                    self._cond.wait(wait)
-            try:
-                on_expiry()
-            except Exception:  # never let one watch end the thread the others rely on
-                log.debug("credpath watchdog: an expiry handler failed", exc_info=True)
-
-
-_watchdogs: weakref.WeakSet[Watchdog] = weakref.WeakSet()
-
-
-def _reset_watchdogs_after_fork() -> None:
-    # The child has no watchdog thread (only the forking thread survives), and the Condition's lock may
-    # have been held at the fork; the parent's watches belong to its other threads' calls: start afresh.
-    for watchdog in list(_watchdogs):
-        watchdog._reset()
-
-
-os.register_at_fork(after_in_child=_reset_watchdogs_after_fork)
-
-#: The process's watchdog (one thread for every store call that uses one).
-WATCHDOG = Watchdog()
 
 
 class RetriesExhausted(Exception):

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit, urlunsplit
 from credpath import metrics as _metrics
 from credpath.backends.vault import auth as methods
 from credpath.deadlines import (
-    WATCHDOG,
     Deadline,
     Retryable,
     RetryPolicy,
@@ -185,57 +184,105 @@ def _connection_reason(exc: BaseException) -> tuple[str, bool]:
     return type(exc).__name__, False
 
 
-# --- requests on the caller's thread, their sockets watched -------------------------------------------
+# --- requests on the caller's thread, every socket wait capped by the call's deadline ---------------------
+#
+# A per-read socket timeout alone does not bound a call: a server trickling a byte per second never trips
+# it. Handing each call to a worker thread does (and did), but costs two thread hand-overs per store call,
+# which in an Airflow task process (ten of them starting at once on a small machine) measured 2-7 ms each
+# way. Instead, every blocking read and write of a Vault connection first sets the socket's timeout to
+# what is left of the current call's deadline, and fails once nothing is left: the whole call is bounded,
+# on the caller's own thread, with no thread at all. Name resolution (getaddrinfo) cannot be bounded that
+# way; it runs on a worker, once per new connection to a host name.
+
+_current = threading.local()  # .deadline: the deadline of the call this thread is making, if any
 
 
-class _Call:
-    """One request's connections: the watchdog shuts their sockets down if its deadline passes first."""
-
-    __slots__ = ("conns", "deadline", "done", "expired", "lock")
-
-    def __init__(self, deadline: Deadline) -> None:
-        self.deadline = deadline
-        self.lock = threading.Lock()
-        self.conns: list[tuple[Any, socket.socket | None]] = []
-        self.expired = False
-        self.done = False
-
-    def adopt(self, conn: Any, sock: socket.socket | None) -> None:
-        """``conn`` (a urllib3 connection) now carries this call; ``sock`` its socket just connected."""
-        conn._credpath_call = self
-        with self.lock:
-            if self.expired:
-                _shut(conn, sock)
-            else:
-                self.conns.append((conn, sock))
-
-    def expire(self) -> None:  # on the watchdog thread
-        with self.lock:
-            if self.done:
-                return
-            self.expired = True
-            for conn, sock in self.conns:
-                if getattr(conn, "_credpath_call", None) is self:  # not since taken by another call
-                    _shut(conn, sock)
-
-    def finish(self) -> None:
-        with self.lock:
-            self.done = True
+def _arm(sock: socket.socket) -> None:
+    deadline: Deadline | None = getattr(_current, "deadline", None)
+    if deadline is not None:
+        left = deadline.remaining()
+        if left <= 0:
+            raise TimeoutError("the call's deadline has passed")
+        sock.settimeout(left)
 
 
-def _shut(conn: Any, sock: socket.socket | None) -> None:
-    # socket.socket.shutdown, not SSLSocket.shutdown (which would drop the TLS state under the reader):
-    # the blocked recv/send on the caller's thread returns at once; urllib3 then closes the connection,
-    # and a socket shut down just as its answer ended reads as dropped, so the pool never reuses it.
-    for target in (conn.sock, sock):
-        if target is not None:
-            try:
-                socket.socket.shutdown(target, socket.SHUT_RDWR)
-            except (OSError, ValueError):  # not connected, or detached (wrapped in TLS since)
-                pass
+class _ArmedSocket(socket.socket):
+    """A connected TCP socket whose reads and writes wait at most what is left of the call's deadline."""
+
+    __slots__ = ()
+
+    def recv(self, *args: Any) -> bytes:
+        _arm(self)
+        return super().recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        _arm(self)
+        return super().recv_into(*args)
+
+    def send(self, *args: Any) -> int:
+        _arm(self)
+        return super().send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        _arm(self)
+        super().sendall(*args)
 
 
-_current = threading.local()
+@functools.cache
+def _armed_ssl_socket() -> type:
+    import ssl
+
+    class _ArmedSSLSocket(ssl.SSLSocket):
+        """The same for a TLS socket: its reads and writes are OpenSSL's, on the socket's timeout."""
+
+        def recv(self, *args: Any) -> bytes:
+            _arm(self)
+            return super().recv(*args)
+
+        def recv_into(self, *args: Any) -> int:
+            _arm(self)
+            return super().recv_into(*args)
+
+        def read(self, *args: Any) -> Any:
+            _arm(self)
+            return super().read(*args)
+
+        def send(self, *args: Any) -> int:
+            _arm(self)
+            return super().send(*args)
+
+        def write(self, *args: Any) -> int:
+            _arm(self)
+            return super().write(*args)
+
+    return _ArmedSSLSocket
+
+
+def _armed(sock: Any) -> Any:
+    """``sock`` with its class switched to the armed one (same object, same layout; nothing else moves)."""
+    import ssl
+
+    if type(sock) is socket.socket:
+        sock.__class__ = _ArmedSocket
+    elif type(sock) is ssl.SSLSocket:
+        sock.__class__ = _armed_ssl_socket()
+    return sock
+
+
+def _armable(proxies: dict[str, str] | None) -> bool:
+    """Whether this process's connections to Vault will be plain stdlib sockets that :func:`_armed` can
+    switch: not through a SOCKS proxy (PySocks' sockets), not with urllib3's pyOpenSSL TLS injected."""
+    import ssl
+
+    import urllib3.util.ssl_
+
+    candidates = list((proxies or {}).values())
+    candidates += [
+        v for k, v in os.environ.items() if k.lower() in ("all_proxy", "http_proxy", "https_proxy")
+    ]
+    if any(str(p).strip().lower().startswith("socks") for p in candidates):
+        return False
+    return urllib3.util.ssl_.SSLContext is ssl.SSLContext and ssl.SSLContext.sslsocket_class is ssl.SSLSocket
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -256,64 +303,44 @@ def _resolve_timeout(conn: Any) -> BaseException:
     return ConnectTimeoutError(conn, f"connecting to {conn.host} timed out (name resolution)")
 
 
-def _socks_proxy(proxies: dict[str, str] | None) -> bool:
-    """Whether requests may use a SOCKS proxy (configured, or from the environment as requests reads it)."""
-    candidates = list((proxies or {}).values())
-    candidates += [
-        v for k, v in os.environ.items() if k.lower() in ("all_proxy", "http_proxy", "https_proxy")
-    ]
-    return any(str(p).strip().lower().startswith("socks") for p in candidates)
-
-
-def _adopt(conn: Any, sock: socket.socket | None) -> None:
-    call = getattr(_current, "call", None)
-    if call is not None:
-        call.adopt(conn, sock)
-
-
 @functools.cache
-def _watched_adapter() -> type:
-    """An HTTPAdapter whose urllib3 connections report their socket to the caller's current call: when
-    it connects, and when a request starts on a kept-alive one (built once; imports requests lazily)."""
+def _armed_adapter() -> type:
+    """An HTTPAdapter whose urllib3 connections arm their sockets (built once; imports requests lazily)."""
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    class Watched:
-        _credpath_call: _Call | None = None
-
+    class Armed:
         def _new_conn(self) -> socket.socket:
             connect = super()._new_conn  # type: ignore[misc]
-            call = getattr(_current, "call", None)
-            if call is None or _is_ip_literal(self._dns_host):  # type: ignore[attr-defined]
+            deadline: Deadline | None = getattr(_current, "deadline", None)
+            if deadline is None or _is_ip_literal(self._dns_host):  # type: ignore[attr-defined]
                 sock = connect()
             else:
-                # Resolving a name blocks in getaddrinfo, which no socket shutdown can end: a worker
-                # thread bounds it (once per new connection; kept-alive requests and IP URLs skip this).
-                sock = call_with_deadline(connect, call.deadline, on_timeout=lambda: _resolve_timeout(self))
-            _adopt(self, sock)
-            return sock  # type: ignore[no-any-return]
+                # Resolving a name blocks in getaddrinfo, which no socket timeout ends: a worker thread
+                # bounds it (once per new connection; kept-alive requests and IP URLs skip this).
+                sock = call_with_deadline(connect, deadline, on_timeout=lambda: _resolve_timeout(self))
+            return _armed(sock)  # a tunnel through an HTTP proxy is read through it too
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            if self.sock is not None:  # type: ignore[attr-defined]
-                _adopt(self, None)
-            super().request(*args, **kwargs)  # type: ignore[misc]
+        def connect(self) -> None:
+            super().connect()  # type: ignore[misc]
+            self.sock = _armed(self.sock)  # type: ignore[attr-defined]  # TLS: the socket wrapping it
 
-    class WatchedHTTPConnection(Watched, HTTPConnection):
+    class ArmedHTTPConnection(Armed, HTTPConnection):
         pass
 
-    class WatchedHTTPSConnection(Watched, HTTPSConnection):
+    class ArmedHTTPSConnection(Armed, HTTPSConnection):
         pass
 
-    class WatchedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = WatchedHTTPConnection
+    class ArmedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = ArmedHTTPConnection
 
-    class WatchedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = WatchedHTTPSConnection
+    class ArmedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = ArmedHTTPSConnection
 
-    pools = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+    pools = {"http": ArmedHTTPPool, "https": ArmedHTTPSPool}
 
-    class WatchedAdapter(HTTPAdapter):
+    class ArmedAdapter(HTTPAdapter):
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = pools
@@ -324,7 +351,7 @@ def _watched_adapter() -> type:
                 manager.pool_classes_by_scheme = pools
             return manager
 
-    return WatchedAdapter
+    return ArmedAdapter
 
 
 # --- auth methods: default mount, required kwargs and login body ------------------------------------------
@@ -350,9 +377,9 @@ class Session:
         self.logins = 0
         self.renewals = 0
         self.backend_name = "vault"  # the first backend using this session: the metrics label
-        # Requests run on the caller's thread, watched (below), unless a SOCKS proxy makes the sockets
-        # urllib3-contrib's: then on a worker thread bounded by call_with_deadline.
-        self._watched = not _socks_proxy(settings.proxies)
+        # Requests run on the caller's thread with armed sockets (above), unless the sockets will not be
+        # the stdlib's (SOCKS proxy, pyOpenSSL): then on a worker thread bounded by call_with_deadline.
+        self._armed: bool | None = None  # decided when the HTTP session is built (it imports urllib3)
         self._reset_locks()
 
     def _reset_locks(self) -> None:
@@ -381,12 +408,17 @@ class Session:
 
     def _build_http(self) -> requests.Session:
         import requests
+        from requests.adapters import HTTPAdapter
 
         s = self.settings
         session = requests.Session()
         # credpath retries itself, inside the deadline; urllib3's retries would sleep outside it. Pool size:
-        # room for many threads without "connection pool is full" churn.
-        adapter = _watched_adapter()(max_retries=0, pool_connections=4, pool_maxsize=64)
+        # room for 16 threads at once without "connection pool is full" churn; not more, because a new pool
+        # (in every forked task process) fills its queue with that many slots first (64 cost ~1 ms there).
+        self._armed = _armable(s.proxies)
+        adapter = (_armed_adapter() if self._armed else HTTPAdapter)(
+            max_retries=0, pool_connections=4, pool_maxsize=16
+        )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.verify = s.verify
@@ -423,7 +455,8 @@ class Session:
         url = f"{self.url}/v1/{path}"
 
         def run() -> Reply:
-            # Socket timeouts = what is left: a backstop for a connect (not watched until it returns).
+            # Socket timeouts = what is left: it ends an abandoned worker's wait (SOCKS); armed sockets
+            # re-arm every wait with what is left by then.
             left = max(deadline.remaining(), 0.001)
             # verify/cert per request: requests lets REQUESTS_CA_BUNDLE override the session's (hvac too).
             with http.request(
@@ -447,28 +480,17 @@ class Session:
                     parse_retry_after(response.headers.get("Retry-After")),
                 )
 
-        if not self._watched:  # a SOCKS proxy's connections are not ours: bound the call on a worker
+        if not self._armed:  # sockets that are not the stdlib's (SOCKS, pyOpenSSL): bound on a worker
             return call_with_deadline(run, deadline, on_timeout=lambda: self.timeout_error(what, deadline))
-        if deadline.expired:
-            raise TimeoutError
-        # On the caller's thread (as hvac does): the watchdog shuts this request's socket down if the
-        # deadline passes first, which ends a blocked read or send at once, trickling server or not.
-        call = _Call(deadline)
-        outer, _current.call = getattr(_current, "call", None), call
-        token = WATCHDOG.watch(deadline, call.expire)
+        outer, _current.deadline = getattr(_current, "deadline", None), deadline
         try:
-            reply = run()
+            return run()
         except BaseException:
-            if call.expired:  # whatever the shut-down socket made of it (reset, EOF, SSL error)
+            if deadline.expired:  # whatever the cut made of it (urllib3's timeout or "connection aborted")
                 raise TimeoutError from None
             raise
         finally:
-            WATCHDOG.cancel(token)
-            call.finish()
-            _current.call = outer
-        if call.expired:  # cut as the answer ended: it may be truncated (a body read to EOF)
-            raise TimeoutError
-        return reply
+            _current.deadline = outer
 
     def call(
         self,
