@@ -111,7 +111,7 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(proxy, make) -> None:
     assert "timed out after 2 s" in str(error)
 
 
-# --- on the caller's thread, watched (issue 14 point 5) ---------------------------------------------------
+# --- on the caller's thread, every socket wait capped by the deadline (issue 14 point 5) -------------------
 
 # sys.audit events of http.client in this process while a test records them: (event, thread id).
 _AUDIT: list[tuple[str, int]] | None = None
@@ -129,7 +129,7 @@ def test_a_healthy_read_runs_on_the_callers_thread_and_starts_no_thread(seeded: 
     # Old: every request ran on a worker thread (two hand-overs per store call, ~17 ms each when loaded).
     global _AUDIT
     backend = make(seeded.addr, timeout=5)
-    assert backend.get_variable("v") == SECRET  # warm: connection, KV version, the watchdog thread
+    assert backend.get_variable("v") == SECRET  # warm: connection and KV version
     started: list[str] = []
     real_start = threading.Thread.start
 
@@ -152,7 +152,7 @@ def test_a_healthy_read_runs_on_the_callers_thread_and_starts_no_thread(seeded: 
 
 
 def test_tls_reads_run_on_the_callers_thread_over_one_connection(openbao_tls: OpenBao) -> None:
-    # The watched HTTPS connection class keeps TLS verification and keep-alive as requests' own does.
+    # The armed HTTPS connection class keeps TLS verification and keep-alive as requests' own does.
     global _AUDIT
     openbao_tls.put("secret", 2, "faults/variables/v", {"value": SECRET})
     backend = VaultBackend(
@@ -185,7 +185,7 @@ def test_a_trickle_is_cut_at_the_deadline_and_the_next_request_works(proxy, make
 
 
 def test_a_tls_handshake_that_never_completes_is_cut_at_the_deadline(hanging_listener, make) -> None:
-    # The socket is watched from the moment it connects: a TLS server that never says hello is cut too.
+    # The socket is armed from the moment it connects: a TLS server that never says hello is cut too.
     backend = make(f"https://127.0.0.1:{hanging_listener.port}", timeout=2)
     elapsed, error = timed(lambda: backend.get_variable("v"))
     assert isinstance(error, BackendTimeout), error
@@ -194,8 +194,8 @@ def test_a_tls_handshake_that_never_completes_is_cut_at_the_deadline(hanging_lis
 
 
 def test_a_trickle_over_tls_is_cut_at_the_deadline(make, tmp_path) -> None:
-    # The blocked read is inside TLS (one byte per 0.5 s: no per-read timeout fires): the watchdog shuts
-    # the socket under it down, and the caller sees the timeout, not an SSL error.
+    # The reads are inside TLS (one byte per 0.5 s: a fixed per-read timeout never fires): each read of the
+    # TLS socket waits at most what is left, and the caller sees the timeout, not an SSL error.
     import socket
     import ssl
 
@@ -293,7 +293,7 @@ def test_a_name_is_resolved_once_per_connection_and_an_ip_url_starts_no_thread(
 
 
 def test_a_forked_child_cuts_a_trickle_at_the_deadline(proxy, make) -> None:
-    # Airflow's task process is forked from a supervisor that has used Vault (watchdog thread and all).
+    # Airflow's task process is forked from a supervisor that has used Vault (its session and sockets).
     backend = make(proxy.url, timeout=1)
     assert backend.get_variable("v") == SECRET
     proxy.add("trickle", path=DATA, interval=0.5, times=1)
