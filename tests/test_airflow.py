@@ -1013,6 +1013,105 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
         assert calls[name] <= len(DAG_CONN_IDS) + 1, (name, calls)
 
 
+# --- the same for AWS Secrets Manager: Airflow's provider backend vs the drop-in (issue 14 point 5) ------
+
+AWS_DAG_VARIANTS = ("airflow", "credpath")
+
+
+@pytest.fixture(scope="module")
+def dag_aws(moto_server: MotoServer) -> Iterator[str]:
+    """The DAG's connections in moto's Secrets Manager under a prefix of their own: the prefix."""
+    prefix = f"dagc-{uuid.uuid4().hex[:8]}"
+    client = moto_server.client("secretsmanager")
+    names = [f"{prefix}/connections/{conn_id}" for conn_id in DAG_CONN_IDS]
+    logging.disable(logging.CRITICAL)  # seeding writes secret values; botocore logs bodies at DEBUG
+    for index, name in enumerate(names):
+        uri = f"postgres://u{index}:pw-s3cr3t-aws-dag-{index}@aws-dag-db-{index}.internal:5432/d"
+        client.create_secret(Name=name, SecretString=uri)
+    logging.disable(logging.NOTSET)
+    yield prefix
+    logging.disable(logging.CRITICAL)
+    for name in names:
+        client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    logging.disable(logging.NOTSET)
+
+
+def aws_dag_variant(name: str, prefix: str, proxy_url: str) -> dict[str, str]:
+    """Airflow's provider backend, or the drop-in with one aws-secrets-manager backend given the SAME
+    kwargs (no shared tier); credentials from the environment, as a deployment's instance role would be."""
+    airflow_kwargs = {
+        "endpoint_url": proxy_url,
+        "region_name": REGION,
+        "connections_prefix": f"{prefix}/connections",
+        "variables_prefix": f"{prefix}/variables",
+        "config_prefix": None,
+    }
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+    if name == "airflow":
+        backend = "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
+        return {**creds, **_dag_env(backend, airflow_kwargs)}
+    backends = [{"name": "aws", "type": "aws-secrets-manager", "kwargs": dict(airflow_kwargs)}]
+    return {**creds, **_dag_env(CLASS_PATH, {"backends": backends})}
+
+
+@pytest.mark.airflow
+@pytest.mark.timeout(1200)  # two DAG runs (per round) of 10 task processes each, on a small shared machine
+def test_dag_run_store_calls_aws_airflow_vs_credpath(
+    airflow: AirflowEnv,
+    airflow_api_server: ApiServer,
+    moto_server: MotoServer,
+    dag_aws: str,
+    fault_proxy: Any,
+) -> None:
+    from tests.servers.airflow_env import (
+        AWS_CLIENT_MODULES,
+        run_store_calls_dag,
+        task_ops,
+        write_store_calls_dag,
+    )
+
+    task_ms: dict[str, list[float]] = {}
+    ops: dict[str, list[dict[str, Any]]] = {}
+    # Rounds as in the Vault test above (bench/shared_cache.py --store aws asks for several).
+    rounds = int(os.environ.get("CREDPATH_BENCH_SHARED_ROUNDS") or 1)
+    runs: dict[str, list[int]] = {name: [] for name in AWS_DAG_VARIANTS}
+    for round_ in range(rounds):
+        for name in AWS_DAG_VARIANTS:
+            proxy = fault_proxy("127.0.0.1", moto_server.port)  # counts every request at the wire
+            env = aws_dag_variant(name, dag_aws, proxy.url)
+            dag_id = "store_calls_aws_" + name + (f"_{round_}" if round_ else "")
+            write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10, client_modules=AWS_CLIENT_MODULES)
+            code, times = run_store_calls_dag(airflow, dag_id, env)
+            assert_no_secret((airflow.home / f"{dag_id}.out").read_text())
+            assert code in (0, None), f"{name}: airflow dags test failed (rc={code})"
+            assert len(times) == 10, f"{name}: {len(times)} of 10 tasks reported"
+            runs[name].append(proxy.count())
+            task_ms.setdefault(name, []).extend(times)
+            ops.setdefault(name, []).extend(task_ops(airflow, dag_id))
+            assert len(ops[name]) == 10 * (round_ + 1), f"{name}: a task did not report its operations"
+            proxy.stop()
+    calls = {name: max(counts) for name, counts in runs.items()}
+    figures = os.environ.get("CREDPATH_BENCH_SHARED_AWS_OUT")  # bench/shared_cache.py --store aws
+    if figures:
+        Path(figures).write_text(
+            json.dumps({"calls": calls, "task_ms": task_ms, "ops": ops, "runs": runs}, sort_keys=True)
+        )
+    assert min(runs["airflow"]) >= 30, runs  # each task process reads each connection (GetSecretValue)
+    # The drop-in, with no shared tier, sends no more requests than Airflow's provider backend...
+    assert calls["credpath"] <= min(runs["airflow"]), runs
+    # ... and its task processes build no search path and import no botocore: the supervisor built the
+    # session and the client before the fork (counted, not timed).
+    for task in ops["credpath"]:
+        assert task["search_paths_built"] == 0, task
+        assert task["client_modules_imported"] == [], task
+        assert task["threads_started"] <= 1, task
+    sent = {
+        name: sorted(m for task in ops[name] for m in task["supervisor_messages"])
+        for name in AWS_DAG_VARIANTS
+    }
+    assert sent["credpath"] == sent["airflow"], sent
+
+
 def test_lookups_in_a_task_process_are_counted_into_airflows_stats(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -374,7 +374,7 @@ from airflow.sdk import BaseHook, dag, task
 
 CONN_IDS = {conn_ids!r}
 # Modules a task process would import if it had to start a store client itself (its parent did).
-CLIENT_MODULES = ("hvac", "requests", "urllib3", "redis", "cryptography", "credpath.backends", "ahocorasick")
+CLIENT_MODULES = {client_modules!r}
 
 
 @dag(dag_id={dag_id!r}, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
@@ -435,8 +435,34 @@ store_calls()
 '''
 
 
-def write_store_calls_dag(airflow: AirflowEnv, dag_id: str, conn_ids: list[str], tasks: int = 10) -> None:
-    text = STORE_CALLS_DAG.format(tasks=tasks, count=len(conn_ids), conn_ids=list(conn_ids), dag_id=dag_id)
+#: What the store-calls DAG reports as store-client modules a task process imported (prefixes).
+STORE_CLIENT_MODULES = (
+    "hvac",
+    "requests",
+    "urllib3",
+    "redis",
+    "cryptography",
+    "credpath.backends",
+    "ahocorasick",
+)
+#: The same for an AWS store: botocore's stack too (boto3 is what Airflow's provider builds its client on).
+AWS_CLIENT_MODULES = (*STORE_CLIENT_MODULES, "boto3", "botocore", "s3transfer", "jmespath")
+
+
+def write_store_calls_dag(
+    airflow: AirflowEnv,
+    dag_id: str,
+    conn_ids: list[str],
+    tasks: int = 10,
+    client_modules: tuple[str, ...] = STORE_CLIENT_MODULES,
+) -> None:
+    text = STORE_CALLS_DAG.format(
+        tasks=tasks,
+        count=len(conn_ids),
+        conn_ids=list(conn_ids),
+        dag_id=dag_id,
+        client_modules=tuple(client_modules),
+    )
     (airflow.dags / f"{dag_id}.py").write_text(text)
 
 
