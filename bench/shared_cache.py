@@ -29,7 +29,10 @@ With ``--rounds N`` each variant runs N times, interleaved (airflow, credpath, f
 so load that changes during the run weighs on every variant alike; requests are the most any run of a
 variant made, times are pooled over its runs.
 
-    python bench/shared_cache.py [--store vault|aws|all] [--rounds N] [--json out.json]
+With ``--sequential`` Airflow runs one task at a time, so a task's secrets time is its own work rather than
+its share of ten task processes starting at once on the machine.
+
+    python bench/shared_cache.py [--store vault|aws|all] [--rounds N] [--sequential] [--json out.json]
 """
 
 from __future__ import annotations
@@ -108,6 +111,12 @@ def main() -> int:
     parser.add_argument(
         "--store", choices=("vault", "aws", "all"), default="all", help="which store's table (default all)"
     )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run one task at a time (Airflow's parallelism 1): each task's secrets time is then its own "
+        "work, not its share of ten task processes starting at once",
+    )
     args = parser.parse_args()
     stores = list(TESTS) if args.store == "all" else [args.store]
     work = Path(tempfile.mkdtemp(prefix="credpath-bench-shared-"))
@@ -116,6 +125,7 @@ def main() -> int:
         **os.environ,
         **{OUT_VARS[store]: str(path) for store, path in outs.items()},
         "CREDPATH_BENCH_SHARED_ROUNDS": str(args.rounds),
+        **({"CREDPATH_BENCH_SHARED_PARALLELISM": "1"} if args.sequential else {}),
         "PYTHONPATH": str(ROOT / "src"),
     }
     # Its own --basetemp: pytest prunes all but the newest three default ones, so other pytest sessions on
@@ -131,7 +141,12 @@ def main() -> int:
         return 1
     failed = result.returncode != 0  # figures are written before the tests' assertions: show them anyway
     load_after = os.getloadavg()
-    report: dict[str, Any] = {"rounds": args.rounds, "load_before": load_before, "load_after": load_after}
+    report: dict[str, Any] = {
+        "rounds": args.rounds,
+        "sequential": args.sequential,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
     for store, path in outs.items():
         if not path.exists():
             print(f"\n{TITLES[store]}: no figures (the test failed before writing them)", file=sys.stderr)
@@ -141,7 +156,8 @@ def main() -> int:
         report[store] = {"rows": rows}
         print_table(store, rows)
     loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(load_before, load_after, strict=True))
-    print(f"\nrounds: {args.rounds}; load average (1, 5, 15 min) before/after: {loads}")
+    mode = "; one task at a time" if args.sequential else ""
+    print(f"\nrounds: {args.rounds}{mode}; load average (1, 5, 15 min) before/after: {loads}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if failed:

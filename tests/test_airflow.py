@@ -1072,13 +1072,15 @@ def test_dag_run_store_calls_aws_airflow_vs_credpath(
 
     task_ms: dict[str, list[float]] = {}
     ops: dict[str, list[dict[str, Any]]] = {}
-    # Rounds as in the Vault test above (bench/shared_cache.py --store aws asks for several).
+    # Rounds and --sequential as in the Vault test above (bench/shared_cache.py --store aws).
     rounds = int(os.environ.get("CREDPATH_BENCH_SHARED_ROUNDS") or 1)
+    one_at_a_time = os.environ.get("CREDPATH_BENCH_SHARED_PARALLELISM")
+    extra = {"AIRFLOW__CORE__PARALLELISM": one_at_a_time} if one_at_a_time else {}
     runs: dict[str, list[int]] = {name: [] for name in AWS_DAG_VARIANTS}
     for round_ in range(rounds):
         for name in AWS_DAG_VARIANTS:
             proxy = fault_proxy("127.0.0.1", moto_server.port)  # counts every request at the wire
-            env = aws_dag_variant(name, dag_aws, proxy.url)
+            env = {**aws_dag_variant(name, dag_aws, proxy.url), **extra}
             dag_id = "store_calls_aws_" + name + (f"_{round_}" if round_ else "")
             write_store_calls_dag(airflow, dag_id, DAG_CONN_IDS, tasks=10, client_modules=AWS_CLIENT_MODULES)
             code, times = run_store_calls_dag(airflow, dag_id, env)
