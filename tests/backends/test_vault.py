@@ -627,3 +627,57 @@ def test_team_scoping_as_the_4_8_4_provider(openbao: OpenBao, openbao_kv2: str, 
     openbao.put(openbao_kv2, 2, "connections/team_a/c", {"conn_uri": "http://team-a.example"})
     assert conn.get_connection("c", team_name="team_a").host == "team-a.example"
     assert conn.get_conn_value("c") is None
+
+
+# --- the environment, read once per HTTP session (as requests would on every request) ------------------
+def test_environment_proxy_is_used_unless_no_proxy_covers_the_url(
+    openbao: OpenBao, openbao_kv2: str, fault_proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counting proxy forwards bytes: a proxied request reaches OpenBao in absolute form, which it serves.
+    from urllib.parse import urlsplit
+
+    openbao.put(openbao_kv2, 2, "env/variables/v", {"value": PASSWORD})
+    parts = urlsplit(openbao.addr)
+    proxy = fault_proxy(parts.hostname, parts.port)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    kwargs = {"url": openbao.addr, "token": openbao.root_token, "mount_point": openbao_kv2}
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    through = VaultBackend(**kwargs, variables_path="env/variables")
+    try:
+        assert through.get_variable("v") == PASSWORD
+        assert through.get_variable("v") == PASSWORD
+    finally:
+        through.close()  # its session too: the next backend builds a new one, reading the environment
+    reads = proxy.count(r"http://[^/]+/v1/[^/]+/data/env/variables/v")  # absolute form: through the proxy
+    assert reads == 2, proxy.requests
+    monkeypatch.setenv("NO_PROXY", parts.hostname)
+    direct = VaultBackend(**kwargs, variables_path="env/variables")
+    try:
+        assert direct.get_variable("v") == PASSWORD
+    finally:
+        direct.close()
+    assert proxy.count() == len(proxy.requests) and proxy.count(r"/data/env/") == reads  # none more
+
+
+def test_requests_ca_bundle_is_honoured_when_verify_is_on(
+    openbao_tls: OpenBao, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openbao_tls.put("secret", 2, "env/variables/v", {"value": PASSWORD})
+    kwargs = {"url": openbao_tls.addr, "token": openbao_tls.root_token, "variables_path": "env/variables"}
+
+    def read(**extra: Any) -> Any:
+        backend = VaultBackend(**kwargs, **extra, timeout=3)
+        try:
+            return backend.get_variable("v")
+        finally:
+            backend.close()  # and its session: each read builds one, reading the environment
+
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    with pytest.raises(BackendError, match="SSLError"):  # the CA is not in the default bundle
+        read()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", openbao_tls.ca_cert)
+    assert read() == PASSWORD
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")  # a verify path given wins over it
+    assert read(verify=openbao_tls.ca_cert) == PASSWORD
