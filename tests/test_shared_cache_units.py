@@ -239,7 +239,10 @@ def test_file_store_opens_a_file_another_process_is_still_writing(tmp_path: Path
     assert 0.15 <= waited < 2.0
 
 
-def test_file_store_open_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+def test_file_store_open_gives_up_after_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sc, "SQLITE_BUSY_TIMEOUT", 0.3)  # the 2 s default is pinned by the test above
     path = tmp_path / "c.db"
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("CREATE TABLE t (x)")
