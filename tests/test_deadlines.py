@@ -463,3 +463,45 @@ def test_call_with_deadline_runs_on_a_named_daemon_thread():
     thread = call_with_deadline(threading.current_thread, Deadline(5), on_timeout=Timeout)
     assert thread is not threading.current_thread()
     assert thread.daemon is True and thread.name == "credpath-store-call"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabled):
+    from credpath import metrics
+
+    failures = {"retry_call": 2, "call_with_retries": 1}
+
+    def failing(loop):
+        def attempt(_deadline):
+            if failures[loop]:
+                failures[loop] -= 1
+                raise (
+                    Retryable(ConnectionError("reset")) if loop == "retry_call" else ConnectionError("reset")
+                )
+            return loop
+
+        return attempt
+
+    metrics.reset()
+    if enabled:
+        metrics.enable()
+    outer = metrics.storing_for("store-b")  # as SearchPath._call marks the backend it calls
+    try:
+        policy = RetryPolicy(attempts=4, base=0.0)
+        assert retry_call(
+            failing("retry_call"), Deadline(5), policy, on_timeout=Timeout, sleep=lambda _: None
+        )
+        assert call_with_retries(
+            failing("call_with_retries"),
+            Deadline(5),
+            policy,
+            classify=_classify,
+            on_timeout=lambda n: Timeout(n),
+            sleep=lambda _: None,
+        )
+        retry_call(failing("retry_call"), Deadline(5), policy, on_timeout=Timeout)  # no retry: none counted
+    finally:
+        metrics.storing_for(outer)
+        metrics.disable()
+    assert metrics.snapshot()["retries"] == ({("store-b",): 3} if enabled else {})
+    metrics.reset()

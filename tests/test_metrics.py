@@ -95,8 +95,10 @@ def test_counters_equal_requests_at_the_servers(openbao: Any, moto_env: Any, fau
             body=throttled,
             times=20,
         )
+        aws_before_throttle = aws_proxy.count()
         with pytest.raises(Exception):  # noqa: B017 - vault misses, aws throttled: BackendUnavailable
             sp.get_connection("only_after_throttle")
+        throttled_requests = aws_proxy.count() - aws_before_throttle
         aws_proxy.clear()
 
         samples = scrape(sp)
@@ -112,6 +114,10 @@ def test_counters_equal_requests_at_the_servers(openbao: Any, moto_env: Any, fau
         assert total(samples, "credpath_store_requests_total", "backend=aws", "outcome=hit") == 2
         assert total(samples, "credpath_store_requests_total", "backend=aws", "outcome=miss") == 1
         assert total(samples, "credpath_store_requests_total", "backend=aws", "outcome=throttled") == 1
+        # ... and each retry the store billed is counted: a request at the server is a store call or a retry.
+        assert aws_before_throttle == 3 and throttled_requests > 1
+        assert total(samples, "credpath_store_retries_total", "backend=aws") == throttled_requests - 1
+        assert total(samples, "credpath_store_retries_total", "backend=vault") == 0
         # Lookups by tier: 5 from the stores (one failed), 2 from the process cache.
         assert total(samples, "credpath_lookups_total", "tier=process") == 2
         assert total(samples, "credpath_lookups_total", "tier=store", "result=found") == 3
@@ -177,7 +183,7 @@ def test_metrics_off_counts_nothing() -> None:
     sp = SearchPath([("mem", MemoryBackend(variables={"a": "1"}))])
     metrics.instrument(sp)
     sp.get_variable("a")
-    assert metrics.snapshot() == {"store": {}, "lookups": {}, "auth": {}, "rejected": {}}
+    assert metrics.snapshot() == {"store": {}, "lookups": {}, "auth": {}, "rejected": {}, "retries": {}}
 
 
 def test_a_lookup_served_by_the_shared_tier_is_counted_under_tier_shared(tmp_path) -> None:
@@ -200,3 +206,60 @@ def test_a_lookup_served_by_the_shared_tier_is_counted_under_tier_shared(tmp_pat
     assert lookups[("connection", "shared", "found")] == 1
     first.close()
     other_process.close()
+
+
+def test_retries_inside_a_store_call_are_counted_for_the_backend_being_called() -> None:
+    from credpath.deadlines import Deadline, Retryable, RetryPolicy, call_with_retries, retry_call
+    from tests.memory_backend import MemoryBackend
+
+    class Flaky(MemoryBackend):
+        """Each read retries 3 times inside one call: twice in retry_call, once in call_with_retries."""
+
+        def get_variable(self, key: str) -> str | None:
+            tries: list[int] = []
+
+            def attempt(_deadline: Deadline) -> str | None:
+                tries.append(1)
+                if len(tries) < 3:
+                    raise Retryable(ConnectionError("reset"))
+                return super(Flaky, self).get_variable(key)
+
+            def classify(exc: BaseException) -> tuple[bool, float | None]:
+                return isinstance(exc, ConnectionError), None
+
+            failed_once: list[int] = []
+
+            def flaky_once(_deadline: Deadline) -> None:
+                if not failed_once:
+                    failed_once.append(1)
+                    raise ConnectionError("reset")
+
+            policy = RetryPolicy(attempts=4, base=0.0)
+            value = retry_call(attempt, Deadline(5), policy, on_timeout=TimeoutError, sleep=lambda _: None)
+            call_with_retries(
+                flaky_once,
+                Deadline(5),
+                policy,
+                classify=classify,
+                on_timeout=TimeoutError,
+                sleep=lambda _: None,
+            )
+            return value
+
+    sp = SearchPath([("flaky", Flaky(variables={"a": "1"})), ("mem", MemoryBackend(variables={"b": "2"}))])
+    metrics.enable()
+    assert sp.get_variable("a") == "1"  # 3 retries
+    assert sp.get_variable("b") == "2"  # flaky misses after 3 more retries; mem answers at once
+    Flaky(variables={"a": "1"}).get_variable("a")  # not a call the search path makes: no backend to count
+    assert metrics.snapshot()["retries"] == {("flaky",): 6}
+    assert metrics.store_counts("flaky")["retries"] == 6 and "retries" not in metrics.store_counts("mem")
+    assert metrics.storing_for(None) is None  # every call put the mark back
+
+
+def test_retries_are_not_counted_while_metrics_are_off() -> None:
+    from tests.memory_backend import MemoryBackend
+
+    sp = SearchPath([("mem", MemoryBackend(variables={"a": "1"}))])
+    metrics.store_retry()  # no call in progress
+    sp.get_variable("a")
+    assert metrics.snapshot()["retries"] == {}

@@ -261,6 +261,25 @@ def test_file_store_open_gives_up_after_the_busy_timeout(
     s.close()
 
 
+def test_file_store_open_retries_a_busy_file_with_capped_back_off(tmp_path: Path, clock: Clock) -> None:
+    # On the fake clock (SQLite's refusal is immediate, so nothing waits): pauses double from 5 ms up to
+    # 100 ms, and the open gives up once the busy timeout has passed.
+    path = tmp_path / "c.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    started = clock.now
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            FileStore(path).get("a")
+    finally:
+        writer.close()
+    assert clock.sleeps[:6] == pytest.approx([0.005, 0.01, 0.02, 0.04, 0.08, 0.1])
+    assert set(clock.sleeps[5:]) == {0.1}
+    assert sc.SQLITE_BUSY_TIMEOUT <= clock.now - started < sc.SQLITE_BUSY_TIMEOUT + 0.1
+
+
 def test_file_store_keeps_one_connection_per_process(store: FileStore) -> None:
     store.get("a")
     first = store._conn

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+from credpath import metrics as _metrics
+
 __all__ = [
     "Deadline",
     "RetriesExhausted",
@@ -121,6 +123,8 @@ def retry_call(
     for number in range(max(1, policy.attempts)):
         if deadline.expired:
             break
+        if number and _metrics.on:
+            _metrics.store_retry()
         try:
             return attempt(deadline)
         except Retryable as exc:
@@ -266,6 +270,8 @@ def call_with_retries(
     for number in range(max(1, policy.attempts)):
         if deadline.expired:
             break
+        if number and _metrics.on:
+            _metrics.store_retry()
         attempts += 1
         tries = attempts
         try:

@@ -10,7 +10,9 @@ What is counted (the Prometheus names):
   a backend (``SearchPath._call``: get, batch_get, prefetch, list) and per ``check()`` of the web's backends
   view. ``outcome``: hit, miss, error, throttled (an error whose safe message says the store throttled).
   A call refused by an open circuit breaker reaches no store and is counted apart
-  (``credpath_breaker_rejections_total``). A backend's own retries inside one call are one request here.
+  (``credpath_breaker_rejections_total``). A backend's own retries inside one call are one request here,
+  and each is counted in ``credpath_store_retries_total{backend}`` (every retry is one more request the store
+  bills: the retry loops of :mod:`credpath.deadlines` report it for the backend the search path is calling).
 - ``credpath_lookups_total{kind,tier,result}`` and ``credpath_lookup_seconds{kind,tier}``: each lookup of an
   instrumented search path (:func:`instrument`) by the tier that served it: ``process`` (the in-process
   cache: no store call), ``shared`` (a shared cache tier, reported by it through :func:`note_tier`),
@@ -21,8 +23,8 @@ What is counted (the Prometheus names):
 
 With ``enable(stats=...)`` (inside Airflow: ``airflow.sdk.observability.stats.Stats``) every increment also
 goes to Airflow's metrics (StatsD or OpenTelemetry, as the deployment configured), as
-``credpath.store_requests``, ``credpath.lookups``, ``credpath.lookup`` (timing), ``credpath.logins`` and
-``credpath.renewals`` with the same labels as tags.
+``credpath.store_requests``, ``credpath.store_retries``, ``credpath.lookups``, ``credpath.lookup`` (timing),
+``credpath.logins`` and ``credpath.renewals`` with the same labels as tags.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ __all__ = [
     "snapshot",
     "store_call",
     "store_counts",
+    "store_retry",
+    "storing_for",
 ]
 
 
@@ -60,6 +64,7 @@ BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 _store: Counter[tuple[str, str, str, str]] = Counter()  # (backend, kind, operation, outcome)
 _rejected: Counter[str] = Counter()  # backend
+_retries: Counter[str] = Counter()  # backend
 _lookups: Counter[tuple[str, str, str]] = Counter()  # (kind, tier, result)
 _latency: dict[tuple[str, str], list[float]] = {}  # (kind, tier) -> per-bucket counts + [sum, count]
 _auth: Counter[tuple[str, str]] = Counter()  # (event, backend)
@@ -96,6 +101,7 @@ def reset() -> None:
     with _lock:
         _store.clear()
         _rejected.clear()
+        _retries.clear()
         _lookups.clear()
         _latency.clear()
         _auth.clear()
@@ -142,6 +148,25 @@ def count_store(backend: str, kind: str, operation: str, outcome: str) -> None:
     if _stats is not None:
         tags = {"backend": backend, "kind": kind, "operation": operation, "outcome": outcome}
         _send("incr", "credpath.store_requests", tags=tags)
+
+
+def storing_for(backend: str | None) -> str | None:
+    """Mark this thread as calling ``backend`` (None: no longer); returns the mark it replaces (hook in
+    ``SearchPath._call``, which puts it back after the call), so retries are counted for that backend."""
+    outer = getattr(_local, "backend", None)
+    _local.backend = backend
+    return outer  # type: ignore[no-any-return]
+
+
+def store_retry() -> None:
+    """One more try of a store request inside one call (hook in the retry loops of credpath.deadlines)."""
+    backend = getattr(_local, "backend", None)
+    if backend is None:  # not a call the search path is making (a CLI check, a migration)
+        return
+    with _lock:
+        _retries[backend] += 1
+    if _stats is not None:
+        _send("incr", "credpath.store_retries", tags={"backend": backend})
 
 
 def breaker_rejected(backend: str) -> None:
@@ -250,6 +275,7 @@ def store_counts(backend: str) -> dict[str, int]:
             if name == backend:
                 counts[outcome] += n
         counts["rejected by breaker"] += _rejected.get(backend, 0)
+        counts["retries"] += _retries.get(backend, 0)
         for (event, name), n in _auth.items():
             if name == backend:
                 counts[f"{event}s"] += n
@@ -263,6 +289,7 @@ def snapshot() -> dict[str, dict[tuple[str, ...], float]]:
             "lookups": dict(_lookups),
             "auth": dict(_auth),
             "rejected": {(k,): v for k, v in _rejected.items()},
+            "retries": {(k,): v for k, v in _retries.items()},
         }
 
 
@@ -282,6 +309,7 @@ class _Collector:
 
         with _lock:
             store, rejected, lookups, auth = dict(_store), dict(_rejected), dict(_lookups), dict(_auth)
+            retries = dict(_retries)
             latency = {k: list(v) for k, v in _latency.items()}
         family = CounterMetricFamily(
             "credpath_store_requests",
@@ -290,6 +318,14 @@ class _Collector:
         )
         for labels, n in sorted(store.items()):
             family.add_metric(list(labels), n)
+        yield family
+        family = CounterMetricFamily(
+            "credpath_store_retries",
+            "Requests a backend retried inside one store call (each one more request to the store).",
+            labels=["backend"],
+        )
+        for name, n in sorted(retries.items()):
+            family.add_metric([name], n)
         yield family
         family = CounterMetricFamily(
             "credpath_breaker_rejections",

@@ -622,6 +622,8 @@ class SearchPath:
             if _metrics.on:
                 _metrics.breaker_rejected(entry.name)
             raise breaker.open_error(entry.label)
+        metering = _metrics.on
+        outer = _metrics.storing_for(entry.name) if metering else None
         try:
             result = func(*args, **kwargs)
         except (ConfigError, AccessDenied, ReadOnlyBackend) as exc:
@@ -640,6 +642,9 @@ class SearchPath:
                     breaker.cool_down,
                 )
             raise
+        finally:
+            if metering:
+                _metrics.storing_for(outer)
         breaker.success()
         if _metrics.on:
             _metrics.store_call(entry.name, func, args, result)
