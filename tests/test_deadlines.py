@@ -469,7 +469,7 @@ def test_call_with_deadline_runs_on_a_named_daemon_thread():
 def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabled):
     from credpath import metrics
 
-    failures = {"retry_call": 2, "call_with_retries": 1}
+    failures = {"retry_call": 2, "call_with_retries": 2}
 
     def failing(loop):
         def attempt(_deadline):
@@ -491,6 +491,7 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
         assert retry_call(
             failing("retry_call"), Deadline(5), policy, on_timeout=Timeout, sleep=lambda _: None
         )
+        assert metrics.snapshot()["retries"] == ({("store-b",): 2} if enabled else {})  # tries 2 and 3
         assert call_with_retries(
             failing("call_with_retries"),
             Deadline(5),
@@ -499,9 +500,75 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
             on_timeout=lambda n: Timeout(n),
             sleep=lambda _: None,
         )
+        assert metrics.snapshot()["retries"] == ({("store-b",): 4} if enabled else {})
         retry_call(failing("retry_call"), Deadline(5), policy, on_timeout=Timeout)  # no retry: none counted
     finally:
         metrics.storing_for(outer)
         metrics.disable()
-    assert metrics.snapshot()["retries"] == ({("store-b",): 3} if enabled else {})
+    assert metrics.snapshot()["retries"] == ({("store-b",): 4} if enabled else {})  # the first tries: none
     metrics.reset()
+
+
+def test_call_with_deadline_with_no_time_left_runs_nothing(monkeypatch):
+    import credpath.deadlines as mod
+
+    ran: list[int] = []
+    with monkeypatch.context() as clock:
+        clock.setattr(mod.time, "monotonic", lambda: 100.0)  # time stands still
+        deadline = Deadline(1)
+        clock.setattr(mod.time, "monotonic", lambda: 101.0)  # exactly no time left: remaining() == 0
+        with pytest.raises(Timeout):
+            call_with_deadline(lambda: ran.append(1), deadline, on_timeout=Timeout)
+    time.sleep(0.2)  # time for a worker that was (wrongly) handed the call to run it
+    assert ran == []
+
+
+def _blocked_calls(count, release):
+    """``count`` calls at once, each on its own worker until ``release`` is set: their worker threads."""
+    seen: list[threading.Thread] = []
+    started = threading.Barrier(count + 1)
+
+    def func():
+        seen.append(threading.current_thread())
+        started.wait(5)
+        release.wait(5)
+
+    callers = [
+        threading.Thread(target=call_with_deadline, args=(func, Deadline(10)), kwargs={"on_timeout": Timeout})
+        for _ in range(count)
+    ]
+    for caller in callers:
+        caller.start()
+    started.wait(5)
+    return seen, callers
+
+
+def test_at_most_four_workers_stay_idle_and_the_others_end(monkeypatch):
+    import credpath.deadlines as mod
+
+    monkeypatch.setattr(mod._workers, "idle", [])  # this test's workers only
+    release = threading.Event()
+    seen, callers = _blocked_calls(6, release)
+    release.set()
+    for caller in callers:
+        caller.join(5)
+    assert len(set(seen)) == 6
+    assert len(mod._workers.idle) == mod._MAX_IDLE_WORKERS == 4
+    deadline = time.monotonic() + 5
+    while sum(t.is_alive() for t in seen) > 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(t.is_alive() for t in seen) == 4  # the two that found the pool full retired: their loops ended
+
+
+def test_a_worker_busy_at_a_fork_does_not_join_the_new_pool(monkeypatch):
+    import credpath.deadlines as mod
+
+    monkeypatch.setattr(mod._workers, "idle", [])
+    monkeypatch.setattr(mod._workers, "lock", threading.Lock())
+    monkeypatch.setattr(mod._workers, "generation", mod._workers.generation)
+    release = threading.Event()
+    _, callers = _blocked_calls(1, release)
+    mod._forget_workers_after_fork()  # as the at-fork hook does in a child: the busy worker is the old pool's
+    release.set()
+    callers[0].join(5)
+    assert mod._workers.idle == []
