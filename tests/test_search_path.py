@@ -1186,3 +1186,28 @@ def test_backend_kwargs_override_a_configured_backends_settings():
     assert settings.backends[0].kwargs == {"on_deleted": "fail"}  # the configuration is not changed
     with pytest.raises(ConfigError, match="no backend named 'nope' in the search path"):
         SearchPath.from_settings(settings, backend_kwargs={"nope": {"on_deleted": "purge"}})
+
+
+@pytest.mark.parametrize("metrics_on", [True, False])
+def test_a_store_call_is_marked_for_the_retry_counter_only_while_metrics_are_on(metrics_on: bool) -> None:
+    from credpath import metrics
+
+    marks: list[str | None] = []
+
+    class Marked(MemoryBackend):
+        def get_variable(self, key: str) -> str | None:
+            mark = metrics.storing_for(None)  # read the mark (and put it back)
+            metrics.storing_for(mark)
+            marks.append(mark)
+            return super().get_variable(key)
+
+    metrics.reset()
+    if metrics_on:
+        metrics.enable()
+    try:
+        SearchPath([("marked", Marked(variables={"a": "1"}))]).get_variable("a")
+    finally:
+        metrics.disable()
+        metrics.reset()
+    assert marks == (["marked"] if metrics_on else [None])
+    assert metrics.storing_for(None) is None  # put back after the call

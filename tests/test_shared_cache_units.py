@@ -989,3 +989,23 @@ def test_redis_store_against_a_real_server(redis_url: str, redis_server: Any) ->
     assert client.keys(sc.PREFIX + "*") == []
     assert s.stats() == {"entries": 0}
     s.close()
+
+
+# --- SharedState: small facts of backends, in the tier ---
+
+
+def test_shared_state_round_trips_per_namespace_expires_and_is_never_a_lookup_entry(
+    store: FileStore, clock: Clock
+) -> None:
+    tier = tier_on(store)
+    state = tier.state("vault")
+    assert state.get("kv:secret") is None
+    state.put("kv:secret", 2, ttl=60)
+    assert state.get("kv:secret") == 2
+    assert tier.state("other").get("kv:secret") is None  # another backend's namespace
+    clock.advance(59)
+    assert state.get("kv:secret") == 2
+    clock.advance(2)
+    assert state.get("kv:secret") is None  # kept for its TTL only
+    tier.put(state._ckey("k"), entry(clock.now, "v", kind="variable"))  # not written by SharedState
+    assert state.get("k") is None
