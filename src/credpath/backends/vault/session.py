@@ -206,56 +206,33 @@ def _arm(sock: socket.socket) -> None:
         sock.settimeout(left)
 
 
-class _ArmedSocket(socket.socket):
-    """A connected TCP socket whose reads and writes wait at most what is left of the call's deadline."""
+def _armed_class(base: type, methods: tuple[str, ...]) -> type:
+    """A subclass of the socket class ``base`` whose ``methods`` (its blocking reads and writes) first
+    arm the socket; no new slots, so a connected ``base`` object can switch to it in place."""
 
-    __slots__ = ()
+    def arming(name: str) -> Any:
+        method = getattr(base, name)
 
-    def recv(self, *args: Any) -> bytes:
-        _arm(self)
-        return super().recv(*args)
+        def armed(self: socket.socket, *args: Any) -> Any:
+            _arm(self)
+            return method(self, *args)
 
-    def recv_into(self, *args: Any) -> int:
-        _arm(self)
-        return super().recv_into(*args)
+        armed.__name__ = armed.__qualname__ = name
+        return armed
 
-    def send(self, *args: Any) -> int:
-        _arm(self)
-        return super().send(*args)
+    return type(f"_Armed{base.__name__}", (base,), {"__slots__": (), **{m: arming(m) for m in methods}})
 
-    def sendall(self, *args: Any) -> None:
-        _arm(self)
-        super().sendall(*args)
+
+#: A connected TCP socket whose reads and writes wait at most what is left of the call's deadline.
+_ArmedSocket = _armed_class(socket.socket, ("recv", "recv_into", "send", "sendall"))
 
 
 @functools.cache
 def _armed_ssl_socket() -> type:
+    """The same for a TLS socket: its reads and writes are OpenSSL's, on the socket's timeout."""
     import ssl
 
-    class _ArmedSSLSocket(ssl.SSLSocket):
-        """The same for a TLS socket: its reads and writes are OpenSSL's, on the socket's timeout."""
-
-        def recv(self, *args: Any) -> bytes:
-            _arm(self)
-            return super().recv(*args)
-
-        def recv_into(self, *args: Any) -> int:
-            _arm(self)
-            return super().recv_into(*args)
-
-        def read(self, *args: Any) -> Any:
-            _arm(self)
-            return super().read(*args)
-
-        def send(self, *args: Any) -> int:
-            _arm(self)
-            return super().send(*args)
-
-        def write(self, *args: Any) -> int:
-            _arm(self)
-            return super().write(*args)
-
-    return _ArmedSSLSocket
+    return _armed_class(ssl.SSLSocket, ("recv", "recv_into", "read", "send", "write"))
 
 
 def _armed(sock: Any) -> Any:
