@@ -246,18 +246,15 @@ def _armed(sock: Any) -> Any:
     return sock
 
 
-def _armable(proxies: dict[str, str] | None) -> bool:
-    """Whether this process's connections to Vault will be plain stdlib sockets that :func:`_armed` can
-    switch: not through a SOCKS proxy (PySocks' sockets), not with urllib3's pyOpenSSL TLS injected."""
+def _armable(proxies: dict[str, str]) -> bool:
+    """Whether this session's connections to Vault will be plain stdlib sockets that :func:`_armed` can
+    switch: not through a SOCKS proxy (PySocks' sockets), not with urllib3's pyOpenSSL TLS injected.
+    ``proxies``: the session's, the environment's included."""
     import ssl
 
     import urllib3.util.ssl_
 
-    candidates = list((proxies or {}).values())
-    candidates += [
-        v for k, v in os.environ.items() if k.lower() in ("all_proxy", "http_proxy", "https_proxy")
-    ]
-    if any(str(p).strip().lower().startswith("socks") for p in candidates):
+    if any(str(p).strip().lower().startswith("socks") for p in proxies.values()):
         return False
     return urllib3.util.ssl_.SSLContext is ssl.SSLContext and ssl.SSLContext.sslsocket_class is ssl.SSLSocket
 
@@ -389,15 +386,6 @@ class Session:
 
         s = self.settings
         session = requests.Session()
-        # credpath retries itself, inside the deadline; urllib3's retries would sleep outside it. Pool size:
-        # room for 16 threads at once without "connection pool is full" churn; not more, because a new pool
-        # (in every forked task process) fills its queue with that many slots first (64 cost ~1 ms there).
-        self._armed = _armable(s.proxies)
-        adapter = (_armed_adapter() if self._armed else HTTPAdapter)(
-            max_retries=0, pool_connections=4, pool_maxsize=16
-        )
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
         # The environment is read once, here, the way requests reads it on every request (~0.15 ms each,
         # in every task process): HTTP(S)_PROXY/ALL_PROXY unless NO_PROXY covers the URL, and winning over
         # the configured proxies, as in requests; REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE when verify is on. Not
@@ -406,6 +394,15 @@ class Session:
         configured = dict(s.proxies or {})
         environ = requests.utils.get_environ_proxies(self.url, no_proxy=configured.get("no_proxy"))
         session.proxies = {**configured, **environ}
+        # credpath retries itself, inside the deadline; urllib3's retries would sleep outside it. Pool size:
+        # room for 16 threads at once without "connection pool is full" churn; not more, because a new pool
+        # (in every forked task process) fills its queue with that many slots first (64 cost ~1 ms there).
+        self._armed = _armable(session.proxies)
+        adapter = (_armed_adapter() if self._armed else HTTPAdapter)(
+            max_retries=0, pool_connections=4, pool_maxsize=16
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         verify = s.verify
         if verify is True:
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
