@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -82,7 +83,8 @@ def airflow_search_path() -> Any:
         search_path = getattr(backend, "search_path", None)
         if type(backend).__name__ == "CredpathBackend" and isinstance(search_path, SearchPath):
             return search_path
-    entries = []
+    # Airflow's backends are read structurally (get_connection), not through the SecretsBackend protocol.
+    entries: list[Any] = []
     for backend in backends:
         name = _NAMES.get(type(backend).__name__, type(backend).__name__)
         entries.append((name, _AirflowBackend(backend)))
@@ -95,6 +97,9 @@ _NAMES = {"EnvironmentVariablesBackend": "airflow-env", "MetastoreBackend": "air
 class _AirflowBackend:
     """One of Airflow's own secrets backends as a credpath roll-your-own backend, plus listing where
     Airflow's class has none (the environment: ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``; the metastore)."""
+
+    list_connections: Callable[[], list[str]]
+    list_variables: Callable[[], list[str]]
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
@@ -112,7 +117,7 @@ class _AirflowBackend:
         ``get_conn_value`` is not implemented) from its ``get_connection``, by attributes."""
         from credpath.model import Connection
         from credpath.protocol import call_backend_method
-        from credpath.search_path import as_connection
+        from credpath.reading import as_connection
 
         try:
             value = call_backend_method(self.backend.get_conn_value, conn_id, team_name=team_name)
@@ -127,7 +132,7 @@ class _AirflowBackend:
         return call_backend_method(self.backend.get_variable, key, team_name=team_name)  # type: ignore[no-any-return]
 
     def get_config(self, key: str) -> str | None:
-        get = getattr(self.backend, "get_config", None)
+        get: Any = getattr(self.backend, "get_config", None)
         return get(key) if callable(get) else None
 
     def describe(self) -> str:
@@ -153,7 +158,7 @@ def _metastore_ids(kind: str) -> list[str]:
         return sorted(session.scalars(select(column)).all())
 
 
-class CredpathPlugin(AirflowPlugin):
+class CredpathPlugin(AirflowPlugin):  # type: ignore[misc]  # Airflow is untyped here
     name = "credpath"
     fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "credpath secrets inventory"}]
     external_views = [

@@ -244,7 +244,8 @@ def _loader_class() -> type:
                         f"(first defined on line {first})"
                     )
                 seen[key] = line
-            return super().construct_mapping(node, deep=deep)
+            mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+            return mapping
 
     # Without the timestamp resolver, 2024-01-01 stays the string it is meant to be.
     _StrictLoader.yaml_implicit_resolvers = {

@@ -355,13 +355,15 @@ class BaseBackend:
         from credpath.model import Connection
 
         if self._connection_adapter is not None:
-            return self._connection_adapter(conn_id, value)
+            conn: Connection = self._connection_adapter(conn_id, value)
+            return conn
         return Connection.from_value(value, conn_id=conn_id)
 
     def serialize_connection(self, conn: Connection, serialization: Serialization = "json") -> str:
         """The string a store keeps for ``conn``: its ``connection_format``, else the URI or JSON form."""
         if self._connection_adapter is not None:
-            return self._connection_adapter.to_value(conn)
+            text: str = self._connection_adapter.to_value(conn)
+            return text
         if serialization == "json":
             return conn.to_json()
         if serialization == "uri":
@@ -436,7 +438,7 @@ def check_capabilities(cls: type) -> None:
     """Raise TypeError if ``cls`` declares an unknown capability or one whose methods it does not
     override (a BaseBackend default that refuses, or no method at all). Run for every BaseBackend
     subclass when it is defined, so a wrong declaration fails at import, not at the first migration."""
-    declared = getattr(cls, "capabilities", frozenset())
+    declared: frozenset[Capability] = getattr(cls, "capabilities", frozenset())
     unknown = sorted(str(c) for c in declared if c not in CAPABILITIES)
     if unknown:
         raise TypeError(

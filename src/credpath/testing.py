@@ -87,7 +87,7 @@ def require(backend: Any, *capabilities: str) -> None:
         capability = name if name in CAPABILITIES else _CAPABILITY_OF.get(name)
         if capability is None:
             raise ValueError(f"unknown capability {name!r}; known: {', '.join(CAPABILITIES)}")
-        wanted.append(capability)  # type: ignore[arg-type]
+        wanted.append(capability)
     missing = [c for c in wanted if not supports(backend, c)]
     if missing:
         pytest.skip(f"{type(backend).__name__} does not declare {', '.join(missing)}")
@@ -343,7 +343,7 @@ class BackendContract:
     def test_declared_capabilities_are_implemented(self, harness: Any) -> None:
         backend = harness.make_backend()
         check_capabilities(type(backend))  # a BaseBackend subclass was checked at definition already
-        declared = getattr(type(backend), "capabilities", frozenset())
+        declared: frozenset[Capability] = getattr(type(backend), "capabilities", frozenset())
         assert set(declared) <= set(CAPABILITIES)
 
     def test_batch_reads_answer_hits_only(self, harness: Any) -> None:

@@ -83,7 +83,8 @@ class ClientFactory:
 
     @property
     def region_name(self) -> str | None:
-        return self._session.get_config_variable("region")
+        region: str | None = self._session.get_config_variable("region")
+        return region
 
     def client(self, service: str, **kwargs: Any) -> Any:
         return self._session.create_client(service, **kwargs)

@@ -83,7 +83,8 @@ class ParameterStoreBackend(AwsBackend):
                 return None
             raise self.aws.error(exc, f"parameter {name!r}") from None
         log.debug("%s: read parameter %s", self.name, name)
-        return response["Parameter"]["Value"]
+        value: str = response["Parameter"]["Value"]
+        return value
 
     # --- batches -----------------------------------------------------------------------------------
 

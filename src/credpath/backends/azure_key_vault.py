@@ -281,7 +281,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         """Each page of an azure-core pager, fetched within a deadline of its own (no retry: a pager's
         state after a failed fetch is not safe to resume)."""
         iterator = iter(pages.by_page())
-        end = object()
+        end: Any = object()
         while True:
             page = call_with_deadline(
                 lambda: list(p) if (p := next(iterator, end)) is not end else end,
@@ -338,7 +338,8 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         except Exception as exc:
             raise self._error(exc, name, "reading") from None
         log.debug("%s: read secret %s", self.name, name)
-        return secret.value
+        value: str | None = secret.value
+        return value
 
     # --- writes ------------------------------------------------------------------------------------
 

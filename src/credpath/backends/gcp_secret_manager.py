@@ -46,7 +46,7 @@ from credpath.deadlines import (
     unwrap_retries,
 )
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind
+from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization
 
 __all__ = ["SecretManagerBackend", "crc32c"]
 
@@ -127,7 +127,7 @@ def _credentials_from_name(name: str) -> Any:
     if name == "anonymous":
         from google.auth.credentials import AnonymousCredentials
 
-        return AnonymousCredentials()
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]
     from credpath.registry import load_class
 
     return load_class(name, setting="credentials")()
@@ -223,7 +223,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         elif self._credentials is not None:
             credentials = self._credentials
         elif self.gcp_key_path:
-            credentials = service_account.Credentials.from_service_account_file(
+            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 self.gcp_key_path, scopes=self.gcp_scopes
             )
             project = credentials.project_id
@@ -236,21 +236,21 @@ class SecretManagerBackend(PrefixedSecretsBackend):
                     raise self.config_error(
                         f"gcp_keyfile_dict is not valid JSON (line {exc.lineno})"
                     ) from None
-            credentials = service_account.Credentials.from_service_account_info(info, scopes=self.gcp_scopes)
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=self.gcp_scopes)  # type: ignore[no-untyped-call]
             project = credentials.project_id
         elif self.gcp_credential_config_file:
             source = self.gcp_credential_config_file
             if isinstance(source, dict) or (isinstance(source, str) and source.lstrip().startswith("{")):
                 info = source if isinstance(source, dict) else json.loads(source)
-                credentials, project = google.auth.load_credentials_from_dict(info, scopes=self.gcp_scopes)
+                credentials, project = google.auth.load_credentials_from_dict(info, scopes=self.gcp_scopes)  # type: ignore[no-untyped-call]
             else:
-                credentials, project = google.auth.load_credentials_from_file(source, scopes=self.gcp_scopes)
+                credentials, project = google.auth.load_credentials_from_file(source, scopes=self.gcp_scopes)  # type: ignore[no-untyped-call]
         else:
             credentials, project = google.auth.default(scopes=self.gcp_scopes)
         if self.impersonation_chain:
             from google.auth import impersonated_credentials
 
-            credentials = impersonated_credentials.Credentials(
+            credentials = impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
                 source_credentials=credentials,
                 target_principal=self.impersonation_chain[-1],
                 delegates=self.impersonation_chain[:-1] or None,
@@ -379,7 +379,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         log.debug("%s: read secret %s", self.name, secret_id)
         return value
 
-    read_secret = access  # what the shared reads call
+    def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:
+        """What the shared reads call: one secret's latest version."""
+        return self.access(name, deadline)
 
     # --- writes, listing ---------------------------------------------------------------------------
 
@@ -422,7 +424,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
             raise self._error(exc, secret_id, "writing") from None
         log.debug("%s: wrote secret %s", self.name, secret_id)
 
-    def set_connection(self, conn: Any, *, overwrite: bool = True, serialization: str = "json") -> None:
+    def set_connection(
+        self, conn: Any, *, overwrite: bool = True, serialization: Serialization = "json"
+    ) -> None:
         if not conn.conn_id:
             raise self.config_error("connection to write has no conn_id")
         self._write("connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite)

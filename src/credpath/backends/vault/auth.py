@@ -67,14 +67,16 @@ def _b64url(data: bytes) -> str:
 def sign_jwt_rs256(claims: dict[str, Any], private_key_pem: str, kid: str | None = None) -> str:
     """A compact RS256 JWT signed with ``cryptography`` (no PyJWT dependency)."""
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
     header: dict[str, Any] = {"alg": "RS256", "typ": "JWT"}
     if kid:
         header["kid"] = kid
     signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError("jwt auth: the private key must be an RSA key (RS256)")
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input}.{_b64url(signature)}"
 
 
@@ -180,6 +182,8 @@ def azure_jwt(s: ClientSettings) -> str:
     from azure.identity import ClientSecretCredential, DefaultAzureCredential
 
     if s.key_id and s.secret_id:
+        if not s.azure_tenant_id:
+            raise ConfigError("auth_type 'azure': azure_tenant_id is required with key_id and secret_id")
         credential: Any = ClientSecretCredential(s.azure_tenant_id, s.key_id, s.secret_id)
     else:
         credential = DefaultAzureCredential()
