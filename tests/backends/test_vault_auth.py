@@ -17,7 +17,7 @@ import pytest
 from credpath.backends.vault import VaultBackend, sign_jwt_rs256
 from credpath.backends.vault import auth as vault_auth
 from credpath.backends.vault import session as vault
-from credpath.errors import AccessDenied, BackendError
+from credpath.errors import AccessDenied, BackendError, ConfigError
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port, require_binary, stop_process, wait_for_port
 from tests.servers.openbao import OpenBao, RequestLog, VaultBackends
@@ -502,3 +502,28 @@ def test_an_aws_iam_login_body_imports_no_hvac() -> None:
         "'iam_request_url']",
         "False",
     ]
+
+
+def test_a_jwt_signing_key_that_is_not_rsa_is_a_config_error() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
+    with pytest.raises(ConfigError, match="RSA key"):
+        sign_jwt_rs256({"sub": "svc"}, pem)
+
+
+def test_azure_client_secret_login_without_a_tenant_is_a_config_error() -> None:
+    from credpath.backends.vault.settings import ClientSettings
+
+    settings = ClientSettings(
+        url="http://127.0.0.1:1", auth_type="azure", key_id="client", secret_id="pw-s3cr3t"
+    )
+    with pytest.raises(ConfigError, match="azure_tenant_id"):
+        vault_auth.azure_jwt(settings)
