@@ -485,8 +485,10 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
     metrics.reset()
     if enabled:
         metrics.enable()
-    outer = metrics.storing_for("store-b")  # as SearchPath._call marks the backend it calls
-    try:
+    from credpath._lookup.trace import LookupContext, calling
+
+    context = LookupContext("variable", "k")  # as the search path's store call to "store-b" runs in one
+    with calling(context, "store-b"):
         policy = RetryPolicy(attempts=4, base=0.0)
         assert retry_call(
             failing("retry_call"), Deadline(5), policy, on_timeout=Timeout, sleep=lambda _: None
@@ -502,9 +504,7 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
         )
         assert metrics.snapshot()["retries"] == ({("store-b",): 4} if enabled else {})
         retry_call(failing("retry_call"), Deadline(5), policy, on_timeout=Timeout)  # no retry: none counted
-    finally:
-        metrics.storing_for(outer)
-        metrics.disable()
+    metrics.disable()
     assert metrics.snapshot()["retries"] == ({("store-b",): 4} if enabled else {})  # the first tries: none
     metrics.reset()
 

@@ -1046,29 +1046,34 @@ def test_a_write_invalidates_the_cached_value_of_every_team():
     assert sp.get_variable("k") == "v2"
 
 
-def test_metrics_are_recorded_only_when_on(monkeypatch):
+def test_metrics_are_recorded_only_when_on():
     from credpath import metrics
     from credpath.errors import BackendUnavailable
-
-    seen = []
-    monkeypatch.setattr(metrics, "store_call", lambda *a, **k: seen.append(("call", a[0])))
-    monkeypatch.setattr(metrics, "breaker_rejected", lambda name: seen.append(("rejected", name)))
     from credpath.resilience import BreakerSettings
+
+    def seen():
+        snap = metrics.snapshot()
+        calls = [("call", backend) for backend, *_ in snap["store"]]
+        return calls + [("rejected", backend) for (backend,) in snap["rejected"]]
 
     broken = MemoryBackend()
     broken.fail_with = Unreachable("down")
     sp = path(MemoryBackend({"db": URI_A}), broken, breaker=BreakerSettings(failures=1))
-    monkeypatch.setattr(metrics, "on", False)
-    sp.get_connection("db")
-    with pytest.raises(BackendUnavailable):
-        sp.get_variable("x")  # opens b1's breaker (failures=1)
-    assert seen == []
-    monkeypatch.setattr(metrics, "on", True)
-    sp.cache.clear()
-    sp.get_connection("db")
-    with pytest.raises(BackendUnavailable):
-        sp.get_variable("y")  # b1 is open: rejected without a call
-    assert ("call", "b0") in seen and ("rejected", "b1") in seen
+    metrics.reset()
+    try:
+        sp.get_connection("db")
+        with pytest.raises(BackendUnavailable):
+            sp.get_variable("x")  # opens b1's breaker (failures=1)
+        assert seen() == []
+        metrics.enable()
+        sp.cache.clear()
+        sp.get_connection("db")
+        with pytest.raises(BackendUnavailable):
+            sp.get_variable("y")  # b1 is open: rejected without a call
+        assert ("call", "b0") in seen() and ("rejected", "b1") in seen()
+    finally:
+        metrics.disable()
+        metrics.reset()
 
 
 def test_small_public_helpers_of_the_search_path():
@@ -1153,21 +1158,26 @@ def test_prefix_shadow_check_goes_past_an_earlier_backend_that_does_not_want_the
     assert sp.get_connection("a").host == "db-a"
 
 
-def test_metrics_are_not_recorded_for_a_config_error_when_off(monkeypatch):
+def test_metrics_are_not_recorded_for_a_config_error_when_off():
     from credpath import metrics
 
-    seen = []
-    monkeypatch.setattr(metrics, "store_call", lambda *a, **k: seen.append(a[0]))
-    monkeypatch.setattr(metrics, "on", False)
+    def seen():
+        return [backend for backend, *_ in metrics.snapshot()["store"]]
+
     bad = MemoryBackend()
     bad.fail_with = ConfigError("backend 'b0' (Memory): bad key")
-    with pytest.raises(ConfigError):
-        path(bad).get_connection("db")
-    assert seen == []
-    monkeypatch.setattr(metrics, "on", True)
-    with pytest.raises(ConfigError):
-        path(bad).get_connection("db")
-    assert seen == ["b0"]
+    metrics.reset()
+    try:
+        with pytest.raises(ConfigError):
+            path(bad).get_connection("db")
+        assert seen() == []
+        metrics.enable()
+        with pytest.raises(ConfigError):
+            path(bad).get_connection("db")
+        assert seen() == ["b0"]
+    finally:
+        metrics.disable()
+        metrics.reset()
 
 
 def test_backend_kwargs_override_a_configured_backends_settings():
@@ -1191,14 +1201,14 @@ def test_backend_kwargs_override_a_configured_backends_settings():
 @pytest.mark.parametrize("metrics_on", [True, False])
 def test_a_store_call_is_marked_for_the_retry_counter_only_while_metrics_are_on(metrics_on: bool) -> None:
     from credpath import metrics
+    from credpath._lookup import trace
 
     marks: list[str | None] = []
 
     class Marked(MemoryBackend):
         def get_variable(self, key: str) -> str | None:
-            mark = metrics.storing_for(None)  # read the mark (and put it back)
-            metrics.storing_for(mark)
-            marks.append(mark)
+            current = trace._CALLING.get()  # the store call in progress, as the retry loops see it
+            marks.append(None if current is None else current[1])
             return super().get_variable(key)
 
     metrics.reset()
@@ -1210,4 +1220,4 @@ def test_a_store_call_is_marked_for_the_retry_counter_only_while_metrics_are_on(
         metrics.disable()
         metrics.reset()
     assert marks == (["marked"] if metrics_on else [None])
-    assert metrics.storing_for(None) is None  # put back after the call
+    assert trace._CALLING.get() is None  # put back after the call

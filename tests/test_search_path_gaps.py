@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from credpath._lookup.tiers import lookup_once
+from credpath._lookup.trace import LookupContext
 from credpath.cache import CacheSettings
 from credpath.config import BackendSpec, Settings
 from credpath.errors import BackendUnavailable, ConfigError, NotFound
@@ -133,7 +135,7 @@ def test_a_flight_that_finds_the_cache_filled_answers_from_it():
     assert sp.get_connection("db").host == "db-b"
     after.calls.clear()
     first.calls.clear()
-    resolution = sp._lookup_once(("connection", "db", None))
+    resolution = lookup_once(sp, LookupContext("connection", "db"))
     assert (resolution.source, resolution.value.host) == ("b0", "db-b")
     assert after.calls == [] and first.calls == []
 
@@ -143,11 +145,11 @@ def test_a_flight_that_finds_a_cached_miss_still_asks_the_live_backends():
     sp = path(live, MemoryBackend(), cache=CacheSettings(ttl=100.0, miss_ttl=100.0))
     assert sp.lookup("connection", "db") is None
     live.connections["db"] = URI_A  # exported since
-    resolution = sp._lookup_once(("connection", "db", None))
+    resolution = lookup_once(sp, LookupContext("connection", "db"))
     assert (resolution.source, resolution.value.host) == ("b0", "db-a")
     sp_cached = path(MemoryBackend({"db": URI_A}))
     sp_cached.lookup("connection", "db")
-    assert sp_cached._lookup_once(("connection", "db", None)).source == "b0"
+    assert lookup_once(sp_cached, LookupContext("connection", "db")).source == "b0"
 
 
 # --- explain ------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from cryptography.fernet import Fernet
 from credpath import cache as cache_mod
 from credpath import search_path as sp_mod
 from credpath import shared_cache as sc
+from credpath._lookup import prefetch as lookup_prefetch
+from credpath._lookup import state as lookup_state
+from credpath._lookup import tiers as lookup_tiers
 from credpath.cache import CacheSettings
 from credpath.errors import BackendUnavailable, NotFound
 from credpath.masking import Masker
@@ -62,7 +65,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    for module in (sp_mod, cache_mod, sc):
+    for module in (lookup_state, lookup_tiers, lookup_prefetch, cache_mod, sc):
         monkeypatch.setattr(module, "time", fake)
     monkeypatch.setattr(sp_mod, "_monotonic", fake.monotonic)
     return fake

@@ -22,6 +22,7 @@ __all__ = [
     "MissingFile",
     "NotFound",
     "ReadOnlyBackend",
+    "Throttled",
     "safe_reason",
 ]
 
@@ -94,6 +95,13 @@ class BackendUnavailable(BackendError):
     def __init__(self, message: str, *, backends: tuple[str, ...] = ()) -> None:
         super().__init__(message, backend=backends[0] if backends else None)
         self.backends = backends
+
+
+class Throttled(BackendError):
+    """The store refused the request for its rate (429, a throttling error code) after the retries.
+
+    Transient, as any :class:`BackendError`; a type of its own so that counters tell it from an outage
+    without reading the message."""
 
 
 class CircuitOpen(BackendError):

@@ -8,7 +8,6 @@ token costs no ``lookup-self`` until the process has used it for ``TOKEN_LOOKUP_
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -17,7 +16,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +31,8 @@ from credpath.deadlines import (
     parse_retry_after,
     retry_call,
 )
-from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError
+from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError, Throttled
+from credpath.resilience import SingleFlight
 
 if TYPE_CHECKING:
     import requests
@@ -111,64 +111,6 @@ class Reply:
     @property
     def sealed(self) -> bool:
         return self.status == 503 and "sealed" in self.errors().lower()
-
-
-class _Flight:
-    __slots__ = ("done", "error", "value")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-
-def _clone(exc: BaseException) -> BaseException:
-    """A copy of an exception for another thread (each caller's backend relabels its own copy)."""
-    try:
-        return copy.copy(exc)
-    except Exception:  # pragma: no cover - an exception type that cannot be copied
-        return exc
-
-
-class _Flights:
-    """Single-flight: concurrent calls with one key share one execution and its outcome, success or failure.
-
-    A failure is handed to every waiter at once; the next call after it starts a new flight (failures are
-    never cached).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[Hashable, _Flight] = {}
-
-    def run(
-        self,
-        key: Hashable,
-        func: Callable[[], T],
-        deadline: Deadline,
-        on_timeout: Callable[[], BaseException],
-    ) -> T:
-        with self._lock:
-            flight = self._running.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._running[key] = _Flight()
-        if not leader:
-            if not flight.done.wait(deadline.remaining()):
-                raise on_timeout()
-            if flight.error is not None:
-                raise _clone(flight.error) from None
-            return flight.value  # type: ignore[no-any-return]
-        try:
-            flight.value = func()
-            return flight.value  # type: ignore[no-any-return]
-        except BaseException as exc:
-            flight.error = _clone(exc)  # a pristine copy: the leader's caller relabels the original
-            raise
-        finally:
-            with self._lock:
-                self._running.pop(key, None)
-            flight.done.set()
 
 
 def _connection_reason(exc: BaseException) -> tuple[str, bool]:
@@ -359,7 +301,7 @@ class Session:
     def _reset_locks(self) -> None:
         self._build_lock = threading.Lock()
         self._refreshing = threading.Lock()
-        self.flights = _Flights()
+        self.flights = SingleFlight()
 
     def after_fork(self) -> None:
         """In a forked child: keep the token and KV versions, drop the parent's sockets and locks."""
@@ -418,7 +360,7 @@ class Session:
         if reply.sealed:
             return BackendError(f"Vault at {self.safe_url} is sealed (HTTP 503) while {what}")
         if reply.status == 429:
-            return BackendError(f"Vault at {self.safe_url} is throttling requests (HTTP 429) while {what}")
+            return Throttled(f"Vault at {self.safe_url} is throttling requests (HTTP 429) while {what}")
         detail = _scrub(reply.errors(), list(secrets))
         return BackendError(
             f"Vault at {self.safe_url} answered HTTP {reply.status} while {what}"
