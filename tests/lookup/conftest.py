@@ -7,7 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
+from credpath import cache as cache_mod
+from credpath import search_path as sp_mod
+from credpath import shared_cache as sc
+from credpath._lookup import prefetch as lookup_prefetch
+from credpath._lookup import state as lookup_state
+from credpath._lookup import tiers as lookup_tiers
+from credpath.cache import CacheSettings
+from credpath.search_path import SearchPath
+from credpath.shared_cache import FileStore, SharedTier
+from tests.lookup.helpers import Clock
 from tests.servers._util import stop_process
 
 
@@ -43,3 +54,35 @@ def store_calls() -> Iterator[list[Any]]:
     )
     yield calls
     unsubscribe()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "shared.db"
+
+
+@pytest.fixture
+def shared_pair(tmp_path):
+    """Two search paths (two "processes") on one shared tier, each with its own backend copy."""
+
+    key = Fernet.generate_key()
+    stores = []
+
+    def make(backend, cache=None):
+        store = FileStore(tmp_path / "shared.db")
+        stores.append(store)
+        tier = SharedTier(store, [key], "scope")
+        return SearchPath([("b0", backend)], cache=cache or CacheSettings(ttl=100.0, jitter=0.0), shared=tier)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    for module in (lookup_state, lookup_tiers, lookup_prefetch, cache_mod, sc):
+        monkeypatch.setattr(module, "time", fake)
+    monkeypatch.setattr(sp_mod, "_monotonic", fake.monotonic)
+    return fake
