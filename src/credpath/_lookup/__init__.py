@@ -9,4 +9,5 @@
 - ``tiers``: the process tier, then the shared tier, then a resolution; each says which tier served.
 - ``prefetch``, ``writes``, ``listing``: the other operations, through the same policy.
 """
+
 __all__: list[str] = []

@@ -69,26 +69,37 @@ def call(
         if context.live:
             context.emit(Rejected(entry.name, breaker.describe()))
         raise breaker.open_error(entry.label)
-    if not context.live:
-        try:
-            result = func(*args, **kwargs)
-        except (ConfigError, AccessDenied, ReadOnlyBackend):
-            breaker.success()  # the store answered, or the fault is the configuration's: not an outage
-            raise
-        except BaseException:
-            _failed(entry)
-            raise
-        breaker.success()
-        if entry.refresh.failures:
-            entry.refresh.succeeded()
-        return result
+    if context.live:
+        return _traced(context, entry, operation, kind, func, *args, **kwargs)
+    try:
+        result = func(*args, **kwargs)
+    except (ConfigError, AccessDenied, ReadOnlyBackend):
+        breaker.success()  # the store answered, or the fault is the configuration's: not an outage
+        raise
+    except BaseException:
+        _failed(entry)
+        raise
+    _succeeded(entry)
+    return result
+
+
+def _traced(
+    context: LookupContext,
+    entry: Entry,
+    operation: str,
+    kind: str,
+    func: Callable[..., Any],
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """:func:`call` with its :class:`StoreCall` event, and the call marked for the retries inside it."""
     started = time.perf_counter()
-    token = _trace._CALLING.set((context, entry.name))  # retries inside the call reach this trace
+    token = _trace._CALLING.set((context, entry.name))
     try:
         result = func(*args, **kwargs)
     except (ConfigError, AccessDenied, ReadOnlyBackend) as exc:
-        breaker.success()
-        if not isinstance(exc, ReadOnlyBackend):
+        entry.breaker.success()
+        if not isinstance(exc, ReadOnlyBackend):  # "cannot list" is a capability, not a store call
             context.emit(StoreCall(entry.name, kind, operation, "error", time.perf_counter() - started))
         raise
     except BaseException as exc:
@@ -98,14 +109,17 @@ def call(
         raise
     finally:
         _trace._CALLING.reset(token)
-    breaker.success()
+    _succeeded(entry)
+    empty = result is None or (isinstance(result, dict | list | tuple | set) and not result)
+    outcome = "miss" if empty else "hit"
+    context.emit(StoreCall(entry.name, kind, operation, outcome, time.perf_counter() - started))
+    return result
+
+
+def _succeeded(entry: Entry) -> None:
+    entry.breaker.success()
     if entry.refresh.failures:
         entry.refresh.succeeded()
-    empty = result is None or (isinstance(result, dict | list | tuple | set) and not result)
-    context.emit(
-        StoreCall(entry.name, kind, operation, "miss" if empty else "hit", time.perf_counter() - started)
-    )
-    return result
 
 
 def _failed(entry: Entry) -> None:

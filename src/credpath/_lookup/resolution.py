@@ -31,71 +31,17 @@ def read(
 def resolve(state: LookupState, context: LookupContext) -> Resolution | None:
     """Ask every backend that wants the id, in order; cache the answer (a hit unless its backend says
     never, and a miss); raise BackendUnavailable if nothing was found and a backend failed."""
-    kind, key, team = context.kind, context.key, context.team
-    ckey: CacheKey = (kind, key, team)  # type: ignore[assignment]
-    description = what(kind, key, team)
+    ckey: CacheKey = (context.kind, context.key, context.team)  # type: ignore[assignment]
+    description = what(*ckey)
     failed: list[tuple[Entry, BackendError]] = []
-    live, keep = context.live, context.events is not None
     for index, entry in enumerate(state.entries):
-        if not entry.wants(kind, key):  # type: ignore[arg-type]
-            if live:
-                context.emit(Attempt(entry.name, "skipped (pattern)"))
-            continue
-        breaker = entry.breaker.describe() if live else ""
-        # Lookups leave a store that just failed a refresh alone for a while; explain (keep) is a probe.
-        if entry.refresh.failures and not keep and (wait := entry.refresh.waiting()) > 0:
-            stale = kept(state, ckey, entry)
-            if stale is not None:  # the store failed a moment ago: its last good value, no request
-                if live:
-                    detail = f"refresh backing off: next try in {wait:.1f} s"
-                    context.emit(Attempt(entry.name, "stale", 0.0, detail, 0.0, breaker))
-                return _serve_stale(state, context, index, entry, stale, wait)
-        startup = 0.0
-        started = time.perf_counter()
-        try:
-            if keep and isinstance(entry.backend, BaseBackend):
-                entry.backend.prepare()  # one-time start-up, timed apart from the lookup
-                startup = time.perf_counter() - started
-                started = time.perf_counter()
-            value = read(state, context, entry, kind, key, team)  # type: ignore[arg-type]
-        except Exception as exc:
-            elapsed = time.perf_counter() - started
-            outcome = failure(state, entry, exc, description, stale_key=ckey)
-            if isinstance(outcome, tuple):  # the backend's own last good value
-                if live:
-                    context.emit(Attempt(entry.name, "stale", elapsed, safe_reason(exc), startup, breaker))
-                return _serve_stale(state, context, index, entry, outcome, entry.refresh.waiting())
-            if live:
-                context.emit(Attempt(entry.name, "error", elapsed, safe_reason(exc), startup, breaker))
-            failed.append((entry, outcome))
-            continue
-        if value is None:
-            if live:
-                context.emit(Attempt(entry.name, "miss", time.perf_counter() - started, "", startup, breaker))
-            continue
-        if live:
-            detail = f"served while {names(failed)} failed" if failed else ""
-            context.emit(Attempt(entry.name, "hit", time.perf_counter() - started, detail, startup, breaker))
-            _not_tried(state, context, index)
-        resolution = Resolution(value, entry.name)
-        state.register_secrets(kind, key, value)  # type: ignore[arg-type]
-        if failed:
-            # Airflow's fall-through, kept by default; never cached: the failed backend may shadow it.
-            state.warn_once(
-                ckey,
-                "fall-through",
-                "%s served from %r while %s failed",
-                description,
-                entry.name,
-                names(failed),
-            )
-        else:
-            state.episode_over(ckey)
-            if entry.cache_results:
-                state.put(ckey, resolution)
-        log.debug("resolved %s from backend %r", description, entry.name)
-        context.served("store", entry.name)
-        return resolution
+        outcome, answer = _ask(state, context, entry, ckey, description, failed)
+        if outcome == "hit":
+            return _hit(state, context, index, entry, ckey, answer, failed)
+        if outcome == "stale":
+            return _serve_stale(state, context, index, entry, *answer)
+        if outcome == "error":
+            failed.append((entry, answer))
     if failed:
         raise BackendUnavailable(
             f"{description}: not found in the backends that answered, but {names(failed)} failed "
@@ -107,6 +53,82 @@ def resolve(state: LookupState, context: LookupContext) -> Resolution | None:
     log.debug("%s not found in the search path", description)
     context.served("store", None)
     return None
+
+
+def _ask(
+    state: LookupState,
+    context: LookupContext,
+    entry: Entry,
+    ckey: CacheKey,
+    description: str,
+    failed: list[tuple[Entry, BackendError]],
+) -> tuple[str, Any]:
+    """One backend's answer: ("skipped" | "miss", None), ("hit", value), ("error", the safe error) or
+    ("stale", (its last good value and age, seconds until its store is asked again))."""
+    kind, key, team = ckey
+    if not entry.wants(kind, key):
+        context.attempt(entry.name, "skipped (pattern)")
+        return "skipped", None
+    breaker = entry.breaker.describe() if context.live else ""
+    keep = context.events is not None
+    # Lookups leave a store that just failed a refresh alone for a while; explain (keep) is a probe.
+    if entry.refresh.failures and not keep and (wait := entry.refresh.waiting()) > 0:
+        stale = kept(state, ckey, entry)
+        if stale is not None:  # the store failed a moment ago: its last good value, no request
+            context.attempt(
+                entry.name, "stale", 0.0, f"refresh backing off: next try in {wait:.1f} s", 0.0, breaker
+            )
+            return "stale", (stale, wait)
+    startup = 0.0
+    started = time.perf_counter()
+    try:
+        if keep and isinstance(entry.backend, BaseBackend):
+            entry.backend.prepare()  # one-time start-up, timed apart from the lookup
+            startup = time.perf_counter() - started
+            started = time.perf_counter()
+        value = read(state, context, entry, kind, key, team)
+    except Exception as exc:
+        elapsed = time.perf_counter() - started
+        outcome = failure(state, entry, exc, description, stale_key=ckey)
+        if isinstance(outcome, tuple):  # the backend's own last good value
+            context.attempt(entry.name, "stale", elapsed, safe_reason(exc), startup, breaker)
+            return "stale", (outcome, entry.refresh.waiting())
+        context.attempt(entry.name, "error", elapsed, safe_reason(exc), startup, breaker)
+        return "error", outcome
+    elapsed = time.perf_counter() - started
+    if value is None:
+        context.attempt(entry.name, "miss", elapsed, "", startup, breaker)
+        return "miss", None
+    detail = f"served while {names(failed)} failed" if failed else ""
+    context.attempt(entry.name, "hit", elapsed, detail, startup, breaker)
+    return "hit", value
+
+
+def _hit(
+    state: LookupState,
+    context: LookupContext,
+    index: int,
+    entry: Entry,
+    ckey: CacheKey,
+    value: Any,
+    failed: list[tuple[Entry, BackendError]],
+) -> Resolution:
+    if context.live:
+        _not_tried(state, context, index)
+    resolution = Resolution(value, entry.name)
+    state.register_secrets(ckey[0], ckey[1], value)
+    if failed:
+        # Airflow's fall-through, kept by default; never cached: the failed backend may shadow it.
+        state.warn_once(
+            ckey, "fall-through", "%s served from %r while %s failed", what(*ckey), entry.name, names(failed)
+        )
+    else:
+        state.episode_over(ckey)
+        if entry.cache_results:
+            state.put(ckey, resolution)
+    log.debug("resolved %s from backend %r", what(*ckey), entry.name)
+    context.served("store", entry.name)
+    return resolution
 
 
 def _serve_stale(

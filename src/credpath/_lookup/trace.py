@@ -172,6 +172,19 @@ class LookupContext:
             except Exception:  # a subscriber must never break a lookup
                 log.debug("a lookup trace subscriber failed", exc_info=True)
 
+    def attempt(
+        self,
+        backend: str,
+        outcome: str,
+        seconds: float = 0.0,
+        detail: str = "",
+        startup: float = 0.0,
+        breaker: str = "",
+    ) -> None:
+        """What one backend answered (an :class:`Attempt`), if anything listens."""
+        if self.live:
+            self.emit(Attempt(backend, outcome, seconds, detail, startup, breaker))
+
     def served(self, tier: str, source: str | None, **facts: Any) -> None:
         self.tier = tier
         if self.live:
