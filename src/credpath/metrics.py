@@ -33,6 +33,7 @@ goes to Airflow's metrics (StatsD or OpenTelemetry, as the deployment configured
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -111,10 +112,10 @@ def instrument(search_path: Any) -> Any:
 
 def _sink(_context: _trace.LookupContext, event: _trace.Event) -> None:
     """Count one trace event (see the module docstring)."""
-    if isinstance(event, _trace.StoreCall):
-        count_store(event.backend, event.kind, event.operation, event.outcome)
-    elif isinstance(event, _trace.Done):
+    if isinstance(event, _trace.Done):
         _count_lookup(event.kind, event.tier, event.result, event.seconds)
+    elif isinstance(event, _trace.StoreCall):
+        count_store(event.backend, event.kind, event.operation, event.outcome)
     elif isinstance(event, _trace.Retry):
         with _lock:
             _retries[event.backend] += 1
@@ -158,10 +159,9 @@ def _count_lookup(kind: str, tier: str, result: str, seconds: float) -> None:
         counts = _latency.get((kind, tier))
         if counts is None:
             counts = _latency[(kind, tier)] = [0.0] * (len(BUCKETS) + 2)
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                counts[index] += 1
-                break
+        index = bisect_left(BUCKETS, seconds)  # the first bound >= seconds; beyond the last: +Inf only
+        if index < len(BUCKETS):
+            counts[index] += 1
         counts[-2] += seconds
         counts[-1] += 1
     if _stats is not None:

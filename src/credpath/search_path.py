@@ -201,17 +201,20 @@ class SearchPath(LookupState):
         "not here". Raises :class:`BackendUnavailable` when nothing was found and a backend failed, and
         lets AccessDenied and ConfigError through (:mod:`credpath._lookup.policy`). Concurrent calls for
         one ``(kind, key, team_name)`` share one resolution (single-flight)."""
-        if not _trace._sinks:  # nobody listens: a process-tier hit needs no context
-            found = self.cache.get((kind, key, team_name))
-            if found is not ABSENT and not (
-                self._live_all if found is _MISS else self._live_before.get(found.source, ())
-            ):
-                if self.shared is not None:
-                    self.shared.count("process_hits")
-                return None if found is _MISS else found  # type: ignore[no-any-return]
-        context = LookupContext(kind, key, team_name)
-        if not context.sinks:
-            return tiers.lookup(self, context)
+        context = LookupContext(kind, key, team_name) if _trace._sinks else None
+        found = self.cache.get((kind, key, team_name))
+        if found is not ABSENT and not (
+            self._live_all if found is _MISS else self._live_before.get(found.source, ())
+        ):
+            # A process-tier hit: no trace to build; subscribers hear only that it ended, and how.
+            if self.shared is not None:
+                self.shared.count("process_hits")
+            if context is not None:
+                context.tier = "process"
+                context.done("missing" if found is _MISS else "found")
+            return None if found is _MISS else found  # type: ignore[no-any-return]
+        if context is None:
+            return tiers.lookup(self, LookupContext(kind, key, team_name))
         try:
             resolution = tiers.lookup(self, context)
         except BaseException:

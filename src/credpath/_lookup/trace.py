@@ -9,7 +9,9 @@ builds no event) and a process-cache hit makes no context at all. The one ambien
 :data:`_CALLING`, the store call in progress (a ``ContextVar``, as OpenTelemetry carries its current span):
 the retry loops of :mod:`credpath.deadlines` run deep inside a backend and report a retry to it.
 
-This module imports nothing of credpath: the lowest layers (deadlines) may emit into it.
+Events are named tuples (immutable, and cheap to make on the hot path); :class:`Attempt` is the row
+``explain`` always returned. This module imports nothing of credpath: the lowest layers (deadlines) may
+emit into it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
     from credpath.deadlines import Deadline
@@ -59,8 +61,7 @@ class Attempt:
     breaker: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StoreCall:
+class StoreCall(NamedTuple):
     """One call made to a backend's store (a read, a batch read, a prefix read, a listing)."""
 
     backend: str
@@ -74,23 +75,20 @@ class StoreCall:
     version: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(NamedTuple):
     """One more try of a store request inside one store call (each is one more request the store bills)."""
 
     backend: str
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(NamedTuple):
     """A call refused by the backend's open circuit breaker: no request reached the store."""
 
     backend: str
     breaker: str
 
 
-@dataclass(frozen=True, slots=True)
-class Served:
+class Served(NamedTuple):
     """Which tier answered: "process", "shared", "store" or "stale"; ``source`` the backend (None: a miss)."""
 
     tier: str
@@ -100,8 +98,7 @@ class Served:
     refresh_in: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     """The end of one lookup: the tier that served it, "found" | "missing" | "error", and its duration."""
 
     kind: str
