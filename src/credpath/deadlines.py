@@ -73,7 +73,7 @@ class RetryPolicy:
     cap: float = 5.0
 
     def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        return rng() * min(self.cap, self.base * (2**attempt))
+        return rng() * min(self.cap, self.base * 2.0**attempt)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -134,8 +134,9 @@ def _retry(
         attempts += 1
         try:
             if bounded:
+                tries = attempts
                 return call_with_deadline(
-                    lambda: attempt(deadline), deadline, on_timeout=lambda tries=attempts: on_timeout(tries)
+                    lambda: attempt(deadline), deadline, on_timeout=lambda: on_timeout(tries)  # noqa: B023
                 )
             return attempt(deadline)
         except BaseException as exc:

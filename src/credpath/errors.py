@@ -1,7 +1,7 @@
 """Exception types. Messages name settings, fields, paths and ids, never secret values.
 
-How the search path treats an error a backend raises during a read (the full rule and its reasons sit next
-to ``SearchPath._failure``): :class:`ConfigError` (and :class:`MissingDependency`) propagates;
+How the search path treats an error a backend raises during a read (the full rule and its reasons are
+written in ``credpath._lookup.policy``): :class:`ConfigError` (and :class:`MissingDependency`) propagates;
 :class:`AccessDenied` propagates whatever ``on_error`` says; any other error is transient: the backend's
 ``on_error`` decides ("skip" tries the next backend, "fail" raises), its last good value may be served
 (stale-if-error) and it counts against the backend's circuit breaker. When nothing is found and a backend

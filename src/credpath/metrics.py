@@ -190,9 +190,9 @@ def store_counts(backend: str) -> dict[str, int]:
 def snapshot() -> dict[str, dict[tuple[str, ...], float]]:
     with _lock:
         return {
-            "store": dict(_store),
-            "lookups": dict(_lookups),
-            "auth": dict(_auth),
+            "store": {k: float(v) for k, v in _store.items()},
+            "lookups": {k: float(v) for k, v in _lookups.items()},
+            "auth": {k: float(v) for k, v in _auth.items()},
             "rejected": {(k,): v for k, v in _rejected.items()},
             "retries": {(k,): v for k, v in _retries.items()},
         }
@@ -243,19 +243,19 @@ class _Collector:
         family = CounterMetricFamily(
             "credpath_lookups", "Lookups by the tier that served them.", labels=["kind", "tier", "result"]
         )
-        for labels, n in sorted(lookups.items()):
-            family.add_metric(list(labels), n)
+        for lookup_labels, n in sorted(lookups.items()):
+            family.add_metric(list(lookup_labels), n)
         yield family
         histogram = HistogramMetricFamily(
             "credpath_lookup_seconds", "Lookup latency by tier.", labels=["kind", "tier"]
         )
-        for labels, counts in sorted(latency.items()):
+        for latency_labels, counts in sorted(latency.items()):
             cumulative, buckets = 0.0, []
-            for bound, n in zip(BUCKETS, counts, strict=False):
-                cumulative += n
+            for bound, count in zip(BUCKETS, counts, strict=False):
+                cumulative += count
                 buckets.append((repr(bound), cumulative))
             buckets.append(("+Inf", counts[-1]))
-            histogram.add_metric(list(labels), buckets, counts[-2])
+            histogram.add_metric(list(latency_labels), buckets, counts[-2])
         yield histogram
         for event in ("login", "renewal"):
             family = CounterMetricFamily(

@@ -172,7 +172,7 @@ class RefreshBackoff:
         """A refresh failed and a kept value was served: returns the wait before the next try."""
         if not self.enabled:
             return 0.0
-        wait = min(self.cap, self.base * 2**self.failures)
+        wait = min(self.cap, self.base * 2.0**self.failures)
         self.failures += 1
         self.next_try = self.clock() + wait
         return wait

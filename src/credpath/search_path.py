@@ -194,7 +194,7 @@ class SearchPath(LookupState):
         """Airflow's ``get_conn_value``: the connection's URI, or None if no backend has it; other errors
         as for :meth:`get_connection`."""
         resolution = self.lookup("connection", conn_id, team_name=team_name)
-        return None if resolution is None else resolution.value.get_uri()  # type: ignore[no-any-return]
+        return None if resolution is None else resolution.value.get_uri()
 
     def lookup(self, kind: Kind, key: str, *, team_name: str | None = None) -> Resolution | None:
         """Resolve through the cache tiers then the backends; ``None`` when every backend asked answered
@@ -212,7 +212,7 @@ class SearchPath(LookupState):
             if context is not None:
                 context.tier = "process"
                 context.done("missing" if found is _MISS else "found")
-            return None if found is _MISS else found  # type: ignore[no-any-return]
+            return None if found is _MISS else found
         if context is None:
             return tiers.lookup(self, LookupContext(kind, key, team_name))
         try:

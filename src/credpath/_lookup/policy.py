@@ -137,7 +137,7 @@ def kept(state: LookupState, ckey: CacheKey, entry: Entry) -> tuple[Resolution, 
     """``entry``'s own last good value for ``ckey`` still in the stale-if-error window, and its age."""
     stale = state.cache.get_stale(ckey)
     if stale is not None and stale[0] is not MISS and stale[0].source == entry.name:
-        return stale  # type: ignore[return-value]
+        return stale
     return None
 
 

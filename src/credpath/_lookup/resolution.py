@@ -170,4 +170,4 @@ def ask_live(
             context.served("store", entry.name)
             return Resolution(value, entry.name)
     context.served(tier, None if cached is MISS else cached.source)
-    return None if cached is MISS else cached  # type: ignore[no-any-return]
+    return None if cached is MISS else cached

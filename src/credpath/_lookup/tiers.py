@@ -60,7 +60,7 @@ def _from_process(state: LookupState, context: LookupContext, found: Any) -> Res
     if live:
         return ask_live(state, context, live, found, "process")
     context.served("process", None if found is MISS else found.source)
-    return None if found is MISS else found  # type: ignore[no-any-return]
+    return None if found is MISS else found
 
 
 def _lookup_shared(state: LookupState, context: LookupContext, ckey: CacheKey) -> Resolution | None:
@@ -113,7 +113,7 @@ def _serve_shared(
         return ask_live(state, context, live, value, "shared")
     log.debug("%s from the shared cache (backend %r)", what(*ckey), None if value is MISS else value.source)
     context.served("shared", None if value is MISS else value.source)
-    return None if value is MISS else value  # type: ignore[no-any-return]
+    return None if value is MISS else value
 
 
 def cached(state: LookupState, ckey: CacheKey) -> tuple[Any, str]:
