@@ -288,3 +288,126 @@ def test_metrics_count_a_shared_hit_under_tier_shared(db: Path, clock: Clock) ->
         metrics.reset()
     assert lookups[("variable", "store", "found")] == 1
     assert lookups[("variable", "shared", "found")] == 1
+
+
+# --- the trace and its subscribers ------------------------------------------------------------------------
+
+
+def test_a_subscriber_hears_each_event_of_a_lookup_and_a_process_hit_only_ends() -> None:
+    from credpath._lookup import trace
+
+    heard: list[tuple[str, object]] = []
+    unsubscribe = trace.subscribe(lambda context, event: heard.append((context.key, event)))
+    try:
+        sp = path(MemoryBackend({"db": URI_A}))
+        sp.get_connection("db")
+        kinds = [type(event).__name__ for _, event in heard]
+        assert kinds == ["StoreCall", "Attempt", "Served", "Done"]
+        call = heard[0][1]
+        assert (call.backend, call.kind, call.operation, call.outcome, call.version) == (
+            "b0",
+            "connection",
+            "get",
+            "hit",
+            None,
+        )
+        heard.clear()
+        sp.get_connection("db")  # the process tier: no trace, one Done that says so
+        assert [(key, type(e).__name__, e.tier, e.result) for key, e in heard] == [
+            ("db", "Done", "process", "found")
+        ]
+    finally:
+        unsubscribe()
+    heard.clear()
+    sp.cache.clear()
+    sp.get_connection("db")
+    assert heard == []  # unsubscribed
+
+
+def test_a_failing_subscriber_never_fails_a_lookup() -> None:
+    from credpath._lookup import trace
+
+    def broken(_context: object, _event: object) -> None:
+        raise RuntimeError("a broken sink")
+
+    unsubscribe = trace.subscribe(broken)
+    try:
+        assert path(MemoryBackend({"db": URI_A})).get_connection("db").host == "db-a"
+    finally:
+        unsubscribe()
+
+
+def test_a_process_hit_builds_no_context_while_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath import search_path as sp_mod
+
+    built: list[str] = []
+
+    class Counted(sp_mod.LookupContext):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(str(args[1]))
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sp_mod, "LookupContext", Counted)
+    sp = path(MemoryBackend({"db": URI_A}, variables={"v": "1"}))
+    sp.get_variable("v")
+    sp.get_connection("db")
+    assert built == ["v", "db"]
+    sp.get_variable("v")
+    sp.get_connection("db")
+    assert built == ["v", "db"]  # the hits made none
+
+
+def test_throttling_is_told_by_the_error_type_not_its_text() -> None:
+    from credpath import metrics
+    from credpath.errors import BackendError, BackendUnavailable, Throttled
+
+    worded = MemoryBackend()
+    worded.fail_with = BackendError("backend 'b0' (memory): throttled, says the text")
+    typed = MemoryBackend()
+    typed.fail_with = Throttled("backend 'b1' (memory): rate exceeded")
+    metrics.reset()
+    metrics.enable()
+    try:
+        with pytest.raises(BackendUnavailable):
+            path(worded, typed).get_variable("v")
+        outcomes = {backend: outcome for (backend, _k, _o, outcome) in metrics.snapshot()["store"]}
+    finally:
+        metrics.disable()
+        metrics.reset()
+    assert outcomes == {"b0": "error", "b1": "throttled"}  # before: b0 "throttled", b1 "error"
+
+
+def test_metrics_attach_nothing_to_a_search_path_and_name_no_function() -> None:
+    import inspect
+
+    from credpath import metrics
+
+    sp = path(MemoryBackend({"db": URI_A}))
+    assert metrics.instrument(sp) is sp
+    assert "lookup" not in vars(sp) and "get_connection" not in vars(sp)  # before: both wrapped
+    assert "__name__" not in inspect.getsource(metrics)
+
+
+def test_a_retry_inside_a_store_call_on_another_context_reaches_that_trace() -> None:
+    import contextvars
+    import threading
+
+    from credpath._lookup import trace
+
+    one, two = (
+        trace.LookupContext("variable", "a", keep=True),
+        trace.LookupContext("variable", "b", keep=True),
+    )
+    done = threading.Event()
+
+    def other_thread() -> None:
+        with trace.calling(two, "store-b"):
+            trace.note_retry()
+        done.set()
+
+    with trace.calling(one, "store-a"):
+        threading.Thread(target=contextvars.copy_context().run, args=(other_thread,)).start()
+        assert done.wait(5)
+        trace.note_retry()
+    trace.note_retry()  # no store call in progress: nowhere to go
+    assert one.events == [trace.Retry("store-a")] and two.events == [trace.Retry("store-b")]
