@@ -317,9 +317,8 @@ def test_waiters_get_their_own_copy_of_the_error() -> None:
     assert entered.wait(5)
     for t in threads[1:]:
         t.start()
-    for _ in range(1000):
-        if flight.shared == 2:
-            break
+    deadline = time.monotonic() + 5
+    while flight.shared < 2 and time.monotonic() < deadline:  # until both wait on the leader
         time.sleep(0.005)
     gate.set()
     for t in threads:
