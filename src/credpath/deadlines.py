@@ -136,7 +136,9 @@ def _retry(
             if bounded:
                 tries = attempts
                 return call_with_deadline(
-                    lambda: attempt(deadline), deadline, on_timeout=lambda: on_timeout(tries)  # noqa: B023
+                    lambda: attempt(deadline),
+                    deadline,
+                    on_timeout=lambda: on_timeout(tries),  # noqa: B023 - called within this try
                 )
             return attempt(deadline)
         except BaseException as exc:
