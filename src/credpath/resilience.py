@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from credpath.deadlines import Deadline
 from credpath.errors import CircuitOpen
+
+if TYPE_CHECKING:
+    from credpath.deadlines import Deadline
 
 __all__ = ["BreakerSettings", "CircuitBreaker", "RefreshBackoff", "SingleFlight"]
 
