@@ -21,7 +21,7 @@ from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
 from credpath._lookup.model import Attempt, Entry, Explanation, Listing, PrefetchReport, Resolution
 from credpath._lookup.resolution import resolve
-from credpath._lookup.state import LookupState
+from credpath._lookup.state import LookupState, shared_tier_for
 from credpath._lookup.trace import LookupContext
 from credpath.cache import ABSENT, CacheSettings, TTLCache
 from credpath.config import BackendSpec, Settings, load_settings
@@ -76,7 +76,7 @@ class SearchPath(LookupState):
         if shared is not _UNSET:
             self.shared = shared
         elif self.cache.settings.shared and self.cache.settings.enabled:
-            self.shared = _shared_tier(self.cache.settings, backends)
+            self.shared = shared_tier_for(self.cache.settings, backends)
         self.use_shared_state()
 
     @classmethod
@@ -292,20 +292,7 @@ class SearchPath(LookupState):
         default, JSON for credpath's own). ``team_name`` is the owner, for a store whose writes are
         team-scoped (the metastore); other stores refuse it. Store behaviour (e.g. Azure's ``on_deleted``)
         is the backend's own setting, not a write option."""
-        if not conn.conn_id:
-            raise ConfigError("connection has no conn_id")
-        entry = self.writable_backend(to, "set_connection")
-        backend: Any = entry.backend
-        options: dict[str, Any] = writes.team_kwargs(entry, backend.set_connection, team_name)
-        if serialization is not None:  # unset: a foreign store's set_connection need not know the keyword
-            options["serialization"] = serialization
-        writes.written(
-            self,
-            "connection",
-            conn.conn_id,
-            lambda: backend.set_connection(conn, overwrite=overwrite, **options),
-        )
-        return entry.name
+        return writes.set_connection(self, conn, to, overwrite, serialization, team_name)
 
     def set_variable(
         self,
@@ -317,46 +304,19 @@ class SearchPath(LookupState):
         team_name: str | None = None,
     ) -> str:
         """Write a variable to backend ``to`` (default as :meth:`set_connection`); returns its name."""
-        if not isinstance(value, str):
-            raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
-        entry = self.writable_backend(to, "set_variable")
-        backend: Any = entry.backend
-        team = writes.team_kwargs(entry, backend.set_variable, team_name)
-        writes.written(
-            self, "variable", key, lambda: backend.set_variable(key, value, overwrite=overwrite, **team)
-        )
-        return entry.name
+        return writes.set_variable(self, key, value, to, overwrite, team_name)
 
     def delete_connection(self, conn_id: str, *, to: str | None = None) -> str | None:
-        entry = self.writable_backend(to, "delete_connection")
-        backend: Any = entry.backend
-        deleted = writes.written(self, "connection", conn_id, lambda: backend.delete_connection(conn_id))
-        return entry.name if deleted else None
+        """Delete ``conn_id`` from backend ``to`` (default as :meth:`set_connection`); its name, or None
+        if it was not there."""
+        return writes.delete(self, "connection", conn_id, to)
 
     def delete_variable(self, key: str, *, to: str | None = None) -> str | None:
-        entry = self.writable_backend(to, "delete_variable")
-        backend: Any = entry.backend
-        deleted = writes.written(self, "variable", key, lambda: backend.delete_variable(key))
-        return entry.name if deleted else None
+        """Delete variable ``key`` (as :meth:`delete_connection`)."""
+        return writes.delete(self, "variable", key, to)
 
     def list_ids(self, kind: Kind) -> Listing:
         """Every id of ``kind`` the backends can list: a :class:`Listing` ``(found, cannot_list)`` with
         ``.failed``, the backends that failed to list (AccessDenied/ConfigError propagate; on_error="fail"
         raises)."""
         return listing.list_ids(self, kind)
-
-
-def _shared_tier(settings: CacheSettings, backends: list[Any]) -> Any:
-    """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
-    from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
-
-    keys = list(settings.shared_keys)
-    shared = settings.shared or ""
-    if not keys:  # CacheSettings built in code, not parsed: resolve as the config would
-        import os
-
-        from credpath.config import credpath_home
-
-        shared = normalize_shared(shared, credpath_home())
-        keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
-    return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)

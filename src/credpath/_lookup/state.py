@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from credpath import reading
 from credpath._lookup.model import MISS, Entry, Resolution
-from credpath.cache import TTLCache
+from credpath.cache import CacheSettings, TTLCache
 from credpath.config import BackendSpec
 from credpath.errors import ConfigError
 from credpath.masking import Masker, install_log_masking
@@ -20,7 +20,7 @@ from credpath.resilience import BreakerSettings, CircuitBreaker, RefreshBackoff,
 if TYPE_CHECKING:
     from credpath.shared_cache import SharedEntry, SharedState
 
-__all__ = ["LookupState", "SharedTierLike"]
+__all__ = ["LookupState", "SharedTierLike", "shared_tier_for"]
 
 log = logging.getLogger("credpath.search_path")
 
@@ -206,3 +206,19 @@ class LookupState:
         if self._warned:
             self._warned.discard((ckey, "stale"))
             self._warned.discard((ckey, "fall-through"))
+
+
+def shared_tier_for(settings: CacheSettings, backends: list[Any]) -> SharedTierLike:
+    """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
+    from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
+
+    keys = list(settings.shared_keys)
+    shared = settings.shared or ""
+    if not keys:  # CacheSettings built in code, not parsed: resolve as the config would
+        import os
+
+        from credpath.config import credpath_home
+
+        shared = normalize_shared(shared, credpath_home())
+        keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
+    return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)

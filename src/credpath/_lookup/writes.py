@@ -8,9 +8,10 @@ from typing import Any
 from credpath._lookup.model import Entry
 from credpath._lookup.state import LookupState
 from credpath.errors import ConfigError, ReadOnlyBackend
-from credpath.protocol import accepts_team_name, supports
+from credpath.model import Connection
+from credpath.protocol import Kind, Serialization, accepts_team_name, supports
 
-__all__ = ["team_kwargs", "writable_backend", "written"]
+__all__ = ["delete", "set_connection", "set_variable", "team_kwargs", "writable_backend", "written"]
 
 _OPERATIONS = {
     "set_connection": "write connections",
@@ -36,6 +37,53 @@ def writable_backend(state: LookupState, to: str | None, operation: str = "set_c
         if supports(entry.backend, "write"):
             return entry
     raise ReadOnlyBackend(f"no backend in the search path can {does}")
+
+
+def set_connection(
+    state: LookupState,
+    conn: Connection,
+    to: str | None,
+    overwrite: bool,
+    serialization: Serialization | None,
+    team_name: str | None,
+) -> str:
+    """:meth:`credpath.search_path.SearchPath.set_connection`."""
+    if not conn.conn_id:
+        raise ConfigError("connection has no conn_id")
+    entry = writable_backend(state, to, "set_connection")
+    backend: Any = entry.backend
+    options: dict[str, Any] = team_kwargs(entry, backend.set_connection, team_name)
+    if serialization is not None:  # unset: a foreign store's set_connection need not know the keyword
+        options["serialization"] = serialization
+    written(
+        state,
+        "connection",
+        conn.conn_id,
+        lambda: backend.set_connection(conn, overwrite=overwrite, **options),
+    )
+    return entry.name
+
+
+def set_variable(
+    state: LookupState, key: str, value: str, to: str | None, overwrite: bool, team_name: str | None
+) -> str:
+    """:meth:`credpath.search_path.SearchPath.set_variable`."""
+    if not isinstance(value, str):
+        raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
+    entry = writable_backend(state, to, "set_variable")
+    backend: Any = entry.backend
+    team = team_kwargs(entry, backend.set_variable, team_name)
+    written(state, "variable", key, lambda: backend.set_variable(key, value, overwrite=overwrite, **team))
+    return entry.name
+
+
+def delete(state: LookupState, kind: Kind, key: str, to: str | None) -> str | None:
+    """Delete ``key`` of ``kind``: the backend's name, or None if it did not have it."""
+    entry = writable_backend(state, to, f"delete_{kind}")
+    backend: Any = entry.backend
+    method = backend.delete_connection if kind == "connection" else backend.delete_variable
+    deleted = written(state, kind, key, lambda: method(key))
+    return entry.name if deleted else None
 
 
 def written(state: LookupState, kind: Any, key: str, write: Callable[[], Any]) -> Any:
