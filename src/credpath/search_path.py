@@ -202,13 +202,8 @@ class SearchPath(LookupState):
         lets AccessDenied and ConfigError through (:mod:`credpath._lookup.policy`). Concurrent calls for
         one ``(kind, key, team_name)`` share one resolution (single-flight)."""
         context = LookupContext(kind, key, team_name) if _trace._sinks else None
-        found = self.cache.get((kind, key, team_name))
-        if found is not ABSENT and not (
-            self._live_all if found is _MISS else self._live_before.get(found.source, ())
-        ):
-            # A process-tier hit: no trace to build; subscribers hear only that it ended, and how.
-            if self.shared is not None:
-                self.shared.count("process_hits")
+        found = tiers.settled(self, (kind, key, team_name))
+        if found is not ABSENT:  # a process-tier hit: no trace; subscribers hear only that it ended
             if context is not None:
                 context.tier = "process"
                 context.done("missing" if found is _MISS else "found")

@@ -35,17 +35,30 @@ def prefetch_ids(state: LookupState, kind: Kind, ids: list[str], team: str | Non
             found = _batch(state, context, entry, kind, wanted, team, errored, report)
         else:
             found = _one_by_one(state, context, entry, kind, wanted, team, errored, report)
-        for key, value in found.items():
-            state.register_secrets(kind, key, value)
-            if key not in errored and entry.cache_results:
-                state.put((kind, key, team), Resolution(value, entry.name))
-            report.hits += 1
+        _keep(state, entry, kind, team, found, errored, report)
         remaining = [i for i in remaining if i not in found]
     for key in remaining:
         if key not in errored:
             state.put((kind, key, team), MISS, miss=True)
             report.misses += 1
     return report
+
+
+def _keep(
+    state: LookupState,
+    entry: Entry,
+    kind: Kind,
+    team: str | None,
+    found: dict[str, Any],
+    errored: set[str],
+    report: PrefetchReport,
+) -> None:
+    """Register the secrets of what ``entry`` found and cache it (unless never cached, or the id failed)."""
+    for key, value in found.items():
+        state.register_secrets(kind, key, value)
+        if key not in errored and entry.cache_results:
+            state.put((kind, key, team), Resolution(value, entry.name))
+        report.hits += 1
 
 
 def _from_shared(state: LookupState, kind: Kind, ids: list[str], team: str | None) -> list[str]:

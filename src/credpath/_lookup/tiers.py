@@ -21,7 +21,7 @@ from credpath.errors import BackendTimeout
 if TYPE_CHECKING:
     from credpath.shared_cache import SharedEntry
 
-__all__ = ["cached", "lookup", "lookup_once"]
+__all__ = ["cached", "lookup", "lookup_once", "settled"]
 
 log = logging.getLogger("credpath.search_path")
 
@@ -41,6 +41,17 @@ def lookup(state: LookupState, context: LookupContext) -> Resolution | None:
         deadline,
         lambda: BackendTimeout(f"{what(*ckey)}: no answer within the lookup's deadline"),
     )
+
+
+def settled(state: LookupState, ckey: CacheKey) -> Any:
+    """The process tier's answer when no never-cached backend must be asked first, else ABSENT (the hot
+    path of a lookup: one dict read and a clock comparison)."""
+    found = state.cache.get(ckey)
+    if found is ABSENT or (state._live_all if found is MISS else state._live_before.get(found.source, ())):
+        return ABSENT
+    if state.shared is not None:
+        state.shared.count("process_hits")
+    return found
 
 
 def lookup_once(state: LookupState, context: LookupContext) -> Resolution | None:
