@@ -6,6 +6,8 @@ the error policy with its written rules, resolution, the cache tiers, prefetch, 
 Resilience (see :mod:`credpath.resilience`): each backend has a circuit breaker; concurrent lookups of one
 key share one read (single-flight); a value whose refresh fails with a transient error is served stale for
 up to ``[cache] stale_if_error`` seconds, and its store is asked again only after a growing back-off.
+Backends whose class sets ``cache_results = False`` (env, files) are never served from the cache: they are
+asked live, ahead of a cached answer from a later backend.
 """
 
 from __future__ import annotations
