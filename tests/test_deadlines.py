@@ -485,8 +485,10 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
     metrics.reset()
     if enabled:
         metrics.enable()
-    outer = metrics.storing_for("store-b")  # as SearchPath._call marks the backend it calls
-    try:
+    from credpath._lookup.trace import LookupContext, calling
+
+    context = LookupContext("variable", "k")  # as the search path's store call to "store-b" runs in one
+    with calling(context, "store-b"):
         policy = RetryPolicy(attempts=4, base=0.0)
         assert retry_call(
             failing("retry_call"), Deadline(5), policy, on_timeout=Timeout, sleep=lambda _: None
@@ -502,9 +504,7 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
         )
         assert metrics.snapshot()["retries"] == ({("store-b",): 4} if enabled else {})
         retry_call(failing("retry_call"), Deadline(5), policy, on_timeout=Timeout)  # no retry: none counted
-    finally:
-        metrics.storing_for(outer)
-        metrics.disable()
+    metrics.disable()
     assert metrics.snapshot()["retries"] == ({("store-b",): 4} if enabled else {})  # the first tries: none
     metrics.reset()
 
@@ -572,3 +572,29 @@ def test_a_worker_busy_at_a_fork_does_not_join_the_new_pool(monkeypatch):
     release.set()
     callers[0].join(5)
     assert mod._workers.idle == []
+
+
+def test_a_deadline_that_passes_between_tries_raises_the_last_error_through_both_doors() -> None:
+    def sleep_past(_seconds: float) -> None:
+        time.sleep(0.08)  # the back-off fits, but the deadline passes during it
+
+    policy = RetryPolicy(attempts=4, base=0.0)
+    tries: list[int] = []
+
+    def retryable(_deadline: Deadline) -> None:
+        tries.append(1)
+        raise Retryable(ConnectionError("reset"))
+
+    with pytest.raises(ConnectionError):
+        retry_call(retryable, Deadline(0.05), policy, on_timeout=Timeout, sleep=sleep_past)
+    assert tries == [1]
+
+    def failing(_deadline: Deadline) -> None:
+        tries.append(2)
+        raise ConnectionError("reset")
+
+    with pytest.raises(RetriesExhausted) as info:
+        call_with_retries(
+            failing, Deadline(0.05), policy, classify=_classify, on_timeout=Timeout, sleep=sleep_past
+        )
+    assert info.value.attempts == 1 and tries == [1, 2]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from credpath import metrics
+from credpath._lookup import trace
 from credpath.search_path import SearchPath
 
 pytest.importorskip("prometheus_client")
@@ -131,6 +132,7 @@ def test_counters_equal_requests_at_the_servers(openbao: Any, moto_env: Any, fau
 
 def test_stale_tier_and_breaker_rejections() -> None:
     from credpath.cache import CacheSettings
+    from credpath.errors import BackendUnavailable
     from tests.memory_backend import MemoryBackend, Unreachable
 
     store = MemoryBackend(connections={"db": "postgres://u:st-s3cr3t@h/d"})
@@ -144,8 +146,12 @@ def test_stale_tier_and_breaker_rejections() -> None:
     assert snap["lookups"][("connection", "store", "found")] == 1
     assert snap["lookups"][("connection", "stale", "found")] == 1
     assert snap["store"][("mem", "connection", "get", "error")] == 1
-    for _ in range(4):  # opens the breaker (3 failures), then rejects without a store call
+    for _ in range(4):  # the refresh backs off: the last good value, no store call
         sp.get_connection("db")
+    assert metrics.snapshot()["store"][("mem", "connection", "get", "error")] == 1
+    for _ in range(4):  # no value to fall back on: opens the breaker (3 failures), then rejects
+        with pytest.raises(BackendUnavailable):
+            sp.get_connection("other")
     assert metrics.snapshot()["rejected"][("mem",)] >= 1
 
 
@@ -253,13 +259,13 @@ def test_retries_inside_a_store_call_are_counted_for_the_backend_being_called() 
     Flaky(variables={"a": "1"}).get_variable("a")  # not a call the search path makes: no backend to count
     assert metrics.snapshot()["retries"] == {("flaky",): 6}
     assert metrics.store_counts("flaky")["retries"] == 6 and "retries" not in metrics.store_counts("mem")
-    assert metrics.storing_for(None) is None  # every call put the mark back
+    assert trace._CALLING.get() is None  # every call put the mark back
 
 
 def test_retries_are_not_counted_while_metrics_are_off() -> None:
     from tests.memory_backend import MemoryBackend
 
     sp = SearchPath([("mem", MemoryBackend(variables={"a": "1"}))])
-    metrics.store_retry()  # no call in progress
+    trace.note_retry()  # no call in progress
     sp.get_variable("a")
     assert metrics.snapshot()["retries"] == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,53 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("boto3", "botocore", "hvac", "sqlalchemy", "google", "azure", "airflow")
+
+
+def _heavy_modules() -> tuple[str, ...]:
+    """The top-level modules ``import credpath`` must not load, derived from what the project declares:
+    every registered backend's client libraries (``requires``), and the distributions of every optional
+    extra (redis, web, airflow, ...). A new backend or extra is covered without editing this list."""
+    import importlib.metadata
+    import tomllib
+
+    from credpath import registry
+
+    heavy = {"sqlalchemy"}  # the metastore's SQLAlchemy URLs: an optional import no extra declares
+    for alias in registry.ALIASES:
+        cls = registry.load_class(registry.resolve_type(alias)[1])
+        heavy.update(module.split(".")[0] for module in cls.requires)
+    modules_of: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            modules_of.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, requirements in extras.items():
+        if extra == "dev":
+            continue
+        for requirement in requirements:
+            dist = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+            if dist != "credpath":  # not installed here (Airflow has its own venv): its usual module name
+                heavy.update(modules_of.get(dist, {dist.removeprefix("apache-").replace("-", "_")}))
+    return tuple(sorted(m for m in heavy if not m.startswith("_")))
+
+
+HEAVY = _heavy_modules()
+
+
+def test_the_heavy_module_list_covers_every_declared_client() -> None:
+    for module in (
+        "requests",
+        "botocore",
+        "boto3",
+        "google",
+        "azure",
+        "kubernetes",
+        "redis",
+        "fastapi",
+        "airflow",
+    ):
+        assert module in HEAVY, module
+    assert "hvac" not in HEAVY  # a test-only client: credpath itself never imports it
 
 
 def _loaded_after(code: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -269,3 +270,80 @@ def test_allow_rechecks_under_the_lock_a_breaker_closed_meanwhile():
     breaker._lock = _SucceedsWhileWaiting(breaker)  # type: ignore[assignment]
     assert breaker.allow() is True  # closed by the time the lock was held: let through, not rejected
     assert breaker.rejected == 0 and breaker.state == "closed"
+
+
+def test_a_single_flight_waiter_waits_no_longer_than_its_own_deadline() -> None:
+    from credpath.deadlines import Deadline
+    from credpath.errors import BackendTimeout
+
+    flight = SingleFlight()
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        entered.set()
+        gate.wait(10)
+        return "v"
+
+    leader = threading.Thread(target=lambda: flight.run("k", slow))
+    leader.start()
+    assert entered.wait(5)
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout, match="waited"):
+        flight.run("k", slow, Deadline(0.2), lambda: BackendTimeout("waited too long"))
+    assert 0.15 < time.monotonic() - started < 2
+    gate.set()
+    leader.join(5)
+    assert flight.in_flight() == 0
+
+
+def test_waiters_get_their_own_copy_of_the_error() -> None:
+    flight = SingleFlight()
+    gate, entered = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def failing() -> None:
+        entered.set()
+        gate.wait(10)
+        raise CircuitOpen("backend 'x': down", backend="x")
+
+    def run() -> None:
+        try:
+            flight.run("k", failing)
+        except CircuitOpen as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    threads[0].start()
+    assert entered.wait(5)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 5
+    while flight.shared < 2 and time.monotonic() < deadline:  # until both wait on the leader
+        time.sleep(0.005)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert len(errors) == 3 and len({id(e) for e in errors}) == 3  # each caller may relabel its own
+
+
+def test_the_vault_session_uses_the_one_single_flight() -> None:
+    from credpath.backends.vault import session
+
+    assert not hasattr(session, "_Flights")
+    assert "SingleFlight" in vars(session)
+
+
+def test_a_refresh_backs_off_exponentially_up_to_its_cap_and_a_success_ends_it() -> None:
+    from credpath.resilience import RefreshBackoff
+
+    now = [0.0]
+    backoff = RefreshBackoff(1.0, 5.0, clock=lambda: now[0])
+    assert backoff.waiting() == 0.0
+    assert [backoff.failed() for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert backoff.waiting() == 5.0
+    now[0] = 4.0
+    assert backoff.waiting() == 1.0
+    backoff.succeeded()
+    assert backoff.waiting() == 0.0 and backoff.failures == 0
+    off = RefreshBackoff(enabled=False)
+    assert off.failed() == 0.0 and off.waiting() == 0.0

@@ -1,8 +1,10 @@
 """Whole-call deadlines and retries that back off, shared by every backend that talks to a store.
 
 A store call (a lookup, a login, a renewal) gets one :class:`Deadline` that covers connecting, every read,
-every retry and every back-off or ``Retry-After`` sleep. :func:`retry_call` runs an attempt function until it
-succeeds, raises a permanent error, or the deadline leaves no room for another try; waits grow
+every retry and every back-off or ``Retry-After`` sleep. :func:`retry_call` (a try signals "again" by raising
+:class:`Retryable`) and :func:`call_with_retries` (a ``classify`` function decides, each try bounded on a
+worker thread) are two doors to one loop, ``_retry``: it runs an attempt function until it succeeds, raises
+a permanent error, or the deadline leaves no room for another try; waits grow
 exponentially with full jitter (the AWS Architecture Blog's "exponential backoff and jitter" scheme), so a
 fleet of workers does not retry in lock step.
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from credpath import metrics as _metrics
+from credpath._lookup import trace as _trace
 
 __all__ = [
     "Deadline",
@@ -71,7 +73,7 @@ class RetryPolicy:
     cap: float = 5.0
 
     def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        return rng() * min(self.cap, self.base * (2**attempt))
+        return rng() * min(self.cap, self.base * 2.0**attempt)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -105,6 +107,71 @@ class Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _retry(
+    attempt: Callable[[Deadline], T],
+    deadline: Deadline,
+    policy: RetryPolicy,
+    classify: Callable[[BaseException], tuple[bool, float | None]],
+    on_timeout: Callable[[int], BaseException],
+    sleep: Callable[[float], None],
+    bounded: bool,
+) -> T | _GaveUp:
+    """THE retry loop: ``attempt(deadline)`` until it returns, raises what ``classify`` calls permanent, or
+    no try (or no time for the next wait) is left; then a :class:`_GaveUp` for the caller to raise.
+
+    ``bounded``: each try runs through :func:`call_with_deadline` (for clients whose calls the deadline
+    cannot otherwise cut). Waits: the policy's back-off, or a longer ``Retry-After``; one that does not fit
+    in the time left ends the loop at once (a Retry-After of an hour fails now, not in an hour). A deadline
+    that passes between tries ends it too, with the last error.
+    """
+    attempts = 0
+    last: BaseException | None = None
+    for number in range(max(1, policy.attempts)):
+        if deadline.expired:
+            break
+        if number:
+            _trace.note_retry()
+        attempts += 1
+        try:
+            if bounded:
+                tries = attempts
+                return call_with_deadline(
+                    lambda: attempt(deadline),
+                    deadline,
+                    on_timeout=lambda: on_timeout(tries),  # noqa: B023 - called within this try
+                )
+            return attempt(deadline)
+        except BaseException as exc:
+            retryable, retry_after = classify(exc)
+            if not retryable:
+                raise
+            last = exc
+        if number + 1 >= policy.attempts:
+            break
+        wait = policy.backoff(number)
+        if retry_after is not None:
+            if retry_after >= deadline.remaining():
+                return _GaveUp(last, attempts, retry_after)
+            wait = max(wait, retry_after)
+        if wait >= deadline.remaining():
+            break
+        sleep(wait)
+    return _GaveUp(last, attempts, None)
+
+
+class _GaveUp:
+    """Why :func:`_retry` stopped: the last retryable error (None: the deadline left no try at all)."""
+
+    __slots__ = ("attempts", "error", "retry_after")
+
+    def __init__(self, error: BaseException | None, attempts: int, retry_after: float | None) -> None:
+        self.error, self.attempts, self.retry_after = error, attempts, retry_after
+
+
+def _marked(exc: BaseException) -> tuple[bool, float | None]:
+    return (True, exc.retry_after) if isinstance(exc, Retryable) else (False, None)
+
+
 def retry_call(
     attempt: Callable[[Deadline], T],
     deadline: Deadline,
@@ -113,33 +180,18 @@ def retry_call(
     on_timeout: Callable[[], BaseException],
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run ``attempt(deadline)`` until it returns; retry when it raises :class:`Retryable`.
+    """Run ``attempt(deadline)`` on this thread until it returns; retry when it raises :class:`Retryable`.
 
     Any other exception is permanent and propagates at once. When the deadline has passed, or the next wait
     would not leave time for another try, the last retryable error is raised (or ``on_timeout()`` if the
-    deadline ran out inside an attempt).
+    deadline left no try at all).
     """
-    last: Retryable | None = None
-    for number in range(max(1, policy.attempts)):
-        if deadline.expired:
-            break
-        if number and _metrics.on:
-            _metrics.store_retry()
-        try:
-            return attempt(deadline)
-        except Retryable as exc:
-            last = exc
-        if number + 1 >= policy.attempts:
-            break
-        wait = policy.backoff(number)
-        if last.retry_after is not None:
-            wait = max(wait, last.retry_after)
-        if wait >= deadline.remaining():
-            break  # a Retry-After beyond the deadline is not honoured: fail now, not later
-        sleep(wait)
-    if last is None:
+    outcome = _retry(attempt, deadline, policy, _marked, lambda _n: on_timeout(), sleep, bounded=False)
+    if not isinstance(outcome, _GaveUp):
+        return outcome
+    if outcome.error is None:
         raise on_timeout()
-    raise last.error
+    raise outcome.error.error  # type: ignore[attr-defined]
 
 
 def call_with_deadline(
@@ -266,33 +318,9 @@ def call_with_retries(
     time for the next wait) is left raise :class:`RetriesExhausted`. A ``Retry-After`` longer than the time
     left is not waited for: the call fails at once instead.
     """
-    attempts = 0
-    for number in range(max(1, policy.attempts)):
-        if deadline.expired:
-            break
-        if number and _metrics.on:
-            _metrics.store_retry()
-        attempts += 1
-        tries = attempts
-        try:
-            return call_with_deadline(
-                lambda: func(deadline), deadline, on_timeout=lambda tries=tries: on_timeout(tries)
-            )
-        except BaseException as exc:
-            retryable, retry_after = classify(exc)
-            if not retryable:
-                raise
-            last, last_retry_after = exc, retry_after
-        if number + 1 >= policy.attempts:
-            raise RetriesExhausted(last, attempts) from None
-        wait = policy.backoff(number)
-        if last_retry_after is not None:
-            if last_retry_after >= deadline.remaining():
-                raise RetriesExhausted(last, attempts, last_retry_after) from None
-            wait = max(wait, last_retry_after)
-        if wait >= deadline.remaining():
-            raise RetriesExhausted(last, attempts) from None
-        sleep(wait)
-    if attempts == 0:
+    outcome = _retry(func, deadline, policy, classify, on_timeout, sleep, bounded=True)
+    if not isinstance(outcome, _GaveUp):
+        return outcome
+    if outcome.error is None:
         raise on_timeout(0)
-    raise RetriesExhausted(last, attempts) from None
+    raise RetriesExhausted(outcome.error, outcome.attempts, outcome.retry_after) from None

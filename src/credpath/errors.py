@@ -1,7 +1,7 @@
 """Exception types. Messages name settings, fields, paths and ids, never secret values.
 
-How the search path treats an error a backend raises during a read (the full rule and its reasons sit next
-to ``SearchPath._failure``): :class:`ConfigError` (and :class:`MissingDependency`) propagates;
+How the search path treats an error a backend raises during a read (the full rule and its reasons are
+written in ``credpath._lookup.policy``): :class:`ConfigError` (and :class:`MissingDependency`) propagates;
 :class:`AccessDenied` propagates whatever ``on_error`` says; any other error is transient: the backend's
 ``on_error`` decides ("skip" tries the next backend, "fail" raises), its last good value may be served
 (stale-if-error) and it counts against the backend's circuit breaker. When nothing is found and a backend
@@ -22,6 +22,7 @@ __all__ = [
     "MissingFile",
     "NotFound",
     "ReadOnlyBackend",
+    "Throttled",
     "safe_reason",
 ]
 
@@ -94,6 +95,13 @@ class BackendUnavailable(BackendError):
     def __init__(self, message: str, *, backends: tuple[str, ...] = ()) -> None:
         super().__init__(message, backend=backends[0] if backends else None)
         self.backends = backends
+
+
+class Throttled(BackendError):
+    """The store refused the request for its rate (429, a throttling error code) after the retries.
+
+    Transient, as any :class:`BackendError`; a type of its own so that counters tell it from an outage
+    without reading the message."""
 
 
 class CircuitOpen(BackendError):

@@ -4,7 +4,7 @@ team-scoped.
 The search path (lookups, prefetch by id and by prefix, listing), import/export (:mod:`credpath.transfer`)
 and ``credpath migrate`` all read through these functions. They are the plain per-backend read: no cache,
 no retries, no circuit breaker, no ``on_error``. The search path wraps each call in its resilience (see
-:meth:`credpath.search_path.SearchPath._call` and ``_failure``); migrate and transfer report per id.
+:mod:`credpath._lookup.policy`); migrate and transfer report per id.
 
 What comes back: a connection is a :class:`~credpath.model.Connection` (structured stores give theirs
 natively, string stores' values are parsed with the backend's ``connection_format``), a variable or config

@@ -5,22 +5,27 @@
   caller is let through as a probe. A success closes the breaker and resets the cool-down. An answer that is
   not an outage (a hit, a miss, AccessDenied, a ConfigError) counts as a success: the store answered.
 - :class:`SingleFlight`: concurrent calls for one key share one execution; the others wait for its result
-  or its exception (as AWS's caching library holds one lock per secret).
+  or (a copy of) its exception, each no longer than its own deadline (as AWS's caching library holds one
+  lock per secret). The search path and the Vault session (one login, one read per path) both use it.
 
 Both are lock-free on their fast path (a closed breaker; a key nobody else is reading is one dict access).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from credpath.errors import CircuitOpen
 
-__all__ = ["BreakerSettings", "CircuitBreaker", "SingleFlight"]
+if TYPE_CHECKING:
+    from credpath.deadlines import Deadline
+
+__all__ = ["BreakerSettings", "CircuitBreaker", "RefreshBackoff", "SingleFlight"]
 
 
 T = TypeVar("T")
@@ -134,47 +139,116 @@ class CircuitBreaker:
         return f"closed ({self.failures} recent failure(s))" if self.failures else "closed"
 
 
-class _Call:
-    __slots__ = ("done", "error", "result")
+class RefreshBackoff:
+    """When to ask a failing store again while its last good values are served (stale-if-error).
+
+    Without it, a lookup whose value expired asks the dead store each time the breaker lets a probe
+    through. After a failed refresh the store is not asked for a kept value for ``base`` seconds, doubled
+    after each failure up to ``cap`` (AWS's caching library backs off each secret the same way); a
+    successful call to the store ends it. Per backend: a dead store is dead for every id. It takes its
+    numbers from ``[circuit_breaker]`` (``cool_down`` .. ``max_cool_down``), and is off with the breaker:
+    ``enabled = false`` asks the store every time.
+    """
+
+    __slots__ = ("base", "cap", "clock", "enabled", "failures", "next_try")
+
+    def __init__(
+        self,
+        base: float = 1.0,
+        cap: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        enabled: bool = True,
+    ) -> None:
+        self.base, self.cap, self.clock, self.enabled = base, cap, clock, enabled
+        self.failures = 0
+        self.next_try = 0.0
+
+    def waiting(self) -> float:
+        """Seconds until the store may be asked again (0: now)."""
+        if not self.failures:
+            return 0.0
+        return max(0.0, self.next_try - self.clock())
+
+    def failed(self) -> float:
+        """A refresh failed and a kept value was served: returns the wait before the next try."""
+        if not self.enabled:
+            return 0.0
+        wait = min(self.cap, self.base * 2.0**self.failures)
+        self.failures += 1
+        self.next_try = self.clock() + wait
+        return wait
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+class _Flight:
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.result: Any = None
+        self.value: Any = None
         self.error: BaseException | None = None
 
 
+def _clone(exc: BaseException) -> BaseException:
+    """A copy of an exception for another thread (each caller relabels or chains its own copy)."""
+    try:
+        return copy.copy(exc)
+    except Exception:  # pragma: no cover - an exception type that cannot be copied
+        return exc
+
+
 class SingleFlight:
-    """One execution per key at a time; concurrent callers of the same key share its outcome."""
+    """Concurrent calls with one key share one execution and its outcome, success or failure.
+
+    A failure is handed to every waiter at once, each its own copy; the next call after it starts a new
+    flight (failures are never cached). A waiter waits at most until its own deadline, if it has one.
+    """
 
     def __init__(self) -> None:
-        self._calls: dict[Any, _Call] = {}
+        self._running: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
         #: Calls that waited for another caller's execution instead of running their own (for tests/bench).
         self.shared = 0
 
-    def do(self, key: Any, func: Callable[..., T], *args: Any) -> T:
+    def run(
+        self,
+        key: Hashable,
+        func: Callable[[], T],
+        deadline: Deadline | None = None,
+        on_timeout: Callable[[], BaseException] | None = None,
+    ) -> T:
+        """``func()``, or the outcome of the call with ``key`` already in flight. Without a ``deadline`` a
+        waiter waits as long as the leader's call lasts (bounded by the leader's own store deadlines)."""
         with self._lock:
-            call = self._calls.get(key)
-            leader = call is None
-            if call is None:
-                call = self._calls[key] = _Call()
+            flight = self._running.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._running[key] = _Flight()
             else:
                 self.shared += 1
         if not leader:
-            call.done.wait()  # the leader's store call is bounded by the backend's own deadline
-            if call.error is not None:
-                raise call.error
-            return call.result  # type: ignore[no-any-return]
+            if not flight.done.wait(None if deadline is None else deadline.remaining()):
+                raise on_timeout() if on_timeout is not None else TimeoutError("single-flight wait timed out")
+            if flight.error is not None:
+                raise _clone(flight.error) from None
+            return flight.value  # type: ignore[no-any-return]
         try:
-            call.result = func(*args)
-            return call.result
+            flight.value = func()
+            return flight.value  # type: ignore[no-any-return]
         except BaseException as exc:
-            call.error = exc
+            flight.error = _clone(exc)  # a pristine copy: the leader's caller may relabel the original
             raise
         finally:
             with self._lock:
-                del self._calls[key]
-            call.done.set()
+                self._running.pop(key, None)
+            flight.done.set()
+
+    def do(self, key: Hashable, func: Callable[..., T], *args: Any) -> T:
+        """``run`` without a deadline, for ``func(*args)``."""
+        return self.run(key, lambda: func(*args))
 
     def in_flight(self) -> int:
-        return len(self._calls)
+        return len(self._running)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Unpack
 from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
 from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
-from credpath.errors import AccessDenied, BackendTimeout, CredpathError
+from credpath.errors import AccessDenied, BackendTimeout, CredpathError, Throttled
 from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
 
 __all__ = [
@@ -446,7 +446,7 @@ class AwsSession:
                 message = str(exc.response.get("Error", {}).get("Message", ""))
                 return fail(f"{what}: access denied ({code}) for {self.caller_arn(message)}", AccessDenied)
             if code in THROTTLING_CODES or status == 429:
-                return fail(f"{what}: throttled ({code or status}){tries}")
+                return fail(f"{what}: throttled ({code or status}){tries}", Throttled)
             if status is not None and status >= 500:
                 return fail(f"{what}: server error {status} ({code}){tries}")
             return fail(f"{what}: {code} (HTTP {status})")

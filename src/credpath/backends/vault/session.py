@@ -8,21 +8,19 @@ token costs no ``lookup-self`` until the process has used it for ``TOKEN_LOOKUP_
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import logging
 import os
 import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from credpath import metrics as _metrics
+from credpath.backends._armed_sockets import armable, armed_adapter, bounded_by
 from credpath.backends.vault import auth as methods
 from credpath.deadlines import (
     Deadline,
@@ -32,7 +30,8 @@ from credpath.deadlines import (
     parse_retry_after,
     retry_call,
 )
-from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError
+from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError, Throttled
+from credpath.resilience import SingleFlight
 
 if TYPE_CHECKING:
     import requests
@@ -113,64 +112,6 @@ class Reply:
         return self.status == 503 and "sealed" in self.errors().lower()
 
 
-class _Flight:
-    __slots__ = ("done", "error", "value")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-
-def _clone(exc: BaseException) -> BaseException:
-    """A copy of an exception for another thread (each caller's backend relabels its own copy)."""
-    try:
-        return copy.copy(exc)
-    except Exception:  # pragma: no cover - an exception type that cannot be copied
-        return exc
-
-
-class _Flights:
-    """Single-flight: concurrent calls with one key share one execution and its outcome, success or failure.
-
-    A failure is handed to every waiter at once; the next call after it starts a new flight (failures are
-    never cached).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[Hashable, _Flight] = {}
-
-    def run(
-        self,
-        key: Hashable,
-        func: Callable[[], T],
-        deadline: Deadline,
-        on_timeout: Callable[[], BaseException],
-    ) -> T:
-        with self._lock:
-            flight = self._running.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._running[key] = _Flight()
-        if not leader:
-            if not flight.done.wait(deadline.remaining()):
-                raise on_timeout()
-            if flight.error is not None:
-                raise _clone(flight.error) from None
-            return flight.value  # type: ignore[no-any-return]
-        try:
-            flight.value = func()
-            return flight.value  # type: ignore[no-any-return]
-        except BaseException as exc:
-            flight.error = _clone(exc)  # a pristine copy: the leader's caller relabels the original
-            raise
-        finally:
-            with self._lock:
-                self._running.pop(key, None)
-            flight.done.set()
-
-
 def _connection_reason(exc: BaseException) -> tuple[str, bool]:
     """(short reason, refused?) of a requests ConnectionError, from its urllib3 cause; no URL, no text."""
     from urllib3.exceptions import NewConnectionError
@@ -182,150 +123,6 @@ def _connection_reason(exc: BaseException) -> tuple[str, bool]:
     if isinstance(reason, BaseException):
         return type(reason).__name__, False
     return type(exc).__name__, False
-
-
-# --- requests on the caller's thread, every socket wait capped by the call's deadline ---------------------
-#
-# A per-read socket timeout alone does not bound a call: a server trickling a byte per second never trips
-# it. Handing each call to a worker thread does (and did), but costs two thread hand-overs per store call,
-# which in an Airflow task process (ten of them starting at once on a small machine) measured 2-7 ms each
-# way. Instead, every blocking read and write of a Vault connection first sets the socket's timeout to
-# what is left of the current call's deadline, and fails once nothing is left: the whole call is bounded,
-# on the caller's own thread, with no thread at all. Name resolution (getaddrinfo) cannot be bounded that
-# way; it runs on a worker, once per new connection to a host name.
-
-_current = threading.local()  # .deadline: the deadline of the call this thread is making, if any
-
-
-def _arm(sock: socket.socket) -> None:
-    deadline: Deadline | None = getattr(_current, "deadline", None)
-    if deadline is not None:
-        left = deadline.remaining()
-        if left <= 0:
-            raise TimeoutError("the call's deadline has passed")
-        sock.settimeout(left)
-
-
-def _armed_class(base: type, methods: tuple[str, ...]) -> type:
-    """A subclass of the socket class ``base`` whose ``methods`` (its blocking reads and writes) first
-    arm the socket; no new slots, so a connected ``base`` object can switch to it in place."""
-
-    def arming(name: str) -> Any:
-        method = getattr(base, name)
-
-        def armed(self: socket.socket, *args: Any) -> Any:
-            _arm(self)
-            return method(self, *args)
-
-        armed.__name__ = armed.__qualname__ = name
-        return armed
-
-    return type(f"_Armed{base.__name__}", (base,), {"__slots__": (), **{m: arming(m) for m in methods}})
-
-
-#: A connected TCP socket whose reads and writes wait at most what is left of the call's deadline.
-_ArmedSocket = _armed_class(socket.socket, ("recv", "recv_into", "send", "sendall"))
-
-
-@functools.cache
-def _armed_ssl_socket() -> type:
-    """The same for a TLS socket: its reads and writes are OpenSSL's, on the socket's timeout."""
-    import ssl
-
-    return _armed_class(ssl.SSLSocket, ("recv", "recv_into", "read", "send", "write"))
-
-
-def _armed(sock: Any) -> Any:
-    """``sock`` with its class switched to the armed one (same object, same layout; nothing else moves)."""
-    import ssl
-
-    if type(sock) is socket.socket:
-        sock.__class__ = _ArmedSocket
-    elif type(sock) is ssl.SSLSocket:
-        sock.__class__ = _armed_ssl_socket()
-    return sock
-
-
-def _armable(proxies: dict[str, str]) -> bool:
-    """Whether this session's connections to Vault will be plain stdlib sockets that :func:`_armed` can
-    switch: not through a SOCKS proxy (PySocks' sockets), not with urllib3's pyOpenSSL TLS injected.
-    ``proxies``: the session's, the environment's included."""
-    import ssl
-
-    import urllib3.util.ssl_
-
-    if any(str(p).strip().lower().startswith("socks") for p in proxies.values()):
-        return False
-    return urllib3.util.ssl_.SSLContext is ssl.SSLContext and ssl.SSLContext.sslsocket_class is ssl.SSLSocket
-
-
-def _is_ip_literal(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
-def _resolve_timeout(conn: Any) -> BaseException:
-    # What urllib3 raises for a connect that timed out: requests turns it into ConnectTimeout, which the
-    # session reports as the call's timeout.
-    from urllib3.exceptions import ConnectTimeoutError
-
-    return ConnectTimeoutError(conn, f"connecting to {conn.host} timed out (name resolution)")
-
-
-@functools.cache
-def _armed_adapter() -> type:
-    """An HTTPAdapter whose urllib3 connections arm their sockets (built once; imports requests lazily)."""
-    from requests.adapters import HTTPAdapter
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
-    class Armed:
-        def _new_conn(self) -> socket.socket:
-            connect = super()._new_conn  # type: ignore[misc]
-            deadline: Deadline | None = getattr(_current, "deadline", None)
-            if deadline is None or _is_ip_literal(self._dns_host):  # type: ignore[attr-defined]
-                sock = connect()
-            else:
-                # Resolving a name blocks in getaddrinfo, which no socket timeout ends: a worker thread
-                # bounds it (once per new connection; kept-alive requests and IP URLs skip this).
-                sock = call_with_deadline(connect, deadline, on_timeout=lambda: _resolve_timeout(self))
-            return _armed(sock)  # a tunnel through an HTTP proxy is read through it too
-
-        def connect(self) -> None:
-            super().connect()  # type: ignore[misc]
-            self.sock = _armed(self.sock)  # type: ignore[attr-defined]  # TLS: the socket wrapping it
-
-    class ArmedHTTPConnection(Armed, HTTPConnection):
-        pass
-
-    class ArmedHTTPSConnection(Armed, HTTPSConnection):
-        pass
-
-    class ArmedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = ArmedHTTPConnection
-
-    class ArmedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = ArmedHTTPSConnection
-
-    pools = {"http": ArmedHTTPPool, "https": ArmedHTTPSPool}
-
-    class ArmedAdapter(HTTPAdapter):
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = pools
-
-        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-            if not proxy.lower().startswith("socks"):
-                manager.pool_classes_by_scheme = pools
-            return manager
-
-    return ArmedAdapter
 
 
 # --- auth methods: default mount, required kwargs and login body ------------------------------------------
@@ -359,7 +156,7 @@ class Session:
     def _reset_locks(self) -> None:
         self._build_lock = threading.Lock()
         self._refreshing = threading.Lock()
-        self.flights = _Flights()
+        self.flights = SingleFlight()
 
     def after_fork(self) -> None:
         """In a forked child: keep the token and KV versions, drop the parent's sockets and locks."""
@@ -397,8 +194,8 @@ class Session:
         # credpath retries itself, inside the deadline; urllib3's retries would sleep outside it. Pool size:
         # room for 16 threads at once without "connection pool is full" churn; not more, because a new pool
         # (in every forked task process) fills its queue with that many slots first (64 cost ~1 ms there).
-        self._armed = _armable(session.proxies)
-        adapter = (_armed_adapter() if self._armed else HTTPAdapter)(
+        self._armed = armable(session.proxies)
+        adapter = (armed_adapter() if self._armed else HTTPAdapter)(
             max_retries=0, pool_connections=4, pool_maxsize=16
         )
         session.mount("http://", adapter)
@@ -418,7 +215,7 @@ class Session:
         if reply.sealed:
             return BackendError(f"Vault at {self.safe_url} is sealed (HTTP 503) while {what}")
         if reply.status == 429:
-            return BackendError(f"Vault at {self.safe_url} is throttling requests (HTTP 429) while {what}")
+            return Throttled(f"Vault at {self.safe_url} is throttling requests (HTTP 429) while {what}")
         detail = _scrub(reply.errors(), list(secrets))
         return BackendError(
             f"Vault at {self.safe_url} answered HTTP {reply.status} while {what}"
@@ -457,15 +254,13 @@ class Session:
 
         if not self._armed:  # sockets that are not the stdlib's (SOCKS, pyOpenSSL): bound on a worker
             return call_with_deadline(run, deadline, on_timeout=lambda: self.timeout_error(what, deadline))
-        outer, _current.deadline = getattr(_current, "deadline", None), deadline
         try:
-            return run()
+            with bounded_by(deadline):
+                return run()
         except BaseException:
             if deadline.expired:  # whatever the cut made of it (urllib3's timeout or "connection aborted")
                 raise TimeoutError from None
             raise
-        finally:
-            _current.deadline = outer
 
     def call(
         self,

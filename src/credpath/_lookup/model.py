@@ -1,0 +1,151 @@
+"""The values of a lookup: backends in the path (Entry), answers (Resolution), their record (Explanation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from credpath._lookup.trace import Attempt, LookupContext, Served
+from credpath.errors import BackendError, safe_reason
+from credpath.protocol import Backend, Kind
+from credpath.resilience import CircuitBreaker, RefreshBackoff
+
+__all__ = [
+    "MISS",
+    "Attempt",
+    "CacheKey",
+    "Entry",
+    "Explanation",
+    "Listing",
+    "PrefetchReport",
+    "Resolution",
+    "named",
+    "names",
+    "what",
+]
+
+#: Cached "nothing in the path has it".
+MISS: Any = object()
+CacheKey = tuple[Kind, str, str | None]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A resolved value and the name of the backend that served it."""
+
+    value: Any
+    source: str
+
+
+@dataclass
+class Explanation:
+    kind: Kind
+    key: str
+    source: str | None
+    attempts: list[Attempt] = field(default_factory=list)
+    cached: bool = False
+    team_name: str | None = None
+    #: The source's refresh failed and its last good value was served (stale-if-error); age in seconds.
+    stale: bool = False
+    stale_age: float | None = None
+    #: Backends that failed (transiently) during this resolution, in search order.
+    failed: list[str] = field(default_factory=list)
+    #: Which tier served the answer: "process" (in-process cache), "shared" (the shared tier), "store"
+    #: (the backends were asked) or "stale" (a failed refresh; the last good value was served).
+    tier: str = "store"
+    #: While stale values are served: seconds until the source's store is asked again (backed off).
+    refresh_in: float | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.source is not None
+
+    @property
+    def unavailable(self) -> bool:
+        """Nothing found and a backend failed: a lookup raises BackendUnavailable, not NotFound."""
+        return self.source is None and bool(self.failed)
+
+    @property
+    def fell_through(self) -> bool:
+        """Served by a later backend because an earlier one failed (Airflow's fall-through)."""
+        return self.found and not self.stale and bool(self.failed)
+
+    @classmethod
+    def from_trace(cls, context: LookupContext) -> Explanation:
+        """The kept trace of one resolution, read as an explanation."""
+        attempts = context.attempts()
+        explanation = cls(
+            kind=context.kind,  # type: ignore[arg-type]
+            key=context.key,
+            source=None,
+            attempts=attempts,
+            team_name=context.team,
+            failed=[a.backend for a in attempts if a.outcome in ("error", "stale")],
+        )
+        for event in context.events or ():
+            if isinstance(event, Served):
+                explanation.source, explanation.tier = event.source, event.tier
+                explanation.stale = event.tier == "stale"
+                explanation.stale_age, explanation.refresh_in = event.stale_age, event.refresh_in
+        return explanation
+
+
+@dataclass
+class Entry:
+    name: str
+    backend: Backend
+    patterns: dict[Kind, Any]
+    on_error: str = "skip"
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(""))
+    #: False for backends whose answers must never come from the cache (env, files).
+    cache_results: bool = True
+    label: str = ""
+    #: When the store is asked again after a failed refresh whose last good value was served.
+    refresh: RefreshBackoff = field(default_factory=RefreshBackoff)
+
+    def wants(self, kind: Kind, key: str) -> bool:
+        pattern = self.patterns.get(kind)
+        return pattern is None or pattern.match(key) is not None
+
+
+@dataclass
+class PrefetchReport:
+    requested: int = 0
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+
+
+class Listing(tuple):  # type: ignore[type-arg]
+    """``(found, cannot_list)`` as :meth:`SearchPath.list_ids` always returned, plus ``failed``.
+
+    ``found`` maps id -> names of the backends holding it (search order); ``cannot_list`` names the backends
+    without a listing capability; ``failed`` maps the name of each backend that failed to list to a safe
+    reason (its ids are missing from ``found``: the listing is incomplete).
+    """
+
+    found: dict[str, list[str]]
+    cannot_list: list[str]
+    failed: dict[str, str]
+
+    def __new__(cls, found: dict[str, list[str]], cannot_list: list[str], failed: dict[str, str]) -> Listing:
+        self = super().__new__(cls, (found, cannot_list))
+        self.found, self.cannot_list, self.failed = found, cannot_list, failed
+        return self
+
+
+def what(kind: Kind | str, key: str, team: str | None) -> str:
+    return f"{kind} {key!r}" if team is None else f"{kind} {key!r} (team {team!r})"
+
+
+def names(failed: list[tuple[Entry, BackendError]]) -> str:
+    listed = [repr(e.name) for e, _ in failed]
+    return ("backend " if len(listed) == 1 else "backends ") + ", ".join(listed)
+
+
+def named(entry: Entry, error: BaseException) -> str:
+    """The error's safe message, prefixed with the backend's label unless it already names it."""
+    message = safe_reason(error)
+    if message.startswith((entry.label, f"backend {entry.name!r}")):
+        return message
+    return f"{entry.label}: {message}"

@@ -1,0 +1,190 @@
+"""Filling the cache for many ids with as few store calls as the backends allow (by id, or by prefix)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from credpath import reading
+from credpath._lookup.model import MISS, Entry, PrefetchReport, Resolution, what
+from credpath._lookup.policy import call, failure
+from credpath._lookup.resolution import read
+from credpath._lookup.state import LookupState
+from credpath._lookup.trace import LookupContext
+from credpath.cache import ABSENT
+from credpath.protocol import Kind, supports
+
+__all__ = ["prefetch_ids", "prefetch_prefix"]
+
+
+def prefetch_ids(state: LookupState, kind: Kind, ids: list[str], team: str | None) -> PrefetchReport:
+    """Each id not cached yet: from the shared tier, else backend by backend (batched where it can)."""
+    report = PrefetchReport(requested=len(ids))
+    context = LookupContext(kind, "*", team)
+    remaining = [i for i in ids if state.cache.get((kind, i, team)) is ABSENT]
+    if state.shared is not None:
+        remaining = _from_shared(state, kind, remaining, team)
+    errored: set[str] = set()
+    for entry in state.entries:
+        if not remaining:
+            break
+        wanted = [i for i in remaining if entry.wants(kind, i)]
+        if not wanted:
+            continue
+        if reading.batched(entry.backend, kind):
+            found = _batch(state, context, entry, kind, wanted, team, errored, report)
+        else:
+            found = _one_by_one(state, context, entry, kind, wanted, team, errored, report)
+        _keep(state, entry, kind, team, found, errored, report)
+        remaining = [i for i in remaining if i not in found]
+    for key in remaining:
+        if key not in errored:
+            state.put((kind, key, team), MISS, miss=True)
+            report.misses += 1
+    return report
+
+
+def _keep(
+    state: LookupState,
+    entry: Entry,
+    kind: Kind,
+    team: str | None,
+    found: dict[str, Any],
+    errored: set[str],
+    report: PrefetchReport,
+) -> None:
+    """Register the secrets of what ``entry`` found and cache it (unless never cached, or the id failed)."""
+    for key, value in found.items():
+        state.register_secrets(kind, key, value)
+        if key not in errored and entry.cache_results:
+            state.put((kind, key, team), Resolution(value, entry.name))
+        report.hits += 1
+
+
+def _from_shared(state: LookupState, kind: Kind, ids: list[str], team: str | None) -> list[str]:
+    """What another process already read is not read again: the ids the shared tier has not."""
+    shared = state.shared
+    assert shared is not None
+    now = time.time()
+    remaining = []
+    for i in ids:
+        entry = shared.get((kind, i, team))
+        if entry is not None and entry.fresh(now):
+            shared.count("shared_hits")
+            state.adopt((kind, i, team), entry)
+        else:
+            remaining.append(i)
+    return remaining
+
+
+def _batch(
+    state: LookupState,
+    context: LookupContext,
+    entry: Entry,
+    kind: Kind,
+    wanted: list[str],
+    team: str | None,
+    errored: set[str],
+    report: PrefetchReport,
+) -> dict[str, Any]:
+    try:
+        batch = call(
+            context, entry, "batch_get", kind, reading.read_batch, entry.backend, kind, wanted, team_name=team
+        )
+    except Exception as exc:
+        failure(state, entry, exc, f"a batch read of {len(wanted)} {kind}(s)")
+        errored.update(wanted)
+        report.errors += len(wanted)
+        return {}
+    found: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, BaseException):  # this id's value could not be parsed
+            failure(state, entry, value, what(kind, key, team))
+            errored.add(key)
+            report.errors += 1
+            continue
+        found[key] = value
+    return found
+
+
+def _one_by_one(
+    state: LookupState,
+    context: LookupContext,
+    entry: Entry,
+    kind: Kind,
+    wanted: list[str],
+    team: str | None,
+    errored: set[str],
+    report: PrefetchReport,
+) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key in wanted:
+        try:
+            value = read(state, context, entry, kind, key, team)
+        except Exception as exc:
+            failure(state, entry, exc, what(kind, key, team))
+            errored.add(key)
+            report.errors += 1
+            continue
+        if value is not None:
+            found[key] = value
+    return found
+
+
+def prefetch_prefix(state: LookupState, kind: Kind, team: str | None) -> PrefetchReport:
+    """Everything under each backend's prefix, cached only where no earlier backend has the id."""
+    report = PrefetchReport()
+    context = LookupContext(kind, "*", team)
+    known: list[tuple[Entry, dict[str, Any] | None]] = []  # per earlier backend: its full set, or None
+    for entry in state.entries:
+        values: dict[str, Any] | None = None
+        if supports(entry.backend, "prefetch"):
+            try:
+                values = call(
+                    context, entry, "prefetch", kind, reading.read_all, entry.backend, kind, team_name=team
+                )
+            except Exception as exc:
+                # Later backends' values could be shadowed by this one's: stop here.
+                failure(state, entry, exc, f"a prefix prefetch of {kind}s", then="stopping the prefetch")
+                report.errors += 1
+                return report
+            assert values is not None
+            for key, value in values.items():
+                if not entry.wants(kind, key) or _shadowed(state, context, kind, key, team, known):
+                    continue
+                if isinstance(value, BaseException):  # this id's value could not be parsed
+                    failure(state, entry, value, what(kind, key, team))
+                    report.errors += 1
+                    continue
+                state.register_secrets(kind, key, value)
+                if entry.cache_results:
+                    state.put((kind, key, team), Resolution(value, entry.name))
+                report.hits += 1
+        known.append((entry, values))
+    report.requested = report.hits
+    return report
+
+
+def _shadowed(
+    state: LookupState,
+    context: LookupContext,
+    kind: Kind,
+    key: str,
+    team: str | None,
+    earlier: list[tuple[Entry, dict[str, Any] | None]],
+) -> bool:
+    """True if an earlier backend has ``key`` or cannot say (it failed): then it is not cached."""
+    for entry, values in earlier:
+        if not entry.wants(kind, key):
+            continue
+        if values is not None:
+            if key in values:
+                return True
+            continue
+        try:
+            if read(state, context, entry, kind, key, team) is not None:
+                return True
+        except Exception as exc:
+            failure(state, entry, exc, what(kind, key, team), then="not caching it")
+            return True
+    return False

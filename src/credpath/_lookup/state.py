@@ -1,0 +1,224 @@
+"""What a search path holds: its backends (entries), the process tier, the shared tier, outage warnings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from credpath import reading
+from credpath._lookup.model import MISS, Entry, Resolution
+from credpath.cache import CacheSettings, TTLCache
+from credpath.config import BackendSpec
+from credpath.errors import ConfigError
+from credpath.masking import Masker, install_log_masking
+from credpath.model import is_sensitive_name
+from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern
+from credpath.resilience import BreakerSettings, CircuitBreaker, RefreshBackoff, SingleFlight
+
+if TYPE_CHECKING:
+    from credpath.shared_cache import SharedEntry, SharedState
+
+__all__ = ["LookupState", "SharedTierLike", "shared_tier_for"]
+
+log = logging.getLogger("credpath.search_path")
+
+CacheKey = tuple[Kind, str, str | None]
+
+
+class SharedTierLike(Protocol):
+    """The shared second tier as the search path uses it (:class:`credpath.shared_cache.SharedTier`)."""
+
+    def get(self, ckey: CacheKey) -> SharedEntry | None: ...
+    def put(self, ckey: CacheKey, entry: SharedEntry) -> None: ...
+    def invalidate(self, ckey: CacheKey) -> None: ...
+    def acquire(self, ckey: CacheKey) -> bool | None: ...
+    def release(self, ckey: CacheKey) -> None: ...
+    def wait(self, ckey: CacheKey) -> tuple[SharedEntry | None, bool]: ...
+    def state(self, namespace: str) -> SharedState: ...
+    def count(self, name: str, n: int = 1) -> None: ...
+    def flush_soon(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+class LookupState:
+    """The state every part of a lookup reads; :class:`credpath.search_path.SearchPath` builds it."""
+
+    breaker_settings: BreakerSettings
+    cache: TTLCache
+    masker: Masker
+    mask_logs: bool
+    #: The shared second tier, or None: from ``[cache] shared``.
+    shared: SharedTierLike | None
+
+    def __init__(self, breaker: BreakerSettings | None) -> None:
+        self.breaker_settings = breaker or BreakerSettings()
+        self.entries: list[Entry] = []
+        #: Never-cached backends (env, files) ahead of each backend, and all of them (see add_backend).
+        self._live_before: dict[str, tuple[Entry, ...]] = {}
+        self._live_all: tuple[Entry, ...] = ()
+        self._write_lock = threading.Lock()
+        self._flight = SingleFlight()
+        self._warned: set[tuple[Any, str]] = set()  # (cache key, what) warned once per outage episode
+        self._teams: set[str | None] = {None}  # teams with cached entries: a write invalidates each
+
+    def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
+        backend: Backend
+        if isinstance(item, BackendSpec):
+            from credpath.registry import create_backend
+
+            backend = create_backend(
+                item.type, item.kwargs, setting=f"{item.origin or item.name} type", name=item.name
+            )
+            name, on_error, raw_patterns = item.name, item.on_error, item.lookup_patterns
+        elif isinstance(item, tuple):
+            name, backend = item
+            on_error, raw_patterns = "skip", {}
+        else:
+            backend = item
+            name = reading.name_of(backend)
+            on_error, raw_patterns = "skip", {}
+        if any(e.name == name for e in self.entries):
+            raise ConfigError(f"duplicate backend name {name!r} in the search path")
+        patterns: dict[Kind, Any] = {}
+        cache_results = True
+        if isinstance(backend, BaseBackend):
+            backend.name = name
+            label = backend.label
+            patterns.update(backend.lookup_patterns)
+            cache_results = type(backend).cache_results
+        else:
+            label = f"backend {name!r}"
+        for kind in KINDS:
+            if raw_patterns.get(kind) is not None:
+                patterns[kind] = compile_lookup_pattern(raw_patterns[kind], f"{label}: {kind} lookup pattern")
+        settings = self.breaker_settings
+        self.entries.append(
+            Entry(
+                name=name,
+                backend=backend,
+                patterns=patterns,
+                on_error=on_error,
+                breaker=CircuitBreaker(name, settings),
+                cache_results=bool(cache_results),
+                label=label,
+                refresh=RefreshBackoff(settings.cool_down, settings.max_cool_down, enabled=settings.enabled),
+            )
+        )
+        # Never-cached backends (env, files) are asked live even when the cache answers: before the cached
+        # source of a hit (an AIRFLOW_CONN_ exported later shadows it), and for a cached miss. So the cache
+        # holds what the cached backends said, and those reads cost microseconds each.
+        live: list[Entry] = []
+        self._live_before = {}
+        for existing in self.entries:
+            self._live_before[existing.name] = tuple(live)
+            if not existing.cache_results:
+                live.append(existing)
+        self._live_all = tuple(live)
+
+    def use_shared_state(self) -> None:
+        """Let the backends keep rediscovered facts (a KV version) in the shared tier."""
+        if self.shared is None:
+            return
+        for entry in self.entries:
+            if isinstance(entry.backend, BaseBackend):
+                entry.backend.use_shared_state(self.shared.state(entry.name))
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def _entry(self, name: str) -> Entry:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise ConfigError(f"no backend named {name!r} in the search path (have: {', '.join(self.names)})")
+
+    def register_secrets(self, kind: Kind, key: str, value: Any) -> None:
+        if not self.mask_logs:
+            return
+        if kind == "connection":
+            secrets = value.secret_values()
+        elif is_sensitive_name(key):
+            secrets = [value]
+        else:
+            return
+        if secrets:
+            install_log_masking()
+            self.masker.add_all(secrets)
+
+    # --- writing the two tiers ----------------------------------------------------------------------
+
+    def put(self, ckey: CacheKey, value: Any, *, miss: bool = False) -> None:
+        """Cache an answer in the process tier and publish it to the shared tier with the same times."""
+        times = self.cache.put(ckey, value, miss=miss)
+        if ckey[2] not in self._teams:
+            self._teams.add(ckey[2])
+        if times is not None and self.shared is not None:
+            from credpath.shared_cache import SharedEntry
+
+            offset = time.time() - time.monotonic()  # the shared tier keeps wall-clock times (other nodes)
+            expiry, stored_at, keep_until = times
+            self.shared.put(
+                ckey,
+                SharedEntry(
+                    kind=ckey[0],
+                    value=None if miss else value.value,
+                    source=None if miss else value.source,
+                    miss=miss,
+                    stored_at=stored_at + offset,
+                    fresh_until=expiry + offset,
+                    keep_until=keep_until + offset,
+                ),
+            )
+
+    def adopt(self, ckey: CacheKey, entry: SharedEntry) -> Any:
+        """Put a shared entry in the process tier with its own (wall-clock) times; returns the value."""
+        value = MISS if entry.miss else Resolution(entry.value, entry.source)  # type: ignore[arg-type]
+        offset = time.monotonic() - time.time()
+        self.cache.put_entry(
+            ckey, value, entry.fresh_until + offset, entry.stored_at + offset, entry.keep_until + offset
+        )
+        if ckey[2] not in self._teams:
+            self._teams.add(ckey[2])
+        if value is not MISS:
+            self.register_secrets(ckey[0], ckey[1], value.value)
+        return value
+
+    def invalidate(self, kind: Kind, key: str) -> None:
+        """After a write: forget ``key`` in both tiers, for every team."""
+        for team in list(self._teams):
+            self.cache.invalidate((kind, key, team))
+            if self.shared is not None:
+                self.shared.invalidate((kind, key, team))
+            self.episode_over((kind, key, team))
+
+    # --- warnings once per outage episode (the error policy's) --------------------------------------
+
+    def warn_once(self, ckey: Any, what: str, message: str, *args: Any) -> None:
+        marker = (ckey, what)
+        if marker not in self._warned:
+            self._warned.add(marker)
+            log.warning(message, *args)
+
+    def episode_over(self, ckey: Any) -> None:
+        if self._warned:
+            self._warned.discard((ckey, "stale"))
+            self._warned.discard((ckey, "fall-through"))
+
+
+def shared_tier_for(settings: CacheSettings, backends: list[Any]) -> SharedTierLike:
+    """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
+    from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
+
+    keys = list(settings.shared_keys)
+    shared = settings.shared or ""
+    if not keys:  # CacheSettings built in code, not parsed: resolve as the config would
+        import os
+
+        from credpath.config import credpath_home
+
+        shared = normalize_shared(shared, credpath_home())
+        keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
+    return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)
