@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from credpath import metrics as _metrics
 from credpath import reading
 from credpath.cache import ABSENT, CacheSettings, TTLCache
-from credpath.config import BackendSpec, Settings, load_settings
+from credpath.config import BackendSpec, Settings
 from credpath.errors import (
     AccessDenied,
     BackendError,
@@ -218,8 +218,9 @@ class SearchPath:
         *,
         backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> SearchPath:
-        settings = load_settings(path, env)
-        return cls.from_settings(settings, backend_kwargs=backend_kwargs)
+        from credpath._settings import search_path_from_config
+
+        return search_path_from_config(path, env, backend_kwargs=backend_kwargs)  # type: ignore[return-value]
 
     @classmethod
     def from_settings(
@@ -232,22 +233,9 @@ class SearchPath:
         """The configured search path; ``backend_kwargs`` ({backend name: {kwarg: value}}) overrides
         configured backends' kwargs: how a CLI flag that is a store setting (``--on-deleted``) builds the
         backend with it."""
-        kwargs.setdefault("breaker", settings.breaker)
-        specs = list(settings.backends)
-        if backend_kwargs:
-            names = [spec.name for spec in specs]
-            unknown = sorted(set(backend_kwargs) - set(names))
-            if unknown:
-                raise ConfigError(
-                    f"no backend named {unknown[0]!r} in the search path (have: {', '.join(names)})"
-                )
-            specs = [
-                replace(spec, kwargs={**spec.kwargs, **backend_kwargs[spec.name]})
-                if spec.name in backend_kwargs
-                else spec
-                for spec in specs
-            ]
-        return cls(specs, cache=settings.cache, **kwargs)
+        from credpath._settings import build_search_path
+
+        return build_search_path(settings, backend_kwargs=backend_kwargs, **kwargs)  # type: ignore[return-value]
 
     def _add(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
@@ -1002,17 +990,14 @@ class SearchPath:
 
 def _shared_tier(settings: CacheSettings, backends: list[Any]) -> Any:
     """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
+    import os
+
+    from credpath.config import credpath_home
     from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
 
-    keys = list(settings.shared_keys)
-    shared = settings.shared or ""
-    if not keys:  # CacheSettings built in code, not parsed: resolve as the config would
-        import os
-
-        from credpath.config import credpath_home
-
-        shared = normalize_shared(shared, credpath_home())
-        keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
+    # CacheSettings built in code (the settings builder hands its resolved tier over): resolve as config does.
+    shared = normalize_shared(settings.shared or "", credpath_home())
+    keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
     return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)
 
 

@@ -45,6 +45,9 @@ def explain_command(
     "tier" says what served the answer: process (in-process cache), shared (the shared tier), store
     (the backends were asked) or stale (a failed refresh; the last good value).
     """
+    from credpath.model import validate_lookup_key
+
+    validate_lookup_key(_KINDS[kind], key)
     explanation = state.search_path.explain(_KINDS[kind], key, team_name=team_name, use_cache=use_cache)
     attempts = [
         {

@@ -1,0 +1,273 @@
+"""One settings builder: the CLI, the Python API, the web app and the Airflow drop-in build the same search
+path from one credpath.toml; numbers, ids, auth methods and Airflow's backends order are checked early."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from credpath.errors import ConfigError
+
+FERNET_KEY = "x" * 43 + "="  # 32 url-safe base64 bytes: a valid Fernet key's shape
+
+_AIRFLOW_ENV = (
+    "AIRFLOW__SECRETS__BACKEND",
+    "AIRFLOW__SECRETS__BACKEND_KWARGS",
+    "AIRFLOW__SECRETS__BACKENDS_ORDER",
+    "AIRFLOW__WORKERS__BACKENDS_ORDER",
+    "CREDPATH_CACHE_SHARED",
+    "CREDPATH_CACHE_KEY",
+    "CREDPATH_CONFIG",
+)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in _AIRFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _write(home: Path, text: str) -> Path:
+    file = home / "credpath.toml"
+    file.write_text(textwrap.dedent(text))
+    return file
+
+
+BREAKER_AND_CACHE = """
+    [[backends]]
+    name = "mem"
+    type = "tests.memory_backend.MemoryBackend"
+
+    [circuit_breaker]
+    failures = 1
+    cool_down = 7
+
+    [cache]
+    ttl = 42
+    miss_ttl = 3
+    shared = "file"
+    shared_key = "{key}"
+    shared_lease = 2.5
+"""
+
+
+def _four_search_paths(file: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The search path each of the four entry points builds from ``file``."""
+    from credpath import airflow, api
+    from credpath.cli import State
+
+    monkeypatch.setenv("CREDPATH_CONFIG", str(file))
+    api.set_default_search_path(None)
+    airflow.reset()
+    cli_state = State(file)
+    web_state = State(file)  # `credpath web` serves the search path of its own State
+    from credpath.web.app import create_app
+
+    app = create_app(web_state.search_path)
+    return {
+        "cli": cli_state.search_path,
+        "api": api.default_search_path(),
+        "web": app.state.search_path,
+        "airflow": airflow._CredpathBackendMixin(config=str(file)).search_path,
+    }
+
+
+def _facts(path: Any) -> tuple[Any, ...]:
+    shared = path.shared
+    return (
+        path.breaker_settings,
+        path.cache.settings,
+        None if shared is None else (shared.description, shared.lease),
+        [e.name for e in path.entries],
+    )
+
+
+def test_cli_api_web_and_airflow_build_the_same_breaker_cache_and_shared_tier(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fastapi")
+    file = _write(home, BREAKER_AND_CACHE.format(key=FERNET_KEY))
+    paths = _four_search_paths(file, monkeypatch)
+    try:
+        facts = {name: _facts(path) for name, path in paths.items()}
+        breaker = facts["cli"][0]
+        assert (breaker.failures, breaker.cool_down) == (1, 7.0)
+        assert facts["cli"][1].ttl == 42.0 and facts["cli"][2][1] == 2.5
+        assert facts["api"] == facts["cli"]
+        assert facts["web"] == facts["cli"]
+        assert facts["airflow"] == facts["cli"]  # was 3 failures / 1 s: the drop-in's own builder
+    finally:
+        from credpath import airflow, api
+
+        api.set_default_search_path(None)
+        airflow.reset()
+
+
+# --- numbers: non-finite and out-of-range values are refused, naming the setting and its line -----------
+
+NUMBER_SETTINGS = [
+    ("circuit_breaker", "cool_down"),
+    ("circuit_breaker", "max_cool_down"),
+    ("circuit_breaker", "failures"),
+    ("cache", "ttl"),
+    ("cache", "miss_ttl"),
+    ("cache", "stale_if_error"),
+    ("cache", "shared_lease"),
+    ("cache", "jitter"),
+    ("cache", "max_size"),
+]
+
+
+@pytest.mark.parametrize(("table", "key"), NUMBER_SETTINGS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e300"])
+def test_number_settings_refuse_non_finite_and_out_of_range_values(
+    home: Path, table: str, key: str, value: str
+) -> None:
+    from credpath.config import load_settings
+
+    _write(home, f"# a comment\n[{table}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"CREDPATH_HOME": str(home)})
+    message = str(info.value)
+    assert message.startswith(f"credpath.toml:3 [{table}]: {key} must be "), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("table", "key"), NUMBER_SETTINGS)
+def test_a_bad_number_exits_2_from_the_cli_in_one_line(home: Path, table: str, key: str) -> None:
+    from credpath.cli import cli
+
+    _write(home, f"[{table}]\n{key} = nan\n")
+    result = CliRunner().invoke(cli, ["connections", "get", "x"], env={"CREDPATH_HOME": str(home)})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+    assert f"{key} must be" in result.stderr and "credpath.toml:2" in result.stderr
+
+
+def test_numbers_keep_their_valid_range(home: Path) -> None:
+    from credpath.config import load_settings
+
+    _write(
+        home,
+        "[cache]\nttl = 0\njitter = 1\nstale_if_error = 31536000\n[circuit_breaker]\ncool_down = 0.001\n",
+    )
+    s = load_settings(env={"CREDPATH_HOME": str(home)})
+    assert (s.cache.ttl, s.cache.jitter, s.cache.stale_if_error, s.breaker.cool_down) == (
+        0.0,
+        1.0,
+        YEAR,
+        0.001,
+    )
+
+
+def test_check_number_shows_a_bad_number_but_never_another_value() -> None:
+    from credpath._settings import PAUSE, check_number
+
+    with pytest.raises(
+        ConfigError, match=r"^x: cool_down must be a number > 0 and <= 86400 \(seconds\), got nan$"
+    ):
+        check_number(math.nan, PAUSE, "x: cool_down")
+    with pytest.raises(ConfigError) as info:
+        check_number("pw-s3cr3t", PAUSE, "cool_down")
+    assert "s3cr3t" not in str(info.value)
+
+
+YEAR = 365 * 86400.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": math.nan}, "timeout must be a number > 0 and <= 3600 (seconds), got nan"),
+        ({"timeout": math.inf}, "timeout must be a number > 0"),
+        ({"timeout": 0}, "timeout must be a number > 0"),
+        ({"radius_port": 70000}, "radius_port must be an integer >= 1 and <= 65535"),
+        ({"radius_port": True}, "radius_port must be an integer"),
+    ],
+)
+def test_vault_number_kwargs_are_refused_at_construction(kwargs: dict[str, Any], message: str) -> None:
+    from credpath.backends.vault import VaultBackend
+
+    with pytest.raises(ConfigError) as info:
+        VaultBackend(url="http://127.0.0.1:9", token="t", **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# --- CREDPATH_CACHE_KEY's errors name the variable, not the file -----------------------------------------
+
+
+def test_a_bad_cache_key_in_the_environment_blames_the_variable(home: Path) -> None:
+    from credpath.config import load_settings
+
+    _write(home, '[cache]\nshared = "file"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"CREDPATH_HOME": str(home), "CREDPATH_CACHE_KEY": "not-a-key-s3cr3t"})
+    message = str(info.value)
+    assert message.startswith("CREDPATH_CACHE_KEY: "), message
+    assert "credpath.toml" not in message and "s3cr3t" not in message
+    # The file's own key setting is still blamed on the file, at its line.
+    _write(home, '[cache]\nshared = "file"\nshared_key = "nope"\n')
+    with pytest.raises(
+        ConfigError, match=r"^credpath.toml:3 \[cache\]: shared_key: key 1 is not a Fernet key"
+    ):
+        load_settings(env={"CREDPATH_HOME": str(home)})
+
+
+# --- ids: bad input is a ConfigError (exit 2), never "not found" ------------------------------------------
+
+BAD_IDS = ["", "my conn", " lead", "tab\there", "new\nline", "x" * 251]
+
+
+@pytest.mark.parametrize("conn_id", BAD_IDS, ids=["empty", "space", "leading", "tab", "newline", "long"])
+def test_invalid_connection_ids_exit_2_from_the_cli(home: Path, conn_id: str) -> None:
+    from credpath.cli import cli
+
+    _write(home, '[[backends]]\nname = "mem"\ntype = "tests.memory_backend.MemoryBackend"\n')
+    result = CliRunner().invoke(cli, ["connections", "get", conn_id], env={"CREDPATH_HOME": str(home)})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("credpath: error: connection id ")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("key", ["", "two words"])
+def test_invalid_variable_keys_exit_2_from_the_cli(home: Path, key: str) -> None:
+    from credpath.cli import cli
+
+    _write(home, '[[backends]]\nname = "mem"\ntype = "tests.memory_backend.MemoryBackend"\n')
+    result = CliRunner().invoke(cli, ["variables", "get", key], env={"CREDPATH_HOME": str(home)})
+    assert result.exit_code == 2, result.output
+    assert "variable key" in result.stderr
+    result = CliRunner().invoke(cli, ["explain", "variable", key], env={"CREDPATH_HOME": str(home)})
+    assert result.exit_code == 2, result.output
+
+
+def test_the_api_refuses_invalid_ids_before_asking_a_store(home: Path) -> None:
+    from credpath import api
+    from credpath.search_path import SearchPath
+    from tests.memory_backend import MemoryBackend
+
+    store = MemoryBackend(connections={"ok": "postgres://h/d"}, variables={"v": "1"})
+    api.set_default_search_path(SearchPath([("mem", store)]))
+    try:
+        for bad in ("", "my conn"):
+            with pytest.raises(ConfigError, match="connection id"):
+                api.get_connection(bad)
+            with pytest.raises(ConfigError, match="variable key"):
+                api.get_variable(bad, default=None)
+            with pytest.raises(ConfigError, match="config key"):
+                api.get_config(bad, default=None)
+        # Airflow's own characters stay valid.
+        assert api.get_variable("v") == "1"
+        for good in ("ok", "aws_default", "a.b-c", "team#1", "path/to:x", "(x)!"):
+            from credpath.model import validate_lookup_key
+
+            assert validate_lookup_key("connection", good) == good
+    finally:
+        api.set_default_search_path(None)
