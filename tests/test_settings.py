@@ -271,3 +271,146 @@ def test_the_api_refuses_invalid_ids_before_asking_a_store(home: Path) -> None:
             assert validate_lookup_key("connection", good) == good
     finally:
         api.set_default_search_path(None)
+
+
+# --- every auth method's required settings are checked at construction -------------------------------------
+
+REQUIRED = {
+    "approle": ("role_id", "secret_id"),
+    "azure": ("role_id", "azure_tenant_id"),
+    "cert": ("cert",),
+    "gcp": ("role_id", "gcp_key_path or gcp_keyfile_dict"),
+    "github": ("token",),
+    "jwt": ("jwt_role", "jwt_token or jwt_token_path"),
+    "kubernetes": ("kubernetes_role",),
+    "ldap": ("username", "password"),
+    "radius": ("username", "password"),
+    "userpass": ("username", "password"),
+}
+
+
+@pytest.mark.parametrize("auth_type", sorted(REQUIRED))
+def test_each_auth_method_refuses_missing_settings_at_construction(auth_type: str) -> None:
+    from credpath.backends.vault import VaultBackend
+    from credpath.backends.vault.auth import AUTH_METHODS
+
+    assert set(AUTH_METHODS) == {*REQUIRED, "token", "aws_iam"}
+    url = "http://127.0.0.1:9"  # nothing listens: a construction that tried to log in would fail otherwise
+    for missing in REQUIRED[auth_type]:
+        given = {name: "x" for name in REQUIRED[auth_type] if name != missing and " or " not in name}
+        if missing != REQUIRED[auth_type][0] and " or " in REQUIRED[auth_type][0]:
+            given[REQUIRED[auth_type][0].split(" or ")[0]] = "x"
+        with pytest.raises(ConfigError, match=f"auth_type '{auth_type}' needs {missing}$"):
+            VaultBackend(url=url, auth_type=auth_type, **given)
+
+
+def test_approle_without_secret_id_is_refused_not_a_network_error() -> None:
+    from credpath.backends.vault import VaultBackend
+
+    with pytest.raises(ConfigError, match=r"^backend 'vault' .*auth_type 'approle' needs secret_id$"):
+        VaultBackend(url="http://127.0.0.1:9", auth_type="approle", role_id="r")
+
+
+# --- Airflow's backends_order ---------------------------------------------------------------------------
+
+
+SECRETS, WORKERS = "AIRFLOW__SECRETS__BACKENDS_ORDER", "AIRFLOW__WORKERS__BACKENDS_ORDER"
+
+
+def _order(home: Path, **env: str) -> Any:
+    from credpath.config import load_settings
+
+    return load_settings(env={"CREDPATH_HOME": str(home), **env})
+
+
+def test_default_order_is_airflows_and_says_so(home: Path) -> None:
+    settings = _order(home)
+    assert [s.name for s in settings.backends] == ["env", "metastore"]
+    assert settings.order.names == ("env", "metastore")
+    assert settings.order.airflow == ("environment_variable", "metastore")
+    assert settings.order.source == "Airflow's default order"
+
+
+def test_secrets_backends_order_reorders_airflows_default_path(home: Path) -> None:
+    settings = _order(
+        home,
+        AIRFLOW__SECRETS__BACKEND="vault",
+        AIRFLOW__SECRETS__BACKEND_KWARGS='{"url": "http://127.0.0.1:9"}',
+        AIRFLOW__SECRETS__BACKENDS_ORDER=" Environment_Variable, metastore ,custom",
+    )
+    assert [s.name for s in settings.backends] == ["env", "metastore", "vault"]
+    assert settings.order.airflow == ("environment_variable", "metastore", "custom")
+    assert settings.order.source == "AIRFLOW__SECRETS__BACKENDS_ORDER"
+
+
+def test_custom_listed_without_a_custom_backend_is_skipped(home: Path) -> None:
+    settings = _order(home, AIRFLOW__SECRETS__BACKENDS_ORDER="metastore,custom,environment_variable")
+    assert [s.name for s in settings.backends] == ["metastore", "env"]
+    assert settings.order.airflow == ("metastore", "environment_variable")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        (
+            "AIRFLOW__SECRETS__BACKENDS_ORDER",
+            "metastore,environment_variable,vault",
+            "unknown backend 'vault'",
+        ),
+        (
+            "AIRFLOW__SECRETS__BACKENDS_ORDER",
+            "custom,metastore",
+            "must list environment_variable and metastore",
+        ),
+        ("AIRFLOW__SECRETS__BACKENDS_ORDER", "environment_variable", "(missing metastore)"),
+        (
+            "AIRFLOW__SECRETS__BACKENDS_ORDER",
+            "metastore,metastore,environment_variable",
+            "listed more than once",
+        ),
+        ("AIRFLOW__SECRETS__BACKENDS_ORDER", "execution_api,environment_variable", "unknown backend"),
+        ("AIRFLOW__WORKERS__BACKENDS_ORDER", "metastore,environment_variable", "unknown backend 'metastore'"),
+        ("AIRFLOW__WORKERS__BACKENDS_ORDER", "custom,environment_variable", "(missing execution_api)"),
+    ],
+)
+def test_bad_backends_order_is_one_line_naming_the_setting(
+    home: Path, setting: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _order(home, **{setting: value})
+    text = str(info.value)
+    assert text.startswith(f"{setting}: ") and message in text and "\n" not in text
+
+
+def test_workers_order_is_read_and_shown(home: Path) -> None:
+    settings = _order(home, AIRFLOW__WORKERS__BACKENDS_ORDER="execution_api,environment_variable,custom")
+    assert settings.order.workers == ("execution_api", "environment_variable", "custom")
+
+
+def test_credpath_toml_order_wins_over_airflows_with_a_warning(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write(home, '[[backends]]\ntype = "metastore"\n[[backends]]\ntype = "env"\n')
+    settings = _order(home, AIRFLOW__SECRETS__BACKENDS_ORDER="environment_variable,metastore")
+    assert [s.name for s in settings.backends] == ["metastore", "env"]
+    assert settings.order.source == "credpath.toml [[backends]]"
+    assert "AIRFLOW__SECRETS__BACKENDS_ORDER is ignored" in caplog.text
+
+
+def test_the_effective_order_is_available_from_a_built_search_path(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from credpath._settings import backends_order, search_path_from_config
+    from credpath.cli import cli
+    from credpath.search_path import SearchPath
+
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKENDS_ORDER", "metastore,environment_variable")
+    path = search_path_from_config()
+    order = backends_order(path)
+    assert (order.names, order.source) == (("metastore", "env"), "AIRFLOW__SECRETS__BACKENDS_ORDER")
+    assert backends_order(SearchPath()).source == "built in code"
+    result = CliRunner().invoke(cli, ["backends", "list"])
+    assert result.exit_code == 0, result.output
+    assert "order: metastore, env (from AIRFLOW__SECRETS__BACKENDS_ORDER)" in result.stdout
+    result = CliRunner().invoke(cli, ["backends", "list", "--json"])
+    assert [row["name"] for row in __import__("json").loads(result.stdout)] == ["metastore", "env"]

@@ -171,7 +171,11 @@ def backends_list(state: State, as_json: bool) -> None:
     if as_json:
         echo_json([{"name": n, "backend": d, "on_error": o} for n, d, o in rows])
     else:
+        from credpath._settings import backends_order
+
         echo_table(("name", "backend", "on_error"), rows)
+        order = backends_order(state.search_path)
+        click.echo(f"order: {', '.join(order.names)} (from {order.source})")
 
 
 @backends_group.command("check")
