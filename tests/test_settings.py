@@ -414,3 +414,22 @@ def test_the_effective_order_is_available_from_a_built_search_path(
     assert "order: metastore, env (from AIRFLOW__SECRETS__BACKENDS_ORDER)" in result.stdout
     result = CliRunner().invoke(cli, ["backends", "list", "--json"])
     assert [row["name"] for row in __import__("json").loads(result.stdout)] == ["metastore", "env"]
+
+
+@pytest.mark.parametrize(
+    ("type_name", "kwargs"),
+    [
+        ("kubernetes-secrets", {"namespace": "ns"}),
+        ("aws-secrets-manager", {}),
+        ("azure-key-vault", {"vault_url": "https://kv.vault.azure.net"}),
+        ("gcp-secret-manager", {"project_id": "p"}),
+    ],
+)
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, 0, 1e9])
+def test_store_timeouts_refuse_non_finite_and_out_of_range(
+    type_name: str, kwargs: dict[str, Any], timeout: float
+) -> None:
+    from credpath.registry import create_backend
+
+    with pytest.raises(ConfigError, match=r"timeout must be a number > 0 and <= 3600 \(seconds\)"):
+        create_backend(type_name, {**kwargs, "timeout": timeout})

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from credpath.search_path import SearchPath
 
 __all__ = [
+    "COUNT",
+    "PORT",
+    "RETRIES",
+    "TIMEOUT",
     "BackendSpec",
     "BackendsOrder",
     "Number",
@@ -124,20 +128,23 @@ PAUSE = Number(0.0, DAY, above=True, unit="seconds")
 TIMEOUT = Number(0.0, 3600.0, above=True, unit="seconds")
 FRACTION = Number(0.0, 1.0)
 COUNT = Number(1, 1_000_000_000, integer=True)
+RETRIES = Number(0, 100, integer=True)
 PORT = Number(1, 65_535, integer=True)
 
 
-def check_number(value: Any, rule: Number, setting: str) -> Any:
-    """``value`` if it satisfies ``rule`` (as float, or int for integer rules), else a one-line ConfigError
-    ``"<setting> must be ..."``. A non-finite or out-of-range number is shown (it is no secret); any other
-    value is not (a misplaced credential must not reach the message)."""
+def check_number(
+    value: Any, rule: Number, setting: str, fail: Callable[[str], ConfigError] = ConfigError
+) -> Any:
+    """``value`` if it satisfies ``rule`` (as float, or int for integer rules), else ``fail("<setting> must
+    be ...")`` raised (a backend passes its ``config_error``, which names it). A non-finite or out-of-range
+    number is shown (it is no secret); any other value is not (a misplaced credential must not reach it)."""
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     ok = numeric and (not rule.integer or isinstance(value, int)) and math.isfinite(value)
     if ok:
         ok = (value > rule.low if rule.above else value >= rule.low) and value <= rule.high
     if not ok:
         got = f", got {value}" if numeric else ""
-        raise ConfigError(f"{setting} must be {rule.describe()}{got}")
+        raise fail(f"{setting} must be {rule.describe()}{got}")
     return value if rule.integer else float(value)
 
 

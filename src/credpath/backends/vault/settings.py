@@ -187,7 +187,7 @@ def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _number(rule: Number) -> Rule:
-    return lambda value, name: check_number(value, rule, name)
+    return lambda value, name: check_number(value, rule, name)  # raised ConfigError: wrapped by ``fail``
 
 
 def _cert(value: Any, name: str) -> str | tuple[str, str]:
