@@ -136,15 +136,12 @@ def check_number(
     value: Any, rule: Number, setting: str, fail: Callable[[str], ConfigError] = ConfigError
 ) -> Any:
     """``value`` if it satisfies ``rule`` (as float, or int for integer rules), else ``fail("<setting> must
-    be ...")`` raised (a backend passes its ``config_error``, which names it). A non-finite or out-of-range
-    number is shown (it is no secret); any other value is not (a misplaced credential must not reach it)."""
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = numeric and (not rule.integer or isinstance(value, int)) and math.isfinite(value)
-    if ok:
-        ok = (value > rule.low if rule.above else value >= rule.low) and value <= rule.high
-    if not ok:
-        got = f", got {value}" if numeric else ""
-        raise fail(f"{setting} must be {rule.describe()}{got}")
+    be ...")`` raised (a backend passes its ``config_error``, which names it). The value is never shown: a
+    misplaced credential must not reach a message."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (not rule.integer or isinstance(value, int)) and math.isfinite(value)
+    if not (ok and (value > rule.low if rule.above else value >= rule.low) and value <= rule.high):
+        raise fail(f"{setting} must be {rule.describe()}")
     return value if rule.integer else float(value)
 
 
