@@ -141,7 +141,7 @@ class VaultSettings:
                     kwargs[name] = rule(kwargs[name], name)
             own = {name: kwargs.pop(name, default) for name, default in _BACKEND_DEFAULTS.items()}
             own["kv_engine_version"] = _kv_engine_version(own["kv_engine_version"])
-            paths = {name: _clean_paths(own.pop(name), name) for name in _PATHS}
+            paths: dict[str, Any] = {name: _clean_paths(own.pop(name), name) for name in _PATHS}
         except ConfigError as exc:
             raise fail(str(exc)) from None
         global_secrets_path = own.pop("global_secrets_path")
