@@ -170,9 +170,7 @@ def test_numbers_keep_their_valid_range(home: Path) -> None:
 def test_check_number_names_the_rule_never_the_value() -> None:
     from credpath._settings import PAUSE, check_number
 
-    with pytest.raises(
-        ConfigError, match=r"^x: cool_down must be a number > 0 and <= 86400 \(seconds\)$"
-    ):
+    with pytest.raises(ConfigError, match=r"^x: cool_down must be a number > 0 and <= 86400 \(seconds\)$"):
         check_number(math.nan, PAUSE, "x: cool_down")
     with pytest.raises(ConfigError) as info:
         check_number("pw-s3cr3t", PAUSE, "cool_down")
@@ -433,3 +431,32 @@ def test_store_timeouts_refuse_non_finite_and_out_of_range(
 
     with pytest.raises(ConfigError, match=r"timeout must be a number > 0 and <= 3600 \(seconds\)"):
         create_backend(type_name, {**kwargs, "timeout": timeout})
+
+
+def test_shared_tier_is_resolved_once_and_handed_to_the_search_path(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import credpath.shared_cache as shared_cache
+    from credpath._settings import Settings, load_settings, search_path_from_config
+    from credpath.cache import CacheSettings
+    from credpath.search_path import SearchPath
+
+    _write(home, BREAKER_AND_CACHE.format(key=FERNET_KEY))
+    settings = load_settings()
+    assert settings.shared is not None and settings.shared.keys == (FERNET_KEY.encode(),)
+    assert not hasattr(settings.cache, "shared_keys")
+    calls: list[str] = []
+    real = shared_cache.resolve_keys
+    monkeypatch.setattr(shared_cache, "resolve_keys", lambda *a, **k: calls.append("keys") or real(*a, **k))
+    path = search_path_from_config()
+    assert path.shared is not None and path.shared.lease == 2.5
+    assert calls == ["keys"]  # once, at load: building the path resolves nothing again
+    # Settings built in code with only CacheSettings.shared still get their tier (resolved as config does).
+    coded = SearchPath.from_settings(
+        Settings(backends=(), cache=CacheSettings(shared=f"file:{home / 'coded.db'}"))
+    )
+    assert coded.shared is not None
+    off = SearchPath.from_settings(
+        Settings(backends=(), cache=CacheSettings(enabled=False), shared=settings.shared)
+    )
+    assert off.shared is None  # a disabled cache has no shared tier either

@@ -383,7 +383,7 @@ def load_drop_in_settings(
     if "backends" not in read_toml(file):
         # Airflow already adds its env and metastore backends after this one; a file without a
         # [[backends]] list would only repeat them.
-        raise ConfigError(f"{file}: no [[backends]] list; the Airflow drop-in needs the stores to search")
+        raise ConfigError(f"{file}: no [[backends]] list; {origin.split()[0]} needs the stores to search")
     settings = load_settings(file, env)
     if cache is not None:  # the kwargs' cache table replaces the file's
         cache_settings, shared = _parse_cache(cache, _fixed(f"{origin} cache"), env)
@@ -695,10 +695,10 @@ def build_search_path(
             for spec in specs
         ]
     kwargs.setdefault("breaker", settings.breaker)
-    if "shared" not in kwargs:
-        kwargs["shared"] = (
-            open_shared_tier(settings.shared, specs) if settings.shared and settings.cache.enabled else None
-        )
+    if "shared" not in kwargs and settings.shared is not None:
+        # Resolved at load: handed over, so the search path does not resolve ``[cache] shared`` again
+        # (Settings built in code with only ``CacheSettings.shared`` leave that to the search path).
+        kwargs["shared"] = open_shared_tier(settings.shared, specs) if settings.cache.enabled else None
     path = SearchPath(specs, cache=settings.cache, **kwargs)
     _built[path] = settings
     return path
