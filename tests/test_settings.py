@@ -460,3 +460,48 @@ def test_shared_tier_is_resolved_once_and_handed_to_the_search_path(
         Settings(backends=(), cache=CacheSettings(enabled=False), shared=settings.shared)
     )
     assert off.shared is None  # a disabled cache has no shared tier either
+
+
+_PRINT_DROP_IN = """
+import json
+from airflow.configuration import ensure_secrets_loaded
+(backend,) = [b for b in ensure_secrets_loaded() if type(b).__name__ == "CredpathBackend"]
+path = backend.search_path
+b, c = path.breaker_settings, path.cache.settings
+print(json.dumps([b.failures, b.cool_down, c.ttl, path.shared.lease, [e.name for e in path.entries]]))
+"""
+
+
+@pytest.mark.airflow
+def test_inside_airflow_the_drop_in_keeps_the_files_breaker_and_cache(
+    home: Path, airflow_venv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import subprocess
+
+    from tests.servers.airflow_env import clean_environment
+
+    file = _write(home, BREAKER_AND_CACHE.format(key=FERNET_KEY))
+    airflow_home = home / "airflow"
+    airflow_home.mkdir()
+    env = {
+        **clean_environment(airflow_home, airflow_venv),
+        "CREDPATH_HOME": str(home),
+        "AIRFLOW__SECRETS__BACKEND": "credpath.airflow.CredpathBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"config": str(file)}),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),  # tests.memory_backend
+    }
+    result = subprocess.run(
+        [str(airflow_venv / "bin" / "python"), "-c", _PRINT_DROP_IN],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got == [1, 7.0, 42.0, 2.5, ["mem"]]  # Airflow's process: the file's settings, as the CLI's
+    from credpath.cli import State
+
+    cli = State(file).search_path
+    assert [cli.breaker_settings.failures, cli.breaker_settings.cool_down] == got[:2]
