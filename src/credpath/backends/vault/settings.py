@@ -141,23 +141,16 @@ class VaultSettings:
                     kwargs[name] = rule(kwargs[name], name)
             own = {name: kwargs.pop(name, default) for name, default in _BACKEND_DEFAULTS.items()}
             own["kv_engine_version"] = _kv_engine_version(own["kv_engine_version"])
-            paths: dict[str, Any] = {name: _clean_paths(own.pop(name), name) for name in _PATHS}
+            paths = _all_paths(own)
+            mount = kwargs.get("auth_mount_point")
+            client = ClientSettings(
+                url=url.rstrip("/"),
+                auth_type=auth_type,
+                **{**kwargs, "auth_mount_point": mount.strip("/") if mount else None},
+            )
+            _check_auth(client)
         except ConfigError as exc:
             raise fail(str(exc)) from None
-        global_secrets_path = own.pop("global_secrets_path")
-        if global_secrets_path is not None:
-            # Airflow 4.8.4: deprecated (the backend warns); every kind's last fallback path.
-            extra = global_secrets_path.strip("/")
-            paths = {name: (*(found or ()), extra) for name, found in paths.items()}
-        mount = kwargs.get("auth_mount_point")
-        client = ClientSettings(
-            url=url.rstrip("/"),
-            auth_type=auth_type,
-            **{**kwargs, "auth_mount_point": mount.strip("/") if mount else None},
-        )
-        for group in AUTH_METHODS[auth_type].required:
-            if not any(getattr(client, name) for name in group):
-                raise fail(f"auth_type {auth_type!r} needs {' or '.join(group)}")
         mount_point = own.pop("mount_point")
         return cls(
             client=client,
@@ -168,6 +161,24 @@ class VaultSettings:
 
 
 # --- the rules: one per kwarg that is checked (the others are taken as given) ----------------------------
+
+
+def _all_paths(own: dict[str, Any]) -> dict[str, Any]:
+    """Each kind's paths, with the deprecated ``global_secrets_path`` (Airflow 4.8.4: the backend warns)
+    as every kind's last fallback."""
+    paths = {name: _clean_paths(own.pop(name), name) for name in _PATHS}
+    extra = own.pop("global_secrets_path")
+    if extra is None:
+        return paths
+    return {name: (*(found or ()), extra.strip("/")) for name, found in paths.items()}
+
+
+def _check_auth(client: ClientSettings) -> None:
+    """The auth method's required settings (:data:`AUTH_METHODS`): each group needs one set."""
+    for group in AUTH_METHODS[client.auth_type].required:
+        if not any(getattr(client, name) for name in group):
+            raise ConfigError(f"auth_type {client.auth_type!r} needs {' or '.join(group)}")
+
 
 Rule = Callable[[Any, str], Any]
 
