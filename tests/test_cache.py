@@ -103,7 +103,8 @@ def test_documented_defaults_are_pinned():
     s = CacheSettings()
     assert (s.enabled, s.ttl, s.miss_ttl, s.max_size) == (True, 300.0, 60.0, 10_000)
     assert (s.jitter, s.stale_if_error, DEFAULT_STALE_IF_ERROR) == (0.1, 3600.0, 3600.0)
-    assert (s.shared, s.shared_keys, s.shared_lease) == (None, (), 5.0)
+    assert (s.shared, s.shared_lease) == (None, 5.0)
+    assert not hasattr(s, "shared_keys")  # the shared tier's keys live in its own settings
     assert TTLCache().settings == s
 
 
@@ -210,9 +211,8 @@ def test_put_returns_the_times_it_stored(clock):
 
 def test_shared_tier_settings_stay_out_of_repr_and_keys_out_of_equality():
     url = "redis://:pw-s3cr3t@cache.example:6379/0"
-    settings = CacheSettings(shared=url, shared_keys=(b"key-s3cr3t",))
+    settings = CacheSettings(shared=url)
     assert "s3cr3t" not in repr(settings)
-    assert settings == CacheSettings(shared=url, shared_keys=(b"other",))  # resolved keys: not the setting
     assert settings != CacheSettings(shared="file:/x")
 
 

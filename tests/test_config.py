@@ -238,7 +238,7 @@ def test_an_unreadable_config_path_is_a_one_line_config_error(tmp_path):
     [
         (
             "[cache]\nbogus = 1\nttl = 3\n",
-            r"credpath.toml \[cache\]: unknown key\(s\) bogus; expected enabled, ",
+            r"^credpath.toml:2 \[cache\]: unknown key\(s\) bogus; expected enabled, ",
         ),
         ("[cache]\nenabled = 'no'\n", r"\[cache\]: enabled must be true or false"),
         ("[cache]\nenabled = 0\n", "enabled must be true or false"),
@@ -380,7 +380,9 @@ def test_shared_lease_is_a_positive_number(tmp_path):
     assert isinstance(parse_cache({"shared_lease": 1}, "o", env).shared_lease, float)
     assert parse_cache({"shared_lease": 0.25}, "o", env).shared_lease == 0.25
     for bad in (0, -1, True, "5"):
-        with pytest.raises(ConfigError, match=r"^o: shared_lease must be a number > 0 \(seconds\)$"):
+        with pytest.raises(
+            ConfigError, match=r"^o: shared_lease must be a number > 0 and <= 86400 \(seconds\)"
+        ):
             parse_cache({"shared_lease": bad}, "o", env)
 
 
@@ -401,14 +403,16 @@ def test_shared_off_values_and_bad_types(tmp_path):
 
 
 def test_shared_file_tier_and_keys(tmp_path):
-    from credpath.config import parse_cache
+    from credpath.config import parse_cache, parse_shared
 
     env = {"CREDPATH_HOME": str(tmp_path)}
     cache = parse_cache({"shared": "file", "shared_key": FERNET_KEY}, "o", env)
     assert cache.shared == f"file:{tmp_path / 'cache' / 'shared-cache.db'}"
-    assert cache.shared_keys == (FERNET_KEY.encode(),)
-    node = parse_cache({"shared": "file"}, "o", env)  # no key configured: the node key file
-    assert len(node.shared_keys) == 1 and (tmp_path / "cache.key").is_file()
+    shared = parse_shared({"shared": "file", "shared_key": FERNET_KEY, "shared_lease": 2}, "o", env)
+    assert shared is not None and shared.url == cache.shared
+    assert (shared.keys, shared.lease) == ((FERNET_KEY.encode(),), 2.0)
+    node = parse_shared({"shared": "file"}, "o", env)  # no key configured: the node key file
+    assert node is not None and len(node.keys) == 1 and (tmp_path / "cache.key").is_file()
     with pytest.raises(ConfigError, match=r"^o: shared 'file:' needs a path"):
         parse_cache({"shared": "file:"}, "o", env)
     with pytest.raises(ConfigError, match=r"^o: shared_key: key 1 is not a Fernet key"):
@@ -435,7 +439,7 @@ def test_shared_tier_from_the_environment_wins(tmp_path, monkeypatch):
 def test_shared_redis_without_redis_py_stays_a_missing_dependency(tmp_path, monkeypatch):
     import importlib.util
 
-    from credpath.config import _dependency, parse_cache
+    from credpath._settings import _dependency, parse_cache
     from credpath.errors import MissingDependency
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)

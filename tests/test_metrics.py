@@ -195,13 +195,16 @@ def test_metrics_off_counts_nothing() -> None:
 def test_a_lookup_served_by_the_shared_tier_is_counted_under_tier_shared(tmp_path) -> None:
     from cryptography.fernet import Fernet
 
+    from credpath._settings import SharedTierSettings, open_shared_tier
     from credpath.cache import CacheSettings
     from tests.memory_backend import MemoryBackend
 
-    settings = CacheSettings(shared=f"file:{tmp_path / 'shared.db'}", shared_keys=(Fernet.generate_key(),))
+    tier = SharedTierSettings(url=f"file:{tmp_path / 'shared.db'}", keys=(Fernet.generate_key(),))
     uri = "postgres://u:sh-s3cr3t@h/d"
-    first = SearchPath([("mem", MemoryBackend(connections={"db": uri}))], cache=settings)
-    other_process = SearchPath([("mem", MemoryBackend(connections={"db": uri}))], cache=settings)
+    one = [("mem", MemoryBackend(connections={"db": uri}))]
+    two = [("mem", MemoryBackend(connections={"db": uri}))]
+    first = SearchPath(one, cache=CacheSettings(), shared=open_shared_tier(tier, one))
+    other_process = SearchPath(two, cache=CacheSettings(), shared=open_shared_tier(tier, two))
     metrics.enable()
     metrics.instrument(first)
     metrics.instrument(other_process)

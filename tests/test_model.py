@@ -571,3 +571,32 @@ def test_url_error_reason_keeps_the_first_clause_only():
     )
     assert _url_error_reason(ValueError("Invalid IPv6 URL: [pw-s3cr3t")) == "Invalid IPv6 URL"
     assert _url_error_reason(ValueError("plain")) == "plain"
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "valid"),
+    [
+        ("connection", "aws_default", True),
+        ("connection", "team#1:path/to.(x)!", True),  # Airflow's sanitize_conn_id characters
+        ("connection", "", False),
+        ("connection", "my conn", False),
+        ("connection", "abc\n", False),  # sanitize_conn_id's `$` quirk would keep "abc": not the id asked
+        ("connection", "x" * 250, True),
+        ("connection", "x" * 251, False),
+        ("connection", "semi;colon", False),
+        ("variable", "feature.flags-1/x", True),
+        ("variable", "", False),
+        ("variable", "two words", False),
+        ("variable", "bell\a", False),
+        ("config", "sql_alchemy_conn", True),
+        ("config", " ", False),
+    ],
+)
+def test_lookup_keys_are_checked_at_the_edge(kind: str, key: str, valid: bool) -> None:
+    from credpath.model import validate_lookup_key
+
+    if valid:
+        assert validate_lookup_key(kind, key) == key
+    else:
+        with pytest.raises(ConfigError, match=f"^{kind} (id|key)"):
+            validate_lookup_key(kind, key)

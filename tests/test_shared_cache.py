@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from credpath.cli import cli
-from credpath.config import load_settings, parse_cache
+from credpath.config import load_settings, parse_cache, parse_shared
 from credpath.errors import ConfigError, MissingDependency
 from credpath.search_path import SearchPath
 from credpath.shared_cache import FileStore, SharedTier, parse_keys
@@ -146,8 +146,8 @@ def test_settings_choose_the_tier_from_file_env_and_default_path(tmp_path: Path)
     assert parse_cache({}, "t", {**env, "CREDPATH_CACHE_SHARED": "file:/tmp/a.db"}).shared == "file:/tmp/a.db"
     assert parse_cache({}, "t", env).shared is None  # no tier unless configured
     # The key: CREDPATH_CACHE_KEY (comma-separated keys rotate: the first encrypts).
-    settings = parse_cache({"shared": "file"}, "t", {**env, "CREDPATH_CACHE_KEY": f"{KEY},{OTHER_KEY}"})
-    assert settings.shared_keys == (KEY.encode(), OTHER_KEY.encode())
+    settings = parse_shared({"shared": "file"}, "t", {**env, "CREDPATH_CACHE_KEY": f"{KEY},{OTHER_KEY}"})
+    assert settings is not None and settings.keys == (KEY.encode(), OTHER_KEY.encode())
     assert KEY not in repr(settings)
 
 
@@ -187,23 +187,25 @@ def test_bad_shared_setting_exits_2_from_the_cli(tmp_path: Path) -> None:
 
 def test_key_falls_back_to_the_metastore_key_then_airflow_and_a_node_key_file(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    assert parse_cache(
-        {"shared": "file"}, "t", {"CREDPATH_HOME": str(home), "CREDPATH_FERNET_KEY": KEY}
-    ).shared_keys == (KEY.encode(),)
-    env = {"CREDPATH_HOME": str(home), "AIRFLOW__CORE__FERNET_KEY": OTHER_KEY}
-    assert parse_cache({"shared": "file", "shared_key": "airflow"}, "t", env).shared_keys == (
-        OTHER_KEY.encode(),
+
+    def _keys(raw: dict[str, Any], origin: str, env: dict[str, str]) -> tuple[bytes, ...]:
+        shared = parse_shared(raw, origin, env)
+        assert shared is not None
+        return shared.keys
+
+    assert _keys({"shared": "file"}, "t", {"CREDPATH_HOME": str(home), "CREDPATH_FERNET_KEY": KEY}) == (
+        KEY.encode(),
     )
+    env = {"CREDPATH_HOME": str(home), "AIRFLOW__CORE__FERNET_KEY": OTHER_KEY}
+    assert _keys({"shared": "file", "shared_key": "airflow"}, "t", env) == (OTHER_KEY.encode(),)
     home.mkdir()
     (home / "fernet.key").write_text(OTHER_KEY + "\n")
-    assert parse_cache({"shared": "file"}, "t", {"CREDPATH_HOME": str(home)}).shared_keys == (
-        OTHER_KEY.encode(),
-    )
+    assert _keys({"shared": "file"}, "t", {"CREDPATH_HOME": str(home)}) == (OTHER_KEY.encode(),)
     (home / "fernet.key").unlink()
     # Nothing configured: the file tier makes a node-local key, private, and reuses it.
-    first = parse_cache({"shared": "file"}, "t", {"CREDPATH_HOME": str(home)}).shared_keys
+    first = _keys({"shared": "file"}, "t", {"CREDPATH_HOME": str(home)})
     assert stat.S_IMODE((home / "cache.key").stat().st_mode) == 0o600
-    assert parse_cache({"shared": "file"}, "t", {"CREDPATH_HOME": str(home)}).shared_keys == first
+    assert _keys({"shared": "file"}, "t", {"CREDPATH_HOME": str(home)}) == first
 
 
 def test_redis_tier_without_redis_py_is_a_missing_dependency(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,6 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from credpath.errors import AccessDenied, ConfigError
@@ -61,6 +60,8 @@ _AIRFLOW_SELF_SETTINGS = (
     "AIRFLOW__SECRETS__BACKEND_KWARGS",
     "AIRFLOW__WORKERS__SECRETS_BACKEND",
     "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS",
+    "AIRFLOW__SECRETS__BACKENDS_ORDER",
+    "AIRFLOW__WORKERS__BACKENDS_ORDER",
 )
 _AIRFLOW_SELF_PREFIXES = ("AIRFLOW__SECRETS__BACKEND_KWARG__", "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__")
 
@@ -89,54 +90,24 @@ def _build_search_path(
     env: Mapping[str, str],
     overrides: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SearchPath:
-    from credpath.config import config_path, load_settings, parse_backends, parse_cache
-    from credpath.search_path import SearchPath
+    from dataclasses import replace
 
-    origin = _settings_origin()
-    if config is not None and backends is not None:
-        raise ConfigError(f"{origin}: give either 'config' or 'backends', not both")
-    # Without AIRFLOW__SECRETS__*, credpath's Airflow-default path can never point back at this class.
+    from credpath._settings import build_search_path, load_drop_in_settings
+
+    # Without Airflow's own secrets settings, credpath's Airflow-default path can never point back at this
+    # class, and Airflow applies its backends order around this backend itself.
     clean_env = {
         k: v
         for k, v in env.items()
         if k not in _AIRFLOW_SELF_SETTINGS and not k.startswith(_AIRFLOW_SELF_PREFIXES)
     }
-    if backends is not None:
-        specs = parse_backends(backends, origin=f"{origin} backends")
-        cache_settings = parse_cache(cache or {}, origin=f"{origin} cache", env=clean_env)
-    else:
-        if config is not None:
-            if not isinstance(config, str | os.PathLike) or not str(config).strip():
-                raise ConfigError(f"{origin}: 'config' must be the path of a credpath.toml file")
-            file = Path(config).expanduser()
-            if not file.is_file():
-                raise ConfigError(f"{origin}: 'config' points to {str(file)!r}, which is not a file")
-        else:
-            file = config_path(clean_env)
-            if file is None:
-                raise ConfigError(
-                    f"{origin}: needs 'config' (a credpath.toml path) or 'backends' "
-                    "(and no default credpath.toml was found via CREDPATH_CONFIG or CREDPATH_HOME)"
-                )
-        from credpath.config import read_toml
-
-        if "backends" not in read_toml(file):
-            # Airflow already adds its env and metastore backends after this one; a file without a
-            # [[backends]] list would only repeat them.
-            raise ConfigError(f"{file}: no [[backends]] list; {CLASS_PATH} needs the stores to search")
-        settings = load_settings(file, clean_env)
-        specs = settings.backends
-        cache_settings = (
-            parse_cache(cache, origin=f"{origin} cache", env=clean_env)
-            if cache is not None
-            else settings.cache
-        )
-    for spec in specs:
+    settings = load_drop_in_settings(_settings_origin(), config, backends, cache, clean_env)
+    for spec in settings.backends:
         if spec.type == CLASS_PATH or spec.type.endswith(".airflow.CredpathBackend"):
             raise ConfigError(f"{spec.origin}: {CLASS_PATH} cannot be one of its own backends")
     if overrides:
-        specs = route_overrides(specs, overrides)
-    path = SearchPath(specs, cache=cache_settings)
+        settings = replace(settings, backends=tuple(route_overrides(list(settings.backends), overrides)))
+    path = build_search_path(settings)
     _prepare(path)
     return path
 

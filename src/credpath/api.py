@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from credpath.model import Connection
+from credpath.model import Connection, validate_lookup_key
 from credpath.search_path import _UNSET, SearchPath
 
 __all__ = ["default_search_path", "get_config", "get_connection", "get_variable", "set_default_search_path"]
@@ -18,15 +18,18 @@ _lock = threading.Lock()
 def default_search_path() -> SearchPath:
     """The process-wide search path behind :func:`get_connection` and friends.
 
-    Built on first use with :meth:`SearchPath.from_config` (``credpath.toml``, ``CREDPATH_*`` and Airflow's
-    ``[secrets]`` settings), then shared: one set of backend clients (one Vault login) per process.
-    Thread-safe. Raises :class:`~credpath.errors.ConfigError` if the configuration is wrong.
+    Built on first use by the settings builder, as the CLI and the Airflow drop-in build theirs
+    (``credpath.toml``, ``CREDPATH_*`` and Airflow's ``[secrets]`` settings), then shared: one set of
+    backend clients (one Vault login) per process. Thread-safe. Raises
+    :class:`~credpath.errors.ConfigError` if the configuration is wrong.
     """
     global _default
     if _default is None:
         with _lock:
             if _default is None:
-                _default = SearchPath.from_config()
+                from credpath._settings import search_path_from_config
+
+                _default = search_path_from_config()
     return _default
 
 
@@ -56,8 +59,10 @@ def get_connection(conn_id: str, *, team_name: str | None = None) -> Connection:
         NotFound: every backend answered and none has it (also a ``KeyError``).
         BackendUnavailable: nothing was found and at least one backend failed (an outage, not a miss).
         AccessDenied: a store refused the caller (never falls through to a later backend).
-        ConfigError: a setting is wrong, or a store's client library is not installed.
+        ConfigError: a setting is wrong, ``conn_id`` is not a valid Airflow connection id (empty, a
+            space), or a store's client library is not installed.
     """
+    validate_lookup_key("connection", conn_id)
     return default_search_path().get_connection(conn_id, team_name=team_name)
 
 
@@ -81,6 +86,7 @@ def get_variable(
             stands in for a missing value, not for an outage.
         AccessDenied, ConfigError: as for :func:`get_connection`.
     """
+    validate_lookup_key("variable", key)
     return default_search_path().get_variable(
         key, default, deserialize_json=deserialize_json, team_name=team_name
     )
@@ -91,4 +97,5 @@ def get_config(key: str, default: Any = _UNSET, *, team_name: str | None = None)
 
     As :func:`get_variable` (``default``, ``NotFound``, ``BackendUnavailable``), without JSON parsing.
     """
+    validate_lookup_key("config", key)
     return default_search_path().get_config(key, default, team_name=team_name)

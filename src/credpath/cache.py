@@ -43,9 +43,9 @@ class CacheSettings:
     #: Seconds after expiry during which a value may still be served if its backend fails (0: never).
     stale_if_error: float = DEFAULT_STALE_IF_ERROR
     #: The shared second tier (:mod:`credpath.shared_cache`), normalized: "file:/abs/path" or a Redis URL;
-    #: None for none. ``shared_keys``: its Fernet keys (the first encrypts), resolved at start-up.
+    #: None for none. Its keys are not here: the settings builder resolves them once (``_settings``), and a
+    #: search path built in code with only this reads them as the config would.
     shared: str | None = field(default=None, repr=False)
-    shared_keys: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
     #: Lease of the cross-process single-flight lock: a waiter takes over from a holder this much late.
     shared_lease: float = 5.0
 

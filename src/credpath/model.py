@@ -28,6 +28,7 @@ __all__ = [
     "mask_sensitive",
     "sanitize_conn_id",
     "validate_key",
+    "validate_lookup_key",
 ]
 
 
@@ -102,6 +103,36 @@ def validate_key(key: str, max_length: int = 250, what: str = "key") -> None:
         )
     if ".." in key and not _airflow_bool(os.environ.get("AIRFLOW__CORE__ALLOW_DOUBLE_DOT_IN_IDS")):
         raise ConfigError(f"{what} {key!r} must not contain consecutive dots ('..')")
+
+
+#: Airflow's ID_LEN: the longest variable key its metastore holds.
+KEY_MAX_LEN = 250
+_LOOKUP_WHAT = {"connection": "connection id", "variable": "variable key", "config": "config key"}
+
+
+def validate_lookup_key(kind: str, key: object) -> str:
+    """``key`` if it can name a ``kind`` at all, else a ConfigError naming it: bad input, not a miss.
+
+    A connection id must be what Airflow's ``Connection`` keeps (``sanitize_conn_id``: letters, digits and
+    ``_#!()-.:/\\``, at most 250): Airflow drops any other id, so no store can answer it. Variable and
+    config keys must be non-empty, at most 250 characters, without whitespace or control characters
+    (Airflow validates no read key; these can name nothing in any store credpath reads).
+    """
+    what = _LOOKUP_WHAT.get(kind, "key")
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{what} must be a non-empty string")
+    if kind == "connection":
+        if sanitize_conn_id(key) != key:
+            raise ConfigError(
+                f"{what} {key[:60]!r} is invalid: Airflow allows letters, digits and _#!()-.:/\\ only, "
+                f"at most {CONN_ID_MAX_LEN} characters"
+            )
+    elif len(key) > KEY_MAX_LEN or any(c.isspace() or not c.isprintable() for c in key):
+        raise ConfigError(
+            f"{what} {key[:60]!r} is invalid: no spaces or control characters, "
+            f"at most {KEY_MAX_LEN} characters"
+        )
+    return key
 
 
 def is_sensitive_name(name: str) -> bool:

@@ -13,7 +13,6 @@ asked live, ahead of a cached answer from a later backend.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
@@ -26,7 +25,7 @@ from credpath._lookup.resolution import resolve
 from credpath._lookup.state import LookupState, shared_tier_for
 from credpath._lookup.trace import LookupContext
 from credpath.cache import ABSENT, CacheSettings, TTLCache
-from credpath.config import BackendSpec, Settings, load_settings
+from credpath.config import BackendSpec, Settings
 from credpath.errors import BackendUnavailable, ConfigError, NotFound
 from credpath.masking import Masker, default_masker
 from credpath.model import Connection
@@ -89,8 +88,9 @@ class SearchPath(LookupState):
         *,
         backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> SearchPath:
-        settings = load_settings(path, env)
-        return cls.from_settings(settings, backend_kwargs=backend_kwargs)
+        from credpath._settings import search_path_from_config
+
+        return search_path_from_config(path, env, backend_kwargs=backend_kwargs)
 
     @classmethod
     def from_settings(
@@ -103,22 +103,9 @@ class SearchPath(LookupState):
         """The configured search path; ``backend_kwargs`` ({backend name: {kwarg: value}}) overrides
         configured backends' kwargs: how a CLI flag that is a store setting (``--on-deleted``) builds the
         backend with it."""
-        kwargs.setdefault("breaker", settings.breaker)
-        specs = list(settings.backends)
-        if backend_kwargs:
-            names = [spec.name for spec in specs]
-            unknown = sorted(set(backend_kwargs) - set(names))
-            if unknown:
-                raise ConfigError(
-                    f"no backend named {unknown[0]!r} in the search path (have: {', '.join(names)})"
-                )
-            specs = [
-                replace(spec, kwargs={**spec.kwargs, **backend_kwargs[spec.name]})
-                if spec.name in backend_kwargs
-                else spec
-                for spec in specs
-            ]
-        return cls(specs, cache=settings.cache, **kwargs)
+        from credpath._settings import build_search_path
+
+        return build_search_path(settings, backend_kwargs=backend_kwargs, **kwargs)
 
     def backend(self, name: str) -> Backend:
         return self._entry(name).backend

@@ -314,7 +314,7 @@ def test_settings_are_one_frozen_checked_value() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
-        ({"timeout": 0}, "timeout"),
+        ({"timeout": -7}, "timeout"),
         ({"soft_delete": "yes"}, "soft_delete"),
         ({"use_team_secrets_path": "no"}, "use_team_secrets_path"),
         ({"verify": 3}, "verify"),

@@ -534,7 +534,10 @@ def test_settings_build_the_tier_with_the_given_key(
     monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
     backend = MemoryBackend(variables={"k": VALUE})
     items = [("m", backend)]
-    path = SearchPath(items, cache=shared_settings(shared=f"file:{db}", shared_keys=(KEY,)))
+    from credpath._settings import SharedTierSettings, open_shared_tier
+
+    tier = SharedTierSettings(url=f"file:{db}", keys=(KEY,))
+    path = SearchPath(items, cache=shared_settings(), shared=open_shared_tier(tier, items))
     assert path.get_variable("k") == VALUE
     reader = SharedTier(FileStore(db), [KEY], scope_of(items))
     entry = reader.get(CKEY)

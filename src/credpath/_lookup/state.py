@@ -210,15 +210,12 @@ class LookupState:
 
 def shared_tier_for(settings: CacheSettings, backends: list[Any]) -> SharedTierLike:
     """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
+    import os
+
+    from credpath.config import credpath_home
     from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
 
-    keys = list(settings.shared_keys)
-    shared = settings.shared or ""
-    if not keys:  # CacheSettings built in code, not parsed: resolve as the config would
-        import os
-
-        from credpath.config import credpath_home
-
-        shared = normalize_shared(shared, credpath_home())
-        keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
+    # CacheSettings built in code (the settings builder hands its resolved tier over): resolve as config does.
+    shared = normalize_shared(settings.shared or "", credpath_home())
+    keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
     return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
+from credpath._settings import TIMEOUT, check_number
 from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
 from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
@@ -179,8 +180,7 @@ class AwsSession:
         ):
             if value is not None and not isinstance(value, dict):
                 raise bad(f"{setting} must be an object")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise bad("timeout must be a positive number of seconds")
+        check_number(timeout, TIMEOUT, "timeout", bad)
         if verify is not None and not isinstance(verify, bool | str):
             raise bad("verify must be true, false or a CA bundle path")
         if use_ssl is not None and not isinstance(use_ssl, bool):

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from credpath._settings import RETRIES, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.deadlines import (
@@ -159,9 +160,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
             raise self.config_error("vault_url must be the https:// URL of the vault")
         if not isinstance(sep, str) or not re.fullmatch(r"[0-9a-zA-Z-]*", sep):
             raise self.config_error("sep must consist of letters, digits or '-' (Key Vault name characters)")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise self.config_error("timeout must be a positive number of seconds")
-        self.timeout = float(timeout)
+        self.timeout = check_number(timeout, TIMEOUT, "timeout", self.config_error)
         self.vault_url = vault_url.rstrip("/")
         # The provider strips a trailing sep from the prefix and maps every "_" to sep (Key Vault names
         # allow no "_"); it refuses team-separator ids for config too, but scopes only connections and
@@ -187,8 +186,8 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         # azure-core's retry_total (retries after the first try) sets credpath's tries; the SDK's own
         # retries stay off so that every wait happens inside the deadline.
         retries = self.client_kwargs.pop("retry_total", None)
-        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-            raise self.config_error("retry_total must be a non-negative integer")
+        if retries is not None:
+            check_number(retries, RETRIES, "retry_total", self.config_error)
         self.policy = RetryPolicy(attempts=DEFAULT_ATTEMPTS if retries is None else retries + 1)
         self.connection_timeout = min(
             float(self.client_kwargs.pop("connection_timeout", DEFAULT_CONNECT_TIMEOUT)), self.timeout

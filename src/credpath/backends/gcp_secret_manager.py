@@ -36,6 +36,7 @@ import re
 import threading
 from typing import Any, ClassVar, Unpack
 
+from credpath._settings import TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.deadlines import (
@@ -189,9 +190,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         if version != "latest" and not (version.isdigit() and int(version) > 0):
             raise self.config_error("version must be 'latest' or a positive version number")
         self.version = version
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise self.config_error("timeout must be a positive number of seconds")
-        self.timeout = float(timeout)
+        self.timeout = check_number(timeout, TIMEOUT, "timeout", self.config_error)
         self.policy = RetryPolicy(attempts=DEFAULT_ATTEMPTS)
         if transport not in (None, "grpc", "rest"):
             raise self.config_error("transport must be 'grpc' or 'rest'")

@@ -63,6 +63,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
+from credpath._settings import COUNT, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming, PrefixNamedBackend
 from credpath.deadlines import (
     Deadline,
@@ -160,12 +161,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                 "namespace must be a Kubernetes namespace name (lower case letters, digits, '-'; at most 63)"
             )
         self._namespace = namespace
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise self.config_error("timeout must be a positive number of seconds")
-        self.timeout = float(timeout)
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            raise self.config_error("page_size must be a positive integer")
-        self.page_size = page_size
+        self.timeout = check_number(timeout, TIMEOUT, "timeout", self.config_error)
+        self.page_size = check_number(page_size, COUNT, "page_size", self.config_error)
         if in_cluster not in (None, True, False):
             raise self.config_error("in_cluster must be true, false or null")
         if host is not None and (not isinstance(host, str) or not host.startswith(("http://", "https://"))):

@@ -54,9 +54,9 @@ class State:
     @property
     def search_path(self) -> SearchPath:
         if self._search_path is None:
-            from credpath.search_path import SearchPath
+            from credpath._settings import search_path_from_config
 
-            self._search_path = SearchPath.from_config(self.config, backend_kwargs=self.backend_kwargs)
+            self._search_path = search_path_from_config(self.config, backend_kwargs=self.backend_kwargs)
         return self._search_path
 
     def configure_backend(self, name: str, flag: str, **settings: Any) -> None:

@@ -127,6 +127,10 @@ def get_command(
     state: State, conn_ids: tuple[str, ...], as_json: bool, reveal: bool, team: str | None
 ) -> None:
     """Resolve one or more connections through the search path (several ids are fetched in batches)."""
+    from credpath.model import validate_lookup_key
+
+    for conn_id in conn_ids:  # bad input (exit 2) before any store is asked, not "not found"
+        validate_lookup_key("connection", conn_id)
     search_path = state.search_path
     if len(conn_ids) > 1 and not team:  # prefetch fills the team-less cache only
         search_path.prefetch(connections=list(conn_ids))

@@ -45,6 +45,9 @@ def explain_command(
     "tier" says what served the answer: process (in-process cache), shared (the shared tier), store
     (the backends were asked) or stale (a failed refresh; the last good value).
     """
+    from credpath.model import validate_lookup_key
+
+    validate_lookup_key(_KINDS[kind], key)
     explanation = state.search_path.explain(_KINDS[kind], key, team_name=team_name, use_cache=use_cache)
     attempts = [
         {
@@ -168,7 +171,11 @@ def backends_list(state: State, as_json: bool) -> None:
     if as_json:
         echo_json([{"name": n, "backend": d, "on_error": o} for n, d, o in rows])
     else:
+        from credpath._settings import backends_order
+
         echo_table(("name", "backend", "on_error"), rows)
+        order = backends_order(state.search_path)
+        click.echo(f"order: {', '.join(order.names)} (from {order.source})")
 
 
 @backends_group.command("check")

@@ -49,6 +49,9 @@ def get_command(
     state: State, key: str, as_json: bool, reveal: bool, default: str | None, team: str | None
 ) -> None:
     """Resolve a variable. Values of sensitive keys are masked unless --reveal."""
+    from credpath.model import validate_lookup_key
+
+    validate_lookup_key("variable", key)  # bad input (exit 2), not "not found"
     resolution = state.search_path.lookup("variable", key, **team_kwargs(team))
     if resolution is None:
         if default is None:

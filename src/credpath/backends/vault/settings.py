@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from credpath._settings import PORT, TIMEOUT, Number, check_number
 from credpath.backends.vault.auth import AUTH_METHODS, AUTH_TYPES, DEFAULT_KUBERNETES_JWT_PATH
 from credpath.errors import ConfigError
 
@@ -133,95 +134,121 @@ class VaultSettings:
         auth_type = kwargs.pop("auth_type", "token")
         if auth_type not in AUTH_TYPES:
             raise fail(f"auth_type {auth_type!r} is not one of: {', '.join(AUTH_TYPES)}")
-        for name in _STRINGS:
-            if kwargs.get(name) is not None and not isinstance(kwargs[name], str):
-                raise fail(f"{name} must be a string")
-        kv_engine_version = kwargs.pop("kv_engine_version", 2)
-        if kv_engine_version is None:
-            kv_engine_version = 2  # Airflow's client: ``kv_engine_version or 2``
-        if kv_engine_version not in (1, 2, "auto") or isinstance(kv_engine_version, bool):
-            raise fail(
-                f"kv_engine_version must be 1, 2 or 'auto' (detect per mount), got {kv_engine_version!r}"
+        try:
+            # Every given kwarg through its rule; the backend's own ones leave ``kwargs``, the client's stay.
+            for name, rule in _RULES.items():
+                if kwargs.get(name) is not None:
+                    kwargs[name] = rule(kwargs[name], name)
+            own = {name: kwargs.pop(name, default) for name, default in _BACKEND_DEFAULTS.items()}
+            own["kv_engine_version"] = _kv_engine_version(own["kv_engine_version"])
+            paths = _all_paths(own)
+            mount = kwargs.get("auth_mount_point")
+            client = ClientSettings(
+                url=url.rstrip("/"),
+                auth_type=auth_type,
+                **{**kwargs, "auth_mount_point": mount.strip("/") if mount else None},
             )
-        assume_role_kwargs = kwargs.get("assume_role_kwargs")
-        if assume_role_kwargs is not None and not isinstance(assume_role_kwargs, dict):
-            raise fail("assume_role_kwargs must be an object of STS AssumeRole arguments")
-        timeout = kwargs.pop("timeout", DEFAULT_TIMEOUT)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise fail("timeout must be a positive number of seconds")
-        use_team_secrets_path = kwargs.pop("use_team_secrets_path", True)
-        if not isinstance(use_team_secrets_path, bool):
-            raise fail("use_team_secrets_path must be true or false")
-        soft_delete = kwargs.pop("soft_delete", False)
-        if not isinstance(soft_delete, bool):
-            raise fail("soft_delete must be true or false")
-        verify = kwargs.get("verify", True)
-        if not isinstance(verify, bool | str):
-            raise fail("verify must be true, false or the path of a CA bundle")
-        cert = kwargs.get("cert")
-        if isinstance(cert, list | tuple):
-            if len(cert) != 2 or not all(isinstance(c, str) for c in cert):
-                raise fail("cert must be a path or a [certificate, key] pair of paths")
-            cert = (cert[0], cert[1])
-        elif cert is not None and not isinstance(cert, str):
-            raise fail("cert must be a path or a [certificate, key] pair of paths")
-        proxies = kwargs.get("proxies")
-        if proxies is not None and not isinstance(proxies, dict):
-            raise fail("proxies must be an object of scheme -> proxy URL")
-        radius_port = kwargs.get("radius_port")
-        if radius_port is not None and (isinstance(radius_port, bool) or not isinstance(radius_port, int)):
-            raise fail("radius_port must be an integer")
-        mount_point = kwargs.pop("mount_point", "secret")
-        if mount_point is not None and not isinstance(mount_point, str):
-            raise fail("mount_point must be a string or null")
-        paths = {
-            name: _clean_paths(kwargs.pop(name, default), name, fail)
-            for name, default in (
-                ("connections_path", "connections"),
-                ("variables_path", "variables"),
-                ("config_path", "config"),
-            )
-        }
-        global_secrets_path = kwargs.pop("global_secrets_path", None)
-        if global_secrets_path is not None:
-            if not isinstance(global_secrets_path, str):
-                raise fail("global_secrets_path must be a string")
-            # Airflow 4.8.4: deprecated (the backend warns); every kind's last fallback path.
-            extra = global_secrets_path.strip("/")
-            paths = {name: (*(found or ()), extra) for name, found in paths.items()}
-        mount = kwargs.get("auth_mount_point")
-        client = ClientSettings(
-            url=url.rstrip("/"),
-            auth_type=auth_type,
-            **{
-                **kwargs,
-                "auth_mount_point": mount.strip("/") if mount else None,
-                "cert": cert,
-                "verify": verify,
-            },
-        )
-        for group in AUTH_METHODS[auth_type].required:
-            if not any(getattr(client, name) for name in group):
-                raise fail(f"auth_type {auth_type!r} needs {' or '.join(group)}")
+            _check_auth(client)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        mount_point = own.pop("mount_point")
         return cls(
             client=client,
-            use_team_secrets_path=use_team_secrets_path,
             mount_point=mount_point.strip("/") if mount_point else None,
-            kv_engine_version=kv_engine_version,
-            timeout=float(timeout),
-            soft_delete=soft_delete,
+            **own,
             **paths,
         )
 
 
-def _clean_paths(
-    paths: PathSetting, setting: str, fail: Callable[[str], ConfigError]
-) -> tuple[str, ...] | None:
+# --- the rules: one per kwarg that is checked (the others are taken as given) ----------------------------
+
+
+def _all_paths(own: dict[str, Any]) -> dict[str, Any]:
+    """Each kind's paths, with the deprecated ``global_secrets_path`` (Airflow 4.8.4: the backend warns)
+    as every kind's last fallback."""
+    paths = {name: _clean_paths(own.pop(name), name) for name in _PATHS}
+    extra = own.pop("global_secrets_path")
+    if extra is None:
+        return paths
+    return {name: (*(found or ()), extra.strip("/")) for name, found in paths.items()}
+
+
+def _check_auth(client: ClientSettings) -> None:
+    """The auth method's required settings (:data:`AUTH_METHODS`): each group needs one set."""
+    for group in AUTH_METHODS[client.auth_type].required:
+        if not any(getattr(client, name) for name in group):
+            raise ConfigError(f"auth_type {client.auth_type!r} needs {' or '.join(group)}")
+
+
+Rule = Callable[[Any, str], Any]
+
+
+def _of(types: type | tuple[type, ...], what: str) -> Rule:
+    def check(value: Any, name: str) -> Any:
+        # bool is an int: a rule for numbers or strings never takes it unless it names bool.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+            raise ConfigError(f"{name} must be {what}")
+        return value
+
+    return check
+
+
+def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _number(rule: Number) -> Rule:
+    return lambda value, name: check_number(value, rule, name)  # raised ConfigError: wrapped by ``fail``
+
+
+def _cert(value: Any, name: str) -> str | tuple[str, str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(c, str) for c in value):
+        return (value[0], value[1])
+    raise ConfigError(f"{name} must be a path or a [certificate, key] pair of paths")
+
+
+def _kv_engine_version(value: Any) -> KvVersion:
+    if value is None:
+        return 2  # Airflow's client: ``kv_engine_version or 2``
+    if value not in (1, 2, "auto") or isinstance(value, bool):
+        raise ConfigError(f"kv_engine_version must be 1, 2 or 'auto' (detect per mount), got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+_RULES: dict[str, Rule] = {
+    **{name: _of(str, "a string") for name in _STRINGS},
+    "global_secrets_path": _of(str, "a string"),
+    "mount_point": _of(str, "a string or null"),
+    "assume_role_kwargs": _of(dict, "an object of STS AssumeRole arguments"),
+    "proxies": _of(dict, "an object of scheme -> proxy URL"),
+    "verify": _of((bool, str), "true, false or the path of a CA bundle"),
+    "use_team_secrets_path": _of(bool, "true or false"),
+    "soft_delete": _of(bool, "true or false"),
+    "cert": _cert,
+    "timeout": _number(TIMEOUT),
+    "radius_port": _number(PORT),
+}
+_PATHS = {"connections_path": "connections", "variables_path": "variables", "config_path": "config"}
+#: The kwargs the backend itself uses (not the session), with Airflow's defaults.
+_BACKEND_DEFAULTS: dict[str, Any] = {
+    "use_team_secrets_path": True,
+    "mount_point": "secret",
+    "kv_engine_version": 2,
+    "timeout": DEFAULT_TIMEOUT,
+    "soft_delete": False,
+    "global_secrets_path": None,
+    **_PATHS,
+}
+
+
+def _clean_paths(paths: PathSetting, setting: str) -> tuple[str, ...] | None:
     """Airflow 4.8.4: a path or a list of paths tried in order; null switches the kind off."""
     if paths is None:
         return None
     if isinstance(paths, str):
         paths = [paths]
     if not isinstance(paths, list | tuple) or not all(isinstance(p, str) for p in paths):
-        raise fail(f"{setting} must be a string, a list of strings or null")
+        raise ConfigError(f"{setting} must be a string, a list of strings or null")
     return tuple(p.strip("/") for p in paths)
