@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from credpath.model import Connection, is_sensitive_name
+from credpath.masking import redact_text_value, redact_value
+from credpath.model import Connection
 
 __all__ = [
     "MASK",
@@ -23,13 +24,21 @@ MASK = "***"
 
 
 def connection_record(conn: Connection, source: str | None, reveal: bool) -> dict[str, Any]:
-    data = conn.to_dict() if reveal else conn.masked_dict(MASK)
+    data = conn.to_dict()
+    if not reveal:
+        if data["password"] is not None:
+            data["password"] = MASK
+        if data["extra"]:
+            # Sensitive keys at any depth, whatever their values' type (a number, a list).
+            data["extra"] = redact_value(data["extra"])
     data["source"] = source
     return data
 
 
 def variable_value(key: str, value: str, reveal: bool) -> str:
-    return value if reveal or not is_sensitive_name(key) else MASK
+    """The value as shown: in clear with ``--reveal``; else masked whole under a sensitive key, and a
+    JSON value's sensitive keys masked at any depth (as Airflow's API shows variables)."""
+    return value if reveal else redact_text_value(value, key)
 
 
 def echo_json(data: Any) -> None:
