@@ -83,6 +83,7 @@ def create_app(
     app.state.search_path = search_path
     pages: PageCache[Any] = PageCache(cache_seconds)
     limiter = RateLimiter(store_requests_per_minute)
+    app.state.pages, app.state.limiter = pages, limiter
     check_host = token is None and allowed_hosts is not None
     extra_hosts = tuple(allowed_hosts or ())
 
