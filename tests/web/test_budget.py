@@ -17,17 +17,13 @@ from credpath.search_path import SearchPath
 from credpath.web.app import create_app
 from credpath.web.budget import PageCache, RateLimiter, host_allowed, host_name
 from tests.memory_backend import MemoryBackend
+from tests.web.test_app import _metrics  # noqa: F401 - the fixture: metrics on, reset around each test
 
 NESTED_PASSWORD = "nested-pw-s3cr3t-1"
 NESTED_KEY = "nested-key-s3cr3t-2"
 
 
-@pytest.fixture(autouse=True)
-def _metrics():
-    metrics.reset()
-    yield
-    metrics.disable()
-    metrics.reset()
+pytestmark = pytest.mark.usefixtures("_metrics")
 
 
 def make_path() -> SearchPath:

@@ -127,11 +127,15 @@ def airflow_connection(conn: Connection, reveal: bool) -> dict[str, Any]:
     extra = conn.extra_dejson if conn.extra else {}
     uri = conn.get_uri()
     if not reveal:
-        if conn.password:
-            from dataclasses import replace
+        from dataclasses import replace
 
-            uri = replace(conn, password=MASK).get_uri()
         extra = redact_value(extra)
+        masked = replace(
+            conn,
+            password=MASK if conn.password else conn.password,
+            extra=json.dumps(extra) if conn.extra else conn.extra,
+        )
+        uri = masked.get_uri().replace("%2A%2A%2A", MASK)  # the URI quotes the mask: show it as masked
     return {
         "id": None,
         "conn_id": conn.conn_id,
@@ -165,7 +169,8 @@ def echo_as(records: Sequence[dict[str, Any]], output: str) -> None:
         echo_table(list(data[0]), [[_cell(v) for v in row.values()] for row in data])
     else:
         headers = list(data[0])
-        cells = [headers, *([_cell(v) for v in row.values()] for row in data)]
+        # tabulate (Airflow's plain renderer) prints None as an empty cell.
+        cells = [headers, *(["" if v is None else _cell(v) for v in row.values()] for row in data)]
         widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
         for row in cells:  # tabulate's "plain": columns two spaces apart, no rules
             click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
