@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - `run` is the CliRunner fixture imported from test_cli_airflow_habits
 """The CLI's output as people use it: Airflow's -o formats, one-line usage errors, tables off a terminal,
 empty lists, team-owned ids, nested secrets in values, stdout exports, `credpath web`'s own refusals."""
 
@@ -13,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from credpath.api import set_default_search_path
-from credpath.cli import cli
+from tests.cli.test_cli_airflow_habits import run  # noqa: F401 - the CliRunner fixture
 from tests.conftest import assert_no_secret
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,25 +39,13 @@ AIRFLOW_GET_KEYS = [
 ]
 
 
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    for name in ("CREDPATH_CONFIG", "CREDPATH_METASTORE_URL", "CREDPATH_FERNET_KEY", "COLUMNS"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
     for name in list(os.environ):
         if name.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__")):
             monkeypatch.delenv(name, raising=False)
-    set_default_search_path(None)
-    runner = CliRunner()
-
-    def invoke(*args: str, reveal_ok: bool = False, input: str | None = None):
-        result = runner.invoke(cli, list(args), catch_exceptions=False, input=input)
-        if not reveal_ok:
-            assert_no_secret(result.stdout)
-            assert_no_secret(result.stderr)
-        return result
-
-    yield invoke
+    yield
     set_default_search_path(None)
 
 
