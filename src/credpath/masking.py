@@ -378,13 +378,13 @@ def redact(text: str) -> str:
 
 def redact_value(value: Any, name: str | None = None, masker: Masker | None = None) -> Any:
     """:meth:`Masker.redact_value` on ``masker`` (default: the process's masker)."""
-    return (masker or _default_masker).redact_value(value, name)
+    return (masker if masker is not None else _default_masker).redact_value(value, name)
 
 
 def redact_text_value(text: str, name: str | None = None, masker: Masker | None = None) -> str:
     """:meth:`Masker.redact_text_value` on ``masker`` (default: the process's masker): the one function
     every output (web, CLI tables and JSON, explain) shows a stored value through."""
-    return (masker or _default_masker).redact_text_value(text, name)
+    return (masker if masker is not None else _default_masker).redact_text_value(text, name)
 
 
 class MaskingFilter(logging.Filter):
@@ -392,7 +392,7 @@ class MaskingFilter(logging.Filter):
 
     def __init__(self, masker: Masker | None = None) -> None:
         super().__init__()
-        self.masker = masker or _default_masker
+        self.masker = masker if masker is not None else _default_masker
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
