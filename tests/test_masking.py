@@ -105,7 +105,7 @@ def test_concurrent_registration_and_logging_never_leaks():
 
 
 def test_two_threads_registering_one_new_secret_never_log_it_in_clear():
-    # Issue 12: the early return in add() ran outside the lock; the second registrant of a secret the
+    # The early return in add() ran outside the lock; the second registrant of a secret the
     # first had only half-registered returned at once and logged it in clear. Frequent thread switches
     # make the window wide.
     import sys
@@ -138,7 +138,7 @@ def test_two_threads_registering_one_new_secret_never_log_it_in_clear():
 
 
 def test_a_line_after_a_one_mib_secret_costs_milliseconds():
-    # Issue 12: the first 200-byte line after a 1 MiB secret took 2.7-11.6 s (a 1 MiB regex compiled on
+    # Before: the first 200-byte line after a 1 MiB secret took 2.7-11.6 s (a 1 MiB regex compiled on
     # the logging path). Generous bound: 200 such lines in well under a second.
     import random
     import string
@@ -217,7 +217,7 @@ def test_second_registrant_never_returns_before_the_secret_is_masked():
     assert secret not in line and "***" in line
 
 
-# --- issue 16: the masker's edges, the public helpers and the log hook ------------------------------
+# --- the masker's edges, the public helpers and the log hook ------------------------------
 
 
 def test_duplicates_quoted_variants_clear_and_non_text():
@@ -261,7 +261,7 @@ def test_mask_secret_registers_in_the_default_masker_and_masks_logs(caplog):
     import credpath
     from credpath.masking import default_masker, redact
 
-    value = "issue16-mask-me-please"
+    value = "edges-mask-me-please"
     credpath.mask_secret(value)
     assert value in default_masker()._known
     assert redact(f"a {value} b") == "a *** b"
