@@ -63,7 +63,7 @@ def test_connections_get_output_json_has_airflows_shape_and_masks(run):
     assert record["port"] == "5432"  # Airflow prints every scalar as text
     assert record["extra_dejson"] == {"sslmode": "require", "api_key": "***"}
     assert "pw-s3cr3t" not in record["get_uri"] and "***" in record["get_uri"]
-    assert (record["id"], record["is_encrypted"]) == (None, "False")
+    assert (record["id"], record["is_encrypted"]) == (None, "True")
 
 
 @pytest.mark.reveals_secrets

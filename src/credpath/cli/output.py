@@ -122,7 +122,8 @@ def airflow_values(value: Any) -> Any:
 
 def airflow_connection(conn: Connection, reveal: bool) -> dict[str, Any]:
     """``ConnectionDisplayMapper.full_details``'s keys (Airflow 3.3.2's `connections get`): no database
-    row here, so ``id`` is None and the encryption flags False; without ``reveal`` the password, the
+    row here, so ``id`` is None; both encryption flags are what Airflow with a Fernet key prints (it
+    shows ``is_encrypted`` twice: true when a password is set). Without ``reveal`` the password, the
     sensitive extra keys and the URI's password are masked."""
     extra = conn.extra_dejson if conn.extra else {}
     uri = conn.get_uri()
@@ -146,8 +147,8 @@ def airflow_connection(conn: Connection, reveal: bool) -> dict[str, Any]:
         "login": conn.login,
         "password": conn.password if reveal or conn.password is None else MASK,
         "port": conn.port,
-        "is_encrypted": False,
-        "is_extra_encrypted": False,
+        "is_encrypted": bool(conn.password),
+        "is_extra_encrypted": bool(conn.password),
         "extra_dejson": extra,
         "get_uri": uri,
     }
