@@ -252,3 +252,18 @@ def test_web_on_a_busy_port_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("credpath: error:") and str(port) in lines[0]
     assert "serving" not in result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_explain_cache_on_a_shared_tier_hit_prints_no_empty_table(run, monkeypatch):
+    monkeypatch.setenv("CREDPATH_CACHE_SHARED", "file")
+    run("connections", "add", "my_db", "--uri", URI)
+    assert run("connections", "get", "my_db", "--json").exit_code == 0  # fills the shared tier
+    # Each command builds its own search path: an empty process cache, the file tier filled.
+    result = run("explain", "connection", "my_db", "--cache")
+    assert result.exit_code == 0, result.output
+    assert "┏" not in result.stdout and "└" not in result.stdout
+    assert result.stdout.splitlines() == [
+        "no backend asked: answered by the shared cache",
+        "served by: metastore (cached)",
+        "tier: shared",
+    ]
