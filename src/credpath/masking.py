@@ -421,7 +421,7 @@ def install_log_masking() -> None:
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         record.__class__ = _redacting_class(type(record))
-        record._credpath_masker = masker  # type: ignore[attr-defined]
+        record._credpath_masker = masker
         return record
 
     logging.setLogRecordFactory(factory)
@@ -436,7 +436,8 @@ def _redacting_class(base: type) -> type:
     if cls is None:
 
         def getMessage(self: logging.LogRecord) -> str:
-            return self._credpath_masker.redact(base.getMessage(self))  # type: ignore[attr-defined]
+            masker: Masker = self._credpath_masker  # type: ignore[attr-defined]
+            return masker.redact(base.getMessage(self))  # type: ignore[attr-defined]
 
         cls = type(f"Masked{base.__name__}", (base,), {"getMessage": getMessage})
         _redacting_classes[base] = cls

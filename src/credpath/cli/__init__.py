@@ -120,7 +120,7 @@ class CredpathGroup(click.Group):
     """The top-level group: click's usage errors (three lines, "Error: ...") become the one line every
     other failure prints, ``credpath: error: ...`` naming the command's help, exit 2."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Any = None,
         prog_name: str | None = None,

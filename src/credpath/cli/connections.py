@@ -201,7 +201,7 @@ def list_ids(
 
     if as_json and output:
         fail("give --json or -o/--output, not both")
-    listing = state.search_path.list_ids(kind)
+    listing = state.search_path.list_ids(kind)  # type: ignore[arg-type]
     unlistable, failed = listing.cannot_list, listing.failed
     view = team_view(state.search_path, kind, listing.found, team)
     found = view.found
@@ -352,7 +352,7 @@ def add_command(
             login=login,
             password=password,
             schema=schema,
-            port=port,
+            port=port,  # type: ignore[arg-type]  # Connection parses it (a bad port names the field)
             extra=extra,
         )
     to = state.write_target(to, "set_connection", "--on-deleted", on_deleted=on_deleted)

@@ -56,7 +56,7 @@ def get_command(
         value, source = default, None
     else:
         value, source = resolution.value, resolution.source
-    shown = variable_value(key, value, reveal)
+    shown = variable_value(key, "" if value is None else value, reveal)
     if as_json:
         echo_json({"key": key, "value": shown, "source": source})
     else:

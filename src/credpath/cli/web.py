@@ -6,8 +6,9 @@ import ipaddress
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -21,6 +22,8 @@ __all__ = [
     "read_token",
     "web_command",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN_ENV = "CREDPATH_WEB_TOKEN"
 DEFAULT_PORT = 8750
@@ -58,7 +61,7 @@ def read_token(token_file: Path | None) -> str | None:
     return token or None
 
 
-def _number_option(flag: str, high: float, default: float, text: str) -> Any:
+def _number_option(flag: str, high: float, default: float, text: str) -> Callable[[F], F]:
     return click.option(flag, type=click.FloatRange(0, high), default=default, show_default=True, help=text)
 
 
