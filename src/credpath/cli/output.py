@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from credpath.masking import redact_text_value, redact_value
 from credpath.model import Connection
 
 __all__ = [
@@ -34,6 +33,8 @@ def connection_record(conn: Connection, source: str | None, reveal: bool) -> dic
         if data["password"] is not None:
             data["password"] = MASK
         if data["extra"]:
+            from credpath.masking import redact_value
+
             # Sensitive keys at any depth, whatever their values' type (a number, a list).
             data["extra"] = redact_value(data["extra"])
     data["source"] = source
@@ -43,7 +44,11 @@ def connection_record(conn: Connection, source: str | None, reveal: bool) -> dic
 def variable_value(key: str, value: str, reveal: bool) -> str:
     """The value as shown: in clear with ``--reveal``; else masked whole under a sensitive key, and a
     JSON value's sensitive keys masked at any depth (as Airflow's API shows variables)."""
-    return value if reveal else redact_text_value(value, key)
+    if reveal:
+        return value
+    from credpath.masking import redact_text_value
+
+    return redact_text_value(value, key)
 
 
 def echo_json(data: Any) -> None:
@@ -129,6 +134,8 @@ def airflow_connection(conn: Connection, reveal: bool) -> dict[str, Any]:
     uri = conn.get_uri()
     if not reveal:
         from dataclasses import replace
+
+        from credpath.masking import redact_value
 
         extra = redact_value(extra)
         masked = replace(

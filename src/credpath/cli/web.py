@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +152,8 @@ def web_command(
 
 def bind(host: str, port: int) -> Any:
     """A listening socket on ``host``:``port``, or one line and exit 2 (a busy port, an unknown host)."""
+    import socket  # here: the other commands never need it
+
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
