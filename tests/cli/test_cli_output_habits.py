@@ -267,3 +267,17 @@ def test_explain_cache_on_a_shared_tier_hit_prints_no_empty_table(run, monkeypat
         "served by: metastore (cached)",
         "tier: shared",
     ]
+
+
+def test_list_with_a_team_shows_the_teams_environment_names(run, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    monkeypatch.setenv("AIRFLOW_CONN__TEAM_A___TEAM_DB", "postgres://team-host/db")
+    monkeypatch.setenv("AIRFLOW_CONN_GLOBAL_DB", "postgres://global-host/db")
+    plain = json.loads(run("connections", "list", "--json").stdout)
+    assert [i["id"] for i in plain["items"]] == ["global_db"]
+    team = json.loads(run("connections", "list", "--team", "team_a", "--json").stdout)
+    assert {(i["id"], i["source"], i["team"]) for i in team["items"]} == {
+        ("global_db", "env", None),
+        ("team_db", "env", "team_a"),
+    }
+    assert run("connections", "get", "team_db", "--team", "team_a").exit_code == 0

@@ -1,10 +1,10 @@
 """Which listed ids a caller can read, by team (Airflow 3's multi-team rule for the metastore).
 
 A store whose listing knows owners (its ``list_*`` method takes ``team_name``: the metastore, env) lists
-every team's ids, while a read sees only the global ones and the caller's team's
-(``team_name = :team OR team_name IS NULL``). So ``list`` asks such a store, once per listing in one
-batched read, which of the ids it listed the caller can read: another team's ids are left out (and
-counted), the caller's own team's are marked with the team.
+every team's ids (env: only the global names), while a read sees only the global ones and the caller's
+team's (``team_name = :team OR team_name IS NULL``). So ``list`` asks such a store for the team's own
+listing, then, in one batched read, which of the ids the caller can read: another team's ids are left out
+(and counted), the caller's own team's are marked with the team.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credpath import reading
-from credpath.protocol import accepts_team_name, supports
+from credpath.protocol import accepts_team_name, call_backend_method, supports
 
 __all__ = [
     "TeamView",
@@ -38,6 +38,15 @@ def team_view(search_path: Any, kind: str, found: dict[str, list[str]], team: st
         method = backend.list_connections if kind == "connection" else backend.list_variables
         if not accepts_team_name(method):
             continue
+        if team is not None:
+            # A team's own names the team-less listing leaves out (env: AIRFLOW_CONN__<TEAM>___<ID>).
+            try:
+                own = call_backend_method(method, team_name=team)
+            except Exception:
+                own = []
+            for key in own:
+                if key not in holders and entry.wants(kind, key):
+                    holders[key] = [entry.name]
         ids = [key for key, sources in holders.items() if entry.name in sources]
         if not ids:
             continue
