@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE_REF = "6da5087"  # main before the fault-tolerance work (issue 12)
+BEFORE_REF = "6da5087"  # main before the fault-tolerance work
 
 
 def before_src(ref: str) -> Path:

@@ -1,4 +1,4 @@
-"""Cloud stores under faults: time to error and requests per lookup, before and after (issue 12).
+"""Cloud stores under faults: time to error and requests per lookup, before and after.
 
 For AWS Secrets Manager (a moto server behind the loopback fault proxy of ``tests/servers/faults.py``), with
 default settings (no ``timeout``, no ``config_kwargs``): time to error against a listener that accepts and

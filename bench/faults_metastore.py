@@ -1,4 +1,4 @@
-"""Metastore and masker under faults (issue 12 points 9 and 10), measured with real processes and threads.
+"""Metastore and masker under faults, measured with real processes and threads.
 
 1. Lost writes during ``rotate_fernet_key``: another process keeps rewriting values while this one rotates;
    afterwards, how many values differ from the last one written (SQLite, and PostgreSQL when its server

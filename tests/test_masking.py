@@ -105,7 +105,7 @@ def test_concurrent_registration_and_logging_never_leaks():
 
 
 def test_two_threads_registering_one_new_secret_never_log_it_in_clear():
-    # Issue 12: the early return in add() ran outside the lock; the second registrant of a secret the
+    # The early return in add() ran outside the lock; the second registrant of a secret the
     # first had only half-registered returned at once and logged it in clear. Frequent thread switches
     # make the window wide.
     import sys
@@ -138,7 +138,7 @@ def test_two_threads_registering_one_new_secret_never_log_it_in_clear():
 
 
 def test_a_line_after_a_one_mib_secret_costs_milliseconds():
-    # Issue 12: the first 200-byte line after a 1 MiB secret took 2.7-11.6 s (a 1 MiB regex compiled on
+    # Before: the first 200-byte line after a 1 MiB secret took 2.7-11.6 s (a 1 MiB regex compiled on
     # the logging path). Generous bound: 200 such lines in well under a second.
     import random
     import string
@@ -217,7 +217,7 @@ def test_second_registrant_never_returns_before_the_secret_is_masked():
     assert secret not in line and "***" in line
 
 
-# --- issue 16: the masker's edges, the public helpers and the log hook ------------------------------
+# --- the masker's edges, the public helpers and the log hook ------------------------------
 
 
 def test_duplicates_quoted_variants_clear_and_non_text():
@@ -261,7 +261,7 @@ def test_mask_secret_registers_in_the_default_masker_and_masks_logs(caplog):
     import credpath
     from credpath.masking import default_masker, redact
 
-    value = "issue16-mask-me-please"
+    value = "edges-mask-me-please"
     credpath.mask_secret(value)
     assert value in default_masker()._known
     assert redact(f"a {value} b") == "a *** b"
@@ -359,3 +359,139 @@ def test_regex_fallback_prefers_the_longest_secret_at_a_position(monkeypatch):
     masker.add("abcdef-1-longer")
     assert masker.redact("[abcdef-1-longer]") == "[***]"
     assert masker.redact("[abcdef-1-]") == "[***-]"
+
+
+# --- urllib.parse.quote's default form ---------------------------------------------------------------
+
+
+def test_quote_default_form_keeps_the_slash_and_is_masked():
+    # Airflow's Connection registers quote(password) (safe="/"): "pass/word!" -> "pass/word%21".
+    from urllib.parse import quote
+
+    masker = Masker()
+    masker.add("pass/word!")
+    assert quote("pass/word!") == "pass/word%21"
+    line = "a pass/word%21 b pass%2Fword%21 c pass/word! d"
+    assert masker.redact(line) == "a *** b *** c *** d"
+
+
+# --- structured values (nested sensitive keys, any value type) ---------------------------------------
+
+
+def test_redact_value_masks_every_leaf_under_a_sensitive_key_whatever_its_type():
+    from credpath.masking import redact_value
+
+    masker = Masker()
+    value = {
+        "password": 12345,  # Airflow 3.3.2 returns 12345 here (its open gap)
+        "api_key": ["k1", 2, {"x": True}],
+        "nested": {"Secret-Pin": 4321, "region": "eu", "count": 3},
+        "token": None,  # nothing to hide
+        "list": [{"passwd": 1.5}, "plain"],
+    }
+    assert redact_value(value, masker=masker) == {
+        "password": "***",
+        "api_key": ["***", "***", {"x": "***"}],
+        "nested": {"Secret-Pin": "***", "region": "eu", "count": 3},
+        "token": None,
+        "list": [{"passwd": "***"}, "plain"],
+    }
+    assert redact_value(7, "db_password", masker=masker) == "***"
+    assert redact_value([1, "a"], "auth_token", masker=masker) == ["***", "***"]
+
+
+def test_redact_text_value_parses_json_and_keeps_unchanged_text_as_stored():
+    from credpath.masking import redact_text_value
+
+    masker = Masker()
+    masker.add("registered-s3cr3t")
+    assert (
+        redact_text_value('{"password": 1, "a": "b"}', "app_settings", masker)
+        == '{"password": "***", "a": "b"}'
+    )
+    assert redact_text_value('{"a":  "b"}', "app_settings", masker) == '{"a":  "b"}'
+    assert redact_text_value("x registered-s3cr3t y", "note", masker) == "x *** y"
+    assert redact_text_value("anything", "my_password", masker) == "***"
+    assert redact_text_value("[1, {", "note", masker) == "[1, {"  # not JSON: text
+
+
+def test_sensitive_key_names_are_normalized_as_airflow_does(monkeypatch):
+    from credpath.masking import is_sensitive_key
+
+    for name in ("API-Key", "db.password", "X Auth Token", "webhook_url", "DSN", "my_access_key"):
+        assert is_sensitive_key(name), name
+    for name in ("region", "app_settings", "host", 5):
+        assert not is_sensitive_key(name), name
+    monkeypatch.setenv("AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES", "pin, code")
+    assert is_sensitive_key("card_pin")
+
+
+# --- content patterns ([core] mask_secrets_content_patterns) ------------------------------------------
+
+CONTENT_SAMPLES = {
+    "aws_access_key": "AKIAIOSFODNN7EXAMPLE",
+    "aws_session_key": "ASIAIOSFODNN7EXAMPLE",
+    "github_token": "ghp_" + "a1B2" * 9,
+    "slack_token": "xoxb-1234567890-abcdefghij",
+    "google_api_key": "AIza" + "A" * 35,
+    "stripe_live_key": "sk_live_" + "a" * 24,
+    "pem_private_key_block": (
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    ),
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+}
+
+
+def test_content_patterns_are_off_by_default():
+    masker = Masker()
+    line = " ".join(CONTENT_SAMPLES.values())
+    assert masker.redact(line) == line
+
+
+def test_content_patterns_mask_each_known_format_and_keep_the_text_around():
+    masker = Masker(content_patterns=True)
+    for name, sample in CONTENT_SAMPLES.items():
+        assert masker.redact(f"before {sample} after") == "before *** after", name
+    # Near misses stay: a longer uppercase run, a short token, a lone PEM header.
+    for text in ("XAKIAIOSFODNN7EXAMPLEX", "ghp_short", "-----BEGIN RSA PRIVATE KEY----- only"):
+        assert masker.redact(text) == text
+
+
+def test_content_patterns_setting_is_airflows(monkeypatch):
+    from credpath.masking import CONTENT_PATTERNS_ENV
+
+    assert CONTENT_PATTERNS_ENV == "AIRFLOW__CORE__MASK_SECRETS_CONTENT_PATTERNS"
+    monkeypatch.setenv(CONTENT_PATTERNS_ENV, "True")
+    assert Masker().redact("k=AKIAIOSFODNN7EXAMPLE") == "k=***"
+    monkeypatch.setenv(CONTENT_PATTERNS_ENV, "false")
+    assert Masker().redact("k=AKIAIOSFODNN7EXAMPLE") == "k=AKIAIOSFODNN7EXAMPLE"
+
+
+def test_replacement_string_is_configurable():
+    masker = Masker(replacement="[hidden]", content_patterns=True)
+    masker.add("pw-registered")
+    assert masker.redact("a pw-registered b AKIAIOSFODNN7EXAMPLE") == "a [hidden] b [hidden]"
+    assert masker.redact("a pw-registered", replacement="<x>") == "a <x>"
+    assert masker.redact_value({"password": 1}) == {"password": "[hidden]"}
+
+
+def test_custom_content_patterns_and_an_invalid_one():
+    import pytest
+
+    masker = Masker(content_patterns=True)
+    masker.add_content_patterns({"ticket": r"\bTKT-[0-9]{6}\b"})
+    assert masker.redact("see TKT-123456 and AKIAIOSFODNN7EXAMPLE") == "see *** and ***"
+    with pytest.raises(ValueError, match="content pattern 'bad'"):
+        masker.add_content_patterns({"bad": "(unclosed"})
+
+
+def test_content_patterns_apply_inside_structured_values_and_log_records(caplog):
+    import logging
+
+    from credpath.masking import MaskingFilter
+
+    masker = Masker(content_patterns=True)
+    assert masker.redact_value({"note": "key AKIAIOSFODNN7EXAMPLE"}) == {"note": "key ***"}
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s", ("AKIAIOSFODNN7EXAMPLE",), None)
+    MaskingFilter(masker).filter(record)
+    assert record.getMessage() == "token ***"

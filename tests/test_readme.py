@@ -109,3 +109,50 @@ def test_the_readme_sample_config_loads_and_builds_its_search_path(tmp_path):
     assert path.names == ["vault", "aws-secrets-manager", "env", "metastore"]
     assert path.cache.settings.stale_if_error == 3600
     assert (tmp_path / "home").exists() is False  # building it reads nothing and creates nothing
+
+
+def test_readme_python_block_runs_after_the_setup(fresh_copy):
+    """The Python API block, pasted after the set-up command (same CREDPATH_HOME), runs without an error."""
+    copy, env, setup = fresh_copy
+    assert setup.returncode == 0, setup.stderr[-2000:]
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    result = subprocess.run(
+        [str(copy / ".venv" / "bin" / "python"), "-c", block],
+        cwd=copy,
+        env={**env, "CREDPATH_HOME": str(copy / ".credpath-demo")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_no_secret(result.stdout + result.stderr)
+
+
+def test_extras_install_from_a_checkout_and_all_includes_web():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    included = extras["all"][0].split("[", 1)[1].rstrip("]").split(",")
+    assert set(included) == set(extras) - {"all", "dev", "airflow"}  # every store client and the web page
+    setup = (ROOT / "README.md").read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
+    assert ".venv/bin/pip install -q '.[web]' && .venv/bin/credpath web" in setup
+
+
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+
+
+def test_every_performance_figure_in_the_readme_is_in_results():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    results = {n.replace(",", "") for n in _NUMBER.findall((ROOT / "bench" / "RESULTS.md").read_text())}
+    missing = [n for n in _NUMBER.findall(section) if n.replace(",", "") not in results]
+    assert not missing, f"README figures not in bench/RESULTS.md: {missing}"
+
+
+def test_no_internal_issue_numbers_in_results_and_contributing_links_stay_in_the_repo():
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    assert not re.search(r"\bissue[ -]?\d", results, flags=re.I)
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    assert "../" not in contributing

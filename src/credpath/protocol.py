@@ -301,7 +301,7 @@ class BaseBackend:
         self.connection_format = connection_format
         self._connection_adapter: Any = None
         if connection_format is not None:
-            from credpath.adapters import build_adapter  # issue 5; absent until then
+            from credpath.adapters import build_adapter
 
             self._connection_adapter = build_adapter(connection_format)
 

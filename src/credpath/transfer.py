@@ -139,7 +139,8 @@ def collect(search_path: SearchPath, kind: Kind, source: str | None = None) -> d
 
 def _output(file: Path, text: str) -> None:
     if is_stdout(file):
-        sys.stdout.write(text)
+        # A terminal or a pipe gets whole lines (a file keeps its exact bytes).
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
     else:
         write_private(file, text)

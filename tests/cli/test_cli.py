@@ -78,7 +78,7 @@ def test_env_wins_over_metastore_and_collisions_are_listed(run, monkeypatch):
     data = json.loads(run("connections", "get", "shared", "--json").stdout)
     assert (data["host"], data["source"]) == ("env-host", "env")
     listing = json.loads(run("connections", "list", "--collisions", "--json").stdout)
-    assert listing["items"] == [{"id": "shared", "source": "env", "also_in": ["metastore"]}]
+    assert listing["items"] == [{"id": "shared", "source": "env", "also_in": ["metastore"], "team": None}]
 
 
 def test_not_found_exit_1(run):

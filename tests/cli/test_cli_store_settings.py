@@ -1,5 +1,5 @@
 """A CLI flag that is a store setting (``--on-deleted``) builds the target backend with that setting; it
-is never a per-call write option (issue 11 point 4)."""
+is never a per-call write option."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def test_filters():
 
 def test_detail_of_a_shadowed_id():
     sp, _, _ = make_path()
-    client = TestClient(create_app(sp))
+    client = TestClient(create_app(sp, cache_seconds=0))  # each load explains again
     page = client.get("/id/connection?key=db").text
     assert 'data-backend="first" data-outcome="hit"' in page
     assert 'data-backend="second" data-outcome="not tried"' in page
@@ -204,9 +204,14 @@ def test_backends_view_counts_store_calls():
     assert store[("second", "connection", "get", "hit")] == 1  # queue; db is never asked of second
     assert ("second", "connection", "get", "miss") not in store
     assert metrics.store_counts("first") == {"hit": 7, "miss": 2}  # 2 lists + 4 gets + 1 check
-    # A warm render costs no store call but the listings (every lookup is a process-cache hit).
+    # A warm render within the page cache's time costs no store call at all (not even the listings).
     before = sum(metrics.snapshot()["store"].values())
     client.get("/")
+    assert sum(metrics.snapshot()["store"].values()) - before == 0
+    # Without the page cache: the listings only (every lookup is a process-cache hit).
+    uncached = TestClient(create_app(sp, cache_seconds=0))
+    before = sum(metrics.snapshot()["store"].values())
+    uncached.get("/")
     assert sum(metrics.snapshot()["store"].values()) - before == 4  # 2 backends x 2 kinds listed
     assert metrics.snapshot()["lookups"][("connection", "process", "found")] == 3
 

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,13 +57,13 @@ def _need_browser() -> None:
 class Browser:
     """A Selenium Chromium session that keeps every network response (headers and body) it saw."""
 
-    def __init__(self, profile: Path, artifacts: Path) -> None:
+    def __init__(self, profile: Path, artifacts: Path, extra_flags: tuple[str, ...] = ()) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for flag in FLAGS:
+        for flag in (*FLAGS, *extra_flags):
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={profile}")
         options.add_argument("--homepage=about:blank")
@@ -223,10 +224,11 @@ def test_inventory_explain_and_backends_in_chromium(
         # The unreachable backend: listing failed, shown, and the rest rendered.
         assert 'class="banner bad failed-listing" data-backend="down"' in source
 
-        # Warm: the same render again; lookups come from the process cache.
+        # Warm: the same render again, within the page cache's time: no store request at all.
         before = stack.store_requests()
         browser.get(f"{server.url}/")
         warm = stack.store_requests() - before
+        assert browser.driver.find_element(By.ID, "data-age").get_attribute("data-age") is not None
 
         # Filters (plain GET forms, no JavaScript).
         browser.get(f"{server.url}/?collisions=1")
@@ -302,9 +304,9 @@ def test_inventory_explain_and_backends_in_chromium(
     )
     # Cold: each store lists connections and variables (2 + 2), then every id env does not serve is read
     # down the path until a hit: vault is asked for the 7 such ids, aws for the 4 vault misses -> 15.
-    # Warm: the listings only (4); every lookup is answered by the process cache.
+    # Warm: nothing (the page's data is reused for --cache-seconds; before, the listings: 4 per load).
     assert cold == 4 + 7 + 4
-    assert warm == 4
+    assert warm == 0
     if os.environ.get("CREDPATH_DOCS_SCREENSHOT") == "1":
         shutil.copy(shot, _stack.REPO / "docs" / "inventory.png")
 
@@ -347,3 +349,96 @@ def test_web_malformed_config_exits_2_with_one_line(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- what page loads cost the stores, and who may load them ---------------------------------------------
+
+
+def _load(url: str, host: str | None = None) -> tuple[int, Any, str]:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+@pytest.mark.timeout(240)
+def test_sixty_page_loads_after_warm_up_cost_no_store_request(
+    openbao: Any, moto_env: Any, fault_proxy: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    """Counted at the servers (the fault proxies in front of OpenBao and moto). Before: 200 requests for
+    these 60 loads (inventory 4 per load, detail 4, backends 2, an unknown id 4)."""
+    stack = _stack.build(tmp_path, openbao, moto_env, fault_proxy)
+    server = WebServer(stack, artifacts / "budget.log", "--cache-seconds", "120")
+    pages = ["/", "/id/connection?key=vault_only", "/backends", "/id/connection?key=no_such_id_zz"]
+    try:
+        for page in pages:  # warm-up
+            _load(server.url + page)
+        before = stack.store_requests()
+        statuses = [_load(server.url + pages[i % 4])[0] for i in range(60)]
+        after = stack.store_requests() - before
+        status, _, body = _load(server.url + "/backends")
+    finally:
+        log = server.stop()
+    assert statuses.count(200) == 45 and statuses.count(404) == 15
+    assert after == 0, f"{after} store requests for 60 warm page loads"
+    assert (status == 200 and 'id="data-age"' in body and "s ago" in body) or "just now" in body
+    assert_no_secret(log, *_stack.SECRETS.values())
+    (artifacts / "budget.json").write_text(json.dumps({"store_requests_60_warm_loads": after}))
+    print(f"60 warm page loads: {after} store requests (counted at the servers)")
+
+
+@pytest.mark.timeout(240)
+def test_page_builds_reaching_the_stores_are_rate_limited(
+    openbao: Any, moto_env: Any, fault_proxy: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    stack = _stack.build(tmp_path, openbao, moto_env, fault_proxy)
+    server = WebServer(
+        stack, artifacts / "limit.log", "--cache-seconds", "0", "--store-requests-per-minute", "6"
+    )
+    try:
+        before = stack.store_requests()
+        answers = [_load(server.url + "/backends") for _ in range(12)]
+        spent = stack.store_requests() - before
+    finally:
+        server.stop()
+    statuses = [a[0] for a in answers]
+    assert statuses[:6] == [200] * 6 and set(statuses[6:]) == {429}
+    assert all(int(a[1].get("Retry-After")) >= 1 for a in answers[6:])
+    assert spent == 6 * 2  # each build checks vault and aws once; the refused loads reach nothing
+
+
+@pytest.mark.timeout(240)
+def test_dns_rebinding_page_is_refused_in_chromium(tmp_path: Path, artifacts: Path) -> None:
+    """Chromium resolves attacker.example to 127.0.0.1 (as after a rebinding): the page it asks for
+    carries Host: attacker.example and is refused; the same server by loopback name answers."""
+    _need_browser()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "AIRFLOW_"))}
+    env.update(PYTHONPATH=str(_stack.REPO / "src"), CREDPATH_HOME=str(tmp_path / "home"),
+               AIRFLOW_VAR_REBIND_MARKER="visible-only-to-loopback")  # fmt: skip
+    config = tmp_path / "credpath.toml"
+    config.write_text('[[backends]]\nname = "env"\ntype = "env"\n')
+    port = free_port()
+    with (artifacts / "rebind.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [os.sys.executable, "-m", "credpath", "web", "--config", str(config), "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    browser = Browser(profile, artifacts, ("--host-resolver-rules=MAP attacker.example 127.0.0.1",))
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+        rebound = browser.get(f"http://attacker.example:{port}/")
+        assert "rebind_marker" not in rebound and "unknown host" in rebound
+        by_name = browser.get(f"http://localhost:{port}/")
+        assert "rebind_marker" in by_name
+        assert "rebind_marker" in browser.get(f"http://127.0.0.1:{port}/")
+        # The same over a raw request: any Host but a loopback name is 421, before any page is built.
+        assert _load(f"http://127.0.0.1:{port}/", host=f"attacker.example:{port}")[0] == 421
+        assert _load(f"http://127.0.0.1:{port}/metrics", host="evil.test")[0] == 421
+        assert _load(f"http://127.0.0.1:{port}/", host=f"[::1]:{port}")[0] == 200
+    finally:
+        browser.close()
+        stop_process(proc)

@@ -10,7 +10,15 @@ from typing import Any
 import click
 
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
-from credpath.cli.output import connection_record, echo_json, echo_record, echo_table
+from credpath.cli.output import (
+    airflow_connection,
+    connection_record,
+    echo_as,
+    echo_json,
+    echo_record,
+    echo_table,
+    output_option,
+)
 
 __all__ = [
     "FILE_FORMATS",
@@ -121,10 +129,16 @@ FILE_FORMATS = click.Choice(["json", "yaml", "env"], case_sensitive=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an object, or a list for several ids).")
 @click.option("--reveal", is_flag=True, help="Show passwords and sensitive extras in clear text.")
 @team_option
+@output_option
 @pass_state
 @handle_errors
 def get_command(
-    state: State, conn_ids: tuple[str, ...], as_json: bool, reveal: bool, team: str | None
+    state: State,
+    conn_ids: tuple[str, ...],
+    as_json: bool,
+    reveal: bool,
+    team: str | None,
+    output: str | None,
 ) -> None:
     """Resolve one or more connections through the search path (several ids are fetched in batches)."""
     from credpath.model import validate_lookup_key
@@ -134,14 +148,20 @@ def get_command(
     search_path = state.search_path
     if len(conn_ids) > 1 and not team:  # prefetch fills the team-less cache only
         search_path.prefetch(connections=list(conn_ids))
-    records, missing = [], []
+    if as_json and output:
+        fail("give --json or -o/--output, not both")
+    records, missing, airflow_records = [], [], []
     for conn_id in conn_ids:
         resolution = search_path.lookup("connection", conn_id, **team_kwargs(team))
         if resolution is None:
             missing.append(conn_id)
             continue
         records.append(connection_record(resolution.value, resolution.source, reveal))
-    if as_json:
+        airflow_records.append(airflow_connection(resolution.value, reveal))
+    if output:
+        if airflow_records:
+            echo_as(airflow_records, output)
+    elif as_json:
         if records:
             echo_json(records[0] if len(conn_ids) == 1 else records)
     else:
@@ -158,29 +178,77 @@ def get_command(
 @connections.command("list")
 @click.option("--collisions", is_flag=True, help="Only ids held by more than one backend.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--team",
+    "team",
+    help="List as this team (Airflow multi-team): the global ids and the team's own, marked with it. "
+    "Without it, other teams' ids are left out (counted on stderr).",
+)
+@output_option
 @pass_state
 @handle_errors
-def list_command(state: State, collisions: bool, as_json: bool) -> None:
+def list_command(state: State, collisions: bool, as_json: bool, team: str | None, output: str | None) -> None:
     """List connection ids from every backend that can list, with the backend that serves each."""
-    list_ids(state, "connection", collisions, as_json)
+    list_ids(state, "connection", collisions, as_json, team=team, output=output)
 
 
-def list_ids(state: State, kind: str, collisions: bool, as_json: bool) -> None:
-    listing = state.search_path.list_ids(kind)
-    found, unlistable, failed = listing.found, listing.cannot_list, listing.failed
+def list_ids(
+    state: State,
+    kind: str,
+    collisions: bool,
+    as_json: bool,
+    *,
+    team: str | None = None,
+    output: str | None = None,
+) -> None:
+    from credpath.cli.teams import team_view
+
+    if as_json and output:
+        fail("give --json or -o/--output, not both")
+    listing = state.search_path.list_ids(kind)  # type: ignore[arg-type]
+    unlistable, failed = listing.cannot_list, listing.failed
+    view = team_view(state.search_path, kind, listing.found, team)
+    found = view.found
     if collisions:
         found = {key: sources for key, sources in found.items() if len(sources) > 1}
-    if as_json:
+
+    def owner(key: str) -> str | None:
+        return team if key in view.owned else None
+
+    if output:
+        echo_as(
+            [
+                {f"{'conn_id' if kind == 'connection' else 'key'}": key, "source": s[0], "team": owner(key)}
+                for key, s in found.items()
+            ],
+            output,
+        )
+    elif as_json:
         echo_json(
             {
-                "items": [{"id": key, "source": s[0], "also_in": s[1:]} for key, s in found.items()],
+                "items": [
+                    {"id": key, "source": s[0], "also_in": s[1:], "team": owner(key)}
+                    for key, s in found.items()
+                ],
                 "unlistable_backends": unlistable,
                 "failed_backends": failed,
+                "other_teams_ids": view.hidden,
             }
         )
     else:
-        headers = ("id", "source", "shadowed in") if collisions else ("id", "source", "also in")
-        echo_table(headers, [(key, s[0], ", ".join(s[1:])) for key, s in found.items()])
+        headers = ["id", "source", "shadowed in" if collisions else "also in"]
+        rows = [[key, s[0], ", ".join(s[1:])] for key, s in found.items()]
+        if team:
+            headers.append("team")
+            rows = [[*row, owner(row[0]) or ""] for row in rows]
+        echo_table(headers, rows, empty=f"no {kind}s" + (" with collisions" if collisions else ""))
+    if view.hidden:
+        whose = "other teams" if team else "teams"
+        click.echo(
+            f"{view.hidden} {kind} id(s) owned by {whose} not listed (only a team reads its own: --team)",
+            err=True,
+        )
+    if not output and not as_json:
         if unlistable:
             click.echo(f"not listed (these backends cannot list): {', '.join(unlistable)}", err=True)
     for reason in failed.values():
@@ -288,7 +356,7 @@ def add_command(
             login=login,
             password=password,
             schema=schema,
-            port=port,
+            port=port,  # type: ignore[arg-type]  # Connection parses it (a bad port names the field)
             extra=extra,
         )
     to = state.write_target(to, "set_connection", "--on-deleted", on_deleted=on_deleted)

@@ -91,6 +91,9 @@ def explain_command(
                 for a in attempts
             ],
             title=f"{kind} {key}" if team_name is None else f"{kind} {key} (team {team_name})",
+            empty=f"no backend asked: answered by the {explanation.tier} cache"
+            if explanation.cached
+            else None,
         )
         click.echo(summary)
         click.echo(f"tier: {explanation.tier}")

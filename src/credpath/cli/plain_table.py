@@ -2,7 +2,7 @@
 
 Why: importing ``rich.console`` and ``rich.table`` costs ~65 ms, a third of ``credpath connections get
 my_db`` on the embedded default (measured with hyperfine: 205 ms with rich, 139 ms for ``--json``); the
-issue-10 goal is 150 ms. Cells are printed literally (no markup, no emoji codes). Tables this renderer
+goal is 150 ms. Cells are printed literally (no markup, no emoji codes). Tables this renderer
 cannot draw exactly (non-ASCII or control characters, wider than the terminal, no rows) return None and
 the caller falls back to rich, which wraps and measures wide characters.
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 
 __all__ = [
     "console_width",
     "render",
+    "stdout_is_terminal",
 ]
 
 
@@ -23,11 +25,21 @@ def _printable(text: str) -> bool:
     return all(" " <= ch <= "~" for ch in text)
 
 
+def stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
 def console_width() -> int:
-    """rich's width: ``COLUMNS``, else the terminal's, else 80."""
+    """``COLUMNS``, else the terminal's width; not on a terminal (a pipe, a file), unbounded: a table
+    written for a program or a file is never wrapped (rich would fold cells mid-word at 80)."""
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
+    if not stdout_is_terminal():
+        return 1_000_000
     return shutil.get_terminal_size((80, 24)).columns
 
 

@@ -19,7 +19,7 @@ from credpath.cli.connections import (
     team_kwargs,
     team_option,
 )
-from credpath.cli.output import echo_json, variable_value
+from credpath.cli.output import echo_json, output_option, variable_value
 
 __all__ = [
     "delete_command",
@@ -59,7 +59,7 @@ def get_command(
         value, source = default, None
     else:
         value, source = resolution.value, resolution.source
-    shown = variable_value(key, value, reveal)
+    shown = variable_value(key, "" if value is None else value, reveal)
     if as_json:
         echo_json({"key": key, "value": shown, "source": source})
     else:
@@ -102,11 +102,13 @@ def set_command(
 @variables.command("list")
 @click.option("--collisions", is_flag=True, help="Only keys held by more than one backend.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--team", "team", help="List as this team (Airflow multi-team); see `connections list`.")
+@output_option
 @pass_state
 @handle_errors
-def list_command(state: State, collisions: bool, as_json: bool) -> None:
+def list_command(state: State, collisions: bool, as_json: bool, team: str | None, output: str | None) -> None:
     """List variable keys from every backend that can list."""
-    list_ids(state, "variable", collisions, as_json)
+    list_ids(state, "variable", collisions, as_json, team=team, output=output)
 
 
 @variables.command("delete")

@@ -6,6 +6,10 @@ and mounted in Airflow's API server (:mod:`credpath.airflow_plugin`, behind Airf
 Never a secret value: no view puts a password, an extra or a sensitive variable's value in a page (see
 :mod:`credpath.web.views`); error pages are generic and echo nothing from the request (a 404 for an
 unknown id does not repeat the id; a malformed request is a 404, not FastAPI's 422 that echoes input).
+
+Store cost: each page's data is built at most once per ``cache_seconds`` (the page says how old it is),
+a cached miss answers an unknown id, and page builds that reach the stores are rate-limited per client
+(:mod:`credpath.web.budget`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from credpath import metrics
 from credpath.web import views
+from credpath.web.budget import PageCache, RateLimited, RateLimiter, host_allowed
 
 __all__ = ["create_app"]
 
@@ -41,6 +46,9 @@ _SECURITY_HEADERS = {
     ),
 }
 _OPEN_PATHS = ("/login", "/healthz")
+#: Defaults of ``credpath web --cache-seconds`` and ``--store-requests-per-minute``.
+CACHE_SECONDS = 10.0
+STORE_REQUESTS_PER_MINUTE = 30.0
 
 
 def create_app(
@@ -49,12 +57,18 @@ def create_app(
     token: str | None = None,
     dependencies: Sequence[Any] = (),
     title: str = "credpath",
+    allowed_hosts: Sequence[str] | None = None,
+    cache_seconds: float = CACHE_SECONDS,
+    store_requests_per_minute: float = STORE_REQUESTS_PER_MINUTE,
 ) -> FastAPI:
     """The inventory app over ``search_path``.
 
     ``token``: when set, every page needs ``Authorization: Bearer <token>`` or the cookie set by the
     ``/login`` form. ``dependencies``: FastAPI dependencies run before every route (inside Airflow:
-    its auth manager's checks).
+    its auth manager's checks). ``allowed_hosts``: when not None and no token is set, only requests
+    whose ``Host`` is a loopback name or address or one of these are answered (others: 421), so a
+    DNS-rebinding page cannot read the inventory. ``cache_seconds``: how long a page's data is reused;
+    ``store_requests_per_minute``: page builds that reach the stores, per client (0: no limit).
     """
     metrics.enable()
     metrics.instrument(search_path)
@@ -67,6 +81,15 @@ def create_app(
         dependencies=list(dependencies),
     )
     app.state.search_path = search_path
+    pages: PageCache[Any] = PageCache(cache_seconds)
+    limiter = RateLimiter(store_requests_per_minute)
+    app.state.pages, app.state.limiter = pages, limiter
+    check_host = token is None and allowed_hosts is not None
+    extra_hosts = tuple(allowed_hosts or ())
+
+    def build(request: Request, key: Any, func: Any) -> tuple[Any, float]:
+        client = request.client.host if request.client else ""
+        return pages.get(key, func, admit=lambda: limiter.take(client))
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         base = request.scope.get("root_path", "").rstrip("/")
@@ -79,6 +102,11 @@ def create_app(
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         path = request.scope["path"][len(request.scope.get("root_path", "")) :] or "/"
+        if check_host and not host_allowed(request.headers.get("host", ""), extra_hosts):
+            # 421: this server does not serve that name (echoes nothing of it).
+            return Response(
+                "unknown host\n", status_code=421, headers=_SECURITY_HEADERS, media_type="text/plain"
+            )
         if token is not None and not path.startswith(_OPEN_PATHS) and not _authorised(request, token):
             if "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse(f"{request.scope.get('root_path', '')}/login", 303)
@@ -110,6 +138,18 @@ def create_app(
             )
         return render(request, "error.html", exc.status_code, heading="Error", message="Request refused.")
 
+    @app.exception_handler(RateLimited)
+    async def limited(request: Request, exc: RateLimited) -> Response:
+        response = render(
+            request,
+            "error.html",
+            429,
+            heading="Too many requests",
+            message="This page asks the secret stores; try again in a few seconds.",
+        )
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return not_found(request)  # FastAPI's 422 body would echo the input
@@ -123,7 +163,7 @@ def create_app(
         request: Request, q: str = "", backend: str = "", kind: str = "", collisions: str = ""
     ) -> HTMLResponse:
         sp = request.app.state.search_path
-        inv = views.inventory(sp)
+        inv, age = build(request, "inventory", lambda: views.inventory(sp))
         if kind not in ("", *views.KINDS):
             kind = ""
         if backend not in inv.backends:
@@ -141,6 +181,8 @@ def create_app(
             kind=kind,
             collisions=bool(collisions),
             detail_href=lambda row: f"/id/{row.kind}?{urlencode({'key': row.id})}",
+            age=age,
+            cache_seconds=cache_seconds,
         )
 
     @app.get("/id/{kind}", response_class=HTMLResponse, name="detail")
@@ -148,24 +190,26 @@ def create_app(
         sp = request.app.state.search_path
         if kind not in views.KINDS or not key:
             return not_found(request)
-        found = views.detail(sp, kind, key)
+        found, age = build(request, ("detail", kind, key), lambda: views.detail(sp, kind, key))
         if not found.found:
             message = "No such id."
             if found.failed:  # backend names come from the configuration, never from the URL
                 message = f"Not found in the backends that answered; {', '.join(found.failed)} failed."
             return render(request, "error.html", 404, heading="Not found", message=message)
-        return render(request, "detail.html", d=found)
+        return render(request, "detail.html", d=found, age=age, cache_seconds=cache_seconds)
 
     @app.get("/backends", response_class=HTMLResponse, name="backends")
     def backends_page(request: Request) -> HTMLResponse:
         search_path = request.app.state.search_path
-        rows = views.backends(search_path)
+        rows, age = build(request, "backends", lambda: views.backends(search_path))
         return render(
             request,
             "backends.html",
             rows=rows,
             failed=sum(1 for r in rows if not r.ok),
             cache=views.shared_cache_stats(search_path),
+            age=age,
+            cache_seconds=cache_seconds,
         )
 
     @app.get("/metrics")

@@ -2,7 +2,8 @@
 
 Every string that reaches a page passes :func:`_safe` (the search path's masker: each password and
 sensitive extra the search path has read is in it). Passwords and extras are never put in a row at all;
-a variable's value only when its key is not sensitive, and masked.
+a variable's value only when its key is not sensitive, and then through
+:func:`credpath.masking.redact_text_value` (a JSON value's sensitive keys are masked at any depth).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from credpath import metrics
 from credpath.errors import BackendUnavailable, ConfigError, CredpathError, safe_reason
-from credpath.model import is_sensitive_name
+from credpath.masking import is_sensitive_key, redact_text_value
 from credpath.protocol import supports
 
 __all__ = [
@@ -122,9 +123,11 @@ def _row(search_path: Any, kind: str, key: str, holders: list[str]) -> Row:
 
 
 def variable_value(search_path: Any, key: str, value: Any) -> str:
-    if is_sensitive_name(key):
+    if is_sensitive_key(key):
         return "(sensitive: not shown)"
-    text = _safe(search_path, value)
+    if value is None:
+        return ""
+    text = redact_text_value(str(value), key, masker=getattr(search_path, "masker", None))
     return text if len(text) <= MAX_VALUE else text[:MAX_VALUE] + "..."
 
 
@@ -171,6 +174,9 @@ class Detail:
 def detail(search_path: Any, kind: str, key: str) -> Detail:
     """The explain of ``key``; not ``found`` when no backend that answered has it (the caller's 404)."""
     probe = search_path.explain(kind, key, use_cache=True)
+    if probe.cached and probe.source is None:
+        # A cached miss: answered from the miss cache, no store is asked again for an unknown id.
+        return Detail(kind, key, None, "", "", [], [], [])
     cached = probe.cached and probe.found
     explanation = search_path.explain(kind, key)
     if not explanation.found:
