@@ -214,6 +214,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
 
         configuration = client.Configuration()
         namespace = self._namespace
+        source = "setting" if namespace else "default"
         try:
             if self.host:
                 configuration.host = self.host.rstrip("/")
@@ -225,6 +226,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                 if namespace is None and os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
                     with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
                         namespace = handle.read().strip() or None
+                    source = "service account" if namespace else source
             else:
                 config.load_kube_config(
                     config_file=self.kubeconfig,
@@ -237,6 +239,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                     if self.context:
                         active = next((c for c in contexts or [] if c.get("name") == self.context), None)
                     namespace = ((active or {}).get("context") or {}).get("namespace")
+                    source = "kubeconfig" if namespace else source
         except ConfigException as exc:
             where = (
                 "in-cluster config"
@@ -254,6 +257,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
             configuration.ssl_ca_cert = self.ssl_ca_cert
         configuration.retries = False  # credpath retries, within one deadline for the whole call
         self.namespace = namespace or "default"
+        #: Where the namespace came from: "setting", "service account", "kubeconfig" or "default".
+        self.namespace_source = source
         self._exceptions = (urllib3.exceptions.HTTPError, OSError)
         # (timeouts, what urllib3 files under them but is not one: a refused connection)
         self._timeouts = (urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)
