@@ -219,7 +219,7 @@ def test_coroutines_of_several_loops_and_threads_share_one_request(k8s: Any) -> 
 
 
 def test_a_hanging_store_never_stalls_the_loop(k8s: Any) -> None:
-    harness, proxy, make_path = k8s
+    _, proxy, make_path = k8s
     proxy.add("hang")
     path = make_path(timeout=1.0)
     lags: list[float] = []

@@ -26,7 +26,7 @@ from credpath.errors import BackendTimeout, NotFound
 from credpath.model import Connection, Variable
 from credpath.search_path import _UNSET, Resolution, SearchPath
 
-__all__ = ["MAX_WORKERS", "alookup", "aget_config", "aget_connection", "aget_variable", "run_blocking"]
+__all__ = ["MAX_WORKERS", "aget_config", "aget_connection", "aget_variable", "alookup", "run_blocking"]
 
 T = TypeVar("T")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 import pytest
 import requests
 
@@ -35,7 +36,7 @@ def _lists(fake: KubernetesSecretsFake) -> list[dict[str, str]]:
     return list(fake.list_queries)
 
 
-# --- the fake ------------------------------------------------------------------------------------------------
+# --- the fake -----------------------------------------------------------------------------------------------
 
 
 def test_fake_refuses_a_selector_value_that_is_no_label_value(kubernetes_fake: KubernetesSecretsFake) -> None:
@@ -54,7 +55,7 @@ def test_fake_refuses_a_selector_value_that_is_no_label_value(kubernetes_fake: K
     assert bad_version.status_code == 400
 
 
-# --- reads ---------------------------------------------------------------------------------------------------
+# --- reads --------------------------------------------------------------------------------------------------
 
 
 def test_connection_found_by_label_in_one_cached_list(harness: KubernetesLabelsHarness) -> None:
@@ -133,7 +134,7 @@ def test_ids_that_cannot_be_label_values_are_misses_without_a_call(harness: Kube
     assert harness.fake.count() == before
 
 
-# --- teams ---------------------------------------------------------------------------------------------------
+# --- teams --------------------------------------------------------------------------------------------------
 
 
 def test_team_reads_prefer_the_team_secret_then_the_global_one(harness: KubernetesLabelsHarness) -> None:
@@ -176,7 +177,7 @@ def test_config_reads_are_global(harness: KubernetesLabelsHarness) -> None:
     assert harness.make_backend().get_config("k", team_name="team_a") is None
 
 
-# --- namespace, configuration, mapping -----------------------------------------------------------------------
+# --- namespace, configuration, mapping ----------------------------------------------------------------------
 
 
 def test_namespace_from_the_service_account_file(
@@ -231,7 +232,7 @@ def test_the_provider_class_path_maps_here_with_its_kwargs(harness: KubernetesLa
         create_backend(PROVIDER, {"connections_label": "not a label!"})
 
 
-# --- errors, listing -----------------------------------------------------------------------------------------
+# --- errors, listing ----------------------------------------------------------------------------------------
 
 
 def test_forbidden_is_access_denied_and_5xx_is_retried(harness: KubernetesLabelsHarness) -> None:

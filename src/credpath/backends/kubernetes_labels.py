@@ -192,7 +192,8 @@ class KubernetesLabelSecretsBackend(BaseBackend):
 
     def describe(self) -> str:
         labels = ",".join(f"{k}={v}" for k, v in self.labels.items() if v)
-        return f"{self.alias} namespace={self._namespace or '(auto)'} labels={labels} ({self._transport.describe()})"
+        namespace = self._namespace or "(auto)"
+        return f"{self.alias} namespace={namespace} labels={labels} ({self._transport.describe()})"
 
     def close(self) -> None:
         self._transport.close()
