@@ -32,13 +32,13 @@ Drive it with ``kubernetes.client.Configuration(host=fake.endpoint)`` and the be
   status (a ``Status`` body; ``Retry-After`` if given); ``count()`` / ``requests`` record what was asked.
 
 Not emulated: other resources and API groups, discovery (``/api``, ``/apis``, ``/version``), watch,
-``fieldSelector``, ``resourceVersion`` on GET of one Secret, ``resourceVersionMatch``, ``PATCH`` (all
-patch types), ``deletecollection``, ``dryRun``, ``fieldManager``/managed fields, server-side apply,
-``propagationPolicy``, finalizers and graceful deletion, ``immutable`` Secrets, Secret types other than
-stored as given (no validation of ``kubernetes.io/tls`` etc.), the 1 MiB object size limit, the continue token's expiry
-(410 ``Expired``) and the consistent snapshot across pages (pages are cut from the current state), TLS,
-client certificates, other authentication methods, RBAC itself (only ``deny``), admission, audit,
-API priority and fairness (429 only when injected), Protobuf, ``Table`` output, ``pretty``.
+``fieldSelector``, ``resourceVersion`` on GET of one Secret, ``resourceVersionMatch``, ``PATCH`` (all patch
+types), ``deletecollection``, ``dryRun``, ``fieldManager``/managed fields, server-side apply,
+``propagationPolicy``, finalizers and graceful deletion, ``immutable`` Secrets, Secret types other than stored
+as given (no validation of ``kubernetes.io/tls`` etc.), the 1 MiB object size limit, the continue token's
+expiry (410 ``Expired``) and the consistent snapshot across pages (pages are cut from the current state), TLS,
+client certificates, other authentication methods, RBAC itself (only ``deny``), admission, audit, API priority
+and fairness (429 only when injected), Protobuf, ``Table`` output, ``pretty``.
 """
 
 from __future__ import annotations
