@@ -22,6 +22,7 @@ from credpath import _aio
 from credpath.errors import BackendTimeout, BackendUnavailable, NotFound
 from credpath.protocol import BaseBackend
 from credpath.search_path import SearchPath
+from tests.airflow._side import ticker
 from tests.servers.kubernetes_fake import KubernetesLabelsHarness
 
 PW = "pw-s3cr3t-aio"
@@ -224,15 +225,9 @@ def test_a_hanging_store_never_stalls_the_loop(k8s: Any) -> None:
     path = make_path(timeout=1.0)
     lags: list[float] = []
 
-    async def ticker(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            before = time.monotonic()
-            await asyncio.sleep(0.01)
-            lags.append(time.monotonic() - before - 0.01)
-
     async def main() -> list[Any]:
         stop = asyncio.Event()
-        tick = asyncio.ensure_future(ticker(stop))
+        tick = asyncio.ensure_future(ticker(stop, lags))
         await asyncio.sleep(0.05)
         # More distinct cold ids than worker threads: the queue waits, the loop does not.
         answers = await asyncio.gather(

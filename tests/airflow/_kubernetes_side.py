@@ -12,16 +12,15 @@ import json
 import sys
 from typing import Any
 
-MARKER = "@@credpath-kubernetes-side@@"
-
 
 def main() -> None:
+    from _side import answer  # this script's directory is on sys.path
     from airflow.providers.cncf.kubernetes.secrets.kubernetes_secrets_backend import KubernetesSecretsBackend
     from kubernetes import client
 
     spec = json.load(sys.stdin)
     configuration = client.Configuration(host=spec["endpoint"])
-    # The key of the bearer token in Configuration.api_key changed across client versions: set both.
+    # Both keys: kubernetes 36.0.x looks the prefix up by "BearerToken" only.
     configuration.api_key = {"authorization": spec["token"], "BearerToken": spec["token"]}
     configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
     api = client.CoreV1Api(client.ApiClient(configuration))
@@ -41,8 +40,7 @@ def main() -> None:
             outcomes.append({"value": value})
         except Exception as exc:  # the class only: a message may carry a value
             outcomes.append({"error": type(exc).__name__})
-    # Airflow's logging writes to stdout too: the result is the line after the marker.
-    sys.stdout.write("\n" + MARKER + "\n" + json.dumps(outcomes) + "\n")
+    answer(outcomes)
 
 
 if __name__ == "__main__":

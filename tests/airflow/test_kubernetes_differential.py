@@ -10,7 +10,6 @@ except where ``INTENDED`` names the difference (the README's Kubernetes section 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from credpath.backends.kubernetes_labels import LABEL_VALUE_RE, KubernetesLabelSecretsBackend
 from credpath.errors import CredpathError
 from credpath.registry import create_backend
-from tests.airflow._kubernetes_side import MARKER
+from tests.airflow._side import run_side
 from tests.servers.airflow_env import clean_environment
 from tests.servers.kubernetes_fake import KubernetesLabelsHarness
 
@@ -155,18 +154,8 @@ def test_provider_and_credpath_read_the_same_secrets_alike(
     home = tmp_path / "airflow-home"
     home.mkdir()
     spec = {"endpoint": h.fake.endpoint, "token": h.fake.token, "cases": cases}
-    result = subprocess.run(
-        [str(airflow_venv / "bin" / "python"), str(SIDE_SCRIPT)],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=clean_environment(home, airflow_venv),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    payload = result.stdout.split(MARKER + "\n", 1)[1]
-    airflow_side = [_normal(o) for o in json.loads(payload)]
+    outcomes = run_side(airflow_venv, SIDE_SCRIPT, spec, clean_environment(home, airflow_venv), home)
+    airflow_side = [_normal(o) for o in outcomes]
     assert len(airflow_side) == len(cases)
     queries_before = len(h.fake.list_queries)
     unexpected, intended = [], 0

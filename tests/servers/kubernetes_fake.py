@@ -216,8 +216,9 @@ class KubernetesSecretsFake(LoopbackHttpFake):
         from kubernetes import client
 
         configuration = client.Configuration(host=self.endpoint)
-        configuration.api_key = {"authorization": self.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        # Both keys: kubernetes 36.0.x looks the prefix up by "BearerToken" only.
+        configuration.api_key = {"authorization": self.token, "BearerToken": self.token}
+        configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
         return client.CoreV1Api(client.ApiClient(configuration))
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -219,8 +219,10 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
             if self.host:
                 configuration.host = self.host.rstrip("/")
                 if self._token:
-                    configuration.api_key = {"authorization": self._token}
-                    configuration.api_key_prefix = {"authorization": "Bearer"}
+                    # kubernetes 36.0.x reads the token by "BearerToken" and its prefix by that key only
+                    # (no alias), older and newer clients by "authorization": set both.
+                    configuration.api_key = {"authorization": self._token, "BearerToken": self._token}
+                    configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
             elif self._use_in_cluster():
                 config.load_incluster_config(client_configuration=configuration)
                 if namespace is None and os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
@@ -296,6 +298,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         def send(api_client: Any, timeout: tuple[float, float]) -> Any:
             # The namespace is known once the client is built (it may come from the kubeconfig).
             path = f"/api/v1/namespaces/{self.namespace}/secrets" + (f"/{name}" if name else "")
+            if not hasattr(api_client, "param_serialize"):
+                return _send_before_v37(api_client, method, path, params, dict(headers), body, timeout)
             request = api_client.param_serialize(
                 method,
                 path,
@@ -679,6 +683,51 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         )
         self._expect(status, "listing secrets", None, ok=(200,))
         return f"namespace {self.namespace!r} reachable; listing allowed"
+
+
+class _Answer:
+    """A non-2xx answer of a kubernetes client before 37 (which raises it), shaped as a response."""
+
+    def __init__(self, exc: Any) -> None:
+        self.status = exc.status
+        body = exc.body
+        self.data = body.encode() if isinstance(body, str) else body or b""
+        self._headers = exc.headers or {}
+
+    def getheader(self, name: str, default: Any = None) -> Any:
+        return self._headers.get(name, default)
+
+
+def _send_before_v37(
+    api_client: Any,
+    method: str,
+    path: str,
+    params: list[tuple[str, Any]],
+    headers: dict[str, str],
+    body: Any,
+    timeout: tuple[float, float],
+) -> Any:
+    """One request through the older generated ApiClient (kubernetes < 37, which the cncf.kubernetes
+    provider pins): the same transport, but ``call_api`` raises on a non-2xx answer."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        response = api_client.call_api(
+            path,
+            method,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+    except ApiException as exc:
+        if not exc.status:  # status 0: TLS or a request that could not be built, not an answer
+            raise
+        return _Answer(exc)
+    response.data  # noqa: B018 - reads the body now, inside the deadline
+    return response
 
 
 def _json_body(body: Any) -> Any:
