@@ -155,24 +155,15 @@ def hook_test(conn: Connection, timeout: float) -> tuple[bool, str] | None:
 
     conn_id = conn.conn_id or "credpath_test"
     variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+    value = conn.to_json()
 
     def run() -> tuple[bool, str]:
         # The hook resolves the id again through Airflow's chain: give it this connection, as Airflow's
         # API does for a connection under test.
         previous = os.environ.get(variable)
-        os.environ[variable] = conn.to_json()
+        os.environ[variable] = value
         try:
-            airflow_conn = AirflowConnection(
-                conn_id=conn_id,
-                conn_type=conn.conn_type,
-                description=conn.description,
-                host=conn.host,
-                login=conn.login,
-                password=conn.password,
-                schema=conn.schema,
-                port=conn.port,
-                extra=conn.extra,
-            )
+            airflow_conn = AirflowConnection.from_json(value, conn_id=conn_id)
             status, message = airflow_conn.test_connection()
         finally:
             if previous is None:
