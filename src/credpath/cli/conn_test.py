@@ -140,7 +140,7 @@ def _hook_available(conn_type: str) -> bool:
         from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime as Providers
     except ImportError:
         try:
-            from airflow.providers_manager import ProvidersManager as Providers  # type: ignore[assignment]
+            from airflow.providers_manager import ProvidersManager as Providers
         except ImportError:
             return False
     return Providers().hooks.get(conn_type) is not None
@@ -204,6 +204,7 @@ def connection_test_command(
     resolution = state.search_path.lookup("connection", conn_id, **team_kwargs(team))
     if resolution is None:
         fail(f"connection {conn_id!r} not found in any backend of the search path", EXIT_NOT_FOUND)
+        return
     conn: Connection = resolution.value
     outcome: Any = None if tcp_only else hook_test(conn, timeout)
     if outcome is None:
