@@ -46,9 +46,14 @@ Errors: 401 and 403 raise :class:`AccessDenied`; 404 is a miss; 429 and 5xx are 
 and then raise :class:`BackendError`; a call that runs out of time raises :class:`BackendTimeout`. Messages
 name the backend, the Secret and the HTTP status, never a value.
 
-Teams (Airflow 3.2+ multi-team): reads accept ``team_name`` and do not scope by it. No Airflow backend exists
-for this store to copy, and the Kubernetes unit of isolation is the namespace, enforced by RBAC: give each
-team its own backend on its own namespace, rather than a name convention any reader could step outside.
+Teams (Airflow 3.2+ multi-team): reads accept ``team_name`` and do not scope by it. The cncf.kubernetes
+provider's backend finds Secrets by label and scopes teams by a label (credpath's ``kubernetes-labels``,
+:mod:`credpath.backends.kubernetes_labels`); for names, the Kubernetes unit of isolation is the namespace,
+enforced by RBAC: give each team its own backend on its own namespace, rather than a name convention any
+reader could step outside.
+
+Works with the kubernetes client before 37 too (the version the cncf.kubernetes provider pins), whose
+generated ``ApiClient.call_api`` raises on a non-2xx answer and reads the bearer prefix by another key.
 """
 
 from __future__ import annotations

@@ -18,21 +18,21 @@ replaced by ``***`` in it, whatever the hook's message says.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import socket
 import sys
-import time
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from credpath.cli import EXIT_NOT_FOUND, State, fail, handle_errors, pass_state
 from credpath.cli.connections import connections, team_kwargs, team_option
-from credpath.deadlines import Deadline, call_with_deadline
-from credpath.model import Connection
+
+if TYPE_CHECKING:
+    from credpath.model import Connection
+
+# socket, urllib, credpath.deadlines and Airflow are imported when a test runs: registering the command
+# costs the CLI's start-up nothing.
 
 __all__ = ["DEFAULT_PORTS", "connection_test_command", "hook_test", "tcp_test"]
 
@@ -78,6 +78,8 @@ def _redact(text: str, secrets: list[str]) -> str:
 
 
 def _address(conn: Connection) -> tuple[str | None, int | None]:
+    from urllib.parse import urlsplit
+
     host, port = conn.host, conn.port
     if host and "://" in host:  # an http connection may keep a URL as its host
         parts = urlsplit(host)
@@ -91,6 +93,11 @@ def _address(conn: Connection) -> tuple[str | None, int | None]:
 
 def tcp_test(conn: Connection, timeout: float) -> tuple[bool, str]:
     """Connect to the connection's host and port within ``timeout`` (name resolution included)."""
+    import socket
+    import time
+
+    from credpath.deadlines import Deadline, call_with_deadline
+
     host, port = _address(conn)
     if host is None:
         return False, "no host to check"
@@ -134,6 +141,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _hook_available(conn_type: str) -> bool:
+    import importlib.util
+
     if not conn_type or importlib.util.find_spec("airflow") is None:
         return False
     try:  # the Task SDK's registry (Airflow 3.2+), else core's (deprecated there)
@@ -152,6 +161,8 @@ def hook_test(conn: Connection, timeout: float) -> tuple[bool, str] | None:
     if not _hook_available(conn.conn_type or ""):
         return None
     from airflow.models.connection import Connection as AirflowConnection
+
+    from credpath.deadlines import Deadline, call_with_deadline
 
     conn_id = conn.conn_id or "credpath_test"
     variable = f"AIRFLOW_CONN_{conn_id.upper()}"
