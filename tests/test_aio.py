@@ -267,3 +267,36 @@ def test_a_waiter_deadline_under_a_hanging_store_and_cancellation(k8s: Any) -> N
     assert isinstance(answers[0], asyncio.CancelledError)
     assert answers[1:] == ["eventually", "eventually"]
     assert proxy.count("/secrets") == 1
+
+
+# --- CredpathBackend's async methods (Airflow's base class aside) -------------------------------------------
+
+
+class DeniedBackend(GateBackend):
+    def _read(self, key: str) -> str | None:
+        from credpath.errors import AccessDenied
+
+        raise AccessDenied(f"backend 'denied': {key!r} refused")
+
+
+def test_the_airflow_backend_awaits_the_same_answers_and_denials(gate: GateBackend) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    gate.gate.set()
+    gate.values["plain"] = "value"
+    backend = _CredpathBackendMixin.__new__(_CredpathBackendMixin)
+    backend.search_path = _path(gate)
+    denied = _CredpathBackendMixin.__new__(_CredpathBackendMixin)
+    denied.search_path = _path(DeniedBackend())
+
+    async def main() -> None:
+        assert await backend.aget_variable("plain") == "value"
+        assert await backend.aget_variable("plain", team_name=None) == "value"
+        assert await backend.aget_variable("absent") is None
+        assert await backend.aget_connection("absent") is None
+        # Without Airflow installed the authoritative denial is a PermissionError (Airflow's own class
+        # where it is installed): it never turns into a miss.
+        with pytest.raises(PermissionError):
+            await denied.aget_variable("k")
+
+    asyncio.run(main())
