@@ -21,15 +21,15 @@ from tests.servers.airflow_env import clean_environment
 pytestmark = pytest.mark.airflow
 
 SIDE_SCRIPT = Path(__file__).with_name("_files_side.py")
-CASES = [
-    ["connection", "db", None],
-    ["connection", "db", "team_a"],
-    ["connection", "db", "team_b"],
-    ["connection", "team_a___db", None],
-    ["connection", "team_a___db", "team_a"],
-    ["variable", "v", None],
-    ["variable", "v", "team_a"],
-    ["variable", "team_a___v", None],
+CASES: list[tuple[str, str, str | None]] = [
+    ("connection", "db", None),
+    ("connection", "db", "team_a"),
+    ("connection", "db", "team_b"),
+    ("connection", "team_a___db", None),
+    ("connection", "team_a___db", "team_a"),
+    ("variable", "v", None),
+    ("variable", "v", "team_a"),
+    ("variable", "team_a___v", None),
 ]
 #: What main (with #72626) answers where it differs from 3.3.2, multi-team on: the team's key wins.
 MAIN_BRANCH = {("connection", "db", "team_a"): "team-a.example", ("variable", "v", "team_a"): "team-value"}
@@ -54,7 +54,7 @@ def test_team_keys_in_files_are_plain_ids_as_in_3_3_2(
 
     monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", str(multi_team))
     backend = LocalFilesystemBackend(connections_file_path=str(conns), variables_file_path=str(variables))
-    ours = []
+    ours: list[str | None] = []
     for kind, key, team in CASES:
         if kind == "connection":
             conn = backend.get_connection(key, team_name=team)
@@ -63,6 +63,6 @@ def test_team_keys_in_files_are_plain_ids_as_in_3_3_2(
             ours.append(backend.get_variable(key, team_name=team))
     assert ours == airflow
     # The released answer to a team's read of "db" is the global one; main would answer the team's key.
-    released = dict(zip((tuple(c) for c in CASES), ours, strict=True))
+    released = dict(zip(CASES, ours, strict=True))
     for case, main_answer in MAIN_BRANCH.items():
         assert released[case] != main_answer
