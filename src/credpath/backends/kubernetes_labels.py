@@ -154,7 +154,9 @@ class KubernetesLabelSecretsBackend(BaseBackend):
             timeout=timeout,
             page_size=page_size,
         )
-        self._transport.name = self.name
+        # The transport's messages in this backend's voice (its configured name, read when they are made).
+        self._transport.error = self.error  # type: ignore[method-assign]
+        self._transport.config_error = self.config_error  # type: ignore[method-assign]
         self._namespace = namespace
         self._resolved_namespace: str | None = None
 
