@@ -244,6 +244,8 @@ def test_forbidden_is_access_denied_and_5xx_is_retried(harness: KubernetesLabels
     with pytest.raises(AccessDenied) as info:
         backend.get_variable("v")
     assert "403" in str(info.value)
+    # One voice: this backend's label, not the name-based transport's.
+    assert str(info.value).startswith("backend 'kubernetes-labels' (Kubernetes Secrets by label): ")
 
 
 def test_listing_gives_the_global_ids_sorted_across_pages(harness: KubernetesLabelsHarness) -> None:
