@@ -23,6 +23,9 @@ DOCUMENTED = [
     "get_config",
     "default_search_path",
     "set_default_search_path",
+    # their async twins
+    "aget_connection",
+    "aget_variable",
     # building blocks
     "SearchPath",
     "Connection",

@@ -30,6 +30,8 @@ _EXPORTS = {
     "MissingFile": "credpath.errors",
     "SearchPath": "credpath.search_path",
     "get_connection": "credpath.api",
+    "aget_connection": "credpath.api",
+    "aget_variable": "credpath.api",
     "get_variable": "credpath.api",
     "get_config": "credpath.api",
     "default_search_path": "credpath.api",
@@ -51,6 +53,8 @@ __all__ = [
     "NotFound",
     "SearchPath",
     "Variable",
+    "aget_connection",
+    "aget_variable",
     "default_search_path",
     "get_config",
     "get_connection",
@@ -61,6 +65,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from credpath.api import (
+        aget_connection,
+        aget_variable,
         default_search_path,
         get_config,
         get_connection,

@@ -413,6 +413,10 @@ class _CredpathBackendMixin:
 
     def _credpath_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         conn = self._resolve("connection", conn_id, team_name)
+        self._mask_connection(conn)
+        return conn
+
+    def _mask_connection(self, conn: Connection | None) -> None:
         if conn is not None:
             secrets = conn.secret_values()
             if _in_task_process() and _sdk_masks_what_it_reads("_mask_connection_secrets"):
@@ -420,7 +424,6 @@ class _CredpathBackendMixin:
                 # text (or once extra_dejson is read), so that one is still registered here.
                 secrets = [secret for secret in secrets if secret != conn.password]
             register_with_airflow_masker([(secret, None) for secret in secrets])
-        return conn
 
     # team_name: Airflow 3.2+ (AIP-67) passes the task's team to methods that declare it.
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
@@ -429,7 +432,9 @@ class _CredpathBackendMixin:
         return None if conn is None else conn.to_json()
 
     def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
-        conn = self._credpath_connection(conn_id, team_name)
+        return self._airflow_connection(conn_id, self._credpath_connection(conn_id, team_name))
+
+    def _airflow_connection(self, conn_id: str, conn: Connection | None) -> Any:
         if conn is None:
             return None
         conn_class = self._get_connection_class()  # type: ignore[attr-defined]
@@ -446,11 +451,45 @@ class _CredpathBackendMixin:
         )
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
-        value = self._resolve("variable", key, team_name)
+        return self._mask_variable(key, self._resolve("variable", key, team_name))
+
+    def _mask_variable(self, key: str, value: str | None) -> str | None:
         if value is not None and is_sensitive_name(key):
             if not (_in_task_process() and _sdk_masks_what_it_reads("_mask_and_deserialize_variable")):
                 register_with_airflow_masker([(value, key)])
         return value
+
+    # Airflow 3 awaits these where a loop runs (the triggerer's connection reads; the Execution API's
+    # async resolver): same arguments and answers as the sync reads, the loop never blocked.
+    async def _aresolve(self, kind: Kind, key: str, team_name: str | None) -> Any:
+        from credpath import _aio
+
+        try:
+            resolution = await _aio.alookup(self.search_path, kind, key, team_name=team_name)
+        except AccessDenied as exc:
+            raise _airflow_access_denied()(str(exc)) from None
+        return None if resolution is None else resolution.value
+
+    async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        from credpath import _aio
+
+        conn = await self._aresolve("connection", conn_id, team_name)
+        if conn is None:
+            return None
+
+        def finish() -> Any:  # Airflow's masker and Connection class may be slow: off the loop
+            self._mask_connection(conn)
+            return self._airflow_connection(conn_id, conn)
+
+        return await _aio.run_blocking(finish)
+
+    async def aget_variable(self, key: str, team_name: str | None = None) -> str | None:
+        from credpath import _aio
+
+        value = await self._aresolve("variable", key, team_name)
+        if value is None:
+            return None
+        return await _aio.run_blocking(self._mask_variable, key, value)
 
     def get_config(self, key: str) -> str | None:
         value = self._resolve("config", key)

@@ -8,7 +8,15 @@ from typing import Any
 from credpath.model import Connection, validate_lookup_key
 from credpath.search_path import _UNSET, SearchPath
 
-__all__ = ["default_search_path", "get_config", "get_connection", "get_variable", "set_default_search_path"]
+__all__ = [
+    "aget_connection",
+    "aget_variable",
+    "default_search_path",
+    "get_config",
+    "get_connection",
+    "get_variable",
+    "set_default_search_path",
+]
 
 
 _default: SearchPath | None = None
@@ -99,3 +107,51 @@ def get_config(key: str, default: Any = _UNSET, *, team_name: str | None = None)
     """
     validate_lookup_key("config", key)
     return default_search_path().get_config(key, default, team_name=team_name)
+
+
+# --- async twins -------------------------------------------------------------------------------------------
+
+
+async def _adefault() -> SearchPath:
+    # Building the default path reads files and may import store clients: not on the event loop.
+    if _default is not None:
+        return _default
+    from credpath import _aio
+
+    return await _aio.run_blocking(default_search_path)
+
+
+async def aget_connection(
+    conn_id: str, *, team_name: str | None = None, timeout: float | None = None
+) -> Connection:
+    """:func:`get_connection` for coroutines: the same tiers, answers and errors, without blocking the loop.
+
+    The lookup runs in credpath's bounded thread pool; concurrent calls for one id (coroutines, threads,
+    other loops) share one store request. ``timeout`` (seconds) bounds this call only: it raises
+    :class:`~credpath.errors.BackendTimeout` while the shared lookup goes on for the others, as does
+    cancelling the awaiting task. Each store call keeps its backend's own deadline.
+    """
+    from credpath import _aio
+
+    return await _aio.aget_connection(await _adefault(), conn_id, team_name=team_name, timeout=timeout)
+
+
+async def aget_variable(
+    key: str,
+    default: Any = _UNSET,
+    deserialize_json: bool = False,
+    *,
+    team_name: str | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """:func:`get_variable` for coroutines, as :func:`aget_connection` is for :func:`get_connection`."""
+    from credpath import _aio
+
+    return await _aio.aget_variable(
+        await _adefault(),
+        key,
+        default,
+        deserialize_json=deserialize_json,
+        team_name=team_name,
+        timeout=timeout,
+    )

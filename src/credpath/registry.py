@@ -30,6 +30,7 @@ ALIASES: dict[str, str] = {
     "azure-key-vault": "credpath.backends.azure_key_vault.KeyVaultBackend",
     "airflow-db": "credpath.backends.airflow_db.AirflowDatabaseBackend",
     "kubernetes-secrets": "credpath.backends.kubernetes_secrets.KubernetesSecretsBackend",
+    "kubernetes-labels": "credpath.backends.kubernetes_labels.KubernetesLabelSecretsBackend",
 }
 
 #: Installed packages register more aliases here: ``[project.entry-points."credpath.backends"]``
@@ -46,6 +47,9 @@ AIRFLOW_CLASS_PATHS: dict[str, str] = {
     "airflow.providers.microsoft.azure.secrets.key_vault.AzureKeyVaultBackend": "azure-key-vault",
     "airflow.secrets.local_filesystem.LocalFilesystemBackend": "files",
     "airflow.secrets.environment_variables.EnvironmentVariablesBackend": "env",
+    "airflow.providers.cncf.kubernetes.secrets.kubernetes_secrets_backend.KubernetesSecretsBackend": (
+        "kubernetes-labels"
+    ),
 }
 
 

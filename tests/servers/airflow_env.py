@@ -53,6 +53,8 @@ REQUIREMENTS = (
     "prometheus-client",
     # The shared cache tier on Redis (credpath[redis]), for the DAG-run tests with [cache] shared.
     "redis>=5.0",
+    # What the cncf.kubernetes provider's secrets backend imports (the client the provider pins).
+    "kubernetes>=36.0.1,<37",
 )
 # The google and microsoft-azure providers, for the differential harness's naming checks (their secrets
 # backends import without cloud access). Installed without their dependencies: the google provider pulls in
@@ -61,6 +63,9 @@ REQUIREMENTS = (
 NO_DEPS_REQUIREMENTS = (
     "apache-airflow-providers-google==22.8.0",
     "apache-airflow-providers-microsoft-azure==15.2.1",
+    # The first release with team scoping in its label-based KubernetesSecretsBackend; its other
+    # dependencies (kubernetes_asyncio, aiofiles) serve the operators, not the secrets backend.
+    "apache-airflow-providers-cncf-kubernetes==10.25.0",
 )
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("CREDPATH_AIRFLOW_VENV") or REPO / ".cache" / "airflow-venv")

@@ -11,7 +11,11 @@ Drive it with ``kubernetes.client.Configuration(host=fake.endpoint)`` and the be
   forms ``k=v``, ``k==v``, ``k!=v``, the set forms ``k in (a,b)``, ``k notin (a,b)`` and existence ``k`` /
   ``!k``, terms joined by ``,`` (AND); ``limit`` and ``continue`` paging (``metadata.continue`` while
   more items remain, ``metadata.remainingItemCount``); a malformed selector or continue token is 400
-  ``BadRequest``;
+  ``BadRequest``, and so is a selector value that is no valid label value (at most 63 characters,
+  ``[A-Za-z0-9._-]``, starting and ending with a letter or digit, or empty), as the server validates it;
+  ``resourceVersion`` (``""``: the latest, consistent read; ``"0"``: any, served from the watch cache;
+  a number: not older than it), a non-numeric one is 400; the fake keeps no history and no cache, so
+  every form answers the current state; ``list_queries`` records each LIST's query parameters;
 - ``POST .../secrets``: create; 409 ``AlreadyExists``; 422 ``Invalid`` for a name that is not a DNS-1123
   subdomain or a data key outside ``[-._a-zA-Z0-9]+``; 400 for a body namespace that differs from the path's
   or ``data`` that is not base64; ``stringData`` is merged into ``data`` (base64) and not kept, as the server
@@ -28,13 +32,13 @@ Drive it with ``kubernetes.client.Configuration(host=fake.endpoint)`` and the be
   status (a ``Status`` body; ``Retry-After`` if given); ``count()`` / ``requests`` record what was asked.
 
 Not emulated: other resources and API groups, discovery (``/api``, ``/apis``, ``/version``), watch,
-``fieldSelector``, ``resourceVersion``/``resourceVersionMatch`` on reads, ``PATCH`` (all patch types),
-``deletecollection``, ``dryRun``, ``fieldManager``/managed fields, server-side apply, ``propagationPolicy``,
-finalizers and graceful deletion, ``immutable`` Secrets, Secret types other than stored as given (no
-validation of ``kubernetes.io/tls`` etc.), the 1 MiB object size limit, the continue token's expiry
-(410 ``Expired``) and the consistent snapshot across pages (pages are cut from the current state), TLS,
-client certificates, other authentication methods, RBAC itself (only ``deny``), admission, audit,
-API priority and fairness (429 only when injected), Protobuf, ``Table`` output, ``pretty``.
+``fieldSelector``, ``resourceVersion`` on GET of one Secret, ``resourceVersionMatch``, ``PATCH`` (all patch
+types), ``deletecollection``, ``dryRun``, ``fieldManager``/managed fields, server-side apply,
+``propagationPolicy``, finalizers and graceful deletion, ``immutable`` Secrets, Secret types other than stored
+as given (no validation of ``kubernetes.io/tls`` etc.), the 1 MiB object size limit, the continue token's
+expiry (410 ``Expired``) and the consistent snapshot across pages (pages are cut from the current state), TLS,
+client certificates, other authentication methods, RBAC itself (only ``deny``), admission, audit, API priority
+and fairness (429 only when injected), Protobuf, ``Table`` output, ``pretty``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ _REASONS = {
     500: "InternalError",
     503: "ServiceUnavailable",
 }
+LABEL_VALUE_RE = re.compile(r"^(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "DELETE": "delete"}
 
 
@@ -108,6 +113,7 @@ class _Selector:
     _SET = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
     _EQ = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(==|=|!=)\s*([A-Za-z0-9._-]*)\s*$")
     _EXISTS = re.compile(r"^\s*(!?)\s*([A-Za-z0-9./_-]+)\s*$")
+    _EQ_ANY = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(==|=|!=)")
 
     def __init__(self, text: str) -> None:
         self.terms: list[tuple[str, str, tuple[str, ...]]] = []
@@ -118,6 +124,8 @@ class _Selector:
             elif match := self._EQ.match(term):
                 op = "!=" if match.group(2) == "!=" else "="
                 self.terms.append((match.group(1), op, (match.group(3),)))
+            elif self._EQ_ANY.match(term):
+                raise ApiError(400, f"unable to parse requirement: invalid label value in {term!r}")
             elif match := self._EXISTS.match(term):
                 self.terms.append((match.group(2), "!" if match.group(1) else "exists", ()))
             else:
@@ -172,6 +180,7 @@ class KubernetesSecretsFake(LoopbackHttpFake):
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.denied: set[tuple[str, str | None, str | None]] = set()
         self.requests: list[tuple[str, str]] = []
+        self.list_queries: list[dict[str, str]] = []
         self.max_page = 500  # a server-side cap on limit, so tests can force paging without asking
         self._faults: list[tuple[int, float | None]] = []
         self._revision = itertools.count(1000)
@@ -186,6 +195,7 @@ class KubernetesSecretsFake(LoopbackHttpFake):
             self.secrets.clear()
             self.denied.clear()
             self.requests.clear()
+            self.list_queries.clear()
             self._faults.clear()
             self.max_page = 500
 
@@ -206,8 +216,9 @@ class KubernetesSecretsFake(LoopbackHttpFake):
         from kubernetes import client
 
         configuration = client.Configuration(host=self.endpoint)
-        configuration.api_key = {"authorization": self.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        # Both keys: kubernetes 36.0.x looks the prefix up by "BearerToken" only.
+        configuration.api_key = {"authorization": self.token, "BearerToken": self.token}
+        configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
         return client.CoreV1Api(client.ApiClient(configuration))
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -370,7 +381,20 @@ class KubernetesSecretsFake(LoopbackHttpFake):
         return status_body(200, "", "", {"name": name, "kind": "secrets", "uid": current["metadata"]["uid"]})
 
     def _list(self, namespace: str, query: dict[str, str]) -> dict[str, Any]:
+        self.list_queries.append(dict(query))
         selector = _Selector(query.get("labelSelector", ""))
+        for _key, _op, values in selector.terms:
+            bad = [v for v in values if not LABEL_VALUE_RE.match(v)]
+            if bad:
+                raise ApiError(
+                    400,
+                    f"unable to parse requirement: values[0]: Invalid value: {bad[0]!r}: a valid label must "
+                    "be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
+                    "start and end with an alphanumeric character",
+                )
+        version = query.get("resourceVersion", "")
+        if version and not version.isdigit():
+            raise ApiError(400, f"invalid resource version: {version!r}")
         try:
             limit = int(query.get("limit") or 0)
         except ValueError:
@@ -493,3 +517,51 @@ class KubernetesSecretsHarness:
 def kubernetes_secrets_harness(kubernetes_fake: KubernetesSecretsFake) -> KubernetesSecretsHarness:
     kubernetes_fake.reset()
     return KubernetesSecretsHarness(kubernetes_fake)
+
+
+class KubernetesLabelsHarness(KubernetesSecretsHarness):
+    """Contract-suite harness for the label-based backend (the cncf.kubernetes provider's layout): each
+    Secret gets a name unrelated to its id, as External Secrets Operator names them, the id in the kind's
+    label and the value under ``value``."""
+
+    labels = {
+        "connection": "airflow.apache.org/connection-id",
+        "variable": "airflow.apache.org/variable-key",
+        "config": "airflow.apache.org/config-key",
+    }
+
+    def make_backend(self, **kwargs: Any) -> Any:
+        from credpath.backends.kubernetes_labels import KubernetesLabelSecretsBackend
+
+        return KubernetesLabelSecretsBackend(**self.backend_kwargs(**kwargs))
+
+    def seed(self, kind: str, key: str, raw_value: str, *, labelled: bool = True) -> None:
+        if kind not in self.labels:
+            raise ValueError(f"unknown kind {kind!r}")
+        self.seed_labelled(kind, key, {"value": raw_value})
+
+    def seed_labelled(
+        self,
+        kind: str,
+        key: str,
+        string_data: dict[str, str] | None,
+        *,
+        extra_labels: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
+        """A Secret labelled ``<kind label>=key`` (plus ``extra_labels``); returns its name."""
+        from kubernetes import client
+
+        name = name or f"es-{uuid.uuid4().hex[:12]}"
+        labels = {self.labels[kind]: key, **(extra_labels or {})}
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, labels=labels), string_data=string_data or None
+        )
+        self.client.create_namespaced_secret(self.namespace, body)
+        return name
+
+
+@pytest.fixture
+def kubernetes_labels_harness(kubernetes_fake: KubernetesSecretsFake) -> KubernetesLabelsHarness:
+    kubernetes_fake.reset()
+    return KubernetesLabelsHarness(kubernetes_fake)

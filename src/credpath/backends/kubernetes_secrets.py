@@ -46,9 +46,14 @@ Errors: 401 and 403 raise :class:`AccessDenied`; 404 is a miss; 429 and 5xx are 
 and then raise :class:`BackendError`; a call that runs out of time raises :class:`BackendTimeout`. Messages
 name the backend, the Secret and the HTTP status, never a value.
 
-Teams (Airflow 3.2+ multi-team): reads accept ``team_name`` and do not scope by it. No Airflow backend exists
-for this store to copy, and the Kubernetes unit of isolation is the namespace, enforced by RBAC: give each
-team its own backend on its own namespace, rather than a name convention any reader could step outside.
+Teams (Airflow 3.2+ multi-team): reads accept ``team_name`` and do not scope by it. The cncf.kubernetes
+provider's backend finds Secrets by label and scopes teams by a label (credpath's ``kubernetes-labels``,
+:mod:`credpath.backends.kubernetes_labels`); for names, the Kubernetes unit of isolation is the namespace,
+enforced by RBAC: give each team its own backend on its own namespace, rather than a name convention any
+reader could step outside.
+
+Works with the kubernetes client before 37 too (the version the cncf.kubernetes provider pins), whose
+generated ``ApiClient.call_api`` raises on a non-2xx answer and reads the bearer prefix by another key.
 """
 
 from __future__ import annotations
@@ -211,17 +216,21 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
 
         configuration = client.Configuration()
         namespace = self._namespace
+        source = "setting" if namespace else "default"
         try:
             if self.host:
                 configuration.host = self.host.rstrip("/")
                 if self._token:
-                    configuration.api_key = {"authorization": self._token}
-                    configuration.api_key_prefix = {"authorization": "Bearer"}
+                    # kubernetes 36.0.x reads the token by "BearerToken" and its prefix by that key only
+                    # (no alias), older and newer clients by "authorization": set both.
+                    configuration.api_key = {"authorization": self._token, "BearerToken": self._token}
+                    configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
             elif self._use_in_cluster():
                 config.load_incluster_config(client_configuration=configuration)
                 if namespace is None and os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
                     with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
                         namespace = handle.read().strip() or None
+                    source = "service account" if namespace else source
             else:
                 config.load_kube_config(
                     config_file=self.kubeconfig,
@@ -234,6 +243,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                     if self.context:
                         active = next((c for c in contexts or [] if c.get("name") == self.context), None)
                     namespace = ((active or {}).get("context") or {}).get("namespace")
+                    source = "kubeconfig" if namespace else source
         except ConfigException as exc:
             where = (
                 "in-cluster config"
@@ -251,6 +261,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
             configuration.ssl_ca_cert = self.ssl_ca_cert
         configuration.retries = False  # credpath retries, within one deadline for the whole call
         self.namespace = namespace or "default"
+        #: Where the namespace came from: "setting", "service account", "kubeconfig" or "default".
+        self.namespace_source = source
         self._exceptions = (urllib3.exceptions.HTTPError, OSError)
         # (timeouts, what urllib3 files under them but is not one: a refused connection)
         self._timeouts = (urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)
@@ -288,6 +300,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         def send(api_client: Any, timeout: tuple[float, float]) -> Any:
             # The namespace is known once the client is built (it may come from the kubeconfig).
             path = f"/api/v1/namespaces/{self.namespace}/secrets" + (f"/{name}" if name else "")
+            if not hasattr(api_client, "param_serialize"):
+                return _send_before_v37(api_client, method, path, params, dict(headers), body, timeout)
             request = api_client.param_serialize(
                 method,
                 path,
@@ -671,6 +685,51 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         )
         self._expect(status, "listing secrets", None, ok=(200,))
         return f"namespace {self.namespace!r} reachable; listing allowed"
+
+
+class _Answer:
+    """A non-2xx answer of a kubernetes client before 37 (which raises it), shaped as a response."""
+
+    def __init__(self, exc: Any) -> None:
+        self.status = exc.status
+        body = exc.body
+        self.data = body.encode() if isinstance(body, str) else body or b""
+        self._headers = exc.headers or {}
+
+    def getheader(self, name: str, default: Any = None) -> Any:
+        return self._headers.get(name, default)
+
+
+def _send_before_v37(
+    api_client: Any,
+    method: str,
+    path: str,
+    params: list[tuple[str, Any]],
+    headers: dict[str, str],
+    body: Any,
+    timeout: tuple[float, float],
+) -> Any:
+    """One request through the older generated ApiClient (kubernetes < 37, which the cncf.kubernetes
+    provider pins): the same transport, but ``call_api`` raises on a non-2xx answer."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        response = api_client.call_api(
+            path,
+            method,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+    except ApiException as exc:
+        if not exc.status:  # status 0: TLS or a request that could not be built, not an answer
+            raise
+        return _Answer(exc)
+    response.data  # noqa: B018 - reads the body now, inside the deadline
+    return response
 
 
 def _json_body(body: Any) -> Any:

@@ -457,3 +457,6 @@ def import_command(
     on_existing: Any = import_action(action, overwrite or None, default="skip")
     result = transfer.import_connections(state.search_path, file, to=to, on_existing=on_existing)
     echo_import_summary("connection", result)
+
+
+from credpath.cli import conn_test as _conn_test  # noqa: E402, F401 - registers `connections test`
