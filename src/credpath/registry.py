@@ -30,6 +30,8 @@ ALIASES: dict[str, str] = {
     "azure-key-vault": "credpath.backends.azure_key_vault.KeyVaultBackend",
     "airflow-db": "credpath.backends.airflow_db.AirflowDatabaseBackend",
     "kubernetes-secrets": "credpath.backends.kubernetes_secrets.KubernetesSecretsBackend",
+    "vault-database": "credpath.backends.vault_database.VaultDatabaseBackend",
+    "aws-sts": "credpath.backends.aws_sts.AwsStsBackend",
 }
 
 #: Installed packages register more aliases here: ``[project.entry-points."credpath.backends"]``
