@@ -317,3 +317,73 @@ def test_leased_ids_are_never_cached(openbao_database: DatabaseEngine, tmp_path:
         assert path.cache.get_stale(("connection", "pg_reporting", None)) is None
     finally:
         path.entries[0].backend.revoke_leases()
+
+
+# --- inside Airflow -----------------------------------------------------------------------------------------
+
+LEASES_DAG = """
+from __future__ import annotations
+
+import pendulum
+
+from airflow.sdk import BaseHook, dag, task
+
+
+@dag(start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
+def credpath_leases_example():
+    @task
+    def use_lease():
+        print("lease user: " + BaseHook.get_connection(conn_id="pg_reporting").login)
+
+    @task
+    def fail_with_lease():
+        print("lease user: " + BaseHook.get_connection(conn_id="pg_reporting").login)
+        raise RuntimeError("failing on purpose, after the lease was minted")
+
+    for i in range(TASKS):
+        use_lease.override(task_id=f"ok_{i}")()
+    fail_with_lease()
+
+
+credpath_leases_example()
+"""
+
+
+@pytest.mark.airflow
+def test_each_airflow_task_gets_its_own_user_and_none_is_left_when_the_run_ends(
+    airflow: Any, airflow_api_server: Any, openbao_database: DatabaseEngine, tmp_path: Path
+) -> None:
+    from tests.servers.airflow_env import run_dags_test
+
+    engine = openbao_database
+    tasks = 3
+    _config(tmp_path, engine.backend_kwargs())
+    (airflow.dags / "credpath_leases_example.py").write_text(LEASES_DAG.replace("TASKS", str(tasks)))
+    env = {
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": "credpath.airflow.CredpathBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"config": str(tmp_path / "credpath.toml")}),
+    }
+
+    def logs() -> list[str]:
+        files = (airflow.home / "logs").glob("dag_id=credpath_leases_example/**/attempt=*.log")
+        return [log.read_text() for log in files]
+
+    def finished() -> bool:  # every task's listener has run
+        return sum("revoked 1 lease(s) of task" in text for text in logs()) >= tasks + 1
+
+    run_dags_test(airflow, "credpath_leases_example", env, finished, timeout=400)
+    texts = logs()
+    assert_no_secret("\n".join(texts))
+    users = [
+        line.split("lease user: ", 1)[1].split('"', 1)[0].strip()
+        for text in texts
+        for line in text.splitlines()
+        if "lease user: " in line
+    ]
+    assert len(users) == tasks + 1 and len(set(users)) == tasks + 1  # one database user per task
+    assert all(user.startswith("v-") for user in users)
+    # The listener revoked each task's lease when the task ended (the failed task's too).
+    assert sum("revoked 1 lease(s) of task" in text for text in texts) == tasks + 1
+    assert any("fail_with_lease" in text and "revoked 1 lease(s)" in text for text in texts)
+    assert not set(users) & engine.pg_users()
+    assert engine.leases() == []
