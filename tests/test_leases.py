@@ -206,3 +206,18 @@ def test_parse_entries_is_one_line(leases: Any, expected: str) -> None:
     assert _leases.parse_entries(
         '{"c": "r"}', lambda _id, e: e, ConfigError, shorthand="role", known=frozenset({"role"})
     ) == {"c": {"role": "r"}}
+
+
+def test_lease_events_reach_the_metrics(manager: Any) -> None:
+    from credpath import metrics
+
+    metrics.enable()
+    try:
+        source = Source("metrics", ttl=30)
+        manager.get("k", source)
+        manager.revoke()
+        counted = metrics.store_counts("metrics")
+    finally:
+        metrics.disable()
+        metrics.reset()
+    assert counted["lease_mints"] == 1 and counted["lease_revocations"] == 1

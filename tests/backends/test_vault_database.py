@@ -203,6 +203,44 @@ def test_openbao_down_during_renewal_keeps_the_credential_until_expiry(
     assert _psql_login(fresh) == fresh.login
 
 
+def test_a_static_role_gives_the_rotated_user(openbao_database: DatabaseEngine, backends: Any) -> None:
+    import psycopg
+
+    engine = openbao_database
+    with psycopg.connect(engine.postgres.admin_url, autocommit=True) as db:
+        db.execute('DROP ROLE IF EXISTS "static_reporter"')
+        db.execute('CREATE ROLE "static_reporter" WITH LOGIN')
+    engine.write(
+        f"{engine.mount}/static-roles/static_reporting",
+        {"db_name": "pg", "username": "static_reporter", "rotation_period": "3600"},
+    )
+    backend = backends(
+        **engine.backend_kwargs(
+            leases={"pg_reporting": engine.template(role="static_reporting", static=True)}
+        )
+    )
+    conn = backend.get_connection("pg_reporting")
+    assert conn is not None and conn.login == "static_reporter"
+    assert _psql_login(conn) == "static_reporter"
+    (lease,) = _leases.manager().leases(backend._key_prefix)
+    assert not lease.revocable and 3500 < lease.left() <= 3600  # good until Vault rotates it
+    assert backend.revoke_leases() == 0  # a static user is rotated by Vault, never revoked
+
+
+def test_airflow_backend_kwargs_express_a_lease_source(openbao_database: DatabaseEngine) -> None:
+    from credpath.airflow import _CredpathBackendMixin
+
+    engine = openbao_database
+    spec = {"name": "leases", "type": "vault-database", "kwargs": engine.backend_kwargs()}
+    backend = _CredpathBackendMixin(backends=json.dumps([spec]))  # type: ignore[arg-type]
+    (entry,) = backend.search_path.entries
+    assert isinstance(entry.backend, VaultDatabaseBackend) and not entry.cache_results
+    conn = backend.search_path.get_connection("pg_reporting")
+    assert conn is not None and _psql_login(conn) == conn.login
+    assert entry.backend.revoke_leases() == 1
+    assert engine.leases() == []
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 
