@@ -109,7 +109,7 @@ def main() -> None:
                     args.rounds,
                 )
             ]
-            key = leased._key_prefix + "pg_reporting"
+            key = leased.lease_key_prefix + "pg_reporting"
             minted: list[Any] = []
             rows.append(
                 measure(

@@ -44,6 +44,7 @@ __all__ = [
     "LeaseManager",
     "LeaseRefused",
     "LeaseSource",
+    "LeasedIds",
     "Minted",
     "counts",
     "manager",
@@ -369,6 +370,38 @@ class LeaseManager:
         self._thread = None
         self._minting = {}
         self._pid = os.getpid()
+
+
+class LeasedIds:
+    """What a lease-source backend shares: its keys in the manager, lookups, per-id detail, revocation.
+
+    The backend sets ``self.lease_key_prefix`` (unique per backend instance) and implements the
+    :class:`LeaseSource` methods; ids are connection ids."""
+
+    lease_key_prefix: str = ""
+
+    def leased(self, conn_id: str) -> Any:
+        """The process's credential for ``conn_id`` (minted by ``self.mint`` on first use)."""
+        return _manager.get(self.lease_key_prefix + conn_id, self)  # type: ignore[arg-type]
+
+    def conn_id_of(self, key: str) -> str:
+        return key[len(self.lease_key_prefix) :]
+
+    def lease_detail(self, conn_id: str) -> str | None:
+        """The held lease of ``conn_id`` (id prefix, TTL left, renewals) for explain, or None."""
+        for lease in _manager.leases(self.lease_key_prefix + conn_id):
+            if lease.key == self.lease_key_prefix + conn_id:
+                return lease.summary()
+        return None
+
+    def lease_lines(self) -> str:
+        """``; <id>: <lease summary>`` per held lease, for ``describe()``."""
+        held = _manager.leases(self.lease_key_prefix)
+        return "".join(f"; {self.conn_id_of(lease.key)}: {lease.summary()}" for lease in held)
+
+    def revoke_leases(self) -> int:
+        """Revoke the leases this backend holds in this process; the count."""
+        return _manager.revoke(self.lease_key_prefix)
 
 
 def parse_entries(

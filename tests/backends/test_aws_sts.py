@@ -60,15 +60,15 @@ def test_the_connection_carries_temporary_keys_that_work_and_expire_as_sts_says(
     assert ":assumed-role/reporting/task-1" in arn
     # One set per process; held for the duration STS gave (1800 s), re-minted at two thirds of it.
     assert backend.get_connection("aws_reporting") is conn
-    (lease,) = _leases.manager().leases(backend._key_prefix)
+    (lease,) = _leases.manager().leases(backend.lease_key_prefix)
     assert 1790 <= lease.left() <= 1800 and not lease.renewable
     assert abs(lease.next_at - time.monotonic() - 1200) < 10
     assert _leases.counts(backend.name)["minted"] == before["minted"] + 1
     text = backend.describe() + repr(conn)
     assert extra["aws_secret_access_key"] not in text and extra["aws_session_token"] not in text
     # STS cannot revoke one session's keys: nothing is counted as revoked, they expire.
-    assert _leases.revoke_all(backend._key_prefix) == 0
-    assert _leases.manager().leases(backend._key_prefix) == []
+    assert _leases.revoke_all(backend.lease_key_prefix) == 0
+    assert _leases.manager().leases(backend.lease_key_prefix) == []
 
 
 def test_the_minted_secret_is_masked(sts_env: MotoServer) -> None:
@@ -115,4 +115,4 @@ def test_a_policy_that_denies_assume_role_is_one_line(sts_env: MotoServer) -> No
     message = str(info.value)
     assert "denies sts:AssumeRole" in message and ROLE in message and "\n" not in message
     assert key["SecretAccessKey"] not in message
-    assert _leases.manager().leases(backend._key_prefix) == []
+    assert _leases.manager().leases(backend.lease_key_prefix) == []

@@ -153,7 +153,7 @@ def test_a_process_living_past_the_ttl_keeps_a_working_credential(
     while time.monotonic() < ended:
         conn = backend.get_connection("pg_reporting")
         assert conn is not None
-        (lease,) = _leases.manager().leases(backend._key_prefix)
+        (lease,) = _leases.manager().leases(backend.lease_key_prefix)
         assert lease.left() > 0  # never an expired credential
         assert _psql_login(conn) == conn.login
         seen.add(conn.login or "")
@@ -163,6 +163,13 @@ def test_a_process_living_past_the_ttl_keeps_a_working_credential(
     assert after["minted"] - before["minted"] >= 2 and len(seen) >= 2  # re-minted at the max TTL
     assert after["expired"] == before["expired"]
     assert "renewals=" in backend.describe() and "ttl_left=" in backend.describe()
+    detail = backend.lease_detail("pg_reporting")
+    assert (
+        detail is not None
+        and detail.startswith(f"lease {engine.mount}/creds/short/")
+        and "renewals=" in detail
+    )
+    assert backend.lease_detail("other") is None
     assert backend.revoke_leases() >= 1
     assert wait_until(lambda: engine.leases("short") == [], timeout=10)
 
@@ -222,7 +229,7 @@ def test_a_static_role_gives_the_rotated_user(openbao_database: DatabaseEngine, 
     conn = backend.get_connection("pg_reporting")
     assert conn is not None and conn.login == "static_reporter"
     assert _psql_login(conn) == "static_reporter"
-    (lease,) = _leases.manager().leases(backend._key_prefix)
+    (lease,) = _leases.manager().leases(backend.lease_key_prefix)
     assert not lease.revocable and 3500 < lease.left() <= 3600  # good until Vault rotates it
     assert backend.revoke_leases() == 0  # a static user is rotated by Vault, never revoked
 
@@ -249,7 +256,7 @@ def _one_line_config_error(backend: VaultDatabaseBackend, conn_id: str = "pg_rep
         backend.get_connection(conn_id)
     message = str(info.value)
     assert "\n" not in message and "s3cr3t" not in message
-    assert _leases.manager().leases(backend._key_prefix) == []  # never a half-made connection
+    assert _leases.manager().leases(backend.lease_key_prefix) == []  # never a half-made connection
     return message
 
 

@@ -39,7 +39,7 @@ _ENTRY_KEYS = frozenset(
 DEFAULT_DURATION = 900
 
 
-class AwsStsBackend(BaseBackend):
+class AwsStsBackend(_leases.LeasedIds, BaseBackend):
     """``leases`` (id -> role entry) and the AWS settings of the caller that assumes the roles."""
 
     alias: ClassVar[str] = "aws-sts"
@@ -56,7 +56,7 @@ class AwsStsBackend(BaseBackend):
             leases, self._entry, self.config_error, shorthand="role_arn", known=_ENTRY_KEYS
         )
         self.aws = AwsSession(self, **session)
-        self._key_prefix = f"aws-sts:{self.name}:{id(self)}:"
+        self.lease_key_prefix = f"aws-sts:{self.name}:{id(self)}:"
 
     def _entry(self, conn_id: str, entry: Any) -> dict[str, Any]:
         where = f"leases.{conn_id}"
@@ -89,7 +89,7 @@ class AwsStsBackend(BaseBackend):
     def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         if conn_id not in self.leases or not self.wants("connection", conn_id):
             return None
-        conn: Connection = _leases.manager().get(self._key_prefix + conn_id, self)
+        conn: Connection = self.leased(conn_id)
         return conn
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
@@ -102,7 +102,7 @@ class AwsStsBackend(BaseBackend):
     # --- the lease source ---------------------------------------------------------------------------
 
     def mint(self, key: str) -> _leases.Minted:
-        conn_id = key[len(self._key_prefix) :]
+        conn_id = self.conn_id_of(key)
         entry = self.leases[conn_id]
         params: dict[str, Any] = {
             "RoleArn": entry["role_arn"],
@@ -159,10 +159,8 @@ class AwsStsBackend(BaseBackend):
         """STS cannot revoke one session's keys: they expire at their duration."""
 
     def describe(self) -> str:
-        held = _leases.manager().leases(self._key_prefix)
         text = f"aws-sts {self.aws.describe()} leased={','.join(sorted(self.leases)) or '-'}"
-        for lease in held:
-            text += f"; {lease.key[len(self._key_prefix) :]}: {lease.summary()}"
+        text += self.lease_lines()
         return text
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ _ENTRY_KEYS = frozenset(
 _TEMPLATE_FIELDS = ("conn_type", "host")
 
 
-class VaultDatabaseBackend(VaultBackend):
+class VaultDatabaseBackend(_leases.LeasedIds, VaultBackend):
     """Vault's kwargs, plus ``leases`` (id -> role or entry) and ``database_mount`` (default "database")."""
 
     alias: ClassVar[str] = "vault-database"
@@ -64,7 +64,7 @@ class VaultDatabaseBackend(VaultBackend):
         self.leases = _leases.parse_entries(
             leases, self._entry, self.config_error, shorthand="role", known=_ENTRY_KEYS
         )
-        self._key_prefix = f"vault-database:{self.name}:{id(self)}:"
+        self.lease_key_prefix = f"vault-database:{self.name}:{id(self)}:"
 
     def _entry(self, conn_id: str, entry: Any) -> dict[str, Any]:
         where = f"leases.{conn_id}"
@@ -92,7 +92,7 @@ class VaultDatabaseBackend(VaultBackend):
         entry = self.leases.get(conn_id)
         if entry is None or not self.wants("connection", conn_id):
             return super().get_connection(conn_id, team_name)
-        conn: Connection = _leases.manager().get(self._key_prefix + conn_id, self)
+        conn: Connection = self.leased(conn_id)
         return conn
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
@@ -131,7 +131,7 @@ class VaultDatabaseBackend(VaultBackend):
         }
 
     def mint(self, key: str) -> _leases.Minted:
-        conn_id = key[len(self._key_prefix) :]
+        conn_id = self.conn_id_of(key)
         entry = self.leases[conn_id]
         template = self._template(conn_id, entry)
         mount, role = entry["mount"], entry["role"]
@@ -216,16 +216,10 @@ class VaultDatabaseBackend(VaultBackend):
 
     # --- life cycle and description -----------------------------------------------------------------
 
-    def revoke_leases(self) -> int:
-        """Revoke the leases this backend holds in this process; the count."""
-        return _leases.revoke_all(self._key_prefix)
-
     def describe(self) -> str:
-        held = _leases.manager().leases(self._key_prefix)
         leased = ",".join(sorted(self.leases)) or "-"
         text = f"{super().describe()} database={self.database_mount} leased={leased}"
-        for lease in held:
-            text += f"; {lease.key[len(self._key_prefix) :]}: {lease.summary()}"
+        text += self.lease_lines()
         counted = _leases.counts(self.name)
         if any(counted.values()):
             text += "; leases " + " ".join(f"{k}={v}" for k, v in counted.items())
