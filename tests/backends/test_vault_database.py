@@ -170,6 +170,7 @@ def test_a_process_living_past_the_ttl_keeps_a_working_credential(
         and "renewals=" in detail
     )
     assert backend.lease_detail("other") is None
+    assert conn.password and conn.password not in backend.describe() + detail + repr(conn)
     assert backend.revoke_leases() >= 1
     assert wait_until(lambda: engine.leases("short") == [], timeout=10)
 
