@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,14 @@ class Counting:
         self.n += 1
 
 
-def measure(label: str, func: Any, counter: Counting, rounds: int) -> dict[str, Any]:
+def measure(label: str, func: Any, count: Callable[[], int], rounds: int) -> dict[str, Any]:
     times, requests = [], []
     for _ in range(rounds):
-        before = counter.n
+        before = count()
         started = time.perf_counter()
         func()
         times.append((time.perf_counter() - started) * 1000)
-        requests.append(counter.n - before)
+        requests.append(count() - before)
     return {
         "operation": label,
         "requests": statistics.median(requests),
@@ -101,33 +102,21 @@ def main() -> None:
                 if counter not in hooks:  # equal Vault settings share one session
                     hooks.append(counter)
             static.get_connection("pg_static")  # log-in and session set-up out of the figures
-            rows = [
-                measure(
-                    "static read (vault KV v2)",
-                    lambda: static.get_connection("pg_static"),
-                    counter,
-                    args.rounds,
-                )
-            ]
             key = leased.lease_key_prefix + "pg_reporting"
             minted: list[Any] = []
-            rows.append(
-                measure(
-                    "mint (database/creds)", lambda: minted.append(leased.mint(key)), counter, args.rounds
-                )
-            )
-            ids = iter([m.lease_id for m in minted])
-            rows.append(
-                measure(
-                    "renew (sys/leases/renew)",
-                    lambda: leased.renew(minted[0].lease_id, 60),
-                    counter,
-                    args.rounds,
-                )
-            )
-            rows.append(
-                measure("revoke (sys/leases/revoke)", lambda: leased.revoke(next(ids)), counter, args.rounds)
-            )
+            ids: list[str] = []
+            operations = [
+                ("static read (vault KV v2)", lambda: static.get_connection("pg_static")),
+                ("mint (database/creds)", lambda: minted.append(leased.mint(key))),
+                ("renew (sys/leases/renew)", lambda: leased.renew(minted[0].lease_id, 60)),
+                ("revoke (sys/leases/revoke)", lambda: leased.revoke(ids.pop())),
+            ]
+            rows = []
+            for label, func in operations:
+                if label.startswith("revoke"):
+                    ids.extend(m.lease_id for m in minted)
+                rows.append(measure(label, func, lambda: counter.n, args.rounds))
+            rows += measure_sts(Path(tmp), args.rounds)
             print("| operation | store requests | median ms | p90 ms |\n|---|---|---|---|")
             for row in rows:
                 print(f"| {row['operation']} | {row['requests']:g} | {row['median_ms']} | {row['p90_ms']} |")
@@ -139,6 +128,45 @@ def main() -> None:
                 next(pg_gen)
             except StopIteration:
                 pass
+
+
+def measure_sts(tmp: Path, rounds: int) -> list[dict[str, Any]]:
+    """AssumeRole against a moto server (its latency is moto's, not AWS's: the request count is the point)."""
+    from tests.servers._util import free_port, stop_process
+    from tests.servers.moto import start_moto
+
+    from credpath.backends.aws_sts import AwsStsBackend
+
+    port = free_port()
+    proc = start_moto(port, tmp / "moto.log")
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_STS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL_STS=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    try:
+        backend = AwsStsBackend(
+            leases={"aws_reporting": "arn:aws:iam::123456789012:role/reporting"}, region_name="us-east-1"
+        )
+        backend.prepare()
+        key = backend.lease_key_prefix + "aws_reporting"
+        backend.mint(key)  # client set-up out of the figures
+        calls = backend.aws.calls  # API calls by operation name
+        return [
+            measure(
+                "mint (STS AssumeRole, moto)", lambda: backend.mint(key), lambda: sum(calls.values()), rounds
+            )
+        ]
+    finally:
+        stop_process(proc)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_processes(engine: Any, n: int, tmp: str) -> dict[str, Any]:
