@@ -27,6 +27,8 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from credpath import airflow_leases
+
 __all__ = ["URL_PREFIX", "CredpathPlugin", "airflow_search_path"]
 
 
@@ -160,6 +162,7 @@ def _metastore_ids(kind: str) -> list[str]:
 
 class CredpathPlugin(AirflowPlugin):  # type: ignore[misc]  # Airflow is untyped here
     name = "credpath"
+    listeners = [airflow_leases]  # revoke a task's leases at its end
     fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "credpath secrets inventory"}]
     external_views = [
         {

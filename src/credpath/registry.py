@@ -31,6 +31,8 @@ ALIASES: dict[str, str] = {
     "airflow-db": "credpath.backends.airflow_db.AirflowDatabaseBackend",
     "kubernetes-secrets": "credpath.backends.kubernetes_secrets.KubernetesSecretsBackend",
     "kubernetes-labels": "credpath.backends.kubernetes_labels.KubernetesLabelSecretsBackend",
+    "vault-database": "credpath.backends.vault_database.VaultDatabaseBackend",
+    "aws-sts": "credpath.backends.aws_sts.AwsStsBackend",
 }
 
 #: Installed packages register more aliases here: ``[project.entry-points."credpath.backends"]``

@@ -8,6 +8,8 @@ fails the suite. Exempt, with the reason:
 - ``airflow-db``: a read-only window on a real Airflow metadata database (Airflow's schema, written by
   Airflow); it cannot be seeded or written by credpath and needs an Airflow install, so
   tests/backends/test_airflow_db.py tests it against Airflow itself.
+- ``aws-sts``: a lease source with no storage (STS mints keys; nothing can be seeded or read back);
+  tests/backends/test_aws_sts.py tests it against moto's STS.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from credpath.testing import BackendContract, harness_fixture
 #: Aliases the registry knows but the contract does not run, with the reason (see the module docstring).
 EXEMPT: dict[str, str] = {
     "airflow-db": "read-only view of Airflow's own metadata database; tested against Airflow itself",
+    "aws-sts": "mints temporary keys, stores nothing to seed; tested against moto in test_aws_sts.py",
 }
 
 
