@@ -412,7 +412,7 @@ class _CredpathBackendMixin:
         return resolution.value
 
     def _credpath_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
-        conn = self._resolve("connection", conn_id, team_name)
+        conn: Connection | None = self._resolve("connection", conn_id, team_name)
         self._mask_connection(conn)
         return conn
 
@@ -492,7 +492,7 @@ class _CredpathBackendMixin:
         return await _aio.run_blocking(self._mask_variable, key, value)
 
     def get_config(self, key: str) -> str | None:
-        value = self._resolve("config", key)
+        value: str | None = self._resolve("config", key)
         if value is not None:
             # Config kept in a secrets store is secret by choice (sql_alchemy_conn, fernet_key): no name test.
             register_with_airflow_masker([(value, None)])
@@ -520,7 +520,8 @@ def _airflow_access_denied() -> type[Exception]:
         from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
     except ImportError:  # Task SDK before 1.2.2
         return PermissionError
-    return AirflowSecretsBackendAccessDenied
+    denied: type[Exception] = AirflowSecretsBackendAccessDenied
+    return denied
 
 
 def _airflow_base_class() -> type:
@@ -536,7 +537,8 @@ def _airflow_base_class() -> type:
                 f"{CLASS_PATH} needs Apache Airflow 3 (airflow.sdk or airflow.secrets is missing); "
                 "install apache-airflow, or use credpath's own API without it"
             ) from None
-    return BaseSecretsBackend
+    base: type = BaseSecretsBackend
+    return base
 
 
 _backend_class: type | None = None

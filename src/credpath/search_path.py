@@ -26,7 +26,7 @@ from credpath._lookup.state import LookupState, shared_tier_for
 from credpath._lookup.trace import LookupContext
 from credpath.cache import ABSENT, CacheSettings, TTLCache
 from credpath.config import BackendSpec, Settings
-from credpath.errors import BackendUnavailable, ConfigError, NotFound
+from credpath.errors import BackendUnavailable, NotFound
 from credpath.masking import Masker, default_masker
 from credpath.model import Connection
 from credpath.protocol import Backend, BaseBackend, Kind, Serialization

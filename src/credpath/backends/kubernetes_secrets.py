@@ -226,20 +226,20 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                     configuration.api_key = {"authorization": self._token, "BearerToken": self._token}
                     configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
             elif self._use_in_cluster():
-                config.load_incluster_config(client_configuration=configuration)
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
                 if namespace is None and os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
                     with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
                         namespace = handle.read().strip() or None
                     source = "service account" if namespace else source
             else:
-                config.load_kube_config(
+                config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=self.kubeconfig,
                     context=self.context,
                     client_configuration=configuration,
                     persist_config=False,
                 )
                 if namespace is None:
-                    contexts, active = config.list_kube_config_contexts(self.kubeconfig)
+                    contexts, active = config.list_kube_config_contexts(self.kubeconfig)  # type: ignore[no-untyped-call]
                     if self.context:
                         active = next((c for c in contexts or [] if c.get("name") == self.context), None)
                     namespace = ((active or {}).get("context") or {}).get("namespace")
@@ -325,6 +325,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         api_client = self.api
         from kubernetes.client.exceptions import ApiException
 
+        caught: tuple[type[BaseException], ...] = (ApiException, *self._exceptions)
+
         deadline = Deadline(self.timeout)
         target = f" {secret!r}" if secret else ""
         where = (
@@ -342,7 +344,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                 )
             except BackendError:
                 raise
-            except (ApiException, *self._exceptions) as exc:  # ApiException(status=0): TLS, proxy
+            except caught as exc:  # ApiException(status=0): TLS, proxy
                 if isinstance(exc, self._timeouts[0]) and not isinstance(exc, self._timeouts[1]):
                     raise timed_out() from None  # the socket timeout is the deadline's remainder
                 raise Retryable(
@@ -498,7 +500,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         found = self._read("connection", conn_id)
         return None if found is None else self._conn_value(found[1])
 
-    def get_connection(self, conn_id: str, *, team_name: str | None = None) -> Connection | None:
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
         found = self._read("connection", conn_id)
         return None if found is None else self._connection_from(conn_id, found[1])
 
@@ -519,7 +521,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         if len(wanted) == 1:
             found = self._read(kind, wanted[0])
             return {} if found is None else {wanted[0]: found}
-        listed: dict[str, tuple[str, dict[str, Any]]] = {}
+        listed: dict[str, dict[str, Any]] = {}
         for item in self._list_items(kind):
             name = (item.get("metadata") or {}).get("name")
             if name:
@@ -744,6 +746,7 @@ def _json_body(body: Any) -> Any:
 def _status_reason(body: Any) -> str:
     """The ``reason`` of a metav1.Status body ("NotFound", "Forbidden"), never its free-text message."""
     parsed = _json_body(body)
-    if isinstance(parsed, dict) and isinstance(parsed.get("reason"), str):
-        return parsed["reason"]
+    reason = parsed.get("reason") if isinstance(parsed, dict) else None
+    if isinstance(reason, str):
+        return reason
     return ""

@@ -8,6 +8,7 @@ import click
 
 from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_state
 from credpath.cli.output import echo_json, echo_table
+from credpath.protocol import Kind
 
 __all__ = [
     "backends_check",
@@ -19,7 +20,7 @@ __all__ = [
     "rotate_fernet_key",
 ]
 
-_KINDS = {"connection": "connection", "variable": "variable", "config": "config"}
+_KINDS: dict[str, Kind] = {"connection": "connection", "variable": "variable", "config": "config"}
 
 
 @cli.command("explain")
