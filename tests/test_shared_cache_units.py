@@ -8,6 +8,7 @@ two tests of how an open waits for SQLite's file lock, which must wait on real t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from credpath import _keys
 from credpath import shared_cache as sc
 from credpath.config import BackendSpec
 from credpath.errors import ConfigError, MissingDependency
@@ -897,7 +899,7 @@ def test_file_tier_creates_a_private_node_key_once(tmp_path: Path) -> None:
     keys = sc.resolve_keys(None, {}, home, file_tier=True)
     path = home / "cache.key"
     assert path.read_text() == keys[0].decode() + "\n"
-    assert len(keys) == 1 and len(sc.base64.urlsafe_b64decode(keys[0])) == 32
+    assert len(keys) == 1 and len(base64.urlsafe_b64decode(keys[0])) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert sorted(p.name for p in home.iterdir()) == ["cache.key"]  # the temporary file is gone
@@ -909,12 +911,13 @@ def test_node_key_race_reads_the_winners_key(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "cache.key"
     winner = Fernet.generate_key().decode()
 
-    def lose(p: Path) -> str:
-        p.write_text(winner + "\n")
-        raise FileExistsError(p)
+    def lose(src: str | Path, dst: str | Path) -> None:
+        Path(dst).write_text(winner + "\n")  # another process linked its key first
+        raise FileExistsError(dst)
 
-    monkeypatch.setattr(sc, "_create_key_file", lose)
+    monkeypatch.setattr(_keys.os, "link", lose)
     assert sc._node_key(path) == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.key"]  # the loser's temporary file is gone
 
 
 def test_unreadable_key_file_names_the_file_not_the_key(tmp_path: Path) -> None:

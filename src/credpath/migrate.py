@@ -107,6 +107,26 @@ class Plan:
         return [i for i in self.items if i.action in actions]
 
 
+#: The summary's buckets (each id in exactly one) and the plan action each bucket holds.
+_ACTION_BUCKET: dict[str, str] = {
+    "add": "added",
+    "change": "changed",
+    "unchanged": "unchanged",
+    "skip": "skipped",
+    "conflict": "conflicts",
+    "error": "errors",
+}
+_BUCKETS = (*_ACTION_BUCKET.values(), "failed", "not_written")
+
+
+def _bucket(item: Item) -> str:
+    if item.status == "failed":
+        return "failed"
+    if item.action in ("add", "change") and item.status == "not written":
+        return "not_written"
+    return _ACTION_BUCKET[item.action]
+
+
 @dataclass
 class Report:
     plan: Plan
@@ -126,18 +146,16 @@ class Report:
         return 1 if self.failed or self.aborted else 0
 
     def summary(self) -> dict[str, int]:
-        counts = self.plan.counts()
-        return {
-            "added": counts["add"],
-            "changed": counts["change"],
-            "unchanged": counts["unchanged"],
-            "skipped": counts["skip"],
-            "conflicts": counts["conflict"],
-            "errors": counts["error"],
-            "written": self.written,
-            "verified": self.verified,
-            "failed": len(self.failed),
-        }
+        """Each id counted once, by what became of it: ``added + changed + unchanged + skipped +
+        conflicts + errors + failed + not_written == total``. ``added``/``changed`` count the ids
+        written and verified (the planned ones in a dry run); ``errors`` the ids that could not be read,
+        ``failed`` the ids whose write or read-back failed, ``not_written`` the ids an aborted run left.
+        ``written`` and ``verified`` count store calls that succeeded (a written id whose read-back
+        differs is ``failed``)."""
+        buckets = dict.fromkeys(_BUCKETS, 0)
+        for item in self.plan.items:
+            buckets[_bucket(item)] += 1
+        return {"total": len(self.plan.items), **buckets, "written": self.written, "verified": self.verified}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -351,7 +369,8 @@ class Migrator:
                 except Exception as exc:
                     item.status = "failed"
                     item.reason = f"write failed: {safe_reason(exc)}"
-                    log.warning("%s %r: write failed: %s", item.kind, item.key, safe_reason(exc))
+                    # DEBUG only: the report (and the CLI's one line per failed id) says it already.
+                    log.debug("%s %r: write failed: %s", item.kind, item.key, safe_reason(exc))
                 else:
                     item.status = "written"
                     report.written += 1

@@ -21,7 +21,6 @@ Times in the tier are wall-clock (``time.time()``): processes on different nodes
 from __future__ import annotations
 
 import atexit
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from credpath._keys import create_key_file, generate_key, parse_keys, read_key_file
 from credpath.errors import ConfigError
 
 __all__ = [
@@ -398,24 +398,6 @@ def open_store(setting: str) -> SharedStore:
     return RedisStore(setting)
 
 
-def parse_keys(text: str, setting: str) -> list[bytes]:
-    """Comma-separated Fernet keys (the first encrypts, all decrypt). A malformed one: a ConfigError."""
-    keys: list[bytes] = []
-    for index, part in enumerate(p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            raw = base64.urlsafe_b64decode(part.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
-            raw = b""
-        if len(raw) != 32:
-            raise ConfigError(f"{setting}: key {index + 1} is not a Fernet key (32 url-safe base64 bytes)")
-        keys.append(part.encode("ascii"))
-    if not keys:
-        raise ConfigError(f"{setting} holds no Fernet key")
-    return keys
-
-
 def resolve_keys(setting: str | None, env: Mapping[str, str], home: Path, *, file_tier: bool) -> list[bytes]:
     """The tier's Fernet keys: ``CREDPATH_CACHE_KEY``, else ``[cache] shared_key``, else the metastore's
     key (``CREDPATH_FERNET_KEY``, then ``$CREDPATH_HOME/fernet.key``). ``shared_key = "airflow"`` reuses
@@ -444,30 +426,18 @@ def resolve_keys(setting: str | None, env: Mapping[str, str], home: Path, *, fil
 
 def _read_private(path: Path) -> str:
     try:
-        return path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the key file {path} ({type(exc).__name__})") from None
+        return read_key_file(path)
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read the key file {path} (FileNotFoundError)") from None
 
 
 def _node_key(path: Path) -> str:
-    try:
-        return _read_private(path) if path.is_file() else _create_key_file(path)
-    except FileExistsError:
+    if path.is_file():
         return _read_private(path)
-
-
-def _create_key_file(path: Path) -> str:
-    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(key + "\n")
-        os.link(tmp, path)  # of concurrent creators exactly one wins; the others read its key
-    finally:
-        os.unlink(tmp)
-    return key
+        return create_key_file(path, generate_key())
+    except OSError as exc:
+        raise ConfigError(f"cannot create the key file {path} ({type(exc).__name__})") from None
 
 
 def _airflow_fernet_key(env: Mapping[str, str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def _destination(env: dict[str, Any]) -> MetastoreBackend:
 def test_dry_run_shows_a_masked_plan_and_writes_nothing(env: dict[str, Any]) -> None:
     result = run(env, "--from", "old", "--to", "new", "--dry-run")
     assert result.exit_code == 0, result.stderr
-    assert "dry run (nothing written): added 6" in result.stdout
+    assert "dry run (nothing written): 6 id(s): added 6," in result.stdout
     assert "db_0" in result.stdout and "api_token" in result.stdout
     assert _destination(env).list_connections() == []
 
@@ -143,3 +144,33 @@ def test_progress_bar_only_on_a_terminal() -> None:
         tick("write", 0, 3)
         tick("write", 2, 3)
     assert context.tasks[0].completed == 2 and context.tasks[0].total == 3  # type: ignore[attr-defined]
+
+
+def test_progress_bar_shows_rate_and_time_left() -> None:
+    from rich.progress import TimeRemainingColumn
+
+    from credpath.cli.migrate import _progress
+
+    context, tick = _progress(True)
+    assert tick is not None
+    columns = context.columns  # type: ignore[attr-defined]
+    assert any(isinstance(c, TimeRemainingColumn) for c in columns)
+    rate = next(c for c in columns if type(c).__name__ == "RateColumn")
+    with context:
+        tick("write", 0, 100)
+        for _ in range(3):  # the rate needs samples over time
+            time.sleep(0.02)
+            tick("write", 10, 100)
+        task = context.tasks[0]  # type: ignore[attr-defined]
+        assert str(rate.render(task)).endswith("/s")
+
+
+def test_the_plan_says_what_it_did_not_print(env: dict[str, Any]) -> None:
+    assert run(env, "--from", "old", "--to", "new", "--quiet").exit_code == 0
+    source = MetastoreBackend(url=f"sqlite:///{env['tmp'] / 'src.db'}", fernet_key=env["key"])
+    source.set_variable("region", "eu-central-1")
+    result = run(env, "--from", "old", "--to", "new", "--dry-run", "--on-conflict", "overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert "region" in result.stdout and "db_0" not in result.stdout
+    assert "not shown: 5 unchanged id(s); write them all with --report FILE" in result.stdout
+    assert "6 id(s): added 0, changed 1, unchanged 5," in result.stdout
