@@ -1012,3 +1012,79 @@ def test_shared_state_round_trips_per_namespace_expires_and_is_never_a_lookup_en
     assert state.get("kv:secret") is None  # kept for its TTL only
     tier.put(state._ckey("k"), entry(clock.now, "v", kind="variable"))  # not written by SharedState
     assert state.get("k") is None
+
+
+# --- a cache file or directory another user could read or change is refused ---
+
+
+OTHER_UID = 4242
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (lambda p: os.chown(p, OTHER_UID, -1), f"belongs to another user (uid {OTHER_UID})"),
+        (lambda p: p.chmod(0o666), "is writable by group/others"),
+        (lambda p: p.chmod(0o620), "is writable by group/others"),
+        (lambda p: os.chown(Path(f"{p}-wal"), OTHER_UID, -1), "belongs to another user"),
+    ],
+    ids=["other-owner", "mode-0666", "group-writable", "other-owners-wal"],
+)
+def test_file_store_refuses_a_file_another_user_made_or_can_write(
+    tmp_path: Path, prepare: Any, message: str
+) -> None:
+    path = tmp_path / "c.db"
+    path.touch(mode=0o600)
+    Path(f"{path}-wal").touch(mode=0o600)
+    os.chmod(path, 0o600)
+    prepare(path)
+    tier = SharedTier(FileStore(path), [KEY])
+    with pytest.raises(ConfigError) as info:
+        tier.get(CKEY)  # a configuration error, never a miss served over it
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError):
+        tier.put(CKEY, SharedEntry("connection", None, None, True, 0.0, 9e9, 9e9))
+
+
+def test_file_store_refuses_a_directory_another_user_owns_or_others_can_write(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, OTHER_UID, -1)
+    with pytest.raises(ConfigError, match="belongs to another user"):
+        FileStore(theirs / "c.db").get("k")
+    assert not (theirs / "c.db").exists()
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by group/others"):
+        FileStore(open_dir / "c.db").get("k")
+    sticky = tmp_path / "shm-like"  # as /dev/shm and /tmp: others cannot replace our file there
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    store = FileStore(sticky / "c.db")
+    assert store.get("k") is None
+    store.close()
+
+
+def test_file_store_refuses_a_symbolic_link(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.db"
+    target.touch(mode=0o600)
+    (tmp_path / "c.db").symlink_to(target)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        FileStore(tmp_path / "c.db").get("k")
+
+
+def test_a_foreign_cache_file_is_one_line_exit_2_from_the_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from credpath.cli import cli
+
+    path = tmp_path / "cache.db"
+    path.touch()
+    path.chmod(0o666)
+    config = tmp_path / "credpath.toml"
+    config.write_text(f'[[backends]]\ntype = "env"\n[cache]\nshared = "file:{path}"\n')
+    env = {"CREDPATH_HOME": str(tmp_path / "home"), "CREDPATH_CACHE_KEY": KEY.decode()}
+    result = CliRunner().invoke(cli, ["--config", str(config), "connections", "get", "x"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "is writable by group/others" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import errno
 import hashlib
 import hmac
 import json
@@ -138,6 +139,36 @@ def _prepare(conn: Any) -> None:
         conn.execute(statement)
 
 
+def _check_directory(directory: Path) -> None:
+    """Refuse a cache directory another user owns (root's excepted) or others may write into without the
+    sticky bit (/dev/shm, /tmp: 1777, are fine: nobody can replace another user's file there)."""
+    info = directory.stat()
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"shared cache: the directory {directory} belongs to another user (uid {info.st_uid}); "
+            "use a directory of your own"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"shared cache: the directory {directory} is writable by group/others; chmod go-w it "
+            "or use a directory of your own"
+        )
+
+
+def _check_file(path: Path, info: os.stat_result) -> None:
+    """Refuse a cache file another user made (it could read every entry written into it, and change them)
+    or that group/others can write."""
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"shared cache: {path} is not a regular file; remove it or choose another path")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"shared cache: {path} belongs to another user (uid {info.st_uid}); "
+            "remove it or choose another path"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"shared cache: {path} is writable by group/others; remove it or chmod 600 it")
+
+
 class FileStore:
     """SQLite in WAL mode: readers never block the writer, a write is one short transaction.
 
@@ -160,12 +191,27 @@ class FileStore:
         import sqlite3
 
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # created private, before SQLite opens it
+        _check_directory(self.path.parent)
+        # Created private before SQLite opens it; never through a symbolic link another user planted.
         try:
-            mode = os.fstat(fd).st_mode
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise ConfigError(
+                f"shared cache: {self.path} is a symbolic link; remove it or choose another path"
+            ) from None
+        try:
+            info = os.fstat(fd)
         finally:
             os.close(fd)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _check_file(self.path, info)
+        for suffix in ("-wal", "-shm"):  # SQLite's companions: another user's would be written into too
+            try:
+                _check_file(Path(f"{self.path}{suffix}"), os.lstat(f"{self.path}{suffix}"))
+            except FileNotFoundError:
+                pass
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("shared cache: %s is readable by group/others; chmod 600 it", self.path)
         conn = sqlite3.connect(
             self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -569,6 +615,8 @@ class SharedTier:
         return self._down_until == 0.0 or time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException, doing: str) -> None:
+        if isinstance(exc, ConfigError):
+            raise exc  # a cache file another user owns, ...: the configuration's to fix, never a miss
         self.count("shared_errors")
         self._down_until = time.monotonic() + RETRY_AFTER_FAILURE
         self._warn(
