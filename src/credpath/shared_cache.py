@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,6 +60,8 @@ log = logging.getLogger("credpath.shared_cache")
 
 #: Seconds a lock holder may take before a waiter takes over (a holder that died frees its lock then).
 DEFAULT_LEASE = 5.0
+#: Seconds a generation record is kept: longer than any entry's TTL plus its stale window.
+GENERATION_KEEP = 7 * 24 * 3600.0
 #: Seconds the tier is skipped after it failed (then tried again).
 RETRY_AFTER_FAILURE = 1.0
 #: Redis socket timeouts when the URL gives none: a shared tier slower than this is worse than no tier.
@@ -85,7 +87,9 @@ class SharedStore(Protocol):
     description: str
 
     def get(self, key: str) -> bytes | None: ...
+    def get_many(self, keys: list[str]) -> list[bytes | None]: ...
     def put(self, key: str, blob: bytes, keep_until: float) -> None: ...
+    def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None: ...
     def invalidate(self, key: str) -> None: ...
     def lock(self, key: str, owner: str, lease: float) -> bool: ...
     def unlock(self, key: str, owner: str) -> None: ...
@@ -229,6 +233,28 @@ class FileStore:
             row = self._db().execute("SELECT v FROM entries WHERE k = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        with self._lock:
+            rows = self._db().execute(
+                f"SELECT k, v FROM entries WHERE k IN ({', '.join('?' * len(keys))})", keys
+            )
+            found = {k: bytes(v) for k, v in rows}
+        return [found.get(k) for k in keys]
+
+    def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None:
+        """Write ``blob`` unless a live value is there; returns the value there afterwards."""
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            db.execute(
+                "INSERT INTO entries (k, v, keep_until) VALUES (?, ?, ?) "
+                "ON CONFLICT (k) DO UPDATE SET v = excluded.v, keep_until = excluded.keep_until "
+                "WHERE entries.keep_until < ?",
+                (key, blob, keep_until, now),
+            )
+            row = db.execute("SELECT v FROM entries WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def put(self, key: str, blob: bytes, keep_until: float) -> None:
         now = time.time()
         with self._lock:
@@ -281,14 +307,15 @@ class FileStore:
             db = self._db()
             counts = {name: n for name, n in db.execute("SELECT name, n FROM stats")}
             counts["entries"] = db.execute(
-                "SELECT count(*) FROM entries WHERE keep_until >= ?", (time.time(),)
+                "SELECT count(*) FROM entries WHERE keep_until >= ? AND k NOT LIKE 'g:%'", (time.time(),)
             ).fetchone()[0]
         return counts
 
     def clear(self) -> int:
         with self._lock:
             db = self._db()
-            removed = db.execute("DELETE FROM entries").rowcount
+            removed = db.execute("DELETE FROM entries WHERE k NOT LIKE 'g:%'").rowcount
+            db.execute("DELETE FROM entries")
             db.execute("DELETE FROM locks")
             db.execute("DELETE FROM stats")
         return max(0, removed)
@@ -343,6 +370,16 @@ class RedisStore:
     def get(self, key: str) -> bytes | None:
         return self._client.get(PREFIX + "e:" + key)  # type: ignore[no-any-return]
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return self._client.mget([PREFIX + "e:" + k for k in keys])  # type: ignore[no-any-return]
+
+    def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None:
+        ms = max(1, int((keep_until - time.time()) * 1000))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(PREFIX + "e:" + key, blob, px=ms, nx=True)
+        pipe.get(PREFIX + "e:" + key)
+        return pipe.execute()[1]  # type: ignore[no-any-return]
+
     def put(self, key: str, blob: bytes, keep_until: float) -> None:
         ms = int((keep_until - time.time()) * 1000)
         if ms > 0:
@@ -372,18 +409,23 @@ class RedisStore:
     def stats(self) -> dict[str, int]:
         raw = self._client.hgetall(PREFIX + "stats")
         counts = {k.decode(): int(v) for k, v in raw.items()}
-        counts["entries"] = sum(1 for _ in self._client.scan_iter(match=PREFIX + "e:*", count=1000))
+        generations = (PREFIX + "e:g:").encode()
+        counts["entries"] = sum(
+            1
+            for k in self._client.scan_iter(match=PREFIX + "e:*", count=1000)
+            if not k.startswith(generations)
+        )
         return counts
 
     def clear(self) -> int:
-        removed = 0
+        removed = -len(list(self._client.scan_iter(match=PREFIX + "e:g:*", count=1000)))  # not entries
         for pattern, counted in (("e:*", True), ("l:*", False)):
             keys = list(self._client.scan_iter(match=PREFIX + pattern, count=1000))
             for start in range(0, len(keys), 500):
                 deleted = self._client.delete(*keys[start : start + 500])
                 removed += deleted if counted else 0
         self._client.delete(PREFIX + "stats")
-        return removed
+        return max(0, removed)
 
     def close(self) -> None:
         self._client.close()
@@ -520,6 +562,8 @@ class SharedEntry:
     stored_at: float
     fresh_until: float
     keep_until: float
+    #: The id's generation the entry was written under (see SharedTier); not part of its value.
+    generation: str | None = field(default=None, compare=False)
 
     def fresh(self, now: float) -> bool:
         return self.fresh_until >= now
@@ -552,6 +596,9 @@ class SharedTier:
         self._down_until = 0.0
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        #: name -> the generation token the last read of it found (a store read that follows is
+        #: written under it, so a write that lands meanwhile makes the entry refused, not served).
+        self._seen: dict[str, str] = {}
 
     # --- naming and sealing ---
 
@@ -560,7 +607,7 @@ class SharedTier:
         message = json.dumps([self._scope, kind, key, team], separators=(",", ":")).encode("utf-8")
         return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
 
-    def _seal(self, name: str, entry: SharedEntry) -> bytes:
+    def _seal(self, name: str, entry: SharedEntry, generation: str | None = None) -> bytes:
         from credpath.model import Connection
 
         value = entry.value
@@ -575,6 +622,7 @@ class SharedTier:
             "t": entry.stored_at,
             "f": entry.fresh_until,
             "x": entry.keep_until,
+            "g": generation,  # the id's generation when its value was read (see _generation)
         }
         return self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
 
@@ -607,6 +655,7 @@ class SharedTier:
             stored_at=float(payload["t"]),
             fresh_until=float(payload["f"]),
             keep_until=float(payload["x"]),
+            generation=payload.get("g"),
         )
 
     # --- guarded operations: a failure is logged once and is a miss / a no-op ---
@@ -639,20 +688,69 @@ class SharedTier:
             self._warned.add(what)
             log.warning(message, *args)
 
+    # Freshness no writer can forge without the key. Each id has a generation record beside its entry,
+    # a random token MACed with the key; every entry carries (encrypted) the token current when its value
+    # was read, and is served only while that token is still the record's. A credpath write sets a new
+    # token before it drops the entry, so an entry recorded before the write (put back by anyone who can
+    # write to Redis or the file) is refused, as is one whose record was deleted. A value read from the
+    # store before a concurrent write is refused the same way. Someone who also puts back the old
+    # record can roll both back; that needs trusted storage, which the tier is not.
+
+    def _gen_blob(self, gname: str, token: str) -> bytes:
+        mac = hmac.new(self._mac_key, f"generation\0{gname}\0{token}".encode(), hashlib.sha256).hexdigest()
+        return f"{token}.{mac}".encode("ascii")
+
+    def _gen_token(self, gname: str, blob: bytes | None) -> str | None:
+        if blob is None:
+            return None
+        token = blob.decode("ascii", "replace").partition(".")[0]
+        if not hmac.compare_digest(self._gen_blob(gname, token), blob):
+            return None
+        return token
+
+    def _generation(self, name: str, seen: str | None) -> str | None:
+        """The generation to write ``name``'s entry under: ``seen`` (the token its miss found; "" none),
+        or for a write with no miss before it the current one; None: do not write (a write of the id
+        may have landed since the miss, which found no record)."""
+        if seen:
+            return seen
+        gname = "g:" + name
+        if seen is None:
+            token = self._gen_token(gname, self.store.get(gname))
+            if token is not None:
+                return token
+        token = secrets.token_hex(16)
+        keep = time.time() + GENERATION_KEEP
+        there = self.store.put_new(gname, self._gen_blob(gname, token), keep)
+        if there == self._gen_blob(gname, token):
+            return token
+        if seen is None and self._gen_token(gname, there) is None:
+            # A record this key cannot verify: replace it (whoever wrote it can delete entries anyway).
+            self.store.put(gname, self._gen_blob(gname, token), keep)
+            return token
+        return None if seen == "" else self._gen_token(gname, there)
+
     def get(self, ckey: tuple[str, str, str | None]) -> SharedEntry | None:
         if not self._available():
             return None
         name = self.name(ckey)
         try:
-            blob = self.store.get(name)
+            blob, gen_blob = self.store.get_many([name, "g:" + name])
         except Exception as exc:
             self._failed(exc, "reading an entry")
             return None
         self._ok()
+        token = self._gen_token("g:" + name, gen_blob)
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        self._seen[name] = token or ""  # what a store read after this miss is written under
         if blob is None:
             return None
         entry = self._open(name, blob)
         if entry is None or entry.keep_until < time.time():
+            return None
+        if token is None or entry.generation != token:
+            log.debug("shared cache: an entry of an older generation was refused")
             return None
         return entry
 
@@ -660,8 +758,12 @@ class SharedTier:
         if not self._available() or entry.keep_until <= time.time():
             return
         name = self.name(ckey)
+        seen = self._seen.pop(name, None)
         try:
-            self.store.put(name, self._seal(name, entry), entry.keep_until)
+            token = self._generation(name, seen)
+            if token is None:
+                return
+            self.store.put(name, self._seal(name, entry, token), entry.keep_until)
         except Exception as exc:
             self._failed(exc, "writing an entry")
             return
@@ -670,8 +772,13 @@ class SharedTier:
     def invalidate(self, ckey: tuple[str, str, str | None]) -> None:
         if not self._available():
             return
+        name = self.name(ckey)
+        self._seen.pop(name, None)
+        gname = "g:" + name
         try:
-            self.store.invalidate(self.name(ckey))
+            # A new generation first: an entry written or put back from now on under the old one is refused.
+            self.store.put(gname, self._gen_blob(gname, secrets.token_hex(16)), time.time() + GENERATION_KEEP)
+            self.store.invalidate(name)
         except Exception as exc:
             self._failed(exc, "invalidating an entry")
             return
