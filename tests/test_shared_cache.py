@@ -508,3 +508,42 @@ def test_cache_stats_without_a_shared_tier_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(config), "cache", "stats"])
     assert result.exit_code == 2
     assert "no shared cache tier is configured" in result.output
+
+
+def test_the_wait_for_a_dead_holders_lease_is_bounded_by_the_callers_deadline(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
+) -> None:
+    """Default lease (5 s), a store deadline of 1 s: a cold lookup behind a killed lock holder waits at
+    most its own deadline, not the holder's lease and a second more (6 s before)."""
+    config = write_config(tmp_path, vault, proxy.url, shared)
+    config.write_text(config.read_text().replace("[cache]\n", "timeout = 1.0\n[cache]\n"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests._shared_cache_worker",
+            str(config),
+            "-",
+            "-",
+            "--hold-lock",
+            "sc_conn_1",
+        ],
+        env=worker_env(tmp_path),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(holder.stdout.readline()) == {"holding": True}
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.communicate(timeout=10)
+    path = path_for(config)
+    assert path.shared.lease == 5.0 and path.shared.wait_limit == 1.0
+    started = time.monotonic()
+    assert path.get_connection("sc_conn_1").password == PASSWORDS["sc_conn_1"]
+    elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 2.5, elapsed  # ~1 s waited, then its own read
+    assert proxy.count(READS) == 1
+    path.close()

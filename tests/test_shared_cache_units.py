@@ -575,6 +575,25 @@ def test_wait_gives_up_after_lease_plus_a_second(tmp_path: Path, clock: Clock) -
     assert waiter.counts["lock_takeovers"] == 0
 
 
+def test_wait_is_bounded_by_the_callers_own_deadline(tmp_path: Path, clock: Clock) -> None:
+    class NeverFree(FileStore):
+        def lock(self, key: str, owner: str, lease: float) -> bool:
+            return False
+
+    waiter = tier_on(NeverFree(tmp_path / "c.db"), lease=5.0, wait_limit=0.5)
+    assert waiter.wait_limit == 0.5
+    assert waiter.wait(CKEY) == (None, False)
+    assert 0.5 <= sum(clock.sleeps) < 0.56
+    assert tier_on(NeverFree(tmp_path / "d.db"), lease=2.0, wait_limit=30.0).wait_limit == 3.0
+
+
+def test_store_deadline_is_the_longest_declared_timeout() -> None:
+    backends = [types.SimpleNamespace(timeout=3.0), types.SimpleNamespace(timeout=10), object()]
+    assert sc.store_deadline(backends) == 10.0
+    assert sc.store_deadline([object(), types.SimpleNamespace(timeout=True)]) is None
+    assert sc.store_deadline([]) is None
+
+
 def test_wait_ends_at_exactly_lease_plus_a_second(tmp_path: Path, clock: Clock) -> None:
     class NeverFree(FileStore):
         def lock(self, key: str, owner: str, lease: float) -> bool:

@@ -203,7 +203,7 @@ class SearchPath:
         if shared is not _UNSET:
             self.shared = shared
         elif self.cache.settings.shared and self.cache.settings.enabled:
-            self.shared = _shared_tier(self.cache.settings, backends)
+            self.shared = _shared_tier(self.cache.settings, backends, [e.backend for e in self.entries])
         for entry in self.entries if hasattr(self.shared, "state") else ():  # issue 14.4: shared facts
             if isinstance(entry.backend, BaseBackend):
                 entry.backend.use_shared_state(self.shared.state(entry.name))
@@ -1000,9 +1000,16 @@ class SearchPath:
         return Listing(dict(sorted(found.items())), cannot, failed)
 
 
-def _shared_tier(settings: CacheSettings, backends: list[Any]) -> Any:
+def _shared_tier(settings: CacheSettings, backends: list[Any], built: list[Any]) -> Any:
     """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
-    from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
+    from credpath.shared_cache import (
+        SharedTier,
+        normalize_shared,
+        open_store,
+        resolve_keys,
+        scope_of,
+        store_deadline,
+    )
 
     keys = list(settings.shared_keys)
     shared = settings.shared or ""
@@ -1013,7 +1020,13 @@ def _shared_tier(settings: CacheSettings, backends: list[Any]) -> Any:
 
         shared = normalize_shared(shared, credpath_home())
         keys = resolve_keys(None, os.environ, credpath_home(), file_tier=shared.startswith("file:"))
-    return SharedTier(open_store(shared), keys, scope_of(backends), lease=settings.shared_lease)
+    return SharedTier(
+        open_store(shared),
+        keys,
+        scope_of(backends),
+        lease=settings.shared_lease,
+        wait_limit=store_deadline(built),
+    )
 
 
 def _what(kind: Kind, key: str, team: str | None) -> str:

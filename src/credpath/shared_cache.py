@@ -53,6 +53,7 @@ __all__ = [
     "resolve_keys",
     "scope_of",
     "stats_report",
+    "store_deadline",
 ]
 
 
@@ -579,12 +580,16 @@ class SharedTier:
         scope: str = "",
         *,
         lease: float = DEFAULT_LEASE,
+        wait_limit: float | None = None,
     ) -> None:
         from cryptography.fernet import Fernet, MultiFernet
 
         self.store = store
         self.description = store.description
         self.lease = lease
+        #: Longest wait for another process's lock: this process's own store deadline (waiting longer
+        #: for someone else's read than our own read may take would only add to a dead holder's cost).
+        self.wait_limit = lease + 1.0 if wait_limit is None else min(lease + 1.0, wait_limit)
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
@@ -803,14 +808,15 @@ class SharedTier:
             self._failed(exc, "releasing a lock")
 
     def wait(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool]:
-        """Wait (up to the lease) for the lock holder's entry: ``(fresh entry or None, acquired)``.
+        """Wait (up to the lease, and never longer than ``wait_limit``) for the lock holder's entry:
+        ``(fresh entry or None, acquired)``.
 
         Returns as soon as the entry is there; takes the lock over when the holder's lease ran out (it
         died, or is slower than the lease) or when it released without writing (its read failed).
         """
         self.count("lock_waits")
         name = self.name(ckey)
-        give_up = time.monotonic() + self.lease + 1.0
+        give_up = time.monotonic() + self.wait_limit
         pause = 0.005
         while time.monotonic() < give_up:
             time.sleep(pause)
@@ -900,6 +906,16 @@ class SharedState:
         now = time.time()
         entry = SharedEntry("state", value, None, False, now, now + ttl, now + ttl)
         self._tier.put(self._ckey(key), entry)
+
+
+def store_deadline(backends: Any) -> float | None:
+    """The longest whole-call deadline (``timeout``) among ``backends``, or None if none declares one."""
+    deadlines = []
+    for backend in backends:
+        timeout = getattr(backend, "timeout", None)  # the stores with network calls take one
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+            deadlines.append(float(timeout))
+    return max(deadlines) if deadlines else None
 
 
 def scope_of(specs: Any) -> str:
