@@ -278,21 +278,10 @@ def test_n_processes_make_exactly_one_store_read_per_id(
     assert stats["shared_hits"] == 5 * len(ids)
 
 
-def test_a_killed_lock_holder_is_taken_over_after_its_lease(
-    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
-) -> None:
-    config = write_config(tmp_path, vault, proxy.url, shared, shared_lease=1.0)
+def kill_a_lock_holder(tmp_path: Path, config: Path, conn_id: str) -> None:
+    """A process takes ``conn_id``'s lock in the shared tier and is killed holding it."""
     holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests._shared_cache_worker",
-            str(config),
-            "-",
-            "-",
-            "--hold-lock",
-            "sc_conn_2",
-        ],
+        [sys.executable, "-m", "tests._shared_cache_worker", str(config), "-", "-", "--hold-lock", conn_id],
         env=worker_env(tmp_path),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -304,6 +293,13 @@ def test_a_killed_lock_holder_is_taken_over_after_its_lease(
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.communicate(timeout=10)
+
+
+def test_a_killed_lock_holder_is_taken_over_after_its_lease(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
+) -> None:
+    config = write_config(tmp_path, vault, proxy.url, shared, shared_lease=1.0)
+    kill_a_lock_holder(tmp_path, config, "sc_conn_2")
     path = path_for(config)
     started = time.monotonic()
     assert path.get_connection("sc_conn_2").password == PASSWORDS["sc_conn_2"]
@@ -517,28 +513,7 @@ def test_the_wait_for_a_dead_holders_lease_is_bounded_by_the_callers_deadline(
     most its own deadline, not the holder's lease and a second more (6 s before)."""
     config = write_config(tmp_path, vault, proxy.url, shared)
     config.write_text(config.read_text().replace("[cache]\n", "timeout = 1.0\n[cache]\n"))
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests._shared_cache_worker",
-            str(config),
-            "-",
-            "-",
-            "--hold-lock",
-            "sc_conn_1",
-        ],
-        env=worker_env(tmp_path),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert json.loads(holder.stdout.readline()) == {"holding": True}
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.communicate(timeout=10)
+    kill_a_lock_holder(tmp_path, config, "sc_conn_1")
     path = path_for(config)
     assert path.shared.lease == 5.0 and path.shared.wait_limit == 1.0
     started = time.monotonic()
