@@ -237,6 +237,7 @@ class Migrator:
         self.connection_format: Serialization = connection_format
         self.progress = progress
         self._check_capabilities()
+        self._check_source_files()
 
     # --- options -------------------------------------------------------------------------------------
 
@@ -267,6 +268,23 @@ class Migrator:
                     "is not a credpath backend, so it has no serialization choice; use --format json"
                 )
             self._serialization = {}
+
+    def _check_source_files(self) -> None:
+        """A files source reads only the kinds it has a file for: a run that could only copy nothing is a
+        configuration error, not "done, 0 items" (a kind without a file is left out when another has one)."""
+        from credpath.backends.files import LocalFilesystemBackend
+
+        if not isinstance(self.source, LocalFilesystemBackend):
+            return
+        files = {"connection": self.source.connections_file, "variable": self.source.variables_file}
+        kept = [kind for kind in self.kinds if files[kind]]
+        if not kept:
+            settings = " or ".join(f"{kind}s_file_path" for kind in self.kinds)
+            raise ConfigError(
+                f"--from: backend {backend_name(self.source)!r} has no {settings} configured: "
+                "nothing to migrate"
+            )
+        self.kinds = kept
 
     # --- reading (the one reader, credpath.reading) --------------------------------------------------
 

@@ -174,3 +174,28 @@ def test_the_plan_says_what_it_did_not_print(env: dict[str, Any]) -> None:
     assert "region" in result.stdout and "db_0" not in result.stdout
     assert "not shown: 5 unchanged id(s); write them all with --report FILE" in result.stdout
     assert "6 id(s): added 0, changed 1, unchanged 5," in result.stdout
+
+
+def test_migrating_from_files_with_no_file_is_a_config_error(env: dict[str, Any]) -> None:
+    result = run(env, "--from", "files", "--from-kwargs", "{}", "--to", "new")
+    assert result.exit_code == 2
+    assert "has no connections_file_path or variables_file_path configured" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    only_vars = env["tmp"] / "vars.json"
+    only_vars.write_text('{"region": "eu-west-1"}')
+    kwargs = json.dumps({"variables_file_path": str(only_vars)})
+    asked = run(env, "--from", "files", "--from-kwargs", kwargs, "--to", "new", "--connections")
+    assert asked.exit_code == 2 and "has no connections_file_path configured" in asked.stderr
+    fine = run(env, "--from", "files", "--from-kwargs", kwargs, "--to", "new")  # the kind it has a file for
+    assert fine.exit_code == 0, fine.stderr
+    assert "1 id(s): added 1," in fine.stdout
+
+
+def test_an_empty_standard_input_is_refused_not_stored(env: dict[str, Any]) -> None:
+    for args in (["variables", "set", "api_token", "-"], ["connections", "add", "c1", "--conn-uri", "-"]):
+        result = CliRunner().invoke(cli, ["--config", str(env["config"]), *args], input="")
+        assert result.exit_code == 2, result.output
+        assert "standard input was empty; nothing was stored" in result.stderr
+    assert _destination(env).list_variables() == []
+    source = MetastoreBackend(url=f"sqlite:///{env['tmp'] / 'src.db'}", fernet_key=env["key"])
+    assert source.get_variable("api_token") == "tok-s3cr3t-v"  # untouched
