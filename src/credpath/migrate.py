@@ -98,7 +98,7 @@ class Plan:
     seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(ACTIONS, 0)
+        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for item in self.items:
             counts[item.action] += 1
         return counts
@@ -184,7 +184,7 @@ def connection_key(conn: Connection) -> dict[str, Any]:
 def same_value(kind: ItemKind, a: Any, b: Any) -> bool:
     if kind == "connection":
         return connection_key(a) == connection_key(b)
-    return a == b
+    return bool(a == b)
 
 
 def matches(key: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -227,9 +227,8 @@ class Migrator:
             raise ConfigError("nothing to migrate: both connections and variables are switched off")
         self.source = source
         self.destination = destination
-        self.kinds: list[ItemKind] = [
-            k for k, on in (("connection", connections), ("variable", variables)) if on
-        ]
+        wanted: tuple[tuple[ItemKind, bool], ...] = (("connection", connections), ("variable", variables))
+        self.kinds: list[ItemKind] = [k for k, on in wanted if on]
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.on_conflict = on_conflict

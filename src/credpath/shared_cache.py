@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from credpath._keys import create_key_file, generate_key, parse_keys, read_key_file
 from credpath.errors import ConfigError
@@ -281,7 +281,7 @@ class FileStore:
                 "WHERE locks.until < ?",
                 (key, owner, now + lease, now),
             )
-            return cursor.rowcount == 1
+            return bool(cursor.rowcount == 1)
 
     def unlock(self, key: str, owner: str) -> None:
         with self._lock:
@@ -315,7 +315,7 @@ class FileStore:
     def clear(self) -> int:
         with self._lock:
             db = self._db()
-            removed = db.execute("DELETE FROM entries WHERE k NOT LIKE 'g:%'").rowcount
+            removed = int(db.execute("DELETE FROM entries WHERE k NOT LIKE 'g:%'").rowcount)
             db.execute("DELETE FROM entries")
             db.execute("DELETE FROM locks")
             db.execute("DELETE FROM stats")
@@ -369,10 +369,10 @@ class RedisStore:
         self._unlock = self._client.register_script(_UNLOCK)
 
     def get(self, key: str) -> bytes | None:
-        return self._client.get(PREFIX + "e:" + key)  # type: ignore[no-any-return]
+        return cast("bytes | None", self._client.get(PREFIX + "e:" + key))
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
-        return self._client.mget([PREFIX + "e:" + k for k in keys])  # type: ignore[no-any-return]
+        return cast("list[bytes | None]", self._client.mget([PREFIX + "e:" + k for k in keys]))
 
     def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None:
         ms = max(1, int((keep_until - time.time()) * 1000))
@@ -409,7 +409,7 @@ class RedisStore:
 
     def stats(self) -> dict[str, int]:
         raw = self._client.hgetall(PREFIX + "stats")
-        counts = {k.decode(): int(v) for k, v in raw.items()}
+        counts = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
         generations = (PREFIX + "e:g:").encode()
         counts["entries"] = sum(
             1

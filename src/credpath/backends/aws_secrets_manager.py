@@ -133,10 +133,10 @@ class SecretsManagerBackend(AwsBackend):
     def _value_of(self, name: str, entry: dict[str, Any]) -> str | None:
         """The secret's text; None for a binary-only secret, which Airflow's backend (it reads
         ``SecretString`` only) treats as not found."""
-        value = entry.get("SecretString")
+        value: str | None = entry.get("SecretString")
         if value is None:
             log.debug("%s: secret %s holds no SecretString (binary only): not found", self.name, name)
-        return value  # type: ignore[no-any-return]
+        return value
 
     # --- JSON connection values --------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ SQLITE_WRITE_WAIT = 30.0
 #: Values of ``team_name`` that can be stored: the column's (and Airflow's ``team.name``) length.
 _TEAM_MAX = 50
 #: Rows of the stdlib read path, with the attribute names of SQLAlchemy's rows.
-_ROW_TYPES = {
+_ROW_TYPES: dict[str, Any] = {
     "connection": namedtuple(
         "ConnectionRow", "conn_id conn_type description host login password schema port extra"
     ),
@@ -690,12 +690,13 @@ class MetastoreBackend(SqlTablesBackend):
                     if not overwrite:
                         conn.execute(insert(table).values(row))
                     elif dialect in ("sqlite", "postgresql"):
+                        upsert: Any
                         if dialect == "sqlite":
                             from sqlalchemy.dialects.sqlite import insert as upsert
                         else:
                             from sqlalchemy.dialects.postgresql import insert as upsert
                         stmt = upsert(table).values(row)
-                        changes = {name: stmt.excluded[name] for name in values}
+                        changes: dict[str, Any] = {name: stmt.excluded[name] for name in values}
                         changes["updated_at"] = func.current_timestamp()
                         same_owner = owner.is_not_distinct_from(stmt.excluded[TEAM_COLUMN])
                         stmt = stmt.on_conflict_do_update(index_elements=[pk], set_=changes, where=same_owner)
@@ -767,7 +768,7 @@ class MetastoreBackend(SqlTablesBackend):
 
         t = tables()[table]
         with self._db(f"deleting {kind} {key!r}"), self._writing() as conn:
-            return conn.execute(delete(t).where(t.c[column] == key)).rowcount > 0
+            return bool(conn.execute(delete(t).where(t.c[column] == key)).rowcount > 0)
 
     def delete_connection(self, conn_id: str) -> bool:
         return self._delete("connection", "conn_id", conn_id, "connection")
@@ -812,7 +813,7 @@ class MetastoreBackend(SqlTablesBackend):
         first = Fernet(self._checked_keys(text, self._key_setting)[0])
 
         def rotate(kind: str, row_id: str, cols: tuple[str, ...], tokens: tuple[Any, ...]) -> tuple[Any, ...]:
-            out = []
+            out: list[str | None] = []
             for column, token in zip(cols, tokens, strict=True):
                 if token is None:
                     out.append(None)

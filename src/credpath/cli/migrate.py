@@ -236,7 +236,7 @@ def migrate_command(
         exclude=parse_globs(exclude),
         on_conflict=on_conflict,
         concurrency=concurrency,
-        connection_format=connection_format,
+        connection_format="uri" if connection_format == "uri" else "json",
         progress=tick,
     )
     try:

@@ -13,6 +13,7 @@ from credpath.cli.output import echo_json, echo_table
 
 if TYPE_CHECKING:
     from credpath.backends.metastore import MetastoreBackend
+    from credpath.protocol import Kind
 
 __all__ = [
     "backends_check",
@@ -25,7 +26,7 @@ __all__ = [
     "rotate_fernet_key",
 ]
 
-_KINDS = {"connection": "connection", "variable": "variable", "config": "config"}
+_KINDS: dict[str, Kind] = {"connection": "connection", "variable": "variable", "config": "config"}
 
 
 @cli.command("explain")
