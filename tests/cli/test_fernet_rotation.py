@@ -108,8 +108,10 @@ def test_a_configured_key_rotation_says_what_to_configure_and_counts_only_real_w
     monkeypatch.setenv("CREDPATH_FERNET_KEY", f"{new},{old}")
     result = cli("rotate-fernet-key")
     assert result.exit_code == 0, result.output
-    assert "re-encrypted 6 value(s) with key 1 of CREDPATH_FERNET_KEY" in result.stdout
-    assert "now configure CREDPATH_FERNET_KEY with that first key alone" in result.stdout
+    assert (
+        "re-encrypted 6 value(s); every value is encrypted with key 1 of CREDPATH_FERNET_KEY" in result.stdout
+    )
+    assert "now configure CREDPATH_FERNET_KEY with that first key alone (key 2 no longer" in result.stdout
     assert new not in result.stdout and old not in result.stdout
     # The same rotation again: nothing left to do, and it says so.
     again = cli("rotate-fernet-key")

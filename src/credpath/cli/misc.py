@@ -265,9 +265,10 @@ def _rotate(name: str, backend: MetastoreBackend) -> str:
                 f'To rotate, set {origin}="NEW,OLD" (credpath generate-fernet-key prints a new key)'
             )
         return f"backend {name!r}: {_counted(count)} with {origin}'s key"
+    others = "key 2" if keys == 2 else f"keys 2-{keys}"
     return (
-        f"backend {name!r}: {_counted(count)} with key 1 of {origin}; now configure {origin} with "
-        f"that first key alone (keys 2-{keys} no longer decrypt anything here)"
+        f"backend {name!r}: {_counted(count)}; every value is encrypted with key 1 of {origin}: now "
+        f"configure {origin} with that first key alone ({others} no longer decrypt anything here)"
     )
 
 
