@@ -1107,3 +1107,15 @@ def test_a_foreign_cache_file_is_one_line_exit_2_from_the_cli(tmp_path: Path) ->
     result = CliRunner().invoke(cli, ["--config", str(config), "connections", "get", "x"], env=env)
     assert result.exit_code == 2, result.output
     assert "is writable by group/others" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_holder_is_dead_only_if_it_is_a_gone_process_of_this_host() -> None:
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert sc._died_here(f"{sc._HOST}:{gone.pid}:ab12")
+    assert not sc._died_here(f"{sc._HOST}:{os.getpid()}:ab12")  # this very process
+    assert not sc._died_here(f"other-host:{gone.pid}:ab12")  # another node: its lease decides
+    assert not sc._died_here(f"{sc._HOST}:1:ab12")  # alive (init)
+    assert not sc._died_here("garbage")

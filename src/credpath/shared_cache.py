@@ -63,6 +63,8 @@ log = logging.getLogger("credpath.shared_cache")
 DEFAULT_LEASE = 5.0
 #: Seconds a generation record is kept: longer than any entry's TTL plus its stale window.
 GENERATION_KEEP = 7 * 24 * 3600.0
+#: Seconds between looks at whether a lock's holder is a process of this host that has died.
+HOLDER_CHECK_INTERVAL = 0.5
 #: Seconds the tier is skipped after it failed (then tried again).
 RETRY_AFTER_FAILURE = 1.0
 #: Redis socket timeouts when the URL gives none: a shared tier slower than this is worse than no tier.
@@ -95,6 +97,7 @@ class SharedStore(Protocol):
     def lock(self, key: str, owner: str, lease: float) -> bool: ...
     def unlock(self, key: str, owner: str) -> None: ...
     def locked(self, key: str) -> bool: ...
+    def holder(self, key: str) -> str | None: ...
     def add_stats(self, counts: Mapping[str, int]) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def clear(self) -> int: ...
@@ -292,6 +295,15 @@ class FileStore:
             row = self._db().execute("SELECT until FROM locks WHERE k = ?", (key,)).fetchone()
         return row is not None and row[0] >= time.time()
 
+    def holder(self, key: str) -> str | None:
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT owner FROM locks WHERE k = ? AND until >= ?", (key, time.time()))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
         if not items:
@@ -397,6 +409,10 @@ class RedisStore:
 
     def locked(self, key: str) -> bool:
         return bool(self._client.exists(PREFIX + "l:" + key))
+
+    def holder(self, key: str) -> str | None:
+        owner = self._client.get(PREFIX + "l:" + key)
+        return owner.decode("utf-8", "replace") if isinstance(owner, bytes) else owner
 
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
@@ -594,7 +610,7 @@ class SharedTier:
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
         self._scope = scope
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._flushed_pid = 0
         self._flushed_at = 0.0
@@ -818,6 +834,7 @@ class SharedTier:
         name = self.name(ckey)
         give_up = time.monotonic() + self.wait_limit
         pause = 0.005
+        look_at_holder = 0.0
         while time.monotonic() < give_up:
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
@@ -827,6 +844,11 @@ class SharedTier:
             if not self._available():
                 return None, False
             try:
+                if time.monotonic() >= look_at_holder:
+                    look_at_holder = time.monotonic() + HOLDER_CHECK_INTERVAL
+                    holder = self.store.holder(name)
+                    if holder is not None and _died_here(holder):
+                        self.store.unlock(name, holder)  # only if it still holds it: no race with a taker
                 if self.store.lock(name, self._owner, self.lease):
                     self.count("lock_takeovers")
                     entry = self.get(ckey)  # written between our last look and the takeover
@@ -916,6 +938,35 @@ def store_deadline(backends: Any) -> float | None:
         if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
             deadlines.append(float(timeout))
     return max(deadlines) if deadlines else None
+
+
+def _host_identity() -> str:
+    """This host as lock owners name it: the host name, and the PID namespace where there is one (two
+    containers may share a host name and a cache file, but never a PID namespace's numbers)."""
+    try:
+        namespace = f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return socket.gethostname().replace(":", "_") + namespace
+
+
+_HOST = _host_identity()
+
+
+def _died_here(owner: str) -> bool:
+    """Whether a lock's owner is a process of this host (and PID namespace) that no longer runs: its lock
+    can be freed at once instead of after its lease."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process) or cannot be asked: wait for its lease
+    return False
 
 
 def scope_of(specs: Any) -> str:
