@@ -280,21 +280,10 @@ def test_n_processes_make_exactly_one_store_read_per_id(
     assert stats["shared_hits"] == 5 * len(ids)
 
 
-def test_a_killed_lock_holder_is_taken_over_after_its_lease(
-    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
-) -> None:
-    config = write_config(tmp_path, vault, proxy.url, shared, shared_lease=1.0)
+def kill_a_lock_holder(tmp_path: Path, config: Path, conn_id: str) -> None:
+    """A process takes ``conn_id``'s lock in the shared tier and is killed holding it."""
     holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests._shared_cache_worker",
-            str(config),
-            "-",
-            "-",
-            "--hold-lock",
-            "sc_conn_2",
-        ],
+        [sys.executable, "-m", "tests._shared_cache_worker", str(config), "-", "-", "--hold-lock", conn_id],
         env=worker_env(tmp_path),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -306,6 +295,13 @@ def test_a_killed_lock_holder_is_taken_over_after_its_lease(
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.communicate(timeout=10)
+
+
+def test_a_killed_lock_holder_is_taken_over_after_its_lease(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
+) -> None:
+    config = write_config(tmp_path, vault, proxy.url, shared, shared_lease=1.0)
+    kill_a_lock_holder(tmp_path, config, "sc_conn_2")
     path = path_for(config)
     started = time.monotonic()
     assert path.get_connection("sc_conn_2").password == PASSWORDS["sc_conn_2"]
@@ -510,3 +506,37 @@ def test_cache_stats_without_a_shared_tier_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(config), "cache", "stats"])
     assert result.exit_code == 2
     assert "no shared cache tier is configured" in result.output
+
+
+def test_the_wait_for_a_dead_holders_lease_is_bounded_by_the_callers_deadline(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
+) -> None:
+    """Default lease (5 s), a store deadline of 1 s, a holder on another node that died: a cold lookup
+    waits at most its own deadline, not the holder's lease and a second more (6 s before)."""
+    config = write_config(tmp_path, vault, proxy.url, shared)
+    config.write_text(config.read_text().replace("[cache]\n", "timeout = 1.0\n[cache]\n"))
+    path = path_for(config)
+    tier = path.shared
+    assert tier.lease == 5.0 and tier.wait_limit == 1.0
+    assert tier.store.lock(tier.name(("connection", "sc_conn_1", None)), "another-node:4242:dead", 5.0)
+    started = time.monotonic()
+    assert path.get_connection("sc_conn_1").password == PASSWORDS["sc_conn_1"]
+    elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 2.5, elapsed  # ~1 s waited, then its own read
+    assert proxy.count(READS) == 1
+    path.close()
+
+
+def test_a_lock_held_by_a_dead_process_of_this_host_is_freed_at_once(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str
+) -> None:
+    """Default lease (5 s) and store deadline: the holder is gone, so nobody waits for its lease."""
+    config = write_config(tmp_path, vault, proxy.url, shared)
+    kill_a_lock_holder(tmp_path, config, "sc_conn_0")
+    path = path_for(config)
+    started = time.monotonic()
+    assert path.get_connection("sc_conn_0").password == PASSWORDS["sc_conn_0"]
+    assert time.monotonic() - started < 1.0
+    assert proxy.count(READS) == 1
+    path.close()
+    assert path.shared.stats()["lock_takeovers"] == 1

@@ -8,6 +8,7 @@ two tests of how an open waits for SQLite's file lock, which must wait on real t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from credpath import _keys
 from credpath import shared_cache as sc
 from credpath.config import BackendSpec
 from credpath.errors import ConfigError, MissingDependency
@@ -573,6 +575,25 @@ def test_wait_gives_up_after_lease_plus_a_second(tmp_path: Path, clock: Clock) -
     assert waiter.counts["lock_takeovers"] == 0
 
 
+def test_wait_is_bounded_by_the_callers_own_deadline(tmp_path: Path, clock: Clock) -> None:
+    class NeverFree(FileStore):
+        def lock(self, key: str, owner: str, lease: float) -> bool:
+            return False
+
+    waiter = tier_on(NeverFree(tmp_path / "c.db"), lease=5.0, wait_limit=0.5)
+    assert waiter.wait_limit == 0.5
+    assert waiter.wait(CKEY) == (None, False)
+    assert 0.5 <= sum(clock.sleeps) < 0.56
+    assert tier_on(NeverFree(tmp_path / "d.db"), lease=2.0, wait_limit=30.0).wait_limit == 3.0
+
+
+def test_store_deadline_is_the_longest_declared_timeout() -> None:
+    backends = [types.SimpleNamespace(timeout=3.0), types.SimpleNamespace(timeout=10), object()]
+    assert sc.store_deadline(backends) == 10.0
+    assert sc.store_deadline([object(), types.SimpleNamespace(timeout=True)]) is None
+    assert sc.store_deadline([]) is None
+
+
 def test_wait_ends_at_exactly_lease_plus_a_second(tmp_path: Path, clock: Clock) -> None:
     class NeverFree(FileStore):
         def lock(self, key: str, owner: str, lease: float) -> bool:
@@ -897,7 +918,7 @@ def test_file_tier_creates_a_private_node_key_once(tmp_path: Path) -> None:
     keys = sc.resolve_keys(None, {}, home, file_tier=True)
     path = home / "cache.key"
     assert path.read_text() == keys[0].decode() + "\n"
-    assert len(keys) == 1 and len(sc.base64.urlsafe_b64decode(keys[0])) == 32
+    assert len(keys) == 1 and len(base64.urlsafe_b64decode(keys[0])) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert sorted(p.name for p in home.iterdir()) == ["cache.key"]  # the temporary file is gone
@@ -909,12 +930,13 @@ def test_node_key_race_reads_the_winners_key(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "cache.key"
     winner = Fernet.generate_key().decode()
 
-    def lose(p: Path) -> str:
-        p.write_text(winner + "\n")
-        raise FileExistsError(p)
+    def lose(src: str | Path, dst: str | Path) -> None:
+        Path(dst).write_text(winner + "\n")  # another process linked its key first
+        raise FileExistsError(dst)
 
-    monkeypatch.setattr(sc, "_create_key_file", lose)
+    monkeypatch.setattr(_keys.os, "link", lose)
     assert sc._node_key(path) == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.key"]  # the loser's temporary file is gone
 
 
 def test_unreadable_key_file_names_the_file_not_the_key(tmp_path: Path) -> None:
@@ -1009,3 +1031,91 @@ def test_shared_state_round_trips_per_namespace_expires_and_is_never_a_lookup_en
     assert state.get("kv:secret") is None  # kept for its TTL only
     tier.put(state._ckey("k"), entry(clock.now, "v", kind="variable"))  # not written by SharedState
     assert state.get("k") is None
+
+
+# --- a cache file or directory another user could read or change is refused ---
+
+
+OTHER_UID = 4242
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (lambda p: os.chown(p, OTHER_UID, -1), f"belongs to another user (uid {OTHER_UID})"),
+        (lambda p: p.chmod(0o666), "is writable by group/others"),
+        (lambda p: p.chmod(0o620), "is writable by group/others"),
+        (lambda p: os.chown(Path(f"{p}-wal"), OTHER_UID, -1), "belongs to another user"),
+    ],
+    ids=["other-owner", "mode-0666", "group-writable", "other-owners-wal"],
+)
+def test_file_store_refuses_a_file_another_user_made_or_can_write(
+    tmp_path: Path, prepare: Any, message: str
+) -> None:
+    path = tmp_path / "c.db"
+    path.touch(mode=0o600)
+    Path(f"{path}-wal").touch(mode=0o600)
+    os.chmod(path, 0o600)
+    prepare(path)
+    tier = SharedTier(FileStore(path), [KEY])
+    with pytest.raises(ConfigError) as info:
+        tier.get(CKEY)  # a configuration error, never a miss served over it
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError):
+        tier.put(CKEY, SharedEntry("connection", None, None, True, 0.0, 9e9, 9e9))
+
+
+def test_file_store_refuses_a_directory_another_user_owns_or_others_can_write(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, OTHER_UID, -1)
+    with pytest.raises(ConfigError, match="belongs to another user"):
+        FileStore(theirs / "c.db").get("k")
+    assert not (theirs / "c.db").exists()
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by group/others"):
+        FileStore(open_dir / "c.db").get("k")
+    sticky = tmp_path / "shm-like"  # as /dev/shm and /tmp: others cannot replace our file there
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    store = FileStore(sticky / "c.db")
+    assert store.get("k") is None
+    store.close()
+
+
+def test_file_store_refuses_a_symbolic_link(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.db"
+    target.touch(mode=0o600)
+    (tmp_path / "c.db").symlink_to(target)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        FileStore(tmp_path / "c.db").get("k")
+
+
+def test_a_foreign_cache_file_is_one_line_exit_2_from_the_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from credpath.cli import cli
+
+    path = tmp_path / "cache.db"
+    path.touch()
+    path.chmod(0o666)
+    config = tmp_path / "credpath.toml"
+    config.write_text(f'[[backends]]\ntype = "env"\n[cache]\nshared = "file:{path}"\n')
+    env = {"CREDPATH_HOME": str(tmp_path / "home"), "CREDPATH_CACHE_KEY": KEY.decode()}
+    result = CliRunner().invoke(cli, ["--config", str(config), "connections", "get", "x"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "is writable by group/others" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_holder_is_dead_only_if_it_is_a_gone_process_of_this_host() -> None:
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert sc._died_here(f"{sc._HOST}:{gone.pid}:ab12")
+    assert not sc._died_here(f"{sc._HOST}:{os.getpid()}:ab12")  # this very process
+    assert not sc._died_here(f"other-host:{gone.pid}:ab12")  # another node: its lease decides
+    assert not sc._died_here(f"{sc._HOST}:1:ab12")  # alive (init)
+    assert not sc._died_here("garbage")

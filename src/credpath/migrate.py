@@ -98,13 +98,33 @@ class Plan:
     seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(ACTIONS, 0)
+        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for item in self.items:
             counts[item.action] += 1
         return counts
 
     def by_action(self, *actions: Action) -> list[Item]:
         return [i for i in self.items if i.action in actions]
+
+
+#: The summary's buckets (each id in exactly one) and the plan action each bucket holds.
+_ACTION_BUCKET: dict[str, str] = {
+    "add": "added",
+    "change": "changed",
+    "unchanged": "unchanged",
+    "skip": "skipped",
+    "conflict": "conflicts",
+    "error": "errors",
+}
+_BUCKETS = (*_ACTION_BUCKET.values(), "failed", "not_written")
+
+
+def _bucket(item: Item) -> str:
+    if item.status == "failed":
+        return "failed"
+    if item.action in ("add", "change") and item.status == "not written":
+        return "not_written"
+    return _ACTION_BUCKET[item.action]
 
 
 @dataclass
@@ -126,18 +146,16 @@ class Report:
         return 1 if self.failed or self.aborted else 0
 
     def summary(self) -> dict[str, int]:
-        counts = self.plan.counts()
-        return {
-            "added": counts["add"],
-            "changed": counts["change"],
-            "unchanged": counts["unchanged"],
-            "skipped": counts["skip"],
-            "conflicts": counts["conflict"],
-            "errors": counts["error"],
-            "written": self.written,
-            "verified": self.verified,
-            "failed": len(self.failed),
-        }
+        """Each id counted once, by what became of it: ``added + changed + unchanged + skipped +
+        conflicts + errors + failed + not_written == total``. ``added``/``changed`` count the ids
+        written and verified (the planned ones in a dry run); ``errors`` the ids that could not be read,
+        ``failed`` the ids whose write or read-back failed, ``not_written`` the ids an aborted run left.
+        ``written`` and ``verified`` count store calls that succeeded (a written id whose read-back
+        differs is ``failed``)."""
+        buckets = dict.fromkeys(_BUCKETS, 0)
+        for item in self.plan.items:
+            buckets[_bucket(item)] += 1
+        return {"total": len(self.plan.items), **buckets, "written": self.written, "verified": self.verified}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +184,7 @@ def connection_key(conn: Connection) -> dict[str, Any]:
 def same_value(kind: ItemKind, a: Any, b: Any) -> bool:
     if kind == "connection":
         return connection_key(a) == connection_key(b)
-    return a == b
+    return bool(a == b)
 
 
 def matches(key: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -209,9 +227,8 @@ class Migrator:
             raise ConfigError("nothing to migrate: both connections and variables are switched off")
         self.source = source
         self.destination = destination
-        self.kinds: list[ItemKind] = [
-            k for k, on in (("connection", connections), ("variable", variables)) if on
-        ]
+        wanted: tuple[tuple[ItemKind, bool], ...] = (("connection", connections), ("variable", variables))
+        self.kinds: list[ItemKind] = [k for k, on in wanted if on]
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.on_conflict = on_conflict
@@ -219,6 +236,7 @@ class Migrator:
         self.connection_format: Serialization = connection_format
         self.progress = progress
         self._check_capabilities()
+        self._check_source_files()
 
     # --- options -------------------------------------------------------------------------------------
 
@@ -249,6 +267,23 @@ class Migrator:
                     "is not a credpath backend, so it has no serialization choice; use --format json"
                 )
             self._serialization = {}
+
+    def _check_source_files(self) -> None:
+        """A files source reads only the kinds it has a file for: a run that could only copy nothing is a
+        configuration error, not "done, 0 items" (a kind without a file is left out when another has one)."""
+        from credpath.backends.files import LocalFilesystemBackend
+
+        if not isinstance(self.source, LocalFilesystemBackend):
+            return
+        files = {"connection": self.source.connections_file, "variable": self.source.variables_file}
+        kept = [kind for kind in self.kinds if files[kind]]
+        if not kept:
+            settings = " or ".join(f"{kind}s_file_path" for kind in self.kinds)
+            raise ConfigError(
+                f"--from: backend {backend_name(self.source)!r} has no {settings} configured: "
+                "nothing to migrate"
+            )
+        self.kinds = kept
 
     # --- reading (the one reader, credpath.reading) --------------------------------------------------
 
@@ -351,7 +386,8 @@ class Migrator:
                 except Exception as exc:
                     item.status = "failed"
                     item.reason = f"write failed: {safe_reason(exc)}"
-                    log.warning("%s %r: write failed: %s", item.kind, item.key, safe_reason(exc))
+                    # DEBUG only: the report (and the CLI's one line per failed id) says it already.
+                    log.debug("%s %r: write failed: %s", item.kind, item.key, safe_reason(exc))
                 else:
                     item.status = "written"
                     report.written += 1

@@ -78,6 +78,9 @@ class SearchPath(LookupState):
             self.shared = shared
         elif self.cache.settings.shared and self.cache.settings.enabled:
             self.shared = shared_tier_for(self.cache.settings, backends)
+        if self.shared is not None:
+            # Another process's lock is waited for no longer than our own store read may take.
+            self.shared.bound_wait([e.backend for e in self.entries])
         self.use_shared_state()
 
     @classmethod

@@ -21,8 +21,8 @@ Times in the tier are wall-clock (``time.time()``): processes on different nodes
 from __future__ import annotations
 
 import atexit
-import base64
 import dataclasses
+import errno
 import hashlib
 import hmac
 import json
@@ -34,10 +34,11 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from credpath._keys import create_key_file, generate_key, parse_keys, read_key_file
 from credpath.errors import ConfigError
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "resolve_keys",
     "scope_of",
     "stats_report",
+    "store_deadline",
 ]
 
 
@@ -59,6 +61,10 @@ log = logging.getLogger("credpath.shared_cache")
 
 #: Seconds a lock holder may take before a waiter takes over (a holder that died frees its lock then).
 DEFAULT_LEASE = 5.0
+#: Seconds a generation record is kept: longer than any entry's TTL plus its stale window.
+GENERATION_KEEP = 7 * 24 * 3600.0
+#: Seconds between looks at whether a lock's holder is a process of this host that has died.
+HOLDER_CHECK_INTERVAL = 0.5
 #: Seconds the tier is skipped after it failed (then tried again).
 RETRY_AFTER_FAILURE = 1.0
 #: Redis socket timeouts when the URL gives none: a shared tier slower than this is worse than no tier.
@@ -84,11 +90,14 @@ class SharedStore(Protocol):
     description: str
 
     def get(self, key: str) -> bytes | None: ...
+    def get_many(self, keys: list[str]) -> list[bytes | None]: ...
     def put(self, key: str, blob: bytes, keep_until: float) -> None: ...
+    def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None: ...
     def invalidate(self, key: str) -> None: ...
     def lock(self, key: str, owner: str, lease: float) -> bool: ...
     def unlock(self, key: str, owner: str) -> None: ...
     def locked(self, key: str) -> bool: ...
+    def holder(self, key: str) -> str | None: ...
     def add_stats(self, counts: Mapping[str, int]) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def clear(self) -> int: ...
@@ -138,6 +147,36 @@ def _prepare(conn: Any) -> None:
         conn.execute(statement)
 
 
+def _check_directory(directory: Path) -> None:
+    """Refuse a cache directory another user owns (root's excepted) or others may write into without the
+    sticky bit (/dev/shm, /tmp: 1777, are fine: nobody can replace another user's file there)."""
+    info = directory.stat()
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"shared cache: the directory {directory} belongs to another user (uid {info.st_uid}); "
+            "use a directory of your own"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"shared cache: the directory {directory} is writable by group/others; chmod go-w it "
+            "or use a directory of your own"
+        )
+
+
+def _check_file(path: Path, info: os.stat_result) -> None:
+    """Refuse a cache file another user made (it could read every entry written into it, and change them)
+    or that group/others can write."""
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"shared cache: {path} is not a regular file; remove it or choose another path")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"shared cache: {path} belongs to another user (uid {info.st_uid}); "
+            "remove it or choose another path"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"shared cache: {path} is writable by group/others; remove it or chmod 600 it")
+
+
 class FileStore:
     """SQLite in WAL mode: readers never block the writer, a write is one short transaction.
 
@@ -160,12 +199,27 @@ class FileStore:
         import sqlite3
 
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # created private, before SQLite opens it
+        _check_directory(self.path.parent)
+        # Created private before SQLite opens it; never through a symbolic link another user planted.
         try:
-            mode = os.fstat(fd).st_mode
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise ConfigError(
+                f"shared cache: {self.path} is a symbolic link; remove it or choose another path"
+            ) from None
+        try:
+            info = os.fstat(fd)
         finally:
             os.close(fd)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _check_file(self.path, info)
+        for suffix in ("-wal", "-shm"):  # SQLite's companions: another user's would be written into too
+            try:
+                _check_file(Path(f"{self.path}{suffix}"), os.lstat(f"{self.path}{suffix}"))
+            except FileNotFoundError:
+                pass
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("shared cache: %s is readable by group/others; chmod 600 it", self.path)
         conn = sqlite3.connect(
             self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -181,6 +235,28 @@ class FileStore:
     def get(self, key: str) -> bytes | None:
         with self._lock:
             row = self._db().execute("SELECT v FROM entries WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        with self._lock:
+            rows = self._db().execute(
+                f"SELECT k, v FROM entries WHERE k IN ({', '.join('?' * len(keys))})", keys
+            )
+            found = {k: bytes(v) for k, v in rows}
+        return [found.get(k) for k in keys]
+
+    def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None:
+        """Write ``blob`` unless a live value is there; returns the value there afterwards."""
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            db.execute(
+                "INSERT INTO entries (k, v, keep_until) VALUES (?, ?, ?) "
+                "ON CONFLICT (k) DO UPDATE SET v = excluded.v, keep_until = excluded.keep_until "
+                "WHERE entries.keep_until < ?",
+                (key, blob, keep_until, now),
+            )
+            row = db.execute("SELECT v FROM entries WHERE k = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def put(self, key: str, blob: bytes, keep_until: float) -> None:
@@ -208,7 +284,7 @@ class FileStore:
                 "WHERE locks.until < ?",
                 (key, owner, now + lease, now),
             )
-            return cursor.rowcount == 1
+            return bool(cursor.rowcount == 1)
 
     def unlock(self, key: str, owner: str) -> None:
         with self._lock:
@@ -218,6 +294,15 @@ class FileStore:
         with self._lock:
             row = self._db().execute("SELECT until FROM locks WHERE k = ?", (key,)).fetchone()
         return row is not None and row[0] >= time.time()
+
+    def holder(self, key: str) -> str | None:
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT owner FROM locks WHERE k = ? AND until >= ?", (key, time.time()))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
 
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
@@ -235,14 +320,15 @@ class FileStore:
             db = self._db()
             counts = {name: n for name, n in db.execute("SELECT name, n FROM stats")}
             counts["entries"] = db.execute(
-                "SELECT count(*) FROM entries WHERE keep_until >= ?", (time.time(),)
+                "SELECT count(*) FROM entries WHERE keep_until >= ? AND k NOT LIKE 'g:%'", (time.time(),)
             ).fetchone()[0]
         return counts
 
     def clear(self) -> int:
         with self._lock:
             db = self._db()
-            removed = db.execute("DELETE FROM entries").rowcount
+            removed = int(db.execute("DELETE FROM entries WHERE k NOT LIKE 'g:%'").rowcount)
+            db.execute("DELETE FROM entries")
             db.execute("DELETE FROM locks")
             db.execute("DELETE FROM stats")
         return max(0, removed)
@@ -295,7 +381,17 @@ class RedisStore:
         self._unlock = self._client.register_script(_UNLOCK)
 
     def get(self, key: str) -> bytes | None:
-        return self._client.get(PREFIX + "e:" + key)  # type: ignore[no-any-return]
+        return cast("bytes | None", self._client.get(PREFIX + "e:" + key))
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return cast("list[bytes | None]", self._client.mget([PREFIX + "e:" + k for k in keys]))
+
+    def put_new(self, key: str, blob: bytes, keep_until: float) -> bytes | None:
+        ms = max(1, int((keep_until - time.time()) * 1000))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(PREFIX + "e:" + key, blob, px=ms, nx=True)
+        pipe.get(PREFIX + "e:" + key)
+        return pipe.execute()[1]  # type: ignore[no-any-return]
 
     def put(self, key: str, blob: bytes, keep_until: float) -> None:
         ms = int((keep_until - time.time()) * 1000)
@@ -314,6 +410,10 @@ class RedisStore:
     def locked(self, key: str) -> bool:
         return bool(self._client.exists(PREFIX + "l:" + key))
 
+    def holder(self, key: str) -> str | None:
+        owner = self._client.get(PREFIX + "l:" + key)
+        return owner.decode("utf-8", "replace") if isinstance(owner, bytes) else owner
+
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
         if not items:
@@ -325,19 +425,24 @@ class RedisStore:
 
     def stats(self) -> dict[str, int]:
         raw = self._client.hgetall(PREFIX + "stats")
-        counts = {k.decode(): int(v) for k, v in raw.items()}
-        counts["entries"] = sum(1 for _ in self._client.scan_iter(match=PREFIX + "e:*", count=1000))
+        counts = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        generations = (PREFIX + "e:g:").encode()
+        counts["entries"] = sum(
+            1
+            for k in self._client.scan_iter(match=PREFIX + "e:*", count=1000)
+            if not k.startswith(generations)
+        )
         return counts
 
     def clear(self) -> int:
-        removed = 0
+        removed = -len(list(self._client.scan_iter(match=PREFIX + "e:g:*", count=1000)))  # not entries
         for pattern, counted in (("e:*", True), ("l:*", False)):
             keys = list(self._client.scan_iter(match=PREFIX + pattern, count=1000))
             for start in range(0, len(keys), 500):
                 deleted = self._client.delete(*keys[start : start + 500])
                 removed += deleted if counted else 0
         self._client.delete(PREFIX + "stats")
-        return removed
+        return max(0, removed)
 
     def close(self) -> None:
         self._client.close()
@@ -398,24 +503,6 @@ def open_store(setting: str) -> SharedStore:
     return RedisStore(setting)
 
 
-def parse_keys(text: str, setting: str) -> list[bytes]:
-    """Comma-separated Fernet keys (the first encrypts, all decrypt). A malformed one: a ConfigError."""
-    keys: list[bytes] = []
-    for index, part in enumerate(p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            raw = base64.urlsafe_b64decode(part.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
-            raw = b""
-        if len(raw) != 32:
-            raise ConfigError(f"{setting}: key {index + 1} is not a Fernet key (32 url-safe base64 bytes)")
-        keys.append(part.encode("ascii"))
-    if not keys:
-        raise ConfigError(f"{setting} holds no Fernet key")
-    return keys
-
-
 def resolve_keys(setting: str | None, env: Mapping[str, str], home: Path, *, file_tier: bool) -> list[bytes]:
     """The tier's Fernet keys: ``CREDPATH_CACHE_KEY``, else ``[cache] shared_key``, else the metastore's
     key (``CREDPATH_FERNET_KEY``, then ``$CREDPATH_HOME/fernet.key``). ``shared_key = "airflow"`` reuses
@@ -444,30 +531,18 @@ def resolve_keys(setting: str | None, env: Mapping[str, str], home: Path, *, fil
 
 def _read_private(path: Path) -> str:
     try:
-        return path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the key file {path} ({type(exc).__name__})") from None
+        return read_key_file(path)
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read the key file {path} (FileNotFoundError)") from None
 
 
 def _node_key(path: Path) -> str:
-    try:
-        return _read_private(path) if path.is_file() else _create_key_file(path)
-    except FileExistsError:
+    if path.is_file():
         return _read_private(path)
-
-
-def _create_key_file(path: Path) -> str:
-    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(key + "\n")
-        os.link(tmp, path)  # of concurrent creators exactly one wins; the others read its key
-    finally:
-        os.unlink(tmp)
-    return key
+        return create_key_file(path, generate_key())
+    except OSError as exc:
+        raise ConfigError(f"cannot create the key file {path} ({type(exc).__name__})") from None
 
 
 def _airflow_fernet_key(env: Mapping[str, str]) -> str:
@@ -504,6 +579,8 @@ class SharedEntry:
     stored_at: float
     fresh_until: float
     keep_until: float
+    #: The id's generation the entry was written under (see SharedTier); not part of its value.
+    generation: str | None = field(default=None, compare=False)
 
     def fresh(self, now: float) -> bool:
         return self.fresh_until >= now
@@ -519,32 +596,47 @@ class SharedTier:
         scope: str = "",
         *,
         lease: float = DEFAULT_LEASE,
+        wait_limit: float | None = None,
     ) -> None:
         from cryptography.fernet import Fernet, MultiFernet
 
         self.store = store
         self.description = store.description
         self.lease = lease
+        #: Longest wait for another process's lock: this process's own store deadline (waiting longer
+        #: for someone else's read than our own read may take would only add to a dead holder's cost).
+        self.wait_limit = lease + 1.0 if wait_limit is None else min(lease + 1.0, wait_limit)
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
         self._scope = scope
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._flushed_pid = 0
         self._flushed_at = 0.0
         self._down_until = 0.0
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        #: name -> the generation token the last read of it found (a store read that follows is
+        #: written under it, so a write that lands meanwhile makes the entry refused, not served).
+        self._seen: dict[str, str] = {}
 
     # --- naming and sealing ---
+
+
+    def bound_wait(self, backends: Any) -> None:
+        """Wait for another process's lock no longer than the longest store deadline among ``backends``
+        (the search path calls this once its backends are built)."""
+        limit = store_deadline(backends)
+        if limit is not None:
+            self.wait_limit = min(self.lease + 1.0, limit)
 
     def name(self, ckey: tuple[str, str, str | None]) -> str:
         kind, key, team = ckey
         message = json.dumps([self._scope, kind, key, team], separators=(",", ":")).encode("utf-8")
         return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
 
-    def _seal(self, name: str, entry: SharedEntry) -> bytes:
+    def _seal(self, name: str, entry: SharedEntry, generation: str | None = None) -> bytes:
         from credpath.model import Connection
 
         value = entry.value
@@ -559,6 +651,7 @@ class SharedTier:
             "t": entry.stored_at,
             "f": entry.fresh_until,
             "x": entry.keep_until,
+            "g": generation,  # the id's generation when its value was read (see _generation)
         }
         return self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
 
@@ -591,6 +684,7 @@ class SharedTier:
             stored_at=float(payload["t"]),
             fresh_until=float(payload["f"]),
             keep_until=float(payload["x"]),
+            generation=payload.get("g"),
         )
 
     # --- guarded operations: a failure is logged once and is a miss / a no-op ---
@@ -599,6 +693,8 @@ class SharedTier:
         return self._down_until == 0.0 or time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException, doing: str) -> None:
+        if isinstance(exc, ConfigError):
+            raise exc  # a cache file another user owns, ...: the configuration's to fix, never a miss
         self.count("shared_errors")
         self._down_until = time.monotonic() + RETRY_AFTER_FAILURE
         self._warn(
@@ -621,20 +717,69 @@ class SharedTier:
             self._warned.add(what)
             log.warning(message, *args)
 
+    # Freshness no writer can forge without the key. Each id has a generation record beside its entry,
+    # a random token MACed with the key; every entry carries (encrypted) the token current when its value
+    # was read, and is served only while that token is still the record's. A credpath write sets a new
+    # token before it drops the entry, so an entry recorded before the write (put back by anyone who can
+    # write to Redis or the file) is refused, as is one whose record was deleted. A value read from the
+    # store before a concurrent write is refused the same way. Someone who also puts back the old
+    # record can roll both back; that needs trusted storage, which the tier is not.
+
+    def _gen_blob(self, gname: str, token: str) -> bytes:
+        mac = hmac.new(self._mac_key, f"generation\0{gname}\0{token}".encode(), hashlib.sha256).hexdigest()
+        return f"{token}.{mac}".encode("ascii")
+
+    def _gen_token(self, gname: str, blob: bytes | None) -> str | None:
+        if blob is None:
+            return None
+        token = blob.decode("ascii", "replace").partition(".")[0]
+        if not hmac.compare_digest(self._gen_blob(gname, token), blob):
+            return None
+        return token
+
+    def _generation(self, name: str, seen: str | None) -> str | None:
+        """The generation to write ``name``'s entry under: ``seen`` (the token its miss found; "" none),
+        or for a write with no miss before it the current one; None: do not write (a write of the id
+        may have landed since the miss, which found no record)."""
+        if seen:
+            return seen
+        gname = "g:" + name
+        if seen is None:
+            token = self._gen_token(gname, self.store.get(gname))
+            if token is not None:
+                return token
+        token = secrets.token_hex(16)
+        keep = time.time() + GENERATION_KEEP
+        there = self.store.put_new(gname, self._gen_blob(gname, token), keep)
+        if there == self._gen_blob(gname, token):
+            return token
+        if seen is None and self._gen_token(gname, there) is None:
+            # A record this key cannot verify: replace it (whoever wrote it can delete entries anyway).
+            self.store.put(gname, self._gen_blob(gname, token), keep)
+            return token
+        return None if seen == "" else self._gen_token(gname, there)
+
     def get(self, ckey: tuple[str, str, str | None]) -> SharedEntry | None:
         if not self._available():
             return None
         name = self.name(ckey)
         try:
-            blob = self.store.get(name)
+            blob, gen_blob = self.store.get_many([name, "g:" + name])
         except Exception as exc:
             self._failed(exc, "reading an entry")
             return None
         self._ok()
+        token = self._gen_token("g:" + name, gen_blob)
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        self._seen[name] = token or ""  # what a store read after this miss is written under
         if blob is None:
             return None
         entry = self._open(name, blob)
         if entry is None or entry.keep_until < time.time():
+            return None
+        if token is None or entry.generation != token:
+            log.debug("shared cache: an entry of an older generation was refused")
             return None
         return entry
 
@@ -642,8 +787,12 @@ class SharedTier:
         if not self._available() or entry.keep_until <= time.time():
             return
         name = self.name(ckey)
+        seen = self._seen.pop(name, None)
         try:
-            self.store.put(name, self._seal(name, entry), entry.keep_until)
+            token = self._generation(name, seen)
+            if token is None:
+                return
+            self.store.put(name, self._seal(name, entry, token), entry.keep_until)
         except Exception as exc:
             self._failed(exc, "writing an entry")
             return
@@ -652,8 +801,13 @@ class SharedTier:
     def invalidate(self, ckey: tuple[str, str, str | None]) -> None:
         if not self._available():
             return
+        name = self.name(ckey)
+        self._seen.pop(name, None)
+        gname = "g:" + name
         try:
-            self.store.invalidate(self.name(ckey))
+            # A new generation first: an entry written or put back from now on under the old one is refused.
+            self.store.put(gname, self._gen_blob(gname, secrets.token_hex(16)), time.time() + GENERATION_KEEP)
+            self.store.invalidate(name)
         except Exception as exc:
             self._failed(exc, "invalidating an entry")
             return
@@ -678,15 +832,17 @@ class SharedTier:
             self._failed(exc, "releasing a lock")
 
     def wait(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool]:
-        """Wait (up to the lease) for the lock holder's entry: ``(fresh entry or None, acquired)``.
+        """Wait (up to the lease, and never longer than ``wait_limit``) for the lock holder's entry:
+        ``(fresh entry or None, acquired)``.
 
         Returns as soon as the entry is there; takes the lock over when the holder's lease ran out (it
         died, or is slower than the lease) or when it released without writing (its read failed).
         """
         self.count("lock_waits")
         name = self.name(ckey)
-        give_up = time.monotonic() + self.lease + 1.0
+        give_up = time.monotonic() + self.wait_limit
         pause = 0.005
+        look_at_holder = 0.0
         while time.monotonic() < give_up:
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
@@ -696,6 +852,11 @@ class SharedTier:
             if not self._available():
                 return None, False
             try:
+                if time.monotonic() >= look_at_holder:
+                    look_at_holder = time.monotonic() + HOLDER_CHECK_INTERVAL
+                    holder = self.store.holder(name)
+                    if holder is not None and _died_here(holder):
+                        self.store.unlock(name, holder)  # only if it still holds it: no race with a taker
                 if self.store.lock(name, self._owner, self.lease):
                     self.count("lock_takeovers")
                     entry = self.get(ckey)  # written between our last look and the takeover
@@ -775,6 +936,45 @@ class SharedState:
         now = time.time()
         entry = SharedEntry("state", value, None, False, now, now + ttl, now + ttl)
         self._tier.put(self._ckey(key), entry)
+
+
+def store_deadline(backends: Any) -> float | None:
+    """The longest whole-call deadline (``timeout``) among ``backends``, or None if none declares one."""
+    deadlines = []
+    for backend in backends:
+        timeout = getattr(backend, "timeout", None)  # the stores with network calls take one
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+            deadlines.append(float(timeout))
+    return max(deadlines) if deadlines else None
+
+
+def _host_identity() -> str:
+    """This host as lock owners name it: the host name, and the PID namespace where there is one (two
+    containers may share a host name and a cache file, but never a PID namespace's numbers)."""
+    try:
+        namespace = f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return socket.gethostname().replace(":", "_") + namespace
+
+
+_HOST = _host_identity()
+
+
+def _died_here(owner: str) -> bool:
+    """Whether a lock's owner is a process of this host (and PID namespace) that no longer runs: its lock
+    can be freed at once instead of after its lease."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process) or cannot be asked: wait for its lease
+    return False
 
 
 def scope_of(specs: Any) -> str:

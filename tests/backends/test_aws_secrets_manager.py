@@ -116,14 +116,18 @@ def test_lookup_pattern_skips_without_a_call(aws_secrets_manager_harness: Secret
     assert log.params("BatchGetSecretValue")[0]["SecretIdList"] == ["airflow/connections/pg_main"]
 
 
-def test_binary_secret_is_read_as_text(aws_secrets_manager_harness: SecretsManagerHarness) -> None:
+def test_a_binary_only_secret_is_not_found_as_in_airflow(
+    aws_secrets_manager_harness: SecretsManagerHarness,
+) -> None:
+    """Airflow's SecretsManagerBackend reads SecretString only: a binary-only secret is a miss."""
     h = aws_secrets_manager_harness
     h.client.create_secret(Name="airflow/variables/bin", SecretBinary=b"hello")
     h.client.create_secret(Name="airflow/variables/junk", SecretBinary=b"\xff\xfe")
+    h.client.create_secret(Name="airflow/variables/text", SecretString="plain")
     backend = h.make_backend()
-    assert backend.get_variable("bin") == "hello"
-    with pytest.raises(BackendError, match=r"airflow/variables/junk.*not UTF-8"):
-        backend.get_variable("junk")
+    assert backend.get_variable("bin") is None
+    assert backend.get_variable("junk") is None
+    assert backend.get_variables(["bin", "junk", "text"]) == {"text": "plain"}
 
 
 # --- JSON values -----------------------------------------------------------------------------------

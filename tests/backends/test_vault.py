@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -104,18 +105,22 @@ def test_variables_and_config_use_the_value_key(openbao: OpenBao, openbao_kv2: s
     assert backend.get_config("absent") is None
 
 
-def test_secret_without_value_key_names_path_and_keys_not_values(
-    openbao: OpenBao, openbao_kv2: str, make
+def test_secret_without_value_key_is_a_warned_miss_as_in_airflow(
+    openbao: OpenBao, openbao_kv2: str, make, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Airflow's VaultBackend logs a warning and returns None (the next backend is asked)."""
     openbao.put(openbao_kv2, 2, "variables/wrong", {"val": PASSWORD, "note": "x"})
-    backend = make(mount_point=openbao_kv2)
-    with pytest.raises(BackendError) as info:
-        backend.get_variable("wrong")
-    message = str(info.value)
-    assert f"{openbao_kv2}/variables/wrong" in message
-    assert "note, val" in message
-    assert "\n" not in message
-    assert_no_secret(message, PASSWORD, openbao.root_token)
+    openbao.put(openbao_kv2, 2, "config/wrong", {"val": PASSWORD})
+    backend = make(mount_point=openbao_kv2, config_path="config")
+    with caplog.at_level(logging.WARNING, logger="credpath.backends.vault"):
+        assert backend.get_variable("wrong") is None
+        assert backend.get_config("wrong") is None
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 2
+    assert f"{openbao_kv2}/variables/wrong" in messages[0] and "note, val" in messages[0]
+    for message in messages:
+        assert "no 'value' key" in message and "\n" not in message
+        assert_no_secret(message, PASSWORD, openbao.root_token)
 
 
 def test_kv1_mount_is_detected_once(openbao: OpenBao, openbao_kv1: str, make) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def _destination(env: dict[str, Any]) -> MetastoreBackend:
 def test_dry_run_shows_a_masked_plan_and_writes_nothing(env: dict[str, Any]) -> None:
     result = run(env, "--from", "old", "--to", "new", "--dry-run")
     assert result.exit_code == 0, result.stderr
-    assert "dry run (nothing written): added 6" in result.stdout
+    assert "dry run (nothing written): 6 id(s): added 6," in result.stdout
     assert "db_0" in result.stdout and "api_token" in result.stdout
     assert _destination(env).list_connections() == []
 
@@ -143,3 +144,58 @@ def test_progress_bar_only_on_a_terminal() -> None:
         tick("write", 0, 3)
         tick("write", 2, 3)
     assert context.tasks[0].completed == 2 and context.tasks[0].total == 3  # type: ignore[attr-defined]
+
+
+def test_progress_bar_shows_rate_and_time_left() -> None:
+    from rich.progress import TimeRemainingColumn
+
+    from credpath.cli.migrate import _progress
+
+    context, tick = _progress(True)
+    assert tick is not None
+    columns = context.columns  # type: ignore[attr-defined]
+    assert any(isinstance(c, TimeRemainingColumn) for c in columns)
+    rate = next(c for c in columns if type(c).__name__ == "RateColumn")
+    with context:
+        tick("write", 0, 100)
+        for _ in range(3):  # the rate needs samples over time
+            time.sleep(0.02)
+            tick("write", 10, 100)
+        task = context.tasks[0]  # type: ignore[attr-defined]
+        assert str(rate.render(task)).endswith("/s")
+
+
+def test_the_plan_says_what_it_did_not_print(env: dict[str, Any]) -> None:
+    assert run(env, "--from", "old", "--to", "new", "--quiet").exit_code == 0
+    source = MetastoreBackend(url=f"sqlite:///{env['tmp'] / 'src.db'}", fernet_key=env["key"])
+    source.set_variable("region", "eu-central-1")
+    result = run(env, "--from", "old", "--to", "new", "--dry-run", "--on-conflict", "overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert "region" in result.stdout and "db_0" not in result.stdout
+    assert "not shown: 5 unchanged id(s); write them all with --report FILE" in result.stdout
+    assert "6 id(s): added 0, changed 1, unchanged 5," in result.stdout
+
+
+def test_migrating_from_files_with_no_file_is_a_config_error(env: dict[str, Any]) -> None:
+    result = run(env, "--from", "files", "--from-kwargs", "{}", "--to", "new")
+    assert result.exit_code == 2
+    assert "has no connections_file_path or variables_file_path configured" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    only_vars = env["tmp"] / "vars.json"
+    only_vars.write_text('{"region": "eu-west-1"}')
+    kwargs = json.dumps({"variables_file_path": str(only_vars)})
+    asked = run(env, "--from", "files", "--from-kwargs", kwargs, "--to", "new", "--connections")
+    assert asked.exit_code == 2 and "has no connections_file_path configured" in asked.stderr
+    fine = run(env, "--from", "files", "--from-kwargs", kwargs, "--to", "new")  # the kind it has a file for
+    assert fine.exit_code == 0, fine.stderr
+    assert "1 id(s): added 1," in fine.stdout
+
+
+def test_an_empty_standard_input_is_refused_not_stored(env: dict[str, Any]) -> None:
+    for args in (["variables", "set", "api_token", "-"], ["connections", "add", "c1", "--conn-uri", "-"]):
+        result = CliRunner().invoke(cli, ["--config", str(env["config"]), *args], input="")
+        assert result.exit_code == 2, result.output
+        assert "standard input was empty; nothing was stored" in result.stderr
+    assert _destination(env).list_variables() == []
+    source = MetastoreBackend(url=f"sqlite:///{env['tmp'] / 'src.db'}", fernet_key=env["key"])
+    assert source.get_variable("api_token") == "tok-s3cr3t-v"  # untouched

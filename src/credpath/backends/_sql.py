@@ -10,13 +10,12 @@ SQLAlchemy and cryptography are imported on first use, never when this module is
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
+from credpath._keys import KeySettingError, parse_keys
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend
@@ -34,7 +33,6 @@ __all__ = [
     "TEAM_COLUMN",
     "FernetKeyError",
     "SqlTablesBackend",
-    "parse_fernet_keys",
     "team_visible",
 ]
 
@@ -71,20 +69,6 @@ class FernetKeyError(ConfigError):
     def __init__(self, message: str, *, backend: str | None = None) -> None:
         super().__init__(message)
         self.backend = backend
-
-
-def parse_fernet_keys(text: str) -> list[str] | int:
-    """The comma-separated keys of ``text``, or the 1-based position of the first one that is not a
-    Fernet key. Checks exactly what ``cryptography.fernet.Fernet()`` checks (url-safe base64 of 32
-    bytes) without importing cryptography, so a bad setting is caught on a read that decrypts nothing."""
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    for position, key in enumerate(keys, 1):
-        try:
-            if len(base64.urlsafe_b64decode(key.encode("ascii"))) != 32:
-                return position
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            return position
-    return keys
 
 
 def _reason(exc: BaseException, cut_mark: str = "") -> str:
@@ -257,13 +241,15 @@ class SqlTablesBackend(BaseBackend):
                     self._fernet = self._load_fernet(create)
         return self._fernet
 
-    def _checked_keys(self, text: str, setting: str) -> list[str]:
-        keys = parse_fernet_keys(text)
-        if isinstance(keys, int):
-            raise self.config_error(f"key #{keys} of {setting} is not a valid Fernet key{self._key_hint}")
-        if not keys:
-            raise self._no_key_error(setting)
-        return keys
+    def _checked_keys(self, text: str, setting: str) -> list[bytes]:
+        try:
+            return parse_keys(text, setting)
+        except KeySettingError as exc:
+            if exc.position is None:
+                raise self._no_key_error(setting) from None
+            raise self.config_error(
+                f"key #{exc.position} of {setting} is not a valid Fernet key{self._key_hint}"
+            ) from None
 
     def _load_fernet(self, create: bool = False) -> MultiFernet:
         from cryptography.fernet import Fernet, MultiFernet
@@ -271,15 +257,27 @@ class SqlTablesBackend(BaseBackend):
         text, setting = self._key_source(create)
         keys = self._checked_keys(text, setting)
         self._key_setting = setting
-        return MultiFernet([Fernet(key.encode("ascii")) for key in keys])
+        return MultiFernet([Fernet(key) for key in keys])
+
+    def _keys_changed(self) -> bool:
+        """Whether the keys loaded earlier may be out of date (the metastore's key file was replaced):
+        then they are dropped and the next use loads them again."""
+        return False
 
     def _decrypt(self, token: str | None, what: str, encrypted: bool | None = True) -> str | None:
         if token is None or not encrypted:
             return token
         from cryptography.fernet import InvalidToken
 
-        fernet = self._fernet_obj()
+        fernet = self._fernet_obj()  # outside the try: a missing key is its own ConfigError
         try:
+            try:
+                return fernet.decrypt(token.encode("ascii")).decode("utf-8")
+            except InvalidToken:
+                if not self._keys_changed():
+                    raise
+            # A rotation in another process replaced the key file since this one read it.
+            fernet = self._fernet_obj()
             return fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError, ValueError):
             raise FernetKeyError(

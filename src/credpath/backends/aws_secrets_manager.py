@@ -130,16 +130,13 @@ class SecretsManagerBackend(AwsBackend):
         log.debug("%s: read secret %s", self.name, name)
         return self._value_of(name, response)
 
-    def _value_of(self, name: str, entry: dict[str, Any]) -> str:
-        if entry.get("SecretString") is not None:
-            return entry["SecretString"]
-        binary = entry.get("SecretBinary")
-        if binary is not None:
-            try:
-                return bytes(binary).decode("utf-8")
-            except UnicodeDecodeError:
-                raise self.error(f"secret {name!r} holds binary data that is not UTF-8 text") from None
-        raise self.error(f"secret {name!r} has no value")
+    def _value_of(self, name: str, entry: dict[str, Any]) -> str | None:
+        """The secret's text; None for a binary-only secret, which Airflow's backend (it reads
+        ``SecretString`` only) treats as not found."""
+        value: str | None = entry.get("SecretString")
+        if value is None:
+            log.debug("%s: secret %s holds no SecretString (binary only): not found", self.name, name)
+        return value
 
     # --- JSON connection values --------------------------------------------------------------------
 
@@ -208,7 +205,9 @@ class SecretsManagerBackend(AwsBackend):
                 name = entry.get("Name")
                 if name in names:
                     self._existing.add(name)
-                    found[names[name]] = self._value_of(name, entry)
+                    value = self._value_of(name, entry)
+                    if value is not None:
+                        found[names[name]] = value
             for error in response.get("Errors", []):
                 code = error.get("ErrorCode", "")
                 secret_id = str(error.get("SecretId", "?"))

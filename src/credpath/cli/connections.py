@@ -73,6 +73,8 @@ def read_secret_inputs(values: dict[str, str | None]) -> dict[str, str | None]:
             text = text[:-2]
         elif text.endswith("\n"):
             text = text[:-1]
+    if not text:  # an empty pipe or prompt is a mistake, never the secret
+        fail(f"{name} '-': standard input was empty; nothing was stored")
     return {**values, name: text}
 
 

@@ -75,16 +75,32 @@ def _flags(settings: dict[str, Any]) -> str:
 
 
 def _progress(enabled: bool) -> tuple[AbstractContextManager[Any], Callable[[str, int, int], None] | None]:
+    """A rich progress bar on stderr (done/total, rate, time left), or nothing (not a terminal, --quiet)."""
     if not enabled:
         return nullcontext(), None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.0f}/s")
 
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TimeElapsedColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
     )
@@ -102,6 +118,8 @@ def _print_plan(report: Any) -> None:
     from credpath.cli.output import echo_table
 
     rows = [i for i in report.plan.items if i.action != "unchanged" or i.status == "failed"]
+    summary = report.summary()
+    unchanged = len(report.plan.items) - len(rows)
     if rows:
         shown = rows[:_SHOWN_ROWS]
         echo_table(
@@ -109,15 +127,23 @@ def _print_plan(report: Any) -> None:
             [(i.kind, i.key, i.action, i.status, i.reason) for i in shown],
             title=f"migration plan {report.plan.source} -> {report.plan.destination}",
         )
-        if len(rows) > len(shown):
-            click.echo(f"... {len(rows) - len(shown)} more row(s); write them all with --report FILE")
-    summary = report.summary()
-    line = ", ".join(f"{k} {v}" for k, v in summary.items())
+        hidden = len(rows) - len(shown)
+        if hidden or unchanged:
+            parts = [f"{hidden} more row(s)"] if hidden else []
+            parts += [f"{unchanged} unchanged id(s)"] if unchanged else []
+            click.echo(f"not shown: {' and '.join(parts)}; write them all with --report FILE")
+    counts = ", ".join(f"{k.replace('_', ' ')} {summary[k]}" for k in list(summary)[1:-2])
+    line = f"{summary['total']} id(s): {counts}; written {summary['written']}, verified {summary['verified']}"
     click.echo(("dry run (nothing written): " if report.dry_run else "") + line)
     if report.aborted:
         click.echo(f"credpath: error: migration aborted: {report.aborted}", err=True)
     for item in report.failed[:_SHOWN_ROWS]:
         click.echo(f"credpath: error: {item.kind} {item.key!r} failed: {item.reason}", err=True)
+    if len(report.failed) > _SHOWN_ROWS:
+        click.echo(
+            f"credpath: error: {len(report.failed) - _SHOWN_ROWS} more failed id(s); see --report FILE",
+            err=True,
+        )
 
 
 @cli.command("migrate")
@@ -162,6 +188,7 @@ def _print_plan(report: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the JSON report (ids, actions, reasons; never values) to this file.",
 )
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (it shows only on a terminal anyway).")
 @pass_state
 @handle_errors
 def migrate_command(
@@ -180,6 +207,7 @@ def migrate_command(
     connection_format: str,
     on_deleted: str | None,
     report_file: Path | None,
+    quiet: bool,
 ) -> None:
     """Copy connections and variables from --from to --to: plan, write, read back and verify.
 
@@ -196,7 +224,7 @@ def migrate_command(
     src = resolve_backend(state, source, _kwargs(from_kwargs, "--from-kwargs"), "--from")
     if src is dst or (source == destination and from_kwargs == to_kwargs):
         fail("--from and --to are the same backend")
-    context, tick = _progress(sys.stderr.isatty())
+    context, tick = _progress(sys.stderr.isatty() and not quiet)
     if not connections and not variables:
         connections = variables = True
     migrator = Migrator(
@@ -208,7 +236,7 @@ def migrate_command(
         exclude=parse_globs(exclude),
         on_conflict=on_conflict,
         concurrency=concurrency,
-        connection_format=connection_format,
+        connection_format="uri" if connection_format == "uri" else "json",
         progress=tick,
     )
     try:

@@ -1,8 +1,10 @@
-"""``credpath explain``, ``config get-value``, ``backends check``, ``rotate-fernet-key``."""
+"""``credpath explain``, ``config get-value``, ``backends check``, ``rotate-fernet-key``,
+``generate-fernet-key``."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,12 +12,17 @@ from credpath.cli import EXIT_NOT_FOUND, State, cli, fail, handle_errors, pass_s
 from credpath.cli.output import echo_json, echo_table
 from credpath.protocol import Kind
 
+if TYPE_CHECKING:
+    from credpath.backends.metastore import MetastoreBackend
+    from credpath.protocol import Kind
+
 __all__ = [
     "backends_check",
     "backends_group",
     "backends_list",
     "config_group",
     "explain_command",
+    "generate_fernet_key",
     "get_value_command",
     "rotate_fernet_key",
 ]
@@ -232,14 +239,57 @@ def _describe(backend: object) -> str:
 @pass_state
 @handle_errors
 def rotate_fernet_key(state: State) -> None:
-    """Re-encrypt every metastore value with the first key of CREDPATH_FERNET_KEY (keys comma-separated)."""
+    """Rotate the metastore's Fernet key and re-encrypt every value with it.
+
+    With the generated key file ($CREDPATH_HOME/fernet.key): a new key is made, every value is
+    re-encrypted, and the file then holds the new key alone (crash-safe: every value stays readable with
+    what the file holds). With CREDPATH_FERNET_KEY="NEW,OLD" (or fernet_key): every value is
+    re-encrypted with its first key; then configure that key alone.
+    """
     from credpath.backends.metastore import MetastoreBackend
 
     done = 0
     for entry in state.search_path.entries:
         if isinstance(entry.backend, MetastoreBackend):  # the one store that encrypts with Fernet keys
-            count = entry.backend.rotate_fernet_key()
-            click.echo(f"re-encrypted {count} value(s) in backend {entry.name!r}")
+            click.echo(_rotate(entry.name, entry.backend))
             done += 1
     if not done:
         fail("no backend in the search path stores encrypted values (add a metastore backend)")
+
+
+def _rotate(name: str, backend: MetastoreBackend) -> str:
+    origin = backend.key_origin
+    if origin == "file":
+        count = backend.rotate_key_file()
+        if count is None:
+            return f"backend {name!r}: nothing to rotate (no key file and no stored secret yet)"
+        return (
+            f"backend {name!r}: {_counted(count)}; {backend.key_file} now holds a new key alone "
+            "(back it up: the old key no longer decrypts anything)"
+        )
+    count = backend.rotate_fernet_key()
+    keys = backend.key_count()
+    if keys == 1:
+        if count == 0:
+            return (
+                f"backend {name!r}: nothing to re-encrypt: every value is encrypted with {origin}'s key. "
+                f'To rotate, set {origin}="NEW,OLD" (credpath generate-fernet-key prints a new key)'
+            )
+        return f"backend {name!r}: {_counted(count)} with {origin}'s key"
+    others = "key 2" if keys == 2 else f"keys 2-{keys}"
+    return (
+        f"backend {name!r}: {_counted(count)}; every value is encrypted with key 1 of {origin}: now "
+        f"configure {origin} with that first key alone ({others} no longer decrypt anything here)"
+    )
+
+
+def _counted(count: int) -> str:
+    return f"re-encrypted {count} value(s)" if count else "nothing to re-encrypt"
+
+
+@cli.command("generate-fernet-key")
+def generate_fernet_key() -> None:
+    """Print a new Fernet key (for CREDPATH_FERNET_KEY or [cache] shared_key)."""
+    from credpath._keys import generate_key
+
+    click.echo(generate_key())

@@ -461,8 +461,15 @@ class VaultBackend(BaseBackend):
             return None
         where, data = found
         if "value" not in data:
+            # As Airflow's VaultBackend: a warning and a miss (the next backend is asked), not an error.
             keys = ", ".join(sorted(map(str, data))) or "none"
-            raise self.error(f"secret {where} has no 'value' key (keys present: {keys})")
+            log.warning(
+                "%s: secret %s was fetched but has no 'value' key (keys present: %s); treated as not found",
+                self.label,
+                where,
+                keys,
+            )
+            return None
         value = data["value"]
         return value if isinstance(value, str) else json.dumps(value)
 
