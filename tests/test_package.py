@@ -104,6 +104,15 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_types_check_strictly() -> None:
+    # `mypy --strict` over src/credpath ([tool.mypy] in pyproject.toml): the annotations third-party backends
+    # read through py.typed must hold. CI installs mypy with the dev extra.
+    command = [sys.executable, "-m", "mypy", "--cache-dir", "/dev/null"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (ROOT / "src" / "credpath" / "py.typed").exists()
+
+
 @pytest.mark.reveals_secrets  # the inner run prints the leaked marker in its failure report
 def test_leak_guard_fails_a_leaking_test(pytester):
     pytester.makeconftest(

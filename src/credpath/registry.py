@@ -154,7 +154,7 @@ def create_backend(
     if issubclass(cls, BaseBackend) and name:
         backend = cls.__new__(cls)
         backend.name = name
-        backend.__init__(**kwargs)
+        cls.__init__(backend, **kwargs)  # the name is set before __init__ runs, so its errors carry it
         return backend
     return cls(**kwargs)
 

@@ -95,7 +95,7 @@ def _checked(name: str, what: str, call: Any, *args: Any) -> Any:
 
 def _read_all(name: str, backend: Backend, kind: Kind, ids: list[str]) -> dict[str, Any]:
     """The values of ``ids`` (hits only), batched where the backend can; any failure aborts."""
-    values = _checked(name, f"read {kind}s", reading.read_many, backend, kind, ids)
+    values: dict[str, Any] = _checked(name, f"read {kind}s", reading.read_many, backend, kind, ids)
     for key in ids:  # in id order, so the error names the first id that failed
         value = values.get(key)
         if isinstance(value, BaseException):

@@ -560,7 +560,8 @@ class AwsBackend(PrefixNamedBackend):
         **options: Unpack[AwsOptions],
     ) -> None:
         session = {k: options.pop(k) for k in list(options) if k in _SESSION_SETTINGS}  # type: ignore[misc]
-        super().__init__(**options)
+        common: BackendOptions = options  # what is left after the session settings are popped
+        super().__init__(**common)
         self._session_settings: dict[str, Any] = session
         if not isinstance(sep, str) or not sep:
             raise self.config_error("sep must be a non-empty string")

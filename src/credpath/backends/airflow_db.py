@@ -123,7 +123,8 @@ class AirflowDatabaseBackend(SqlTablesBackend):
 
     def _encrypted(self, row: Any, column: str) -> bool | None:
         # Airflow flags each row: an unencrypted value is stored as is (no key configured when written).
-        return row.is_extra_encrypted if column == "extra" else row.is_encrypted
+        flag: bool | None = row.is_extra_encrypted if column == "extra" else row.is_encrypted
+        return flag
 
     def _row_to_connection(self, row: Any) -> Connection:
         # Every read (single, batch, prefetch) goes through connection_format, as Airflow's backends do.

@@ -128,13 +128,13 @@ class VaultBackend(BaseBackend):
                 stacklevel=2,
             )
         s = self.settings
+        configured: tuple[tuple[Kind, tuple[str, ...] | None], ...] = (
+            ("connection", s.connections_path),
+            ("variable", s.variables_path),
+            ("config", s.config_path),
+        )
         self.paths: dict[Kind, list[str] | None] = {
-            kind: None if found is None else list(found)
-            for kind, found in (
-                ("connection", s.connections_path),
-                ("variable", s.variables_path),
-                ("config", s.config_path),
-            )
+            kind: None if found is None else list(found) for kind, found in configured
         }
         self.use_team_secrets_path = s.use_team_secrets_path
         self.mount_point = s.mount_point

@@ -20,6 +20,7 @@ from credpath.backends.vault.auth import AUTH_METHODS, AUTH_TYPES, DEFAULT_KUBER
 from credpath.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_KUBERNETES_JWT_PATH",
     "DEFAULT_TIMEOUT",
     "ClientSettings",
     "KvVersion",
