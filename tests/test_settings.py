@@ -274,7 +274,7 @@ def test_the_api_refuses_invalid_ids_before_asking_a_store(home: Path) -> None:
 # --- every auth method's required settings are checked at construction -------------------------------------
 
 REQUIRED = {
-    "approle": ("role_id", "secret_id"),
+    "approle": ("role_id",),
     "azure": ("role_id", "azure_tenant_id"),
     "cert": ("cert",),
     "gcp": ("role_id", "gcp_key_path or gcp_keyfile_dict"),
@@ -302,11 +302,14 @@ def test_each_auth_method_refuses_missing_settings_at_construction(auth_type: st
             VaultBackend(url=url, auth_type=auth_type, **given)
 
 
-def test_approle_without_secret_id_is_refused_not_a_network_error() -> None:
+def test_approle_needs_role_id_at_construction_and_secret_id_is_optional_as_in_airflow() -> None:
+    # Airflow's provider refuses an approle config without role_id when it is built, and accepts one
+    # without secret_id (a role with bind_secret_id=false): neither tries a login at construction.
     from credpath.backends.vault import VaultBackend
 
-    with pytest.raises(ConfigError, match=r"^backend 'vault' .*auth_type 'approle' needs secret_id$"):
-        VaultBackend(url="http://127.0.0.1:9", auth_type="approle", role_id="r")
+    with pytest.raises(ConfigError, match=r"^backend 'vault' .*auth_type 'approle' needs role_id$"):
+        VaultBackend(url="http://127.0.0.1:9", auth_type="approle", secret_id="pw-s3cr3t")
+    VaultBackend(url="http://127.0.0.1:9", auth_type="approle", role_id="r")
 
 
 # --- Airflow's backends_order ---------------------------------------------------------------------------

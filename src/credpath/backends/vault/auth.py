@@ -241,7 +241,8 @@ class AuthMethod:
 _USER_AND_PASSWORD = (("username",), ("password",))
 # aws/gcp/azure are looked up at login time through lambdas (tests replace auth.azure_jwt).
 AUTH_METHODS: dict[str, AuthMethod] = {
-    "approle": AuthMethod("approle", (("role_id",), ("secret_id",)), _approle_body),
+    # secret_id is optional, as in Airflow: a role with bind_secret_id=false logs in with role_id alone.
+    "approle": AuthMethod("approle", (("role_id",),), _approle_body),
     "aws_iam": AuthMethod("aws", (), lambda s: aws_iam_body(s)),
     "azure": AuthMethod(
         "azure", (("role_id",), ("azure_tenant_id",)), _role_and_jwt("role_id", lambda s: azure_jwt(s))
