@@ -99,8 +99,8 @@ def summary(name: str, total: float, latencies: list[float], calls: dict[str, in
 
 
 def run_credpath(url: str, ids: list[str], mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    from credpath._search_path import SearchPath
     from credpath.backends.aws_secrets_manager import SecretsManagerBackend
-    from credpath.search_path import SearchPath
 
     backend = SecretsManagerBackend(endpoint_url=url, region_name="us-east-1")
     path = SearchPath([backend])

@@ -34,8 +34,8 @@ STORM = {"status": 503, "body": b'{"__type": "ServiceUnavailable", "message": "i
 WORKER = r"""
 import json, sys, threading, time
 from credpath.backends.aws_secrets_manager import SecretsManagerBackend
-from credpath.cache import CacheSettings
-from credpath.search_path import SearchPath
+from credpath._cache import CacheSettings
+from credpath._search_path import SearchPath
 
 scenario, url = sys.argv[1], sys.argv[2]
 backend = SecretsManagerBackend(

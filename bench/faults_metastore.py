@@ -35,8 +35,8 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 import credpath
+from credpath._masking import Masker
 from credpath.backends.metastore import MetastoreBackend
-from credpath.masking import Masker
 
 REPO = Path(__file__).resolve().parents[1]
 

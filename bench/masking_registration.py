@@ -17,7 +17,7 @@ import re
 import sys
 import time
 
-from credpath.masking import KNOWN_SECRET_PATTERNS, Masker
+from credpath._masking import KNOWN_SECRET_PATTERNS, Masker
 
 LINES = {
     "plain": "INFO - Task exited with return code 0 after 12.3 s on worker-7 (no secret in it at all)",

@@ -3,7 +3,7 @@
     .venv/bin/python bench/migrate_throughput.py [--n 10000] [--concurrency 8]
 
 Starts an OpenBao dev server and a moto server on loopback (the test fixtures' start code), bulk-loads N
-connections into a fresh SQLite metastore, then runs ``credpath.migrate`` into each destination twice: the
+connections into a fresh SQLite metastore, then runs ``credpath._migrate`` into each destination twice: the
 first run adds everything (plan, concurrent writes, read-back verification), the second finds everything
 unchanged. API calls are counted on the client side (OpenBao: HTTP requests on the backend's session;
 AWS: botocore operations). Prints entries/s and API calls per entry; no secret value is printed.
@@ -57,7 +57,7 @@ def seed_metastore(url: str, key: str, n: int) -> Any:
 
 
 def run_twice(source: Any, make_destination: Any, count_calls: Any, concurrency: int) -> list[dict[str, Any]]:
-    from credpath.migrate import migrate
+    from credpath._migrate import migrate
 
     results = []
     for label in ("first run (add)", "second run (unchanged)"):

@@ -115,7 +115,7 @@ def airflow_masker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def credpath_search_path(job: dict[str, Any]) -> Any:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     return SearchPath.from_config(job.get("config"))
 
@@ -186,7 +186,7 @@ def credpath_miss(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def credpath_masker(job: dict[str, Any]) -> dict[str, Any]:
-    from credpath.masking import default_masker, mask_secret
+    from credpath._masking import default_masker, mask_secret
 
     return _masker_curve(mask_secret, default_masker().redact, job["counts"])
 

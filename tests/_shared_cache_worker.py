@@ -19,7 +19,7 @@ def digest(value: object) -> str:
 
 def main(argv: list[str]) -> int:
     config, start_file, wanted = argv[:3]
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     path = SearchPath.from_config(config)
     if "--hold-lock" in argv:  # take a key's lock, say so, and hang (the test kills this process)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from credpath.adapters import build_adapter
+from credpath._adapters import build_adapter
+from credpath._search_path import SearchPath
 from credpath.errors import ConfigError
 from credpath.model import ConnectionFormatError
-from credpath.search_path import SearchPath
 
 PW = "pw-s3cr3t-rds"
 

@@ -19,9 +19,9 @@ import pytest
 
 import credpath
 from credpath import _aio
+from credpath._search_path import SearchPath
 from credpath.errors import BackendTimeout, BackendUnavailable, NotFound
 from credpath.protocol import BaseBackend
-from credpath.search_path import SearchPath
 from tests.airflow._side import ticker
 from tests.servers.kubernetes_fake import KubernetesLabelsHarness
 

@@ -334,14 +334,14 @@ class _RecordingPath:
     """Stands in for the search path: records what CredpathBackend asks (team scoping is its job)."""
 
     def __init__(self) -> None:
-        from credpath.cache import CacheSettings, TTLCache
+        from credpath._cache import CacheSettings, TTLCache
 
         self.cache = TTLCache(CacheSettings(enabled=False))
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
 
     def lookup(self, kind: str, key: str, **scope: Any) -> Any:
+        from credpath._search_path import Resolution
         from credpath.model import Connection
-        from credpath.search_path import Resolution
 
         self.calls.append((kind, key, scope))
         value = Connection(conn_type="http", host="h") if kind == "connection" else "v"
@@ -738,7 +738,7 @@ credpath_in_process_example()
 def test_in_process_dags_test_masks_logged_secrets(airflow: AirflowEnv, stores: Stores) -> None:
     # Plain `airflow dags test` runs the task in the CLI process, whose console handler applies no Airflow
     # masker (Airflow's own env backend leaks the password in this mode). credpath's search path masks what
-    # it resolves in every log record of the process (credpath.masking), so the line is masked. print()
+    # it resolves in every log record of the process (credpath._masking), so the line is masked. print()
     # output is not logging and stays unmasked in this mode.
     (airflow.dags / "credpath_in_process_example.py").write_text(LOGGING_DAG)
     result = airflow.run("dags", "test", "credpath_in_process_example", env=_secrets_env(stores), timeout=300)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from credpath.cache import ABSENT, DEFAULT_STALE_IF_ERROR, CacheSettings, TTLCache
+from credpath._cache import ABSENT, DEFAULT_STALE_IF_ERROR, CacheSettings, TTLCache
 
 
 def test_bounded_size_evicts_oldest_first():
@@ -92,7 +92,7 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    from credpath import cache as cache_module
+    from credpath import _cache as cache_module
 
     fake = FakeClock()
     monkeypatch.setattr(cache_module.time, "monotonic", fake)
@@ -140,7 +140,7 @@ def test_expired_entries_are_dropped_once_past_the_stale_window(clock):
 
 
 def test_jitter_adds_up_to_its_fraction(clock, monkeypatch):
-    from credpath import cache as cache_module
+    from credpath import _cache as cache_module
 
     monkeypatch.setattr(cache_module.random, "random", lambda: 1.0)
     cache = TTLCache(CacheSettings(ttl=100.0, jitter=0.25, stale_if_error=7.0))

@@ -1,4 +1,4 @@
-"""credpath.deadlines at the unit level: deadlines, back-off, Retry-After, retries and whole-call bounds.
+"""credpath._deadlines at the unit level: deadlines, back-off, Retry-After, retries and whole-call bounds.
 
 No real sleeping except where a worker thread must outlive a deadline (bounds are generous); waits are
 recorded through the ``sleep`` hook instead.
@@ -13,7 +13,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from credpath.deadlines import (
+from credpath._deadlines import (
     Deadline,
     RetriesExhausted,
     Retryable,
@@ -42,7 +42,7 @@ def test_deadline_remaining_expired_and_repr():
 
 
 def test_deadline_expired_at_exactly_its_expiry(monkeypatch):
-    import credpath.deadlines as mod
+    import credpath._deadlines as mod
 
     now = [100.0]
     monkeypatch.setattr(mod.time, "monotonic", lambda: now[0])
@@ -349,7 +349,7 @@ def test_retry_policy_is_frozen():
 
 
 def test_retry_call_gives_up_when_the_wait_is_exactly_the_time_left(monkeypatch):
-    import credpath.deadlines as mod
+    import credpath._deadlines as mod
 
     monkeypatch.setattr(mod.time, "monotonic", lambda: 100.0)  # time stands still: remaining() is 10
     waits: list[float] = []
@@ -423,7 +423,7 @@ class _WholeBound(RetryPolicy):
 
 @pytest.mark.parametrize("retry_after", [None, 10.0])
 def test_call_with_retries_gives_up_when_the_wait_is_exactly_the_time_left(monkeypatch, retry_after):
-    import credpath.deadlines as mod
+    import credpath._deadlines as mod
 
     monkeypatch.setattr(mod.time, "monotonic", lambda: 100.0)  # time stands still: remaining() is 10
     waits: list[float] = []
@@ -446,7 +446,7 @@ def test_call_with_retries_gives_up_when_the_wait_is_exactly_the_time_left(monke
 
 
 def test_unwrap_retries_names_the_attempts_and_an_unhonoured_retry_after():
-    from credpath.deadlines import unwrap_retries
+    from credpath._deadlines import unwrap_retries
 
     plain = ValueError("x")
     assert unwrap_retries(plain, 10) == (plain, "")
@@ -510,7 +510,7 @@ def test_each_retry_is_reported_to_the_metrics_of_the_backend_being_called(enabl
 
 
 def test_call_with_deadline_with_no_time_left_runs_nothing(monkeypatch):
-    import credpath.deadlines as mod
+    import credpath._deadlines as mod
 
     ran: list[int] = []
     with monkeypatch.context() as clock:
@@ -544,7 +544,7 @@ def _blocked_calls(count, release):
 
 
 def test_at_most_four_workers_stay_idle_and_the_others_end(monkeypatch):
-    import credpath.deadlines as mod
+    import credpath._deadlines as mod
 
     monkeypatch.setattr(mod._workers, "idle", [])  # this test's workers only
     release = threading.Event()
@@ -561,7 +561,7 @@ def test_at_most_four_workers_stay_idle_and_the_others_end(monkeypatch):
 
 
 def test_a_worker_busy_at_a_fork_does_not_join_the_new_pool(monkeypatch):
-    import credpath.deadlines as mod
+    import credpath._deadlines as mod
 
     monkeypatch.setattr(mod._workers, "idle", [])
     monkeypatch.setattr(mod._workers, "lock", threading.Lock())

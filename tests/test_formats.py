@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credpath import formats
+from credpath import _formats as formats
 from credpath.errors import ConfigError
 from credpath.model import Connection, Variable
 from tests.conftest import assert_no_secret

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import time
 
-from credpath.masking import MIN_LENGTH, Masker
+from credpath._masking import MIN_LENGTH, Masker
 
 
 def test_redacts_all_registered_secrets_and_overlaps():
@@ -53,7 +53,7 @@ def test_registration_is_amortized_logarithmic(monkeypatch):
     # published batches are one per set bit of n (binary counter), so a redaction scans log2 n + 1 at most.
     import math
 
-    from credpath import masking
+    from credpath import _masking as masking
 
     built: list[int] = []
 
@@ -259,7 +259,7 @@ def test_mask_secret_registers_in_the_default_masker_and_masks_logs(caplog):
     import logging
 
     import credpath
-    from credpath.masking import default_masker, redact
+    from credpath._masking import default_masker, redact
 
     value = "edges-mask-me-please"
     credpath.mask_secret(value)
@@ -274,7 +274,7 @@ def test_mask_secret_registers_in_the_default_masker_and_masks_logs(caplog):
 def test_install_log_masking_is_idempotent(monkeypatch):
     import logging
 
-    from credpath import masking
+    from credpath import _masking as masking
 
     monkeypatch.setattr(logging, "_logRecordFactory", logging.LogRecord)
     monkeypatch.setattr(masking, "_factory_installed", False)
@@ -295,7 +295,7 @@ def test_masking_filter_redacts_message_and_traceback():
     import logging
     import sys
 
-    from credpath.masking import MaskingFilter, default_masker
+    from credpath._masking import MaskingFilter, default_masker
 
     masker = Masker()
     masker.add("filter-secret-1")
@@ -379,7 +379,7 @@ def test_quote_default_form_keeps_the_slash_and_is_masked():
 
 
 def test_redact_value_masks_every_leaf_under_a_sensitive_key_whatever_its_type():
-    from credpath.masking import redact_value
+    from credpath._masking import redact_value
 
     masker = Masker()
     value = {
@@ -401,7 +401,7 @@ def test_redact_value_masks_every_leaf_under_a_sensitive_key_whatever_its_type()
 
 
 def test_redact_text_value_parses_json_and_keeps_unchanged_text_as_stored():
-    from credpath.masking import redact_text_value
+    from credpath._masking import redact_text_value
 
     masker = Masker()
     masker.add("registered-s3cr3t")
@@ -416,7 +416,7 @@ def test_redact_text_value_parses_json_and_keeps_unchanged_text_as_stored():
 
 
 def test_sensitive_key_names_are_normalized_as_airflow_does(monkeypatch):
-    from credpath.masking import is_sensitive_key
+    from credpath._masking import is_sensitive_key
 
     for name in ("API-Key", "db.password", "X Auth Token", "webhook_url", "DSN", "my_access_key"):
         assert is_sensitive_key(name), name
@@ -458,7 +458,7 @@ def test_content_patterns_mask_each_known_format_and_keep_the_text_around():
 
 
 def test_content_patterns_setting_is_airflows(monkeypatch):
-    from credpath.masking import CONTENT_PATTERNS_ENV
+    from credpath._masking import CONTENT_PATTERNS_ENV
 
     assert CONTENT_PATTERNS_ENV == "AIRFLOW__CORE__MASK_SECRETS_CONTENT_PATTERNS"
     monkeypatch.setenv(CONTENT_PATTERNS_ENV, "True")
@@ -488,7 +488,7 @@ def test_custom_content_patterns_and_an_invalid_one():
 def test_content_patterns_apply_inside_structured_values_and_log_records(caplog):
     import logging
 
-    from credpath.masking import MaskingFilter
+    from credpath._masking import MaskingFilter
 
     masker = Masker(content_patterns=True)
     assert masker.redact_value({"note": "key AKIAIOSFODNN7EXAMPLE"}) == {"note": "key ***"}

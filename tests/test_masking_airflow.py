@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from credpath.masking import KNOWN_SECRET_PATTERNS, Masker
+from credpath._masking import KNOWN_SECRET_PATTERNS, Masker
 
 pytestmark = pytest.mark.airflow
 

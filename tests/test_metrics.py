@@ -10,7 +10,7 @@ import pytest
 
 from credpath import metrics
 from credpath._lookup import trace
-from credpath.search_path import SearchPath
+from credpath._search_path import SearchPath
 
 pytest.importorskip("prometheus_client")
 pytest.importorskip("fastapi")
@@ -48,7 +48,7 @@ def test_import_credpath_does_not_import_prometheus() -> None:
     import subprocess
 
     code = (
-        "import sys, credpath, credpath.search_path, credpath.metrics, credpath.backends.vault;"
+        "import sys, credpath, credpath._search_path, credpath.metrics, credpath.backends.vault;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('prometheus_client', 'fastapi', 'starlette', 'jinja2', 'uvicorn')))"
     )
@@ -131,7 +131,7 @@ def test_counters_equal_requests_at_the_servers(openbao: Any, moto_env: Any, fau
 
 
 def test_stale_tier_and_breaker_rejections() -> None:
-    from credpath.cache import CacheSettings
+    from credpath._cache import CacheSettings
     from credpath.errors import BackendUnavailable
     from tests.memory_backend import MemoryBackend, Unreachable
 
@@ -195,8 +195,8 @@ def test_metrics_off_counts_nothing() -> None:
 def test_a_lookup_served_by_the_shared_tier_is_counted_under_tier_shared(tmp_path) -> None:
     from cryptography.fernet import Fernet
 
+    from credpath._cache import CacheSettings
     from credpath._settings import SharedTierSettings, open_shared_tier
-    from credpath.cache import CacheSettings
     from tests.memory_backend import MemoryBackend
 
     tier = SharedTierSettings(url=f"file:{tmp_path / 'shared.db'}", keys=(Fernet.generate_key(),))
@@ -218,7 +218,7 @@ def test_a_lookup_served_by_the_shared_tier_is_counted_under_tier_shared(tmp_pat
 
 
 def test_retries_inside_a_store_call_are_counted_for_the_backend_being_called() -> None:
-    from credpath.deadlines import Deadline, Retryable, RetryPolicy, call_with_retries, retry_call
+    from credpath._deadlines import Deadline, Retryable, RetryPolicy, call_with_retries, retry_call
     from tests.memory_backend import MemoryBackend
 
     class Flaky(MemoryBackend):

@@ -1,4 +1,4 @@
-"""credpath.migrate over real stores: every source/destination pair, idempotence, interruption, options.
+"""credpath._migrate over real stores: every source/destination pair, idempotence, interruption, options.
 
 Sources are seeded with each store's native client (or its file / environment), destinations are read back
 with a fresh backend. Each pair moves a few entries; the heavier tests use the metastore, OpenBao and moto.
@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from credpath._migrate import Migrator, connection_key, matches, migrate
 from credpath.backends.metastore import MetastoreBackend
 from credpath.errors import ConfigError
-from credpath.migrate import Migrator, connection_key, matches, migrate
 from credpath.model import Connection
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao, RequestLog

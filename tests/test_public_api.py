@@ -132,10 +132,41 @@ def test_each_module_all_names_exist(path: Path) -> None:
 
 
 def test_cross_module_helpers_have_one_home() -> None:
-    from credpath import config, errors
+    from credpath import _config as config
+    from credpath import errors
     from credpath.backends import metastore
 
     assert metastore.credpath_home is config.credpath_home
     assert errors.safe_reason(errors.ConfigError("setting 'x' is wrong")) == "setting 'x' is wrong"
     foreign = errors.safe_reason(ValueError("password=s3cr3t"))
     assert foreign == "ValueError (message withheld: it may contain a secret)"
+
+
+#: The public modules: the ones the README documents. Every other module of the package is private
+#: (``_``-prefixed), so it can be reshaped without breaking anyone. Packages: ``cli`` and ``web`` are used as
+#: commands and an app factory; ``backends`` holds one module per store, named by class path in configs;
+#: ``airflow_plugin`` is the module Airflow's plugin entry point names.
+PUBLIC_MODULES = {
+    "api",
+    "errors",
+    "model",
+    "protocol",
+    "testing",
+    "registry",
+    "metrics",
+    "airflow",
+    "airflow_plugin",
+    "cli",
+    "web",
+    "backends",
+}
+
+
+def test_only_the_documented_modules_are_public() -> None:
+    top = {
+        p.stem if p.is_file() else p.name
+        for p in SRC.iterdir()
+        if p.suffix == ".py" or (p / "__init__.py").exists()
+    }
+    public = {name for name in top if not name.startswith("_")}
+    assert public == PUBLIC_MODULES

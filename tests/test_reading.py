@@ -1,4 +1,4 @@
-"""The one reader (credpath.reading): batched where the backend declares "batch", structured where it
+"""The one reader (credpath._reading): batched where the backend declares "batch", structured where it
 declares "structured", one id at a time otherwise; per-id failures never hide the other ids' answers."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from credpath import reading
+from credpath import _reading as reading
+from credpath._migrate import migrate
 from credpath.backends.files import LocalFilesystemBackend
 from credpath.backends.metastore import MetastoreBackend
 from credpath.errors import BackendError, ConfigError, ReadOnlyBackend
-from credpath.migrate import migrate
 from credpath.model import Connection, Variable
 from credpath.protocol import BaseBackend
 from tests.memory_backend import AirflowStyleBackend, BatchMemoryBackend, MemoryBackend, Unreachable
@@ -182,7 +182,7 @@ class _ProtocolOnly(BaseBackend):
 
 
 def test_a_backend_written_from_the_protocol_works_with_migrate_prefetch_and_listing(tmp_path: Path) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     metastore = MetastoreBackend(
         url=f"sqlite:///{tmp_path / 'm.db'}", fernet_key=Fernet.generate_key().decode()

@@ -96,7 +96,7 @@ def test_core_install_names_the_missing_client_and_its_extra(fresh_copy, store, 
 def test_the_readme_sample_config_loads_and_builds_its_search_path(tmp_path):
     import tomllib
 
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     text = (ROOT / "README.md").read_text()
     section = text.split("## The search path", 1)[1].split("\n## ", 1)[0]

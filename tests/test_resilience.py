@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from credpath._resilience import BreakerSettings, CircuitBreaker, SingleFlight
 from credpath.errors import CircuitOpen
-from credpath.resilience import BreakerSettings, CircuitBreaker, SingleFlight
 
 
 class Clock:
@@ -273,7 +273,7 @@ def test_allow_rechecks_under_the_lock_a_breaker_closed_meanwhile():
 
 
 def test_a_single_flight_waiter_waits_no_longer_than_its_own_deadline() -> None:
-    from credpath.deadlines import Deadline
+    from credpath._deadlines import Deadline
     from credpath.errors import BackendTimeout
 
     flight = SingleFlight()
@@ -334,7 +334,7 @@ def test_the_vault_session_uses_the_one_single_flight() -> None:
 
 
 def test_a_refresh_backs_off_exponentially_up_to_its_cap_and_a_success_ends_it() -> None:
-    from credpath.resilience import RefreshBackoff
+    from credpath._resilience import RefreshBackoff
 
     now = [0.0]
     backoff = RefreshBackoff(1.0, 5.0, clock=lambda: now[0])

@@ -130,7 +130,7 @@ NUMBER_SETTINGS = [
 def test_number_settings_refuse_non_finite_and_out_of_range_values(
     home: Path, table: str, key: str, value: str
 ) -> None:
-    from credpath.config import load_settings
+    from credpath._config import load_settings
 
     _write(home, f"# a comment\n[{table}]\n{key} = {value}\n")
     with pytest.raises(ConfigError) as info:
@@ -152,7 +152,7 @@ def test_a_bad_number_exits_2_from_the_cli_in_one_line(home: Path, table: str, k
 
 
 def test_numbers_keep_their_valid_range(home: Path) -> None:
-    from credpath.config import load_settings
+    from credpath._config import load_settings
 
     _write(
         home,
@@ -202,7 +202,7 @@ def test_vault_number_kwargs_are_refused_at_construction(kwargs: dict[str, Any],
 
 
 def test_a_bad_cache_key_in_the_environment_blames_the_variable(home: Path) -> None:
-    from credpath.config import load_settings
+    from credpath._config import load_settings
 
     _write(home, '[cache]\nshared = "file"\n')
     with pytest.raises(ConfigError) as info:
@@ -248,7 +248,7 @@ def test_invalid_variable_keys_exit_2_from_the_cli(home: Path, key: str) -> None
 
 def test_the_api_refuses_invalid_ids_before_asking_a_store(home: Path) -> None:
     from credpath import api
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
     from tests.memory_backend import MemoryBackend
 
     store = MemoryBackend(connections={"ok": "postgres://h/d"}, variables={"v": "1"})
@@ -319,7 +319,7 @@ SECRETS, WORKERS = "AIRFLOW__SECRETS__BACKENDS_ORDER", "AIRFLOW__WORKERS__BACKEN
 
 
 def _order(home: Path, **env: str) -> Any:
-    from credpath.config import load_settings
+    from credpath._config import load_settings
 
     return load_settings(env={"CREDPATH_HOME": str(home), **env})
 
@@ -401,9 +401,9 @@ def test_credpath_toml_order_wins_over_airflows_with_a_warning(
 def test_the_effective_order_is_available_from_a_built_search_path(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from credpath._search_path import SearchPath
     from credpath._settings import backends_order, search_path_from_config
     from credpath.cli import cli
-    from credpath.search_path import SearchPath
 
     monkeypatch.setenv("AIRFLOW__SECRETS__BACKENDS_ORDER", "metastore,environment_variable")
     path = search_path_from_config()
@@ -439,10 +439,10 @@ def test_store_timeouts_refuse_non_finite_and_out_of_range(
 def test_shared_tier_is_resolved_once_and_handed_to_the_search_path(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import credpath.shared_cache as shared_cache
+    import credpath._shared_cache as shared_cache
+    from credpath._cache import CacheSettings
+    from credpath._search_path import SearchPath
     from credpath._settings import Settings, load_settings, search_path_from_config
-    from credpath.cache import CacheSettings
-    from credpath.search_path import SearchPath
 
     _write(home, BREAKER_AND_CACHE.format(key=FERNET_KEY))
     settings = load_settings()

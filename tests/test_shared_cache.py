@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
+from credpath._config import load_settings, parse_cache, parse_shared
+from credpath._search_path import SearchPath
+from credpath._shared_cache import FileStore, SharedTier, parse_keys
 from credpath.cli import cli
-from credpath.config import load_settings, parse_cache, parse_shared
 from credpath.errors import ConfigError, MissingDependency
-from credpath.search_path import SearchPath
-from credpath.shared_cache import FileStore, SharedTier, parse_keys
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 from tests.servers.redis import REDIS_PASSWORD, RedisServer
@@ -221,8 +221,8 @@ def test_redis_tier_without_redis_py_is_a_missing_dependency(monkeypatch: pytest
 
 def test_import_credpath_loads_neither_redis_nor_sqlite3() -> None:
     code = (
-        "import sys, credpath, credpath.search_path, credpath.config, credpath.cache\n"
-        "print(sorted(m for m in ('redis', 'sqlite3', 'credpath.shared_cache') if m in sys.modules))"
+        "import sys, credpath, credpath._search_path, credpath._config, credpath._cache\n"
+        "print(sorted(m for m in ('redis', 'sqlite3', 'credpath._shared_cache') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env={"PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True
@@ -406,7 +406,7 @@ def test_wrong_key_is_a_miss_and_one_warning_never_a_wrong_value(
 
 def test_a_value_moved_to_another_key_is_refused(tmp_path: Path) -> None:
     tier = SharedTier(FileStore(tmp_path / "c.db"), parse_keys(KEY, "k"))
-    from credpath.shared_cache import SharedEntry
+    from credpath._shared_cache import SharedEntry
 
     now = time.time()
     tier.put(("variable", "a", None), SharedEntry("variable", "value-a", "x", False, now, now + 60, now + 60))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from credpath.config import load_settings
-from credpath.search_path import SearchPath
-from credpath.shared_cache import PREFIX
+from credpath._config import load_settings
+from credpath._search_path import SearchPath
+from credpath._shared_cache import PREFIX
 from tests.servers.redis import RedisServer
 
 KEY = "kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="
@@ -113,7 +113,7 @@ def test_a_value_read_before_a_concurrent_write_is_not_served_after_it(tmp_path:
     after that write's invalidation, leaves an entry no one is served."""
     import time
 
-    from credpath.shared_cache import SharedEntry
+    from credpath._shared_cache import SharedEntry
 
     new_path = _paths(tmp_path, shared)
     writer, slow = new_path(), new_path()

@@ -1,4 +1,4 @@
-"""Unit tests of credpath.shared_cache: FileStore on a temp file, SharedTier on a fake clock, the settings
+"""Unit tests of credpath._shared_cache: FileStore on a temp file, SharedTier on a fake clock, the settings
 helpers, stats_report, and RedisStore against the session's real redis-server (tests/servers/redis.py).
 
 These are the module's fast tests for scripts/mutation: no store servers but Redis, no subprocesses, no
@@ -26,11 +26,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from credpath import _keys
-from credpath import shared_cache as sc
-from credpath.config import BackendSpec
+from credpath import _shared_cache as sc
+from credpath._config import BackendSpec
+from credpath._shared_cache import FileStore, SharedEntry, SharedTier
 from credpath.errors import ConfigError, MissingDependency
 from credpath.model import Connection
-from credpath.shared_cache import FileStore, SharedEntry, SharedTier
 
 KEY = Fernet.generate_key()
 OTHER_KEY = Fernet.generate_key()
@@ -38,7 +38,7 @@ CKEY = ("connection", "db", None)
 
 
 class Clock:
-    """Stands in for the ``time`` module inside credpath.shared_cache: wall and monotonic clocks that
+    """Stands in for the ``time`` module inside credpath._shared_cache: wall and monotonic clocks that
     move only when told to (or by ``sleep``, which records how long it was asked to sleep)."""
 
     def __init__(self, now: float = 1_000_000.0) -> None:

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from credpath import formats, transfer
+from credpath import _formats as formats
+from credpath import transfer
+from credpath._migrate import connection_key, migrate
+from credpath._search_path import SearchPath
 from credpath.backends.airflow_db import AirflowDatabaseBackend
 from credpath.backends.metastore import MetastoreBackend
-from credpath.migrate import connection_key, migrate
 from credpath.model import Connection
-from credpath.search_path import SearchPath
 from tests.conftest import assert_no_secret
 from tests.servers.airflow_env import AirflowEnv, clean_environment
 from tests.servers.openbao import OpenBao

@@ -28,7 +28,7 @@ _EXPORTS = {
     "CredpathError": "credpath.errors",
     "MissingDependency": "credpath.errors",
     "MissingFile": "credpath.errors",
-    "SearchPath": "credpath.search_path",
+    "SearchPath": "credpath._search_path",
     "get_connection": "credpath.api",
     "aget_connection": "credpath.api",
     "aget_variable": "credpath.api",
@@ -36,7 +36,7 @@ _EXPORTS = {
     "get_config": "credpath.api",
     "default_search_path": "credpath.api",
     "set_default_search_path": "credpath.api",
-    "mask_secret": "credpath.masking",
+    "mask_secret": "credpath._masking",
 }
 
 __all__ = [
@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from credpath._masking import mask_secret
+    from credpath._search_path import SearchPath
     from credpath.api import (
         aget_connection,
         aget_variable,
@@ -85,9 +87,7 @@ if TYPE_CHECKING:
         MissingFile,
         NotFound,
     )
-    from credpath.masking import mask_secret
     from credpath.model import Connection, Variable
-    from credpath.search_path import SearchPath
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """Async lookups on a search path: the same tiers and answers, never blocking the event loop.
 
-A lookup runs the search path's synchronous :meth:`~credpath.search_path.SearchPath.lookup` (process cache,
+A lookup runs the search path's synchronous :meth:`~credpath._search_path.SearchPath.lookup` (process cache,
 shared tier, then the stores, each store call under its own deadline) in a small bounded thread pool owned
 by credpath, so a slow or hanging store holds a worker thread, never the loop. Concurrent coroutines of
 one event loop asking for the same ``(search path, kind, id, team)`` share one pool job; the search path's
@@ -22,9 +22,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from credpath._search_path import _UNSET, Resolution, SearchPath
 from credpath.errors import BackendTimeout, NotFound
 from credpath.model import Connection, Variable
-from credpath.search_path import _UNSET, Resolution, SearchPath
 
 __all__ = ["MAX_WORKERS", "aget_config", "aget_connection", "aget_variable", "alookup", "run_blocking"]
 

@@ -11,7 +11,7 @@ live; this module keeps it for the process and decides when to renew, re-mint an
   expiry. A lookup never hands out a credential with less than :data:`MIN_LEFT` of its TTL left: it mints
   a new one instead (synchronously).
 - Revoked at normal process exit (``atexit``), on :func:`revoke_all`, and inside Airflow when a task ends
-  (``credpath.airflow_leases``). A process killed with SIGKILL revokes nothing: its leases simply expire at
+  (``credpath._airflow_leases``). A process killed with SIGKILL revokes nothing: its leases simply expire at
   their TTL, which is why the sources' default TTLs should stay short (the role's ``default_ttl``).
 
 Counts (minted, renewed, revoked, expired, failed) are kept per backend (:func:`counts`) and sent to

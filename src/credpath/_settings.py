@@ -30,14 +30,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credpath.cache import CacheSettings
+from credpath._cache import CacheSettings
+from credpath._resilience import BreakerSettings
 from credpath.errors import ConfigError
 from credpath.model import is_sensitive_name
 from credpath.protocol import KINDS, Kind
-from credpath.resilience import BreakerSettings
 
 if TYPE_CHECKING:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
 __all__ = [
     "COUNT",
@@ -461,7 +461,7 @@ def _parse_shared(
         raise ConfigError(
             f"{where('shared_key')}: shared_key must be a string (Fernet keys, comma-separated)"
         )
-    from credpath.shared_cache import normalize_shared, resolve_keys
+    from credpath._shared_cache import normalize_shared, resolve_keys
 
     home = credpath_home(env)
     try:
@@ -678,7 +678,7 @@ def build_search_path(
     """The search path for ``settings``: its backends (``backend_kwargs``, {backend name: {kwarg: value}},
     over their configured kwargs: how a CLI flag that is a store setting builds the backend with it), its
     cache and breaker, and its shared tier opened from the settings resolved at load (no connection)."""
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     specs = list(settings.backends)
     if backend_kwargs:
@@ -706,7 +706,7 @@ def build_search_path(
 
 def open_shared_tier(shared: SharedTierSettings, specs: list[Any]) -> Any:
     """The shared tier for resolved settings (its store opened lazily: no connection here)."""
-    from credpath.shared_cache import SharedTier, open_store, scope_of
+    from credpath._shared_cache import SharedTier, open_store, scope_of
 
     return SharedTier(open_store(shared.url), list(shared.keys), scope_of(specs), lease=shared.lease)
 

@@ -42,10 +42,10 @@ from credpath.errors import AccessDenied, ConfigError
 from credpath.model import is_sensitive_name
 
 if TYPE_CHECKING:
-    from credpath.config import BackendSpec
+    from credpath._config import BackendSpec
+    from credpath._search_path import SearchPath
     from credpath.model import Connection
     from credpath.protocol import Kind
-    from credpath.search_path import SearchPath
 
 __all__ = ["CLASS_PATH", "CredpathBackend", "register_with_airflow_masker", "reset", "search_path_for"]
 
@@ -226,7 +226,7 @@ def _import_quietly(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        pass  # an optional speed-up (credpath.masking falls back to regular expressions)
+        pass  # an optional speed-up (credpath._masking falls back to regular expressions)
 
 
 def search_path_for(
@@ -387,7 +387,7 @@ class _CredpathBackendMixin:
         )
 
     def _resolve(self, kind: Kind, key: str, team_name: str | None = None) -> Any:
-        from credpath.cache import ABSENT
+        from credpath._cache import ABSENT
 
         search_path = self.search_path
         cached = search_path.cache.get((kind, key, team_name)) is not ABSENT  # cache keys: (kind, key, team)

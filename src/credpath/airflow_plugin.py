@@ -27,7 +27,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from credpath import airflow_leases
+from credpath import _airflow_leases as airflow_leases
 
 __all__ = ["URL_PREFIX", "CredpathPlugin", "airflow_search_path"]
 
@@ -78,7 +78,7 @@ def airflow_search_path() -> Any:
     """The search path Airflow resolves through: CredpathBackend's, else Airflow's chain, wrapped."""
     from airflow.configuration import ensure_secrets_loaded
 
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     backends = ensure_secrets_loaded()
     for backend in backends:
@@ -117,9 +117,9 @@ class _AirflowBackend:
     def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
         """A credpath Connection: from the backend's ``get_conn_value``, else (Airflow's metastore, whose
         ``get_conn_value`` is not implemented) from its ``get_connection``, by attributes."""
+        from credpath._reading import as_connection
         from credpath.model import Connection
         from credpath.protocol import call_backend_method
-        from credpath.reading import as_connection
 
         try:
             value = call_backend_method(self.backend.get_conn_value, conn_id, team_name=team_name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from credpath._search_path import _UNSET, SearchPath
 from credpath.model import Connection, validate_lookup_key
-from credpath.search_path import _UNSET, SearchPath
 
 __all__ = [
     "aget_connection",

@@ -12,7 +12,7 @@ What is counted (the Prometheus names):
   A call refused by an open circuit breaker reaches no store and is counted apart
   (``credpath_breaker_rejections_total``). A backend's own retries inside one call are one request here,
   and each is counted in ``credpath_store_retries_total{backend}`` (every retry is one more request the store
-  bills: the retry loops of :mod:`credpath.deadlines` report it to the trace of the store call in progress).
+  bills: the retry loops of :mod:`credpath._deadlines` report it to the trace of the store call in progress).
 - ``credpath_lookups_total{kind,tier,result}`` and ``credpath_lookup_seconds{kind,tier}``: each lookup by
   the tier that served it: ``process`` (the in-process cache: no store call), ``shared`` (the shared cache
   tier), ``store`` (a backend answered), ``stale`` (the serving backend failed and its last good value was

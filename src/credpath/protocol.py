@@ -34,7 +34,7 @@ Capabilities (``capabilities: ClassVar[frozenset[Capability]]``), and the method
   ``get_variable_record(key)`` / ``get_variable_records(keys)`` too (the base class derives them without
   descriptions from ``get_variable`` / ``get_variables``).
 
-Without ``"batch"`` the reader (:mod:`credpath.reading`) reads one id at a time; without ``"list"`` a
+Without ``"batch"`` the reader (:mod:`credpath._reading`) reads one id at a time; without ``"list"`` a
 backend cannot be a migration source; without ``"write"`` it is never written to.
 
 Errors: a miss is ``None``, never an exception. A wrong setting, a missing client library
@@ -301,7 +301,7 @@ class BaseBackend:
         self.connection_format = connection_format
         self._connection_adapter: Any = None
         if connection_format is not None:
-            from credpath.adapters import build_adapter
+            from credpath._adapters import build_adapter
 
             self._connection_adapter = build_adapter(connection_format)
 
@@ -397,7 +397,7 @@ class BaseBackend:
         """
 
     def use_shared_state(self, state: Any) -> None:
-        """With a shared cache tier the search path hands each backend a ``credpath.shared_cache.SharedState``
+        """With a shared cache tier the search path hands each backend a ``SharedState`` (credpath._shared_cache)
         (get/put with a TTL) for non-secret facts every process would rediscover (a Vault KV version)."""
 
     def check(self) -> str:

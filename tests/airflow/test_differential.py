@@ -732,8 +732,8 @@ def cp_env(case: dict[str, Any]) -> Any:
 
 
 def cp_env_change(case: dict[str, Any]) -> Any:
+    from credpath._search_path import SearchPath
     from credpath.backends.env import EnvironmentBackend
-    from credpath.search_path import SearchPath
 
     path = SearchPath([EnvironmentBackend()], mask_logs=False)  # the default cache settings
     seen = []
@@ -766,7 +766,7 @@ def cp_vault_jwt_missing(case: dict[str, Any]) -> Any:
 
 
 def _credpath_ops() -> dict[str, Callable[[dict[str, Any]], Any]]:
-    from credpath import formats
+    from credpath import _formats as formats
     from credpath.model import Connection
 
     def build(case: dict[str, Any]) -> Connection:

@@ -309,8 +309,8 @@ def test_team_scoped_reads_follow_airflows_metastore_rule(db: AirflowDb) -> None
 
 
 def test_search_path_passes_the_team_to_airflow_db(db: AirflowDb) -> None:
+    from credpath._search_path import SearchPath
     from credpath.errors import NotFound
-    from credpath.search_path import SearchPath
 
     _seed_teams(db)
     search_path = SearchPath([("afdb", db.backend())])

@@ -19,8 +19,8 @@ import pytest
 requests = pytest.importorskip("requests")
 urllib3 = pytest.importorskip("urllib3")
 
+from credpath._deadlines import Deadline  # noqa: E402
 from credpath.backends import _armed_sockets as armed  # noqa: E402
-from credpath.deadlines import Deadline  # noqa: E402
 
 FIX = "Update credpath.backends._armed_sockets, or make armable() say False (calls then run on a worker)."
 

@@ -575,7 +575,7 @@ def test_check(aws_secrets_manager_harness: SecretsManagerHarness) -> None:
 
 
 def test_search_path_prefetch_fills_the_cache(aws_secrets_manager_harness: SecretsManagerHarness) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     h = aws_secrets_manager_harness
     ids = [f"c{i}" for i in range(30)]
@@ -597,7 +597,7 @@ def test_search_path_prefetch_fills_the_cache(aws_secrets_manager_harness: Secre
 
 
 def test_search_path_prefix_prefetch(aws_secrets_manager_harness: SecretsManagerHarness) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     h = aws_secrets_manager_harness
     for i in range(5):

@@ -177,7 +177,7 @@ def test_registry_maps_airflow_class_path(moto_env: MotoServer) -> None:
 
 
 def test_search_path_prefetch(aws_ssm_harness: ParameterStoreHarness) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     h = aws_ssm_harness
     for i in range(12):

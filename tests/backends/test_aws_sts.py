@@ -72,7 +72,7 @@ def test_the_connection_carries_temporary_keys_that_work_and_expire_as_sts_says(
 
 
 def test_the_minted_secret_is_masked(sts_env: MotoServer) -> None:
-    from credpath.masking import redact
+    from credpath._masking import redact
 
     conn = _backend().get_connection("aws_reporting")
     assert conn is not None

@@ -269,16 +269,16 @@ def test_not_cacheable_and_rereads_only_on_change(tmp_path: Path) -> None:
 def _search_path_honours_cache_results() -> bool:
     import inspect
 
-    import credpath.search_path
+    import credpath._search_path
 
-    return "cache_results" in inspect.getsource(credpath.search_path)
+    return "cache_results" in inspect.getsource(credpath._search_path)
 
 
 @pytest.mark.skipif(
     not _search_path_honours_cache_results(), reason="the search path does not read cache_results yet"
 )
 def test_an_edited_file_is_seen_through_the_default_search_path(tmp_path: Path) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     path = tmp_path / "vars.json"
     path.write_text(json.dumps({"k": "1"}))

@@ -307,7 +307,7 @@ def test_batch_reads_list_once_and_get_only_what_the_listing_lacks(h: H) -> None
 
 
 def test_search_path_prefetch_serves_later_reads_from_cache(h: H) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     h.seed("connection", "warehouse", URI)
     h.seed("variable", "batch", "500")
@@ -481,8 +481,8 @@ def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
 def test_migrate_metastore_to_kubernetes_and_back(
     h: H, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from credpath._migrate import migrate
     from credpath.backends.metastore import MetastoreBackend
-    from credpath.migrate import migrate
 
     monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
     key = Fernet.generate_key().decode()

@@ -742,10 +742,10 @@ def test_search_path_and_cli_write_and_read_with_a_team(
 ) -> None:
     from click.testing import CliRunner
 
+    from credpath._search_path import SearchPath
     from credpath.api import set_default_search_path
     from credpath.cli import cli
     from credpath.errors import NotFound
-    from credpath.search_path import SearchPath
 
     backend = MetastoreBackend(
         url=f"sqlite:///{tmp_path / 'sp.db'}", fernet_key=Fernet.generate_key().decode()

@@ -347,7 +347,7 @@ def test_cli_exits_2_on_an_unknown_role(openbao_database: DatabaseEngine, tmp_pa
 
 
 def test_leased_ids_are_never_cached(openbao_database: DatabaseEngine, tmp_path: Path) -> None:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     engine = openbao_database
     _config(tmp_path, engine.backend_kwargs())
@@ -356,7 +356,7 @@ def test_leased_ids_are_never_cached(openbao_database: DatabaseEngine, tmp_path:
     assert [entry.cache_results for entry in path.entries] == [False]
     first = path.get_connection("pg_reporting")
     assert first is not None and path.get_connection("pg_reporting") is first  # the lease, not a cache copy
-    from credpath.cache import ABSENT
+    from credpath._cache import ABSENT
 
     try:
         assert path.cache.get(("connection", "pg_reporting", None)) is ABSENT  # no cache tier keeps a copy

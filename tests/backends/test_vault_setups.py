@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from credpath._search_path import SearchPath
 from credpath.backends.vault import VaultBackend
 from credpath.errors import AccessDenied, NotFound
-from credpath.search_path import SearchPath
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from credpath.shared_cache import FileStore, SharedTier
+from credpath._shared_cache import FileStore, SharedTier
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 

@@ -365,7 +365,7 @@ def test_export_file_is_private(run, tmp_path):
 
 
 def _search_path_takes_team_name() -> bool:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     return all(
         "team_name" in inspect.signature(getattr(SearchPath, name)).parameters

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from credpath import cache as cache_mod
-from credpath import search_path as sp_mod
-from credpath import shared_cache as sc
+from credpath import _cache as cache_mod
+from credpath import _search_path as sp_mod
+from credpath import _shared_cache as sc
+from credpath._cache import CacheSettings
 from credpath._lookup import prefetch as lookup_prefetch
 from credpath._lookup import state as lookup_state
 from credpath._lookup import tiers as lookup_tiers
-from credpath.cache import CacheSettings
-from credpath.search_path import SearchPath
-from credpath.shared_cache import FileStore, SharedTier
+from credpath._search_path import SearchPath
+from credpath._shared_cache import FileStore, SharedTier
 from tests.lookup.helpers import Clock
 from tests.servers._util import stop_process
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from credpath.cache import CacheSettings
-from credpath.masking import Masker
-from credpath.search_path import SearchPath
-from credpath.shared_cache import FileStore, SharedTier, scope_of
+from credpath._cache import CacheSettings
+from credpath._masking import Masker
+from credpath._search_path import SearchPath
+from credpath._shared_cache import FileStore, SharedTier, scope_of
 from tests.memory_backend import (
     BatchMemoryBackend,
     MemoryBackend,
@@ -33,7 +33,7 @@ def path(*backends, **kwargs) -> SearchPath:
 
 
 def no_breaker():
-    from credpath.resilience import BreakerSettings
+    from credpath._resilience import BreakerSettings
 
     return BreakerSettings(enabled=False)
 

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from credpath.cache import CacheSettings
+from credpath._cache import CacheSettings
+from credpath._resilience import BreakerSettings
+from credpath._search_path import SearchPath
 from credpath.errors import BackendUnavailable
-from credpath.resilience import BreakerSettings
-from credpath.search_path import SearchPath
 from tests.servers._util import stop_process
 
 URI = "postgres://svc:pw-s3cr3t-sm@db.internal:5432/app"

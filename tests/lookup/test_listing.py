@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
+from credpath._search_path import SearchPath
 from credpath.errors import ReadOnlyBackend
-from credpath.search_path import SearchPath
 from tests.lookup.helpers import (
     URI_A,
     URI_B,

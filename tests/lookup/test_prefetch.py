@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from credpath.cache import CacheSettings
+from credpath._cache import CacheSettings
+from credpath._search_path import PrefetchReport, SearchPath
 from credpath.errors import NotFound
 from credpath.model import Connection
-from credpath.search_path import PrefetchReport, SearchPath
 from tests.lookup.helpers import (
     URI_A,
     URI_B,

@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
-from credpath.config import BackendSpec, Settings
+from credpath._config import BackendSpec, Settings
+from credpath._masking import Masker
+from credpath._search_path import Resolution, SearchPath
 from credpath.errors import BackendError, BackendUnavailable, ConfigError, NotFound
-from credpath.masking import Masker
 from credpath.model import Connection
-from credpath.search_path import Resolution, SearchPath
 from tests.lookup.helpers import (
     URI_A,
     URI_B,
@@ -92,7 +92,7 @@ def test_failing_backend_is_skipped_by_default_and_logged_without_secrets(caplog
 
 
 def test_on_error_fail_raises():
-    from credpath.config import BackendSpec  # noqa: F401 - spec path covered in test_config
+    from credpath._config import BackendSpec  # noqa: F401 - spec path covered in test_config
 
     broken = MemoryBackend()
     broken.fail_with = Unreachable("down")
@@ -245,7 +245,7 @@ def test_nothing_found_while_a_backend_failed_is_backend_unavailable_not_notfoun
 
 
 def test_breaker_probe_after_cool_down_closes_on_success():
-    from credpath.resilience import BreakerSettings
+    from credpath._resilience import BreakerSettings
 
     vault = MemoryBackend({"db": URI_A})
     vault.fail_with = Unreachable("down")
@@ -263,7 +263,7 @@ def test_breaker_probe_after_cool_down_closes_on_success():
 
 
 def test_an_empty_masker_given_is_the_one_used():
-    from credpath.masking import default_masker
+    from credpath._masking import default_masker
 
     masker = Masker()
     sp = path(MemoryBackend({"db": URI_A}), masker=masker)
@@ -358,7 +358,7 @@ def test_backend_unavailable_names_the_first_failure():
 
 
 def test_small_public_helpers_of_the_search_path():
-    from credpath.search_path import as_connection, read_connection
+    from credpath._search_path import as_connection, read_connection
 
     closed = []
 
@@ -382,7 +382,7 @@ def test_small_public_helpers_of_the_search_path():
 
 
 def test_explanation_flags():
-    from credpath.search_path import Explanation
+    from credpath._search_path import Explanation
 
     e = Explanation(kind="connection", key="k", source=None)
     assert not e.found and not e.unavailable and not e.fell_through
@@ -408,7 +408,7 @@ def test_a_failing_prepare_is_an_error_attempt_with_no_startup_time():
 
 
 def test_backend_kwargs_override_a_configured_backends_settings():
-    from credpath.config import BackendSpec, Settings
+    from credpath._config import BackendSpec, Settings
 
     settings = Settings(
         backends=[

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from credpath._cache import CacheSettings
 from credpath._lookup.tiers import lookup_once
 from credpath._lookup.trace import LookupContext
-from credpath.cache import CacheSettings
+from credpath._search_path import SearchPath
+from credpath._shared_cache import FileStore, SharedEntry, SharedTier, scope_of
 from credpath.errors import BackendUnavailable, ConfigError, NotFound
 from credpath.model import Connection
-from credpath.search_path import SearchPath
-from credpath.shared_cache import FileStore, SharedEntry, SharedTier, scope_of
 from tests.lookup.helpers import (
     CKEY,
     KEY,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from credpath._search_path import SearchPath
 from credpath.errors import BackendError, BackendUnavailable, ConfigError, NotFound
-from credpath.search_path import SearchPath
 from tests.lookup.helpers import (
     URI_A,
     URI_B,
@@ -90,7 +90,7 @@ def test_stale_value_is_served_when_the_refresh_fails_once_warned_and_explained(
 
 
 def test_breaker_stops_calling_a_failing_backend_and_explain_shows_it(caplog):
-    from credpath.resilience import BreakerSettings
+    from credpath._resilience import BreakerSettings
 
     vault = MemoryBackend()
     vault.fail_with = Unreachable("backend 'vault' (Memory): HTTP 503")
@@ -157,7 +157,7 @@ def test_explain_attempts_that_did_not_run_have_zero_times():
 
 def test_metrics_are_recorded_only_when_on():
     from credpath import metrics
-    from credpath.resilience import BreakerSettings
+    from credpath._resilience import BreakerSettings
 
     def seen():
         snap = metrics.snapshot()
@@ -338,7 +338,7 @@ def test_a_failing_subscriber_never_fails_a_lookup() -> None:
 
 
 def test_a_process_hit_builds_no_context_while_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from credpath import search_path as sp_mod
+    from credpath import _search_path as sp_mod
 
     built: list[str] = []
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from credpath._search_path import SearchPath
 from credpath.errors import ConfigError, NotFound, ReadOnlyBackend
 from credpath.model import Connection
-from credpath.search_path import SearchPath
 from tests.lookup.helpers import (
     CKEY,
     URI_A,

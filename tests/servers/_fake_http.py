@@ -227,7 +227,7 @@ def use_config(monkeypatch: pytest.MonkeyPatch, config: str, tmp_path: Path) -> 
 
 def check_search_path(h: Any, config: str) -> None:
     """Connections, variables and config seeded natively resolve through a search path from ``config``."""
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
     h.seed("connection", "warehouse", URI)
     h.seed("variable", "settings", json.dumps({"retries": 3}))

@@ -390,7 +390,7 @@ def store_calls():
 
         comms_class = type(task_runner.SUPERVISOR_COMMS)
         real_send, real_start = comms_class.send, threading.Thread.start
-        search_path = sys.modules.get("credpath.search_path")
+        search_path = sys.modules.get("credpath._search_path")
         real_init = search_path.SearchPath.__init__ if search_path else None
         sent, threads, built = [], [], []
 

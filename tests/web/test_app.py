@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from credpath import metrics
-from credpath.search_path import SearchPath
+from credpath._search_path import SearchPath
 from credpath.web.app import create_app
 from tests.memory_backend import MemoryBackend, Unreachable
 

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from credpath import metrics
-from credpath.search_path import SearchPath
+from credpath._search_path import SearchPath
 from credpath.web.app import create_app
 from credpath.web.budget import PageCache, RateLimiter, host_allowed, host_name
 from tests.memory_backend import MemoryBackend

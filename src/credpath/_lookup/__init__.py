@@ -1,4 +1,4 @@
-"""The search path's machinery, one concern per module (``credpath.search_path.SearchPath`` is its facade).
+"""The search path's machinery, one concern per module (``credpath._search_path.SearchPath`` is its facade).
 
 - ``trace``: a lookup's context and the events of its resolution; subscribers (metrics, ``explain``).
 - ``model``: the values passed around (Entry, Resolution, Explanation, PrefetchReport, Listing).

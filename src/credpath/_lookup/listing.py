@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from credpath import reading
+from credpath import _reading as reading
 from credpath._lookup.model import Listing, named
 from credpath._lookup.policy import call, failure
 from credpath._lookup.state import LookupState

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credpath._lookup.trace import Attempt, LookupContext, Served
+from credpath._resilience import CircuitBreaker, RefreshBackoff
 from credpath.errors import BackendError, safe_reason
 from credpath.protocol import Backend, Kind
-from credpath.resilience import CircuitBreaker, RefreshBackoff
 
 __all__ = [
     "MISS",

@@ -14,7 +14,7 @@ THE ERROR POLICY: the one place that decides what a backend's exception means, f
    (:func:`call`); then, in this order:
    a. lookup only: the backend's OWN last good value, if kept within [cache] stale_if_error, is
       served (one WARNING per outage naming backend and age), and the store is not asked again for a
-      kept value until its refresh back-off has passed (:class:`~credpath.resilience.RefreshBackoff`).
+      kept value until its refresh back-off has passed (:class:`~credpath._resilience.RefreshBackoff`).
       Why: it is what the backend said last, better than a lower backend's possibly different copy and
       better than an error; and a dead store asked on every lookup only adds load to its recovery.
    b. on_error="fail": raised (a foreign exception as a BackendError naming the backend). Why: the

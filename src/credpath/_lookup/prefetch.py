@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from credpath import reading
+from credpath import _reading as reading
+from credpath._cache import ABSENT
 from credpath._lookup.model import MISS, Entry, PrefetchReport, Resolution, what
 from credpath._lookup.policy import call, failure
 from credpath._lookup.resolution import read
 from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
-from credpath.cache import ABSENT
 from credpath.protocol import Kind, supports
 
 __all__ = ["prefetch_ids", "prefetch_prefix"]

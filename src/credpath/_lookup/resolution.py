@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from credpath import reading
+from credpath import _reading as reading
 from credpath._lookup.model import MISS, Attempt, CacheKey, Entry, Resolution, named, names, what
 from credpath._lookup.policy import call, failure, kept
 from credpath._lookup.state import LookupState
@@ -22,7 +22,7 @@ log = logging.getLogger("credpath.search_path")
 def read(
     state: LookupState, context: LookupContext, entry: Entry, kind: Kind, key: str, team: str | None
 ) -> Any:
-    """One id from one backend behind its breaker (:func:`credpath.reading.read`)."""
+    """One id from one backend behind its breaker (:func:`credpath._reading.read`)."""
     return call(
         context, entry, "get", kind, reading.read, entry.backend, kind, key, team_name=team, name=entry.name
     )

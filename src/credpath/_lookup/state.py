@@ -7,18 +7,18 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from credpath import reading
+from credpath import _reading as reading
+from credpath._cache import CacheSettings, TTLCache
+from credpath._config import BackendSpec
 from credpath._lookup.model import MISS, Entry, Resolution
-from credpath.cache import CacheSettings, TTLCache
-from credpath.config import BackendSpec
+from credpath._masking import Masker, install_log_masking
+from credpath._resilience import BreakerSettings, CircuitBreaker, RefreshBackoff, SingleFlight
 from credpath.errors import ConfigError
-from credpath.masking import Masker, install_log_masking
 from credpath.model import is_sensitive_name
 from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern
-from credpath.resilience import BreakerSettings, CircuitBreaker, RefreshBackoff, SingleFlight
 
 if TYPE_CHECKING:
-    from credpath.shared_cache import SharedEntry, SharedState
+    from credpath._shared_cache import SharedEntry, SharedState
 
 __all__ = ["LookupState", "SharedTierLike", "shared_tier_for"]
 
@@ -28,7 +28,7 @@ CacheKey = tuple[Kind, str, str | None]
 
 
 class SharedTierLike(Protocol):
-    """The shared second tier as the search path uses it (:class:`credpath.shared_cache.SharedTier`)."""
+    """The shared second tier as the search path uses it (:class:`credpath._shared_cache.SharedTier`)."""
 
     def get(self, ckey: CacheKey) -> SharedEntry | None: ...
     def put(self, ckey: CacheKey, entry: SharedEntry) -> None: ...
@@ -44,7 +44,7 @@ class SharedTierLike(Protocol):
 
 
 class LookupState:
-    """The state every part of a lookup reads; :class:`credpath.search_path.SearchPath` builds it."""
+    """The state every part of a lookup reads; :class:`credpath._search_path.SearchPath` builds it."""
 
     breaker_settings: BreakerSettings
     cache: TTLCache
@@ -157,7 +157,7 @@ class LookupState:
         if ckey[2] not in self._teams:
             self._teams.add(ckey[2])
         if times is not None and self.shared is not None:
-            from credpath.shared_cache import SharedEntry
+            from credpath._shared_cache import SharedEntry
 
             offset = time.time() - time.monotonic()  # the shared tier keeps wall-clock times (other nodes)
             expiry, stored_at, keep_until = times
@@ -213,8 +213,8 @@ def shared_tier_for(settings: CacheSettings, backends: list[Any]) -> SharedTierL
     """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
     import os
 
-    from credpath.config import credpath_home
-    from credpath.shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
+    from credpath._config import credpath_home
+    from credpath._shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
 
     # CacheSettings built in code (the settings builder hands its resolved tier over): resolve as config does.
     shared = normalize_shared(settings.shared or "", credpath_home())

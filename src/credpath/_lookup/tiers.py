@@ -11,15 +11,15 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from credpath._cache import ABSENT
 from credpath._lookup.model import MISS, CacheKey, Resolution, what
 from credpath._lookup.resolution import ask_live, resolve
 from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
-from credpath.cache import ABSENT
 from credpath.errors import BackendTimeout
 
 if TYPE_CHECKING:
-    from credpath.shared_cache import SharedEntry
+    from credpath._shared_cache import SharedEntry
 
 __all__ = ["cached", "lookup", "lookup_once", "settled"]
 

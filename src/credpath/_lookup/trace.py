@@ -1,13 +1,13 @@
 """A lookup's record: its context (kind, key, team, deadline) and the trace of events its resolution emits.
 
 How a trace flows: the resolution emits each event into the lookup's :class:`LookupContext`, which keeps it
-(``explain`` builds its :class:`~credpath.search_path.Explanation` from the kept events) and hands it to
+(``explain`` builds its :class:`~credpath._search_path.Explanation` from the kept events) and hands it to
 every subscriber (:func:`subscribe`: metrics today; an audit trail or OpenTelemetry spans the same way).
 
 Cost: with no subscriber and no ``explain``, a context records nothing (``live`` is False: the resolution
 builds no event) and a process-cache hit makes no context at all. The one ambient channel is
 :data:`_CALLING`, the store call in progress (a ``ContextVar``, as OpenTelemetry carries its current span):
-the retry loops of :mod:`credpath.deadlines` run deep inside a backend and report a retry to it.
+the retry loops of :mod:`credpath._deadlines` run deep inside a backend and report a retry to it.
 
 Events are named tuples (immutable, and cheap to make on the hot path); :class:`Attempt` is the row
 ``explain`` always returned. This module imports nothing of credpath: the lowest layers (deadlines) may
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
-    from credpath.deadlines import Deadline
+    from credpath._deadlines import Deadline
 
 __all__ = [
     "Attempt",

@@ -47,7 +47,7 @@ def set_connection(
     serialization: Serialization | None,
     team_name: str | None,
 ) -> str:
-    """:meth:`credpath.search_path.SearchPath.set_connection`."""
+    """:meth:`credpath._search_path.SearchPath.set_connection`."""
     if not conn.conn_id:
         raise ConfigError("connection has no conn_id")
     entry = writable_backend(state, to, "set_connection")
@@ -67,7 +67,7 @@ def set_connection(
 def set_variable(
     state: LookupState, key: str, value: str, to: str | None, overwrite: bool, team_name: str | None
 ) -> str:
-    """:meth:`credpath.search_path.SearchPath.set_variable`."""
+    """:meth:`credpath._search_path.SearchPath.set_variable`."""
     if not isinstance(value, str):
         raise ConfigError(f"variable {key!r}: value must be a string, got {type(value).__name__}")
     entry = writable_backend(state, to, "set_variable")

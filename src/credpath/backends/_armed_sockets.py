@@ -4,7 +4,7 @@ Fenced here because it leans on urllib3's and requests' insides (tests/backends/
 each assumption).
 
 A per-read socket timeout alone does not bound a call: a server trickling a byte per second never trips it.
-Handing each call to a worker thread does (:func:`credpath.deadlines.call_with_deadline`), but costs two
+Handing each call to a worker thread does (:func:`credpath._deadlines.call_with_deadline`), but costs two
 thread hand-overs per store call, which in an Airflow task process (ten of them starting at once on a small
 machine) measured 2-7 ms each way. Instead, inside :func:`bounded_by`, every blocking read and write of a
 connection made by :func:`armed_adapter` first sets the socket's timeout to what is left of the deadline,
@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from credpath.deadlines import Deadline, call_with_deadline
+from credpath._deadlines import Deadline, call_with_deadline
 
 __all__ = ["armable", "armed_adapter", "bounded_by"]
 

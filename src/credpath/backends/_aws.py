@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
 
+from credpath._deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
 from credpath._settings import TIMEOUT, check_number
 from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
-from credpath.deadlines import Deadline, RetriesExhausted, RetryPolicy, call_with_retries, parse_retry_after
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError, Throttled
 from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
 

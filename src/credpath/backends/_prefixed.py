@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from credpath._deadlines import Deadline
 from credpath.backends._naming import PrefixNamedBackend
-from credpath.deadlines import Deadline
 from credpath.protocol import Kind, iter_ids
 
 __all__ = ["PrefixedSecretsBackend"]

@@ -29,8 +29,8 @@ import logging
 from typing import Any, ClassVar, Unpack
 from urllib.parse import unquote
 
+from credpath._deadlines import Deadline
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
-from credpath.deadlines import Deadline
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
 from credpath.protocol import Capability, Kind, Serialization

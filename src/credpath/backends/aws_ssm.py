@@ -13,8 +13,8 @@ import logging
 import re
 from typing import Any, ClassVar, Unpack
 
+from credpath._deadlines import Deadline
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code
-from credpath.deadlines import Deadline
 from credpath.model import Connection
 from credpath.protocol import Capability, Kind, Serialization
 

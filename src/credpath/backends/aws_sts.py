@@ -131,7 +131,7 @@ class AwsStsBackend(_leases.LeasedIds, BaseBackend):
                 raise
             raise error from None
         creds = answer["Credentials"]
-        from credpath.masking import mask_secret
+        from credpath._masking import mask_secret
         from credpath.model import Connection
 
         mask_secret(creds["SecretAccessKey"])

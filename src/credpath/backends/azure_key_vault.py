@@ -38,10 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from credpath._settings import RETRIES, TIMEOUT, check_number
-from credpath.backends._naming import KeyNaming
-from credpath.backends._prefixed import PrefixedSecretsBackend
-from credpath.deadlines import (
+from credpath._deadlines import (
     Deadline,
     RetriesExhausted,
     RetryPolicy,
@@ -50,6 +47,9 @@ from credpath.deadlines import (
     parse_retry_after,
     unwrap_retries,
 )
+from credpath._settings import RETRIES, TIMEOUT, check_number
+from credpath.backends._naming import KeyNaming
+from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import Capability, Kind, Serialization
 

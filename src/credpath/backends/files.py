@@ -1,7 +1,7 @@
 """Airflow's LocalFilesystemBackend: connections, variables and config from .env, .json or .yaml files.
 
 Same kwargs and formats as ``airflow.secrets.local_filesystem.LocalFilesystemBackend`` (see
-:mod:`credpath.formats`). Airflow re-reads and re-parses the file on every lookup; credpath parses a file
+:mod:`credpath._formats`). Airflow re-reads and re-parses the file on every lookup; credpath parses a file
 once and re-parses only when ``stat()`` says it changed (mtime_ns, size, inode, device), so a lookup costs one
 ``stat`` call (a file modified less than a second before it was read is re-parsed until it is older: see
 ``RACY_WINDOW_NS``). A file that fails to parse raises :class:`ConfigError` naming the file and line, on every
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar, Unpack
 
-from credpath import formats
+from credpath import _formats as formats
 from credpath.errors import ConfigError, MissingFile
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend, Capability, iter_ids

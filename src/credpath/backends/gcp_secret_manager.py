@@ -36,16 +36,16 @@ import re
 import threading
 from typing import Any, ClassVar, Unpack
 
-from credpath._settings import TIMEOUT, check_number
-from credpath.backends._naming import KeyNaming
-from credpath.backends._prefixed import PrefixedSecretsBackend
-from credpath.deadlines import (
+from credpath._deadlines import (
     Deadline,
     RetryPolicy,
     call_with_retries,
     parse_retry_after,
     unwrap_retries,
 )
+from credpath._settings import TIMEOUT, check_number
+from credpath.backends._naming import KeyNaming
+from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization
 

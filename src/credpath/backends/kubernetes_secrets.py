@@ -68,9 +68,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
-from credpath._settings import COUNT, TIMEOUT, check_number
-from credpath.backends._naming import KeyNaming, PrefixNamedBackend
-from credpath.deadlines import (
+from credpath._deadlines import (
     Deadline,
     Retryable,
     RetryPolicy,
@@ -78,6 +76,8 @@ from credpath.deadlines import (
     parse_retry_after,
     retry_call,
 )
+from credpath._settings import COUNT, TIMEOUT, check_number
+from credpath.backends._naming import KeyNaming, PrefixNamedBackend
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
 from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization, iter_ids
 

@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from credpath._config import credpath_home
 from credpath._keys import create_key_file, generate_key, read_key_file, replace_key_file
 from credpath.backends._sql import (
     ALL_TEAMS,
@@ -55,7 +56,6 @@ from credpath.backends._sql import (
     SqlTablesBackend,
     team_visible,
 )
-from credpath.config import credpath_home
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 from credpath.protocol import Capability, Serialization

@@ -22,9 +22,9 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from credpath import _leases
+from credpath._deadlines import Deadline
 from credpath.backends.vault.backend import VaultBackend
 from credpath.backends.vault.session import Reply
-from credpath.deadlines import Deadline
 from credpath.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class VaultDatabaseBackend(_leases.LeasedIds, VaultBackend):
         username, password = data.get("username"), data.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise self.error(f"{path} answered without a username and password for lease {conn_id!r}")
-        from credpath.masking import mask_secret
+        from credpath._masking import mask_secret
         from credpath.model import Connection
 
         mask_secret(password)

@@ -25,7 +25,7 @@ from credpath.errors import (
 )
 
 if TYPE_CHECKING:
-    from credpath.search_path import SearchPath
+    from credpath._search_path import SearchPath
 
 __all__ = [
     "EXIT_BAD_INPUT",

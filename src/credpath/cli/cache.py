@@ -45,7 +45,7 @@ def stats_command(state: State, as_json: bool) -> None:
     Processes publish their counters after a store read, at most once a second on hits, and at exit.
     """
     shared = _tier(state)
-    from credpath.shared_cache import stats_report
+    from credpath._shared_cache import stats_report
 
     data = _guarded(shared, "reading its counters", lambda: stats_report(shared))
     process_hits, shared_hits = data["process"]["hits"], data["shared"]["hits"]

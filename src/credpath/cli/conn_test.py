@@ -31,7 +31,7 @@ from credpath.cli.connections import connections, team_kwargs, team_option
 if TYPE_CHECKING:
     from credpath.model import Connection
 
-# socket, urllib, credpath.deadlines and Airflow are imported when a test runs: registering the command
+# socket, urllib, credpath._deadlines and Airflow are imported when a test runs: registering the command
 # costs the CLI's start-up nothing.
 
 __all__ = ["DEFAULT_PORTS", "connection_test_command", "hook_test", "tcp_test"]
@@ -96,7 +96,7 @@ def tcp_test(conn: Connection, timeout: float) -> tuple[bool, str]:
     import socket
     import time
 
-    from credpath.deadlines import Deadline, call_with_deadline
+    from credpath._deadlines import Deadline, call_with_deadline
 
     host, port = _address(conn)
     if host is None:
@@ -162,7 +162,7 @@ def hook_test(conn: Connection, timeout: float) -> tuple[bool, str] | None:
         return None
     from airflow.models.connection import Connection as AirflowConnection
 
-    from credpath.deadlines import Deadline, call_with_deadline
+    from credpath._deadlines import Deadline, call_with_deadline
 
     conn_id = conn.conn_id or "credpath_test"
     variable = f"AIRFLOW_CONN_{conn_id.upper()}"

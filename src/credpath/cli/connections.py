@@ -116,7 +116,7 @@ def echo_import_summary(kind: str, result: Any) -> None:
 
 
 def export_done(kind: str, count: int, file: Path) -> None:
-    from credpath.transfer import is_stdout
+    from credpath._transfer import is_stdout
 
     # With `-` the export is on stdout: the summary goes to stderr so the output stays a valid file.
     where = "standard output" if is_stdout(file) else str(file)
@@ -417,7 +417,7 @@ def export_command(
     Everything is read first: if a backend fails, the command exits 1 and writes nothing. The file is
     written to a temporary file in the same directory (mode 0600) and renamed into place.
     """
-    from credpath import transfer
+    from credpath import _transfer as transfer
 
     if file_format and legacy_format:
         fail("--format is the deprecated spelling of --file-format; give --file-format only")
@@ -454,7 +454,7 @@ def import_command(
     state: State, file: Path, to: str | None, overwrite: bool | None, action: str | None
 ) -> None:
     """Import connections from an Airflow export file (.json, .yaml, .env). All or nothing: parsed first."""
-    from credpath import transfer
+    from credpath import _transfer as transfer
 
     on_existing: Any = import_action(action, overwrite or None, default="skip")
     result = transfer.import_connections(state.search_path, file, to=to, on_existing=on_existing)

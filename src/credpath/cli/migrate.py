@@ -214,9 +214,9 @@ def migrate_command(
     Idempotent: a second run finds everything unchanged and writes nothing. Exit codes: 0 done,
     1 some entries failed (listed by id), 2 bad input.
     """
-    from credpath.migrate import Migrator, parse_globs
+    from credpath._migrate import Migrator, parse_globs
+    from credpath._transfer import write_private
     from credpath.protocol import BaseBackend
-    from credpath.transfer import write_private
 
     # The destination first: a store setting rebuilds the configured search path the source may come from.
     settings = {"on_deleted": on_deleted} if on_deleted else None

@@ -33,7 +33,7 @@ def connection_record(conn: Connection, source: str | None, reveal: bool) -> dic
         if data["password"] is not None:
             data["password"] = MASK
         if data["extra"]:
-            from credpath.masking import redact_value
+            from credpath._masking import redact_value
 
             # Sensitive keys at any depth, whatever their values' type (a number, a list).
             data["extra"] = redact_value(data["extra"])
@@ -46,7 +46,7 @@ def variable_value(key: str, value: str, reveal: bool) -> str:
     JSON value's sensitive keys masked at any depth (as Airflow's API shows variables)."""
     if reveal:
         return value
-    from credpath.masking import redact_text_value
+    from credpath._masking import redact_text_value
 
     return redact_text_value(value, key)
 
@@ -135,7 +135,7 @@ def airflow_connection(conn: Connection, reveal: bool) -> dict[str, Any]:
     if not reveal:
         from dataclasses import replace
 
-        from credpath.masking import redact_value
+        from credpath._masking import redact_value
 
         extra = redact_value(extra)
         masked = replace(

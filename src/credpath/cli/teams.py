@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from credpath import reading
+from credpath import _reading as reading
 from credpath.protocol import accepts_team_name, call_backend_method, supports
 
 __all__ = [

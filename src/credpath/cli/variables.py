@@ -132,7 +132,7 @@ def delete_command(state: State, key: str, source: str | None) -> None:
 def export_command(state: State, file: Path, source: str | None, file_format: str | None) -> None:
     """Export variables in Airflow's file formats ('-': standard output). The file may hold secrets: mode
     0600, written to a temporary file and renamed; if a backend fails, exit 1 and nothing is written."""
-    from credpath import transfer
+    from credpath import _transfer as transfer
 
     count = transfer.export_variables(
         state.search_path, file, source=source, file_format=file_format.lower() if file_format else None
@@ -161,7 +161,7 @@ def import_command(
     state: State, file: Path, to: str | None, action: str | None, overwrite: bool | None
 ) -> None:
     """Import variables from an Airflow export file (.json, .yaml, .env). All or nothing: parsed first."""
-    from credpath import transfer
+    from credpath import _transfer as transfer
 
     on_existing: Any = import_action(action, overwrite, default="overwrite")
     result = transfer.import_variables(state.search_path, file, to=to, on_existing=on_existing)

@@ -3,7 +3,7 @@
 Every string that reaches a page passes :func:`_safe` (the search path's masker: each password and
 sensitive extra the search path has read is in it). Passwords and extras are never put in a row at all;
 a variable's value only when its key is not sensitive, and then through
-:func:`credpath.masking.redact_text_value` (a JSON value's sensitive keys are masked at any depth).
+:func:`credpath._masking.redact_text_value` (a JSON value's sensitive keys are masked at any depth).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credpath import metrics
+from credpath._masking import is_sensitive_key, redact_text_value
 from credpath.errors import BackendUnavailable, ConfigError, CredpathError, safe_reason
-from credpath.masking import is_sensitive_key, redact_text_value
 from credpath.protocol import supports
 
 __all__ = [
@@ -309,7 +309,7 @@ def shared_cache_stats(search_path: Any) -> dict[str, Any] | None:
     shared = getattr(search_path, "shared", None)
     if shared is None:
         return None
-    from credpath.shared_cache import stats_report
+    from credpath._shared_cache import stats_report
 
     try:
         return stats_report(shared)

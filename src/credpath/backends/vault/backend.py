@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote
 
+from credpath._deadlines import Deadline
 from credpath.backends.vault.session import Reply, Session, forget_session, safe_url, session_for
 from credpath.backends.vault.settings import (
     DEFAULT_KUBERNETES_JWT_PATH,
@@ -18,7 +19,6 @@ from credpath.backends.vault.settings import (
     PathSetting,
     VaultSettings,
 )
-from credpath.deadlines import Deadline
 from credpath.errors import AccessDenied, BackendError, ConfigError
 from credpath.protocol import (
     BackendOptions,
@@ -32,8 +32,8 @@ from credpath.protocol import (
 if TYPE_CHECKING:
     import requests
 
+    from credpath._shared_cache import SharedState
     from credpath.model import Connection
-    from credpath.shared_cache import SharedState
 
 __all__ = [
     "KV_VERSION_SHARED_TTL",

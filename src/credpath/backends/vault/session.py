@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from credpath import metrics as _metrics
-from credpath.backends._armed_sockets import armable, armed_adapter, bounded_by
-from credpath.backends.vault import auth as methods
-from credpath.deadlines import (
+from credpath._deadlines import (
     Deadline,
     Retryable,
     RetryPolicy,
@@ -30,8 +28,10 @@ from credpath.deadlines import (
     parse_retry_after,
     retry_call,
 )
+from credpath._resilience import SingleFlight
+from credpath.backends._armed_sockets import armable, armed_adapter, bounded_by
+from credpath.backends.vault import auth as methods
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError, Throttled
-from credpath.resilience import SingleFlight
 
 if TYPE_CHECKING:
     import requests

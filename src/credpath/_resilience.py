@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from credpath.errors import CircuitOpen
 
 if TYPE_CHECKING:
-    from credpath.deadlines import Deadline
+    from credpath._deadlines import Deadline
 
 __all__ = ["BreakerSettings", "CircuitBreaker", "RefreshBackoff", "SingleFlight"]
 

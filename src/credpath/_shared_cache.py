@@ -623,7 +623,6 @@ class SharedTier:
 
     # --- naming and sealing ---
 
-
     def bound_wait(self, backends: Any) -> None:
         """Wait for another process's lock no longer than the longest store deadline among ``backends``
         (the search path calls this once its backends are built)."""

@@ -3,7 +3,7 @@
 :class:`SearchPath` is a facade over :mod:`credpath._lookup` (one concern per module: the trace of a lookup,
 the error policy with its written rules, resolution, the cache tiers, prefetch, writes, listing).
 
-Resilience (see :mod:`credpath.resilience`): each backend has a circuit breaker; concurrent lookups of one
+Resilience (see :mod:`credpath._resilience`): each backend has a circuit breaker; concurrent lookups of one
 key share one read (single-flight); a value whose refresh fails with a transient error is served stale for
 up to ``[cache] stale_if_error`` seconds, and its store is asked again only after a growing back-off.
 Backends whose class sets ``cache_results = False`` (env, files) are never served from the cache: they are
@@ -17,6 +17,8 @@ from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
+from credpath._cache import ABSENT, CacheSettings, TTLCache
+from credpath._config import BackendSpec, Settings
 from credpath._lookup import listing, prefetch, tiers, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
@@ -24,14 +26,12 @@ from credpath._lookup.model import Attempt, Entry, Explanation, Listing, Prefetc
 from credpath._lookup.resolution import resolve
 from credpath._lookup.state import LookupState, shared_tier_for
 from credpath._lookup.trace import LookupContext
-from credpath.cache import ABSENT, CacheSettings, TTLCache
-from credpath.config import BackendSpec, Settings
+from credpath._masking import Masker, default_masker
+from credpath._reading import as_connection, read_connection  # noqa: F401  (the reader owns them)
+from credpath._resilience import BreakerSettings
 from credpath.errors import BackendUnavailable, NotFound
-from credpath.masking import Masker, default_masker
 from credpath.model import Connection
 from credpath.protocol import Backend, BaseBackend, Kind, Serialization
-from credpath.reading import as_connection, read_connection  # noqa: F401  (the reader owns them)
-from credpath.resilience import BreakerSettings
 
 __all__ = [
     "Attempt",

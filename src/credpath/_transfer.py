@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from credpath import reading
+from credpath import _reading as reading
 from credpath.errors import BackendError, ConfigError, CredpathError, ReadOnlyBackend
 from credpath.protocol import supports
 
 if TYPE_CHECKING:
+    from credpath._search_path import SearchPath
     from credpath.protocol import Backend, Kind
-    from credpath.search_path import SearchPath
 
 __all__ = [
     "ON_EXISTING",
@@ -70,7 +70,7 @@ def is_stdout(file: Path | str) -> bool:
 def file_format_of(file: Path, explicit: str | None = None) -> str:
     """Airflow's choice: ``explicit`` (``--file-format``), else JSON for ``-``, else the file's extension."""
     if explicit:
-        from credpath import formats
+        from credpath import _formats as formats
 
         return formats.normalize_format(explicit)
     if is_stdout(file):
@@ -156,7 +156,7 @@ def export_connections(
 ) -> int:
     """Airflow's ``connections export``: ``serialization_format`` (uri, the default, or json) applies to
     .env only and is refused for the other formats, as Airflow refuses it."""
-    from credpath import formats
+    from credpath import _formats as formats
 
     fmt = file_format_of(file, file_format)
     if serialization_format is not None and fmt != "env":
@@ -172,7 +172,7 @@ def export_connections(
 def export_variables(
     search_path: SearchPath, file: Path, *, source: str | None = None, file_format: str | None = None
 ) -> int:
-    from credpath import formats
+    from credpath import _formats as formats
 
     fmt = file_format_of(file, file_format)
     values = collect(search_path, "variable", source)
@@ -199,7 +199,7 @@ def import_connections(
     """Airflow's ``connections import``: existing ids are skipped unless ``overwrite`` (or ``on_existing``
     says overwrite or fail). Ids must pass Airflow's ``validate_key`` (200 characters); where Airflow skips
     a bad id and imports the rest, credpath refuses the file (nothing written)."""
-    from credpath import formats
+    from credpath import _formats as formats
     from credpath.model import validate_key
 
     action = resolve_on_existing(on_existing, overwrite)
@@ -218,7 +218,7 @@ def import_variables(
     on_existing: OnExisting | None = None,
 ) -> ImportResult:
     """Airflow's ``variables import``: ``--action-on-existing-key`` overwrite (default), fail or skip."""
-    from credpath import formats
+    from credpath import _formats as formats
 
     action = resolve_on_existing(on_existing, overwrite)
     return _write_all(search_path, "variable", formats.parse_variables_file(file), to, action)

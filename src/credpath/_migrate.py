@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from credpath import reading
+from credpath import _reading as reading
 from credpath.errors import ConfigError, CredpathError, safe_reason
 from credpath.model import Connection, Variable
 from credpath.protocol import Backend, BaseBackend, Serialization, supports
@@ -285,7 +285,7 @@ class Migrator:
             )
         self.kinds = kept
 
-    # --- reading (the one reader, credpath.reading) --------------------------------------------------
+    # --- reading (the one reader, credpath._reading) --------------------------------------------------
 
     def _list(self, backend: Backend, kind: ItemKind) -> list[str]:
         return reading.list_ids(backend, kind)

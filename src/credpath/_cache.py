@@ -42,7 +42,7 @@ class CacheSettings:
     jitter: float = 0.1
     #: Seconds after expiry during which a value may still be served if its backend fails (0: never).
     stale_if_error: float = DEFAULT_STALE_IF_ERROR
-    #: The shared second tier (:mod:`credpath.shared_cache`), normalized: "file:/abs/path" or a Redis URL;
+    #: The shared second tier (:mod:`credpath._shared_cache`), normalized: "file:/abs/path" or a Redis URL;
     #: None for none. Its keys are not here: the settings builder resolves them once (``_settings``), and a
     #: search path built in code with only this reads them as the config would.
     shared: str | None = field(default=None, repr=False)

@@ -1,7 +1,7 @@
 """The one reader: ids of one kind from one backend, batched where it can, structured where it can,
 team-scoped.
 
-The search path (lookups, prefetch by id and by prefix, listing), import/export (:mod:`credpath.transfer`)
+The search path (lookups, prefetch by id and by prefix, listing), import/export (:mod:`credpath._transfer`)
 and ``credpath migrate`` all read through these functions. They are the plain per-backend read: no cache,
 no retries, no circuit breaker, no ``on_error``. The search path wraps each call in its resilience (see
 :mod:`credpath._lookup.policy`); migrate and transfer report per id.
