@@ -21,7 +21,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from credpath import _formats as formats
-from credpath import transfer
+from credpath import _transfer as transfer
 from credpath._migrate import connection_key, migrate
 from credpath._search_path import SearchPath
 from credpath.backends.airflow_db import AirflowDatabaseBackend
