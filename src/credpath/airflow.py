@@ -90,6 +90,7 @@ def _build_search_path(
     overrides: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SearchPath:
     from credpath.config import config_path, load_settings, parse_backends, parse_cache
+    from credpath import _audit
     from credpath.search_path import SearchPath
 
     origin = _settings_origin()
@@ -137,6 +138,7 @@ def _build_search_path(
     if overrides:
         specs = route_overrides(specs, overrides)
     path = SearchPath(specs, cache=cache_settings)
+    _audit.setup(None if backends is not None else file, clean_env, default_file=False)  # [audit]
     _prepare(path)
     return path
 

@@ -101,7 +101,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         specs = parse_backends(data["backends"], origin=file.name if file else "config")
     else:
         specs = airflow_default_backends(env)
-    unknown = sorted(set(data) - {"backends", "cache", "circuit_breaker"})
+    unknown = sorted(set(data) - {"backends", "cache", "circuit_breaker", "audit"})  # audit: credpath._audit
     if unknown:
         raise ConfigError(
             f"{file}: unknown top-level key(s) {', '.join(unknown)}; "

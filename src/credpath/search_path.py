@@ -16,6 +16,7 @@ from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
+from credpath import _audit
 from credpath._lookup import listing, prefetch, tiers, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
@@ -88,6 +89,7 @@ class SearchPath(LookupState):
         backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> SearchPath:
         settings = load_settings(path, env)
+        _audit.setup(settings.config_file, env)  # [audit] and CREDPATH_AUDIT_*: bad input fails here
         return cls.from_settings(settings, backend_kwargs=backend_kwargs)
 
     @classmethod
@@ -217,7 +219,9 @@ class SearchPath(LookupState):
         except BaseException:
             context.done("error")
             raise
-        context.done("missing" if resolution is None else "found")
+        context.done(
+            "missing" if resolution is None else "found", None if resolution is None else resolution.value
+        )
         return resolution
 
     def explain(
@@ -261,10 +265,14 @@ class SearchPath(LookupState):
         reports: dict[Kind, PrefetchReport] = {}
         kinds: tuple[tuple[Kind, Sequence[str]], ...] = (("connection", connections), ("variable", variables))
         for kind, ids in kinds:
-            if ids:
-                reports[kind] = prefetch.prefetch_ids(self, kind, list(dict.fromkeys(ids)), team_name)
-            elif prefix:
-                reports[kind] = prefetch.prefetch_prefix(self, kind, team_name)
+            if not ids and not prefix:
+                continue
+            with _audit.timed("prefetch", kind, "*", team=team_name) as audit:  # one event per batch
+                if ids:
+                    reports[kind] = prefetch.prefetch_ids(self, kind, list(dict.fromkeys(ids)), team_name)
+                else:
+                    reports[kind] = prefetch.prefetch_prefix(self, kind, team_name)
+                audit.update(_audit.prefetch_facts(reports[kind], ids))
         return reports
 
     # --- writes ------------------------------------------------------------------------------------
@@ -301,6 +309,9 @@ class SearchPath(LookupState):
             "connection",
             conn.conn_id,
             lambda: backend.set_connection(conn, overwrite=overwrite, **options),
+            backend=entry.name,
+            team=team_name,
+            value=conn,
         )
         return entry.name
 
@@ -320,20 +331,40 @@ class SearchPath(LookupState):
         backend: Any = entry.backend
         team = writes.team_kwargs(entry, backend.set_variable, team_name)
         writes.written(
-            self, "variable", key, lambda: backend.set_variable(key, value, overwrite=overwrite, **team)
+            self,
+            "variable",
+            key,
+            lambda: backend.set_variable(key, value, overwrite=overwrite, **team),
+            backend=entry.name,
+            team=team_name,
+            value=value,
         )
         return entry.name
 
     def delete_connection(self, conn_id: str, *, to: str | None = None) -> str | None:
         entry = self.writable_backend(to, "delete_connection")
         backend: Any = entry.backend
-        deleted = writes.written(self, "connection", conn_id, lambda: backend.delete_connection(conn_id))
+        deleted = writes.written(
+            self,
+            "connection",
+            conn_id,
+            lambda: backend.delete_connection(conn_id),
+            operation="delete",
+            backend=entry.name,
+        )
         return entry.name if deleted else None
 
     def delete_variable(self, key: str, *, to: str | None = None) -> str | None:
         entry = self.writable_backend(to, "delete_variable")
         backend: Any = entry.backend
-        deleted = writes.written(self, "variable", key, lambda: backend.delete_variable(key))
+        deleted = writes.written(
+            self,
+            "variable",
+            key,
+            lambda: backend.delete_variable(key),
+            operation="delete",
+            backend=entry.name,
+        )
         return entry.name if deleted else None
 
     def list_ids(self, kind: Kind) -> Listing:

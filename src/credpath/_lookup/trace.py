@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
@@ -108,6 +108,8 @@ class Done:
     tier: str
     result: str
     seconds: float
+    #: The value served (for a keyed fingerprint in the audit trail only; never shown).
+    value: Any = field(default=None, repr=False, compare=False)
 
 
 Event: TypeAlias = Attempt | StoreCall | Retry | Rejected | Served | Done
@@ -177,10 +179,10 @@ class LookupContext:
         if self.live:
             self.emit(Served(tier, source, **facts))
 
-    def done(self, result: str) -> None:
+    def done(self, result: str, value: Any = None) -> None:
         """End of a lookup: one :class:`Done` for the subscribers (``explain`` has no use for it)."""
         if self.sinks:
-            self.emit(Done(self.kind, self.tier, result, time.perf_counter() - self.started))
+            self.emit(Done(self.kind, self.tier, result, time.perf_counter() - self.started, value))
 
     def attempts(self) -> list[Attempt]:
         return [e for e in self.events or () if isinstance(e, Attempt)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from credpath import _audit
 from credpath._lookup.model import Entry
 from credpath._lookup.state import LookupState
 from credpath.errors import ConfigError, ReadOnlyBackend
@@ -38,11 +39,15 @@ def writable_backend(state: LookupState, to: str | None, operation: str = "set_c
     raise ReadOnlyBackend(f"no backend in the search path can {does}")
 
 
-def written(state: LookupState, kind: Any, key: str, write: Callable[[], Any]) -> Any:
-    """Run ``write`` and forget ``key`` in both tiers, one write at a time."""
-    with state._write_lock:
+def written(state: LookupState, kind: Any, key: str, write: Callable[[], Any], **audit: Any) -> Any:
+    """Run ``write`` and forget ``key`` in both tiers, one write at a time; one audit event (``audit``:
+    operation, backend, team, value: :func:`credpath._audit.timed`)."""
+    operation = audit.pop("operation", "write")
+    with _audit.timed(operation, kind, key, **audit) as event, state._write_lock:
         result = write()
         state.invalidate(kind, key)
+        if operation == "delete" and not result:
+            event["outcome"] = "miss"
     return result
 
 
