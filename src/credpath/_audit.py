@@ -326,12 +326,15 @@ def enable() -> None:
 
 def disable() -> None:
     """Stop recording; what is queued is written first."""
-    global _on, _active, _unsubscribe, _otel
+    global _on, _active, _unsubscribe, _otel, _writer
     if _unsubscribe is not None:
         _unsubscribe()
         _unsubscribe = None
     _on, _active, _otel = False, False, None
     flush()
+    if _writer is not None:
+        _writer.stopped = True  # the next start writes with the settings of then
+        _writer = None
 
 
 def flush(timeout: float = 5.0) -> None:
@@ -611,6 +614,7 @@ class _Writer:
         self.idle = threading.Event()
         self.last_drop_warning = 0.0
         self.failing = False
+        self.stopped = False
         self.thread = threading.Thread(target=self.run, name="credpath-audit", daemon=True)
         self.thread.start()
 
@@ -626,7 +630,7 @@ class _Writer:
             )
 
     def run(self) -> None:
-        while True:
+        while not self.stopped:
             if not _queue:
                 self.idle.set()
                 time.sleep(0.02)

@@ -89,8 +89,8 @@ def _build_search_path(
     env: Mapping[str, str],
     overrides: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SearchPath:
-    from credpath.config import config_path, load_settings, parse_backends, parse_cache
     from credpath import _audit
+    from credpath.config import config_path, load_settings, parse_backends, parse_cache
     from credpath.search_path import SearchPath
 
     origin = _settings_origin()
