@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -21,26 +19,15 @@ from credpath.cache import CacheSettings
 from credpath.errors import AccessDenied, BackendUnavailable
 from credpath.resilience import BreakerSettings
 from credpath.search_path import SearchPath
+from tests import otel_exporter
 from tests.memory_backend import MemoryBackend
-
-EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def provider() -> None:
-    current = trace.get_tracer_provider()
-    if not isinstance(current, TracerProvider):  # the global provider can be set once per process
-        current = TracerProvider()
-        trace.set_tracer_provider(current)
-    current.add_span_processor(SimpleSpanProcessor(EXPORTER))
 
 
 @pytest.fixture
 def spans():
     _audit.configure(_audit.AuditSettings())
     _audit.configure(_audit.AuditSettings(otel=True))
-    EXPORTER.clear()
-    yield EXPORTER
+    yield otel_exporter.install()
     _audit.configure(_audit.AuditSettings())
 
 
