@@ -87,7 +87,8 @@ def test_no_secret_in_100k_events_and_spans(tmp_path: Path, caplog: Any) -> None
         failing.fail_with = RuntimeError(f"cannot parse {seeded[0]}")  # a foreign error holding a secret
         misses = [(name, MemoryBackend()) for name in ("env", "files")]  # store calls: spans too
         always = SearchPath(
-            [*misses, ("mem", mem)], cache=CacheSettings(ttl=0.0, miss_ttl=0.0, jitter=0.0, stale_if_error=0.0)
+            [*misses, ("mem", mem)],
+            cache=CacheSettings(ttl=0.0, miss_ttl=0.0, jitter=0.0, stale_if_error=0.0),
         )
         cached = SearchPath([("mem", mem)], cache=CacheSettings(jitter=0.0))
         broken = SearchPath([("bad", failing)], breaker=BreakerSettings(enabled=False))

@@ -245,6 +245,7 @@ _env_file: Path | None = None
 _process_rate = 1.0  # the fraction of process-cache hits recorded
 _otel: Any = None  # credpath._otel's sink, when spans are on
 
+_pid = os.getpid()  # kept current across forks (register_at_fork below): getpid per event costs
 _HOST = socket.gethostname()
 try:
     _USER = getpass.getuser()
@@ -312,6 +313,8 @@ def _check_writable(target: Path) -> None:
 def enable() -> None:
     """Start recording with the current :data:`settings` (tests and :func:`configure`)."""
     global _on, _active, _unsubscribe, _limit, _process_rate, _otel
+    global _env_task
+    _env_task = (0.0, _NO_TASK)
     _limit = settings.queue_size
     _process_rate = 0.0 if settings.cached == "store" else settings.sample
     _on = settings.enabled
@@ -349,6 +352,10 @@ def flush(timeout: float = 5.0) -> None:
 _TASK_CONTEXT = "airflow.sdk.definitions._internal.contextmanager"
 _last_task: tuple[Any, tuple[Any, ...]] = (None, ())
 _NO_TASK: tuple[Any, ...] = (None, None, None, None, None)
+#: The AIRFLOW_CTX_* variables, read at most this often (seconds): reading the environment costs more
+#: than the rest of an event, and a process's variables change only when a task starts.
+_ENV_RECHECK = 1.0
+_env_task: tuple[float, tuple[Any, ...]] = (0.0, _NO_TASK)
 
 
 def _task() -> tuple[Any, ...]:
@@ -371,18 +378,25 @@ def _task() -> tuple[Any, ...]:
             found = _NO_TASK
         _last_task = (context, found)
         return found
+    global _env_task
+    now = time.monotonic()
+    if now < _env_task[0]:
+        return _env_task[1]
     env = os.environ
     dag = env.get("AIRFLOW_CTX_DAG_ID")
     if dag is None:
+        _env_task = (now + _ENV_RECHECK, _NO_TASK)
         return _NO_TASK
     try_number = env.get("AIRFLOW_CTX_TRY_NUMBER")
-    return (
+    found = (
         dag,
         env.get("AIRFLOW_CTX_TASK_ID"),
         env.get("AIRFLOW_CTX_DAG_RUN_ID"),
         int(try_number) if try_number and try_number.isdigit() else try_number,
         None,
     )
+    _env_task = (now + _ENV_RECHECK, found)
+    return found
 
 
 # --- recording -----------------------------------------------------------------------------------------
@@ -427,7 +441,7 @@ def _sink(context: _trace.LookupContext, event: _trace.Event) -> None:
                 tier,
                 version,
                 event.seconds,  # type: ignore[union-attr]
-                os.getpid(),
+                _pid,
                 _task(),
                 error,
                 getattr(event, "value", None),
@@ -484,7 +498,7 @@ def record(
             tier,
             version,
             seconds,
-            os.getpid(),
+            _pid,
             _task(),
             error,
             None if value is _NOTHING else value,
@@ -521,7 +535,7 @@ def timed(operation: str, kind: str, key: str, **fields: Any) -> Iterator[dict[s
 
 def _put(item: tuple[Any, ...]) -> None:
     writer = _writer
-    if writer is None or writer.pid != os.getpid():
+    if writer is None or writer.pid != _pid:
         writer = _start_writer()
     if len(_queue) >= _limit:
         _counts["dropped"] += 1
@@ -546,51 +560,68 @@ _start_lock = threading.Lock()
 
 
 def _event(item: tuple[Any, ...], key: bytes | None) -> dict[str, Any]:
-    (
-        stamp,
-        operation,
-        kind,
-        ident,
-        team,
-        outcome,
-        backend,
-        tier,
-        version,
-        seconds,
-        pid,
-        task,
-        error,
-        value,
-        facts,
-    ) = item
-    event: dict[str, Any] = {
-        "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        "operation": operation,
-        "kind": kind,
-        "id": ident,
-        "team": team,
-        "outcome": outcome,
-        "backend": backend,
-        "tier": tier,
-        "version": version,
-        "latency_ms": None if seconds is None else round(seconds * 1000.0, 3),
-        "host": _HOST,
-        "pid": pid,
-        "user": _USER,
-        "dag_id": task[0],
-        "task_id": task[1],
-        "run_id": task[2],
-        "try_number": task[3],
-        "map_index": task[4],
-    }
-    if error is not None:
-        event["error"] = error
-    if facts:
-        for name, fact in facts.items():
-            event.setdefault(name, fact)
-    if key is not None and value is not None:
-        event["fingerprint"] = fingerprint(value, key)
-    return event
+    """The event of a queued item, as a dict (the logger sink's ``credpath_audit`` record attribute)."""
+    return json.loads(_Formatter(key).line(item))  # type: ignore[no-any-return]
+
+
+class _Formatter:
+    """Queued items to JSON lines. In a hot loop the same id is read again and again: the JSON of the
+    fields that repeat (operation to version; the caller) is built once and reused, so that a line costs
+    little more than its time and latency."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.middle: dict[tuple[Any, ...], str] = {}
+        self.callers: dict[tuple[Any, ...], str] = {}
+        self.second = -1
+        self.second_text = ""
+
+    def line(self, item: tuple[Any, ...]) -> str:
+        (
+            stamp,
+            operation,
+            kind,
+            ident,
+            team,
+            outcome,
+            backend,
+            tier,
+            version,
+            seconds,
+            pid,
+            task,
+            error,
+            value,
+            facts,
+        ) = item
+        second = int(stamp)
+        if second != self.second:
+            self.second = second
+            self.second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        static = (operation, kind, ident, team, outcome, backend, tier, version)
+        middle = self.middle.get(static)
+        if middle is None:
+            if len(self.middle) > 10_000:
+                self.middle.clear()
+            fields = dict(zip(FIELDS[1:9], static, strict=True))
+            middle = self.middle[static] = json.dumps(fields, separators=(",", ":"))[1:-1]
+        caller = self.callers.get((pid, task))
+        if caller is None:
+            fields = {"host": _HOST, "pid": pid, "user": _USER, **dict(zip(FIELDS[13:], task, strict=True))}
+            caller = self.callers[(pid, task)] = json.dumps(fields, separators=(",", ":"), default=str)[1:-1]
+        latency = "null" if seconds is None else repr(round(seconds * 1000.0, 3))
+        micros = int((stamp - second) * 1e6)
+        text = f'{{"time":"{self.second_text}.{micros:06d}Z",{middle},"latency_ms":{latency},{caller}'
+        rest: dict[str, Any] = {}
+        if error is not None:
+            rest["error"] = error
+        if facts:
+            rest.update((name, fact) for name, fact in facts.items() if name not in FIELDS)
+        if self.key is not None and value is not None:
+            rest["fingerprint"] = fingerprint(value, self.key)
+        if rest:
+            return text + "," + json.dumps(rest, separators=(",", ":"), default=str)[1:]
+        return text + "}"
 
 
 def fingerprint(value: Any, key: bytes) -> str:
@@ -609,7 +640,7 @@ class _Writer:
     def __init__(self, chosen: AuditSettings, file: Path | None) -> None:
         self.pid = os.getpid()
         self.sinks = chosen.sinks
-        self.key = chosen.fingerprint_key
+        self.formatter = _Formatter(chosen.fingerprint_key)
         self.file = _RotatingFile(file, chosen.max_bytes, chosen.backups) if file is not None else None
         self.idle = threading.Event()
         self.last_drop_warning = 0.0
@@ -640,13 +671,13 @@ class _Writer:
 
     def write_batch(self) -> None:
         lines: list[str] = []
-        events: list[dict[str, Any]] = []
+        items: list[tuple[Any, ...]] = []
+        line = self.formatter.line
         while _queue and len(lines) < 1000:
             item = _queue.popleft()
             try:
-                event = _event(item, self.key)
-                lines.append(json.dumps(event, separators=(",", ":"), default=str))
-                events.append(event)
+                lines.append(line(item))
+                items.append(item)
             except Exception:
                 _counts["failed"] += 1
         if not lines:
@@ -659,8 +690,8 @@ class _Writer:
                 sys.stdout.write(text)
                 sys.stdout.flush()
             if "logger" in self.sinks:
-                for line, event in zip(lines, events, strict=True):
-                    audit_log.info("%s", line, extra={"credpath_audit": event})
+                for text_line in lines:
+                    audit_log.info("%s", text_line, extra={"credpath_audit": json.loads(text_line)})
         except Exception as exc:
             _counts["failed"] += len(lines)
             if not self.failing:
@@ -673,7 +704,7 @@ class _Writer:
             self.failing = False
             log.warning("the audit trail writes again")
         _counts["written"] += len(lines)
-        _INVENTORY.add(events)
+        _INVENTORY.add(items)
 
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -741,12 +772,13 @@ class _Inventory:
         self.lock = threading.Lock()
         self.ids: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def add(self, events: Iterable[Mapping[str, Any]]) -> None:
+    def add(self, items: Iterable[tuple[Any, ...]]) -> None:
         with self.lock:
-            for event in events:
-                if event["operation"] != "lookup" or event["outcome"] not in ("hit", "stale"):
-                    continue
-                add_read(self.ids, event)
+            for item in items:
+                if item[1] == "lookup" and item[5] in ("hit", "stale"):
+                    task = item[11]
+                    who = f"{task[0]}.{task[1]}" if task[0] else f"pid {item[10]}@{_HOST}"
+                    add_read(self.ids, item[2], item[3], item[0], item[7], task[0], who)
 
     def snapshot(self, now: float | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         with self.lock:
@@ -757,12 +789,19 @@ class _Inventory:
             self.ids.clear()
 
 
-def add_read(ids: dict[tuple[str, str], dict[str, Any]], event: Mapping[str, Any]) -> None:
-    """Count one read event into ``ids`` (also what ``credpath audit report`` does over a file)."""
-    stamp = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
-    row = ids.get((event["kind"], event["id"]))
+def add_read(
+    ids: dict[tuple[str, str], dict[str, Any]],
+    kind: str,
+    ident: str,
+    stamp: float,
+    tier: str,
+    dag: str | None,
+    who: str,
+) -> None:
+    """Count one read into ``ids`` (in memory here; over a file in ``credpath audit report``)."""
+    row = ids.get((kind, ident))
     if row is None:
-        row = ids[(event["kind"], event["id"])] = {
+        row = ids[(kind, ident)] = {
             "last": 0.0,
             "by": "",
             "tier": "",
@@ -771,20 +810,26 @@ def add_read(ids: dict[tuple[str, str], dict[str, Any]], event: Mapping[str, Any
             "dags": set(),
         }
     if stamp >= row["last"]:
-        who = (
-            f"{event['dag_id']}.{event['task_id']}"
-            if event.get("dag_id")
-            else f"pid {event['pid']}@{event['host']}"
-        )
-        row.update(last=stamp, by=who, tier=event["tier"])
+        row["last"], row["by"], row["tier"] = stamp, who, tier
     minute = int(stamp // 60)
-    row["minutes"][minute] += 1
-    if len(row["minutes"]) > 1500:  # keep a day
-        for old in [m for m in row["minutes"] if m < minute - 1440]:
-            del row["minutes"][old]
-    row["tiers"][event["tier"]] += 1
-    if event.get("dag_id"):
-        row["dags"].add(event["dag_id"])
+    minutes = row["minutes"]
+    minutes[minute] += 1
+    if len(minutes) > 1500:  # keep a day
+        for old in [m for m in minutes if m < minute - 1440]:
+            del minutes[old]
+    row["tiers"][tier] += 1
+    if dag:
+        row["dags"].add(dag)
+
+
+def add_event(ids: dict[tuple[str, str], dict[str, Any]], event: Mapping[str, Any]) -> None:
+    """Count one event of an audit file (a read, else nothing) into ``ids``."""
+    if event.get("operation") != "lookup" or event.get("outcome") not in ("hit", "stale"):
+        return
+    stamp = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+    dag = event.get("dag_id")
+    who = f"{dag}.{event.get('task_id')}" if dag else f"pid {event.get('pid')}@{event.get('host')}"
+    add_read(ids, event["kind"], event["id"], stamp, event.get("tier") or "", dag, who)
 
 
 def summarize(
@@ -820,9 +865,16 @@ def _at_exit() -> None:
         flush(2.0)
 
 
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
 import atexit  # noqa: E402
 
 atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def prefetch_facts(report: Any, ids: Iterable[str]) -> dict[str, Any]:
