@@ -266,6 +266,16 @@ def setup(
 
     The settings builder's hook: :meth:`AuditSettings.from_mapping` (the table), ``.with_env`` (the
     variables), then :func:`configure`."""
+    env = os.environ if env is None else env
+    chosen = read_settings(path, env, default_file=default_file)
+    configure(chosen, env)
+    return chosen
+
+
+def read_settings(
+    path: str | Path | None, env: Mapping[str, str], *, default_file: bool = True
+) -> AuditSettings:
+    """The settings of ``[audit]`` in the credpath.toml at ``path`` overlaid with ``CREDPATH_AUDIT_*``."""
     from credpath.config import config_path, read_toml
 
     env = os.environ if env is None else env
@@ -277,7 +287,6 @@ def setup(
     if base.path is not None and file is not None and not base.path.is_absolute():
         base = replace(base, path=file.parent / base.path)
     chosen = base.with_env(env)
-    configure(chosen, env)
     return chosen
 
 
