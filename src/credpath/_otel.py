@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from credpath._lookup import trace as _trace
@@ -48,7 +49,7 @@ class Spans:
 
         self.trace = trace
         self.tracer = trace.get_tracer("credpath")
-        self.error_status = lambda description: Status(StatusCode.ERROR, description)
+        self.error_status: Callable[[str], Any] = lambda description: Status(StatusCode.ERROR, description)
         self.local = threading.local()
 
     def _state(self, context: _trace.LookupContext) -> dict[str, Any]:

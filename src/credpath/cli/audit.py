@@ -195,7 +195,7 @@ def report_command(state: State, unused_days: int, many_dags: int, as_json: bool
     cutoff = now - unused_days * 86400
     unused: list[dict[str, Any]] = []
     for kind in ("connection", "variable"):
-        listing = state.search_path.list_ids(kind)  # type: ignore[arg-type]
+        listing = state.search_path.list_ids(kind)
         for ident, backends in sorted(listing.found.items()):
             row = summary.get((kind, ident))
             if row is None or row["last_read"] < cutoff:
