@@ -38,8 +38,6 @@ def test_access_view_lists_reads_and_per_id_summary(client: TestClient) -> None:
     assert_no_secret(page.text)
     assert '<tr data-id="db"><td>db</td><td>connection</td>' in page.text
     assert "etl.load" in page.text and "store 1, process 1" in page.text  # the first read, then the cache
-        "store 1, process 1", "process 1, store 1"
-    )
     filtered = client.get("/access", params={"outcome": "miss"})
     assert "absent" in filtered.text.split("Recent events")[1]
     assert "<td>db</td>" not in filtered.text.split("Recent events")[1]
