@@ -23,6 +23,7 @@ Sinks: ``file`` (JSON lines, rotated by size, safe with many processes appending
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import getpass
@@ -559,6 +560,9 @@ def _start_writer() -> _Writer:
         if _writer is None or _writer.pid != os.getpid():
             _queue.clear()  # a forked child does not write its parent's events twice
             _writer = _Writer(settings, _env_file)
+            # Registered by each process that writes: Airflow's task runner forks, clears the atexit
+            # handlers it inherited, and runs only those registered after the fork.
+            atexit.register(_at_exit)
     return _writer
 
 
@@ -879,9 +883,6 @@ def _forked() -> None:
     _pid = os.getpid()
 
 
-import atexit  # noqa: E402
-
-atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
