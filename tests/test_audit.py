@@ -427,3 +427,13 @@ def test_cli_with_audit_writes_the_lookup(tmp_path: Path) -> None:
         "x",
         "miss",
     )
+
+
+def test_failures_and_drops_are_in_the_metrics(trail: Trail, monkeypatch: pytest.MonkeyPatch) -> None:
+    from credpath import metrics
+
+    monkeypatch.setattr(_audit._RotatingFile, "write", lambda self, data: 1 / 0)
+    _audit.record("write", "variable", "v", "ok")
+    _audit.flush()
+    body = metrics.prometheus_text()[0].decode()
+    assert 'credpath_audit_events_total{fate="failed"} 1.0' in body
