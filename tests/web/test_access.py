@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from credpath import _audit
+from credpath import _audit, metrics
 from credpath.search_path import SearchPath
 from credpath.web import access
 from credpath.web.app import create_app
@@ -30,6 +30,8 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     app = create_app(path)
     access.register(app, path=trail)
     yield TestClient(app)
+    metrics.disable()  # create_app turned counting on
+    metrics.reset()
 
 
 def test_access_view_lists_reads_and_per_id_summary(client: TestClient) -> None:
