@@ -590,41 +590,31 @@ class _Formatter:
         self.second_text = ""
 
     def line(self, item: tuple[Any, ...]) -> str:
-        (
-            stamp,
-            operation,
-            kind,
-            ident,
-            team,
-            outcome,
-            backend,
-            tier,
-            version,
-            seconds,
-            pid,
-            task,
-            error,
-            value,
-            facts,
-        ) = item
+        stamp = item[0]
         second = int(stamp)
         if second != self.second:
             self.second = second
             self.second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        static = (operation, kind, ident, team, outcome, backend, tier, version)
+        static = item[1:9]  # operation, kind, id, team, outcome, backend, tier, version
         middle = self.middle.get(static)
         if middle is None:
             if len(self.middle) > 10_000:
                 self.middle.clear()
             fields = dict(zip(FIELDS[1:9], static, strict=True))
             middle = self.middle[static] = json.dumps(fields, separators=(",", ":"))[1:-1]
-        caller = self.callers.get((pid, task))
+        caller_key = item[10:12]  # pid, task
+        caller = self.callers.get(caller_key)
         if caller is None:
+            pid, task = caller_key
             fields = {"host": _HOST, "pid": pid, "user": _USER, **dict(zip(FIELDS[13:], task, strict=True))}
-            caller = self.callers[(pid, task)] = json.dumps(fields, separators=(",", ":"), default=str)[1:-1]
-        latency = "null" if seconds is None else repr(round(seconds * 1000.0, 3))
+            caller = self.callers[caller_key] = json.dumps(fields, separators=(",", ":"), default=str)[1:-1]
+        seconds = item[9]
+        latency = "null" if seconds is None else f"{seconds * 1000.0:.3f}"
         micros = int((stamp - second) * 1e6)
         text = f'{{"time":"{self.second_text}.{micros:06d}Z",{middle},"latency_ms":{latency},{caller}'
+        error, value, facts = item[12], item[13], item[14]
+        if error is None and facts is None and (value is None or self.key is None):
+            return text + "}"
         rest: dict[str, Any] = {}
         if error is not None:
             rest["error"] = error
@@ -786,12 +776,21 @@ class _Inventory:
         self.ids: dict[tuple[str, str], dict[str, Any]] = {}
 
     def add(self, items: Iterable[tuple[Any, ...]]) -> None:
+        # A batch from a hot loop is mostly one id read again and again: count per group, then add.
+        groups: collections.Counter[tuple[Any, ...]] = collections.Counter()
+        last: dict[tuple[Any, ...], float] = {}
+        for item in items:
+            if item[1] == "lookup" and (item[5] == "hit" or item[5] == "stale"):
+                group = (item[2], item[3], int(item[0] // 60), item[7], item[10], item[11])
+                groups[group] += 1
+                last[group] = item[0]
+        if not groups:
+            return
         with self.lock:
-            for item in items:
-                if item[1] == "lookup" and item[5] in ("hit", "stale"):
-                    task = item[11]
-                    who = f"{task[0]}.{task[1]}" if task[0] else f"pid {item[10]}@{_HOST}"
-                    add_read(self.ids, item[2], item[3], item[0], item[7], task[0], who)
+            for group, count in groups.items():
+                kind, ident, _minute, tier, pid, task = group
+                who = f"{task[0]}.{task[1]}" if task[0] else f"pid {pid}@{_HOST}"
+                add_read(self.ids, kind, ident, last[group], tier, task[0], who, count)
 
     def snapshot(self, now: float | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         with self.lock:
@@ -810,8 +809,9 @@ def add_read(
     tier: str,
     dag: str | None,
     who: str,
+    count: int = 1,
 ) -> None:
-    """Count one read into ``ids`` (in memory here; over a file in ``credpath audit report``)."""
+    """Count ``count`` reads into ``ids`` (in memory here; over a file in ``credpath audit report``)."""
     row = ids.get((kind, ident))
     if row is None:
         row = ids[(kind, ident)] = {
@@ -826,11 +826,11 @@ def add_read(
         row["last"], row["by"], row["tier"] = stamp, who, tier
     minute = int(stamp // 60)
     minutes = row["minutes"]
-    minutes[minute] += 1
+    minutes[minute] += count
     if len(minutes) > 1500:  # keep a day
         for old in [m for m in minutes if m < minute - 1440]:
             del minutes[old]
-    row["tiers"][tier] += 1
+    row["tiers"][tier] += count
     if dag:
         row["dags"].add(dag)
 
