@@ -3,11 +3,15 @@
 Variants, each timing ``get_connection`` and ``get_variable`` on a process-cache hit (the hot path):
 
 - ``off``: auditing off (the hot path's one test of "does anything listen");
-- ``store``: ``[audit] cached = "store"`` (process-cache hits not recorded: the lookup's trace still runs);
-- ``file``: ``[audit] enabled``, file sink, every hit recorded (the default ``cached = "all"``);
-- ``file sample=0.01``: every hit traced, one in a hundred recorded;
-- ``file+otel``: the file sink and a span per hit (the SDK's tracer provider, spans dropped by a no-op
-  processor: the cost of building them, not of exporting them).
+- ``trace only``: a subscriber that does nothing (what any subscriber, metrics included, makes a cached
+  hit pay: the lookup's trace);
+- ``file (default)``: ``[audit] enabled``, file sink, ``cached = "store"``: a repeated process-cache hit
+  is traced and checked, not recorded;
+- ``file cached=all``: every hit recorded;
+- ``file all 0.01``: ``cached = "all"``, ``sample = 0.01``: one repeated hit in a hundred recorded;
+- ``file+otel`` / ``file all+otel``: the same with a span per lookup (the SDK's tracer provider, spans
+  dropped by a no-op processor: the cost of building them, not of exporting them). Spans follow the
+  OpenTelemetry sampler, not ``cached``: every lookup is one.
 
 Each variant is timed in rounds interleaved with the others (load that changes during the run weighs on
 every variant alike); the figure is the best round's µs per call (the least disturbed by other processes),
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from credpath import _audit
+from credpath._lookup import trace as _trace
 from credpath.protocol import BaseBackend
 from credpath.search_path import SearchPath
 
@@ -56,10 +61,13 @@ def _variants(folder: Path) -> dict[str, _audit.AuditSettings]:
     file = folder / "audit.jsonl"
     return {
         "off": _audit.AuditSettings(),
-        "store": _audit.AuditSettings(enabled=True, path=file, cached="store"),
-        "file": _audit.AuditSettings(enabled=True, path=file, queue_size=1_000_000),
-        "file sample=0.01": _audit.AuditSettings(enabled=True, path=file, sample=0.01),
-        "file+otel": _audit.AuditSettings(enabled=True, path=file, otel=True, queue_size=1_000_000),
+        "file (default)": _audit.AuditSettings(enabled=True, path=file),
+        "file cached=all": _audit.AuditSettings(enabled=True, path=file, cached="all", queue_size=1_000_000),
+        "file all 0.01": _audit.AuditSettings(enabled=True, path=file, cached="all", sample=0.01),
+        "file+otel": _audit.AuditSettings(enabled=True, path=file, otel=True),
+        "file all+otel": _audit.AuditSettings(
+            enabled=True, path=file, cached="all", otel=True, queue_size=1_000_000
+        ),
     }
 
 
@@ -99,20 +107,26 @@ def main() -> None:
             "get_variable": lambda: path.get_variable("region"),
         }
         samples: dict[tuple[str, str], list[float]] = {(v, c): [] for v in variants for c in calls}
+        names = ["off", "trace only", *list(variants)[1:]]
+        samples.update({("trace only", c): [] for c in calls})
         for _ in range(args.rounds):
-            for name, settings in variants.items():
+            for name in names:
                 _audit.configure(_audit.AuditSettings())
-                _audit.configure(settings)
+                unsubscribe = _trace.subscribe(lambda context, event: None) if name == "trace only" else None
+                if name in variants:
+                    _audit.configure(variants[name])
                 for call_name, call in calls.items():
                     _time(call, 1000)  # warm
                     samples[(name, call_name)].append(_time(call, args.calls))
+                if unsubscribe is not None:
+                    unsubscribe()
                 _audit.flush(60.0)
         dropped = _audit.counters().get("dropped", 0)
         _audit.configure(_audit.AuditSettings())
     rows = []
     for call_name in calls:
         base = min(samples[("off", call_name)])
-        for name in variants:
+        for name in names:
             best = min(samples[(name, call_name)])
             rows.append(
                 {

@@ -51,7 +51,7 @@ def _reset() -> None:
 def trail(tmp_path: Path):
     _reset()
     path = tmp_path / "audit" / "audit.jsonl"
-    _audit.configure(_audit.AuditSettings(enabled=True, path=path))
+    _audit.configure(_audit.AuditSettings(enabled=True, path=path, cached="all"))
     yield Trail(path)
     _reset()
 
@@ -257,10 +257,22 @@ def test_cached_store_skips_process_hits_and_sample_thins_them(tmp_path: Path) -
         for _ in range(10):
             sp.get_variable("v")
         assert [e["tier"] for e in Trail(path).events()] == ["store"]
-        _audit.configure(_audit.AuditSettings(enabled=True, path=path, sample=0.25))
+        # Another task in this process: its first read is recorded though the cache answers it.
+        module = types.ModuleType(_audit._TASK_CONTEXT)
+        ti = types.SimpleNamespace(dag_id="etl", task_id="t2", run_id="r", try_number=1, map_index=-1)
+        module._CURRENT_CONTEXT = [{"ti": ti}]  # type: ignore[attr-defined]
+        sys.modules[_audit._TASK_CONTEXT] = module
+        try:
+            for _ in range(10):
+                sp.get_variable("v")
+        finally:
+            del sys.modules[_audit._TASK_CONTEXT]
+        events = Trail(path).events()
+        assert [(e["tier"], e["task_id"]) for e in events] == [("store", None), ("process", "t2")]
+        _audit.configure(_audit.AuditSettings(enabled=True, path=path, cached="all", sample=0.25))
         for _ in range(2000):
             sp.get_variable("v")
-        recorded = len(Trail(path).events()) - 1
+        recorded = len(Trail(path).events()) - 2 - 1  # less the above, and this task's first read
         assert 300 < recorded < 700
         assert _audit.counters()["sampled_out"] >= 1300
     finally:
@@ -333,7 +345,9 @@ def test_a_slow_disk_never_blocks_a_lookup(
 
     monkeypatch.setattr(_audit._RotatingFile, "write", slow)
     try:
-        _audit.configure(_audit.AuditSettings(enabled=True, path=tmp_path / "a.jsonl", queue_size=50))
+        _audit.configure(
+            _audit.AuditSettings(enabled=True, path=tmp_path / "a.jsonl", cached="all", queue_size=50)
+        )
         sp = path_of(("mem", MemoryBackend(variables={"v": "1"})))
         with caplog.at_level(logging.WARNING, logger="credpath.auditing"):
             started = time.perf_counter()

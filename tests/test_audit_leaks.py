@@ -77,7 +77,12 @@ def test_no_secret_in_100k_events_and_spans(tmp_path: Path, caplog: Any) -> None
     _audit.configure(_audit.AuditSettings())
     _audit.configure(
         _audit.AuditSettings(
-            enabled=True, path=path, otel=True, queue_size=200_000, fingerprint_key=b"deployment-key"
+            enabled=True,
+            path=path,
+            otel=True,
+            cached="all",
+            queue_size=200_000,
+            fingerprint_key=b"deployment-key",
         )
     )
     exporter = otel_exporter.install()

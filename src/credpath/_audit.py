@@ -98,9 +98,11 @@ class AuditSettings:
     path: Path | None = None
     max_bytes: int = 50 * 1024 * 1024
     backups: int = 5
-    #: "all": every lookup an event; "store": process-cache hits are not recorded.
-    cached: str = "all"
-    #: With cached="all", the fraction of process-cache hits recorded (hot loops); the rest are counted.
+    #: "store" (default): reads that left the process (shared, store, stale tiers), and each task's first
+    #: read of an id even from the process cache; its repeats from the process cache are not recorded.
+    #: "all": every lookup, process-cache hits included.
+    cached: str = "store"
+    #: With cached="all", the fraction of repeated process-cache hits recorded (hot loops); the rest counted.
     sample: float = 1.0
     queue_size: int = 10_000
     #: OpenTelemetry spans (needs the ``otel`` extra).
@@ -243,7 +245,8 @@ _writer: _Writer | None = None
 _local = threading.local()
 _counts: collections.Counter[str] = collections.Counter()
 _env_file: Path | None = None
-_process_rate = 1.0  # the fraction of process-cache hits recorded
+_process_rate = 0.0  # the fraction of repeated process-cache hits recorded
+_seen: set[tuple[Any, ...]] = set()  # (kind, id, team, task) recorded once: a task's first read
 _otel: Any = None  # credpath._otel's sink, when spans are on
 
 _pid = os.getpid()  # kept current across forks (register_at_fork below): getpid per event costs
@@ -325,6 +328,7 @@ def enable() -> None:
     global _on, _active, _unsubscribe, _limit, _process_rate, _otel
     global _env_task
     _env_task = (0.0, _NO_TASK)
+    _seen.clear()
     _limit = settings.queue_size
     _process_rate = 0.0 if settings.cached == "store" else settings.sample
     _on = settings.enabled
@@ -435,10 +439,19 @@ def _sink(context: _trace.LookupContext, event: _trace.Event) -> None:
             _otel.lookup(context, event, outcome, source, version, error)
         if not _on:
             return
-        if tier == "process" and _process_rate < 1.0 and outcome != "error":
-            if _process_rate == 0.0 or random.random() >= _process_rate:
-                _counts["sampled_out"] += 1
-                return
+        task = _task()
+        if _process_rate < 1.0 and outcome != "error":
+            # A task's first read of an id is always recorded, even from a cache it did not fill (a
+            # forked parent's, a prefetch); its repeats are what cached="store" and sample leave out.
+            seen = (context.kind, context.key, context.team, task)
+            if seen in _seen:
+                if tier == "process" and (_process_rate == 0.0 or random.random() >= _process_rate):
+                    _counts["sampled_out"] += 1
+                    return
+            else:
+                if len(_seen) >= 100_000:
+                    _seen.clear()
+                _seen.add(seen)
         _put(
             (
                 time.time(),
@@ -452,7 +465,7 @@ def _sink(context: _trace.LookupContext, event: _trace.Event) -> None:
                 version,
                 event.seconds,  # type: ignore[union-attr]
                 _pid,
-                _task(),
+                task,
                 error,
                 getattr(event, "value", None),
                 None,

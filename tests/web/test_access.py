@@ -18,7 +18,7 @@ from tests.memory_backend import MemoryBackend
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     trail = tmp_path / "trail.jsonl"
-    _audit.configure(_audit.AuditSettings(enabled=True, path=trail))
+    _audit.configure(_audit.AuditSettings(enabled=True, path=trail, cached="all"))
     path = SearchPath([("mem", MemoryBackend(connections={"db": "postgres://u:s3cr3t-pw@h/d"}))])
     monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "etl")
     monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "load")
