@@ -26,14 +26,9 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import getpass
-import hashlib
-import hmac
 import json
 import logging
 import os
-import random
-import socket
 import sys
 import threading
 import time
@@ -249,12 +244,33 @@ _process_rate = 0.0  # the fraction of repeated process-cache hits recorded
 _seen: set[tuple[Any, ...]] = set()  # (kind, id, team, task) recorded once: a task's first read
 _otel: Any = None  # credpath._otel's sink, when spans are on
 
+
+def _random() -> float:
+    global _random
+    import random
+
+    _random = random.random  # imported when first sampled
+    return random.random()
+
+
 _pid = os.getpid()  # kept current across forks (register_at_fork below): getpid per event costs
-_HOST = socket.gethostname()
-try:
-    _USER = getpass.getuser()
-except Exception:  # no passwd entry (a container's arbitrary uid)
-    _USER = str(os.getuid()) if hasattr(os, "getuid") else ""
+_identity: tuple[str, str] | None = None
+
+
+def identity() -> tuple[str, str]:
+    """(host, user) of this process, looked up once (imported on first use: ``import credpath`` pays
+    nothing for them)."""
+    global _identity
+    if _identity is None:
+        import getpass
+        import socket
+
+        try:
+            user = getpass.getuser()
+        except Exception:  # no passwd entry (a container's arbitrary uid)
+            user = str(os.getuid()) if hasattr(os, "getuid") else ""
+        _identity = (socket.gethostname(), user)
+    return _identity
 
 
 def counters() -> dict[str, int]:
@@ -445,7 +461,7 @@ def _sink(context: _trace.LookupContext, event: _trace.Event) -> None:
             # forked parent's, a prefetch); its repeats are what cached="store" and sample leave out.
             seen = (context.kind, context.key, context.team, task)
             if seen in _seen:
-                if tier == "process" and (_process_rate == 0.0 or random.random() >= _process_rate):
+                if tier == "process" and (_process_rate == 0.0 or _random() >= _process_rate):
                     _counts["sampled_out"] += 1
                     return
             else:
@@ -619,7 +635,8 @@ class _Formatter:
         caller = self.callers.get(caller_key)
         if caller is None:
             pid, task = caller_key
-            fields = {"host": _HOST, "pid": pid, "user": _USER, **dict(zip(FIELDS[13:], task, strict=True))}
+            host, user = identity()
+            fields = {"host": host, "pid": pid, "user": user, **dict(zip(FIELDS[13:], task, strict=True))}
             caller = self.callers[caller_key] = json.dumps(fields, separators=(",", ":"), default=str)[1:-1]
         seconds = item[9]
         latency = "null" if seconds is None else f"{seconds * 1000.0:.3f}"
@@ -647,6 +664,9 @@ def fingerprint(value: Any, key: bytes) -> str:
         text = json.dumps(to_dict(include_conn_id=False), sort_keys=True, default=str)
     else:
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    import hashlib
+    import hmac
+
     return "hmac-sha256:" + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -802,7 +822,7 @@ class _Inventory:
         with self.lock:
             for group, count in groups.items():
                 kind, ident, _minute, tier, pid, task = group
-                who = f"{task[0]}.{task[1]}" if task[0] else f"pid {pid}@{_HOST}"
+                who = f"{task[0]}.{task[1]}" if task[0] else f"pid {pid}@{identity()[0]}"
                 add_read(self.ids, kind, ident, last[group], tier, task[0], who, count)
 
     def snapshot(self, now: float | None = None) -> dict[tuple[str, str], dict[str, Any]]:

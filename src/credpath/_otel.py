@@ -157,14 +157,15 @@ def _attributes(
     """The audit event's fields as span attributes (``credpath.*``; the caller's: ``credpath.caller.*``)."""
     from credpath import _audit
 
+    host, user = _audit.identity()
     attributes: dict[str, Any] = {
         "credpath.operation": operation,
         "credpath.kind": kind,
         "credpath.id": key,
         "credpath.outcome": outcome,
-        "credpath.caller.host": _audit._HOST,
+        "credpath.caller.host": host,
         "credpath.caller.pid": os.getpid(),
-        "credpath.caller.user": _audit._USER,
+        "credpath.caller.user": user,
     }
     for name, value in (("team", team), ("backend", backend), ("tier", tier), ("version", version)):
         if value is not None:
