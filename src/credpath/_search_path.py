@@ -17,6 +17,7 @@ from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
+from credpath import _audit
 from credpath._cache import ABSENT, CacheSettings, TTLCache
 from credpath._config import BackendSpec, Settings
 from credpath._lookup import listing, prefetch, tiers, writes
@@ -198,7 +199,7 @@ class SearchPath(LookupState):
         if found is not ABSENT:  # a process-tier hit: no trace; subscribers hear only that it ended
             if context is not None:
                 context.tier = "process"
-                context.done("missing" if found is _MISS else "found")
+                context.done(*(("missing", None) if found is _MISS else ("found", found.value)))
             return None if found is _MISS else found
         if context is None:
             return tiers.lookup(self, LookupContext(kind, key, team_name))
@@ -207,7 +208,7 @@ class SearchPath(LookupState):
         except BaseException:
             context.done("error")
             raise
-        context.done("missing" if resolution is None else "found")
+        context.done(*(("missing", None) if resolution is None else ("found", resolution.value)))
         return resolution
 
     def explain(
@@ -251,10 +252,14 @@ class SearchPath(LookupState):
         reports: dict[Kind, PrefetchReport] = {}
         kinds: tuple[tuple[Kind, Sequence[str]], ...] = (("connection", connections), ("variable", variables))
         for kind, ids in kinds:
-            if ids:
-                reports[kind] = prefetch.prefetch_ids(self, kind, list(dict.fromkeys(ids)), team_name)
-            elif prefix:
-                reports[kind] = prefetch.prefetch_prefix(self, kind, team_name)
+            if not ids and not prefix:
+                continue
+            with _audit.timed("prefetch", kind, "*", team=team_name) as audit:  # one event per batch
+                if ids:
+                    reports[kind] = prefetch.prefetch_ids(self, kind, list(dict.fromkeys(ids)), team_name)
+                else:
+                    reports[kind] = prefetch.prefetch_prefix(self, kind, team_name)
+                audit.update(_audit.prefetch_facts(reports[kind], ids))
         return reports
 
     # --- writes ------------------------------------------------------------------------------------

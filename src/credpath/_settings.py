@@ -90,7 +90,7 @@ _PATTERN_KEYS: dict[str, Kind] = {
     "config_lookup_pattern": "config",
 }
 _BACKEND_KEYS = {"name", "type", "kwargs", "on_error", *_PATTERN_KEYS}
-_TOP_LEVEL = ("backends", "cache", "circuit_breaker")
+_TOP_LEVEL = ("backends", "cache", "circuit_breaker", "audit")  # audit: read by credpath._audit
 _NO_SHARED = ("", "off", "none", "false")
 
 
@@ -718,7 +718,11 @@ def search_path_from_config(
     backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SearchPath:
     """Load the settings and build their search path: what the CLI, the API and the web app call."""
-    return build_search_path(load_settings(path, env), backend_kwargs=backend_kwargs)
+    from credpath import _audit
+
+    settings = load_settings(path, env)
+    _audit.setup(settings.config_file, env)  # [audit] and CREDPATH_AUDIT_*: bad input fails here
+    return build_search_path(settings, backend_kwargs=backend_kwargs)
 
 
 def settings_of(search_path: Any) -> Settings | None:

@@ -108,6 +108,9 @@ def _build_search_path(
     if overrides:
         settings = replace(settings, backends=tuple(route_overrides(list(settings.backends), overrides)))
     path = build_search_path(settings)
+    from credpath import _audit
+
+    _audit.setup(settings.config_file, clean_env, default_file=False)  # [audit] of the file it read
     _prepare(path)
     return path
 

@@ -257,6 +257,16 @@ class _Collector:
             buckets.append(("+Inf", counts[-1]))
             histogram.add_metric(list(latency_labels), buckets, counts[-2])
         yield histogram
+        from credpath import _audit
+
+        family = CounterMetricFamily(
+            "credpath_audit_events",
+            "Audit events by fate: written, dropped (queue full), failed (a sink raised), sampled_out.",
+            labels=["fate"],
+        )
+        for fate, n in sorted(_audit.counters().items()):
+            family.add_metric([fate], n)
+        yield family
         for event in ("login", "renewal"):
             family = CounterMetricFamily(
                 f"credpath_{event}s", f"Vault {event} requests, by backend.", labels=["backend"]

@@ -105,6 +105,13 @@ class Done(NamedTuple):
     tier: str
     result: str
     seconds: float
+    #: The value served (for a keyed fingerprint in the audit trail only): never in the repr.
+    value: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Done(kind={self.kind!r}, tier={self.tier!r}, result={self.result!r}, seconds={self.seconds!r})"
+        )
 
 
 Event: TypeAlias = Attempt | StoreCall | Retry | Rejected | Served | Done
@@ -187,10 +194,10 @@ class LookupContext:
         if self.live:
             self.emit(Served(tier, source, **facts))
 
-    def done(self, result: str) -> None:
+    def done(self, result: str, value: Any = None) -> None:
         """End of a lookup: one :class:`Done` for the subscribers (``explain`` has no use for it)."""
         if self.sinks:
-            self.emit(Done(self.kind, self.tier, result, time.perf_counter() - self.started))
+            self.emit(Done(self.kind, self.tier, result, time.perf_counter() - self.started, value))
 
     def attempts(self) -> list[Attempt]:
         return [e for e in self.events or () if isinstance(e, Attempt)]

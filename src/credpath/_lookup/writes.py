@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from credpath import _audit
 from credpath._lookup.model import Entry
 from credpath._lookup.state import LookupState
 from credpath.errors import ConfigError, ReadOnlyBackend
@@ -60,6 +61,9 @@ def set_connection(
         "connection",
         conn.conn_id,
         lambda: backend.set_connection(conn, overwrite=overwrite, **options),
+        backend=entry.name,
+        team=team_name,
+        value=conn,
     )
     return entry.name
 
@@ -73,7 +77,15 @@ def set_variable(
     entry = writable_backend(state, to, "set_variable")
     backend: Any = entry.backend
     team = team_kwargs(entry, backend.set_variable, team_name)
-    written(state, "variable", key, lambda: backend.set_variable(key, value, overwrite=overwrite, **team))
+    written(
+        state,
+        "variable",
+        key,
+        lambda: backend.set_variable(key, value, overwrite=overwrite, **team),
+        backend=entry.name,
+        team=team_name,
+        value=value,
+    )
     return entry.name
 
 
@@ -82,15 +94,19 @@ def delete(state: LookupState, kind: Kind, key: str, to: str | None) -> str | No
     entry = writable_backend(state, to, f"delete_{kind}")
     backend: Any = entry.backend
     method = backend.delete_connection if kind == "connection" else backend.delete_variable
-    deleted = written(state, kind, key, lambda: method(key))
+    deleted = written(state, kind, key, lambda: method(key), operation="delete", backend=entry.name)
     return entry.name if deleted else None
 
 
-def written(state: LookupState, kind: Any, key: str, write: Callable[[], Any]) -> Any:
-    """Run ``write`` and forget ``key`` in both tiers, one write at a time."""
-    with state._write_lock:
+def written(state: LookupState, kind: Any, key: str, write: Callable[[], Any], **audit: Any) -> Any:
+    """Run ``write`` and forget ``key`` in both tiers, one write at a time; one audit event (``audit``:
+    operation, backend, team, value: :func:`credpath._audit.timed`)."""
+    operation = audit.pop("operation", "write")
+    with _audit.timed(operation, kind, key, **audit) as event, state._write_lock:
         result = write()
         state.invalidate(kind, key)
+        if operation == "delete" and not result:
+            event["outcome"] = "miss"
     return result
 
 

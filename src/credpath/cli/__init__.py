@@ -170,4 +170,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on `cli`.
-from credpath.cli import cache, connections, migrate, misc, variables, web  # noqa: E402, F401
+from credpath.cli import audit, cache, connections, migrate, misc, variables, web  # noqa: E402, F401
