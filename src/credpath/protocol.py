@@ -398,7 +398,8 @@ class BaseBackend:
 
     def use_shared_state(self, state: Any) -> None:
         """With a shared cache tier the search path hands each backend a shared-state handle
-        (``credpath._shared_cache.SharedState``: get/put with a TTL) for non-secret facts every process would rediscover (a Vault KV version)."""
+        (``credpath._shared_cache.SharedState``: get/put with a TTL) for non-secret facts every process
+        would rediscover (a Vault KV version)."""
 
     def check(self) -> str:
         """Reachability/auth check for ``credpath backends check``; raise BackendError on failure."""
