@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from credpath import _audit, metrics
 from credpath._search_path import SearchPath
-from credpath.web import access
 from credpath.web.app import create_app
 from tests.conftest import assert_no_secret
 from tests.memory_backend import MemoryBackend
@@ -26,10 +25,9 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path.get_connection("db")
     path.get_variable("absent", None)
     _audit.flush()
-    _audit.configure(_audit.AuditSettings())
-    app = create_app(path)
-    access.register(app, path=trail)
+    app = create_app(path)  # its /access page reads the configured trail
     yield TestClient(app)
+    _audit.configure(_audit.AuditSettings())
     metrics.disable()  # create_app turned counting on
     metrics.reset()
 

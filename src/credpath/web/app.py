@@ -221,6 +221,10 @@ def create_app(
     def healthz() -> Response:
         return Response("ok\n", media_type="text/plain")
 
+    from credpath.web import access
+
+    access.register(app, title=title)  # GET /access: who read what, from the audit trail
+
     if token is not None:
 
         @app.get("/login", response_class=HTMLResponse)
