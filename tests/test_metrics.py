@@ -272,3 +272,18 @@ def test_retries_are_not_counted_while_metrics_are_off() -> None:
     trace.note_retry()  # no call in progress
     sp.get_variable("a")
     assert metrics.snapshot()["retries"] == {}
+
+
+def test_lease_events_are_prometheus_families() -> None:
+    from credpath import metrics
+
+    metrics.enable()
+    try:
+        metrics.auth_event("lease_mint", "pg")
+        metrics.auth_event("lease_revocation", "pg")
+        text = metrics.prometheus_text()[0].decode()
+    finally:
+        metrics.disable()
+        metrics.reset()
+    assert 'credpath_lease_mints_total{backend="pg"} 1.0' in text
+    assert 'credpath_lease_revocations_total{backend="pg"} 1.0' in text

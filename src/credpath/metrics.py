@@ -138,8 +138,20 @@ def breaker_rejected(backend: str) -> None:
         _rejected[backend] += 1
 
 
+#: Counted authentication and lease events, each a Prometheus family ``credpath_<event>s``.
+_AUTH_FAMILIES = {
+    "login": "Vault login requests, by backend.",
+    "renewal": "Vault renewal requests, by backend.",
+    "lease_mint": "Leased credentials minted (a database user, STS keys), by backend.",
+    "lease_renewal": "Lease renewals granted, by backend.",
+    "lease_revocation": "Leases revoked (process exit, task end, on demand), by backend.",
+    "lease_expiration": "Leases that expired before they could be renewed or revoked, by backend.",
+    "lease_failure": "Failed lease operations (mint, renew or revoke), by backend.",
+}
+
+
 def auth_event(event: str, backend: str) -> None:
-    """A Vault ``login`` or ``renewal`` request (hook in the Vault backend)."""
+    """A Vault ``login`` or ``renewal`` request, or a lease event (``_AUTH_FAMILIES``)."""
     with _lock:
         _auth[(event, backend)] += 1
     if _stats is not None:
@@ -267,10 +279,8 @@ class _Collector:
         for fate, n in sorted(_audit.counters().items()):
             family.add_metric([fate], n)
         yield family
-        for event in ("login", "renewal"):
-            family = CounterMetricFamily(
-                f"credpath_{event}s", f"Vault {event} requests, by backend.", labels=["backend"]
-            )
+        for event, help_text in _AUTH_FAMILIES.items():
+            family = CounterMetricFamily(f"credpath_{event}s", help_text, labels=["backend"])
             for (kind, name), n in sorted(auth.items()):
                 if kind == event:
                     family.add_metric([name], n)
