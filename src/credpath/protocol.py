@@ -412,6 +412,11 @@ class BaseBackend:
         """A one-line description safe to print (no tokens, no passwords)."""
         return self.alias or type(self).__name__
 
+    def lease_detail(self, conn_id: str) -> str | None:
+        """For a lease source: the lease behind ``conn_id`` (id prefix, TTL left, renewals; never a
+        secret), shown by ``explain``. None for stores that hand out stored values."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 

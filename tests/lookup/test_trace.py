@@ -411,3 +411,14 @@ def test_a_retry_inside_a_store_call_on_another_context_reaches_that_trace() -> 
         trace.note_retry()
     trace.note_retry()  # no store call in progress: nowhere to go
     assert one.events == [trace.Retry("store-a")] and two.events == [trace.Retry("store-b")]
+
+
+def test_explain_shows_the_lease_behind_a_leased_connection():
+    class Leased(MemoryBackend):
+        def lease_detail(self, conn_id: str) -> str | None:
+            return "database/creds/ro/3f9a… ttl 41s renewals 2" if conn_id == "pg" else None
+
+    path = SearchPath([("leased", Leased(connections={"pg": "postgres://u:pw-s3cr3t@h/d"}))])
+    hit = path.explain("connection", "pg").attempts[0]
+    assert hit.outcome == "hit" and hit.detail == "lease database/creds/ro/3f9a… ttl 41s renewals 2"
+    assert path.explain("connection", "missing").attempts[0].detail == ""

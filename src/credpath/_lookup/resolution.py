@@ -100,6 +100,10 @@ def _ask(
         context.attempt(entry.name, "miss", elapsed, "", startup, breaker)
         return "miss", None
     detail = f"served while {names(failed)} failed" if failed else ""
+    if context.live and kind == "connection" and isinstance(entry.backend, BaseBackend):
+        lease = entry.backend.lease_detail(key)
+        if lease:
+            detail = f"{detail}; lease {lease}" if detail else f"lease {lease}"
     context.attempt(entry.name, "hit", elapsed, detail, startup, breaker)
     return "hit", value
 
