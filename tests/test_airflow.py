@@ -235,7 +235,7 @@ def test_default_config_ignores_airflow_settings_pointing_at_itself(
         _CredpathBackendMixin()
 
 
-# --- per-key overrides (issue 13 point 13), multi-team, start-up -----------------------------------
+# --- per-key overrides, multi-team, start-up -----------------------------------
 
 OVERRIDE_TOKEN = "tok-s3cr3t-override"
 
@@ -865,7 +865,7 @@ def test_backend_kwarg_token_override_reaches_the_nested_vault_backend(
     assert "e.g. AIRFLOW__SECRETS__BACKEND_KWARG__VAULT__TOKEN" in output
 
 
-# --- store calls per DAG run: Airflow's backend, credpath, credpath with a shared tier (issue 14) -------
+# --- store calls per DAG run: Airflow's backend, credpath, credpath with a shared tier -------
 
 DAG_CONN_IDS = ["dagc_db_0", "dagc_db_1", "dagc_db_2"]
 DAG_CACHE_KEY = "kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="
@@ -1013,7 +1013,7 @@ def test_dag_run_store_calls_airflow_vs_credpath_vs_shared_tiers(
         assert calls[name] <= len(DAG_CONN_IDS) + 1, (name, calls)
 
 
-# --- the same for AWS Secrets Manager: Airflow's provider backend vs the drop-in (issue 14 point 5) ------
+# --- the same for AWS Secrets Manager: Airflow's provider backend vs the drop-in ------
 
 AWS_DAG_VARIANTS = ("airflow", "credpath")
 

@@ -79,7 +79,7 @@ def test_stale_if_error_zero_keeps_nothing_past_expiry():
     assert len(cache) == 0 and cache.get_stale("a") is None
 
 
-# --- issue 16: short TTLs, expiry, clear(), the documented defaults -----------------------------------
+# --- short TTLs, expiry, clear(), the documented defaults -----------------------------------
 
 
 class FakeClock:

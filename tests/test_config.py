@@ -192,7 +192,7 @@ def test_bad_resilience_settings_name_the_setting(tmp_path, toml, message):
     assert "\n" not in str(info.value)
 
 
-# --- issue 16: the config file's own paths and type errors -------------------------------------------
+# --- the config file's own paths and type errors -------------------------------------------
 
 
 def test_credpath_config_pointing_at_a_real_file_loads_it(tmp_path):

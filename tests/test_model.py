@@ -318,7 +318,7 @@ def test_json_uri_beside_empty_fields_is_the_uri_as_airflow():
         Connection.from_json(json.dumps({"uri": "postgres://h", "host": "other"}), conn_id="c")
 
 
-# --- issue 16: with_id, masked_dict, exact JSON, odd URIs ----------------------------------------------
+# --- with_id, masked_dict, exact JSON, odd URIs ----------------------------------------------
 
 
 def test_with_id_returns_a_new_connection_for_a_new_id_only():

@@ -145,7 +145,7 @@ def test_single_flight_hands_the_error_to_every_waiter_at_once():
     assert calls == [1, 1]
 
 
-# --- issue 16: defaults, every described state, counters ------------------------------------------------
+# --- defaults, every described state, counters ------------------------------------------------
 
 
 def test_breaker_defaults_are_pinned():

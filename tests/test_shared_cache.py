@@ -1,4 +1,4 @@
-"""The shared cache tier (issue 14): a node-local file (SQLite) and Redis, against real servers.
+"""The shared cache tier: a node-local file (SQLite) and Redis, against real servers.
 
 Store reads are counted at a fault proxy in front of a real OpenBao; Redis is a real ``redis-server``
 (tests/servers/redis.py); the concurrent readers are separate processes, not threads.

@@ -868,7 +868,7 @@ class SharedTier:
                 return None, False
         return None, False
 
-    # --- shared state: small non-secret facts of backends (issue 14 point 4) ---
+    # --- shared state: small non-secret facts of backends ---
 
     def state(self, namespace: str) -> SharedState:
         """A get/put view for one backend (``namespace``: its configured name) over this tier."""

@@ -7,7 +7,7 @@ names a backend requests, file contents...). Categories: URI and JSON parsing an
 hypothesis, deterministically, plus Airflow's own vectors), connection ids, connections/variables files in
 .env/.json/.yaml, environment names with and without teams, AWS Secrets Manager JSON aliases, the names
 each provider backend (Vault, Secrets Manager, SSM, GCP, Azure) requests for various prefixes/sep/team
-settings, and the points of issue 13 that are input/output.
+settings, and its input/output cases.
 
 The names credpath requests are recorded where they leave the real read path, never by re-deriving them:
 Vault at its HTTP session (a transport adapter: the URL and token header as sent), Secrets Manager and SSM at
@@ -252,7 +252,7 @@ def _vectors() -> list[Case]:
 
 
 def _points() -> list[Case]:
-    """The input/output points of issue 13, each as concrete cases."""
+    """The input/output cases, each concrete."""
     c = Case
     cases = [
         # 1: JSON without conn_type.
@@ -899,7 +899,7 @@ def _strict_ports(case: Case, airflow: dict[str, Any], credpath: dict[str, Any])
             data = json.loads(case.args["text"])
         except ValueError:
             return False
-        # Only when the port is the one thing refused (a JSON without conn_type is issue 13 point 1).
+        # Only when the port is the one thing refused (a JSON without conn_type is a case of its own).
         return isinstance(data, dict) and bool(data.get("conn_type")) and _bad_port(data.get("port"))
     return False
 
@@ -968,7 +968,7 @@ def _no_valid_scheme(case: Case, airflow: dict[str, Any], credpath: dict[str, An
     if uri is None:
         return False
     uri = uri.strip()
-    # "//host..." is Airflow's own form without conn_type (issue 13 point 6): not this difference.
+    # "//host..." is Airflow's own form without conn_type: not this difference.
     return not uri.startswith("//") and not _SCHEME.match(uri.split("://", 1)[0])
 
 
@@ -1167,7 +1167,7 @@ def test_differential_against_airflow(differential: dict[str, Any]) -> None:
             intended[name] += 1
             continue
         point = likely_point(case, airflow, credpath)
-        group = f"{case.category} / {case.op}" + (f" [issue 13 point {point}]" if point else "")
+        group = f"{case.category} / {case.op}" + (f" [point {point}]" if point else "")
         unexpected.setdefault(group, []).append(_explain(case, airflow, credpath))
     generated = differential["generated"]
     listed = ", ".join(f"{name} {count}" for name, count in sorted(intended.items())) or "none"

@@ -513,7 +513,7 @@ def test_import_is_lazy(tmp_path: Path) -> None:
 
 
 def test_embedded_default_reads_without_sqlalchemy_or_rich(tmp_path: Path) -> None:
-    # Issue 10 point 6: importing SQLAlchemy was ~160 ms of the README's `credpath connections get my_db`
+    # Importing SQLAlchemy was ~160 ms of the README's `credpath connections get my_db`
     # (0.37-0.48 s); SQLite files are read with the stdlib, tables drawn without rich when they can be.
     env = {**os.environ, "CREDPATH_HOME": str(tmp_path / "home")}
     for name in (

@@ -1,4 +1,4 @@
-"""The metastore under faults and concurrency (issue 10 points 4, 9; issue 12 point 9), real processes.
+"""The metastore under faults and concurrency, real processes.
 
 - A read of an absent metastore is a miss and creates nothing; the database (and its journal) is 0600.
 - Bad settings (key, URL, CREDPATH_HOME) are one-line configuration errors naming the setting or path.
@@ -52,7 +52,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-# --- issue 10 point 9: a read of an absent metastore creates nothing ---------------------------------
+# --- a read of an absent metastore creates nothing ---------------------------------
 
 
 def test_a_read_of_an_absent_metastore_is_a_miss_and_creates_nothing(_isolated_home: Path) -> None:
@@ -102,7 +102,7 @@ def test_an_empty_database_file_without_schema_reads_as_a_miss(_isolated_home: P
     backend.close()
 
 
-# --- issue 12 point 9: 0600 database and journal -----------------------------------------------------
+# --- 0600 database and journal -----------------------------------------------------
 
 
 def test_database_and_its_journal_are_created_0600(_isolated_home: Path) -> None:
@@ -129,7 +129,7 @@ def test_database_and_its_journal_are_created_0600(_isolated_home: Path) -> None
         os.umask(previous)
 
 
-# --- issue 10 point 4 / issue 12 point 9: bad settings are configuration errors ---------------------------
+# --- bad settings are configuration errors ---------------------------
 
 
 def test_unwritable_home_is_a_one_line_error_naming_the_path(
@@ -224,7 +224,7 @@ def test_cli_exits_2_on_an_invalid_key(_isolated_home: Path) -> None:
 def test_cli_reads_exit_2_naming_the_setting_not_1_not_found(
     _isolated_home: Path, setting: str, value: str
 ) -> None:
-    # Issue 10 point 4: these ended in "not found in any backend" (exit 1) on reads.
+    # These once ended in "not found in any backend" (exit 1) on reads.
     right = Fernet.generate_key().decode()
     MetastoreBackend(fernet_key=right).set_variable("api", VALUE)
     if value == "wrong":
@@ -241,7 +241,7 @@ def test_cli_reads_exit_2_naming_the_setting_not_1_not_found(
     assert "not found" not in out.stderr and value not in out.stderr and right not in out.stderr
 
 
-# --- issue 12 point 9: rotation never reverts a concurrent write ------------------------------------------
+# --- rotation never reverts a concurrent write ------------------------------------------
 
 WRITER = textwrap.dedent(
     """
@@ -317,7 +317,7 @@ def test_rotation_never_reverts_a_write_from_another_process(
     assert reverted == 0, f"{reverted} of {total} values reverted by the rotation"
 
 
-# --- issue 12 point 9: concurrent first writers on a fresh CREDPATH_HOME ---------------------------------
+# --- concurrent first writers on a fresh CREDPATH_HOME ---------------------------------
 
 FIRST_WRITER = textwrap.dedent(
     """

@@ -1,6 +1,6 @@
 """VaultBackend under faults, against real OpenBao behind a loopback fault proxy: each bound asserted.
 
-Bounds are generous (2 shared cores); each names what the old code did (issue 12's table). Requests are
+Bounds are generous (2 shared cores); each names what the old code did. Requests are
 counted at the proxy, i.e. at the server side of the client.
 """
 
@@ -111,7 +111,7 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(proxy, make) -> None:
     assert "timed out after 2 s" in str(error)
 
 
-# --- on the caller's thread, every socket wait capped by the deadline (issue 14 point 5) -------------------
+# --- on the caller's thread, every socket wait capped by the deadline -------------------
 
 # sys.audit events of http.client in this process while a test records them: (event, thread id).
 _AUDIT: list[tuple[str, int]] | None = None

@@ -1,4 +1,4 @@
-"""Issue 14 point 4 (Vault): with a shared cache tier, a mount's KV version is probed once per tier, not
+"""Vault with a shared cache tier: a mount's KV version is probed once per tier, not
 once per process. Two real processes (tests/_shared_cache_worker.py) in front of a real OpenBao, the probes
 counted at a fault proxy; the tiers are a SQLite file and a real Redis server."""
 

@@ -80,7 +80,7 @@ def test_delete_variable_and_set_variable_invalidate_the_cache():
 
 
 def test_writes_take_no_store_options_and_a_team_only_where_writes_are_team_scoped():
-    # Store behaviour is a backend setting (issue 11 point 4): the search path's writes take none.
+    # Store behaviour is a backend setting: the search path's writes take none.
     store = MemoryBackend()
     sp = path(store)
     conn = Connection.from_uri(URI_A, conn_id="db")

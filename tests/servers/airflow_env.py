@@ -361,7 +361,7 @@ def airflow_api_server(airflow: AirflowEnv) -> Iterator[ApiServer]:
         stop_api_server(airflow, server)
 
 
-# --- a DAG of N tasks x M connections, for counting store calls per DAG run (issue 14) ---------------
+# --- a DAG of N tasks x M connections, for counting store calls per DAG run ---------------
 
 STORE_CALLS_DAG = '''
 """{tasks} tasks, each reading {count} connections; prints its secrets time and what the reads cost the
