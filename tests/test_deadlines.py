@@ -598,3 +598,21 @@ def test_a_deadline_that_passes_between_tries_raises_the_last_error_through_both
             failing, Deadline(0.05), policy, classify=_classify, on_timeout=Timeout, sleep=sleep_past
         )
     assert info.value.attempts == 1 and tries == [1, 2]
+
+
+def test_inside_single_try_the_retry_loop_tries_once() -> None:
+    from credpath._deadlines import Retryable, retry_call
+    from credpath._lookup import trace
+
+    tries: list[int] = []
+
+    def attempt(deadline: Deadline) -> str:
+        tries.append(1)
+        raise Retryable(ConnectionError("refused"))
+
+    with trace.single_try(), pytest.raises(ConnectionError):
+        retry_call(attempt, Deadline(5), RetryPolicy(attempts=4, base=0.0), on_timeout=TimeoutError)
+    assert len(tries) == 1
+    with pytest.raises(ConnectionError):
+        retry_call(attempt, Deadline(5), RetryPolicy(attempts=4, base=0.0), on_timeout=TimeoutError)
+    assert len(tries) == 1 + 4  # outside it, every try of the policy

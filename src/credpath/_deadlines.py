@@ -126,7 +126,8 @@ def _retry(
     """
     attempts = 0
     last: BaseException | None = None
-    for number in range(max(1, policy.attempts)):
+    limit = max(1, policy.attempts) if _trace.retries_allowed() else 1
+    for number in range(limit):
         if deadline.expired:
             break
         if number:
@@ -146,7 +147,7 @@ def _retry(
             if not retryable:
                 raise
             last = exc
-        if number + 1 >= policy.attempts:
+        if number + 1 >= limit:
             break
         wait = policy.backoff(number)
         if retry_after is not None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from credpath import _reading as reading
+from credpath._lookup import trace
 from credpath._lookup.model import MISS, Attempt, CacheKey, Entry, Resolution, named, names, what
 from credpath._lookup.policy import call, failure, kept
 from credpath._lookup.state import LookupState
@@ -86,7 +87,12 @@ def _ask(
             entry.backend.prepare()  # one-time start-up, timed apart from the lookup
             startup = time.perf_counter() - started
             started = time.perf_counter()
-        value = read(state, context, entry, kind, key, team)
+        if entry.cache_results and kept(state, ckey, entry) is not None:
+            # stale-if-error holds this backend's last good value: one try, then serve it if the store fails
+            with trace.single_try():
+                value = read(state, context, entry, kind, key, team)
+        else:
+            value = read(state, context, entry, kind, key, team)
     except Exception as exc:
         elapsed = time.perf_counter() - started
         outcome = failure(state, entry, exc, description, stale_key=ckey)

@@ -39,6 +39,8 @@ __all__ = [
     "StoreCall",
     "calling",
     "note_retry",
+    "retries_allowed",
+    "single_try",
     "subscribe",
 ]
 
@@ -216,6 +218,25 @@ def calling(context: LookupContext, backend: str) -> Iterator[None]:
         yield
     finally:
         _CALLING.reset(token)
+
+
+_SINGLE_TRY: contextvars.ContextVar[bool] = contextvars.ContextVar("credpath_single_try", default=False)
+
+
+@contextmanager
+def single_try() -> Iterator[None]:
+    """Store calls made inside try once: a refresh that holds a last good value to serve does not retry a
+    failing store (the stale value is served at once, and the store is not hammered)."""
+    token = _SINGLE_TRY.set(True)
+    try:
+        yield
+    finally:
+        _SINGLE_TRY.reset(token)
+
+
+def retries_allowed() -> bool:
+    """False inside :func:`single_try` (read by the retry loops)."""
+    return not _SINGLE_TRY.get()
 
 
 def note_retry() -> None:
