@@ -254,3 +254,22 @@ def test_backends_view_shows_the_shared_tier_counters_cache_stats_reads(tmp_path
     assert shown["shared_hits"] == str(stats["shared"]["hits"]) == "1"
     assert shown["calls_avoided"] == str(stats["store"]["calls_avoided"])
     assert "sc-s3cr3t" not in page
+
+
+def test_inventory_leaves_out_other_teams_ids_as_the_cli_list_does(tmp_path, monkeypatch):
+    # A team-owned row is listed by the metastore but read only with its team: the page shows the
+    # global ids and counts the others (before: team_conn shown as "missing").
+    from credpath.backends.metastore import MetastoreBackend
+    from credpath.model import Connection
+
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path))
+    monkeypatch.delenv("CREDPATH_METASTORE_URL", raising=False)
+    store = MetastoreBackend()
+    store.set_connection(Connection.from_uri("postgres://g/db", conn_id="glob"))
+    store.set_connection(Connection.from_uri("postgres://t/db", conn_id="team_conn"), team_name="team_a")
+    client = TestClient(create_app(SearchPath([("metastore", store)])))
+    page = client.get("/")
+    assert page.status_code == 200
+    assert 'data-id="glob"' in page.text or ">glob<" in page.text
+    assert "team_conn" not in page.text
+    assert "1 connection id(s) owned by a team are not shown" in page.text

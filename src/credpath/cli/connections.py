@@ -203,7 +203,7 @@ def list_ids(
     team: str | None = None,
     output: str | None = None,
 ) -> None:
-    from credpath.cli.teams import team_view
+    from credpath._teams import team_view
 
     if as_json and output:
         fail("give --json or -o/--output, not both")

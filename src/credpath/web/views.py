@@ -14,6 +14,7 @@ from typing import Any
 
 from credpath import metrics
 from credpath._masking import is_sensitive_key, redact_text_value
+from credpath._teams import team_view
 from credpath.errors import BackendUnavailable, ConfigError, CredpathError, safe_reason
 from credpath.protocol import supports
 
@@ -64,6 +65,9 @@ class Inventory:
     cannot_list: dict[str, list[str]] = field(default_factory=dict)  # kind -> backends
     failed: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> backend -> safe reason
     error: str = ""
+    #: Ids owned by a team (Airflow 3 multi-team): listed by their store, but not readable without the
+    #: team, so not shown (as Airflow's UI shows a caller only what it can read), counted per kind.
+    other_teams: dict[str, int] = field(default_factory=dict)
 
 
 def _safe(search_path: Any, value: Any) -> str:
@@ -85,7 +89,10 @@ def inventory(search_path: Any) -> Inventory:
         inv.cannot_list[kind] = list(listing.cannot_list)
         if listing.failed:
             inv.failed[kind] = dict(listing.failed)
-        for key, holders in listing.found.items():
+        view = team_view(search_path, kind, dict(listing.found), None)
+        if view.hidden:
+            inv.other_teams[kind] = view.hidden
+        for key, holders in view.found.items():
             inv.rows.append(_row(search_path, kind, key, list(holders)))
     return inv
 
