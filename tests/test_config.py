@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from credpath._config import load_settings
+from credpath._settings import load_settings
 from credpath.errors import ConfigError
 from credpath.registry import create_backend, resolve_type
 
@@ -210,7 +210,7 @@ def test_credpath_config_pointing_at_a_real_file_loads_it(tmp_path):
 def test_default_file_in_credpath_home_and_none_without_it(tmp_path):
     from pathlib import Path
 
-    from credpath._config import config_path, credpath_home
+    from credpath._settings import config_path, credpath_home
 
     assert config_path({"CREDPATH_HOME": str(tmp_path)}) is None
     assert load_settings(env={"CREDPATH_HOME": str(tmp_path)}).config_file is None
@@ -311,7 +311,7 @@ def test_backend_entry_defaults_and_all_three_patterns(tmp_path):
 
 
 def test_backend_kwarg_variables_decode_literals_but_keep_secrets_strings(tmp_path):
-    from credpath._config import airflow_backend_kwargs
+    from credpath._settings import airflow_backend_kwargs
 
     got = airflow_backend_kwargs(
         {
@@ -338,7 +338,7 @@ def test_backend_kwarg_variables_decode_literals_but_keep_secrets_strings(tmp_pa
 
 
 def test_kinds_from_patterns_and_default_name():
-    from credpath._config import default_name, kinds_from_patterns
+    from credpath._settings import default_name, kinds_from_patterns
 
     assert kinds_from_patterns({"connection": "^a"}) == {"connection": "^a", "variable": None, "config": None}
     assert default_name("a.b.Cls") == "Cls" and default_name("vault") == "vault"
@@ -373,7 +373,7 @@ FERNET_KEY = "x" * 43 + "="  # 32 url-safe base64 bytes: a valid Fernet key's sh
 
 
 def test_shared_lease_is_a_positive_number(tmp_path):
-    from credpath._config import parse_cache
+    from credpath._settings import parse_cache
 
     env = {"CREDPATH_HOME": str(tmp_path)}
     assert parse_cache({"shared_lease": 1}, "o", env).shared_lease == 1.0
@@ -387,7 +387,7 @@ def test_shared_lease_is_a_positive_number(tmp_path):
 
 
 def test_shared_off_values_and_bad_types(tmp_path):
-    from credpath._config import parse_cache
+    from credpath._settings import parse_cache
 
     env = {"CREDPATH_HOME": str(tmp_path)}
     for off in (None, False, "", "off", " None ", "FALSE"):
@@ -403,7 +403,7 @@ def test_shared_off_values_and_bad_types(tmp_path):
 
 
 def test_shared_file_tier_and_keys(tmp_path):
-    from credpath._config import parse_cache, parse_shared
+    from credpath._settings import parse_cache, parse_shared
 
     env = {"CREDPATH_HOME": str(tmp_path)}
     cache = parse_cache({"shared": "file", "shared_key": FERNET_KEY}, "o", env)
@@ -420,7 +420,7 @@ def test_shared_file_tier_and_keys(tmp_path):
 
 
 def test_shared_tier_from_the_environment_wins(tmp_path, monkeypatch):
-    from credpath._config import parse_cache
+    from credpath._settings import parse_cache
 
     env = {"CREDPATH_HOME": str(tmp_path), "CREDPATH_CACHE_SHARED": f"file:{tmp_path}/env.db"}
     assert parse_cache({"shared": "file"}, "o", env).shared == f"file:{tmp_path}/env.db"

@@ -132,7 +132,7 @@ def test_each_module_all_names_exist(path: Path) -> None:
 
 
 def test_cross_module_helpers_have_one_home() -> None:
-    from credpath import _config as config
+    from credpath import _settings as config
     from credpath import errors
     from credpath.backends import metastore
 

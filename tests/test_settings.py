@@ -130,7 +130,7 @@ NUMBER_SETTINGS = [
 def test_number_settings_refuse_non_finite_and_out_of_range_values(
     home: Path, table: str, key: str, value: str
 ) -> None:
-    from credpath._config import load_settings
+    from credpath._settings import load_settings
 
     _write(home, f"# a comment\n[{table}]\n{key} = {value}\n")
     with pytest.raises(ConfigError) as info:
@@ -152,7 +152,7 @@ def test_a_bad_number_exits_2_from_the_cli_in_one_line(home: Path, table: str, k
 
 
 def test_numbers_keep_their_valid_range(home: Path) -> None:
-    from credpath._config import load_settings
+    from credpath._settings import load_settings
 
     _write(
         home,
@@ -202,7 +202,7 @@ def test_vault_number_kwargs_are_refused_at_construction(kwargs: dict[str, Any],
 
 
 def test_a_bad_cache_key_in_the_environment_blames_the_variable(home: Path) -> None:
-    from credpath._config import load_settings
+    from credpath._settings import load_settings
 
     _write(home, '[cache]\nshared = "file"\n')
     with pytest.raises(ConfigError) as info:
@@ -319,7 +319,7 @@ SECRETS, WORKERS = "AIRFLOW__SECRETS__BACKENDS_ORDER", "AIRFLOW__WORKERS__BACKEN
 
 
 def _order(home: Path, **env: str) -> Any:
-    from credpath._config import load_settings
+    from credpath._settings import load_settings
 
     return load_settings(env={"CREDPATH_HOME": str(home), **env})
 

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from credpath._config import load_settings, parse_cache, parse_shared
 from credpath._search_path import SearchPath
+from credpath._settings import load_settings, parse_cache, parse_shared
 from credpath._shared_cache import FileStore, SharedTier, parse_keys
 from credpath.cli import cli
 from credpath.errors import ConfigError, MissingDependency
@@ -221,7 +221,7 @@ def test_redis_tier_without_redis_py_is_a_missing_dependency(monkeypatch: pytest
 
 def test_import_credpath_loads_neither_redis_nor_sqlite3() -> None:
     code = (
-        "import sys, credpath, credpath._search_path, credpath._config, credpath._cache\n"
+        "import sys, credpath, credpath._search_path, credpath._settings, credpath._cache\n"
         "print(sorted(m for m in ('redis', 'sqlite3', 'credpath._shared_cache') if m in sys.modules))"
     )
     out = subprocess.run(

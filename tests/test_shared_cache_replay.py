@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from credpath._config import load_settings
 from credpath._search_path import SearchPath
+from credpath._settings import load_settings
 from credpath._shared_cache import PREFIX
 from tests.servers.redis import RedisServer
 

@@ -186,7 +186,7 @@ class AuditSettings:
     def file(self, env: Mapping[str, str] | None = None) -> Path:
         if self.path is not None:
             return self.path
-        from credpath._config import credpath_home
+        from credpath._settings import credpath_home
 
         return credpath_home(env) / "audit" / "audit.jsonl"
 
@@ -296,7 +296,7 @@ def read_settings(
     path: str | Path | None, env: Mapping[str, str], *, default_file: bool = True
 ) -> AuditSettings:
     """The settings of ``[audit]`` in the credpath.toml at ``path`` overlaid with ``CREDPATH_AUDIT_*``."""
-    from credpath._config import config_path, read_toml
+    from credpath._settings import config_path, read_toml
 
     env = os.environ if env is None else env
     file = Path(path).expanduser() if path is not None else config_path(env) if default_file else None

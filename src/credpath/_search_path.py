@@ -19,7 +19,6 @@ from typing import Any
 
 from credpath import _audit
 from credpath._cache import ABSENT, CacheSettings, TTLCache
-from credpath._config import BackendSpec, Settings
 from credpath._lookup import listing, prefetch, tiers, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
@@ -30,6 +29,7 @@ from credpath._lookup.trace import LookupContext
 from credpath._masking import Masker, default_masker
 from credpath._reading import as_connection, read_connection  # noqa: F401  (the reader owns them)
 from credpath._resilience import BreakerSettings
+from credpath._settings import BackendSpec, Settings
 from credpath.errors import BackendUnavailable, NotFound
 from credpath.model import Connection
 from credpath.protocol import Backend, BaseBackend, Kind, Serialization

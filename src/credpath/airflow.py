@@ -42,8 +42,8 @@ from credpath.errors import AccessDenied, ConfigError
 from credpath.model import is_sensitive_name
 
 if TYPE_CHECKING:
-    from credpath._config import BackendSpec
     from credpath._search_path import SearchPath
+    from credpath._settings import BackendSpec
     from credpath.model import Connection
     from credpath.protocol import Kind
 

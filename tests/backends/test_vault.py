@@ -539,8 +539,8 @@ def test_namespace_is_sent_with_every_request(openbao: OpenBao, make) -> None:
 
 @pytest.mark.parametrize("state", ["unreachable", "sealed"])
 def test_search_path_applies_on_error_to_a_failing_vault(state: str, tmp_path, monkeypatch) -> None:
-    from credpath._config import BackendSpec
     from credpath._search_path import SearchPath
+    from credpath._settings import BackendSpec
     from tests.servers._util import stop_process
 
     monkeypatch.setenv("AIRFLOW_VAR_FALLBACK_VAR", "from-env")

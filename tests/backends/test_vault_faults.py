@@ -462,8 +462,8 @@ def test_a_404_from_lookup_self_is_not_a_token_lookup_failure(proxy, make) -> No
 
 
 def test_revoked_token_is_access_denied_with_no_fall_through(seeded: OpenBao, monkeypatch) -> None:
-    from credpath._config import BackendSpec
     from credpath._search_path import SearchPath
+    from credpath._settings import BackendSpec
 
     token = seeded.admin.auth.token.create(policies=["faults-reader"], ttl="10m")["auth"]["client_token"]
     monkeypatch.setenv("AIRFLOW_VAR_V", "shadow-from-env")

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from credpath._config import BackendSpec, Settings
 from credpath._masking import Masker
 from credpath._search_path import Resolution, SearchPath
+from credpath._settings import BackendSpec, Settings
 from credpath.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from credpath.model import Connection
 from tests.lookup.helpers import (
@@ -92,7 +92,7 @@ def test_failing_backend_is_skipped_by_default_and_logged_without_secrets(caplog
 
 
 def test_on_error_fail_raises():
-    from credpath._config import BackendSpec  # noqa: F401 - spec path covered in test_config
+    from credpath._settings import BackendSpec  # noqa: F401 - spec path covered in test_config
 
     broken = MemoryBackend()
     broken.fail_with = Unreachable("down")
@@ -408,7 +408,7 @@ def test_a_failing_prepare_is_an_error_attempt_with_no_startup_time():
 
 
 def test_backend_kwargs_override_a_configured_backends_settings():
-    from credpath._config import BackendSpec, Settings
+    from credpath._settings import BackendSpec, Settings
 
     settings = Settings(
         backends=[

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from credpath import _reading as reading
 from credpath._cache import CacheSettings, TTLCache
-from credpath._config import BackendSpec
 from credpath._lookup.model import MISS, Entry, Resolution
 from credpath._masking import Masker, install_log_masking
 from credpath._resilience import BreakerSettings, CircuitBreaker, RefreshBackoff, SingleFlight
+from credpath._settings import BackendSpec
 from credpath.errors import ConfigError
 from credpath.model import is_sensitive_name
 from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern
@@ -213,7 +213,7 @@ def shared_tier_for(settings: CacheSettings, backends: list[Any]) -> SharedTierL
     """The shared tier for ``[cache] shared`` (its store opened lazily: no connection here)."""
     import os
 
-    from credpath._config import credpath_home
+    from credpath._settings import credpath_home
     from credpath._shared_cache import SharedTier, normalize_shared, open_store, resolve_keys, scope_of
 
     # CacheSettings built in code (the settings builder hands its resolved tier over): resolve as config does.

@@ -46,8 +46,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from credpath._config import credpath_home
 from credpath._keys import create_key_file, generate_key, read_key_file, replace_key_file
+from credpath._settings import credpath_home
 from credpath.backends._sql import (
     ALL_TEAMS,
     ID_COLUMN,
