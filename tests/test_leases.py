@@ -221,3 +221,26 @@ def test_lease_events_reach_the_metrics(manager: Any) -> None:
         metrics.disable()
         metrics.reset()
     assert counted["lease_mints"] == 1 and counted["lease_revocations"] == 1
+
+
+def test_each_lease_operation_is_one_audit_event_by_connection_id(manager: Any, tmp_path) -> None:
+    import json
+
+    from credpath import _audit
+
+    trail = tmp_path / "audit.jsonl"
+    _audit.configure(_audit.AuditSettings(enabled=True, path=trail))
+    try:
+        source = Source("audited", ttl=30)
+        assert manager.get("vault-database:pg:1:pg_reporting", source) == "value-1"
+        manager.revoke()
+        _audit.flush()
+    finally:
+        _audit.configure(_audit.AuditSettings())
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    leases = [(e["operation"], e["id"], e["action"], e["outcome"]) for e in events]
+    assert leases == [
+        ("lease", "pg_reporting", "minted", "ok"),
+        ("lease", "pg_reporting", "revoked", "ok"),
+    ]
+    assert "value-1" not in trail.read_text()

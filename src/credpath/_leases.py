@@ -142,13 +142,19 @@ _EVENTS = {
 }
 
 
-def _count(event: str, backend: str) -> None:
+def _count(event: str, backend: str, key: str = "") -> None:
     with _counts_lock:
         _counts[(event, backend)] += 1
-    from credpath import metrics
+    from credpath import _audit, metrics
 
     if metrics.on:
         metrics.auth_event(_EVENTS[event], backend)
+    # One audit event per lease operation, by connection id: a key is "<alias>:<name>:<instance>:<conn_id>"
+    # (LeasedIds.lease_key_prefix), and a connection id holds no ":". Never a secret.
+    conn_id = key.rsplit(":", 1)[-1]
+    _audit.record(
+        "lease", "connection", conn_id, "error" if event == "failed" else "ok", backend=backend, action=event
+    )
 
 
 def counts(backend: str | None = None) -> dict[str, int]:
@@ -196,7 +202,7 @@ class LeaseManager:
         try:
             minted = source.mint(key)
         except Exception:
-            _count("failed", source.name)
+            _count("failed", source.name, key)
             raise
         now = self.clock()
         lease = Lease(
@@ -211,7 +217,7 @@ class LeaseManager:
             expires_at=now + max(float(minted.ttl), 0.001),
         )
         lease.next_at = now + RENEW_FRACTION * lease.ttl
-        _count("minted", source.name)
+        _count("minted", source.name, key)
         log.debug("leases: minted %s for %s (ttl %.0fs)", _prefix(lease.lease_id), key, lease.ttl)
         with self._lock:
             old = self._leases.get(key)
@@ -226,7 +232,7 @@ class LeaseManager:
         if lease.left(now) > 0 and lease.revocable:
             self._retired.append(lease)
         elif lease.left(now) <= 0:
-            _count("expired", lease.source.name)
+            _count("expired", lease.source.name, lease.key)
 
     def leases(self, prefix: str = "") -> list[Lease]:
         """The held leases whose key starts with ``prefix`` (for describe/explain)."""
@@ -264,7 +270,7 @@ class LeaseManager:
             if self._leases.get(lease.key) is not lease:
                 return
         if lease.left(now) <= 0:
-            _count("expired", name)
+            _count("expired", name, lease.key)
             log.warning(
                 "leases: %s for %s expired before it could be renewed", _prefix(lease.lease_id), lease.key
             )
@@ -279,12 +285,12 @@ class LeaseManager:
             granted = lease.source.renew(lease.lease_id, lease.ttl)
         except LeaseRefused as exc:
             log.info("leases: renewal of %s refused (%s); minting a new one", _prefix(lease.lease_id), exc)
-            _count("failed", name)
+            _count("failed", name, lease.key)
             lease.last_error = _short(exc)
             self._remint(lease, "renewal refused")
             return
         except Exception as exc:
-            _count("failed", name)
+            _count("failed", name, lease.key)
             lease.failures += 1
             lease.last_error = _short(exc)
             wait = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(lease.failures - 1, 16), lease.ttl / 6)
@@ -306,7 +312,7 @@ class LeaseManager:
         lease.renewals += 1
         lease.failures = 0
         lease.last_error = None
-        _count("renewed", name)
+        _count("renewed", name, lease.key)
         lease.granted_at = now
         lease.expires_at = now + granted
         if granted < lease.ttl * (1 - RENEW_FRACTION):
@@ -345,19 +351,19 @@ class LeaseManager:
             if not lease.revocable:
                 continue
             if lease.left(now) <= 0:
-                _count("expired", lease.source.name)
+                _count("expired", lease.source.name, lease.key)
                 continue
             try:
                 lease.source.revoke(lease.lease_id)
             except Exception as exc:
-                _count("failed", lease.source.name)
+                _count("failed", lease.source.name, lease.key)
                 log.warning(
                     "leases: revoking %s failed (it expires at its TTL): %s",
                     _prefix(lease.lease_id),
                     _short(exc),
                 )
                 continue
-            _count("revoked", lease.source.name)
+            _count("revoked", lease.source.name, lease.key)
             done += 1
         return done
 
