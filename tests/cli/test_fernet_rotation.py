@@ -92,6 +92,27 @@ def test_rotating_the_generated_key_file(home: Path) -> None:
         stranger.get_variable("v1")
 
 
+def test_a_rotation_is_one_audit_event_with_its_count(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from credpath import _audit
+
+    _seed()
+    trail = home.parent / "audit.jsonl"
+    monkeypatch.setenv("CREDPATH_AUDIT_PATH", str(trail))
+    monkeypatch.setenv("CREDPATH_AUDIT_ENABLED", "true")
+    try:
+        assert cli("rotate-fernet-key").exit_code == 0
+        _audit.flush()
+    finally:
+        _audit.configure(_audit.AuditSettings())
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    rotations = [e for e in events if e["operation"] == "rotate"]
+    assert len(rotations) == 1
+    assert rotations[0]["outcome"] == "ok" and rotations[0]["reencrypted"] == 6
+    assert rotations[0]["backend"] == "metastore"
+
+
 def test_a_rotation_with_nothing_stored_says_so(home: Path) -> None:
     result = cli("rotate-fernet-key")
     assert result.exit_code == 0, result.output

@@ -258,15 +258,25 @@ def rotate_fernet_key(state: State) -> None:
 
 
 def _rotate(name: str, backend: MetastoreBackend) -> str:
+    from credpath import _audit
+
+    with _audit.timed("rotate", "key", "fernet", backend=name) as event:  # one audit event per rotation
+        message, count = _rotation(name, backend)
+        event["reencrypted"] = count
+    return message
+
+
+def _rotation(name: str, backend: MetastoreBackend) -> tuple[str, int]:
+    """Rotate ``backend``'s key: what to say, and how many values were re-encrypted."""
     origin = backend.key_origin
     if origin == "file":
         count = backend.rotate_key_file()
         if count is None:
-            return f"backend {name!r}: nothing to rotate (no key file and no stored secret yet)"
+            return f"backend {name!r}: nothing to rotate (no key file and no stored secret yet)", 0
         return (
             f"backend {name!r}: {_counted(count)}; {backend.key_file} now holds a new key alone "
             "(back it up: the old key no longer decrypts anything)"
-        )
+        ), count
     count = backend.rotate_fernet_key()
     keys = backend.key_count()
     if keys == 1:
@@ -274,13 +284,13 @@ def _rotate(name: str, backend: MetastoreBackend) -> str:
             return (
                 f"backend {name!r}: nothing to re-encrypt: every value is encrypted with {origin}'s key. "
                 f'To rotate, set {origin}="NEW,OLD" (credpath generate-fernet-key prints a new key)'
-            )
-        return f"backend {name!r}: {_counted(count)} with {origin}'s key"
+            ), 0
+        return f"backend {name!r}: {_counted(count)} with {origin}'s key", count
     others = "key 2" if keys == 2 else f"keys 2-{keys}"
     return (
         f"backend {name!r}: {_counted(count)}; every value is encrypted with key 1 of {origin}: now "
         f"configure {origin} with that first key alone ({others} no longer decrypt anything here)"
-    )
+    ), count
 
 
 def _counted(count: int) -> str:
