@@ -197,8 +197,8 @@ class SearchPath(LookupState):
         context = LookupContext(kind, key, team_name) if _trace._sinks else None
         found = tiers.settled(self, (kind, key, team_name))
         if found is not ABSENT:  # a process-tier hit: no trace; subscribers hear only that it ended
-            if context is not None:
-                context.tier = "process"
+            if context is not None:  # subscribers hear which tier and backend served it, then that it ended
+                context.served("process", None if found is _MISS else found.source)
                 context.done(*(("missing", None) if found is _MISS else ("found", found.value)))
             return None if found is _MISS else found
         if context is None:

@@ -293,7 +293,7 @@ def test_metrics_count_a_shared_hit_under_tier_shared(db: Path, clock: Clock) ->
 # --- the trace and its subscribers ------------------------------------------------------------------------
 
 
-def test_a_subscriber_hears_each_event_of_a_lookup_and_a_process_hit_only_ends() -> None:
+def test_a_subscriber_hears_each_event_of_a_lookup_and_a_process_hit_only_served_and_ended() -> None:
     from credpath._lookup import trace
 
     heard: list[tuple[str, object]] = []
@@ -312,10 +312,12 @@ def test_a_subscriber_hears_each_event_of_a_lookup_and_a_process_hit_only_ends()
             None,
         )
         heard.clear()
-        sp.get_connection("db")  # the process tier: no trace, one Done that says so
-        assert [(key, type(e).__name__, e.tier, e.result) for key, e in heard] == [
-            ("db", "Done", "process", "found")
+        sp.get_connection("db")  # the process tier: no store call; which tier and backend, then the end
+        assert [(key, type(e).__name__, e.tier) for key, e in heard] == [
+            ("db", "Served", "process"),
+            ("db", "Done", "process"),
         ]
+        assert heard[0][1].source == "b0" and heard[1][1].result == "found"
     finally:
         unsubscribe()
     heard.clear()
