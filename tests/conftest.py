@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import pkgutil
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def assert_no_secret(text: str, *secrets: str) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reveals_secrets: the test prints a secret on purpose (--reveal)")
+    _hypothesis_profiles()
+
+
+def _hypothesis_profiles() -> None:
+    """Property tests run a CI profile (examples enough to catch a grammar slip, seconds in all); a
+    deeper run on request: CREDPATH_HYPOTHESIS_PROFILE=deep (ten times the examples)."""
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return
+    settings.register_profile("ci", max_examples=300, deadline=None)
+    settings.register_profile("deep", max_examples=3000, deadline=None)
+    settings.load_profile(os.environ.get("CREDPATH_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from credpath.errors import ConfigError
@@ -279,13 +279,11 @@ def _normalised(conn: Connection) -> dict:
     return got
 
 
-@settings(max_examples=3000, deadline=None)
-@given(connections())
+@given(connections())  # examples: the Hypothesis profile (tests/conftest.py)
 def test_uri_round_trip_property(conn):
     assert _normalised(Connection.from_uri(conn.get_uri(), conn_id="prop")) == _normalised(conn)
 
 
-@settings(max_examples=1000, deadline=None)
 @given(connections(empty_strings=True))
 def test_json_round_trip_property(conn):
     # to_json keeps empty strings, as Airflow's as_json does: every field comes back as it was.
