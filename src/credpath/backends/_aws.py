@@ -670,12 +670,9 @@ class AwsBackend(PrefixNamedBackend):
         raise NotImplementedError
 
     def _get(self, kind: Kind, key: str, team_name: str | None = None) -> str | None:
-        deadline = Deadline(self.timeout)  # one deadline for the team-scoped and team-agnostic reads
-        for name in self._lookup_names(kind, key, team_name):
-            value = self._get_name(kind, key, name, deadline)
-            if value is not None:
-                return value
-        return None
+        return self._first_found(
+            kind, key, team_name, lambda name, dl: self._get_name(kind, key, name, dl), self.timeout
+        )
 
     def _batch_get(self, names: dict[str, str]) -> dict[str, str]:  # pragma: no cover - abstract
         """{key: raw value} for the hits among ``names`` ({store name: key})."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
 
+from credpath._deadlines import Deadline
 from credpath.protocol import KINDS, PREFIX_SETTINGS, BaseBackend, Kind, multi_team_enabled
 
 __all__ = ["TEAM_SEP", "KeyNaming", "PrefixNamedBackend", "log_team_refusal"]
@@ -208,6 +209,23 @@ class PrefixNamedBackend(BaseBackend):
                 "%s: %s %r gives a name %s cannot hold; miss", self.name, kind, key, self.store_name
             )
         return kept
+
+    def _first_found(
+        self,
+        kind: Kind,
+        key: str,
+        team_name: str | None,
+        read: Callable[[str, Deadline], str | None],
+        timeout: float,
+    ) -> str | None:
+        """``read(name, deadline)`` of each of :meth:`_lookup_names` in turn (the team's name, then the
+        team-agnostic one), within ONE deadline of ``timeout`` seconds: the first value found, or None."""
+        deadline = Deadline(timeout)
+        for name in self._lookup_names(kind, key, team_name):
+            value = read(name, deadline)
+            if value is not None:
+                return value
+        return None
 
     def _write_name(self, kind: Kind, key: str) -> str:
         """The name a write or delete of ``key`` goes to; ConfigError if the kind is off or the name is one

@@ -55,13 +55,7 @@ class PrefixedSecretsBackend(PrefixNamedBackend):
         raise NotImplementedError
 
     def _read(self, kind: Kind, key: str, team_name: str | None = None) -> str | None:
-        names = self._lookup_names(kind, key, team_name)
-        deadline = Deadline(self.timeout)  # one deadline for the team-scoped and the team-agnostic read
-        for name in names:
-            value = self.read_secret(name, deadline)
-            if value is not None:
-                return value
-        return None
+        return self._first_found(kind, key, team_name, self.read_secret, self.timeout)
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         return self._read("connection", conn_id, team_name)
