@@ -200,7 +200,10 @@ def bench_secrets_manager(source: Any, tmp: Path, concurrency: int, rounds: int)
             "secretsmanager",
             endpoint_url=url,
             region_name="us-east-1",
-            config=Config(max_pool_connections=max(10, concurrency)),
+            # moto answers an occasional 500 under concurrent writes: retried, as credpath's client does
+            config=Config(
+                max_pool_connections=max(10, concurrency), retries={"max_attempts": 5, "mode": "standard"}
+            ),
         )
         client.meta.events.register("before-send", lambda **_: loop_calls.update(["CreateSecret"]))
         values = source_values(source)
@@ -208,7 +211,14 @@ def bench_secrets_manager(source: Any, tmp: Path, concurrency: int, rounds: int)
 
         def write(item: tuple[str, Any]) -> None:
             conn_id, conn = item
-            client.create_secret(Name=f"{prefix}/{conn_id}", SecretString=conn.to_json())
+            for attempt in range(10):  # moto's occasional 500 outlasts botocore's own retries
+                try:
+                    client.create_secret(Name=f"{prefix}/{conn_id}", SecretString=conn.to_json())
+                    return
+                except client.exceptions.ClientError as exc:
+                    if exc.response["ResponseMetadata"]["HTTPStatusCode"] != 500 or attempt == 9:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
 
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(write, values.items()))
@@ -242,36 +252,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="credpath-bench-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["CREDPATH_HOME"] = str(tmp / "home")
-        rows = []
         if args.only in (None, "vault"):
             source = seed_metastore(f"sqlite:///{tmp / 'source.db'}", Fernet.generate_key().decode(), args.n)
-            rows += [("OpenBao (KV v2)", r) for r in bench_vault(source, tmp, args.concurrency, args.rounds)]
+            show(
+                args,
+                [("OpenBao (KV v2)", r) for r in bench_vault(source, tmp, args.concurrency, args.rounds)],
+            )
         if args.only in (None, "aws"):
             n = args.n_aws or args.n
             source = seed_metastore(f"sqlite:///{tmp / 'source-aws.db'}", Fernet.generate_key().decode(), n)
-            rows += [
-                ("moto Secrets Manager", r)
-                for r in bench_secrets_manager(source, tmp, args.concurrency, args.rounds)
-            ]
-        load = os.getloadavg()
+            rows = bench_secrets_manager(source, tmp, args.concurrency, args.rounds)
+            show(args, [("moto Secrets Manager", r) for r in rows])
+
+
+def show(args: Any, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    load = os.getloadavg()
+    print(
+        f"\nconcurrency {args.concurrency}, {os.cpu_count()} CPU(s), servers on loopback, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+    )
+    header = (
+        f"{'destination':22} {'variant':32} {'rows':>6} {'s':>7} {'rows/s':>7} {'requests':>8} "
+        f"{'verified':>8} {'by confirmation':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for dest, r in rows:
         print(
-            f"\nconcurrency {args.concurrency}, {os.cpu_count()} CPU(s), servers on loopback, "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+            f"{dest:22} {r['variant']:32} {r['rows']:>6} {r['seconds']:>7} {r['rows_per_s']:>7} "
+            f"{r['requests']:>8} {r['verified']:>8} {r['confirmed']:>15}"
         )
-        header = (
-            f"{'destination':22} {'variant':32} {'rows':>6} {'s':>7} {'rows/s':>7} {'requests':>8} "
-            f"{'verified':>8} {'by confirmation':>15}"
-        )
-        print(header)
-        print("-" * len(header))
-        for dest, r in rows:
-            print(
-                f"{dest:22} {r['variant']:32} {r['rows']:>6} {r['seconds']:>7} {r['rows_per_s']:>7} "
-                f"{r['requests']:>8} {r['verified']:>8} {r['confirmed']:>15}"
-            )
-        print()
-        for dest, r in rows:
-            print(f"{dest} / {r['variant']}: {json.dumps(r['by_operation'])}")
+    print()
+    for dest, r in rows:
+        print(f"{dest} / {r['variant']}: {json.dumps(r['by_operation'])}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -412,8 +412,9 @@ class BaseBackend:
         """
 
     def use_shared_state(self, state: Any) -> None:
-        """With a shared cache tier the search path hands each backend a ``SharedState`` (credpath._shared_cache)
-        (get/put with a TTL) for non-secret facts every process would rediscover (a Vault KV version)."""
+        """With a shared cache tier the search path hands each backend a ``SharedState``
+        (credpath._shared_cache) (get/put with a TTL) for non-secret facts every process would rediscover
+        (a Vault KV version)."""
 
     def check(self) -> str:
         """Reachability/auth check for ``credpath backends check``; raise BackendError on failure."""
