@@ -1,12 +1,14 @@
 """Migration throughput: N connections from a SQLite metastore into OpenBao and into moto's Secrets Manager.
 
-    .venv/bin/python bench/migrate_throughput.py [--n 10000] [--concurrency 8]
+    .venv/bin/python bench/migrate_throughput.py [--n 10000] [--n-aws N] [--concurrency 8] [--rounds 1]
 
 Starts an OpenBao dev server and a moto server on loopback (the test fixtures' start code), bulk-loads N
-connections into a fresh SQLite metastore, then runs ``credpath._migrate`` into each destination twice: the
-first run adds everything (plan, concurrent writes, read-back verification), the second finds everything
-unchanged. API calls are counted on the client side (OpenBao: HTTP requests on the backend's session;
-AWS: botocore operations). Prints entries/s and API calls per entry; no secret value is printed.
+connections into a fresh SQLite metastore, then, side by side in one run (interleaved per round, each into
+a fresh prefix): ``credpath._migrate`` verifying by reading every row back (``--verify read``, what the old
+code always did), verifying by the store's write confirmation (``--verify confirm``, the default), and the
+obvious hand-written loop at the same concurrency (hvac / boto3, one write per row, no verification).
+Requests are counted on the client side (OpenBao: HTTP requests on the sessions; AWS: botocore
+operations). Prints rows/s and requests; no secret value is printed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,67 +59,118 @@ def seed_metastore(url: str, key: str, n: int) -> Any:
     return backend
 
 
-def run_twice(source: Any, make_destination: Any, count_calls: Any, concurrency: int) -> list[dict[str, Any]]:
+VARIANTS = ("credpath --verify read (old)", "credpath --verify confirm (new)", "hand-written loop")
+
+
+def timed_variant(
+    source: Any, variant: str, make_destination: Any, loop: Any, count_calls: Any, concurrency: int
+) -> dict[str, Any]:
+    """One first run (everything added) of ``variant`` into a fresh prefix of the destination."""
     from credpath._migrate import migrate
 
-    results = []
-    for label in ("first run (add)", "second run (unchanged)"):
-        destination = make_destination()
-        before = count_calls(destination)
-        started = time.perf_counter()
-        report = migrate(source, destination, concurrency=concurrency, variables=False)
-        seconds = time.perf_counter() - started
-        calls = count_calls(destination) - before
+    destination = make_destination()
+    before = count_calls(destination)
+    started = time.perf_counter()
+    if variant == VARIANTS[2]:
+        rows = loop(source, destination, concurrency)
+        verified, failed, confirmed = 0, 0, 0
+    else:
+        verify = "read" if "read" in variant else "confirm"
+        report = migrate(source, destination, concurrency=concurrency, variables=False, verify=verify)
         summary = report.summary()
-        entries = len(report.plan.items)
-        results.append(
-            {
-                "run": label,
-                "entries": entries,
-                "added": summary["added"],
-                "unchanged": summary["unchanged"],
-                "verified": summary["verified"],
-                "failed": summary["failed"],
-                "seconds": round(seconds, 2),
-                "plan_s": round(report.plan.seconds, 2),
-                "entries_per_s": round(entries / seconds, 1),
-                "api_calls": calls,
-                "calls_per_entry": round(calls / entries, 3),
-                "by_operation": dict(getattr(destination, "_bench_ops", Counter())),
-            }
+        rows, verified, failed, confirmed = (
+            summary["total"],
+            summary["verified"],
+            summary["failed"],
+            report.confirmed,
         )
-        destination.close()
-    return results
+    seconds = time.perf_counter() - started
+    calls = count_calls(destination) - before
+    destination.close()
+    return {
+        "variant": variant,
+        "rows": rows,
+        "verified": verified,
+        "confirmed": confirmed,
+        "failed": failed,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds, 1),
+        "requests": calls,
+        "by_operation": dict(getattr(destination, "_bench_ops", Counter())),
+    }
 
 
-def bench_vault(source: Any, tmp: Path, concurrency: int) -> list[dict[str, Any]]:
+def source_values(source: Any) -> dict[str, Any]:
+    """What a hand-written loop reads first: the source's listing and its values in batches."""
+    from credpath import _reading as reading
+
+    ids = source.list_connections()
+    return reading.read_many(source, "connection", ids, chunk=reading.READ_CHUNK)
+
+
+def bench_vault(source: Any, tmp: Path, concurrency: int, rounds: int) -> list[dict[str, Any]]:
+    import hvac
+    import requests
+
     from credpath.backends.vault import VaultBackend
 
     server = start_openbao(tmp / "openbao")
     counter = {"n": 0}
     ops: Counter[str] = Counter()
+    run = {"n": 0}
 
     def hook(response: Any, *args: Any, **kwargs: Any) -> None:
         counter["n"] += 1
         ops[response.request.method] += 1
 
+    def make() -> Any:
+        run["n"] += 1
+        backend = VaultBackend(
+            url=server.addr, token=server.root_token, connections_path=f"run{run['n']}/connections"
+        )
+        hooks = backend.http_session.hooks["response"]
+        if hook not in hooks:
+            hooks.append(hook)
+        ops.clear()
+        backend._bench_ops = ops  # type: ignore[attr-defined]
+        return backend
+
+    def loop(source: Any, destination: Any, concurrency: int) -> int:
+        # The obvious hvac loop: one client (a pooled requests session), N threads, one write per row.
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, concurrency))
+        session.mount("http://", adapter)
+        session.hooks["response"].append(hook)
+        client = hvac.Client(url=server.addr, token=server.root_token, session=session)
+        values = source_values(source)
+        prefix = destination.settings.connections_path
+
+        def write(item: tuple[str, Any]) -> None:
+            conn_id, conn = item
+            client.secrets.kv.v2.create_or_update_secret(
+                path=f"{prefix}/{conn_id}",
+                secret=conn.to_dict(include_conn_id=False, prune_empty=True),
+                mount_point="secret",
+            )
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(write, values.items()))
+        return len(values)
+
     try:
-
-        def make() -> Any:
-            backend = VaultBackend(url=server.addr, token=server.root_token)
-            hooks = backend.http_session.hooks["response"]
-            if hook not in hooks:
-                hooks.append(hook)
-            ops.clear()
-            backend._bench_ops = ops  # type: ignore[attr-defined]
-            return backend
-
-        return run_twice(source, make, lambda _: counter["n"], concurrency)
+        return [
+            timed_variant(source, variant, make, loop, lambda _: counter["n"], concurrency)
+            for _ in range(rounds)
+            for variant in VARIANTS
+        ]
     finally:
         stop_process(server.proc)
 
 
-def bench_secrets_manager(source: Any, tmp: Path, concurrency: int) -> list[dict[str, Any]]:
+def bench_secrets_manager(source: Any, tmp: Path, concurrency: int, rounds: int) -> list[dict[str, Any]]:
+    import boto3
+    from botocore.config import Config
+
     from credpath.backends.aws_secrets_manager import SecretsManagerBackend
 
     binary = Path(sys.executable).parent / "moto_server"
@@ -128,15 +182,58 @@ def bench_secrets_manager(source: Any, tmp: Path, concurrency: int) -> list[dict
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
     )
+    url = f"http://127.0.0.1:{port}"
+    run = {"n": 0}
+    loop_calls: Counter[str] = Counter()
+
+    def make() -> Any:
+        run["n"] += 1
+        backend = SecretsManagerBackend(
+            endpoint_url=url, region_name="us-east-1", connections_prefix=f"run{run['n']}/connections"
+        )
+        backend._bench_ops = backend.aws.calls  # type: ignore[attr-defined]
+        return backend
+
+    def loop(source: Any, destination: Any, concurrency: int) -> int:
+        # The obvious boto3 loop: one client (thread-safe), N threads, CreateSecret per row.
+        client = boto3.client(
+            "secretsmanager",
+            endpoint_url=url,
+            region_name="us-east-1",
+            # moto answers an occasional 500 under concurrent writes: retried, as credpath's client does
+            config=Config(
+                max_pool_connections=max(10, concurrency), retries={"max_attempts": 5, "mode": "standard"}
+            ),
+        )
+        client.meta.events.register("before-send", lambda **_: loop_calls.update(["CreateSecret"]))
+        values = source_values(source)
+        prefix = f"run{run['n']}/connections"
+
+        def write(item: tuple[str, Any]) -> None:
+            conn_id, conn = item
+            for attempt in range(10):  # moto's occasional 500 outlasts botocore's own retries
+                try:
+                    client.create_secret(Name=f"{prefix}/{conn_id}", SecretString=conn.to_json())
+                    return
+                except client.exceptions.ClientError as exc:
+                    if exc.response["ResponseMetadata"]["HTTPStatusCode"] != 500 or attempt == 9:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(write, values.items()))
+        return len(values)
+
+    def count(backend: Any) -> int:
+        return sum(backend.aws.calls.values()) + sum(loop_calls.values())
+
     try:
         wait_for_port(port, timeout=30, proc=proc)
-
-        def make() -> Any:
-            backend = SecretsManagerBackend(endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-            backend._bench_ops = backend.aws.calls  # type: ignore[attr-defined]
-            return backend
-
-        return run_twice(source, make, lambda b: sum(b.aws.calls.values()), concurrency)
+        return [
+            timed_variant(source, variant, make, loop, count, concurrency)
+            for _ in range(rounds)
+            for variant in VARIANTS
+        ]
     finally:
         stop_process(proc)
         log.close()
@@ -145,7 +242,9 @@ def bench_secrets_manager(source: Any, tmp: Path, concurrency: int) -> list[dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--n-aws", type=int, default=None, help="rows into moto (default: --n)")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the three variants")
     parser.add_argument("--only", choices=["vault", "aws"], default=None)
     args = parser.parse_args()
     from cryptography.fernet import Fernet
@@ -153,32 +252,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="credpath-bench-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["CREDPATH_HOME"] = str(tmp / "home")
-        started = time.perf_counter()
-        source = seed_metastore(f"sqlite:///{tmp / 'source.db'}", Fernet.generate_key().decode(), args.n)
-        print(f"seeded {args.n} connections in {time.perf_counter() - started:.1f} s (SQLite metastore)")
-        rows = []
         if args.only in (None, "vault"):
-            rows += [("OpenBao (KV v2)", r) for r in bench_vault(source, tmp, args.concurrency)]
-        if args.only in (None, "aws"):
-            rows += [
-                ("moto Secrets Manager", r) for r in bench_secrets_manager(source, tmp, args.concurrency)
-            ]
-        print(f"\nconcurrency {args.concurrency}, {os.cpu_count()} CPU(s), servers on loopback\n")
-        header = (
-            f"{'destination':22} {'run':24} {'entries':>7} {'s':>7} {'entries/s':>9} {'calls':>7} "
-            f"{'calls/entry':>11}"
-        )
-        print(header)
-        print("-" * len(header))
-        for dest, r in rows:
-            print(
-                f"{dest:22} {r['run']:24} {r['entries']:>7} {r['seconds']:>7} {r['entries_per_s']:>9} "
-                f"{r['api_calls']:>7} {r['calls_per_entry']:>11}"
+            source = seed_metastore(f"sqlite:///{tmp / 'source.db'}", Fernet.generate_key().decode(), args.n)
+            show(
+                args,
+                [("OpenBao (KV v2)", r) for r in bench_vault(source, tmp, args.concurrency, args.rounds)],
             )
-        print()
-        details = ("added", "unchanged", "verified", "failed", "plan_s", "by_operation")
-        for dest, r in rows:
-            print(f"{dest} / {r['run']}: {json.dumps({k: r[k] for k in details})}")
+        if args.only in (None, "aws"):
+            n = args.n_aws or args.n
+            source = seed_metastore(f"sqlite:///{tmp / 'source-aws.db'}", Fernet.generate_key().decode(), n)
+            rows = bench_secrets_manager(source, tmp, args.concurrency, args.rounds)
+            show(args, [("moto Secrets Manager", r) for r in rows])
+
+
+def show(args: Any, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    load = os.getloadavg()
+    print(
+        f"\nconcurrency {args.concurrency}, {os.cpu_count()} CPU(s), servers on loopback, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+    )
+    header = (
+        f"{'destination':22} {'variant':32} {'rows':>6} {'s':>7} {'rows/s':>7} {'requests':>8} "
+        f"{'verified':>8} {'by confirmation':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for dest, r in rows:
+        print(
+            f"{dest:22} {r['variant']:32} {r['rows']:>6} {r['seconds']:>7} {r['rows_per_s']:>7} "
+            f"{r['requests']:>8} {r['verified']:>8} {r['confirmed']:>15}"
+        )
+    print()
+    for dest, r in rows:
+        print(f"{dest} / {r['variant']}: {json.dumps(r['by_operation'])}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@
   only for ids its listing shows), and decide per id: ``add``, ``change``, ``unchanged``, ``skip`` or
   ``conflict`` (per ``on_conflict``), or ``error`` when a value cannot be read. Values stay in memory;
   plans, reports and errors name ids and reasons only.
-- **Apply**: write exactly what the plan says (concurrently, ``concurrency`` threads), then read every written
-  value back and compare it with the source; ``verified`` counts matching read-backs.
+- **Apply**: write exactly what the plan says (concurrently, at most ``concurrency`` writes at once: halved
+  when the store throttles, grown back by one per ``concurrency`` good writes), then verify (``verify``):
+  ``"confirm"`` (default) takes a write the store confirmed (a :class:`~credpath.protocol.WriteConfirmation`:
+  Vault KV v2's version, Secrets Manager's VersionId) as verified, and reads back only what the store did
+  not confirm (or a connection format that may lose fields); ``"read"`` reads every written value back and
+  compares it with the source (one read per row); ``"none"`` trusts the write. ``verified`` counts both.
 - Connections compare by their fields (``extra`` as parsed JSON), not by serialisation, so a second run
   finds everything ``unchanged`` and writes nothing. An interrupted run leaves whole entries (each write is
   one store call); a re-run plans again and completes the rest.
@@ -17,23 +21,27 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from credpath import _reading as reading
-from credpath.errors import ConfigError, CredpathError, safe_reason
+from credpath.errors import ConfigError, CredpathError, Throttled, safe_reason
 from credpath.model import Connection, Variable
-from credpath.protocol import Backend, BaseBackend, Serialization, supports
+from credpath.protocol import Backend, BaseBackend, Serialization, WriteConfirmation, supports
 
 __all__ = [
     "ACTIONS",
     "FORMATS",
     "ON_CONFLICT",
     "READ_CHUNK",
+    "VERIFY",
     "Action",
+    "AdaptiveLimit",
     "Item",
     "ItemKind",
     "MigrationError",
@@ -58,6 +66,10 @@ OnConflict = Literal["skip", "overwrite", "fail"]
 ACTIONS: tuple[Action, ...] = ("add", "change", "unchanged", "skip", "conflict", "error")
 ON_CONFLICT: tuple[str, ...] = ("skip", "overwrite", "fail")
 FORMATS: tuple[Serialization, ...] = ("uri", "json")
+#: How written rows are verified (see the module docstring).
+VERIFY: tuple[str, ...] = ("confirm", "read", "none")
+#: Tries of one write the store throttles (each after a jittered back-off, with the limit halved).
+THROTTLED_TRIES = 6
 #: Ids per batch read handed to one worker (backends chunk further to their API limits).
 READ_CHUNK = reading.READ_CHUNK
 
@@ -79,6 +91,7 @@ class Item:
     value: Any = field(default=None, repr=False)
     description: str | None = field(default=None, repr=False)
     status: str = "planned"  # planned | written | verified | failed | not written
+    confirmation: WriteConfirmation | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +147,11 @@ class Report:
     options: dict[str, Any]
     written: int = 0
     verified: int = 0
+    #: Of ``verified``: rows verified by the store's confirmation (the rest were read back).
+    confirmed: int = 0
+    #: Writes the store throttled (each retried), and the lowest write concurrency it came down to.
+    throttled: int = 0
+    lowest_concurrency: int = 0
     aborted: str | None = None
     apply_seconds: float = 0.0
 
@@ -165,6 +183,12 @@ class Report:
             "options": self.options,
             "summary": self.summary(),
             "aborted": self.aborted,
+            "verification": {
+                "confirmed": self.confirmed,
+                "read_back": self.verified - self.confirmed,
+                "throttled": self.throttled,
+                "lowest_concurrency": self.lowest_concurrency,
+            },
             "seconds": {"plan": round(self.plan.seconds, 3), "apply": round(self.apply_seconds, 3)},
             "items": [i.to_dict() for i in self.plan.items],
         }
@@ -214,6 +238,7 @@ class Migrator:
         concurrency: int = 8,
         connection_format: Serialization = "json",
         progress: ProgressCallback | None = None,
+        verify: str = "confirm",
     ) -> None:
         if source is destination:
             raise ConfigError("--from and --to are the same backend")
@@ -225,6 +250,9 @@ class Migrator:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {connection_format!r}")
         if not connections and not variables:
             raise ConfigError("nothing to migrate: both connections and variables are switched off")
+        if verify not in VERIFY:
+            raise ConfigError(f"--verify must be one of {', '.join(VERIFY)}, got {verify!r}")
+        self.verify = verify
         self.source = source
         self.destination = destination
         wanted: tuple[tuple[ItemKind, bool], ...] = (("connection", connections), ("variable", variables))
@@ -249,6 +277,7 @@ class Migrator:
             "on_conflict": self.on_conflict,
             "concurrency": self.concurrency,
             "format": self.connection_format,
+            "verify": self.verify,
         }
 
     def _check_capabilities(self) -> None:
@@ -377,12 +406,13 @@ class Migrator:
                 item.status = "not written"
             return report
         todo = plan.by_action("add", "change")
+        limit = AdaptiveLimit(self.concurrency)
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="credpath-write") as pool:
             self._tick("write", 0, len(todo))
-            futures = [(item, pool.submit(self._write, item)) for item in todo]
+            futures = [(item, pool.submit(self._write_within, limit, item)) for item in todo]
             for item, future in futures:
                 try:
-                    future.result()
+                    item.confirmation = future.result()
                 except Exception as exc:
                     item.status = "failed"
                     item.reason = f"write failed: {safe_reason(exc)}"
@@ -392,41 +422,96 @@ class Migrator:
                     item.status = "written"
                     report.written += 1
                 self._tick("write", 1, len(todo))
+            report.throttled, report.lowest_concurrency = limit.throttles, limit.lowest
             written = [i for i in todo if i.status == "written"]
-            self._tick("verify", 0, len(written))
-            for kind in self.kinds:
-                batch = [i for i in written if i.kind == kind]
-                back = self._read_many(pool, self.destination, kind, [i.key for i in batch])
-                for item in batch:
-                    got = back.get(item.key)
-                    if isinstance(got, BaseException):
-                        item.status = "failed"
-                        item.reason = f"written, but reading it back failed: {safe_reason(got)}"
-                    elif got is None:
-                        item.status = "failed"
-                        item.reason = "written, but reading it back found nothing"
-                    elif not same_value(kind, item.value, got[0]):
-                        item.status = "failed"
-                        item.reason = (
-                            "written, but the value read back differs (lossy format? try --format json)"
-                        )
-                    else:
-                        item.status = "verified"
-                        report.verified += 1
-                self._tick("verify", len(batch), len(written))
+            if self.verify != "none":
+                self._verify(pool, report, written)
         report.apply_seconds = time.perf_counter() - started
         return report
 
-    def _write(self, item: Item) -> None:
+    def _verify(self, pool: ThreadPoolExecutor, report: Report, written: list[Item]) -> None:
+        self._tick("verify", 0, len(written))
+        unconfirmed: list[Item] = []
+        for item in written:
+            if self.verify == "confirm" and item.confirmation is not None and self._keeps_as_written(item):
+                item.status = "verified"
+                report.verified += 1
+                report.confirmed += 1
+            else:
+                unconfirmed.append(item)
+        self._tick("verify", len(written) - len(unconfirmed), len(written))
+        for kind in self.kinds:
+            batch = [i for i in unconfirmed if i.kind == kind]
+            if not batch:
+                continue
+            back = self._read_many(pool, self.destination, kind, [i.key for i in batch])
+            for item in batch:
+                got = back.get(item.key)
+                if isinstance(got, BaseException):
+                    item.status = "failed"
+                    item.reason = f"written, but reading it back failed: {safe_reason(got)}"
+                elif got is None:
+                    item.status = "failed"
+                    item.reason = "written, but reading it back found nothing"
+                elif not same_value(kind, item.value, got[0]):
+                    item.status = "failed"
+                    item.reason = "written, but the value read back differs (lossy format? try --format json)"
+                else:
+                    item.status = "verified"
+                    report.verified += 1
+            self._tick("verify", len(batch), len(written))
+
+    def _keeps_as_written(self, item: Item) -> bool:
+        """Whether the value a confirmed write stored reads back equal to the source's, decided locally:
+        JSON keeps every field; a URI or a backend's own ``connection_format`` may not, so that value is
+        parsed back as the destination would (False: read it back, the store's answer decides)."""
+        destination = self.destination
+        if item.kind != "connection" or not isinstance(destination, BaseBackend):
+            return True
+        if destination._connection_adapter is None and self.connection_format == "json":
+            return True
+        try:
+            stored = destination.serialize_connection(item.value, self.connection_format)
+            back = destination.deserialize_connection(item.key, stored)
+        except Exception:
+            return False
+        if "structured" in type(destination).capabilities and destination._connection_adapter is None:
+            back = replace(back, description=item.value.description)  # kept beside the URI
+        return same_value("connection", item.value, back)
+
+    def _write_within(self, limit: AdaptiveLimit, item: Item) -> WriteConfirmation | None:
+        """One row's write within the adaptive limit; a throttled write is tried again after a back-off
+        (the store refused it, so nothing was written)."""
+        for attempt in range(THROTTLED_TRIES):
+            epoch = limit.acquire()
+            try:
+                confirmation = self._write(item)
+            except Throttled:
+                limit.release(epoch, throttled=True)
+                if attempt == THROTTLED_TRIES - 1:
+                    raise
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))  # full jitter
+                continue
+            except BaseException:
+                limit.release(epoch)
+                raise
+            limit.release(epoch)
+            return confirmation
+        return None  # pragma: no cover - the loop returns or raises
+
+    def _write(self, item: Item) -> WriteConfirmation | None:
+        """One write; the store's confirmation if it gave one (a foreign object's answer is not one)."""
         destination: Any = self.destination  # declares "write" (checked in __init__)
-        if item.kind == "connection":
-            destination.set_connection(item.value, overwrite=True, **self._serialization)
-            return
         keeps = isinstance(destination, BaseBackend) and destination.keeps_variable_descriptions
-        if item.description and keeps:
-            destination.set_variable(item.key, item.value, overwrite=True, description=item.description)
-            return
-        destination.set_variable(item.key, item.value, overwrite=True)
+        if item.kind == "connection":
+            answer = destination.set_connection(item.value, overwrite=True, **self._serialization)
+        elif item.description and keeps:
+            answer = destination.set_variable(
+                item.key, item.value, overwrite=True, description=item.description
+            )
+        else:
+            answer = destination.set_variable(item.key, item.value, overwrite=True)
+        return answer if isinstance(answer, WriteConfirmation) else None
 
     def run(self, *, dry_run: bool = False) -> Report:
         plan = self.plan()
@@ -437,6 +522,44 @@ class Migrator:
     def _tick(self, phase: str, advance: int, total: int) -> None:
         if self.progress is not None:
             self.progress(phase, advance, total)
+
+
+class AdaptiveLimit:
+    """At most ``limit`` writes at once, starting at ``ceiling``: halved when the store throttles, grown
+    back by one after ``limit`` writes in a row went through (additive increase, multiplicative decrease,
+    as TCP does). Writes started before a decrease do not decrease it again: one burst of throttling
+    halves once, not once per write in flight."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = self.limit = self.lowest = ceiling
+        self.active = self.throttles = 0
+        self._good = 0
+        self._epoch = 0  # decreases so far
+        self._cond = threading.Condition()
+
+    def acquire(self) -> int:
+        with self._cond:
+            while self.active >= self.limit:
+                self._cond.wait()
+            self.active += 1
+            return self._epoch
+
+    def release(self, epoch: int, *, throttled: bool = False) -> None:
+        with self._cond:
+            self.active -= 1
+            if throttled:
+                self.throttles += 1
+                self._good = 0
+                if epoch == self._epoch:
+                    self._epoch += 1
+                    self.limit = max(1, self.limit // 2)
+                    self.lowest = min(self.lowest, self.limit)
+            else:
+                self._good += 1
+                if self._good >= self.limit and self.limit < self.ceiling:
+                    self.limit += 1
+                    self._good = 0
+            self._cond.notify_all()
 
 
 def migrate(

@@ -19,6 +19,7 @@ from typing import Any
 
 from credpath import _audit
 from credpath._cache import ABSENT, CacheSettings, TTLCache
+from credpath._deadlines import Deadline
 from credpath._lookup import listing, prefetch, tiers, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
@@ -241,14 +242,20 @@ class SearchPath(LookupState):
         *,
         prefix: bool = False,
         team_name: str | None = None,
+        concurrency: int = prefetch.CONCURRENCY,
+        timeout: float | None = None,
     ) -> dict[Kind, PrefetchReport]:
         """Fill the cache for many ids with as few API calls as the backends allow.
 
         Backends with batch reads (``get_conn_values``/``get_variables``) are asked once per batch; others
-        one id at a time. With ``prefix=True`` every value under each backend's prefix is loaded
-        (``prefetch_connections``/``prefetch_variables``), cached only where no earlier backend has the id.
+        id by id, ``concurrency`` reads at once. ``timeout`` (seconds) bounds the whole prefetch by id: past
+        it no read starts and the ids not read are errors (each store call keeps its own deadline). With
+        ``prefix=True`` every value under each backend's prefix is loaded (``prefetch_connections``/
+        ``prefetch_variables``), cached only where no earlier backend has the id.
         Errors follow the one error policy; failed ids are simply not cached.
         """
+        prefetch.check_concurrency(concurrency)
+        deadline = None if timeout is None else Deadline(timeout)
         reports: dict[Kind, PrefetchReport] = {}
         kinds: tuple[tuple[Kind, Sequence[str]], ...] = (("connection", connections), ("variable", variables))
         for kind, ids in kinds:
@@ -256,7 +263,14 @@ class SearchPath(LookupState):
                 continue
             with _audit.timed("prefetch", kind, "*", team=team_name) as audit:  # one event per batch
                 if ids:
-                    reports[kind] = prefetch.prefetch_ids(self, kind, list(dict.fromkeys(ids)), team_name)
+                    reports[kind] = prefetch.prefetch_ids(
+                        self,
+                        kind,
+                        list(dict.fromkeys(ids)),
+                        team_name,
+                        concurrency=concurrency,
+                        deadline=deadline,
+                    )
                 else:
                     reports[kind] = prefetch.prefetch_prefix(self, kind, team_name)
                 audit.update(_audit.prefetch_facts(reports[kind], ids))

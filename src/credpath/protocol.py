@@ -13,14 +13,18 @@ from ``get_conn_value`` by the base class (parsed with ``connection_format``, el
 Capabilities (``capabilities: ClassVar[frozenset[Capability]]``), and the methods each one implies
 (checked when the class is defined: declaring one without overriding its methods is a ``TypeError``):
 
-- ``"write"``: ``set_connection(conn, *, overwrite=True, serialization="json") -> None``,
-  ``set_variable(key, value, *, overwrite=True) -> None``, ``delete_connection(conn_id) -> bool`` and
+- ``"write"``: ``set_connection(conn, *, overwrite=True, serialization="json") -> WriteConfirmation | None``,
+  ``set_variable(key, value, *, overwrite=True) -> WriteConfirmation | None``,
+  ``delete_connection(conn_id) -> bool`` and
   ``delete_variable(key) -> bool`` (True if something was deleted). This is the ONE write signature: no
   other per-call options. ``serialization`` (:data:`Serialization`, "json" or "uri") is how a string store
   keeps a connection: honour it with ``self.serialize_connection(conn, serialization)`` (which applies the
   backend's ``connection_format`` first); a structured store accepts and ignores it. A team-scoped store
   may add ``team_name: str | None = None`` (the owner), as its reads do. ``overwrite=False`` on an
-  existing id raises :class:`~credpath.errors.ConfigError` naming the id. Store behaviour (Azure's
+  existing id raises :class:`~credpath.errors.ConfigError` naming the id. A write returns a
+  :class:`WriteConfirmation` when the store's answer proves it kept this write (Vault KV v2's new
+  ``version``, Secrets Manager's ``VersionId``), else ``None`` (callers that ignore it are unaffected):
+  ``credpath migrate`` verifies a confirmed write without reading it back. Store behaviour (Azure's
   ``on_deleted``, Vault's ``soft_delete``, ...) is a constructor setting, never a write argument.
 - ``"list"``: ``list_connections() -> list[str]`` and ``list_variables() -> list[str]``: sorted ids under
   the backend's prefix (lookup patterns applied). Needed to be a migration source and to be exported.
@@ -68,6 +72,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -97,6 +102,7 @@ __all__ = [
     "Kind",
     "SecretsBackend",
     "Serialization",
+    "WriteConfirmation",
     "accepts_team_name",
     "call_backend_method",
     "check_capabilities",
@@ -126,6 +132,15 @@ Capability = Literal["write", "list", "batch", "prefetch", "structured"]
 CAPABILITIES: tuple[Capability, ...] = ("write", "list", "batch", "prefetch", "structured")
 #: How a string store keeps a connection: Airflow's JSON form or its URI.
 Serialization = Literal["json", "uri"]
+
+
+@dataclass(frozen=True)
+class WriteConfirmation:
+    """What a store answered when it accepted a write: the version it now keeps (Vault KV v2's
+    ``version``, Secrets Manager's ``VersionId``). A version is returned only for a write the store
+    applied, so it verifies the write without reading it back. Carries no value."""
+
+    version: str
 
 
 @runtime_checkable
@@ -377,10 +392,10 @@ class BaseBackend:
 
     def set_connection(
         self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
-    ) -> None:
+    ) -> WriteConfirmation | None:
         raise self._unsupported("write connections")
 
-    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> WriteConfirmation | None:
         raise self._unsupported("write variables")
 
     def delete_connection(self, conn_id: str) -> bool:

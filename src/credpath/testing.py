@@ -43,6 +43,7 @@ from credpath.protocol import (
     CAPABILITY_METHODS,
     BaseBackend,
     Capability,
+    WriteConfirmation,
     check_capabilities,
     supports,
 )
@@ -307,14 +308,20 @@ class BackendContract:
         backend = harness.make_backend()
         require(backend, "write")
         key, other = new_id("wv"), new_id("wv")
-        backend.set_variable(key, "value-s3cr3t-1")
+        first = backend.set_variable(key, "value-s3cr3t-1")
         backend.set_variable(other, "plain")
         assert backend.get_variable(key) == "value-s3cr3t-1"
         with pytest.raises(ConfigError):
             backend.set_variable(key, "value-s3cr3t-2", overwrite=False)
         assert backend.get_variable(key) == "value-s3cr3t-1"
-        backend.set_variable(key, "value-s3cr3t-3")
+        second = backend.set_variable(key, "value-s3cr3t-3")
         assert backend.get_variable(key) == "value-s3cr3t-3"
+        # A write answers None or the store's confirmation of THIS write: a new version each time.
+        for answer in (first, second):
+            assert answer is None or isinstance(answer, WriteConfirmation), type(answer).__name__
+        if first is not None and second is not None:
+            assert first.version != second.version
+            assert "s3cr3t" not in repr(second)
         if supports(backend, "list"):
             listed = backend.list_variables()
             assert {key, other} <= set(listed)

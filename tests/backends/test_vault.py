@@ -472,10 +472,10 @@ def test_write_and_delete_signatures_are_exactly_the_protocols() -> None:
     sig = inspect.signature
     assert str(sig(VaultBackend.set_connection)) == (
         "(self, conn: 'Connection', *, overwrite: 'bool' = True, "
-        "serialization: 'Serialization' = 'json') -> 'None'"
+        "serialization: 'Serialization' = 'json') -> 'WriteConfirmation | None'"
     )
     assert str(sig(VaultBackend.set_variable)) == (
-        "(self, key: 'str', value: 'str', *, overwrite: 'bool' = True) -> 'None'"
+        "(self, key: 'str', value: 'str', *, overwrite: 'bool' = True) -> 'WriteConfirmation | None'"
     )
     assert str(sig(VaultBackend.delete_connection)) == "(self, conn_id: 'str') -> 'bool'"
     assert str(sig(VaultBackend.delete_variable)) == "(self, key: 'str') -> 'bool'"

@@ -199,3 +199,14 @@ def test_an_empty_standard_input_is_refused_not_stored(env: dict[str, Any]) -> N
     assert _destination(env).list_variables() == []
     source = MetastoreBackend(url=f"sqlite:///{env['tmp'] / 'src.db'}", fernet_key=env["key"])
     assert source.get_variable("api_token") == "tok-s3cr3t-v"  # untouched
+
+
+def test_verify_option(env: dict[str, Any]) -> None:
+    report_file = env["tmp"] / "report.json"
+    result = run(env, "--from", "old", "--to", "new", "--verify", "none", "--report", str(report_file))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["options"]["verify"] == "none"
+    assert (report["summary"]["written"], report["summary"]["verified"]) == (6, 0)
+    bad = run(env, "--from", "old", "--to", "new", "--verify", "sometimes")
+    assert bad.exit_code == 2 and "--verify" in bad.stderr

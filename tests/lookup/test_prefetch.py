@@ -45,7 +45,7 @@ def test_prefetch_mixes_batch_and_single_backends():
     batch = BatchMemoryBackend({"c2": URI_B})
     sp = path(single, batch)
     sp.prefetch(connections=["c1", "c2"])
-    assert single.calls == [("get_conn_value", "c1"), ("get_conn_value", "c2")]
+    assert sorted(single.calls) == [("get_conn_value", "c1"), ("get_conn_value", "c2")]  # read concurrently
     assert batch.calls == [("get_conn_values", ("c2",))]
 
 
@@ -57,7 +57,7 @@ def test_prefetched_misses_are_cached_behind_a_never_cached_backend():
     sp.prefetch(connections=["db", "nope"])
     assert sp.lookup("connection", "nope") is None
     assert sp.get_connection("db").host == "db-a"
-    assert store.calls == [("get_conn_value", "db"), ("get_conn_value", "nope")]  # main: 1 more
+    assert sorted(store.calls) == [("get_conn_value", "db"), ("get_conn_value", "nope")]  # main: 1 more
 
 
 def test_prefetch_under_on_error_fail_raises():

@@ -95,6 +95,9 @@ class FaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self.rules: list[Rule] = []
         self.requests: list[tuple[str, str]] = []
+        #: Requests being answered right now, and the most at once since the start (or ``clear``).
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -115,6 +118,7 @@ class FaultProxy:
         with self._lock:
             self.rules.clear()
             self.requests.clear()
+            self.max_in_flight = self.in_flight
 
     def count(self, path: str = ".*", method: str | None = None) -> int:
         with self._lock:
@@ -151,6 +155,7 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        counted = [False]  # one slot, cleared when the answer leaves (see _answered)
         try:
             request = _read_request(client)
             if request is None:
@@ -159,11 +164,14 @@ class FaultProxy:
             method_s, path_s = method.decode(), path.decode()
             with self._lock:
                 self.requests.append((method_s, path_s))
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                counted = [True]
                 rule = next((r for r in self.rules if r.matches(method_s, path_s)), None)
                 if rule is not None:
                     rule.applied += 1
             if rule is None:
-                self._relay(client, request)
+                self._relay(client, request, counted=counted)
             elif rule.action == "hang":
                 self._stopped.wait(60)
             elif rule.action == "close":
@@ -174,10 +182,12 @@ class FaultProxy:
                     f"{k}: {v}\r\n" for k, v in headers.items()
                 )
                 head += f"Content-Length: {len(rule.body)}\r\nConnection: close\r\n\r\n"
+                with self._lock:
+                    self._answered(counted)
                 client.sendall(head.encode() + rule.body)
             elif rule.action == "delay":
                 self._stopped.wait(rule.seconds)
-                self._relay(client, request)
+                self._relay(client, request, counted=counted)
             elif rule.action == "trickle":
                 self._relay(client, request, trickle=rule.interval)
         except OSError:
@@ -185,12 +195,26 @@ class FaultProxy:
         finally:
             with self._lock:
                 self._sockets.discard(client)
+                self._answered(counted)
             try:
                 client.close()
             except OSError:
                 pass
 
-    def _relay(self, client: socket.socket, request: bytes, trickle: float | None = None) -> None:
+    def _answered(self, counted: list[bool]) -> None:
+        """The request no longer counts as in flight (called under the lock, once): before its answer
+        is sent, so that a client's next request never overlaps it in the count."""
+        if counted[0]:
+            counted[0] = False
+            self.in_flight -= 1
+
+    def _relay(
+        self,
+        client: socket.socket,
+        request: bytes,
+        trickle: float | None = None,
+        counted: list[bool] | None = None,
+    ) -> None:
         head, _, body = request.partition(_HEADER_END)
         upstream = socket.create_connection(self.upstream, timeout=60)
         self._track(upstream)
@@ -205,6 +229,9 @@ class FaultProxy:
             rhead, sep, rbody = response.partition(_HEADER_END)
             response = _with_close(rhead) + sep + rbody if sep else response
             if trickle is None:
+                if counted is not None:
+                    with self._lock:
+                        self._answered(counted)
                 client.sendall(response)
                 return
             for i in range(len(response)):

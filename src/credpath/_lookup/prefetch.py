@@ -1,24 +1,55 @@
-"""Filling the cache for many ids with as few store calls as the backends allow (by id, or by prefix)."""
+"""Filling the cache for many ids with as few store calls as the backends allow (by id, or by prefix).
+
+A backend without batch reads (Vault, GCP, Azure, Kubernetes by name...) is read id by id, but
+``concurrency`` reads at once (default :data:`CONCURRENCY`): one after another, 1,000 Vault ids cost 1,000
+round trips end to end; bounded, so the store is not flooded, and within the HTTP session's kept-alive
+connection pool (Vault keeps 16). Each read still goes through the backend's breaker and the error
+policy, and reads of one id by concurrent prefetches share one store call (single-flight).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from credpath import _reading as reading
 from credpath._cache import ABSENT
+from credpath._deadlines import Deadline
 from credpath._lookup.model import MISS, Entry, PrefetchReport, Resolution, what
 from credpath._lookup.policy import call, failure
 from credpath._lookup.resolution import read
 from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
+from credpath.errors import BackendTimeout, ConfigError
 from credpath.protocol import Kind, supports
 
-__all__ = ["prefetch_ids", "prefetch_prefix"]
+__all__ = ["CONCURRENCY", "prefetch_ids", "prefetch_prefix"]
+
+#: Reads at once against a backend without batch reads (within Vault's 16 pooled connections).
+CONCURRENCY = 8
 
 
-def prefetch_ids(state: LookupState, kind: Kind, ids: list[str], team: str | None) -> PrefetchReport:
-    """Each id not cached yet: from the shared tier, else backend by backend (batched where it can)."""
+def check_concurrency(concurrency: int) -> int:
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 64:
+        raise ConfigError(f"prefetch concurrency must be an integer 1-64, got {concurrency!r}")
+    return concurrency
+
+
+def prefetch_ids(
+    state: LookupState,
+    kind: Kind,
+    ids: list[str],
+    team: str | None,
+    *,
+    concurrency: int = CONCURRENCY,
+    deadline: Deadline | None = None,
+) -> PrefetchReport:
+    """Each id not cached yet: from the shared tier, else backend by backend (batched where it can,
+    ``concurrency`` reads at once where it cannot). Past ``deadline`` no read starts; ids left unread are
+    errors (not cached, not misses)."""
+    check_concurrency(concurrency)
     report = PrefetchReport(requested=len(ids))
     context = LookupContext(kind, "*", team)
     remaining = [i for i in ids if state.cache.get((kind, i, team)) is ABSENT]
@@ -34,7 +65,9 @@ def prefetch_ids(state: LookupState, kind: Kind, ids: list[str], team: str | Non
         if reading.batched(entry.backend, kind):
             found = _batch(state, context, entry, kind, wanted, team, errored, report)
         else:
-            found = _one_by_one(state, context, entry, kind, wanted, team, errored, report)
+            found = _one_by_one(
+                state, context, entry, kind, wanted, team, errored, report, concurrency, deadline
+            )
         _keep(state, entry, kind, team, found, errored, report)
         remaining = [i for i in remaining if i not in found]
     for key in remaining:
@@ -116,19 +149,86 @@ def _one_by_one(
     team: str | None,
     errored: set[str],
     report: PrefetchReport,
+    concurrency: int = 1,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
+    """``wanted`` read id by id, ``concurrency`` at once; outcomes are handled on the caller's thread in id
+    order, so ``on_error="fail"`` raises here (and the reads not started yet are dropped)."""
+    outcomes: dict[str, Future[Any]] = {}
+    workers = min(concurrency, len(wanted))
+    if workers <= 1 and deadline is None:
+        for key in wanted:
+            outcomes[key] = _settled(lambda key=key: _read_once(state, context, entry, kind, key, team))
+    else:
+        outcomes = _concurrently(state, context, entry, kind, wanted, team, max(workers, 1), deadline)
     found: dict[str, Any] = {}
     for key in wanted:
-        try:
-            value = read(state, context, entry, kind, key, team)
-        except Exception as exc:
-            failure(state, entry, exc, what(kind, key, team))
+        future = outcomes[key]
+        exc = future.exception() if future.done() and not future.cancelled() else None
+        if not future.done() or future.cancelled():
+            exc = BackendTimeout(f"{what(kind, key, team)}: not read within the prefetch's deadline")
+        if exc is not None:
+            try:
+                failure(state, entry, exc, what(kind, key, team))
+            except BaseException:
+                for pending in outcomes.values():
+                    pending.cancel()
+                raise
             errored.add(key)
             report.errors += 1
             continue
+        value = future.result()
         if value is not None:
             found[key] = value
     return found
+
+
+def _settled(func: Any) -> Future[Any]:
+    """``func()``'s outcome as a done future (the sequential path shares the concurrent one's handling)."""
+    future: Future[Any] = Future()
+    try:
+        future.set_result(func())
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
+def _read_once(
+    state: LookupState, context: LookupContext, entry: Entry, kind: Kind, key: str, team: str | None
+) -> Any:
+    """One id from one backend, shared with any other prefetch reading it from that backend right now."""
+    return state._flight.run(
+        ("prefetch", entry.name, kind, key, team), lambda: read(state, context, entry, kind, key, team)
+    )
+
+
+def _concurrently(
+    state: LookupState,
+    context: LookupContext,
+    entry: Entry,
+    kind: Kind,
+    wanted: list[str],
+    team: str | None,
+    workers: int,
+    deadline: Deadline | None,
+) -> dict[str, Future[Any]]:
+    """Submit every read to a bounded pool; wait until all are done or ``deadline`` passes. The pool's
+    threads end with their last read (each store call has its own deadline): none outlives it."""
+    stop = threading.Event()
+
+    def one(key: str) -> Any:
+        if stop.is_set() or (deadline is not None and deadline.expired):
+            raise BackendTimeout(f"{what(kind, key, team)}: not read within the prefetch's deadline")
+        return _read_once(state, context, entry, kind, key, team)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="credpath-prefetch")
+    try:
+        futures = {key: pool.submit(one, key) for key in wanted}
+        wait(futures.values(), timeout=None if deadline is None else deadline.remaining())
+    finally:
+        stop.set()
+        pool.shutdown(wait=deadline is None or not deadline.expired, cancel_futures=True)
+    return futures
 
 
 def prefetch_prefix(state: LookupState, kind: Kind, team: str | None) -> PrefetchReport:

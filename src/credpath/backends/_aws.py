@@ -20,7 +20,7 @@ from credpath._settings import TIMEOUT, check_number
 from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
 from credpath.errors import AccessDenied, BackendTimeout, CredpathError, Throttled
-from credpath.protocol import BackendOptions, BaseBackend, Kind, multi_team_enabled
+from credpath.protocol import BackendOptions, BaseBackend, Kind, WriteConfirmation, multi_team_enabled
 
 __all__ = [
     "AwsBackend",
@@ -689,7 +689,10 @@ class AwsBackend(PrefixNamedBackend):
         """(client operation, params, what for errors) listing the names that start with ``head``."""
         raise NotImplementedError
 
-    def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:  # pragma: no cover
+    def _write(
+        self, kind: Kind, key: str, value: str, *, overwrite: bool
+    ) -> WriteConfirmation | None:  # pragma: no cover
+        """Write one value; the store's confirmation of it when the store answers one."""
         raise NotImplementedError
 
     def _connection_value(self, conn_id: str, raw: str) -> str:
@@ -748,10 +751,10 @@ class AwsBackend(PrefixNamedBackend):
 
     # --- writes and misc ---------------------------------------------------------------------------
 
-    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> WriteConfirmation | None:
         if not isinstance(value, str):
             raise self.config_error(f"variable {key!r}: value must be a string, got {type(value).__name__}")
-        self._write("variable", key, value, overwrite=overwrite)
+        return self._write("variable", key, value, overwrite=overwrite)
 
     def describe(self) -> str:
         return f"{self.alias} ({self.aws.describe()})"

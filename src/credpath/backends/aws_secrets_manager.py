@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, ClassVar, Unpack
+from typing import Any, ClassVar, Literal, Unpack
 from urllib.parse import unquote
 
 from credpath._deadlines import Deadline
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import Capability, Kind, Serialization
+from credpath.protocol import Capability, Kind, Serialization, WriteConfirmation
 
 __all__ = ["BATCH_SIZE", "FIELD_WORDS", "SecretsManagerBackend"]
 
@@ -250,15 +250,16 @@ class SecretsManagerBackend(AwsBackend):
 
     def set_connection(
         self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
-    ) -> None:
+    ) -> WriteConfirmation | None:
         if not conn.conn_id:
             raise self.config_error("connection has no conn_id")
-        self._write(
+        return self._write(
             "connection", conn.conn_id, self.serialize_connection(conn, serialization), overwrite=overwrite
         )
 
-    def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> None:
-        """Create the secret, or put a new version when it exists: one call when the state is known.
+    def _write(self, kind: Kind, key: str, value: str, *, overwrite: bool) -> WriteConfirmation | None:
+        """Create the secret, or put a new version when it exists: one call when the state is known. The
+        answer's ``VersionId`` (the version this write created) is the write's confirmation.
 
         State is known from this backend's own reads, listings, writes and deletes; otherwise CreateSecret
         is tried first (the common case in a migration) and PutSecretValue follows only if it exists.
@@ -269,11 +270,13 @@ class SecretsManagerBackend(AwsBackend):
                 raise self._exists_error(name, scheduled=True)
             self._restore(name)
         elif overwrite and name in self._existing:
-            if self._put(name, value):
-                return
+            if (put := self._put(name, value)) is not False:
+                return put
         else:
             try:
-                self._call("create_secret", {"Name": name, "SecretString": value}, f"write secret {name!r}")
+                created = self._call(
+                    "create_secret", {"Name": name, "SecretString": value}, f"write secret {name!r}"
+                )
             except Exception as exc:
                 if client_error_code(exc) == "ResourceExistsException":
                     if not overwrite:
@@ -287,15 +290,17 @@ class SecretsManagerBackend(AwsBackend):
             else:
                 self._existing.add(name)
                 log.debug("%s: created secret %s", self.name, name)
-                return
-        if not self._put(name, value):
+                return _confirmation(created)
+        if (put := self._put(name, value)) is False:
             raise self.error(f"secret {name!r} vanished while being written")
+        return put
 
-    def _put(self, name: str, value: str) -> bool:
-        """PutSecretValue; False if the secret does not exist. A secret scheduled for deletion is restored."""
+    def _put(self, name: str, value: str) -> WriteConfirmation | Literal[False] | None:
+        """PutSecretValue and its confirmation; False if the secret does not exist. A secret scheduled for
+        deletion is restored."""
         for attempt in range(2):
             try:
-                self._call(
+                response = self._call(
                     "put_secret_value", {"SecretId": name, "SecretString": value}, f"write secret {name!r}"
                 )
             except Exception as exc:
@@ -309,7 +314,7 @@ class SecretsManagerBackend(AwsBackend):
             break
         self._existing.add(name)
         log.debug("%s: put a new version of secret %s", self.name, name)
-        return True
+        return _confirmation(response)
 
     def _exists_error(self, name: str, *, scheduled: bool = False) -> ConfigError:
         state = "is scheduled for deletion" if scheduled else "already exists"
@@ -402,3 +407,9 @@ def _field_words(extra_conn_words: dict[str, list[str]] | None) -> dict[str, tup
             raise ConfigError(f"extra_conn_words[{field_name!r}] must be a list of strings")
         words[target].extend(w for w in extra if w not in words[target])
     return {k: tuple(v) for k, v in words.items()}
+
+
+def _confirmation(response: Any) -> WriteConfirmation | None:
+    """The ``VersionId`` CreateSecret/PutSecretValue answered for the version just written, if any."""
+    version = response.get("VersionId") if isinstance(response, dict) else None
+    return WriteConfirmation(version) if isinstance(version, str) and version else None

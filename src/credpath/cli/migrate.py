@@ -168,7 +168,21 @@ def _print_plan(report: Any) -> None:
     show_default=True,
     help="An id that exists in the destination with a different value.",
 )
-@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Writes at once at most (halved while the store throttles, grown back slowly).",
+)
+@click.option(
+    "--verify",
+    type=click.Choice(["confirm", "read", "none"]),
+    default="confirm",
+    show_default=True,
+    help="confirm: a write the store confirms (Vault KV v2 version, Secrets Manager VersionId) is verified "
+    "by it, the rest are read back; read: read every written value back; none: do not verify.",
+)
 @click.option(
     "--format",
     "connection_format",
@@ -204,12 +218,13 @@ def migrate_command(
     dry_run: bool,
     on_conflict: str,
     concurrency: int,
+    verify: str,
     connection_format: str,
     on_deleted: str | None,
     report_file: Path | None,
     quiet: bool,
 ) -> None:
-    """Copy connections and variables from --from to --to: plan, write, read back and verify.
+    """Copy connections and variables from --from to --to: plan, write and verify.
 
     Idempotent: a second run finds everything unchanged and writes nothing. Exit codes: 0 done,
     1 some entries failed (listed by id), 2 bad input.
@@ -236,6 +251,7 @@ def migrate_command(
         exclude=parse_globs(exclude),
         on_conflict=on_conflict,
         concurrency=concurrency,
+        verify=verify,
         connection_format="uri" if connection_format == "uri" else "json",
         progress=tick,
     )

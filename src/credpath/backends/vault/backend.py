@@ -26,6 +26,7 @@ from credpath.protocol import (
     Capability,
     Kind,
     Serialization,
+    WriteConfirmation,
     multi_team_enabled,
 )
 
@@ -498,8 +499,10 @@ class VaultBackend(BaseBackend):
             raise self._deny(mount, path, "create")
         return mount, path, version
 
-    def _write(self, kind: Kind, key: str, data: dict[str, Any], *, overwrite: bool) -> None:
-        self._guarded(lambda deadline: self._write_in(kind, key, data, overwrite, deadline))
+    def _write(
+        self, kind: Kind, key: str, data: dict[str, Any], *, overwrite: bool
+    ) -> WriteConfirmation | None:
+        return self._guarded(lambda deadline: self._write_in(kind, key, data, overwrite, deadline))
 
     def _post(self, mount: str, path: str, version: int, body: dict[str, Any], deadline: Deadline) -> Reply:
         # Writes are never replayed: a lost answer may hide a write that happened.
@@ -514,7 +517,8 @@ class VaultBackend(BaseBackend):
 
     def _write_in(
         self, kind: Kind, key: str, data: dict[str, Any], overwrite: bool, deadline: Deadline
-    ) -> None:
+    ) -> WriteConfirmation | None:
+        """Write; KV v2 answers the version it created (the write's confirmation), KV v1 answers 204."""
         mount, path, version = self._writable(kind, key, deadline)
         where = self._where(mount, path)
         if version == 1:
@@ -542,6 +546,12 @@ class VaultBackend(BaseBackend):
             reply, mount, path, "create/update", f"writing {where}", ok=(200, 204), with_server_errors=True
         )
         log.debug("vault: wrote %s", where)
+        if version == 2 and reply.status == 200:
+            answer = reply.json().get("data")
+            created = answer.get("version") if isinstance(answer, dict) else None
+            if isinstance(created, int) and not isinstance(created, bool) and created > 0:
+                return WriteConfirmation(str(created))
+        return None
 
     def _current_version(self, mount: str, path: str, deadline: Deadline) -> int:
         """KV v2 current version of a secret (0: never written), for a check-and-set write."""
@@ -554,7 +564,7 @@ class VaultBackend(BaseBackend):
 
     def set_connection(
         self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
-    ) -> None:
+    ) -> WriteConfirmation | None:
         """Vault keeps fields. ``serialization="json"`` (default) stores the connection's fields as the
         secret's keys (lossless; what Airflow reads as JSON); ``"uri"`` stores ``conn_uri`` (plus
         ``description``), as ``migrate --format uri`` asks. A backend with a ``connection_format`` writes
@@ -571,10 +581,10 @@ class VaultBackend(BaseBackend):
             data = {"conn_uri": conn.get_uri()}
             if conn.description:
                 data["description"] = conn.description
-        self._write("connection", conn.conn_id, data, overwrite=overwrite)
+        return self._write("connection", conn.conn_id, data, overwrite=overwrite)
 
-    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
-        self._write("variable", key, {"value": value}, overwrite=overwrite)
+    def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> WriteConfirmation | None:
+        return self._write("variable", key, {"value": value}, overwrite=overwrite)
 
     def _delete(self, kind: Kind, key: str) -> bool:
         soft = self.settings.soft_delete
