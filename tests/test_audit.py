@@ -451,3 +451,33 @@ def test_failures_and_drops_are_in_the_metrics(trail: Trail, monkeypatch: pytest
     _audit.flush()
     body = metrics.prometheus_text()[0].decode()
     assert 'credpath_audit_events_total{fate="failed"} 1.0' in body
+
+
+def test_a_migration_is_one_audit_event_per_id(tmp_path) -> None:
+    from credpath._migrate import migrate
+
+    trail = tmp_path / "migrate.jsonl"
+    _audit.configure(_audit.AuditSettings(enabled=True, path=trail))
+    try:
+        source = MemoryBackend(
+            connections={"a": "postgres://u:pw-s3cr3t@h/d", "b": "mysql://h/d"},
+            variables={"v": "pw-s3cr3t-v"},
+        )
+        destination = MemoryBackend()
+        destination.name = "dest"
+        migrate(source, destination)
+        _audit.flush()
+    finally:
+        _audit.configure(_audit.AuditSettings())
+    text = trail.read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    migrated = sorted(
+        (e["kind"], e["id"], e["outcome"], e["action"]) for e in events if e["operation"] == "migrate"
+    )
+    assert migrated == [
+        ("connection", "a", "ok", "add"),
+        ("connection", "b", "ok", "add"),
+        ("variable", "v", "ok", "add"),
+    ]
+    assert all(e["backend"] == "dest" for e in events if e["operation"] == "migrate")
+    assert "s3cr3t" not in text

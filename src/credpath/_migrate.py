@@ -132,6 +132,25 @@ _ACTION_BUCKET: dict[str, str] = {
 _BUCKETS = (*_ACTION_BUCKET.values(), "failed", "not_written")
 
 
+def _audit_items(plan: Plan) -> None:
+    """One audit event per migrated id: what was planned and what became of it (never a value)."""
+    from credpath import _audit
+
+    for item in plan.items:
+        failed = item.action == "error" or item.status == "failed"
+        outcome = "error" if failed else "ok"
+        _audit.record(
+            "migrate",
+            item.kind,
+            item.key,
+            outcome,
+            backend=plan.destination,
+            source=plan.source,
+            action=item.action,
+            status=item.status or "",
+        )
+
+
 def _bucket(item: Item) -> str:
     if item.status == "failed":
         return "failed"
@@ -394,6 +413,12 @@ class Migrator:
     # --- apply ---------------------------------------------------------------------------------------
 
     def apply(self, plan: Plan) -> Report:
+        try:
+            return self._apply(plan)
+        finally:
+            _audit_items(plan)
+
+    def _apply(self, plan: Plan) -> Report:
         report = Report(plan=plan, dry_run=False, options=self.options)
         started = time.perf_counter()
         for item in plan.items:
