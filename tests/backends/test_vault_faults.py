@@ -155,13 +155,22 @@ def test_tls_reads_run_on_the_callers_thread_over_one_connection(openbao_tls: Op
     # The armed HTTPS connection class keeps TLS verification and keep-alive as requests' own does.
     global _AUDIT
     openbao_tls.put("secret", 2, "faults/variables/v", {"value": SECRET})
-    backend = VaultBackend(
-        url=openbao_tls.addr,
-        token=openbao_tls.root_token,
-        verify=openbao_tls.ca_cert,
-        variables_path="faults/variables",
-        timeout=5,
-    )
+
+    def make() -> VaultBackend:
+        return VaultBackend(
+            url=openbao_tls.addr,
+            token=openbao_tls.root_token,
+            verify=openbao_tls.ca_cert,
+            variables_path="faults/variables",
+            timeout=5,
+        )
+
+    # An earlier test's session (shared by these settings) may hold a kept-alive connection the server has
+    # since closed, which urllib3 would resend on: close it, so the reads below start on a new session.
+    earlier = make()
+    earlier.get_variable("v")
+    earlier.close()
+    backend = make()
     _AUDIT = []
     try:
         for _ in range(5):
