@@ -188,6 +188,38 @@ def test_urls_are_checked_without_echoing_them(tmp_path: Path) -> None:
     assert isinstance(store, RespStore) and store.timeout == 0.3 and store.description == "redis://h:1/2"
 
 
+def test_waiters_are_woken_by_the_release_instead_of_polling(redis_url: str) -> None:
+    holder = SharedTier(RespStore(redis_url), [KEY], "w")
+    waiter_store = RespStore(redis_url)
+    waiter = SharedTier(waiter_store, [KEY], "w")
+    ckey = ("variable", "slow", None)
+    assert holder.get(ckey) is None and holder.acquire(ckey) is True
+    waiter.get(ckey)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append((waiter.wait(ckey), time.monotonic())))
+    before = waiter_store.round_trips
+    thread.start()
+    time.sleep(0.4)  # the holder's store read; a polling waiter would ask about 10 times meanwhile
+    holder.put(ckey, entry("fresh"))
+    holder.release(ckey)
+    released = time.monotonic()
+    thread.join(5)
+    (found, held), woken = got[0]
+    assert found is not None and found.value == "fresh" and held is False
+    assert woken - released < 0.3  # woken by the announcement, not by the next 0.5 s look
+    assert waiter_store.round_trips - before <= 4  # subscribe, look at the lock, unsubscribe, read
+    # A lease that runs out is not announced: the waiter looks again (every 0.5 s) and takes over.
+    holder.lease = 0.6
+    assert holder.acquire(("variable", "dead", None)) is True
+    started = time.monotonic()
+    assert waiter.wait(("variable", "dead", None)) == (None, True)
+    assert 0.5 < time.monotonic() - started < 1.6
+    holder.flush()
+    waiter.flush()
+    holder.close()
+    waiter.close()
+
+
 # --- TLS ---------------------------------------------------------------------------------------------
 
 

@@ -47,7 +47,11 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SCHEMES = PLAIN_SCHEMES + SENTINEL_SCHEMES + CLUSTER_SCHEMES
 
-_UNLOCK = b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Releasing a lock announces it on the key's channel: waiters block on that instead of polling.
+_UNLOCK = (
+    b"if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]); "
+    b"redis.call('publish', KEYS[1], '1'); return 1 end return 0"
+)
 _UNLOCK_SHA = hashlib.sha1(_UNLOCK).hexdigest().encode("ascii")  # noqa: S324  (Redis names scripts so)
 
 
@@ -243,6 +247,8 @@ class RespStore:
         self._ssl = _ssl_context(options) if parts.scheme == "rediss" else None
         self._conn: _Connection | None = None
         self._pid = 0
+        self._listener: _Connection | None = None  # the subscriber connection (lazily opened)
+        self._listener_pid = 0
         self._lock = threading.Lock()
         #: Round trips and commands sent by this process (the fleet bench reads them).
         self.round_trips = 0
@@ -357,6 +363,41 @@ class RespStore:
         owner = self._call("GET", PREFIX + "l:" + key)
         return None if owner is None else bytes(owner).decode("utf-8", "replace")
 
+    def wait_for(self, key: str, timeout: float) -> None:
+        """Block until ``key``'s lock is released (announced by :meth:`unlock`) or ``timeout`` passes.
+
+        Subscribed first, then the lock looked at: a release between the caller's last look and the
+        subscription is seen either way. A lease that simply runs out is not announced; the caller's
+        loop looks again after ``timeout``. Any failure returns (the caller looks, as it would polling).
+        """
+        channel = PREFIX + "l:" + key
+        give_up = time.monotonic() + timeout
+        with self._lock:
+            listener = self._listener
+            if listener is None or self._listener_pid != os.getpid():
+                self._listener = None
+                listener = self._listener = self._open()
+                self._listener_pid = os.getpid()
+        try:
+            listener.sock.sendall(_encode(("SUBSCRIBE", channel)))
+            listener.reply()
+            self.round_trips += 1
+            if self._call("EXISTS", channel):
+                listener.sock.settimeout(max(0.001, give_up - time.monotonic()))
+                listener.reply()  # ["message", channel, "1"]; a timeout leaves the reader unusable
+                listener.sock.settimeout(self.timeout)
+            listener.sock.sendall(_encode(("UNSUBSCRIBE", channel)))
+            while True:  # a release announced meanwhile may come before the confirmation
+                reply = listener.reply()
+                if isinstance(reply, list) and reply and reply[0] == b"unsubscribe":
+                    break
+            self.round_trips += 1
+        except (OSError, ValueError, RedisError):  # the timeout, or a failure: a new socket next time
+            with self._lock:
+                if self._listener is listener:
+                    self._listener = None
+            listener.close()
+
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
         if items:
@@ -395,6 +436,9 @@ class RespStore:
             conn, self._conn = self._conn, None
             if conn is not None and self._pid == os.getpid():
                 conn.close()
+            listener, self._listener = self._listener, None
+            if listener is not None and self._listener_pid == os.getpid():
+                listener.close()
 
 
 # --- Sentinel and Cluster, through redis-py ----------------------------------------------------------

@@ -835,9 +835,13 @@ class SharedTier:
         give_up = time.monotonic() + self.wait_limit
         pause = 0.005
         look_at_holder = 0.0
+        announced = getattr(self.store, "wait_for", None)  # a store that announces releases
         while time.monotonic() < give_up:
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
+            if announced is not None:
+                announced(name, min(HOLDER_CHECK_INTERVAL, max(0.0, give_up - time.monotonic())))
+            else:
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.05)
             entry = self.get(ckey)
             if entry is not None and entry.fresh(time.time()):
                 return entry, False
