@@ -39,8 +39,10 @@ def start_server(binary: str, workdir: Path, port: int, *extra: str) -> subproce
     workdir.mkdir(parents=True, exist_ok=True)
     log = (workdir / "redis.log").open("ab")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(workdir), "--daemonize", "no", *extra],
+        [
+            *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--dir", str(workdir), "--daemonize", "no", *extra),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -103,7 +105,8 @@ def test_a_task_process_on_the_redis_tier_does_not_import_redis_py(tmp_path: Pat
         f"tier = SharedTier(open_store({redis_url!r}), [{KEY!r}], 'x')\n"
         "now = time.time()\n"
         "tier.get(('variable', 'v', None))\n"
-        "tier.put(('variable', 'v', None), SharedEntry('variable', 'x', 's', False, now, now + 60, now + 60))\n"
+        "e = SharedEntry('variable', 'x', 's', False, now, now + 60, now + 60)\n"
+        "tier.put(('variable', 'v', None), e)\n"
         "assert tier.get(('variable', 'v', None)).value == 'x'\n"
         "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))\n"
     )
@@ -237,10 +240,12 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
     # --port 0: no plain TCP port at all (the TLS port is the only way in).
     log = (work / "redis.log").open("ab")
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--tls-cert-file", str(work / "cert.pem"), "--tls-key-file", str(work / "key.pem")]
-        + ["--tls-ca-cert-file", str(work / "ca.pem"), "--tls-auth-clients", "no"]
-        + ["--requirepass", REDIS_PASSWORD, "--dir", str(work)],
+        [
+            *(binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--tls-cert-file", str(work / "cert.pem"), "--tls-key-file", str(work / "key.pem")),
+            *("--tls-ca-cert-file", str(work / "ca.pem"), "--tls-auth-clients", "no"),
+            *("--requirepass", REDIS_PASSWORD, "--dir", str(work)),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -282,10 +287,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
         for port in ports:
             procs.append(
                 start_server(
-                    binary, work / str(port), port, "--cluster-enabled", "yes",
-                    "--cluster-node-timeout", "2000", "--requirepass", REDIS_PASSWORD,
-                    "--masterauth", REDIS_PASSWORD,
-                )  # fmt: skip
+                    binary,
+                    work / str(port),
+                    port,
+                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "2000"),
+                    *("--requirepass", REDIS_PASSWORD, "--masterauth", REDIS_PASSWORD),
+                )
             )
         subprocess.run(
             [cli, "-a", REDIS_PASSWORD, "--no-auth-warning", "--cluster", "create"]
@@ -374,7 +381,8 @@ def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 
 def test_sentinel_failover_during_reads(sentinel_group: dict[str, Any]) -> None:
     hosts = ",".join(f"127.0.0.1:{p}" for p in sentinel_group["sentinels"])
-    url = f"redis+sentinel://:{REDIS_PASSWORD}@{hosts}/credpath/0?socket_timeout=0.3&socket_connect_timeout=0.3"
+    timeouts = "socket_timeout=0.3&socket_connect_timeout=0.3"
+    url = f"redis+sentinel://:{REDIS_PASSWORD}@{hosts}/credpath/0?{timeouts}"
     store = sc.open_store(url)
     tier = SharedTier(store, [KEY], "sentinel")
     ckeys = [("variable", f"v{i}", None) for i in range(10)]

@@ -52,7 +52,7 @@ _UNLOCK = (
     b"if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]); "
     b"redis.call('publish', KEYS[1], '1'); return 1 end return 0"
 )
-_UNLOCK_SHA = hashlib.sha1(_UNLOCK).hexdigest().encode("ascii")  # noqa: S324  (Redis names scripts so)
+_UNLOCK_SHA = hashlib.sha1(_UNLOCK).hexdigest().encode("ascii")  # Redis names scripts so
 
 
 class RedisError(Exception):

@@ -452,7 +452,7 @@ class RedisStore:
 
 
 _SHAPE = (
-    "must be 'file', 'file:PATH', or a redis:// or rediss:// URL (redis+sentinel://, redis+cluster://)"
+    "must be 'file', 'file:PATH', or a redis:// or rediss:// URL (or redis+sentinel://, redis+cluster://)"
 )
 
 
