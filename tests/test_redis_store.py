@@ -141,7 +141,7 @@ def test_a_server_that_never_answers_costs_the_timeout_only() -> None:
     listener.listen(1)
     port = listener.getsockname()[1]
     try:
-        s = RespStore(f"redis://127.0.0.1:{port}/0?socket_timeout=0.2")
+        s = RespStore(f"redis://127.0.0.1:{port}/0?socket_timeout=0.2&socket_connect_timeout=0.2")
         started = time.monotonic()
         with pytest.raises(OSError):
             s.get("a")
@@ -149,6 +149,15 @@ def test_a_server_that_never_answers_costs_the_timeout_only() -> None:
         tier = SharedTier(s, [KEY], "x")
         assert tier.get(("variable", "v", None)) is None  # a miss, not an error
         tier.counts = dict.fromkeys(sc.COUNTERS, 0)  # nothing for the exit handler to send
+        started = time.monotonic()
+        s.wait_for("k", 5.0)  # a waiter's failure is no error either: it returns within the timeout
+        assert time.monotonic() - started < 1.0
+    finally:
+        listener.close()
+    closed = RespStore(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.2")
+    closed.wait_for("k", 5.0)  # refused: returns at once
+    try:
+        pass
     finally:
         listener.close()
 

@@ -372,12 +372,15 @@ class RespStore:
         """
         channel = PREFIX + "l:" + key
         give_up = time.monotonic() + timeout
-        with self._lock:
-            listener = self._listener
-            if listener is None or self._listener_pid != os.getpid():
-                self._listener = None
-                listener = self._listener = self._open()
-                self._listener_pid = os.getpid()
+        try:
+            with self._lock:
+                listener = self._listener
+                if listener is None or self._listener_pid != os.getpid():
+                    self._listener = None
+                    listener = self._listener = self._open()
+                    self._listener_pid = os.getpid()
+        except Exception:  # the caller looks at the tier next, and counts its failure there
+            return
         try:
             listener.sock.sendall(_encode(("SUBSCRIBE", channel)))
             listener.reply()
@@ -392,7 +395,7 @@ class RespStore:
                 if isinstance(reply, list) and reply and reply[0] == b"unsubscribe":
                     break
             self.round_trips += 1
-        except (OSError, ValueError, RedisError):  # the timeout, or a failure: a new socket next time
+        except Exception:  # the timeout, or a failure: a new socket next time
             with self._lock:
                 if self._listener is listener:
                     self._listener = None
