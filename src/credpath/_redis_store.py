@@ -495,7 +495,8 @@ def _redis_py_store(url: str) -> Any:
     else:
         from redis.cluster import ClusterNode, RedisCluster
 
-        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs)
+        nodes = [ClusterNode(h, p) for h, p in hosts]  # type: ignore[no-untyped-call]
+        client = RedisCluster(startup_nodes=nodes, **kwargs)
         # An entry and its generation record hash to different slots: one read per slot.
         store.get_many = lambda keys: client.mget_nonatomic([PREFIX + "e:" + k for k in keys])  # type: ignore[method-assign]
     store._client = client
