@@ -226,6 +226,7 @@ def test_waiters_are_woken_by_the_release_instead_of_polling(redis_url: str) -> 
     started = time.monotonic()
     assert waiter.wait(("variable", "dead", None)) == (None, True)
     assert 0.5 < time.monotonic() - started < 3.0  # the lease, then the next look (0.5 s)
+    assert waiter_store._listener is not None  # waits that ended unannounced kept their socket
     holder.flush()
     waiter.flush()
     holder.close()
@@ -284,13 +285,20 @@ def test_tls_with_a_ca_file(tls_server: tuple[int, Path]) -> None:
 # --- Cluster -----------------------------------------------------------------------------------------
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10,000) exists too."""
+    while (port := free_port()) > 55_000:
+        pass
+    return port
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     pytest.importorskip("redis")
     binary = require_binary("redis-server", "apt-get install -y redis-server")
     cli = require_binary("redis-cli", "apt-get install -y redis-tools")
     work = tmp_path_factory.mktemp("redis-cluster")
-    ports = [free_port() for _ in range(3)]
+    ports = [cluster_port() for _ in range(3)]
     procs = []
     try:
         for port in ports:

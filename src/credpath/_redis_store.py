@@ -179,23 +179,36 @@ def _encode(args: tuple[Any, ...]) -> bytes:
 
 
 class _Connection:
-    """One socket and its read buffer; any failure closes it (the next call opens a new one)."""
+    """One socket and its own read buffer (not a socket file: a file that timed out cannot be read
+    again, and a waiter's socket must outlive a wait that ends without a message)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb")
+        self.buffer = bytearray()
 
     def close(self) -> None:
-        try:
-            self.reader.close()
-        finally:
-            self.sock.close()
+        self.sock.close()
+
+    def ready(self, timeout: float) -> bool:
+        """Whether a reply can be read without waiting longer than ``timeout``."""
+        if self.buffer or getattr(self.sock, "pending", lambda: 0)():
+            return True
+        import select
+
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        self.buffer += data
 
     def _line(self) -> bytes:
-        line = self.reader.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("Redis closed the connection")
-        return line[:-2]
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            self._fill()
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 2]
+        return line
 
     def reply(self) -> Any:
         line = self._line()
@@ -204,10 +217,11 @@ class _Connection:
             size = int(rest)
             if size < 0:
                 return None
-            data = self.reader.read(size + 2)
-            if len(data) != size + 2:
-                raise ConnectionError("Redis closed the connection")
-            return data[:-2]
+            while len(self.buffer) < size + 2:
+                self._fill()
+            data = bytes(self.buffer[:size])
+            del self.buffer[: size + 2]
+            return data
         if kind == b"+":
             return rest
         if kind == b":":
@@ -385,17 +399,15 @@ class RespStore:
             listener.sock.sendall(_encode(("SUBSCRIBE", channel)))
             listener.reply()
             self.round_trips += 1
-            if self._call("EXISTS", channel):
-                listener.sock.settimeout(max(0.001, give_up - time.monotonic()))
-                listener.reply()  # ["message", channel, "1"]; a timeout leaves the reader unusable
-                listener.sock.settimeout(self.timeout)
+            if self._call("EXISTS", channel) and listener.ready(max(0.0, give_up - time.monotonic())):
+                listener.reply()  # ["message", channel, "1"]
             listener.sock.sendall(_encode(("UNSUBSCRIBE", channel)))
             while True:  # a release announced meanwhile may come before the confirmation
                 reply = listener.reply()
                 if isinstance(reply, list) and reply and reply[0] == b"unsubscribe":
                     break
             self.round_trips += 1
-        except Exception:  # the timeout, or a failure: a new socket next time
+        except Exception:  # a failure: a new socket next time
             with self._lock:
                 if self._listener is listener:
                     self._listener = None
