@@ -50,7 +50,7 @@ path.close()
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
                   "wall_ms": (time.monotonic() - t0) * 1000, "round_trips": trips,
-                  "redis_imported": "redis" in sys.modules}))
+                  "redis_imported": "redis" in sys.modules, "botocore": "botocore.session" in sys.modules}))
 """
 
 
@@ -109,6 +109,8 @@ def run_case(config: Path, ids: list[str], n: int, src: Path, home: Path) -> dic
         "redis_imported": any(o["redis_imported"] for o in outs),
         "round_trips_per_lookup": (sum(trips) / (len(trips) * len(ids))) if trips else None,
         "failed_processes": failed,
+        # Processes that read the store themselves (and so built a store client, the costliest step).
+        "processes_with_store_client": sum(bool(o.get("botocore")) for o in outs),
     }
 
 
