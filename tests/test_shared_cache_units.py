@@ -28,6 +28,7 @@ from cryptography.fernet import Fernet
 from credpath import _keys
 from credpath import _shared_cache as sc
 from credpath._settings import BackendSpec
+from credpath._redis_store import RespStore
 from credpath._shared_cache import FileStore, SharedEntry, SharedTier
 from credpath.errors import ConfigError, MissingDependency
 from credpath.model import Connection
@@ -968,7 +969,7 @@ def test_redis_store_options_and_safe_description(monkeypatch: pytest.MonkeyPatc
     assert sc.RedisStore("redis://").description == "redis://localhost"
     with pytest.raises(ConfigError, match=r"invalid Redis URL or option \(ValueError\)"):
         sc.RedisStore("redis://h?socket_timeout=soon")
-    assert isinstance(sc.open_store("redis://h"), sc.RedisStore)
+    assert isinstance(sc.open_store("redis://h"), RespStore)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(MissingDependency, match="needs redis-py"):
         sc.RedisStore("redis://h")

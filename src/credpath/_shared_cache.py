@@ -451,7 +451,9 @@ class RedisStore:
 # --- configuration -----------------------------------------------------------------------------------
 
 
-_SHAPE = "must be 'file', 'file:PATH', or a redis:// or rediss:// URL"
+_SHAPE = (
+    "must be 'file', 'file:PATH', or a redis:// or rediss:// URL (or redis+sentinel://, redis+cluster://)"
+)
 
 
 def normalize_shared(setting: str, home: Path) -> str:
@@ -469,21 +471,10 @@ def normalize_shared(setting: str, home: Path) -> str:
         if resolved.is_dir():
             raise ConfigError("'file:PATH' names a directory; give the cache file's path")
         return f"file:{resolved.absolute()}"
-    if setting.startswith(("redis://", "rediss://", "unix://")):
-        from urllib.parse import urlsplit
+    from credpath._redis_store import is_redis_url, normalize_redis_url
 
-        try:
-            parts = urlsplit(setting)
-            parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
-        except ValueError:
-            raise ConfigError(
-                "is not a valid Redis URL (scheme://[user:password@]host[:port][/db])"
-            ) from None
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigError("is not a valid Redis URL: no host")
-        db = parts.path.strip("/") if parts.scheme != "unix" else ""  # unix://: the path is the socket
-        if db and not db.isdigit():
-            raise ConfigError("is not a valid Redis URL: the path must be a database number")
+    if is_redis_url(setting):
+        normalize_redis_url(setting)
         import importlib.util
 
         if importlib.util.find_spec("redis") is None:
@@ -500,7 +491,9 @@ def open_store(setting: str) -> SharedStore:
     """The store for a normalized setting (see :func:`normalize_shared`)."""
     if setting.startswith("file:"):
         return FileStore(setting[len("file:") :])
-    return RedisStore(setting)
+    from credpath._redis_store import open_redis_store
+
+    return cast("SharedStore", open_redis_store(setting))
 
 
 def resolve_keys(setting: str | None, env: Mapping[str, str], home: Path, *, file_tier: bool) -> list[bytes]:
@@ -842,9 +835,13 @@ class SharedTier:
         give_up = time.monotonic() + self.wait_limit
         pause = 0.005
         look_at_holder = 0.0
+        announced = getattr(self.store, "wait_for", None)  # a store that announces releases
         while time.monotonic() < give_up:
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
+            if announced is not None:
+                announced(name, min(HOLDER_CHECK_INTERVAL, max(0.0, give_up - time.monotonic())))
+            else:
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.05)
             entry = self.get(ckey)
             if entry is not None and entry.fresh(time.time()):
                 return entry, False

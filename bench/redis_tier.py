@@ -1,0 +1,266 @@
+"""The shared tier under contention: N task processes started together, each reading k connections.
+
+moto's Secrets Manager behind a loopback proxy that counts every request, a redis-server (password set),
+and for each variant N fresh interpreters started at once (as Airflow starts task processes), each
+building a search path from a credpath.toml and reading the same k connections:
+
+- ``none``: no shared tier (every process reads every id);
+- ``file``: ``[cache] shared = "file:..."`` (SQLite on this node);
+- ``redis``: ``redis://...`` with this tree's client (RESP over a plain socket, no redis-py import);
+- ``redis-old``: the same URL with the code in ``--old-src`` (the redis-py store), when given.
+
+Makespan runs from the first process started to the last one done (process start-up and imports
+included: that is what a task pays). Variants run interleaved for ``--rounds`` rounds so changing load
+weighs on each alike. ``--hits`` also measures shared-hit latency at a fixed request rate from one
+process (p50/p99 of ``SharedTier.get`` on a warm entry, paced to ``--rate`` lookups/s).
+
+    python bench/redis_tier.py --cases 200x5,50x100 --rounds 2 [--old-src /work/main/src] [--hits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KEY = "bHhfSkV3ZVZxQ2R0b0RjY1hDbk1sS0hNeEJ1bVZGTmE="  # a fixed Fernet key (bench only)
+WORKER = r"""
+import json, os, resource, sys, time
+t0 = time.monotonic()
+try:
+    from credpath._search_path import SearchPath
+except ImportError:  # the old tree's module names
+    from credpath._search_path import SearchPath
+path = SearchPath.from_config(sys.argv[1])
+for conn_id in sys.argv[2].split(","):
+    path.get_connection(conn_id)
+store = getattr(path.shared, "store", None)
+trips = getattr(store, "round_trips", None)
+path.close()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
+                  "wall_ms": (time.monotonic() - t0) * 1000, "round_trips": trips,
+                  "redis_imported": "redis" in sys.modules, "botocore": "botocore.session" in sys.modules}))
+"""
+
+
+def write_config(work: Path, name: str, proxy_url: str, shared: str | None) -> Path:
+    lines = [
+        "[[backends]]",
+        'name = "aws"',
+        'type = "aws-secrets-manager"',
+        "[backends.kwargs]",
+        f"endpoint_url = {json.dumps(proxy_url)}",
+        'region_name = "us-east-1"',
+        "timeout = 120",  # 200 processes at once on 2 cores: the default 10 s is a load artefact here
+    ]
+    if shared:
+        lines += ["[cache]", f"shared = {json.dumps(shared)}", f"shared_key = {json.dumps(KEY)}"]
+    path = work / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_case(config: Path, ids: list[str], n: int, src: Path, home: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "AIRFLOW"))}
+    env.update(
+        PYTHONPATH=str(src),
+        CREDPATH_HOME=str(home),
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(config), ",".join(ids)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    outs = []
+    failed = 0
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            failed += 1
+            print(f"a worker failed: {stderr.strip().splitlines()[-1][:300]}", file=sys.stderr)
+            continue
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    makespan = time.monotonic() - start
+    trips = [o["round_trips"] for o in outs if o["round_trips"] is not None]
+    return {
+        "makespan_s": makespan,
+        "cpu_ms_median": statistics.median(o["cpu_ms"] for o in outs),
+        "redis_imported": any(o["redis_imported"] for o in outs),
+        "round_trips_per_lookup": (sum(trips) / (len(trips) * len(ids))) if trips else None,
+        "failed_processes": failed,
+        # Processes that read the store themselves (and so built a store client, the costliest step).
+        "processes_with_store_client": sum(bool(o.get("botocore")) for o in outs),
+    }
+
+
+def _hit_worker(url: str, rate: float, seconds: float, out: Any) -> None:
+    from credpath._redis_store import RespStore
+    from credpath._shared_cache import SharedTier
+
+    tier = SharedTier(RespStore(url), [KEY.encode()], "bench")
+    ckeys = [("connection", f"c{i}", None) for i in range(100)]
+    samples = []
+    interval = 1.0 / rate
+    due = time.perf_counter()
+    end = due + seconds
+    i = 0
+    while due < end:
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        t = time.perf_counter()
+        entry = tier.get(ckeys[i % len(ckeys)])
+        samples.append(time.perf_counter() - t)
+        assert entry is not None
+        i += 1
+        due += interval
+    out.send((samples, time.perf_counter() - (end - seconds)))
+
+
+def hit_latency(url: str, rate: float, seconds: float, processes: int) -> dict[str, Any]:
+    """p50/p99 of a warm shared hit through SharedTier.get (HMAC name, MGET, Fernet decrypt), from
+    ``processes`` processes of this node paced to ``rate`` lookups/s in all."""
+    import multiprocessing
+
+    from credpath._redis_store import RespStore
+    from credpath._shared_cache import SharedEntry, SharedTier
+
+    tier = SharedTier(RespStore(url), [KEY.encode()], "bench")
+    now = time.time()
+    for i in range(100):
+        ckey = ("connection", f"c{i}", None)
+        tier.get(ckey)
+        tier.put(ckey, SharedEntry("variable", "v" * 200, "aws", False, now, now + 600, now + 900))
+    context = multiprocessing.get_context("fork")
+    pipes = [context.Pipe(duplex=False) for _ in range(processes)]
+    workers = [
+        context.Process(target=_hit_worker, args=(url, rate / processes, seconds, w)) for _, w in pipes
+    ]
+    for worker in workers:
+        worker.start()
+    samples: list[float] = []
+    reached = 0.0
+    for (r, _), worker in zip(pipes, workers, strict=True):
+        got, elapsed = r.recv()
+        samples += got
+        reached += len(got) / elapsed
+        worker.join()
+    ordered = sorted(samples)
+    return {
+        "rate_target": rate,
+        "rate_reached": reached,
+        "processes": processes,
+        "p50_ms": ordered[len(ordered) // 2] * 1000,
+        "p99_ms": ordered[int(len(ordered) * 0.99)] * 1000,
+        "lookups": len(samples),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="200x5,50x100", help="NxK[,NxK...] (processes x ids)")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--variants", default="none,file,redis")
+    parser.add_argument("--old-src", type=Path, help="the old tree's src/ (adds the 'redis-old' variant)")
+    parser.add_argument("--hits", action="store_true", help="also the shared-hit latency bench")
+    parser.add_argument("--rate", type=float, default=10000.0)
+    parser.add_argument("--hit-processes", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from tests.servers._util import free_port, stop_process
+    from tests.servers.moto import FaultProxy, start_moto
+    from tests.servers.redis import RedisServer
+
+    work = Path(tempfile.mkdtemp(prefix="credpath-bench-redis-"))
+    moto_port = free_port()
+    moto = start_moto(moto_port, work / "moto.log")
+    redis = RedisServer(port=free_port(), binary="redis-server", workdir=work)
+    redis.start()
+    proxy = FaultProxy(moto_port)
+    report: dict[str, Any] = {"load_before": os.getloadavg(), "cases": {}}
+    try:
+        import boto3
+
+        client = boto3.client(
+            "secretsmanager",
+            endpoint_url=f"http://127.0.0.1:{moto_port}",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
+        max_k = max(k for _, k in cases)
+        for i in range(max_k):
+            client.create_secret(
+                Name=f"airflow/connections/bench_{i}", SecretString=f"postgres://u:pw{i}@db.example:5432/d"
+            )
+        variants = args.variants.split(",") + (["redis-old"] if args.old_src else [])
+        for n, k in cases:
+            ids = [f"bench_{i}" for i in range(k)]
+            rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+            for round_ in range(args.rounds):
+                for variant in variants:
+                    redis.flush()
+                    shared = {
+                        "none": None,
+                        "file": f"file:{work / f'tier-{n}x{k}-{round_}.db'}",
+                        "redis": redis.url,
+                        "redis-old": redis.url,
+                    }[variant]
+                    src = args.old_src if variant == "redis-old" else ROOT / "src"
+                    config = write_config(work, f"{variant}-{n}x{k}", proxy.url, shared)
+                    before = proxy.requests
+                    row = run_case(config, ids, n, src, work / f"home-{variant}")
+                    row["store_requests"] = proxy.requests - before
+                    rows[variant].append(row)
+                    print(f"{n}x{k} {variant} round {round_ + 1}: {json.dumps(row)}", flush=True)
+            report["cases"][f"{n}x{k}"] = rows
+        if args.hits:
+            redis.flush()
+            report["hits"] = hit_latency(redis.url, args.rate, 5.0, args.hit_processes)
+            print("shared hits:", json.dumps(report["hits"]), flush=True)
+    finally:
+        proxy.close()
+        redis.stop()
+        stop_process(moto)
+    report["load_after"] = os.getloadavg()
+    print("\n| N x k | variant | store requests | makespan s | CPU ms/process (median) | RTT/lookup |")
+    print("|---|---|---|---|---|---|")
+    for case, rows in report["cases"].items():
+        for variant, runs in rows.items():
+            spans = ", ".join(f"{r['makespan_s']:.1f}" for r in runs)
+            cpu = statistics.median(r["cpu_ms_median"] for r in runs)
+            requests = max(r["store_requests"] for r in runs)
+            trips = runs[0]["round_trips_per_lookup"]
+            trips_text = f"{trips:.2f}" if trips is not None else "-"
+            print(f"| {case} | {variant} | {requests} | {spans} | {cpu:.0f} | {trips_text} |")
+    print(f"load average before/after: {report['load_before']} / {report['load_after']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
