@@ -217,7 +217,7 @@ def calling(context: LookupContext, backend: str) -> Iterator[None]:
 def note_retry() -> None:
     """One more try inside the store call in progress (hook of the retry loops); nothing outside one."""
     current = _CALLING.get()
-    if current is not None:
+    if current is not None and current[0].live:
         current[0].emit(Retry(current[1]))
 
 
