@@ -32,8 +32,9 @@ from tests.test_shared_cache import OTHER_KEY, digest, path_for, worker_env, wri
 REPO = Path(__file__).resolve().parents[1]
 READS = r"/v1/[^/]+/data/"  # a KV v2 read: what a lookup costs at the store
 HOST = "rotation-db.internal"
-#: Rotations per tier in CI (bench/rotation.py runs the full-size run).
-ROTATIONS = 6
+#: Rotations and reader processes per tier in CI; bench/rotation.py sets them for the full-size run.
+ROTATIONS = int(os.environ.get("CREDPATH_BENCH_ROTATIONS", "6"))
+READERS = int(os.environ.get("CREDPATH_BENCH_READERS", "3"))
 
 
 def uri(password: str) -> str:
@@ -183,7 +184,7 @@ def test_a_change_through_credpath_or_cache_invalidate_reaches_every_process_wit
     rotate(vault, conn_id, "pw-s3cr3t-r0")
     config = write_config(tmp_path, vault, proxy.url, shared)  # TTL 300 s: only invalidation helps
     writer = path_for(config)
-    procs, stop = start_readers(tmp_path, config, conn_id, 3)
+    procs, stop = start_readers(tmp_path, config, conn_id, READERS)
     time.sleep(1.0)
     reads_before = proxy.count(READS, "GET")
     rotations: list[tuple[float, str]] = []
@@ -351,3 +352,30 @@ def test_the_plugin_registers_the_refresh_listener() -> None:
     source = (REPO / "src" / "credpath" / "airflow_plugin.py").read_text()
     assert re.search(r"listeners = \[[^\]]*airflow_refresh", source)
     assert os.path.exists(REPO / "src" / "credpath" / "_airflow_refresh.py")
+
+
+def test_migrate_into_a_store_drops_the_migrated_ids_in_every_process(tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    from credpath.backends.metastore import MetastoreBackend
+    from tests.test_shared_cache import KEY
+
+    fernet = Fernet.generate_key().decode()
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("old", "new")}
+    MetastoreBackend(url=urls["old"], fernet_key=fernet).set_variable("mig_var", "mig-s3cr3t")
+    config = tmp_path / "credpath.toml"
+    config.write_text(
+        "".join(
+            f'[[backends]]\nname = "{name}"\ntype = "metastore"\n'
+            f'kwargs = {{ url = "{urls[name]}", fernet_key = "{fernet}" }}\n'
+            for name in ("new", "old")
+        )
+        + f'[cache]\nshared = "file:{tmp_path / "c.db"}"\nshared_key = "{KEY}"\n'
+    )
+    reader = path_for(config)
+    assert reader.lookup("variable", "mig_var").source == "old"  # type: ignore[union-attr]
+    result = CliRunner().invoke(cli, ["--config", str(config), "migrate", "--from", "old", "--to", "new"])
+    assert result.exit_code == 0, result.output
+    time.sleep(1.0)
+    assert reader.lookup("variable", "mig_var").source == "new"  # type: ignore[union-attr]
+    reader.close()
