@@ -221,7 +221,7 @@ def test_invalidation_needs_the_key_and_an_old_record_put_back_serves_nothing_ol
     reader = path_for(config)
     assert reader.get_connection("forge_conn").password == "pw-s3cr3t-f1"
     tier = reader.shared
-    assert tier is not None
+    assert isinstance(tier, SharedTier)
     # A writer with the store but another key: its invalidation and epoch are not this deployment's, and
     # an epoch record it forges under the deployment's own record name is ignored.
     stranger = SharedTier(tier.store, parse_keys(OTHER_KEY, "test"), tier._scope)

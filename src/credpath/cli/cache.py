@@ -117,7 +117,7 @@ def invalidate_command(state: State, ids: tuple[str, ...], kind: str | None, eve
     kinds = ("connection", "variable") if kind is None else (kind,)
     for key in ids:
         for one in kinds:
-            validate_lookup_key(one, key)  # type: ignore[arg-type]
+            validate_lookup_key(one, key)
             _guarded(shared, "invalidating", lambda k=one, i=key: search_path.invalidate(k, i))
     if not shared.healthy:  # the tier logs and swallows its failures (a lookup must go on); this must not
         fail(f"shared cache {shared.description}: invalidating failed (see the warning above)", 1)

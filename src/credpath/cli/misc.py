@@ -111,8 +111,9 @@ def explain_command(
         click.echo(f"tier: {explanation.tier}")
         if explanation.version is not None:
             click.echo(f"version: {explanation.version}")
-        for held_in, version in explanation.held.items():
-            click.echo(f"{held_in} tier holds version: {version or '(none reported)'}")
+        if any(v is not None for v in explanation.held.values()):  # a store that reports versions
+            for held_in, version in explanation.held.items():
+                click.echo(f"{held_in} tier holds version: {version or '(none reported)'}")
     if not explanation.found:
         raise SystemExit(EXIT_NOT_FOUND)
 

@@ -242,7 +242,9 @@ def detail(search_path: Any, kind: str, key: str) -> Detail:
         holders=holders,
         fields=fields,
         version=explanation.version or "",
-        held=[(tier_name, v or "(none reported)") for tier_name, v in probe.held.items()],
+        held=[(tier_name, v or "(none reported)") for tier_name, v in probe.held.items()]
+        if any(v is not None for v in probe.held.values())
+        else [],
     )
 
 
