@@ -379,3 +379,24 @@ def test_migrate_into_a_store_drops_the_migrated_ids_in_every_process(tmp_path: 
     time.sleep(1.0)
     assert reader.lookup("variable", "mig_var").source == "new"  # type: ignore[union-attr]
     reader.close()
+
+
+def test_the_web_detail_view_shows_the_version_read_and_the_version_each_tier_holds() -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from credpath._lookup.trace import note_version
+    from credpath.web.app import create_app
+    from tests.memory_backend import MemoryBackend
+
+    class Versioned(MemoryBackend):
+        def get_conn_value(self, conn_id: str, **kwargs: Any) -> str | None:
+            note_version("v7")  # as a store's answer carries it
+            return super().get_conn_value(conn_id, **kwargs)
+
+    path = SearchPath([("store", Versioned(connections={"db": uri("pw-s3cr3t-web")}))])
+    client = TestClient(create_app(path, cache_seconds=0))
+    assert '<span class="mono" id="version">v7</span>' in client.get("/id/connection?key=db").text
+    page = client.get("/id/connection?key=db").text  # now held by the process tier
+    assert 'id="held">Cached versions: process tier <span class="mono">v7</span>' in page
+    assert "pw-s3cr3t-web" not in page
