@@ -25,13 +25,15 @@ from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
 from credpath.errors import BackendTimeout
 
-__all__ = ["EPOCH_INTERVAL", "REFRESH_INTERVAL", "check_epoch", "refresh"]
+__all__ = ["EPOCH_BACKOFF", "EPOCH_INTERVAL", "REFRESH_INTERVAL", "check_epoch", "refresh"]
 
 log = logging.getLogger("credpath.search_path")
 
 #: Seconds between a process's looks at the epoch record: under a second, so that with the one read of the
 #: shared tier that follows a change reaches every process within a second.
 EPOCH_INTERVAL = 0.9
+#: Seconds before a process looks at the epoch again after the shared tier failed.
+EPOCH_BACKOFF = 5.0
 #: Seconds during which a forced refresh of an id is answered by the last one (per id).
 REFRESH_INTERVAL = 1.0
 
@@ -45,6 +47,10 @@ def check_epoch(state: LookupState, now: float) -> None:
     state._epoch_next = now + EPOCH_INTERVAL
     token = shared.epoch()
     if token is None:  # the tier is down or the record does not verify: keep what we have
+        if not getattr(shared, "healthy", True):
+            # Down: no invalidation can be written either; do not make a process-tier hit wait for a
+            # dead tier's timeout every second.
+            state._epoch_next = now + EPOCH_BACKOFF
         return
     seen, state._epoch_seen = state._epoch_seen, token
     if seen is not None and token != seen:
