@@ -155,22 +155,24 @@ def stop_readers(procs: list[Any], stop: Path) -> list[list[tuple[float, str]]]:
         stdout, stderr = proc.communicate(timeout=120)
         assert_no_secret(stdout + stderr)
         assert proc.returncode == 0, stderr[-2000:]
+        if os.environ.get("CREDPATH_BENCH_READERS"):  # the bench shows what the tier said
+            sys.stderr.write("".join(line + "\n" for line in stderr.splitlines() if "shared cache" in line))
         out.append([tuple(r) for r in json.loads(stdout.strip().splitlines()[-1])["reads"]])
     return out
 
 
 def staleness(
-    reads: list[list[tuple[float, str]]], rotations: list[tuple[float, str]]
+    reads: list[list[tuple[float, str]]], rotations: list[tuple[float, str]], first: str
 ) -> tuple[float, list[str]]:
-    """The longest time any reader served a rotated-away value after its invalidation, and every read
-    made later than 1 s after an invalidation that did not return the new value."""
+    """The longest time any reader served a rotated-away value after its invalidation returned, and every
+    read begun later than 1 s after it that returned a rotated-away value (a value of an earlier
+    rotation; a read of the next rotation's value, begun while that one is being written, is not stale)."""
     worst = 0.0
     late: list[str] = []
     for worker in reads:
-        for index, (done, new) in enumerate(rotations):
-            until = rotations[index + 1][0] if index + 1 < len(rotations) else float("inf")
-            window = [(t, d) for t, d in worker if done <= t < until]
-            old = [t for t, d in window if d != new]
+        for index, (done, _new) in enumerate(rotations):
+            gone = {first, *(d for _, d in rotations[:index])}
+            old = [t for t, d in worker if t >= done and d in gone]
             if old:
                 worst = max(worst, max(old) - done)
             late += [f"rotation {index}: read at +{t - done:.3f} s" for t in old if t - done > 1.0]
@@ -199,7 +201,7 @@ def test_a_change_through_credpath_or_cache_invalidate_reaches_every_process_wit
         rotations.append((time.time(), digest(password)))
         time.sleep(1.6)
     reads = stop_readers(procs, stop)
-    worst, late = staleness(reads, rotations)
+    worst, late = staleness(reads, rotations, digest("pw-s3cr3t-r0"))
     assert not late, late[:5]
     assert all(r[-1][1] == rotations[-1][1] for r in reads)
     store_reads = proxy.count(READS, "GET") - reads_before

@@ -32,8 +32,10 @@ log = logging.getLogger("credpath.search_path")
 #: Seconds between a process's looks at the epoch record: under a second, so that with the one read of the
 #: shared tier that follows a change reaches every process within a second.
 EPOCH_INTERVAL = 0.9
-#: Seconds before a process looks at the epoch again after the shared tier failed.
-EPOCH_BACKOFF = 5.0
+#: Seconds before a process looks at the epoch again after the shared tier failed to answer.
+EPOCH_BACKOFF = 1.0
+#: The epoch "seen" while the tier fails: no token looks like it (tokens are hex), so the next read drops.
+_UNKNOWN = "unknown"
 #: Seconds during which a forced refresh of an id is answered by the last one (per id).
 REFRESH_INTERVAL = 1.0
 
@@ -46,11 +48,16 @@ def check_epoch(state: LookupState, now: float) -> None:
         return
     state._epoch_next = now + EPOCH_INTERVAL
     token = shared.epoch()
-    if token is None:  # the tier is down or the record does not verify: keep what we have
-        if not getattr(shared, "healthy", True):
-            # Down: no invalidation can be written either; do not make a process-tier hit wait for a
-            # dead tier's timeout every second.
-            state._epoch_next = now + EPOCH_BACKOFF
+    if token is None:
+        if getattr(shared, "healthy", True):
+            return  # a record that does not verify (written without the key): ignored
+        # The tier failed to answer (down, or too slow under load): an invalidation may have passed
+        # unseen. Drop the process tier now (what follows comes from the stores) and again when the tier
+        # answers; meanwhile look only every few seconds, so a hit never waits on a dead tier each second.
+        state._epoch_next = now + EPOCH_BACKOFF
+        if state._epoch_seen != _UNKNOWN:
+            state._epoch_seen = _UNKNOWN
+            state.cache.clear()
         return
     seen, state._epoch_seen = state._epoch_seen, token
     if seen is not None and token != seen:
