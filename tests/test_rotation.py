@@ -396,9 +396,16 @@ def test_the_web_detail_view_shows_the_version_read_and_the_version_each_tier_ho
             note_version("v7")  # as a store's answer carries it
             return super().get_conn_value(conn_id, **kwargs)
 
+    from credpath import metrics
+
     path = SearchPath([("store", Versioned(connections={"db": uri("pw-s3cr3t-web")}))])
-    client = TestClient(create_app(path, cache_seconds=0))
-    assert '<span class="mono" id="version">v7</span>' in client.get("/id/connection?key=db").text
-    page = client.get("/id/connection?key=db").text  # now held by the process tier
+    try:
+        client = TestClient(create_app(path, cache_seconds=0))  # the app turns metrics on
+        first = client.get("/id/connection?key=db").text
+        page = client.get("/id/connection?key=db").text  # now held by the process tier
+    finally:
+        metrics.disable()
+        metrics.reset()
+    assert '<span class="mono" id="version">v7</span>' in first
     assert 'id="held">Cached versions: process tier <span class="mono">v7</span>' in page
     assert "pw-s3cr3t-web" not in page
