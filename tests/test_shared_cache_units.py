@@ -27,8 +27,8 @@ from cryptography.fernet import Fernet
 
 from credpath import _keys
 from credpath import _shared_cache as sc
-from credpath._settings import BackendSpec
 from credpath._redis_store import RespStore
+from credpath._settings import BackendSpec
 from credpath._shared_cache import FileStore, SharedEntry, SharedTier
 from credpath.errors import ConfigError, MissingDependency
 from credpath.model import Connection

@@ -48,6 +48,9 @@ class CacheSettings:
     shared: str | None = field(default=None, repr=False)
     #: Lease of the cross-process single-flight lock: a waiter takes over from a holder this much late.
     shared_lease: float = 5.0
+    #: Inside Airflow: a task that fails drops the ids it read from every tier, so its retry reads the
+    #: stores (the credential may have been rotated under it). False: the retry may be served the cache.
+    invalidate_failed_tasks: bool = True
 
 
 class TTLCache:

@@ -20,7 +20,7 @@ from typing import Any
 from credpath import _audit
 from credpath._cache import ABSENT, CacheSettings, TTLCache
 from credpath._deadlines import Deadline
-from credpath._lookup import listing, prefetch, tiers, writes
+from credpath._lookup import listing, prefetch, rotation, tiers, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
 from credpath._lookup.model import Attempt, Entry, Explanation, Listing, PrefetchReport, Resolution
@@ -83,6 +83,7 @@ class SearchPath(LookupState):
         if self.shared is not None:
             # Another process's lock is waited for no longer than our own store read may take.
             self.shared.bound_wait([e.backend for e in self.entries])
+            self._epoch_next = 0.0  # look at the invalidation epoch on the first lookup
         self.use_shared_state()
 
     @classmethod
@@ -130,7 +131,9 @@ class SearchPath(LookupState):
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def get_connection(self, conn_id: str, *, team_name: str | None = None) -> Connection:
+    def get_connection(
+        self, conn_id: str, *, team_name: str | None = None, refresh: bool = False
+    ) -> Connection:
         """The connection ``conn_id`` from the first backend that has it, in search-path order.
 
         A fresh cached answer costs no store call (the cache is keyed by kind, id and ``team_name``; misses
@@ -138,12 +141,21 @@ class SearchPath(LookupState):
         it goes only to backends whose reads accept it. Raises :class:`NotFound` (every backend answered,
         none has it), :class:`BackendUnavailable` (nothing found and a backend failed), :class:`AccessDenied`
         (a store refused the caller: authoritative, no fall-through) or :class:`ConfigError` (a wrong setting
-        or a missing client library).
+        or a missing client library). ``refresh=True`` reads the store again (:meth:`refresh`: at most once
+        per id per second, whoever asks).
         """
+        if refresh:
+            resolution = self.refresh("connection", conn_id, team_name=team_name)
+            if resolution is None:
+                raise NotFound("connection", conn_id)
+            return resolution.value  # type: ignore[no-any-return]
+        now = _monotonic()
+        if now >= self._epoch_next:
+            rotation.check_epoch(self, now)
         item = self._data.get(("connection", conn_id, team_name))  # inlined cache hit: the hot path
         if (
             item is not None
-            and item[0] >= _monotonic()
+            and item[0] >= now
             and item[1] is not _MISS
             and not self._live_before[item[1].source]
             and not _trace._sinks  # a subscriber hears of every lookup, hits included
@@ -155,15 +167,25 @@ class SearchPath(LookupState):
         return resolution.value  # type: ignore[no-any-return]
 
     def get_variable(
-        self, key: str, default: Any = _UNSET, *, deserialize_json: bool = False, team_name: str | None = None
+        self,
+        key: str,
+        default: Any = _UNSET,
+        *,
+        deserialize_json: bool = False,
+        team_name: str | None = None,
+        refresh: bool = False,
     ) -> Any:
         """The value of ``key`` (parsed as JSON with ``deserialize_json=True``); ``default`` if no backend
         has it, and without a default a miss raises :class:`NotFound`.
 
         ``default`` stands in for a missing variable, not for an outage: if nothing is found and a backend
-        failed, :class:`BackendUnavailable` is raised even when a default is given.
+        failed, :class:`BackendUnavailable` is raised even when a default is given. ``refresh=True`` as for
+        :meth:`get_connection`.
         """
-        resolution = self.lookup("variable", key, team_name=team_name)
+        if refresh:
+            resolution = self.refresh("variable", key, team_name=team_name)
+        else:
+            resolution = self.lookup("variable", key, team_name=team_name)
         if resolution is None:
             if default is _UNSET:
                 raise NotFound("variable", key)
@@ -195,6 +217,8 @@ class SearchPath(LookupState):
         "not here". Raises :class:`BackendUnavailable` when nothing was found and a backend failed, and
         lets AccessDenied and ConfigError through (:mod:`credpath._lookup.policy`). Concurrent calls for
         one ``(kind, key, team_name)`` share one resolution (single-flight)."""
+        if (now := _monotonic()) >= self._epoch_next:
+            rotation.check_epoch(self, now)
         context = LookupContext(kind, key, team_name) if _trace._sinks else None
         found = tiers.settled(self, (kind, key, team_name))
         if found is not ABSENT:  # a process-tier hit: no trace; subscribers hear only that it ended
@@ -212,17 +236,33 @@ class SearchPath(LookupState):
         context.done(*(("missing", None) if resolution is None else ("found", resolution.value)))
         return resolution
 
+    def refresh(self, kind: Kind, key: str, *, team_name: str | None = None) -> Resolution | None:
+        """Read ``key`` from the stores again (after a rotation), dropping it from both tiers so that every
+        process of the deployment serves the new value within a second; at most one store read per id per
+        second, shared by every caller (callers inside that second get its result). None: not found."""
+        return rotation.refresh(self, kind, key, team_name)
+
+    def invalidate_all(self) -> int:
+        """Drop every cached id in this process and, with a shared tier, in every process of the
+        deployment (within a second); returns the shared entries removed."""
+        self.cache.clear()
+        self._refreshed.clear()
+        return 0 if self.shared is None else self.shared.invalidate_all()
+
     def explain(
         self, kind: Kind, key: str, *, use_cache: bool = False, team_name: str | None = None
     ) -> Explanation:
         """Which backend serves ``key``, and the outcome, lookup time, start-up time and breaker state of
         every backend tried: the kept trace of one resolution. An outage is reported (``failed``,
         ``unavailable``; a stale value with its age and its refresh back-off), not raised."""
+        held = tiers.held(self, (kind, key, team_name))
         if use_cache:
             found, tier = tiers.cached(self, (kind, key, team_name))
             if found is not ABSENT:
-                source = None if found is _MISS else found.source
-                return Explanation(kind, key, source, cached=True, team_name=team_name, tier=tier)
+                source, version = (None, None) if found is _MISS else (found.source, found.version)
+                return Explanation(
+                    kind, key, source, cached=True, team_name=team_name, tier=tier, version=version, held=held
+                )
         context = LookupContext(kind, key, team_name, keep=True)
         if self.shared is not None:
             self.shared.count("store_reads")
@@ -233,7 +273,9 @@ class SearchPath(LookupState):
         finally:
             if self.shared is not None:
                 self.shared.flush()
-        return Explanation.from_trace(context)
+        explanation = Explanation.from_trace(context)
+        explanation.held = held
+        return explanation
 
     def prefetch(
         self,

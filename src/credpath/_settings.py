@@ -161,6 +161,7 @@ _CACHE_RULES: dict[str, Number | None] = {
     "jitter": FRACTION,
     "stale_if_error": SECONDS,
     "shared_lease": PAUSE,
+    "invalidate_failed_tasks": None,
 }
 _CACHE_KEYS = {*_CACHE_RULES, "shared", "shared_key"}
 _BREAKER_RULES: dict[str, Number | None] = {

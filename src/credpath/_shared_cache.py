@@ -574,6 +574,8 @@ class SharedEntry:
     keep_until: float
     #: The id's generation the entry was written under (see SharedTier); not part of its value.
     generation: str | None = field(default=None, compare=False)
+    #: The store's version of the value (where the store reports one); sealed with the entry.
+    version: str | None = field(default=None, compare=False)
 
     def fresh(self, now: float) -> bool:
         return self.fresh_until >= now
@@ -613,6 +615,8 @@ class SharedTier:
         #: name -> the generation token the last read of it found (a store read that follows is
         #: written under it, so a write that lands meanwhile makes the entry refused, not served).
         self._seen: dict[str, str] = {}
+        #: The deployment-wide epoch record (see :meth:`epoch`): named with the key, MACed like a generation.
+        self._epoch_name = "g:epoch:" + hmac.new(self._mac_key, b"epoch", hashlib.sha256).hexdigest()
 
     # --- naming and sealing ---
 
@@ -644,6 +648,7 @@ class SharedTier:
             "f": entry.fresh_until,
             "x": entry.keep_until,
             "g": generation,  # the id's generation when its value was read (see _generation)
+            "r": entry.version,  # the store's version of the value (a version id, never a value)
         }
         return self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
 
@@ -677,9 +682,15 @@ class SharedTier:
             fresh_until=float(payload["f"]),
             keep_until=float(payload["x"]),
             generation=payload.get("g"),
+            version=payload.get("r"),
         )
 
     # --- guarded operations: a failure is logged once and is a miss / a no-op ---
+
+    @property
+    def healthy(self) -> bool:
+        """False after a failure of the tier, until it answers again."""
+        return self._down_until == 0.0
 
     def _available(self) -> bool:
         return self._down_until == 0.0 or time.monotonic() >= self._down_until
@@ -800,10 +811,44 @@ class SharedTier:
             # A new generation first: an entry written or put back from now on under the old one is refused.
             self.store.put(gname, self._gen_blob(gname, secrets.token_hex(16)), time.time() + GENERATION_KEEP)
             self.store.invalidate(name)
+            self._bump_epoch()
         except Exception as exc:
             self._failed(exc, "invalidating an entry")
             return
         self._ok()
+
+    # Deployment-wide invalidation: every process keeps ids in its own tier, which no generation record
+    # reaches. One epoch record per key moves with every invalidation; each process reads it at most once
+    # a second (:meth:`epoch`) and, when it moved, drops its process tier (the shared tier still holds
+    # every id not invalidated, under its generation). The record is MACed like a generation: one written
+    # without the key is ignored, so such a writer cannot make processes drop anything; putting back an
+    # old record only makes processes re-read the shared tier, whose generations still refuse old values.
+
+    def _bump_epoch(self) -> None:
+        ename = self._epoch_name
+        self.store.put(ename, self._gen_blob(ename, secrets.token_hex(16)), time.time() + GENERATION_KEEP)
+
+    def epoch(self) -> str | None:
+        """The epoch token ("" no record yet), or None: the tier is down or the record does not verify
+        (then the caller keeps what it has)."""
+        if not self._available():
+            return None
+        try:
+            blob = self.store.get(self._epoch_name)
+        except Exception as exc:
+            self._failed(exc, "reading the invalidation epoch")
+            return None
+        self._ok()
+        if blob is None:
+            return ""
+        return self._gen_token(self._epoch_name, blob)
+
+    def invalidate_all(self) -> int:
+        """Drop every entry and move the epoch (``cache clear``, ``cache invalidate --all``); errors raise.
+        A read in flight writes under the generation its miss found, which is gone: refused."""
+        removed = self.store.clear()
+        self._bump_epoch()
+        return removed
 
     def acquire(self, ckey: tuple[str, str, str | None]) -> bool | None:
         """True: this process holds the key's lock; False: another does; None: the tier failed."""
@@ -905,7 +950,7 @@ class SharedTier:
         return self.store.stats()
 
     def clear(self) -> int:
-        return self.store.clear()
+        return self.invalidate_all()
 
     def close(self) -> None:
         self.store.close()

@@ -278,6 +278,36 @@ def _count_into_airflow_stats(path: SearchPath) -> None:
     metrics.instrument(path)
 
 
+#: The ids this process read through credpath, per search path: a failed task drops them from every tier
+#: (:mod:`credpath._airflow_refresh`), so its retry reads the stores. A task process reads a handful.
+_task_reads: dict[int, tuple[SearchPath, set[tuple[str, str]]]] = {}
+
+
+def note_read(path: SearchPath, kind: str, key: str) -> None:
+    """Remember that this process read ``key`` through ``path`` (connections and variables)."""
+    if kind == "config":
+        return
+    reads = _task_reads.get(id(path))
+    if reads is None:
+        reads = _task_reads.setdefault(id(path), (path, set()))
+    if len(reads[1]) < 10_000:
+        reads[1].add((kind, key))
+
+
+def invalidate_reads() -> int:
+    """Drop every id this process read from every tier of its search path (where the search path's
+    ``[cache] invalidate_failed_tasks`` allows it); returns how many ids were dropped."""
+    dropped = 0
+    for path, reads in list(_task_reads.values()):
+        if not path.cache.settings.invalidate_failed_tasks:
+            continue
+        for kind, key in sorted(reads):
+            path.invalidate(kind, key)  # type: ignore[arg-type]
+            dropped += 1
+        reads.clear()
+    return dropped
+
+
 def reset() -> None:
     """Forget the shared search paths (tests, or after changing the configuration)."""
     with _search_paths_lock:
@@ -412,6 +442,7 @@ class _CredpathBackendMixin:
                 log.debug("credpath: %s %r from backend %r (cached)", kind, key, resolution.source)
         if resolution is None:
             return None
+        note_read(search_path, kind, key)
         return resolution.value
 
     def _credpath_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
@@ -471,7 +502,10 @@ class _CredpathBackendMixin:
             resolution = await _aio.alookup(self.search_path, kind, key, team_name=team_name)
         except AccessDenied as exc:
             raise _airflow_access_denied()(str(exc)) from None
-        return None if resolution is None else resolution.value
+        if resolution is None:
+            return None
+        note_read(self.search_path, kind, key)
+        return resolution.value
 
     async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
         from credpath import _aio

@@ -28,6 +28,7 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 
 from credpath import _airflow_leases as airflow_leases
+from credpath import _airflow_refresh as airflow_refresh
 
 __all__ = ["URL_PREFIX", "CredpathPlugin", "airflow_search_path"]
 
@@ -162,7 +163,8 @@ def _metastore_ids(kind: str) -> list[str]:
 
 class CredpathPlugin(AirflowPlugin):  # type: ignore[misc]  # Airflow is untyped here
     name = "credpath"
-    listeners = [airflow_leases]  # revoke a task's leases at its end
+    # Revoke a task's leases at its end; drop the ids a failed task read, so that its retry reads the stores.
+    listeners = [airflow_leases, airflow_refresh]
     fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "credpath secrets inventory"}]
     external_views = [
         {

@@ -207,7 +207,7 @@ def test_metrics_are_not_recorded_for_a_config_error_when_off():
 
 
 @pytest.mark.parametrize("metrics_on", [True, False])
-def test_a_store_call_is_marked_for_the_retry_counter_only_while_metrics_are_on(metrics_on: bool) -> None:
+def test_a_store_call_is_marked_and_its_version_kept_with_or_without_metrics(metrics_on: bool) -> None:
     from credpath import metrics
     from credpath._lookup import trace
 
@@ -217,17 +217,21 @@ def test_a_store_call_is_marked_for_the_retry_counter_only_while_metrics_are_on(
         def get_variable(self, key: str) -> str | None:
             current = trace._CALLING.get()  # the store call in progress, as the retry loops see it
             marks.append(None if current is None else current[1])
+            trace.note_retry()  # an event only where something listens
+            trace.note_version(7)  # always: the version is kept with the cached value
             return super().get_variable(key)
 
     metrics.reset()
     if metrics_on:
         metrics.enable()
     try:
-        SearchPath([("marked", Marked(variables={"a": "1"}))]).get_variable("a")
+        searched = SearchPath([("marked", Marked(variables={"a": "1"}))])
+        searched.get_variable("a")
     finally:
         metrics.disable()
         metrics.reset()
-    assert marks == (["marked"] if metrics_on else [None])
+    assert marks == ["marked"]  # marked either way: the backend reports its version to the call
+    assert searched.lookup("variable", "a").version == "7"  # type: ignore[union-attr]
     assert trace._CALLING.get() is None  # put back after the call
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from credpath._lookup.trace import Attempt, LookupContext, Served
+from credpath._lookup.trace import Attempt, LookupContext, Served, StoreCall
 from credpath._resilience import CircuitBreaker, RefreshBackoff
 from credpath.errors import BackendError, safe_reason
 from credpath.protocol import Backend, Kind
@@ -31,10 +31,12 @@ CacheKey = tuple[Kind, str, str | None]
 
 @dataclass(frozen=True)
 class Resolution:
-    """A resolved value and the name of the backend that served it."""
+    """A resolved value, the name of the backend that served it, and the store's version of it (where
+    the store reports one)."""
 
     value: Any
     source: str
+    version: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -55,6 +57,10 @@ class Explanation:
     tier: str = "store"
     #: While stale values are served: seconds until the source's store is asked again (backed off).
     refresh_in: float | None = None
+    #: The store's version of the value served (where the store reports one), and the version each cache
+    #: tier holds for the id ("process", "shared": None where a tier holds it without a version).
+    version: str | None = None
+    held: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -83,6 +89,8 @@ class Explanation:
             failed=[a.backend for a in attempts if a.outcome in ("error", "stale")],
         )
         for event in context.events or ():
+            if isinstance(event, StoreCall) and event.outcome == "hit":
+                explanation.version = event.version  # the last hit is the one served
             if isinstance(event, Served):
                 explanation.source, explanation.tier = event.source, event.tier
                 explanation.stale = event.tier == "stale"

@@ -69,8 +69,10 @@ def call(
         if context.live:
             context.emit(Rejected(entry.name, breaker.describe()))
         raise breaker.open_error(entry.label)
+    context.version = None
     if context.live:
         return _traced(context, entry, operation, kind, func, *args, **kwargs)
+    token = _trace._CALLING.set((context, entry.name))  # the backend reports its version to it
     try:
         result = func(*args, **kwargs)
     except (ConfigError, AccessDenied, ReadOnlyBackend):
@@ -79,6 +81,8 @@ def call(
     except BaseException:
         _failed(entry)
         raise
+    finally:
+        _trace._CALLING.reset(token)
     _succeeded(entry)
     return result
 
@@ -112,7 +116,9 @@ def _traced(
     _succeeded(entry)
     empty = result is None or (isinstance(result, dict | list | tuple | set) and not result)
     outcome = "miss" if empty else "hit"
-    context.emit(StoreCall(entry.name, kind, operation, outcome, time.perf_counter() - started))
+    context.emit(
+        StoreCall(entry.name, kind, operation, outcome, time.perf_counter() - started, context.version)
+    )
     return result
 
 

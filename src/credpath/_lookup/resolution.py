@@ -125,7 +125,7 @@ def _hit(
 ) -> Resolution:
     if context.live:
         _not_tried(state, context, index)
-    resolution = Resolution(value, entry.name)
+    resolution = Resolution(value, entry.name, context.version)
     state.register_secrets(ckey[0], ckey[1], value)
     if failed:
         # Airflow's fall-through, kept by default; never cached: the failed backend may shadow it.
@@ -178,6 +178,6 @@ def ask_live(
         if value is not None:
             state.register_secrets(kind, key, value)  # type: ignore[arg-type]
             context.served("store", entry.name)
-            return Resolution(value, entry.name)
+            return Resolution(value, entry.name, context.version)
     context.served(tier, None if cached is MISS else cached.source)
     return None if cached is MISS else cached

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +42,8 @@ class SharedTierLike(Protocol):
     def count(self, name: str, n: int = 1) -> None: ...
     def flush_soon(self) -> None: ...
     def flush(self) -> None: ...
+    def epoch(self) -> str | None: ...
+    def invalidate_all(self) -> int: ...
 
 
 class LookupState:
@@ -63,6 +66,12 @@ class LookupState:
         self._flight = SingleFlight()
         self._warned: set[tuple[Any, str]] = set()  # (cache key, what) warned once per outage episode
         self._teams: set[str | None] = {None}  # teams with cached entries: a write invalidates each
+        #: When this process next looks at the shared tier's invalidation epoch (monotonic; inf: no tier),
+        #: and the epoch it saw last (None: not looked yet). See credpath._lookup.rotation.
+        self._epoch_next = math.inf
+        self._epoch_seen: str | None = None
+        #: (kind, key, team) -> when its last forced refresh read the store (monotonic).
+        self._refreshed: dict[CacheKey, float] = {}
 
     def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
@@ -171,12 +180,13 @@ class LookupState:
                     stored_at=stored_at + offset,
                     fresh_until=expiry + offset,
                     keep_until=keep_until + offset,
+                    version=None if miss else value.version,
                 ),
             )
 
     def adopt(self, ckey: CacheKey, entry: SharedEntry) -> Any:
         """Put a shared entry in the process tier with its own (wall-clock) times; returns the value."""
-        value = MISS if entry.miss else Resolution(entry.value, entry.source)  # type: ignore[arg-type]
+        value = MISS if entry.miss else Resolution(entry.value, entry.source, entry.version)  # type: ignore[arg-type]
         offset = time.monotonic() - time.time()
         self.cache.put_entry(
             ckey, value, entry.fresh_until + offset, entry.stored_at + offset, entry.keep_until + offset
@@ -188,7 +198,8 @@ class LookupState:
         return value
 
     def invalidate(self, kind: Kind, key: str) -> None:
-        """After a write: forget ``key`` in both tiers, for every team."""
+        """After a write or a rotation: forget ``key`` in both tiers, for every team; with a shared tier,
+        every process of the deployment drops it within a second (credpath._lookup.rotation)."""
         for team in list(self._teams):
             self.cache.invalidate((kind, key, team))
             if self.shared is not None:

@@ -21,7 +21,7 @@ from credpath.errors import BackendTimeout
 if TYPE_CHECKING:
     from credpath._shared_cache import SharedEntry
 
-__all__ = ["cached", "lookup", "lookup_once", "settled"]
+__all__ = ["cached", "held", "lookup", "lookup_once", "settled"]
 
 log = logging.getLogger("credpath.search_path")
 
@@ -136,5 +136,19 @@ def cached(state: LookupState, ckey: CacheKey) -> tuple[Any, str]:
     if state.shared is not None:
         entry = state.shared.get(ckey)
         if entry is not None and entry.fresh(time.time()):
-            return (MISS if entry.miss else Resolution(entry.value, entry.source)), "shared"  # type: ignore[arg-type]
+            return (MISS if entry.miss else Resolution(entry.value, entry.source, entry.version)), "shared"  # type: ignore[arg-type]
     return ABSENT, ""
+
+
+def held(state: LookupState, ckey: CacheKey) -> dict[str, str | None]:
+    """The store version each tier holds for ``ckey`` ("process", "shared"; None: held, no version), for
+    ``explain``: a tier holding nothing fresh for the id is left out."""
+    versions: dict[str, str | None] = {}
+    found = state.cache.get(ckey)
+    if found is not ABSENT and found is not MISS:
+        versions["process"] = found.version
+    if state.shared is not None:
+        entry = state.shared.get(ckey)
+        if entry is not None and entry.fresh(time.time()) and not entry.miss:
+            versions["shared"] = entry.version
+    return versions

@@ -39,6 +39,7 @@ __all__ = [
     "StoreCall",
     "calling",
     "note_retry",
+    "note_version",
     "retries_allowed",
     "single_try",
     "subscribe",
@@ -73,7 +74,7 @@ class StoreCall(NamedTuple):
     #: "hit" | "miss" | "error" | "throttled" (the error raised is a :class:`~credpath.errors.Throttled`)
     outcome: str
     seconds: float = 0.0
-    #: The store's version or ETag of what it returned, where the backend gives one (none does yet).
+    #: The store's version of what it returned, where the backend reports one (:func:`note_version`).
     version: str | None = None
 
 
@@ -145,7 +146,7 @@ def subscribed() -> bool:
 class LookupContext:
     """One resolution: what is looked up, by when, and (when ``live``) the trace of what happened."""
 
-    __slots__ = ("deadline", "events", "key", "kind", "live", "sinks", "started", "team", "tier")
+    __slots__ = ("deadline", "events", "key", "kind", "live", "sinks", "started", "team", "tier", "version")
 
     def __init__(
         self,
@@ -167,6 +168,8 @@ class LookupContext:
         #: Whether anything wants events: build none when False.
         self.live = keep or bool(self.sinks)
         self.tier = "store"
+        #: The version the last store call reported (:func:`note_version`), None: none reported.
+        self.version: str | None = None
         self.started = time.perf_counter() if self.live else 0.0
 
     def emit(self, event: Event) -> None:
@@ -242,5 +245,13 @@ def retries_allowed() -> bool:
 def note_retry() -> None:
     """One more try inside the store call in progress (hook of the retry loops); nothing outside one."""
     current = _CALLING.get()
-    if current is not None:
+    if current is not None and current[0].live:
         current[0].emit(Retry(current[1]))
+
+
+def note_version(version: object) -> None:
+    """The store's version of what the store call in progress returned (a backend reports it from the
+    answer it already has: no extra request); kept with the cached value and shown by ``explain``."""
+    current = _CALLING.get()
+    if current is not None and version is not None:
+        current[0].version = str(version)

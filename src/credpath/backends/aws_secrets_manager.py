@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, Unpack
 from urllib.parse import unquote
 
 from credpath._deadlines import Deadline
+from credpath._lookup.trace import note_version
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
@@ -128,6 +129,9 @@ class SecretsManagerBackend(AwsBackend):
             raise self.aws.error(exc, f"secret {name!r}") from None
         self._existing.add(name)
         log.debug("%s: read secret %s", self.name, name)
+        stages = response.get("VersionStages") or ()
+        version = response.get("VersionId")
+        note_version(f"{version} ({', '.join(stages)})" if version and stages else version)
         return self._value_of(name, response)
 
     def _value_of(self, name: str, entry: dict[str, Any]) -> str | None:

@@ -47,6 +47,7 @@ from credpath._deadlines import (
     parse_retry_after,
     unwrap_retries,
 )
+from credpath._lookup.trace import note_version
 from credpath._settings import RETRIES, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
@@ -337,6 +338,7 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         except Exception as exc:
             raise self._error(exc, name, "reading") from None
         log.debug("%s: read secret %s", self.name, name)
+        note_version(getattr(getattr(secret, "properties", None), "version", None))  # the id's last segment
         value: str | None = secret.value
         return value
 

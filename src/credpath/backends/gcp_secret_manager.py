@@ -43,6 +43,7 @@ from credpath._deadlines import (
     parse_retry_after,
     unwrap_retries,
 )
+from credpath._lookup.trace import note_version
 from credpath._settings import TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
@@ -376,6 +377,8 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         except UnicodeDecodeError:
             raise self.error(f"secret {secret_id!r} is not UTF-8 text") from None
         log.debug("%s: read secret %s", self.name, secret_id)
+        # The resource name says which version "latest" was: projects/p/secrets/s/versions/N.
+        note_version(str(getattr(response, "name", "") or "").rpartition("/versions/")[2] or None)
         return value
 
     def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:

@@ -76,6 +76,7 @@ from credpath._deadlines import (
     parse_retry_after,
     retry_call,
 )
+from credpath._lookup.trace import note_version
 from credpath._settings import COUNT, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming, PrefixNamedBackend
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
@@ -422,6 +423,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
             return None
         self._expect(status, "reading", name)
         log.debug("%s: read secret %r", self.name, name)
+        if isinstance(body, dict):
+            note_version((body.get("metadata") or {}).get("resourceVersion"))
         return self._decode(name, body)
 
     def _expect(self, status: int, what: str, name: str | None, ok: Iterable[int] = (200, 201)) -> None:

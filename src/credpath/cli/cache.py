@@ -1,4 +1,4 @@
-"""``credpath cache stats`` and ``credpath cache clear``: the shared cache tier ([cache] shared)."""
+"""``credpath cache stats``, ``clear`` and ``invalidate``: the shared cache tier ([cache] shared)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from credpath.cli.output import echo_json, echo_table
 __all__ = [
     "cache_group",
     "clear_command",
+    "invalidate_command",
     "stats_command",
 ]
 
@@ -83,4 +84,43 @@ def clear_command(state: State) -> None:
     removed = _guarded(shared, "clearing", shared.clear)
     click.echo(
         f"removed {removed} entr{'y' if removed == 1 else 'ies'} from shared cache {shared.description}"
+    )
+
+
+@cache_group.command("invalidate")
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--kind",
+    type=click.Choice(["connection", "variable"]),
+    default=None,
+    help="Only this kind (default: connections and variables with these ids).",
+)
+@click.option("--all", "everything", is_flag=True, help="Every cached id (as `cache clear`).")
+@pass_state
+@handle_errors
+def invalidate_command(state: State, ids: tuple[str, ...], kind: str | None, everything: bool) -> None:
+    """Forget IDS in every process of the deployment (within a second) after a rotation done outside
+    credpath (a rotation Lambda, a CI job): the next lookup of each reads its store.
+
+    Needs the tier's key (as the entries do): a writer without it can neither invalidate nor replay.
+    """
+    if everything == bool(ids):
+        fail("give ids to invalidate, or --all (not both)")
+    shared = _tier(state)
+    search_path = state.search_path
+    if everything:
+        removed = _guarded(shared, "invalidating", search_path.invalidate_all)
+        click.echo(f"invalidated every id ({removed} entries) in shared cache {shared.description}")
+        return
+    from credpath.model import validate_lookup_key
+
+    kinds = ("connection", "variable") if kind is None else (kind,)
+    for key in ids:
+        for one in kinds:
+            validate_lookup_key(one, key)
+            _guarded(shared, "invalidating", lambda k=one, i=key: search_path.invalidate(k, i))
+    if not shared.healthy:  # the tier logs and swallows its failures (a lookup must go on); this must not
+        fail(f"shared cache {shared.description}: invalidating failed (see the warning above)", 1)
+    click.echo(
+        f"invalidated {len(ids)} id{'' if len(ids) == 1 else 's'} in shared cache {shared.description}"
     )

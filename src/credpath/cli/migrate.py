@@ -114,6 +114,17 @@ def _progress(enabled: bool) -> tuple[AbstractContextManager[Any], Callable[[str
     return progress, tick
 
 
+def _invalidate_written(state: State, report: Any) -> None:
+    """Every id written into the destination is dropped from the caches of the deployment (the shared
+    tier's processes within a second): a cached copy, or a cached miss, would hide the migrated value."""
+    search_path = state.search_path
+    if search_path.shared is None:
+        return  # only this process's cache, which ends with it
+    for item in report.plan.items:
+        if item.status in ("written", "verified"):
+            search_path.invalidate(item.kind, item.key)
+
+
 def _print_plan(report: Any) -> None:
     from credpath.cli.output import echo_table
 
@@ -264,6 +275,8 @@ def migrate_command(
                 backend.close()
             elif callable(close := getattr(backend, "close", None)):  # a foreign object may have one
                 close()
+    if not dry_run:
+        _invalidate_written(state, report)
     if report_file is not None:
         write_private(report_file, report.to_json() + "\n")
     _print_plan(report)

@@ -51,7 +51,9 @@ def explain_command(
     "ms" is the lookup alone; "start-up ms" the backend's one-time start-up (importing its client,
     building its session), timed apart. "breaker" is the backend's circuit breaker before the call.
     "tier" says what served the answer: process (in-process cache), shared (the shared tier), store
-    (the backends were asked) or stale (a failed refresh; the last good value).
+    (the backends were asked) or stale (a failed refresh; the last good value). "version" is the store's
+    version of the value served, and each cache tier's line the version it holds (where the store reports
+    versions: Vault KV v2, Secrets Manager, GCP, Azure, Kubernetes).
     """
     from credpath.model import validate_lookup_key
 
@@ -80,6 +82,8 @@ def explain_command(
                 "stale": explanation.stale,
                 "stale_age_s": None if explanation.stale_age is None else round(explanation.stale_age, 1),
                 "failed": explanation.failed,
+                "version": explanation.version,
+                "held": explanation.held,
                 "summary": summary,
                 "attempts": attempts,
             }
@@ -105,6 +109,11 @@ def explain_command(
         )
         click.echo(summary)
         click.echo(f"tier: {explanation.tier}")
+        if explanation.version is not None:
+            click.echo(f"version: {explanation.version}")
+        if any(v is not None for v in explanation.held.values()):  # a store that reports versions
+            for held_in, version in explanation.held.items():
+                click.echo(f"{held_in} tier holds version: {version or '(none reported)'}")
     if not explanation.found:
         raise SystemExit(EXIT_NOT_FOUND)
 

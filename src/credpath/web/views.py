@@ -172,6 +172,9 @@ class Detail:
     holders: list[str]
     fields: list[tuple[str, str]]
     failed: list[str] = field(default_factory=list)
+    #: The store's version of the value served, and the version each cache tier holds ("" none reported).
+    version: str = ""
+    held: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def found(self) -> bool:
@@ -245,6 +248,10 @@ def detail(search_path: Any, kind: str, key: str) -> Detail:
         attempts=attempts,
         holders=holders,
         fields=fields,
+        version=explanation.version or "",
+        held=[(tier_name, v or "(none reported)") for tier_name, v in probe.held.items()]
+        if any(v is not None for v in probe.held.values())
+        else [],
     )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote
 
 from credpath._deadlines import Deadline
+from credpath._lookup.trace import note_version
 from credpath.backends.vault.session import Reply, Session, forget_session, safe_url, session_for
 from credpath.backends.vault.settings import (
     DEFAULT_KUBERNETES_JWT_PATH,
@@ -412,6 +413,7 @@ class VaultBackend(BaseBackend):
             metadata = data.get("metadata") or {}
             if metadata.get("deletion_time") or metadata.get("destroyed"):
                 return None
+            note_version(metadata.get("version"))  # KV v2's version number, from this answer
             data = data.get("data")
             if data is None:
                 return None
