@@ -409,3 +409,28 @@ def test_the_web_detail_view_shows_the_version_read_and_the_version_each_tier_ho
     assert '<span class="mono" id="version">v7</span>' in first
     assert 'id="held">Cached versions: process tier <span class="mono">v7</span>' in page
     assert "pw-s3cr3t-web" not in page
+
+
+def test_cache_invalidate_is_one_audit_event_per_id_and_kind(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from credpath import _audit
+
+    config = write_config(tmp_path, vault, proxy.url, f"file:{tmp_path / 'c.db'}")
+    trail = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("CREDPATH_AUDIT_ENABLED", "true")
+    monkeypatch.setenv("CREDPATH_AUDIT_PATH", str(trail))
+    try:
+        result = CliRunner().invoke(
+            cli, ["--config", str(config), "cache", "invalidate", "a_conn", "--kind", "connection"]
+        )
+        assert result.exit_code == 0, result.output
+        _audit.flush()
+    finally:
+        _audit.configure(_audit.AuditSettings())
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [(e["operation"], e["kind"], e["id"], e["outcome"]) for e in events] == [
+        ("invalidate", "connection", "a_conn", "ok")
+    ]

@@ -297,12 +297,15 @@ def note_read(path: SearchPath, kind: str, key: str) -> None:
 def invalidate_reads() -> int:
     """Drop every id this process read from every tier of its search path (where the search path's
     ``[cache] invalidate_failed_tasks`` allows it); returns how many ids were dropped."""
+    from credpath import _audit
+
     dropped = 0
     for path, reads in list(_task_reads.values()):
         if not path.cache.settings.invalidate_failed_tasks:
             continue
         for kind, key in sorted(reads):
             path.invalidate(kind, key)  # type: ignore[arg-type]
+            _audit.record("invalidate", kind, key, "ok", tier="shared", reason="task failed")
             dropped += 1
         reads.clear()
     return dropped

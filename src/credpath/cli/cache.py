@@ -108,8 +108,11 @@ def invalidate_command(state: State, ids: tuple[str, ...], kind: str | None, eve
         fail("give ids to invalidate, or --all (not both)")
     shared = _tier(state)
     search_path = state.search_path
+    from credpath import _audit
+
     if everything:
         removed = _guarded(shared, "invalidating", search_path.invalidate_all)
+        _audit.record("invalidate", "*", "*", "ok", tier="shared", removed=removed)
         click.echo(f"invalidated every id ({removed} entries) in shared cache {shared.description}")
         return
     from credpath.model import validate_lookup_key
@@ -119,6 +122,7 @@ def invalidate_command(state: State, ids: tuple[str, ...], kind: str | None, eve
         for one in kinds:
             validate_lookup_key(one, key)
             _guarded(shared, "invalidating", lambda k=one, i=key: search_path.invalidate(k, i))
+            _audit.record("invalidate", one, key, "ok" if shared.healthy else "error", tier="shared")
     if not shared.healthy:  # the tier logs and swallows its failures (a lookup must go on); this must not
         fail(f"shared cache {shared.description}: invalidating failed (see the warning above)", 1)
     click.echo(
