@@ -22,9 +22,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from credpath._search_path import _UNSET, Resolution, SearchPath
+from credpath._search_path import _UNSET, Resolution, SearchPath, answer
 from credpath.errors import BackendTimeout, NotFound
-from credpath.model import Connection, Variable
+from credpath.model import Connection
 
 __all__ = ["MAX_WORKERS", "aget_config", "aget_connection", "aget_variable", "alookup", "run_blocking"]
 
@@ -132,13 +132,7 @@ async def aget_variable(
     timeout: float | None = None,
 ) -> Any:
     resolution = await alookup(search_path, "variable", key, team_name=team_name, timeout=timeout)
-    if resolution is None:
-        if default is _UNSET:
-            raise NotFound("variable", key)
-        return default
-    if deserialize_json:
-        return Variable(key, resolution.value).deserialize()
-    return resolution.value
+    return answer("variable", key, resolution, default, deserialize_json)
 
 
 async def aget_config(
@@ -150,8 +144,4 @@ async def aget_config(
     timeout: float | None = None,
 ) -> Any:
     resolution = await alookup(search_path, "config", key, team_name=team_name, timeout=timeout)
-    if resolution is None:
-        if default is _UNSET:
-            raise NotFound("config", key)
-        return default
-    return resolution.value
+    return answer("config", key, resolution, default)

@@ -43,6 +43,7 @@ __all__ = [
     "PrefetchReport",
     "Resolution",
     "SearchPath",
+    "answer",
 ]
 
 _UNSET: Any = object()
@@ -186,25 +187,12 @@ class SearchPath(LookupState):
             resolution = self.refresh("variable", key, team_name=team_name)
         else:
             resolution = self.lookup("variable", key, team_name=team_name)
-        if resolution is None:
-            if default is _UNSET:
-                raise NotFound("variable", key)
-            return default
-        if deserialize_json:
-            from credpath.model import Variable
-
-            return Variable(key, resolution.value).deserialize()
-        return resolution.value
+        return answer("variable", key, resolution, default, deserialize_json)
 
     def get_config(self, key: str, default: Any = _UNSET, *, team_name: str | None = None) -> Any:
         """The Airflow config value ``key`` from the backends' config prefixes; ``default`` and errors as for
         :meth:`get_variable`, without JSON parsing."""
-        resolution = self.lookup("config", key, team_name=team_name)
-        if resolution is None:
-            if default is _UNSET:
-                raise NotFound("config", key)
-            return default
-        return resolution.value
+        return answer("config", key, self.lookup("config", key, team_name=team_name), default)
 
     def get_conn_value(self, conn_id: str, *, team_name: str | None = None) -> str | None:
         """Airflow's ``get_conn_value``: the connection's URI, or None if no backend has it; other errors
@@ -368,3 +356,19 @@ class SearchPath(LookupState):
         ``.failed``, the backends that failed to list (AccessDenied/ConfigError propagate; on_error="fail"
         raises)."""
         return listing.list_ids(self, kind)
+
+
+def answer(
+    kind: Kind, key: str, resolution: Resolution | None, default: Any = _UNSET, deserialize_json: bool = False
+) -> Any:
+    """What ``get_variable`` / ``get_config`` (and their async twins) return for a resolution: its value (a
+    variable parsed as JSON on request), ``default`` for a miss, else :class:`NotFound`."""
+    if resolution is None:
+        if default is _UNSET:
+            raise NotFound(kind, key)
+        return default
+    if deserialize_json:
+        from credpath.model import Variable
+
+        return Variable(key, resolution.value).deserialize()
+    return resolution.value
