@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from credpath._lookup import trace as _trace
@@ -86,6 +85,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
+        from email.utils import parsedate_to_datetime  # an HTTP date is rare: ~12 ms of imports, lazily
+
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None

@@ -15,7 +15,6 @@ import base64
 import binascii
 import logging
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -66,6 +65,8 @@ def parse_keys(text: str, setting: str) -> list[bytes]:
 
 def generate_key() -> str:
     """A new Fernet key (url-safe base64 of 32 random bytes, as ``Fernet.generate_key()``)."""
+    import secrets  # hmac and _hashlib come with it: only when a key or a name is made
+
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
@@ -94,6 +95,8 @@ def read_key_file(path: Path, *, warn_as: str = "") -> str:
 def _private_temp(path: Path, text: str) -> Path:
     """``text`` in a new 0600 file beside ``path``, flushed to disk."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import secrets
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -221,6 +221,8 @@ class Settings:
     config_file: Path | None = None
     shared: SharedTierSettings | None = None
     order: BackendsOrder | None = None
+    #: Whether the file has an [audit] table (read by credpath._audit, which is imported only then).
+    audit: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(self.backends))  # a list given in code is kept frozen
@@ -344,6 +346,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         config_file=file,
         shared=shared,
         order=order,
+        audit="audit" in data,
     )
 
 
@@ -719,10 +722,11 @@ def search_path_from_config(
     backend_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SearchPath:
     """Load the settings and build their search path: what the CLI, the API and the web app call."""
-    from credpath import _audit
-
     settings = load_settings(path, env)
-    _audit.setup(settings.config_file, env)  # [audit] and CREDPATH_AUDIT_*: bad input fails here
+    if settings.audit or any(k.startswith("CREDPATH_AUDIT_") for k in (os.environ if env is None else env)):
+        from credpath import _audit  # ~5 ms of start-up, paid only where auditing is configured
+
+        _audit.setup(settings.config_file, env)  # [audit] and CREDPATH_AUDIT_*: bad input fails here
     return build_search_path(settings, backend_kwargs=backend_kwargs)
 
 
