@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 from credpath.backends.vault import VaultBackend, sign_jwt_rs256
 from credpath.backends.vault import auth as vault_auth
 from credpath.backends.vault import session as vault
-from credpath.errors import AccessDenied, BackendError, ConfigError
+from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError
 from tests.conftest import assert_no_secret
 from tests.servers._util import free_port, require_binary, stop_process, wait_for_port
 from tests.servers.openbao import OpenBao, RequestLog, VaultBackends
@@ -527,3 +528,61 @@ def test_azure_client_secret_login_without_a_tenant_is_a_config_error() -> None:
     )
     with pytest.raises(ConfigError, match="azure_tenant_id"):
         vault_auth.azure_jwt(settings)
+
+
+@pytest.mark.parametrize("session_token", [None, "session-token-s3cr3t"], ids=["static", "temporary"])
+def test_botocore_signs_the_same_request_when_it_is_loaded(session_token: str | None) -> None:
+    # Where botocore is loaded anyway (credentials from boto3), its own signer is used: same headers,
+    # same signature as the hand-written one (which is hvac's, byte for byte) for the same instant.
+    from datetime import UTC, datetime
+
+    theirs = vault_auth.botocore_sigv4_sts_request("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1")
+    now = datetime.strptime(theirs["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    ours = vault_auth.sigv4_sts_request("AKIDEXAMPLE", "aws-s3cr3t", session_token, "eu-west-1", now)
+    assert theirs == ours
+    assert "aws-s3cr3t" not in json.dumps(theirs)  # the session token is sent; the secret key never
+
+
+def test_an_aws_iam_login_with_botocore_loaded_is_signed_by_botocore(monkeypatch) -> None:
+    import botocore.auth
+
+    from credpath.backends.vault.settings import ClientSettings
+
+    signed: list[str] = []
+    real = botocore.auth.SigV4Auth.add_auth
+
+    def spy(self: Any, request: Any) -> None:
+        signed.append(request.url)
+        real(self, request)
+
+    monkeypatch.setattr(botocore.auth.SigV4Auth, "add_auth", spy)
+    settings = ClientSettings(url="http://127.0.0.1:1", auth_type="aws_iam", key_id="AKID", secret_id="k")
+    _, body = vault_auth.login_request(settings)
+    assert signed == [vault_auth.STS_URL]
+    assert "Credential=AKID/" in decode_iam(body)[1]["Authorization"][0]
+
+
+def test_an_aws_iam_login_whose_sts_call_hangs_is_cut_at_the_deadline(openbao: OpenBao, monkeypatch) -> None:
+    # AssumeRole is the login's own network I/O: botocore's timeouts and retries would run for minutes.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts into the backlog and never answers
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        backend = VaultBackend(
+            url=openbao.addr,
+            auth_type="aws_iam",
+            role_id="vault-role",
+            timeout=1.5,
+            assume_role_kwargs={"RoleArn": "arn:aws:iam::123456789012:role/v", "RoleSessionName": "credpath"},
+        )
+        began = time.monotonic()
+        with pytest.raises(BackendTimeout, match="logging in with auth_type 'aws_iam'"):
+            backend.get_variable("v")
+        assert time.monotonic() - began < 4
+        backend.close()
+    finally:
+        listener.close()

@@ -13,7 +13,9 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ __all__ = [
     "auth_mount",
     "aws_iam_body",
     "azure_jwt",
+    "botocore_sigv4_sts_request",
     "gcp_jwt",
     "login_request",
     "read_file",
@@ -135,9 +138,48 @@ def _aws_credentials(s: ClientSettings) -> tuple[str, str, str | None]:
     return frozen.access_key, frozen.secret_key, frozen.token
 
 
+def _drops_canonical_request(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("CanonicalRequest")
+
+
+def _quiet_canonical_requests() -> None:
+    """botocore logs each canonical request at DEBUG, session token included: drop that one record."""
+    logger = logging.getLogger("botocore.auth")
+    if _drops_canonical_request not in logger.filters:
+        logger.addFilter(_drops_canonical_request)
+
+
+def botocore_sigv4_sts_request(
+    access_key: str, secret_key: str, session_token: str | None, region: str
+) -> dict[str, str]:
+    """The same signed GetCallerIdentity headers, made by botocore's own SigV4 signer (used whenever
+    botocore is loaded anyway, so the hand-written signer serves only static keys without it)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    _quiet_canonical_requests()
+    request = AWSRequest(
+        method="POST",
+        url=STS_URL,
+        data=STS_BODY,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            "Host": "sts.amazonaws.com",
+            "Content-Length": str(len(STS_BODY)),
+        },
+    )
+    SigV4Auth(Credentials(access_key, secret_key, session_token), "sts", region).add_auth(request)
+    return {name: str(value) for name, value in request.headers.items()}
+
+
 def aws_iam_body(s: ClientSettings) -> dict[str, Any]:
     access_key, secret_key, session_token = _aws_credentials(s)
-    headers = sigv4_sts_request(access_key, secret_key, session_token, s.region or "us-east-1")
+    region = s.region or "us-east-1"
+    if "botocore" in sys.modules:
+        headers = botocore_sigv4_sts_request(access_key, secret_key, session_token, region)
+    else:
+        headers = sigv4_sts_request(access_key, secret_key, session_token, region)
     body: dict[str, Any] = {
         "iam_http_request_method": "POST",
         "iam_request_url": base64.b64encode(STS_URL.encode()).decode(),
@@ -274,7 +316,8 @@ def auth_mount(s: ClientSettings) -> str:
 
 
 def login_request(s: ClientSettings) -> tuple[str, dict[str, Any]]:
-    """(path, body) of the login request of the auth method; no network I/O except for aws/azure."""
+    """(path, body) of the login request of the auth method; no network I/O except for aws/azure
+    (the session runs it within the login's deadline)."""
     method = AUTH_METHODS[s.auth_type]
     if method.login_body is None:  # pragma: no cover - the session handles 'token' without a request
         raise ConfigError(f"auth_type {s.auth_type!r} is not supported")

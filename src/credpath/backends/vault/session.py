@@ -59,6 +59,8 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({412, 429, 500, 502, 503, 504})
 RETRY_POLICY = RetryPolicy(attempts=4, base=0.1, cap=2.0)
 _ONCE = RetryPolicy(attempts=1)
+#: Auth methods whose login body is made with network I/O of its own (AWS credentials, an Azure token).
+_LOGINS_WITH_OWN_IO = frozenset({"aws_iam", "azure"})
 # Renew at this fraction of the TTL (minus up to RENEW_JITTER of it, so a fleet does not renew in step).
 RENEW_FRACTION = 2 / 3
 RENEW_JITTER = 0.1
@@ -500,9 +502,18 @@ class Session:
     def _login(self, deadline: Deadline) -> str:
         if self.auth_type == "token":
             return self._use_static_token()
-        path, body = methods.login_request(self.settings)
-        secrets = [str(v) for v in body.values() if isinstance(v, str)]
         what = f"logging in with auth_type {self.auth_type!r} at auth/{self.auth_mount}"
+        if self.auth_type in _LOGINS_WITH_OWN_IO:
+            # STS AssumeRole, the AWS credential chain (IMDS) or an Azure token request: their clients'
+            # own timeouts and retries run to minutes, so they are bounded by the login's deadline too.
+            path, body = call_with_deadline(
+                lambda: methods.login_request(self.settings),
+                deadline,
+                on_timeout=lambda: self.timeout_error(what, deadline),
+            )
+        else:
+            path, body = methods.login_request(self.settings)
+        secrets = [str(v) for v in body.values() if isinstance(v, str)]
         # A login is safe to repeat: retried on 5xx/429 like a read; a 4xx is the method's answer.
         reply = self.call("POST", path, body=body, deadline=deadline, what=what, secrets=secrets)
         if reply.status != 200:
