@@ -586,3 +586,20 @@ def test_an_aws_iam_login_whose_sts_call_hangs_is_cut_at_the_deadline(openbao: O
         backend.close()
     finally:
         listener.close()
+
+
+def test_bad_assume_role_kwargs_are_one_config_line(openbao: OpenBao, moto_sts: str, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_sts)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    backend = VaultBackend(
+        url=openbao.addr,
+        auth_type="aws_iam",
+        role_id="vault-role",
+        assume_role_kwargs={"RoleArn": "arn:aws:iam::123456789012:role/v", "RoleSessionName": "x"},
+    )
+    with pytest.raises(ConfigError, match="^assume_role_kwargs: .*RoleSessionName") as info:
+        backend.get_variable("v")
+    assert "\n" not in str(info.value)
+    backend.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from credpath.errors import ConfigError, MissingFile
+from credpath.errors import AccessDenied, ConfigError, MissingFile
 
 if TYPE_CHECKING:
     from credpath.backends.vault.settings import ClientSettings
@@ -129,7 +129,16 @@ def _aws_credentials(s: ClientSettings) -> tuple[str, str, str | None]:
     import boto3
 
     if s.assume_role_kwargs:
-        creds = boto3.client("sts").assume_role(**s.assume_role_kwargs)["Credentials"]
+        from botocore.exceptions import ClientError, ParamValidationError
+
+        try:
+            creds = boto3.client("sts").assume_role(**s.assume_role_kwargs)["Credentials"]
+        except ParamValidationError as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"assume_role_kwargs: {reason}") from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise AccessDenied(f"auth_type 'aws_iam': STS AssumeRole was refused ({code})") from None
         return creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
     found = boto3.Session().get_credentials()
     if found is None:
