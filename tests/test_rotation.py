@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -25,13 +24,14 @@ from credpath._search_path import SearchPath
 from credpath._shared_cache import SharedTier, parse_keys
 from credpath.cli import cli
 from credpath.model import Connection
+from tests import _shared_tier_fixtures as _fixtures
+from tests._shared_tier_fixtures import READS, digest, path_for, worker_env, write_config
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
-from tests.test_shared_cache import OTHER_KEY, digest, path_for, worker_env, write_config
 
-REPO = Path(__file__).resolve().parents[1]
-READS = r"/v1/[^/]+/data/"  # a KV v2 read: what a lookup costs at the store
 HOST = "rotation-db.internal"
+# The shared-tier fixtures (tests/_shared_tier_fixtures.py), taken into this module.
+clean_env, proxy, shared = _fixtures.clean_env, _fixtures.proxy, _fixtures.shared
 #: Rotations and reader processes per tier in CI; bench/rotation.py sets them for the full-size run.
 ROTATIONS = int(os.environ.get("CREDPATH_BENCH_ROTATIONS", "6"))
 READERS = int(os.environ.get("CREDPATH_BENCH_READERS", "3"))
@@ -46,26 +46,6 @@ def vault(openbao: OpenBao) -> Iterator[tuple[OpenBao, str]]:
     mount = openbao.enable_kv(2)
     yield openbao, mount
     openbao.disable(mount)
-
-
-@pytest.fixture
-def proxy(vault: tuple[OpenBao, str], fault_proxy: Any) -> Any:
-    parts = urlsplit(vault[0].addr)
-    return fault_proxy(parts.hostname, parts.port)
-
-
-@pytest.fixture(params=["file", "redis"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file:{tmp_path / 'shared-cache.db'}"
-    return request.getfixturevalue("redis_url")  # type: ignore[no-any-return]
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CREDPATH_CACHE_SHARED", "CREDPATH_CACHE_KEY", "CREDPATH_FERNET_KEY", "CREDPATH_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
 
 
 def rotate(vault: tuple[OpenBao, str], conn_id: str, password: str) -> None:
@@ -136,7 +116,7 @@ def start_readers(tmp_path: Path, config: Path, conn_id: str, count: int) -> tup
         subprocess.Popen(
             [sys.executable, "-m", "tests._rotation_worker", str(config), str(start), str(stop), conn_id],
             env=worker_env(tmp_path),
-            cwd=REPO,
+            cwd=_fixtures.REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -226,7 +206,7 @@ def test_invalidation_needs_the_key_and_an_old_record_put_back_serves_nothing_ol
     assert isinstance(tier, SharedTier)
     # A writer with the store but another key: its invalidation and epoch are not this deployment's, and
     # an epoch record it forges under the deployment's own record name is ignored.
-    stranger = SharedTier(tier.store, parse_keys(OTHER_KEY, "test"), tier._scope)
+    stranger = SharedTier(tier.store, parse_keys(_fixtures.OTHER_KEY, "test"), tier._scope)
     stranger.invalidate(("connection", "forge_conn", None))
     stranger.store.put(tier._epoch_name, stranger._gen_blob(tier._epoch_name, "f" * 32), time.time() + 60)
     tier.store.put(tier._epoch_name, b"forged.0000", time.time() + 60)
@@ -351,16 +331,15 @@ def test_a_failed_airflow_task_drops_what_it_read_unless_the_deployment_opts_out
 
 
 def test_the_plugin_registers_the_refresh_listener() -> None:
-    source = (REPO / "src" / "credpath" / "airflow_plugin.py").read_text()
+    source = (_fixtures.REPO / "src" / "credpath" / "airflow_plugin.py").read_text()
     assert re.search(r"listeners = \[[^\]]*airflow_refresh", source)
-    assert os.path.exists(REPO / "src" / "credpath" / "_airflow_refresh.py")
+    assert os.path.exists(_fixtures.REPO / "src" / "credpath" / "_airflow_refresh.py")
 
 
 def test_migrate_into_a_store_drops_the_migrated_ids_in_every_process(tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
     from credpath.backends.metastore import MetastoreBackend
-    from tests.test_shared_cache import KEY
 
     fernet = Fernet.generate_key().decode()
     urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("old", "new")}
@@ -372,7 +351,7 @@ def test_migrate_into_a_store_drops_the_migrated_ids_in_every_process(tmp_path: 
             f'kwargs = {{ url = "{urls[name]}", fernet_key = "{fernet}" }}\n'
             for name in ("new", "old")
         )
-        + f'[cache]\nshared = "file:{tmp_path / "c.db"}"\nshared_key = "{KEY}"\n'
+        + f'[cache]\nshared = "file:{tmp_path / "c.db"}"\nshared_key = "{_fixtures.KEY}"\n'
     )
     reader = path_for(config)
     assert reader.lookup("variable", "mig_var").source == "old"  # type: ignore[union-attr]

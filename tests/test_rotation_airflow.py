@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from credpath._search_path import SearchPath
+from tests._shared_tier_fixtures import KEY, digest
 from tests.conftest import assert_no_secret
 from tests.servers.airflow_env import AirflowEnv, ApiServer, run_dags_test
 from tests.servers.openbao import OpenBao
-from tests.test_shared_cache import KEY, digest
 
 READS = r"/v1/[^/]+/data/"
 DAG_ID = "credpath_rotation_retry"

@@ -6,7 +6,6 @@ Store reads are counted at a fault proxy in front of a real OpenBao; Redis is a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,31 +17,34 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
 
-from credpath._search_path import SearchPath
-from credpath._settings import load_settings, parse_cache, parse_shared
+from credpath._settings import parse_cache, parse_shared
 from credpath._shared_cache import FileStore, SharedTier, parse_keys
 from credpath.cli import cli
 from credpath.errors import ConfigError, MissingDependency
+from tests import _shared_tier_fixtures as _fixtures
+from tests._shared_tier_fixtures import (
+    KEY,
+    OTHER_KEY,
+    READS,
+    REPO,
+    digest,
+    path_for,
+    worker_env,
+    write_config,
+)
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 from tests.servers.redis import REDIS_PASSWORD, RedisServer
 
-REPO = Path(__file__).resolve().parents[1]
-KEY = "kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="  # a valid Fernet key (32 bytes, url-safe base64)
-OTHER_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 PASSWORDS = {f"sc_conn_{i}": f"pw-s3cr3t-shared-{i}" for i in range(3)}
 HOST = "shared-cache-db.internal"
 VAR_VALUE = "var-s3cr3t-shared"
-READS = r"/v1/[^/]+/data/"  # a KV v2 read (what a lookup costs at the store)
-
-
-def digest(value: object) -> str:
-    return hashlib.sha256(str(value).encode()).hexdigest()[:16]
+# The shared-tier fixtures (tests/_shared_tier_fixtures.py), taken into this module.
+clean_env, proxy, shared = _fixtures.clean_env, _fixtures.proxy, _fixtures.shared
 
 
 @pytest.fixture(scope="module")
@@ -57,46 +59,6 @@ def vault(openbao: OpenBao) -> Iterator[tuple[OpenBao, str]]:
     logging.disable(logging.NOTSET)
     yield openbao, mount
     openbao.disable(mount)
-
-
-@pytest.fixture
-def proxy(vault: tuple[OpenBao, str], fault_proxy: Any) -> Any:
-    parts = urlsplit(vault[0].addr)
-    return fault_proxy(parts.hostname, parts.port)
-
-
-@pytest.fixture(params=["file", "redis"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The ``[cache] shared`` setting of each tier (Redis: the session's server, emptied)."""
-    if request.param == "file":
-        return f"file:{tmp_path / 'shared-cache.db'}"
-    return request.getfixturevalue("redis_url")  # type: ignore[no-any-return]
-
-
-def write_config(tmp_path: Path, vault: tuple[OpenBao, str], url: str, shared: str, **cache: Any) -> Path:
-    server, mount = vault
-    lines = [
-        "[[backends]]",
-        'name = "vault"',
-        'type = "vault"',
-        "[backends.kwargs]",
-        f"url = {json.dumps(url)}",
-        f"token = {json.dumps(server.root_token)}",
-        f"mount_point = {json.dumps(mount)}",
-        "[cache]",
-        f"shared = {json.dumps(shared)}",
-        f"shared_key = {json.dumps(KEY)}",
-    ]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in cache.items()]
-    path = tmp_path / f"credpath-{len(list(tmp_path.glob('credpath-*.toml')))}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def worker_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "VAULT_", "AIRFLOW"))}
-    env.update(PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}", CREDPATH_HOME=str(tmp_path / "home"))
-    return env
 
 
 def run_workers(tmp_path: Path, config: Path, ids: list[str], count: int) -> list[dict[str, Any]]:
@@ -122,13 +84,6 @@ def run_workers(tmp_path: Path, config: Path, ids: list[str], count: int) -> lis
         assert proc.returncode == 0, f"worker failed (rc={proc.returncode}): {stderr[-2000:]}"
         outputs.append(json.loads(stdout.strip().splitlines()[-1]))
     return outputs
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CREDPATH_CACHE_SHARED", "CREDPATH_CACHE_KEY", "CREDPATH_FERNET_KEY", "CREDPATH_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -231,10 +186,6 @@ def test_import_credpath_loads_neither_redis_nor_sqlite3() -> None:
 
 
 # --- one search path per "process" over a real store ---------------------------------------------------
-
-
-def path_for(config: Path) -> SearchPath:
-    return SearchPath.from_settings(load_settings(config, dict(os.environ)))
 
 
 def test_second_process_is_served_by_the_shared_tier_with_no_store_request(

@@ -14,17 +14,12 @@ import pytest
 from credpath._search_path import SearchPath
 from credpath._settings import load_settings
 from credpath._shared_cache import PREFIX
+from tests import _shared_tier_fixtures as _fixtures
+from tests._shared_tier_fixtures import KEY
 from tests.servers.redis import RedisServer
 
-KEY = "kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CREDPATH_CACHE_SHARED", "CREDPATH_CACHE_KEY", "CREDPATH_FERNET_KEY", "CREDPATH_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-
+# The shared-tier fixtures (tests/_shared_tier_fixtures.py), taken into this module.
+clean_env, shared = _fixtures.clean_env, _fixtures.shared
 
 Raw = dict[bytes | str, bytes]
 
@@ -60,13 +55,6 @@ class Tier:
             return
         for k in self.redis.keys(PREFIX + "e:g:*"):
             self.redis.delete(k)
-
-
-@pytest.fixture(params=["file", "redis"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file:{tmp_path / 'shared-cache.db'}"
-    return request.getfixturevalue("redis_url")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

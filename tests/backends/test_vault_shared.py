@@ -5,7 +5,6 @@ counted at a fault proxy; the tiers are a SQLite file and a real Redis server.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,12 +15,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from credpath._shared_cache import FileStore, SharedTier
+from tests._shared_tier_fixtures import KEY, OTHER_KEY, REPO, worker_env, write_config
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 
-REPO = Path(__file__).resolve().parents[2]
-KEY = "kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="
-OTHER_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 PROBE = r"/v1/sys/internal/ui/mounts/"
 VALUES = {"shared_a": "value-s3cr3t-a", "shared_b": "value-s3cr3t-b"}
 
@@ -42,33 +39,13 @@ def proxy(openbao: OpenBao, fault_proxy: Any) -> Any:
     return fault_proxy(parts.hostname, parts.port)
 
 
-def config(tmp_path: Path, openbao: OpenBao, url: str, mount: str, shared: str | None) -> Path:
-    lines = [
-        "[[backends]]",
-        'name = "vault"',
-        'type = "vault"',
-        "[backends.kwargs]",
-        f"url = {json.dumps(url)}",
-        f"token = {json.dumps(openbao.root_token)}",
-        f"mount_point = {json.dumps(mount)}",
-        'kv_engine_version = "auto"',
-    ]
-    if shared is not None:
-        lines += ["[cache]", f"shared = {json.dumps(shared)}", f"shared_key = {json.dumps(KEY)}"]
-    path = tmp_path / f"credpath-{len(list(tmp_path.glob('credpath-*.toml')))}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def run_task(tmp_path: Path, path: Path, variable: str) -> dict[str, Any]:
     """One task-like process reading one variable (the start file exists: it starts at once)."""
     start = tmp_path / "start"
     start.touch()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "VAULT_", "AIRFLOW"))}
-    env.update(PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}", CREDPATH_HOME=str(tmp_path / "home"))
     result = subprocess.run(
         [sys.executable, "-m", "tests._shared_cache_worker", str(path), str(start), f"variable:{variable}"],
-        env=env,
+        env=worker_env(tmp_path),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -90,7 +67,7 @@ def test_the_kv_version_is_probed_once_per_shared_tier(
     request: pytest.FixtureRequest, openbao: OpenBao, kv1: str, proxy: Any, tmp_path: Path, tier: str
 ) -> None:
     shared = f"file:{tmp_path / 'shared.db'}" if tier == "file" else request.getfixturevalue("redis_url")
-    path = config(tmp_path, openbao, proxy.url, kv1, shared)
+    path = write_config(tmp_path, (openbao, kv1), proxy.url, shared, backend={"kv_engine_version": "auto"})
     first = run_task(tmp_path, path, "shared_a")
     assert first["values"] == {"variable:shared_a": digest(VALUES["shared_a"])}
     assert proxy.count(PROBE) == 1
@@ -104,7 +81,7 @@ def test_the_kv_version_is_probed_once_per_shared_tier(
 def test_without_a_shared_tier_each_process_probes(
     openbao: OpenBao, kv1: str, proxy: Any, tmp_path: Path
 ) -> None:
-    path = config(tmp_path, openbao, proxy.url, kv1, None)
+    path = write_config(tmp_path, (openbao, kv1), proxy.url, None, backend={"kv_engine_version": "auto"})
     run_task(tmp_path, path, "shared_a")
     run_task(tmp_path, path, "shared_b")
     assert proxy.count(PROBE) == 2

@@ -19,10 +19,12 @@ from credpath._deadlines import Deadline, RetriesExhausted, RetryPolicy, call_wi
 from credpath._settings import TIMEOUT, check_number
 from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
-from credpath.errors import AccessDenied, BackendTimeout, CredpathError, Throttled
+from credpath.backends._status import Row, StatusTable
+from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError, Throttled
 from credpath.protocol import BackendOptions, BaseBackend, Kind, WriteConfirmation, multi_team_enabled
 
 __all__ = [
+    "STATUS_TABLE",
     "AwsBackend",
     "AwsOptions",
     "AwsSession",
@@ -79,6 +81,26 @@ THROTTLING_CODES = frozenset(
 TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "InternalFailure", "InternalError"})
 ACCESS_DENIED_CODES = frozenset(
     {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation", "UnrecognizedClientException"}
+)
+#: An AWS answer (HTTP status, error code) -> credpath error; the first row that matches wins.
+STATUS_TABLE = StatusTable(
+    "AWS",
+    rows=(
+        Row(
+            AccessDenied,
+            "{what}: access denied ({code}) for {caller}",
+            statuses=frozenset({403}),
+            codes=ACCESS_DENIED_CODES,
+        ),
+        Row(
+            Throttled,
+            "{what}: throttled ({code_or_status}){tries}",
+            statuses=frozenset({429}),
+            codes=THROTTLING_CODES,
+        ),
+        Row(BackendError, "{what}: server error {status} ({code}){tries}", server_errors=True),
+    ),
+    default=Row(BackendError, "{what}: {code} (HTTP {status})"),
 )
 #: Airflow's ``assume_role_method`` values; credpath implements the first.
 ASSUME_ROLE_METHODS = ("assume_role", "assume_role_with_saml", "assume_role_with_web_identity")
@@ -442,14 +464,15 @@ class AwsSession:
         if isinstance(exc, bx.ClientError):
             code = client_error_code(exc)
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ACCESS_DENIED_CODES or status == 403:
-                message = str(exc.response.get("Error", {}).get("Message", ""))
-                return fail(f"{what}: access denied ({code}) for {self.caller_arn(message)}", AccessDenied)
-            if code in THROTTLING_CODES or status == 429:
-                return fail(f"{what}: throttled ({code or status}){tries}", Throttled)
-            if status is not None and status >= 500:
-                return fail(f"{what}: server error {status} ({code}){tries}")
-            return fail(f"{what}: {code} (HTTP {status})")
+            fields = {
+                "what": what,
+                "code": code,
+                "status": status,
+                "code_or_status": code or status,
+                "tries": tries,
+                "caller": lambda: self.caller_arn(client_error_message(exc)),
+            }
+            return STATUS_TABLE.error(status, code, fields, fail)
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
             return fail(f"{what}: no AWS credentials found ({type(exc).__name__})")
         if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ConnectionClosedError):

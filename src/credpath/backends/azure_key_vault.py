@@ -51,18 +51,30 @@ from credpath._lookup.trace import note_version
 from credpath._settings import RETRIES, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
+from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import Capability, Kind, Serialization
 
 if TYPE_CHECKING:
     from credpath.model import Connection
 
-__all__ = ["ID_TAG", "KeyVaultBackend", "OnDeleted"]
+__all__ = ["DISABLED", "ID_TAG", "STATUS_TABLE", "KeyVaultBackend", "OnDeleted"]
 
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+#: The inner error code of a read of a disabled secret (a 403 that is not about access).
+DISABLED = "SecretDisabled"
+#: A Key Vault answer (HTTP status; a disabled secret's 403 as ``DISABLED``) -> credpath error.
+STATUS_TABLE = StatusTable(
+    "Azure Key Vault",
+    rows=(
+        Row(BackendError, "{where}: the secret is disabled in the vault", codes=frozenset({DISABLED})),
+        Row(AccessDenied, "{where}: access denied ({code_or_403})", statuses=frozenset({403})),
+    ),
+    default=Row(BackendError, "{where}: {detail}{tries}"),
+)
 #: Tag keeping the original id, so listing can undo the ``_`` -> ``sep`` mapping for secrets credpath wrote.
 ID_TAG = "credpath-id"
 OnDeleted = Literal["fail", "recover", "purge"]
@@ -298,6 +310,9 @@ class KeyVaultBackend(PrefixedSecretsBackend):
         # Key Vault names are case-insensitive.
         return name.lower()
 
+    def _in_voice(self, message: str, cls: type[BackendError]) -> BackendError:
+        return cls(message, backend=self.name)
+
     def _error(self, exc: BaseException, name: str, action: str) -> CredpathError:
         """One line naming backend, secret and reason; server text is reduced to its error code."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
@@ -310,14 +325,15 @@ class KeyVaultBackend(PrefixedSecretsBackend):
             return AccessDenied(f"{where}: authentication failed ({type(exc).__name__})", backend=self.name)
         if isinstance(exc, HttpResponseError):
             code, inner = _error_codes(exc)
-            if exc.status_code == 403 and (
-                inner == "SecretDisabled" or "disabled secret" in str(exc.message)
-            ):
-                return BackendError(f"{where}: the secret is disabled in the vault", backend=self.name)
-            if exc.status_code == 403:
-                return AccessDenied(f"{where}: access denied ({code or 403})", backend=self.name)
-            detail = f"HTTP {exc.status_code} {code or ''}".rstrip()
-            return BackendError(f"{where}: {detail}{tries}", backend=self.name)
+            status = exc.status_code
+            disabled = status == 403 and (inner == DISABLED or "disabled secret" in str(exc.message))
+            fields = {
+                "where": where,
+                "code_or_403": code or 403,
+                "detail": f"HTTP {status} {code or ''}".rstrip(),
+                "tries": tries,
+            }
+            return STATUS_TABLE.error(status, DISABLED if disabled else None, fields, self._in_voice)
         if isinstance(exc, ServiceRequestError):
             return BackendError(
                 f"{where}: vault unreachable ({type(exc).__name__}){tries}", backend=self.name

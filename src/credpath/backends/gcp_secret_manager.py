@@ -47,10 +47,11 @@ from credpath._lookup.trace import note_version
 from credpath._settings import TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
+from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
 from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization
 
-__all__ = ["SecretManagerBackend", "crc32c"]
+__all__ = ["STATUS_TABLE", "SecretManagerBackend", "crc32c"]
 
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,20 @@ _DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_ATTEMPTS = 3
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: A Secret Manager answer (its HTTP status; a 400's version state as the code) -> credpath error.
+STATUS_TABLE = StatusTable(
+    "Google Secret Manager",
+    rows=(
+        Row(AccessDenied, "{where}: permission denied ({code})", statuses=frozenset({401, 403})),
+        Row(
+            BackendError,
+            "{where}: version {version} is {state} (Secret Manager does not fall back to an older version; "
+            "enable it or add a new version)",
+            codes=frozenset({"DISABLED", "DESTROYED"}),
+        ),
+    ),
+    default=Row(BackendError, "{where}: {name} ({status}){tries}"),
+)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -319,6 +334,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         _ = self.client  # resolves project_id
         return f"projects/{self.project_id}"
 
+    def _in_voice(self, message: str, cls: type[BackendError]) -> BackendError:
+        return cls(message, backend=self.name)
+
     def _error(self, exc: BaseException, secret_id: str, action: str) -> CredpathError:
         """One line naming the backend, secret and reason; server text is reduced to a state or code."""
         from google.api_core import exceptions as gexc
@@ -327,19 +345,19 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         exc, tries = unwrap_retries(exc, self.timeout)
         if isinstance(exc, CredpathError):
             return exc
-        if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
-            return AccessDenied(f"{where}: permission denied ({exc.code})", backend=self.name)
-        if isinstance(exc, gexc.BadRequest):
-            state = _STATE_RE.search(str(getattr(exc, "message", "")))
-            if state:
-                return BackendError(
-                    f"{where}: version {self.version} is {state.group(1)} (Secret Manager does not fall back "
-                    "to an older version; enable it or add a new version)",
-                    backend=self.name,
-                )
         if isinstance(exc, gexc.GoogleAPICallError):
-            status = getattr(exc, "grpc_status_code", None) or exc.code
-            return BackendError(f"{where}: {type(exc).__name__} ({status}){tries}", backend=self.name)
+            found = _STATE_RE.search(str(getattr(exc, "message", ""))) if exc.code == 400 else None
+            state = found.group(1) if found else None
+            fields = {
+                "where": where,
+                "code": exc.code,
+                "version": self.version,
+                "state": state,
+                "name": type(exc).__name__,
+                "status": getattr(exc, "grpc_status_code", None) or exc.code,
+                "tries": tries,
+            }
+            return STATUS_TABLE.error(exc.code, state, fields, self._in_voice)
         return BackendError(f"{where}: {type(exc).__name__}{tries}", backend=self.name)
 
     # --- reads -------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 from credpath._deadlines import (
@@ -78,14 +79,23 @@ from credpath._deadlines import (
 )
 from credpath._lookup.trace import note_version
 from credpath._settings import COUNT, TIMEOUT, check_number
+from credpath.backends import _keymap
 from credpath.backends._naming import KeyNaming, PrefixNamedBackend
+from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
 from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization, iter_ids
 
 if TYPE_CHECKING:
     from credpath.model import Connection
 
-__all__ = ["ID_ANNOTATION", "KIND_LABEL", "MANAGED_BY_LABEL", "KubernetesSecretsBackend"]
+__all__ = [
+    "ANSWERED_STATUSES",
+    "ID_ANNOTATION",
+    "KIND_LABEL",
+    "MANAGED_BY_LABEL",
+    "STATUS_TABLE",
+    "KubernetesSecretsBackend",
+]
 
 
 log = logging.getLogger(__name__)
@@ -100,6 +110,17 @@ NAMESPACE_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PREFIX_RE = re.compile(r"^([a-z0-9][-a-z0-9.]*)?$")
 CONNECTION_KEYS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Error statuses the callers handle themselves: a miss, a conflict, an expired listing, a refused body.
+ANSWERED_STATUSES = frozenset({404, 409, 410, 422})
+#: Every other error status -> credpath error (``reason``: the Status body's reason, never its message).
+STATUS_TABLE = StatusTable(
+    "Kubernetes",
+    rows=(
+        Row(AccessDenied, "{where}: access denied (HTTP {status} {phrase})", statuses=frozenset({401, 403})),
+        Row(BackendError, "{where} failed (HTTP {status}{reason})", statuses=RETRY_STATUSES, retry=True),
+    ),
+    default=Row(BackendError, "{where} failed (HTTP {status}{reason})"),
+)
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -352,13 +373,17 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                     self.error(f"{where}: cannot reach the API server ({type(exc).__name__})")
                 ) from None
             status = int(response.status)
-            if status in (401, 403):
-                reason = _status_reason(response.data) or ("Unauthorized" if status == 401 else "Forbidden")
-                raise self.error(f"{where}: access denied (HTTP {status} {reason})", AccessDenied)
-            if status >= 400 and status not in (404, 409, 410, 422):
+            if status >= 400 and status not in ANSWERED_STATUSES:
                 reason = _status_reason(response.data)
-                error = self.error(f"{where} failed (HTTP {status}{' ' + reason if reason else ''})")
-                if status in RETRY_STATUSES:
+                fields = {
+                    "where": where,
+                    "status": status,
+                    "reason": f" {reason}" if reason else "",
+                    "phrase": lambda: reason or HTTPStatus(status).phrase,
+                }
+                row, message = STATUS_TABLE.message(status, None, fields)
+                error = self.error(message, row.error)
+                if row.retry:
                     raise Retryable(error, parse_retry_after(response.getheader("Retry-After")))
                 raise error
             try:
@@ -465,29 +490,19 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
 
     # --- values from Secret data -------------------------------------------------------------------
 
-    @staticmethod
-    def _conn_value(data: dict[str, str]) -> str:
-        uri = data.get("conn_uri")
-        if uri:
-            return uri
-        return json.dumps(data)
+    # The mapping is the one Vault's secrets use (backends._keymap).
+    _conn_value = staticmethod(_keymap.conn_value)
 
     def _connection_from(self, conn_id: str, data: dict[str, str]) -> Connection:
-        if self._connection_adapter is not None:
-            return self.deserialize_connection(conn_id, self._conn_value(data))
-        from credpath.model import Connection
-
-        uri = data.get("conn_uri")
-        if uri:
-            # A description stored next to conn_uri survives (as credpath's Vault backend keeps it).
-            return Connection.from_uri(uri, conn_id=conn_id, description=data.get("description"))
-        return Connection.from_json(dict(data), conn_id=conn_id)
+        return _keymap.connection(self, conn_id, data)
 
     def _value_from(self, name: str, data: dict[str, str]) -> str:
-        if "value" not in data:
-            keys = ", ".join(sorted(data)) or "none"
-            raise self.error(f"secret {name!r} has no 'value' key (keys present: {keys})")
-        return data["value"]
+        value = _keymap.value_of(data)
+        if value is None:
+            raise self.error(
+                f"secret {name!r} has no 'value' key (keys present: {_keymap.keys_present(data)})"
+            )
+        return value
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -626,32 +641,8 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
     ) -> None:
         """Store the JSON fields as keys (the default), or ``conn_uri`` (plus ``description``) with
         ``serialization="uri"``; a backend with a ``connection_format`` stores that format's value."""
-        if not conn.conn_id:
-            raise self.config_error("set_connection needs a connection with a conn_id")
-        if serialization not in ("uri", "json"):
-            raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
-        if self._connection_adapter is not None:
-            value = self._connection_adapter.to_value(conn)
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                data = {
-                    k: v if isinstance(v, str) else json.dumps(v) for k, v in parsed.items() if v is not None
-                }
-            else:
-                data = {"conn_uri": value}
-        elif serialization == "json":
-            fields = conn.to_dict(include_conn_id=False, prune_empty=True)
-            data = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
-            if conn.extra:
-                data["extra"] = conn.extra
-        else:
-            data = {"conn_uri": conn.get_uri()}
-            if conn.description:
-                data["description"] = conn.description
-        self._write("connection", conn.conn_id, data, overwrite=overwrite)
+        conn_id, data = _keymap.connection_map(self, conn, serialization, strings=True)
+        self._write("connection", conn_id, data, overwrite=overwrite)
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> None:
         if not isinstance(value, str):

@@ -46,8 +46,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from credpath._keys import create_key_file, generate_key, read_key_file, replace_key_file
+from credpath._keys import create_key_file, generate_key, read_key_file
 from credpath._settings import credpath_home
+from credpath.backends import _key_rotation
 from credpath.backends._sql import (
     ALL_TEAMS,
     ID_COLUMN,
@@ -96,8 +97,6 @@ _ROW_TYPES: dict[str, Any] = {
     "variable": namedtuple("VariableRow", "key value description"),
 }
 _TABLE_NAMES = {"connection": CONNECTION_TABLE, "variable": VARIABLE_TABLE}
-#: Attempts to rotate one row that other writers keep changing (each re-reads it under a row lock).
-_ROTATE_ATTEMPTS = 10
 
 
 class _Absent(Exception):
@@ -788,99 +787,9 @@ class MetastoreBackend(SqlTablesBackend):
         transaction. A row another process changed since it was read is re-read under a row lock
         (``SELECT .. FOR UPDATE`` on PostgreSQL; on SQLite the transaction already holds the write lock)
         and rotated as it now is. Every value is decrypted before anything is written: if one cannot be,
-        nothing is changed.
+        nothing is changed. (The work is :mod:`credpath.backends._key_rotation`'s.)
         """
-        from sqlalchemy import select, update
-
-        if self._absent():
-            return 0
-        t = tables()
-        plan = [
-            ("connection", t["connection"], "conn_id", ("password", "extra")),
-            ("variable", t["variable"], "key", ("value",)),
-        ]
-        with self._db("reading the values to rotate"), self.engine.connect() as conn:
-            snapshot = {
-                kind: [tuple(r) for r in conn.execute(select(table.c[pk], *(table.c[c] for c in cols)))]
-                for kind, table, pk, cols in plan
-            }
-        if not any(snapshot.values()):
-            return 0
-        from cryptography.fernet import Fernet, InvalidToken
-
-        fernet = self._fernet_obj()
-        text, _setting = self._key_source()
-        first = Fernet(self._checked_keys(text, self._key_setting)[0])
-
-        def rotate(kind: str, row_id: str, cols: tuple[str, ...], tokens: tuple[Any, ...]) -> tuple[Any, ...]:
-            out: list[str | None] = []
-            for column, token in zip(cols, tokens, strict=True):
-                if token is None:
-                    out.append(None)
-                    continue
-                try:
-                    first.decrypt(token.encode("ascii"))
-                    out.append(token)  # already the first key's
-                    continue
-                except (InvalidToken, ValueError, UnicodeError):
-                    pass
-                try:
-                    out.append(fernet.rotate(token.encode("ascii")).decode("ascii"))
-                except (InvalidToken, ValueError, UnicodeError):
-                    raise FernetKeyError(
-                        f"{self.label}: cannot rotate the {column} of {kind} {row_id!r}: no key in "
-                        f"{self._key_setting} decrypts it; nothing was changed",
-                        backend=self.name,
-                    ) from None
-            return tuple(out)
-
-        def changed(old: tuple[Any, ...], new: tuple[Any, ...]) -> int:
-            return sum(1 for a, b in zip(old, new, strict=True) if a != b)
-
-        # Decrypt everything first: a value no key decrypts stops the rotation before any write.
-        rotated_rows = {
-            kind: [(r[0], r[1:], rotate(kind, r[0], cols, r[1:])) for r in snapshot[kind]]
-            for kind, _table, _pk, cols in plan
-        }
-        counts = {"connection": 0, "variable": 0}
-        if not any(changed(old, new) for rows in rotated_rows.values() for _id, old, new in rows):
-            return 0
-        with self._db("rotating the Fernet key"), self._writing() as conn:
-            for kind, table, pk, cols in plan:
-                for row_id, old, new in rotated_rows[kind]:
-                    for _attempt in range(_ROTATE_ATTEMPTS):
-                        if not changed(old, new):
-                            break
-                        swap = (
-                            update(table)
-                            .where(
-                                table.c[pk] == row_id,
-                                *(table.c[c].is_not_distinct_from(v) for c, v in zip(cols, old, strict=True)),
-                            )
-                            .values(dict(zip(cols, new, strict=True)))
-                        )
-                        if conn.execute(swap).rowcount == 1:
-                            counts[kind] += changed(old, new)
-                            break
-                        # Written (or deleted) by someone else since it was read: rotate what is there now.
-                        current = conn.execute(
-                            select(*(table.c[c] for c in cols)).where(table.c[pk] == row_id).with_for_update()
-                        ).first()
-                        if current is None:
-                            break
-                        old = tuple(current)
-                        new = rotate(kind, row_id, cols, old)
-                    else:
-                        raise self.error(
-                            f"{self.safe_url}: {kind} {row_id!r} kept changing during the key rotation; "
-                            "nothing was changed, run it again"
-                        )
-        log.info(
-            "metastore: re-encrypted %d connection value(s) and %d variable(s)",
-            counts["connection"],
-            counts["variable"],
-        )
-        return counts["connection"] + counts["variable"]
+        return _key_rotation.rotate_fernet_key(self)
 
     def rotate_key_file(self) -> int | None:
         """Replace the generated key file's key with a new one; returns the number of values re-encrypted,
@@ -892,36 +801,15 @@ class MetastoreBackend(SqlTablesBackend):
         with the file's first key, no new key is made. Only for keys from the file: a configured key
         (``fernet_key``, ``CREDPATH_FERNET_KEY``) is rotated with :meth:`rotate_fernet_key`.
         """
-        if self.key_origin != "file":
-            raise self.config_error(
-                f"the Fernet key comes from {self.key_origin}, not {self.key_file}: put the new key first "
-                f"in {self.key_origin} (NEW,OLD) and rotate with it"
-            )
-        path = self.key_file
-        try:
-            text = self._read_key_file(path)
-        except FileNotFoundError:
-            if self._absent() or not self._has_encrypted_rows():
-                return None
-            raise self._missing_key_error(path) from None
-        keys = [k.decode("ascii") for k in self._checked_keys(text, str(path))]
-        with self._lock:
-            if len(keys) == 1:
-                keys.insert(0, generate_key())
-                replace_key_file(path, ",".join(keys))
-                log.info("metastore: new Fernet key added first to %s; re-encrypting", path)
-            self._fernet = None  # load the file's keys as they are now
-            total = 0
-            # A second pass re-encrypts what a process that still had the old key wrote meanwhile.
-            for _pass in range(3):
-                done = self.rotate_fernet_key()
-                total += done
-                if not done:
-                    break
-            replace_key_file(path, keys[0])
-            self._fernet, self._key_file_id = None, None
-        log.info("metastore: %s now holds the new Fernet key alone; back it up", path)
-        return total
+        return _key_rotation.rotate_key_file(self)
+
+    def _rotation_plan(self) -> list[_key_rotation.Plan]:
+        """The tables a key rotation rewrites, with their encrypted columns."""
+        t = tables()
+        return [
+            _key_rotation.Plan("connection", t["connection"], "conn_id", ("password", "extra")),
+            _key_rotation.Plan("variable", t["variable"], "key", ("value",)),
+        ]
 
     # --- health --------------------------------------------------------------------------------------
 

@@ -13,7 +13,16 @@ from urllib.parse import quote
 
 from credpath._deadlines import Deadline
 from credpath._lookup.trace import note_version
-from credpath.backends.vault.session import Reply, Session, forget_session, safe_url, session_for
+from credpath.backends import _keymap
+from credpath.backends._status import Row, StatusTable
+from credpath.backends.vault.session import (
+    SEALED,
+    Reply,
+    Session,
+    forget_session,
+    safe_url,
+    session_for,
+)
 from credpath.backends.vault.settings import (
     DEFAULT_KUBERNETES_JWT_PATH,
     DEFAULT_TIMEOUT,
@@ -39,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KV_VERSION_SHARED_TTL",
+    "OPERATION_TABLE",
     "VaultBackend",
     "WriteConflict",
 ]
@@ -49,6 +59,22 @@ T = TypeVar("T")
 #: How long a mount's detected KV version is shared by the processes of a shared cache tier (a mount is
 #: rarely upgraded from v1 to v2; each process still keeps what it learnt for its whole life).
 KV_VERSION_SHARED_TTL = 3600.0
+
+
+#: An operation's answer on a KV path -> credpath error, in the backend's voice (``self.error``).
+OPERATION_TABLE = StatusTable(
+    "Vault",
+    rows=(
+        Row(
+            AccessDenied,
+            "permission denied on {mount}/{path} (auth_type {auth_type!r}); the token's policy needs "
+            "{capability!r} on this path",
+            statuses=frozenset({403}),
+        ),
+        Row(BackendError, "Vault at {url} is sealed (HTTP 503) while {action}", codes=frozenset({SEALED})),
+    ),
+    default=Row(BackendError, "{action} failed (HTTP {status}{detail})"),
+)
 
 
 class WriteConflict(ConfigError):
@@ -279,11 +305,8 @@ class VaultBackend(BaseBackend):
 
     def _deny(self, mount: str, path: str, capability: str = "read") -> AccessDenied:
         # A dead token was already told apart (lookup-self) and replaced or reported, so this is the policy's.
-        return self.error(  # type: ignore[return-value]
-            f"permission denied on {mount}/{path} (auth_type {self.auth_type!r}); the token's policy needs "
-            f"{capability!r} on this path",
-            AccessDenied,
-        )
+        fields = {"mount": mount, "path": path, "auth_type": self.auth_type, "capability": capability}
+        return OPERATION_TABLE.error(403, None, fields, self.error)  # type: ignore[return-value]
 
     def _raise_for_status(
         self,
@@ -295,15 +318,21 @@ class VaultBackend(BaseBackend):
         ok: tuple[int, ...] = (200,),
         with_server_errors: bool = False,
     ) -> None:
-        """403 -> the policy's AccessDenied on mount/path; a status outside ``ok`` -> '<action> failed'."""
-        status = reply.status
-        if status == 403:
-            raise self._deny(mount, path, capability)
-        if reply.sealed:
-            raise self.error(f"Vault at {safe_url(self.url)} is sealed (HTTP 503) while {action}")
-        if status not in ok:
-            detail = f": {reply.errors()}" if with_server_errors and reply.errors() else ""
-            raise self.error(f"{action} failed (HTTP {status}{detail})")
+        """An answer outside ``ok`` (and any 403 or sealed one) -> the error OPERATION_TABLE names."""
+        status, code = reply.status, reply.code
+        if status in ok and OPERATION_TABLE.row(status, code) is OPERATION_TABLE.default:
+            return
+        fields = {
+            "mount": mount,
+            "path": path,
+            "auth_type": self.auth_type,
+            "capability": capability,
+            "url": safe_url(self.url),
+            "action": action,
+            "status": status,
+            "detail": lambda: f": {reply.errors()}" if with_server_errors and reply.errors() else "",
+        }
+        raise OPERATION_TABLE.error(status, code, fields, self.error)
 
     @staticmethod
     def _data_path(mount: str, path: str, version: int) -> str:
@@ -436,45 +465,27 @@ class VaultBackend(BaseBackend):
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         data = self._connection_data(conn_id, team_name)
-        if data is None:
-            return None
-        uri = data.get("conn_uri")
-        if uri:
-            return str(uri)
-        return json.dumps(data)
+        return None if data is None else _keymap.conn_value(data)
 
     def get_connection(self, conn_id: str, team_name: str | None = None) -> Connection | None:
-        if self._connection_adapter is not None:
-            raw = self.get_conn_value(conn_id, team_name)
-            return None if raw is None else self.deserialize_connection(conn_id, raw)
         data = self._connection_data(conn_id, team_name)
-        if data is None:
-            return None
-        from credpath.model import Connection
-
-        uri = data.get("conn_uri")
-        if uri:
-            # A description stored next to conn_uri survives (Airflow would drop it).
-            return Connection.from_uri(str(uri), conn_id=conn_id, description=data.get("description"))
-        return Connection.from_json(dict(data), conn_id=conn_id)
+        return None if data is None else _keymap.connection(self, conn_id, data)
 
     def _value(self, kind: Kind, key: str, team_name: str | None = None) -> str | None:
         found = self._wanted_secret(kind, key, team_name)
         if found is None:
             return None
         where, data = found
-        if "value" not in data:
+        value = _keymap.value_of(data)
+        if value is None:
             # As Airflow's VaultBackend: a warning and a miss (the next backend is asked), not an error.
-            keys = ", ".join(sorted(map(str, data))) or "none"
             log.warning(
                 "%s: secret %s was fetched but has no 'value' key (keys present: %s); treated as not found",
                 self.label,
                 where,
-                keys,
+                _keymap.keys_present(data),
             )
-            return None
-        value = data["value"]
-        return value if isinstance(value, str) else json.dumps(value)
+        return value
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         return self._value("variable", key, team_name)
@@ -571,19 +582,8 @@ class VaultBackend(BaseBackend):
         secret's keys (lossless; what Airflow reads as JSON); ``"uri"`` stores ``conn_uri`` (plus
         ``description``), as ``migrate --format uri`` asks. A backend with a ``connection_format`` writes
         the secret in that shape."""
-        if not conn.conn_id:
-            raise self.config_error("set_connection needs a connection with a conn_id")
-        if serialization not in ("uri", "json"):
-            raise self.config_error(f"serialization must be 'uri' or 'json', got {serialization!r}")
-        if self._connection_adapter is not None:
-            data = json.loads(self._connection_adapter.to_value(conn))
-        elif serialization == "json":
-            data = conn.to_dict(include_conn_id=False, prune_empty=True)
-        else:
-            data = {"conn_uri": conn.get_uri()}
-            if conn.description:
-                data["description"] = conn.description
-        return self._write("connection", conn.conn_id, data, overwrite=overwrite)
+        conn_id, data = _keymap.connection_map(self, conn, serialization)
+        return self._write("connection", conn_id, data, overwrite=overwrite)
 
     def set_variable(self, key: str, value: str, *, overwrite: bool = True) -> WriteConfirmation | None:
         return self._write("variable", key, {"value": value}, overwrite=overwrite)

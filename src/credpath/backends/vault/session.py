@@ -30,6 +30,7 @@ from credpath._deadlines import (
 )
 from credpath._resilience import SingleFlight
 from credpath.backends._armed_sockets import armable, armed_adapter, bounded_by
+from credpath.backends._status import Row, StatusTable
 from credpath.backends.vault import auth as methods
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError, Throttled
 
@@ -44,6 +45,8 @@ __all__ = [
     "RENEW_JITTER",
     "RETRY_POLICY",
     "RETRY_STATUSES",
+    "SEALED",
+    "STATUS_TABLE",
     "TOKEN_LOOKUP_DELAY",
     "Reply",
     "Session",
@@ -55,9 +58,24 @@ __all__ = [
 log = logging.getLogger("credpath.backends.vault")
 T = TypeVar("T")
 
+#: The error code of a 503 from a sealed server (Vault has no codes of its own; its errors text says so).
+SEALED = "sealed"
 # Vault answers 412 on a performance standby that has not caught up yet; 429 when rate-limited.
 RETRY_STATUSES = frozenset({412, 429, 500, 502, 503, 504})
 RETRY_POLICY = RetryPolicy(attempts=4, base=0.1, cap=2.0)
+#: Vault's answers -> credpath errors, in the session's voice ("Vault at <url> ...").
+STATUS_TABLE = StatusTable(
+    "Vault",
+    rows=(
+        Row(BackendError, "Vault at {url} is sealed (HTTP 503) while {what}", codes=frozenset({SEALED})),
+        Row(
+            Throttled,
+            "Vault at {url} is throttling requests (HTTP 429) while {what}",
+            statuses=frozenset({429}),
+        ),
+    ),
+    default=Row(BackendError, "Vault at {url} answered HTTP {status} while {what}{detail}"),
+)
 _ONCE = RetryPolicy(attempts=1)
 #: Auth methods whose login body is made with network I/O of its own (AWS credentials, an Azure token).
 _LOGINS_WITH_OWN_IO = frozenset({"aws_iam", "azure"})
@@ -112,6 +130,11 @@ class Reply:
     @property
     def sealed(self) -> bool:
         return self.status == 503 and "sealed" in self.errors().lower()
+
+    @property
+    def code(self) -> str | None:
+        """The store's error code for a status table: ``SEALED`` for a sealed server's 503, else None."""
+        return SEALED if self.sealed else None
 
 
 def _connection_reason(exc: BaseException) -> tuple[str, bool]:
@@ -214,15 +237,12 @@ class Session:
         return BackendTimeout(f"{what} timed out after {deadline.seconds:g} s (Vault at {self.safe_url})")
 
     def status_error(self, reply: Reply, what: str, secrets: Sequence[str] = ()) -> BackendError:
-        if reply.sealed:
-            return BackendError(f"Vault at {self.safe_url} is sealed (HTTP 503) while {what}")
-        if reply.status == 429:
-            return Throttled(f"Vault at {self.safe_url} is throttling requests (HTTP 429) while {what}")
-        detail = _scrub(reply.errors(), list(secrets))
-        return BackendError(
-            f"Vault at {self.safe_url} answered HTTP {reply.status} while {what}"
-            + (f": {detail}" if detail else "")
-        )
+        def detail() -> str:
+            found = _scrub(reply.errors(), list(secrets))
+            return f": {found}" if found else ""
+
+        fields = {"url": self.safe_url, "what": what, "status": reply.status, "detail": detail}
+        return STATUS_TABLE.error(reply.status, reply.code, fields)
 
     def _exchange(
         self, method: str, path: str, body: Any, token: str | None, deadline: Deadline, what: str
