@@ -182,3 +182,23 @@ def test_records_cannot_be_forged_moved_or_passed_off(tmp_path: Path) -> None:
     row = _usage.deployment(tier, [("connection", "db")])[("connection", "db")]
     assert sum(row["minutes"].values()) == 3 and row["dags"] == {"etl"}
     assert tier.counts["undecryptable"] - before == 3  # forged (x), moved (z), passed off (y)
+
+
+def test_counts_a_failed_publish_left_out_go_at_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path / "shared.db")
+    tier = SharedTier(store, [KEY], "scope")
+    original = store.put_usage
+
+    def down(records: list[tuple[str, str, bytes]], keep_until: float) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(store, "put_usage", down)
+    row = {"last": time.time(), "by": "etl.t", "tier": "store", "minutes": {int(time.time() // 60): 4},
+           "tiers": {"store": 4}, "dags": {"etl"}}  # fmt: skip
+    assert _usage.publish({("connection", "db"): row}, force=True) == 0  # logged by the tier, no raise
+    monkeypatch.setattr(store, "put_usage", original)
+    tier._down_until = 0.0  # the tier's one-second pause after a failure, over
+    assert _usage.publish({("connection", "db"): row}, force=True) == 1
+    assert sum(_usage.deployment(tier, [("connection", "db")])[("connection", "db")]["minutes"].values()) == 4

@@ -132,8 +132,9 @@ def publish(rows: Mapping[tuple[str, str], Mapping[str, Any]], *, force: bool = 
                 tier._failed(exc, "publishing read counters")
                 continue
             written += len(records)
-        for key, row in changed.items():
-            _published[key] = _mark(row)
+        if written:  # else (every tier down) the same rows go again at the next publish
+            for key, row in changed.items():
+                _published[key] = _mark(row)
         return written
 
 
