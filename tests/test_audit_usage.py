@@ -202,3 +202,16 @@ def test_counts_a_failed_publish_left_out_go_at_the_next(
     tier._down_until = 0.0  # the tier's one-second pause after a failure, over
     assert _usage.publish({("connection", "db"): row}, force=True) == 1
     assert sum(_usage.deployment(tier, [("connection", "db")])[("connection", "db")]["minutes"].values()) == 4
+
+
+def test_redis_py_store_keeps_records_like_the_resp_store(redis_url: str) -> None:
+    """Sentinel and Cluster tiers go through redis-py's RedisStore: the same records, read back."""
+    pytest.importorskip("redis")
+    from credpath._shared_cache import RedisStore
+
+    store = RedisStore(redis_url)
+    tier = SharedTier(store, [KEY], "scope")
+    _publish(tier, "db", 6, "etl")
+    row = _usage.deployment(tier, [("connection", "db")])[("connection", "db")]
+    assert sum(row["minutes"].values()) == 6 and row["dags"] == {"etl"}
+    assert store._client.pttl("credpath:v1:" + _usage.name(tier, "connection", "db")) > 0
