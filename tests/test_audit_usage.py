@@ -215,3 +215,23 @@ def test_redis_py_store_keeps_records_like_the_resp_store(redis_url: str) -> Non
     row = _usage.deployment(tier, [("connection", "db")])[("connection", "db")]
     assert sum(row["minutes"].values()) == 6 and row["dags"] == {"etl"}
     assert store._client.pttl("credpath:v1:" + _usage.name(tier, "connection", "db")) > 0
+
+
+def test_report_counts_the_deployment_reads_too(tmp_path: Path) -> None:
+    """``credpath audit report`` and the web panel: an id other processes read (their counters in the tier)
+    is not "unused" here, and the dags of every process count towards "read by many dags"."""
+    tier = tier_of(f"file:{tmp_path / 'shared.db'}")
+    for dag in ("etl", "report", "billing"):
+        _usage._field_pid = 0  # each as another process
+        _publish(tier, "db", 2, dag)
+    path = SearchPath(
+        [("mem", MemoryBackend(connections={"db": f"postgres://u:{PASSWORD}@h/d", "idle": "postgres://h"}))],
+        shared=tier,
+    )
+    found = _audit.report([], path, unused_days=1, many_dags=3)
+    assert [u["id"] for u in found["unused"]] == ["idle"]
+    assert found["read_by_many_dags"] == [
+        {"kind": "connection", "id": "db", "dags": ["billing", "etl", "report"], "reads_day": 6}
+    ]
+    assert found["deployment"] is True
+    assert_no_secret(repr(found), PASSWORD)
