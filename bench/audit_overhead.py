@@ -12,6 +12,9 @@ Variants, each timing ``get_connection`` and ``get_variable`` on a process-cache
 - ``file+otel`` / ``file all+otel``: the same with a span per lookup (the SDK's tracer provider, spans
   dropped by a no-op processor: the cost of building them, not of exporting them). Spans follow the
   OpenTelemetry sampler, not ``cached``: every lookup is one.
+- ``file+counters`` / ``file all+counters``: the same path with a shared tier (a file tier), whose
+  per-deployment read counters the writer thread publishes: every 0.1 s here (100 times the default
+  rate, so that publishes land inside every timed round); never on the lookup itself.
 
 Each variant is timed in rounds interleaved with the others (load that changes during the run weighs on
 every variant alike); the figure is the best round's µs per call (the least disturbed by other processes),
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from credpath import _audit
+from credpath import _audit, _usage
 from credpath._lookup import trace as _trace
 from credpath._search_path import SearchPath
 from credpath.protocol import BaseBackend
@@ -50,8 +53,12 @@ class _Store(BaseBackend):
         return "eu-west-1" if key == "region" else None
 
 
-def _path() -> SearchPath:
-    path = SearchPath([("store", _Store())])
+def _path(shared: Any = None) -> SearchPath:
+    path = (
+        SearchPath([("store", _Store())])
+        if shared is None
+        else SearchPath([("store", _Store())], shared=shared)
+    )
     path.get_connection("db")
     path.get_variable("region")
     return path
@@ -68,7 +75,22 @@ def _variants(folder: Path) -> dict[str, _audit.AuditSettings]:
         "file all+otel": _audit.AuditSettings(
             enabled=True, path=file, cached="all", otel=True, queue_size=1_000_000
         ),
+        "file+counters": _audit.AuditSettings(enabled=True, path=file),
+        "file all+counters": _audit.AuditSettings(
+            enabled=True, path=file, cached="all", queue_size=1_000_000
+        ),
     }
+
+
+#: The variants read through a path with a shared tier (its counters published by the writer thread).
+COUNTED = ("file+counters", "file all+counters")
+
+
+def _shared_tier(folder: Path) -> Any:
+    from credpath._shared_cache import FileStore, SharedTier
+
+    _usage.FLUSH_SECONDS = 0.1
+    return SharedTier(FileStore(folder / "shared.db"), [b"kQ3pW0m3a2Vw5Zb6cE8-3nJ0c1d2e3f4g5h6i7j8k9A="])
 
 
 def _install_sdk() -> bool:
@@ -101,10 +123,11 @@ def main() -> None:
         variants = _variants(Path(tmp))
         if not otel:
             del variants["file+otel"]
-        path = _path()
+        paths = {False: _path(), True: _path(_shared_tier(Path(tmp)))}
+        chosen = [paths[False]]
         calls = {
-            "get_connection": lambda: path.get_connection("db"),
-            "get_variable": lambda: path.get_variable("region"),
+            "get_connection": lambda: chosen[0].get_connection("db"),
+            "get_variable": lambda: chosen[0].get_variable("region"),
         }
         samples: dict[tuple[str, str], list[float]] = {(v, c): [] for v in variants for c in calls}
         names = ["off", "trace only", *list(variants)[1:]]
@@ -115,6 +138,10 @@ def main() -> None:
                 unsubscribe = _trace.subscribe(lambda context, event: None) if name == "trace only" else None
                 if name in variants:
                     _audit.configure(variants[name])
+                chosen[0] = paths[name in COUNTED]
+                _usage._tiers.clear()  # the other variants publish nothing
+                if name in COUNTED:
+                    _usage.register(paths[True].shared)
                 for call_name, call in calls.items():
                     _time(call, 1000)  # warm
                     samples[(name, call_name)].append(_time(call, args.calls))
@@ -122,6 +149,9 @@ def main() -> None:
                     unsubscribe()
                 _audit.flush(60.0)
         dropped = _audit.counters().get("dropped", 0)
+        published = paths[True].shared.store.get_usage(  # type: ignore[union-attr]
+            [_usage.name(paths[True].shared, "connection", "db")]
+        )
         _audit.configure(_audit.AuditSettings())
     rows = []
     for call_name in calls:
@@ -143,7 +173,10 @@ def main() -> None:
             f"{row['call']:<16}{row['variant']:<20}{row['best_us']:>10.2f}{row['median_us']:>12.2f}"
             f"{row['added_us']:>10.2f}"
         )
-    print(f"events dropped (queue full): {dropped}")
+    print(
+        f"events dropped (queue full): {dropped}; "
+        f"counter records published for 'db': {sum(map(len, published.values()))}"
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -120,3 +120,54 @@ def test_without_the_setting_nothing_of_opentelemetry_is_imported() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_without_a_current_span_the_parent_comes_from_traceparent(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's subprocess has no current span: the W3C TRACEPARENT its parent exported is used."""
+    trace_id, parent_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    monkeypatch.setenv("TRACEPARENT", f"00-{trace_id:032x}-{parent_id:016x}-01")
+    path = sp(("mem", MemoryBackend(variables={"v": "s3cr3t-v"})))
+    path.get_variable("v")
+    [lookup] = [s for s in spans.get_finished_spans() if s.name == "credpath.lookup variable"]
+    assert lookup.context.trace_id == trace_id
+    assert lookup.parent is not None and lookup.parent.span_id == parent_id
+    # A current span wins over the environment (inside an Airflow task: the task's span).
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("worker.task") as task:
+        path.get_variable("v")
+    last = [s for s in spans.get_finished_spans() if s.name == "credpath.lookup variable"][-1]
+    assert last.parent is not None and last.parent.span_id == task.get_span_context().span_id
+
+
+def test_with_the_extra_absent_lookups_work_and_otel_true_is_one_line() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoOpenTelemetry:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "opentelemetry":
+                    raise ImportError(name)
+
+        sys.meta_path.insert(0, NoOpenTelemetry())
+        import credpath
+        from credpath import _audit
+        from credpath._search_path import SearchPath
+        from credpath.errors import MissingDependency
+        from tests.memory_backend import MemoryBackend
+        _audit.configure(_audit.AuditSettings(enabled=True, sinks=("logger",)))
+        path = SearchPath([("mem", MemoryBackend(variables={"v": "1"}))])
+        assert path.get_variable("v") == "1"
+        try:
+            _audit.configure(_audit.AuditSettings(enabled=True, sinks=("logger",), otel=True))
+        except MissingDependency as exc:
+            assert "\\n" not in str(exc) and "credpath[otel]" in str(exc), str(exc)
+        else:
+            raise AssertionError("otel = true without OpenTelemetry was accepted")
+        assert path.get_variable("v") == "1"
+        assert not [m for m in sys.modules if m.startswith("opentelemetry")]
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

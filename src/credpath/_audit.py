@@ -701,6 +701,7 @@ class _Writer:
             if not _queue:
                 self.idle.set()
                 time.sleep(0.02)
+                _INVENTORY.publish()  # reads counted since the last publish, once it is due
                 continue
             self.idle.clear()
             self.write_batch()
@@ -741,6 +742,7 @@ class _Writer:
             log.warning("the audit trail writes again")
         _counts["written"] += len(lines)
         _INVENTORY.add(items)
+        _INVENTORY.publish()
 
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -825,6 +827,29 @@ class _Inventory:
                 who = f"{task[0]}.{task[1]}" if task[0] else f"pid {pid}@{identity()[0]}"
                 add_read(self.ids, kind, ident, last[group], tier, task[0], who, count)
 
+    def publish(self, *, force: bool = False) -> int:
+        """Publish the counts to the shared tier(s) (:mod:`credpath._usage`): at most every
+        ``_usage.FLUSH_SECONDS`` (``force``: now, at exit), from the writer thread, never a lookup."""
+        usage = sys.modules.get("credpath._usage")  # imported by a shared tier: none, nothing to do
+        if usage is None or not (force or usage.due()):
+            return 0
+        with self.lock:
+            rows = {
+                key: {
+                    **row,
+                    "minutes": dict(row["minutes"]),
+                    "tiers": dict(row["tiers"]),
+                    "dags": set(row["dags"]),
+                }
+                for key, row in self.ids.items()
+            }
+        try:
+            return int(usage.publish(rows, force=force))
+        except Exception:  # counters never fail the trail
+            _counts["failed"] += 1
+            log.warning("the audit trail could not publish its read counters", exc_info=True)
+            return 0
+
     def snapshot(self, now: float | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         with self.lock:
             return summarize(self.ids, time.time() if now is None else now)
@@ -832,6 +857,18 @@ class _Inventory:
     def clear(self) -> None:
         with self.lock:
             self.ids.clear()
+
+
+def new_row() -> dict[str, Any]:
+    """An id's counts before its first read (see :func:`add_read`)."""
+    return {
+        "last": 0.0,
+        "by": "",
+        "tier": "",
+        "minutes": collections.Counter(),
+        "tiers": collections.Counter(),
+        "dags": set(),
+    }
 
 
 def add_read(
@@ -847,14 +884,7 @@ def add_read(
     """Count ``count`` reads into ``ids`` (in memory here; over a file in ``credpath audit report``)."""
     row = ids.get((kind, ident))
     if row is None:
-        row = ids[(kind, ident)] = {
-            "last": 0.0,
-            "by": "",
-            "tier": "",
-            "minutes": collections.Counter(),
-            "tiers": collections.Counter(),
-            "dags": set(),
-        }
+        row = ids[(kind, ident)] = new_row()
     if stamp >= row["last"]:
         row["last"], row["by"], row["tier"] = stamp, who, tier
     minute = int(stamp // 60)
@@ -909,11 +939,29 @@ def inventory() -> dict[tuple[str, str], dict[str, Any]]:
 def _at_exit() -> None:
     if _on:
         flush(2.0)
+        _INVENTORY.publish(force=True)
+
+
+def deployment_reads(
+    search_path: Any, ids: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """Per (kind, id) of ``ids``: the reads of every process of the deployment, from the shared tier's
+    counters (see :mod:`credpath._usage`), summarized like :func:`inventory`; None without a shared tier
+    that keeps counters. This process's counts are published first, so its own reads are included."""
+    shared = getattr(search_path, "shared", None)
+    if shared is None or not hasattr(getattr(shared, "store", None), "get_usage"):
+        return None
+    from credpath import _usage
+
+    flush(1.0)
+    _INVENTORY.publish(force=True)
+    return summarize(_usage.deployment(shared, ids), time.time())
 
 
 def _forked() -> None:
     global _pid
     _pid = os.getpid()
+    _INVENTORY.__init__()  # type: ignore[misc]  # a child counts its own reads (and its lock is free)
 
 
 if hasattr(os, "register_at_fork"):
@@ -933,3 +981,62 @@ def prefetch_facts(report: Any, ids: Iterable[str]) -> dict[str, Any]:
     if ids:
         facts["ids"] = list(dict.fromkeys(ids))
     return facts
+
+
+def report(
+    events: Iterable[Mapping[str, Any]],
+    search_path: Any,
+    *,
+    unused_days: int = 30,
+    many_dags: int = 5,
+    now: float | None = None,
+    listed: Iterable[tuple[str, str, list[str]]] | None = None,
+) -> dict[str, Any]:
+    """``credpath audit report`` and the web's report panel (one implementation): ids the search path
+    lists that were not read in ``unused_days`` (candidates for deletion), ids read by ``many_dags`` dags
+    or more (candidates for splitting). Reads come from the trail's ``events``, plus the deployment's
+    counters when a shared tier keeps them (a read in either counts). ``listed``: the ids to judge, else
+    the search path's listing. Never a value."""
+    reads: dict[tuple[str, str], dict[str, Any]] = {}
+    oldest = None
+    for event in events:
+        if oldest is None and event.get("time"):
+            oldest = datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00")).timestamp()
+        add_event(reads, event)
+    now = time.time() if now is None else now
+    summary = summarize(reads, now)
+    if listed is None:  # (kind, id, backends holding it); the web passes its cached listing
+        listed = [
+            (kind, ident, backends)
+            for kind in ("connection", "variable")
+            for ident, backends in sorted(search_path.list_ids(kind).found.items())
+        ]
+    listed = list(listed)
+    ids = {(kind, ident) for kind, ident, _ in listed} | set(summary)
+    deployed = deployment_reads(search_path, sorted(ids))
+    for key, row in (deployed or {}).items():
+        mine = summary.get(key)
+        if mine is None or row["last_read"] > mine["last_read"]:
+            merged = {**row, "dags": sorted(set(row["dags"]) | set(mine["dags"] if mine else []))}
+            summary[key] = merged
+        else:
+            mine["dags"] = sorted(set(mine["dags"]) | set(row["dags"]))
+    cutoff = now - unused_days * 86400
+    unused: list[dict[str, Any]] = []
+    for kind, ident, backends in listed:
+        read = summary.get((kind, ident))
+        if read is None or read["last_read"] < cutoff:
+            last = None if read is None else datetime.fromtimestamp(read["last_read"], UTC).isoformat()
+            unused.append({"kind": kind, "id": ident, "backends": backends, "last_read": last})
+    shared = [
+        {"kind": kind, "id": ident, "dags": row["dags"], "reads_day": row["reads_day"]}
+        for (kind, ident), row in sorted(summary.items())
+        if len(row["dags"]) >= many_dags
+    ]
+    return {
+        "trail_since": None if oldest is None else datetime.fromtimestamp(oldest, UTC).isoformat(),
+        "partial": oldest is None or oldest > cutoff,
+        "deployment": deployed is not None,
+        "unused": unused,
+        "read_by_many_dags": shared,
+    }

@@ -7,7 +7,11 @@ configured) installs the SDK's tracer provider; with none, the API's no-op trace
 Span tree: one span per lookup (``credpath.lookup <kind>``), one child span per store call
 (``credpath.store <operation>``). A lookup's trace reports each store call when it has ended, with its
 duration, and the lookup when it is done: the spans are built then, with the start and end times the trace
-measured, under the span current at that moment (inside an Airflow task, the task's span). A retry is a
+measured, under the span current at that moment. Inside an Airflow 3 task with ``[traces] otel_on``, that
+is the task runner's ``worker.<task_id>`` span (itself a child of the ``context_carrier`` Airflow hands the
+task), so credpath's spans join the task's trace. A process with no current span (an operator's
+subprocess, a script) takes its parent from the ``TRACEPARENT`` / ``TRACESTATE`` environment variables,
+OpenTelemetry's carrier for a parent process's context, when they are set. A retry is a
 span event (``retry``) on its store call's span, and a call refused by an open breaker an event
 (``breaker_rejected``) on the lookup's span: the trace gives the moment of each, not a duration.
 
@@ -51,6 +55,22 @@ class Spans:
         self.tracer = trace.get_tracer("credpath")
         self.error_status: Callable[[str], Any] = lambda description: Status(StatusCode.ERROR, description)
         self.local = threading.local()
+        self._env_parent: tuple[tuple[str | None, str | None], Any] = ((None, None), None)
+
+    def parent(self) -> Any:
+        """The context the spans start under: the current one (its active span: Airflow's task span), or
+        else the parent the environment carries (``TRACEPARENT``), else None (a new trace)."""
+        if self.trace.get_current_span().get_span_context().is_valid:
+            return None  # the current context is the parent
+        carried = (os.environ.get("TRACEPARENT"), os.environ.get("TRACESTATE"))
+        if carried[0] is None:
+            return None
+        if carried != self._env_parent[0]:
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+            carrier = {"traceparent": carried[0], **({"tracestate": carried[1]} if carried[1] else {})}
+            self._env_parent = (carried, TraceContextTextMapPropagator().extract(carrier))
+        return self._env_parent[1]
 
     def _state(self, context: _trace.LookupContext) -> dict[str, Any]:
         state = getattr(self.local, "state", None)
@@ -95,7 +115,10 @@ class Spans:
             done.seconds,
         )
         span = self.tracer.start_span(
-            f"credpath.lookup {context.kind}", start_time=end - int(done.seconds * 1e9), attributes=attributes
+            f"credpath.lookup {context.kind}",
+            context=self.parent(),
+            start_time=end - int(done.seconds * 1e9),
+            attributes=attributes,
         )
         parent = self.trace.set_span_in_context(span)
         for backend, at in state["rejected"]:
@@ -134,6 +157,7 @@ class Spans:
         attributes = _attributes(operation, kind, key, team, outcome, backend, tier, version, seconds)
         span = self.tracer.start_span(
             f"credpath.{operation} {kind}",
+            context=self.parent(),
             start_time=end - int((seconds or 0.0) * 1e9),
             attributes=attributes,
         )

@@ -420,6 +420,30 @@ class RespStore:
                 if isinstance(reply, RedisError):
                     raise reply
 
+    # --- read counters per process (credpath._usage): a hash per name, a field per process ---
+
+    def put_usage(self, records: list[tuple[str, str, bytes]], keep_until: float) -> None:
+        ms = max(1, int((keep_until - time.time()) * 1000))
+        commands: list[tuple[Any, ...]] = []
+        for name, field_name, blob in records:
+            commands.append(("HSET", PREFIX + name, field_name, blob))
+            commands.append(("PEXPIRE", PREFIX + name, ms))
+        for start in range(0, len(commands), 1000):
+            for reply in self._run(commands[start : start + 1000]):
+                if isinstance(reply, RedisError):
+                    raise reply
+
+    def get_usage(self, names: list[str]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            for name, raw in zip(chunk, self._run([("HGETALL", PREFIX + n) for n in chunk]), strict=True):
+                if isinstance(raw, RedisError):
+                    raise raw
+                if raw:
+                    found[name] = [(raw[i].decode(), raw[i + 1]) for i in range(0, len(raw), 2)]
+        return found
+
     def _scan(self, pattern: str) -> list[bytes]:
         keys: list[bytes] = []
         cursor = b"0"

@@ -324,6 +324,50 @@ class FileStore:
             ).fetchone()[0]
         return counts
 
+    # --- read counters per process (credpath._usage): their own table, created on first use ---
+
+    def _usage_db(self) -> Any:
+        db = self._db()
+        if getattr(self, "_usage_conn", None) is not db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS usage (k TEXT NOT NULL, w TEXT NOT NULL, v BLOB NOT NULL,"
+                " keep_until REAL NOT NULL, PRIMARY KEY (k, w)) WITHOUT ROWID"
+            )
+            self._usage_conn = db
+        return db
+
+    def put_usage(self, records: list[tuple[str, str, bytes]], keep_until: float) -> None:
+        """Replace each (name, process) record; drop the records nobody published for a day."""
+        with self._lock:
+            db = self._usage_db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO usage (k, w, v, keep_until) VALUES (?, ?, ?, ?) ON CONFLICT (k, w) DO "
+                    "UPDATE SET v = excluded.v, keep_until = excluded.keep_until",
+                    [(k, w, v, keep_until) for k, w, v in records],
+                )
+                db.execute("DELETE FROM usage WHERE keep_until < ?", (time.time(),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def get_usage(self, names: list[str]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        now = time.time()
+        with self._lock:
+            db = self._usage_db()
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT k, w, v FROM usage WHERE k IN ({marks}) AND keep_until >= ?", (*chunk, now)
+                )
+                for k, w, v in rows:
+                    found.setdefault(str(k), []).append((str(w), bytes(v)))
+        return found
+
     def clear(self) -> int:
         with self._lock:
             db = self._db()
@@ -433,6 +477,26 @@ class RedisStore:
             if not k.startswith(generations)
         )
         return counts
+
+    # --- read counters per process (credpath._usage): a hash per name, a field per process ---
+
+    def put_usage(self, records: list[tuple[str, str, bytes]], keep_until: float) -> None:
+        ms = max(1, int((keep_until - time.time()) * 1000))
+        pipe = self._client.pipeline(transaction=False)
+        for name, field_name, blob in records:
+            pipe.hset(PREFIX + name, field_name, blob)
+            pipe.pexpire(PREFIX + name, ms)
+        pipe.execute()
+
+    def get_usage(self, names: list[str]) -> dict[str, list[tuple[str, bytes]]]:
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(PREFIX + name)
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for name, raw in zip(names, pipe.execute(), strict=True):
+            if raw:
+                found[name] = [(k.decode() if isinstance(k, bytes) else k, v) for k, v in raw.items()]
+        return found
 
     def clear(self) -> int:
         removed = -len(list(self._client.scan_iter(match=PREFIX + "e:g:*", count=1000)))  # not entries
@@ -617,6 +681,9 @@ class SharedTier:
         self._seen: dict[str, str] = {}
         #: The deployment-wide epoch record (see :meth:`epoch`): named with the key, MACed like a generation.
         self._epoch_name = "g:epoch:" + hmac.new(self._mac_key, b"epoch", hashlib.sha256).hexdigest()
+        from credpath import _usage
+
+        _usage.register(self)  # the audit trail publishes its per-process read counters here
 
     # --- naming and sealing ---
 

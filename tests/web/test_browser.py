@@ -279,6 +279,19 @@ def test_inventory_explain_and_backends_in_chromium(
         assert re.search(r"hit: \d+", counts["vault"]) and re.search(r"error: \d+", counts["down"])
         browser.screenshot("backends")
 
+        # The report panel, reached from the nav: no audit trail here, so every listed id is "never read",
+        # from the inventory's cached listing (no store request).
+        browser.get(f"{server.url}/")
+        before, listed_at = stack.store_requests(), time.monotonic()
+        browser.driver.find_element(By.LINK_TEXT, "Report").click()
+        browser._drain()
+        unused = browser.driver.find_elements(By.CSS_SELECTOR, "#report-unused tbody tr[data-id]")
+        assert {r.get_attribute("data-id") for r in unused} == {key for _, key in _stack.EXPECTED}
+        assert browser.driver.find_element(By.ID, "report-partial").is_displayed()
+        if time.monotonic() - listed_at < 5:  # within the page cache's 10 s: the inventory's listing reused
+            assert stack.store_requests() == before
+        browser.screenshot("report")
+
         # An unknown id: a 404 page that echoes nothing.
         browser.get(f"{server.url}/id/connection?key=no_such_id_zz")
         assert browser.driver.find_element(By.ID, "error-heading").text == "Not found"

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,32 +185,14 @@ def report_command(state: State, unused_days: int, many_dags: int, as_json: bool
     read by --many-dags dags or more (candidates for splitting)."""
     from credpath import _audit
 
-    reads: dict[tuple[str, str], dict[str, Any]] = {}
-    oldest = None
-    for event in events_of(_file(state, given)):
-        oldest = oldest if oldest is not None else _stamp(event)
-        _audit.add_event(reads, event)
-    now = time.time()
-    summary = _audit.summarize(reads, now)
-    cutoff = now - unused_days * 86400
-    unused: list[dict[str, Any]] = []
-    for kind in ("connection", "variable"):
-        listing = state.search_path.list_ids(kind)
-        for ident, backends in sorted(listing.found.items()):
-            row = summary.get((kind, ident))
-            if row is None or row["last_read"] < cutoff:
-                last = None if row is None else datetime.fromtimestamp(row["last_read"], UTC).isoformat()
-                unused.append({"kind": kind, "id": ident, "backends": backends, "last_read": last})
-    shared = [
-        {"kind": kind, "id": ident, "dags": row["dags"], "reads_day": row["reads_day"]}
-        for (kind, ident), row in sorted(summary.items())
-        if len(row["dags"]) >= many_dags
-    ]
-    covered = None if oldest is None else datetime.fromtimestamp(oldest, UTC).isoformat()
+    found = _audit.report(
+        events_of(_file(state, given)), state.search_path, unused_days=unused_days, many_dags=many_dags
+    )
+    unused, shared, covered = found["unused"], found["read_by_many_dags"], found["trail_since"]
     if as_json:
         echo_json({"trail_since": covered, "unused": unused, "read_by_many_dags": shared})
         return
-    if covered is None or oldest is None or oldest > cutoff:
+    if found["partial"]:
         click.echo(
             f"note: the trail covers less than {unused_days} days (since {covered}): 'unused' is partial"
         )

@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from credpath import metrics
-from credpath.web import views
+from credpath.web import access, views
 from credpath.web.budget import PageCache, RateLimited, RateLimiter, host_allowed
 
 __all__ = ["create_app"]
@@ -169,11 +169,14 @@ def create_app(
         if backend not in inv.backends:
             backend = ""
         rows = views.filter_rows(inv.rows, q=q, backend=backend, kind=kind, collisions=bool(collisions))
+        reads, reads_from = access.reads_of(sp, [(r.kind, r.id) for r in rows])
         return render(
             request,
             "inventory.html",
             inv=inv,
             rows=rows,
+            reads=reads,
+            reads_from=reads_from,
             total=len(inv.rows),
             collisions_total=sum(1 for r in inv.rows if r.collision),
             q=q,
@@ -196,7 +199,16 @@ def create_app(
             if found.failed:  # backend names come from the configuration, never from the URL
                 message = f"Not found in the backends that answered; {', '.join(found.failed)} failed."
             return render(request, "error.html", 404, heading="Not found", message=message)
-        return render(request, "detail.html", d=found, age=age, cache_seconds=cache_seconds)
+        reads, reads_from = access.reads_of(sp, [(kind, key)])
+        return render(
+            request,
+            "detail.html",
+            d=found,
+            read=reads.get((kind, key)),
+            reads_from=reads_from,
+            age=age,
+            cache_seconds=cache_seconds,
+        )
 
     @app.get("/backends", response_class=HTMLResponse, name="backends")
     def backends_page(request: Request) -> HTMLResponse:
@@ -221,9 +233,13 @@ def create_app(
     def healthz() -> Response:
         return Response("ok\n", media_type="text/plain")
 
-    from credpath.web import access
+    def listing(request: Request) -> list[tuple[str, str, list[str]]]:
+        sp = request.app.state.search_path
+        inv, _age = build(request, "inventory", lambda: views.inventory(sp))
+        return [(row.kind, row.id, list(row.holders)) for row in inv.rows]
 
-    access.register(app, title=title)  # GET /access: who read what, from the audit trail
+    # GET /access, /report: who read what, from the audit trail
+    access.register(app, title=title, listing=listing)
 
     if token is not None:
 
