@@ -48,7 +48,15 @@ from credpath._settings import TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization
+from credpath.protocol import (
+    PREFIX_SETTINGS,
+    BackendOptions,
+    Capability,
+    Kind,
+    PinnedReads,
+    Serialization,
+    pinned_version,
+)
 
 __all__ = ["SecretManagerBackend", "crc32c"]
 
@@ -135,9 +143,10 @@ def _credentials_from_name(name: str) -> Any:
     return load_class(name, setting="credentials")()
 
 
-class SecretManagerBackend(PrefixedSecretsBackend):
+class SecretManagerBackend(PinnedReads, PrefixedSecretsBackend):
     alias: ClassVar[str] = "gcp-secret-manager"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "versions"})
+    version_form: ClassVar[str] = "a version number (1, 2, ...)"
     store_name: ClassVar[str] = "GCP Secret Manager"
     requires: ClassVar[tuple[str, ...]] = ("google.cloud.secretmanager", "google.auth")
     extra: ClassVar[str | None] = "gcp"
@@ -333,8 +342,8 @@ class SecretManagerBackend(PrefixedSecretsBackend):
             state = _STATE_RE.search(str(getattr(exc, "message", "")))
             if state:
                 return BackendError(
-                    f"{where}: version {self.version} is {state.group(1)} (Secret Manager does not fall back "
-                    "to an older version; enable it or add a new version)",
+                    f"{where}: version {pinned_version() or self.version} is {state.group(1)} "
+                    "(Secret Manager does not fall back to an older version; enable it or add a new version)",
                     backend=self.name,
                 )
         if isinstance(exc, gexc.GoogleAPICallError):
@@ -348,7 +357,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         from google.api_core import exceptions as gexc
 
         client = self.client
-        name = f"projects/{self.project_id}/secrets/{secret_id}/versions/{self.version}"
+        if (pin := pinned_version()) is not None and not self.accepts_version(pin):
+            raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
+        name = f"projects/{self.project_id}/secrets/{secret_id}/versions/{pin or self.version}"
         try:
             response = self._rpc(
                 client.access_secret_version,
@@ -381,8 +392,12 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         note_version(str(getattr(response, "name", "") or "").rpartition("/versions/")[2] or None)
         return value
 
+    def accepts_version(self, version: str) -> bool:
+        # Numbers only: "latest" (or an alias) moves, so it is no pin.
+        return version.isascii() and version.isdigit() and int(version) > 0
+
     def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:
-        """What the shared reads call: one secret's latest version."""
+        """What the shared reads call: one secret's latest version (or the pinned one)."""
         return self.access(name, deadline)
 
     # --- writes, listing ---------------------------------------------------------------------------
