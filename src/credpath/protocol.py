@@ -555,6 +555,8 @@ class PinnedReads:
     mixes this in declares "versions", and implements ``accepts_version`` and ``version_form``."""
 
     def _pinned(self, read: Callable[..., Any], key: str, version: str, team_name: str | None) -> Any:
+        if "versions" not in getattr(type(self), "capabilities", ()):  # a subclass that gave it up
+            raise self._no_versions(version)  # type: ignore[attr-defined]
         token = _PINNED.set(version)
         try:
             return call_backend_method(read, key, team_name=team_name)
