@@ -396,9 +396,9 @@ class BackendContract:
         assert backend.get_variable_version(key, v1) == "value-1-s3cr3t"
         assert backend.get_variable_version(key, v2) == "value-2-s3cr3t"
         assert backend.get_variable(key) == "value-2-s3cr3t"  # the plain read is still the latest
-        first = backend.get_connection_version(conn_id, c1)  # type: ignore[attr-defined]
+        first = backend.get_connection_version(conn_id, c1)
         assert first is not None and first.host == "host1.example" and first.password == "pw-1-s3cr3t"
-        assert backend.get_connection_version(conn_id, c2).host == "host2.example"  # type: ignore[attr-defined]
+        assert backend.get_connection_version(conn_id, c2).host == "host2.example"
         assert backend.get_variable_version(new_id("vmiss"), v1) is None  # no such id: a miss
 
     def test_versions_refuse_what_is_no_version_form(self, harness: Any) -> None:
