@@ -21,6 +21,20 @@ def _uri(n: int) -> str:
     return f"postgres://app:pw-{n}-s3cr3t@db{n}.example:5432/app"
 
 
+def _configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, more: str = "") -> None:
+    """A store without versions first (it holds "pg" too), then ``more``."""
+    config = tmp_path / "credpath.toml"
+    config.write_text(
+        '[[backends]]\nname = "plain"\ntype = "tests.memory_backend.MemoryBackend"\n'
+        f'kwargs = {{ connections = {{ pg = "{_uri(9)}" }} }}\n\n{more}'
+    )
+    monkeypatch.setenv("CREDPATH_CONFIG", str(config))
+    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
+    for name in ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS"):
+        monkeypatch.delenv(name, raising=False)
+    set_default_search_path(None)
+
+
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aws_secrets_manager_harness: Any) -> Any:
     h = aws_secrets_manager_harness
@@ -38,18 +52,11 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aws_secrets_manager_h
         versions.append(token)
     h.seed("variable", "greeting", "hello-1")
     h.seed("variable", "greeting", "hello-2")
-    config = tmp_path / "credpath.toml"
-    config.write_text(
-        '[[backends]]\nname = "plain"\ntype = "tests.memory_backend.MemoryBackend"\n'
-        f'kwargs = {{ connections = {{ pg = "{_uri(9)}" }} }}\n\n'
+    sm = (
         '[[backends]]\nname = "sm"\ntype = "aws-secrets-manager"\n'
         f'kwargs = {{ endpoint_url = "{h.server.url}", region_name = "{REGION}" }}\n'
     )
-    monkeypatch.setenv("CREDPATH_CONFIG", str(config))
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    for name in ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS"):
-        monkeypatch.delenv(name, raising=False)
-    set_default_search_path(None)
+    _configure(tmp_path, monkeypatch, sm)
     runner = CliRunner()
 
     def run(*args: str) -> Any:
@@ -85,22 +92,23 @@ def test_get_a_variable_by_version(setup: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "says"),
     [
-        ("connections", "get", "pg", "--version", ""),
-        ("connections", "get", "pg", "--version", "a b"),
-        ("connections", "get", "pg", "--version", "v1"),  # a form no backend that keeps versions takes
-        ("connections", "get", "pg@"),
-        ("connections", "get", "pg@AWSPREVIOUS", "--version", "AWSCURRENT"),
-        ("variables", "get", "greeting", "--version", "x" * 300),
+        (("connections", "get", "pg", "--version", ""), "version must be a non-empty string"),
+        (("connections", "get", "pg", "--version", "a b"), "no spaces"),
+        (("connections", "get", "pg", "--version", "v1"), "no backend that keeps versions takes"),
+        (("connections", "get", "pg@"), "needs an id and a version"),
+        (("connections", "get", "pg@AWSPREVIOUS", "--version", "AWSCURRENT"), "not both"),
+        (("variables", "get", "greeting", "--version", "x" * 300), "at most 256"),
     ],
 )
-def test_a_bad_version_form_exits_2_in_one_line(setup: Any, args: tuple[str, ...]) -> None:
+def test_a_bad_version_form_exits_2_in_one_line(setup: Any, args: tuple[str, ...], says: str) -> None:
     run, _ = setup
     result = run(*args)
     assert result.exit_code == 2, (args, result.output)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("credpath: error: "), lines
+    assert says in lines[0], lines
 
 
 def test_a_version_nobody_has_exits_1_naming_id_and_version(setup: Any) -> None:
@@ -115,14 +123,7 @@ def test_a_version_nobody_has_exits_1_naming_id_and_version(setup: Any) -> None:
 def test_a_path_without_versions_exits_2_naming_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "credpath.toml"
-    config.write_text(
-        '[[backends]]\nname = "plain"\ntype = "tests.memory_backend.MemoryBackend"\n'
-        f'kwargs = {{ connections = {{ pg = "{_uri(9)}" }} }}\n'
-    )
-    monkeypatch.setenv("CREDPATH_CONFIG", str(config))
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-    set_default_search_path(None)
+    _configure(tmp_path, monkeypatch)
     result = CliRunner().invoke(cli, ["connections", "get", "pg", "--version", "3"], catch_exceptions=False)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
