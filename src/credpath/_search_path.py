@@ -227,9 +227,13 @@ class SearchPath(LookupState):
         asked, the answer is cached under its version and survives every invalidation of the id, and a
         version nobody has raises :class:`~credpath._lookup.pinned.VersionNotFound`. A connection id may
         carry it as a suffix, ``my_db@3``: Airflow allows no ``@`` in a connection id, so no id is read
-        differently than before."""
+        differently than before. A version nobody has is None here, as any miss (Airflow's backend reads
+        this), and :class:`~credpath._lookup.pinned.VersionNotFound` from :meth:`get_connection`."""
         if version is not None or (kind == "connection" and pinned.SUFFIX in key):
-            return self._pinned(kind, key, version, team_name)
+            try:
+                return self._pinned(kind, key, version, team_name)
+            except pinned.VersionNotFound:
+                return None
         if (now := _monotonic()) >= self._epoch_next:
             rotation.check_epoch(self, now)
         context = LookupContext(kind, key, team_name) if _trace._sinks else None

@@ -129,3 +129,12 @@ def test_a_path_without_versions_exits_2_naming_the_backend(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "'plain'" in lines[0] and "keeps versions" in lines[0], lines
     assert_no_secret(result.output)
+
+
+def test_a_default_stands_in_for_a_key_not_for_a_version(setup: Any) -> None:
+    run, _ = setup
+    missing = str(uuid.uuid4())
+    result = run("variables", "get", "greeting", "--version", missing, "--default", "d")
+    assert result.exit_code == 1
+    assert missing in result.stderr and "'greeting'" in result.stderr
+    assert run("variables", "get", "nokey", "--default", "d").stdout.strip() == "d"

@@ -271,3 +271,23 @@ def test_a_pinned_secret_is_masked_and_never_logged(caplog: pytest.LogCaptureFix
         sp.get_connection("my_db", version="5")
     assert OLD_PW not in repr(conn) and OLD_PW not in str(caught.value)
     assert "s3cr3t" not in caplog.text
+
+
+def test_lookup_answers_none_for_a_version_nobody_has() -> None:
+    sp = _path(("v", _store()))
+    assert sp.lookup("connection", "my_db", version="9") is None
+    assert sp.lookup("connection", "my_db@9") is None
+    assert sp.get_conn_value("my_db@9") is None  # Airflow's read: a miss, not an exception
+
+
+def test_inside_airflow_a_conn_id_suffix_reads_the_version(tmp_path: Any) -> None:
+    import json
+
+    from credpath.airflow import _CredpathBackendMixin
+
+    backend = _CredpathBackendMixin(backends=[{"name": "env", "type": "env"}])
+    backend.search_path = _path(("v", _store()))
+    value = backend.get_conn_value("my_db@1")
+    assert value is not None and json.loads(value)["password"] == OLD_PW
+    assert json.loads(backend.get_conn_value("my_db") or "{}")["password"] == NEW_PW
+    assert backend.get_conn_value("my_db@9") is None

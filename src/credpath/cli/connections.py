@@ -167,7 +167,6 @@ def get_command(
         fail("give --json or -o/--output, not both")
     records, missing, airflow_records = [], [], []
     for conn_id in conn_ids:
-        # A pinned read raises NotFound naming the version (exit 1) rather than answering None.
         resolution = search_path.lookup(
             "connection", split_suffix(conn_id)[0], version=pins[conn_id], **team_kwargs(team)
         )
@@ -186,9 +185,10 @@ def get_command(
         for record in records:
             echo_record(record, title=f"connection {record['conn_id']}")
     for conn_id in missing:
-        click.echo(
-            f"credpath: error: connection {conn_id!r} not found in any backend of the search path", err=True
-        )
+        pin = pins[conn_id]
+        what = f"connection {split_suffix(conn_id)[0]!r}" + ("" if pin is None else f" version {pin!r}")
+        where = "any backend of the search path" if pin is None else "the backends that keep versions"
+        click.echo(f"credpath: error: {what} not found in {where}", err=True)
     if missing:
         raise SystemExit(EXIT_NOT_FOUND)
 

@@ -68,6 +68,11 @@ def get_command(
         version = check_version(version)
     resolution = state.search_path.lookup("variable", key, version=version, **team_kwargs(team))
     if resolution is None:
+        if version is not None:  # --default stands in for a missing key, not a missing version
+            fail(
+                f"variable {key!r} version {version!r} not found in the backends that keep versions",
+                EXIT_NOT_FOUND,
+            )
         if default is None:
             fail(f"variable {key!r} not found in any backend of the search path", EXIT_NOT_FOUND)
         value, source = default, None
