@@ -291,3 +291,21 @@ def test_inside_airflow_a_conn_id_suffix_reads_the_version(tmp_path: Any) -> Non
     assert value is not None and json.loads(value)["password"] == OLD_PW
     assert json.loads(backend.get_conn_value("my_db") or "{}")["password"] == NEW_PW
     assert backend.get_conn_value("my_db@9") is None
+
+
+def test_the_async_reads_pass_the_version_on() -> None:
+    import asyncio
+
+    from credpath import _aio
+
+    sp = _path(("v", _store()))
+
+    async def main() -> tuple[Any, Any, Any]:
+        return (
+            await _aio.aget_connection(sp, "my_db", version="1"),
+            await _aio.aget_connection(sp, "my_db"),
+            await _aio.aget_variable(sp, "api_token", version=1),
+        )
+
+    first, latest, token = asyncio.run(main())
+    assert (first.password, latest.password, token) == (OLD_PW, NEW_PW, "tok-s3cr3t-1")
