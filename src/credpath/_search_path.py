@@ -20,7 +20,7 @@ from typing import Any
 from credpath import _audit
 from credpath._cache import ABSENT, CacheSettings, TTLCache
 from credpath._deadlines import Deadline
-from credpath._lookup import listing, pinned, prefetch, rotation, tiers, writes
+from credpath._lookup import listing, prefetch, rotation, tiers, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
 from credpath._lookup.model import Attempt, Entry, Explanation, Listing, PrefetchReport, Resolution
@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+#: The connection id suffix that pins a version (credpath._lookup.pinned.SUFFIX; imported on first use).
+_SUFFIX = "@"
 
 
 class SearchPath(LookupState):
@@ -155,7 +157,7 @@ class SearchPath(LookupState):
         """
         if version is not None:
             return self._pinned("connection", conn_id, version, team_name).value  # type: ignore[no-any-return]
-        if refresh and pinned.SUFFIX not in conn_id:  # a version never changes: nothing to refresh
+        if refresh and _SUFFIX not in conn_id:  # a version never changes: nothing to refresh
             resolution = self.refresh("connection", conn_id, team_name=team_name)
             if resolution is None:
                 raise NotFound("connection", conn_id)
@@ -229,10 +231,12 @@ class SearchPath(LookupState):
         carry it as a suffix, ``my_db@3``: Airflow allows no ``@`` in a connection id, so no id is read
         differently than before. A version nobody has is None here, as any miss (Airflow's backend reads
         this), and :class:`~credpath._lookup.pinned.VersionNotFound` from :meth:`get_connection`."""
-        if version is not None or (kind == "connection" and pinned.SUFFIX in key):
+        if version is not None or (kind == "connection" and _SUFFIX in key):
+            from credpath._lookup.pinned import VersionNotFound
+
             try:
                 return self._pinned(kind, key, version, team_name)
-            except pinned.VersionNotFound:
+            except VersionNotFound:
                 return None
         if (now := _monotonic()) >= self._epoch_next:
             rotation.check_epoch(self, now)
@@ -254,6 +258,8 @@ class SearchPath(LookupState):
         return resolution
 
     def _pinned(self, kind: Kind, key: str, version: str | int | None, team: str | None) -> Resolution:
+        from credpath._lookup import pinned
+
         if version is None:
             key, version = pinned.split_suffix(key)
         version = pinned.check_version(version)
@@ -294,7 +300,7 @@ class SearchPath(LookupState):
         every backend tried: the kept trace of one resolution. An outage is reported (``failed``,
         ``unavailable``; a stale value with its age and its refresh back-off), not raised. With ``version``
         (or a connection id's ``@`` suffix), the pinned read's record: ``version`` is the version served."""
-        if version is not None or (kind == "connection" and pinned.SUFFIX in key):
+        if version is not None or (kind == "connection" and _SUFFIX in key):
             return self._explain_pinned(kind, key, version, team_name)
         held = tiers.held(self, (kind, key, team_name))
         if use_cache:
@@ -321,6 +327,8 @@ class SearchPath(LookupState):
     def _explain_pinned(
         self, kind: Kind, key: str, version: str | int | None, team: str | None
     ) -> Explanation:
+        from credpath._lookup import pinned
+
         if version is None:
             key, version = pinned.split_suffix(key)
         version = pinned.check_version(version)

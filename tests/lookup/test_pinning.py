@@ -309,3 +309,10 @@ def test_the_async_reads_pass_the_version_on() -> None:
 
     first, latest, token = asyncio.run(main())
     assert (first.password, latest.password, token) == (OLD_PW, NEW_PW, "tok-s3cr3t-1")
+
+
+def test_the_search_path_and_the_pinned_module_agree_on_the_suffix() -> None:
+    from credpath import _search_path
+    from credpath._lookup import pinned
+
+    assert _search_path._SUFFIX == pinned.SUFFIX == "@"
