@@ -59,9 +59,14 @@ async def run_blocking(func: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor(), func, *args)
 
 
-def _lookup_sync(search_path: SearchPath, kind: Any, key: str, team_name: str | None) -> Resolution | None:
-    # team_name only when set: a roll-your-own search path need not know the keyword.
-    return search_path.lookup(kind, key, **({} if team_name is None else {"team_name": team_name}))
+def _lookup_sync(
+    search_path: SearchPath, kind: Any, key: str, team_name: str | None, version: str | int | None = None
+) -> Resolution | None:
+    # team_name (and version) only when set: a roll-your-own search path need not know the keywords.
+    extra: dict[str, Any] = {} if team_name is None else {"team_name": team_name}
+    if version is not None:
+        extra["version"] = version
+    return search_path.lookup(kind, key, **extra)
 
 
 async def _shared(key: tuple[Any, ...], start: Callable[[], asyncio.Future[T]], timeout: float | None) -> T:
@@ -97,25 +102,33 @@ async def alookup(
     *,
     team_name: str | None = None,
     timeout: float | None = None,
+    version: str | int | None = None,
 ) -> Resolution | None:
     """:meth:`SearchPath.lookup` for coroutines (see the module docstring); ``timeout`` bounds this
     waiter only (:class:`BackendTimeout`), each store call keeps its backend's own deadline."""
     if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
         raise ValueError("timeout must be a positive number of seconds or None")
     loop = asyncio.get_running_loop()
-    flight = (id(search_path), kind, key, team_name)
+    flight = (id(search_path), kind, key, team_name, version)
     # The search path itself is held by the job's arguments while it runs, so its id is not reused.
     return await _shared(
         flight,
-        lambda: loop.run_in_executor(_executor(), _lookup_sync, search_path, kind, key, team_name),
+        lambda: loop.run_in_executor(_executor(), _lookup_sync, search_path, kind, key, team_name, version),
         timeout,
     )
 
 
 async def aget_connection(
-    search_path: SearchPath, conn_id: str, *, team_name: str | None = None, timeout: float | None = None
+    search_path: SearchPath,
+    conn_id: str,
+    *,
+    team_name: str | None = None,
+    timeout: float | None = None,
+    version: str | int | None = None,
 ) -> Connection:
-    resolution = await alookup(search_path, "connection", conn_id, team_name=team_name, timeout=timeout)
+    resolution = await alookup(
+        search_path, "connection", conn_id, team_name=team_name, timeout=timeout, version=version
+    )
     if resolution is None:
         raise NotFound("connection", conn_id)
     value: Connection = resolution.value
@@ -130,8 +143,11 @@ async def aget_variable(
     deserialize_json: bool = False,
     team_name: str | None = None,
     timeout: float | None = None,
+    version: str | int | None = None,
 ) -> Any:
-    resolution = await alookup(search_path, "variable", key, team_name=team_name, timeout=timeout)
+    resolution = await alookup(
+        search_path, "variable", key, team_name=team_name, timeout=timeout, version=version
+    )
     return answer("variable", key, resolution, default, deserialize_json)
 
 

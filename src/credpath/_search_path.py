@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+#: The connection id suffix that pins a version (credpath._lookup.pinned.SUFFIX; imported on first use).
+_SUFFIX = "@"
 
 
 class SearchPath(LookupState):
@@ -133,7 +135,12 @@ class SearchPath(LookupState):
     # --- reads -------------------------------------------------------------------------------------
 
     def get_connection(
-        self, conn_id: str, *, team_name: str | None = None, refresh: bool = False
+        self,
+        conn_id: str,
+        *,
+        team_name: str | None = None,
+        refresh: bool = False,
+        version: str | int | None = None,
     ) -> Connection:
         """The connection ``conn_id`` from the first backend that has it, in search-path order.
 
@@ -144,8 +151,13 @@ class SearchPath(LookupState):
         (a store refused the caller: authoritative, no fall-through) or :class:`ConfigError` (a wrong setting
         or a missing client library). ``refresh=True`` reads the store again (:meth:`refresh`: at most once
         per id per second, whoever asks).
+
+        ``version`` (or the id suffix ``my_db@3``) pins the read: that version, from the backends that keep
+        versions (:meth:`lookup`).
         """
-        if refresh:
+        if version is not None:
+            return self._pinned("connection", conn_id, version, team_name).value  # type: ignore[no-any-return]
+        if refresh and _SUFFIX not in conn_id:  # a version never changes: nothing to refresh
             resolution = self.refresh("connection", conn_id, team_name=team_name)
             if resolution is None:
                 raise NotFound("connection", conn_id)
@@ -175,15 +187,20 @@ class SearchPath(LookupState):
         deserialize_json: bool = False,
         team_name: str | None = None,
         refresh: bool = False,
+        version: str | int | None = None,
     ) -> Any:
         """The value of ``key`` (parsed as JSON with ``deserialize_json=True``); ``default`` if no backend
         has it, and without a default a miss raises :class:`NotFound`.
 
         ``default`` stands in for a missing variable, not for an outage: if nothing is found and a backend
-        failed, :class:`BackendUnavailable` is raised even when a default is given. ``refresh=True`` as for
-        :meth:`get_connection`.
+        failed, :class:`BackendUnavailable` is raised even when a default is given. ``refresh=True`` and
+        ``version`` as for :meth:`get_connection` (no id suffix: Airflow allows ``@`` in variable keys); a
+        version not found raises even with a default, which stands in for the key only.
         """
-        if refresh:
+        resolution: Resolution | None
+        if version is not None:
+            resolution = self._pinned("variable", key, version, team_name)
+        elif refresh:
             resolution = self.refresh("variable", key, team_name=team_name)
         else:
             resolution = self.lookup("variable", key, team_name=team_name)
@@ -200,11 +217,27 @@ class SearchPath(LookupState):
         resolution = self.lookup("connection", conn_id, team_name=team_name)
         return None if resolution is None else resolution.value.get_uri()
 
-    def lookup(self, kind: Kind, key: str, *, team_name: str | None = None) -> Resolution | None:
+    def lookup(
+        self, kind: Kind, key: str, *, team_name: str | None = None, version: str | int | None = None
+    ) -> Resolution | None:
         """Resolve through the cache tiers then the backends; ``None`` when every backend asked answered
         "not here". Raises :class:`BackendUnavailable` when nothing was found and a backend failed, and
         lets AccessDenied and ConfigError through (:mod:`credpath._lookup.policy`). Concurrent calls for
-        one ``(kind, key, team_name)`` share one resolution (single-flight)."""
+        one ``(kind, key, team_name)`` share one resolution (single-flight).
+
+        ``version`` pins the read (:mod:`credpath._lookup.pinned`): only backends that keep versions are
+        asked, the answer is cached under its version and survives every invalidation of the id, and a
+        version nobody has raises :class:`~credpath._lookup.pinned.VersionNotFound`. A connection id may
+        carry it as a suffix, ``my_db@3``: Airflow allows no ``@`` in a connection id, so no id is read
+        differently than before. A version nobody has is None here, as any miss (Airflow's backend reads
+        this), and :class:`~credpath._lookup.pinned.VersionNotFound` from :meth:`get_connection`."""
+        if version is not None or (kind == "connection" and _SUFFIX in key):
+            from credpath._lookup.pinned import VersionNotFound
+
+            try:
+                return self._pinned(kind, key, version, team_name)
+            except VersionNotFound:
+                return None
         if (now := _monotonic()) >= self._epoch_next:
             rotation.check_epoch(self, now)
         context = LookupContext(kind, key, team_name) if _trace._sinks else None
@@ -224,6 +257,23 @@ class SearchPath(LookupState):
         context.done(*(("missing", None) if resolution is None else ("found", resolution.value)))
         return resolution
 
+    def _pinned(self, kind: Kind, key: str, version: str | int | None, team: str | None) -> Resolution:
+        from credpath._lookup import pinned
+
+        if version is None:
+            key, version = pinned.split_suffix(key)
+        version = pinned.check_version(version)
+        context = LookupContext(kind, key, team)
+        if not context.sinks:
+            return pinned.lookup(self, context, version)
+        try:
+            resolution = pinned.lookup(self, context, version)
+        except BaseException:
+            context.done("error")
+            raise
+        context.done("found", resolution.value)
+        return resolution
+
     def refresh(self, kind: Kind, key: str, *, team_name: str | None = None) -> Resolution | None:
         """Read ``key`` from the stores again (after a rotation), dropping it from both tiers so that every
         process of the deployment serves the new value within a second; at most one store read per id per
@@ -238,11 +288,20 @@ class SearchPath(LookupState):
         return 0 if self.shared is None else self.shared.invalidate_all()
 
     def explain(
-        self, kind: Kind, key: str, *, use_cache: bool = False, team_name: str | None = None
+        self,
+        kind: Kind,
+        key: str,
+        *,
+        use_cache: bool = False,
+        team_name: str | None = None,
+        version: str | int | None = None,
     ) -> Explanation:
         """Which backend serves ``key``, and the outcome, lookup time, start-up time and breaker state of
         every backend tried: the kept trace of one resolution. An outage is reported (``failed``,
-        ``unavailable``; a stale value with its age and its refresh back-off), not raised."""
+        ``unavailable``; a stale value with its age and its refresh back-off), not raised. With ``version``
+        (or a connection id's ``@`` suffix), the pinned read's record: ``version`` is the version served."""
+        if version is not None or (kind == "connection" and _SUFFIX in key):
+            return self._explain_pinned(kind, key, version, team_name)
         held = tiers.held(self, (kind, key, team_name))
         if use_cache:
             found, tier = tiers.cached(self, (kind, key, team_name))
@@ -263,6 +322,23 @@ class SearchPath(LookupState):
                 self.shared.flush()
         explanation = Explanation.from_trace(context)
         explanation.held = held
+        return explanation
+
+    def _explain_pinned(
+        self, kind: Kind, key: str, version: str | int | None, team: str | None
+    ) -> Explanation:
+        from credpath._lookup import pinned
+
+        if version is None:
+            key, version = pinned.split_suffix(key)
+        version = pinned.check_version(version)
+        context = LookupContext(kind, key, team, keep=True)
+        try:
+            pinned.lookup(self, context, version, use_cache=False)
+        except (BackendUnavailable, NotFound):
+            pass  # the trace says which failed, or that nobody has the version
+        explanation = Explanation.from_trace(context)
+        explanation.version = explanation.version or (version if explanation.found else None)
         return explanation
 
     def prefetch(

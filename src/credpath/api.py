@@ -51,13 +51,18 @@ def set_default_search_path(search_path: SearchPath | None) -> None:
         old.close()
 
 
-def get_connection(conn_id: str, *, team_name: str | None = None) -> Connection:
+def get_connection(
+    conn_id: str, *, team_name: str | None = None, version: str | int | None = None
+) -> Connection:
     """The connection ``conn_id`` from the first backend of the default search path that has it.
 
     Args:
         conn_id: the Airflow connection id.
         team_name: the caller's team (Airflow 3.2+ multi-team): backends that scope by team look in the
             team's names first; ``None`` asks team-agnostically.
+        version: read this version (a pinned read): only backends that keep versions are asked (Vault KV
+            v2, Secrets Manager, GCP Secret Manager, Azure Key Vault); ``conn_id`` may carry it as a
+            suffix instead, ``my_db@3``. A version is cached under itself, never dropped by a rotation.
 
     Returns:
         A frozen :class:`~credpath.model.Connection` (``host``, ``login``, ``extra_dejson``, ``get_uri()``).
@@ -68,14 +73,25 @@ def get_connection(conn_id: str, *, team_name: str | None = None) -> Connection:
         BackendUnavailable: nothing was found and at least one backend failed (an outage, not a miss).
         AccessDenied: a store refused the caller (never falls through to a later backend).
         ConfigError: a setting is wrong, ``conn_id`` is not a valid Airflow connection id (empty, a
-            space), or a store's client library is not installed.
+            space), or a store's client library is not installed; with a version, also when no backend
+            keeps versions or takes the version's form. A version nobody has raises ``NotFound``
+            naming the id and the version.
     """
+    if version is None:
+        from credpath._lookup.pinned import split_suffix
+
+        conn_id, version = split_suffix(conn_id)
     validate_lookup_key("connection", conn_id)
-    return default_search_path().get_connection(conn_id, team_name=team_name)
+    return default_search_path().get_connection(conn_id, team_name=team_name, version=version)
 
 
 def get_variable(
-    key: str, default: Any = _UNSET, deserialize_json: bool = False, *, team_name: str | None = None
+    key: str,
+    default: Any = _UNSET,
+    deserialize_json: bool = False,
+    *,
+    team_name: str | None = None,
+    version: str | int | None = None,
 ) -> Any:
     """The variable ``key`` from the first backend of the default search path that has it.
 
@@ -84,6 +100,8 @@ def get_variable(
         default: returned when no backend has the key; without it a miss raises ``NotFound``.
         deserialize_json: parse the value as JSON (as Airflow's ``Variable.get(deserialize_json=True)``).
         team_name: the caller's team (Airflow 3.2+ multi-team), as for :func:`get_connection`.
+        version: read this version, as for :func:`get_connection` (no suffix form: Airflow allows ``@``
+            in variable keys).
 
     Returns:
         The value (a string, or the parsed JSON), or ``default``.
@@ -96,7 +114,7 @@ def get_variable(
     """
     validate_lookup_key("variable", key)
     return default_search_path().get_variable(
-        key, default, deserialize_json=deserialize_json, team_name=team_name
+        key, default, deserialize_json=deserialize_json, team_name=team_name, version=version
     )
 
 
@@ -122,7 +140,11 @@ async def _adefault() -> SearchPath:
 
 
 async def aget_connection(
-    conn_id: str, *, team_name: str | None = None, timeout: float | None = None
+    conn_id: str,
+    *,
+    team_name: str | None = None,
+    timeout: float | None = None,
+    version: str | int | None = None,
 ) -> Connection:
     """:func:`get_connection` for coroutines: the same tiers, answers and errors, without blocking the loop.
 
@@ -133,7 +155,9 @@ async def aget_connection(
     """
     from credpath import _aio
 
-    return await _aio.aget_connection(await _adefault(), conn_id, team_name=team_name, timeout=timeout)
+    return await _aio.aget_connection(
+        await _adefault(), conn_id, team_name=team_name, timeout=timeout, version=version
+    )
 
 
 async def aget_variable(
@@ -143,6 +167,7 @@ async def aget_variable(
     *,
     team_name: str | None = None,
     timeout: float | None = None,
+    version: str | int | None = None,
 ) -> Any:
     """:func:`get_variable` for coroutines, as :func:`aget_connection` is for :func:`get_connection`."""
     from credpath import _aio
@@ -154,4 +179,5 @@ async def aget_variable(
         deserialize_json=deserialize_json,
         team_name=team_name,
         timeout=timeout,
+        version=version,
     )

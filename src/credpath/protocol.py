@@ -38,6 +38,16 @@ Capabilities (``capabilities: ClassVar[frozenset[Capability]]``), and the method
   ``get_variable_record(key)`` / ``get_variable_records(keys)`` too (the base class derives them without
   descriptions from ``get_variable`` / ``get_variables``).
 
+- ``"versions"``: the store keeps every version of a secret and reads one on request (a pinned read):
+  ``get_conn_value_version(conn_id, version)`` and ``get_variable_version(key, version)`` (``team_name``
+  keyword as the plain reads), ``accepts_version(version) -> bool`` (whether ``version`` is a form this
+  store names versions with: a miss for any other form, without a call) and ``version_form``, those forms in
+  words. A version that does not exist is a miss (None); a version found reports its version
+  (:func:`credpath._lookup.trace.note_version`) like a plain read does. ``version_moves(version)`` is True
+  for a label that moves to another version on rotation (a Secrets Manager stage): such a read is never
+  cached. :class:`PinnedReads` implements the reads over the plain ones: a backend then reads
+  :func:`pinned_version` in its one store request.
+
 Without ``"batch"`` the reader (:mod:`credpath._reading`) reads one id at a time; without ``"list"`` a
 backend cannot be a migration source; without ``"write"`` it is never written to.
 
@@ -67,6 +77,7 @@ is accepted everywhere a :data:`Backend` is; :func:`supports` alone looks at its
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import re
@@ -100,6 +111,7 @@ __all__ = [
     "BaseBackend",
     "Capability",
     "Kind",
+    "PinnedReads",
     "SecretsBackend",
     "Serialization",
     "WriteConfirmation",
@@ -109,6 +121,7 @@ __all__ = [
     "compile_lookup_pattern",
     "iter_ids",
     "multi_team_enabled",
+    "pinned_version",
     "required_methods",
     "supports",
 ]
@@ -127,9 +140,10 @@ PREFIX_SETTINGS: dict[Kind, str] = {
 #: "batch" (``get_conn_values``/``get_variables``, hits only), "prefetch" (``prefetch_connections``/
 #: ``prefetch_variables``: everything under the prefix), "structured" (connections are kept as fields, so
 #: ``get_connection`` -- and with "batch" ``get_connections`` -- return them natively, with what a URI cannot
-#: carry such as ``description``; a write's ``serialization`` does not apply).
-Capability = Literal["write", "list", "batch", "prefetch", "structured"]
-CAPABILITIES: tuple[Capability, ...] = ("write", "list", "batch", "prefetch", "structured")
+#: carry such as ``description``; a write's ``serialization`` does not apply), "versions" (a read of one
+#: version the store keeps: ``get_conn_value_version``/``get_variable_version``, a pinned read).
+Capability = Literal["write", "list", "batch", "prefetch", "structured", "versions"]
+CAPABILITIES: tuple[Capability, ...] = ("write", "list", "batch", "prefetch", "structured", "versions")
 #: How a string store keeps a connection: Airflow's JSON form or its URI.
 Serialization = Literal["json", "uri"]
 
@@ -404,6 +418,35 @@ class BaseBackend:
     def delete_variable(self, key: str) -> bool:
         raise self._unsupported("delete variables")
 
+    # --- "versions": defaults refuse in one line naming the backend (never the latest instead) ---------
+
+    #: The version forms this store takes, in words, for the message when no backend takes a version.
+    version_form: ClassVar[str] = ""
+
+    def _no_versions(self, version: str) -> ConfigError:
+        return self.config_error(f"keeps no versions, so version {version!r} cannot be read from it")
+
+    def get_conn_value_version(self, conn_id: str, version: str) -> str | None:
+        raise self._no_versions(version)
+
+    def get_variable_version(self, key: str, version: str) -> str | None:
+        raise self._no_versions(version)
+
+    def get_connection_version(
+        self, conn_id: str, version: str, team_name: str | None = None
+    ) -> Connection | None:
+        """``get_conn_value_version`` parsed (a store of fields overrides it, as ``get_connection``)."""
+        raw = call_backend_method(self.get_conn_value_version, conn_id, version, team_name=team_name)
+        return None if raw is None else self.deserialize_connection(conn_id, raw)
+
+    def accepts_version(self, version: str) -> bool:
+        """Whether ``version`` is a form this store names versions with (see ``version_form``)."""
+        return False
+
+    def version_moves(self, version: str) -> bool:
+        """True for a label that the store moves to another version (a rotation stage): never cached."""
+        return False
+
     def prepare(self) -> None:
         """One-time start-up without contacting the store: import the client, build the session or engine.
 
@@ -443,6 +486,7 @@ CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
     "batch": ("get_conn_values", "get_variables"),
     "prefetch": ("prefetch_connections", "prefetch_variables"),
     "structured": ("get_connection",),
+    "versions": ("get_conn_value_version", "get_variable_version", "accepts_version"),
 }
 
 
@@ -493,6 +537,42 @@ def supports(backend: object, capability: Capability) -> bool:
         return capability in declared
     methods = ("get_connections",) if capability == "structured" else CAPABILITY_METHODS[capability]
     return all(callable(getattr(backend, m, None)) for m in methods)
+
+
+#: The version a pinned read asks for, while its store call runs (None: the latest, a plain read).
+_PINNED: contextvars.ContextVar[str | None] = contextvars.ContextVar("credpath_pinned", default=None)
+
+
+def pinned_version() -> str | None:
+    """The version the read in progress must return (a pinned read), or None for the latest. A backend
+    built on :class:`PinnedReads` reads it where it builds its one store request."""
+    return _PINNED.get()
+
+
+class PinnedReads:
+    """The "versions" reads over a backend's plain reads: each runs the plain read with
+    :func:`pinned_version` set, so the store request is built in one place for both. A backend that
+    mixes this in declares "versions", and implements ``accepts_version`` and ``version_form``."""
+
+    def _pinned(self, read: Callable[..., Any], key: str, version: str, team_name: str | None) -> Any:
+        if "versions" not in getattr(type(self), "capabilities", ()):  # a subclass that gave it up
+            raise self._no_versions(version)  # type: ignore[attr-defined]
+        token = _PINNED.set(version)
+        try:
+            return call_backend_method(read, key, team_name=team_name)
+        finally:
+            _PINNED.reset(token)
+
+    def get_conn_value_version(self, conn_id: str, version: str, team_name: str | None = None) -> str | None:
+        return self._pinned(self.get_conn_value, conn_id, version, team_name)  # type: ignore[attr-defined, no-any-return]
+
+    def get_variable_version(self, key: str, version: str, team_name: str | None = None) -> str | None:
+        return self._pinned(self.get_variable, key, version, team_name)  # type: ignore[attr-defined, no-any-return]
+
+    def get_connection_version(
+        self, conn_id: str, version: str, team_name: str | None = None
+    ) -> Connection | None:
+        return self._pinned(self.get_connection, conn_id, version, team_name)  # type: ignore[attr-defined, no-any-return]
 
 
 def iter_ids(values: Iterable[str]) -> list[str]:

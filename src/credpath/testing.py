@@ -56,6 +56,7 @@ __all__ = [
     "harness_fixture",
     "harness_fixture_name",
     "new_id",
+    "reported_version",
     "require",
     "seed_or_skip",
 ]
@@ -75,6 +76,18 @@ def seed_or_skip(harness: Any, kind: str, key: str, raw: str) -> None:
         harness.seed(kind, key, raw)
     except (NotImplementedError, ReadOnlyBackend) as exc:
         pytest.skip(f"harness cannot seed {kind}: {type(exc).__name__}")
+
+
+def reported_version(read: Callable[[str], Any], key: str) -> str:
+    """The version a plain read of ``key`` reports to the lookup in progress (its first word: Secrets
+    Manager adds its stages in parentheses); fails if it reports none."""
+    from credpath._lookup import trace
+
+    context = trace.LookupContext("variable", key)
+    with trace.calling(context, "contract"):
+        assert read(key) is not None, f"{key!r} was seeded but reads as missing"
+    assert context.version, "a store that keeps versions reports the version of each read"
+    return context.version.split(" ")[0]
 
 
 _CAPABILITY_OF = {method: c for c, methods in CAPABILITY_METHODS.items() for method in methods}
@@ -352,6 +365,48 @@ class BackendContract:
         check_capabilities(type(backend))  # a BaseBackend subclass was checked at definition already
         declared: frozenset[Capability] = getattr(type(backend), "capabilities", frozenset())
         assert set(declared) <= set(CAPABILITIES)
+
+    # --- "versions": pinned reads ------------------------------------------------------------------------
+
+    def test_a_store_without_versions_refuses_a_pinned_read(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        if supports(backend, "versions") or not isinstance(backend, BaseBackend):
+            pytest.skip(f"{type(backend).__name__} keeps versions (or is foreign: nothing to refuse)")
+        for read in (backend.get_conn_value_version, backend.get_variable_version):
+            with pytest.raises(ConfigError) as caught:  # never the latest value instead
+                read(new_id("nv"), "1")
+            assert backend.label in str(caught.value) and "\n" not in str(caught.value)
+
+    def test_versions_read_each_kept_version(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "versions")
+        key, conn_id = new_id("vv"), new_id("vc")
+        versions: dict[str, list[str]] = {"variable": [], "connection": []}
+        for n in (1, 2):
+            harness.seed("variable", key, f"value-{n}-s3cr3t")
+            harness.seed("connection", conn_id, f"postgres://u:pw-{n}-s3cr3t@host{n}.example/db")
+            backend = harness.make_backend()
+            versions["variable"].append(reported_version(backend.get_variable, key))
+            versions["connection"].append(reported_version(backend.get_conn_value, conn_id))
+        for kind, (first, second) in versions.items():
+            assert first != second, f"{kind}: a second write must be a new version"
+            assert backend.accepts_version(first) and backend.accepts_version(second)
+        (v1, v2), (c1, c2) = versions["variable"], versions["connection"]
+        backend = harness.make_backend()
+        assert backend.get_variable_version(key, v1) == "value-1-s3cr3t"
+        assert backend.get_variable_version(key, v2) == "value-2-s3cr3t"
+        assert backend.get_variable(key) == "value-2-s3cr3t"  # the plain read is still the latest
+        first = backend.get_connection_version(conn_id, c1)
+        assert first is not None and first.host == "host1.example" and first.password == "pw-1-s3cr3t"
+        assert backend.get_connection_version(conn_id, c2).host == "host2.example"
+        assert backend.get_variable_version(new_id("vmiss"), v1) is None  # no such id: a miss
+
+    def test_versions_refuse_what_is_no_version_form(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        require(backend, "versions")
+        assert backend.version_form, "describe the version forms for the one-line error"
+        for bad in ("", "a b", "../1", "x" * 300):
+            assert not backend.accepts_version(bad), bad
 
     def test_batch_reads_answer_hits_only(self, harness: Any) -> None:
         backend = harness.make_backend()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, ClassVar, Literal, Unpack
 from urllib.parse import unquote
 
@@ -34,7 +35,7 @@ from credpath._lookup.trace import note_version
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
-from credpath.protocol import Capability, Kind, Serialization, WriteConfirmation
+from credpath.protocol import Capability, Kind, PinnedReads, Serialization, WriteConfirmation, pinned_version
 
 __all__ = ["BATCH_SIZE", "FIELD_WORDS", "SecretsManagerBackend"]
 
@@ -57,6 +58,25 @@ FIELD_WORDS: dict[str, tuple[str, ...]] = {
 }
 _PASSTHROUGH = ("description",)
 
+# A pin is a stage (a label AWS moves on rotation) or a VersionId (fixed): AWS's own stages and
+# ``stage:<label>`` are stages; anything else must look like a VersionId (a UUID, or the 32-64 character
+# ClientRequestToken a writer chose).
+AWS_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
+STAGE_PREFIX = "stage:"
+_VERSION_ID = re.compile(r"[A-Za-z0-9_-]{32,64}\Z")
+_STAGE = re.compile(r"[A-Za-z0-9_.:+=@/-]{1,256}\Z")
+
+
+def version_request(version: str) -> dict[str, str] | None:
+    """The GetSecretValue parameter that reads ``version`` (``VersionStage`` or ``VersionId``), or None
+    for a form that is neither."""
+    if version in AWS_STAGES:
+        return {"VersionStage": version}
+    if version.startswith(STAGE_PREFIX):
+        stage = version[len(STAGE_PREFIX) :]
+        return {"VersionStage": stage} if _STAGE.match(stage) else None
+    return {"VersionId": version} if _VERSION_ID.match(version) else None
+
 
 def _is_deleted_error(exc: BaseException) -> bool:
     # GetSecretValue on a secret scheduled for deletion: InvalidRequestException "... marked for deletion".
@@ -65,9 +85,12 @@ def _is_deleted_error(exc: BaseException) -> bool:
     )
 
 
-class SecretsManagerBackend(AwsBackend):
+class SecretsManagerBackend(PinnedReads, AwsBackend):
     alias: ClassVar[str] = "aws-secrets-manager"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "batch", "prefetch"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {"write", "list", "batch", "prefetch", "versions"}
+    )
+    version_form: ClassVar[str] = "a VersionId, AWSPREVIOUS/AWSCURRENT/AWSPENDING, or stage:<label>"
     store_name: ClassVar[str] = "AWS Secrets Manager"
     requires: ClassVar[tuple[str, ...]] = ("botocore",)
     extra: ClassVar[str | None] = "aws"
@@ -118,9 +141,21 @@ class SecretsManagerBackend(AwsBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
+    def accepts_version(self, version: str) -> bool:
+        return version_request(version) is not None
+
+    def version_moves(self, version: str) -> bool:
+        return "VersionStage" in (version_request(version) or {})
+
     def _get_name(self, kind: Kind, key: str, name: str, deadline: Deadline) -> str | None:
+        params = {"SecretId": name}
+        if (pin := pinned_version()) is not None:
+            pinned = version_request(pin)
+            if pinned is None:  # never the latest in place of a version asked for
+                raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
+            params.update(pinned)
         try:
-            response = self._call("get_secret_value", {"SecretId": name}, f"secret {name!r}", deadline)
+            response = self._call("get_secret_value", params, f"secret {name!r}", deadline)
         except Exception as exc:  # translated below, never re-raised raw
             code = client_error_code(exc)
             if code == "ResourceNotFoundException" or _is_deleted_error(exc):

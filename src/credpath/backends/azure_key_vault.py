@@ -53,7 +53,7 @@ from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import Capability, Kind, Serialization
+from credpath.protocol import Capability, Kind, PinnedReads, Serialization, pinned_version
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -128,9 +128,10 @@ def classify(exc: BaseException) -> tuple[bool, float | None]:
     return False, None
 
 
-class KeyVaultBackend(PrefixedSecretsBackend):
+class KeyVaultBackend(PinnedReads, PrefixedSecretsBackend):
     alias: ClassVar[str] = "azure-key-vault"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "versions"})
+    version_form: ClassVar[str] = "a version id (32 hexadecimal characters)"
     store_name: ClassVar[str] = "Azure Key Vault"
     requires: ClassVar[tuple[str, ...]] = ("azure.keyvault.secrets", "azure.identity")
     extra: ClassVar[str | None] = "azure"
@@ -342,12 +343,19 @@ class KeyVaultBackend(PrefixedSecretsBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
+    def accepts_version(self, version: str) -> bool:
+        return len(version) == 32 and all(c in "0123456789abcdefABCDEF" for c in version)
+
     def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         client = self.client
+        if (pin := pinned_version()) is not None and not self.accepts_version(pin):
+            raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
         try:
-            secret = self._call(lambda **t: client.get_secret(name, **t), f"GetSecret of {name!r}", deadline)
+            secret = self._call(
+                lambda **t: client.get_secret(name, pin, **t), f"GetSecret of {name!r}", deadline
+            )
         except ResourceNotFoundError:
             log.debug("%s: secret %s not found", self.name, name)
             return None

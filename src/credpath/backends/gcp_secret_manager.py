@@ -49,7 +49,15 @@ from credpath.backends._naming import KeyNaming
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
-from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization
+from credpath.protocol import (
+    PREFIX_SETTINGS,
+    BackendOptions,
+    Capability,
+    Kind,
+    PinnedReads,
+    Serialization,
+    pinned_version,
+)
 
 __all__ = ["STATUS_TABLE", "SecretManagerBackend", "crc32c"]
 
@@ -150,9 +158,10 @@ def _credentials_from_name(name: str) -> Any:
     return load_class(name, setting="credentials")()
 
 
-class SecretManagerBackend(PrefixedSecretsBackend):
+class SecretManagerBackend(PinnedReads, PrefixedSecretsBackend):
     alias: ClassVar[str] = "gcp-secret-manager"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "versions"})
+    version_form: ClassVar[str] = "a version number (1, 2, ...)"
     store_name: ClassVar[str] = "GCP Secret Manager"
     requires: ClassVar[tuple[str, ...]] = ("google.cloud.secretmanager", "google.auth")
     extra: ClassVar[str | None] = "gcp"
@@ -351,7 +360,7 @@ class SecretManagerBackend(PrefixedSecretsBackend):
             fields = {
                 "where": where,
                 "code": exc.code,
-                "version": self.version,
+                "version": pinned_version() or self.version,
                 "state": state,
                 "name": type(exc).__name__,
                 "status": getattr(exc, "grpc_status_code", None) or exc.code,
@@ -366,7 +375,9 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         from google.api_core import exceptions as gexc
 
         client = self.client
-        name = f"projects/{self.project_id}/secrets/{secret_id}/versions/{self.version}"
+        if (pin := pinned_version()) is not None and not self.accepts_version(pin):
+            raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
+        name = f"projects/{self.project_id}/secrets/{secret_id}/versions/{pin or self.version}"
         try:
             response = self._rpc(
                 client.access_secret_version,
@@ -399,8 +410,12 @@ class SecretManagerBackend(PrefixedSecretsBackend):
         note_version(str(getattr(response, "name", "") or "").rpartition("/versions/")[2] or None)
         return value
 
+    def accepts_version(self, version: str) -> bool:
+        # Numbers only: "latest" (or an alias) moves, so it is no pin.
+        return version.isascii() and version.isdigit() and int(version) > 0
+
     def read_secret(self, name: str, deadline: Deadline | None = None) -> str | None:
-        """What the shared reads call: one secret's latest version."""
+        """What the shared reads call: one secret's latest version (or the pinned one)."""
         return self.access(name, deadline)
 
     # --- writes, listing ---------------------------------------------------------------------------

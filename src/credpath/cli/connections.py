@@ -130,6 +130,12 @@ FILE_FORMATS = click.Choice(["json", "yaml", "env"], case_sensitive=False)
 @click.argument("conn_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an object, or a list for several ids).")
 @click.option("--reveal", is_flag=True, help="Show passwords and sensitive extras in clear text.")
+@click.option(
+    "--version",
+    "version",
+    help="Read this version (Vault KV v2 number, Secrets Manager VersionId or stage, GCP number, Azure id) "
+    "from the backends that keep versions; ID@VERSION says the same for one id.",
+)
 @team_option
 @output_option
 @pass_state
@@ -139,22 +145,31 @@ def get_command(
     conn_ids: tuple[str, ...],
     as_json: bool,
     reveal: bool,
+    version: str | None,
     team: str | None,
     output: str | None,
 ) -> None:
     """Resolve one or more connections through the search path (several ids are fetched in batches)."""
+    from credpath._lookup.pinned import check_version, split_suffix
     from credpath.model import validate_lookup_key
 
+    pins: dict[str, str | None] = {}
     for conn_id in conn_ids:  # bad input (exit 2) before any store is asked, not "not found"
-        validate_lookup_key("connection", conn_id)
+        plain, pin = split_suffix(conn_id)
+        if pin is not None and version is not None:
+            fail(f"connection {conn_id!r}: give the version as --version or as a suffix, not both")
+        validate_lookup_key("connection", plain)
+        pins[conn_id] = check_version(version) if version is not None else pin
     search_path = state.search_path
-    if len(conn_ids) > 1 and not team:  # prefetch fills the team-less cache only
+    if len(conn_ids) > 1 and not team and not any(pins.values()):  # prefetch fills the team-less cache only
         search_path.prefetch(connections=list(conn_ids))
     if as_json and output:
         fail("give --json or -o/--output, not both")
     records, missing, airflow_records = [], [], []
     for conn_id in conn_ids:
-        resolution = search_path.lookup("connection", conn_id, **team_kwargs(team))
+        resolution = search_path.lookup(
+            "connection", split_suffix(conn_id)[0], version=pins[conn_id], **team_kwargs(team)
+        )
         if resolution is None:
             missing.append(conn_id)
             continue
@@ -170,9 +185,10 @@ def get_command(
         for record in records:
             echo_record(record, title=f"connection {record['conn_id']}")
     for conn_id in missing:
-        click.echo(
-            f"credpath: error: connection {conn_id!r} not found in any backend of the search path", err=True
-        )
+        pin = pins[conn_id]
+        what = f"connection {split_suffix(conn_id)[0]!r}" + ("" if pin is None else f" version {pin!r}")
+        where = "any backend of the search path" if pin is None else "the backends that keep versions"
+        click.echo(f"credpath: error: {what} not found in {where}", err=True)
     if missing:
         raise SystemExit(EXIT_NOT_FOUND)
 

@@ -42,18 +42,37 @@ def variables() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {key, value, source} as JSON.")
 @click.option("--reveal", is_flag=True, help="Show values of sensitive keys (e.g. *_password) in clear text.")
 @click.option("--default", "default", help="Print this instead of failing when the key is not found.")
+@click.option(
+    "--version",
+    "version",
+    help="Read this version from the backends that keep versions (see `connections get --version`).",
+)
 @team_option
 @pass_state
 @handle_errors
 def get_command(
-    state: State, key: str, as_json: bool, reveal: bool, default: str | None, team: str | None
+    state: State,
+    key: str,
+    as_json: bool,
+    reveal: bool,
+    default: str | None,
+    version: str | None,
+    team: str | None,
 ) -> None:
     """Resolve a variable. Values of sensitive keys are masked unless --reveal."""
+    from credpath._lookup.pinned import check_version
     from credpath.model import validate_lookup_key
 
     validate_lookup_key("variable", key)  # bad input (exit 2), not "not found"
-    resolution = state.search_path.lookup("variable", key, **team_kwargs(team))
+    if version is not None:
+        version = check_version(version)
+    resolution = state.search_path.lookup("variable", key, version=version, **team_kwargs(team))
     if resolution is None:
+        if version is not None:  # --default stands in for a missing key, not a missing version
+            fail(
+                f"variable {key!r} version {version!r} not found in the backends that keep versions",
+                EXIT_NOT_FOUND,
+            )
         if default is None:
             fail(f"variable {key!r} not found in any backend of the search path", EXIT_NOT_FOUND)
         value, source = default, None

@@ -35,9 +35,11 @@ from credpath.protocol import (
     BaseBackend,
     Capability,
     Kind,
+    PinnedReads,
     Serialization,
     WriteConfirmation,
     multi_team_enabled,
+    pinned_version,
 )
 
 if TYPE_CHECKING:
@@ -87,11 +89,12 @@ def _valid_path(path: str) -> bool:
     return bool(path) and all(s not in ("", ".", "..") for s in segments)
 
 
-class VaultBackend(BaseBackend):
+class VaultBackend(PinnedReads, BaseBackend):
     """Connections, variables and config from a Vault/OpenBao KV mount (Airflow's kwargs)."""
 
     alias: ClassVar[str] = "vault"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "structured"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "structured", "versions"})
+    version_form: ClassVar[str] = "a KV v2 version number (1, 2, ...)"
     store_name: ClassVar[str] = "HashiCorp Vault"
     requires: ClassVar[tuple[str, ...]] = ("requests",)  # hvac: see auth.py
     extra: ClassVar[str | None] = "vault"
@@ -399,6 +402,10 @@ class VaultBackend(BaseBackend):
 
     # --- reads -------------------------------------------------------------------------------------
 
+    def accepts_version(self, version: str) -> bool:
+        # KV v2 numbers versions from 1 (``?version=0`` would read the latest: never a pin).
+        return self.kv_engine_version != 1 and version.isascii() and version.isdigit() and int(version) > 0
+
     def read_secret(
         self, kind: Kind, key: str, team_name: str | None = None
     ) -> tuple[str, dict[str, Any]] | None:
@@ -424,8 +431,15 @@ class VaultBackend(BaseBackend):
         if version is None:
             return None
         where = self._where(mount, path)
+        pin = pinned_version()
+        if pin is not None and version != 2:
+            raise self.config_error(f"mount {mount!r} is KV v1, which keeps no versions (version {pin!r})")
+        if pin is not None and not self.accepts_version(pin):  # never the latest in place of a pin
+            raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
         reply = self.session.shared_get(
-            self._q(self._data_path(mount, path, version)), deadline=deadline, what=f"reading {where}"
+            self._q(self._data_path(mount, path, version)) + ("" if pin is None else f"?version={int(pin)}"),
+            deadline=deadline,
+            what=f"reading {where}",
         )
         if reply.status == 404:
             return None
