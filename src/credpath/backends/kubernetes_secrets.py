@@ -76,11 +76,19 @@ from credpath._deadlines import (
     parse_retry_after,
     retry_call,
 )
-from credpath._lookup.trace import note_version
+from credpath._lookup.trace import ChangeListener, note_version
 from credpath._settings import COUNT, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming, PrefixNamedBackend
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
-from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization, iter_ids
+from credpath.protocol import (
+    KINDS,
+    PREFIX_SETTINGS,
+    BackendOptions,
+    Capability,
+    Kind,
+    Serialization,
+    iter_ids,
+)
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -138,9 +146,14 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         ssl_ca_cert: str | None = None,
         timeout: float = 30.0,
         page_size: int = 500,
+        watch: bool = False,
         **options: Unpack[BackendOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(watch, bool):
+            raise self.config_error("watch must be true or false")
+        #: Watch the namespace's Secrets (one stream per process) and drop changed ids from the caches.
+        self.watch = watch
         if not isinstance(sep, str):
             raise self.config_error("sep must be a string")
         # No team scoping and no team-separator refusal (see "Teams" above); the prefix is kept as given.
@@ -488,6 +501,34 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
             keys = ", ".join(sorted(data)) or "none"
             raise self.error(f"secret {name!r} has no 'value' key (keys present: {keys})")
         return data["value"]
+
+    # --- change events ---------------------------------------------------------------------------
+
+    def subscribe_changes(self, changed: ChangeListener) -> bool:
+        """With ``watch = true``: tell ``changed`` about every Secret of the namespace that changes, as
+        ``(backend name, ids it may hold, a test of an id, its new resourceVersion or None)``; ids None:
+        anything may have changed (the watch restarted). Returns whether a watch was started."""
+        if not self.watch:
+            return False
+        from credpath.backends._kubernetes_watch import watch_for
+
+        def on_event(name: str | None, version: str | None) -> None:
+            if name is None:
+                changed(self.name, None, None, None)
+                return
+            ids: list[tuple[str, str]] = []
+            for kind in KINDS:
+                key = self._key_of(kind, {"metadata": {"name": name}})
+                if key:
+                    ids.append((kind, key))
+
+            def matches(kind: str, key: str) -> bool:
+                return kind in KINDS and self.secret_name(kind, key) == name
+
+            changed(self.name, ids, matches, version)
+
+        watch_for(self, on_event)
+        return True
 
     # --- reads -------------------------------------------------------------------------------------
 
