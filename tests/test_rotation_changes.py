@@ -27,6 +27,7 @@ import pytest
 
 from credpath._search_path import SearchPath
 from credpath._settings import load_settings
+from credpath.backends.aws_secrets_manager import SecretsManagerBackend
 from credpath.errors import BackendUnavailable
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
@@ -207,6 +208,24 @@ def test_stale_if_error_and_the_shared_tier_never_serve_past_the_rotation_date(
     assert path.get_connection("rot_sm").password == "pw-s3cr3t-v1"
 
 
+def test_a_batch_read_that_carries_no_rotation_date_is_not_cached(
+    tmp_path: Path, sm: tuple[Any, Any, RotationDates]
+) -> None:
+    client, proxy, dates = sm
+    dates.at = time.time() + 3600
+    client.create_secret(Name="airflow/connections/rot_sm2", SecretString=uri("pw-s3cr3t-b0"))
+    path = SearchPath(
+        [("store", SecretsManagerBackend(**sm_kwargs(proxy, cap_at_rotation=True)))]  # type: ignore[arg-type]
+    )
+    path.prefetch(["rot_sm", "rot_sm2"])  # one BatchGetSecretValue: no NextRotationDate in its answer
+    assert Counter(proxy.targets)["secretsmanager.BatchGetSecretValue"] == 1
+    client.put_secret_value(SecretId=SECRET, SecretString=uri("pw-s3cr3t-v1"))
+    assert (
+        path.get_connection("rot_sm").password == "pw-s3cr3t-v1"
+    )  # read with its date, not the batch's copy
+    assert Counter(proxy.targets)["secretsmanager.GetSecretValue"] == 1
+
+
 def test_a_rotation_date_already_passed_is_rechecked_every_few_seconds(
     tmp_path: Path, sm: tuple[Any, Any, RotationDates]
 ) -> None:
@@ -356,7 +375,11 @@ def test_kubernetes_watch_brings_the_new_value_to_every_reader_process_within_se
     harness.seed("connection", "watch_conn", uri("pw-s3cr3t-w0"))
     config = config_for(tmp_path, "kubernetes-secrets", k8s_kwargs(harness, watch=True), shared)  # TTL 300 s
     procs, stop = start_readers(tmp_path, config, "watch_conn", READERS)
-    time.sleep(1.5)
+    ready = time.monotonic() + 60
+    while harness.fake.watch_requests < READERS:  # every reader's stream is open (one per process)
+        assert time.monotonic() < ready, f"{harness.fake.watch_requests} of {READERS} watches open"
+        time.sleep(0.05)
+    time.sleep(0.5)
     rotations: list[tuple[float, str]] = []
     for i in range(1, 4):
         k8s_rotate(harness, "watch_conn", f"pw-s3cr3t-w{i}")
@@ -369,8 +392,7 @@ def test_kubernetes_watch_brings_the_new_value_to_every_reader_process_within_se
         late = [t - done for worker in reads for t, d in worker if t >= done and d in gone]
         worst = max([worst, *late])
         assert all(x <= 5.0 for x in late), late[:5]
-    assert all(worker[-1][1] == rotations[-1][1] for worker in reads)
-    assert harness.fake.watch_requests >= READERS  # one stream per process
+    assert all(worker and worker[-1][1] == rotations[-1][1] for worker in reads)
     report(
         f"kubernetes watch [{shared.split(':')[0]}]: worst staleness {worst:.3f} s, "
         f"{len(rotations)} rotations"

@@ -73,6 +73,8 @@ class LookupState:
         self._epoch_seen: str | None = None
         #: (kind, key, team) -> when its last forced refresh read the store (monotonic).
         self._refreshed: dict[CacheKey, float] = {}
+        #: Backends that cap values at the store's announced changes (``cap_at_rotation``).
+        self._capping: set[str] = set()
 
     def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
@@ -127,6 +129,8 @@ class LookupState:
             if not existing.cache_results:
                 live.append(existing)
         self._live_all = tuple(live)
+        if getattr(backend, "cap_at_rotation", False) is True:
+            self._capping.add(name)
         subscribe = getattr(backend, "subscribe_changes", None)
         if subscribe is not None and cache_results:
             subscribe(self.store_changed)
@@ -199,6 +203,10 @@ class LookupState:
 
     def put(self, ckey: CacheKey, value: Any, *, miss: bool = False) -> None:
         """Cache an answer in the process tier and publish it to the shared tier with the same times."""
+        if not miss and value.source in self._capping and value.valid_until is None and value.version is None:
+            # A batch or prefix read of a backend that caps values at the store's rotation dates: the batch
+            # answer has no date (BatchGetSecretValue carries none), so the value is served, not cached.
+            return
         times = self.cache.put(ckey, value, miss=miss)
         if times is not None and not miss and value.valid_until is not None:
             times = self._cap(ckey, value, times)

@@ -73,9 +73,7 @@ class Watch:
             self.pid = os.getpid()
             self.version = None
             self._stop = threading.Event()
-            self._thread = threading.Thread(
-                target=self._run, name=f"credpath-k8s-watch-{self.key[1]}", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="credpath-k8s-watch", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -93,6 +91,7 @@ class Watch:
         stop = self._stop
         while not stop.is_set():
             try:
+                self.backend.prepare()  # the client (the namespace may come from the kubeconfig)
                 if self.version is None:
                     self.version = self._list_version()
                     self.restarts += 1
@@ -100,12 +99,12 @@ class Watch:
                 self._watch_once()
                 backoff = BACKOFF_MIN
             except _Expired:
-                log.debug("kubernetes watch of %r: resourceVersion too old (410): re-listing", self.key[1])
+                log.debug("kubernetes watch of %s: resourceVersion too old (410): re-listing", self.key[0])
                 self.version = None
             except Exception as exc:
                 log.debug(
-                    "kubernetes watch of %r failed (%s); again in %.1f s",
-                    self.key[1],
+                    "kubernetes watch of %s failed (%s); again in %.1f s",
+                    self.key[0],
                     type(exc).__name__,
                     backoff,
                 )
@@ -202,8 +201,9 @@ if hasattr(os, "register_at_fork"):
 def watch_for(backend: Any, listener: Listener) -> Watch:
     """Subscribe ``listener`` to the watch of ``backend``'s namespace (one per server and namespace per
     process), starting it if needed."""
-    backend.prepare()  # the namespace may come from the kubeconfig
-    key = (str(backend.api.configuration.host), str(backend.namespace))
+    # Keyed by the settings that name server and namespace: the client is built in the thread, so that
+    # subscribing costs no import and no kubeconfig read.
+    key = (str(backend.describe()), "")
     with _lock:
         watch = _watches.get(key)
         if watch is None:

@@ -12,7 +12,11 @@ client; every AWS hook extra Airflow passes on: ``region_name``, ``profile_name`
 ``timeout``: seconds a whole lookup may take (connect, reads, retries, back-off and ``Retry-After`` waits;
 default 10). An unknown kwarg is a one-line error (Airflow would ignore a typo silently). Deletes schedule
 the secret's deletion after ``recovery_window_in_days`` (7-30, default 30); ``force_delete_without_recovery``
-(default false) deletes at once instead, without recovery.
+(default false) deletes at once instead, without recovery. credpath's own (no Airflow kwarg has these names):
+``cap_at_rotation`` (default false): one ``DescribeSecret`` before each read learns the secret's
+``NextRotationDate``, and no cache tier serves the value past it; ``version_check`` (default false): at
+expiry, ``DescribeSecret`` first, and an unchanged ``AWSCURRENT`` version is cached again without a read
+(README "Rotation" has the costs).
 
 Faults: botocore's retries are off; throttling, 429, 5xx and transient network errors are retried (3 tries
 by default, ``config_kwargs["retries"]`` sets them) with full-jitter back-off inside ``timeout``; a

@@ -39,8 +39,9 @@ token; for tests and proxies), ``in_cluster=True`` (the pod's service account), 
 (a path; default ``~/.kube/config``) and ``context``; ``in_cluster=None`` (default) means in-cluster when
 ``KUBERNETES_SERVICE_HOST`` is set. ``verify_ssl`` (default true), ``ssl_ca_cert`` (a CA bundle path),
 ``timeout`` (seconds for a whole call, retries of 429/5xx and connection failures included; default 30),
-``page_size`` (``limit`` per LIST page; default 500), plus the common options (lookup patterns,
-``connection_format``).
+``page_size`` (``limit`` per LIST page; default 500), ``watch`` (default false: one watch of the
+namespace's Secrets per process, whose events drop changed ids from the process and shared cache tiers;
+README "Rotation"), plus the common options (lookup patterns, ``connection_format``).
 
 Errors: 401 and 403 raise :class:`AccessDenied`; 404 is a miss; 429 and 5xx are retried within the deadline
 and then raise :class:`BackendError`; a call that runs out of time raises :class:`BackendTimeout`. Messages
