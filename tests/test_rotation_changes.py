@@ -489,3 +489,41 @@ def test_the_watch_resumes_after_a_lost_stream_and_relists_on_410(kubernetes_sec
     assert heard and all(isinstance(v, str | type(None)) for _, v in heard)
     assert_no_secret(repr(heard))
     watch.listeners.clear()
+
+
+def _forked_reader(path: SearchPath, ready: Any, results: Any) -> None:
+    """In a forked child (as Airflow forks task processes): read until the new value arrives."""
+    assert path.get_connection("fork_conn").password == "pw-s3cr3t-p0"
+    ready.set()
+    started = time.monotonic()
+    while time.monotonic() - started < 10.0:
+        if path.get_connection("fork_conn").password == "pw-s3cr3t-p1":
+            results.put(time.monotonic() - started)
+            return
+        time.sleep(0.01)
+    results.put(None)
+
+
+def test_a_forked_process_runs_its_own_watch(kubernetes_secrets_harness: Any) -> None:
+    import multiprocessing
+
+    harness = kubernetes_secrets_harness
+    harness.seed("connection", "fork_conn", uri("pw-s3cr3t-p0"))
+    path = SearchPath([("k8s", harness.make_backend(watch=True))])
+    assert path.get_connection("fork_conn").password == "pw-s3cr3t-p0"
+    context = multiprocessing.get_context("fork")
+    ready, results = context.Event(), context.Queue()
+    child = context.Process(target=_forked_reader, args=(path, ready, results))
+    child.start()
+    try:
+        assert ready.wait(30)
+        deadline = time.monotonic() + 30
+        while harness.fake.watch_requests < 2:  # the parent's stream and the child's own
+            assert time.monotonic() < deadline, "the child opened no watch"
+            time.sleep(0.05)
+        k8s_rotate(harness, "fork_conn", "pw-s3cr3t-p1")
+        waited = results.get(timeout=30)
+        assert waited is not None, "the child kept the old value"
+        assert path.get_connection("fork_conn").password == "pw-s3cr3t-p1"  # and the parent too
+    finally:
+        child.join(30)

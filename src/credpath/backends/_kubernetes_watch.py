@@ -185,6 +185,8 @@ class _Expired(Exception):
 
 def _restart_in_child() -> None:
     """After ``fork()`` no thread runs in the child: start the watches it inherited subscribers of."""
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork: never wait on that copy
     for watch in list(_watches.values()):
         if watch.listeners:
             watch._thread = None
