@@ -640,6 +640,13 @@ class SharedEntry:
     generation: str | None = field(default=None, compare=False)
     #: The store's version of the value (where the store reports one); sealed with the entry.
     version: str | None = field(default=None, compare=False)
+    #: When the store said the value changes (wall clock): the entry is neither fresh nor kept after it.
+    valid_until: float | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.valid_until is not None:  # the cap binds every reader, whatever times were written
+            object.__setattr__(self, "fresh_until", min(self.fresh_until, self.valid_until))
+            object.__setattr__(self, "keep_until", min(self.keep_until, self.valid_until))
 
     def fresh(self, now: float) -> bool:
         return self.fresh_until >= now
@@ -716,6 +723,7 @@ class SharedTier:
             "x": entry.keep_until,
             "g": generation,  # the id's generation when its value was read (see _generation)
             "r": entry.version,  # the store's version of the value (a version id, never a value)
+            "u": entry.valid_until,  # when the store said the value changes: no reader serves it after
         }
         return self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
 
@@ -750,6 +758,7 @@ class SharedTier:
             keep_until=float(payload["x"]),
             generation=payload.get("g"),
             version=payload.get("r"),
+            valid_until=None if payload.get("u") is None else float(payload["u"]),
         )
 
     # --- guarded operations: a failure is logged once and is a miss / a no-op ---

@@ -31,7 +31,17 @@ Drive it with ``kubernetes.client.Configuration(host=fake.endpoint)`` and the be
 - fault injection: ``fail_next(status, count, retry_after=None)`` answers the next requests with that
   status (a ``Status`` body; ``Retry-After`` if given); ``count()`` / ``requests`` record what was asked.
 
-Not emulated: other resources and API groups, discovery (``/api``, ``/apis``, ``/version``), watch,
+- watch (API Concepts, "Efficient detection of changes"): ``GET .../secrets?watch=true`` (or ``1``) with
+  ``resourceVersion=R`` streams, chunked, one JSON event per line (``{"type": "ADDED"|"MODIFIED"|"DELETED",
+  "object": <Secret>}``) for every write after ``R`` (``R`` absent or ``"0"``: from now), until
+  ``timeoutSeconds`` (default 1800) or the fake stops; an ``R`` older than the kept history
+  (``compact()`` drops it, as etcd compaction does) gets one ``ERROR`` event whose object is a ``Status``
+  with code 410, reason ``Expired`` ("too old resource version"), and the stream ends, as the server
+  answers a watch; ``allowWatchBookmarks=true`` adds a ``BOOKMARK`` event (an object with only
+  ``metadata.resourceVersion``) every ``bookmark_interval`` seconds; ``watch_requests`` counts watches;
+  ``drop_watches()`` ends every open stream (a connection lost);
+
+Not emulated: other resources and API groups, discovery (``/api``, ``/apis``, ``/version``),
 ``fieldSelector``, ``resourceVersion`` on GET of one Secret, ``resourceVersionMatch``, ``PATCH`` (all patch
 types), ``deletecollection``, ``dryRun``, ``fieldManager``/managed fields, server-side apply,
 ``propagationPolicy``, finalizers and graceful deletion, ``immutable`` Secrets, Secret types other than stored
@@ -49,6 +59,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -185,6 +196,14 @@ class KubernetesSecretsFake(LoopbackHttpFake):
         self._faults: list[tuple[int, float | None]] = []
         self._revision = itertools.count(1000)
         self.lock = threading.RLock()
+        #: (revision, namespace, event type, the object) of every write, oldest first; ``compact()`` drops
+        #: them up to a revision. Watchers wait on ``changed``.
+        self.history: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.compacted = 0
+        self.changed = threading.Condition(self.lock)
+        self.watch_requests = 0
+        self.bookmark_interval = 1.0
+        self._generation = 0  # bumped by drop_watches(): open streams end
         self.serve("kubernetes-fake")
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
@@ -197,7 +216,134 @@ class KubernetesSecretsFake(LoopbackHttpFake):
             self.requests.clear()
             self.list_queries.clear()
             self._faults.clear()
+            self.history.clear()
+            self.compacted = 0
+            self.watch_requests = 0
+            self._generation += 1
+            self.changed.notify_all()
             self.max_page = 500
+
+    def compact(self) -> None:
+        """Forget the history up to now: a watch resuming from an older resourceVersion gets 410."""
+        with self.lock:
+            self.compacted = int(next(self._revision))
+            self.history.clear()
+
+    def drop_watches(self) -> None:
+        """End every open watch stream (as a lost connection or an API server restart would)."""
+        with self.lock:
+            self._generation += 1
+            self.changed.notify_all()
+
+    def _record(self, namespace: str, kind: str, secret: dict[str, Any]) -> None:
+        with self.lock:
+            self.history.append(
+                (int(secret["metadata"]["resourceVersion"]), namespace, kind, json.loads(json.dumps(secret)))
+            )
+            del self.history[:-10000]
+            self.changed.notify_all()
+
+    def serve(self, thread_name: str, tls: Any = None) -> None:
+        super().serve(thread_name, tls)
+        base = self.server.RequestHandlerClass
+        fake = self
+
+        class WatchHandler(base):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+                if query.get("watch") in ("true", "1"):
+                    fake._watch(self, unquote(parts.path), query)
+                else:
+                    base.do_GET(self)
+
+        self.server.RequestHandlerClass = WatchHandler
+
+    def _watch(self, handler: Any, path: str, query: dict[str, str]) -> None:
+        """Stream the events of one watch (see the module docstring)."""
+        try:
+            with self.lock:
+                self.requests.append(("WATCH", path))
+                self.watch_requests += 1
+            if (handler.headers.get("Authorization") or "") != f"Bearer {self.token}":
+                raise ApiError(401, "Unauthorized")
+            match = _PATH_RE.match(path)
+            if not match or match["name"]:
+                raise ApiError(404, "the server could not find the requested resource")
+            namespace = match["ns"]
+            self._authorize(namespace, None, "watch")
+            since = query.get("resourceVersion") or "0"
+            if not since.isdigit():
+                raise ApiError(400, f"invalid resource version: {since!r}")
+        except ApiError as exc:
+            data = json.dumps(status_body(exc.code, exc.message, exc.reason, exc.details)).encode()
+            handler.send_response(exc.code)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def send(event: dict[str, Any]) -> None:
+            line = json.dumps(event).encode() + b"\n"
+            handler.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            handler.wfile.flush()
+
+        ends = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        with self.lock:
+            generation = self._generation
+            seen = int(since) if since != "0" else int(next(self._revision))
+            too_old = since != "0" and seen < self.compacted
+        try:
+            if too_old:
+                send(
+                    {
+                        "type": "ERROR",
+                        "object": status_body(
+                            410, f"too old resource version: {since} ({self.compacted})", "Expired"
+                        ),
+                    }
+                )
+                return
+            next_bookmark = time.monotonic() + self.bookmark_interval
+            while not self.stopped.is_set():
+                with self.lock:
+                    events = [e for e in self.history if e[0] > seen and e[1] == namespace]
+                    if not events and generation == self._generation:
+                        self.changed.wait(0.2)
+                        events = [e for e in self.history if e[0] > seen and e[1] == namespace]
+                    dropped = generation != self._generation
+                for revision, _ns, kind, obj in events:
+                    seen = max(seen, revision)
+                    send({"type": kind, "object": obj})
+                if dropped or time.monotonic() >= ends:
+                    return
+                if bookmarks and time.monotonic() >= next_bookmark:
+                    next_bookmark = time.monotonic() + self.bookmark_interval
+                    send(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": "Secret",
+                                "apiVersion": "v1",
+                                "metadata": {"resourceVersion": str(seen)},
+                            },
+                        }
+                    )
+        except OSError:
+            return
+        finally:
+            try:
+                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+            except OSError:
+                pass
 
     def deny(self, namespace: str, name: str | None = None, verb: str | None = None) -> None:
         """403 to ``verb`` (get, list, create, update, delete; None: any) on Secret ``name`` (None: any)."""
@@ -347,6 +493,7 @@ class KubernetesSecretsFake(LoopbackHttpFake):
             uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=str(next(self._revision))
         )
         self.secrets[(namespace, name)] = secret
+        self._record(namespace, "ADDED", secret)
         return json.loads(json.dumps(secret))
 
     def _replace(self, namespace: str, name: str, body: Any) -> dict[str, Any]:
@@ -371,13 +518,16 @@ class KubernetesSecretsFake(LoopbackHttpFake):
             resourceVersion=str(next(self._revision)),
         )
         self.secrets[(namespace, name)] = secret
+        self._record(namespace, "MODIFIED", secret)
         return json.loads(json.dumps(secret))
 
     def _delete(self, namespace: str, name: str) -> dict[str, Any]:
         current = self.secrets.pop((namespace, name), None)
         if current is None:
             raise self._not_found(name)
-        next(self._revision)
+        gone = json.loads(json.dumps(current))
+        gone["metadata"]["resourceVersion"] = str(next(self._revision))
+        self._record(namespace, "DELETED", gone)
         return status_body(200, "", "", {"name": name, "kind": "secrets", "uid": current["metadata"]["uid"]})
 
     def _list(self, namespace: str, query: dict[str, str]) -> dict[str, Any]:

@@ -302,6 +302,8 @@ class FaultProxy:
         self.requests = 0
         self.failed = 0
         self.targets: list[str] = []  # X-Amz-Target of every request ("secretsmanager.GetSecretValue")
+        #: (X-Amz-Target, moto's answer) -> the answer relayed: stands in for what moto cannot be told.
+        self.rewrite: Any = None
         self._failures: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         proxy = self
@@ -333,6 +335,8 @@ class FaultProxy:
                     data = response.read()
                 finally:
                     upstream.close()
+                if proxy.rewrite is not None:
+                    data = proxy.rewrite(self.headers.get("X-Amz-Target", ""), data)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in (

@@ -37,6 +37,8 @@ class Resolution:
     value: Any
     source: str
     version: str | None = field(default=None, compare=False)
+    #: Wall-clock time after which no tier serves this value (the store announced a change then).
+    valid_until: float | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Explanation:
     #: tier holds for the id ("process", "shared": None where a tier holds it without a version).
     version: str | None = None
     held: dict[str, str | None] = field(default_factory=dict)
+    #: When the store said the served value will change (wall clock): no tier serves it after that.
+    valid_until: float | None = None
 
     @property
     def found(self) -> bool:
@@ -91,6 +95,7 @@ class Explanation:
         for event in context.events or ():
             if isinstance(event, StoreCall) and event.outcome == "hit":
                 explanation.version = event.version  # the last hit is the one served
+                explanation.valid_until = event.valid_until
             if isinstance(event, Served):
                 explanation.source, explanation.tier = event.source, event.tier
                 explanation.stale = event.tier == "stale"

@@ -70,6 +70,7 @@ def call(
             context.emit(Rejected(entry.name, breaker.describe()))
         raise breaker.open_error(entry.label)
     context.version = None
+    context.valid_until = None
     if context.live:
         return _traced(context, entry, operation, kind, func, *args, **kwargs)
     token = _trace._CALLING.set((context, entry.name))  # the backend reports its version to it
@@ -117,7 +118,15 @@ def _traced(
     empty = result is None or (isinstance(result, dict | list | tuple | set) and not result)
     outcome = "miss" if empty else "hit"
     context.emit(
-        StoreCall(entry.name, kind, operation, outcome, time.perf_counter() - started, context.version)
+        StoreCall(
+            entry.name,
+            kind,
+            operation,
+            outcome,
+            time.perf_counter() - started,
+            context.version,
+            context.valid_until,
+        )
     )
     return result
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from credpath import _reading as reading
 from credpath._lookup import trace
+from credpath._lookup.freshness import checks_versions, unchanged
 from credpath._lookup.model import MISS, Attempt, CacheKey, Entry, Resolution, named, names, what
 from credpath._lookup.policy import call, failure, kept
 from credpath._lookup.state import LookupState
@@ -87,11 +88,14 @@ def _ask(
             entry.backend.prepare()  # one-time start-up, timed apart from the lookup
             startup = time.perf_counter() - started
             started = time.perf_counter()
-        if entry.cache_results and kept(state, ckey, entry) is not None:
+        last = kept(state, ckey, entry) if entry.cache_results else None
+        # An expired value whose version the store still reports current is not read again.
+        value = unchanged(context, entry, ckey, last[0]) if last and checks_versions(entry) else None
+        if value is None and last is not None:
             # stale-if-error holds this backend's last good value: one try, then serve it if the store fails
             with trace.single_try():
                 value = read(state, context, entry, kind, key, team)
-        else:
+        elif value is None:
             value = read(state, context, entry, kind, key, team)
     except Exception as exc:
         elapsed = time.perf_counter() - started
@@ -125,7 +129,7 @@ def _hit(
 ) -> Resolution:
     if context.live:
         _not_tried(state, context, index)
-    resolution = Resolution(value, entry.name, context.version)
+    resolution = Resolution(value, entry.name, context.version, context.valid_until)
     state.register_secrets(ckey[0], ckey[1], value)
     if failed:
         # Airflow's fall-through, kept by default; never cached: the failed backend may shadow it.

@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from credpath import _reading as reading
@@ -72,6 +73,8 @@ class LookupState:
         self._epoch_seen: str | None = None
         #: (kind, key, team) -> when its last forced refresh read the store (monotonic).
         self._refreshed: dict[CacheKey, float] = {}
+        #: Backends that cap values at the store's announced changes (``cap_at_rotation``).
+        self._capping: set[str] = set()
 
     def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
@@ -126,6 +129,44 @@ class LookupState:
             if not existing.cache_results:
                 live.append(existing)
         self._live_all = tuple(live)
+        if getattr(backend, "cap_at_rotation", False) is True:
+            self._capping.add(name)
+        subscribe = getattr(backend, "subscribe_changes", None)
+        if subscribe is not None and cache_results:
+            subscribe(self.store_changed)
+
+    def store_changed(
+        self,
+        source: str,
+        ids: list[tuple[str, str]] | None,
+        matches: Callable[[str, str], bool] | None,
+        version: str | None,
+    ) -> None:
+        """A backend's change event (a Kubernetes watch): drop what the tiers hold of the changed ids,
+        unless they already hold ``version``. The shared tier is invalidated only where its entry is not
+        that version yet, so the first process told does it and the others find it done. ``ids`` None:
+        the events of a gap were missed: this process's entries from ``source`` are dropped (the shared
+        tier keeps its own, bounded by the TTL)."""
+        found: set[CacheKey] = set()
+        for ckey, item in list(self.cache.entries().items()):
+            value = item[1]
+            ours = value is MISS or value.source == source
+            if ours and (ids is None or (matches is not None and matches(ckey[0], ckey[1]))):
+                found.add(ckey)
+        for kind, key in ids or ():
+            for team in list(self._teams):
+                found.add((kind, key, team))  # type: ignore[arg-type]
+        for ckey in found:
+            held = self.cache.get_stale(ckey)
+            if held is not None and (version is None or held[0] is MISS or held[0].version != version):
+                self.cache.invalidate(ckey)
+            if ids is not None and self.shared is not None:
+                entry = self.shared.get(ckey)
+                if entry is not None and (version is None or entry.miss or entry.version != version):
+                    self.shared.invalidate(ckey)
+                    self.cache.invalidate(ckey)
+        if found:
+            log.debug("%s: the store reported a change: %d cached id(s) looked at", source, len(found))
 
     def use_shared_state(self) -> None:
         """Let the backends keep rediscovered facts (a KV version) in the shared tier."""
@@ -162,7 +203,13 @@ class LookupState:
 
     def put(self, ckey: CacheKey, value: Any, *, miss: bool = False) -> None:
         """Cache an answer in the process tier and publish it to the shared tier with the same times."""
+        if not miss and value.source in self._capping and value.valid_until is None and value.version is None:
+            # A batch or prefix read of a backend that caps values at the store's rotation dates: the batch
+            # answer has no date (BatchGetSecretValue carries none), so the value is served, not cached.
+            return
         times = self.cache.put(ckey, value, miss=miss)
+        if times is not None and not miss and value.valid_until is not None:
+            times = self._cap(ckey, value, times)
         if ckey[2] not in self._teams:
             self._teams.add(ckey[2])
         if times is not None and self.shared is not None:
@@ -181,12 +228,29 @@ class LookupState:
                     fresh_until=expiry + offset,
                     keep_until=keep_until + offset,
                     version=None if miss else value.version,
+                    valid_until=None if miss else value.valid_until,
                 ),
             )
 
+    def _cap(
+        self, ckey: CacheKey, value: Resolution, times: tuple[float, float, float]
+    ) -> tuple[float, float, float]:
+        """Cap a cached value's lifetime, fresh and stale-if-error alike, at the time the store said it
+        changes (``valid_until``, wall clock): from then on no tier serves it, a failing store included."""
+        assert value.valid_until is not None
+        expiry, stored_at, keep_until = times
+        until = value.valid_until + (time.monotonic() - time.time())
+        if until >= expiry and until >= keep_until:
+            return times
+        expiry, keep_until = min(expiry, until), min(keep_until, until)
+        self.cache.put_entry(ckey, value, expiry, stored_at, keep_until)
+        return expiry, stored_at, keep_until
+
     def adopt(self, ckey: CacheKey, entry: SharedEntry) -> Any:
         """Put a shared entry in the process tier with its own (wall-clock) times; returns the value."""
-        value = MISS if entry.miss else Resolution(entry.value, entry.source, entry.version)  # type: ignore[arg-type]
+        value = (
+            MISS if entry.miss else Resolution(entry.value, entry.source, entry.version, entry.valid_until)  # type: ignore[arg-type]
+        )
         offset = time.monotonic() - time.time()
         self.cache.put_entry(
             ckey, value, entry.fresh_until + offset, entry.stored_at + offset, entry.keep_until + offset

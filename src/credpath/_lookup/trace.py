@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Attempt",
+    "ChangeListener",
     "Done",
     "Event",
     "LookupContext",
@@ -37,8 +38,10 @@ __all__ = [
     "Served",
     "Sink",
     "StoreCall",
+    "VersionCheck",
     "calling",
     "note_retry",
+    "note_valid_until",
     "note_version",
     "retries_allowed",
     "single_try",
@@ -76,6 +79,17 @@ class StoreCall(NamedTuple):
     seconds: float = 0.0
     #: The store's version of what it returned, where the backend reports one (:func:`note_version`).
     version: str | None = None
+    #: When the store says the value will change (wall clock, :func:`note_valid_until`): no tier serves
+    #: it after that. None: the store announced nothing.
+    valid_until: float | None = None
+
+
+class VersionCheck(NamedTuple):
+    """A backend's cheap answer to "is the version I cached still the store's current one?" (a metadata
+    request: never the value). ``valid_until``: the store's next announced change (wall clock), if any."""
+
+    unchanged: bool
+    valid_until: float | None = None
 
 
 class Retry(NamedTuple):
@@ -121,6 +135,13 @@ Event: TypeAlias = Attempt | StoreCall | Retry | Rejected | Served | Done
 #: A subscriber: called with the lookup's context and each event, on the thread that resolves it.
 Sink: TypeAlias = Callable[["LookupContext", Event], None]
 
+#: Told by a backend that its store changed (a watch event): ``(backend name, the ids the changed entry
+#: may hold as (kind, id), a test of any (kind, id), the new version or None)``; ids None: anything of the
+#: backend may have changed (the watch restarted and missed events).
+ChangeListener: TypeAlias = Callable[
+    [str, list[tuple[str, str]] | None, Callable[[str, str], bool] | None, str | None], None
+]
+
 #: The subscribers, replaced whole on (un)subscribe so that readers need no lock.
 _sinks: tuple[Sink, ...] = ()
 
@@ -146,7 +167,19 @@ def subscribed() -> bool:
 class LookupContext:
     """One resolution: what is looked up, by when, and (when ``live``) the trace of what happened."""
 
-    __slots__ = ("deadline", "events", "key", "kind", "live", "sinks", "started", "team", "tier", "version")
+    __slots__ = (
+        "deadline",
+        "events",
+        "key",
+        "kind",
+        "live",
+        "sinks",
+        "started",
+        "team",
+        "tier",
+        "valid_until",
+        "version",
+    )
 
     def __init__(
         self,
@@ -170,6 +203,8 @@ class LookupContext:
         self.tier = "store"
         #: The version the last store call reported (:func:`note_version`), None: none reported.
         self.version: str | None = None
+        #: When the store said the value of the last store call will change (:func:`note_valid_until`).
+        self.valid_until: float | None = None
         self.started = time.perf_counter() if self.live else 0.0
 
     def emit(self, event: Event) -> None:
@@ -255,3 +290,15 @@ def note_version(version: object) -> None:
     current = _CALLING.get()
     if current is not None and version is not None:
         current[0].version = str(version)
+
+
+def note_valid_until(when: float | None) -> None:
+    """The store's word on when what the store call in progress returned will change (wall-clock seconds:
+    Secrets Manager's ``NextRotationDate``, a Vault lease's end). Every cache tier, stale-if-error
+    included, stops serving the value at that time; the earliest of several reports wins."""
+    current = _CALLING.get()
+    if current is None or when is None:
+        return
+    context = current[0]
+    if context.valid_until is None or when < context.valid_until:
+        context.valid_until = float(when)

@@ -12,7 +12,11 @@ client; every AWS hook extra Airflow passes on: ``region_name``, ``profile_name`
 ``timeout``: seconds a whole lookup may take (connect, reads, retries, back-off and ``Retry-After`` waits;
 default 10). An unknown kwarg is a one-line error (Airflow would ignore a typo silently). Deletes schedule
 the secret's deletion after ``recovery_window_in_days`` (7-30, default 30); ``force_delete_without_recovery``
-(default false) deletes at once instead, without recovery.
+(default false) deletes at once instead, without recovery. credpath's own (no Airflow kwarg has these names):
+``cap_at_rotation`` (default false): one ``DescribeSecret`` before each read learns the secret's
+``NextRotationDate``, and no cache tier serves the value past it; ``version_check`` (default false): at
+expiry, ``DescribeSecret`` first, and an unchanged ``AWSCURRENT`` version is cached again without a read
+(README "Rotation" has the costs).
 
 Faults: botocore's retries are off; throttling, 429, 5xx and transient network errors are retried (3 tries
 by default, ``config_kwargs["retries"]`` sets them) with full-jitter back-off inside ``timeout``; a
@@ -27,11 +31,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any, ClassVar, Literal, Unpack
 from urllib.parse import unquote
 
 from credpath._deadlines import Deadline
-from credpath._lookup.trace import note_version
+from credpath._lookup.trace import VersionCheck, note_valid_until, note_version
 from credpath.backends._aws import AwsBackend, AwsOptions, client_error_code, client_error_message
 from credpath.errors import AccessDenied, ConfigError, CredpathError
 from credpath.model import Connection, ConnectionFormatError
@@ -57,6 +62,25 @@ FIELD_WORDS: dict[str, tuple[str, ...]] = {
     "extra": ("extra",),
 }
 _PASSTHROUGH = ("description",)
+#: Seconds a DescribeSecret's rotation date is reused by a read that follows it (a version check that found
+#: a change): the read then costs GetSecretValue alone.
+DESCRIBE_REUSE = 2.0
+#: Seconds a value read after its NextRotationDate passed is served: the rotation is due (AWS rotates "on or
+#: before" that date, and the date moves on when it is done), so the store is asked again this often.
+ROTATION_DUE_RECHECK = 10.0
+
+
+def rotation_cap(response: dict[str, Any]) -> float | None:
+    """The wall-clock time after which a value read now must not be served, from a DescribeSecret answer:
+    its ``NextRotationDate`` (None: no rotation scheduled)."""
+    if response.get("RotationEnabled") is False:
+        return None
+    when = response.get("NextRotationDate")
+    if when is None:
+        return None
+    at = when.timestamp() if hasattr(when, "timestamp") else float(when)
+    now = time.time()
+    return at if at > now else now + ROTATION_DUE_RECHECK
 
 # A pin is a stage (a label AWS moves on rotation) or a VersionId (fixed): AWS's own stages and
 # ``stage:<label>`` are stages; anything else must look like a VersionId (a UUID, or the 32-64 character
@@ -111,6 +135,8 @@ class SecretsManagerBackend(PinnedReads, AwsBackend):
         force_delete_without_recovery: bool = False,
         are_secret_values_urlencoded: bool = False,
         full_url_mode: bool | None = None,  # deprecated in Airflow, accepted and ignored (format is auto)
+        cap_at_rotation: bool = False,
+        version_check: bool = False,
         **options: Unpack[AwsOptions],
     ) -> None:
         super().__init__(
@@ -131,6 +157,16 @@ class SecretsManagerBackend(PinnedReads, AwsBackend):
             raise self.config_error("force_delete_without_recovery must be true or false")
         self.force_delete_without_recovery = force_delete_without_recovery
         self.are_secret_values_urlencoded = bool(are_secret_values_urlencoded)
+        for setting, flag in (("cap_at_rotation", cap_at_rotation), ("version_check", version_check)):
+            if not isinstance(flag, bool):
+                raise self.config_error(f"{setting} must be true or false")
+        #: Learn each secret's NextRotationDate (one DescribeSecret per read): no tier serves past it.
+        self.cap_at_rotation = cap_at_rotation
+        #: At expiry, DescribeSecret first; an unchanged AWSCURRENT version is not read again.
+        self.version_check = version_check
+        #: name -> (monotonic time, its valid-until) of the last DescribeSecret, reused by a read that
+        #: follows a version check at once (so a changed secret costs one DescribeSecret, not two).
+        self._described: dict[str, tuple[float, float | None]] = {}
         self.aws = self._open_session()
         # Secret names known to exist (seen in a read or a listing): writes to them need one PutSecretValue
         # instead of CreateSecret failing first.
@@ -154,6 +190,8 @@ class SecretsManagerBackend(PinnedReads, AwsBackend):
             if pinned is None:  # never the latest in place of a version asked for
                 raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
             params.update(pinned)
+        elif self.cap_at_rotation:  # a pinned version never rotates
+            self._note_rotation(name, deadline)
         try:
             response = self._call("get_secret_value", params, f"secret {name!r}", deadline)
         except Exception as exc:  # translated below, never re-raised raw
@@ -168,6 +206,54 @@ class SecretsManagerBackend(PinnedReads, AwsBackend):
         version = response.get("VersionId")
         note_version(f"{version} ({', '.join(stages)})" if version and stages else version)
         return self._value_of(name, response)
+
+    # --- rotation dates and version checks (DescribeSecret: metadata, never the value) ----------------
+
+    def _describe(self, name: str, deadline: Deadline) -> dict[str, Any] | None:
+        """DescribeSecret of ``name``; None if it does not exist. Remembers its rotation cap a moment."""
+        try:
+            response: dict[str, Any] = self._call(
+                "describe_secret", {"SecretId": name}, f"describe secret {name!r}", deadline
+            )
+        except Exception as exc:  # translated below, never re-raised raw
+            if client_error_code(exc) == "ResourceNotFoundException":
+                return None
+            raise self.aws.error(exc, f"describe secret {name!r}") from None
+        if len(self._described) > 4096:
+            self._described.clear()
+        self._described[name] = (time.monotonic(), rotation_cap(response))
+        return response
+
+    def _note_rotation(self, name: str, deadline: Deadline) -> None:
+        """Report the secret's next rotation to the lookup record before its value is read (a rotation
+        between the two calls then only makes the cap early, never late)."""
+        known = self._described.get(name)
+        if known is not None and time.monotonic() - known[0] < DESCRIBE_REUSE:
+            note_valid_until(known[1])
+            return
+        response = self._describe(name, deadline)
+        if response is not None:
+            note_valid_until(rotation_cap(response))
+
+    def check_version(self, kind: Kind, key: str, team_name: str | None, version: str) -> VersionCheck | None:
+        """Whether ``version`` (as a read reported it) is still the secret's AWSCURRENT one: one
+        DescribeSecret per name a read would try (its metadata: never the value)."""
+        deadline = Deadline(self.timeout)
+        cached_id = version.split(" ", 1)[0]
+        for name in self._lookup_names(kind, key, team_name):
+            response = self._describe(name, deadline)
+            if response is None or response.get("DeletedDate"):
+                continue  # a read would go on to the next name
+            stages = response.get("VersionIdsToStages") or {}
+            current = next((v for v, s in stages.items() if "AWSCURRENT" in (s or ())), None)
+            if current != cached_id:
+                return VersionCheck(False)
+            self._described.pop(name, None)  # unchanged: no read follows
+            note_version(version)
+            cap = rotation_cap(response) if self.cap_at_rotation else None
+            note_valid_until(cap)
+            return VersionCheck(True, cap)
+        return VersionCheck(False)
 
     def _value_of(self, name: str, entry: dict[str, Any]) -> str | None:
         """The secret's text; None for a binary-only secret, which Airflow's backend (it reads

@@ -39,8 +39,9 @@ token; for tests and proxies), ``in_cluster=True`` (the pod's service account), 
 (a path; default ``~/.kube/config``) and ``context``; ``in_cluster=None`` (default) means in-cluster when
 ``KUBERNETES_SERVICE_HOST`` is set. ``verify_ssl`` (default true), ``ssl_ca_cert`` (a CA bundle path),
 ``timeout`` (seconds for a whole call, retries of 429/5xx and connection failures included; default 30),
-``page_size`` (``limit`` per LIST page; default 500), plus the common options (lookup patterns,
-``connection_format``).
+``page_size`` (``limit`` per LIST page; default 500), ``watch`` (default false: one watch of the
+namespace's Secrets per process, whose events drop changed ids from the process and shared cache tiers;
+README "Rotation"), plus the common options (lookup patterns, ``connection_format``).
 
 Errors: 401 and 403 raise :class:`AccessDenied`; 404 is a miss; 429 and 5xx are retried within the deadline
 and then raise :class:`BackendError`; a call that runs out of time raises :class:`BackendTimeout`. Messages
@@ -77,13 +78,21 @@ from credpath._deadlines import (
     parse_retry_after,
     retry_call,
 )
-from credpath._lookup.trace import note_version
+from credpath._lookup.trace import ChangeListener, note_version
 from credpath._settings import COUNT, TIMEOUT, check_number
 from credpath.backends import _keymap
 from credpath.backends._naming import KeyNaming, PrefixNamedBackend
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
-from credpath.protocol import PREFIX_SETTINGS, BackendOptions, Capability, Kind, Serialization, iter_ids
+from credpath.protocol import (
+    KINDS,
+    PREFIX_SETTINGS,
+    BackendOptions,
+    Capability,
+    Kind,
+    Serialization,
+    iter_ids,
+)
 
 if TYPE_CHECKING:
     from credpath.model import Connection
@@ -159,9 +168,14 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         ssl_ca_cert: str | None = None,
         timeout: float = 30.0,
         page_size: int = 500,
+        watch: bool = False,
         **options: Unpack[BackendOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(watch, bool):
+            raise self.config_error("watch must be true or false")
+        #: Watch the namespace's Secrets (one stream per process) and drop changed ids from the caches.
+        self.watch = watch
         if not isinstance(sep, str):
             raise self.config_error("sep must be a string")
         # No team scoping and no team-separator refusal (see "Teams" above); the prefix is kept as given.
@@ -503,6 +517,34 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
                 f"secret {name!r} has no 'value' key (keys present: {_keymap.keys_present(data)})"
             )
         return value
+
+    # --- change events ---------------------------------------------------------------------------
+
+    def subscribe_changes(self, changed: ChangeListener) -> bool:
+        """With ``watch = true``: tell ``changed`` about every Secret of the namespace that changes, as
+        ``(backend name, ids it may hold, a test of an id, its new resourceVersion or None)``; ids None:
+        anything may have changed (the watch restarted). Returns whether a watch was started."""
+        if not self.watch:
+            return False
+        from credpath.backends._kubernetes_watch import watch_for
+
+        def on_event(name: str | None, version: str | None) -> None:
+            if name is None:
+                changed(self.name, None, None, None)
+                return
+            ids: list[tuple[str, str]] = []
+            for kind in KINDS:
+                key = self._key_of(kind, {"metadata": {"name": name}})
+                if key:
+                    ids.append((kind, key))
+
+            def matches(kind: str, key: str) -> bool:
+                return kind in KINDS and self.secret_name(kind, key) == name
+
+            changed(self.name, ids, matches, version)
+
+        watch_for(self, on_event)
+        return True
 
     # --- reads -------------------------------------------------------------------------------------
 

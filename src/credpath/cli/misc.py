@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -84,6 +85,7 @@ def explain_command(
                 "failed": explanation.failed,
                 "version": explanation.version,
                 "held": explanation.held,
+                "valid_until": explanation.valid_until,
                 "summary": summary,
                 "attempts": attempts,
             }
@@ -111,6 +113,9 @@ def explain_command(
         click.echo(f"tier: {explanation.tier}")
         if explanation.version is not None:
             click.echo(f"version: {explanation.version}")
+        if explanation.valid_until is not None:  # the store announced when the value changes
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(explanation.valid_until))
+            click.echo(f"valid until: {when} (no cache tier serves it later)")
         if any(v is not None for v in explanation.held.values()):  # a store that reports versions
             for held_in, version in explanation.held.items():
                 click.echo(f"{held_in} tier holds version: {version or '(none reported)'}")

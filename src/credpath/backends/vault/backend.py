@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote
 
 from credpath._deadlines import Deadline
-from credpath._lookup.trace import note_version
+from credpath._lookup.trace import VersionCheck, note_valid_until, note_version
 from credpath.backends import _keymap
 from credpath.backends._status import Row, StatusTable
 from credpath.backends.vault.session import (
@@ -83,6 +84,14 @@ class WriteConflict(ConfigError):
     """A KV v2 check-and-set write lost against another writer; nothing was overwritten."""
 
 
+def _note_lease(body: dict[str, Any]) -> None:
+    """A read that carries a lease (KV v1 with a ``ttl`` key, a dynamic secret) is served no longer than
+    the lease: its end is the value's cap in every cache tier."""
+    lease = body.get("lease_duration")
+    if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0:
+        note_valid_until(time.time() + float(lease))
+
+
 def _valid_path(path: str) -> bool:
     # Dot segments would let an id escape its prefix (connections/../../sys/...); empty ones never exist.
     segments = path.split("/")
@@ -139,6 +148,7 @@ class VaultBackend(PinnedReads, BaseBackend):
         cert: str | tuple[str, str] | list[str] | None = None,
         proxies: dict[str, str] | None = None,
         soft_delete: bool = False,
+        version_check: bool = False,
         **options: Unpack[BackendOptions],
     ) -> None:
         """Airflow's kwargs (hashicorp provider 4.8.4), plus ``soft_delete`` (KV v2 deletes keep the
@@ -147,7 +157,7 @@ class VaultBackend(PinnedReads, BaseBackend):
         # Every parameter by name (first statement after super(): no other locals yet), so the signature
         # stays the one list of kwargs and VaultSettings the one place that checks them.
         kwargs = dict(locals())
-        for name in ("self", "options", "__class__"):
+        for name in ("self", "options", "__class__", "version_check"):
             kwargs.pop(name, None)
         #: Every setting, checked once (frozen); the session gets ``settings.client``.
         self.settings = VaultSettings.from_kwargs(self.config_error, **kwargs)
@@ -175,6 +185,10 @@ class VaultBackend(PinnedReads, BaseBackend):
         self.timeout = s.timeout
         self._session: Session | None = None
         self._shared_state: SharedState | None = None
+        if not isinstance(version_check, bool):
+            raise self.config_error("version_check must be true or false")
+        #: At expiry, KV v2 metadata first (current_version): an unchanged secret is not read again.
+        self.version_check = version_check
 
     # --- session -----------------------------------------------------------------------------------
 
@@ -452,6 +466,7 @@ class VaultBackend(PinnedReads, BaseBackend):
             # Never a miss: a 200 that is not Vault's answer (a proxy page) must not hide a secret.
             raise self.error(f"reading {where}: the response is not a Vault JSON object")
         data = body["data"]
+        _note_lease(body)
         if version == 2:
             metadata = data.get("metadata") or {}
             if metadata.get("deletion_time") or metadata.get("destroyed"):
@@ -464,6 +479,32 @@ class VaultBackend(PinnedReads, BaseBackend):
             raise self.error(f"secret {where} is not a key/value map")
         log.debug("vault: read %s", where)
         return where, data
+
+    def check_version(self, kind: Kind, key: str, team_name: str | None, version: str) -> VersionCheck | None:
+        """Whether KV v2 ``version`` is still the secret's current one: one metadata read (versions and
+        times, never the value). None where it cannot tell (KV v1, several configured paths)."""
+        locations = self._locations(kind, key, team_name)
+        if len(locations) != 1:
+            return None
+        mount, path = locations[0]
+
+        def run(deadline: Deadline) -> VersionCheck | None:
+            if self._kv_version(mount, deadline) != 2:
+                return None
+            what = f"reading metadata of {mount}/{path}"
+            reply = self._request("GET", self._q(f"{mount}/metadata/{path}"), deadline, what)
+            if reply.status == 404:
+                return VersionCheck(False)
+            self._raise_for_status(reply, mount, path, "read", what)
+            meta = reply.json().get("data") or {}
+            current = meta.get("current_version")
+            state = (meta.get("versions") or {}).get(str(current)) or {}
+            if str(current) != version or state.get("deletion_time") or state.get("destroyed"):
+                return VersionCheck(False)
+            note_version(version)
+            return VersionCheck(True)
+
+        return self._guarded(run)
 
     def _wanted_secret(
         self, kind: Kind, key: str, team_name: str | None = None
