@@ -82,6 +82,7 @@ def rotation_cap(response: dict[str, Any]) -> float | None:
     now = time.time()
     return at if at > now else now + ROTATION_DUE_RECHECK
 
+
 # A pin is a stage (a label AWS moves on rotation) or a VersionId (fixed): AWS's own stages and
 # ``stage:<label>`` are stages; anything else must look like a VersionId (a UUID, or the 32-64 character
 # ClientRequestToken a writer chose).
