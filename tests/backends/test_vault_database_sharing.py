@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,8 +26,9 @@ from tests.servers.openbao_database import DatabaseEngine
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Looks the connection up every 0.2 s for argv[1] seconds after its first lookup, logs in every second, and reports one JSON line
-# per look: the user, whether this process renews the shared lease, whether the last log-in worked.
+# Looks the connection up every 0.2 s for argv[1] seconds after its first lookup, logs in every second, and
+# reports one JSON line per look: the user, whether this process renews the shared lease, whether the last
+# log-in worked.
 WORKER = textwrap.dedent(
     """
     import json, sys, time
@@ -192,6 +193,7 @@ def test_a_killed_renewer_is_taken_over_and_the_credential_outlives_its_ttl(
     # Another process takes over within a bounded time (a heartbeat, plus a look).
     assert _wait(lambda: any(w.lines and w.lines[-1]["renewer"] for w in others), 10)
     took = time.monotonic() - killed
+    print(f"takeover after the SIGKILL: {took:.2f} s")
     assert took < _lease_sharing.heartbeat(engine.default_ttl) + 3.0
     for worker in others:
         worker.finish()
@@ -229,9 +231,8 @@ def test_homes_on_one_redis_share_one_user_per_deployment(
         import redis
 
         client = redis.Redis.from_url(redis_url)
-        values = b"".join(
-            client.get(k) or b"" for k in client.scan_iter("credpath:*") if client.type(k) == b"string"
-        )
+        keys = [k for k in client.scan_iter("credpath:*") if client.type(k) == b"string"]
+        values = b"".join(cast("bytes", client.get(k) or b"") for k in keys)
         assert values and conn.password.encode() not in values and conn.login.encode() not in values
     finally:
         path.entries[0].backend.revoke_leases()
