@@ -198,3 +198,33 @@ def _wait(predicate: Any, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+class _DownStore:
+    """A Redis tier that refuses every connection."""
+
+    description = "redis://127.0.0.1:1"
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        return refuse
+
+
+def test_a_failing_tier_falls_back_to_a_lease_of_this_process() -> None:
+    from cryptography.fernet import Fernet
+
+    source = Source(ttl=30)
+    source.lease_tier = SharedTier(_DownStore(), [Fernet.generate_key()], "scope")  # type: ignore[attr-defined]
+    source.label = "backend 'shared'"  # type: ignore[attr-defined]
+    before = _lease_sharing.counts()["fallbacks"]
+    try:
+        assert _lease_sharing.shared_get(source, "pg", "deployment") == f"{SECRET}-1"
+        assert _lease_sharing.counts()["fallbacks"] == before + 1
+        assert [lease.key for lease in _leases.manager().leases(source.lease_key_prefix)] == [
+            source.lease_key_prefix + "pg"
+        ]
+    finally:
+        _leases.revoke_all(source.lease_key_prefix)
+    assert source.revoked == ["database/creds/r/lease0001"]  # a process lease: revoked as usual

@@ -249,6 +249,9 @@ def test_the_airflow_listener_never_revokes_a_shared_lease(
     path, conn = _join_in_process(env)
     try:
         assert len(engine.leases()) == 1
+        shown = path.entries[0].backend.lease_detail("pg_reporting") or ""
+        assert "shared=node renewer=own" in shown and "ttl_left=" in shown
+        assert_no_secret(shown, conn.password, conn.login)
         _airflow_leases.on_task_instance_success(None, task_instance=type("TI", (), {"task_id": "t"})())
         assert len(engine.leases()) == 1 and conn.login in engine.pg_users()  # still there for others
         assert _lease_sharing.manager().keys() == []  # this task stopped using it
