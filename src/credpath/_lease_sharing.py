@@ -44,6 +44,7 @@ __all__ = [
     "counts",
     "detail",
     "heartbeat",
+    "manager",
     "release_all",
     "shared_get",
 ]
@@ -520,6 +521,7 @@ def release_all(prefix: str = "") -> int:
 
 
 def manager() -> SharedLeases:
+    """The process's shared leases."""
     return _shared
 
 
