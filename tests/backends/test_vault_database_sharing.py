@@ -281,3 +281,42 @@ def test_cli_exits_2_on_a_bad_share(
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
     assert openbao_database.leases() == []  # nothing minted
+
+
+@pytest.mark.airflow
+def test_airflow_tasks_share_one_user_per_node_and_task_ends_revoke_nothing(
+    airflow: Any, airflow_api_server: Any, openbao_database: DatabaseEngine, tmp_path: Path
+) -> None:
+    from tests.backends.test_vault_database import LEASES_DAG
+    from tests.servers.airflow_env import run_dags_test
+
+    engine = openbao_database
+    tasks = 3
+    env_cfg = _config(tmp_path, engine.backend_kwargs(), f"file:{tmp_path / 'node' / 'shared.db'}", "node")
+    (airflow.dags / "credpath_leases_example.py").write_text(LEASES_DAG.replace("TASKS", str(tasks)))
+    env = {
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": "credpath.airflow.CredpathBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"config": env_cfg["CREDPATH_CONFIG"]}),
+        "CREDPATH_HOME": env_cfg["CREDPATH_HOME"],
+    }
+
+    def logs() -> list[str]:
+        files = (airflow.home / "logs").glob("dag_id=credpath_leases_example/**/attempt=*.log")
+        return [log.read_text() for log in files]
+
+    def finished() -> bool:  # every task has looked its connection up
+        return sum("lease user: " in text for text in logs()) >= tasks + 1
+
+    run_dags_test(airflow, "credpath_leases_example", env, finished, timeout=400)
+    texts = logs()
+    assert_no_secret("\n".join(texts))
+    users = {
+        line.split("lease user: ", 1)[1].split('"', 1)[0].strip()
+        for text in texts
+        for line in text.splitlines()
+        if "lease user: " in line
+    }
+    assert len(users) == 1 and next(iter(users)).startswith("v-")  # one database user for the node
+    # No task end (success or failure) revoked it: the lease and its user remain until the TTL ends them.
+    assert not any("lease(s) of task" in text for text in texts)
+    assert len(engine.leases()) == 1 and users <= engine.pg_users()
