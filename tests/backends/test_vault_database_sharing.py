@@ -287,36 +287,26 @@ def test_cli_exits_2_on_a_bad_share(
 def test_airflow_tasks_share_one_user_per_node_and_task_ends_revoke_nothing(
     airflow: Any, airflow_api_server: Any, openbao_database: DatabaseEngine, tmp_path: Path
 ) -> None:
-    from tests.backends.test_vault_database import LEASES_DAG
-    from tests.servers.airflow_env import run_dags_test
+    from tests.backends.test_vault_database import run_leases_dag
 
-    engine = openbao_database
-    tasks = 3
-    env_cfg = _config(tmp_path, engine.backend_kwargs(), f"file:{tmp_path / 'node' / 'shared.db'}", "node")
-    (airflow.dags / "credpath_leases_example.py").write_text(LEASES_DAG.replace("TASKS", str(tasks)))
-    env = {
-        "AIRFLOW__WORKERS__SECRETS_BACKEND": "credpath.airflow.CredpathBackend",
-        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"config": env_cfg["CREDPATH_CONFIG"]}),
-        "CREDPATH_HOME": env_cfg["CREDPATH_HOME"],
-    }
-
-    def logs() -> list[str]:
-        files = (airflow.home / "logs").glob("dag_id=credpath_leases_example/**/attempt=*.log")
-        return [log.read_text() for log in files]
-
-    def finished() -> bool:  # every task has looked its connection up
-        return sum("lease user: " in text for text in logs()) >= tasks + 1
-
-    run_dags_test(airflow, "credpath_leases_example", env, finished, timeout=400)
-    texts = logs()
+    shared = f"file:{tmp_path / 'node' / 'shared.db'}"
+    env = _config(tmp_path, openbao_database.backend_kwargs(), shared, "node")
+    # Three tasks and a failing one; done when each has looked its connection up.
+    texts = run_leases_dag(
+        airflow,
+        Path(env["CREDPATH_CONFIG"]),
+        {"CREDPATH_HOME": env["CREDPATH_HOME"]},
+        3,
+        "lease user: ",
+        dag_id="credpath_shared_leases_example",
+    )
     assert_no_secret("\n".join(texts))
     users = {
         line.split("lease user: ", 1)[1].split('"', 1)[0].strip()
-        for text in texts
-        for line in text.splitlines()
+        for line in "\n".join(texts).splitlines()
         if "lease user: " in line
     }
     assert len(users) == 1 and next(iter(users)).startswith("v-")  # one database user for the node
     # No task end (success or failure) revoked it: the lease and its user remain until the TTL ends them.
     assert not any("lease(s) of task" in text for text in texts)
-    assert len(engine.leases()) == 1 and users <= engine.pg_users()
+    assert len(openbao_database.leases()) == 1 and users <= openbao_database.pg_users()
