@@ -11,7 +11,13 @@ engine to PostgreSQL, then measures, over ``--rounds`` rounds, the store request
 With ``--processes N`` it also runs N processes that each ``get_connection("pg_reporting")`` and ``SELECT
 current_user``, and reports distinct users, the users and leases left after they exit, and the wall time.
 
+With ``--share-processes N`` it runs N processes that each hold the connection for ``--hold`` seconds (past
+two thirds of a 6 s TTL: one renewal due), once with ``share = "process"`` (the default) and once with
+``share = "node"`` (one CREDPATH_HOME, file tier), and counts the mint, renew and revoke requests at a proxy
+in front of OpenBao.
+
     .venv/bin/python bench/leases.py --rounds 30 --processes 50
+    .venv/bin/python bench/leases.py --rounds 1 --share-processes 20
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--processes", type=int, default=0)
+    parser.add_argument("--share-processes", type=int, default=0)
+    parser.add_argument("--hold", type=float, default=5.0)
     args = parser.parse_args()
 
     from tests.servers import postgres
@@ -122,6 +130,18 @@ def main() -> None:
                 print(f"| {row['operation']} | {row['requests']:g} | {row['median_ms']} | {row['p90_ms']} |")
             if args.processes:
                 print(json.dumps(run_processes(engine, args.processes, tmp)))
+            if args.share_processes:
+                engine.create_role("shortlived", default_ttl=6, max_ttl=600)
+                print(
+                    "| share | processes | distinct users | mint | renew | revoke | all requests | wall s |"
+                )
+                print("|---|---|---|---|---|---|---|---|")
+                for share in ("process", "node"):
+                    row = run_sharing(engine, args.share_processes, args.hold, Path(tmp), share)
+                    print(
+                        f"| {share} | {row['processes']} | {row['distinct_users']} | {row['mint']} | "
+                        f"{row['renew']} | {row['revoke']} | {row['requests']} | {row['wall_s']} |"
+                    )
         finally:
             stop_process(server.proc)
             try:
@@ -194,6 +214,58 @@ def run_processes(engine: Any, n: int, tmp: str) -> dict[str, Any]:
         "leases_left": len(engine.leases()),
         "wall_s": round(wall, 2),
     }
+
+
+SHARING_WORKER = """
+import sys, time, credpath
+conn = credpath.get_connection("pg_reporting")
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    credpath.get_connection("pg_reporting")
+    time.sleep(0.2)
+print(conn.login, flush=True)
+"""
+
+
+def run_sharing(engine: Any, n: int, hold: float, tmp: Path, share: str) -> dict[str, Any]:
+    """N processes holding the connection ``hold`` seconds; OpenBao requests counted at a proxy."""
+    from urllib.parse import urlsplit
+
+    from tests.servers.faults import FaultProxy
+
+    address = urlsplit(engine.server.addr)
+    proxy = FaultProxy(address.hostname or "127.0.0.1", address.port or 8200)
+    home = tmp / f"share-{share}"
+    config = tmp / f"credpath-{share}.toml"
+    entry = {**engine.template(role="shortlived"), "share": share}
+    config.write_text(
+        '[cache]\nshared = "file"\n[[backends]]\ntype = "vault-database"\n[backends.kwargs]\n'
+        f'url = "{proxy.url}"\ntoken = "{engine.server.root_token}"\n'
+        "[backends.kwargs.leases.pg_reporting]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items())
+    )
+    env = dict(os.environ, CREDPATH_CONFIG=str(config), CREDPATH_HOME=str(home), PYTHONPATH=str(ROOT / "src"))
+    try:
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SHARING_WORKER, str(hold)], env=env, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(n)
+        ]
+        users = [p.communicate(timeout=300)[0].strip() for p in procs]
+        wall = time.perf_counter() - started
+        return {
+            "processes": n,
+            "distinct_users": len(set(users)),
+            "mint": proxy.count(r"/v1/[^/]+/creds/"),
+            "renew": proxy.count("sys/leases/renew"),
+            "revoke": proxy.count("sys/leases/revoke"),
+            "requests": proxy.count(),
+            "wall_s": round(wall, 2),
+        }
+    finally:
+        proxy.stop()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Registered by the credpath plugin (``CredpathPlugin.listeners``). Airflow 3 call
 own process, the one that minted the leases (``credpath._leases`` keeps one lease per process), so the
 database users and Vault leases of a task are gone when the task is, whether or not the process then exits
 through ``atexit``. A task killed outright revokes nothing: its leases expire at their TTL.
+
+A lease shared per node or per deployment (``share``) is NOT revoked: other tasks use it. The task only
+stops using it (a renewer hands its role to another user at once); the last user's lease expires at its TTL.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ log = logging.getLogger("credpath.airflow_leases")
 
 
 def _revoke(task_instance: Any) -> None:
-    from credpath import _leases
+    from credpath import _lease_sharing, _leases
 
     try:
+        _lease_sharing.release_all()  # shared leases: released, never revoked
         revoked = _leases.revoke_all()
     except Exception as exc:  # a listener must never fail the task; what is left expires at its TTL
         log.warning(

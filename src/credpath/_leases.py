@@ -11,8 +11,10 @@ live; this module keeps it for the process and decides when to renew, re-mint an
   expiry. A lookup never hands out a credential with less than :data:`MIN_LEFT` of its TTL left: it mints
   a new one instead (synchronously).
 - Revoked at normal process exit (``atexit``), on :func:`revoke_all`, and inside Airflow when a task ends
-  (``credpath._airflow_leases``). A process killed with SIGKILL revokes nothing: its leases simply expire at
-  their TTL, which is why the sources' default TTLs should stay short (the role's ``default_ttl``).
+  (``credpath._airflow_leases``). A lease shared per node or per deployment (``share``) is kept in the
+  shared tier instead (:mod:`credpath._lease_sharing`) and never revoked by a process. A process killed
+  with SIGKILL revokes nothing: its leases simply expire at their TTL, which is why the sources' default
+  TTLs should stay short (the role's ``default_ttl``).
 
 Counts (minted, renewed, revoked, expired, failed) are kept per backend (:func:`counts`) and sent to
 :mod:`credpath.metrics` as ``lease_mint``/``lease_renewal``/``lease_revocation``/``lease_expiration``/
@@ -382,12 +384,26 @@ class LeasedIds:
     """What a lease-source backend shares: its keys in the manager, lookups, per-id detail, revocation.
 
     The backend sets ``self.lease_key_prefix`` (unique per backend instance) and implements the
-    :class:`LeaseSource` methods; ids are connection ids."""
+    :class:`LeaseSource` methods; ids are connection ids. ``share`` (the backend's default) and an entry's
+    ``share`` choose one lease per process (default), per node or per deployment
+    (:mod:`credpath._lease_sharing`, through ``lease_tier``: the shared cache tier, set by the search path).
+    """
 
     lease_key_prefix: str = ""
+    share: str = "process"
+    lease_tier: Any = None
+
+    def lease_share(self, conn_id: str) -> str:
+        entry = (getattr(self, "leases", None) or {}).get(conn_id) or {}
+        return str(entry.get("share") or self.share)
 
     def leased(self, conn_id: str) -> Any:
         """The process's credential for ``conn_id`` (minted by ``self.mint`` on first use)."""
+        share = self.lease_share(conn_id)
+        if share != "process":
+            from credpath import _lease_sharing
+
+            return _lease_sharing.shared_get(self, conn_id, share)
         return _manager.get(self.lease_key_prefix + conn_id, self)  # type: ignore[arg-type]
 
     def conn_id_of(self, key: str) -> str:
@@ -398,15 +414,30 @@ class LeasedIds:
         for lease in _manager.leases(self.lease_key_prefix + conn_id):
             if lease.key == self.lease_key_prefix + conn_id:
                 return lease.summary()
+        if self.lease_share(conn_id) != "process":
+            from credpath import _lease_sharing
+
+            return _lease_sharing.detail(self.lease_key_prefix + conn_id)
         return None
 
     def lease_lines(self) -> str:
         """``; <id>: <lease summary>`` per held lease, for ``describe()``."""
         held = _manager.leases(self.lease_key_prefix)
-        return "".join(f"; {self.conn_id_of(lease.key)}: {lease.summary()}" for lease in held)
+        text = "".join(f"; {self.conn_id_of(lease.key)}: {lease.summary()}" for lease in held)
+        if any(self.lease_share(conn_id) != "process" for conn_id in getattr(self, "leases", None) or {}):
+            from credpath import _lease_sharing
+
+            for key in _lease_sharing.manager().keys(self.lease_key_prefix):
+                text += f"; {self.conn_id_of(key)}: {_lease_sharing.detail(key)}"
+        return text
 
     def revoke_leases(self) -> int:
-        """Revoke the leases this backend holds in this process; the count."""
+        """Revoke the leases this backend holds in this process; the count. Shared leases are only
+        released (others may use them): they are never revoked here."""
+        if any(self.lease_share(conn_id) != "process" for conn_id in getattr(self, "leases", None) or {}):
+            from credpath import _lease_sharing
+
+            _lease_sharing.release_all(self.lease_key_prefix)
         return _manager.revoke(self.lease_key_prefix)
 
 

@@ -377,6 +377,13 @@ class RespStore:
         owner = self._call("GET", PREFIX + "l:" + key)
         return None if owner is None else bytes(owner).decode("utf-8", "replace")
 
+    def extend_lock(self, key: str, owner: str, lease: float) -> bool:
+        """Push a lock ``owner`` still holds ``lease`` seconds further (a heartbeat); False: not held."""
+        from credpath._shared_cache import EXTEND_LOCK
+
+        ms = max(1, int(lease * 1000))
+        return bool(self._call("EVAL", EXTEND_LOCK, 1, PREFIX + "l:" + key, owner, ms))
+
     def wait_for(self, key: str, timeout: float) -> None:
         """Block until ``key``'s lock is released (announced by :meth:`unlock`) or ``timeout`` passes.
 

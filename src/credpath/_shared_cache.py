@@ -304,6 +304,16 @@ class FileStore:
             )
         return None if row is None else str(row[0])
 
+    def extend_lock(self, key: str, owner: str, lease: float) -> bool:
+        """Push a lock ``owner`` still holds ``lease`` seconds further (a heartbeat); False: not held."""
+        now = time.time()
+        with self._lock:
+            cursor = self._db().execute(
+                "UPDATE locks SET until = ? WHERE k = ? AND owner = ? AND until >= ?",
+                (now + lease, key, owner, now),
+            )
+            return bool(cursor.rowcount == 1)
+
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
         if not items:
@@ -387,6 +397,11 @@ class FileStore:
 # --- the deployment-wide Redis tier ------------------------------------------------------------------
 
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+#: A lock's heartbeat: extend it only while its owner still holds it.
+EXTEND_LOCK = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
 
 
 class RedisStore:
@@ -457,6 +472,11 @@ class RedisStore:
     def holder(self, key: str) -> str | None:
         owner = self._client.get(PREFIX + "l:" + key)
         return owner.decode("utf-8", "replace") if isinstance(owner, bytes) else owner
+
+    def extend_lock(self, key: str, owner: str, lease: float) -> bool:
+        """Push a lock ``owner`` still holds ``lease`` seconds further (a heartbeat); False: not held."""
+        ms = max(1, int(lease * 1000))
+        return bool(self._client.eval(EXTEND_LOCK, 1, PREFIX + "l:" + key, owner, ms))
 
     def add_stats(self, counts: Mapping[str, int]) -> None:
         items = [(name, n) for name, n in counts.items() if n]
@@ -1054,6 +1074,11 @@ class SharedState:
         entry = SharedEntry("state", value, None, False, now, now + ttl, now + ttl)
         self._tier.put(self._ckey(key), entry)
 
+    @property
+    def tier(self) -> SharedTier:
+        """The tier this view writes to (shared leases keep their records there)."""
+        return self._tier
+
 
 def store_deadline(backends: Any) -> float | None:
     """The longest whole-call deadline (``timeout``) among ``backends``, or None if none declares one."""
@@ -1134,3 +1159,26 @@ def stats_report(shared: Any) -> dict[str, Any]:
             "stale_served": counts.get("stale_served", 0),
         },
     }
+
+
+# --- sealed records (shared leases): a value under an HMAC'd name, encrypted like every entry ---------
+
+
+def seal_record(tier: SharedTier, name: str, value: Any) -> bytes:
+    """``value`` (JSON) encrypted with the tier's key, bound to ``name`` (a record moved is refused)."""
+    body = {"n": name, "k": "record", "v": value}
+    return tier._fernet.encrypt(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+
+
+def open_record(tier: SharedTier, name: str, blob: bytes) -> Any:
+    """The value sealed by :func:`seal_record` under ``name``, or None (another key, altered, moved)."""
+    from cryptography.fernet import InvalidToken
+
+    try:
+        body = json.loads(tier._fernet.decrypt(blob))
+        if body["n"] != name or body["k"] != "record":
+            raise InvalidToken
+    except (InvalidToken, ValueError, KeyError, TypeError):
+        tier.count("undecryptable")
+        return None
+    return body["v"]

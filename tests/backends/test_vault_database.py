@@ -395,30 +395,43 @@ credpath_leases_example()
 """
 
 
+def run_leases_dag(
+    airflow: Any,
+    config: Path,
+    env: dict[str, str],
+    tasks: int,
+    done: str,
+    dag_id: str = "credpath_leases_example",
+) -> list[str]:
+    """Run LEASES_DAG as ``dag_id`` (``tasks`` tasks and a failing one) with credpath as Airflow's secrets
+    backend; its task logs, once ``done`` shows in one log per task."""
+    from tests.servers.airflow_env import run_dags_test
+
+    dag = LEASES_DAG.replace("TASKS", str(tasks)).replace("credpath_leases_example", dag_id)
+    (airflow.dags / f"{dag_id}.py").write_text(dag)
+    env = {
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": "credpath.airflow.CredpathBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"config": str(config)}),
+        **env,
+    }
+
+    def logs() -> list[str]:
+        files = (airflow.home / "logs").glob(f"dag_id={dag_id}/**/attempt=*.log")
+        return [log.read_text() for log in files]
+
+    run_dags_test(airflow, dag_id, env, lambda: sum(done in t for t in logs()) >= tasks + 1, 400)
+    return logs()
+
+
 @pytest.mark.airflow
 def test_each_airflow_task_gets_its_own_user_and_none_is_left_when_the_run_ends(
     airflow: Any, airflow_api_server: Any, openbao_database: DatabaseEngine, tmp_path: Path
 ) -> None:
-    from tests.servers.airflow_env import run_dags_test
-
     engine = openbao_database
     tasks = 3
     _config(tmp_path, engine.backend_kwargs())
-    (airflow.dags / "credpath_leases_example.py").write_text(LEASES_DAG.replace("TASKS", str(tasks)))
-    env = {
-        "AIRFLOW__WORKERS__SECRETS_BACKEND": "credpath.airflow.CredpathBackend",
-        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"config": str(tmp_path / "credpath.toml")}),
-    }
-
-    def logs() -> list[str]:
-        files = (airflow.home / "logs").glob("dag_id=credpath_leases_example/**/attempt=*.log")
-        return [log.read_text() for log in files]
-
-    def finished() -> bool:  # every task's listener has run
-        return sum("revoked 1 lease(s) of task" in text for text in logs()) >= tasks + 1
-
-    run_dags_test(airflow, "credpath_leases_example", env, finished, timeout=400)
-    texts = logs()
+    # Done when every task's listener has run.
+    texts = run_leases_dag(airflow, tmp_path / "credpath.toml", {}, tasks, "revoked 1 lease(s) of task")
     assert_no_secret("\n".join(texts))
     users = [
         line.split("lease user: ", 1)[1].split('"', 1)[0].strip()

@@ -11,7 +11,9 @@ the Secrets Manager backend: keys, profile, region; ``AWS_ENDPOINT_URL_STS`` for
 The keys are held by :mod:`credpath._leases`: one set per process per id, re-minted (STS keys cannot be
 renewed) at two thirds of their duration, never handed out with less than a tenth of it left. STS cannot
 revoke one session's keys, so nothing is revoked at exit: they expire at ``duration_seconds`` (AWS's minimum
-is 900 s). ``cache_results = False``: no cache tier keeps them. Ids not in ``leases`` are misses.
+is 900 s). ``cache_results = False``: no cache tier keeps them. ``share = "node"`` or ``"deployment"``
+shares one set through the shared cache tier instead (:mod:`credpath._lease_sharing`). Ids not in
+``leases`` are misses.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ __all__ = ["AwsStsBackend"]
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
 _ENTRY_KEYS = frozenset(
-    {"role_arn", "role_session_name", "duration_seconds", "external_id", "policy", "extra"}
+    {"role_arn", "role_session_name", "duration_seconds", "external_id", "policy", "extra", "share"}
 )
 DEFAULT_DURATION = 900
 
@@ -49,9 +51,14 @@ class AwsStsBackend(_leases.LeasedIds, BaseBackend):
     # Temporary keys live in the lease manager only: no cache tier may keep them past their expiry.
     cache_results: ClassVar[bool] = False
 
-    def __init__(self, leases: dict[str, Any] | None = None, **options: Unpack[AwsOptions]) -> None:
+    def __init__(
+        self, leases: dict[str, Any] | None = None, share: str = "process", **options: Unpack[AwsOptions]
+    ) -> None:
         session = {k: options.pop(k) for k in list(options) if k in _SESSION_KEYS}  # type: ignore[misc]
         super().__init__(**options)  # type: ignore[misc]  # the AWS settings were popped above
+        from credpath._lease_sharing import check_share
+
+        self.share = check_share(share, "share", self.config_error)
         self.leases = _leases.parse_entries(
             leases, self._entry, self.config_error, shorthand="role_arn", known=_ENTRY_KEYS
         )
@@ -75,7 +82,16 @@ class AwsStsBackend(_leases.LeasedIds, BaseBackend):
         extra = entry.get("extra") or {}
         if not isinstance(extra, dict):
             raise self.config_error(f"{where}.extra must be an object")
-        return {**entry, "role_session_name": name, "duration_seconds": duration, "extra": extra}
+        from credpath._lease_sharing import check_share
+
+        share = check_share(entry.get("share", self.share), f"{where}.share", self.config_error)
+        return {
+            **entry,
+            "role_session_name": name,
+            "duration_seconds": duration,
+            "extra": extra,
+            "share": share,
+        }
 
     @property
     def timeout(self) -> float:
@@ -83,6 +99,9 @@ class AwsStsBackend(_leases.LeasedIds, BaseBackend):
 
     def prepare(self) -> None:
         self.aws.client("sts")
+
+    def use_shared_state(self, state: Any) -> None:
+        self.lease_tier = state.tier  # where keys shared per node or deployment live
 
     # --- reads -------------------------------------------------------------------------------------
 

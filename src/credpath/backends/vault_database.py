@@ -9,10 +9,12 @@ connection stored at the id's usual KV path (a template without login and passwo
 read from KV exactly as the ``vault`` backend reads it.
 
 The lease life cycle (one lease per process, renewal at two thirds of the TTL, revocation at exit or when an
-Airflow task ends) is :mod:`credpath._leases`. ``cache_results = False``: no cache tier (process or shared)
-keeps a copy of a leased credential past its lease; the lease manager is the only holder. It also means ids
-of this backend that are NOT leased are read from KV uncached: keep static connections in a ``vault``
-backend of their own.
+Airflow task ends) is :mod:`credpath._leases`; ``share = "node"`` or ``"deployment"`` (the backend's default
+or an entry's) shares one lease through the shared cache tier instead (:mod:`credpath._lease_sharing`).
+``cache_results = False``: no cache tier (process or shared) keeps a copy of a leased credential past its
+lease; the lease manager (or the sealed shared record, which the tier drops at expiry) is the only
+holder. It also means ids of this backend that are NOT leased are read from KV uncached: keep static
+connections in a ``vault`` backend of their own.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ log = logging.getLogger("credpath.backends.vault_database")
 
 #: The keys a lease entry may hold: the role and where it is, and the connection's non-secret fields.
 _ENTRY_KEYS = frozenset(
-    {"role", "static", "mount", "conn_type", "host", "port", "schema", "extra", "description"}
+    {"role", "static", "mount", "conn_type", "host", "port", "schema", "extra", "description", "share"}
 )
 _TEMPLATE_FIELDS = ("conn_type", "host")
 
@@ -55,9 +57,13 @@ class VaultDatabaseBackend(_leases.LeasedIds, VaultBackend):
         self,
         leases: dict[str, Any] | None = None,
         database_mount: str = "database",
+        share: str = "process",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from credpath._lease_sharing import check_share
+
+        self.share = check_share(share, "share", self.config_error)
         if not isinstance(database_mount, str) or not database_mount.strip("/"):
             raise self.config_error(
                 "database_mount must be the database engine's mount path, e.g. 'database'"
@@ -86,7 +92,15 @@ class VaultDatabaseBackend(_leases.LeasedIds, VaultBackend):
         mount = entry.get("mount", self.database_mount)
         if not isinstance(mount, str) or not mount.strip("/"):
             raise self.config_error(f"{where}.mount must be a mount path")
-        return {**entry, "mount": mount.strip("/"), "static": bool(entry.get("static", False))}
+        from credpath._lease_sharing import check_share
+
+        share = check_share(entry.get("share", self.share), f"{where}.share", self.config_error)
+        static = bool(entry.get("static", False))
+        return {**entry, "mount": mount.strip("/"), "static": static, "share": share}
+
+    def use_shared_state(self, state: Any) -> None:
+        super().use_shared_state(state)
+        self.lease_tier = state.tier  # where leases shared per node or deployment live
 
     # --- reads -------------------------------------------------------------------------------------
 
