@@ -23,17 +23,15 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _procs
+from _procs import ROOT, aws_config, task_env
 
-KEY = "bHhfSkV3ZVZxQ2R0b0RjY1hDbk1sS0hNeEJ1bVZGTmE="  # a fixed Fernet key (bench only)
 TASK = r"""
 import json, sys, time
 delay = float(sys.argv[3])
@@ -52,25 +50,6 @@ print(json.dumps({"ok": True}))
 """
 
 
-def write_config(home: Path, proxy_url: str, shared: str) -> Path:
-    home.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "[[backends]]",
-        'name = "aws"',
-        'type = "aws-secrets-manager"',
-        "[backends.kwargs]",
-        f"endpoint_url = {json.dumps(proxy_url)}",
-        'region_name = "us-east-1"',
-        "timeout = 120",  # hundreds of processes on 2 cores: the default 10 s is a load artefact here
-        "[cache]",
-        f"shared = {json.dumps(shared)}",
-        f"shared_key = {json.dumps(KEY)}",
-    ]
-    path = home / "credpath.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def redis_commands(redis: Any) -> int:
     return int(redis.client().info("stats")["total_commands_processed"])
 
@@ -84,52 +63,28 @@ def run_variant(
     for node in range(args.nodes):
         home = run / f"node-{node}"
         shared = f"file:{home / 'cache' / 'shared.db'}" if variant == "file" else redis.url
-        configs.append((home, write_config(home, proxy.url, shared)))
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "AIRFLOW"))}
-    base_env.update(
-        PYTHONPATH=str(ROOT / "src"),
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+        configs.append((home, aws_config(home / "credpath.toml", proxy.url, shared)))
     id_list = ",".join(ids)
-    procs: list[subprocess.Popen[str]] = []
+    launches: list[_procs.Launch] = []
 
-    def launch(home: Path, config: Path, delay: float, mode: str) -> None:
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", TASK, str(config), id_list, f"{delay:.3f}", mode],
-                env={**base_env, "CREDPATH_HOME": str(home)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+    def launch(home: Path, config: Path, at: float, delay: float, mode: str) -> None:
+        argv = [sys.executable, "-c", TASK, str(config), id_list, f"{delay:.3f}", mode]
+        launches.append(_procs.Launch(argv, task_env(ROOT / "src", CREDPATH_HOME=str(home)), at))
 
     requests_before, targets_before = proxy.requests, len(proxy.targets)
     commands_before = redis_commands(redis)
-    start = time.monotonic()
     prefetch = "prefetch" in variant
     if prefetch:
         rng = random.Random(7)
         for home, config in configs:
-            launch(home, config, rng.uniform(0, args.jitter) if "jitter" in variant else 0.0, "prefetch")
-    first_wave = start + (args.jitter if prefetch else 0.0)  # tasks come after the start-up window
+            launch(home, config, 0.0, rng.uniform(0, args.jitter) if "jitter" in variant else 0.0, "prefetch")
+    first_wave = args.jitter if prefetch else 0.0  # tasks come after the start-up window
     for wave in range(args.waves):
-        pause = first_wave + wave * args.wave_gap - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
         for home, config in configs:
             for _ in range(args.per_wave):
-                launch(home, config, 0.0, "tasks")
-    failed = 0
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=900)
-        if proc.returncode != 0:
-            failed += 1
-            print(stderr[-800:], file=sys.stderr)
-    makespan = time.monotonic() - start
+                launch(home, config, first_wave + wave * args.wave_gap, 0.0, "tasks")
+    outcome = _procs.run(launches)
+    failed, makespan = outcome.failed, outcome.makespan_s
     commands = redis_commands(redis) - commands_before - 1  # our own INFO
     targets = proxy.targets[targets_before:]
     tasks = args.nodes * args.waves * args.per_wave
@@ -158,41 +113,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from tests.servers._util import free_port, stop_process
-    from tests.servers.moto import FaultProxy, start_moto
-    from tests.servers.redis import RedisServer
-
     work = Path(tempfile.mkdtemp(prefix="credpath-bench-fleet-"))
-    moto_port = free_port()
-    moto = start_moto(moto_port, work / "moto.log")
-    redis = RedisServer(port=free_port(), binary="redis-server", workdir=work)
-    redis.start()
-    proxy = FaultProxy(moto_port)
     report: dict[str, Any] = {"args": vars(args) | {"json": None}, "load_before": os.getloadavg()}
-    try:
-        import boto3
-
-        client = boto3.client(
-            "secretsmanager",
-            endpoint_url=f"http://127.0.0.1:{moto_port}",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        ids = [f"fleet_{i}" for i in range(args.ids)]
-        for conn_id in ids:
-            client.create_secret(
-                Name=f"airflow/connections/{conn_id}", SecretString="postgres://u:pw@db.example:5432/d"
-            )
+    ids = [f"fleet_{i}" for i in range(args.ids)]
+    secrets = {f"airflow/connections/{i}": "postgres://u:pw@db.example:5432/d" for i in ids}
+    with _procs.servers(work, secrets) as up:
         report["variants"] = {}
         for variant in args.variants.split(","):
-            row = run_variant(variant, args, work, proxy, redis, ids)
+            row = run_variant(variant, args, work, up.proxy, up.redis, ids)
             report["variants"][variant] = row
             print(variant, json.dumps(row), flush=True)
-    finally:
-        proxy.close()
-        redis.stop()
-        stop_process(moto)
     report["load_after"] = os.getloadavg()
     print(
         f"\n{args.nodes} nodes x {args.waves} waves x {args.per_wave} processes per node "

@@ -12,9 +12,13 @@ building a search path from a credpath.toml and reading the same k connections:
 Makespan runs from the first process started to the last one done (process start-up and imports
 included: that is what a task pays). Variants run interleaved for ``--rounds`` rounds so changing load
 weighs on each alike. ``--hits`` also measures shared-hit latency at a fixed request rate from one
-process (p50/p99 of ``SharedTier.get`` on a warm entry, paced to ``--rate`` lookups/s).
+node (p50/p99 of ``SharedTier.get_or_acquire`` on a warm entry, paced to ``--rate`` lookups/s in all,
+from ``--hit-processes`` processes). ``--max-running`` bounds how many task processes run at once (as
+an Airflow worker's parallelism does): 200 interpreters started at once on 2 cores starve the lock holder
+past its lease, and the waiters then read the store themselves.
 
-    python bench/redis_tier.py --cases 200x5,50x100 --rounds 2 [--old-src /work/main/src] [--hits]
+    python bench/redis_tier.py --cases 200x5,50x100 --rounds 2 [--max-running 50] [--old-src /work/main/src]
+        [--hits --hit-processes 1,4,8]
 """
 
 from __future__ import annotations
@@ -23,17 +27,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _procs
+from _procs import KEY, ROOT, aws_config, task_env
 
-KEY = "bHhfSkV3ZVZxQ2R0b0RjY1hDbk1sS0hNeEJ1bVZGTmE="  # a fixed Fernet key (bench only)
 WORKER = r"""
 import json, os, resource, sys, time
 t0 = time.monotonic()
@@ -54,61 +56,21 @@ print(json.dumps({"cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
 """
 
 
-def write_config(work: Path, name: str, proxy_url: str, shared: str | None) -> Path:
-    lines = [
-        "[[backends]]",
-        'name = "aws"',
-        'type = "aws-secrets-manager"',
-        "[backends.kwargs]",
-        f"endpoint_url = {json.dumps(proxy_url)}",
-        'region_name = "us-east-1"',
-        "timeout = 120",  # 200 processes at once on 2 cores: the default 10 s is a load artefact here
-    ]
-    if shared:
-        lines += ["[cache]", f"shared = {json.dumps(shared)}", f"shared_key = {json.dumps(KEY)}"]
-    path = work / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_case(config: Path, ids: list[str], n: int, src: Path, home: Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "AIRFLOW"))}
-    env.update(
-        PYTHONPATH=str(src),
-        CREDPATH_HOME=str(home),
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-    start = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(config), ",".join(ids)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(n)
-    ]
-    outs = []
-    failed = 0
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=900)
-        if proc.returncode != 0:
-            failed += 1
-            print(f"a worker failed: {stderr.strip().splitlines()[-1][:300]}", file=sys.stderr)
-            continue
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    makespan = time.monotonic() - start
+def run_case(
+    config: Path, ids: list[str], n: int, src: Path, home: Path, max_running: int | None
+) -> dict[str, Any]:
+    env = task_env(src, CREDPATH_HOME=str(home))
+    argv = [sys.executable, "-c", WORKER, str(config), ",".join(ids)]
+    launches = [_procs.Launch(argv, env) for _ in range(n)]
+    outcome = _procs.run(launches, max_running)
+    outs = outcome.outputs
     trips = [o["round_trips"] for o in outs if o["round_trips"] is not None]
     return {
-        "makespan_s": makespan,
+        "makespan_s": outcome.makespan_s,
         "cpu_ms_median": statistics.median(o["cpu_ms"] for o in outs),
         "redis_imported": any(o["redis_imported"] for o in outs),
         "round_trips_per_lookup": (sum(trips) / (len(trips) * len(ids))) if trips else None,
-        "failed_processes": failed,
+        "failed_processes": outcome.failed,
         # Processes that read the store themselves (and so built a store client, the costliest step).
         "processes_with_store_client": sum(bool(o.get("botocore")) for o in outs),
     }
@@ -130,7 +92,7 @@ def _hit_worker(url: str, rate: float, seconds: float, out: Any) -> None:
         if pause > 0:
             time.sleep(pause)
         t = time.perf_counter()
-        entry = tier.get(ckeys[i % len(ckeys)])
+        entry, _ = tier.get_or_acquire(ckeys[i % len(ckeys)])  # what a lookup asks (one round trip)
         samples.append(time.perf_counter() - t)
         assert entry is not None
         i += 1
@@ -139,7 +101,8 @@ def _hit_worker(url: str, rate: float, seconds: float, out: Any) -> None:
 
 
 def hit_latency(url: str, rate: float, seconds: float, processes: int) -> dict[str, Any]:
-    """p50/p99 of a warm shared hit through SharedTier.get (HMAC name, MGET, Fernet decrypt), from
+    """p50/p99 of a warm shared hit as a lookup asks for it (SharedTier.get_or_acquire: HMAC name, one
+    script that finds the entry, Fernet decrypt), from
     ``processes`` processes of this node paced to ``rate`` lookups/s in all."""
     import multiprocessing
 
@@ -185,37 +148,25 @@ def main() -> int:
     parser.add_argument("--old-src", type=Path, help="the old tree's src/ (adds the 'redis-old' variant)")
     parser.add_argument("--hits", action="store_true", help="also the shared-hit latency bench")
     parser.add_argument("--rate", type=float, default=10000.0)
-    parser.add_argument("--hit-processes", type=int, default=4)
+    parser.add_argument("--hit-processes", default="4", help="N[,N...]: one hit run per count")
+    parser.add_argument(
+        "--max-running",
+        type=int,
+        default=None,
+        help="at most this many task processes at once (an Airflow worker's parallelism; default: all)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from tests.servers._util import free_port, stop_process
-    from tests.servers.moto import FaultProxy, start_moto
-    from tests.servers.redis import RedisServer
-
     work = Path(tempfile.mkdtemp(prefix="credpath-bench-redis-"))
-    moto_port = free_port()
-    moto = start_moto(moto_port, work / "moto.log")
-    redis = RedisServer(port=free_port(), binary="redis-server", workdir=work)
-    redis.start()
-    proxy = FaultProxy(moto_port)
-    report: dict[str, Any] = {"load_before": os.getloadavg(), "cases": {}}
-    try:
-        import boto3
-
-        client = boto3.client(
-            "secretsmanager",
-            endpoint_url=f"http://127.0.0.1:{moto_port}",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
-        max_k = max(k for _, k in cases)
-        for i in range(max_k):
-            client.create_secret(
-                Name=f"airflow/connections/bench_{i}", SecretString=f"postgres://u:pw{i}@db.example:5432/d"
-            )
+    cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
+    max_k = max(k for _, k in cases)
+    secrets = {
+        f"airflow/connections/bench_{i}": f"postgres://u:pw{i}@db.example:5432/d" for i in range(max_k)
+    }
+    report: dict[str, Any] = {"load_before": os.getloadavg(), "max_running": args.max_running, "cases": {}}
+    with _procs.servers(work, secrets) as up:
+        redis, proxy = up.redis, up.proxy
         variants = args.variants.split(",") + (["redis-old"] if args.old_src else [])
         for n, k in cases:
             ids = [f"bench_{i}" for i in range(k)]
@@ -230,21 +181,20 @@ def main() -> int:
                         "redis-old": redis.url,
                     }[variant]
                     src = args.old_src if variant == "redis-old" else ROOT / "src"
-                    config = write_config(work, f"{variant}-{n}x{k}", proxy.url, shared)
+                    config = aws_config(work / f"{variant}-{n}x{k}.toml", proxy.url, shared)
                     before = proxy.requests
-                    row = run_case(config, ids, n, src, work / f"home-{variant}")
+                    row = run_case(config, ids, n, src, work / f"home-{variant}", args.max_running)
                     row["store_requests"] = proxy.requests - before
+                    row["load"] = os.getloadavg()[0]
                     rows[variant].append(row)
                     print(f"{n}x{k} {variant} round {round_ + 1}: {json.dumps(row)}", flush=True)
             report["cases"][f"{n}x{k}"] = rows
         if args.hits:
-            redis.flush()
-            report["hits"] = hit_latency(redis.url, args.rate, 5.0, args.hit_processes)
-            print("shared hits:", json.dumps(report["hits"]), flush=True)
-    finally:
-        proxy.close()
-        redis.stop()
-        stop_process(moto)
+            for processes in [int(p) for p in str(args.hit_processes).split(",")]:
+                redis.flush()
+                hits = hit_latency(redis.url, args.rate, 5.0, processes)
+                report.setdefault("hits", []).append(hits)
+                print("shared hits:", json.dumps(hits), flush=True)
     report["load_after"] = os.getloadavg()
     print("\n| N x k | variant | store requests | makespan s | CPU ms/process (median) | RTT/lookup |")
     print("|---|---|---|---|---|---|")

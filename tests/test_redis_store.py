@@ -353,6 +353,9 @@ def test_a_three_master_cluster(cluster: list[int]) -> None:
     tier.flush()
     stats = store.stats()
     assert stats["entries"] == 30 and stats["shared_hits"] == 30
+    # A Cluster keeps the look and the lease apart (an entry, its generation record and its lease hash
+    # to different slots): the lease is not asked for with the look.
+    assert tier.get_or_acquire(("variable", "cold", None)) == (None, None)
     assert store.clear() == 30
     tier.close()
 
@@ -446,5 +449,9 @@ def test_sentinel_failover_during_reads(sentinel_group: dict[str, Any]) -> None:
     assert any(got is None for _, got, _ in results)  # the failover was seen (misses meanwhile)
     tier.put(("variable", "after", None), entry("written to the new master"))
     assert tier.get(("variable", "after", None)).value == "written to the new master"  # type: ignore[union-attr]
+    # The look and the lease in one script on the (new) master: a miss takes the lease, once.
+    assert tier.get_or_acquire(("variable", "cold", None)) == (None, True)
+    assert tier.get_or_acquire(("variable", "cold", None)) == (None, False)
+    assert tier.get_or_acquire(("variable", "after", None))[0].value == "written to the new master"  # type: ignore[union-attr]
     tier.flush()  # now, while the group runs (not at exit)
     tier.close()

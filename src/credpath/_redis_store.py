@@ -54,6 +54,18 @@ _UNLOCK = (
 )
 _UNLOCK_SHA = hashlib.sha1(_UNLOCK).hexdigest().encode("ascii")  # Redis names scripts so
 
+# A cold lookup's look and lease in one round trip: the entry and its generation record if the entry is
+# there (the lease is not asked for: the caller may not need it), else the generation record and whether
+# this owner took the lease (1) or another holds it (0). Atomic, so no entry can land between the look
+# and the lease. The script moves sealed bytes only; the caller opens and checks them.
+_GET_OR_LOCK = (
+    b"local v = redis.call('mget', KEYS[1], KEYS[2]) "
+    b"if v[1] then return {v[1], v[2], -1} end "
+    b"if redis.call('set', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, v[2], 1} end "
+    b"return {false, v[2], 0}"
+)
+_GET_OR_LOCK_SHA = hashlib.sha1(_GET_OR_LOCK).hexdigest().encode("ascii")
+
 
 class RedisError(Exception):
     """An error reply (its first word only: a reply may quote a key, never a value we sent)."""
@@ -362,13 +374,29 @@ class RespStore:
         reply = self._call("SET", PREFIX + "l:" + key, owner, "NX", "PX", max(1, int(lease * 1000)))
         return reply is not None
 
-    def unlock(self, key: str, owner: str) -> None:
-        name = PREFIX + "l:" + key
-        reply = self._run([("EVALSHA", _UNLOCK_SHA, 1, name, owner)])[0]
+    def _script(self, script: bytes, sha: bytes, keys: tuple[str, ...], *args: Any) -> Any:
+        """EVALSHA, and on NOSCRIPT (a restarted or flushed server) EVAL, which loads it again."""
+        reply = self._run([("EVALSHA", sha, len(keys), *keys, *args)])[0]
         if isinstance(reply, RedisError):
             if str(reply) != "NOSCRIPT":
                 raise reply
-            self._call("EVAL", _UNLOCK, 1, name, owner)  # loads it: later calls are EVALSHA
+            return self._call("EVAL", script, len(keys), *keys, *args)
+        return reply
+
+    def unlock(self, key: str, owner: str) -> None:
+        self._script(_UNLOCK, _UNLOCK_SHA, (PREFIX + "l:" + key,), owner)
+
+    def get_or_lock(
+        self, key: str, owner: str, lease: float
+    ) -> tuple[bytes | None, bytes | None, bool | None]:
+        """``get_many([key, "g:" + key])`` and, when ``key`` has no entry, ``lock(key, owner, lease)``, in
+        one round trip: ``(entry, generation record, held)``; ``held`` is None when an entry was found
+        (the lease was not asked for)."""
+        names = (PREFIX + "e:" + key, PREFIX + "e:g:" + key, PREFIX + "l:" + key)
+        blob, gen_blob, held = self._script(
+            _GET_OR_LOCK, _GET_OR_LOCK_SHA, names, owner, max(1, int(lease * 1000))
+        )
+        return blob, gen_blob, None if held < 0 else bool(held)
 
     def locked(self, key: str) -> bool:
         return bool(self._call("EXISTS", PREFIX + "l:" + key))
@@ -535,6 +563,16 @@ def _redis_py_store(url: str) -> Any:
         # attempt reaches the new master.
         sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
         client = sentinel.master_for(service, db=db, **kwargs)
+        # One master holds every key: the look and the lease go in one script, as on a plain server.
+        # (Not on a Cluster: an entry, its generation record and its lease hash to different slots.)
+        get_or_lock = client.register_script(_GET_OR_LOCK.decode())
+
+        def both(key: str, owner: str, lease: float) -> tuple[bytes | None, bytes | None, bool | None]:
+            names = [PREFIX + "e:" + key, PREFIX + "e:g:" + key, PREFIX + "l:" + key]
+            blob, gen_blob, held = get_or_lock(keys=names, args=[owner, max(1, int(lease * 1000))])
+            return blob, gen_blob, None if held < 0 else bool(held)
+
+        store.get_or_lock = both  # type: ignore[attr-defined]
     else:
         from redis.cluster import ClusterNode, RedisCluster
 

@@ -868,6 +868,31 @@ class SharedTier:
             self._failed(exc, "reading an entry")
             return None
         self._ok()
+        return self._found(name, blob, gen_blob)
+
+    def get_or_acquire(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool | None]:
+        """:meth:`get` and, when the tier holds no entry for ``ckey``, :meth:`acquire`, in one round trip
+        where the store can (``get_or_lock``: a script on one Redis server): ``(entry, held)``.
+
+        ``held`` is True/False as from :meth:`acquire`, or None when the lock was not asked for (an entry
+        was there, fresh or not; the store cannot do both at once; the tier failed): the caller then
+        calls :meth:`acquire` if it needs the lock."""
+        both = getattr(self.store, "get_or_lock", None)
+        if both is None:
+            return self.get(ckey), None
+        if not self._available():
+            return None, None
+        name = self.name(ckey)
+        try:
+            blob, gen_blob, held = both(name, self._owner, self.lease)
+        except Exception as exc:
+            self._failed(exc, "reading an entry")
+            return None, None
+        self._ok()
+        return self._found(name, blob, gen_blob), held
+
+    def _found(self, name: str, blob: bytes | None, gen_blob: bytes | None) -> SharedEntry | None:
+        """The entry a read of ``name`` and its generation record found, once it opens and is current."""
         token = self._gen_token("g:" + name, gen_blob)
         if len(self._seen) > 4096:
             self._seen.clear()

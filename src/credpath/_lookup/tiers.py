@@ -84,19 +84,20 @@ def _lookup_shared(state: LookupState, context: LookupContext, ckey: CacheKey) -
     """
     shared = state.shared
     assert shared is not None
-    entry = shared.get(ckey)
+    entry, held = shared.get_or_acquire(ckey)  # a store that can: the look and the lock at once
     if entry is not None:
         if entry.fresh(time.time()):
             return _serve_shared(state, context, ckey, entry)
         state.adopt(ckey, entry)  # expired: this process's last good value for stale-if-error
     shared.count("shared_misses")
-    held = shared.acquire(ckey)
-    if held:
-        entry = shared.get(ckey)  # another process may have written it and let go since our look
-        if entry is not None and entry.fresh(time.time()):
-            shared.release(ckey)
-            return _serve_shared(state, context, ckey, entry)
-    elif held is False:
+    if held is None:
+        held = shared.acquire(ckey)
+        if held:
+            entry = shared.get(ckey)  # another process may have written it and let go since our look
+            if entry is not None and entry.fresh(time.time()):
+                shared.release(ckey)
+                return _serve_shared(state, context, ckey, entry)
+    if held is False:
         entry, held = shared.wait(ckey)
         if entry is not None:
             return _serve_shared(state, context, ckey, entry)
