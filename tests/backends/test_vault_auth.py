@@ -599,7 +599,7 @@ def test_bad_assume_role_kwargs_are_one_config_line(openbao: OpenBao, moto_sts: 
         role_id="vault-role",
         assume_role_kwargs={"RoleArn": "arn:aws:iam::123456789012:role/v", "RoleSessionName": "x"},
     )
-    with pytest.raises(ConfigError, match=r"^assume_role_kwargs: .*RoleSessionName") as info:
+    with pytest.raises(ConfigError, match=r"assume_role_kwargs: .*RoleSessionName") as info:
         backend.get_variable("v")
     assert "\n" not in str(info.value)
     backend.close()
