@@ -341,7 +341,7 @@ def main() -> int:
     if "run" not in args.skip:
         figures, load = run_py(trees, args.rounds, args.n, args.misses)
         report["run"] = {"figures": figures, "load": load}
-        title = f"bench/run.py, credpath side, N = {args.n:,}, median of {args.rounds} runs per tree"
+        title = f"bench/run.py, credpath side, {args.n:,} connections, median of {args.rounds} runs per tree"
         print(table(title, RUN_ROWS, figures, load).replace(" N ", f" {args.n:,} "), flush=True)
     if args.shared:
         venvs = {"before": args.before_airflow_venv, "after": ROOT / ".cache" / "airflow-venv"}
