@@ -344,7 +344,10 @@ def main() -> int:
         title = f"bench/run.py, credpath side, {args.n:,} connections, median of {args.rounds} runs per tree"
         print(table(title, RUN_ROWS, figures, load).replace(" N ", f" {args.n:,} "), flush=True)
     if args.shared:
-        venvs = {"before": args.before_airflow_venv, "after": ROOT / ".cache" / "airflow-venv"}
+        venvs = {"before": args.before_airflow_venv.resolve(), "after": ROOT / ".cache" / "airflow-venv"}
+        for side, venv in venvs.items():
+            if not (venv / "bin" / "airflow").is_file():  # else the tree's test would build one in place
+                parser.error(f"no Airflow virtualenv for {side} at {venv}")
         figures, load = shared(trees, venvs, args.rounds)
         report["shared"] = {"figures": figures, "load": load}
         title = f"bench/shared_cache.py --store vault, median of {args.rounds} runs per tree"
