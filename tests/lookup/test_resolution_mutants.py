@@ -62,3 +62,14 @@ def test_the_lease_detail_is_shown_for_a_connection_hit_only() -> None:
     assert [a.detail for a in connection.attempts] == ["lease lease-of-c"]
     variable = path.explain("variable", "v")
     assert [a.detail for a in variable.attempts] == [""]
+
+
+def test_a_live_backend_whose_pattern_excludes_the_id_is_not_asked_ahead_of_a_cached_answer() -> None:
+    from tests.memory_backend import UncachedMemoryBackend
+
+    picky = UncachedMemoryBackend(connections_lookup_pattern="^zz")
+    cached = MemoryBackend({"db": "postgres://u:pw-s3cr3t@h:5432/db"})
+    search_path = path(picky, cached)
+    search_path.get_connection("db")
+    search_path.get_connection("db")  # the cached answer, after the live backends ahead that want it
+    assert picky.calls == []
