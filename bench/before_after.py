@@ -132,7 +132,8 @@ def run_py(trees: dict[str, Path], rounds: int, n: int, misses: int) -> tuple[di
                 if result.returncode != 0:
                     tail = result.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
                     raise RuntimeError(f"{side}: job {name} failed: {tail[0][:300]}")
-                return json.loads(result.stdout.strip().splitlines()[-1])
+                answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+                return answer
 
             def one(side: str) -> Figures:
                 bench_run.log(f"run.py jobs, {side}")

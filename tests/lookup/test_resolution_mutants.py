@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from credpath._cache import CacheSettings
 from credpath._lookup import trace
 from credpath._lookup.trace import Attempt, Served
-from tests.lookup.helpers import expired_cache, path, quiet_path
+from tests.lookup.helpers import path, quiet_path
 from tests.memory_backend import MemoryBackend, Unreachable
 
 
@@ -27,7 +28,7 @@ def events() -> Iterator[list[Any]]:
 def test_a_store_in_refresh_back_off_serves_its_last_good_value_without_a_request(events: list[Any]) -> None:
     backend = MemoryBackend(variables={"k": "s3cr3t-old"})
     # The default breaker: the refresh back-off takes its numbers from it (and is off without it).
-    search_path = path(backend, cache=expired_cache(stale_if_error=600.0))
+    search_path = path(backend, cache=CacheSettings(ttl=0.0, miss_ttl=0.0, jitter=0.0, stale_if_error=600.0))
     assert search_path.get_variable("k") == "s3cr3t-old"
     backend.fail_with = Unreachable("b0: store down")
     assert search_path.get_variable("k") == "s3cr3t-old"  # the failed refresh: stale-if-error
