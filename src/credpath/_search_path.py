@@ -17,7 +17,6 @@ from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
-from credpath import _audit
 from credpath._cache import ABSENT, CacheSettings, TTLCache
 from credpath._deadlines import Deadline
 from credpath._lookup import listing, prefetch, rotation, tiers, writes
@@ -360,6 +359,8 @@ class SearchPath(LookupState):
         ``prefetch_variables``), cached only where no earlier backend has the id.
         Errors follow the one error policy; failed ids are simply not cached.
         """
+        from credpath import _audit  # a few ms of start-up that a lookup never needs
+
         prefetch.check_concurrency(concurrency)
         deadline = None if timeout is None else Deadline(timeout)
         reports: dict[Kind, PrefetchReport] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from credpath import _audit
 from credpath._lookup.model import Entry
 from credpath._lookup.state import LookupState
 from credpath.errors import ConfigError, ReadOnlyBackend
@@ -101,6 +100,8 @@ def delete(state: LookupState, kind: Kind, key: str, to: str | None) -> str | No
 def written(state: LookupState, kind: Any, key: str, write: Callable[[], Any], **audit: Any) -> Any:
     """Run ``write`` and forget ``key`` in both tiers, one write at a time; one audit event (``audit``:
     operation, backend, team, value: :func:`credpath._audit.timed`)."""
+    from credpath import _audit  # imported at the first write: a read-only process never needs it
+
     operation = audit.pop("operation", "write")
     with _audit.timed(operation, kind, key, **audit) as event, state._write_lock:
         result = write()
