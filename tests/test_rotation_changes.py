@@ -527,3 +527,76 @@ def test_a_forked_process_runs_its_own_watch(kubernetes_secrets_harness: Any) ->
         assert path.get_connection("fork_conn").password == "pw-s3cr3t-p1"  # and the parent too
     finally:
         child.join(30)
+
+
+# --- Kubernetes watch, label-based backend (the cncf.kubernetes provider's layout) -------------------
+
+
+def k8s_relabel(harness: Any, name: str, labels: dict[str, str], value: str) -> None:
+    """An out-of-band change of a labelled Secret (as an operator replaces it): its labels and value."""
+    from kubernetes import client
+
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name, labels=labels), string_data={"value": value}
+    )
+    harness.client.replace_namespaced_secret(name, harness.namespace, body)
+
+
+def test_kubernetes_labels_watch_brings_changes_by_label_within_seconds(
+    kubernetes_labels_harness: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from credpath.backends import _kubernetes_watch
+
+    harness = kubernetes_labels_harness
+    conn_label, team_label = harness.labels["connection"], "airflow.apache.org/team"
+    shared = harness.seed_labelled("connection", "lab_conn", {"value": uri("pw-s3cr3t-l0")})
+    team = harness.seed_labelled(
+        "connection", "lab_conn", {"value": uri("pw-s3cr3t-t0")}, extra_labels={team_label: "blue"}
+    )
+    moved = harness.seed_labelled("variable", "lab_var", {"value": "pw-s3cr3t-v0"})
+    backend = harness.make_backend(watch=True)
+    path = SearchPath([("k8s", backend)])  # TTL 300 s: only an event brings a change within the test
+    watches = [w for k, w in _kubernetes_watch._watches.items() if k[0] == backend.describe()]
+    assert sorted(w.selector for w in watches) == sorted(harness.labels.values())  # one per kind's label
+
+    def served(read: Any, want: Any) -> float:
+        started = time.monotonic()
+        while read() != want:
+            assert time.monotonic() - started < 5.0, "the change was not served within 5 s"
+            time.sleep(0.01)
+        return time.monotonic() - started
+
+    try:
+        deadline = time.monotonic() + 30
+        while harness.fake.watch_requests < len(watches):  # every stream is open
+            assert time.monotonic() < deadline, "the watches did not open"
+            time.sleep(0.05)
+        assert path.get_connection("lab_conn").password == "pw-s3cr3t-l0"
+        assert path.get_connection("lab_conn", team_name="blue").password == "pw-s3cr3t-t0"
+        assert path.get_variable("lab_var") == "pw-s3cr3t-v0"
+        time.sleep(0.3)
+        waits = []
+        # a new value in the Secret carrying the id's label (its name says nothing of the id)
+        k8s_relabel(harness, shared, {conn_label: "lab_conn"}, uri("pw-s3cr3t-l1"))
+        waits.append(served(lambda: path.get_connection("lab_conn").password, "pw-s3cr3t-l1"))
+        # a team's Secret: the (kind, id) of every team is dropped
+        k8s_relabel(harness, team, {conn_label: "lab_conn", team_label: "blue"}, uri("pw-s3cr3t-t1"))
+        waits.append(
+            served(lambda: path.get_connection("lab_conn", team_name="blue").password, "pw-s3cr3t-t1")
+        )
+        # the id label moves to another id: the old id, which the event no longer names, is a miss
+        k8s_relabel(harness, moved, {harness.labels["variable"]: "lab_var_2"}, "pw-s3cr3t-v1")
+        waits.append(served(lambda: path.get_variable("lab_var", None), None))
+        assert path.get_variable("lab_var_2") == "pw-s3cr3t-v1"
+        # a deleted Secret: the team's read falls back to the global one
+        harness.client.delete_namespaced_secret(team, harness.namespace)
+        waits.append(
+            served(lambda: path.get_connection("lab_conn", team_name="blue").password, "pw-s3cr3t-l1")
+        )
+        report(f"kubernetes-labels watch: worst staleness {max(waits):.3f} s over {len(waits)} changes")
+        assert_no_secret(caplog.text)
+    finally:
+        for watch in watches:
+            watch.labelled.clear()
+            watch.stop()
+        path.close()

@@ -232,6 +232,15 @@ def test_the_provider_class_path_maps_here_with_its_kwargs(harness: KubernetesLa
         create_backend(PROVIDER, {"connections_label": "not a label!"})
 
 
+def test_watch_is_off_by_default_and_must_be_a_boolean(harness: KubernetesLabelsHarness) -> None:
+    # credpath's own kwarg (the provider's backend has none): off, no stream is opened
+    assert harness.make_backend().subscribe_changes(lambda *_: None) is False
+    assert harness.fake.watch_requests == 0
+    with pytest.raises(ConfigError) as info:
+        create_backend(PROVIDER, {"namespace": harness.namespace, "watch": "yes"}, name="k8s")
+    assert "watch must be true or false" in str(info.value) and "\n" not in str(info.value)
+
+
 # --- errors, listing ----------------------------------------------------------------------------------------
 
 

@@ -39,7 +39,9 @@ Drive it with ``kubernetes.client.Configuration(host=fake.endpoint)`` and the be
   with code 410, reason ``Expired`` ("too old resource version"), and the stream ends, as the server
   answers a watch; ``allowWatchBookmarks=true`` adds a ``BOOKMARK`` event (an object with only
   ``metadata.resourceVersion``) every ``bookmark_interval`` seconds; ``watch_requests`` counts watches;
-  ``drop_watches()`` ends every open stream (a connection lost);
+  ``drop_watches()`` ends every open stream (a connection lost); ``labelSelector`` filters the events as
+  the watch cache does: a Secret that comes to match is ``ADDED``, one that stops matching is ``DELETED``
+  (with its previous object), one that matched neither before nor after is not sent;
 
 Not emulated: other resources and API groups, discovery (``/api``, ``/apis``, ``/version``),
 ``fieldSelector``, ``resourceVersion`` on GET of one Secret, ``resourceVersionMatch``, ``PATCH`` (all patch
@@ -243,6 +245,26 @@ class KubernetesSecretsFake(LoopbackHttpFake):
             del self.history[:-10000]
             self.changed.notify_all()
 
+    def _selected(
+        self, selector: _Selector, revision: int, namespace: str, kind: str, obj: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """An event as a watch with ``selector`` sees it; ("", obj) when it is not sent."""
+        name = obj["metadata"]["name"]
+        with self.lock:
+            before = [
+                o
+                for r, ns, k, o in self.history
+                if r < revision and ns == namespace and o["metadata"]["name"] == name
+            ]
+        previous = before[-1] if before and kind != "ADDED" else None
+        was = previous is not None and selector.matches(previous["metadata"].get("labels") or {})
+        now = selector.matches(obj["metadata"].get("labels") or {})
+        if kind == "DELETED":
+            return ("DELETED", obj) if now or was else ("", obj)
+        if now:
+            return ("MODIFIED" if was else "ADDED", obj)
+        return ("DELETED", previous) if was and previous is not None else ("", obj)
+
     def serve(self, thread_name: str, tls: Any = None) -> None:
         super().serve(thread_name, tls)
         base = self.server.RequestHandlerClass
@@ -272,6 +294,7 @@ class KubernetesSecretsFake(LoopbackHttpFake):
                 raise ApiError(404, "the server could not find the requested resource")
             namespace = match["ns"]
             self._authorize(namespace, None, "watch")
+            selector = _Selector(query.get("labelSelector", "")) if query.get("labelSelector") else None
             since = query.get("resourceVersion") or "0"
             if not since.isdigit():
                 raise ApiError(400, f"invalid resource version: {since!r}")
@@ -321,6 +344,10 @@ class KubernetesSecretsFake(LoopbackHttpFake):
                     dropped = generation != self._generation
                 for revision, _ns, kind, obj in events:
                     seen = max(seen, revision)
+                    if selector is not None:
+                        kind, obj = self._selected(selector, revision, namespace, kind, obj)
+                        if not kind:
+                            continue
                     send({"type": kind, "object": obj})
                 if dropped or time.monotonic() >= ends:
                     return

@@ -9,6 +9,10 @@ resumes from the last seen version when the stream ends, re-lists on 410, and ba
 30 s) while the server fails. Every event is handed to the subscribers with the Secret's name and
 ``resourceVersion`` only: an event's ``data`` is dropped as it is parsed, never kept nor logged.
 
+A backend that finds Secrets by label (``kubernetes-labels``) subscribes with a label selector
+(:func:`watch_labels`): one watch per (API server, namespace, selector), whose subscribers are also given
+the Secret's labels (the ids it serves are label values, not its name).
+
 Gaps: while the stream is down, and between a re-list and the watch that follows it, changes are not
 seen; a subscriber is told "anything may have changed" (``name=None``) after each (re)list, and the
 cache's TTL bounds what it missed. After ``fork()`` the child has no thread: it starts its own on its next
@@ -26,8 +30,9 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
-__all__ = ["WATCH_TIMEOUT", "Watch", "watch_for"]
+__all__ = ["WATCH_TIMEOUT", "Watch", "watch_for", "watch_labels"]
 
 log = logging.getLogger("credpath.backends.kubernetes_secrets")
 
@@ -39,6 +44,8 @@ BACKOFF_MAX = 30.0
 
 #: A subscriber: (Secret name or None for "anything may have changed", its resourceVersion or None).
 Listener = Callable[[str | None, str | None], None]
+#: A subscriber of a label-selected watch: the same, plus the Secret's labels (empty for name None).
+LabelListener = Callable[[str | None, str | None, dict[str, str]], None]
 
 _watches: dict[tuple[str, str], Watch] = {}
 _lock = threading.Lock()
@@ -47,10 +54,13 @@ _lock = threading.Lock()
 class Watch:
     """The watch of one namespace of one API server (see the module docstring)."""
 
-    def __init__(self, backend: Any, key: tuple[str, str]) -> None:
-        self.backend = backend  # the first subscriber's backend: its client and its deadline
+    def __init__(self, backend: Any, key: tuple[str, str], selector: str = "", client: Any = None) -> None:
+        self.backend = backend  # the first subscriber's backend: its namespace
+        self.client = client or backend  # what makes the calls: its API client and its deadline
         self.key = key
+        self.selector = selector
         self.listeners: list[Listener] = []
+        self.labelled: list[LabelListener] = []
         self.pid = 0
         self.version: str | None = None
         self.events = 0
@@ -61,6 +71,11 @@ class Watch:
     def add(self, listener: Listener) -> None:
         with _lock:
             self.listeners.append(listener)
+        self.ensure()
+
+    def add_labelled(self, listener: LabelListener) -> None:
+        with _lock:
+            self.labelled.append(listener)
         self.ensure()
 
     def ensure(self) -> None:
@@ -79,11 +94,16 @@ class Watch:
     def stop(self) -> None:
         self._stop.set()
 
-    def _tell(self, name: str | None, version: str | None) -> None:
+    def _tell(self, name: str | None, version: str | None, labels: dict[str, str] | None = None) -> None:
         for listener in tuple(self.listeners):
             try:
                 listener(name, version)
             except Exception:  # a subscriber must never end the watch
+                log.debug("kubernetes watch: a subscriber failed", exc_info=True)
+        for labelled in tuple(self.labelled):
+            try:
+                labelled(name, version, labels or {})
+            except Exception:
                 log.debug("kubernetes watch: a subscriber failed", exc_info=True)
 
     def _run(self) -> None:
@@ -91,7 +111,8 @@ class Watch:
         stop = self._stop
         while not stop.is_set():
             try:
-                self.backend.prepare()  # the client (the namespace may come from the kubeconfig)
+                self.client.prepare()  # the client (the namespace may come from the kubeconfig)
+                self.backend.namespace  # noqa: B018 - resolved before the calls that name it
                 if self.version is None:
                     self.version = self._list_version()
                     self.restarts += 1
@@ -113,8 +134,8 @@ class Watch:
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _list_version(self) -> str:
-        backend = self.backend
-        status, body = backend._call("listing", None, backend._http("GET", query={"limit": 1}))
+        client = self.client
+        status, body = client._call("listing", None, client._http("GET", query={"limit": 1}))
         version = ((body or {}).get("metadata") or {}).get("resourceVersion") if status == 200 else None
         if not version:
             raise RuntimeError(f"list answered HTTP {status} without a resourceVersion")
@@ -123,7 +144,7 @@ class Watch:
     def _watch_once(self) -> None:
         import urllib3
 
-        api_client = self.backend.api
+        api_client = self.client.api
         configuration = api_client.configuration
         headers = {"Accept": "application/json"}
         auth = (configuration.auth_settings() or {}).get("BearerToken") or {}
@@ -133,6 +154,8 @@ class Watch:
             f"{configuration.host}/api/v1/namespaces/{self.backend.namespace}/secrets?watch=true"
             f"&resourceVersion={self.version}&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT}"
         )
+        if self.selector:
+            url += f"&labelSelector={quote(self.selector, safe='')}"
         response = api_client.rest_client.pool_manager.request(
             "GET",
             url,
@@ -176,7 +199,11 @@ class Watch:
             self.version = str(version)
         if kind in ("ADDED", "MODIFIED", "DELETED") and metadata.get("name"):
             self.events += 1
-            self._tell(str(metadata["name"]), None if kind == "DELETED" else self.version)
+            raw = metadata.get("labels") if self.labelled else None
+            labels = (
+                {str(k): v for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, dict) else {}
+            )
+            self._tell(str(metadata["name"]), None if kind == "DELETED" else self.version, labels)
 
 
 class _Expired(Exception):
@@ -188,7 +215,7 @@ def _restart_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork: never wait on that copy
     for watch in list(_watches.values()):
-        if watch.listeners:
+        if watch.listeners or watch.labelled:
             watch._thread = None
             try:
                 watch.ensure()
@@ -211,4 +238,18 @@ def watch_for(backend: Any, listener: Listener) -> Watch:
         if watch is None:
             watch = _watches[key] = Watch(backend, key)
     watch.add(listener)
+    return watch
+
+
+def watch_labels(backend: Any, client: Any, selector: str, listener: LabelListener) -> Watch:
+    """Subscribe ``listener`` to the watch of the Secrets matching ``selector`` in ``backend``'s namespace
+    (one per server, namespace and selector per process); ``client`` makes the calls (``prepare``,
+    ``api``, ``_call``, ``_http``: a name-based backend on the same server), ``backend`` names the
+    namespace."""
+    key = (str(backend.describe()), selector)
+    with _lock:
+        watch = _watches.get(key)
+        if watch is None:
+            watch = _watches[key] = Watch(backend, key, selector, client)
+    watch.add_labelled(listener)
     return watch

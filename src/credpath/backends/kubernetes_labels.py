@@ -33,6 +33,13 @@ a :class:`BackendError` naming the Secret (the provider raises ``UnicodeDecodeEr
 API server is, beyond the provider's in-cluster config, also ``host`` + ``token`` or a kubeconfig (the
 name-based backend's kwargs), with one deadline per call (``timeout``) and retries of 429/5xx inside it.
 
+Change events (credpath's own kwarg ``watch``, default false; the provider has none): one watch per
+process of the namespace's Secrets carrying each kind's label (``labelSelector=<label>``, one stream per
+label that is not ``None``); an event's Secret is mapped to the ids it serves by its labels, as reads map
+them (the value of the kind's label), plus the ids it served before (a Secret whose label value changed
+no longer serves its old id). The cached ids are dropped at once (README "Rotation"). Events carry names,
+labels and versions only, never data.
+
 Listing (``credpath connections list``): the label values of the Secrets carrying the kind's label
 (global ones: without the team label), one paged LIST. No writes: the Secrets belong to the operator
 that makes them.
@@ -44,9 +51,11 @@ import base64
 import binascii
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any, ClassVar, Unpack
 
+from credpath._lookup.trace import ChangeListener, note_version
 from credpath.backends import kubernetes_secrets as _names
 from credpath.protocol import BackendOptions, BaseBackend, Capability, Kind
 
@@ -105,9 +114,17 @@ class KubernetesLabelSecretsBackend(BaseBackend):
         ssl_ca_cert: str | None = None,
         timeout: float = 30.0,
         page_size: int = 500,
+        watch: bool = False,
         **options: Unpack[BackendOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(watch, bool):
+            raise self.config_error("watch must be true or false")
+        #: Watch the Secrets carrying the kinds' labels (credpath's kwarg); drop changed ids from the caches.
+        self.watch = watch
+        #: With ``watch``: the ids each Secret (by name) was last seen serving, by a read or an event.
+        self._served: dict[str, set[tuple[Kind, str]]] = {}
+        self._served_lock = threading.Lock()
         labels = {
             "connections_label": connections_label,
             "variables_label": variables_label,
@@ -226,6 +243,10 @@ class KubernetesLabelSecretsBackend(BaseBackend):
             return None
         first = items[0]
         name = (first.get("metadata") or {}).get("name", "")
+        metadata = first.get("metadata") or {}
+        note_version(metadata.get("resourceVersion"))  # a watch event of this version changes nothing
+        if self.watch:
+            self._remember(name, self._ids_of(metadata.get("labels")))
         if len(items) > 1:
             log.warning(
                 "%s: %d secrets with labels %s in namespace %r (%s); using the first, %r",
@@ -272,6 +293,48 @@ class KubernetesLabelSecretsBackend(BaseBackend):
 
     def get_config(self, key: str, *, team_name: str | None = None) -> str | None:
         return self._read("config", key, None)
+
+    # --- change events ---------------------------------------------------------------------------
+
+    def _ids_of(self, labels: Any) -> set[tuple[Kind, str]]:
+        """The (kind, id) a Secret with these labels serves: the value of each kind's label."""
+        found: set[tuple[Kind, str]] = set()
+        if isinstance(labels, dict):
+            for kind, label in self.labels.items():
+                value = labels.get(label) if label else None
+                if isinstance(value, str) and value:
+                    found.add((kind, value))
+        return found
+
+    def _remember(self, name: str, ids: set[tuple[Kind, str]]) -> set[tuple[Kind, str]]:
+        """Record what ``name`` serves now; returns what it served before."""
+        with self._served_lock:
+            before = self._served.pop(name, set())
+            if ids:
+                self._served[name] = ids
+        return before
+
+    def subscribe_changes(self, changed: ChangeListener) -> bool:
+        """With ``watch = true``: tell ``changed`` about every Secret carrying a kind's label that changes,
+        as ``(backend name, the ids it serves or served, a test of an id, its new resourceVersion or
+        None)``; ids None: anything may have changed (a watch restarted). Returns whether it watches."""
+        if not self.watch:
+            return False
+        from credpath.backends._kubernetes_watch import watch_labels
+
+        def on_event(name: str | None, version: str | None, labels: dict[str, str]) -> None:
+            if name is None:
+                changed(self.name, None, None, None)
+                return
+            now = self._ids_of(labels)
+            ids = now | self._remember(name, now if version is not None else set())
+            if not ids:
+                return
+            changed(self.name, sorted(ids), lambda kind, key: (kind, key) in ids, version)
+
+        for label in dict.fromkeys(v for v in self.labels.values() if v):
+            watch_labels(self, self._transport, label, on_event)
+        return True
 
     # --- listing -----------------------------------------------------------------------------------
 
