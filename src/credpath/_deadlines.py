@@ -17,15 +17,17 @@ workers are reused, so a healthy call starts no thread.
 from __future__ import annotations
 
 import os
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from credpath._lookup import trace as _trace
+
+if TYPE_CHECKING:
+    import queue
 
 __all__ = [
     "Deadline",
@@ -232,6 +234,8 @@ class _Worker:
     idle, so the next call gets another worker."""
 
     def __init__(self) -> None:
+        import queue  # with the first worker, not with the lookup path (start-up budget)
+
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.generation = _workers.generation
         self.retired = False

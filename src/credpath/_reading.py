@@ -18,7 +18,6 @@ description where the store keeps one). In a batch, a value that cannot be parse
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from credpath.errors import BackendError, ReadOnlyBackend
@@ -26,6 +25,8 @@ from credpath.model import Connection, Variable
 from credpath.protocol import BaseBackend, Kind, call_backend_method, supports
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
     from credpath.protocol import Backend
 
 __all__ = [

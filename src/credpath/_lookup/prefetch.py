@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from credpath import _reading as reading
 from credpath._cache import ABSENT
@@ -24,6 +23,9 @@ from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
 from credpath.errors import BackendTimeout, ConfigError
 from credpath.protocol import Kind, supports
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["CONCURRENCY", "prefetch_ids", "prefetch_prefix"]
 
@@ -185,6 +187,8 @@ def _one_by_one(
 
 def _settled(func: Any) -> Future[Any]:
     """``func()``'s outcome as a done future (the sequential path shares the concurrent one's handling)."""
+    from concurrent.futures import Future
+
     future: Future[Any] = Future()
     try:
         future.set_result(func())
@@ -214,6 +218,9 @@ def _concurrently(
 ) -> dict[str, Future[Any]]:
     """Submit every read to a bounded pool; wait until all are done or ``deadline`` passes. The pool's
     threads end with their last read (each store call has its own deadline): none outlives it."""
+    # concurrent.futures is imported at the first prefetch, not with the lookup path (start-up budget).
+    from concurrent.futures import ThreadPoolExecutor, wait
+
     stop = threading.Event()
 
     def one(key: str) -> Any:

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from credpath._keys import create_key_file, generate_key, read_key_file
 from credpath._settings import credpath_home
-from credpath.backends import _key_rotation
 from credpath.backends._sql import (
     ALL_TEAMS,
     ID_COLUMN,
@@ -67,6 +66,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine, Table
     from sqlalchemy.engine import URL
 
+    from credpath.backends import _key_rotation
     from credpath.protocol import Kind
 
 __all__ = ["FernetKeyError", "MetastoreBackend", "credpath_home", "generate_key", "tables"]
@@ -789,6 +789,8 @@ class MetastoreBackend(SqlTablesBackend):
         and rotated as it now is. Every value is decrypted before anything is written: if one cannot be,
         nothing is changed. (The work is :mod:`credpath.backends._key_rotation`'s.)
         """
+        from credpath.backends import _key_rotation
+
         return _key_rotation.rotate_fernet_key(self)
 
     def rotate_key_file(self) -> int | None:
@@ -801,10 +803,14 @@ class MetastoreBackend(SqlTablesBackend):
         with the file's first key, no new key is made. Only for keys from the file: a configured key
         (``fernet_key``, ``CREDPATH_FERNET_KEY``) is rotated with :meth:`rotate_fernet_key`.
         """
+        from credpath.backends import _key_rotation
+
         return _key_rotation.rotate_key_file(self)
 
     def _rotation_plan(self) -> list[_key_rotation.Plan]:
         """The tables a key rotation rewrites, with their encrypted columns."""
+        from credpath.backends import _key_rotation
+
         t = tables()
         return [
             _key_rotation.Plan("connection", t["connection"], "conn_id", ("password", "extra")),

@@ -150,8 +150,19 @@ def get_command(
     output: str | None,
 ) -> None:
     """Resolve one or more connections through the search path (several ids are fetched in batches)."""
-    from credpath._lookup.pinned import check_version, split_suffix
     from credpath.model import validate_lookup_key
+
+    def split_suffix(conn_id: str) -> tuple[str, str | None]:
+        if "@" not in conn_id and version is None:  # the pinning module only when a pin is asked for
+            return conn_id, None
+        from credpath._lookup.pinned import split_suffix
+
+        return split_suffix(conn_id)
+
+    def check_version(version: str) -> str:
+        from credpath._lookup.pinned import check_version
+
+        return check_version(version)
 
     pins: dict[str, str | None] = {}
     for conn_id in conn_ids:  # bad input (exit 2) before any store is asked, not "not found"
