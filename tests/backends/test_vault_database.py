@@ -428,7 +428,7 @@ def test_each_airflow_task_gets_its_own_user_and_none_is_left_when_the_run_ends(
     airflow: Any, airflow_api_server: Any, openbao_database: DatabaseEngine, tmp_path: Path
 ) -> None:
     engine = openbao_database
-    tasks = 3
+    tasks = 9  # and a failing one: a DAG run of ten tasks
     _config(tmp_path, engine.backend_kwargs())
     # Done when every task's listener has run.
     texts = run_leases_dag(airflow, tmp_path / "credpath.toml", {}, tasks, "revoked 1 lease(s) of task")
