@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import pytest
 
 from credpath._search_path import SearchPath
 from credpath._settings import load_settings
+from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 
 __all__ = [
@@ -109,3 +113,37 @@ def worker_env(tmp_path: Path) -> dict[str, str]:
 def path_for(config: Path) -> SearchPath:
     """A search path built from ``config``, as one more process of the deployment would."""
     return SearchPath.from_settings(load_settings(config, dict(os.environ)))
+
+
+def start_readers(tmp_path: Path, config: Path, conn_id: str, count: int) -> tuple[list[Any], Path]:
+    """``count`` reader processes (tests/_rotation_worker.py) of ``conn_id``, started together, and the
+    file that stops them (named afresh: a test may start several groups)."""
+    start, stop = tmp_path / f"start-{time.monotonic_ns()}", tmp_path / f"stop-{time.monotonic_ns()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests._rotation_worker", str(config), str(start), str(stop), conn_id],
+            env=worker_env(tmp_path),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    time.sleep(2.0)  # imports and search paths built; they then poll the start file
+    start.touch()
+    return procs, stop
+
+
+def stop_readers(procs: list[Any], stop: Path) -> list[list[tuple[float, str]]]:
+    """Each reader's (time, value digest) reads, after checking it ended cleanly and leaked nothing."""
+    stop.touch()
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert_no_secret(stdout + stderr)
+        assert proc.returncode == 0, stderr[-2000:]
+        if os.environ.get("CREDPATH_BENCH_READERS"):  # the bench shows what the tier said
+            sys.stderr.write("".join(line + "\n" for line in stderr.splitlines() if "shared cache" in line))
+        out.append([tuple(r) for r in json.loads(stdout.strip().splitlines()[-1])["reads"]])
+    return out

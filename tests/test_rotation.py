@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +23,14 @@ from credpath._shared_cache import SharedTier, parse_keys
 from credpath.cli import cli
 from credpath.model import Connection
 from tests import _shared_tier_fixtures as _fixtures
-from tests._shared_tier_fixtures import READS, digest, path_for, worker_env, write_config
+from tests._shared_tier_fixtures import (
+    READS,
+    digest,
+    path_for,
+    start_readers,
+    stop_readers,
+    write_config,
+)
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
 
@@ -108,37 +113,6 @@ def test_each_store_reports_the_version_it_served_with_no_extra_request(
 
 
 # --- 3. deployment-wide invalidation ------------------------------------------------------------------
-
-
-def start_readers(tmp_path: Path, config: Path, conn_id: str, count: int) -> tuple[list[Any], Path]:
-    start, stop = tmp_path / "start", tmp_path / "stop"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests._rotation_worker", str(config), str(start), str(stop), conn_id],
-            env=worker_env(tmp_path),
-            cwd=_fixtures.REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    time.sleep(2.0)  # imports and search paths built; they then poll the start file
-    start.touch()
-    return procs, stop
-
-
-def stop_readers(procs: list[Any], stop: Path) -> list[list[tuple[float, str]]]:
-    stop.touch()
-    out = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=120)
-        assert_no_secret(stdout + stderr)
-        assert proc.returncode == 0, stderr[-2000:]
-        if os.environ.get("CREDPATH_BENCH_READERS"):  # the bench shows what the tier said
-            sys.stderr.write("".join(line + "\n" for line in stderr.splitlines() if "shared cache" in line))
-        out.append([tuple(r) for r in json.loads(stdout.strip().splitlines()[-1])["reads"]])
-    return out
 
 
 def staleness(

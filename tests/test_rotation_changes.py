@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,9 +30,10 @@ from credpath._settings import load_settings
 from credpath.backends.aws_secrets_manager import SecretsManagerBackend
 from credpath.cli import cli
 from credpath.errors import BackendUnavailable
+from tests import _shared_tier_fixtures as _fixtures
+from tests._shared_tier_fixtures import KEY, digest, start_readers, stop_readers
 from tests.conftest import assert_no_secret
 from tests.servers.openbao import OpenBao
-from tests.test_shared_cache import KEY, digest, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "rotation-db.internal"
@@ -46,18 +45,8 @@ def uri(password: str) -> str:
     return f"postgres://u:{password}@{HOST}:5432/d"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CREDPATH_CACHE_SHARED", "CREDPATH_CACHE_KEY", "CREDPATH_FERNET_KEY", "CREDPATH_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CREDPATH_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(params=["file", "redis"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file:{tmp_path / 'shared-cache.db'}"
-    return request.getfixturevalue("redis_url")  # type: ignore[no-any-return]
+# The shared-tier fixtures (tests/_shared_tier_fixtures.py), taken into this module.
+clean_env, shared = _fixtures.clean_env, _fixtures.shared
 
 
 def config_for(tmp_path: Path, type_: str, kwargs: dict[str, Any], shared: str | None, **cache: Any) -> Path:
@@ -74,35 +63,6 @@ def config_for(tmp_path: Path, type_: str, kwargs: dict[str, Any], shared: str |
 
 def path_for(config: Path) -> SearchPath:
     return SearchPath.from_settings(load_settings(config, dict(os.environ)))
-
-
-def start_readers(tmp_path: Path, config: Path, conn_id: str, count: int) -> tuple[list[Any], Path]:
-    start, stop = tmp_path / f"start-{time.monotonic_ns()}", tmp_path / f"stop-{time.monotonic_ns()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests._rotation_worker", str(config), str(start), str(stop), conn_id],
-            env=worker_env(tmp_path),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    time.sleep(2.0)  # imports and search paths built; they then poll the start file
-    start.touch()
-    return procs, stop
-
-
-def stop_readers(procs: list[Any], stop: Path) -> list[list[tuple[float, str]]]:
-    stop.touch()
-    out = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=120)
-        assert_no_secret(stdout + stderr)
-        assert proc.returncode == 0, stderr[-2000:]
-        out.append([tuple(r) for r in json.loads(stdout.strip().splitlines()[-1])["reads"]])
-    return out
 
 
 def old_after(reads: list[list[tuple[float, str]]], when: float, old: str) -> list[float]:

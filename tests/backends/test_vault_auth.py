@@ -418,6 +418,14 @@ def moto_sts(tmp_path) -> Iterator[str]:
         stop_process(proc)
 
 
+def sts_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """boto3's STS client at ``url``, with test credentials of its own."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
 def decode_iam(body: dict[str, Any]) -> tuple[str, dict[str, list[str]], str]:
     url = base64.b64decode(body["iam_request_url"]).decode()
     headers = json.loads(base64.b64decode(body["iam_request_headers"]))
@@ -447,10 +455,7 @@ def test_aws_iam_login_signs_get_caller_identity(openbao: OpenBao, moto_sts: str
     assert_no_secret(json.dumps(headers))
 
     # assume_role_kwargs: temporary credentials from STS (a real moto server) sign the request.
-    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_sts)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    sts_at(monkeypatch, moto_sts)
     (_, _, body), _ = login_attempt(
         openbao,
         auth_type="aws_iam",
@@ -568,10 +573,7 @@ def test_an_aws_iam_login_whose_sts_call_hangs_is_cut_at_the_deadline(openbao: O
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)  # accepts into the backlog and never answers
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{listener.getsockname()[1]}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        sts_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
         backend = VaultBackend(
             url=openbao.addr,
             auth_type="aws_iam",
@@ -589,10 +591,7 @@ def test_an_aws_iam_login_whose_sts_call_hangs_is_cut_at_the_deadline(openbao: O
 
 
 def test_bad_assume_role_kwargs_are_one_config_line(openbao: OpenBao, moto_sts: str, monkeypatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_sts)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    sts_at(monkeypatch, moto_sts)
     backend = VaultBackend(
         url=openbao.addr,
         auth_type="aws_iam",

@@ -16,10 +16,22 @@ from credpath._cache import CacheSettings
 from credpath._lookup import prefetch as lookup_prefetch
 from credpath._lookup import state as lookup_state
 from credpath._lookup import tiers as lookup_tiers
+from credpath._lookup import trace
 from credpath._search_path import SearchPath
 from credpath._shared_cache import FileStore, SharedTier
 from tests.lookup.helpers import Clock
 from tests.servers._util import stop_process
+
+
+@pytest.fixture
+def events() -> Iterator[list[Any]]:
+    """Every trace event emitted while the test runs, in order."""
+    seen: list[Any] = []
+    unsubscribe = trace.subscribe(lambda _context, event: seen.append(event))
+    try:
+        yield seen
+    finally:
+        unsubscribe()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ call's trace times it and carries only its own version."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,16 +13,6 @@ from credpath._resilience import BreakerSettings
 from credpath.errors import AccessDenied, BackendUnavailable
 from tests.lookup.helpers import quiet_path
 from tests.memory_backend import MemoryBackend, Unreachable
-
-
-@pytest.fixture
-def events() -> Iterator[list[Any]]:
-    seen: list[Any] = []
-    unsubscribe = trace.subscribe(lambda _context, event: seen.append(event))
-    try:
-        yield seen
-    finally:
-        unsubscribe()
 
 
 class Flaky(MemoryBackend):

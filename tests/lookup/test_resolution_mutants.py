@@ -3,26 +3,12 @@ miss, and lease details only on connection hits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from credpath._cache import CacheSettings
-from credpath._lookup import trace
 from credpath._lookup.trace import Attempt, Served
 from tests.lookup.helpers import path, quiet_path
 from tests.memory_backend import MemoryBackend, Unreachable
-
-
-@pytest.fixture
-def events() -> Iterator[list[Any]]:
-    seen: list[Any] = []
-    unsubscribe = trace.subscribe(lambda _context, event: seen.append(event))
-    try:
-        yield seen
-    finally:
-        unsubscribe()
 
 
 def test_a_store_in_refresh_back_off_serves_its_last_good_value_without_a_request(events: list[Any]) -> None:

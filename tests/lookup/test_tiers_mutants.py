@@ -3,26 +3,12 @@ interval is a process-tier answer (counted, and traced with its backend)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from credpath._lookup import trace
 from credpath._lookup.trace import Served
 from tests.lookup.helpers import VALUE, Clock, Node, quiet_path
 from tests.memory_backend import MemoryBackend
-
-
-@pytest.fixture
-def events() -> Iterator[list[Any]]:
-    seen: list[Any] = []
-    unsubscribe = trace.subscribe(lambda _context, event: seen.append(event))
-    try:
-        yield seen
-    finally:
-        unsubscribe()
 
 
 def test_a_fresh_shared_entry_is_served_without_counting_a_shared_miss(db: Path, clock: Clock) -> None:

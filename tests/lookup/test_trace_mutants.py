@@ -4,7 +4,6 @@ subscriber logged, and StoreCall's default duration."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,16 +12,6 @@ from credpath._lookup import trace
 from credpath._lookup.trace import Done, StoreCall
 from tests.lookup.helpers import quiet_path
 from tests.memory_backend import MemoryBackend
-
-
-@pytest.fixture
-def events() -> Iterator[list[Any]]:
-    seen: list[Any] = []
-    unsubscribe = trace.subscribe(lambda _context, event: seen.append(event))
-    try:
-        yield seen
-    finally:
-        unsubscribe()
 
 
 def test_retries_are_allowed_except_inside_single_try() -> None:
