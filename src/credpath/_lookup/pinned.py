@@ -210,25 +210,8 @@ def _read(backend: Any, kind: Kind, key: str, version: str, team: str | None) ->
 
 def _put(state: LookupState, cache: TTLCache, pkey: CacheKey, resolution: Resolution) -> None:
     times = cache.put(pkey, resolution)
-    if times is None or state.shared is None:
-        return
-    from credpath._shared_cache import SharedEntry
-
-    offset = time.time() - time.monotonic()  # the shared tier keeps wall-clock times (other nodes)
-    expiry, stored_at, keep_until = times
-    state.shared.put(
-        pkey,
-        SharedEntry(
-            kind=pkey[0],
-            value=resolution.value,
-            source=resolution.source,
-            miss=False,
-            stored_at=stored_at + offset,
-            fresh_until=expiry + offset,
-            keep_until=keep_until + offset,
-            version=resolution.version,
-        ),
-    )
+    if times is not None:
+        state.publish(pkey, resolution, times)
 
 
 def _adopt(

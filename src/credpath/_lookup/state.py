@@ -213,25 +213,33 @@ class LookupState:
             times = self._cap(ckey, value, times)
         if ckey[2] not in self._teams:
             self._teams.add(ckey[2])
-        if times is not None and self.shared is not None:
-            from credpath._shared_cache import SharedEntry
+        if times is not None:
+            self.publish(ckey, value, times, miss=miss)
 
-            offset = time.time() - time.monotonic()  # the shared tier keeps wall-clock times (other nodes)
-            expiry, stored_at, keep_until = times
-            self.shared.put(
-                ckey,
-                SharedEntry(
-                    kind=ckey[0],
-                    value=None if miss else value.value,
-                    source=None if miss else value.source,
-                    miss=miss,
-                    stored_at=stored_at + offset,
-                    fresh_until=expiry + offset,
-                    keep_until=keep_until + offset,
-                    version=None if miss else value.version,
-                    valid_until=None if miss else value.valid_until,
-                ),
-            )
+    def publish(
+        self, ckey: CacheKey, value: Any, times: tuple[float, float, float], *, miss: bool = False
+    ) -> None:
+        """Publish an answer the process tier took to the shared tier, with the process tier's times."""
+        if self.shared is None:
+            return
+        from credpath._shared_cache import SharedEntry
+
+        offset = time.time() - time.monotonic()  # the shared tier keeps wall-clock times (other nodes)
+        expiry, stored_at, keep_until = times
+        self.shared.put(
+            ckey,
+            SharedEntry(
+                kind=ckey[0],
+                value=None if miss else value.value,
+                source=None if miss else value.source,
+                miss=miss,
+                stored_at=stored_at + offset,
+                fresh_until=expiry + offset,
+                keep_until=keep_until + offset,
+                version=None if miss else value.version,
+                valid_until=None if miss else value.valid_until,
+            ),
+        )
 
     def _cap(
         self, ckey: CacheKey, value: Resolution, times: tuple[float, float, float]
