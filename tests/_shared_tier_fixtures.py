@@ -119,9 +119,18 @@ def start_readers(tmp_path: Path, config: Path, conn_id: str, count: int) -> tup
     """``count`` reader processes (tests/_rotation_worker.py) of ``conn_id``, started together, and the
     file that stops them (named afresh: a test may start several groups)."""
     start, stop = tmp_path / f"start-{time.monotonic_ns()}", tmp_path / f"stop-{time.monotonic_ns()}"
+    args = [str(config), str(start), str(stop), conn_id]
+    return start_together(tmp_path, "tests._rotation_worker", args, count, start, settle=2.0), stop
+
+
+def start_together(
+    tmp_path: Path, module: str, args: list[str], count: int, start: Path, settle: float
+) -> list[subprocess.Popen[str]]:
+    """``count`` worker processes (``python -m module args``), released together by touching ``start``
+    once ``settle`` seconds have let them import and build their search paths (they poll the file)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._rotation_worker", str(config), str(start), str(stop), conn_id],
+            [sys.executable, "-m", module, *args],
             env=worker_env(tmp_path),
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -130,9 +139,9 @@ def start_readers(tmp_path: Path, config: Path, conn_id: str, count: int) -> tup
         )
         for _ in range(count)
     ]
-    time.sleep(2.0)  # imports and search paths built; they then poll the start file
+    time.sleep(settle)
     start.touch()
-    return procs, stop
+    return procs
 
 
 def stop_readers(procs: list[Any], stop: Path) -> list[list[tuple[float, str]]]:

@@ -64,19 +64,8 @@ def vault(openbao: OpenBao) -> Iterator[tuple[OpenBao, str]]:
 def run_workers(tmp_path: Path, config: Path, ids: list[str], count: int) -> list[dict[str, Any]]:
     """``count`` processes start together (a start file) and read ``ids``; their JSON outputs."""
     start = tmp_path / f"start-{time.monotonic_ns()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests._shared_cache_worker", str(config), str(start), ",".join(ids)],
-            env=worker_env(tmp_path),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    time.sleep(1.5)  # let them import and build their search paths (they then poll the start file)
-    start.touch()
+    args = [str(config), str(start), ",".join(ids)]
+    procs = _fixtures.start_together(tmp_path, "tests._shared_cache_worker", args, count, start, settle=1.5)
     outputs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=120)
