@@ -7,6 +7,9 @@
 - Key files are written whole or not at all: a private (0600) temporary file in the same directory,
   fsynced, then linked (:func:`create_key_file`: of concurrent creators exactly one wins) or renamed
   (:func:`replace_key_file`) into place, and the directory fsynced so the new name survives a crash.
+- :class:`KeySource`: the metastore's keys over their life: the ``fernet_key`` argument, else
+  ``CREDPATH_FERNET_KEY``, else ``$CREDPATH_HOME/fernet.key``, generated on the first write and noticed
+  when another process replaces it (a key rotation).
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Protocol
 
 from credpath.errors import ConfigError
 
 __all__ = [
+    "KEY_ENV",
+    "KEY_FILE_NAME",
     "KeySettingError",
+    "KeySource",
+    "KeyStore",
     "create_key_file",
     "generate_key",
     "parse_keys",
@@ -30,6 +38,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("credpath.keys")
+# The metastore's voice for its key file's life (the logger its users filter on).
+_store_log = logging.getLogger("credpath.backends.metastore")
+
+#: The generated key file's name in ``$CREDPATH_HOME``.
+KEY_FILE_NAME = "fernet.key"
+#: The environment variable holding configured keys (comma-separated; the first encrypts).
+KEY_ENV = "CREDPATH_FERNET_KEY"
 
 
 class KeySettingError(ConfigError):
@@ -148,3 +163,121 @@ def replace_key_file(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _sync_directory(path.parent)
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced (inode, size, mtime), or None when it is missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class KeyStore(Protocol):
+    """What a :class:`KeySource` asks of the store whose values its keys encrypt."""
+
+    #: The directory of the key file (``$CREDPATH_HOME``).
+    home: Path
+
+    @property
+    def safe_url(self) -> str: ...
+
+    def config_error(self, message: str) -> ConfigError: ...
+
+    def _has_encrypted_rows(self) -> bool: ...
+
+
+class KeySource:
+    """Where a store's Fernet keys come from, in order: the ``fernet_key`` argument (even empty), else
+    ``CREDPATH_FERNET_KEY`` (read at each use), else the key file in the store's home.
+
+    A read never creates anything: a missing file is then the error that the key which wrote the values is
+    gone. A write (``create``) generates the file, 0600 and atomically, unless the store already holds
+    encrypted values: a new key could not decrypt them. Errors speak in the store's voice.
+    """
+
+    def __init__(self, argument: str | None, store: KeyStore) -> None:
+        self.argument = argument
+        self._store = store
+        #: The key file's identity when its keys were loaded (None: not loaded from the file).
+        self._loaded_id: tuple[int, int, int] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The key file."""
+        return self._store.home / KEY_FILE_NAME
+
+    @property
+    def origin(self) -> str:
+        """``"fernet_key"``, ``"CREDPATH_FERNET_KEY"`` or ``"file"``."""
+        if self.argument is not None:
+            return "fernet_key"
+        if os.environ.get(KEY_ENV):
+            return KEY_ENV
+        return "file"
+
+    def configured(self) -> tuple[str, str] | None:
+        """(keys, setting) of a configured key (the argument or the environment); None: the key file."""
+        if self.argument is not None:
+            return self.argument, "fernet_key"
+        if os.environ.get(KEY_ENV):
+            return os.environ[KEY_ENV], KEY_ENV
+        return None
+
+    def load(self, create: bool = False) -> tuple[str, str]:
+        """(comma-separated keys, the setting they came from); ``create``: for a write."""
+        configured = self.configured()
+        if configured is not None:
+            return configured
+        text = self._from_file(create)
+        self._loaded_id = _file_id(self.path)
+        return text, str(self.path)
+
+    def replaced(self) -> bool:
+        """Whether the key file was replaced since its keys were loaded (a stat)."""
+        return self._loaded_id is not None and _file_id(self.path) != self._loaded_id
+
+    def forget(self) -> None:
+        """The loaded keys are dropped: the next load records the file as it is then."""
+        self._loaded_id = None
+
+    def read_file(self) -> str:
+        """The key file's text; FileNotFoundError when there is none."""
+        try:
+            return read_key_file(self.path, warn_as="metastore")
+        except ConfigError as exc:
+            raise self._store.config_error(str(exc)) from None
+
+    def missing_error(self) -> ConfigError:
+        return self._store.config_error(
+            f"{self._store.safe_url} holds encrypted values but no Fernet key is configured and {self.path} "
+            "is missing; set CREDPATH_FERNET_KEY (or fernet_key) or restore the key file"
+        )
+
+    def _from_file(self, create: bool) -> str:
+        try:
+            return self.read_file()
+        except FileNotFoundError:
+            if not create:
+                # Only a read that found an encrypted value asks: the key that wrote it is gone.
+                raise self.missing_error() from None
+            return self._generate()
+
+    def _generate(self) -> str:
+        # A new key cannot decrypt what an old one wrote: refuse instead of orphaning existing data.
+        if self._store._has_encrypted_rows():
+            # Every writer links its key file before its first row, so rows seen now mean a key file
+            # that exists now, unless it was really lost (a concurrent first writer just won the race).
+            try:
+                return self.read_file()
+            except FileNotFoundError:
+                raise self.missing_error() from None
+        try:
+            key = create_key_file(self.path, generate_key())
+        except OSError as exc:
+            raise self._store.config_error(
+                f"cannot create the key file {self.path}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        _store_log.info("metastore: generated a new Fernet key in %s (mode 0600); back it up", self.path)
+        return key

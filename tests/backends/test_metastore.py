@@ -130,8 +130,8 @@ class StatementCounter:
     def __init__(self, backend: MetastoreBackend) -> None:
         self.statements: list[str] = []
         event.listen(backend.engine, "before_cursor_execute", self._on_execute)  # creates the schema
-        if backend._sqlite_path is not None:
-            backend._sqlite().set_trace_callback(self._on_sql)  # opened (schema checked) before counting
+        if backend._reader is not None:
+            backend._reader.connection().set_trace_callback(self._on_sql)  # opened (schema checked) first
 
     def _on_execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         self.statements.append(statement.split()[0].upper())

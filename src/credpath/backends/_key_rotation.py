@@ -6,7 +6,8 @@ rewritten with a compare-and-swap on the tokens it was read with, in one transac
 is never reverted. :func:`rotate_key_file` rotates the generated key file crash-safely around it.
 
 It works on a :class:`~credpath.backends.metastore.MetastoreBackend` (its engine, tables and keys); the
-backend's methods of the same names delegate here. Key parsing and key files are :mod:`credpath._keys`'s.
+backend's methods of the same names delegate here. Key parsing, key files and where the keys come from
+(:class:`~credpath._keys.KeySource`) are :mod:`credpath._keys`'s.
 """
 
 from __future__ import annotations
@@ -170,13 +171,14 @@ def rotate_key_file(store: MetastoreBackend) -> int | None:
             f"the Fernet key comes from {store.key_origin}, not {store.key_file}: put the new key first "
             f"in {store.key_origin} (NEW,OLD) and rotate with it"
         )
-    path = store.key_file
+    source = store._fernet_keys
+    path = source.path
     try:
-        text = store._read_key_file(path)
+        text = source.read_file()
     except FileNotFoundError:
         if store._absent() or not store._has_encrypted_rows():
             return None
-        raise store._missing_key_error(path) from None
+        raise source.missing_error() from None
     keys = [k.decode("ascii") for k in store._checked_keys(text, str(path))]
     with store._lock:
         if len(keys) == 1:
@@ -192,6 +194,7 @@ def rotate_key_file(store: MetastoreBackend) -> int | None:
             if not done:
                 break
         replace_key_file(path, keys[0])
-        store._fernet, store._key_file_id = None, None
+        store._fernet = None
+        source.forget()
     log.info("metastore: %s now holds the new Fernet key alone; back it up", path)
     return total

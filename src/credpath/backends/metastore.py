@@ -25,10 +25,10 @@
   other databases. The stdlib read path reads a v1 file as it is (every row global) and notices the
   column as soon as another process adds it.
 
-Reads of an SQLite file go through the standard library's ``sqlite3`` (read-only connection, same schema,
-same Fernet tokens); writes, key rotation and every other URL (PostgreSQL, ...) use SQLAlchemy. Measured
-on the README's set-up (``credpath connections get my_db``): importing SQLAlchemy cost ~160 ms of a
-0.37 s run (``python -X importtime``), ``sqlite3`` ~2 ms; see bench/startup.py.
+This module maps Airflow's tables: reads, writes, listing, schema and health. Reads of an SQLite file go
+through the standard library's ``sqlite3`` (:mod:`credpath.backends._sqlite_reader`, for start-up); writes,
+key rotation (:mod:`credpath.backends._key_rotation`) and every other URL (PostgreSQL, ...) use
+SQLAlchemy. Where the Fernet keys come from, and the key file's life, is :class:`credpath._keys.KeySource`'s.
 
 SQLAlchemy and cryptography are imported on first use, never when this module is imported.
 """
@@ -39,30 +39,20 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import threading
-from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from credpath._keys import create_key_file, generate_key, read_key_file
+from credpath._keys import KeySource, generate_key
 from credpath._settings import credpath_home
-from credpath.backends._sql import (
-    ALL_TEAMS,
-    ID_COLUMN,
-    TEAM_COLUMN,
-    FernetKeyError,
-    SqlTablesBackend,
-    team_visible,
-)
-from credpath.errors import ConfigError, CredpathError
+from credpath.backends._sql import ALL_TEAMS, ID_COLUMN, TEAM_COLUMN, FernetKeyError, SqlTablesBackend
+from credpath.backends._sqlite_reader import Absent, SqliteReader, stdlib_path
+from credpath.errors import CredpathError
 from credpath.model import Connection, Variable
 from credpath.protocol import Capability, Serialization
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from sqlalchemy import Engine, Table
     from sqlalchemy.engine import URL
 
@@ -78,29 +68,13 @@ SCHEMA_VERSION = 2
 CONNECTION_TABLE = "credpath_connection"
 VARIABLE_TABLE = "credpath_variable"
 VERSION_TABLE = "credpath_schema_version"
-KEY_FILE_NAME = "fernet.key"
 DB_FILE_NAME = "credpath.db"
 
-#: SQLite file URLs the stdlib read path takes; anything else (query options, ``file:`` URIs, percent
-#: escapes, ``:memory:``) is left to SQLAlchemy, which parses it.
-_SQLITE_FILE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///([^?#%@:]+)")
-_BATCH = 500
 #: Seconds an SQLite write waits for another process's write lock (writes are one short statement).
 SQLITE_WRITE_WAIT = 30.0
 #: Values of ``team_name`` that can be stored: the column's (and Airflow's ``team.name``) length.
 _TEAM_MAX = 50
-#: Rows of the stdlib read path, with the attribute names of SQLAlchemy's rows.
-_ROW_TYPES: dict[str, Any] = {
-    "connection": namedtuple(
-        "ConnectionRow", "conn_id conn_type description host login password schema port extra"
-    ),
-    "variable": namedtuple("VariableRow", "key value description"),
-}
-_TABLE_NAMES = {"connection": CONNECTION_TABLE, "variable": VARIABLE_TABLE}
-
-
-class _Absent(Exception):
-    """The SQLite metastore does not exist yet (or has no schema yet): every read is a miss."""
+_TABLE_NAMES = {"connection": CONNECTION_TABLE, "variable": VARIABLE_TABLE, "version": VERSION_TABLE}
 
 
 def _add_team_name(conn: Any) -> None:
@@ -181,21 +155,20 @@ class MetastoreBackend(SqlTablesBackend):
         self.url = url or env_url or f"sqlite:///{self.home / DB_FILE_NAME}"
         self._default_url = not (url or env_url)
         self.schema_version: int | None = None
-        match = _SQLITE_FILE_URL.fullmatch(self.url)
-        #: The SQLite file read with the stdlib ``sqlite3`` module, or None (SQLAlchemy reads).
-        self._sqlite_path: Path | None = Path(match.group(1)).expanduser() if match else None
-        self._sqlite_conn: sqlite3.Connection | None = None
-        self._sqlite_lock = threading.Lock()  # one stdlib connection, one statement at a time
+        path = stdlib_path(self.url)
+        #: Reads of an SQLite file with the stdlib ``sqlite3`` module, or None (SQLAlchemy reads).
+        self._reader = (
+            None
+            if path is None
+            else SqliteReader(path, self.url, tables=_TABLE_NAMES, opened=self._opened, error=self.error)
+        )
         self._write_lock = threading.Lock()  # SQLite: one write transaction at a time in this process
-        #: The stdlib connection's file has the team_name column (v2, or seen added since it was opened).
-        self._sqlite_teams = False
         self._keys_checked = False
-        #: The key file's identity when its keys were loaded (None: not loaded from the file).
-        self._key_file_id: tuple[int, int, int] | None = None
+        self._fernet_keys = KeySource(self._fernet_key_arg, self)
 
     @property
     def safe_url(self) -> str:
-        if self._sqlite_path is not None:
+        if self._reader is not None:
             return self.url  # an SQLite file URL holds no password (and needs no SQLAlchemy to show)
         return super().safe_url
 
@@ -204,8 +177,8 @@ class MetastoreBackend(SqlTablesBackend):
     def _sqlite_file(self) -> Path | None:
         """The database file when the URL names an SQLite file (SQLAlchemy parses the URLs the stdlib
         path does not take), else None."""
-        if self._sqlite_path is not None:
-            return self._sqlite_path
+        if self._reader is not None:
+            return self._reader.path
         if not self.url.startswith("sqlite"):
             return None
         from sqlalchemy.engine import make_url
@@ -342,215 +315,60 @@ class MetastoreBackend(SqlTablesBackend):
                 f"supports ({SCHEMA_VERSION}); upgrade credpath"
             )
 
-    # --- the stdlib read path (SQLite files) --------------------------------------------------------
-
-    def _sqlite(self) -> sqlite3.Connection:
-        """A read-only stdlib connection to the SQLite file, opened (and its schema checked) once.
-
-        Raises :class:`_Absent` while the file or its schema does not exist: nothing is created, and the
-        next read looks again (a write in this or another process may create it).
-        """
-        if self._sqlite_conn is not None:
-            return self._sqlite_conn
-        import sqlite3
-
-        path = self._sqlite_path
-        assert path is not None
-        if not path.exists():
-            raise _Absent
-        try:
-            # mode=ro: a read never creates or changes the file; autocommit (isolation_level=None): no
-            # transaction is held between reads, so writers are never blocked by an idle reader.
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=5.0,  # pysqlite's default, as the SQLAlchemy engine has it
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            if not path.exists():
-                raise _Absent from None
-            raise self._sqlite_error("opening the database", exc) from None
-        try:
-            version = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            if "no such table" in str(exc):
-                raise _Absent from None  # created empty (0600) by a writer that has not made its schema yet
-            raise self._sqlite_error("checking the schema", exc) from None
-        except sqlite3.Error as exc:
-            conn.close()
-            raise self._sqlite_error("checking the schema", exc) from None
-        if version is None:
-            conn.close()
-            raise _Absent
-        try:
-            self._check_version(version)
-        except CredpathError:
-            conn.close()
-            raise
+    def _opened(self, version: int) -> None:
+        """The stdlib read path opened the file at schema ``version``."""
+        self._check_version(version)
         self.schema_version = version
-        self._sqlite_teams = version >= 2
-        self._sqlite_conn = conn
-        return conn
-
-    def _sqlite_error(self, action: str, exc: Exception) -> CredpathError:
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return self.error(f"{self.safe_url}: {action} failed: {reason}")
-
-    def _sqlite_select(self, kind: Kind, action: str, ids: list[str] | None, team: Any) -> list[Any]:
-        """Rows of ``kind`` (those among ``ids``, or all) that ``team`` may read; :data:`ALL_TEAMS`: all."""
-        import sqlite3
-
-        row_type = _ROW_TYPES[kind]
-        id_column = ID_COLUMN[kind]
-        with self._sqlite_lock:
-            try:
-                conn = self._sqlite()
-            except _Absent:
-                return []
-            chunks: list[list[str] | None] = (
-                [None] if ids is None else [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
-            )
-            rows: list[Any] = []
-            try:
-                for chunk in chunks:
-                    where, params = [], []
-                    if chunk is not None:
-                        where.append(f'"{id_column}" IN ({", ".join("?" * len(chunk))})')
-                        params.extend(chunk)
-                    if self._sqlite_teams:
-                        if team is not ALL_TEAMS:  # Airflow's rule, in SQL
-                            where.append(f'("{TEAM_COLUMN}" = ? OR "{TEAM_COLUMN}" IS NULL)')
-                            params.append(team)
-                        columns = ", ".join(f'"{name}"' for name in row_type._fields)
-                    else:
-                        columns = "*"  # v1: the owner column may have been added since this file was opened
-                    query = f"SELECT {columns} FROM {_TABLE_NAMES[kind]}"
-                    if where:
-                        query += " WHERE " + " AND ".join(where)
-                    cursor = conn.execute(query, params)
-                    found = cursor.fetchall()
-                    if columns != "*":
-                        rows.extend(row_type(*r) for r in found)
-                        continue
-                    names = [d[0] for d in cursor.description]
-                    if TEAM_COLUMN in names:
-                        self._sqlite_teams = True  # upgraded to v2 by another process meanwhile
-                    for r in found:
-                        values = dict(zip(names, r, strict=True))
-                        if team is ALL_TEAMS or team_visible(values.get(TEAM_COLUMN), team):
-                            rows.append(row_type(*(values[f] for f in row_type._fields)))
-                return rows
-            except sqlite3.Error as exc:
-                raise self._sqlite_error(action, exc) from None
 
     def _check_key_setting(self) -> None:
         """A configured (not file) key that is malformed is a configuration error on every read, not
         only when a value is decrypted; checked without importing cryptography."""
         if self._keys_checked:
             return
-        if self._fernet_key_arg is not None:
-            self._checked_keys(self._fernet_key_arg, "fernet_key")
-        elif os.environ.get("CREDPATH_FERNET_KEY"):
-            self._checked_keys(os.environ["CREDPATH_FERNET_KEY"], "CREDPATH_FERNET_KEY")
+        configured = self._fernet_keys.configured()
+        if configured is not None:
+            self._checked_keys(*configured)
         self._keys_checked = True
 
     def prepare(self) -> None:
-        if self._sqlite_path is not None:
-            import sqlite3  # noqa: F401  (the stdlib read path: SQLAlchemy is imported by writes only)
+        if self._reader is not None:
+            self._reader.prepare()
         else:
             super().prepare()
 
     def close(self) -> None:
-        with self._sqlite_lock:
-            if self._sqlite_conn is not None:
-                self._sqlite_conn.close()
-                self._sqlite_conn = None
+        if self._reader is not None:
+            self._reader.close()
         super().close()
 
     # --- Fernet --------------------------------------------------------------------------------------
 
     @property
     def key_file(self) -> Path:
-        return self.home / KEY_FILE_NAME
+        return self._fernet_keys.path
 
     def _key_source(self, create: bool = False) -> tuple[str, str]:
-        origin = self.key_origin
-        if origin == "fernet_key":
-            return self._fernet_key_arg or "", origin
-        if origin == "CREDPATH_FERNET_KEY":
-            return os.environ["CREDPATH_FERNET_KEY"], origin
-        text = self._key_from_file(create)
-        self._key_file_id = _file_id(self.key_file)
-        return text, str(self.key_file)
+        return self._fernet_keys.load(create)
 
     @property
     def key_origin(self) -> str:
         """Where the keys come from: ``"fernet_key"``, ``"CREDPATH_FERNET_KEY"`` or ``"file"``."""
-        if self._fernet_key_arg is not None:
-            return "fernet_key"
-        if os.environ.get("CREDPATH_FERNET_KEY"):
-            return "CREDPATH_FERNET_KEY"
-        return "file"
+        return self._fernet_keys.origin
 
     def key_count(self) -> int:
         """How many keys the configured key setting holds (checked; a missing key file: an error)."""
-        text, setting = self._key_source()
-        return len(self._checked_keys(text, setting))
+        return len(self._checked_keys(*self._key_source()))
 
     def _keys_changed(self) -> bool:
-        if self._key_file_id is None or _file_id(self.key_file) == self._key_file_id:
+        if not self._fernet_keys.replaced():
             return False
         with self._lock:
-            self._fernet, self._key_file_id = None, None
+            self._fernet = None
+            self._fernet_keys.forget()
         return True
 
     def _no_key_error(self, setting: str) -> CredpathError:
         return self.config_error(f"{setting} holds no Fernet key")
-
-    def _missing_key_error(self, path: Path) -> ConfigError:
-        return self.config_error(
-            f"{self.safe_url} holds encrypted values but no Fernet key is configured and {path} is "
-            "missing; set CREDPATH_FERNET_KEY (or fernet_key) or restore the key file"
-        )
-
-    def _read_key_file(self, path: Path) -> str:
-        """The key file's text; FileNotFoundError when there is none."""
-        try:
-            return read_key_file(path, warn_as="metastore")
-        except ConfigError as exc:
-            raise self.config_error(str(exc)) from None
-
-    def _key_from_file(self, create: bool) -> str:
-        path = self.key_file
-        try:
-            return self._read_key_file(path)
-        except FileNotFoundError:
-            if not create:
-                # Only a read that found an encrypted value asks: the key that wrote it is gone.
-                raise self._missing_key_error(path) from None
-            return self._generate_key_file(path)
-
-    def _generate_key_file(self, path: Path) -> str:
-        # A new key cannot decrypt what an old one wrote: refuse instead of orphaning existing data.
-        if self._has_encrypted_rows():
-            # Every writer links its key file before its first row, so rows seen now mean a key file
-            # that exists now, unless it was really lost (a concurrent first writer just won the race).
-            try:
-                return self._read_key_file(path)
-            except FileNotFoundError:
-                raise self._missing_key_error(path) from None
-        try:
-            key = create_key_file(path, generate_key())
-        except OSError as exc:
-            raise self.config_error(
-                f"cannot create the key file {path}: {exc.strerror or type(exc).__name__}"
-            ) from None
-        log.info("metastore: generated a new Fernet key in %s (mode 0600); back it up", path)
-        return key
 
     def _has_encrypted_rows(self) -> bool:
         from sqlalchemy import select
@@ -595,16 +413,16 @@ class MetastoreBackend(SqlTablesBackend):
             ids = list(dict.fromkeys(i for i in ids if self.wants(kind, i)))
             if not ids:
                 return []
-        if self._sqlite_path is not None:
-            return self._sqlite_select(kind, f"reading {kind}s", ids, team)
+        if self._reader is not None:
+            return self._reader.select(kind, f"reading {kind}s", ids, team)
         if self._absent():
             return []
         return super()._rows(kind, ids, team)
 
     def _row(self, kind: Kind, key: str, team: str | None) -> Any:
         self._check_key_setting()
-        if self._sqlite_path is not None:
-            rows = self._sqlite_select(kind, f"reading {kind} {key!r}", [key], team)
+        if self._reader is not None:
+            rows = self._reader.select(kind, f"reading {kind} {key!r}", [key], team)
             return rows[0] if rows else None
         if self._absent():
             return None
@@ -614,27 +432,8 @@ class MetastoreBackend(SqlTablesBackend):
 
     def _list(self, kind: Kind, team: Any = ALL_TEAMS) -> list[str]:
         self._check_key_setting()
-        if self._sqlite_path is not None:
-            if team is ALL_TEAMS:
-                import sqlite3
-
-                column = ID_COLUMN[kind]
-                with self._sqlite_lock:
-                    try:
-                        conn = self._sqlite()
-                    except _Absent:
-                        return []
-                    try:
-                        found = conn.execute(
-                            f'SELECT "{column}" FROM {_TABLE_NAMES[kind]} ORDER BY "{column}"'
-                        ).fetchall()
-                    except sqlite3.Error as exc:
-                        raise self._sqlite_error(f"listing {kind}s", exc) from None
-                ids = [r[0] for r in found]
-            else:  # a team's listing: the ids its reads can see (rare: the whole rows are read)
-                rows = self._sqlite_select(kind, f"listing {kind}s", None, team)
-                ids = sorted(getattr(r, ID_COLUMN[kind]) for r in rows)
-            return [i for i in ids if self.wants(kind, i)]
+        if self._reader is not None:
+            return [i for i in self._reader.ids(kind, team) if self.wants(kind, i)]
         if self._absent():
             return []
         return super()._list(kind, team)
@@ -824,59 +623,35 @@ class MetastoreBackend(SqlTablesBackend):
         path = self._sqlite_file()
         if path is not None and not path.exists():
             return f"{self.safe_url}: no database yet (created on the first write)"
-        if self._sqlite_path is not None:
-            return self._check_sqlite()
+        if self._reader is not None:
+            # The stdlib read path: SQLAlchemy's import alone cost 0.3-1 s of the check.
+            try:
+                secret = self._reader.first_secret()
+            except Absent:
+                return f"{self.safe_url}: no schema yet (made on the first write)"
+            self._check_key_setting()
+        else:
+            secret = self._first_secret()
+        if secret is not None:
+            kind, key, token = secret
+            field = "value" if kind == "variable" else "password"
+            self._decrypt(token, f"the {field} of {kind} {key!r}")
+        return f"{self.safe_url} (schema v{self.schema_version})"
+
+    def _first_secret(self) -> tuple[Kind, str, str] | None:
+        """(kind, id, Fernet token) of one stored secret (a variable's value, else a connection's
+        password), or None."""
         from sqlalchemy import select
 
-        t = tables()
+        variables, conns = tables()["variable"], tables()["connection"]
         with self._db("checking"), self.engine.connect() as conn:
-            row = conn.execute(select(t["variable"].c.key, t["variable"].c.value).limit(1)).first()
-            crow = None
-            if row is None:
-                crow = conn.execute(
-                    select(t["connection"].c.conn_id, t["connection"].c.password)
-                    .where(t["connection"].c.password.is_not(None))
-                    .limit(1)
-                ).first()
-        if row is not None:
-            self._decrypt(row.value, f"the value of variable {row.key!r}")
-        elif crow is not None:
-            self._decrypt(crow.password, f"the password of connection {crow.conn_id!r}")
-        return f"{self.safe_url} (schema v{self.schema_version})"
-
-    def _check_sqlite(self) -> str:
-        """:meth:`check` over the stdlib read path: SQLAlchemy's import alone cost 0.3-1 s of the check."""
-        import sqlite3
-
-        with self._sqlite_lock:
-            try:
-                conn = self._sqlite()
-            except _Absent:
-                return f"{self.safe_url}: no schema yet (made on the first write)"
-            try:
-                row = conn.execute(f'SELECT "key", "value" FROM {VARIABLE_TABLE} LIMIT 1').fetchone()
-                crow = None
-                if row is None:
-                    crow = conn.execute(
-                        f"SELECT conn_id, password FROM {CONNECTION_TABLE} WHERE password IS NOT NULL LIMIT 1"
-                    ).fetchone()
-            except sqlite3.Error as exc:
-                raise self._sqlite_error("checking", exc) from None
-        self._check_key_setting()
-        if row is not None:
-            self._decrypt(row[1], f"the value of variable {row[0]!r}")
-        elif crow is not None:
-            self._decrypt(crow[1], f"the password of connection {crow[0]!r}")
-        return f"{self.safe_url} (schema v{self.schema_version})"
+            row = conn.execute(select(variables.c.key, variables.c.value).limit(1)).first()
+            if row is not None:
+                return "variable", row.key, row.value
+            row = conn.execute(
+                select(conns.c.conn_id, conns.c.password).where(conns.c.password.is_not(None)).limit(1)
+            ).first()
+        return None if row is None else ("connection", row.conn_id, row.password)
 
     def describe(self) -> str:
         return f"metastore {self.safe_url}"
-
-
-def _file_id(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a file is replaced (inode, size, mtime), or None when it is missing."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
