@@ -6,6 +6,7 @@ tests/backends/test_vault_database.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -107,21 +108,76 @@ def test_a_non_renewable_lease_is_reminted_at_two_thirds(manager: Any) -> None:
     assert manager.get("k", source) == "value-2"
 
 
-def test_failed_renewals_back_off_and_the_credential_stays_until_expiry(manager: Any) -> None:
-    source = Source("down", ttl=1.2)
-    source.fail_renewals = BackendError("Vault at http://127.0.0.1:1 answered HTTP 503")
-    assert manager.get("k", source) == "value-1"
-    time.sleep(1.05)
-    # Due at 0.8 s, retried with back-off (capped at ttl/6) until just before expiry: a few tries.
-    assert 1 <= len(source.renewals) <= 6
-    gaps = [b - a for a, b in zip(source.renewals, source.renewals[1:], strict=False)]
-    assert all(gap >= 0.05 for gap in gaps)
-    (lease,) = manager.leases()
-    assert "renew_failures=" in lease.summary() and "HTTP 503" in lease.summary()
-    assert manager.get("k", source) == "value-1"  # still valid: handed out until MIN_LEFT of its TTL
-    time.sleep(0.4)
-    assert manager.get("k", source) == "value-2"  # expired: a new one, never the old
-    assert _leases.counts("down")["failed"] >= 1 and _leases.counts("down")["expired"] == 1
+class FakeClock:
+    """The manager's clock, moved by the test only: renewal times are exact whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FailingSource(Source):
+    """Every renewal fails; each attempt is recorded on the manager's clock."""
+
+    def __init__(self, name: str, clock: FakeClock, ttl: float) -> None:
+        super().__init__(name, ttl=ttl)
+        self.clock = clock
+
+    def renew(self, lease_id: str, increment: float) -> float:
+        self.renewals.append(self.clock())
+        raise BackendError("Vault at http://127.0.0.1:1 answered HTTP 503")
+
+
+def _until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 60  # real time: only how long a loaded machine may take to schedule it
+    while not condition():
+        assert time.monotonic() < deadline, f"the renewer never {what}"
+        time.sleep(0.002)
+
+
+def test_failed_renewals_back_off_and_the_credential_stays_until_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A base below the cap (ttl/6) makes the doubling visible in a one-second lease.
+    monkeypatch.setattr(_leases, "BACKOFF_BASE", 0.02)
+    clock = FakeClock()
+    manager = _leases.LeaseManager(clock=clock)
+    ttl = 1.2
+    source = FailingSource("backoff", clock, ttl)
+    before = _leases.counts("backoff")
+    try:
+        assert manager.get("k", source) == "value-1"
+        (lease,) = manager.leases()
+        expires, hand_out_until = lease.expires_at, lease.expires_at - _leases.MIN_LEFT * ttl
+        # Step the clock to each time the renewer chose, and wait (real time) until it has tried and chosen
+        # the next one: the times recorded are the renewer's schedule, not the machine's.
+        while lease.next_at < expires:
+            due, tries = lease.next_at, len(source.renewals)
+            clock.now = due
+            _until(lambda: lease.failures == tries + 1 and lease.next_at > due, "retried")  # noqa: B023
+            assert source.renewals[-1] == due
+            if clock.now < hand_out_until:  # failed renewals never drop or replace the credential
+                assert manager.get("k", source) == "value-1" and source.minted == 1
+        tries = source.renewals
+        assert tries[0] == pytest.approx(100.0 + _leases.RENEW_FRACTION * ttl)  # due at two thirds
+        # Never past expiry: the last try is just before it, then the lease is left to expire.
+        assert tries[-1] == pytest.approx(expires - 0.05) and lease.next_at > expires
+        gaps = [b - a for a, b in itertools.pairwise(tries)]
+        for n, gap in enumerate(gaps[:-1], 1):  # the last gap is cut at expiry
+            cap = min(_leases.BACKOFF_CAP, 0.02 * 2 ** (n - 1), ttl / 6)
+            assert cap / 2 <= gap < cap + 1e-9, (n, gaps)  # jitter: half to all of the back-off
+        assert len(gaps) >= 4 and gaps[0] < gaps[1] < gaps[2] < gaps[3], gaps  # it doubles
+        assert lease.failures == len(tries) and manager.leases() == [lease]  # still held, never dropped
+        assert "renew_failures=" in lease.summary() and "HTTP 503" in lease.summary()
+        clock.now = expires + 0.01
+        assert manager.get("k", source) == "value-2"  # expired: a new one, never the old
+        counted = _leases.counts("backoff")
+        assert counted["failed"] - before["failed"] == len(tries)
+        assert counted["expired"] - before["expired"] == 1
+    finally:
+        manager.revoke()
 
 
 def test_a_refused_renewal_remints(manager: Any) -> None:
