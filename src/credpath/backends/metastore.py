@@ -25,10 +25,10 @@
   other databases. The stdlib read path reads a v1 file as it is (every row global) and notices the
   column as soon as another process adds it.
 
-This module maps Airflow's tables: reads, writes, listing, schema and health. Reads of an SQLite file go
-through the standard library's ``sqlite3`` (:mod:`credpath.backends._sqlite_reader`, for start-up); writes,
-key rotation (:mod:`credpath.backends._key_rotation`) and every other URL (PostgreSQL, ...) use
-SQLAlchemy. Where the Fernet keys come from, and the key file's life, is :class:`credpath._keys.KeySource`'s.
+This module maps the two tables (Airflow's shape): reads, writes, listing, schema and health. Reads of
+an SQLite file go through the standard library's ``sqlite3`` (:mod:`credpath.backends._sqlite_reader`, for
+start-up); writes, key rotation (:mod:`credpath.backends._key_rotation`) and every other URL (PostgreSQL,
+...) use SQLAlchemy. Where the Fernet keys come from, and the key file's life: ``credpath._keys.KeySource``.
 
 SQLAlchemy and cryptography are imported on first use, never when this module is imported.
 """
