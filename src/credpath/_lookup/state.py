@@ -208,9 +208,12 @@ class LookupState:
             # A batch or prefix read of a backend that caps values at the store's rotation dates: the batch
             # answer has no date (BatchGetSecretValue carries none), so the value is served, not cached.
             return
-        times = self.cache.put(ckey, value, miss=miss)
-        if times is not None and not miss and value.valid_until is not None:
-            times = self._cap(ckey, value, times)
+        until = None
+        if not miss and value.valid_until is not None:
+            # Capped at the time the store said it changes (wall clock): from then on no tier serves it,
+            # stale-if-error included. Written once, capped: no reader ever sees it uncapped.
+            until = value.valid_until + (time.monotonic() - time.time())
+        times = self.cache.put(ckey, value, miss=miss, until=until)
         if ckey[2] not in self._teams:
             self._teams.add(ckey[2])
         if times is not None:
@@ -240,20 +243,6 @@ class LookupState:
                 valid_until=None if miss else value.valid_until,
             ),
         )
-
-    def _cap(
-        self, ckey: CacheKey, value: Resolution, times: tuple[float, float, float]
-    ) -> tuple[float, float, float]:
-        """Cap a cached value's lifetime, fresh and stale-if-error alike, at the time the store said it
-        changes (``valid_until``, wall clock): from then on no tier serves it, a failing store included."""
-        assert value.valid_until is not None
-        expiry, stored_at, keep_until = times
-        until = value.valid_until + (time.monotonic() - time.time())
-        if until >= expiry and until >= keep_until:
-            return times
-        expiry, keep_until = min(expiry, until), min(keep_until, until)
-        self.cache.put_entry(ckey, value, expiry, stored_at, keep_until)
-        return expiry, stored_at, keep_until
 
     def adopt(self, ckey: CacheKey, entry: SharedEntry) -> Any:
         """Put a shared entry in the process tier with its own (wall-clock) times; returns the value."""
