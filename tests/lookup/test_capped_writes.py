@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from credpath._cache import CacheSettings, TTLCache
 from credpath._lookup.trace import note_valid_until
 from credpath._search_path import SearchPath
@@ -50,19 +52,20 @@ def test_a_capped_value_is_never_held_past_its_cap_even_for_a_moment() -> None:
     assert len(cache.written) == 1  # one write: the capped one
 
 
-def test_a_cap_later_than_the_ttl_leaves_the_ttl_alone() -> None:
-    cache = WatchedCache(CacheSettings(ttl=30.0, stale_if_error=60.0, jitter=0.0))
-    path = SearchPath([("rot", RotatingBackend(3600.0, variables={"k": "v"}))], cache=cache)
+@pytest.mark.parametrize(
+    ("ttl", "stale", "cap", "fresh_for", "kept_for"),
+    [
+        (30.0, 60.0, 3600.0, 30.0, 90.0),  # a cap later than both lifetimes leaves them alone
+        (30.0, 600.0, 100.0, 30.0, 100.0),  # between the TTL and the stale limit: only the stale one is cut
+    ],
+)
+def test_a_cap_cuts_only_the_lifetimes_that_reach_past_it(
+    ttl: float, stale: float, cap: float, fresh_for: float, kept_for: float
+) -> None:
+    cache = WatchedCache(CacheSettings(ttl=ttl, stale_if_error=stale, jitter=0.0))
+    path = SearchPath([("rot", RotatingBackend(cap, variables={"k": "v"}))], cache=cache)
     before = time.monotonic()
     path.get_variable("k")
     ((_, expiry, keep_until),) = cache.written
-    assert 29.0 <= expiry - before <= 31.0 and 89.0 <= keep_until - before <= 91.0
-
-
-def test_a_cap_between_the_ttl_and_the_stale_limit_cuts_the_stale_lifetime_only() -> None:
-    cache = WatchedCache(CacheSettings(ttl=30.0, stale_if_error=600.0, jitter=0.0))
-    path = SearchPath([("rot", RotatingBackend(100.0, variables={"k": "v"}))], cache=cache)
-    before = time.monotonic()
-    path.get_variable("k")
-    ((_, expiry, keep_until),) = cache.written
-    assert 29.0 <= expiry - before <= 31.0 and 99.0 <= keep_until - before <= 101.0
+    assert expiry - before == pytest.approx(fresh_for, abs=1.0)
+    assert keep_until - before == pytest.approx(kept_for, abs=1.0)
