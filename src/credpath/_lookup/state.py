@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from credpath import _reading as reading
 from credpath._cache import CacheSettings, TTLCache
@@ -17,7 +17,7 @@ from credpath._resilience import BreakerSettings, CircuitBreaker, RefreshBackoff
 from credpath._settings import BackendSpec
 from credpath.errors import ConfigError
 from credpath.model import is_sensitive_name
-from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern
+from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern, enabled
 
 if TYPE_CHECKING:
     from credpath._shared_cache import SharedEntry, SharedState
@@ -74,7 +74,7 @@ class LookupState:
         self._epoch_seen: str | None = None
         #: (kind, key, team) -> when its last forced refresh read the store (monotonic).
         self._refreshed: dict[CacheKey, float] = {}
-        #: Backends that cap values at the store's announced changes (``cap_at_rotation``).
+        #: Backends that cap values at the store's announced changes (capability "rotation_dates", on).
         self._capping: set[str] = set()
 
     def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
@@ -130,11 +130,12 @@ class LookupState:
             if not existing.cache_results:
                 live.append(existing)
         self._live_all = tuple(live)
-        if getattr(backend, "cap_at_rotation", False) is True:
+        if enabled(backend, "rotation_dates"):
             self._capping.add(name)
-        subscribe = getattr(backend, "subscribe_changes", None)
-        if subscribe is not None and cache_results:
-            subscribe(self.store_changed)
+        if cache_results and enabled(backend, "change_events"):
+            cast(Any, backend).subscribe_changes(
+                self.store_changed
+            )  # declared: a BaseBackend or a foreign one
 
     def store_changed(
         self,
