@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from credpath import _reading as reading
 from credpath._cache import CacheSettings, TTLCache
 from credpath._lookup.model import MISS, Entry, Resolution
-from credpath._masking import Masker, install_log_masking
+from credpath._masking import Masker, default_masker, install_log_masking
 from credpath._resilience import BreakerSettings, CircuitBreaker, RefreshBackoff, SingleFlight
 from credpath._settings import BackendSpec
 from credpath.errors import ConfigError
@@ -22,11 +22,13 @@ from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_
 if TYPE_CHECKING:
     from credpath._shared_cache import SharedEntry, SharedState
 
-__all__ = ["LookupState", "SharedTierLike", "shared_tier_for"]
+__all__ = ["FROM_SETTINGS", "LookupState", "SharedTierLike", "shared_tier_for"]
 
 log = logging.getLogger("credpath.search_path")
 
 CacheKey = tuple[Kind, str, str | None]
+#: ``SearchPath(shared=...)`` not given: the shared tier is the one ``[cache] shared`` names, if any.
+FROM_SETTINGS: Any = object()
 
 
 class SharedTierLike(Protocol):
@@ -76,6 +78,47 @@ class LookupState:
         self._refreshed: dict[CacheKey, float] = {}
         #: Backends that cap values at the store's announced changes (capability "rotation_dates", on).
         self._capping: set[str] = set()
+
+    def set_tiers(
+        self,
+        cache: CacheSettings | TTLCache | bool | None,
+        masker: Masker | None,
+        mask_logs: bool,
+        shared: Any,
+        backends: list[Any],
+    ) -> None:
+        """The process tier (settings, a TTLCache of its own, or on/off), the masker, and the shared tier:
+        ``shared`` given (None: none), else as ``[cache] shared`` says (:data:`FROM_SETTINGS`)."""
+        if isinstance(cache, TTLCache):
+            self.cache = cache
+        elif isinstance(cache, CacheSettings):
+            self.cache = TTLCache(cache)
+        else:
+            self.cache = TTLCache(CacheSettings(enabled=bool(cache)))
+        self._data = self.cache.entries()  # the hot path reads the cache's entries directly
+        # An empty Masker is falsy (it has __len__): test for None, not truthiness.
+        self.masker = masker if masker is not None else default_masker()
+        self.mask_logs = mask_logs
+        self.shared = None
+        if shared is not FROM_SETTINGS:
+            self.shared = shared
+        elif self.cache.settings.shared and self.cache.settings.enabled:
+            self.shared = shared_tier_for(self.cache.settings, backends)
+        if self.shared is not None:
+            # Another process's lock is waited for no longer than our own store read may take.
+            self.shared.bound_wait([e.backend for e in self.entries])
+            self._epoch_next = 0.0  # look at the invalidation epoch on the first lookup
+        self.use_shared_state()
+
+    def close(self) -> None:
+        """Flush the shared tier's counters and close every backend."""
+        if self.shared is not None:
+            self.shared.flush()
+        for entry in self.entries:
+            if isinstance(entry.backend, BaseBackend):
+                entry.backend.close()
+            elif callable(close := getattr(entry.backend, "close", None)):  # a foreign object may have one
+                close()
 
     def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
