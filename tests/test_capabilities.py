@@ -124,3 +124,18 @@ def test_a_foreign_object_is_asked_by_its_methods_and_never_caps_without_declari
 
     assert enabled(Foreign(), "version_check")
     assert not supports(Foreign(), "rotation_dates")
+
+
+def test_the_stores_declare_the_rotation_capabilities_they_implement() -> None:
+    from credpath.backends.aws_secrets_manager import SecretsManagerBackend
+    from credpath.backends.kubernetes_labels import KubernetesLabelSecretsBackend
+    from credpath.backends.kubernetes_secrets import KubernetesSecretsBackend
+    from credpath.backends.vault import VaultBackend
+    from credpath.backends.vault_database import VaultDatabaseBackend
+
+    rotation = set(CAPABILITY_SETTINGS)
+    assert SecretsManagerBackend.capabilities & rotation == {"version_check", "rotation_dates"}
+    assert VaultBackend.capabilities & rotation == {"version_check"}
+    assert VaultDatabaseBackend.capabilities & rotation == set()  # a leased value is never cached to check
+    assert KubernetesSecretsBackend.capabilities & rotation == {"change_events"}
+    assert KubernetesLabelSecretsBackend.capabilities & rotation == {"change_events"}
