@@ -581,6 +581,12 @@ def check_capabilities(cls: type) -> None:
             f"{cls.__qualname__} declares capabilities {', '.join(sorted(declared))} but does not implement "
             f"{', '.join(missing)} (see credpath.protocol for the methods each capability implies)"
         )
+    _check_rotation_capabilities(cls, declared)
+
+
+def _check_rotation_capabilities(cls: type, declared: frozenset[Capability]) -> None:
+    """The rotation capabilities' two more rules: the class takes the setting that switches each on, and
+    defines no hook the search path calls without declaring its capability (it would never be called)."""
     for capability in sorted(declared & CAPABILITY_SETTINGS.keys()):
         setting = CAPABILITY_SETTINGS[capability]
         if not any(setting in _init_parameters(c) for c in cls.__mro__):
