@@ -85,9 +85,12 @@ class TTLCache:
             return None
         return item[1], now - item[2]
 
-    def put(self, key: Any, value: Any, *, miss: bool = False) -> tuple[float, float, float] | None:
+    def put(
+        self, key: Any, value: Any, *, miss: bool = False, until: float | None = None
+    ) -> tuple[float, float, float] | None:
         """Store ``value``; returns its ``(expiry, stored_at, keep_until)`` (monotonic), None if not kept
-        (the shared tier stores the same times, so both tiers expire together)."""
+        (the shared tier stores the same times, so both tiers expire together). ``until`` (monotonic) caps
+        both the fresh and the stale-if-error lifetime: the store said the value changes then."""
         settings = self.settings
         if not settings.enabled:
             return None
@@ -99,8 +102,11 @@ class TTLCache:
         expiry = now + max(0.0, ttl) * (1.0 + settings.jitter * random.random())
         if ttl <= 0:
             expiry = now - 1.0  # never fresh; kept only for stale-if-error
-        self.put_entry(key, value, expiry, now, expiry + stale)
-        return expiry, now, expiry + stale
+        keep_until = expiry + stale
+        if until is not None:
+            expiry, keep_until = min(expiry, until), min(keep_until, until)
+        self.put_entry(key, value, expiry, now, keep_until)
+        return expiry, now, keep_until
 
     def put_entry(self, key: Any, value: Any, expiry: float, stored_at: float, keep_until: float) -> None:
         """Store with given monotonic times (an entry read from the shared tier keeps its own)."""

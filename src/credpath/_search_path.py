@@ -17,22 +17,19 @@ from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 
-from credpath._cache import ABSENT, CacheSettings, TTLCache
-from credpath._deadlines import Deadline
-from credpath._lookup import listing, prefetch, rotation, tiers, writes
+from credpath._cache import CacheSettings, TTLCache
+from credpath._lookup import listing, operations, prefetch, rotation, writes
 from credpath._lookup import trace as _trace
 from credpath._lookup.model import MISS as _MISS
 from credpath._lookup.model import Attempt, Entry, Explanation, Listing, PrefetchReport, Resolution
-from credpath._lookup.resolution import resolve
-from credpath._lookup.state import LookupState, shared_tier_for
-from credpath._lookup.trace import LookupContext
-from credpath._masking import Masker, default_masker
+from credpath._lookup.state import FROM_SETTINGS, LookupState
+from credpath._masking import Masker
 from credpath._reading import as_connection, read_connection  # noqa: F401  (the reader owns them)
 from credpath._resilience import BreakerSettings
 from credpath._settings import BackendSpec, Settings
-from credpath.errors import BackendUnavailable, NotFound
+from credpath.errors import NotFound
 from credpath.model import Connection
-from credpath.protocol import Backend, BaseBackend, Kind, Serialization
+from credpath.protocol import Backend, Kind, Serialization
 
 __all__ = [
     "Attempt",
@@ -61,32 +58,13 @@ class SearchPath(LookupState):
         masker: Masker | None = None,
         mask_logs: bool = True,
         breaker: BreakerSettings | None = None,
-        shared: Any = _UNSET,
+        shared: Any = FROM_SETTINGS,
     ) -> None:
         super().__init__(breaker)
         backends = list(backends)
         for item in backends:
             self.add_backend(item)
-        if isinstance(cache, TTLCache):
-            self.cache = cache
-        elif isinstance(cache, CacheSettings):
-            self.cache = TTLCache(cache)
-        else:
-            self.cache = TTLCache(CacheSettings(enabled=bool(cache)))
-        self._data = self.cache.entries()  # the hot path reads the cache's entries directly
-        # An empty Masker is falsy (it has __len__): test for None, not truthiness.
-        self.masker = masker if masker is not None else default_masker()
-        self.mask_logs = mask_logs
-        self.shared = None
-        if shared is not _UNSET:
-            self.shared = shared
-        elif self.cache.settings.shared and self.cache.settings.enabled:
-            self.shared = shared_tier_for(self.cache.settings, backends)
-        if self.shared is not None:
-            # Another process's lock is waited for no longer than our own store read may take.
-            self.shared.bound_wait([e.backend for e in self.entries])
-            self._epoch_next = 0.0  # look at the invalidation epoch on the first lookup
-        self.use_shared_state()
+        self.set_tiers(cache, masker, mask_logs, shared, backends)
 
     @classmethod
     def from_config(
@@ -122,15 +100,6 @@ class SearchPath(LookupState):
         """The circuit breaker of backend ``name``, as a safe one-line description."""
         return self._entry(name).breaker.describe()
 
-    def close(self) -> None:
-        if self.shared is not None:
-            self.shared.flush()
-        for entry in self.entries:
-            if isinstance(entry.backend, BaseBackend):
-                entry.backend.close()
-            elif callable(close := getattr(entry.backend, "close", None)):  # a foreign object may have one
-                close()
-
     # --- reads -------------------------------------------------------------------------------------
 
     def get_connection(
@@ -155,7 +124,9 @@ class SearchPath(LookupState):
         versions (:meth:`lookup`).
         """
         if version is not None:
-            return self._pinned("connection", conn_id, version, team_name).value  # type: ignore[no-any-return]
+            from credpath._lookup import pinned
+
+            return pinned.read(self, "connection", conn_id, version, team_name).value  # type: ignore[no-any-return]
         if refresh and _SUFFIX not in conn_id:  # a version never changes: nothing to refresh
             resolution = self.refresh("connection", conn_id, team_name=team_name)
             if resolution is None:
@@ -198,7 +169,9 @@ class SearchPath(LookupState):
         """
         resolution: Resolution | None
         if version is not None:
-            resolution = self._pinned("variable", key, version, team_name)
+            from credpath._lookup import pinned
+
+            resolution = pinned.read(self, "variable", key, version, team_name)
         elif refresh:
             resolution = self.refresh("variable", key, team_name=team_name)
         else:
@@ -230,48 +203,14 @@ class SearchPath(LookupState):
         carry it as a suffix, ``my_db@3``: Airflow allows no ``@`` in a connection id, so no id is read
         differently than before. A version nobody has is None here, as any miss (Airflow's backend reads
         this), and :class:`~credpath._lookup.pinned.VersionNotFound` from :meth:`get_connection`."""
-        if version is not None or (kind == "connection" and _SUFFIX in key):
-            from credpath._lookup.pinned import VersionNotFound
-
-            try:
-                return self._pinned(kind, key, version, team_name)
-            except VersionNotFound:
-                return None
-        if (now := _monotonic()) >= self._epoch_next:
-            rotation.check_epoch(self, now)
-        context = LookupContext(kind, key, team_name) if _trace._sinks else None
-        found = tiers.settled(self, (kind, key, team_name))
-        if found is not ABSENT:  # a process-tier hit: no trace; subscribers hear only that it ended
-            if context is not None:  # subscribers hear which tier and backend served it, then that it ended
-                context.served("process", None if found is _MISS else found.source)
-                context.done(*(("missing", None) if found is _MISS else ("found", found.value)))
-            return None if found is _MISS else found
-        if context is None:
-            return tiers.lookup(self, LookupContext(kind, key, team_name))
-        try:
-            resolution = tiers.lookup(self, context)
-        except BaseException:
-            context.done("error")
-            raise
-        context.done(*(("missing", None) if resolution is None else ("found", resolution.value)))
-        return resolution
-
-    def _pinned(self, kind: Kind, key: str, version: str | int | None, team: str | None) -> Resolution:
+        if version is None and (kind != "connection" or _SUFFIX not in key):
+            return operations.lookup(self, kind, key, team_name)
         from credpath._lookup import pinned
 
-        if version is None:
-            key, version = pinned.split_suffix(key)
-        version = pinned.check_version(version)
-        context = LookupContext(kind, key, team)
-        if not context.sinks:
-            return pinned.lookup(self, context, version)
         try:
-            resolution = pinned.lookup(self, context, version)
-        except BaseException:
-            context.done("error")
-            raise
-        context.done("found", resolution.value)
-        return resolution
+            return pinned.read(self, kind, key, version, team_name)
+        except pinned.VersionNotFound:
+            return None
 
     def refresh(self, kind: Kind, key: str, *, team_name: str | None = None) -> Resolution | None:
         """Read ``key`` from the stores again (after a rotation), dropping it from both tiers so that every
@@ -299,46 +238,11 @@ class SearchPath(LookupState):
         every backend tried: the kept trace of one resolution. An outage is reported (``failed``,
         ``unavailable``; a stale value with its age and its refresh back-off), not raised. With ``version``
         (or a connection id's ``@`` suffix), the pinned read's record: ``version`` is the version served."""
-        if version is not None or (kind == "connection" and _SUFFIX in key):
-            return self._explain_pinned(kind, key, version, team_name)
-        held = tiers.held(self, (kind, key, team_name))
-        if use_cache:
-            found, tier = tiers.cached(self, (kind, key, team_name))
-            if found is not ABSENT:
-                source, version = (None, None) if found is _MISS else (found.source, found.version)
-                return Explanation(
-                    kind, key, source, cached=True, team_name=team_name, tier=tier, version=version, held=held
-                )
-        context = LookupContext(kind, key, team_name, keep=True)
-        if self.shared is not None:
-            self.shared.count("store_reads")
-        try:
-            resolve(self, context)
-        except BackendUnavailable:
-            pass  # the trace says which failed
-        finally:
-            if self.shared is not None:
-                self.shared.flush()
-        explanation = Explanation.from_trace(context)
-        explanation.held = held
-        return explanation
-
-    def _explain_pinned(
-        self, kind: Kind, key: str, version: str | int | None, team: str | None
-    ) -> Explanation:
+        if version is None and (kind != "connection" or _SUFFIX not in key):
+            return operations.explain(self, kind, key, use_cache, team_name)
         from credpath._lookup import pinned
 
-        if version is None:
-            key, version = pinned.split_suffix(key)
-        version = pinned.check_version(version)
-        context = LookupContext(kind, key, team, keep=True)
-        try:
-            pinned.lookup(self, context, version, use_cache=False)
-        except (BackendUnavailable, NotFound):
-            pass  # the trace says which failed, or that nobody has the version
-        explanation = Explanation.from_trace(context)
-        explanation.version = explanation.version or (version if explanation.found else None)
-        return explanation
+        return pinned.explain(self, kind, key, version, team_name)
 
     def prefetch(
         self,
@@ -359,29 +263,8 @@ class SearchPath(LookupState):
         ``prefetch_variables``), cached only where no earlier backend has the id.
         Errors follow the one error policy; failed ids are simply not cached.
         """
-        from credpath import _audit  # a few ms of start-up that a lookup never needs
-
-        prefetch.check_concurrency(concurrency)
-        deadline = None if timeout is None else Deadline(timeout)
-        reports: dict[Kind, PrefetchReport] = {}
         kinds: tuple[tuple[Kind, Sequence[str]], ...] = (("connection", connections), ("variable", variables))
-        for kind, ids in kinds:
-            if not ids and not prefix:
-                continue
-            with _audit.timed("prefetch", kind, "*", team=team_name) as audit:  # one event per batch
-                if ids:
-                    reports[kind] = prefetch.prefetch_ids(
-                        self,
-                        kind,
-                        list(dict.fromkeys(ids)),
-                        team_name,
-                        concurrency=concurrency,
-                        deadline=deadline,
-                    )
-                else:
-                    reports[kind] = prefetch.prefetch_prefix(self, kind, team_name)
-                audit.update(_audit.prefetch_facts(reports[kind], ids))
-        return reports
+        return operations.prefetch(self, kinds, prefix, team_name, concurrency, timeout)
 
     # --- writes ------------------------------------------------------------------------------------
 

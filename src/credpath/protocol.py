@@ -48,6 +48,26 @@ Capabilities (``capabilities: ClassVar[frozenset[Capability]]``), and the method
   cached. :class:`PinnedReads` implements the reads over the plain ones: a backend then reads
   :func:`pinned_version` in its one store request.
 
+Rotation capabilities. Each costs store requests or a stream, so each is switched on per instance by a
+constructor setting, off by default (:data:`CAPABILITY_SETTINGS`; the class must take it, checked at
+definition); :func:`enabled` is "declared and switched on", which is what the search path asks:
+
+- ``"version_check"`` (setting ``version_check``): ``check_version(kind, key, team_name, version) ->
+  VersionCheck | None`` (:class:`credpath._lookup.trace.VersionCheck`): whether ``version``, as a read
+  reported it, is still the store's current one, from the store's metadata (never the value). At expiry the
+  search path asks it first and serves an unchanged value for another TTL without reading it; None: cannot
+  tell (the value is read).
+- ``"change_events"`` (setting ``watch``): ``subscribe_changes(changed) -> bool``: start telling
+  ``changed(backend name, ids or None, a test of an id or None, new version or None)`` about every change
+  the store reports (ids None: anything may have changed); returns whether it listens. The search path
+  drops what its tiers hold of the changed ids.
+- ``"rotation_dates"`` (setting ``cap_at_rotation``): reads report when their value will change
+  (:func:`credpath._lookup.trace.note_valid_until`, e.g. a rotation date): no tier serves the value past
+  it. A batch or prefix answer that carries no date is then served, not cached.
+
+A class that defines ``check_version`` or ``subscribe_changes`` without declaring its capability is
+refused too: the search path would never call it.
+
 Without ``"batch"`` the reader (:mod:`credpath._reading`) reads one id at a time; without ``"list"`` a
 backend cannot be a migration source; without ``"write"`` it is never written to.
 
@@ -93,17 +113,20 @@ from typing import (
     TypeAlias,
     TypedDict,
     Unpack,
+    get_args,
     runtime_checkable,
 )
 
 from credpath.errors import BackendError, ConfigError, MissingDependency, ReadOnlyBackend
 
 if TYPE_CHECKING:
+    from credpath._lookup.trace import VersionCheck
     from credpath.model import Connection, Variable
 
 __all__ = [
     "CAPABILITIES",
     "CAPABILITY_METHODS",
+    "CAPABILITY_SETTINGS",
     "KINDS",
     "PREFIX_SETTINGS",
     "Backend",
@@ -119,6 +142,7 @@ __all__ = [
     "call_backend_method",
     "check_capabilities",
     "compile_lookup_pattern",
+    "enabled",
     "iter_ids",
     "multi_team_enabled",
     "pinned_version",
@@ -141,9 +165,22 @@ PREFIX_SETTINGS: dict[Kind, str] = {
 #: ``prefetch_variables``: everything under the prefix), "structured" (connections are kept as fields, so
 #: ``get_connection`` -- and with "batch" ``get_connections`` -- return them natively, with what a URI cannot
 #: carry such as ``description``; a write's ``serialization`` does not apply), "versions" (a read of one
-#: version the store keeps: ``get_conn_value_version``/``get_variable_version``, a pinned read).
-Capability = Literal["write", "list", "batch", "prefetch", "structured", "versions"]
-CAPABILITIES: tuple[Capability, ...] = ("write", "list", "batch", "prefetch", "structured", "versions")
+#: version the store keeps: ``get_conn_value_version``/``get_variable_version``, a pinned read), and the
+#: rotation capabilities, each switched on by a setting (:data:`CAPABILITY_SETTINGS`): "version_check"
+#: (``check_version``: is a cached version still current), "change_events" (``subscribe_changes``: the
+#: store's change stream), "rotation_dates" (reads report when their value changes).
+Capability = Literal[
+    "write",
+    "list",
+    "batch",
+    "prefetch",
+    "structured",
+    "versions",
+    "version_check",
+    "change_events",
+    "rotation_dates",
+]
+CAPABILITIES: tuple[Capability, ...] = get_args(Capability)  # in declaration order
 #: How a string store keeps a connection: Airflow's JSON form or its URI.
 Serialization = Literal["json", "uri"]
 
@@ -447,6 +484,16 @@ class BaseBackend:
         """True for a label that the store moves to another version (a rotation stage): never cached."""
         return False
 
+    # --- rotation capabilities: defaults that never run (declare the capability and override) --------------
+
+    def check_version(self, kind: Kind, key: str, team_name: str | None, version: str) -> VersionCheck | None:
+        """ "version_check": whether ``version`` is still the store's current one (None: cannot tell)."""
+        return None
+
+    def subscribe_changes(self, changed: Callable[..., None]) -> bool:
+        """ "change_events": tell ``changed`` about the store's changes; returns whether it listens."""
+        return False
+
     def prepare(self) -> None:
         """One-time start-up without contacting the store: import the client, build the session or engine.
 
@@ -487,7 +534,21 @@ CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
     "prefetch": ("prefetch_connections", "prefetch_variables"),
     "structured": ("get_connection",),
     "versions": ("get_conn_value_version", "get_variable_version", "accepts_version"),
+    "version_check": ("check_version",),
+    "change_events": ("subscribe_changes",),
+    "rotation_dates": (),  # the plain reads report the date (note_valid_until)
 }
+#: The constructor setting that switches a capability on per instance (off by default: each costs store
+#: requests or a stream). A class declaring the capability must take it (its own or an inherited
+#: ``__init__``); :func:`enabled` reads it.
+CAPABILITY_SETTINGS: dict[Capability, str] = {
+    "version_check": "version_check",
+    "change_events": "watch",
+    "rotation_dates": "cap_at_rotation",
+}
+#: Methods only the search path calls: defining one without declaring its capability is refused (it
+#: would never be called).
+_HOOKS: dict[str, Capability] = {"check_version": "version_check", "subscribe_changes": "change_events"}
 
 
 def required_methods(capabilities: Iterable[Capability]) -> list[str]:
@@ -520,6 +581,35 @@ def check_capabilities(cls: type) -> None:
             f"{cls.__qualname__} declares capabilities {', '.join(sorted(declared))} but does not implement "
             f"{', '.join(missing)} (see credpath.protocol for the methods each capability implies)"
         )
+    _check_rotation_capabilities(cls, declared)
+
+
+def _check_rotation_capabilities(cls: type, declared: frozenset[Capability]) -> None:
+    """The rotation capabilities' two more rules: the class takes the setting that switches each on, and
+    defines no hook the search path calls without declaring its capability (it would never be called)."""
+    for capability in sorted(declared & CAPABILITY_SETTINGS.keys()):
+        setting = CAPABILITY_SETTINGS[capability]
+        if not any(setting in _init_parameters(c) for c in cls.__mro__):
+            raise TypeError(
+                f"{cls.__qualname__} declares capability {capability!r} but its constructor takes no "
+                f"{setting!r}, the setting that switches it on"
+            )
+    for method, capability in _HOOKS.items():
+        if method in vars(cls) and capability not in declared:
+            raise TypeError(
+                f"{cls.__qualname__} defines {method} but does not declare capability {capability!r}: "
+                "declare it, or the search path never calls it"
+            )
+
+
+def _init_parameters(cls: type) -> Iterable[str]:
+    init = vars(cls).get("__init__")
+    if init is None:
+        return ()
+    try:
+        return inspect.signature(init).parameters
+    except (TypeError, ValueError):
+        return ()
 
 
 #: What every call site takes: a credpath backend, or a foreign Airflow-style object with the three reads.
@@ -536,7 +626,16 @@ def supports(backend: object, capability: Capability) -> bool:
     if isinstance(declared, frozenset | set | tuple):
         return capability in declared
     methods = ("get_connections",) if capability == "structured" else CAPABILITY_METHODS[capability]
-    return all(callable(getattr(backend, m, None)) for m in methods)
+    return bool(methods) and all(callable(getattr(backend, m, None)) for m in methods)
+
+
+def enabled(backend: object, capability: Capability) -> bool:
+    """Whether ``backend`` declares ``capability`` and, for one switched by a setting
+    (:data:`CAPABILITY_SETTINGS`), was configured with it on: what the search path asks, once per backend."""
+    if not supports(backend, capability):
+        return False
+    setting = CAPABILITY_SETTINGS.get(capability)
+    return setting is None or getattr(backend, setting, False) is True
 
 
 #: The version a pinned read asks for, while its store call runs (None: the latest, a plain read).

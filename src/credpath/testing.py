@@ -17,7 +17,9 @@ backend options such as ``connections_lookup_pattern``) and ``seed(kind, key, ra
 ``api_calls() -> int``, the number of API calls the store has seen (used to prove "no call"). ``seed`` raises
 ``ValueError`` for a value the store cannot hold (a malformed URI in a store of structured rows), which skips
 the tests that need it; a store without config lookups (``get_config`` not implemented) skips the config test;
-write, list and delete tests run where the backend implements them.
+write, list and delete tests run where the backend implements them. The rotation capabilities'
+cases build the backend with the capability's setting on (``make_backend(version_check=True)``, ``watch``,
+``cap_at_rotation``: :data:`credpath.protocol.CAPABILITY_SETTINGS`).
 
 :func:`harness_fixture` builds a ``harness`` fixture parametrised over several stores from their own
 fixtures (``<alias>_harness``); a store whose fixture is missing FAILS, it is never skipped.
@@ -30,6 +32,8 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,10 +45,12 @@ from credpath.model import Connection
 from credpath.protocol import (
     CAPABILITIES,
     CAPABILITY_METHODS,
+    CAPABILITY_SETTINGS,
     BaseBackend,
     Capability,
     WriteConfirmation,
     check_capabilities,
+    enabled,
     supports,
 )
 
@@ -433,3 +439,66 @@ class BackendContract:
         backend = harness.make_backend()
         assert conn_id in backend.prefetch_connections()
         assert backend.prefetch_variables()[key] == "prefetched"
+
+    # --- rotation capabilities: each off until its setting switches it on ---------------------------------
+
+    def test_rotation_capabilities_are_off_until_their_setting(self, harness: Any) -> None:
+        backend = harness.make_backend()
+        declared = [c for c in CAPABILITY_SETTINGS if supports(backend, c)]
+        if not declared:
+            pytest.skip(f"{type(backend).__name__} declares no rotation capability")
+        for capability in declared:
+            assert not enabled(backend, capability), f"{capability} costs requests: off by default"
+            switched = harness.make_backend(**{CAPABILITY_SETTINGS[capability]: True})
+            assert enabled(switched, capability), f"{CAPABILITY_SETTINGS[capability]}=True switches it on"
+
+    def test_version_check_tells_a_current_version_from_a_changed_one(self, harness: Any) -> None:
+        require(harness.make_backend(), "version_check")
+        key = new_id("vc")
+        harness.seed("variable", key, "value-1-s3cr3t")
+        backend = harness.make_backend(version_check=True)
+        first = reported_version(backend.get_variable, key)
+        same = backend.check_version("variable", key, None, first)
+        assert same is not None and same.unchanged, "the version a read just reported is current"
+        harness.seed("variable", key, "value-2-s3cr3t")
+        changed = backend.check_version("variable", key, None, first)
+        assert changed is None or not changed.unchanged, "a new version was written"
+        missing = backend.check_version("variable", new_id("vcmiss"), None, first)
+        assert missing is None or not missing.unchanged, "an id the store lacks is never current"
+        assert "s3cr3t" not in repr((same, changed, missing))  # metadata, never the value
+
+    def test_change_events_name_the_changed_id(self, harness: Any) -> None:
+        require(harness.make_backend(), "change_events")
+        assert harness.make_backend().subscribe_changes(lambda *_: None) is False, "off without its setting"
+        backend = harness.make_backend(watch=True)
+        key = new_id("ce")
+        heard: list[tuple[Any, ...]] = []
+        told = threading.Event()
+
+        def changed(source: str, ids: Any, matches: Any, version: Any) -> None:
+            heard.append((source, ids, version))
+            if ids is not None and (("variable", key) in ids or (matches and matches("variable", key))):
+                told.set()
+
+        assert backend.subscribe_changes(changed) is True
+        # Written again until heard: a change made while the stream (re)starts is a gap, not an event.
+        started, n = time.monotonic(), 0
+        while not told.wait(0.5):
+            assert time.monotonic() - started < 15.0, f"no change event for {key!r} within 15 s"
+            n += 1
+            harness.seed("variable", key, f"value-{n}-s3cr3t")
+        assert all(source == backend.name for source, _, _ in heard)
+        assert "s3cr3t" not in repr(heard)  # names and versions, never a value
+
+    def test_rotation_dates_are_reported_by_the_read(self, harness: Any) -> None:
+        require(harness.make_backend(), "rotation_dates")
+        from credpath._lookup import trace
+
+        key = new_id("rd")
+        harness.seed("variable", key, "value-s3cr3t-rd")
+        backend = harness.make_backend(cap_at_rotation=True)
+        context = trace.LookupContext("variable", key)
+        with trace.calling(context, "contract"):
+            assert backend.get_variable(key) == "value-s3cr3t-rd"
+        # A secret without a schedule has no date; a date is wall-clock seconds.
+        assert context.valid_until is None or context.valid_until > 1e9

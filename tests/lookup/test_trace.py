@@ -344,7 +344,7 @@ def test_a_failing_subscriber_never_fails_a_lookup() -> None:
 
 
 def test_a_process_hit_builds_no_context_while_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from credpath import _search_path as sp_mod
+    from credpath._lookup import operations as sp_mod  # where SearchPath.lookup builds its context
 
     built: list[str] = []
 

@@ -1,23 +1,24 @@
 """The version check at expiry: ask the store whether a cached value's version is still current.
 
-Where a backend offers it (``version_check = true``: Secrets Manager ``DescribeSecret``, Vault KV v2
-metadata), an expired value that carries the store's version is not read again at once: the backend is
-asked for the current version (a metadata request, never the value). Unchanged: the value is served and
-cached for another TTL, still capped at the store's next announced change (``valid_until``). Changed, or no
-answer: the value is read as without the check. The check is a store call like a read (behind the
-backend's breaker, in the trace as operation "check"), tried once: a failing store goes on to the read,
-where the error policy (stale-if-error) decides.
+Where a backend declares the capability "version_check" and is configured with ``version_check = true``
+(Secrets Manager ``DescribeSecret``, Vault KV v2 metadata), an expired value that carries the store's
+version is not read again at once: the backend is asked for the current version (a metadata request, never
+the value). Unchanged: the value is served and cached for another TTL, still capped at the store's next
+announced change (``valid_until``). Changed, or no answer: the value is read as without the check. The
+check is a store call like a read (behind the backend's breaker, in the trace as operation "check"), tried
+once: a failing store goes on to the read, where the error policy (stale-if-error) decides.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from credpath._lookup import trace
 from credpath._lookup.model import CacheKey, Entry, Resolution
 from credpath._lookup.policy import call
 from credpath._lookup.trace import LookupContext, VersionCheck
+from credpath.protocol import enabled
 
 __all__ = ["checks_versions", "unchanged"]
 
@@ -25,8 +26,8 @@ log = logging.getLogger("credpath.search_path")
 
 
 def checks_versions(entry: Entry) -> bool:
-    """Whether ``entry``'s backend was configured to check versions at expiry."""
-    return bool(getattr(entry.backend, "version_check", False)) and hasattr(entry.backend, "check_version")
+    """Whether ``entry``'s backend declares "version_check" and was configured with it on."""
+    return enabled(entry.backend, "version_check")
 
 
 def unchanged(context: LookupContext, entry: Entry, ckey: CacheKey, cached: Resolution) -> Any:
@@ -42,7 +43,7 @@ def unchanged(context: LookupContext, entry: Entry, ckey: CacheKey, cached: Reso
                 entry,
                 "check",
                 kind,
-                getattr(entry.backend, "check_version"),  # noqa: B009 - a duck-typed capability
+                cast(Any, entry.backend).check_version,  # declared "version_check" (checks_versions)
                 kind,
                 key,
                 team,

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from credpath._cache import ABSENT, TTLCache
-from credpath._lookup.model import MISS, CacheKey, Entry, Resolution, what
+from credpath._lookup.model import MISS, CacheKey, Entry, Explanation, Resolution, what
 from credpath._lookup.policy import call, failure
 from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
@@ -34,7 +34,16 @@ from credpath.protocol import BaseBackend, Kind, call_backend_method, supports
 if TYPE_CHECKING:
     from credpath._shared_cache import SharedEntry
 
-__all__ = ["MAX_VERSION_LEN", "SUFFIX", "VersionNotFound", "check_version", "lookup", "split_suffix"]
+__all__ = [
+    "MAX_VERSION_LEN",
+    "SUFFIX",
+    "VersionNotFound",
+    "check_version",
+    "explain",
+    "lookup",
+    "read",
+    "split_suffix",
+]
 
 #: The id suffix that pins a connection (``my_db@3``): Airflow allows no ``@`` in a connection id.
 SUFFIX = "@"
@@ -78,6 +87,41 @@ def split_suffix(conn_id: str) -> tuple[str, str | None]:
             f"connection id {conn_id[:60]!r}: the version suffix needs an id and a version (my_db@3)"
         )
     return key, check_version(version)
+
+
+def read(state: LookupState, kind: Kind, key: str, version: str | int | None, team: str | None) -> Resolution:
+    """``SearchPath``'s pinned read: ``version``, or the id's ``@`` suffix when it is None; subscribers hear
+    that the lookup ended. A miss raises :class:`VersionNotFound`."""
+    if version is None:
+        key, version = split_suffix(key)
+    version = check_version(version)
+    context = LookupContext(kind, key, team)
+    if not context.sinks:
+        return lookup(state, context, version)
+    try:
+        resolution = lookup(state, context, version)
+    except BaseException:
+        context.done("error")
+        raise
+    context.done("found", resolution.value)
+    return resolution
+
+
+def explain(
+    state: LookupState, kind: Kind, key: str, version: str | int | None, team: str | None
+) -> Explanation:
+    """``SearchPath.explain`` of a pinned read: the stores asked (never a cache), and the version served."""
+    if version is None:
+        key, version = split_suffix(key)
+    version = check_version(version)
+    context = LookupContext(kind, key, team, keep=True)
+    try:
+        lookup(state, context, version, use_cache=False)
+    except (BackendUnavailable, NotFound):
+        pass  # the trace says which failed, or that nobody has the version
+    explanation = Explanation.from_trace(context)
+    explanation.version = explanation.version or (version if explanation.found else None)
+    return explanation
 
 
 def _cache(state: LookupState) -> TTLCache:

@@ -7,26 +7,28 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from credpath import _reading as reading
 from credpath._cache import CacheSettings, TTLCache
 from credpath._lookup.model import MISS, Entry, Resolution
-from credpath._masking import Masker, install_log_masking
+from credpath._masking import Masker, default_masker, install_log_masking
 from credpath._resilience import BreakerSettings, CircuitBreaker, RefreshBackoff, SingleFlight
 from credpath._settings import BackendSpec
 from credpath.errors import ConfigError
 from credpath.model import is_sensitive_name
-from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern
+from credpath.protocol import KINDS, Backend, BaseBackend, Kind, compile_lookup_pattern, enabled
 
 if TYPE_CHECKING:
     from credpath._shared_cache import SharedEntry, SharedState
 
-__all__ = ["LookupState", "SharedTierLike", "shared_tier_for"]
+__all__ = ["FROM_SETTINGS", "LookupState", "SharedTierLike", "shared_tier_for"]
 
 log = logging.getLogger("credpath.search_path")
 
 CacheKey = tuple[Kind, str, str | None]
+#: ``SearchPath(shared=...)`` not given: the shared tier is the one ``[cache] shared`` names, if any.
+FROM_SETTINGS: Any = object()
 
 
 class SharedTierLike(Protocol):
@@ -74,8 +76,49 @@ class LookupState:
         self._epoch_seen: str | None = None
         #: (kind, key, team) -> when its last forced refresh read the store (monotonic).
         self._refreshed: dict[CacheKey, float] = {}
-        #: Backends that cap values at the store's announced changes (``cap_at_rotation``).
+        #: Backends that cap values at the store's announced changes (capability "rotation_dates", on).
         self._capping: set[str] = set()
+
+    def set_tiers(
+        self,
+        cache: CacheSettings | TTLCache | bool | None,
+        masker: Masker | None,
+        mask_logs: bool,
+        shared: Any,
+        backends: list[Any],
+    ) -> None:
+        """The process tier (settings, a TTLCache of its own, or on/off), the masker, and the shared tier:
+        ``shared`` given (None: none), else as ``[cache] shared`` says (:data:`FROM_SETTINGS`)."""
+        if isinstance(cache, TTLCache):
+            self.cache = cache
+        elif isinstance(cache, CacheSettings):
+            self.cache = TTLCache(cache)
+        else:
+            self.cache = TTLCache(CacheSettings(enabled=bool(cache)))
+        self._data = self.cache.entries()  # the hot path reads the cache's entries directly
+        # An empty Masker is falsy (it has __len__): test for None, not truthiness.
+        self.masker = masker if masker is not None else default_masker()
+        self.mask_logs = mask_logs
+        self.shared = None
+        if shared is not FROM_SETTINGS:
+            self.shared = shared
+        elif self.cache.settings.shared and self.cache.settings.enabled:
+            self.shared = shared_tier_for(self.cache.settings, backends)
+        if self.shared is not None:
+            # Another process's lock is waited for no longer than our own store read may take.
+            self.shared.bound_wait([e.backend for e in self.entries])
+            self._epoch_next = 0.0  # look at the invalidation epoch on the first lookup
+        self.use_shared_state()
+
+    def close(self) -> None:
+        """Flush the shared tier's counters and close every backend."""
+        if self.shared is not None:
+            self.shared.flush()
+        for entry in self.entries:
+            if isinstance(entry.backend, BaseBackend):
+                entry.backend.close()
+            elif callable(close := getattr(entry.backend, "close", None)):  # a foreign object may have one
+                close()
 
     def add_backend(self, item: Backend | tuple[str, Backend] | BackendSpec) -> None:
         backend: Backend
@@ -130,11 +173,12 @@ class LookupState:
             if not existing.cache_results:
                 live.append(existing)
         self._live_all = tuple(live)
-        if getattr(backend, "cap_at_rotation", False) is True:
+        if enabled(backend, "rotation_dates"):
             self._capping.add(name)
-        subscribe = getattr(backend, "subscribe_changes", None)
-        if subscribe is not None and cache_results:
-            subscribe(self.store_changed)
+        if cache_results and enabled(backend, "change_events"):
+            cast(Any, backend).subscribe_changes(
+                self.store_changed
+            )  # declared: a BaseBackend or a foreign one
 
     def store_changed(
         self,
@@ -208,9 +252,12 @@ class LookupState:
             # A batch or prefix read of a backend that caps values at the store's rotation dates: the batch
             # answer has no date (BatchGetSecretValue carries none), so the value is served, not cached.
             return
-        times = self.cache.put(ckey, value, miss=miss)
-        if times is not None and not miss and value.valid_until is not None:
-            times = self._cap(ckey, value, times)
+        until = None
+        if not miss and value.valid_until is not None:
+            # Capped at the time the store said it changes (wall clock): from then on no tier serves it,
+            # stale-if-error included. Written once, capped: no reader ever sees it uncapped.
+            until = value.valid_until + (time.monotonic() - time.time())
+        times = self.cache.put(ckey, value, miss=miss, until=until)
         if ckey[2] not in self._teams:
             self._teams.add(ckey[2])
         if times is not None:
@@ -240,20 +287,6 @@ class LookupState:
                 valid_until=None if miss else value.valid_until,
             ),
         )
-
-    def _cap(
-        self, ckey: CacheKey, value: Resolution, times: tuple[float, float, float]
-    ) -> tuple[float, float, float]:
-        """Cap a cached value's lifetime, fresh and stale-if-error alike, at the time the store said it
-        changes (``valid_until``, wall clock): from then on no tier serves it, a failing store included."""
-        assert value.valid_until is not None
-        expiry, stored_at, keep_until = times
-        until = value.valid_until + (time.monotonic() - time.time())
-        if until >= expiry and until >= keep_until:
-            return times
-        expiry, keep_until = min(expiry, until), min(keep_until, until)
-        self.cache.put_entry(ckey, value, expiry, stored_at, keep_until)
-        return expiry, stored_at, keep_until
 
     def adopt(self, ckey: CacheKey, entry: SharedEntry) -> Any:
         """Put a shared entry in the process tier with its own (wall-clock) times; returns the value."""

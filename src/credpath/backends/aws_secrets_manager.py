@@ -113,7 +113,7 @@ def _is_deleted_error(exc: BaseException) -> bool:
 class SecretsManagerBackend(PinnedReads, AwsBackend):
     alias: ClassVar[str] = "aws-secrets-manager"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {"write", "list", "batch", "prefetch", "versions"}
+        {"write", "list", "batch", "prefetch", "versions", "version_check", "rotation_dates"}
     )
     version_form: ClassVar[str] = "a VersionId, AWSPREVIOUS/AWSCURRENT/AWSPENDING, or stage:<label>"
     store_name: ClassVar[str] = "AWS Secrets Manager"

@@ -87,7 +87,7 @@ _TEAM_SCOPED_ID = re.compile(r"_[^_]+___.+")
 
 class KubernetesLabelSecretsBackend(BaseBackend):
     alias: ClassVar[str] = "kubernetes-labels"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"list"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"list", "change_events"})
     store_name: ClassVar[str] = "Kubernetes Secrets by label"
     requires: ClassVar[tuple[str, ...]] = ("kubernetes",)
     extra: ClassVar[str | None] = "kubernetes"

@@ -145,7 +145,7 @@ def _b64(text: str) -> str:
 class KubernetesSecretsBackend(PrefixNamedBackend):
     alias: ClassVar[str] = "kubernetes-secrets"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {"write", "list", "batch", "prefetch", "structured"}
+        {"write", "list", "batch", "prefetch", "structured", "change_events"}
     )
     store_name: ClassVar[str] = "Kubernetes Secrets"
     requires: ClassVar[tuple[str, ...]] = ("kubernetes",)

@@ -50,8 +50,8 @@ class VaultDatabaseBackend(_leases.LeasedIds, VaultBackend):
     store_name: ClassVar[str] = "Vault database engine"
     # A leased credential lives in the lease manager only: no cache tier may keep it past its lease.
     cache_results: ClassVar[bool] = False
-    # A minted credential has no stored versions to pin.
-    capabilities = VaultBackend.capabilities - {"versions"}
+    # A minted credential has no stored versions to pin, nor a cached one to check.
+    capabilities = VaultBackend.capabilities - {"versions", "version_check"}
 
     def __init__(
         self,

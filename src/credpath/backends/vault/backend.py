@@ -102,7 +102,9 @@ class VaultBackend(PinnedReads, BaseBackend):
     """Connections, variables and config from a Vault/OpenBao KV mount (Airflow's kwargs)."""
 
     alias: ClassVar[str] = "vault"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"write", "list", "structured", "versions"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {"write", "list", "structured", "versions", "version_check"}
+    )
     version_form: ClassVar[str] = "a KV v2 version number (1, 2, ...)"
     store_name: ClassVar[str] = "HashiCorp Vault"
     requires: ClassVar[tuple[str, ...]] = ("requests",)  # hvac: see auth.py
