@@ -183,13 +183,11 @@ _CLI_UNNEEDED = (
 )
 #: Dataclasses the path may define: each costs about 1 ms at import on Python 3.11 (the decorator compiles
 #: its methods); credpath._record is the cheap form. The public values stay dataclasses (users call
-#: dataclasses.replace on a Connection); the other three are not converted yet.
+#: dataclasses.replace on a Connection); WriteConfirmation is not converted yet.
 _CLI_DATACLASSES = {
     "credpath.model.Connection",
     "credpath.model.Variable",
     "credpath.protocol.WriteConfirmation",
-    "credpath._resilience.BreakerSettings",
-    "credpath._deadlines.RetryPolicy",
 }
 
 
