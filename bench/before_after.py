@@ -1,10 +1,11 @@
 """The core figures of bench/run.py, bench/startup.py and bench/shared_cache.py for two trees, side by side.
 
-    .venv/bin/python bench/before_after.py --before /path/to/old/checkout [--rounds 2] [--n 1000]
-        [--startup-runs 10] [--shared --before-airflow-venv PATH]
+    .venv/bin/python bench/before_after.py --before /path/to/old/checkout [--before /another/one]
+        [--rounds 2] [--n 1000] [--startup-runs 10] [--skip run] [--shared --before-airflow-venv PATH]
 
-"before" is another checkout of credpath (its ``src/`` and ``bench/``), "after" is this tree. Each
-measurement runs for both trees in turn, interleaved (before, after, after, before, ...), so load that
+"before" is another checkout of credpath (its ``src/`` and ``bench/``), "after" is this tree; a second
+``--before`` adds a third tree ("before2"), measured in the same interleaved runs (not with ``--shared``).
+Each measurement runs for every tree in turn, interleaved (before, after, after, before, ...), so load that
 changes during the run weighs on both alike; each figure is the median over the rounds. Every job runs in a
 fresh interpreter of this virtualenv with ``PYTHONPATH=<tree>/src`` (the same boto3, hvac and Python for
 both); the load average is printed beside each section.
@@ -50,6 +51,16 @@ def tree_env(tree: Path, base: dict[str, str]) -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = str(tree / "src")
     return env
+
+
+def commit_of(tree: Path) -> str:
+    """The tree's commit (abbreviated; "+" when it has uncommitted changes to src/), for the report."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True).stdout.strip()
+
+    dirty = "+" if git("status", "--porcelain", "--", "src") else ""
+    return (git("rev-parse", "--short", "HEAD") or "?") + dirty
 
 
 def check_tree(tree: Path, env: dict[str, str]) -> None:
@@ -295,13 +306,18 @@ def shared_rows(figures: Figures) -> list[tuple[str, str, str, int]]:
 
 
 def table(title: str, rows: list[tuple[str, str, str, int]], figures: dict[str, Figures], load: str) -> str:
-    before, after = figures["before"], figures["after"]
-    lines = [f"\n{title} (load average 1/5/15 min: {load})\n", "| measure | before | after | after/before |",
-             "|---|---|---|---|"]  # fmt: skip
+    befores = [side for side in figures if side != "after"]
+    after = figures["after"]
+    head = " | ".join([*befores, "after", *(f"after/{side}" for side in befores)])
+    lines = [f"\n{title} (load average 1/5/15 min: {load})\n", f"| measure | {head} |",
+             "|---|" + "---|" * (2 * len(befores) + 1)]  # fmt: skip
     for key, label, unit, digits in rows:
-        b, a = before[key], after[key]
-        ratio = f"{a / b:.2f}" if b else ("1.00" if a == b else "n/a")
-        lines.append(f"| {label} | {b:,.{digits}f} {unit} | {a:,.{digits}f} {unit} | {ratio} |")
+        a = after[key]
+        cells = [f"{figures[side][key]:,.{digits}f} {unit}" for side in [*befores, "after"]]
+        for side in befores:
+            b = figures[side][key]
+            cells.append(f"{a / b:.2f}" if b else ("1.00" if a == b else "n/a"))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -309,7 +325,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--before", type=Path, required=True, help="the other checkout (its src/ and bench/)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        required=True,
+        help="the other checkout (its src/ and bench/); give it twice to compare three trees",
+    )
     parser.add_argument(
         "--rounds", type=int, default=2, help="runs per tree of run.py's jobs and shared_cache.py"
     )
@@ -326,13 +348,17 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    trees = {"before": args.before.resolve(), "after": ROOT}
+    trees = {("before" if i == 0 else f"before{i + 1}"): tree.resolve() for i, tree in enumerate(args.before)}
+    trees["after"] = ROOT
     for tree in trees.values():
         if not (tree / "src" / "credpath" / "__init__.py").is_file():
             parser.error(f"{tree} is not a credpath checkout")
     if args.shared and not args.before_airflow_venv:
         parser.error("--shared needs --before-airflow-venv")
-    print(f"before: {trees['before']}; after: {ROOT}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+    if args.shared and len(args.before) > 1:
+        parser.error("--shared compares two trees: give one --before")
+    named = "; ".join(f"{side}: {tree} ({commit_of(tree)})" for side, tree in trees.items())
+    print(f"{named}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     report: dict[str, Any] = {}
     if "startup" not in args.skip:
         figures, load = startup(trees, args.startup_runs, args.warmup)

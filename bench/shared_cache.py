@@ -29,6 +29,10 @@ With ``--rounds N`` each variant runs N times, interleaved (airflow, credpath, f
 so load that changes during the run weighs on every variant alike; requests are the most any run of a
 variant made, times are pooled over its runs.
 
+With ``--rounds N`` a second table gives each round's medians per variant: the first round of a
+fresh checkout is the one whose task processes may compile credpath's modules (an editable install writes no
+``.pyc`` at install time; a wheel install does).
+
 With ``--sequential`` Airflow runs one task at a time, so a task's secrets time is its own work rather than
 its share of ten task processes starting at once on the machine.
 
@@ -80,6 +84,32 @@ def rows_of(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
             row["kv_reads_per_dag_run"] = figures["reads"][name]
         rows[name] = row
     return rows
+
+
+def round_rows(figures: dict[str, Any], rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Per variant, per round: the median secrets ms and CPU ms per task (tasks are listed round by round)."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for name, times in figures["task_ms"].items():
+        per = len(times) // rounds
+        cpu = [task["cpu_ms"] for task in figures["ops"][name]]
+        rows[name] = [
+            {
+                "secrets_ms_median": statistics.median(times[r * per : (r + 1) * per]),
+                "cpu_ms_median": statistics.median(cpu[r * per : (r + 1) * per]),
+            }
+            for r in range(rounds)
+        ]
+    return rows
+
+
+def print_rounds(rows: dict[str, list[dict[str, float]]]) -> None:
+    rounds = len(next(iter(rows.values())))
+    print("\nPer round: secrets ms/task median / CPU ms/task median\n")
+    print("| variant | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " |")
+    print("|---|" + "---|" * rounds)
+    for name, per in rows.items():
+        cells = " | ".join(f"{r['secrets_ms_median']:.0f} / {r['cpu_ms_median']:.0f}" for r in per)
+        print(f"| {name} | {cells} |")
 
 
 def print_table(store: str, rows: dict[str, dict[str, Any]]) -> None:
@@ -152,9 +182,13 @@ def main() -> int:
             print(f"\n{TITLES[store]}: no figures (the test failed before writing them)", file=sys.stderr)
             failed = True
             continue
-        rows = rows_of(json.loads(path.read_text()))
+        figures = json.loads(path.read_text())
+        rows = rows_of(figures)
         report[store] = {"rows": rows}
         print_table(store, rows)
+        if args.rounds > 1:
+            report[store]["rounds"] = round_rows(figures, args.rounds)
+            print_rounds(report[store]["rounds"])
     loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(load_before, load_after, strict=True))
     mode = "; one task at a time" if args.sequential else ""
     print(f"\nrounds: {args.rounds}{mode}; load average (1, 5, 15 min) before/after: {loads}")

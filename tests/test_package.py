@@ -139,3 +139,71 @@ def test_leak_guard_fails_a_leaking_test(pytester):
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=2)
+
+
+# `credpath connections get` on the embedded default (the README's first set-up) has a start-up budget of
+# 150 ms: what it loads is pinned here, so a new import on that path is a decision, not an accident.
+_CLI_PROBE = """
+import dataclasses, json, runpy, sys
+sys.argv = ["credpath", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("credpath", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code
+own = [m for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith("credpath")]
+found = sorted(
+    f"{m.__name__}.{name}" for m in own for name, value in vars(m).items()
+    if isinstance(value, type) and value.__module__ == m.__name__ and dataclasses.is_dataclass(value)
+)
+report = {"code": code, "modules": sorted(sys.modules), "dataclasses": found}
+sys.stderr.write("\\nPROBE " + json.dumps(report))
+"""
+#: Not needed to read one connection from the metastore: other commands' modules, the config file's parser
+#: (there is none), the shared tier, audit and tracing, the terminal size (output is a pipe), SQLAlchemy and
+#: rich (stdlib sqlite3 and the plain table read and print it), thread pools and network clients.
+_CLI_UNNEEDED = (
+    "credpath.cli.audit",
+    "credpath.cli.cache",
+    "credpath.cli.migrate",
+    "credpath.cli.misc",
+    "credpath.cli.variables",
+    "credpath.cli.web",
+    "credpath._audit",
+    "credpath._otel",
+    "credpath._shared_cache",
+    "tomllib",
+    "shutil",
+    "sqlalchemy",
+    "rich",
+    "concurrent.futures",
+    "asyncio",
+    "http.client",
+    "ssl",
+)
+#: Dataclasses the path may define: each costs about 1 ms at import on Python 3.11 (the decorator compiles
+#: its methods); credpath._record is the cheap form. The public values stay dataclasses (users call
+#: dataclasses.replace on a Connection); WriteConfirmation is not converted yet.
+_CLI_DATACLASSES = {
+    "credpath.model.Connection",
+    "credpath.model.Variable",
+    "credpath.protocol.WriteConfirmation",
+}
+
+
+def test_cli_get_on_the_embedded_default_loads_only_what_it_needs(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPATH_", "AIRFLOW"))}
+    env["CREDPATH_HOME"] = str(tmp_path)
+    uri = "postgres://app:change-me@db.example.com:5432/analytics"
+    add = [sys.executable, "-m", "credpath", "connections", "add", "my_db", "--uri", uri]
+    subprocess.run(add, env=env, capture_output=True, check=True, cwd=ROOT)
+    probe = [sys.executable, "-c", _CLI_PROBE, "connections", "get", "my_db"]
+    result = subprocess.run(probe, env=env, capture_output=True, text=True, cwd=ROOT)
+    report = json.loads(result.stderr.rsplit("\nPROBE ", 1)[1])
+    assert report["code"] == 0 and "db.example.com" in result.stdout
+    assert "credpath.cli.connections" in report["modules"]  # the probe saw the command run
+    loaded = set(report["modules"])
+    assert [m for m in _CLI_UNNEEDED if m in loaded] == []
+    assert set(report["dataclasses"]) <= _CLI_DATACLASSES, "use credpath._record on the CLI's path"

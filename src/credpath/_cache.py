@@ -16,8 +16,9 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from credpath._record import Frozen
 
 __all__ = ["ABSENT", "DEFAULT_STALE_IF_ERROR", "CacheSettings", "Entry", "TTLCache"]
 
@@ -32,8 +33,8 @@ Entry = tuple[float, Any, float, float]
 DEFAULT_STALE_IF_ERROR = 3600.0
 
 
-@dataclass(frozen=True)
-class CacheSettings:
+class CacheSettings(Frozen):
+    # The defaults are class attributes too, as a dataclass's are (``CacheSettings.ttl``).
     enabled: bool = True
     ttl: float = 300.0
     miss_ttl: float = 60.0
@@ -45,12 +46,42 @@ class CacheSettings:
     #: The shared second tier (:mod:`credpath._shared_cache`), normalized: "file:/abs/path" or a Redis URL;
     #: None for none. Its keys are not here: the settings builder resolves them once (``_settings``), and a
     #: search path built in code with only this reads them as the config would.
-    shared: str | None = field(default=None, repr=False)
+    shared: str | None = None
     #: Lease of the cross-process single-flight lock: a waiter takes over from a holder this much late.
     shared_lease: float = 5.0
     #: Inside Airflow: a task that fails drops the ids it read from every tier, so its retry reads the
     #: stores (the credential may have been rotated under it). False: the retry may be served the cache.
     invalidate_failed_tasks: bool = True
+
+    _fields = (
+        "enabled", "ttl", "miss_ttl", "max_size", "jitter", "stale_if_error", "shared", "shared_lease",
+        "invalidate_failed_tasks",
+    )  # fmt: skip
+    _hidden = frozenset({"shared"})  # a Redis URL may hold a password
+
+    def __init__(
+        self,
+        enabled: bool = enabled,
+        ttl: float = ttl,
+        miss_ttl: float = miss_ttl,
+        max_size: int = max_size,
+        jitter: float = jitter,
+        stale_if_error: float = stale_if_error,
+        shared: str | None = shared,
+        shared_lease: float = shared_lease,
+        invalidate_failed_tasks: bool = invalidate_failed_tasks,
+    ) -> None:
+        vars(self).update(
+            enabled=enabled,
+            ttl=ttl,
+            miss_ttl=miss_ttl,
+            max_size=max_size,
+            jitter=jitter,
+            stale_if_error=stale_if_error,
+            shared=shared,
+            shared_lease=shared_lease,
+            invalidate_failed_tasks=invalidate_failed_tasks,
+        )
 
 
 class TTLCache:

@@ -21,10 +21,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from credpath._lookup import trace as _trace
+from credpath._record import Frozen
 
 if TYPE_CHECKING:
     import queue
@@ -65,13 +65,18 @@ class Deadline:
         return f"<Deadline {self.seconds:g} s, {self.remaining():.3f} s left>"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off with full jitter: try ``n`` waits ``uniform(0, min(cap, base * 2**n))``."""
+class RetryPolicy(Frozen):
+    """Exponential back-off with full jitter: try ``n`` waits ``uniform(0, min(cap, base * 2**n))``. A record,
+    not a dataclass: the CLI defines it at start-up (credpath._record says why)."""
 
     attempts: int = 4
     base: float = 0.1
     cap: float = 5.0
+
+    _fields = ("attempts", "base", "cap")
+
+    def __init__(self, attempts: int = attempts, base: float = base, cap: float = cap) -> None:
+        vars(self).update(attempts=attempts, base=base, cap=cap)
 
     def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         return rng() * min(self.cap, self.base * 2.0**attempt)
@@ -179,7 +184,7 @@ def _marked(exc: BaseException) -> tuple[bool, float | None]:
 def retry_call(
     attempt: Callable[[Deadline], T],
     deadline: Deadline,
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
     *,
     on_timeout: Callable[[], BaseException],
     sleep: Callable[[float], None] = time.sleep,

@@ -17,9 +17,9 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from credpath._record import Frozen
 from credpath.errors import CircuitOpen
 
 if TYPE_CHECKING:
@@ -35,9 +35,9 @@ OPEN = "open"
 HALF_OPEN = "half-open"
 
 
-@dataclass(frozen=True)
-class BreakerSettings:
-    """``[circuit_breaker]`` in credpath.toml."""
+class BreakerSettings(Frozen):
+    """``[circuit_breaker]`` in credpath.toml. A record, not a dataclass: the CLI defines it at start-up
+    (credpath._record says why)."""
 
     enabled: bool = True
     #: Consecutive transient failures that open the breaker. Three: one failed lookup may be bad luck (and
@@ -46,6 +46,19 @@ class BreakerSettings:
     #: First cool-down in seconds; doubled after each failed probe, up to ``max_cool_down``.
     cool_down: float = 1.0
     max_cool_down: float = 30.0
+
+    _fields = ("enabled", "failures", "cool_down", "max_cool_down")
+
+    def __init__(
+        self,
+        enabled: bool = enabled,
+        failures: int = failures,
+        cool_down: float = cool_down,
+        max_cool_down: float = max_cool_down,
+    ) -> None:
+        vars(self).update(
+            enabled=enabled, failures=failures, cool_down=cool_down, max_cool_down=max_cool_down
+        )
 
 
 class CircuitBreaker:

@@ -9,11 +9,11 @@ Without one, the path is Airflow's: the custom backend from ``AIRFLOW__SECRETS__
 logs a warning (invalid kwargs JSON, unknown class), credpath stops with a one-line ``ConfigError`` that
 names the setting and where it came from (``file:line`` or the environment variable), never the value.
 
-Validation is plain frozen dataclasses and one table of number rules (:data:`_CACHE_RULES`,
-:data:`_BREAKER_RULES`, :class:`Number`), not pydantic, attrs or msgspec: measured side by side in fresh
-processes (best of 9), importing pydantic and defining one model costs about twice the import of the whole
-``credpath.cli``, attrs about two thirds of it, against the CLI's 150 ms budget; the checks here are a
-dozen numbers and enums that one table covers, at no import cost.
+Validation is plain frozen records (:mod:`credpath._record`) and one table of number rules
+(:data:`_CACHE_RULES`, :data:`_BREAKER_RULES`, :class:`Number`), not pydantic, attrs or msgspec: measured
+side by side in fresh processes (best of 9), importing pydantic and defining one model costs about twice
+the import of the whole ``credpath.cli``, attrs about two thirds of it, against the CLI's 150 ms budget;
+the checks here are a dozen numbers and enums that one table covers, at no import cost.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import logging
 import math
 import os
 import re
-import tomllib
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from credpath._cache import CacheSettings
+from credpath._record import Frozen
 from credpath._resilience import BreakerSettings
 from credpath.errors import ConfigError
 from credpath.model import is_sensitive_name
@@ -97,15 +96,21 @@ _NO_SHARED = ("", "off", "none", "false")
 # --- the one number check ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Number:
+class Number(Frozen):
     """A number setting's rule: finite, within ``[low, high]`` (``low`` excluded when ``above``)."""
 
     low: float
     high: float
-    above: bool = False  # > low rather than >= low
-    integer: bool = False
-    unit: str = ""
+    above: bool  # > low rather than >= low
+    integer: bool
+    unit: str
+
+    _fields = ("low", "high", "above", "integer", "unit")
+
+    def __init__(
+        self, low: float, high: float, above: bool = False, integer: bool = False, unit: str = ""
+    ) -> None:
+        vars(self).update(low=low, high=high, above=above, integer=integer, unit=unit)
 
     def describe(self) -> str:
         kind = "an integer" if self.integer else "a number"
@@ -175,31 +180,60 @@ _BREAKER_RULES: dict[str, Number | None] = {
 # --- the settings --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BackendSpec:
+# Frozen records rather than dataclasses: the CLI defines these on its way to one lookup (credpath._record
+# says why); ``replace`` is their ``dataclasses.replace``.
+
+
+class BackendSpec(Frozen):
     """One entry of the search path, as configured."""
 
     type: str
-    name: str = ""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    lookup_patterns: dict[Kind, str | None] = field(default_factory=dict)
-    on_error: str = "skip"
+    name: str
+    kwargs: dict[str, Any]
+    lookup_patterns: dict[Kind, str | None]
+    on_error: str
     #: Where this entry was configured, for error messages ("credpath.toml backends[2]").
-    origin: str = ""
+    origin: str
+
+    _fields = ("type", "name", "kwargs", "lookup_patterns", "on_error", "origin")
+    _hidden = frozenset({"kwargs"})  # a token or password given inline
+
+    def __init__(
+        self,
+        type: str,
+        name: str = "",
+        kwargs: dict[str, Any] | None = None,
+        lookup_patterns: dict[Kind, str | None] | None = None,
+        on_error: str = "skip",
+        origin: str = "",
+    ) -> None:
+        vars(self).update(
+            type=type,
+            name=name,
+            kwargs={} if kwargs is None else kwargs,
+            lookup_patterns={} if lookup_patterns is None else lookup_patterns,
+            on_error=on_error,
+            origin=origin,
+        )
 
 
-@dataclass(frozen=True)
-class SharedTierSettings:
+class SharedTierSettings(Frozen):
     """``[cache] shared``, resolved once at start-up: the normalized store ("file:/abs/path" or a Redis URL),
     its Fernet keys (the first encrypts) and the single-flight lease."""
 
-    url: str = field(repr=False)  # a Redis URL may hold a password
-    keys: tuple[bytes, ...] = field(repr=False, compare=False)
-    lease: float = 5.0
+    url: str
+    keys: tuple[bytes, ...]
+    lease: float
+
+    _fields = ("url", "keys", "lease")
+    _hidden = frozenset({"url", "keys"})  # a Redis URL may hold a password
+    _uncompared = frozenset({"keys"})
+
+    def __init__(self, url: str, keys: tuple[bytes, ...], lease: float = 5.0) -> None:
+        vars(self).update(url=url, keys=keys, lease=lease)
 
 
-@dataclass(frozen=True)
-class BackendsOrder:
+class BackendsOrder(Frozen):
     """The search path's order and where it came from, as Airflow's ``GET /ui/backends_order`` shows it.
 
     ``names``: the backends searched, in order (credpath names); ``airflow``: the order in Airflow's
@@ -208,24 +242,53 @@ class BackendsOrder:
 
     names: tuple[str, ...]
     source: str
-    airflow: tuple[str, ...] = ()
+    airflow: tuple[str, ...]
     #: ``[workers] backends_order`` as configured (validated), for display; the Task SDK applies it.
-    workers: tuple[str, ...] = ()
+    workers: tuple[str, ...]
+
+    _fields = ("names", "source", "airflow", "workers")
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        source: str,
+        airflow: tuple[str, ...] = (),
+        workers: tuple[str, ...] = (),
+    ) -> None:
+        vars(self).update(names=names, source=source, airflow=airflow, workers=workers)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     backends: tuple[BackendSpec, ...]
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    config_file: Path | None = None
-    shared: SharedTierSettings | None = None
-    order: BackendsOrder | None = None
+    cache: CacheSettings
+    breaker: BreakerSettings
+    config_file: Path | None
+    shared: SharedTierSettings | None
+    order: BackendsOrder | None
     #: Whether the file has an [audit] table (read by credpath._audit, which is imported only then).
-    audit: bool = False
+    audit: bool
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "backends", tuple(self.backends))  # a list given in code is kept frozen
+    _fields = ("backends", "cache", "breaker", "config_file", "shared", "order", "audit")
+
+    def __init__(
+        self,
+        backends: tuple[BackendSpec, ...],
+        cache: CacheSettings | None = None,
+        breaker: BreakerSettings | None = None,
+        config_file: Path | None = None,
+        shared: SharedTierSettings | None = None,
+        order: BackendsOrder | None = None,
+        audit: bool = False,
+    ) -> None:
+        vars(self).update(
+            backends=tuple(backends),  # a list given in code is kept frozen
+            cache=CacheSettings() if cache is None else cache,
+            breaker=BreakerSettings() if breaker is None else breaker,
+            config_file=config_file,
+            shared=shared,
+            order=order,
+            audit=audit,
+        )
 
 
 # --- files and locations -------------------------------------------------------------------------------
@@ -256,6 +319,8 @@ def _read_text(file: Path) -> str:
 
 
 def _parse_toml(file: Path, text: str) -> dict[str, Any]:
+    import tomllib  # only with a config file: the embedded default has none, and its start-up is timed
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -391,7 +456,7 @@ def load_drop_in_settings(
     settings = load_settings(file, env)
     if cache is not None:  # the kwargs' cache table replaces the file's
         cache_settings, shared = _parse_cache(cache, _fixed(f"{origin} cache"), env)
-        settings = replace(settings, cache=cache_settings, shared=shared)
+        settings = settings.replace(cache=cache_settings, shared=shared)
     return settings
 
 
@@ -693,7 +758,7 @@ def build_search_path(
                 f"no backend named {unknown[0]!r} in the search path (have: {', '.join(names)})"
             )
         specs = [
-            replace(spec, kwargs={**spec.kwargs, **backend_kwargs[spec.name]})
+            spec.replace(kwargs={**spec.kwargs, **backend_kwargs[spec.name]})
             if spec.name in backend_kwargs
             else spec
             for spec in specs

@@ -26,7 +26,6 @@ Airflow is imported lazily: ``import credpath.airflow`` works without Airflow in
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import json
@@ -90,8 +89,6 @@ def _build_search_path(
     env: Mapping[str, str],
     overrides: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SearchPath:
-    from dataclasses import replace
-
     from credpath._settings import build_search_path, load_drop_in_settings
 
     # Without Airflow's own secrets settings, credpath's Airflow-default path can never point back at this
@@ -106,7 +103,7 @@ def _build_search_path(
         if spec.type == CLASS_PATH or spec.type.endswith(".airflow.CredpathBackend"):
             raise ConfigError(f"{spec.origin}: {CLASS_PATH} cannot be one of its own backends")
     if overrides:
-        settings = replace(settings, backends=tuple(route_overrides(list(settings.backends), overrides)))
+        settings = settings.replace(backends=tuple(route_overrides(list(settings.backends), overrides)))
     path = build_search_path(settings)
     from credpath import _audit
 
@@ -188,7 +185,7 @@ def route_overrides(specs: list[BackendSpec], overrides: Mapping[str, tuple[str,
                 )
         index, kwarg = target
         spec = specs[index]
-        specs[index] = dataclasses.replace(spec, kwargs={**spec.kwargs, kwarg: value})
+        specs[index] = spec.replace(kwargs={**spec.kwargs, kwarg: value})
         log.debug("credpath: %s applied to backend %r as kwarg %r", setting, spec.name, kwarg)
     return specs
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from credpath._lookup.trace import Attempt, LookupContext, Served, StoreCall
+from credpath._record import Frozen, Record
 from credpath._resilience import CircuitBreaker, RefreshBackoff
 from credpath.errors import BackendError, safe_reason
 from credpath.protocol import Backend, Kind
@@ -29,42 +29,82 @@ MISS: Any = object()
 CacheKey = tuple[Kind, str, str | None]
 
 
-@dataclass(frozen=True)
-class Resolution:
+# Records rather than dataclasses: these are defined on the CLI's way to one lookup (credpath._record).
+
+
+class Resolution(Frozen):
     """A resolved value, the name of the backend that served it, and the store's version of it (where
     the store reports one)."""
 
     value: Any
     source: str
-    version: str | None = field(default=None, compare=False)
+    version: str | None
     #: Wall-clock time after which no tier serves this value (the store announced a change then).
-    valid_until: float | None = field(default=None, compare=False)
+    valid_until: float | None
+
+    _fields = ("value", "source", "version", "valid_until")
+    _uncompared = frozenset({"version", "valid_until"})
+
+    def __init__(
+        self, value: Any, source: str, version: str | None = None, valid_until: float | None = None
+    ) -> None:
+        vars(self).update(value=value, source=source, version=version, valid_until=valid_until)
 
 
-@dataclass
-class Explanation:
+class Explanation(Record):
     kind: Kind
     key: str
     source: str | None
-    attempts: list[Attempt] = field(default_factory=list)
-    cached: bool = False
-    team_name: str | None = None
+    attempts: list[Attempt]
+    cached: bool
+    team_name: str | None
     #: The source's refresh failed and its last good value was served (stale-if-error); age in seconds.
-    stale: bool = False
-    stale_age: float | None = None
+    stale: bool
+    stale_age: float | None
     #: Backends that failed (transiently) during this resolution, in search order.
-    failed: list[str] = field(default_factory=list)
+    failed: list[str]
     #: Which tier served the answer: "process" (in-process cache), "shared" (the shared tier), "store"
     #: (the backends were asked) or "stale" (a failed refresh; the last good value was served).
-    tier: str = "store"
+    tier: str
     #: While stale values are served: seconds until the source's store is asked again (backed off).
-    refresh_in: float | None = None
+    refresh_in: float | None
     #: The store's version of the value served (where the store reports one), and the version each cache
     #: tier holds for the id ("process", "shared": None where a tier holds it without a version).
-    version: str | None = None
-    held: dict[str, str | None] = field(default_factory=dict)
+    version: str | None
+    held: dict[str, str | None]
     #: When the store said the served value will change (wall clock): no tier serves it after that.
-    valid_until: float | None = None
+    valid_until: float | None
+
+    _fields = (
+        "kind", "key", "source", "attempts", "cached", "team_name", "stale", "stale_age", "failed", "tier",
+        "refresh_in", "version", "held", "valid_until",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        kind: Kind,
+        key: str,
+        source: str | None,
+        attempts: list[Attempt] | None = None,
+        cached: bool = False,
+        team_name: str | None = None,
+        stale: bool = False,
+        stale_age: float | None = None,
+        failed: list[str] | None = None,
+        tier: str = "store",
+        refresh_in: float | None = None,
+        version: str | None = None,
+        held: dict[str, str | None] | None = None,
+        valid_until: float | None = None,
+    ) -> None:
+        self.kind, self.key, self.source = kind, key, source
+        self.attempts = [] if attempts is None else attempts
+        self.cached, self.team_name = cached, team_name
+        self.stale, self.stale_age = stale, stale_age
+        self.failed = [] if failed is None else failed
+        self.tier, self.refresh_in, self.version = tier, refresh_in, version
+        self.held = {} if held is None else held
+        self.valid_until = valid_until
 
     @property
     def found(self) -> bool:
@@ -103,30 +143,51 @@ class Explanation:
         return explanation
 
 
-@dataclass
-class Entry:
+class Entry(Record):
     name: str
     backend: Backend
     patterns: dict[Kind, Any]
-    on_error: str = "skip"
-    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(""))
+    on_error: str
+    breaker: CircuitBreaker
     #: False for backends whose answers must never come from the cache (env, files).
-    cache_results: bool = True
-    label: str = ""
+    cache_results: bool
+    label: str
     #: When the store is asked again after a failed refresh whose last good value was served.
-    refresh: RefreshBackoff = field(default_factory=RefreshBackoff)
+    refresh: RefreshBackoff
+
+    _fields = ("name", "backend", "patterns", "on_error", "breaker", "cache_results", "label", "refresh")
+
+    def __init__(
+        self,
+        name: str,
+        backend: Backend,
+        patterns: dict[Kind, Any],
+        on_error: str = "skip",
+        breaker: CircuitBreaker | None = None,
+        cache_results: bool = True,
+        label: str = "",
+        refresh: RefreshBackoff | None = None,
+    ) -> None:
+        self.name, self.backend, self.patterns, self.on_error = name, backend, patterns, on_error
+        self.breaker = CircuitBreaker("") if breaker is None else breaker
+        self.cache_results, self.label = cache_results, label
+        self.refresh = RefreshBackoff() if refresh is None else refresh
 
     def wants(self, kind: Kind, key: str) -> bool:
         pattern = self.patterns.get(kind)
         return pattern is None or pattern.match(key) is not None
 
 
-@dataclass
-class PrefetchReport:
-    requested: int = 0
-    hits: int = 0
-    misses: int = 0
-    errors: int = 0
+class PrefetchReport(Record):
+    requested: int
+    hits: int
+    misses: int
+    errors: int
+
+    _fields = ("requested", "hits", "misses", "errors")
+
+    def __init__(self, requested: int = 0, hits: int = 0, misses: int = 0, errors: int = 0) -> None:
+        self.requested, self.hits, self.misses, self.errors = requested, hits, misses, errors
 
 
 class Listing(tuple):  # type: ignore[type-arg]

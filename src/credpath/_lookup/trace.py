@@ -21,8 +21,9 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+
+from credpath._record import Record
 
 if TYPE_CHECKING:
     from credpath._deadlines import Deadline
@@ -51,20 +52,34 @@ __all__ = [
 log = logging.getLogger("credpath.search_path")
 
 
-@dataclass
-class Attempt:
-    """What one backend answered in a resolution (the rows of ``explain``)."""
+class Attempt(Record):
+    """What one backend answered in a resolution (the rows of ``explain``). A record, not a dataclass:
+    it is defined on the CLI's way to one lookup (credpath._record)."""
 
     backend: str
     #: "hit" | "miss" | "stale" | "error" | "skipped (pattern)" | "not tried"
     outcome: str
     #: Lookup time, one-time start-up excluded.
-    seconds: float = 0.0
-    detail: str = ""
+    seconds: float
+    detail: str
     #: One-time start-up (``backend.prepare()``: importing the client, building the session), timed apart.
-    startup_seconds: float = 0.0
+    startup_seconds: float
     #: The backend's circuit breaker before the call ("closed", "open (...)", "half-open (...)").
-    breaker: str = ""
+    breaker: str
+
+    _fields = ("backend", "outcome", "seconds", "detail", "startup_seconds", "breaker")
+
+    def __init__(
+        self,
+        backend: str,
+        outcome: str,
+        seconds: float = 0.0,
+        detail: str = "",
+        startup_seconds: float = 0.0,
+        breaker: str = "",
+    ) -> None:
+        self.backend, self.outcome, self.seconds, self.detail = backend, outcome, seconds, detail
+        self.startup_seconds, self.breaker = startup_seconds, breaker
 
 
 class StoreCall(NamedTuple):

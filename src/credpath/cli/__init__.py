@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from credpath._search_path import SearchPath
 
 __all__ = [
+    "COMMAND_MODULES",
     "EXIT_BAD_INPUT",
     "EXIT_NOT_FOUND",
     "CredpathGroup",
@@ -116,9 +117,38 @@ def handle_errors(func: F) -> F:
 pass_state = click.make_pass_decorator(State)
 
 
+#: The module that defines each top-level command. A command's module is imported when that command is
+#: asked for, so ``credpath connections get`` does not pay at start-up for the web server's, the
+#: migration's or the audit reader's commands (``credpath --help`` imports them all).
+COMMAND_MODULES = {
+    "audit": "audit",
+    "backends": "misc",
+    "cache": "cache",
+    "config": "misc",
+    "connections": "connections",
+    "explain": "misc",
+    "generate-fernet-key": "misc",
+    "migrate": "migrate",
+    "rotate-fernet-key": "misc",
+    "variables": "variables",
+    "web": "web",
+}
+
+
 class CredpathGroup(click.Group):
     """The top-level group: click's usage errors (three lines, "Error: ...") become the one line every
-    other failure prints, ``credpath: error: ...`` naming the command's help, exit 2."""
+    other failure prints, ``credpath: error: ...`` naming the command's help, exit 2. Its commands are
+    loaded on first use (:data:`COMMAND_MODULES`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            # Registers its commands on `cli`. __import__, not importlib: -X importtime reports it then.
+            __import__(f"{__name__}.{module}")
+        return super().get_command(ctx, cmd_name)
 
     def main(
         self,
@@ -167,7 +197,3 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 def main() -> None:
     cli(prog_name="credpath")
-
-
-# Importing the command modules registers their commands on `cli`.
-from credpath.cli import audit, cache, connections, migrate, misc, variables, web  # noqa: E402, F401

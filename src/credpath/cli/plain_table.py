@@ -10,7 +10,6 @@ the caller falls back to rich, which wraps and measures wide characters.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +39,8 @@ def console_width() -> int:
         return int(columns)
     if not stdout_is_terminal():
         return 1_000_000
+    import shutil  # on a terminal only: with compression modules, it costs a pipe's start-up a few ms
+
     return shutil.get_terminal_size((80, 24)).columns
 
 
