@@ -230,6 +230,26 @@ def test_names_are_kept_per_full_id_and_stay_what_they_were(store: Any) -> None:
     assert SharedTier(store, [NEW_KEY, KEY], "scope").name(ckeys[0]) != names[0]  # the first key names
 
 
+@pytest.mark.parametrize(
+    "ckey",
+    [
+        ("connection", "db", None),
+        ("variable", 'a"b\\c\n\0', "team/ü"),
+        ("connection", "ключ-\u2028-\ud800", None),
+        ("state", "vault\0kv_version", None),
+    ],
+)
+def test_names_are_the_hmac_of_the_json_they_always_were(store: Any, ckey: Any) -> None:
+    import hashlib
+    import hmac
+
+    scope = 'scope "with" quotes'
+    tier = SharedTier(store, [KEY], scope)
+    mac_key = hashlib.sha256(b"credpath shared cache key names\0" + KEY).digest()
+    message = json.dumps([scope, *ckey], separators=(",", ":")).encode()
+    assert tier.name(ckey) == hmac.new(mac_key, message, hashlib.sha256).hexdigest()
+
+
 def test_opened_entries_are_bounded(store: Any) -> None:
     tier = SharedTier(store, [KEY], "scope")
     e = conn_entry()
