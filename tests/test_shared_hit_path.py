@@ -341,6 +341,7 @@ def test_hits_on_redis_keep_one_round_trip_and_survive_a_script_flush(
     blob = redis_server.client().get(sc.PREFIX + "e:" + name)
     redis_server.client().set(sc.PREFIX + "e:" + name, blob[:-1] + bytes([blob[-1] ^ 1]), px=60_000)
     assert tier.get_or_acquire(CKEY) == (None, None)
+    tier.flush()  # its counters now, while the server runs (not at exit)
     store.close()
 
 
@@ -349,3 +350,14 @@ def test_an_entry_repr_never_shows_its_value() -> None:
     variable = SharedEntry("variable", "var-s3cr3t-value", "src", False, now, now + 1, now + 1)
     assert "var-s3cr3t-value" not in repr(variable) and "var-s3cr3t-value" not in str(variable)
     assert PASSWORD not in repr(conn_entry())
+
+
+def test_invalidating_or_closing_drops_what_was_kept(store: Any) -> None:
+    tier = SharedTier(store, [KEY], "scope")
+    written(tier, CKEY, conn_entry())
+    written(tier, ("variable", "v", None), conn_entry())
+    assert tier.get(CKEY) is not None and tier.get(("variable", "v", None)) is not None
+    tier.invalidate(CKEY)
+    assert tier.name(CKEY) not in tier._opened and len(tier._opened) == 1
+    tier.close()
+    assert tier._opened == {}

@@ -1071,6 +1071,7 @@ class SharedTier:
             return
         name = self.name(ckey)
         self._seen.pop(name, None)
+        self._opened.pop(name, None)  # refused by its generation from now on anyway: not kept either
         gname = "g:" + name
         try:
             # A new generation first: an entry written or put back from now on under the old one is refused.
@@ -1112,6 +1113,7 @@ class SharedTier:
         """Drop every entry and move the epoch (``cache clear``, ``cache invalidate --all``); errors raise.
         A read in flight writes under the generation its miss found, which is gone: refused."""
         removed = self.store.clear()
+        self._opened.clear()
         self._bump_epoch()
         return removed
 
@@ -1218,6 +1220,7 @@ class SharedTier:
         return self.invalidate_all()
 
     def close(self) -> None:
+        self._opened.clear()  # opened entries hold values: not kept past the tier
         self.store.close()
 
 
