@@ -125,6 +125,7 @@ def test_sealed_bodies_that_are_not_entries_are_counted_misses(store: Any) -> No
     name = tier.name(CKEY)
     bad_bodies = [
         b"not json",  # ValueError
+        b"\xff\xfe{}",  # not UTF-8
         b"{}",  # KeyError
         b"[1]",  # TypeError
         json.dumps({"k": "connection", "m": False, "s": "x", "v": {"conn_id": "db", "bogus": 1}}).encode(),

@@ -887,7 +887,7 @@ class SharedTier:
             # as good as a new check (the seal is deterministic to open), and only this name's are kept.
             return kept[1]
         try:
-            payload = json.loads(self._sealer.open(name, blob))
+            payload = json.loads(self._sealer.open(name, blob).decode("utf-8"))  # str: no encoding sniffing
             value = payload["v"]
             if payload["k"] == "connection" and not payload["m"]:
                 value = _connection(value)
