@@ -362,3 +362,20 @@ def test_invalidating_or_closing_drops_what_was_kept(store: Any) -> None:
     assert tier.name(CKEY) not in tier._opened and len(tier._opened) == 1
     tier.close()
     assert tier._opened == {}
+
+
+def test_two_keys_with_the_same_key_id_both_open(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    real = hmac.digest
+
+    def digest(key: bytes, message: bytes, algorithm: str) -> bytes:
+        if message.startswith(b"credpath shared cache entry key id"):
+            return b"\0" * 32  # every key gets the same id
+        return real(key, message, algorithm)
+
+    monkeypatch.setattr(hmac, "digest", digest)
+    old, both = SharedTier(store, [KEY], "scope"), SharedTier(store, [NEW_KEY, KEY], "scope")
+    name = old.name(CKEY)
+    assert both._open(name, old._seal(name, conn_entry())) is not None  # the second key with that id
+    assert both.counts["undecryptable"] == 0

@@ -679,35 +679,36 @@ class _Sealer:
     def __init__(self, keys: list[bytes]) -> None:
         import base64
 
+        from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        self._by_id: dict[bytes, AESGCM] = {}
-        for number, key in enumerate(keys):
+        self._invalid = InvalidTag
+        #: key id -> the keys with that id (two configured keys sharing an id, 1 in 2**32, are both tried)
+        self._by_id: dict[bytes, list[AESGCM]] = {}
+        for number, key in enumerate(dict.fromkeys(keys)):
             raw = base64.urlsafe_b64decode(key)
             # HKDF-Expand (RFC 5869) with the Fernet key as its pseudo-random key, one label per use.
             kid = hmac.digest(raw, b"credpath shared cache entry key id\x01", "sha256")[:4]
             aead = AESGCM(hmac.digest(raw, b"credpath shared cache entry key aes-256-gcm\x01", "sha256"))
             if number == 0:
                 self._head, self._aead = SEAL_FORMAT + kid, aead
-            self._by_id.setdefault(kid, aead)
+            self._by_id.setdefault(kid, []).append(aead)
 
     def seal(self, name: str, body: bytes) -> bytes:
         nonce = os.urandom(12)  # random: far fewer entries are written under one key than 2**32
-        return self._head + nonce + self._aead.encrypt(nonce, body, self._head + name.encode("ascii"))
+        return self._head + nonce + self._aead.encrypt(nonce, body, self._head + name.encode("utf-8"))
 
     def open(self, name: str, blob: bytes) -> bytes:
         """The body sealed under ``name``; :class:`_Refused` when it does not open."""
-        from cryptography.exceptions import InvalidTag
-
         if blob[:2] != SEAL_FORMAT or len(blob) < 6 + 12 + 16:
             raise _Refused  # the earlier format (a Fernet token), or not an entry at all
-        aead = self._by_id.get(blob[2:6])
-        if aead is None:
-            raise _Refused  # sealed under a key not configured here
-        try:
-            return aead.decrypt(blob[6:18], blob[18:], blob[:6] + name.encode("ascii"))
-        except InvalidTag:
-            raise _Refused from None
+        bound = blob[:6] + name.encode("utf-8")
+        for aead in self._by_id.get(blob[2:6], ()):  # none: sealed under a key not configured here
+            try:
+                return aead.decrypt(blob[6:18], blob[18:], bound)
+            except self._invalid:
+                continue
+        raise _Refused
 
 
 _CONNECTION: Any = None
