@@ -36,14 +36,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from credpath._keys import create_key_file, generate_key, parse_keys, read_key_file
 from credpath.errors import ConfigError
-
-if TYPE_CHECKING:
-    from cryptography.fernet import MultiFernet
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "FileStore",
@@ -684,7 +680,7 @@ class _Sealer:
 
         self._invalid = InvalidTag
         #: key id -> the keys with that id (two configured keys sharing an id, 1 in 2**32, are both tried)
-        self._by_id: dict[bytes, list[AESGCM]] = {}
+        self._by_id: dict[bytes, list[Any]] = {}  # AESGCM
         for number, key in enumerate(dict.fromkeys(keys)):
             raw = base64.urlsafe_b64decode(key)
             # HKDF-Expand (RFC 5869) with the Fernet key as its pseudo-random key, one label per use.
@@ -705,7 +701,7 @@ class _Sealer:
         bound = blob[:6] + name.encode("utf-8")
         for aead in self._by_id.get(blob[2:6], ()):  # none: sealed under a key not configured here
             try:
-                return aead.decrypt(blob[6:18], blob[18:], bound)
+                return bytes(aead.decrypt(blob[6:18], blob[18:], bound))
             except self._invalid:
                 continue
         raise _Refused
@@ -789,18 +785,19 @@ class SharedTier:
         lease: float = DEFAULT_LEASE,
         wait_limit: float | None = None,
     ) -> None:
+        from cryptography.fernet import Fernet, MultiFernet
+
         self.store = store
         self.description = store.description
         self.lease = lease
         #: Longest wait for another process's lock: this process's own store deadline (waiting longer
         #: for someone else's read than our own read may take would only add to a dead holder's cost).
         self.wait_limit = lease + 1.0 if wait_limit is None else min(lease + 1.0, wait_limit)
-        self._keys = list(keys)
-        self._sealer = _Sealer(keys)
-        self._fernet_obj: MultiFernet | None = None
+        self._fernet = MultiFernet([Fernet(k) for k in keys])  # sealed records and read counters
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
         self._scope = scope
+        self._sealer = _Sealer(keys)  # entries (see _Sealer)
         self._scope_json = json.dumps(scope, separators=(",", ":"))
         self._owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
         self.counts = dict.fromkeys(COUNTERS, 0)
@@ -849,15 +846,6 @@ class SharedTier:
                 self._names.clear()
             self._names[ckey] = name
         return name
-
-    @property
-    def _fernet(self) -> MultiFernet:
-        """The keys as a MultiFernet (sealed records and read counters use Fernet tokens), built once."""
-        if self._fernet_obj is None:
-            from cryptography.fernet import Fernet, MultiFernet
-
-            self._fernet_obj = MultiFernet([Fernet(k) for k in self._keys])
-        return self._fernet_obj
 
     def _seal(self, name: str, entry: SharedEntry, generation: str | None = None) -> bytes:
         from credpath.model import Connection
