@@ -793,7 +793,7 @@ class SharedTier:
         #: Longest wait for another process's lock: this process's own store deadline (waiting longer
         #: for someone else's read than our own read may take would only add to a dead holder's cost).
         self.wait_limit = lease + 1.0 if wait_limit is None else min(lease + 1.0, wait_limit)
-        self._fernet = MultiFernet([Fernet(k) for k in keys])  # sealed records and read counters
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
         self._scope = scope
