@@ -362,17 +362,18 @@ def test_values_that_do_not_open_are_counted_misses_warned_once(
     other = tier_on(store, [OTHER_KEY])
     name = tier.name(CKEY)
     good = tier._seal(name, entry(time.time()))
-    fernet = Fernet(KEY)
+    seal = tier._sealer.seal
     with caplog.at_level(logging.WARNING, logger="credpath.shared_cache"):
         assert other._open(name, good) is None  # another key
         assert other._open(name, good) is None
         assert tier._open(tier.name(("variable", "other", None)), good) is None  # moved to another key
         assert tier._open(name, b"not a token") is None
-        assert tier._open(name, fernet.encrypt(b"not json")) is None  # ValueError
-        assert tier._open(name, fernet.encrypt(b"{}")) is None  # KeyError
-        assert tier._open(name, fernet.encrypt(b"[1]")) is None  # TypeError
+        assert tier._open(name, Fernet(KEY).encrypt(b"{}")) is None  # the earlier format
+        assert tier._open(name, seal(name, b"not json")) is None  # ValueError
+        assert tier._open(name, seal(name, b"{}")) is None  # KeyError
+        assert tier._open(name, seal(name, b"[1]")) is None  # TypeError
     assert other.counts["undecryptable"] == 2
-    assert tier.counts["undecryptable"] == 5
+    assert tier.counts["undecryptable"] == 6
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2  # one per tier
     assert "did not decrypt" in warnings[0].getMessage()

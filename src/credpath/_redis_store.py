@@ -42,6 +42,8 @@ __all__ = ["RespStore", "is_redis_url", "normalize_redis_url", "open_redis_store
 
 PREFIX = "credpath:v1:"
 DEFAULT_TIMEOUT = 1.0
+#: Script calls kept encoded (a bound: cleared when full).
+ENCODED_KEEP = 4096
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -190,13 +192,53 @@ def _encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+class _Short(Exception):
+    """The buffer ends before the reply does: read more and parse again."""
+
+
+def _parse(data: bytes, pos: int) -> tuple[Any, int]:
+    """The reply starting at ``data[pos]`` and where it ends; :class:`_Short` if it is not all there.
+
+    Slices of one immutable buffer, no per-line copies: a hit's reply (an array of two blobs and a
+    number) is parsed in a few microseconds."""
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        raise _Short
+    kind = data[pos]
+    if kind == 36:  # $ a bulk string (binary-safe: skipped by its length, never searched)
+        size = int(data[pos + 1 : end])
+        if size < 0:
+            return None, end + 2
+        stop = end + 2 + size
+        if len(data) < stop + 2:
+            raise _Short
+        return data[end + 2 : stop], stop + 2
+    if kind == 42:  # * an array
+        size = int(data[pos + 1 : end])
+        if size < 0:
+            return None, end + 2
+        pos = end + 2
+        items = []
+        for _ in range(size):
+            item, pos = _parse(data, pos)
+            items.append(item)
+        return items, pos
+    if kind == 58:  # : an integer
+        return int(data[pos + 1 : end]), end + 2
+    if kind == 43:  # + a simple string
+        return data[pos + 1 : end], end + 2
+    if kind == 45:  # - an error
+        return RedisError(data[pos + 1 : end].decode("utf-8", "replace").partition(" ")[0]), end + 2
+    raise ConnectionError("Redis sent an unexpected reply")
+
+
 class _Connection:
     """One socket and its own read buffer (not a socket file: a file that timed out cannot be read
     again, and a waiter's socket must outlive a wait that ends without a message)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.buffer = b""
 
     def close(self) -> None:
         self.sock.close()
@@ -210,40 +252,24 @@ class _Connection:
         return bool(select.select([self.sock], [], [], timeout)[0])
 
     def _fill(self) -> None:
-        data = self.sock.recv(65536)
+        # Reads grow with what is buffered: a large reply (SCAN, HGETALL) is parsed again only a few
+        # times, not once per 64 KiB.
+        data = self.sock.recv(max(65536, len(self.buffer)))
         if not data:
             raise ConnectionError("Redis closed the connection")
         self.buffer += data
 
-    def _line(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            self._fill()
-        line = bytes(self.buffer[:end])
-        del self.buffer[: end + 2]
-        return line
-
     def reply(self) -> Any:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            while len(self.buffer) < size + 2:
-                self._fill()
-            data = bytes(self.buffer[:size])
-            del self.buffer[: size + 2]
-            return data
-        if kind == b"+":
-            return rest
-        if kind == b":":
-            return int(rest)
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self.reply() for _ in range(size)]
-        if kind == b"-":
-            return RedisError(rest.decode("utf-8", "replace").partition(" ")[0])
-        raise ConnectionError("Redis sent an unexpected reply")
+        while True:
+            if self.buffer:
+                try:
+                    value, end = _parse(self.buffer, 0)
+                except _Short:
+                    pass
+                else:
+                    self.buffer = self.buffer[end:]
+                    return value
+            self._fill()
 
 
 class RespStore:
@@ -279,6 +305,8 @@ class RespStore:
         #: Round trips and commands sent by this process (the fleet bench reads them).
         self.round_trips = 0
         self.commands = 0
+        #: Script calls as sent (their arguments are key names, an owner, a lease: no values).
+        self._encoded: dict[tuple[Any, ...], bytes] = {}
 
     # --- the connection ---
 
@@ -322,6 +350,10 @@ class RespStore:
 
     def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write and read their replies: one round trip."""
+        return self._send(b"".join(_encode(c) for c in commands), len(commands))
+
+    def _send(self, payload: bytes, count: int) -> list[Any]:
+        """Send ``count`` encoded commands in one write and read their replies."""
         with self._lock:
             conn = self._conn
             if conn is None or self._pid != os.getpid():
@@ -329,14 +361,14 @@ class RespStore:
                 conn = self._conn = self._open()
                 self._pid = os.getpid()
             try:
-                conn.sock.sendall(b"".join(_encode(c) for c in commands))
-                replies = [conn.reply() for _ in commands]
+                conn.sock.sendall(payload)
+                replies = [conn.reply() for _ in range(count)]
             except BaseException:
                 self._conn = None
                 conn.close()
                 raise
             self.round_trips += 1
-            self.commands += len(commands)
+            self.commands += count
         return replies
 
     def _call(self, *args: Any) -> Any:
@@ -376,7 +408,13 @@ class RespStore:
 
     def _script(self, script: bytes, sha: bytes, keys: tuple[str, ...], *args: Any) -> Any:
         """EVALSHA, and on NOSCRIPT (a restarted or flushed server) EVAL, which loads it again."""
-        reply = self._run([("EVALSHA", sha, len(keys), *keys, *args)])[0]
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        payload = self._encoded.get(command)
+        if payload is None:  # a hit repeats the same call (name, owner, lease): encoded once
+            if len(self._encoded) >= ENCODED_KEEP:
+                self._encoded.clear()
+            payload = self._encoded[command] = _encode(command)
+        reply = self._send(payload, 1)[0]
         if isinstance(reply, RedisError):
             if str(reply) != "NOSCRIPT":
                 raise reply
