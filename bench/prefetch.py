@@ -52,7 +52,7 @@ class Server:
 
     root_token = "bench-root"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, own_session: bool = True) -> None:
         import requests
 
         self.audit = tmp / "audit.log"
@@ -67,8 +67,16 @@ class Server:
                 f"-config={config}"]  # fmt: skip
         self.log = (tmp / "server.log").open("a")
         env = {k: v for k, v in os.environ.items() if k not in ("VAULT_TOKEN", "BAO_TOKEN", "VAULT_ADDR")}
+        # In its own session, as a service runs: with the kernel's autogroup scheduling (on by default)
+        # a session's processes share one CPU share, so a server in the client's session could only run
+        # in the time the client leaves it, and on a busy machine concurrent reads could not overlap the
+        # two.
         self.proc = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, env={**env, "HOME": str(tmp)}
+            args,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**env, "HOME": str(tmp)},
+            start_new_session=own_session,
         )
         wait_for_port(port, timeout=120, proc=self.proc)  # a loaded machine starts it slowly
         deadline = time.monotonic() + 15
@@ -147,6 +155,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,16", help="prefetch variants (reads at once)")
     parser.add_argument("--compare", type=Path, help="another worktree: each variant on its code too")
+    parser.add_argument(
+        "--same-session",
+        action="store_true",
+        help="run the server in this script's session (one scheduling autogroup with the client)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--addr", help=argparse.SUPPRESS)
     parser.add_argument("--pid", type=int, help=argparse.SUPPRESS)
@@ -166,7 +179,7 @@ def main() -> None:
     results: dict[tuple[str, str], list[dict[str, float]]] = {(t, v): [] for t in trees for v in variants}
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp))
+        server = Server(Path(tmp), own_session=not args.same_session)
         try:
             seed(server, args.n)
             for _ in range(args.rounds):
@@ -177,8 +190,9 @@ def main() -> None:
             stop_process(server.proc)
             server.log.close()
     load = os.getloadavg()
+    where = "the client's session" if args.same_session else "a session of its own"
     print(
-        f"OpenBao dev server on loopback, KV v2, {args.n} variables, {args.rounds} interleaved rounds; "
+        f"OpenBao dev server on loopback in {where}, KV v2, {args.n} variables, {args.rounds} rounds; "
         f"load average {load_start[0]:.2f} at the start, "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end\n"
     )
