@@ -603,6 +603,18 @@ def test_a_mounted_adapter_still_carries_every_request(proxy: Any, make: Any) ->
     assert carried == [f"{DATA}v"] and proxy.count(DATA) == 1
 
 
+def test_a_cookie_the_store_sets_is_kept_and_sent_back_as_requests_does(
+    proxy: Any, make: Any, sends: list[str]
+) -> None:
+    # A load balancer's sticky-session cookie: requests keeps it in the session and sends it back.
+    proxy.add("status", path=DATA, times=1, status=404, headers={"Set-Cookie": "lb=node-1; Path=/"})
+    backend = make(proxy.url)
+    assert backend.get_variable("v") is None and sends == []
+    assert backend.http_session.cookies.get("lb") == "node-1"
+    assert backend.get_variable("v") == SECRET
+    assert sends == [f"{proxy.url}{DATA}v"]  # from then on through requests, which sends the cookie
+
+
 def test_a_redirect_is_followed_as_requests_follows_it(seeded: OpenBao, proxy: Any, make: Any) -> None:
     # A standby that redirects to the active node: the pool does not follow, requests does.
     proxy.add("status", path=DATA, status=307, headers={"Location": f"{seeded.addr}{DATA}v"})
