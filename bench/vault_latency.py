@@ -10,7 +10,8 @@ in alternating rounds:
 - Airflow: ``airflow.providers.hashicorp.secrets.vault.VaultBackend`` (Airflow 3.3.2 venv at
   ``.cache/airflow-venv``, skipped with a note if it is missing).
 
-HTTP requests are counted on the client side (``requests.adapters.HTTPAdapter.send``). Prints a table of
+HTTP requests are counted on the client side (``urllib3``'s ``HTTPConnectionPool.urlopen``: requests
+sends through it, and credpath's Vault session calls it directly). Prints a table of
 median/p95 per read, the first lookup (login + set-up), and requests per lookup. No secret value is printed.
 """
 
@@ -30,14 +31,14 @@ AIRFLOW_PYTHON = ROOT / ".cache" / "airflow-venv" / "bin" / "python"
 
 WORKER = r"""
 import json, statistics, sys, time
-import requests.adapters
+import urllib3.connectionpool
 
 calls = {"n": 0}
-_send = requests.adapters.HTTPAdapter.send
-def counting_send(self, *args, **kwargs):
+_urlopen = urllib3.connectionpool.HTTPConnectionPool.urlopen
+def counting_urlopen(self, *args, **kwargs):
     calls["n"] += 1
-    return _send(self, *args, **kwargs)
-requests.adapters.HTTPAdapter.send = counting_send
+    return _urlopen(self, *args, **kwargs)
+urllib3.connectionpool.HTTPConnectionPool.urlopen = counting_urlopen
 
 side, addr, token, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 import hvac  # noqa: F401 - imported up front on both sides so "first lookup" is network + set-up only

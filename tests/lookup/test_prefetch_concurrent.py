@@ -116,6 +116,21 @@ def test_the_prefetch_deadline_holds_with_a_hanging_store(proxy: Any, make: Any)
     assert not prefetch_threads()
 
 
+def test_a_trickling_read_is_cut_at_its_deadline_and_the_others_are_read(proxy: Any, make: Any) -> None:
+    # The answer comes a byte every 0.3 s (about 90 s whole): no socket timeout fires, the store call's
+    # deadline (1 s) must, while the other reads go on.
+    proxy.add("trickle", path=DATA + "v03$", interval=0.3)
+    sp = make(proxy.url, timeout=1)
+    started = time.monotonic()
+    report = sp.prefetch(variables=IDS)["variable"]
+    elapsed = time.monotonic() - started
+    assert (report.hits, report.misses, report.errors) == (N - 1, 0, 1)
+    assert elapsed < 4
+    assert proxy.count(DATA) == N and proxy.max_in_flight <= 8  # a timeout is not sent again
+    assert sp.get_variable("v04") == "value-s3cr3t-4" and proxy.count(DATA) == N
+    assert not prefetch_threads()
+
+
 def test_concurrent_prefetches_of_one_id_share_one_read() -> None:
     gate = threading.Event()
 

@@ -204,7 +204,9 @@ class VaultBackend(PinnedReads, BaseBackend):
 
     @property
     def http_session(self) -> requests.Session:
-        """The requests session used for every call (tests hook it to count requests). No network I/O."""
+        """The requests session behind every call (no network I/O): calls go to its adapter's urllib3 pool
+        (directly, unless requests would add something: see ``Session._direct_pool``), its response hooks
+        see every request (tests count with them), and an adapter mounted on it carries them instead."""
         return self.session.http
 
     def prepare(self) -> None:
