@@ -481,12 +481,15 @@ class BackendContract:
                 told.set()
 
         assert backend.subscribe_changes(changed) is True
-        # Written again until heard: a change made while the stream (re)starts is a gap, not an event.
-        started, n = time.monotonic(), 0
-        while not told.wait(0.5):
-            assert time.monotonic() - started < 15.0, f"no change event for {key!r} within 15 s"
-            n += 1
-            harness.seed("variable", key, f"value-{n}-s3cr3t")
+        try:
+            # Written again until heard: a change made while the stream (re)starts is a gap, not an event.
+            started, n = time.monotonic(), 0
+            while not told.wait(0.5):
+                assert time.monotonic() - started < 15.0, f"no change event for {key!r} within 15 s"
+                n += 1
+                harness.seed("variable", key, f"value-{n}-s3cr3t")
+        finally:
+            backend.close()  # unsubscribes: a watch left running would call the store in later tests
         assert all(source == backend.name for source, _, _ in heard)
         assert "s3cr3t" not in repr(heard)  # names and versions, never a value
 

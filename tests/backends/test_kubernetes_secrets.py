@@ -532,3 +532,22 @@ def test_migrate_metastore_to_kubernetes_and_back(
     }
     again = migrate(source, k8s)
     assert again.summary()["unchanged"] == 4 and again.written == 0
+
+
+def test_closing_the_backend_ends_its_watch(h: H) -> None:
+    from credpath.backends import _kubernetes_watch
+
+    backend = h.make_backend(watch=True)
+    before = h.fake.watch_requests
+    assert backend.subscribe_changes(lambda *_: None) is True
+    (watch,) = [w for w, _ in backend._watching]
+    deadline = time.monotonic() + 10
+    while h.fake.watch_requests == before:  # the stream is open at the server
+        assert time.monotonic() < deadline, "the watch never reached the server"
+        time.sleep(0.05)
+    backend.close()
+    assert watch.key not in _kubernetes_watch._watches
+    assert watch._stop.is_set()
+    h.fake.drop_watches()  # the open stream ends: a running watch would list and watch again
+    watch._thread.join(5)
+    assert not watch._thread.is_alive()

@@ -94,6 +94,18 @@ class Watch:
     def stop(self) -> None:
         self._stop.set()
 
+    def remove(self, listener: Any) -> None:
+        """Unsubscribe ``listener``; the last one gone stops the watch (no stream is kept for nobody)."""
+        with _lock:
+            for listeners in (self.listeners, self.labelled):
+                if listener in listeners:
+                    listeners.remove(listener)
+            if self.listeners or self.labelled:
+                return
+            if _watches.get(self.key) is self:
+                del _watches[self.key]
+        self.stop()
+
     def _tell(self, name: str | None, version: str | None, labels: dict[str, str] | None = None) -> None:
         for listener in tuple(self.listeners):
             try:

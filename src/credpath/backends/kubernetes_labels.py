@@ -122,6 +122,7 @@ class KubernetesLabelSecretsBackend(BaseBackend):
             raise self.config_error("watch must be true or false")
         #: Watch the Secrets carrying the kinds' labels (credpath's kwarg); drop changed ids from the caches.
         self.watch = watch
+        self._watching: list[tuple[Any, Any]] = []  # (watch, listener) this backend subscribed
         #: With ``watch``: the ids each Secret (by name) was last seen serving, by a read or an event.
         self._served: dict[str, set[tuple[Kind, str]]] = {}
         self._served_lock = threading.Lock()
@@ -215,6 +216,9 @@ class KubernetesLabelSecretsBackend(BaseBackend):
         return f"{self.alias} namespace={namespace} labels={labels} ({self._transport.describe()})"
 
     def close(self) -> None:
+        while self._watching:  # a closed backend hears no more changes
+            watch, listener = self._watching.pop()
+            watch.remove(listener)
         self._transport.close()
 
     # --- one read ----------------------------------------------------------------------------------
@@ -333,7 +337,7 @@ class KubernetesLabelSecretsBackend(BaseBackend):
             changed(self.name, sorted(ids), lambda kind, key: (kind, key) in ids, version)
 
         for label in dict.fromkeys(v for v in self.labels.values() if v):
-            watch_labels(self, self._transport, label, on_event)
+            self._watching.append((watch_labels(self, self._transport, label, on_event), on_event))
         return True
 
     # --- listing -----------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
             raise self.config_error("watch must be true or false")
         #: Watch the namespace's Secrets (one stream per process) and drop changed ids from the caches.
         self.watch = watch
+        self._watching: list[tuple[Any, Any]] = []  # (watch, listener) this backend subscribed
         if not isinstance(sep, str):
             raise self.config_error("sep must be a string")
         # No team scoping and no team-separator refusal (see "Teams" above); the prefix is kept as given.
@@ -309,6 +310,9 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         return f"{self.alias} namespace={self._namespace or '(from config)'} api={where}"
 
     def close(self) -> None:
+        while self._watching:  # a closed backend hears no more changes
+            watch, listener = self._watching.pop()
+            watch.remove(listener)
         api, self._api = self._api, None
         if api is not None:
             api.close()
@@ -543,7 +547,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
 
             changed(self.name, ids, matches, version)
 
-        watch_for(self, on_event)
+        self._watching.append((watch_for(self, on_event), on_event))
         return True
 
     # --- reads -------------------------------------------------------------------------------------
