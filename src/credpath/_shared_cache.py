@@ -36,10 +36,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from credpath._keys import create_key_file, generate_key, parse_keys, read_key_file
 from credpath.errors import ConfigError
+
+if TYPE_CHECKING:
+    from credpath._deadlines import Deadline
 
 __all__ = [
     "FileStore",
@@ -65,6 +68,14 @@ DEFAULT_LEASE = 5.0
 GENERATION_KEEP = 7 * 24 * 3600.0
 #: Seconds between looks at whether a lock's holder is a process of this host that has died.
 HOLDER_CHECK_INTERVAL = 0.5
+#: Longest pause of a process with no store client before it takes a free lease that a process with one
+#: may take instead (it took a lease in the last LEASE_TAKERS_KEEP seconds). Building a store client is
+#: the costliest step of a task process's first store read (a boto3 client: about 200 ms of CPU); a
+#: pause costs no CPU, and is shorter than a store read, so a waiter that paused in vain is late by less
+#: than it would have waited anyway.
+LEASE_DEFERRAL = 0.05
+#: Seconds after its last lease taken that a process counts as one that will take the next.
+LEASE_TAKERS_KEEP = 2.0
 #: Seconds the tier is skipped after it failed (then tried again).
 RETRY_AFTER_FAILURE = 1.0
 #: Redis socket timeouts when the URL gives none: a shared tier slower than this is worse than no tier.
@@ -697,6 +708,10 @@ class SharedTier:
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
         self._scope = scope
         self._owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._reader_pid = 0  # the process that read a store through this tier (and so has its client)
+        self._takers = (
+            "t:" + hmac.new(self._mac_key, b"lease takers\0" + scope.encode(), hashlib.sha256).hexdigest()
+        )
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._flushed_pid = 0
         self._flushed_at = 0.0
@@ -870,21 +885,36 @@ class SharedTier:
         self._ok()
         return self._found(name, blob, gen_blob)
 
-    def get_or_acquire(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool | None]:
+    def get_or_acquire(
+        self, ckey: tuple[str, str, str | None], deadline: Deadline | None = None
+    ) -> tuple[SharedEntry | None, bool | None]:
         """:meth:`get` and, when the tier holds no entry for ``ckey``, :meth:`acquire`, in one round trip
         where the store can (``get_or_lock``: a script on one Redis server): ``(entry, held)``.
 
         ``held`` is True/False as from :meth:`acquire`, or None when the lock was not asked for (an entry
         was there, fresh or not; the store cannot do both at once; the tier failed): the caller then
-        calls :meth:`acquire` if it needs the lock."""
+        calls :meth:`acquire` if it needs the lock.
+
+        A process that has not read a store through this tier yet leaves a free lock, once, for up to
+        :data:`LEASE_DEFERRAL` (never past ``deadline``), when another process took one lately: that
+        one has its store client already, and most likely takes it meanwhile (this one then waits for
+        its entry). Otherwise, or if nobody took it, this one takes it. The store reads stay one per id
+        either way; what changes is how many processes pay for a store client."""
         both = getattr(self.store, "get_or_lock", None)
         if both is None:
             return self.get(ckey), None
         if not self._available():
             return None, None
         name = self.name(ckey)
+        takers = (self._takers, LEASE_TAKERS_KEEP)
         try:
-            blob, gen_blob, held = both(name, self._owner, self.lease)
+            defer = self._reader_pid != os.getpid()
+            blob, gen_blob, held = both(name, self._owner, self.lease, takers, defer)
+            if defer and blob is None and held is None:  # left for a process with a store client
+                pause = LEASE_DEFERRAL if deadline is None else min(LEASE_DEFERRAL, deadline.remaining())
+                if pause > 0:
+                    time.sleep(pause)
+                blob, gen_blob, held = both(name, self._owner, self.lease, takers, False)
         except Exception as exc:
             self._failed(exc, "reading an entry")
             return None, None
@@ -970,6 +1000,12 @@ class SharedTier:
         removed = self.store.clear()
         self._bump_epoch()
         return removed
+
+    def reading_store(self) -> None:
+        """Count a store read after a miss of the tier, and note that this process now has a store
+        client: it takes free locks at once from now on (see :meth:`get_or_acquire`)."""
+        self._reader_pid = os.getpid()
+        self.count("store_reads")
 
     def acquire(self, ckey: tuple[str, str, str | None]) -> bool | None:
         """True: this process holds the key's lock; False: another does; None: the tier failed."""
