@@ -137,3 +137,33 @@ def test_a_cold_stampede_reads_each_id_once_through_few_store_clients(
     assert proxy.count(READS) == len(IDS)  # one store read per id, for the six processes
     clients = sum(o["store_client"] for o in outputs)
     assert 1 <= clients <= 2, f"{clients} of 6 processes built a store client"
+
+
+@pytest.mark.parametrize("shared", ["file", "redis"])
+def test_a_live_holder_slower_than_its_lease_keeps_it(
+    tmp_path: Path, vault: tuple[OpenBao, str], proxy: Any, shared: str, request: pytest.FixtureRequest
+) -> None:
+    """A holder that is a live process of this host, slower than its lease (its read takes 2.5 s against
+    a 1 s lease), is waited for up to the store deadline: one store read, not a takeover and a second."""
+    tier = f"file:{tmp_path / 'tier.db'}" if shared == "file" else request.getfixturevalue("redis_url")
+    proxy.add("delay", path=READS, seconds=2.5, times=1)  # the holder's read only
+    config = write_config(tmp_path, vault, proxy.url, tier, backend={"timeout": 10}, shared_lease=1.0)
+    start = tmp_path / "start"
+    start.touch()
+    args = [str(config), str(start), f"connection:{IDS[0]}"]
+    holder = _fixtures.start_together(tmp_path, "tests._shared_cache_worker", args, 1, start, settle=0)[0]
+    waiter = _fixtures.path_for(config)
+    assert isinstance(waiter.shared, SharedTier)
+    shared_tier = waiter.shared
+    deadline = time.monotonic() + 30
+    while shared_tier.acquire(("connection", IDS[0], None)) is not False:  # until the holder has it
+        shared_tier.release(("connection", IDS[0], None))
+        assert time.monotonic() < deadline and holder.poll() is None
+        time.sleep(0.02)
+    assert waiter.get_connection(IDS[0]).password == "pw-s3cr3t-lc-0"
+    stdout, stderr = holder.communicate(timeout=60)
+    assert holder.returncode == 0, stderr[-2000:]
+    assert_no_secret(stdout + stderr)
+    assert proxy.count(READS) == 1
+    waiter.close()
+    assert shared_tier.stats().get("lock_takeovers", 0) == 0

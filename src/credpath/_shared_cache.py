@@ -703,6 +703,9 @@ class SharedTier:
         #: Longest wait for another process's lock: this process's own store deadline (waiting longer
         #: for someone else's read than our own read may take would only add to a dead holder's cost).
         self.wait_limit = lease + 1.0 if wait_limit is None else min(lease + 1.0, wait_limit)
+        #: Longest wait while the holder is a live process of this host (slow, not gone): the store
+        #: deadline where known (None: ``wait_limit`` only).
+        self.wait_ceiling = wait_limit
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
@@ -735,6 +738,7 @@ class SharedTier:
         limit = store_deadline(backends)
         if limit is not None:
             self.wait_limit = min(self.lease + 1.0, limit)
+            self.wait_ceiling = limit
 
     def name(self, ckey: tuple[str, str, str | None]) -> str:
         kind, key, team = ckey
@@ -1031,10 +1035,15 @@ class SharedTier:
 
         Returns as soon as the entry is there; takes the lock over when the holder's lease ran out (it
         died, or is slower than the lease) or when it released without writing (its read failed).
+        A holder that is a live process of this host is slow, not gone (starved of CPU among many task
+        processes starting at once, say): its lease is kept while it lives, and the wait goes on up to
+        ``wait_ceiling`` (the store deadline), instead of a second store read beside it.
         """
         self.count("lock_waits")
         name = self.name(ckey)
-        give_up = time.monotonic() + self.wait_limit
+        started = time.monotonic()
+        give_up = started + self.wait_limit
+        extend = getattr(self.store, "extend_lock", None)
         pause = 0.005
         look_at_holder = 0.0
         announced = getattr(self.store, "wait_for", None)  # a store that announces releases
@@ -1053,8 +1062,12 @@ class SharedTier:
                 if time.monotonic() >= look_at_holder:
                     look_at_holder = time.monotonic() + HOLDER_CHECK_INTERVAL
                     holder = self.store.holder(name)
-                    if holder is not None and _died_here(holder):
+                    here = None if holder is None else _lives_here(holder)
+                    if holder is not None and here is False:
                         self.store.unlock(name, holder)  # only if it still holds it: no race with a taker
+                    elif here and extend is not None and self.wait_ceiling is not None:
+                        if extend(name, holder, self.lease):  # only while it still holds it
+                            give_up = max(give_up, started + self.wait_ceiling)
                 if self.store.lock(name, self._owner, self.lease):
                     self.count("lock_takeovers")
                     entry = self.get(ckey)  # written between our last look and the takeover
@@ -1167,17 +1180,25 @@ _HOST = _host_identity()
 def _died_here(owner: str) -> bool:
     """Whether a lock's owner is a process of this host (and PID namespace) that no longer runs: its lock
     can be freed at once instead of after its lease."""
+    return _lives_here(owner) is False
+
+
+def _lives_here(owner: str) -> bool | None:
+    """Whether a lock's owner, another process of this host (and PID namespace), still runs; None: not
+    one of this host's other processes, or it cannot be told."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != _HOST or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
+        return None
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
-        return True
+        return False
+    except PermissionError:
+        return True  # another user's process: it runs
     except OSError:
-        return False  # it exists (another user's process) or cannot be asked: wait for its lease
-    return False
+        return None
+    return True
 
 
 def scope_of(specs: Any) -> str:
