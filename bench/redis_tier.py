@@ -7,7 +7,8 @@ building a search path from a credpath.toml and reading the same k connections:
 - ``none``: no shared tier (every process reads every id);
 - ``file``: ``[cache] shared = "file:..."`` (SQLite on this node);
 - ``redis``: ``redis://...`` with this tree's client (RESP over a plain socket, no redis-py import);
-- ``redis-old``: the same URL with the code in ``--old-src`` (the redis-py store), when given.
+- ``redis-old``: the same URL with the code in ``--old-src``, when given (``file-old``, ``none-old``:
+  the other tiers on the old code, when named in ``--variants``).
 
 Makespan runs from the first process started to the last one done (process start-up and imports
 included: that is what a task pays). Variants run interleaved for ``--rounds`` rounds so changing load
@@ -186,20 +187,21 @@ def main() -> int:
     report: dict[str, Any] = {"load_before": os.getloadavg(), "max_running": args.max_running, "cases": {}}
     with _procs.servers(work, secrets) as up:
         redis, proxy = up.redis, up.proxy
-        variants = args.variants.split(",") + (["redis-old"] if args.old_src else [])
+        variants = args.variants.split(",")
+        variants += ["redis-old"] if args.old_src and "redis-old" not in variants else []
         for n, k in cases:
             ids = [f"bench_{i}" for i in range(k)]
             rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for round_ in range(args.rounds):
                 for variant in variants:
                     redis.flush()
+                    tier = variant.removesuffix("-old")
                     shared = {
                         "none": None,
-                        "file": f"file:{work / f'tier-{n}x{k}-{round_}.db'}",
+                        "file": f"file:{work / f'tier-{variant}-{n}x{k}-{round_}.db'}",
                         "redis": redis.url,
-                        "redis-old": redis.url,
-                    }[variant]
-                    src = args.old_src if variant == "redis-old" else args.src
+                    }[tier]
+                    src = args.old_src if variant.endswith("-old") else args.src
                     config = aws_config(work / f"{variant}-{n}x{k}.toml", proxy.url, shared)
                     before = proxy.requests
                     server_cpu = _server_cpu_s(redis)
