@@ -167,3 +167,14 @@ def test_a_live_holder_slower_than_its_lease_keeps_it(
     assert proxy.count(READS) == 1
     waiter.close()
     assert shared_tier.stats().get("lock_takeovers", 0) == 0
+
+
+def test_a_wait_for_another_process_ends_at_the_lookups_deadline(redis_url: str) -> None:
+    holder, waiter = _warm(redis_url), _tier(redis_url)
+    assert holder.acquire(("connection", "f", None)) is True
+    assert waiter.wait(("connection", "f", None), Deadline(0.0)) == (None, False)
+    assert waiter.counts["lock_takeovers"] == 0
+    for tier in (holder, waiter):
+        tier.release(("connection", "f", None))
+        tier.counts = dict.fromkeys(_shared_cache.COUNTERS, 0)  # nothing for the exit handler to send
+        tier.close()

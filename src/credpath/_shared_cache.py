@@ -1029,9 +1029,11 @@ class SharedTier:
         except Exception as exc:
             self._failed(exc, "releasing a lock")
 
-    def wait(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool]:
-        """Wait (up to the lease, and never longer than ``wait_limit``) for the lock holder's entry:
-        ``(fresh entry or None, acquired)``.
+    def wait(
+        self, ckey: tuple[str, str, str | None], deadline: Deadline | None = None
+    ) -> tuple[SharedEntry | None, bool]:
+        """Wait (up to the lease, and never longer than ``wait_limit`` nor past ``deadline``) for the lock
+        holder's entry: ``(fresh entry or None, acquired)``.
 
         Returns as soon as the entry is there; takes the lock over when the holder's lease ran out (it
         died, or is slower than the lease) or when it released without writing (its read failed).
@@ -1043,6 +1045,8 @@ class SharedTier:
         name = self.name(ckey)
         started = time.monotonic()
         give_up = started + self.wait_limit
+        last = float("inf") if deadline is None else started + max(0.0, deadline.remaining())
+        give_up = min(give_up, last)
         extend = getattr(self.store, "extend_lock", None)
         pause = 0.005
         look_at_holder = 0.0
@@ -1067,7 +1071,7 @@ class SharedTier:
                         self.store.unlock(name, holder)  # only if it still holds it: no race with a taker
                     elif here and extend is not None and self.wait_ceiling is not None:
                         if extend(name, holder, self.lease):  # only while it still holds it
-                            give_up = max(give_up, started + self.wait_ceiling)
+                            give_up = max(give_up, min(started + self.wait_ceiling, last))
                 if self.store.lock(name, self._owner, self.lease):
                     self.count("lock_takeovers")
                     entry = self.get(ckey)  # written between our last look and the takeover

@@ -77,12 +77,13 @@ def _from_process(state: LookupState, context: LookupContext, found: Any) -> Res
 
 class _Leasing(SharedTierLike, Protocol):
     """The shared tier with its lease policy (:class:`credpath._shared_cache.SharedTier`): a lookup's
-    deadline bounds the pause before a free lease, and a store read makes this process one that takes
-    free leases at once."""
+    deadline bounds the pause before a free lease and the wait for another's, and a store read makes
+    this process one that takes free leases at once."""
 
     def get_or_acquire(
         self, ckey: CacheKey, deadline: Deadline | None = None
     ) -> tuple[SharedEntry | None, bool | None]: ...
+    def wait(self, ckey: CacheKey, deadline: Deadline | None = None) -> tuple[SharedEntry | None, bool]: ...
     def reading_store(self) -> None: ...
 
 
@@ -111,7 +112,7 @@ def _lookup_shared(state: LookupState, context: LookupContext, ckey: CacheKey) -
                 shared.release(ckey)
                 return _serve_shared(state, context, ckey, entry)
     if held is False:
-        entry, held = shared.wait(ckey)
+        entry, held = shared.wait(ckey, context.deadline)
         if entry is not None:
             return _serve_shared(state, context, ckey, entry)
     try:
