@@ -7,7 +7,8 @@ building a search path from a credpath.toml and reading the same k connections:
 - ``none``: no shared tier (every process reads every id);
 - ``file``: ``[cache] shared = "file:..."`` (SQLite on this node);
 - ``redis``: ``redis://...`` with this tree's client (RESP over a plain socket, no redis-py import);
-- ``redis-old``: the same URL with the code in ``--old-src`` (the redis-py store), when given.
+- ``redis-old``: the same URL with the code in ``--old-src``, when given (``file-old``, ``none-old``:
+  the other tiers on the old code, when named in ``--variants``).
 
 Makespan runs from the first process started to the last one done (process start-up and imports
 included: that is what a task pays). Variants run interleaved for ``--rounds`` rounds so changing load
@@ -65,15 +66,28 @@ def run_case(
     outcome = _procs.run(launches, max_running)
     outs = outcome.outputs
     trips = [o["round_trips"] for o in outs if o["round_trips"] is not None]
+    readers = [o["cpu_ms"] for o in outs if o.get("botocore")]
+    others = [o["cpu_ms"] for o in outs if not o.get("botocore")]
     return {
         "makespan_s": outcome.makespan_s,
         "cpu_ms_median": statistics.median(o["cpu_ms"] for o in outs),
+        # Where the CPU goes: all task processes together, and the median of those that built a store
+        # client against those that did not.
+        "cpu_ms_total": sum(o["cpu_ms"] for o in outs),
+        "cpu_ms_median_with_client": statistics.median(readers) if readers else None,
+        "cpu_ms_median_without_client": statistics.median(others) if others else None,
         "redis_imported": any(o["redis_imported"] for o in outs),
         "round_trips_per_lookup": (sum(trips) / (len(trips) * len(ids))) if trips else None,
         "failed_processes": outcome.failed,
         # Processes that read the store themselves (and so built a store client, the costliest step).
         "processes_with_store_client": sum(bool(o.get("botocore")) for o in outs),
     }
+
+
+def _server_cpu_s(redis: Any) -> float:
+    """redis-server's CPU so far (user + system), from INFO."""
+    info = redis.client().info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _hit_worker(url: str, rate: float, seconds: float, out: Any) -> None:
@@ -146,6 +160,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--variants", default="none,file,redis")
     parser.add_argument("--old-src", type=Path, help="the old tree's src/ (adds the 'redis-old' variant)")
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=ROOT / "src",
+        help="the new tree's src/ (a copy: edits during a run stay out)",
+    )
     parser.add_argument("--hits", action="store_true", help="also the shared-hit latency bench")
     parser.add_argument("--rate", type=float, default=10000.0)
     parser.add_argument("--hit-processes", default="4", help="N[,N...]: one hit run per count")
@@ -167,24 +187,27 @@ def main() -> int:
     report: dict[str, Any] = {"load_before": os.getloadavg(), "max_running": args.max_running, "cases": {}}
     with _procs.servers(work, secrets) as up:
         redis, proxy = up.redis, up.proxy
-        variants = args.variants.split(",") + (["redis-old"] if args.old_src else [])
+        variants = args.variants.split(",")
+        variants += ["redis-old"] if args.old_src and "redis-old" not in variants else []
         for n, k in cases:
             ids = [f"bench_{i}" for i in range(k)]
             rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for round_ in range(args.rounds):
                 for variant in variants:
                     redis.flush()
+                    tier = variant.removesuffix("-old")
                     shared = {
                         "none": None,
-                        "file": f"file:{work / f'tier-{n}x{k}-{round_}.db'}",
+                        "file": f"file:{work / f'tier-{variant}-{n}x{k}-{round_}.db'}",
                         "redis": redis.url,
-                        "redis-old": redis.url,
-                    }[variant]
-                    src = args.old_src if variant == "redis-old" else ROOT / "src"
+                    }[tier]
+                    src = args.old_src if variant.endswith("-old") else args.src
                     config = aws_config(work / f"{variant}-{n}x{k}.toml", proxy.url, shared)
                     before = proxy.requests
+                    server_cpu = _server_cpu_s(redis)
                     row = run_case(config, ids, n, src, work / f"home-{variant}", args.max_running)
                     row["store_requests"] = proxy.requests - before
+                    row["redis_server_cpu_ms"] = (_server_cpu_s(redis) - server_cpu) * 1000
                     row["load"] = os.getloadavg()[0]
                     rows[variant].append(row)
                     print(f"{n}x{k} {variant} round {round_ + 1}: {json.dumps(row)}", flush=True)
@@ -196,8 +219,11 @@ def main() -> int:
                 report.setdefault("hits", []).append(hits)
                 print("shared hits:", json.dumps(hits), flush=True)
     report["load_after"] = os.getloadavg()
-    print("\n| N x k | variant | store requests | makespan s | CPU ms/process (median) | RTT/lookup |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| N x k | variant | store requests | makespan s | CPU ms/process (median) | CPU s, all processes"
+        " | processes with a store client | redis-server CPU s | RTT/lookup |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for case, rows in report["cases"].items():
         for variant, runs in rows.items():
             spans = ", ".join(f"{r['makespan_s']:.1f}" for r in runs)
@@ -205,7 +231,13 @@ def main() -> int:
             requests = max(r["store_requests"] for r in runs)
             trips = runs[0]["round_trips_per_lookup"]
             trips_text = f"{trips:.2f}" if trips is not None else "-"
-            print(f"| {case} | {variant} | {requests} | {spans} | {cpu:.0f} | {trips_text} |")
+            total = ", ".join(f"{r['cpu_ms_total'] / 1000:.1f}" for r in runs)
+            clients = ", ".join(str(r["processes_with_store_client"]) for r in runs)
+            server = ", ".join(f"{r['redis_server_cpu_ms'] / 1000:.2f}" for r in runs)
+            print(
+                f"| {case} | {variant} | {requests} | {spans} | {cpu:.0f} | {total} | {clients} | {server}"
+                f" | {trips_text} |"
+            )
     print(f"load average before/after: {report['load_before']} / {report['load_after']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

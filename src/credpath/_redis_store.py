@@ -60,13 +60,38 @@ _UNLOCK_SHA = hashlib.sha1(_UNLOCK).hexdigest().encode("ascii")  # Redis names s
 # there (the lease is not asked for: the caller may not need it), else the generation record and whether
 # this owner took the lease (1) or another holds it (0). Atomic, so no entry can land between the look
 # and the lease. The script moves sealed bytes only; the caller opens and checks them.
+# KEYS[4], when given, marks that some process took a lease lately (kept ARGV[4] ms after each take): a
+# caller with no store client yet (ARGV[3] = 1) leaves a free lease to such a process while the mark is
+# there (2: not taken), so the store reads, and the clients they need, stay with fewer processes.
 _GET_OR_LOCK = (
     b"local v = redis.call('mget', KEYS[1], KEYS[2]) "
     b"if v[1] then return {v[1], v[2], -1} end "
-    b"if redis.call('set', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, v[2], 1} end "
+    b"if KEYS[4] and ARGV[3] == '1' and redis.call('exists', KEYS[4]) == 1 "
+    b"and redis.call('exists', KEYS[3]) == 0 then return {false, v[2], 2} end "
+    b"if redis.call('set', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+    b"if KEYS[4] then redis.call('set', KEYS[4], '1', 'PX', ARGV[4]) end "
+    b"return {false, v[2], 1} end "
     b"return {false, v[2], 0}"
 )
 _GET_OR_LOCK_SHA = hashlib.sha1(_GET_OR_LOCK).hexdigest().encode("ascii")
+
+
+def _get_or_lock_call(
+    key: str, owner: str, lease: float, takers: tuple[str, float] | None = None, defer: bool = False
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of :data:`_GET_OR_LOCK` (see ``RespStore.get_or_lock``)."""
+    names = [PREFIX + "e:" + key, PREFIX + "e:g:" + key, PREFIX + "l:" + key]
+    args: list[Any] = [owner, max(1, int(lease * 1000))]
+    if takers is not None:
+        names.append(PREFIX + "l:" + takers[0])
+        args += [1 if defer else 0, max(1, int(takers[1] * 1000))]
+    return names, args
+
+
+def _held(code: int) -> bool | None:
+    """:data:`_GET_OR_LOCK`'s answer about the lease: taken (1), held by another (0), not asked for
+    (-1: an entry was there; 2: left to a process with a store client)."""
+    return None if code < 0 or code == 2 else bool(code)
 
 
 class RedisError(Exception):
@@ -425,16 +450,22 @@ class RespStore:
         self._script(_UNLOCK, _UNLOCK_SHA, (PREFIX + "l:" + key,), owner)
 
     def get_or_lock(
-        self, key: str, owner: str, lease: float
+        self,
+        key: str,
+        owner: str,
+        lease: float,
+        takers: tuple[str, float] | None = None,
+        defer: bool = False,
     ) -> tuple[bytes | None, bytes | None, bool | None]:
         """``get_many([key, "g:" + key])`` and, when ``key`` has no entry, ``lock(key, owner, lease)``, in
         one round trip: ``(entry, generation record, held)``; ``held`` is None when an entry was found
-        (the lease was not asked for)."""
-        names = (PREFIX + "e:" + key, PREFIX + "e:g:" + key, PREFIX + "l:" + key)
-        blob, gen_blob, held = self._script(
-            _GET_OR_LOCK, _GET_OR_LOCK_SHA, names, owner, max(1, int(lease * 1000))
-        )
-        return blob, gen_blob, None if held < 0 else bool(held)
+        (the lease was not asked for) or, with ``defer``, when the lease was free and left to others.
+
+        ``takers``: ``(name, seconds)`` of the mark a lease taken sets for that long; with ``defer`` a
+        free lease is left (not taken) while the mark is there."""
+        names, args = _get_or_lock_call(key, owner, lease, takers, defer)
+        blob, gen_blob, held = self._script(_GET_OR_LOCK, _GET_OR_LOCK_SHA, tuple(names), *args)
+        return blob, gen_blob, _held(held)
 
     def locked(self, key: str) -> bool:
         return bool(self._call("EXISTS", PREFIX + "l:" + key))
@@ -605,10 +636,10 @@ def _redis_py_store(url: str) -> Any:
         # (Not on a Cluster: an entry, its generation record and its lease hash to different slots.)
         get_or_lock = client.register_script(_GET_OR_LOCK.decode())
 
-        def both(key: str, owner: str, lease: float) -> tuple[bytes | None, bytes | None, bool | None]:
-            names = [PREFIX + "e:" + key, PREFIX + "e:g:" + key, PREFIX + "l:" + key]
-            blob, gen_blob, held = get_or_lock(keys=names, args=[owner, max(1, int(lease * 1000))])
-            return blob, gen_blob, None if held < 0 else bool(held)
+        def both(*call: Any) -> tuple[bytes | None, bytes | None, bool | None]:  # as RespStore's
+            names, args = _get_or_lock_call(*call)
+            blob, gen_blob, held = get_or_lock(keys=names, args=args)
+            return blob, gen_blob, _held(held)
 
         store.get_or_lock = both  # type: ignore[attr-defined]
     else:

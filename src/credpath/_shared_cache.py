@@ -36,10 +36,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from credpath._keys import create_key_file, generate_key, parse_keys, read_key_file
 from credpath.errors import ConfigError
+
+if TYPE_CHECKING:
+    from credpath._deadlines import Deadline
 
 __all__ = [
     "FileStore",
@@ -68,6 +71,14 @@ DEFAULT_LEASE = 5.0
 GENERATION_KEEP = 7 * 24 * 3600.0
 #: Seconds between looks at whether a lock's holder is a process of this host that has died.
 HOLDER_CHECK_INTERVAL = 0.5
+#: Longest pause of a process with no store client before it takes a free lease that a process with one
+#: may take instead (it took a lease in the last LEASE_TAKERS_KEEP seconds). Building a store client is
+#: the costliest step of a task process's first store read (a boto3 client: about 200 ms of CPU); a
+#: pause costs no CPU, and is shorter than a store read, so a waiter that paused in vain is late by less
+#: than it would have waited anyway.
+LEASE_DEFERRAL = 0.05
+#: Seconds after its last lease taken that a process counts as one that will take the next.
+LEASE_TAKERS_KEEP = 2.0
 #: Seconds the tier is skipped after it failed (then tried again).
 RETRY_AFTER_FAILURE = 1.0
 #: Redis socket timeouts when the URL gives none: a shared tier slower than this is worse than no tier.
@@ -793,6 +804,9 @@ class SharedTier:
         #: Longest wait for another process's lock: this process's own store deadline (waiting longer
         #: for someone else's read than our own read may take would only add to a dead holder's cost).
         self.wait_limit = lease + 1.0 if wait_limit is None else min(lease + 1.0, wait_limit)
+        #: Longest wait while the holder is a live process of this host (slow, not gone): the store
+        #: deadline where known (None: ``wait_limit`` only).
+        self.wait_ceiling = wait_limit
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         # The HMAC key is derived from the first Fernet key, apart from its encryption use.
         self._mac_key = hashlib.sha256(b"credpath shared cache key names\0" + keys[0]).digest()
@@ -800,6 +814,10 @@ class SharedTier:
         self._sealer = _Sealer(keys)  # entries (see _Sealer)
         self._scope_json = json.dumps(scope, separators=(",", ":"))
         self._owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._reader_pid = 0  # the process that read a store through this tier (and so has its client)
+        self._takers = (
+            "t:" + hmac.new(self._mac_key, b"lease takers\0" + scope.encode(), hashlib.sha256).hexdigest()
+        )
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._flushed_pid = 0
         self._flushed_at = 0.0
@@ -829,6 +847,7 @@ class SharedTier:
         limit = store_deadline(backends)
         if limit is not None:
             self.wait_limit = min(self.lease + 1.0, limit)
+            self.wait_ceiling = limit
 
     def name(self, ckey: tuple[str, str, str | None]) -> str:
         name = self._names.get(ckey)
@@ -1003,21 +1022,36 @@ class SharedTier:
         self._ok()
         return self._found(name, blob, gen_blob)
 
-    def get_or_acquire(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool | None]:
+    def get_or_acquire(
+        self, ckey: tuple[str, str, str | None], deadline: Deadline | None = None
+    ) -> tuple[SharedEntry | None, bool | None]:
         """:meth:`get` and, when the tier holds no entry for ``ckey``, :meth:`acquire`, in one round trip
         where the store can (``get_or_lock``: a script on one Redis server): ``(entry, held)``.
 
         ``held`` is True/False as from :meth:`acquire`, or None when the lock was not asked for (an entry
         was there, fresh or not; the store cannot do both at once; the tier failed): the caller then
-        calls :meth:`acquire` if it needs the lock."""
+        calls :meth:`acquire` if it needs the lock.
+
+        A process that has not read a store through this tier yet leaves a free lock, once, for up to
+        :data:`LEASE_DEFERRAL` (never past ``deadline``), when another process took one lately: that
+        one has its store client already, and most likely takes it meanwhile (this one then waits for
+        its entry). Otherwise, or if nobody took it, this one takes it. The store reads stay one per id
+        either way; what changes is how many processes pay for a store client."""
         both = getattr(self.store, "get_or_lock", None)
         if both is None:
             return self.get(ckey), None
         if not self._available():
             return None, None
         name = self.name(ckey)
+        takers = (self._takers, LEASE_TAKERS_KEEP)
         try:
-            blob, gen_blob, held = both(name, self._owner, self.lease)
+            defer = self._reader_pid != os.getpid()
+            blob, gen_blob, held = both(name, self._owner, self.lease, takers, defer)
+            if defer and blob is None and held is None:  # left for a process with a store client
+                pause = LEASE_DEFERRAL if deadline is None else min(LEASE_DEFERRAL, deadline.remaining())
+                if pause > 0:
+                    time.sleep(pause)
+                blob, gen_blob, held = both(name, self._owner, self.lease, takers, False)
         except Exception as exc:
             self._failed(exc, "reading an entry")
             return None, None
@@ -1106,6 +1140,12 @@ class SharedTier:
         self._bump_epoch()
         return removed
 
+    def reading_store(self) -> None:
+        """Count a store read after a miss of the tier, and note that this process now has a store
+        client: it takes free locks at once from now on (see :meth:`get_or_acquire`)."""
+        self._reader_pid = os.getpid()
+        self.count("store_reads")
+
     def acquire(self, ckey: tuple[str, str, str | None]) -> bool | None:
         """True: this process holds the key's lock; False: another does; None: the tier failed."""
         if not self._available():
@@ -1124,16 +1164,25 @@ class SharedTier:
         except Exception as exc:
             self._failed(exc, "releasing a lock")
 
-    def wait(self, ckey: tuple[str, str, str | None]) -> tuple[SharedEntry | None, bool]:
-        """Wait (up to the lease, and never longer than ``wait_limit``) for the lock holder's entry:
-        ``(fresh entry or None, acquired)``.
+    def wait(
+        self, ckey: tuple[str, str, str | None], deadline: Deadline | None = None
+    ) -> tuple[SharedEntry | None, bool]:
+        """Wait (up to the lease, and never longer than ``wait_limit`` nor past ``deadline``) for the lock
+        holder's entry: ``(fresh entry or None, acquired)``.
 
         Returns as soon as the entry is there; takes the lock over when the holder's lease ran out (it
         died, or is slower than the lease) or when it released without writing (its read failed).
+        A holder that is a live process of this host is slow, not gone (starved of CPU among many task
+        processes starting at once, say): its lease is kept while it lives, and the wait goes on up to
+        ``wait_ceiling`` (the store deadline), instead of a second store read beside it.
         """
         self.count("lock_waits")
         name = self.name(ckey)
-        give_up = time.monotonic() + self.wait_limit
+        started = time.monotonic()
+        give_up = started + self.wait_limit
+        last = float("inf") if deadline is None else started + max(0.0, deadline.remaining())
+        give_up = min(give_up, last)
+        extend = getattr(self.store, "extend_lock", None)
         pause = 0.005
         look_at_holder = 0.0
         announced = getattr(self.store, "wait_for", None)  # a store that announces releases
@@ -1152,8 +1201,12 @@ class SharedTier:
                 if time.monotonic() >= look_at_holder:
                     look_at_holder = time.monotonic() + HOLDER_CHECK_INTERVAL
                     holder = self.store.holder(name)
-                    if holder is not None and _died_here(holder):
+                    here = None if holder is None else _lives_here(holder)
+                    if holder is not None and here is False:
                         self.store.unlock(name, holder)  # only if it still holds it: no race with a taker
+                    elif here and extend is not None and self.wait_ceiling is not None:
+                        if extend(name, holder, self.lease):  # only while it still holds it
+                            give_up = max(give_up, min(started + self.wait_ceiling, last))
                 if self.store.lock(name, self._owner, self.lease):
                     self.count("lock_takeovers")
                     entry = self.get(ckey)  # written between our last look and the takeover
@@ -1267,17 +1320,25 @@ _HOST = _host_identity()
 def _died_here(owner: str) -> bool:
     """Whether a lock's owner is a process of this host (and PID namespace) that no longer runs: its lock
     can be freed at once instead of after its lease."""
+    return _lives_here(owner) is False
+
+
+def _lives_here(owner: str) -> bool | None:
+    """Whether a lock's owner, another process of this host (and PID namespace), still runs; None: not
+    one of this host's other processes, or it cannot be told."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != _HOST or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
+        return None
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
-        return True
+        return False
+    except PermissionError:
+        return True  # another user's process: it runs
     except OSError:
-        return False  # it exists (another user's process) or cannot be asked: wait for its lease
-    return False
+        return None
+    return True
 
 
 def scope_of(specs: Any) -> str:
