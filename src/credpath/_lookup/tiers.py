@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 from credpath._cache import ABSENT
 from credpath._lookup.model import MISS, CacheKey, Resolution, what
 from credpath._lookup.resolution import ask_live, resolve
-from credpath._lookup.state import LookupState, SharedTierLike
+from credpath._lookup.state import LookupState
 from credpath._lookup.trace import LookupContext
 from credpath.errors import BackendTimeout
 
 if TYPE_CHECKING:
-    from credpath._deadlines import Deadline
     from credpath._shared_cache import SharedEntry
 
 __all__ = ["cached", "held", "lookup", "lookup_once", "settled"]
@@ -75,18 +74,6 @@ def _from_process(state: LookupState, context: LookupContext, found: Any) -> Res
     return None if found is MISS else found
 
 
-class _Leasing(SharedTierLike, Protocol):
-    """The shared tier with its lease policy (:class:`credpath._shared_cache.SharedTier`): a lookup's
-    deadline bounds the pause before a free lease and the wait for another's, and a store read makes
-    this process one that takes free leases at once."""
-
-    def get_or_acquire(
-        self, ckey: CacheKey, deadline: Deadline | None = None
-    ) -> tuple[SharedEntry | None, bool | None]: ...
-    def wait(self, ckey: CacheKey, deadline: Deadline | None = None) -> tuple[SharedEntry | None, bool]: ...
-    def reading_store(self) -> None: ...
-
-
 def _lookup_shared(state: LookupState, context: LookupContext, ckey: CacheKey) -> Resolution | None:
     """Process tier missed: the shared tier's fresh entry, else one store read across processes.
 
@@ -96,7 +83,7 @@ def _lookup_shared(state: LookupState, context: LookupContext, ckey: CacheKey) -
     failure of the tier is a miss (logged once by the tier): the stores are asked directly.
     """
     assert state.shared is not None
-    shared = cast("_Leasing", state.shared)
+    shared = state.shared
     # A store that can: the look and the lock at once.
     entry, held = shared.get_or_acquire(ckey, context.deadline)
     if entry is not None:
