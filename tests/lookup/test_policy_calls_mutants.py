@@ -53,7 +53,20 @@ def test_a_denial_or_a_config_error_ends_the_run_of_failures(traced: bool, answe
             unsubscribe()
 
 
-def test_the_breaker_opening_is_logged_once_with_its_numbers(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+def test_the_breaker_opening_is_logged_once_with_its_numbers(
+    caplog: pytest.LogCaptureFixture, traced: bool
+) -> None:
+    # Traced (a subscriber listens) or not, a failed store call counts against the breaker.
+    unsubscribe = trace.subscribe(lambda _context, _event: None) if traced else None
+    try:
+        _breaker_opens(caplog)
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+
+
+def _breaker_opens(caplog: pytest.LogCaptureFixture) -> None:
     backend = Answers()
     search_path = quiet_path(backend, breaker=BreakerSettings(failures=2, cool_down=7.0))
     with caplog.at_level(logging.WARNING, logger="credpath.search_path"):
@@ -80,6 +93,7 @@ def test_a_store_call_is_a_miss_only_when_its_answer_is_empty(events: list[Any])
     search_path.prefetch(variables=["k", "other"])
     search_path.prefetch(variables=["none1", "none2"])  # the batch answer is an empty dict
     calls = [(c.operation, c.outcome) for c in events if isinstance(c, StoreCall)]
+    assert all(0.0 <= c.seconds < 60.0 for c in events if isinstance(c, StoreCall))  # timed from its start
     assert calls == [
         ("get", "hit"),
         ("get", "miss"),
