@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from credpath._cache import CacheSettings
 from credpath._lookup import trace
 from credpath._lookup.trace import Served, StoreCall
 from credpath._resilience import BreakerSettings
 from credpath.errors import AccessDenied, BackendUnavailable, ConfigError
-from tests.lookup.helpers import expired_cache, path, quiet_path
+from tests.lookup.helpers import path, quiet_path
 from tests.memory_backend import BatchMemoryBackend, MemoryBackend, Unreachable
 
 
@@ -130,7 +131,9 @@ def test_an_announced_change_belongs_to_its_own_store_call(traced: bool) -> None
 def test_a_success_restarts_the_refresh_back_off_at_its_first_wait(events: list[Any]) -> None:
     backend = MemoryBackend(variables={"k": "s3cr3t-k"})
     breaker = BreakerSettings(failures=10, cool_down=0.5, max_cool_down=60.0)
-    search_path = path(backend, cache=expired_cache(stale_if_error=600.0), breaker=breaker)
+    search_path = path(
+        backend, cache=CacheSettings(ttl=0.0, miss_ttl=0.0, jitter=0.0, stale_if_error=600.0), breaker=breaker
+    )
     search_path.get_variable("k")
     backend.fail_with = Unreachable("b0: store down")
     search_path.get_variable("k")  # a failed refresh: back off 0.5 s
