@@ -56,3 +56,13 @@ def test_reports_outside_a_store_call_go_nowhere(events: list[Any]) -> None:
     (call,) = [e for e in events if isinstance(e, StoreCall)]
     assert (call.version, call.valid_until) == (None, None)
     assert [type(e).__name__ for e in events if not isinstance(e, StoreCall)] == ["Attempt", "Served", "Done"]
+
+
+def test_subscribed_tells_whether_anything_listens() -> None:
+    assert trace.subscribed() is False
+    unsubscribe = trace.subscribe(lambda _context, _event: None)
+    try:
+        assert trace.subscribed() is True
+    finally:
+        unsubscribe()
+    assert trace.subscribed() is False
