@@ -9,6 +9,8 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from credpath._cache import CacheSettings
+from credpath._lookup import trace
+from credpath._lookup.trace import VersionCheck
 from credpath._masking import Masker
 from credpath._search_path import SearchPath
 from credpath._shared_cache import FileStore, SharedTier, scope_of
@@ -151,3 +153,43 @@ def release_when_waiting(sp: SearchPath, store: Any, threads: list[Any], waiters
     store.gate.set()
     for t in threads:
         t.join(10)
+
+
+TRIES = 3
+
+
+class VersionedBackend(MemoryBackend):
+    """A store that reports each value's version, answers "is version v still current?" without the value,
+    and retries a failed request itself (up to TRIES) unless the lookup allows one try only."""
+
+    version_check = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(variables={"k": "s3cr3t-v1"}, **kwargs)
+        self.versions = {"k": "v1"}
+        self.checks: list[str] = []
+        self.next_change: float | None = None
+        self.check_fails = False
+
+    def get_variable(self, key: str) -> str | None:
+        for attempt in range(TRIES if trace.retries_allowed() else 1):
+            try:
+                value = super().get_variable(key)
+            except Unreachable:
+                if attempt + 1 >= (TRIES if trace.retries_allowed() else 1):
+                    raise
+                continue
+            if value is not None:
+                trace.note_version(self.versions.get(key))
+            return value
+        return None  # pragma: no cover
+
+    def check_version(self, kind: str, key: str, team_name: str | None, version: str) -> VersionCheck:
+        self.checks.append(version)
+        if self.check_fails:
+            raise Unreachable("b0: metadata request failed")
+        return VersionCheck(self.versions.get(key) == version, self.next_change)
+
+    @property
+    def reads(self) -> int:
+        return sum(1 for name, _ in self.calls if name == "get_variable")

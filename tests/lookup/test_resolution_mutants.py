@@ -60,3 +60,22 @@ def test_a_live_backend_whose_pattern_excludes_the_id_is_not_asked_ahead_of_a_ca
     search_path.get_connection("db")
     search_path.get_connection("db")  # the cached answer, after the live backends ahead that want it
     assert picky.calls == []
+
+
+def test_a_live_backend_ahead_of_a_cached_answer_is_traced_and_its_secret_masked(events: list[Any]) -> None:
+    from credpath._masking import Masker
+    from tests.memory_backend import UncachedMemoryBackend
+
+    live = UncachedMemoryBackend()
+    cached = MemoryBackend(variables={"api_password": "s3cr3t-cached"})
+    masker = Masker()
+    search_path = path(live, cached, masker=masker)
+    assert search_path.get_variable("api_password") == "s3cr3t-cached"
+    events.clear()
+    assert search_path.get_variable("api_password") == "s3cr3t-cached"  # the live one misses: the cache
+    assert [(s.tier, s.source) for s in events if isinstance(s, Served)] == [("process", "b1")]
+    live.variables["api_password"] = "s3cr3t-live-value"  # e.g. an environment variable set since
+    events.clear()
+    assert search_path.get_variable("api_password") == "s3cr3t-live-value"
+    assert [(s.tier, s.source) for s in events if isinstance(s, Served)] == [("store", "b0")]
+    assert "s3cr3t-live-value" not in masker.redact("password=s3cr3t-live-value")

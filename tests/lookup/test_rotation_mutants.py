@@ -130,3 +130,37 @@ def test_a_refresh_of_an_id_no_process_read_yet_reads_the_store(db: Path, clocke
     node = Node(db)
     assert node.path.refresh("variable", "k") is not None
     assert node.reads == 1
+
+
+def test_a_shared_entry_read_exactly_one_interval_ago_is_no_refresh(db: Path, clocked: Clock) -> None:
+    a, b = Node(db), Node(db)
+    a.path.get_variable("k")
+    clocked.advance(rotation.REFRESH_INTERVAL)
+    assert b.path.refresh("variable", "k") is not None
+    assert b.reads == 1
+
+
+def test_a_tier_that_says_nothing_of_its_health_is_taken_as_healthy() -> None:
+    class Quiet:
+        def epoch(self) -> None:
+            return None
+
+    s = state(Quiet())
+    s._epoch_seen = "a1"
+    rotation.check_epoch(s, 100.0)
+    assert (s._epoch_seen, s.cache.clears) == ("a1", 0)  # a record that does not verify: ignored
+
+
+def test_a_moved_epoch_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    tier = Tier()
+    s = state(tier)
+    tier.token = "a1"
+    rotation.check_epoch(s, 100.0)
+    tier.token = "b2"
+    with caplog.at_level(logging.DEBUG, logger="credpath.search_path"):
+        rotation.check_epoch(s, 101.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "shared cache: an id was invalidated elsewhere; the process tier was dropped"
+    ]
