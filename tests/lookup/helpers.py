@@ -162,10 +162,11 @@ class VersionedBackend(MemoryBackend):
     """A store that reports each value's version, answers "is version v still current?" without the value,
     and retries a failed request itself (up to TRIES) unless the lookup allows one try only."""
 
-    version_check = True
+    capabilities = MemoryBackend.capabilities | {"version_check"}
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, version_check: bool = True, **kwargs: Any) -> None:
         super().__init__(variables={"k": "s3cr3t-v1"}, **kwargs)
+        self.version_check = version_check
         self.versions = {"k": "v1"}
         self.checks: list[str] = []
         self.next_change: float | None = None
