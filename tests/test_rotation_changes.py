@@ -95,6 +95,19 @@ class RotationDates:
         return json.dumps(body).encode()
 
 
+@pytest.fixture(autouse=True)
+def _no_watch_outlives_its_test() -> Iterator[None]:
+    """A Kubernetes watch a test left running would reconnect, and be counted, in the next test."""
+    yield
+    from credpath.backends import _kubernetes_watch
+
+    with _kubernetes_watch._lock:
+        leftover = list(_kubernetes_watch._watches.values())
+        _kubernetes_watch._watches.clear()
+    for watch in leftover:
+        watch.stop()
+
+
 @pytest.fixture
 def sm(aws_fault_proxy: Any, aws_secrets_manager_harness: Any) -> Iterator[tuple[Any, Any, RotationDates]]:
     """A secret with a rotation schedule in moto, and the proxy that moves its date."""
@@ -464,6 +477,12 @@ def _forked_reader(path: SearchPath, ready: Any, results: Any) -> None:
     results.put(None)
 
 
+def _watches_of(harness: Any) -> int:
+    """WATCH requests the fake received for the harness's namespace."""
+    here = f"/namespaces/{harness.namespace}/"
+    return sum(1 for method, path in list(harness.fake.requests) if method == "WATCH" and here in path)
+
+
 def test_a_forked_process_runs_its_own_watch(kubernetes_secrets_harness: Any) -> None:
     import multiprocessing
 
@@ -478,7 +497,9 @@ def test_a_forked_process_runs_its_own_watch(kubernetes_secrets_harness: Any) ->
     try:
         assert ready.wait(30)
         deadline = time.monotonic() + 30
-        while harness.fake.watch_requests < 2:  # the parent's stream and the child's own
+        # The parent's stream and the child's own, on this test's namespace: a watch another test left
+        # reconnecting is not the child's.
+        while _watches_of(harness) < 2:
             assert time.monotonic() < deadline, "the child opened no watch"
             time.sleep(0.05)
         k8s_rotate(harness, "fork_conn", "pw-s3cr3t-p1")
