@@ -483,7 +483,30 @@ def _watches_of(harness: Any) -> int:
     return sum(1 for method, path in list(harness.fake.requests) if method == "WATCH" and here in path)
 
 
-def test_a_forked_process_runs_its_own_watch(kubernetes_secrets_harness: Any) -> None:
+def test_a_forked_process_runs_its_own_watch() -> None:
+    """The scenario below, in a pytest process of its own. In the whole suite's process the child opened no
+    watch (twice, on the merged tree of 2026-12-07; alone and beside this file's tests it passes): something
+    an earlier test leaves in the process stops a forked child's watch. Found, not yet explained; run apart
+    meanwhile so that this test still proves the fork restart."""
+    import subprocess
+    import sys
+
+    node = f"{__file__}::test_forked_watch_scenario"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", node],
+        env={**os.environ, "CREDPATH_FORK_SCENARIO": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+@pytest.mark.skipif(
+    os.environ.get("CREDPATH_FORK_SCENARIO") != "1",
+    reason="run in a process of its own by test_a_forked_process_runs_its_own_watch",
+)
+def test_forked_watch_scenario(kubernetes_secrets_harness: Any) -> None:
     import multiprocessing
 
     harness = kubernetes_secrets_harness
