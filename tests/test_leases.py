@@ -226,6 +226,23 @@ def test_summary_shows_the_lease_prefix_ttl_and_renewals_never_the_value(manager
     assert "value-1" not in text
 
 
+def test_summary_tells_the_ttl_left_on_the_managers_clock() -> None:
+    clock = FakeClock()
+    clock.now = 1e9  # far from time.monotonic(): a summary on another clock shows it
+    manager = _leases.LeaseManager(clock=clock)
+    try:
+        manager.get("k", Source("clocked", ttl=30))
+        (lease,) = manager.leases()
+        assert "ttl_left=30s" in lease.summary()
+        clock.now += 12
+        assert "ttl_left=18s" in lease.summary() and lease.left() == pytest.approx(18)
+        assert "ttl_left=5s" in lease.summary(now=clock.now + 13)  # an explicit now wins
+        clock.now += 40
+        assert "ttl_left=0s" in lease.summary()  # expired: never negative
+    finally:
+        manager.revoke()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_holds_none_of_its_parents_leases() -> None:
     source = Source("fork", ttl=30)

@@ -112,14 +112,17 @@ class Lease:
     failures: int = 0
     next_at: float = 0.0  # when the renewer next looks at it
     last_error: str | None = None
+    #: The manager's clock, the one its times above are on (a test's fake clock, or monotonic).
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def left(self, now: float | None = None) -> float:
-        return self.expires_at - (time.monotonic() if now is None else now)
+        return self.expires_at - (self.clock() if now is None else now)
 
-    def summary(self) -> str:
-        """Lease id prefix, TTL left, renewals (and the last renewal failure): safe to print."""
+    def summary(self, now: float | None = None) -> str:
+        """Lease id prefix, TTL left (at ``now``, by default the manager's clock's now), renewals (and the
+        last renewal failure): safe to print."""
         shown = _prefix(self.lease_id)
-        text = f"lease {shown} ttl_left={max(0.0, self.left()):.0f}s renewals={self.renewals}"
+        text = f"lease {shown} ttl_left={max(0.0, self.left(now)):.0f}s renewals={self.renewals}"
         if self.last_error:
             text += f" renew_failures={self.failures} last_error={self.last_error!r}"
         return text
@@ -217,6 +220,7 @@ class LeaseManager:
             revocable=minted.revocable and bool(minted.lease_id),
             granted_at=now,
             expires_at=now + max(float(minted.ttl), 0.001),
+            clock=self.clock,
         )
         lease.next_at = now + RENEW_FRACTION * lease.ttl
         _count("minted", source.name, key)

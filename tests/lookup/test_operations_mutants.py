@@ -17,34 +17,27 @@ from tests.lookup.helpers import Node, VersionedBackend, no_breaker, path
 from tests.memory_backend import MemoryBackend, Unreachable
 
 
-def test_a_lookup_drops_the_process_tier_when_the_deployment_epoch_moved(
-    db: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a, b = Node(db), Node(db)
-    monkeypatch.setattr(operations, "monotonic", lambda: 100.0)
-    b.path._epoch_next = 0.0
-    first = b.path.lookup("variable", "k")
-    assert first is not None and first.value == b.backend.variables["k"]  # learns the epoch's token
-    b.backend.variables["k"] = "s3cr3t-rotated"
-    a.path.invalidate_all()  # another process: the epoch moves
-    b.path._epoch_next = 100.0  # due now, exactly: the check is ">= due"
-    second = b.path.lookup("variable", "k")
-    assert second is not None and second.value == "s3cr3t-rotated"
-
-
-def test_a_lookup_before_the_epoch_is_due_keeps_the_process_tier(
-    db: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("due", "drops"),
+    [
+        pytest.param(100.0, True, id="due-now-drops-the-process-tier"),  # due exactly: the check is ">= due"
+        pytest.param(100.5, False, id="not-yet-due-keeps-the-process-tier"),
+    ],
+)
+def test_a_lookup_looks_at_the_deployment_epoch_once_it_is_due(
+    db: Path, monkeypatch: pytest.MonkeyPatch, due: float, drops: bool
 ) -> None:
     a, b = Node(db), Node(db)
     monkeypatch.setattr(operations, "monotonic", lambda: 100.0)
     b.path._epoch_next = 0.0
     kept = b.backend.variables["k"]
-    b.path.lookup("variable", "k")
+    first = b.path.lookup("variable", "k")
+    assert first is not None and first.value == kept  # learns the epoch's token
     b.backend.variables["k"] = "s3cr3t-rotated"
-    a.path.invalidate_all()
-    b.path._epoch_next = 100.5  # not yet due: the process tier answers
-    third = b.path.lookup("variable", "k")
-    assert third is not None and third.value == kept
+    a.path.invalidate_all()  # another process: the epoch moves
+    b.path._epoch_next = due
+    second = b.path.lookup("variable", "k")
+    assert second is not None and second.value == ("s3cr3t-rotated" if drops else kept)
 
 
 def test_a_failed_lookup_ends_its_trace_with_an_error() -> None:

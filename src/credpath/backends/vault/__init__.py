@@ -1,7 +1,8 @@
 """HashiCorp Vault / OpenBao backend: KV v1 and v2, Airflow's kwargs and auth methods, one login per process.
 
 Layout, as Airflow's hashicorp provider separates ``VaultBackend`` from its internal ``_VaultClient``:
-``backend.py`` (KV paths, reads, writes, KV version), ``session.py`` (transport, deadlines and retries,
+``backend.py`` (reads, writes, deletes, listings), ``kv.py`` (the KV engine: where an id lives, the v1/v2
+paths, each mount's KV version, what KV's answers mean), ``session.py`` (transport, deadlines and retries,
 token life cycle), ``auth.py`` (auth methods and login bodies; why there is no hvac), ``settings.py``
 (the kwargs, checked once into frozen values). ``credpath.backends.vault.VaultBackend`` stays the class's
 path (the registry's and users' configurations).

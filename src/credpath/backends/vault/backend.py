@@ -1,21 +1,20 @@
-"""VaultBackend: KV paths, reads, writes and the KV version of each mount (the counterpart of Airflow's
-``airflow.providers.hashicorp.secrets.vault.VaultBackend``; auth and the session live in ``auth.py`` and
-``session.py``, its settings in ``settings.py``)."""
+"""VaultBackend: reads, writes, deletes and listings on a KV mount (the counterpart of Airflow's
+``airflow.providers.hashicorp.secrets.vault.VaultBackend``; the KV engine's paths and versions live in
+``kv.py``, auth and the session in ``auth.py`` and ``session.py``, its settings in ``settings.py``)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
-from urllib.parse import quote
 
 from credpath._deadlines import Deadline
-from credpath._lookup.trace import VersionCheck, note_valid_until, note_version
+from credpath._lookup.trace import VersionCheck
 from credpath.backends import _keymap
 from credpath.backends._status import Row, StatusTable
+from credpath.backends.vault import kv
+from credpath.backends.vault.kv import KV_VERSION_SHARED_TTL, KvEngine
 from credpath.backends.vault.session import (
     SEALED,
     Reply,
@@ -39,7 +38,6 @@ from credpath.protocol import (
     PinnedReads,
     Serialization,
     WriteConfirmation,
-    multi_team_enabled,
     pinned_version,
 )
 
@@ -59,11 +57,6 @@ __all__ = [
 log = logging.getLogger("credpath.backends.vault")
 T = TypeVar("T")
 
-#: How long a mount's detected KV version is shared by the processes of a shared cache tier (a mount is
-#: rarely upgraded from v1 to v2; each process still keeps what it learnt for its whole life).
-KV_VERSION_SHARED_TTL = 3600.0
-
-
 #: An operation's answer on a KV path -> credpath error, in the backend's voice (``self.error``).
 OPERATION_TABLE = StatusTable(
     "Vault",
@@ -82,20 +75,6 @@ OPERATION_TABLE = StatusTable(
 
 class WriteConflict(ConfigError):
     """A KV v2 check-and-set write lost against another writer; nothing was overwritten."""
-
-
-def _note_lease(body: dict[str, Any]) -> None:
-    """A read that carries a lease (KV v1 with a ``ttl`` key, a dynamic secret) is served no longer than
-    the lease: its end is the value's cap in every cache tier."""
-    lease = body.get("lease_duration")
-    if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0:
-        note_valid_until(time.time() + float(lease))
-
-
-def _valid_path(path: str) -> bool:
-    # Dot segments would let an id escape its prefix (connections/../../sys/...); empty ones never exist.
-    segments = path.split("/")
-    return bool(path) and all(s not in ("", ".", "..") for s in segments)
 
 
 class VaultBackend(PinnedReads, BaseBackend):
@@ -171,14 +150,9 @@ class VaultBackend(PinnedReads, BaseBackend):
                 stacklevel=2,
             )
         s = self.settings
-        configured: tuple[tuple[Kind, tuple[str, ...] | None], ...] = (
-            ("connection", s.connections_path),
-            ("variable", s.variables_path),
-            ("config", s.config_path),
-        )
-        self.paths: dict[Kind, list[str] | None] = {
-            kind: None if found is None else list(found) for kind, found in configured
-        }
+        #: Where each id lives and each mount's KV version (the KV engine's paths: ``kv.py``).
+        self._kv = KvEngine(s, self.error)
+        self.paths = self._kv.paths
         self.use_team_secrets_path = s.use_team_secrets_path
         self.mount_point = s.mount_point
         self.kv_engine_version = s.kv_engine_version
@@ -186,7 +160,6 @@ class VaultBackend(PinnedReads, BaseBackend):
         self.auth_type = s.auth_type
         self.timeout = s.timeout
         self._session: Session | None = None
-        self._shared_state: SharedState | None = None
         if not isinstance(version_check, bool):
             raise self.config_error("version_check must be true or false")
         #: At expiry, KV v2 metadata first (current_version): an unchanged secret is not read again.
@@ -257,69 +230,7 @@ class VaultBackend(PinnedReads, BaseBackend):
                 exc.args = (f"{self.label}: {message}", *exc.args[1:])
             raise
 
-    # --- paths -------------------------------------------------------------------------------------
-
-    def _names_a_team_namespace(self, kind: Kind, key: str, team_name: str | None) -> bool:
-        """Airflow 4.8.4: in multi-team mode, an id with '/' looked up with no team could reach a team's
-        secret under ``<path>/<team>/...``, so it is not looked up."""
-        if kind == "config" or team_name is not None or not self.use_team_secrets_path:
-            return False
-        if not multi_team_enabled():
-            return False
-        rest = key if self.mount_point is not None else (key.split("/", 1)[1] if "/" in key else "")
-        if "/" not in rest:
-            return False
-        log.warning(
-            "vault: %s id %r contains '/' and is looked up with no team; in multi-team mode it could "
-            "resolve a team's secret, so it is not looked up",
-            kind,
-            key,
-        )
-        return True
-
-    def _locations(self, kind: Kind, key: str, team_name: str | None = None) -> list[tuple[str, str]]:
-        """(mount, path inside the mount) of an id under each configured path, in order (Airflow's order)."""
-        prefixes = self.paths[kind]
-        if not prefixes or self._names_a_team_namespace(kind, key, team_name):
-            return []
-        mount = self.mount_point
-        rest = key
-        if mount is None:
-            # Airflow: the first segment of the id names the mount.
-            if "/" not in key:
-                log.debug("vault: %s %r has no mount segment (mount_point is null)", kind, key)
-                return []
-            mount, rest = key.split("/", 1)
-        scoped = kind != "config" and team_name is not None and self.use_team_secrets_path
-        scoped = scoped and multi_team_enabled()
-        found: list[tuple[str, str]] = []
-        for prefix in prefixes:
-            base = "/".join(p for p in (prefix, team_name if scoped else "") if p)
-            path = f"{base}/{rest}" if base else rest
-            if _valid_path(mount) and _valid_path(path):
-                found.append((mount, path))
-            else:
-                log.debug("vault: %s id %r is not a valid Vault path", kind, key)
-        return found
-
-    def _locate(self, kind: Kind, key: str) -> tuple[str, str] | None:
-        """Where writes, deletes and version reads go: the first configured path (no team scoping)."""
-        prefixes = self.paths[kind]
-        if not prefixes:
-            return None
-        mount, rest = self.mount_point, key
-        if mount is None:
-            if "/" not in key:
-                return None
-            mount, rest = key.split("/", 1)
-        path = f"{prefixes[0]}/{rest}" if prefixes[0] else rest
-        if not _valid_path(mount) or not _valid_path(path):
-            return None
-        return mount, path
-
-    @staticmethod
-    def _q(path: str) -> str:
-        return quote(path, safe="/")
+    # --- answers --------------------------------------------------------------------------------------
 
     def _where(self, mount: str, path: str) -> str:
         return f"{mount}/{path}"
@@ -355,11 +266,6 @@ class VaultBackend(PinnedReads, BaseBackend):
         }
         raise OPERATION_TABLE.error(status, code, fields, self.error)
 
-    @staticmethod
-    def _data_path(mount: str, path: str, version: int) -> str:
-        """Where a secret's value is read, written and soft-deleted."""
-        return f"{mount}/data/{path}" if version == 2 else f"{mount}/{path}"
-
     def _request(
         self, method: str, path: str, deadline: Deadline, what: str, body: Any = None, retry: bool = True
     ) -> Reply:
@@ -367,56 +273,10 @@ class VaultBackend(PinnedReads, BaseBackend):
 
     def use_shared_state(self, state: SharedState) -> None:
         """With a shared cache tier, a mount's detected KV version is found once per tier, not per process."""
-        self._shared_state = state
+        self._kv.shared_state = state
 
     def _kv_version(self, mount: str, deadline: Deadline) -> int | None:
-        """The KV version of a mount: configured, or detected once per process (once per shared cache tier
-        when one is configured); None if not visible."""
-        if self.kv_engine_version != "auto":
-            return int(self.kv_engine_version)
-        session = self.session
-        version = session.kv_versions.get(mount)
-        if version is not None:
-            return version
-        what = f"detecting the KV version of mount {mount!r}"
-        return session.flights.run(
-            ("kv", mount),
-            lambda: self._detect_kv_version(mount, deadline, what),
-            deadline,
-            lambda: session.timeout_error(what, deadline),
-        )
-
-    def _detect_kv_version(self, mount: str, deadline: Deadline, what: str) -> int | None:
-        session = self.session
-        # A fact of the server, not of the token: keyed by address, namespace and mount.
-        shared_key = json.dumps(["kv_version", self.url, session.settings.namespace, mount])
-        if self._shared_state is not None:
-            known = self._shared_state.get(shared_key)
-            if known in (1, 2):
-                log.debug("vault: mount %r is KV v%d (from the shared cache tier)", mount, known)
-                session.kv_versions[mount] = known
-                return int(known)
-        reply = self._request("GET", f"sys/internal/ui/mounts/{self._q(mount)}", deadline, what)
-        if reply.status in (403, 404):
-            # Vault answers 403 ("preflight capability check") both for no such mount and no access to it.
-            if self.mount_point is None:
-                return None
-            raise self.error(
-                f"mount {mount!r} does not exist or the token's policy grants nothing under it "
-                f"(auth_type {self.auth_type!r}); set kv_engine_version to 1 or 2 to skip detection",
-                AccessDenied,
-            )
-        if reply.status != 200:
-            raise session.status_error(reply, what)
-        data = reply.json().get("data") or {}
-        if data.get("type") not in ("kv", "generic"):
-            raise self.error(f"mount {mount!r} is a {data.get('type')!r} engine, not kv")
-        version = 2 if str((data.get("options") or {}).get("version", "1")) == "2" else 1
-        log.debug("vault: mount %r is KV v%d", mount, version)
-        session.kv_versions[mount] = version
-        if self._shared_state is not None:
-            self._shared_state.put(shared_key, version, KV_VERSION_SHARED_TTL)
-        return version
+        return self._kv.version(self.session, mount, deadline)
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -430,7 +290,7 @@ class VaultBackend(PinnedReads, BaseBackend):
         """(display path, secret map) of an id, or None on a miss (404, soft-deleted, destroyed).
 
         Each configured path is tried in order until one holds the id (Airflow 4.8.4)."""
-        locations = self._locations(kind, key, team_name)
+        locations = self._kv.locations(kind, key, team_name)
         if not locations:
             return None
         return self._guarded(lambda deadline: self._read_first(locations, deadline))
@@ -455,39 +315,23 @@ class VaultBackend(PinnedReads, BaseBackend):
         if pin is not None and not self.accepts_version(pin):  # never the latest in place of a pin
             raise self.config_error(f"version {pin[:80]!r} is not {self.version_form}")
         reply = self.session.shared_get(
-            self._q(self._data_path(mount, path, version)) + ("" if pin is None else f"?version={int(pin)}"),
+            kv.quoted(kv.data_path(mount, path, version)) + ("" if pin is None else f"?version={int(pin)}"),
             deadline=deadline,
             what=f"reading {where}",
         )
         if reply.status == 404:
             return None
         self._raise_for_status(reply, mount, path, "read", f"reading {where}")
-        try:
-            body = json.loads(reply.body)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-            # Never a miss: a 200 that is not Vault's answer (a proxy page) must not hide a secret.
-            raise self.error(f"reading {where}: the response is not a Vault JSON object")
-        data = body["data"]
-        _note_lease(body)
-        if version == 2:
-            metadata = data.get("metadata") or {}
-            if metadata.get("deletion_time") or metadata.get("destroyed"):
-                return None
-            note_version(metadata.get("version"))  # KV v2's version number, from this answer
-            data = data.get("data")
-            if data is None:
-                return None
-        if not isinstance(data, dict):
-            raise self.error(f"secret {where} is not a key/value map")
+        data = kv.secret_map(reply.body, version, where, self.error)
+        if data is None:
+            return None
         log.debug("vault: read %s", where)
         return where, data
 
     def check_version(self, kind: Kind, key: str, team_name: str | None, version: str) -> VersionCheck | None:
         """Whether KV v2 ``version`` is still the secret's current one: one metadata read (versions and
         times, never the value). None where it cannot tell (KV v1, several configured paths)."""
-        locations = self._locations(kind, key, team_name)
+        locations = self._kv.locations(kind, key, team_name)
         if len(locations) != 1:
             return None
         mount, path = locations[0]
@@ -496,17 +340,11 @@ class VaultBackend(PinnedReads, BaseBackend):
             if self._kv_version(mount, deadline) != 2:
                 return None
             what = f"reading metadata of {mount}/{path}"
-            reply = self._request("GET", self._q(f"{mount}/metadata/{path}"), deadline, what)
+            reply = self._request("GET", kv.quoted(kv.metadata_path(mount, path)), deadline, what)
             if reply.status == 404:
                 return VersionCheck(False)
             self._raise_for_status(reply, mount, path, "read", what)
-            meta = reply.json().get("data") or {}
-            current = meta.get("current_version")
-            state = (meta.get("versions") or {}).get(str(current)) or {}
-            if str(current) != version or state.get("deletion_time") or state.get("destroyed"):
-                return VersionCheck(False)
-            note_version(version)
-            return VersionCheck(True)
+            return kv.version_check(reply.json(), version)
 
         return self._guarded(run)
 
@@ -555,7 +393,7 @@ class VaultBackend(PinnedReads, BaseBackend):
     # --- writes ------------------------------------------------------------------------------------
 
     def _writable(self, kind: Kind, key: str, deadline: Deadline) -> tuple[str, str, int]:
-        located = self._locate(kind, key)
+        located = self._kv.locate(kind, key)
         if located is None:
             setting = {
                 "connection": "connections_path",
@@ -580,7 +418,7 @@ class VaultBackend(PinnedReads, BaseBackend):
         # Writes are never replayed: a lost answer may hide a write that happened.
         return self._request(
             "POST",
-            self._q(self._data_path(mount, path, version)),
+            kv.quoted(kv.data_path(mount, path, version)),
             deadline,
             f"writing {self._where(mount, path)}",
             body,
@@ -618,21 +456,17 @@ class VaultBackend(PinnedReads, BaseBackend):
             reply, mount, path, "create/update", f"writing {where}", ok=(200, 204), with_server_errors=True
         )
         log.debug("vault: wrote %s", where)
-        if version == 2 and reply.status == 200:
-            answer = reply.json().get("data")
-            created = answer.get("version") if isinstance(answer, dict) else None
-            if isinstance(created, int) and not isinstance(created, bool) and created > 0:
-                return WriteConfirmation(str(created))
-        return None
+        created = kv.created_version(reply.json()) if version == 2 and reply.status == 200 else None
+        return None if created is None else WriteConfirmation(created)
 
     def _current_version(self, mount: str, path: str, deadline: Deadline) -> int:
         """KV v2 current version of a secret (0: never written), for a check-and-set write."""
         what = f"reading metadata of {mount}/{path}"
-        reply = self._request("GET", self._q(f"{mount}/metadata/{path}"), deadline, what)
+        reply = self._request("GET", kv.quoted(kv.metadata_path(mount, path)), deadline, what)
         if reply.status == 404:
             return 0
         self._raise_for_status(reply, mount, path, "read", what)
-        return int((reply.json().get("data") or {}).get("current_version") or 0)
+        return kv.current_version(reply.json())
 
     def set_connection(
         self, conn: Connection, *, overwrite: bool = True, serialization: Serialization = "json"
@@ -654,14 +488,14 @@ class VaultBackend(PinnedReads, BaseBackend):
             mount, path, version = self._writable(kind, key, deadline)
             where = self._where(mount, path)
             if version == 2 and not soft:
-                target = f"{mount}/metadata/{path}"  # every version and the metadata
-                existed = self._request("GET", self._q(target), deadline, f"reading {target}").status == 200
+                target = kv.metadata_path(mount, path)  # every version and the metadata
+                existed = self._request("GET", kv.quoted(target), deadline, f"reading {target}").status == 200
             else:
-                target = self._data_path(mount, path, version)
+                target = kv.data_path(mount, path, version)
                 existed = self._read_one(mount, path, deadline) is not None
             if not existed:
                 return False
-            reply = self._request("DELETE", self._q(target), deadline, f"deleting {where}", retry=False)
+            reply = self._request("DELETE", kv.quoted(target), deadline, f"deleting {where}", retry=False)
             self._raise_for_status(reply, mount, path, "delete", f"deleting {where}", ok=(200, 204))
             log.debug("vault: deleted %s (%s)", where, "soft" if soft and version == 2 else "all versions")
             return True
@@ -680,14 +514,13 @@ class VaultBackend(PinnedReads, BaseBackend):
     # --- listing -----------------------------------------------------------------------------------
 
     def _list_tree(self, mount: str, prefix: str, version: int, deadline: Deadline) -> list[str]:
-        base = f"{mount}/metadata/{prefix}" if version == 2 else f"{mount}/{prefix}"
         found: list[str] = []
         pending = [""]
         while pending:
             sub = pending.pop()
-            folder = f"{base}/{sub}" if prefix else f"{base}{sub}"
             what = f"listing {mount}/{prefix}"
-            reply = self._request("LIST", self._q(folder.rstrip("/") + "/"), deadline, what)
+            folder = kv.list_folder(mount, prefix, version, sub)
+            reply = self._request("LIST", kv.quoted(folder), deadline, what)
             if reply.status == 404:
                 continue
             self._raise_for_status(reply, mount, f"{prefix}/{sub}".strip("/"), "list", what)
@@ -711,8 +544,7 @@ class VaultBackend(PinnedReads, BaseBackend):
                 reply = self._request("GET", "sys/internal/ui/mounts", deadline, what)
                 if reply.status != 200:
                     raise self.error(f"cannot list the mounts visible to this token (HTTP {reply.status})")
-                secret_mounts = (reply.json().get("data") or {}).get("secret") or {}
-                mounts = sorted(m.strip("/") for m, info in secret_mounts.items() if info.get("type") == "kv")
+                mounts = kv.kv_mounts(reply.json())
             ids: set[str] = set()
             for mount in mounts:
                 version = self._kv_version(mount, deadline)
@@ -720,7 +552,7 @@ class VaultBackend(PinnedReads, BaseBackend):
                     continue
                 for prefix in prefixes:  # every configured path, as reads try them all
                     keys = self._list_tree(mount, prefix, version, deadline)
-                    ids.update(keys if self.mount_point else [f"{mount}/{k}" for k in keys])
+                    ids.update(self._kv.ids(mount, keys))
             return sorted(ids)
 
         return self._guarded(run)
