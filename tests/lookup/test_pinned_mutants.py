@@ -359,3 +359,39 @@ def test_a_store_without_a_connection_version_read_is_parsed_from_its_raw_value(
     with pytest.raises(VersionNotFound):
         sp.get_connection("my_db", version="2")
     assert sp.lookup("connection", "my_db@2") is None
+
+
+class Foreign:
+    """An Airflow-style backend (no credpath base class) that declares "versions" and says nothing of the
+    forms it takes, of moving labels, or of a connection-version read."""
+
+    capabilities = frozenset({"versions"})
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def get_conn_value(self, conn_id: str) -> str | None:
+        return None
+
+    def get_variable(self, key: str) -> str | None:
+        return None
+
+    def get_conn_value_version(self, conn_id: str, version: str) -> str | None:
+        self.calls.append(("connection", conn_id, version))
+        return URI_OLD if version == "stage-a" else None
+
+    def get_variable_version(self, key: str, version: str) -> str | None:
+        self.calls.append(("variable", key, version))
+        return f"tok-s3cr3t-{version}" if version == "stage-a" else None
+
+
+def test_a_foreign_backend_is_asked_for_any_form_and_its_answers_are_cached() -> None:
+    foreign = Foreign()
+    sp = _path(("f", foreign))
+    for _ in range(2):
+        assert sp.get_variable("api_token", version="stage-a") == "tok-s3cr3t-stage-a"
+        conn = sp.get_connection("my_db", version="stage-a")
+        assert (conn.conn_id, conn.password) == ("my_db", OLD_PW)
+    assert foreign.calls == [("variable", "api_token", "stage-a"), ("connection", "my_db", "stage-a")]
+    with pytest.raises(VersionNotFound):
+        sp.get_connection("my_db", version="stage-b")

@@ -1,6 +1,7 @@
 """Pinned reads and the cache tiers (credpath._lookup.pinned): a cached version never waits for a read in
 flight, a read that finds the version cached by the time its turn comes asks no store, and a version taken
-from the shared tier is traced, masked, expires with the shared entry, and is adopted only from a backend
+from the shared tier is traced, masked, expires with the shared entry (and leaves the bounded process tier
+once its keep window ends), and is adopted only from a backend
 this process has. A dict store keeps the versions; the shared tier is a FileStore on a temp file."""
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from credpath._lookup import pinned, trace
 from credpath._masking import Masker
 from credpath._search_path import SearchPath
 from credpath._shared_cache import FileStore, SharedTier
+from credpath.errors import BackendUnavailable
 from tests.lookup import test_tiers_flight_mutants as tiers_flight
 from tests.lookup.helpers import Clock
-from tests.lookup.test_pinning import VersionedMemory, _path, _store
+from tests.lookup.test_pinning import OLD_PW, VersionedMemory, _path, _store
+from tests.memory_backend import Unreachable
 
 SETTINGS = CacheSettings(ttl=300.0, jitter=0.0, stale_if_error=600.0)
 
@@ -154,3 +157,25 @@ def test_an_adopted_version_expires_with_its_shared_entry(
     assert b.get_variable("api_token", version="1") == "tok-s3cr3t-1"
     assert len(b_store.calls) == 1
     assert [e for e in events if isinstance(e, trace.Served)] == [trace.Served("store", "v")]
+
+
+def test_an_adopted_version_past_its_keep_window_leaves_the_process_tier(
+    tiers: Any, hook_clock: HookClock, events: list[Any]
+) -> None:
+    two = CacheSettings(ttl=300.0, jitter=0.0, stale_if_error=0.0, max_size=2)
+    a = SearchPath([("v", _store())], cache=two, shared=tiers())
+    b_store = _store()
+    b = SearchPath([("v", b_store)], cache=two, shared=tiers())
+    assert a.get_variable("api_token", version="1") == "tok-s3cr3t-1"
+    hook_clock.advance(100.0)
+    assert b.get_variable("api_token", version="2") == "tok-s3cr3t-2"  # b's own read, fresh until 400
+    assert b.get_variable("api_token", version="1") == "tok-s3cr3t-1"  # adopted, kept until 300
+    hook_clock.advance(201.0)
+    b_store.fail_with = Unreachable("store down")
+    with pytest.raises(BackendUnavailable):  # version 1: gone from both tiers, and the store is down
+        b.get_variable("api_token", version="1")
+    b_store.fail_with = None
+    assert b.get_connection("my_db", version="1").password == OLD_PW  # the second of two places
+    events.clear()
+    assert b.get_variable("api_token", version="2") == "tok-s3cr3t-2"
+    assert [e for e in events if isinstance(e, trace.Served)] == [trace.Served("process", "v")]
