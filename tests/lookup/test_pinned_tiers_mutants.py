@@ -1,7 +1,8 @@
 """Pinned reads and the cache tiers (credpath._lookup.pinned): a cached version never waits for a read in
 flight, a read that finds the version cached by the time its turn comes asks no store, and a version taken
 from the shared tier is traced, masked, expires with the shared entry (and leaves the bounded process tier
-once its keep window ends), and is adopted only from a backend this process has. A dict store keeps the versions; the shared tier is a FileStore on a temp file."""
+once its keep window ends), and is adopted only from a backend this process has.
+A dict store keeps the versions; the shared tier is a FileStore on a temp file."""
 
 from __future__ import annotations
 
