@@ -113,7 +113,6 @@ def test_the_longest_version_is_asked_and_one_more_character_is_refused() -> Non
     store = _store()
     sp = _path(("v", store))
     longest = "1" * MAX_VERSION_LEN
-    assert MAX_VERSION_LEN == 256
     with pytest.raises(VersionNotFound):  # a valid form that no store has: asked, not refused
         sp.get_variable("api_token", version=longest)
     assert store.calls == [("get_variable", "api_token")]
@@ -162,6 +161,15 @@ def test_subscribers_hear_a_failed_pinned_read_end_in_error(events: list[Any]) -
     done = [e for e in events if isinstance(e, trace.Done)]
     assert [(d.kind, d.tier, d.result) for d in done] == [("connection", "store", "error")]
     assert [e for e in events if isinstance(e, trace.Served)] == [trace.Served("store", None)]
+
+
+def test_a_refused_version_is_no_lookup_for_subscribers(events: list[Any]) -> None:
+    sp = _path(("v", _store()))
+    with pytest.raises(ConfigError):
+        sp.get_variable("api_token", version="a b")
+    with pytest.raises(ConfigError):
+        sp.explain("variable", "api_token", version="")
+    assert events == []
 
 
 def test_subscribers_hear_a_pinned_hit_once_per_tier(events: list[Any]) -> None:
@@ -303,6 +311,7 @@ def test_a_store_that_reports_no_version_is_read_as_the_version_asked() -> None:
     assert resolution is not None and resolution.version == "1"
     found = sp.explain("variable", "api_token", version="1")
     assert found.found and found.version == "1"
+    assert sp.explain("variable", "api_token", version=1).version == "1"  # a number, as its string
     missing = sp.explain("variable", "api_token", version="5")
     assert not missing.found and missing.version is None
 
