@@ -250,7 +250,7 @@ def test_a_version_nobody_has_names_the_backends_asked() -> None:
     assert _message(caught) == (
         "variable 'api_token' version '9' not found in the backends that keep versions ('a', 'b')"
     )
-    assert caught.value.version == "9"
+    assert (caught.value.kind, caught.value.key, caught.value.version) == ("variable", "api_token", "9")
 
 
 # --- a failed backend ------------------------------------------------------------------------------------
