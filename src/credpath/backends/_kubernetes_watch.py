@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["WATCH_TIMEOUT", "Watch", "watch_for", "watch_labels"]
+__all__ = ["WATCH_TIMEOUT", "Watch", "stop_all", "watch_for", "watch_labels"]
 
 log = logging.getLogger("credpath.backends.kubernetes_secrets")
 
@@ -265,3 +265,15 @@ def watch_labels(backend: Any, client: Any, selector: str, listener: LabelListen
             watch = _watches[key] = Watch(backend, key, selector, client)
     watch.add_labelled(listener)
     return watch
+
+
+def stop_all() -> None:
+    """Stop and forget every watch of this process (a process shutting down; a test leaving none behind).
+
+    Each thread ends at its stream's next line (the server sends one at least every ``timeoutSeconds``);
+    a forked child restarts none of them. A backend subscribing afterwards starts a new watch."""
+    with _lock:
+        watches = list(_watches.values())
+        _watches.clear()
+    for watch in watches:
+        watch.stop()
