@@ -32,6 +32,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+# The threads _restart_in_child starts call the store through this module's worker pool, whose own after-fork
+# reset must run before them: at-fork handlers run in the order they were registered, so register it first.
+from credpath import _deadlines  # noqa: F401
+
 __all__ = ["WATCH_TIMEOUT", "Watch", "stop_all", "watch_for", "watch_labels"]
 
 log = logging.getLogger("credpath.backends.kubernetes_secrets")
