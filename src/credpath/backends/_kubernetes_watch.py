@@ -15,8 +15,9 @@ the Secret's labels (the ids it serves are label values, not its name).
 
 Gaps: while the stream is down, and between a re-list and the watch that follows it, changes are not
 seen; a subscriber is told "anything may have changed" (``name=None``) after each (re)list, and the
-cache's TTL bounds what it missed. After ``fork()`` the child has no thread: it starts its own on its next
-subscription check (:meth:`Watch.ensure`).
+cache's TTL bounds what it missed. After ``fork()`` the child has no thread: an at-fork handler starts its
+own for each watch it inherited subscribers of (:meth:`Watch.ensure`); its calls go on the child's own
+connections (the backend's client is per process). :func:`stop_all` stops and forgets every watch.
 
 Cost: one long-lived request per namespace per process (reconnected every ``timeoutSeconds``, 5 minutes),
 plus one LIST of one item per (re)start.
