@@ -101,11 +101,7 @@ def _no_watch_outlives_its_test() -> Iterator[None]:
     yield
     from credpath.backends import _kubernetes_watch
 
-    with _kubernetes_watch._lock:
-        leftover = list(_kubernetes_watch._watches.values())
-        _kubernetes_watch._watches.clear()
-    for watch in leftover:
-        watch.stop()
+    _kubernetes_watch.stop_all()
 
 
 @pytest.fixture
@@ -464,8 +460,29 @@ def test_the_watch_resumes_after_a_lost_stream_and_relists_on_410(kubernetes_sec
     watch.listeners.clear()
 
 
-def _forked_reader(path: SearchPath, ready: Any, results: Any) -> None:
-    """In a forked child (as Airflow forks task processes): read until the new value arrives."""
+def _watch_state() -> str:
+    """This process's Kubernetes watches and threads, for a failure's message."""
+    from credpath.backends import _kubernetes_watch
+
+    lines = [f"pid {os.getpid()}"]
+    for key, watch in list(_kubernetes_watch._watches.items()):
+        thread = watch._thread
+        lines.append(
+            f"watch {key}: pid={watch.pid} listeners={len(watch.listeners)}+{len(watch.labelled)} "
+            f"thread={thread and thread.ident} alive={thread is not None and thread.is_alive()} "
+            f"stopped={watch._stop.is_set()} version={watch.version} restarts={watch.restarts}"
+        )
+    lines += [f"thread {t.name} {t.ident} daemon={t.daemon}" for t in threading.enumerate()]
+    return "\n".join(lines)
+
+
+def _forked_reader(path: SearchPath, ready: Any, results: Any, diag: str) -> None:
+    """In a forked child (as Airflow forks task processes): read until the new value arrives. On failure,
+    the child's watches, threads and their stacks go to ``diag`` (the parent shows them)."""
+    import faulthandler
+
+    with open(diag, "a") as out:
+        out.write("at start:\n" + _watch_state() + "\n")
     assert path.get_connection("fork_conn").password == "pw-s3cr3t-p0"
     ready.set()
     started = time.monotonic()
@@ -474,6 +491,10 @@ def _forked_reader(path: SearchPath, ready: Any, results: Any) -> None:
             results.put(time.monotonic() - started)
             return
         time.sleep(0.01)
+    with open(diag, "a") as out:
+        out.write("after 10 s:\n" + _watch_state() + "\n")
+        out.flush()
+        faulthandler.dump_traceback(out, all_threads=True)
     results.put(None)
 
 
@@ -483,54 +504,51 @@ def _watches_of(harness: Any) -> int:
     return sum(1 for method, path in list(harness.fake.requests) if method == "WATCH" and here in path)
 
 
-def test_a_forked_process_runs_its_own_watch() -> None:
-    """The scenario below, in a pytest process of its own. In the whole suite's process the child opened no
-    watch (twice, on the merged tree of 2026-12-07; alone and beside this file's tests it passes): something
-    an earlier test leaves in the process stops a forked child's watch. Found, not yet explained; run apart
-    meanwhile so that this test still proves the fork restart."""
-    import subprocess
-    import sys
-
-    node = f"{__file__}::test_forked_watch_scenario"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", node],
-        env={**os.environ, "CREDPATH_FORK_SCENARIO": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
-
-
-@pytest.mark.skipif(
-    os.environ.get("CREDPATH_FORK_SCENARIO") != "1",
-    reason="run in a process of its own by test_a_forked_process_runs_its_own_watch",
-)
-def test_forked_watch_scenario(kubernetes_secrets_harness: Any) -> None:
+def test_a_forked_process_runs_its_own_watch(kubernetes_secrets_harness: Any, tmp_path: Path) -> None:
+    """A forked child (an Airflow task process) opens its own watch and hears a rotation, in the whole
+    suite's process too (there the child's first calls once went on its parent's pooled sockets)."""
+    import logging
     import multiprocessing
 
     harness = kubernetes_secrets_harness
     harness.seed("connection", "fork_conn", uri("pw-s3cr3t-p0"))
     path = SearchPath([("k8s", harness.make_backend(watch=True))])
     assert path.get_connection("fork_conn").password == "pw-s3cr3t-p0"
+    diag = tmp_path / "child.txt"
+    # The child's DEBUG records (its watch logs failures at DEBUG only), from the fork on.
+    parent = os.getpid()
+    child_log = logging.FileHandler(tmp_path / "child.log")
+    child_log.setLevel(logging.DEBUG)
+    child_log.addFilter(lambda record: record.process != parent)
+    child_log.setFormatter(logging.Formatter("%(relativeCreated)d %(threadName)s %(name)s %(message)s"))
+    logging.getLogger().addHandler(child_log)
     context = multiprocessing.get_context("fork")
     ready, results = context.Event(), context.Queue()
-    child = context.Process(target=_forked_reader, args=(path, ready, results))
+    child = context.Process(target=_forked_reader, args=(path, ready, results, str(diag)))
     child.start()
+
+    def child_said() -> str:
+        parts = [p.read_text() for p in (diag, tmp_path / "child.log") if p.exists()]
+        return "\n" + "\n".join(parts) + "\nparent:\n" + _watch_state()
+
     try:
-        assert ready.wait(30)
+        assert ready.wait(30), child_said()
         deadline = time.monotonic() + 30
         # The parent's stream and the child's own, on this test's namespace: a watch another test left
         # reconnecting is not the child's.
         while _watches_of(harness) < 2:
-            assert time.monotonic() < deadline, "the child opened no watch"
+            if time.monotonic() > deadline:
+                child.join(15)
+                raise AssertionError("the child opened no watch" + child_said())
             time.sleep(0.05)
         k8s_rotate(harness, "fork_conn", "pw-s3cr3t-p1")
         waited = results.get(timeout=30)
-        assert waited is not None, "the child kept the old value"
+        assert waited is not None, "the child kept the old value" + child_said()
         assert path.get_connection("fork_conn").password == "pw-s3cr3t-p1"  # and the parent too
     finally:
         child.join(30)
+        logging.getLogger().removeHandler(child_log)
+        child_log.close()
 
 
 # --- Kubernetes watch, label-based backend (the cncf.kubernetes provider's layout) -------------------

@@ -15,8 +15,9 @@ the Secret's labels (the ids it serves are label values, not its name).
 
 Gaps: while the stream is down, and between a re-list and the watch that follows it, changes are not
 seen; a subscriber is told "anything may have changed" (``name=None``) after each (re)list, and the
-cache's TTL bounds what it missed. After ``fork()`` the child has no thread: it starts its own on its next
-subscription check (:meth:`Watch.ensure`).
+cache's TTL bounds what it missed. After ``fork()`` the child has no thread: an at-fork handler starts its
+own for each watch it inherited subscribers of (:meth:`Watch.ensure`); its calls go on the child's own
+connections (the backend's client is per process). :func:`stop_all` stops and forgets every watch.
 
 Cost: one long-lived request per namespace per process (reconnected every ``timeoutSeconds``, 5 minutes),
 plus one LIST of one item per (re)start.
@@ -32,7 +33,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["WATCH_TIMEOUT", "Watch", "watch_for", "watch_labels"]
+# The threads _restart_in_child starts call the store through this module's worker pool, whose own after-fork
+# reset must run before them: at-fork handlers run in the order they were registered, so register it first.
+from credpath import _deadlines  # noqa: F401
+
+__all__ = ["WATCH_TIMEOUT", "Watch", "stop_all", "watch_for", "watch_labels"]
 
 log = logging.getLogger("credpath.backends.kubernetes_secrets")
 
@@ -265,3 +270,15 @@ def watch_labels(backend: Any, client: Any, selector: str, listener: LabelListen
             watch = _watches[key] = Watch(backend, key, selector, client)
     watch.add_labelled(listener)
     return watch
+
+
+def stop_all() -> None:
+    """Stop and forget every watch of this process (a process shutting down; a test leaving none behind).
+
+    Each thread ends at its stream's next line (the server sends one at least every ``timeoutSeconds``);
+    a forked child restarts none of them. A backend subscribing afterwards starts a new watch."""
+    with _lock:
+        watches = list(_watches.values())
+        _watches.clear()
+    for watch in watches:
+        watch.stop()

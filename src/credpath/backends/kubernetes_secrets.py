@@ -220,9 +220,11 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         self.ssl_ca_cert = ssl_ca_cert
         self.retry_policy = RetryPolicy()
         self._api: Any = None
+        self._api_pid = 0  # the process that made _api: a forked child makes its own (see api)
         self._exceptions: tuple[type[BaseException], ...] = ()
         self._timeouts: tuple[type[BaseException], ...] = ()
         self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
 
     # --- client ------------------------------------------------------------------------------------
 
@@ -239,11 +241,27 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
 
     @property
     def api(self) -> Any:
-        if self._api is not None:
-            return self._api
+        api = self._api
+        if api is not None and self._api_pid == os.getpid():
+            return api
+        return self._api_of_this_process()
+
+    def _api_of_this_process(self) -> Any:
+        pid = os.getpid()
+        if self._lock_pid != pid:  # a forked child: a thread of the parent may have held it at the fork
+            self._lock, self._lock_pid = threading.Lock(), pid
         with self._lock:
             if self._api is None:
                 self._api = self._build_api()
+            elif self._api_pid != pid:
+                # A forked child: the inherited pool's idle keep-alive sockets are also the parent's, and a
+                # request on one reads the parent's answer (or its watch stream) as its own, or the parent
+                # ours. A new pool on the same settings (no kubeconfig read); the inherited one is only
+                # dropped: closing a child's copy of a socket does not end the parent's connection.
+                from kubernetes import client
+
+                self._api = client.ApiClient(self._api.configuration)
+            self._api_pid = pid
         return self._api
 
     def _build_api(self) -> Any:
