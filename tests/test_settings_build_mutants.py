@@ -227,3 +227,13 @@ def test_the_views_of_a_built_search_path() -> None:
     assert _settings.settings_of(SearchPath()) is None
     ordered = settings.replace(order=_settings.BackendsOrder(("other", "mem"), "somewhere"))
     assert _settings.backends_order(_settings.build_search_path(ordered)).source == "somewhere"
+
+
+@pytest.mark.parametrize("name", ["false", "0", "[]", "{}", "0.0"])
+def test_a_backends_name_that_is_not_a_string_is_refused_even_when_falsy(tmp_path: Path, name: str) -> None:
+    file = _file(tmp_path, f'[[backends]]\ntype = "env"\nname = {name}\n')
+    with pytest.raises(ConfigError) as info:
+        _settings.load_settings(file, {})
+    assert str(info.value) == "credpath.toml backends[0]: 'name' must be a string"
+    _file(tmp_path, '[[backends]]\ntype = "env"\nname = ""\n')
+    assert [s.name for s in _settings.load_settings(file, {}).backends] == ["env"]  # empty: the default
