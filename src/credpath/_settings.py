@@ -592,9 +592,10 @@ def parse_backend(raw: Any, origin: str) -> BackendSpec:
     on_error = raw.get("on_error", "skip")
     if on_error not in ON_ERROR_CHOICES:
         raise ConfigError(f"{origin}: on_error must be one of {', '.join(ON_ERROR_CHOICES)}")
-    name = raw.get("name") or default_name(type_name)
-    if not isinstance(name, str):
+    name = raw.get("name", "")
+    if not isinstance(name, str):  # checked before the default: `name = false` is no name either
         raise ConfigError(f"{origin}: 'name' must be a string")
+    name = name or default_name(type_name)
     patterns: dict[Kind, str | None] = {}
     for key, kind in _PATTERN_KEYS.items():
         if key in raw:
