@@ -334,3 +334,85 @@ def test_with_log_masking_off_no_secret_is_registered() -> None:
     )
     assert path.get_variable("api_password") == "s3cr3t-pw"
     assert masker.redact("token s3cr3t-pw") == "token s3cr3t-pw"
+
+
+# --- publishing to and adopting from the shared tier ----------------------------------------------------
+
+
+def test_a_published_answer_carries_the_process_tier_s_times_on_the_wall_clock() -> None:
+    tier = RecordingTier()
+    state = make_state(tier)
+    mono, wall = time.monotonic(), time.time()
+    times = (mono + 30.0, mono, mono + 90.0)
+    state.publish(("variable", "k", None), Resolution("s3cr3t-1", "b0", "v1", wall + 60.0), times)
+    entry = tier.entries[("variable", "k", None)]
+    assert entry.stored_at == pytest.approx(wall, abs=1.0)
+    assert entry.fresh_until == pytest.approx(wall + 30.0, abs=1.0)
+    assert entry.keep_until == pytest.approx(wall + 60.0, abs=1.0)  # capped at valid_until
+    assert entry.valid_until == wall + 60.0
+    state.publish(("variable", "m", None), MISS, times, miss=True)
+    miss = tier.entries[("variable", "m", None)]
+    assert (miss.miss, miss.value, miss.source, miss.version, miss.valid_until) == (
+        True,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert miss.keep_until == pytest.approx(wall + 90.0, abs=1.0)
+
+
+def test_an_adopted_entry_keeps_its_own_times_and_its_secret_is_masked() -> None:
+    masker = Masker()
+    state = LookupState(None)
+    state.set_tiers(SETTINGS, masker, True, None, [])
+    wall, mono = time.time(), time.monotonic()
+    entry = SharedEntry(
+        "variable", "s3cr3t-adopted", "b0", False, wall - 5, wall + 20, wall + 50, version="v3"
+    )
+    value = state.adopt(("variable", "api_password", "t1"), entry)
+    assert (value.value, value.source, value.version) == ("s3cr3t-adopted", "b0", "v3")
+    expiry, held_value, stored_at, keep_until = state.cache.entries()[("variable", "api_password", "t1")]
+    assert held_value is value
+    assert expiry == pytest.approx(mono + 20, abs=1.0)
+    assert stored_at == pytest.approx(mono - 5, abs=1.0)
+    assert keep_until == pytest.approx(mono + 50, abs=1.0)
+    assert masker.redact("x s3cr3t-adopted") != "x s3cr3t-adopted"
+    # The team is known from now on: an invalidation of the id drops the team's entry too.
+    state.invalidate("variable", "api_password")
+    assert held(state) == set()
+
+
+def test_an_adopted_miss_is_a_cached_miss() -> None:
+    state = make_state()
+    wall = time.time()
+    assert (
+        state.adopt(
+            ("variable", "k", None), SharedEntry("variable", None, None, True, wall, wall + 20, wall + 20)
+        )
+        is MISS
+    )
+    assert state.cache.get(("variable", "k", None)) is MISS
+
+
+def test_an_invalidation_drops_the_id_in_both_tiers_for_every_team_and_ends_its_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tier = RecordingTier()
+    state = make_state(tier)
+    for team in (None, "t1"):
+        state.put(("variable", "k", team), Resolution("s3cr3t-1", "b0"))
+    state.put(("variable", "other", None), Resolution("s3cr3t-2", "b0"))
+    caplog.set_level(logging.WARNING, logger="credpath.search_path")
+    for what in ("stale", "fall-through", "other"):
+        state.warn_once(("variable", "k", None), what, "warned %s", what)
+        state.warn_once(("variable", "k", None), what, "warned %s", what)
+    assert [r.getMessage() for r in caplog.records] == ["warned stale", "warned fall-through", "warned other"]
+    state.invalidate("variable", "k")
+    assert held(state) == {("variable", "other", None)}
+    assert sorted(tier.invalidated, key=str) == [("variable", "k", "t1"), ("variable", "k", None)]
+    caplog.clear()
+    for what in ("stale", "fall-through", "other"):
+        state.warn_once(("variable", "k", None), what, "warned %s", what)
+    # A new episode warns again; what is not an outage warning stays said once.
+    assert [r.getMessage() for r in caplog.records] == ["warned stale", "warned fall-through"]
