@@ -5,11 +5,31 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from credpath._deadlines import Deadline
 from credpath._resilience import RefreshBackoff, SingleFlight
+
+
+def lead_then_wait(
+    flight: SingleFlight, leader: Any, waiter: Any, entered: threading.Event, gate: threading.Event
+) -> None:
+    """Run ``leader`` until its call is in flight (``entered``), then ``waiter`` until it waits on that
+    call (bounded), then open ``gate`` and join both."""
+    first = threading.Thread(target=leader)
+    first.start()
+    assert entered.wait(5)
+    second = threading.Thread(target=waiter)
+    second.start()
+    for _ in range(1000):
+        if flight.shared == 1:
+            break
+        threading.Event().wait(0.005)
+    gate.set()
+    first.join(5)
+    second.join(5)
 
 
 def test_the_first_failed_refresh_waits_one_second_by_default() -> None:
@@ -62,18 +82,7 @@ def test_a_waiter_gets_the_leader_s_error_as_raised_not_as_its_caller_relabelled
         except ValueError as exc:
             seen.append(exc)
 
-    first = threading.Thread(target=leader)
-    first.start()
-    assert entered.wait(5)
-    second = threading.Thread(target=waiter)
-    second.start()
-    for _ in range(1000):
-        if flight.shared == 1:
-            break
-        threading.Event().wait(0.005)
-    gate.set()
-    first.join(5)
-    second.join(5)
+    lead_then_wait(flight, leader, waiter, entered, gate)
     assert [e.args for e in seen] == [("store down",)]
     assert seen[0].__suppress_context__
 
@@ -127,17 +136,6 @@ def test_an_error_that_cannot_be_copied_reaches_the_leader_and_every_waiter_as_i
         except Exception as exc:  # what each caller got, whatever it is
             outcomes.append(exc)
 
-    first = threading.Thread(target=call)
-    first.start()
-    assert entered.wait(5)
-    second = threading.Thread(target=call)
-    second.start()
-    for _ in range(1000):
-        if flight.shared == 1:
-            break
-        threading.Event().wait(0.005)
-    gate.set()
-    first.join(5)
-    second.join(5)
+    lead_then_wait(flight, call, call, entered, gate)
     assert outcomes == [error, error]  # the one object: it cannot be copied
     assert flight.in_flight() == 0
