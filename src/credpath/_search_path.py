@@ -140,7 +140,7 @@ class SearchPath(LookupState):
             item is not None
             and item[0] >= now
             and item[1] is not _MISS
-            and not self._live_before[item[1].source]
+            and not self._live_before.get(item[1].source)
             and not _trace._sinks  # a subscriber hears of every lookup, hits included
         ):
             return item[1].value  # type: ignore[no-any-return]
