@@ -14,3 +14,8 @@ def idle_ports(manager: Any) -> set[int]:
             if conn is not None and conn.sock is not None:
                 ports.add(conn.sock.getsockname()[1])
     return ports
+
+
+def session_idle_ports(session: Any) -> set[int]:
+    """:func:`idle_ports` over every adapter of a ``requests.Session``."""
+    return {port for adapter in session.adapters.values() for port in idle_ports(adapter.poolmanager)}

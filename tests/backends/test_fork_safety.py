@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet
 
 from credpath.backends._per_process import PerProcess
 from credpath.backends.metastore import MetastoreBackend
-from tests.backends._pools import idle_ports
+from tests.backends._pools import idle_ports, session_idle_ports
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -65,6 +65,7 @@ def test_a_per_process_value_is_adopted_once_in_a_child_and_kept_in_the_parent()
     assert holder.get() is first and first == ["built"]
     assert _in_a_child(lambda: (holder.get(), holder.get() is holder.get())) == (["built", "adopted"], True)
     assert holder.get() is first
+    assert _in_a_child(holder.clear) is None  # a child never closes the parent's value
     assert holder.clear() is first and holder.existing() is None
 
 
@@ -172,3 +173,40 @@ def test_a_forked_child_makes_its_aws_client_though_the_lock_was_held_at_the_for
         assert _in_a_child(lambda: backend.get_variable("other_var"), holding=lock) == "v-s3cr3t-1"
     finally:
         backend.close()
+
+
+# --- GCP and Azure ---------------------------------------------------------------------------------------
+
+
+def _gcp_ports(backend: Any) -> set[int]:
+    return session_idle_ports(backend.client._transport._session)
+
+
+def _azure_ports(backend: Any) -> set[int]:
+    return session_idle_ports(backend.client._client._client._pipeline._transport.session)
+
+
+@pytest.mark.parametrize(
+    ("store", "ports"),
+    [("gcp_secret_manager_harness", _gcp_ports), ("azure_key_vault_harness", _azure_ports)],
+    ids=["gcp", "azure"],
+)
+def test_a_forked_childs_cloud_calls_go_on_sockets_of_their_own(
+    store: str, ports: Callable[[Any], set[int]], request: pytest.FixtureRequest
+) -> None:
+    harness = request.getfixturevalue(store)
+    harness.seed("variable", "fork_var", "v-s3cr3t-0")
+    harness.seed("variable", "other_var", "v-s3cr3t-1")
+    backend = harness.make_backend()
+    assert backend.get_variable("fork_var") == "v-s3cr3t-0"
+    parents = ports(backend)
+    assert parents, "the parent keeps its connection for the next call"
+
+    def child() -> tuple[str | None, set[int]]:
+        return backend.get_variable("other_var"), ports(backend)
+
+    value, childs = _in_a_child(child)
+    assert value == "v-s3cr3t-1"
+    assert childs and not childs & parents, f"the child used the parent's sockets {childs & parents}"
+    assert backend.get_variable("other_var") == "v-s3cr3t-1"
+    assert ports(backend) == parents

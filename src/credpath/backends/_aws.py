@@ -484,7 +484,6 @@ class AwsSession:
         return fail(f"{what}: {type(exc).__name__}")
 
     def close(self) -> None:
-        # A forked child's inherited clients are dropped, not closed: their sockets are the parent's too.
         for client in (self._clients.clear() or {}).values():
             client.close()
 

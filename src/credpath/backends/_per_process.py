@@ -71,11 +71,11 @@ class PerProcess(Generic[T]):
             return self._make(build=False)
 
     def clear(self) -> T | None:
-        """Forgets the value; returns this process's one (adopted if inherited) for the caller to close."""
+        """Forgets the value; returns it if this process made it, for the caller to close (one inherited
+        from the parent is only dropped: its connections are the parent's)."""
         with self.lock:
-            value = self._make(build=False)
-            self._value = None
-            return value
+            value, self._value = self._value, None
+            return value if self._pid == os.getpid() else None
 
     def _make(self, build: bool) -> T | None:  # under self.lock
         pid = os.getpid()

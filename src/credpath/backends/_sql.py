@@ -241,7 +241,7 @@ class SqlTablesBackend(BaseBackend):
     def close(self) -> None:
         engine = self._engines.clear()
         if engine is not None:
-            engine.dispose()  # in a forked child: only its own pool (the inherited one was let go)
+            engine.dispose()
 
     # --- Fernet --------------------------------------------------------------------------------------
 
