@@ -163,6 +163,48 @@ def test_a_forked_childs_aws_calls_go_on_sockets_of_its_own(
     assert _idle_ports(backend.client) == parents
 
 
+def test_a_forked_child_refreshing_assumed_role_credentials_asks_sts_on_its_own_sockets(
+    aws_fault_proxy: Any, moto_env: Any
+) -> None:
+    from credpath.backends.aws_secrets_manager import SecretsManagerBackend
+
+    role_arn = "arn:aws:iam::123456789012:role/airflow-secrets"
+    handler = aws_fault_proxy.server.RequestHandlerClass
+    handler.protocol_version = "HTTP/1.1"  # keep-alive, as AWS (moto's server closes each connection)
+    ports: list[int] = []  # the client port of each request, in order
+    forward = handler.do_POST
+
+    def recording(self: Any) -> None:
+        ports.append(self.client_address[1])
+        forward(self)
+
+    handler.do_POST = recording
+    backend = SecretsManagerBackend(
+        endpoint_url=aws_fault_proxy.url,
+        role_arn=role_arn,
+        service_config={"sts": {"endpoint_url": aws_fault_proxy.url}},
+    )
+    assert backend.get_variable("fork_var") is None  # AssumeRole, then GetSecretValue
+    assert backend.aws.calls["AssumeRole"] == 1
+    parents = set(ports)
+
+    def child() -> bool:
+        import datetime
+
+        credentials = backend.client._request_signer._credentials
+        # expired: the next call refreshes them (an AssumeRole of the child's)
+        credentials._expiry_time = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
+        backend.get_variable("fork_var")
+        return backend.aws.calls["AssumeRole"] == 2
+
+    before = len(ports)
+    assert _in_a_child(child), "the child did not refresh its credentials"
+    childs, after = set(ports[before:]), len(ports)
+    assert childs and not childs & parents, f"the child used the parent's sockets {childs & parents}"
+    assert backend.get_variable("fork_var") is None
+    assert set(ports[after:]) <= parents  # the parent's connections still serve the parent
+
+
 def test_a_forked_child_makes_its_aws_client_though_the_lock_was_held_at_the_fork(
     aws_secrets_manager_harness: Any,
 ) -> None:

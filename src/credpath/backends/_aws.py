@@ -297,13 +297,21 @@ class AwsSession:
         sts_endpoint = (self.service_config.get("sts") or {}).get("endpoint_url")
         if sts_endpoint:
             sts_kwargs["endpoint_url"] = sts_endpoint
-        sts = base.client("sts", **sts_kwargs)
-        self._count(sts)
+
+        def sts_client() -> Any:
+            client = base.client("sts", **sts_kwargs)
+            self._count(client)
+            return client
+
+        # Of this process, as the store's clients are: a forked child refreshing the credentials it
+        # inherited asks STS on connections of its own.
+        sts: PerProcess[Any] = PerProcess(sts_client)
+        sts.get()  # a bad STS setting fails here, not on the first read
         params = {"RoleSessionName": "credpath", **self.assume_role_kwargs, "RoleArn": self.role_arn}
 
         def refresh() -> dict[str, str]:
             try:
-                creds = sts.assume_role(**params)["Credentials"]
+                creds = sts.get().assume_role(**params)["Credentials"]
             except Exception as exc:  # any failure here is "cannot assume the role"
                 raise self.error(exc, f"assume role {self.role_arn}") from None
             log.debug("%s: assumed role %s", self.owner, self.role_arn)
