@@ -131,6 +131,43 @@ def test_a_forked_child_makes_its_engine_though_the_lock_was_held_at_the_fork(
         backend.close()
 
 
+@pytest.fixture
+def sqlite_metastore(tmp_path: Any) -> Any:
+    url, key = f"sqlite:///{tmp_path / 'm.db'}", Fernet.generate_key().decode()
+    backend = MetastoreBackend(url=url, fernet_key=key)
+    backend.set_variable("other_var", "v-s3cr3t-1")
+    yield backend
+    backend.close()
+
+
+def test_a_forked_childs_sqlite_reads_go_on_a_connection_of_its_own(sqlite_metastore: Any) -> None:
+    backend = sqlite_metastore
+    assert backend.get_variable("other_var") == "v-s3cr3t-1"  # the stdlib read connection is open
+    parents = id(backend._reader._conn)
+
+    def child() -> tuple[str | None, int]:
+        return backend.get_variable("other_var"), id(backend._reader._conn)
+
+    value, childs = _in_a_child(child)
+    assert value == "v-s3cr3t-1" and childs != parents
+    assert backend.get_variable("other_var") == "v-s3cr3t-1" and id(backend._reader._conn) == parents
+
+
+def test_a_forked_child_reads_and_writes_sqlite_though_the_locks_were_held_at_the_fork(
+    sqlite_metastore: Any,
+) -> None:
+    backend = sqlite_metastore
+    assert backend.get_variable("other_var") == "v-s3cr3t-1"
+    read = _in_a_child(lambda: backend.get_variable("other_var"), holding=backend._reader._lock)
+    assert read == "v-s3cr3t-1"
+
+    def write() -> str | None:
+        backend.set_variable("child_var", "v-s3cr3t-2")
+        return backend.get_variable("child_var")
+
+    assert _in_a_child(write, holding=backend._write_locks.get()) == "v-s3cr3t-2"
+
+
 # --- AWS -------------------------------------------------------------------------------------------------
 
 
