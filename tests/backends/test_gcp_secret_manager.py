@@ -280,7 +280,7 @@ def test_messages_and_prepare(h: GcpSecretManagerHarness) -> None:
     backend = create_backend("gcp-secret-manager", h.backend_kwargs(), name="prod-gcp")
     before = h.fake.count()
     backend.prepare()
-    assert backend._client is not None and h.fake.count() == before  # built, no request
+    assert backend._clients.existing() is not None and h.fake.count() == before  # built, no request
     h.fake.deny(h.project, "airflow-variables-v")
     with pytest.raises(AccessDenied, match=r"^backend 'prod-gcp' \(GCP Secret Manager\): reading secret"):
         backend.get_variable("v")

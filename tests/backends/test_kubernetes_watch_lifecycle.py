@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from credpath.backends import _kubernetes_watch
+from tests.backends._pools import idle_ports
 
 
 def _wait(condition: Any, what: str, seconds: float = 10.0) -> None:
@@ -51,13 +52,7 @@ def test_stop_all_stops_and_forgets_every_watch(kubernetes_secrets_harness: Any)
 
 def _idle_ports(backend: Any) -> set[int]:
     """Local ports of the idle keep-alive connections in ``backend``'s connection pools."""
-    manager = backend.api.rest_client.pool_manager
-    ports = set()
-    for key in list(manager.pools.keys()):
-        for conn in list(manager.pools[key].pool.queue):
-            if conn is not None and conn.sock is not None:
-                ports.add(conn.sock.getsockname()[1])
-    return ports
+    return idle_ports(backend.api.rest_client.pool_manager)
 
 
 def _child_reads(backend: Any, results: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Unpack
@@ -19,6 +18,7 @@ from credpath._deadlines import Deadline, RetriesExhausted, RetryPolicy, call_wi
 from credpath._settings import TIMEOUT, check_number
 from credpath.backends._botocore_fast import ClientFactory, set_deferred_credentials, use_narrow_loader
 from credpath.backends._naming import TEAM_SEP, KeyNaming, PrefixNamedBackend
+from credpath.backends._per_process import PerProcess
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, CredpathError, Throttled
 from credpath.protocol import BackendOptions, BaseBackend, Kind, WriteConfirmation, multi_team_enabled
@@ -241,9 +241,10 @@ class AwsSession:
         self.calls: Counter[str] = Counter()
         self.requests = 0
         self._session: Any = None
-        self._clients: dict[str, Any] = {}
+        # service -> client, of this process: a forked child makes its own clients (their connection pools
+        # hold the parent's keep-alive sockets) from the same session (credentials are kept).
+        self._clients: PerProcess[dict[str, Any]] = PerProcess(dict)
         self._caller_arn: str | None = None
-        self._lock = threading.Lock()
 
     def _attempts(self, retries: Any) -> int:
         """Tries per call from botocore's ``retries`` dict (``total_max_attempts``, or ``max_attempts``
@@ -296,13 +297,21 @@ class AwsSession:
         sts_endpoint = (self.service_config.get("sts") or {}).get("endpoint_url")
         if sts_endpoint:
             sts_kwargs["endpoint_url"] = sts_endpoint
-        sts = base.client("sts", **sts_kwargs)
-        self._count(sts)
+
+        def sts_client() -> Any:
+            client = base.client("sts", **sts_kwargs)
+            self._count(client)
+            return client
+
+        # Of this process, as the store's clients are: a forked child refreshing the credentials it
+        # inherited asks STS on connections of its own.
+        sts: PerProcess[Any] = PerProcess(sts_client)
+        sts.get()  # a bad STS setting fails here, not on the first read
         params = {"RoleSessionName": "credpath", **self.assume_role_kwargs, "RoleArn": self.role_arn}
 
         def refresh() -> dict[str, str]:
             try:
-                creds = sts.assume_role(**params)["Credentials"]
+                creds = sts.get().assume_role(**params)["Credentials"]
             except Exception as exc:  # any failure here is "cannot assume the role"
                 raise self.error(exc, f"assume role {self.role_arn}") from None
             log.debug("%s: assumed role %s", self.owner, self.role_arn)
@@ -353,13 +362,14 @@ class AwsSession:
         client.meta.events.register("before-send.*.*", on_send)
 
     def client(self, service: str) -> Any:
-        client = self._clients.get(service)
+        clients = self._clients.get()
+        client = clients.get(service)
         if client is not None:
             return client
         import botocore.exceptions
 
-        with self._lock:
-            client = self._clients.get(service)
+        with self._clients.lock:
+            client = clients.get(service)
             if client is not None:
                 return client
             if self._session is None:
@@ -393,7 +403,7 @@ class AwsSession:
                     f"api_version {self.api_version!r} is not a known {service} API version"
                 ) from None
             self._count(client)
-            self._clients[service] = client
+            clients[service] = client
             return client
 
     # --- calls -------------------------------------------------------------------------------------
@@ -482,10 +492,8 @@ class AwsSession:
         return fail(f"{what}: {type(exc).__name__}")
 
     def close(self) -> None:
-        with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+        for client in (self._clients.clear() or {}).values():
+            client.close()
 
     def describe(self) -> str:
         parts = [f"region={self._session.region_name if self._session else self.region_name}"]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 from credpath._keys import KeySettingError, parse_keys
+from credpath.backends._per_process import PerProcess
 from credpath.errors import ConfigError, CredpathError
 from credpath.model import Connection, Variable
 from credpath.protocol import BackendOptions, BaseBackend
@@ -82,6 +83,14 @@ def _reason(exc: BaseException, cut_mark: str = "") -> str:
     return f"{type(orig).__name__}: {text}" if text else type(orig).__name__
 
 
+def _fresh_pool(engine: Engine) -> Engine:
+    """A forked child's engine: a new, empty pool. The inherited one's connections are the parent's too
+    (a query on one reads the parent's answer, and closing one sends the server a goodbye that ends the
+    parent's session), so they are let go without closing, as SQLAlchemy advises for ``os.fork``."""
+    engine.dispose(close=False)
+    return engine
+
+
 class SqlTablesBackend(BaseBackend):
     """Connections and variables read from a SQL database's two tables, secrets as Fernet tokens.
 
@@ -115,10 +124,11 @@ class SqlTablesBackend(BaseBackend):
         self.url: str = ""
         self._url_setting = "url"  # what to name in URL errors: "url" or the environment variable
         self._key_setting = ""  # where the working keys came from, once loaded
-        self._engine: Engine | None = None
+        # The engine of this process: a forked child gets a fresh pool on the same engine (see _adopt).
+        # Its lock is also the Fernet keys' (reentrant: loading the metastore's key may create the engine,
+        # to look for stored rows, under it).
+        self._engines: PerProcess[Engine] = PerProcess(self._create_engine, _fresh_pool, reentrant=True)
         self._fernet: MultiFernet | None = None
-        # Reentrant: loading the metastore's key may create the engine (to look for stored rows) under it.
-        self._lock = threading.RLock()
         #: kind -> the table has ``team_name`` (set by ``_engine_ready``; absent: an older schema).
         self._team_columns: dict[str, bool] = {}
         self._configure(url)
@@ -190,13 +200,14 @@ class SqlTablesBackend(BaseBackend):
             ) from None
 
     @property
+    def _lock(self) -> threading.Lock | threading.RLock:
+        """This process's lock (a thread of a forked child's parent may have held the parent's)."""
+        return self._engines.lock
+
+    @property
     def engine(self) -> Engine:
-        """The SQLAlchemy engine, created on first use."""
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    self._engine = self._create_engine()
-        return self._engine
+        """The SQLAlchemy engine of this process, created on first use."""
+        return self._engines.get()
 
     def _create_engine(self) -> Engine:
         from sqlalchemy import create_engine
@@ -228,9 +239,9 @@ class SqlTablesBackend(BaseBackend):
         self._tables()
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        engine = self._engines.clear()
+        if engine is not None:
+            engine.dispose()
 
     # --- Fernet --------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ rotation and every other URL use SQLAlchemy. ``sqlite3`` is imported on first us
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import namedtuple
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from credpath.backends._per_process import PerProcess
 from credpath.backends._sql import ALL_TEAMS, ID_COLUMN, TEAM_COLUMN, team_visible
 
 if TYPE_CHECKING:
@@ -72,9 +74,15 @@ class SqliteReader:
         self._opened = opened
         self._error_in_voice = error
         self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # one stdlib connection, one statement at a time
+        self._conn_pid = 0  # the process that opened _conn: a forked child opens its own
+        # One stdlib connection, one statement at a time; a forked child's own (see PerProcess).
+        self._locks: PerProcess[threading.Lock] = PerProcess(threading.Lock)
         #: The file has the team_name column (v2, or seen added since it was opened).
         self._teams = False
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._locks.get()
 
     @staticmethod
     def prepare() -> None:
@@ -82,9 +90,9 @@ class SqliteReader:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
+            if self._conn is not None and self._conn_pid == os.getpid():
                 self._conn.close()
-                self._conn = None
+            self._conn = None
 
     def connection(self) -> sqlite3.Connection:
         """A read-only stdlib connection to the SQLite file, opened (and its schema checked) once; the
@@ -93,8 +101,9 @@ class SqliteReader:
         Raises :class:`Absent` while the file or its schema does not exist: nothing is created, and the
         next read looks again (a write in this or another process may create it).
         """
-        if self._conn is not None:
+        if self._conn is not None and self._conn_pid == os.getpid():
             return self._conn
+        # (An inherited connection is dropped: SQLite's state of its file's locks is per process.)
         import sqlite3
 
         path = self.path
@@ -121,7 +130,7 @@ class SqliteReader:
             conn.close()
             raise
         self._teams = version >= 2
-        self._conn = conn
+        self._conn, self._conn_pid = conn, os.getpid()
         return conn
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:

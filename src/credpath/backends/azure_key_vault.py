@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -50,6 +49,7 @@ from credpath._deadlines import (
 from credpath._lookup.trace import note_version
 from credpath._settings import RETRIES, TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
+from credpath.backends._per_process import PerProcess
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
@@ -214,8 +214,7 @@ class KeyVaultBackend(PinnedReads, PrefixedSecretsBackend):
         self.managed_identity_client_id = managed_identity_client_id
         self.workload_identity_tenant_id = workload_identity_tenant_id
         self._credential = credential
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._clients: PerProcess[Any] = PerProcess(self._new_client)
 
     # --- client ------------------------------------------------------------------------------------
 
@@ -246,29 +245,30 @@ class KeyVaultBackend(PinnedReads, PrefixedSecretsBackend):
 
     @property
     def client(self) -> Any:
-        if self._client is not None:
-            return self._client
+        """This process's client: a forked child makes its own (the inherited client's and credential's
+        pooled keep-alive sockets are also the parent's)."""
         if not self.vault_url:
             raise self.config_error("vault_url is not set; give the https:// URL of the vault")
-        with self._lock:
-            if self._client is None:
-                try:
-                    from azure.keyvault.secrets import SecretClient
-                except ImportError as exc:
-                    raise self.config_error(
-                        f"needs azure-keyvault-secrets and azure-identity (missing module {exc.name!r}); "
-                        "install them with: pip install 'credpath[azure]'"
-                    ) from None
-                try:
-                    self._client = SecretClient(
-                        vault_url=self.vault_url,
-                        credential=self._build_credential(),
-                        **{**self.client_kwargs, "retry_total": 0},
-                    )
-                except (TypeError, ValueError) as exc:
-                    raise self.config_error(f"bad SecretClient arguments: {exc}") from None
-                log.debug("%s: client for %s", self.name, self.vault_url)
-        return self._client
+        return self._clients.get()
+
+    def _new_client(self) -> Any:
+        try:
+            from azure.keyvault.secrets import SecretClient
+        except ImportError as exc:
+            raise self.config_error(
+                f"needs azure-keyvault-secrets and azure-identity (missing module {exc.name!r}); "
+                "install them with: pip install 'credpath[azure]'"
+            ) from None
+        try:
+            client = SecretClient(
+                vault_url=self.vault_url,
+                credential=self._build_credential(),
+                **{**self.client_kwargs, "retry_total": 0},
+            )
+        except (TypeError, ValueError) as exc:
+            raise self.config_error(f"bad SecretClient arguments: {exc}") from None
+        log.debug("%s: client for %s", self.name, self.vault_url)
+        return client
 
     def _call(self, func: Any, what: str, deadline: Deadline | None = None) -> Any:
         """``func(**transport timeouts)`` within one whole-call deadline, retried with back-off.
@@ -524,7 +524,7 @@ class KeyVaultBackend(PinnedReads, PrefixedSecretsBackend):
         return f"{self.store_name} {self.vault_url}: reachable"
 
     def close(self) -> None:
-        client, self._client = self._client, None
+        client = self._clients.clear()  # in a forked child: its own (the inherited one is dropped)
         if client is not None:
             client.close()
 

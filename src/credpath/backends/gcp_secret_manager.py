@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from typing import Any, ClassVar, Unpack
 
 from credpath._deadlines import (
@@ -46,6 +45,7 @@ from credpath._deadlines import (
 from credpath._lookup.trace import note_version
 from credpath._settings import TIMEOUT, check_number
 from credpath.backends._naming import KeyNaming
+from credpath.backends._per_process import PerProcess
 from credpath.backends._prefixed import PrefixedSecretsBackend
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout, ConfigError, CredpathError
@@ -232,8 +232,7 @@ class SecretManagerBackend(PinnedReads, PrefixedSecretsBackend):
             impersonation_chain = [impersonation_chain]
         self.impersonation_chain: list[str] = list(impersonation_chain or [])
         self._credentials = credentials
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._clients: PerProcess[Any] = PerProcess(self._new_client)
 
     # --- client ------------------------------------------------------------------------------------
 
@@ -288,37 +287,36 @@ class SecretManagerBackend(PinnedReads, PrefixedSecretsBackend):
 
     @property
     def client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        with self._lock:
-            if self._client is None:
-                try:
-                    from google.auth.exceptions import GoogleAuthError
-                    from google.cloud import secretmanager
-                except ImportError as exc:
-                    raise self.config_error(
-                        f"needs google-cloud-secret-manager (missing module {exc.name!r}); "
-                        "install it with: pip install 'credpath[gcp]'"
-                    ) from None
-                try:
-                    credentials, project = self._build_credentials()
-                except GoogleAuthError as exc:
-                    raise self.error(f"cannot load credentials: {type(exc).__name__}") from None
-                except OSError as exc:
-                    raise self.config_error(f"cannot read the credentials file ({exc.strerror})") from None
-                self.project_id = self.project_id or project
-                if not self.project_id:
-                    raise self.config_error("project_id is not set and the credentials name no project")
-                kwargs: dict[str, Any] = {"credentials": credentials}
-                if self.transport:
-                    kwargs["transport"] = self.transport
-                if self.client_options is not None:
-                    kwargs["client_options"] = self.client_options
-                self._client = secretmanager.SecretManagerServiceClient(**kwargs)
-                log.debug(
-                    "%s: client for project %s (transport %s)", self.name, self.project_id, self.transport
-                )
-        return self._client
+        """This process's client: a forked child makes its own (the inherited one's connections, HTTP
+        keep-alive sockets or a gRPC channel, are also the parent's)."""
+        return self._clients.get()
+
+    def _new_client(self) -> Any:
+        try:
+            from google.auth.exceptions import GoogleAuthError
+            from google.cloud import secretmanager
+        except ImportError as exc:
+            raise self.config_error(
+                f"needs google-cloud-secret-manager (missing module {exc.name!r}); "
+                "install it with: pip install 'credpath[gcp]'"
+            ) from None
+        try:
+            credentials, project = self._build_credentials()
+        except GoogleAuthError as exc:
+            raise self.error(f"cannot load credentials: {type(exc).__name__}") from None
+        except OSError as exc:
+            raise self.config_error(f"cannot read the credentials file ({exc.strerror})") from None
+        self.project_id = self.project_id or project
+        if not self.project_id:
+            raise self.config_error("project_id is not set and the credentials name no project")
+        kwargs: dict[str, Any] = {"credentials": credentials}
+        if self.transport:
+            kwargs["transport"] = self.transport
+        if self.client_options is not None:
+            kwargs["client_options"] = self.client_options
+        client = secretmanager.SecretManagerServiceClient(**kwargs)
+        log.debug("%s: client for project %s (transport %s)", self.name, self.project_id, self.transport)
+        return client
 
     def _rpc(self, method: Any, request: dict[str, Any], what: str, deadline: Deadline | None = None) -> Any:
         """``method(request=...)`` within one whole-call deadline, retried with back-off.
@@ -531,7 +529,7 @@ class SecretManagerBackend(PinnedReads, PrefixedSecretsBackend):
         return f"{self.store_name} project {self.project_id}: reachable"
 
     def close(self) -> None:
-        client, self._client = self._client, None
+        client = self._clients.clear()  # in a forked child: its own (the inherited one is dropped)
         if client is not None:
             try:
                 client.transport.close()

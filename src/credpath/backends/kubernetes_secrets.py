@@ -82,6 +82,7 @@ from credpath._lookup.trace import ChangeListener, note_version
 from credpath._settings import COUNT, TIMEOUT, check_number
 from credpath.backends import _keymap
 from credpath.backends._naming import KeyNaming, PrefixNamedBackend
+from credpath.backends._per_process import PerProcess
 from credpath.backends._status import Row, StatusTable
 from credpath.errors import AccessDenied, BackendError, BackendTimeout
 from credpath.protocol import (
@@ -140,6 +141,16 @@ def to_secret_name(name: str) -> str:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def _own_pool(inherited: Any) -> Any:
+    """A forked child's API client: the inherited pool's idle keep-alive sockets are also the parent's, and
+    a request on one reads the parent's answer (or its watch stream) as its own, or the parent ours. A new
+    pool on the same settings (no kubeconfig read); the inherited one is only dropped: closing a child's
+    copy of a socket does not end the parent's connection."""
+    from kubernetes import client
+
+    return client.ApiClient(inherited.configuration)
 
 
 class KubernetesSecretsBackend(PrefixNamedBackend):
@@ -219,12 +230,9 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         self.verify_ssl = bool(verify_ssl)
         self.ssl_ca_cert = ssl_ca_cert
         self.retry_policy = RetryPolicy()
-        self._api: Any = None
-        self._api_pid = 0  # the process that made _api: a forked child makes its own (see api)
+        self._apis: PerProcess[Any] = PerProcess(self._build_api, _own_pool)  # see api
         self._exceptions: tuple[type[BaseException], ...] = ()
         self._timeouts: tuple[type[BaseException], ...] = ()
-        self._lock = threading.Lock()
-        self._lock_pid = os.getpid()
 
     # --- client ------------------------------------------------------------------------------------
 
@@ -240,29 +248,14 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         self.api  # noqa: B018 - the property builds it
 
     @property
+    def _lock(self) -> threading.Lock | threading.RLock:
+        """This process's client lock (a thread of a forked child's parent may have held the parent's)."""
+        return self._apis.lock
+
+    @property
     def api(self) -> Any:
-        api = self._api
-        if api is not None and self._api_pid == os.getpid():
-            return api
-        return self._api_of_this_process()
-
-    def _api_of_this_process(self) -> Any:
-        pid = os.getpid()
-        if self._lock_pid != pid:  # a forked child: a thread of the parent may have held it at the fork
-            self._lock, self._lock_pid = threading.Lock(), pid
-        with self._lock:
-            if self._api is None:
-                self._api = self._build_api()
-            elif self._api_pid != pid:
-                # A forked child: the inherited pool's idle keep-alive sockets are also the parent's, and a
-                # request on one reads the parent's answer (or its watch stream) as its own, or the parent
-                # ours. A new pool on the same settings (no kubeconfig read); the inherited one is only
-                # dropped: closing a child's copy of a socket does not end the parent's connection.
-                from kubernetes import client
-
-                self._api = client.ApiClient(self._api.configuration)
-            self._api_pid = pid
-        return self._api
+        """This process's API client: a forked child makes its own (see ``_own_pool``)."""
+        return self._apis.get()
 
     def _build_api(self) -> Any:
         import urllib3
@@ -331,7 +324,7 @@ class KubernetesSecretsBackend(PrefixNamedBackend):
         while self._watching:  # a closed backend hears no more changes
             watch, listener = self._watching.pop()
             watch.remove(listener)
-        api, self._api = self._api, None
+        api = self._apis.clear()
         if api is not None:
             api.close()
 

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from credpath._keys import KeySource, generate_key
 from credpath._settings import credpath_home
+from credpath.backends._per_process import PerProcess
 from credpath.backends._sql import ALL_TEAMS, ID_COLUMN, TEAM_COLUMN, FernetKeyError, SqlTablesBackend
 from credpath.backends._sqlite_reader import Absent, SqliteReader, stdlib_path
 from credpath.errors import CredpathError
@@ -162,7 +163,8 @@ class MetastoreBackend(SqlTablesBackend):
             if path is None
             else SqliteReader(path, self.url, tables=_TABLE_NAMES, opened=self._opened, error=self.error)
         )
-        self._write_lock = threading.Lock()  # SQLite: one write transaction at a time in this process
+        # SQLite: one write transaction at a time in this process (a forked child's lock is its own).
+        self._write_locks: PerProcess[threading.Lock] = PerProcess(threading.Lock)
         self._keys_checked = False
         self._fernet_keys = KeySource(self._fernet_key_arg, self)
 
@@ -297,7 +299,7 @@ class MetastoreBackend(SqlTablesBackend):
             with engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, engine.begin() as conn:
+        with self._write_locks.get(), engine.begin() as conn:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 
