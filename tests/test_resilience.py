@@ -272,7 +272,8 @@ def test_allow_rechecks_under_the_lock_a_breaker_closed_meanwhile():
     assert breaker.rejected == 0 and breaker.state == "closed"
 
 
-def test_a_single_flight_waiter_waits_no_longer_than_its_own_deadline() -> None:
+@pytest.mark.parametrize("own_error", [True, False], ids=["its-own-error", "timeout-error"])
+def test_a_single_flight_waiter_waits_no_longer_than_its_own_deadline(own_error: bool) -> None:
     from credpath._deadlines import Deadline
     from credpath.errors import BackendTimeout
 
@@ -288,8 +289,12 @@ def test_a_single_flight_waiter_waits_no_longer_than_its_own_deadline() -> None:
     leader.start()
     assert entered.wait(5)
     started = time.monotonic()
-    with pytest.raises(BackendTimeout, match="waited"):
-        flight.run("k", slow, Deadline(0.2), lambda: BackendTimeout("waited too long"))
+    if own_error:
+        with pytest.raises(BackendTimeout, match="waited"):
+            flight.run("k", slow, Deadline(0.2), lambda: BackendTimeout("waited too long"))
+    else:  # a waiter that gives no error of its own gets a TimeoutError
+        with pytest.raises(TimeoutError, match="single-flight wait timed out"):
+            flight.run("k", slow, Deadline(0.2))
     assert 0.15 < time.monotonic() - started < 2
     gate.set()
     leader.join(5)

@@ -4,12 +4,8 @@ waiter gets when it gives up or when the leader fails."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
-import pytest
-
-from credpath._deadlines import Deadline
 from credpath._resilience import RefreshBackoff, SingleFlight
 
 
@@ -37,27 +33,6 @@ def test_the_first_failed_refresh_waits_one_second_by_default() -> None:
     assert backoff.waiting() == 0.0
     assert backoff.failed() == 1.0
     assert backoff.waiting() == 1.0
-
-
-def test_a_single_flight_waiter_without_a_timeout_error_of_its_own_gets_a_timeout_error() -> None:
-    flight = SingleFlight()
-    gate, entered = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        entered.set()
-        gate.wait(10)
-        return "v"
-
-    leader = threading.Thread(target=lambda: flight.run("k", slow))
-    leader.start()
-    assert entered.wait(5)
-    started = time.monotonic()
-    with pytest.raises(TimeoutError, match="single-flight wait timed out"):
-        flight.run("k", slow, Deadline(0.1))
-    assert time.monotonic() - started < 2
-    gate.set()
-    leader.join(5)
-    assert flight.in_flight() == 0
 
 
 def test_a_waiter_gets_the_leader_s_error_as_raised_not_as_its_caller_relabelled_it() -> None:
