@@ -143,14 +143,15 @@ def sqlite_metastore(tmp_path: Any) -> Any:
 def test_a_forked_childs_sqlite_reads_go_on_a_connection_of_its_own(sqlite_metastore: Any) -> None:
     backend = sqlite_metastore
     assert backend.get_variable("other_var") == "v-s3cr3t-1"  # the stdlib read connection is open
-    parents = id(backend._reader._conn)
+    parents = id(backend._reader._conns.existing())
 
     def child() -> tuple[str | None, int]:
-        return backend.get_variable("other_var"), id(backend._reader._conn)
+        return backend.get_variable("other_var"), id(backend._reader._conns.existing())
 
     value, childs = _in_a_child(child)
     assert value == "v-s3cr3t-1" and childs != parents
-    assert backend.get_variable("other_var") == "v-s3cr3t-1" and id(backend._reader._conn) == parents
+    assert backend.get_variable("other_var") == "v-s3cr3t-1"
+    assert id(backend._reader._conns.existing()) == parents
 
 
 def test_a_forked_child_reads_and_writes_sqlite_though_the_locks_were_held_at_the_fork(

@@ -8,7 +8,6 @@ rotation and every other URL use SQLAlchemy. ``sqlite3`` is imported on first us
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import namedtuple
@@ -73,16 +72,17 @@ class SqliteReader:
         self._tables = tables
         self._opened = opened
         self._error_in_voice = error
-        self._conn: sqlite3.Connection | None = None
-        self._conn_pid = 0  # the process that opened _conn: a forked child opens its own
         # One stdlib connection, one statement at a time; a forked child's own (see PerProcess).
-        self._locks: PerProcess[threading.Lock] = PerProcess(threading.Lock)
+        # The connection and the lock of this process: a forked child opens its own (SQLite's state of its
+        # file's locks is per process) and takes a lock a parent thread cannot have held. Reentrant: a read
+        # holds the lock while it asks for the connection.
+        self._conns: PerProcess[sqlite3.Connection] = PerProcess(self._open, reentrant=True)
         #: The file has the team_name column (v2, or seen added since it was opened).
         self._teams = False
 
     @property
-    def _lock(self) -> threading.Lock:
-        return self._locks.get()
+    def _lock(self) -> threading.Lock | threading.RLock:
+        return self._conns.lock
 
     @staticmethod
     def prepare() -> None:
@@ -90,9 +90,9 @@ class SqliteReader:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._conn_pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            conn = self._conns.clear()  # None in a forked child: the inherited one is only dropped
+            if conn is not None:
+                conn.close()
 
     def connection(self) -> sqlite3.Connection:
         """A read-only stdlib connection to the SQLite file, opened (and its schema checked) once; the
@@ -101,9 +101,9 @@ class SqliteReader:
         Raises :class:`Absent` while the file or its schema does not exist: nothing is created, and the
         next read looks again (a write in this or another process may create it).
         """
-        if self._conn is not None and self._conn_pid == os.getpid():
-            return self._conn
-        # (An inherited connection is dropped: SQLite's state of its file's locks is per process.)
+        return self._conns.get()
+
+    def _open(self) -> sqlite3.Connection:
         import sqlite3
 
         path = self.path
@@ -130,7 +130,6 @@ class SqliteReader:
             conn.close()
             raise
         self._teams = version >= 2
-        self._conn, self._conn_pid = conn, os.getpid()
         return conn
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
